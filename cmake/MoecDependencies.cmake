@@ -1,0 +1,18 @@
+# Third-party dependencies, all from Debian 12 packages (deploy/setup-debian.sh installs them).
+find_package(Threads REQUIRED)
+find_package(absl REQUIRED)
+find_package(Protobuf REQUIRED)
+find_package(PkgConfig REQUIRED)
+find_package(nlohmann_json REQUIRED)
+find_package(OpenSSL REQUIRED)
+find_package(glog REQUIRED)
+
+if(NOT MOEC_FUZZ_ONLY)
+  find_package(RocksDB REQUIRED)
+  find_package(GTest REQUIRED)
+  if(MOEC_BUILD_BENCHMARKS)
+    find_package(benchmark REQUIRED)
+  endif()
+else()
+  find_package(RocksDB REQUIRED)
+endif()

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs every Debian 12 package moec needs to build, test and run.
+# Idempotent: when everything is already installed it only runs dpkg-query (< 1 s).
+# Usage: sudo deploy/setup-debian.sh        (or as root)
+set -euo pipefail
+
+PACKAGES=(
+  # toolchain
+  build-essential cmake ninja-build ccache pkg-config git clang libclang-rt-14-dev
+  # RPC, serialization, base libraries
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
+  libgoogle-glog-dev libgflags-dev libyaml-cpp-dev nlohmann-json3-dev libssl-dev
+  prometheus-cpp-dev
+  # storage
+  librocksdb-dev
+  # tensor math and collectives (libtorch 1.13 CPU, Gloo)
+  libtorch-dev libgloo-dev libopenblas0-pthread
+  # ILP solver for bit allocation
+  coinor-libcbc-dev
+  # tests and benchmarks
+  libgtest-dev libgmock-dev libbenchmark-dev
+  # network-namespace tests, fixtures
+  iproute2 python3
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  status=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
+  [ "$status" = "installed" ] || missing+=("$p")
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "setup-debian: all ${#PACKAGES[@]} packages already installed"
+  exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup-debian: missing packages: ${missing[*]}" >&2
+  echo "setup-debian: run this script as root (sudo $0) to install them" >&2
+  exit 1
+fi
+
+echo "setup-debian: installing ${#missing[@]} packages: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "setup-debian: done"

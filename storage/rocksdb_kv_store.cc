@@ -1,0 +1,267 @@
+#include "storage/rocksdb_kv_store.h"
+
+#include <algorithm>
+#include <filesystem>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "rocksdb/db.h"
+#include "rocksdb/options.h"
+#include "rocksdb/table.h"
+#include "rocksdb/cache.h"
+#include "rocksdb/utilities/options_util.h"
+
+namespace moec::storage {
+namespace {
+
+absl::Status FromRocks(const rocksdb::Status& s, absl::string_view context) {
+  if (s.ok()) return absl::OkStatus();
+  std::string msg = absl::StrCat(context, ": ", s.ToString());
+  switch (s.code()) {
+    case rocksdb::Status::kNotFound:
+      return absl::NotFoundError(msg);
+    case rocksdb::Status::kCorruption:
+      return absl::DataLossError(msg);
+    case rocksdb::Status::kInvalidArgument:
+      return absl::InvalidArgumentError(msg);
+    case rocksdb::Status::kNotSupported:
+      return absl::UnimplementedError(msg);
+    case rocksdb::Status::kBusy:
+    case rocksdb::Status::kTryAgain:
+      return absl::UnavailableError(msg);
+    case rocksdb::Status::kTimedOut:
+      return absl::DeadlineExceededError(msg);
+    case rocksdb::Status::kAborted:
+      return absl::AbortedError(msg);
+    case rocksdb::Status::kIOError:
+      if (s.subcode() == rocksdb::Status::kNoSpace) return absl::ResourceExhaustedError(msg);
+      if (s.subcode() == rocksdb::Status::kPathNotFound) return absl::NotFoundError(msg);
+      if (absl::StrContains(s.ToString(), "lock")) return absl::FailedPreconditionError(msg);
+      return absl::InternalError(msg);
+    default:
+      return absl::InternalError(msg);
+  }
+}
+
+rocksdb::Slice ToSlice(absl::string_view s) { return rocksdb::Slice(s.data(), s.size()); }
+absl::string_view ToView(const rocksdb::Slice& s) { return absl::string_view(s.data(), s.size()); }
+
+class RocksIterator : public KvIterator {
+ public:
+  RocksIterator(std::unique_ptr<rocksdb::Iterator> it, absl::Status status)
+      : it_(std::move(it)), status_(std::move(status)) {}
+  void Seek(absl::string_view target) override {
+    if (it_) it_->Seek(ToSlice(target));
+  }
+  bool Valid() const override { return it_ && it_->Valid(); }
+  void Next() override { it_->Next(); }
+  absl::string_view key() const override { return ToView(it_->key()); }
+  absl::string_view value() const override { return ToView(it_->value()); }
+  absl::Status status() const override {
+    if (!status_.ok() || !it_) return status_;
+    return FromRocks(it_->status(), "iterator");
+  }
+
+ private:
+  std::unique_ptr<rocksdb::Iterator> it_;
+  absl::Status status_;
+};
+
+}  // namespace
+
+absl::Status RocksDbKvStoreOptions::Validate() const {
+  if (path.empty()) return absl::InvalidArgumentError("RocksDbKvStoreOptions.path is empty");
+  if (column_families.empty()) {
+    return absl::InvalidArgumentError("RocksDbKvStoreOptions.column_families is empty");
+  }
+  for (size_t i = 0; i < column_families.size(); ++i) {
+    if (column_families[i].name.empty()) {
+      return absl::InvalidArgumentError("empty column family name");
+    }
+    for (size_t j = 0; j < i; ++j) {
+      if (column_families[j].name == column_families[i].name) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("duplicate column family '", column_families[i].name, "'"));
+      }
+    }
+  }
+  if (large_value_write_buffer_bytes < (1u << 20)) {
+    return absl::InvalidArgumentError("large_value_write_buffer_bytes must be >= 1 MiB");
+  }
+  if (background_jobs < 1) return absl::InvalidArgumentError("background_jobs must be >= 1");
+  return absl::OkStatus();
+}
+
+struct RocksDbKvStore::Impl {
+  std::string path;
+  std::unique_ptr<rocksdb::DB> db;  // destroyed after handles are released (see destructor)
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  absl::flat_hash_map<std::string, rocksdb::ColumnFamilyHandle*> by_name;
+  std::vector<std::string> exposed;
+
+  absl::StatusOr<rocksdb::ColumnFamilyHandle*> Handle(absl::string_view cf) const {
+    if (std::find(exposed.begin(), exposed.end(), cf) == exposed.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown column family '", cf, "' in ", path));
+    }
+    return by_name.find(cf)->second;
+  }
+};
+
+RocksDbKvStore::RocksDbKvStore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+RocksDbKvStore::~RocksDbKvStore() {
+  if (impl_->db) {
+    for (auto* h : impl_->handles) impl_->db->DestroyColumnFamilyHandle(h).PermitUncheckedError();
+    impl_->db->Close().PermitUncheckedError();  // a failed close loses nothing synced
+  }
+}
+
+const std::string& RocksDbKvStore::path() const { return impl_->path; }
+
+absl::StatusOr<std::unique_ptr<RocksDbKvStore>> RocksDbKvStore::Open(
+    const RocksDbKvStoreOptions& options) {
+  MOEC_RETURN_IF_ERROR(options.Validate());
+  std::error_code ec;
+  std::filesystem::create_directories(options.path, ec);
+  if (ec) {
+    return absl::InternalError(absl::StrCat("create directory ", options.path, ": ", ec.message()));
+  }
+
+  rocksdb::DBOptions db_options;
+  db_options.create_if_missing = true;
+  db_options.create_missing_column_families = true;
+  db_options.max_background_jobs = options.background_jobs;
+  db_options.bytes_per_sync = 8 << 20;
+  db_options.paranoid_checks = true;
+  db_options.max_total_wal_size = 256 << 20;
+
+  rocksdb::ColumnFamilyOptions small;
+  rocksdb::BlockBasedTableOptions table;
+  table.block_cache = rocksdb::NewLRUCache(options.block_cache_bytes);
+  small.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
+
+  rocksdb::ColumnFamilyOptions large = small;
+  large.enable_blob_files = true;
+  large.min_blob_size = options.min_blob_bytes;
+  large.blob_file_size = 256 << 20;
+  large.blob_compression_type = rocksdb::kNoCompression;  // tensors barely compress
+  large.enable_blob_garbage_collection = true;
+  large.write_buffer_size = options.large_value_write_buffer_bytes;
+  large.max_write_buffer_number = 4;
+
+  std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
+  descriptors.emplace_back(rocksdb::kDefaultColumnFamilyName, small);
+  for (const auto& spec : options.column_families) {
+    if (spec.name == rocksdb::kDefaultColumnFamilyName) {
+      descriptors[0].options = spec.large_values ? large : small;
+      continue;
+    }
+    descriptors.emplace_back(spec.name, spec.large_values ? large : small);
+  }
+  std::vector<std::string> existing;
+  if (rocksdb::DB::ListColumnFamilies(db_options, options.path, &existing).ok()) {
+    for (const auto& name : existing) {
+      bool known = std::any_of(descriptors.begin(), descriptors.end(),
+                               [&](const auto& d) { return d.name == name; });
+      if (!known) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "database ", options.path, " has column family '", name, "' that moec does not know"));
+      }
+    }
+  }
+
+  auto impl = std::make_unique<Impl>();
+  impl->path = options.path;
+  rocksdb::DB* raw = nullptr;
+  MOEC_RETURN_IF_ERROR(FromRocks(
+      rocksdb::DB::Open(db_options, options.path, descriptors, &impl->handles, &raw),
+      absl::StrCat("open ", options.path)));
+  impl->db.reset(raw);
+  for (size_t i = 0; i < descriptors.size(); ++i) {
+    impl->by_name[descriptors[i].name] = impl->handles[i];
+  }
+  for (const auto& spec : options.column_families) impl->exposed.push_back(spec.name);
+  return std::unique_ptr<RocksDbKvStore>(new RocksDbKvStore(std::move(impl)));
+}
+
+std::vector<std::string> RocksDbKvStore::ColumnFamilies() const { return impl_->exposed; }
+
+absl::StatusOr<std::string> RocksDbKvStore::Get(absl::string_view cf,
+                                                absl::string_view key) const {
+  std::string out;
+  MOEC_RETURN_IF_ERROR(Read(cf, key, [&out](absl::string_view v) {
+    out.assign(v.data(), v.size());
+    return absl::OkStatus();
+  }));
+  return out;
+}
+
+absl::Status RocksDbKvStore::Read(absl::string_view cf, absl::string_view key,
+                                  absl::FunctionRef<absl::Status(absl::string_view)> fn) const {
+  MOEC_ASSIGN_OR_RETURN(rocksdb::ColumnFamilyHandle * h, impl_->Handle(cf));
+  rocksdb::PinnableSlice value;
+  rocksdb::ReadOptions ro;
+  ro.verify_checksums = true;
+  rocksdb::Status s = impl_->db->Get(ro, h, ToSlice(key), &value);
+  if (s.IsNotFound()) {
+    return absl::NotFoundError(absl::StrCat("key '", key, "' not in column family '", cf, "'"));
+  }
+  MOEC_RETURN_IF_ERROR(FromRocks(s, absl::StrCat("get ", cf, "/", key)));
+  return fn(ToView(value));
+}
+
+absl::Status RocksDbKvStore::Put(absl::string_view cf, absl::string_view key,
+                                 absl::string_view value, Durability durability) {
+  MOEC_ASSIGN_OR_RETURN(rocksdb::ColumnFamilyHandle * h, impl_->Handle(cf));
+  rocksdb::WriteOptions wo;
+  wo.sync = durability == Durability::kSync;
+  wo.disableWAL = durability == Durability::kDeferred;
+  return FromRocks(impl_->db->Put(wo, h, ToSlice(key), ToSlice(value)),
+                   absl::StrCat("put ", cf, "/", key));
+}
+
+absl::Status RocksDbKvStore::Write(const KvWriteBatch& batch, Durability durability) {
+  rocksdb::WriteBatch wb;
+  for (const auto& op : batch.ops()) {
+    MOEC_ASSIGN_OR_RETURN(rocksdb::ColumnFamilyHandle * h, impl_->Handle(op.cf));
+    rocksdb::Status s;
+    switch (op.kind) {
+      case KvWriteBatch::OpKind::kPut:
+        s = wb.Put(h, ToSlice(op.key), ToSlice(op.value));
+        break;
+      case KvWriteBatch::OpKind::kDelete:
+        s = wb.Delete(h, ToSlice(op.key));
+        break;
+      case KvWriteBatch::OpKind::kDeleteRange:
+        if (op.key < op.value) s = wb.DeleteRange(h, ToSlice(op.key), ToSlice(op.value));
+        break;
+    }
+    MOEC_RETURN_IF_ERROR(FromRocks(s, "build write batch"));
+  }
+  rocksdb::WriteOptions wo;
+  wo.sync = durability == Durability::kSync;
+  wo.disableWAL = durability == Durability::kDeferred;
+  return FromRocks(impl_->db->Write(wo, &wb), absl::StrCat("write batch to ", impl_->path));
+}
+
+absl::Status RocksDbKvStore::Flush(absl::string_view cf) {
+  MOEC_ASSIGN_OR_RETURN(rocksdb::ColumnFamilyHandle * h, impl_->Handle(cf));
+  rocksdb::FlushOptions fo;
+  fo.wait = true;
+  fo.allow_write_stall = true;
+  return FromRocks(impl_->db->Flush(fo, h), absl::StrCat("flush ", cf));
+}
+
+std::unique_ptr<KvIterator> RocksDbKvStore::NewIterator(absl::string_view cf) const {
+  absl::StatusOr<rocksdb::ColumnFamilyHandle*> h = impl_->Handle(cf);
+  if (!h.ok()) return std::make_unique<RocksIterator>(nullptr, h.status());
+  rocksdb::ReadOptions ro;
+  ro.verify_checksums = true;
+  return std::make_unique<RocksIterator>(
+      std::unique_ptr<rocksdb::Iterator>(impl_->db->NewIterator(ro, *h)), absl::OkStatus());
+}
+
+}  // namespace moec::storage
