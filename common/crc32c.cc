@@ -57,7 +57,50 @@ bool DetectSse42() {
 }
 #endif
 
+// Polynomials over GF(2) modulo the CRC polynomial, in reflected bit order (x^0 is bit 31).
+uint32_t MultModP(uint32_t a, uint32_t b) {
+  uint32_t m = 1u << 31;
+  uint32_t p = 0;
+  for (;;) {
+    if (a & m) {
+      p ^= b;
+      if ((a & (m - 1)) == 0) break;
+    }
+    m >>= 1;
+    b = (b & 1) ? (b >> 1) ^ kPoly : b >> 1;
+  }
+  return p;
+}
+
+// kX2n[k] = x^(2^k) mod P.
+struct PowerTable {
+  std::array<uint32_t, 64> x2n;
+  PowerTable() {
+    uint32_t p = 1u << 30;  // x^1
+    for (auto& e : x2n) {
+      e = p;
+      p = MultModP(p, p);
+    }
+  }
+};
+
+// x^(n * 2^k) mod P.
+uint32_t X2nModP(uint64_t n, unsigned k) {
+  static const PowerTable* table = new PowerTable();
+  uint32_t p = 1u << 31;  // x^0
+  while (n) {
+    if (n & 1) p = MultModP(table->x2n[k & 63], p);
+    n >>= 1;
+    ++k;
+  }
+  return p;
+}
+
 }  // namespace
+
+uint32_t Combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b) {
+  return MultModP(X2nModP(len_b, 3), crc_a) ^ crc_b;
+}
 
 uint32_t ExtendPortable(uint32_t crc, const void* data, size_t n) {
   const auto& t = GetTables().t;

@@ -42,6 +42,17 @@ TEST(Crc32cTest, HardwareMatchesPortableAtEveryAlignment) {
   }
 }
 
+TEST(Crc32cTest, CombineEqualsCrcOfConcatenation) {
+  std::mt19937 rng(3);
+  std::string s(5000, '\0');
+  for (auto& ch : s) ch = static_cast<char>(rng());
+  for (size_t cut : {0, 1, 7, 8, 100, 4096, 4999, 5000}) {
+    uint32_t a = Value(s.data(), cut);
+    uint32_t b = Value(s.data() + cut, s.size() - cut);
+    EXPECT_EQ(Combine(a, b, s.size() - cut), Value(s)) << "cut " << cut;
+  }
+}
+
 TEST(Crc32cTest, DetectsSingleBitFlip) {
   std::string s(1 << 16, 'x');
   uint32_t before = Value(s);

@@ -3,7 +3,9 @@
 #include <algorithm>
 
 #include <cstring>
+#include <atomic>
 #include <optional>
+#include <thread>
 
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
@@ -32,6 +34,9 @@ void DeleteOtherGenerations(absl::string_view cf, absl::string_view key, uint64_
 
 absl::Status FactorStoreOptions::Validate() const {
   if (column_family.empty()) return absl::InvalidArgumentError("FactorStoreOptions.column_family is empty");
+  if (read_threads < 1 || read_threads > 64) {
+    return absl::InvalidArgumentError("FactorStoreOptions.read_threads must be 1..64");
+  }
   if (chunk_bytes == 0 || chunk_bytes > kMaxFactorChunkBytes) {
     return absl::InvalidArgumentError(
         absl::StrCat("FactorStoreOptions.chunk_bytes must be 1..", kMaxFactorChunkBytes));
@@ -97,7 +102,9 @@ absl::Status FactorTransaction::Begin(absl::string_view key, DType dtype,
 
 absl::Status FactorTransaction::WriteChunk(absl::string_view bytes) {
   uint32_t index = static_cast<uint32_t>(info_.chunk_crc32c.size());
-  info_.chunk_crc32c.push_back(crc32c::Value(bytes));
+  const uint32_t crc = crc32c::Value(bytes);
+  info_.chunk_crc32c.push_back(crc);
+  running_crc_ = crc32c::Combine(running_crc_, crc, bytes.size());
   return store_->kv_->Put(store_->options_.column_family,
                           FactorChunkKey(key_, info_.generation, index), bytes,
                           Durability::kDeferred);
@@ -110,7 +117,6 @@ absl::Status FactorTransaction::Append(absl::string_view bytes) {
                                                    " bytes; append of ", bytes.size(), " at ",
                                                    received_, " runs past it"));
   }
-  running_crc_ = crc32c::Extend(running_crc_, bytes.data(), bytes.size());
   received_ += bytes.size();
   const uint64_t chunk = info_.chunk_size;
   while (!bytes.empty()) {
@@ -212,32 +218,53 @@ absl::StatusOr<FactorInfo> FactorStore::Stat(absl::string_view key) const {
   return DecodeFactorHeader(*raw, key);
 }
 
+absl::Status FactorStore::ReadChunk(absl::string_view key, const FactorInfo& info, size_t i,
+                                    uint8_t* out, uint32_t* crc) const {
+  const uint64_t expected = info.ChunkBytes(i);
+  absl::Status s = kv_->Read(
+      options_.column_family, FactorChunkKey(key, info.generation, static_cast<uint32_t>(i)),
+      [&](absl::string_view v) -> absl::Status {
+        if (v.size() != expected) {
+          return absl::DataLossError(absl::StrCat("factor '", key, "' chunk ", i, " has ",
+                                                  v.size(), " bytes, expected ", expected));
+        }
+        *crc = crc32c::Value(v);
+        if (*crc != info.chunk_crc32c[i]) {
+          return absl::DataLossError(
+              absl::StrCat("factor '", key, "' chunk ", i, ": CRC32C mismatch"));
+        }
+        std::memcpy(out, v.data(), v.size());
+        return absl::OkStatus();
+      });
+  if (absl::IsNotFound(s)) {
+    return absl::DataLossError(absl::StrCat("factor '", key, "' chunk ", i, " is missing"));
+  }
+  return s;
+}
+
 absl::Status FactorStore::ReadChunks(absl::string_view key, const FactorInfo& info,
                                      uint8_t* out) const {
-  uint32_t crc = 0;
-  uint64_t offset = 0;
-  for (size_t i = 0; i < info.num_chunks(); ++i) {
-    const uint64_t expected = info.ChunkBytes(i);
-    absl::Status s = kv_->Read(
-        options_.column_family, FactorChunkKey(key, info.generation, static_cast<uint32_t>(i)),
-        [&](absl::string_view v) -> absl::Status {
-          if (v.size() != expected) {
-            return absl::DataLossError(absl::StrCat("factor '", key, "' chunk ", i, " has ",
-                                                    v.size(), " bytes, expected ", expected));
-          }
-          if (crc32c::Value(v) != info.chunk_crc32c[i]) {
-            return absl::DataLossError(
-                absl::StrCat("factor '", key, "' chunk ", i, ": CRC32C mismatch"));
-          }
-          std::memcpy(out + offset, v.data(), v.size());
-          crc = crc32c::Extend(crc, v.data(), v.size());
-          return absl::OkStatus();
-        });
-    if (absl::IsNotFound(s)) {
-      return absl::DataLossError(absl::StrCat("factor '", key, "' chunk ", i, " is missing"));
+  const size_t n = info.num_chunks();
+  std::vector<uint32_t> crcs(n, 0);
+  std::vector<absl::Status> errors(n);
+  // Chunks are independent: readers take the next index until none is left, so the disk read
+  // of one chunk overlaps the checksum and copy of another.
+  std::atomic<size_t> next{0};
+  auto reader = [&] {
+    for (size_t i = next++; i < n; i = next++) {
+      errors[i] = ReadChunk(key, info, i, out + i * info.chunk_size, &crcs[i]);
+      if (!errors[i].ok()) next = n;  // stop early
     }
-    MOEC_RETURN_IF_ERROR(s);
-    offset += expected;
+  };
+  const size_t threads = std::min<size_t>(options_.read_threads, n);
+  std::vector<std::thread> helpers;
+  for (size_t t = 1; t < threads; ++t) helpers.emplace_back(reader);
+  reader();
+  for (auto& h : helpers) h.join();
+  uint32_t crc = 0;
+  for (size_t i = 0; i < n; ++i) {
+    MOEC_RETURN_IF_ERROR(errors[i]);
+    crc = crc32c::Combine(crc, crcs[i], info.ChunkBytes(i));
   }
   if (crc != info.crc32c) {
     return absl::DataLossError(absl::StrCat("factor '", key, "': CRC32C mismatch"));

@@ -2,7 +2,7 @@
 // intermediate result of a job (statistics, Hessian summaries, quantized weights, activation
 // chains) lives here. Layout and guarantees: docs/formats/factor_store.md.
 //
-// A tensor is split into chunks of at most `chunk_bytes` (64 MiB) written as they come (not yet
+// A tensor is split into chunks of at most `chunk_bytes` (16 MiB) written as they come (not yet
 // durable, not yet visible); a transaction's Commit makes its chunks durable and then writes all
 // its headers, plus any extra key-value writes, in one synced batch. So either all outputs of a
 // task are visible after a crash or none are, and a half-written tensor is never seen.
@@ -26,8 +26,12 @@ namespace moec::storage {
 struct FactorStoreOptions {
   // Column family holding headers and chunks; it should be a large-value family (BlobDB).
   std::string column_family = "factors";
-  // Bytes per chunk value. Tensors larger than this are split.
-  uint64_t chunk_bytes = 64ull << 20;
+  // Bytes per chunk value; larger tensors are split. 16 MiB rather than the 64 MiB cap of the
+  // design: buffers of this size are recycled by malloc (TuneMallocForLargeBuffers) while 64 MiB
+  // ones are fresh mmaps on every read (measured in docs/benchmarks.md). At most 1 GiB.
+  uint64_t chunk_bytes = 16ull << 20;
+  // Threads reading the chunks of one tensor in parallel (the caller's thread included).
+  int read_threads = 2;
   absl::Status Validate() const;
 };
 
@@ -80,7 +84,7 @@ class FactorTransaction {
   std::string key_;
   FactorInfo info_;
   uint64_t received_ = 0;
-  uint32_t running_crc_ = 0;
+  uint32_t running_crc_ = 0;  // of the bytes in written chunks, combined chunk by chunk
   std::string pending_;  // bytes not yet forming a full chunk
 };
 
@@ -116,6 +120,8 @@ class FactorStore {
   friend class FactorTransaction;
   FactorStore(KvStore* kv, FactorStoreOptions options) : kv_(kv), options_(std::move(options)) {}
   absl::Status ReadChunks(absl::string_view key, const FactorInfo& info, uint8_t* out) const;
+  absl::Status ReadChunk(absl::string_view key, const FactorInfo& info, size_t i, uint8_t* out,
+                         uint32_t* crc) const;
 
   KvStore* const kv_;  // Not owned.
   const FactorStoreOptions options_;

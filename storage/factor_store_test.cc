@@ -221,16 +221,16 @@ TEST(FactorStoreCrashTest, UncommittedChunksAreCollectedAndCommittedDataSurvives
   EXPECT_EQ(fs->Get("done")->data, RandomBytes(3000, 9));
 }
 
-TEST(FactorStoreLargeTest, ValuesOver64MiBAreChunked) {
+TEST(FactorStoreLargeTest, ValuesOver64MiBAreChunkedWithDefaults) {
   StoreHolder holder(Backend::kRocksDb);
-  ASSERT_OK_AND_ASSIGN(auto fs, FactorStore::Open(holder.store()));  // default 64 MiB chunks
+  ASSERT_OK_AND_ASSIGN(auto fs, FactorStore::Open(holder.store()));  // default 16 MiB chunks
   std::string data = RandomBytes((64u << 20) + 4096, 11);
   auto txn = fs->NewTransaction();
   ASSERT_OK(txn->Put("big", DType::kU8, {static_cast<int64_t>(data.size())}, data));
   ASSERT_OK(txn->Commit());
   ASSERT_OK_AND_ASSIGN(FactorInfo info, fs->Stat("big"));
-  EXPECT_EQ(info.num_chunks(), 2u);
-  EXPECT_EQ(info.ChunkBytes(1), 4096u);
+  EXPECT_EQ(info.num_chunks(), 5u);
+  EXPECT_EQ(info.ChunkBytes(4), 4096u);
   EXPECT_EQ(fs->Get("big")->data, data);
 }
 

@@ -100,6 +100,9 @@ struct RocksDbKvStore::Impl {
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   absl::flat_hash_map<std::string, rocksdb::ColumnFamilyHandle*> by_name;
   std::vector<std::string> exposed;
+  // Families whose values carry their own checksums (FactorStore chunks have CRC32C): their
+  // reads skip RocksDB's second, software-computed, checksum pass over every value.
+  absl::flat_hash_map<std::string, bool> large_values;
 
   absl::StatusOr<rocksdb::ColumnFamilyHandle*> Handle(absl::string_view cf) const {
     if (std::find(exposed.begin(), exposed.end(), cf) == exposed.end()) {
@@ -137,6 +140,9 @@ absl::StatusOr<std::unique_ptr<RocksDbKvStore>> RocksDbKvStore::Open(
   db_options.bytes_per_sync = 8 << 20;
   db_options.paranoid_checks = true;
   db_options.max_total_wal_size = 256 << 20;
+  // Large values are read with one pread each; random-access advice would turn off kernel
+  // readahead and split a cold 4 MiB read into page-sized I/Os (measured 3x slower).
+  db_options.advise_random_on_open = false;
 
   rocksdb::ColumnFamilyOptions small;
   rocksdb::BlockBasedTableOptions table;
@@ -149,8 +155,11 @@ absl::StatusOr<std::unique_ptr<RocksDbKvStore>> RocksDbKvStore::Open(
   large.blob_file_size = 256 << 20;
   large.blob_compression_type = rocksdb::kNoCompression;  // tensors barely compress
   large.enable_blob_garbage_collection = true;
+  // Many moderate memtables instead of a few large ones: a task's bulk writes fill them while
+  // the flush thread drains them, and the write slowdown (at max - 1 unflushed memtables) is only
+  // reached when the disk truly lags.
   large.write_buffer_size = options.large_value_write_buffer_bytes;
-  large.max_write_buffer_number = 4;
+  large.max_write_buffer_number = 8;
 
   std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
   descriptors.emplace_back(rocksdb::kDefaultColumnFamilyName, small);
@@ -183,7 +192,10 @@ absl::StatusOr<std::unique_ptr<RocksDbKvStore>> RocksDbKvStore::Open(
   for (size_t i = 0; i < descriptors.size(); ++i) {
     impl->by_name[descriptors[i].name] = impl->handles[i];
   }
-  for (const auto& spec : options.column_families) impl->exposed.push_back(spec.name);
+  for (const auto& spec : options.column_families) {
+    impl->exposed.push_back(spec.name);
+    impl->large_values[spec.name] = spec.large_values;
+  }
   return std::unique_ptr<RocksDbKvStore>(new RocksDbKvStore(std::move(impl)));
 }
 
@@ -204,7 +216,7 @@ absl::Status RocksDbKvStore::Read(absl::string_view cf, absl::string_view key,
   MOEC_ASSIGN_OR_RETURN(rocksdb::ColumnFamilyHandle * h, impl_->Handle(cf));
   rocksdb::PinnableSlice value;
   rocksdb::ReadOptions ro;
-  ro.verify_checksums = true;
+  ro.verify_checksums = !impl_->large_values.find(cf)->second;
   rocksdb::Status s = impl_->db->Get(ro, h, ToSlice(key), &value);
   if (s.IsNotFound()) {
     return absl::NotFoundError(absl::StrCat("key '", key, "' not in column family '", cf, "'"));

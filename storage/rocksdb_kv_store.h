@@ -19,7 +19,9 @@ namespace moec::storage {
 
 struct ColumnFamilySpec {
   std::string name;
-  // Values of a few KiB and more: store them in blob files (BlobDB), with larger memtables.
+  // Values of a few KiB and more: store them in blob files (BlobDB), with more memtables.
+  // Reads of such a family do not verify RocksDB's per-value checksum: its users (FactorStore)
+  // store and check their own CRC32C on every value.
   bool large_values = false;
 };
 
@@ -29,8 +31,8 @@ struct RocksDbKvStoreOptions {
   // Column families to open (the RocksDB "default" family is always opened but not exposed
   // unless listed). A database holding families not listed here is refused.
   std::vector<ColumnFamilySpec> column_families;
-  // Memtable size for large-value families, in bytes (up to 4 memtables may exist at once).
-  size_t large_value_write_buffer_bytes = 256ull << 20;
+  // Memtable size for large-value families, in bytes (up to 8 memtables may exist at once).
+  size_t large_value_write_buffer_bytes = 64ull << 20;
   // Values at least this large go to blob files in large-value families.
   size_t min_blob_bytes = 4096;
   // Block cache for small-value families, in bytes.
