@@ -26,8 +26,8 @@ TEST(UnpackRowsCudaTest, MatchesCpuReferenceForEveryWidth) {
 
     uint32_t* d_packed = nullptr;
     uint8_t* d_values = nullptr;
-    ASSERT_EQ(cudaMalloc(&d_packed, packed.size() * 4), cudaSuccess);
-    ASSERT_EQ(cudaMalloc(&d_values, values.size()), cudaSuccess);
+    ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&d_packed), packed.size() * 4), cudaSuccess);
+    ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&d_values), values.size()), cudaSuccess);
     ASSERT_EQ(cudaMemcpy(d_packed, packed.data(), packed.size() * 4, cudaMemcpyHostToDevice),
               cudaSuccess);
     ASSERT_OK(UnpackRows(Device::kCuda, d_packed, rows, cols, bits, d_values));
