@@ -7,7 +7,7 @@
 // file first) and warm. Prints MiB/s and the ratios store/raw; each figure is the median of
 // --repeats runs, alternating baseline and store.
 //
-// Usage: factor_store_bench [--dir DIR] [--total_mib N] [--repeats N] [--chunk_mib N]
+// Usage: factor_store_bench [--dir DIR] [--total_mib N] [--repeats N] [--chunk_mib N] [--read_threads N]
 // Targets (issue #2): write ratio >= 0.7, cold read ratio >= 0.8.
 #include <fcntl.h>
 #include <unistd.h>
@@ -121,7 +121,8 @@ struct StoreRun {
 };
 
 StoreRun StoreWriteRead(const std::string& dir, const std::vector<uint64_t>& sizes,
-                        const std::string& data, std::string& buf, uint64_t chunk_bytes) {
+                        const std::string& data, std::string& buf, uint64_t chunk_bytes,
+                        int read_threads) {
   fs::remove_all(dir);
   RocksDbKvStoreOptions o;
   o.path = dir;
@@ -130,6 +131,7 @@ StoreRun StoreWriteRead(const std::string& dir, const std::vector<uint64_t>& siz
   BENCH_CHECK_OK(kv.status());
   FactorStoreOptions fo;
   if (chunk_bytes > 0) fo.chunk_bytes = chunk_bytes;
+  if (read_threads > 0) fo.read_threads = read_threads;
   auto store = FactorStore::Open(kv->get(), fo);
   BENCH_CHECK_OK(store.status());
   StoreRun run{};
@@ -163,6 +165,7 @@ int Main(int argc, char** argv) {
   std::string dir = fs::temp_directory_path().string() + "/moec_factor_bench";
   uint64_t total_mib = 1024;
   uint64_t chunk_mib = 0;  // 0: FactorStoreOptions default
+  int read_threads = 0;    // 0: FactorStoreOptions default
   int repeats = 3;
   TuneMallocForLargeBuffers();  // as every moec binary does
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -171,13 +174,14 @@ int Main(int argc, char** argv) {
     else if (flag == "--total_mib") total_mib = std::strtoull(argv[i + 1], nullptr, 10);
     else if (flag == "--repeats") repeats = std::atoi(argv[i + 1]);
     else if (flag == "--chunk_mib") chunk_mib = std::strtoull(argv[i + 1], nullptr, 10);
+    else if (flag == "--read_threads") read_threads = std::atoi(argv[i + 1]);
     else {
-      std::fprintf(stderr, "usage: %s [--dir DIR] [--total_mib N] [--repeats N] [--chunk_mib N]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--dir DIR] [--total_mib N] [--repeats N] [--chunk_mib N] [--read_threads N]\n", argv[0]);
       return 2;
     }
   }
   if (argc % 2 == 0 || total_mib == 0 || repeats < 1) {
-    std::fprintf(stderr, "usage: %s [--dir DIR] [--total_mib N] [--repeats N] [--chunk_mib N]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s [--dir DIR] [--total_mib N] [--repeats N] [--chunk_mib N] [--read_threads N]\n", argv[0]);
     return 2;
   }
   fs::create_directories(dir);
@@ -200,7 +204,7 @@ int Main(int argc, char** argv) {
     rr_cold.push_back(RawRead(raw_path, sizes, buf));
     rr_warm.push_back(RawRead(raw_path, sizes, buf));
     fs::remove(raw_path);
-    StoreRun s = StoreWriteRead(db_dir, sizes, data, buf, chunk_mib * kMiB);
+    StoreRun s = StoreWriteRead(db_dir, sizes, data, buf, chunk_mib * kMiB, read_threads);
     sw.push_back(s.write_s);
     sr_cold.push_back(s.cold_read_s);
     sr_warm.push_back(s.warm_read_s);
