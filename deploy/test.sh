@@ -17,6 +17,13 @@ fi
 
 build=${MOEC_BUILD_DIR:-build}
 jobs=$(nproc)
+
+# A CPU-only build must keep working: build and run the kernel tests with CUDA off.
+cmake -S . -B "$build-nocuda" -G Ninja -DMOEC_ENABLE_CUDA=OFF -DMOEC_BUILD_FUZZERS=OFF \
+  -DMOEC_BUILD_BENCHMARKS=OFF > /dev/null
+cmake --build "$build-nocuda" -j "$jobs" --target kernels_test
+"$build-nocuda/kernels/kernels_test" --gtest_brief=1
+
 cmake -S . -B "$build" -G Ninja \
   -DMOEC_ENABLE_CUDA="${MOEC_ENABLE_CUDA:-AUTO}" \
   -DMOEC_FUZZ_SECONDS="${MOEC_FUZZ_SECONDS:-60}"
