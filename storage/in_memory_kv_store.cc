@@ -46,16 +46,6 @@ absl::Status InMemoryKvStore::CheckCf(absl::string_view cf) const {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::string> InMemoryKvStore::Get(absl::string_view cf,
-                                                 absl::string_view key) const {
-  std::string out;
-  MOEC_RETURN_IF_ERROR(Read(cf, key, [&out](absl::string_view v) {
-    out.assign(v.data(), v.size());
-    return absl::OkStatus();
-  }));
-  return out;
-}
-
 absl::Status InMemoryKvStore::Read(absl::string_view cf, absl::string_view key,
                                    absl::FunctionRef<absl::Status(absl::string_view)> fn) const {
   MOEC_RETURN_IF_ERROR(CheckCf(cf));

@@ -25,6 +25,16 @@ void KvWriteBatch::Append(const KvWriteBatch& other) {
   bytes_ += other.bytes_;
 }
 
+absl::StatusOr<std::string> KvStore::Get(absl::string_view cf, absl::string_view key) const {
+  std::string out;
+  absl::Status s = Read(cf, key, [&out](absl::string_view v) {
+    out.assign(v.data(), v.size());
+    return absl::OkStatus();
+  });
+  if (!s.ok()) return s;
+  return out;
+}
+
 absl::Status ScanPrefix(const KvStore& store, absl::string_view cf, absl::string_view prefix,
                         absl::FunctionRef<bool(absl::string_view, absl::string_view)> fn) {
   std::unique_ptr<KvIterator> it = store.NewIterator(cf);

@@ -78,8 +78,8 @@ class KvStore {
 
   virtual std::vector<std::string> ColumnFamilies() const = 0;
 
-  // Returns the value of `key`. Errors: NotFound.
-  virtual absl::StatusOr<std::string> Get(absl::string_view cf, absl::string_view key) const = 0;
+  // Returns a copy of the value of `key` (through Read). Errors: NotFound.
+  absl::StatusOr<std::string> Get(absl::string_view cf, absl::string_view key) const;
 
   // Calls `fn` with a view of the value of `key`, valid only during the call (no copy where the
   // backend can avoid it). Returns fn's status. Errors: NotFound.

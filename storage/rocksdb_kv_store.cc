@@ -201,16 +201,6 @@ absl::StatusOr<std::unique_ptr<RocksDbKvStore>> RocksDbKvStore::Open(
 
 std::vector<std::string> RocksDbKvStore::ColumnFamilies() const { return impl_->exposed; }
 
-absl::StatusOr<std::string> RocksDbKvStore::Get(absl::string_view cf,
-                                                absl::string_view key) const {
-  std::string out;
-  MOEC_RETURN_IF_ERROR(Read(cf, key, [&out](absl::string_view v) {
-    out.assign(v.data(), v.size());
-    return absl::OkStatus();
-  }));
-  return out;
-}
-
 absl::Status RocksDbKvStore::Read(absl::string_view cf, absl::string_view key,
                                   absl::FunctionRef<absl::Status(absl::string_view)> fn) const {
   MOEC_ASSIGN_OR_RETURN(rocksdb::ColumnFamilyHandle * h, impl_->Handle(cf));

@@ -52,7 +52,6 @@ class RocksDbKvStore : public KvStore {
   ~RocksDbKvStore() override;
 
   std::vector<std::string> ColumnFamilies() const override;
-  absl::StatusOr<std::string> Get(absl::string_view cf, absl::string_view key) const override;
   absl::Status Read(absl::string_view cf, absl::string_view key,
                     absl::FunctionRef<absl::Status(absl::string_view)> fn) const override;
   absl::Status Put(absl::string_view cf, absl::string_view key, absl::string_view value,
