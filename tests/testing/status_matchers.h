@@ -33,7 +33,11 @@ MATCHER_P2(StatusIsImpl, code, msg_matcher, "") {
     *result_listener << "status is " << s;
     return false;
   }
-  return ::testing::ExplainMatchResult(msg_matcher, std::string(s.message()), result_listener);
+  if (!::testing::Matches(msg_matcher)(std::string(s.message()))) {
+    *result_listener << "status is " << s;
+    return false;
+  }
+  return true;
 }
 
 inline auto StatusIs(absl::StatusCode code) { return StatusIsImpl(code, ::testing::_); }

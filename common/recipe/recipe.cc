@@ -1,0 +1,481 @@
+#include "common/recipe/recipe.h"
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "common/recipe/stage_catalog.h"
+#include "common/status_macros.h"
+#include "yaml-cpp/yaml.h"
+
+namespace moec::recipe {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+bool ValidId(absl::string_view id) {
+  if (id.empty() || id.size() > 64) return false;
+  for (char c : id) {
+    if (!(isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-')) return false;
+  }
+  return true;
+}
+
+bool Within(const fs::path& p, const fs::path& root) {
+  auto [r, q] = std::mismatch(root.begin(), root.end(), p.begin(), p.end());
+  return r == root.end() || (std::next(r) == root.end() && r->empty());
+}
+
+class Parser {
+ public:
+  Parser(std::string source, const RecipeOptions& options)
+      : source_(std::move(source)),
+        dir_(fs::absolute(fs::path(source_)).parent_path()),
+        options_(options) {}
+
+  absl::StatusOr<Recipe> Parse(const YAML::Node& root);
+
+ private:
+  absl::Status Err(const YAML::Node& n, absl::string_view what,
+                   absl::StatusCode code = absl::StatusCode::kInvalidArgument) const {
+    int line = n.IsDefined() ? n.Mark().line : -1;
+    std::string where = line >= 0 ? absl::StrCat(source_, ":", line + 1) : source_;
+    return absl::Status(code, absl::StrCat(where, ": ", what));
+  }
+  absl::Status CheckKeys(const YAML::Node& map, const std::set<std::string>& allowed,
+                         absl::string_view context) const;
+  absl::StatusOr<std::string> String(const YAML::Node& n, absl::string_view what) const;
+  absl::StatusOr<int64_t> Int(const YAML::Node& n, absl::string_view what, int64_t min,
+                              int64_t max) const;
+  absl::StatusOr<std::string> Path(const YAML::Node& n, absl::string_view what) const;
+  absl::StatusOr<DataSpec> Data(const YAML::Node& n, absl::string_view what, bool calibration) const;
+  absl::StatusOr<StageSpec> Stage(const YAML::Node& n) const;
+  absl::StatusOr<json> Param(const YAML::Node& n, const ParamSpec& spec,
+                             absl::string_view stage) const;
+  absl::Status Order(const YAML::Node& stages_node, std::vector<StageSpec>* stages) const;
+
+  const std::string source_;
+  const fs::path dir_;
+  const RecipeOptions& options_;
+};
+
+absl::Status Parser::CheckKeys(const YAML::Node& map, const std::set<std::string>& allowed,
+                               absl::string_view context) const {
+  if (!map.IsMap()) return Err(map, absl::StrCat(context, " must be a mapping"));
+  std::set<std::string> seen;
+  for (const auto& kv : map) {
+    const std::string key = kv.first.as<std::string>();
+    if (!seen.insert(key).second) {
+      return Err(kv.first, absl::StrCat(context, ": duplicate key '", key, "'"));
+    }
+    if (!allowed.count(key)) {
+      return Err(kv.first, absl::StrCat(context, ": unknown key '", key, "' (known: ",
+                                        absl::StrJoin(allowed, ", "), ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> Parser::String(const YAML::Node& n, absl::string_view what) const {
+  if (!n.IsDefined() || n.IsNull()) return Err(n, absl::StrCat("missing ", what));
+  if (!n.IsScalar()) return Err(n, absl::StrCat(what, " must be a string"));
+  return n.Scalar();
+}
+
+absl::StatusOr<int64_t> Parser::Int(const YAML::Node& n, absl::string_view what, int64_t min,
+                                    int64_t max) const {
+  int64_t v = 0;
+  if (!n.IsScalar() || !YAML::convert<int64_t>::decode(n, v)) {
+    return Err(n, absl::StrCat(what, " must be an integer"));
+  }
+  if (v < min || v > max) {
+    return Err(n, absl::StrCat(what, " must be in [", min, ", ", max, "], got ", v));
+  }
+  return v;
+}
+
+absl::StatusOr<std::string> Parser::Path(const YAML::Node& n, absl::string_view what) const {
+  MOEC_ASSIGN_OR_RETURN(std::string raw, String(n, what));
+  if (raw.empty()) return Err(n, absl::StrCat(what, " is empty"));
+  fs::path p(raw);
+  if (p.is_relative()) p = dir_ / p;
+  std::error_code ec;
+  p = fs::weakly_canonical(p, ec);
+  if (ec) return Err(n, absl::StrCat(what, " '", raw, "': ", ec.message()));
+  if (!options_.allowed_roots.empty()) {
+    bool ok = false;
+    for (const auto& root : options_.allowed_roots) {
+      if (Within(p, fs::weakly_canonical(root, ec))) ok = true;
+    }
+    if (!ok) {
+      return Err(n, absl::StrCat(what, " ", p.string(), " is outside the allowed roots (",
+                                 absl::StrJoin(options_.allowed_roots, ", "), ")"),
+                 absl::StatusCode::kPermissionDenied);
+    }
+  }
+  return p.string();
+}
+
+absl::StatusOr<DataSpec> Parser::Data(const YAML::Node& n, absl::string_view what,
+                                      bool calibration) const {
+  MOEC_RETURN_IF_ERROR(CheckKeys(n, calibration ? std::set<std::string>{"path", "samples",
+                                                                        "seqlen", "seed",
+                                                                        "sampling"}
+                                                : std::set<std::string>{"path", "seqlen",
+                                                                        "samples"},
+                                 what));
+  DataSpec d;
+  MOEC_ASSIGN_OR_RETURN(d.path, Path(n["path"], absl::StrCat(what, ".path")));
+  if (options_.check_files && !fs::is_regular_file(d.path)) {
+    return Err(n["path"], absl::StrCat(what, ".path: no such file ", d.path),
+               absl::StatusCode::kNotFound);
+  }
+  if (n["samples"]) {
+    MOEC_ASSIGN_OR_RETURN(d.samples, Int(n["samples"], absl::StrCat(what, ".samples"), 1, 1 << 24));
+  }
+  if (n["seqlen"]) {
+    MOEC_ASSIGN_OR_RETURN(d.seqlen, Int(n["seqlen"], absl::StrCat(what, ".seqlen"), 2, 1 << 20));
+  }
+  if (n["seed"]) {
+    MOEC_ASSIGN_OR_RETURN(d.seed, Int(n["seed"], absl::StrCat(what, ".seed"), 0, INT64_MAX));
+  }
+  if (n["sampling"]) {
+    MOEC_ASSIGN_OR_RETURN(d.sampling, String(n["sampling"], absl::StrCat(what, ".sampling")));
+    if (d.sampling != "random_windows" && d.sampling != "chunks") {
+      return Err(n["sampling"], absl::StrCat(what, ".sampling must be random_windows or chunks, got '",
+                                             d.sampling, "'"));
+    }
+  }
+  return d;
+}
+
+absl::StatusOr<json> Parser::Param(const YAML::Node& n, const ParamSpec& spec,
+                                   absl::string_view stage) const {
+  const std::string what = absl::StrCat("stage '", stage, "' parameter '", spec.name, "'");
+  switch (spec.type) {
+    case ParamType::kInt: {
+      MOEC_ASSIGN_OR_RETURN(int64_t v, Int(n, what, static_cast<int64_t>(spec.min),
+                                           static_cast<int64_t>(spec.max)));
+      return json(v);
+    }
+    case ParamType::kFloat: {
+      double v = 0;
+      if (!n.IsScalar() || !YAML::convert<double>::decode(n, v)) {
+        return Err(n, absl::StrCat(what, " must be a number"));
+      }
+      if (!(v >= spec.min && v <= spec.max)) {
+        return Err(n, absl::StrCat(what, " must be in [", spec.min, ", ", spec.max, "], got ", v));
+      }
+      return json(v);
+    }
+    case ParamType::kBool: {
+      bool v = false;
+      if (!n.IsScalar() || !YAML::convert<bool>::decode(n, v)) {
+        return Err(n, absl::StrCat(what, " must be true or false"));
+      }
+      return json(v);
+    }
+    case ParamType::kString:
+    case ParamType::kEnum: {
+      MOEC_ASSIGN_OR_RETURN(std::string v, String(n, what));
+      if (spec.type == ParamType::kEnum &&
+          std::find(spec.choices.begin(), spec.choices.end(), v) == spec.choices.end()) {
+        return Err(n, absl::StrCat(what, " must be one of ", absl::StrJoin(spec.choices, ", "),
+                                   ", got '", v, "'"));
+      }
+      return json(v);
+    }
+    case ParamType::kIntList: {
+      if (!n.IsSequence() || n.size() == 0) {
+        return Err(n, absl::StrCat(what, " must be a non-empty list of integers"));
+      }
+      json arr = json::array();
+      for (const auto& e : n) {
+        MOEC_ASSIGN_OR_RETURN(int64_t v, Int(e, what, static_cast<int64_t>(spec.min),
+                                             static_cast<int64_t>(spec.max)));
+        arr.push_back(v);
+      }
+      return arr;
+    }
+  }
+  return Err(n, "unreachable parameter type");
+}
+
+absl::StatusOr<StageSpec> Parser::Stage(const YAML::Node& n) const {
+  MOEC_RETURN_IF_ERROR(CheckKeys(n, {"id", "kind", "needs", "with"}, "stage"));
+  StageSpec s;
+  s.line = n.Mark().line + 1;
+  MOEC_ASSIGN_OR_RETURN(s.id, String(n["id"], "stage id"));
+  if (!ValidId(s.id)) {
+    return Err(n["id"], absl::StrCat("stage id '", s.id, "' must be 1-64 of [A-Za-z0-9_-]"));
+  }
+  MOEC_ASSIGN_OR_RETURN(s.kind, String(n["kind"], absl::StrCat("kind of stage '", s.id, "'")));
+  const StageKindSpec* spec = FindStageKind(s.kind);
+  if (spec == nullptr) {
+    return Err(n["kind"], absl::StrCat("stage '", s.id, "': unknown kind '", s.kind,
+                                       "' (known: ", StageKindList(), ")"));
+  }
+  if (n["needs"]) {
+    if (!n["needs"].IsSequence()) return Err(n["needs"], absl::StrCat("stage '", s.id, "': needs must be a list"));
+    for (const auto& e : n["needs"]) {
+      MOEC_ASSIGN_OR_RETURN(std::string need, String(e, absl::StrCat("stage '", s.id, "' needs")));
+      s.needs.push_back(need);
+    }
+  }
+  YAML::Node with = n["with"];
+  std::set<std::string> names;
+  for (const auto& p : spec->params) names.insert(p.name);
+  if (with && !with.IsNull()) {
+    if (!with.IsMap()) return Err(with, absl::StrCat("stage '", s.id, "': with must be a mapping"));
+    for (const auto& kv : with) {
+      const std::string key = kv.first.as<std::string>();
+      if (!names.count(key)) {
+        return Err(kv.first, absl::StrCat("stage '", s.id, "': unknown parameter '", key,
+                                          "' for kind ", s.kind, " (known: ",
+                                          names.empty() ? "none" : absl::StrJoin(names, ", "),
+                                          ")"));
+      }
+    }
+    MOEC_RETURN_IF_ERROR(CheckKeys(with, names, absl::StrCat("stage '", s.id, "' with")));
+  }
+  s.params = json::object();
+  const bool has_with = with && with.IsMap();
+  for (const ParamSpec& p : spec->params) {
+    if (!has_with || !with[p.name]) {
+      if (p.default_value.is_null()) {
+        return Err(n, absl::StrCat("stage '", s.id, "': missing required parameter '", p.name,
+                                   "' (", p.help, ")"));
+      }
+      s.params[p.name] = p.default_value;
+      continue;
+    }
+    MOEC_ASSIGN_OR_RETURN(s.params[p.name], Param(with[p.name], p, s.id));
+  }
+  return s;
+}
+
+// Orders stages topologically, keeping file order where dependencies allow.
+absl::Status Parser::Order(const YAML::Node& node, std::vector<StageSpec>* stages) const {
+  std::map<std::string, size_t> index;
+  for (size_t i = 0; i < stages->size(); ++i) {
+    if (!index.emplace((*stages)[i].id, i).second) {
+      return Err(node[i]["id"], absl::StrCat("duplicate stage id '", (*stages)[i].id, "'"));
+    }
+  }
+  for (size_t i = 0; i < stages->size(); ++i) {
+    for (size_t k = 0; k < (*stages)[i].needs.size(); ++k) {
+      const std::string& need = (*stages)[i].needs[k];
+      if (!index.count(need)) {
+        return Err(node[i]["needs"][k], absl::StrCat("stage '", (*stages)[i].id,
+                                                     "' needs '", need, "', which is not a stage"));
+      }
+      if (need == (*stages)[i].id) {
+        return Err(node[i]["needs"][k], absl::StrCat("stage '", need, "' needs itself"));
+      }
+    }
+  }
+  std::vector<StageSpec> out;
+  std::vector<bool> placed(stages->size(), false);
+  while (out.size() < stages->size()) {
+    bool progress = false;
+    for (size_t i = 0; i < stages->size() && !progress; ++i) {
+      if (placed[i]) continue;
+      bool ready = true;
+      for (const auto& need : (*stages)[i].needs) ready = ready && placed[index[need]];
+      if (ready) {
+        placed[i] = true;
+        out.push_back((*stages)[i]);
+        progress = true;
+      }
+    }
+    if (!progress) {
+      // Every unplaced stage waits on another unplaced one: walk the needs to find the cycle.
+      size_t cur = 0;
+      while (placed[cur]) ++cur;
+      std::vector<size_t> path;
+      std::vector<int> pos(stages->size(), -1);
+      while (pos[cur] < 0) {
+        pos[cur] = static_cast<int>(path.size());
+        path.push_back(cur);
+        for (const auto& need : (*stages)[cur].needs) {
+          if (!placed[index[need]]) {
+            cur = index[need];
+            break;
+          }
+        }
+      }
+      std::vector<std::string> ids;
+      for (size_t k = pos[cur]; k < path.size(); ++k) ids.push_back((*stages)[path[k]].id);
+      ids.push_back((*stages)[cur].id);
+      return Err(node[cur], absl::StrCat("stages form a cycle: ", absl::StrJoin(ids, " -> ")));
+    }
+  }
+  *stages = std::move(out);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Recipe> Parser::Parse(const YAML::Node& root) {
+  MOEC_RETURN_IF_ERROR(CheckKeys(root, {"name", "model", "output", "calibration", "evaluation",
+                                        "workers", "stages"},
+                                 "recipe"));
+  Recipe r;
+  r.source = source_;
+  MOEC_ASSIGN_OR_RETURN(r.name, String(root["name"], "name"));
+  if (!ValidId(r.name) && r.name.find('.') == std::string::npos) {
+    return Err(root["name"], absl::StrCat("name '", r.name, "' must be 1-64 of [A-Za-z0-9_-]"));
+  }
+  MOEC_ASSIGN_OR_RETURN(r.model, Path(root["model"], "model"));
+  if (options_.check_files) {
+    if (!fs::is_directory(r.model)) {
+      return Err(root["model"], absl::StrCat("model: no such directory ", r.model),
+                 absl::StatusCode::kNotFound);
+    }
+    if (!fs::is_regular_file(fs::path(r.model) / "config.json")) {
+      return Err(root["model"], absl::StrCat("model: ", r.model, " has no config.json"),
+                 absl::StatusCode::kNotFound);
+    }
+  }
+  MOEC_ASSIGN_OR_RETURN(r.output, Path(root["output"], "output"));
+  if (root["calibration"]) {
+    MOEC_ASSIGN_OR_RETURN(r.calibration, Data(root["calibration"], "calibration", true));
+  }
+  if (root["evaluation"]) {
+    MOEC_ASSIGN_OR_RETURN(r.evaluation, Data(root["evaluation"], "evaluation", false));
+  }
+  if (root["workers"]) {
+    MOEC_ASSIGN_OR_RETURN(int64_t w, Int(root["workers"], "workers", 1, 1024));
+    r.workers = static_cast<int>(w);
+  }
+  YAML::Node stages = root["stages"];
+  if (!stages || !stages.IsSequence() || stages.size() == 0) {
+    return Err(stages ? stages : root, "stages must be a non-empty list");
+  }
+  for (const auto& s : stages) {
+    MOEC_ASSIGN_OR_RETURN(StageSpec spec, Stage(s));
+    r.stages.push_back(std::move(spec));
+  }
+  MOEC_RETURN_IF_ERROR(Order(stages, &r.stages));
+  return r;
+}
+
+absl::Status ApplyOverride(YAML::Node root, const std::string& source, const std::string& ov) {
+  auto bad = [&](absl::string_view what) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": --set '", ov, "': ", what));
+  };
+  size_t eq = ov.find('=');
+  if (eq == std::string::npos || eq == 0) return bad("expected key.path=value");
+  std::vector<std::string> path = absl::StrSplit(ov.substr(0, eq), '.');
+  YAML::Node value;
+  try {
+    value = YAML::Load(ov.substr(eq + 1));
+  } catch (const YAML::Exception& e) {
+    return bad(absl::StrCat("value is not valid YAML: ", e.msg));
+  }
+  YAML::Node cur;
+  cur.reset(root);
+  for (size_t i = 0; i < path.size(); ++i) {
+    const std::string& seg = path[i];
+    if (seg.empty()) return bad("empty path segment");
+    const bool last = i + 1 == path.size();
+    if (cur.IsSequence()) {
+      YAML::Node found;  // note: a default Node is a defined null, hence the flag
+      bool have = false;
+      for (auto e : cur) {
+        if (e.IsMap() && e["id"] && e["id"].IsScalar() && e["id"].Scalar() == seg) {
+          found.reset(e);
+          have = true;
+        }
+      }
+      if (!have) return bad(absl::StrCat("no stage with id '", seg, "'"));
+      if (last) return bad("cannot replace a whole stage");
+      cur.reset(found);
+      continue;
+    }
+    if (cur.IsDefined() && !cur.IsMap() && !cur.IsNull()) {
+      return bad(absl::StrCat("'", seg, "' is inside a scalar"));
+    }
+    if (last) {
+      cur[seg] = value;
+    } else {
+      if (!cur[seg]) cur[seg] = YAML::Node(YAML::NodeType::Map);  // e.g. a stage without `with`
+      YAML::Node next = cur[seg];
+      cur.reset(next);
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::string Recipe::CanonicalJson() const {
+  json j;
+  j["name"] = name;
+  j["model"] = model;
+  j["output"] = output;
+  j["workers"] = workers;
+  auto data = [](const std::optional<DataSpec>& d) {
+    if (!d) return json();
+    return json{{"path", d->path}, {"samples", d->samples}, {"seqlen", d->seqlen},
+                {"seed", d->seed}, {"sampling", d->sampling}};
+  };
+  j["calibration"] = data(calibration);
+  j["evaluation"] = data(evaluation);
+  j["stages"] = json::array();
+  for (const auto& s : stages) {
+    j["stages"].push_back({{"id", s.id}, {"kind", s.kind}, {"needs", s.needs}, {"with", s.params}});
+  }
+  return j.dump();
+}
+
+const StageSpec* Recipe::FindStage(absl::string_view id) const {
+  for (const auto& s : stages) {
+    if (s.id == id) return &s;
+  }
+  return nullptr;
+}
+
+absl::StatusOr<Recipe> ParseRecipe(absl::string_view yaml, const std::string& source_path,
+                                   absl::Span<const std::string> overrides,
+                                   const RecipeOptions& options) {
+  if (yaml.size() > options.max_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(source_path, ": recipe of ", yaml.size(),
+                                                     " bytes exceeds ", options.max_bytes));
+  }
+  try {
+    YAML::Node root = YAML::Load(std::string(yaml));
+    if (!root.IsMap()) {
+      return absl::InvalidArgumentError(absl::StrCat(source_path, ": a recipe is a mapping"));
+    }
+    for (const auto& ov : overrides) MOEC_RETURN_IF_ERROR(ApplyOverride(root, source_path, ov));
+    Parser parser(source_path, options);
+    return parser.Parse(root);
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(source_path, ":", e.mark.line + 1, ":", e.mark.column + 1, ": ", e.msg));
+  }
+}
+
+absl::StatusOr<Recipe> LoadRecipeFile(const std::string& path,
+                                      absl::Span<const std::string> overrides,
+                                      const RecipeOptions& options) {
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) {
+    return absl::NotFoundError(absl::StrCat("recipe ", path, ": no such file"));
+  }
+  auto size = fs::file_size(path, ec);
+  if (ec || size > options.max_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat("recipe ", path, " exceeds ", options.max_bytes,
+                                                     " bytes"));
+  }
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream buf;
+  buf << in.rdbuf();
+  return ParseRecipe(buf.str(), path, overrides, options);
+}
+
+}  // namespace moec::recipe

@@ -1,0 +1,78 @@
+// Recipes: the YAML a user writes (docs/recipes.md), parsed and validated into a Recipe with
+// precise errors ("recipe.yaml:12: stage 'bits': unknown parameter 'averge_bits'"). Used by the
+// client before submitting and by the coordinator again (it never trusts the client).
+#ifndef MOEC_COMMON_RECIPE_RECIPE_H_
+#define MOEC_COMMON_RECIPE_RECIPE_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+#include "nlohmann/json.hpp"
+
+namespace moec::recipe {
+
+// Calibration or evaluation text.
+struct DataSpec {
+  std::string path;  // absolute, resolved against the recipe's directory
+  int64_t samples = 128;
+  int64_t seqlen = 512;
+  int64_t seed = 0;
+  std::string sampling = "random_windows";  // random_windows | chunks
+};
+
+struct StageSpec {
+  std::string id;
+  std::string kind;
+  std::vector<std::string> needs;
+  nlohmann::json params;  // every parameter of the kind, defaults filled in
+  int line = 0;           // 1-based line in the recipe (0 when unknown)
+};
+
+struct Recipe {
+  std::string name;
+  std::string source;  // the recipe file (or name given to ParseRecipe)
+  std::string model;   // absolute
+  std::string output;  // absolute
+  std::optional<DataSpec> calibration;
+  std::optional<DataSpec> evaluation;
+  int workers = 1;
+  std::vector<StageSpec> stages;  // in a topological order (file order where free)
+
+  // Canonical JSON (sorted keys, no source file): identical recipes give identical bytes.
+  std::string CanonicalJson() const;
+  const StageSpec* FindStage(absl::string_view id) const;
+};
+
+struct RecipeOptions {
+  // Check that the model directory (with config.json) and data files exist.
+  bool check_files = true;
+  // When non-empty, every path of the recipe must resolve inside one of these directories.
+  std::vector<std::string> allowed_roots;
+  // Largest accepted recipe text.
+  size_t max_bytes = 1 << 20;
+};
+
+// Parses `yaml` as the recipe file `source_path` (relative paths resolve against its directory),
+// after applying `overrides` ("key.path=value", e.g. "stages.bits.with.average_bits=2.0";
+// `stages.<id>` selects the stage with that id; the value is parsed as YAML).
+// Errors: InvalidArgument "<file>:<line>: <what>" for malformed YAML, unknown keys, wrong types
+// or ranges, unknown stage kinds or parameters, duplicate ids, missing `needs`, cycles, bad
+// overrides; NotFound for missing model or data files; PermissionDenied for a path outside the
+// allowed roots; ResourceExhausted for an oversized recipe.
+absl::StatusOr<Recipe> ParseRecipe(absl::string_view yaml, const std::string& source_path,
+                                   absl::Span<const std::string> overrides,
+                                   const RecipeOptions& options = {});
+
+// Reads and parses a recipe file. Errors: those of ParseRecipe, NotFound for a missing file.
+absl::StatusOr<Recipe> LoadRecipeFile(const std::string& path,
+                                      absl::Span<const std::string> overrides,
+                                      const RecipeOptions& options = {});
+
+}  // namespace moec::recipe
+
+#endif  // MOEC_COMMON_RECIPE_RECIPE_H_
