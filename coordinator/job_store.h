@@ -1,0 +1,61 @@
+// JobStore: jobs, tasks and their event logs, durable in a KvStore (RocksDB in production).
+// Every mutation is one synced WriteBatch, so after a crash a job's record, its tasks and its
+// events agree. Key schema (docs/formats/job_store.md):
+//   jobs   j/<job_id> -> JobRecord          f/<fingerprint> -> job_id (SubmitJob idempotence)
+//   tasks  t/<job_id>/<order:8 digits> -> TaskRecord
+//   events e/<job_id>/<seq:16 digits> -> JobEvent
+#ifndef MOEC_COORDINATOR_JOB_STORE_H_
+#define MOEC_COORDINATOR_JOB_STORE_H_
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "moec/v1/job.pb.h"
+#include "storage/kv_store.h"
+
+namespace moec::coordinator {
+
+// Column families a JobStore needs in its KvStore.
+std::vector<std::string> JobStoreColumnFamilies();
+
+// Thread-compatible: the coordinator serializes calls per job. The KvStore must outlive it.
+class JobStore {
+ public:
+  // Errors: InvalidArgument when the store lacks a needed column family.
+  static absl::StatusOr<std::unique_ptr<JobStore>> Open(storage::KvStore* kv);
+
+  // Persists a new job, its tasks and events (numbered from job.next_event_seq, which is
+  // advanced) in one batch. Errors: AlreadyExists for a known job id or fingerprint.
+  absl::Status CreateJob(v1::JobRecord& job, absl::Span<const v1::TaskRecord> tasks,
+                         std::vector<v1::JobEvent> events);
+
+  // Persists the job record, changed tasks, new events (numbered as above) and `extra` writes
+  // (e.g. a task's outputs) in one synced batch.
+  absl::Status Commit(v1::JobRecord& job, absl::Span<const v1::TaskRecord* const> tasks,
+                      std::vector<v1::JobEvent> events, const storage::KvWriteBatch* extra = nullptr);
+
+  absl::StatusOr<v1::JobRecord> GetJob(absl::string_view job_id) const;
+  // The job with this fingerprint, if any.
+  absl::StatusOr<std::optional<v1::JobRecord>> FindByFingerprint(absl::string_view fp) const;
+  absl::StatusOr<std::vector<v1::JobRecord>> ListJobs() const;
+  // Tasks of a job in plan order.
+  absl::StatusOr<std::vector<v1::TaskRecord>> ListTasks(absl::string_view job_id) const;
+  // Events with seq >= from_seq, at most `limit`.
+  absl::StatusOr<std::vector<v1::JobEvent>> ReadEvents(absl::string_view job_id, int64_t from_seq,
+                                                       size_t limit) const;
+
+ private:
+  explicit JobStore(storage::KvStore* kv) : kv_(kv) {}
+  void AddEvents(v1::JobRecord& job, std::vector<v1::JobEvent>& events,
+                 storage::KvWriteBatch* batch) const;
+
+  storage::KvStore* const kv_;  // Not owned.
+};
+
+}  // namespace moec::coordinator
+
+#endif  // MOEC_COORDINATOR_JOB_STORE_H_

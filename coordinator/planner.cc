@@ -1,0 +1,163 @@
+#include "coordinator/planner.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/fingerprint.h"
+#include "common/recipe/stage_catalog.h"
+#include "common/status_macros.h"
+#include "nlohmann/json.hpp"
+
+namespace moec::coordinator {
+namespace {
+
+namespace fs = std::filesystem;
+
+absl::StatusOr<std::string> ReadSmallFile(const fs::path& p, uintmax_t max_bytes) {
+  std::error_code ec;
+  if (!fs::is_regular_file(p, ec)) return absl::NotFoundError(absl::StrCat(p.string(), ": no such file"));
+  if (fs::file_size(p, ec) > max_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(p.string(), " is larger than ", max_bytes, " bytes"));
+  }
+  std::ifstream in(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// Adds name, size, mtime and a content digest of `p` (the first `head` bytes, or all of it).
+absl::Status AddFile(const fs::path& p, uintmax_t head, Sha256* h) {
+  std::error_code ec;
+  const uintmax_t size = fs::file_size(p, ec);
+  if (ec) return absl::NotFoundError(absl::StrCat(p.string(), ": ", ec.message()));
+  const auto mtime = fs::last_write_time(p, ec).time_since_epoch().count();
+  h->AddField(p.filename().string());
+  h->AddU64(size);
+  h->AddU64(static_cast<uint64_t>(mtime));
+  std::ifstream in(p, std::ios::binary);
+  std::vector<char> buf(1 << 20);
+  uintmax_t left = std::min(size, head);
+  Sha256 content;
+  while (left > 0 && in) {
+    in.read(buf.data(), static_cast<std::streamsize>(std::min<uintmax_t>(left, buf.size())));
+    std::streamsize got = in.gcount();
+    if (got <= 0) break;
+    content.Update(absl::string_view(buf.data(), static_cast<size_t>(got)));
+    left -= static_cast<uintmax_t>(got);
+  }
+  h->AddField(content.FinishHex());
+  return absl::OkStatus();
+}
+
+std::string TaskId(absl::string_view job_id, absl::string_view stage_id, int layer) {
+  return layer < 0 ? absl::StrCat(job_id, "/", stage_id)
+                   : absl::StrCat(job_id, "/", stage_id, "/L", layer);
+}
+
+}  // namespace
+
+absl::StatusOr<ModelShape> ReadModelShape(const std::string& model_dir) {
+  fs::path p = fs::path(model_dir) / "config.json";
+  MOEC_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(p, 4 << 20));
+  nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(p.string(), ": not a JSON object"));
+  }
+  auto it = j.find("num_hidden_layers");
+  if (it == j.end() || !it->is_number_integer() || it->get<int64_t>() <= 0 ||
+      it->get<int64_t>() > 100000) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(p.string(), ": num_hidden_layers must be a positive integer"));
+  }
+  return ModelShape{static_cast<int>(it->get<int64_t>())};
+}
+
+absl::StatusOr<std::string> FingerprintJobInputs(const recipe::Recipe& recipe) {
+  Sha256 h;
+  std::vector<fs::path> model_files;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(recipe.model, ec)) {
+    const std::string name = e.path().filename().string();
+    if (e.is_regular_file() && (name == "config.json" || absl::EndsWith(name, ".safetensors") ||
+                                absl::EndsWith(name, ".safetensors.index.json"))) {
+      model_files.push_back(e.path());
+    }
+  }
+  if (ec) return absl::NotFoundError(absl::StrCat("model ", recipe.model, ": ", ec.message()));
+  std::sort(model_files.begin(), model_files.end());
+  h.AddField("model");
+  for (const auto& f : model_files) MOEC_RETURN_IF_ERROR(AddFile(f, 1 << 20, &h));
+  for (const auto* data : {&recipe.calibration, &recipe.evaluation}) {
+    h.AddField(data->has_value() ? "data" : "none");
+    if (data->has_value()) MOEC_RETURN_IF_ERROR(AddFile((*data)->path, UINTMAX_MAX, &h));
+  }
+  return h.FinishHex();
+}
+
+std::string JobFingerprint(const recipe::Recipe& recipe, absl::string_view inputs_fingerprint) {
+  Sha256 h;
+  h.AddField(recipe.CanonicalJson());
+  h.AddField(inputs_fingerprint);
+  return h.FinishHex();
+}
+
+absl::StatusOr<std::vector<v1::TaskRecord>> PlanJob(const recipe::Recipe& recipe,
+                                                    const ModelShape& shape,
+                                                    absl::string_view job_id,
+                                                    absl::string_view inputs_fingerprint) {
+  std::vector<v1::TaskRecord> tasks;
+  std::map<std::string, size_t> index;  // task id -> position
+  // Per stage: its task ids by layer (global stages: one entry for layer -1).
+  std::map<std::string, std::vector<std::string>> stage_tasks;
+  for (const recipe::StageSpec& stage : recipe.stages) {
+    const recipe::StageKindSpec* kind = recipe::FindStageKind(stage.kind);
+    const bool per_layer = kind != nullptr && kind->shape == recipe::StageShape::kPerLayer;
+    if (per_layer && shape.num_layers <= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("stage '", stage.id, "' runs per layer but the model has no layers"));
+    }
+    const int layers = per_layer ? shape.num_layers : 1;
+    for (int l = 0; l < layers; ++l) {
+      v1::TaskRecord t;
+      const int layer = per_layer ? l : -1;
+      t.set_task_id(TaskId(job_id, stage.id, layer));
+      t.set_job_id(std::string(job_id));
+      t.set_stage_id(stage.id);
+      t.set_kind(stage.kind);
+      t.set_layer(layer);
+      t.set_params_json(stage.params.dump());
+      t.set_group_size(per_layer ? recipe.workers : 1);
+      t.set_order(static_cast<int64_t>(tasks.size()));
+      std::vector<std::string> deps;
+      if (per_layer && l > 0) deps.push_back(stage_tasks[stage.id][l - 1]);
+      for (const std::string& need : stage.needs) {
+        const std::vector<std::string>& prior = stage_tasks[need];
+        // Same layer of a per-layer need; otherwise its last task (which implies all of it).
+        deps.push_back(per_layer && prior.size() == static_cast<size_t>(layers) ? prior[l]
+                                                                                : prior.back());
+      }
+      std::sort(deps.begin(), deps.end());
+      deps.erase(std::unique(deps.begin(), deps.end()), deps.end());
+      Sha256 fp;
+      fp.AddField(stage.kind);
+      fp.AddField(t.params_json());
+      fp.AddField(kCodeVersion);
+      fp.AddField(inputs_fingerprint);
+      fp.AddU64(static_cast<uint64_t>(layer + 1));
+      for (const std::string& d : deps) {
+        fp.AddField(tasks[index[d]].fingerprint());
+        t.add_deps(d);
+      }
+      t.set_fingerprint(fp.FinishHex());
+      t.set_state(deps.empty() ? v1::TASK_READY : v1::TASK_BLOCKED);
+      index[t.task_id()] = tasks.size();
+      stage_tasks[stage.id].push_back(t.task_id());
+      tasks.push_back(std::move(t));
+    }
+  }
+  return tasks;
+}
+
+}  // namespace moec::coordinator

@@ -1,0 +1,115 @@
+#include "coordinator/planner.h"
+
+#include <filesystem>
+#include <map>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
+
+namespace moec::coordinator {
+namespace {
+
+using ::moec::testing::StatusIs;
+using ::moec::testing::TempDir;
+using ::testing::ElementsAre;
+using ::testing::IsEmpty;
+
+class PlannerTest : public ::testing::Test {
+ protected:
+  PlannerTest() {
+    std::filesystem::create_directories(dir_.Join("m"));
+    dir_.WriteFile("m/config.json", R"({"num_hidden_layers": 3})");
+    dir_.WriteFile("m/model.safetensors", "weights");
+    dir_.WriteFile("calib.txt", "some text");
+  }
+  recipe::Recipe Recipe(const std::string& stages, std::vector<std::string> overrides = {}) {
+    std::string yaml = "name: t\nmodel: m\noutput: out\nworkers: 2\n"
+                       "calibration: {path: calib.txt}\nstages:\n" + stages;
+    auto r = recipe::ParseRecipe(yaml, dir_.Join("r.yaml"), overrides);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return *r;
+  }
+  std::map<std::string, v1::TaskRecord> ById(const std::vector<v1::TaskRecord>& tasks) {
+    std::map<std::string, v1::TaskRecord> m;
+    for (const auto& t : tasks) m[t.task_id()] = t;
+    return m;
+  }
+  TempDir dir_;
+};
+
+constexpr char kStages[] =
+    "  - {id: stats, kind: calibrate}\n"
+    "  - {id: loss, kind: quant_loss, needs: [stats]}\n"
+    "  - {id: bits, kind: allocate_bits, needs: [stats, loss], with: {average_bits: 2.5}}\n"
+    "  - {id: quant, kind: gptq, needs: [bits]}\n"
+    "  - {id: out, kind: export, needs: [quant]}\n";
+
+TEST_F(PlannerTest, ReadsModelShape) {
+  EXPECT_THAT(ReadModelShape(dir_.Join("m")), moec::testing::IsOkAndHolds(
+                                                  ::testing::Field(&ModelShape::num_layers, 3)));
+  dir_.WriteFile("m/config.json", R"({"num_hidden_layers": 0})");
+  EXPECT_THAT(ReadModelShape(dir_.Join("m")), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(ReadModelShape(dir_.Join("none")), StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST_F(PlannerTest, ExpandsPerLayerChainsAndGlobalTasks) {
+  ASSERT_OK_AND_ASSIGN(auto tasks, PlanJob(Recipe(kStages), {3}, "j1", "inputs"));
+  // 3 calibrate + 3 quant_loss + 1 allocate_bits + 3 gptq + 1 export
+  ASSERT_EQ(tasks.size(), 11u);
+  auto by = ById(tasks);
+  EXPECT_THAT(by["j1/stats/L0"].deps(), IsEmpty());
+  EXPECT_EQ(by["j1/stats/L0"].state(), v1::TASK_READY);
+  EXPECT_THAT(by["j1/stats/L1"].deps(), ElementsAre("j1/stats/L0"));
+  // Layer l of quant_loss needs layer l of calibrate and its own layer l-1.
+  EXPECT_THAT(by["j1/loss/L2"].deps(), ElementsAre("j1/loss/L1", "j1/stats/L2"));
+  EXPECT_EQ(by["j1/loss/L2"].state(), v1::TASK_BLOCKED);
+  // A global stage waits for the last layer of each per-layer need.
+  EXPECT_THAT(by["j1/bits"].deps(), ElementsAre("j1/loss/L2", "j1/stats/L2"));
+  EXPECT_EQ(by["j1/bits"].layer(), -1);
+  EXPECT_EQ(by["j1/bits"].group_size(), 1);
+  EXPECT_THAT(by["j1/quant/L0"].deps(), ElementsAre("j1/bits"));
+  EXPECT_EQ(by["j1/quant/L0"].group_size(), 2);  // the job's worker group
+  EXPECT_THAT(by["j1/out"].deps(), ElementsAre("j1/quant/L2"));
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    EXPECT_EQ(tasks[i].order(), static_cast<int64_t>(i));
+    for (const auto& d : tasks[i].deps()) EXPECT_LT(by[d].order(), tasks[i].order());
+  }
+}
+
+TEST_F(PlannerTest, FingerprintsFollowContentNotJobIds) {
+  ASSERT_OK_AND_ASSIGN(auto a, PlanJob(Recipe(kStages), {3}, "j1", "inputs"));
+  ASSERT_OK_AND_ASSIGN(auto b, PlanJob(Recipe(kStages), {3}, "j2", "inputs"));
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i].fingerprint(), b[i].fingerprint());
+  // Changing a late parameter changes that stage and everything after it, not what comes before.
+  ASSERT_OK_AND_ASSIGN(auto c, PlanJob(Recipe(kStages, {"stages.bits.with.average_bits=2.0"}), {3},
+                                       "j3", "inputs"));
+  auto fa = ById(a), fc = ById(c);
+  EXPECT_EQ(fa["j1/loss/L2"].fingerprint(), fc["j3/loss/L2"].fingerprint());
+  EXPECT_NE(fa["j1/bits"].fingerprint(), fc["j3/bits"].fingerprint());
+  EXPECT_NE(fa["j1/quant/L0"].fingerprint(), fc["j3/quant/L0"].fingerprint());
+  // Different inputs change everything.
+  ASSERT_OK_AND_ASSIGN(auto d, PlanJob(Recipe(kStages), {3}, "j1", "other"));
+  EXPECT_NE(a[0].fingerprint(), d[0].fingerprint());
+  // Layers differ from each other.
+  EXPECT_NE(a[0].fingerprint(), a[1].fingerprint());
+}
+
+TEST_F(PlannerTest, JobFingerprintTracksRecipeAndInputFiles) {
+  recipe::Recipe r = Recipe(kStages);
+  ASSERT_OK_AND_ASSIGN(std::string in1, FingerprintJobInputs(r));
+  ASSERT_OK_AND_ASSIGN(std::string in2, FingerprintJobInputs(r));
+  EXPECT_EQ(in1, in2);
+  EXPECT_EQ(JobFingerprint(r, in1), JobFingerprint(Recipe(kStages), in1));
+  EXPECT_NE(JobFingerprint(r, in1), JobFingerprint(Recipe(kStages, {"workers=1"}), in1));
+  dir_.WriteFile("calib.txt", "other text");
+  ASSERT_OK_AND_ASSIGN(std::string in3, FingerprintJobInputs(r));
+  EXPECT_NE(in1, in3);
+  dir_.WriteFile("m/model.safetensors", "weightz");
+  ASSERT_OK_AND_ASSIGN(std::string in4, FingerprintJobInputs(r));
+  EXPECT_NE(in3, in4);
+}
+
+}  // namespace
+}  // namespace moec::coordinator

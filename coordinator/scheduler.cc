@@ -1,0 +1,106 @@
+#include "coordinator/scheduler.h"
+
+#include <algorithm>
+#include <map>
+
+#include "absl/strings/str_cat.h"
+
+namespace moec::coordinator {
+
+std::vector<Assignment> Schedule(absl::Span<const v1::TaskRecord* const> ready,
+                                 std::vector<WorkerSlots> workers, int64_t now_ms) {
+  std::vector<Assignment> out;
+  for (const v1::TaskRecord* task : ready) {
+    if (task->state() != v1::TASK_READY || task->not_before_ms() > now_ms) continue;
+    const size_t need = static_cast<size_t>(std::max(1, task->group_size()));
+    std::vector<WorkerSlots*> candidates;
+    for (auto& w : workers) {
+      if (w.free_slots > 0) candidates.push_back(&w);
+    }
+    if (candidates.size() < need) continue;
+    std::sort(candidates.begin(), candidates.end(), [](const WorkerSlots* a, const WorkerSlots* b) {
+      return a->free_slots != b->free_slots ? a->free_slots > b->free_slots
+                                            : a->worker_id < b->worker_id;
+    });
+    Assignment a;
+    a.task_id = task->task_id();
+    for (size_t i = 0; i < need; ++i) {
+      a.workers.push_back(candidates[i]->worker_id);
+      --candidates[i]->free_slots;
+    }
+    std::sort(a.workers.begin(), a.workers.end());  // rank order of a gang = worker id order
+    out.push_back(std::move(a));
+  }
+  return out;
+}
+
+void GrantLease(v1::TaskRecord& task, const std::vector<std::string>& workers, int64_t now_ms,
+                const RetryPolicy& policy) {
+  task.set_state(v1::TASK_LEASED);
+  task.clear_lease_workers();
+  for (const auto& w : workers) task.add_lease_workers(w);
+  task.set_lease_deadline_ms(now_ms + policy.lease_ms);
+  task.set_attempts(task.attempts() + 1);
+}
+
+bool ApplyFailure(v1::TaskRecord& task, const absl::Status& error, bool retriable, int64_t now_ms,
+                  const RetryPolicy& policy) {
+  task.clear_lease_workers();
+  task.set_lease_deadline_ms(0);
+  task.set_error(error.ToString());
+  if (retriable && task.attempts() < policy.max_attempts) {
+    int64_t backoff = policy.base_backoff_ms;
+    for (int i = 1; i < task.attempts() && backoff < policy.max_backoff_ms; ++i) backoff *= 2;
+    task.set_not_before_ms(now_ms + std::min(backoff, policy.max_backoff_ms));
+    task.set_state(v1::TASK_READY);
+    return false;
+  }
+  task.set_state(v1::TASK_FAILED);
+  return true;
+}
+
+std::vector<v1::TaskRecord*> ExpireLeases(std::vector<v1::TaskRecord>& tasks, int64_t now_ms,
+                                          const RetryPolicy& policy) {
+  std::vector<v1::TaskRecord*> expired;
+  for (auto& t : tasks) {
+    if (t.state() == v1::TASK_LEASED && t.lease_deadline_ms() < now_ms) {
+      std::string holders;
+      for (const auto& w : t.lease_workers()) absl::StrAppend(&holders, holders.empty() ? "" : ",", w);
+      ApplyFailure(t, absl::AbortedError(absl::StrCat("lease of ", holders, " expired")),
+                   /*retriable=*/true, now_ms, policy);
+      expired.push_back(&t);
+    }
+  }
+  return expired;
+}
+
+std::vector<v1::TaskRecord*> Unblock(std::vector<v1::TaskRecord>& tasks) {
+  std::map<std::string, v1::TaskState> state;
+  for (const auto& t : tasks) state[t.task_id()] = t.state();
+  std::vector<v1::TaskRecord*> unblocked;
+  for (auto& t : tasks) {
+    if (t.state() != v1::TASK_BLOCKED) continue;
+    bool ready = std::all_of(t.deps().begin(), t.deps().end(), [&](const std::string& d) {
+      auto it = state.find(d);
+      return it != state.end() && it->second == v1::TASK_DONE;
+    });
+    if (ready) {
+      t.set_state(v1::TASK_READY);
+      unblocked.push_back(&t);
+    }
+  }
+  return unblocked;
+}
+
+v1::JobState DeriveJobState(absl::Span<const v1::TaskRecord> tasks) {
+  bool all_done = true, started = false;
+  for (const auto& t : tasks) {
+    if (t.state() == v1::TASK_FAILED) return v1::JOB_FAILED;
+    if (t.state() != v1::TASK_DONE) all_done = false;
+    if (t.state() == v1::TASK_DONE || t.state() == v1::TASK_LEASED || t.attempts() > 0) started = true;
+  }
+  if (all_done) return v1::JOB_SUCCEEDED;
+  return started ? v1::JOB_RUNNING : v1::JOB_PENDING;
+}
+
+}  // namespace moec::coordinator

@@ -1,0 +1,65 @@
+// The scheduler and the task state machine, as pure functions of the job state, the workers and
+// the time: no I/O, no threads, no clock of their own. The coordinator calls them under its lock
+// and persists what they change (JobStore).
+#ifndef MOEC_COORDINATOR_SCHEDULER_H_
+#define MOEC_COORDINATOR_SCHEDULER_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+#include "moec/v1/job.pb.h"
+
+namespace moec::coordinator {
+
+struct WorkerSlots {
+  std::string worker_id;
+  int free_slots = 1;  // tasks it can take now
+};
+
+struct Assignment {
+  std::string task_id;
+  std::vector<std::string> workers;  // group_size distinct workers
+};
+
+// Leases READY tasks (in the given priority order; tasks with not_before_ms > now_ms wait) to
+// workers with free slots. A task with group_size k gets k distinct workers or none (a gang);
+// a task that does not fit is skipped and later, smaller tasks may still run (backfilling).
+// Workers are chosen by most free slots, then by id, so the result is deterministic.
+std::vector<Assignment> Schedule(absl::Span<const v1::TaskRecord* const> ready,
+                                 std::vector<WorkerSlots> workers, int64_t now_ms);
+
+struct RetryPolicy {
+  int max_attempts = 3;            // leases a task may get before it fails for good
+  int64_t base_backoff_ms = 1000;  // delay before the 2nd attempt; doubles, capped below
+  int64_t max_backoff_ms = 60000;
+  int64_t lease_ms = 30000;        // lease length; heartbeats renew it
+};
+
+// Marks `task` LEASED to `workers` until now + lease_ms and counts the attempt.
+void GrantLease(v1::TaskRecord& task, const std::vector<std::string>& workers, int64_t now_ms,
+                const RetryPolicy& policy);
+
+// Applies a failure of `task`'s current attempt. A retriable failure with attempts left puts it
+// back to READY after a backoff; otherwise it becomes FAILED with `error`. Returns true when the
+// task failed for good.
+bool ApplyFailure(v1::TaskRecord& task, const absl::Status& error, bool retriable, int64_t now_ms,
+                  const RetryPolicy& policy);
+
+// Returns the LEASED tasks of `tasks` whose lease has expired at now_ms after applying to each a
+// retriable failure (Aborted: lease expired). Those out of attempts become FAILED.
+std::vector<v1::TaskRecord*> ExpireLeases(std::vector<v1::TaskRecord>& tasks, int64_t now_ms,
+                                          const RetryPolicy& policy);
+
+// Moves BLOCKED tasks whose dependencies are all DONE to READY; returns them.
+std::vector<v1::TaskRecord*> Unblock(std::vector<v1::TaskRecord>& tasks);
+
+// The job state implied by its tasks: FAILED if any task failed for good, SUCCEEDED if all are
+// DONE, RUNNING if any has started, else PENDING. CANCELLED is set by the coordinator only.
+v1::JobState DeriveJobState(absl::Span<const v1::TaskRecord> tasks);
+
+}  // namespace moec::coordinator
+
+#endif  // MOEC_COORDINATOR_SCHEDULER_H_

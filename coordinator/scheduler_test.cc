@@ -1,0 +1,121 @@
+#include "coordinator/scheduler.h"
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace moec::coordinator {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::Field;
+using ::testing::IsEmpty;
+
+v1::TaskRecord Task(const std::string& id, int group = 1, v1::TaskState state = v1::TASK_READY) {
+  v1::TaskRecord t;
+  t.set_task_id(id);
+  t.set_job_id("j");
+  t.set_group_size(group);
+  t.set_state(state);
+  return t;
+}
+
+std::vector<const v1::TaskRecord*> Ptrs(const std::vector<v1::TaskRecord>& v) {
+  std::vector<const v1::TaskRecord*> p;
+  for (const auto& t : v) p.push_back(&t);
+  return p;
+}
+
+TEST(SchedulerTest, AssignsReadyTasksInOrderToWorkersWithMostFreeSlots) {
+  std::vector<v1::TaskRecord> tasks = {Task("a"), Task("b"), Task("c")};
+  auto out = Schedule(Ptrs(tasks), {{"w1", 1}, {"w2", 2}}, 0);
+  ASSERT_EQ(out.size(), 3u);
+  EXPECT_EQ(out[0].task_id, "a");
+  EXPECT_THAT(out[0].workers, ElementsAre("w2"));  // most free slots
+  EXPECT_THAT(out[1].workers, ElementsAre("w1"));  // tie 1:1 broken by id
+  EXPECT_THAT(out[2].workers, ElementsAre("w2"));
+}
+
+TEST(SchedulerTest, GangsGetDistinctWorkersOrWaitAndSmallerTasksBackfill) {
+  std::vector<v1::TaskRecord> tasks = {Task("gang3", 3), Task("gang2", 2), Task("solo")};
+  auto out = Schedule(Ptrs(tasks), {{"w1", 1}, {"w2", 1}}, 0);
+  ASSERT_EQ(out.size(), 1u);  // gang3 does not fit; gang2 takes both workers; solo waits
+  EXPECT_EQ(out[0].task_id, "gang2");
+  EXPECT_THAT(out[0].workers, ElementsAre("w1", "w2"));
+  // A worker with two slots still counts once in a gang.
+  out = Schedule(Ptrs(tasks), {{"w1", 2}}, 0);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].task_id, "solo");
+}
+
+TEST(SchedulerTest, SkipsTasksInBackoffAndNonReadyTasks) {
+  std::vector<v1::TaskRecord> tasks = {Task("later"), Task("blocked", 1, v1::TASK_BLOCKED),
+                                       Task("now")};
+  tasks[0].set_not_before_ms(1000);
+  EXPECT_THAT(Schedule(Ptrs(tasks), {{"w", 5}}, 999),
+              ElementsAre(Field(&Assignment::task_id, "now")));
+  EXPECT_THAT(Schedule(Ptrs(tasks), {{"w", 5}}, 1000),
+              ElementsAre(Field(&Assignment::task_id, "later"), Field(&Assignment::task_id, "now")));
+  EXPECT_THAT(Schedule(Ptrs(tasks), {}, 0), IsEmpty());
+}
+
+TEST(TaskStateTest, RetriesWithExponentialBackoffThenFails) {
+  RetryPolicy policy;
+  policy.max_attempts = 3;
+  policy.base_backoff_ms = 100;
+  v1::TaskRecord t = Task("t");
+  GrantLease(t, {"w1"}, 0, policy);
+  EXPECT_EQ(t.state(), v1::TASK_LEASED);
+  EXPECT_EQ(t.attempts(), 1);
+  EXPECT_EQ(t.lease_deadline_ms(), policy.lease_ms);
+  EXPECT_FALSE(ApplyFailure(t, absl::UnavailableError("x"), true, 10, policy));
+  EXPECT_EQ(t.state(), v1::TASK_READY);
+  EXPECT_EQ(t.not_before_ms(), 110);
+  GrantLease(t, {"w1"}, 200, policy);
+  EXPECT_FALSE(ApplyFailure(t, absl::UnavailableError("x"), true, 300, policy));
+  EXPECT_EQ(t.not_before_ms(), 500);  // doubled
+  GrantLease(t, {"w1"}, 600, policy);
+  EXPECT_TRUE(ApplyFailure(t, absl::UnavailableError("boom"), true, 700, policy));
+  EXPECT_EQ(t.state(), v1::TASK_FAILED);
+  EXPECT_THAT(t.error(), ::testing::HasSubstr("boom"));
+  v1::TaskRecord u = Task("u");
+  GrantLease(u, {"w"}, 0, policy);
+  EXPECT_TRUE(ApplyFailure(u, absl::InvalidArgumentError("bad"), /*retriable=*/false, 1, policy));
+  EXPECT_EQ(u.state(), v1::TASK_FAILED);
+}
+
+TEST(TaskStateTest, ExpiredLeasesReturnToReady) {
+  RetryPolicy policy;
+  std::vector<v1::TaskRecord> tasks = {Task("a"), Task("b")};
+  GrantLease(tasks[0], {"w1"}, 0, policy);
+  GrantLease(tasks[1], {"w2"}, 5000, policy);
+  auto expired = ExpireLeases(tasks, policy.lease_ms + 1, policy);
+  ASSERT_EQ(expired.size(), 1u);
+  EXPECT_EQ(expired[0]->task_id(), "a");
+  EXPECT_EQ(tasks[0].state(), v1::TASK_READY);
+  EXPECT_THAT(tasks[0].error(), ::testing::HasSubstr("lease of w1 expired"));
+  EXPECT_EQ(tasks[1].state(), v1::TASK_LEASED);
+}
+
+TEST(TaskStateTest, UnblockAndJobState) {
+  std::vector<v1::TaskRecord> tasks = {Task("a"), Task("b", 1, v1::TASK_BLOCKED),
+                                       Task("c", 1, v1::TASK_BLOCKED)};
+  tasks[1].add_deps("a");
+  tasks[2].add_deps("a");
+  tasks[2].add_deps("b");
+  EXPECT_EQ(DeriveJobState(tasks), v1::JOB_PENDING);
+  EXPECT_THAT(Unblock(tasks), IsEmpty());
+  tasks[0].set_state(v1::TASK_DONE);
+  auto u = Unblock(tasks);
+  ASSERT_EQ(u.size(), 1u);
+  EXPECT_EQ(u[0]->task_id(), "b");
+  EXPECT_EQ(DeriveJobState(tasks), v1::JOB_RUNNING);
+  tasks[1].set_state(v1::TASK_DONE);
+  EXPECT_EQ(Unblock(tasks).size(), 1u);
+  tasks[2].set_state(v1::TASK_DONE);
+  EXPECT_EQ(DeriveJobState(tasks), v1::JOB_SUCCEEDED);
+  tasks[2].set_state(v1::TASK_FAILED);
+  EXPECT_EQ(DeriveJobState(tasks), v1::JOB_FAILED);
+}
+
+}  // namespace
+}  // namespace moec::coordinator
