@@ -92,6 +92,18 @@ absl::Status JobStore::Commit(v1::JobRecord& job, absl::Span<const v1::TaskRecor
   return kv_->Write(batch, storage::Durability::kSync);
 }
 
+void JobStore::AddDoneFingerprint(const v1::TaskRecord& task, storage::KvWriteBatch* batch) {
+  batch->Put(kTasks, absl::StrCat("d/", task.fingerprint()), task.task_id());
+}
+
+absl::StatusOr<std::optional<std::string>> JobStore::FindDoneFingerprint(
+    absl::string_view fp) const {
+  absl::StatusOr<std::string> id = kv_->Get(kTasks, absl::StrCat("d/", fp));
+  if (absl::IsNotFound(id.status())) return std::optional<std::string>();
+  MOEC_RETURN_IF_ERROR(id.status());
+  return std::optional<std::string>(*std::move(id));
+}
+
 absl::StatusOr<v1::JobRecord> JobStore::GetJob(absl::string_view job_id) const {
   absl::StatusOr<std::string> raw = kv_->Get(kJobs, JobKey(job_id));
   if (absl::IsNotFound(raw.status())) return absl::NotFoundError(absl::StrCat("no job ", job_id));

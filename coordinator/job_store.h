@@ -2,7 +2,7 @@
 // Every mutation is one synced WriteBatch, so after a crash a job's record, its tasks and its
 // events agree. Key schema (docs/formats/job_store.md):
 //   jobs   j/<job_id> -> JobRecord          f/<fingerprint> -> job_id (SubmitJob idempotence)
-//   tasks  t/<job_id>/<order:8 digits> -> TaskRecord
+//   tasks  t/<job_id>/<order:8 digits> -> TaskRecord   d/<task fingerprint> -> task_id (done)
 //   events e/<job_id>/<seq:16 digits> -> JobEvent
 #ifndef MOEC_COORDINATOR_JOB_STORE_H_
 #define MOEC_COORDINATOR_JOB_STORE_H_
@@ -37,6 +37,12 @@ class JobStore {
   // (e.g. a task's outputs) in one synced batch.
   absl::Status Commit(v1::JobRecord& job, absl::Span<const v1::TaskRecord* const> tasks,
                       std::vector<v1::JobEvent> events, const storage::KvWriteBatch* extra = nullptr);
+
+  // Adds to `batch` the record that a task with this fingerprint finished (the memo index that
+  // lets identical work be reused across resumes and jobs).
+  static void AddDoneFingerprint(const v1::TaskRecord& task, storage::KvWriteBatch* batch);
+  // The id of a finished task with this fingerprint, if any.
+  absl::StatusOr<std::optional<std::string>> FindDoneFingerprint(absl::string_view fp) const;
 
   absl::StatusOr<v1::JobRecord> GetJob(absl::string_view job_id) const;
   // The job with this fingerprint, if any.

@@ -1,0 +1,417 @@
+#include "coordinator/coordinator.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/recipe/recipe.h"
+#include "common/status_macros.h"
+#include "coordinator/planner.h"
+#include "glog/logging.h"
+
+namespace moec::coordinator {
+
+absl::Status CoordinatorOptions::Validate() const {
+  if (retry.max_attempts < 1) return absl::InvalidArgumentError("retry.max_attempts must be >= 1");
+  if (retry.lease_ms <= 0 || worker_timeout_ms <= 0 || poll_window_ms <= 0) {
+    return absl::InvalidArgumentError("lease, worker timeout and poll window must be positive");
+  }
+  return absl::OkStatus();
+}
+
+int64_t Coordinator::NowMs() const { return absl::ToUnixMillis(clock_()); }
+
+absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(JobStore* store,
+                                                                 CoordinatorOptions options,
+                                                                 Clock clock) {
+  MOEC_RETURN_IF_ERROR(options.Validate());
+  auto c = std::unique_ptr<Coordinator>(new Coordinator(store, std::move(options), std::move(clock)));
+  MOEC_ASSIGN_OR_RETURN(std::vector<v1::JobRecord> records, store->ListJobs());
+  std::sort(records.begin(), records.end(), [](const auto& a, const auto& b) {
+    return a.submit_time_ms() != b.submit_time_ms() ? a.submit_time_ms() < b.submit_time_ms()
+                                                    : a.job_id() < b.job_id();
+  });
+  absl::MutexLock lock(&c->mu_);
+  const int64_t now = c->NowMs();
+  for (auto& r : records) {
+    Job job;
+    job.record = std::move(r);
+    MOEC_ASSIGN_OR_RETURN(job.tasks, store->ListTasks(job.record.job_id()));
+    for (size_t i = 0; i < job.tasks.size(); ++i) {
+      v1::TaskRecord& t = job.tasks[i];
+      job.index[t.task_id()] = i;
+      if (t.state() == v1::TASK_LEASED) t.set_lease_deadline_ms(now + c->options_.retry.lease_ms);
+    }
+    const std::string id = job.record.job_id();
+    c->job_order_.push_back(id);
+    c->jobs_.emplace(id, std::move(job));
+  }
+  LOG(INFO) << "coordinator: recovered " << c->jobs_.size() << " jobs";
+  return c;
+}
+
+v1::JobEvent Coordinator::EventLocked(absl::string_view kind, absl::string_view task_id,
+                                      absl::string_view message) {
+  v1::JobEvent e;
+  e.set_time_ms(NowMs());
+  e.set_kind(std::string(kind));
+  e.set_task_id(std::string(task_id));
+  e.set_message(std::string(message));
+  return e;
+}
+
+absl::Status Coordinator::CommitLocked(Job& job, std::vector<v1::TaskRecord*> changed,
+                                       std::vector<v1::JobEvent> events,
+                                       const storage::KvWriteBatch* extra) {
+  return store_->Commit(job.record, changed, std::move(events), extra);
+}
+
+absl::StatusOr<Coordinator::Job*> Coordinator::FindJobLocked(absl::string_view job_id) {
+  auto it = jobs_.find(std::string(job_id));
+  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job ", job_id));
+  return &it->second;
+}
+
+absl::Status Coordinator::AdvanceLocked(Job& job, std::vector<v1::TaskRecord*>* changed,
+                                        std::vector<v1::JobEvent>* events) {
+  // Reuse can unblock further tasks, so repeat until nothing moves.
+  for (bool moved = true; moved;) {
+    moved = false;
+    for (v1::TaskRecord* t : Unblock(job.tasks)) {
+      changed->push_back(t);
+      MOEC_ASSIGN_OR_RETURN(std::optional<std::string> done,
+                            store_->FindDoneFingerprint(t->fingerprint()));
+      if (done.has_value()) {
+        t->set_state(v1::TASK_DONE);
+        t->set_reused(true);
+        events->push_back(EventLocked("task_reused", t->task_id(), *done));
+        moved = true;
+      }
+    }
+  }
+  const v1::JobState derived = DeriveJobState(job.tasks);
+  if (job.record.state() != v1::JOB_CANCELLED && derived != job.record.state()) {
+    job.record.set_state(derived);
+    if (derived == v1::JOB_SUCCEEDED || derived == v1::JOB_FAILED) {
+      job.record.set_end_time_ms(NowMs());
+      events->push_back(EventLocked(derived == v1::JOB_SUCCEEDED ? "job_succeeded" : "job_failed",
+                                    "", job.record.error()));
+      LOG(INFO) << "job=" << job.record.job_id() << " state=" << v1::JobState_Name(derived);
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SubmitResult> Coordinator::SubmitJob(const std::string& recipe_yaml,
+                                                    const std::string& source_path,
+                                                    const std::vector<std::string>& overrides) {
+  recipe::RecipeOptions ropts;
+  ropts.allowed_roots = options_.allowed_roots;
+  MOEC_ASSIGN_OR_RETURN(recipe::Recipe r, recipe::ParseRecipe(recipe_yaml, source_path, overrides, ropts));
+  MOEC_ASSIGN_OR_RETURN(ModelShape shape, ReadModelShape(r.model));
+  MOEC_ASSIGN_OR_RETURN(std::string inputs, FingerprintJobInputs(r));
+  const std::string fingerprint = JobFingerprint(r, inputs);
+  absl::MutexLock lock(&mu_);
+  for (const auto& [id, job] : jobs_) {
+    if (job.record.fingerprint() == fingerprint) return SubmitResult{job.record, true};
+  }
+  const std::string job_id = absl::StrCat(r.name, "-", fingerprint.substr(0, 10));
+  MOEC_ASSIGN_OR_RETURN(std::vector<v1::TaskRecord> tasks, PlanJob(r, shape, job_id, inputs));
+  Job job;
+  job.record.set_job_id(job_id);
+  job.record.set_name(r.name);
+  job.record.set_fingerprint(fingerprint);
+  job.record.set_recipe_json(r.CanonicalJson());
+  job.record.set_state(v1::JOB_PENDING);
+  job.record.set_submit_time_ms(NowMs());
+  job.record.set_workers(r.workers);
+  job.tasks = std::move(tasks);
+  for (size_t i = 0; i < job.tasks.size(); ++i) job.index[job.tasks[i].task_id()] = i;
+  std::vector<v1::JobEvent> events = {
+      EventLocked("job_submitted", "", absl::StrCat(job.tasks.size(), " tasks"))};
+  // Tasks whose fingerprints are already done (an earlier job) are reused at once.
+  for (auto& t : job.tasks) {
+    if (t.state() != v1::TASK_READY) continue;
+    MOEC_ASSIGN_OR_RETURN(std::optional<std::string> done, store_->FindDoneFingerprint(t.fingerprint()));
+    if (done.has_value()) {
+      t.set_state(v1::TASK_DONE);
+      t.set_reused(true);
+      events.push_back(EventLocked("task_reused", t.task_id(), *done));
+    }
+  }
+  std::vector<v1::TaskRecord*> ignored;
+  MOEC_RETURN_IF_ERROR(AdvanceLocked(job, &ignored, &events));
+  MOEC_RETURN_IF_ERROR(store_->CreateJob(job.record, job.tasks, std::move(events)));
+  LOG(INFO) << "job=" << job_id << " submitted, " << job.tasks.size() << " tasks";
+  job_order_.push_back(job_id);
+  auto& stored = jobs_.emplace(job_id, std::move(job)).first->second;
+  return SubmitResult{stored.record, false};
+}
+
+absl::StatusOr<v1::JobRecord> Coordinator::GetJob(absl::string_view job_id) const {
+  absl::MutexLock lock(&mu_);
+  auto it = jobs_.find(std::string(job_id));
+  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job ", job_id));
+  return it->second.record;
+}
+
+std::vector<v1::JobRecord> Coordinator::ListJobs() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<v1::JobRecord> out;
+  for (const auto& id : job_order_) out.push_back(jobs_.at(id).record);
+  return out;
+}
+
+absl::StatusOr<std::vector<v1::TaskRecord>> Coordinator::GetTasks(absl::string_view job_id) const {
+  absl::MutexLock lock(&mu_);
+  auto it = jobs_.find(std::string(job_id));
+  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job ", job_id));
+  return it->second.tasks;
+}
+
+absl::StatusOr<std::vector<v1::JobEvent>> Coordinator::ReadEvents(absl::string_view job_id,
+                                                                  int64_t from_seq,
+                                                                  size_t limit) const {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!jobs_.count(std::string(job_id))) return absl::NotFoundError(absl::StrCat("no job ", job_id));
+  }
+  return store_->ReadEvents(job_id, from_seq, limit);
+}
+
+absl::Status Coordinator::CancelJob(absl::string_view job_id) {
+  absl::MutexLock lock(&mu_);
+  MOEC_ASSIGN_OR_RETURN(Job * job, FindJobLocked(job_id));
+  const v1::JobState s = job->record.state();
+  if (s == v1::JOB_SUCCEEDED || s == v1::JOB_FAILED || s == v1::JOB_CANCELLED) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("job ", job_id, " already ended: ", v1::JobState_Name(s)));
+  }
+  std::vector<v1::TaskRecord*> changed;
+  for (auto& t : job->tasks) {
+    if (t.state() == v1::TASK_READY || t.state() == v1::TASK_BLOCKED || t.state() == v1::TASK_LEASED) {
+      t.set_state(v1::TASK_CANCELLED);
+      changed.push_back(&t);
+    }
+  }
+  job->record.set_state(v1::JOB_CANCELLED);
+  job->record.set_end_time_ms(NowMs());
+  return CommitLocked(*job, changed, {EventLocked("job_cancelled", "", "")});
+}
+
+absl::Status Coordinator::ResumeJob(absl::string_view job_id) {
+  absl::MutexLock lock(&mu_);
+  MOEC_ASSIGN_OR_RETURN(Job * job, FindJobLocked(job_id));
+  const v1::JobState s = job->record.state();
+  if (s != v1::JOB_FAILED && s != v1::JOB_CANCELLED) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("job ", job_id, " is ", v1::JobState_Name(s), "; only failed or cancelled jobs resume"));
+  }
+  std::vector<v1::TaskRecord*> changed;
+  for (auto& t : job->tasks) {
+    if (t.state() == v1::TASK_FAILED || t.state() == v1::TASK_CANCELLED) {
+      t.set_state(v1::TASK_BLOCKED);  // Unblock below decides between BLOCKED and READY
+      t.set_attempts(0);
+      t.set_not_before_ms(0);
+      t.clear_lease_workers();
+      changed.push_back(&t);
+    }
+  }
+  for (auto& t : job->tasks) {
+    if (t.state() == v1::TASK_BLOCKED && t.deps_size() == 0) t.set_state(v1::TASK_READY);
+  }
+  job->record.set_state(v1::JOB_RUNNING);
+  job->record.set_error("");
+  job->record.set_end_time_ms(0);
+  std::vector<v1::JobEvent> events = {EventLocked("job_resumed", "", "")};
+  MOEC_RETURN_IF_ERROR(AdvanceLocked(*job, &changed, &events));
+  return CommitLocked(*job, changed, std::move(events));
+}
+
+std::string Coordinator::RegisterWorker(const WorkerInfo& info) {
+  absl::MutexLock lock(&mu_);
+  std::string id = absl::StrCat("w", next_worker_++, "-", info.name);
+  Worker w;
+  w.info = info;
+  w.last_seen_ms = NowMs();
+  workers_.emplace(id, std::move(w));
+  LOG(INFO) << "worker=" << id << " registered";
+  return id;
+}
+
+absl::StatusOr<std::vector<std::string>> Coordinator::Heartbeat(absl::string_view worker_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = workers_.find(std::string(worker_id));
+  if (it == workers_.end()) {
+    return absl::NotFoundError(absl::StrCat("unknown worker ", worker_id, "; register again"));
+  }
+  const int64_t now = NowMs();
+  it->second.last_seen_ms = now;
+  std::vector<std::string> cancelled;
+  for (auto& [id, job] : jobs_) {
+    for (auto& t : job.tasks) {
+      const bool held = std::find(t.lease_workers().begin(), t.lease_workers().end(),
+                                  worker_id) != t.lease_workers().end();
+      if (!held) continue;
+      if (t.state() == v1::TASK_LEASED) {
+        t.set_lease_deadline_ms(now + options_.retry.lease_ms);  // in memory; re-derived on restart
+      } else if (t.state() == v1::TASK_CANCELLED) {
+        cancelled.push_back(t.task_id());
+      }
+    }
+  }
+  return cancelled;
+}
+
+absl::Status Coordinator::ScheduleLocked() {
+  const int64_t now = NowMs();
+  std::vector<WorkerSlots> idle;
+  for (const auto& [id, w] : workers_) {
+    if (!w.mailbox.has_value() && w.waiting_until_ms >= now) idle.push_back({id, 1});
+  }
+  if (idle.empty()) return absl::OkStatus();
+  std::vector<const v1::TaskRecord*> ready;
+  for (const auto& id : job_order_) {
+    const Job& job = jobs_.at(id);
+    if (job.record.state() != v1::JOB_PENDING && job.record.state() != v1::JOB_RUNNING) continue;
+    for (const auto& t : job.tasks) {
+      if (t.state() == v1::TASK_READY) ready.push_back(&t);
+    }
+  }
+  for (const Assignment& a : Schedule(ready, idle, now)) {
+    Job& job = jobs_.at(std::string(a.task_id.substr(0, a.task_id.find('/'))));
+    v1::TaskRecord& t = job.tasks[job.index.at(a.task_id)];
+    GrantLease(t, a.workers, now, options_.retry);
+    if (job.record.state() == v1::JOB_PENDING) job.record.set_state(v1::JOB_RUNNING);
+    MOEC_RETURN_IF_ERROR(CommitLocked(
+        job, {&t},
+        {EventLocked("task_leased", t.task_id(),
+                     absl::StrCat("attempt ", t.attempts(), " on ", absl::StrJoin(a.workers, ",")))}));
+    for (size_t rank = 0; rank < a.workers.size(); ++rank) {
+      Worker& w = workers_.at(a.workers[rank]);
+      w.waiting_until_ms = -1;
+      w.mailbox = LeasedTask{t, static_cast<int>(rank), a.workers, job.record.recipe_json()};
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::optional<LeasedTask>> Coordinator::LeaseTask(absl::string_view worker_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = workers_.find(std::string(worker_id));
+  if (it == workers_.end()) {
+    return absl::NotFoundError(absl::StrCat("unknown worker ", worker_id, "; register again"));
+  }
+  const int64_t now = NowMs();
+  it->second.last_seen_ms = now;
+  if (!it->second.mailbox.has_value()) {
+    it->second.waiting_until_ms = now + options_.poll_window_ms;
+    MOEC_RETURN_IF_ERROR(ScheduleLocked());
+  }
+  std::optional<LeasedTask> out = std::move(it->second.mailbox);
+  it->second.mailbox.reset();
+  return out;
+}
+
+absl::StatusOr<v1::TaskRecord*> Coordinator::HeldTaskLocked(absl::string_view worker_id,
+                                                            absl::string_view task_id, Job** job) {
+  const std::string tid(task_id);
+  MOEC_ASSIGN_OR_RETURN(*job, FindJobLocked(tid.substr(0, tid.find('/'))));
+  auto it = (*job)->index.find(tid);
+  if (it == (*job)->index.end()) return absl::NotFoundError(absl::StrCat("no task ", task_id));
+  v1::TaskRecord* t = &(*job)->tasks[it->second];
+  const bool held = t->state() == v1::TASK_LEASED &&
+                    std::find(t->lease_workers().begin(), t->lease_workers().end(), worker_id) !=
+                        t->lease_workers().end();
+  if (!held) {
+    return absl::FailedPreconditionError(absl::StrCat("worker ", worker_id, " does not hold task ",
+                                                      task_id, " (", v1::TaskState_Name(t->state()),
+                                                      ")"));
+  }
+  return t;
+}
+
+absl::Status Coordinator::CompleteTask(absl::string_view worker_id, absl::string_view task_id,
+                                       const storage::KvWriteBatch& outputs) {
+  absl::MutexLock lock(&mu_);
+  Job* job = nullptr;
+  MOEC_ASSIGN_OR_RETURN(v1::TaskRecord * t, HeldTaskLocked(worker_id, task_id, &job));
+  if (t->lease_workers(0) != worker_id) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("only rank 0 (", t->lease_workers(0), ") completes task ", task_id));
+  }
+  t->set_state(v1::TASK_DONE);
+  t->set_lease_deadline_ms(0);
+  t->set_error("");
+  storage::KvWriteBatch batch = outputs;
+  JobStore::AddDoneFingerprint(*t, &batch);
+  std::vector<v1::TaskRecord*> changed = {t};
+  std::vector<v1::JobEvent> events = {EventLocked("task_done", t->task_id(), std::string(worker_id))};
+  MOEC_RETURN_IF_ERROR(AdvanceLocked(*job, &changed, &events));
+  return CommitLocked(*job, std::move(changed), std::move(events), &batch);
+}
+
+absl::Status Coordinator::FailTask(absl::string_view worker_id, absl::string_view task_id,
+                                   const absl::Status& error, bool retriable) {
+  absl::MutexLock lock(&mu_);
+  Job* job = nullptr;
+  MOEC_ASSIGN_OR_RETURN(v1::TaskRecord * t, HeldTaskLocked(worker_id, task_id, &job));
+  const bool final = ApplyFailure(*t, error, retriable, NowMs(), options_.retry);
+  std::vector<v1::JobEvent> events = {
+      EventLocked(final ? "task_failed" : "task_retry", t->task_id(), error.ToString())};
+  if (final) job->record.set_error(absl::StrCat("task ", t->task_id(), ": ", error.ToString()));
+  LOG(WARNING) << "job=" << job->record.job_id() << " task=" << task_id << " worker=" << worker_id
+               << (final ? " failed: " : " will retry: ") << error;
+  std::vector<v1::TaskRecord*> changed = {t};
+  MOEC_RETURN_IF_ERROR(AdvanceLocked(*job, &changed, &events));
+  return CommitLocked(*job, std::move(changed), std::move(events));
+}
+
+absl::Status Coordinator::Tick() {
+  absl::MutexLock lock(&mu_);
+  const int64_t now = NowMs();
+  for (auto it = workers_.begin(); it != workers_.end();) {
+    if (now - it->second.last_seen_ms > options_.worker_timeout_ms) {
+      LOG(WARNING) << "worker=" << it->first << " timed out";
+      it = workers_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (auto& [id, job] : jobs_) {
+    std::vector<v1::TaskRecord*> expired = ExpireLeases(job.tasks, now, options_.retry);
+    if (expired.empty()) continue;
+    std::vector<v1::JobEvent> events;
+    for (v1::TaskRecord* t : expired) {
+      events.push_back(EventLocked(t->state() == v1::TASK_FAILED ? "task_failed" : "task_retry",
+                                   t->task_id(), t->error()));
+      if (t->state() == v1::TASK_FAILED) {
+        job.record.set_error(absl::StrCat("task ", t->task_id(), ": ", t->error()));
+      }
+    }
+    MOEC_RETURN_IF_ERROR(AdvanceLocked(job, &expired, &events));
+    MOEC_RETURN_IF_ERROR(CommitLocked(job, std::move(expired), std::move(events)));
+  }
+  return absl::OkStatus();
+}
+
+std::vector<Coordinator::WorkerView> Coordinator::ListWorkers() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<WorkerView> out;
+  for (const auto& [id, w] : workers_) {
+    WorkerView v{id, w.info, w.last_seen_ms, {}};
+    for (const auto& [jid, job] : jobs_) {
+      for (const auto& t : job.tasks) {
+        if (t.state() == v1::TASK_LEASED &&
+            std::find(t.lease_workers().begin(), t.lease_workers().end(), id) !=
+                t.lease_workers().end()) {
+          v.tasks.push_back(t.task_id());
+        }
+      }
+    }
+    out.push_back(std::move(v));
+  }
+  return out;
+}
+
+}  // namespace moec::coordinator

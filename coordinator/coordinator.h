@@ -1,0 +1,165 @@
+// Coordinator: the core of moec-coordinator, free of gRPC. Owns the in-memory view of every job
+// (loaded from the JobStore at creation), the registry of workers, and the scheduling loop;
+// every state change is persisted (one JobStore commit) before it becomes visible.
+//
+// Workers pull work: LeaseTask never blocks. A worker that asks and gets nothing is remembered
+// as waiting for `poll_window_ms`, so a gang task (a layer task over W workers) is granted once
+// W workers are waiting; each member then finds it at its next LeaseTask.
+#ifndef MOEC_COORDINATOR_COORDINATOR_H_
+#define MOEC_COORDINATOR_COORDINATOR_H_
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "coordinator/job_store.h"
+#include "coordinator/scheduler.h"
+#include "moec/v1/job.pb.h"
+#include "storage/kv_store.h"
+
+namespace moec::coordinator {
+
+struct CoordinatorOptions {
+  RetryPolicy retry;
+  // A worker that has not called Heartbeat or LeaseTask for this long is dropped.
+  int64_t worker_timeout_ms = 15000;
+  // How long a LeaseTask call that got nothing keeps the worker eligible for gang grants.
+  int64_t poll_window_ms = 3000;
+  // Recipe paths must resolve inside these directories (empty: anywhere).
+  std::vector<std::string> allowed_roots;
+  absl::Status Validate() const;
+};
+
+struct WorkerInfo {
+  std::string name;  // host:pid or a user-given name
+  bool gpu = false;
+  int64_t memory_bytes = 0;
+};
+
+// A task granted to a worker.
+struct LeasedTask {
+  v1::TaskRecord task;
+  int rank = 0;                     // this worker's rank in the gang
+  std::vector<std::string> group;   // worker ids of the gang, rank order
+  std::string recipe_json;          // the job's canonical recipe
+};
+
+struct SubmitResult {
+  v1::JobRecord job;
+  bool existed = false;  // an identical job was already submitted; it is returned
+};
+
+// Thread-safe. The JobStore (and its KvStore) must outlive the Coordinator.
+class Coordinator {
+ public:
+  using Clock = std::function<absl::Time()>;
+
+  // Loads every job. Leases of tasks that were LEASED when the previous process stopped are
+  // renewed from now, giving their workers a lease period to report back.
+  static absl::StatusOr<std::unique_ptr<Coordinator>> Create(JobStore* store,
+                                                             CoordinatorOptions options,
+                                                             Clock clock);
+
+  // --- Client-facing ---
+  // Validates the recipe (`source_path` resolves relative paths), plans and persists the job.
+  // An identical job (same fingerprint) is returned instead of a new one.
+  // Errors: those of recipe::ParseRecipe and ReadModelShape.
+  absl::StatusOr<SubmitResult> SubmitJob(const std::string& recipe_yaml,
+                                         const std::string& source_path,
+                                         const std::vector<std::string>& overrides);
+  absl::StatusOr<v1::JobRecord> GetJob(absl::string_view job_id) const;
+  std::vector<v1::JobRecord> ListJobs() const;
+  absl::StatusOr<std::vector<v1::TaskRecord>> GetTasks(absl::string_view job_id) const;
+  absl::StatusOr<std::vector<v1::JobEvent>> ReadEvents(absl::string_view job_id, int64_t from_seq,
+                                                       size_t limit) const;
+  // Errors: NotFound; FailedPrecondition for a job that already ended (succeeded, failed,
+  // cancelled).
+  absl::Status CancelJob(absl::string_view job_id);
+  // Re-queues the failed and cancelled tasks of a failed or cancelled job (attempts reset).
+  // Errors: NotFound; FailedPrecondition for a job that is running or succeeded.
+  absl::Status ResumeJob(absl::string_view job_id);
+
+  // --- Worker-facing ---
+  // Returns the new worker's id.
+  std::string RegisterWorker(const WorkerInfo& info);
+  // Renews the worker's liveness and its leases; returns the ids of tasks it holds that were
+  // cancelled. Errors: NotFound for an unknown (e.g. timed out) worker: it must register again.
+  absl::StatusOr<std::vector<std::string>> Heartbeat(absl::string_view worker_id);
+  // A task for this worker, if there is one now. Errors: NotFound for an unknown worker.
+  absl::StatusOr<std::optional<LeasedTask>> LeaseTask(absl::string_view worker_id);
+  // Marks the task done, committing `outputs` with its state in one batch. Only the gang's
+  // rank 0 completes a task. Errors: NotFound; FailedPrecondition when the worker does not hold
+  // the task's current lease (e.g. it expired and the task was re-leased).
+  absl::Status CompleteTask(absl::string_view worker_id, absl::string_view task_id,
+                            const storage::KvWriteBatch& outputs);
+  // Reports a failed attempt. Retriable failures are retried with backoff while attempts
+  // remain; otherwise the job fails with `error`. Errors: as CompleteTask.
+  absl::Status FailTask(absl::string_view worker_id, absl::string_view task_id,
+                        const absl::Status& error, bool retriable);
+
+  // Expires leases and drops silent workers. The server calls it periodically.
+  absl::Status Tick();
+
+  struct WorkerView {
+    std::string worker_id;
+    WorkerInfo info;
+    int64_t last_seen_ms;
+    std::vector<std::string> tasks;
+  };
+  std::vector<WorkerView> ListWorkers() const;
+
+ private:
+  struct Job {
+    v1::JobRecord record;
+    std::vector<v1::TaskRecord> tasks;
+    std::map<std::string, size_t> index;  // task id -> position
+  };
+  struct Worker {
+    WorkerInfo info;
+    int64_t last_seen_ms = 0;
+    int64_t waiting_until_ms = -1;       // eligible for gang grants until then
+    std::optional<LeasedTask> mailbox;   // granted, not yet picked up
+  };
+
+  Coordinator(JobStore* store, CoordinatorOptions options, Clock clock)
+      : store_(store), options_(std::move(options)), clock_(std::move(clock)) {}
+  int64_t NowMs() const;
+  absl::StatusOr<Job*> FindJobLocked(absl::string_view job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<v1::TaskRecord*> HeldTaskLocked(absl::string_view worker_id,
+                                                 absl::string_view task_id, Job** job)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Unblocks tasks, reusing outputs of DONE tasks with the same fingerprint; appends what
+  // changed to `changed` and events to `events`.
+  absl::Status AdvanceLocked(Job& job, std::vector<v1::TaskRecord*>* changed,
+                             std::vector<v1::JobEvent>* events) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status ScheduleLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  v1::JobEvent EventLocked(absl::string_view kind, absl::string_view task_id,
+                           absl::string_view message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status CommitLocked(Job& job, std::vector<v1::TaskRecord*> changed,
+                            std::vector<v1::JobEvent> events,
+                            const storage::KvWriteBatch* extra = nullptr)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Constant after construction.
+  JobStore* const store_;  // Not owned.
+  const CoordinatorOptions options_;
+  const Clock clock_;
+
+  // State transitions are committed to the JobStore while mu_ is held: a transition must be
+  // durable before any caller can observe it, and commits are short synced writes.
+  mutable absl::Mutex mu_;
+  std::map<std::string, Job> jobs_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> job_order_ ABSL_GUARDED_BY(mu_);  // submission order: priority
+  std::map<std::string, Worker> workers_ ABSL_GUARDED_BY(mu_);
+  int64_t next_worker_ ABSL_GUARDED_BY(mu_) = 1;
+};
+
+}  // namespace moec::coordinator
+
+#endif  // MOEC_COORDINATOR_COORDINATOR_H_

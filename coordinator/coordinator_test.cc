@@ -1,0 +1,227 @@
+#include "coordinator/coordinator.h"
+
+#include <filesystem>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "storage/in_memory_kv_store.h"
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
+
+namespace moec::coordinator {
+namespace {
+
+using ::moec::testing::StatusIs;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+constexpr char kRecipe[] = R"(name: tiny
+model: m
+output: out
+workers: 1
+stages:
+  - {id: stats, kind: calibrate}
+  - {id: bits, kind: allocate_bits, needs: [stats], with: {average_bits: 2.0}}
+)";
+
+class CoordinatorTest : public ::testing::Test {
+ protected:
+  CoordinatorTest() : kv_(JobStoreColumnFamilies()) {
+    std::filesystem::create_directories(dir_.Join("m"));
+    dir_.WriteFile("m/config.json", R"({"num_hidden_layers": 2})");
+    store_ = *JobStore::Open(&kv_);
+    policy_.max_attempts = 2;
+    policy_.base_backoff_ms = 100;
+    policy_.lease_ms = 1000;
+    Restart();
+  }
+  void Restart() {
+    coord_.reset();
+    CoordinatorOptions o;
+    o.retry = policy_;
+    auto c = Coordinator::Create(store_.get(), o, [this] { return now_; });
+    ASSERT_TRUE(c.ok()) << c.status();
+    coord_ = *std::move(c);
+  }
+  SubmitResult Submit(const std::string& yaml = kRecipe, std::vector<std::string> overrides = {}) {
+    auto r = coord_->SubmitJob(yaml, dir_.Join("recipe.yaml"), overrides);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? *r : SubmitResult{};
+  }
+  std::optional<LeasedTask> Lease(const std::string& w) {
+    auto l = coord_->LeaseTask(w);
+    EXPECT_TRUE(l.ok()) << l.status();
+    return l.ok() ? *l : std::nullopt;
+  }
+  std::vector<std::string> EventKinds(const std::string& job) {
+    std::vector<std::string> kinds;
+    auto events = coord_->ReadEvents(job, 0, 1000);
+    EXPECT_TRUE(events.ok()) << events.status();
+    for (const auto& e : *events) kinds.push_back(e.kind());
+    return kinds;
+  }
+  void Advance(int64_t ms) { now_ += absl::Milliseconds(ms); }
+
+  ::moec::testing::TempDir dir_;
+  storage::InMemoryKvStore kv_;
+  std::unique_ptr<JobStore> store_;
+  RetryPolicy policy_;
+  absl::Time now_ = absl::FromUnixSeconds(1000);
+  std::unique_ptr<Coordinator> coord_;
+};
+
+TEST_F(CoordinatorTest, RunsAJobToCompletionInDependencyOrder) {
+  SubmitResult s = Submit();
+  EXPECT_FALSE(s.existed);
+  const std::string job = s.job.job_id();
+  EXPECT_EQ(s.job.state(), v1::JOB_PENDING);
+  std::string w = coord_->RegisterWorker({"host:1"});
+  std::vector<std::string> order;
+  for (int i = 0; i < 3; ++i) {
+    std::optional<LeasedTask> t = Lease(w);
+    ASSERT_TRUE(t.has_value()) << i;
+    EXPECT_EQ(t->rank, 0);
+    EXPECT_THAT(t->recipe_json, HasSubstr("allocate_bits"));
+    order.push_back(t->task.task_id());
+    EXPECT_FALSE(Lease(w).has_value());  // one task at a time; nothing else is ready
+    ASSERT_OK(coord_->CompleteTask(w, t->task.task_id(), {}));
+  }
+  EXPECT_THAT(order, ElementsAre(job + "/stats/L0", job + "/stats/L1", job + "/bits"));
+  EXPECT_EQ(coord_->GetJob(job)->state(), v1::JOB_SUCCEEDED);
+  EXPECT_THAT(EventKinds(job), ElementsAre("job_submitted", "task_leased", "task_done",
+                                           "task_leased", "task_done", "task_leased", "task_done",
+                                           "job_succeeded"));
+  EXPECT_THAT(coord_->CompleteTask(w, job + "/bits", {}),
+              StatusIs(absl::StatusCode::kFailedPrecondition, "does not hold"));
+}
+
+TEST_F(CoordinatorTest, SubmitIsIdempotentAndValidates) {
+  SubmitResult a = Submit();
+  SubmitResult b = Submit();
+  EXPECT_TRUE(b.existed);
+  EXPECT_EQ(a.job.job_id(), b.job.job_id());
+  EXPECT_EQ(coord_->ListJobs().size(), 1u);
+  EXPECT_THAT(coord_->SubmitJob("name: x\n", dir_.Join("r.yaml"), {}),
+              StatusIs(absl::StatusCode::kInvalidArgument, "r.yaml"));
+}
+
+TEST_F(CoordinatorTest, GangTaskIsGrantedWhenEnoughWorkersWait) {
+  const std::string job = Submit(kRecipe, {"workers=2"}).job.job_id();
+  std::string w1 = coord_->RegisterWorker({"a"});
+  std::string w2 = coord_->RegisterWorker({"b"});
+  EXPECT_FALSE(Lease(w1).has_value());  // the layer task needs two workers
+  std::optional<LeasedTask> t2 = Lease(w2);
+  ASSERT_TRUE(t2.has_value());
+  std::optional<LeasedTask> t1 = Lease(w1);  // picks up its share at the next poll
+  ASSERT_TRUE(t1.has_value());
+  EXPECT_EQ(t1->task.task_id(), job + "/stats/L0");
+  EXPECT_EQ(t2->task.task_id(), t1->task.task_id());
+  EXPECT_THAT(t1->group, ElementsAre(w1, w2));
+  EXPECT_EQ(t1->rank, 0);
+  EXPECT_EQ(t2->rank, 1);
+  EXPECT_THAT(coord_->CompleteTask(w2, t1->task.task_id(), {}),
+              StatusIs(absl::StatusCode::kFailedPrecondition, "only rank 0"));
+  ASSERT_OK(coord_->CompleteTask(w1, t1->task.task_id(), {}));
+  // A waiting window expires: a worker that stopped polling is not drafted into a gang.
+  EXPECT_FALSE(Lease(w1).has_value());
+  Advance(10000);
+  ASSERT_OK(coord_->Heartbeat(w1).status());
+  ASSERT_OK(coord_->Heartbeat(w2).status());
+  EXPECT_FALSE(Lease(w2).has_value());
+}
+
+TEST_F(CoordinatorTest, ExpiredLeasesRetryThenFailTheJobAndResumeRequeues) {
+  const std::string job = Submit().job.job_id();
+  std::string w1 = coord_->RegisterWorker({"a"});
+  std::optional<LeasedTask> t = Lease(w1);
+  ASSERT_TRUE(t.has_value());
+  Advance(1001);  // no heartbeat: the lease expires
+  ASSERT_OK(coord_->Tick());
+  auto tasks = *coord_->GetTasks(job);
+  EXPECT_EQ(tasks[0].state(), v1::TASK_READY);
+  EXPECT_THAT(tasks[0].error(), HasSubstr("expired"));
+  EXPECT_FALSE(Lease(w1).has_value());  // backoff of 100 ms
+  Advance(100);
+  t = Lease(w1);
+  ASSERT_TRUE(t.has_value());
+  EXPECT_EQ(t->task.attempts(), 2);
+  ASSERT_OK(coord_->FailTask(w1, t->task.task_id(), absl::InternalError("stage crashed"), true));
+  EXPECT_EQ(coord_->GetJob(job)->state(), v1::JOB_FAILED);  // out of attempts
+  EXPECT_THAT(coord_->GetJob(job)->error(), HasSubstr("stage crashed"));
+  EXPECT_FALSE(Lease(w1).has_value());
+  EXPECT_THAT(coord_->CancelJob(job), StatusIs(absl::StatusCode::kFailedPrecondition));
+  ASSERT_OK(coord_->ResumeJob(job));
+  EXPECT_EQ(coord_->GetJob(job)->state(), v1::JOB_PENDING);
+  t = Lease(w1);
+  ASSERT_TRUE(t.has_value());
+  EXPECT_EQ(t->task.attempts(), 1);
+  EXPECT_THAT(coord_->ResumeJob(job), StatusIs(absl::StatusCode::kFailedPrecondition));
+}
+
+TEST_F(CoordinatorTest, NonRetriableFailureFailsAtOnceAndCancelReachesTheWorker) {
+  const std::string job = Submit().job.job_id();
+  std::string w = coord_->RegisterWorker({"a"});
+  std::optional<LeasedTask> t = Lease(w);
+  ASSERT_TRUE(t.has_value());
+  ASSERT_OK(coord_->CancelJob(job));
+  EXPECT_THAT(coord_->Heartbeat(w), moec::testing::IsOkAndHolds(ElementsAre(t->task.task_id())));
+  EXPECT_THAT(coord_->CompleteTask(w, t->task.task_id(), {}),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_EQ(coord_->GetJob(job)->state(), v1::JOB_CANCELLED);
+  ASSERT_OK(coord_->ResumeJob(job));
+  t = Lease(w);
+  ASSERT_TRUE(t.has_value());
+  ASSERT_OK(coord_->FailTask(w, t->task.task_id(), absl::InvalidArgumentError("bad params"), false));
+  EXPECT_EQ(coord_->GetJob(job)->state(), v1::JOB_FAILED);
+}
+
+TEST_F(CoordinatorTest, RestartRecoversStateAndNothingFinishedRunsAgain) {
+  const std::string job = Submit().job.job_id();
+  std::string w = coord_->RegisterWorker({"a"});
+  std::optional<LeasedTask> t = Lease(w);
+  ASSERT_OK(coord_->CompleteTask(w, t->task.task_id(), {}));
+  t = Lease(w);  // stats/L1 leased when the coordinator "dies"
+  ASSERT_TRUE(t.has_value());
+  Restart();
+  EXPECT_EQ(coord_->GetJob(job)->state(), v1::JOB_RUNNING);
+  auto tasks = *coord_->GetTasks(job);
+  EXPECT_EQ(tasks[0].state(), v1::TASK_DONE);
+  EXPECT_EQ(tasks[1].state(), v1::TASK_LEASED);
+  // Workers are not persisted: the old one must register again; its lease runs out and the
+  // task goes to the new worker.
+  EXPECT_THAT(coord_->Heartbeat(w), StatusIs(absl::StatusCode::kNotFound));
+  std::string w2 = coord_->RegisterWorker({"b"});
+  EXPECT_FALSE(Lease(w2).has_value());
+  Advance(1001);
+  ASSERT_OK(coord_->Tick());
+  Advance(100);
+  int leases = 0;
+  for (std::optional<LeasedTask> n = Lease(w2); n.has_value(); n = Lease(w2)) {
+    ++leases;
+    ASSERT_OK(coord_->CompleteTask(w2, n->task.task_id(), {}));
+  }
+  EXPECT_EQ(leases, 2);  // stats/L1 and bits; stats/L0 was not recomputed
+  EXPECT_EQ(coord_->GetJob(job)->state(), v1::JOB_SUCCEEDED);
+}
+
+TEST_F(CoordinatorTest, IdenticalWorkIsReusedAcrossJobs) {
+  const std::string first = Submit().job.job_id();
+  std::string w = coord_->RegisterWorker({"a"});
+  for (std::optional<LeasedTask> n = Lease(w); n.has_value(); n = Lease(w)) {
+    ASSERT_OK(coord_->CompleteTask(w, n->task.task_id(), {}));
+  }
+  // Same stages, a different name and a changed late stage: calibration is reused.
+  SubmitResult second = Submit(kRecipe, {"name=tiny2", "stages.bits.with.average_bits=3.0"});
+  EXPECT_FALSE(second.existed);
+  auto tasks = *coord_->GetTasks(second.job.job_id());
+  EXPECT_EQ(tasks[0].state(), v1::TASK_DONE);
+  EXPECT_TRUE(tasks[0].reused());
+  EXPECT_TRUE(tasks[1].reused());
+  EXPECT_EQ(tasks[2].state(), v1::TASK_READY);
+  std::optional<LeasedTask> n = Lease(w);
+  ASSERT_TRUE(n.has_value());
+  EXPECT_EQ(n->task.task_id(), second.job.job_id() + "/bits");
+}
+
+}  // namespace
+}  // namespace moec::coordinator
