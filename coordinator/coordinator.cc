@@ -63,7 +63,9 @@ v1::JobEvent Coordinator::EventLocked(absl::string_view kind, absl::string_view 
 absl::Status Coordinator::CommitLocked(Job& job, std::vector<v1::TaskRecord*> changed,
                                        std::vector<v1::JobEvent> events,
                                        const storage::KvWriteBatch* extra) {
-  return store_->Commit(job.record, changed, std::move(events), extra);
+  MOEC_RETURN_IF_ERROR(store_->Commit(job.record, changed, std::move(events), extra));
+  events_cv_.SignalAll();
+  return absl::OkStatus();
 }
 
 absl::StatusOr<Coordinator::Job*> Coordinator::FindJobLocked(absl::string_view job_id) {
@@ -142,6 +144,7 @@ absl::StatusOr<SubmitResult> Coordinator::SubmitJob(const std::string& recipe_ya
   std::vector<v1::TaskRecord*> ignored;
   MOEC_RETURN_IF_ERROR(AdvanceLocked(job, &ignored, &events));
   MOEC_RETURN_IF_ERROR(store_->CreateJob(job.record, job.tasks, std::move(events)));
+  events_cv_.SignalAll();
   LOG(INFO) << "job=" << job_id << " submitted, " << job.tasks.size() << " tasks";
   job_order_.push_back(job_id);
   auto& stored = jobs_.emplace(job_id, std::move(job)).first->second;
@@ -175,6 +178,25 @@ absl::StatusOr<std::vector<v1::JobEvent>> Coordinator::ReadEvents(absl::string_v
   {
     absl::MutexLock lock(&mu_);
     if (!jobs_.count(std::string(job_id))) return absl::NotFoundError(absl::StrCat("no job ", job_id));
+  }
+  return store_->ReadEvents(job_id, from_seq, limit);
+}
+
+absl::StatusOr<std::vector<v1::JobEvent>> Coordinator::WaitForEvents(absl::string_view job_id,
+                                                                     int64_t from_seq,
+                                                                     size_t limit,
+                                                                     absl::Duration timeout,
+                                                                     bool* ended) {
+  {
+    absl::MutexLock lock(&mu_);
+    const absl::Time deadline = absl::Now() + timeout;
+    while (true) {
+      MOEC_ASSIGN_OR_RETURN(Job * job, FindJobLocked(job_id));
+      const v1::JobState s = job->record.state();
+      *ended = s == v1::JOB_SUCCEEDED || s == v1::JOB_FAILED || s == v1::JOB_CANCELLED;
+      if (job->record.next_event_seq() > from_seq || *ended) break;
+      if (events_cv_.WaitWithDeadline(&mu_, deadline)) break;  // timed out
+    }
   }
   return store_->ReadEvents(job_id, from_seq, limit);
 }

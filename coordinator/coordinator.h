@@ -78,6 +78,12 @@ class Coordinator {
   absl::StatusOr<std::vector<v1::TaskRecord>> GetTasks(absl::string_view job_id) const;
   absl::StatusOr<std::vector<v1::JobEvent>> ReadEvents(absl::string_view job_id, int64_t from_seq,
                                                        size_t limit) const;
+  // Like ReadEvents, but waits up to `timeout` for an event with seq >= from_seq to exist.
+  // Returns an empty list on timeout. Sets `*ended` when the job has ended (no further events
+  // unless it is resumed).
+  absl::StatusOr<std::vector<v1::JobEvent>> WaitForEvents(absl::string_view job_id,
+                                                          int64_t from_seq, size_t limit,
+                                                          absl::Duration timeout, bool* ended);
   // Errors: NotFound; FailedPrecondition for a job that already ended (succeeded, failed,
   // cancelled).
   absl::Status CancelJob(absl::string_view job_id);
@@ -154,6 +160,7 @@ class Coordinator {
   // State transitions are committed to the JobStore while mu_ is held: a transition must be
   // durable before any caller can observe it, and commits are short synced writes.
   mutable absl::Mutex mu_;
+  absl::CondVar events_cv_;  // signalled after every commit (new events)
   std::map<std::string, Job> jobs_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> job_order_ ABSL_GUARDED_BY(mu_);  // submission order: priority
   std::map<std::string, Worker> workers_ ABSL_GUARDED_BY(mu_);

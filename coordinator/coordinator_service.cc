@@ -1,0 +1,158 @@
+#include "coordinator/coordinator_service.h"
+
+#include <openssl/crypto.h>
+
+#include "proto/rpc_status.h"
+
+namespace moec::coordinator {
+
+#define MOEC_AUTHORIZE(ctx)                          \
+  do {                                               \
+    grpc::Status auth_status_ = Authorize(ctx);      \
+    if (!auth_status_.ok()) return auth_status_;     \
+  } while (0)
+
+grpc::Status CoordinatorService::Authorize(const grpc::ServerContext* ctx) const {
+  const std::string expected = "Bearer " + token_;
+  auto range = ctx->client_metadata().equal_range("authorization");
+  for (auto it = range.first; it != range.second; ++it) {
+    const auto& got = it->second;
+    if (got.size() == expected.size() &&
+        CRYPTO_memcmp(got.data(), expected.data(), expected.size()) == 0) {
+      return grpc::Status::OK;
+    }
+  }
+  return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "missing or wrong bearer token");
+}
+
+grpc::Status CoordinatorService::SubmitJob(grpc::ServerContext* ctx,
+                                           const v1::SubmitJobRequest* req,
+                                           v1::SubmitJobResponse* resp) {
+  MOEC_AUTHORIZE(ctx);
+  std::vector<std::string> overrides(req->overrides().begin(), req->overrides().end());
+  absl::StatusOr<SubmitResult> r = core_->SubmitJob(req->recipe_yaml(), req->recipe_path(), overrides);
+  if (!r.ok()) return ToGrpcStatus(r.status());
+  *resp->mutable_job() = r->job;
+  resp->set_existed(r->existed);
+  return grpc::Status::OK;
+}
+
+grpc::Status CoordinatorService::GetJob(grpc::ServerContext* ctx, const v1::GetJobRequest* req,
+                                        v1::GetJobResponse* resp) {
+  MOEC_AUTHORIZE(ctx);
+  absl::StatusOr<v1::JobRecord> job = core_->GetJob(req->job_id());
+  if (!job.ok()) return ToGrpcStatus(job.status());
+  *resp->mutable_job() = *job;
+  if (req->include_tasks()) {
+    absl::StatusOr<std::vector<v1::TaskRecord>> tasks = core_->GetTasks(req->job_id());
+    if (!tasks.ok()) return ToGrpcStatus(tasks.status());
+    for (auto& t : *tasks) *resp->add_tasks() = std::move(t);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status CoordinatorService::ListJobs(grpc::ServerContext* ctx, const v1::ListJobsRequest*,
+                                          v1::ListJobsResponse* resp) {
+  MOEC_AUTHORIZE(ctx);
+  for (auto& j : core_->ListJobs()) *resp->add_jobs() = std::move(j);
+  return grpc::Status::OK;
+}
+
+grpc::Status CoordinatorService::WatchJob(grpc::ServerContext* ctx, const v1::WatchJobRequest* req,
+                                          grpc::ServerWriter<v1::JobEvent>* writer) {
+  MOEC_AUTHORIZE(ctx);
+  int64_t next = std::max<int64_t>(req->from_seq(), 1);
+  while (!ctx->IsCancelled()) {
+    bool ended = false;
+    absl::StatusOr<std::vector<v1::JobEvent>> events =
+        core_->WaitForEvents(req->job_id(), next, 256, absl::Seconds(1), &ended);
+    if (!events.ok()) return ToGrpcStatus(events.status());
+    for (const auto& e : *events) {
+      if (!writer->Write(e)) return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+      next = e.seq() + 1;
+    }
+    if (ended && events->empty()) return grpc::Status::OK;
+  }
+  return grpc::Status(grpc::StatusCode::CANCELLED, "client cancelled");
+}
+
+grpc::Status CoordinatorService::CancelJob(grpc::ServerContext* ctx,
+                                           const v1::CancelJobRequest* req,
+                                           v1::CancelJobResponse*) {
+  MOEC_AUTHORIZE(ctx);
+  return ToGrpcStatus(core_->CancelJob(req->job_id()));
+}
+
+grpc::Status CoordinatorService::ResumeJob(grpc::ServerContext* ctx,
+                                           const v1::ResumeJobRequest* req,
+                                           v1::ResumeJobResponse*) {
+  MOEC_AUTHORIZE(ctx);
+  return ToGrpcStatus(core_->ResumeJob(req->job_id()));
+}
+
+grpc::Status CoordinatorService::ListWorkers(grpc::ServerContext* ctx,
+                                             const v1::ListWorkersRequest*,
+                                             v1::ListWorkersResponse* resp) {
+  MOEC_AUTHORIZE(ctx);
+  for (const auto& w : core_->ListWorkers()) {
+    v1::WorkerStatus* s = resp->add_workers();
+    s->set_worker_id(w.worker_id);
+    s->set_name(w.info.name);
+    s->set_gpu(w.info.gpu);
+    s->set_memory_bytes(w.info.memory_bytes);
+    s->set_last_seen_ms(w.last_seen_ms);
+    for (const auto& t : w.tasks) s->add_tasks(t);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status CoordinatorService::RegisterWorker(grpc::ServerContext* ctx,
+                                                const v1::RegisterWorkerRequest* req,
+                                                v1::RegisterWorkerResponse* resp) {
+  MOEC_AUTHORIZE(ctx);
+  resp->set_worker_id(core_->RegisterWorker({req->name(), req->gpu(), req->memory_bytes()}));
+  return grpc::Status::OK;
+}
+
+grpc::Status CoordinatorService::Heartbeat(grpc::ServerContext* ctx,
+                                           const v1::HeartbeatRequest* req,
+                                           v1::HeartbeatResponse* resp) {
+  MOEC_AUTHORIZE(ctx);
+  absl::StatusOr<std::vector<std::string>> cancelled = core_->Heartbeat(req->worker_id());
+  if (!cancelled.ok()) return ToGrpcStatus(cancelled.status());
+  for (const auto& id : *cancelled) resp->add_cancelled_task_ids(id);
+  return grpc::Status::OK;
+}
+
+grpc::Status CoordinatorService::LeaseTask(grpc::ServerContext* ctx,
+                                           const v1::LeaseTaskRequest* req,
+                                           v1::LeaseTaskResponse* resp) {
+  MOEC_AUTHORIZE(ctx);
+  absl::StatusOr<std::optional<LeasedTask>> t = core_->LeaseTask(req->worker_id());
+  if (!t.ok()) return ToGrpcStatus(t.status());
+  resp->set_granted(t->has_value());
+  if (t->has_value()) {
+    *resp->mutable_task() = (*t)->task;
+    resp->set_rank((*t)->rank);
+    for (const auto& w : (*t)->group) resp->add_group(w);
+    resp->set_recipe_json((*t)->recipe_json);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status CoordinatorService::CompleteTask(grpc::ServerContext* ctx,
+                                              const v1::CompleteTaskRequest* req,
+                                              v1::CompleteTaskResponse*) {
+  MOEC_AUTHORIZE(ctx);
+  return ToGrpcStatus(core_->CompleteTask(req->worker_id(), req->task_id(), {}));
+}
+
+grpc::Status CoordinatorService::FailTask(grpc::ServerContext* ctx, const v1::FailTaskRequest* req,
+                                          v1::FailTaskResponse*) {
+  MOEC_AUTHORIZE(ctx);
+  absl::Status error(static_cast<absl::StatusCode>(req->code()), req->message());
+  if (error.ok()) error = absl::UnknownError(req->message());
+  return ToGrpcStatus(core_->FailTask(req->worker_id(), req->task_id(), error, req->retriable()));
+}
+
+}  // namespace moec::coordinator

@@ -1,0 +1,54 @@
+// gRPC adapter of the Coordinator: each handler checks the bearer token, converts the request,
+// calls one Coordinator method and converts the result. No logic lives here.
+#ifndef MOEC_COORDINATOR_COORDINATOR_SERVICE_H_
+#define MOEC_COORDINATOR_COORDINATOR_SERVICE_H_
+
+#include <string>
+
+#include "coordinator/coordinator.h"
+#include "moec/v1/coordinator.grpc.pb.h"
+
+namespace moec::coordinator {
+
+// Thread-safe. `core` must outlive the service.
+class CoordinatorService final : public v1::CoordinatorService::Service {
+ public:
+  CoordinatorService(Coordinator* core, std::string token)
+      : core_(core), token_(std::move(token)) {}
+
+  grpc::Status SubmitJob(grpc::ServerContext* ctx, const v1::SubmitJobRequest* req,
+                         v1::SubmitJobResponse* resp) override;
+  grpc::Status GetJob(grpc::ServerContext* ctx, const v1::GetJobRequest* req,
+                      v1::GetJobResponse* resp) override;
+  grpc::Status ListJobs(grpc::ServerContext* ctx, const v1::ListJobsRequest* req,
+                        v1::ListJobsResponse* resp) override;
+  grpc::Status WatchJob(grpc::ServerContext* ctx, const v1::WatchJobRequest* req,
+                        grpc::ServerWriter<v1::JobEvent>* writer) override;
+  grpc::Status CancelJob(grpc::ServerContext* ctx, const v1::CancelJobRequest* req,
+                         v1::CancelJobResponse* resp) override;
+  grpc::Status ResumeJob(grpc::ServerContext* ctx, const v1::ResumeJobRequest* req,
+                         v1::ResumeJobResponse* resp) override;
+  grpc::Status ListWorkers(grpc::ServerContext* ctx, const v1::ListWorkersRequest* req,
+                           v1::ListWorkersResponse* resp) override;
+  grpc::Status RegisterWorker(grpc::ServerContext* ctx, const v1::RegisterWorkerRequest* req,
+                              v1::RegisterWorkerResponse* resp) override;
+  grpc::Status Heartbeat(grpc::ServerContext* ctx, const v1::HeartbeatRequest* req,
+                         v1::HeartbeatResponse* resp) override;
+  grpc::Status LeaseTask(grpc::ServerContext* ctx, const v1::LeaseTaskRequest* req,
+                         v1::LeaseTaskResponse* resp) override;
+  grpc::Status CompleteTask(grpc::ServerContext* ctx, const v1::CompleteTaskRequest* req,
+                            v1::CompleteTaskResponse* resp) override;
+  grpc::Status FailTask(grpc::ServerContext* ctx, const v1::FailTaskRequest* req,
+                        v1::FailTaskResponse* resp) override;
+
+ private:
+  // UNAUTHENTICATED unless the call carries "authorization: Bearer <token>".
+  grpc::Status Authorize(const grpc::ServerContext* ctx) const;
+
+  Coordinator* const core_;  // Not owned.
+  const std::string token_;
+};
+
+}  // namespace moec::coordinator
+
+#endif  // MOEC_COORDINATOR_COORDINATOR_SERVICE_H_

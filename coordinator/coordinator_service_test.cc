@@ -1,0 +1,133 @@
+// The gRPC wire format and auth of CoordinatorService, over an in-process channel (no sockets).
+#include "coordinator/coordinator_service.h"
+
+#include <filesystem>
+#include <thread>
+
+#include "gmock/gmock.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "storage/in_memory_kv_store.h"
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
+
+namespace moec::coordinator {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+constexpr char kRecipe[] = R"(name: svc
+model: m
+output: out
+stages:
+  - {id: stats, kind: calibrate}
+)";
+
+class CoordinatorServiceTest : public ::testing::Test {
+ protected:
+  CoordinatorServiceTest() : kv_(JobStoreColumnFamilies()) {
+    std::filesystem::create_directories(dir_.Join("m"));
+    dir_.WriteFile("m/config.json", R"({"num_hidden_layers": 2})");
+    store_ = *JobStore::Open(&kv_);
+    core_ = *Coordinator::Create(store_.get(), {}, [] { return absl::Now(); });
+    service_ = std::make_unique<CoordinatorService>(core_.get(), "s3cret");
+    grpc::ServerBuilder builder;
+    builder.RegisterService(service_.get());
+    server_ = builder.BuildAndStart();
+    stub_ = v1::CoordinatorService::NewStub(server_->InProcessChannel(grpc::ChannelArguments()));
+  }
+  ~CoordinatorServiceTest() override { server_->Shutdown(); }
+
+  std::unique_ptr<grpc::ClientContext> Ctx(const std::string& token = "s3cret") {
+    auto ctx = std::make_unique<grpc::ClientContext>();
+    ctx->AddMetadata("authorization", "Bearer " + token);
+    return ctx;
+  }
+
+  ::moec::testing::TempDir dir_;
+  storage::InMemoryKvStore kv_;
+  std::unique_ptr<JobStore> store_;
+  std::unique_ptr<Coordinator> core_;
+  std::unique_ptr<CoordinatorService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<v1::CoordinatorService::Stub> stub_;
+};
+
+TEST_F(CoordinatorServiceTest, WrongOrMissingTokenIsUnauthenticated) {
+  v1::ListJobsRequest req;
+  v1::ListJobsResponse resp;
+  EXPECT_EQ(stub_->ListJobs(Ctx("wrong").get(), req, &resp).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  grpc::ClientContext bare;
+  EXPECT_EQ(stub_->ListJobs(&bare, req, &resp).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_TRUE(stub_->ListJobs(Ctx().get(), req, &resp).ok());
+}
+
+TEST_F(CoordinatorServiceTest, SubmitLeaseCompleteAndWatchOverTheWire) {
+  v1::SubmitJobRequest sreq;
+  sreq.set_recipe_yaml(kRecipe);
+  sreq.set_recipe_path(dir_.Join("recipe.yaml"));
+  v1::SubmitJobResponse sresp;
+  ASSERT_TRUE(stub_->SubmitJob(Ctx().get(), sreq, &sresp).ok());
+  const std::string job = sresp.job().job_id();
+  EXPECT_FALSE(sresp.existed());
+
+  // Malformed recipes keep their precise error across the wire.
+  v1::SubmitJobRequest bad = sreq;
+  bad.set_recipe_yaml("name: svc\nmodel: m\noutput: out\nstages: [{id: a, kind: nope}]\n");
+  grpc::Status bs = stub_->SubmitJob(Ctx().get(), bad, &sresp);
+  EXPECT_EQ(bs.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(bs.error_message(), HasSubstr("recipe.yaml:4: stage 'a': unknown kind 'nope'"));
+
+  // A watcher started before any work sees every event and the end of the job.
+  std::vector<std::string> kinds;
+  std::thread watcher([&] {
+    v1::WatchJobRequest wreq;
+    wreq.set_job_id(job);
+    auto ctx = Ctx();
+    auto reader = stub_->WatchJob(ctx.get(), wreq);
+    v1::JobEvent e;
+    while (reader->Read(&e)) kinds.push_back(e.kind());
+    EXPECT_TRUE(reader->Finish().ok());
+  });
+
+  v1::RegisterWorkerRequest rreq;
+  rreq.set_name("host:1");
+  v1::RegisterWorkerResponse rresp;
+  ASSERT_TRUE(stub_->RegisterWorker(Ctx().get(), rreq, &rresp).ok());
+  for (int i = 0; i < 2; ++i) {
+    v1::LeaseTaskRequest lreq;
+    lreq.set_worker_id(rresp.worker_id());
+    v1::LeaseTaskResponse lresp;
+    ASSERT_TRUE(stub_->LeaseTask(Ctx().get(), lreq, &lresp).ok());
+    ASSERT_TRUE(lresp.granted());
+    EXPECT_EQ(lresp.task().task_id(), job + "/stats/L" + std::to_string(i));
+    v1::CompleteTaskRequest creq;
+    creq.set_worker_id(rresp.worker_id());
+    creq.set_task_id(lresp.task().task_id());
+    v1::CompleteTaskResponse cresp;
+    ASSERT_TRUE(stub_->CompleteTask(Ctx().get(), creq, &cresp).ok());
+  }
+  watcher.join();
+  EXPECT_THAT(kinds, ElementsAre("job_submitted", "task_leased", "task_done", "task_leased",
+                                 "task_done", "job_succeeded"));
+
+  v1::GetJobRequest greq;
+  greq.set_job_id(job);
+  greq.set_include_tasks(true);
+  v1::GetJobResponse gresp;
+  ASSERT_TRUE(stub_->GetJob(Ctx().get(), greq, &gresp).ok());
+  EXPECT_EQ(gresp.job().state(), v1::JOB_SUCCEEDED);
+  EXPECT_EQ(gresp.tasks_size(), 2);
+  greq.set_job_id("nope");
+  EXPECT_EQ(stub_->GetJob(Ctx().get(), greq, &gresp).error_code(), grpc::StatusCode::NOT_FOUND);
+  v1::CancelJobRequest creq;
+  creq.set_job_id(job);
+  v1::CancelJobResponse cresp;
+  EXPECT_EQ(stub_->CancelJob(Ctx().get(), creq, &cresp).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+}
+
+}  // namespace
+}  // namespace moec::coordinator
