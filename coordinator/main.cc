@@ -1,0 +1,171 @@
+// moec-coordinator: schedules compression jobs over moec-worker daemons.
+//
+//   moec-coordinator --listen 127.0.0.1:7070 --data-dir /var/lib/moec --token-file /etc/moec/token
+//                    [--tls-cert F --tls-key F [--tls-client-ca F]] [--allowed-root DIR]...
+//
+// State lives in RocksDB under --data-dir; a restart recovers every job. Flags are spelled with
+// dashes (as above) or underscores.
+#include <csignal>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "absl/synchronization/notification.h"
+#include "common/process_tuning.h"
+#include "coordinator/coordinator.h"
+#include "coordinator/coordinator_service.h"
+#include "coordinator/job_store.h"
+#include "glog/logging.h"
+#include "grpcpp/grpcpp.h"
+#include "storage/rocksdb_kv_store.h"
+
+ABSL_FLAG(std::string, listen, "127.0.0.1:7070", "address to serve on (HOST:PORT)");
+ABSL_FLAG(std::string, data_dir, "", "directory of the coordinator's RocksDB (required)");
+ABSL_FLAG(std::string, token_file, "", "file holding the bearer token every RPC must carry (required)");
+ABSL_FLAG(std::string, tls_cert, "", "PEM server certificate (enables TLS with --tls-key)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls-cert");
+ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA bundle: require client certificates (mutual TLS)");
+ABSL_FLAG(std::vector<std::string>, allowed_root, {},
+          "directories recipe paths must resolve inside (comma separated; default: anywhere)");
+ABSL_FLAG(int64_t, lease_ms, 30000, "task lease length; heartbeats renew it");
+ABSL_FLAG(int32_t, max_attempts, 3, "leases a task may get before it fails its job");
+
+namespace {
+
+absl::Notification* g_stop = nullptr;
+void OnSignal(int) {
+  if (g_stop != nullptr && !g_stop->HasBeenNotified()) g_stop->Notify();
+}
+
+absl::StatusOr<std::string> ReadSecret(const std::string& path, const char* what) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", what, " ", path));
+  std::stringstream s;
+  s << in.rdbuf();
+  std::string v(absl::StripAsciiWhitespace(s.str()));
+  if (v.empty()) return absl::InvalidArgumentError(absl::StrCat(what, " ", path, " is empty"));
+  return v;
+}
+
+// absl flags are identifiers; accept --data-dir as --data_dir.
+std::vector<char*> NormalizeFlags(int argc, char** argv, std::vector<std::string>* storage) {
+  storage->reserve(argc);
+  std::vector<char*> out;
+  for (int i = 0; i < argc; ++i) {
+    std::string a = argv[i];
+    if (i > 0 && a.rfind("--", 0) == 0) {
+      size_t end = a.find('=');
+      for (size_t k = 2; k < std::min(end, a.size()); ++k) {
+        if (a[k] == '-') a[k] = '_';
+      }
+    }
+    storage->push_back(a);
+  }
+  for (auto& s : *storage) out.push_back(s.data());
+  return out;
+}
+
+int Fail(const absl::Status& s) {
+  std::fprintf(stderr, "moec-coordinator: %s\n", s.ToString().c_str());
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  moec::TuneMallocForLargeBuffers();
+  absl::SetProgramUsageMessage(
+      "schedules moec compression jobs over worker daemons.\n"
+      "  moec-coordinator --listen HOST:PORT --data-dir DIR --token-file PATH\n"
+      "                   [--tls-cert F --tls-key F [--tls-client-ca F]] [--allowed-root DIR]");
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::StrContains(file, "coordinator/main.cc");
+  };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage);
+  std::vector<std::string> storage;
+  std::vector<char*> args = NormalizeFlags(argc, argv, &storage);
+  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+  google::InitGoogleLogging(argv[0]);
+  FLAGS_logtostderr = true;
+
+  if (absl::GetFlag(FLAGS_data_dir).empty() || absl::GetFlag(FLAGS_token_file).empty()) {
+    return Fail(absl::InvalidArgumentError("--data-dir and --token-file are required (see --help)"));
+  }
+  absl::StatusOr<std::string> token = ReadSecret(absl::GetFlag(FLAGS_token_file), "token file");
+  if (!token.ok()) return Fail(token.status());
+
+  moec::storage::RocksDbKvStoreOptions kv_options;
+  kv_options.path = absl::GetFlag(FLAGS_data_dir) + "/db";
+  for (const auto& cf : moec::coordinator::JobStoreColumnFamilies()) {
+    kv_options.column_families.push_back({cf, false});
+  }
+  kv_options.column_families.push_back({"factors", true});
+  auto kv = moec::storage::RocksDbKvStore::Open(kv_options);
+  if (!kv.ok()) return Fail(kv.status());
+  auto store = moec::coordinator::JobStore::Open(kv->get());
+  if (!store.ok()) return Fail(store.status());
+  moec::coordinator::CoordinatorOptions options;
+  options.retry.lease_ms = absl::GetFlag(FLAGS_lease_ms);
+  options.retry.max_attempts = absl::GetFlag(FLAGS_max_attempts);
+  options.allowed_roots = absl::GetFlag(FLAGS_allowed_root);
+  auto core = moec::coordinator::Coordinator::Create(store->get(), options, [] { return absl::Now(); });
+  if (!core.ok()) return Fail(core.status());
+  moec::coordinator::CoordinatorService service(core->get(), *token);
+
+  std::shared_ptr<grpc::ServerCredentials> creds = grpc::InsecureServerCredentials();
+  if (!absl::GetFlag(FLAGS_tls_cert).empty()) {
+    auto cert = ReadSecret(absl::GetFlag(FLAGS_tls_cert), "TLS certificate");
+    auto key = ReadSecret(absl::GetFlag(FLAGS_tls_key), "TLS key");
+    if (!cert.ok()) return Fail(cert.status());
+    if (!key.ok()) return Fail(key.status());
+    grpc::SslServerCredentialsOptions ssl;
+    ssl.pem_key_cert_pairs.push_back({*key, *cert});
+    if (!absl::GetFlag(FLAGS_tls_client_ca).empty()) {
+      auto ca = ReadSecret(absl::GetFlag(FLAGS_tls_client_ca), "client CA");
+      if (!ca.ok()) return Fail(ca.status());
+      ssl.pem_root_certs = *ca;
+      ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+    }
+    creds = grpc::SslServerCredentials(ssl);
+  }
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(absl::GetFlag(FLAGS_listen), creds, &port);
+  builder.SetMaxReceiveMessageSize(4 << 20);  // recipes and reports are small
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    return Fail(absl::UnavailableError(absl::StrCat("cannot listen on ", absl::GetFlag(FLAGS_listen))));
+  }
+  LOG(INFO) << "moec-coordinator listening on " << absl::GetFlag(FLAGS_listen) << " (port " << port
+            << ")" << (absl::GetFlag(FLAGS_tls_cert).empty() ? ", no TLS" : ", TLS");
+  std::printf("listening on port %d\n", port);
+  std::fflush(stdout);
+
+  absl::Notification stop;
+  g_stop = &stop;
+  std::signal(SIGINT, OnSignal);
+  std::signal(SIGTERM, OnSignal);
+  std::thread ticker([&] {
+    while (!stop.WaitForNotificationWithTimeout(absl::Milliseconds(500))) {
+      absl::Status s = (*core)->Tick();
+      if (!s.ok()) LOG(ERROR) << "tick: " << s;
+    }
+  });
+  ticker.join();  // returns once a signal arrived
+  LOG(INFO) << "shutting down";
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  return 0;
+}
