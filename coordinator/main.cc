@@ -21,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "absl/synchronization/notification.h"
+#include "common/cli_util.h"
 #include "common/process_tuning.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/coordinator_service.h"
@@ -47,34 +48,6 @@ void OnSignal(int) {
   if (g_stop != nullptr && !g_stop->HasBeenNotified()) g_stop->Notify();
 }
 
-absl::StatusOr<std::string> ReadSecret(const std::string& path, const char* what) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", what, " ", path));
-  std::stringstream s;
-  s << in.rdbuf();
-  std::string v(absl::StripAsciiWhitespace(s.str()));
-  if (v.empty()) return absl::InvalidArgumentError(absl::StrCat(what, " ", path, " is empty"));
-  return v;
-}
-
-// absl flags are identifiers; accept --data-dir as --data_dir.
-std::vector<char*> NormalizeFlags(int argc, char** argv, std::vector<std::string>* storage) {
-  storage->reserve(argc);
-  std::vector<char*> out;
-  for (int i = 0; i < argc; ++i) {
-    std::string a = argv[i];
-    if (i > 0 && a.rfind("--", 0) == 0) {
-      size_t end = a.find('=');
-      for (size_t k = 2; k < std::min(end, a.size()); ++k) {
-        if (a[k] == '-') a[k] = '_';
-      }
-    }
-    storage->push_back(a);
-  }
-  for (auto& s : *storage) out.push_back(s.data());
-  return out;
-}
-
 int Fail(const absl::Status& s) {
   std::fprintf(stderr, "moec-coordinator: %s\n", s.ToString().c_str());
   return 1;
@@ -95,7 +68,7 @@ int main(int argc, char** argv) {
   usage.contains_helpshort_flags = usage.contains_help_flags;
   absl::SetFlagsUsageConfig(usage);
   std::vector<std::string> storage;
-  std::vector<char*> args = NormalizeFlags(argc, argv, &storage);
+  std::vector<char*> args = moec::NormalizeDashedFlags(argc, argv, &storage);
   absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
   google::InitGoogleLogging(argv[0]);
   FLAGS_logtostderr = true;
@@ -103,7 +76,7 @@ int main(int argc, char** argv) {
   if (absl::GetFlag(FLAGS_data_dir).empty() || absl::GetFlag(FLAGS_token_file).empty()) {
     return Fail(absl::InvalidArgumentError("--data-dir and --token-file are required (see --help)"));
   }
-  absl::StatusOr<std::string> token = ReadSecret(absl::GetFlag(FLAGS_token_file), "token file");
+  absl::StatusOr<std::string> token = moec::ReadSecretFile(absl::GetFlag(FLAGS_token_file), "token file");
   if (!token.ok()) return Fail(token.status());
 
   moec::storage::RocksDbKvStoreOptions kv_options;
@@ -126,14 +99,14 @@ int main(int argc, char** argv) {
 
   std::shared_ptr<grpc::ServerCredentials> creds = grpc::InsecureServerCredentials();
   if (!absl::GetFlag(FLAGS_tls_cert).empty()) {
-    auto cert = ReadSecret(absl::GetFlag(FLAGS_tls_cert), "TLS certificate");
-    auto key = ReadSecret(absl::GetFlag(FLAGS_tls_key), "TLS key");
+    auto cert = moec::ReadSecretFile(absl::GetFlag(FLAGS_tls_cert), "TLS certificate");
+    auto key = moec::ReadSecretFile(absl::GetFlag(FLAGS_tls_key), "TLS key");
     if (!cert.ok()) return Fail(cert.status());
     if (!key.ok()) return Fail(key.status());
     grpc::SslServerCredentialsOptions ssl;
     ssl.pem_key_cert_pairs.push_back({*key, *cert});
     if (!absl::GetFlag(FLAGS_tls_client_ca).empty()) {
-      auto ca = ReadSecret(absl::GetFlag(FLAGS_tls_client_ca), "client CA");
+      auto ca = moec::ReadSecretFile(absl::GetFlag(FLAGS_tls_client_ca), "client CA");
       if (!ca.ok()) return Fail(ca.status());
       ssl.pem_root_certs = *ca;
       ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;

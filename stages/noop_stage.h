@@ -1,0 +1,17 @@
+// `noop`: does nothing but wait `sleep_ms` (checking cancellation) and report progress. For
+// control-plane tests and the scheduling benchmark.
+#ifndef MOEC_STAGES_NOOP_STAGE_H_
+#define MOEC_STAGES_NOOP_STAGE_H_
+
+#include "stages/stage.h"
+
+namespace moec::stages {
+
+class NoopStage : public Stage {
+ public:
+  absl::Status Run(StageContext& ctx) override;
+};
+
+}  // namespace moec::stages
+
+#endif  // MOEC_STAGES_NOOP_STAGE_H_

@@ -1,0 +1,61 @@
+// The Stage interface: one implementation per stage kind (docs/recipes.md). Stages are the only
+// code that knows compression algorithms; workers run them through worker/stage_runner.h.
+#ifndef MOEC_STAGES_STAGE_H_
+#define MOEC_STAGES_STAGE_H_
+
+#include <atomic>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "moec/v1/job.pb.h"
+#include "nlohmann/json.hpp"
+#include "storage/factor_store.h"
+
+namespace moec::stages {
+
+// What a running stage sees. Valid for the duration of Run.
+struct StageContext {
+  const v1::TaskRecord* task = nullptr;
+  nlohmann::json params;              // validated parameters of the stage (defaults filled in)
+  nlohmann::json recipe;              // the job's canonical recipe
+  int rank = 0;                       // rank in the gang
+  std::vector<std::string> group;     // worker ids of the gang
+  storage::FactorStore* factors = nullptr;  // Not owned; may be null in tests.
+  // Reports progress in [0, 1] with a short message; cheap to call often.
+  std::function<void(double, const std::string&)> progress = [](double, const std::string&) {};
+  // Set when the task is cancelled; long stages check it and return Cancelled.
+  const std::atomic<bool>* cancelled = nullptr;
+  bool IsCancelled() const { return cancelled != nullptr && cancelled->load(); }
+};
+
+// One run of one task. Implementations may throw (libtorch does); StageRunner converts.
+class Stage {
+ public:
+  virtual ~Stage() = default;
+  virtual absl::Status Run(StageContext& ctx) = 0;
+};
+
+// kind -> factory. An object handed to the worker, not a static registrar. Thread-safe after
+// the registrations are done.
+class StageRegistry {
+ public:
+  using Factory = std::function<std::unique_ptr<Stage>()>;
+  void Register(const std::string& kind, Factory factory) { factories_[kind] = std::move(factory); }
+  // Errors: Unimplemented when this worker has no implementation of `kind`.
+  absl::StatusOr<std::unique_ptr<Stage>> Create(const std::string& kind) const;
+  std::vector<std::string> Kinds() const;
+
+ private:
+  std::map<std::string, Factory> factories_;
+};
+
+// Registers every stage kind this build implements.
+void RegisterBuiltinStages(StageRegistry* registry);
+
+}  // namespace moec::stages
+
+#endif  // MOEC_STAGES_STAGE_H_

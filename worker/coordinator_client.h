@@ -1,0 +1,52 @@
+// How a worker talks to the coordinator. GrpcCoordinatorClient is the real one; tests of the
+// Worker use an in-process one over the Coordinator core.
+#ifndef MOEC_WORKER_COORDINATOR_CLIENT_H_
+#define MOEC_WORKER_COORDINATOR_CLIENT_H_
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "moec/v1/job.pb.h"
+
+namespace moec::worker {
+
+struct Lease {
+  v1::TaskRecord task;
+  int rank = 0;
+  std::vector<std::string> group;
+  std::string recipe_json;
+};
+
+// Thread-safe.
+class CoordinatorClient {
+ public:
+  virtual ~CoordinatorClient() = default;
+  virtual absl::StatusOr<std::string> RegisterWorker(const std::string& name, bool gpu,
+                                                     int64_t memory_bytes) = 0;
+  // Returns the ids of held tasks that were cancelled.
+  virtual absl::StatusOr<std::vector<std::string>> Heartbeat(const std::string& worker_id) = 0;
+  virtual absl::StatusOr<std::optional<Lease>> LeaseTask(const std::string& worker_id) = 0;
+  virtual absl::Status CompleteTask(const std::string& worker_id, const std::string& task_id) = 0;
+  virtual absl::Status FailTask(const std::string& worker_id, const std::string& task_id,
+                                const absl::Status& error, bool retriable) = 0;
+};
+
+struct GrpcClientOptions {
+  std::string address;     // HOST:PORT
+  std::string token;       // bearer token
+  std::string tls_ca;      // PEM roots; empty: plaintext
+  std::string tls_cert;    // client certificate for mutual TLS (optional)
+  std::string tls_key;
+  int64_t rpc_timeout_ms = 10000;
+};
+
+// Errors: InvalidArgument for an empty address or token.
+absl::StatusOr<std::unique_ptr<CoordinatorClient>> NewGrpcCoordinatorClient(
+    const GrpcClientOptions& options);
+
+}  // namespace moec::worker
+
+#endif  // MOEC_WORKER_COORDINATOR_CLIENT_H_

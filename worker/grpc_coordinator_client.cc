@@ -1,0 +1,105 @@
+#include "absl/strings/str_cat.h"
+#include "grpcpp/grpcpp.h"
+#include "moec/v1/coordinator.grpc.pb.h"
+#include "proto/rpc_status.h"
+#include "worker/coordinator_client.h"
+
+namespace moec::worker {
+namespace {
+
+class GrpcCoordinatorClient : public CoordinatorClient {
+ public:
+  GrpcCoordinatorClient(std::shared_ptr<grpc::Channel> channel, GrpcClientOptions options)
+      : stub_(v1::CoordinatorService::NewStub(channel)), options_(std::move(options)) {}
+
+  absl::StatusOr<std::string> RegisterWorker(const std::string& name, bool gpu,
+                                             int64_t memory_bytes) override {
+    v1::RegisterWorkerRequest req;
+    req.set_name(name);
+    req.set_gpu(gpu);
+    req.set_memory_bytes(memory_bytes);
+    v1::RegisterWorkerResponse resp;
+    auto ctx = Context();
+    absl::Status s = FromGrpcStatus(stub_->RegisterWorker(ctx.get(), req, &resp));
+    if (!s.ok()) return s;
+    return resp.worker_id();
+  }
+
+  absl::StatusOr<std::vector<std::string>> Heartbeat(const std::string& worker_id) override {
+    v1::HeartbeatRequest req;
+    req.set_worker_id(worker_id);
+    v1::HeartbeatResponse resp;
+    auto ctx = Context();
+    absl::Status s = FromGrpcStatus(stub_->Heartbeat(ctx.get(), req, &resp));
+    if (!s.ok()) return s;
+    return std::vector<std::string>(resp.cancelled_task_ids().begin(),
+                                    resp.cancelled_task_ids().end());
+  }
+
+  absl::StatusOr<std::optional<Lease>> LeaseTask(const std::string& worker_id) override {
+    v1::LeaseTaskRequest req;
+    req.set_worker_id(worker_id);
+    v1::LeaseTaskResponse resp;
+    auto ctx = Context();
+    absl::Status s = FromGrpcStatus(stub_->LeaseTask(ctx.get(), req, &resp));
+    if (!s.ok()) return s;
+    if (!resp.granted()) return std::optional<Lease>();
+    Lease l{resp.task(), resp.rank(), {resp.group().begin(), resp.group().end()},
+            resp.recipe_json()};
+    return std::optional<Lease>(std::move(l));
+  }
+
+  absl::Status CompleteTask(const std::string& worker_id, const std::string& task_id) override {
+    v1::CompleteTaskRequest req;
+    req.set_worker_id(worker_id);
+    req.set_task_id(task_id);
+    v1::CompleteTaskResponse resp;
+    auto ctx = Context();
+    return FromGrpcStatus(stub_->CompleteTask(ctx.get(), req, &resp));
+  }
+
+  absl::Status FailTask(const std::string& worker_id, const std::string& task_id,
+                        const absl::Status& error, bool retriable) override {
+    v1::FailTaskRequest req;
+    req.set_worker_id(worker_id);
+    req.set_task_id(task_id);
+    req.set_code(static_cast<int>(error.code()));
+    req.set_message(std::string(error.message()));
+    req.set_retriable(retriable);
+    v1::FailTaskResponse resp;
+    auto ctx = Context();
+    return FromGrpcStatus(stub_->FailTask(ctx.get(), req, &resp));
+  }
+
+ private:
+  std::unique_ptr<grpc::ClientContext> Context() const {
+    auto ctx = std::make_unique<grpc::ClientContext>();
+    ctx->AddMetadata("authorization", "Bearer " + options_.token);
+    ctx->set_deadline(std::chrono::system_clock::now() +
+                      std::chrono::milliseconds(options_.rpc_timeout_ms));
+    return ctx;
+  }
+
+  std::unique_ptr<v1::CoordinatorService::Stub> stub_;
+  const GrpcClientOptions options_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<CoordinatorClient>> NewGrpcCoordinatorClient(
+    const GrpcClientOptions& options) {
+  if (options.address.empty()) return absl::InvalidArgumentError("coordinator address is empty");
+  if (options.token.empty()) return absl::InvalidArgumentError("token is empty");
+  std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
+  if (!options.tls_ca.empty()) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = options.tls_ca;
+    ssl.pem_cert_chain = options.tls_cert;
+    ssl.pem_private_key = options.tls_key;
+    creds = grpc::SslCredentials(ssl);
+  }
+  return std::unique_ptr<CoordinatorClient>(
+      new GrpcCoordinatorClient(grpc::CreateChannel(options.address, creds), options));
+}
+
+}  // namespace moec::worker

@@ -1,0 +1,110 @@
+// moec-worker: runs compression tasks for a moec-coordinator.
+//
+//   moec-worker --coordinator HOST:PORT --token-file PATH [--name NAME] [--tls-ca F
+//               [--tls-cert F --tls-key F]]
+//
+// Stops cleanly on SIGINT/SIGTERM (the current task's stage is asked to cancel).
+#include <unistd.h>
+
+#include <csignal>
+#include <cstdio>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "common/cli_util.h"
+#include "common/process_tuning.h"
+#include "glog/logging.h"
+#include "stages/stage.h"
+#include "worker/coordinator_client.h"
+#include "worker/worker.h"
+
+ABSL_FLAG(std::string, coordinator, "", "coordinator address HOST:PORT (or $MOEC_COORDINATOR)");
+ABSL_FLAG(std::string, token_file, "", "bearer token file (or $MOEC_TOKEN_FILE)");
+ABSL_FLAG(std::string, name, "", "name shown by `moec workers` (default host:pid)");
+ABSL_FLAG(std::string, tls_ca, "", "PEM roots to verify the coordinator (enables TLS)");
+ABSL_FLAG(std::string, tls_cert, "", "client certificate for mutual TLS");
+ABSL_FLAG(std::string, tls_key, "", "key of --tls-cert");
+
+namespace {
+
+absl::Notification* g_stop = nullptr;
+void OnSignal(int) {
+  if (g_stop != nullptr && !g_stop->HasBeenNotified()) g_stop->Notify();
+}
+
+int Fail(const absl::Status& s) {
+  std::fprintf(stderr, "moec-worker: %s\n", s.ToString().c_str());
+  return 1;
+}
+
+std::string FlagOrEnv(const std::string& flag, const char* env) {
+  if (!flag.empty()) return flag;
+  const char* v = std::getenv(env);
+  return v == nullptr ? "" : v;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  moec::TuneMallocForLargeBuffers();
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view f) { return absl::StrContains(f, "worker/main.cc"); };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage);
+  absl::SetProgramUsageMessage(
+      "runs moec compression tasks for a coordinator.\n"
+      "  moec-worker --coordinator HOST:PORT --token-file PATH [--name NAME]");
+  std::vector<std::string> storage;
+  std::vector<char*> args = moec::NormalizeDashedFlags(argc, argv, &storage);
+  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+  google::InitGoogleLogging(argv[0]);
+  FLAGS_logtostderr = true;
+
+  moec::worker::GrpcClientOptions client_options;
+  client_options.address = FlagOrEnv(absl::GetFlag(FLAGS_coordinator), "MOEC_COORDINATOR");
+  const std::string token_file = FlagOrEnv(absl::GetFlag(FLAGS_token_file), "MOEC_TOKEN_FILE");
+  if (client_options.address.empty() || token_file.empty()) {
+    return Fail(absl::InvalidArgumentError("--coordinator and --token-file are required (see --help)"));
+  }
+  auto token = moec::ReadSecretFile(token_file, "token file");
+  if (!token.ok()) return Fail(token.status());
+  client_options.token = *token;
+  for (auto [flag, out, what] : {std::make_tuple(absl::GetFlag(FLAGS_tls_ca), &client_options.tls_ca, "TLS CA"),
+                                 std::make_tuple(absl::GetFlag(FLAGS_tls_cert), &client_options.tls_cert, "TLS certificate"),
+                                 std::make_tuple(absl::GetFlag(FLAGS_tls_key), &client_options.tls_key, "TLS key")}) {
+    if (flag.empty()) continue;
+    auto v = moec::ReadSecretFile(flag, what);
+    if (!v.ok()) return Fail(v.status());
+    *out = *v;
+  }
+  auto client = moec::worker::NewGrpcCoordinatorClient(client_options);
+  if (!client.ok()) return Fail(client.status());
+
+  moec::stages::StageRegistry registry;
+  moec::stages::RegisterBuiltinStages(&registry);
+  moec::worker::WorkerOptions options;
+  char host[256] = "host";
+  gethostname(host, sizeof(host) - 1);
+  options.name = absl::GetFlag(FLAGS_name).empty() ? absl::StrCat(host, ":", getpid())
+                                                   : absl::GetFlag(FLAGS_name);
+  moec::worker::Worker worker(client->get(), &registry, options);
+  absl::Notification stop;
+  g_stop = &stop;
+  std::signal(SIGINT, OnSignal);
+  std::signal(SIGTERM, OnSignal);
+  // Registration retries until the coordinator answers (it may start after the worker).
+  absl::Status started;
+  while (!(started = worker.Start()).ok()) {
+    LOG(WARNING) << "cannot register with " << client_options.address << ": " << started;
+    if (stop.WaitForNotificationWithTimeout(absl::Seconds(1))) return 0;
+  }
+  stop.WaitForNotification();
+  LOG(INFO) << "stopping; tasks done " << worker.tasks_done() << ", failed " << worker.tasks_failed();
+  worker.Stop();
+  return 0;
+}

@@ -1,0 +1,127 @@
+#include "worker/worker.h"
+
+#include "absl/strings/str_cat.h"
+#include "glog/logging.h"
+#include "nlohmann/json.hpp"
+#include "worker/stage_runner.h"
+
+namespace moec::worker {
+
+absl::Status WorkerOptions::Validate() const {
+  if (poll_interval <= absl::ZeroDuration() || heartbeat_interval <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("worker intervals must be positive");
+  }
+  return absl::OkStatus();
+}
+
+Worker::~Worker() { Stop(); }
+
+std::string Worker::worker_id() const {
+  absl::MutexLock lock(&mu_);
+  return worker_id_;
+}
+
+absl::Status Worker::Reregister() {
+  absl::StatusOr<std::string> id = client_->RegisterWorker(options_.name, false, 0);
+  if (!id.ok()) return id.status();
+  absl::MutexLock lock(&mu_);
+  worker_id_ = *id;
+  LOG(INFO) << "worker=" << *id << " registered";
+  return absl::OkStatus();
+}
+
+absl::Status Worker::Start() {
+  if (absl::Status s = options_.Validate(); !s.ok()) return s;
+  if (absl::Status s = Reregister(); !s.ok()) return s;
+  lease_thread_ = std::thread([this] { LeaseLoop(); });
+  heartbeat_thread_ = std::thread([this] { HeartbeatLoop(); });
+  return absl::OkStatus();
+}
+
+void Worker::Stop() {
+  if (!stop_.HasBeenNotified()) stop_.Notify();
+  {
+    absl::MutexLock lock(&mu_);
+    if (current_cancelled_) current_cancelled_->store(true);
+  }
+  if (lease_thread_.joinable()) lease_thread_.join();
+  if (heartbeat_thread_.joinable()) heartbeat_thread_.join();
+}
+
+void Worker::HeartbeatLoop() {
+  while (!stop_.WaitForNotificationWithTimeout(options_.heartbeat_interval)) {
+    absl::StatusOr<std::vector<std::string>> cancelled = client_->Heartbeat(worker_id());
+    if (absl::IsNotFound(cancelled.status())) {
+      // The coordinator restarted or dropped us: register again (leases of the old id expire).
+      Reregister().IgnoreError();  // retried at the next beat
+      continue;
+    }
+    if (!cancelled.ok()) {
+      LOG(WARNING) << "worker=" << worker_id() << " heartbeat: " << cancelled.status();
+      continue;
+    }
+    absl::MutexLock lock(&mu_);
+    for (const auto& id : *cancelled) {
+      if (id == current_task_ && current_cancelled_) current_cancelled_->store(true);
+    }
+  }
+}
+
+void Worker::LeaseLoop() {
+  while (!stop_.HasBeenNotified()) {
+    absl::StatusOr<std::optional<Lease>> lease = client_->LeaseTask(worker_id());
+    if (!lease.ok()) {
+      if (absl::IsNotFound(lease.status())) Reregister().IgnoreError();  // retried next loop
+      else LOG(WARNING) << "worker=" << worker_id() << " lease: " << lease.status();
+      stop_.WaitForNotificationWithTimeout(options_.poll_interval);
+      continue;
+    }
+    if (!lease->has_value()) {
+      stop_.WaitForNotificationWithTimeout(options_.poll_interval);
+      continue;
+    }
+    RunOne(**lease);
+  }
+}
+
+void Worker::RunOne(const Lease& lease) {
+  auto cancelled = std::make_shared<std::atomic<bool>>(false);
+  const std::string id = worker_id();
+  {
+    absl::MutexLock lock(&mu_);
+    current_task_ = lease.task.task_id();
+    current_cancelled_ = cancelled;
+  }
+  stages::StageContext ctx;
+  ctx.task = &lease.task;
+  ctx.params = nlohmann::json::parse(lease.task.params_json(), nullptr, false);
+  ctx.recipe = nlohmann::json::parse(lease.recipe_json, nullptr, false);
+  ctx.rank = lease.rank;
+  ctx.group = lease.group;
+  ctx.cancelled = cancelled.get();
+  absl::Status result = (ctx.params.is_discarded() || ctx.recipe.is_discarded())
+                            ? absl::InvalidArgumentError("task parameters are not valid JSON")
+                            : RunStage(*registry_, ctx);
+  {
+    absl::MutexLock lock(&mu_);
+    current_task_.clear();
+    current_cancelled_.reset();
+  }
+  absl::Status reported;
+  if (result.ok()) {
+    ++tasks_done_;
+    if (lease.rank == 0) reported = client_->CompleteTask(id, lease.task.task_id());
+  } else {
+    ++tasks_failed_;
+    LOG(WARNING) << "worker=" << id << " task=" << lease.task.task_id() << " failed: " << result;
+    if (!cancelled->load()) {
+      reported = client_->FailTask(id, lease.task.task_id(), result, IsRetriable(result));
+    }
+  }
+  if (!reported.ok()) {
+    LOG(WARNING) << "worker=" << id << " task=" << lease.task.task_id()
+                 << " report: " << reported;  // the lease will expire and the task re-run
+  }
+}
+
+}  // namespace moec::worker

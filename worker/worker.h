@@ -1,0 +1,71 @@
+// Worker: the core of moec-worker. Registers with the coordinator, heartbeats, pulls tasks,
+// runs each through StageRunner (a failing task never stops the worker) and reports the result;
+// a task cancelled by the coordinator is signalled to its stage.
+#ifndef MOEC_WORKER_WORKER_H_
+#define MOEC_WORKER_WORKER_H_
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "stages/stage.h"
+#include "worker/coordinator_client.h"
+
+namespace moec::worker {
+
+struct WorkerOptions {
+  std::string name;                                 // shown by ListWorkers (default host:pid)
+  absl::Duration poll_interval = absl::Milliseconds(200);  // between empty LeaseTask calls
+  absl::Duration heartbeat_interval = absl::Seconds(2);
+  absl::Status Validate() const;
+};
+
+// Thread-safe. Start() runs the loops in threads owned by the Worker; Stop() (or the destructor)
+// joins them. The client and registry must outlive the Worker.
+class Worker {
+ public:
+  Worker(CoordinatorClient* client, const stages::StageRegistry* registry, WorkerOptions options)
+      : client_(client), registry_(registry), options_(std::move(options)) {}
+  ~Worker();
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  // Registers and starts the loops. Errors: those of RegisterWorker.
+  absl::Status Start();
+  // Stops after the current task (its stage is asked to cancel); idempotent.
+  void Stop();
+
+  int64_t tasks_done() const { return tasks_done_.load(); }
+  int64_t tasks_failed() const { return tasks_failed_.load(); }
+  std::string worker_id() const;
+
+ private:
+  void LeaseLoop();
+  void HeartbeatLoop();
+  void RunOne(const Lease& lease);
+  absl::Status Reregister();
+
+  CoordinatorClient* const client_;             // Not owned.
+  const stages::StageRegistry* const registry_;  // Not owned.
+  const WorkerOptions options_;
+
+  absl::Notification stop_;
+  std::atomic<int64_t> tasks_done_{0};
+  std::atomic<int64_t> tasks_failed_{0};
+  mutable absl::Mutex mu_;
+  std::string worker_id_ ABSL_GUARDED_BY(mu_);
+  std::string current_task_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<std::atomic<bool>> current_cancelled_ ABSL_GUARDED_BY(mu_);
+  // Threads last: joined before the members above are destroyed.
+  std::thread lease_thread_;
+  std::thread heartbeat_thread_;
+};
+
+}  // namespace moec::worker
+
+#endif  // MOEC_WORKER_WORKER_H_
