@@ -1,0 +1,119 @@
+#include "client/client.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "grpcpp/grpcpp.h"
+#include "proto/rpc_status.h"
+
+namespace moec::client {
+
+absl::StatusOr<std::unique_ptr<MoecClient>> MoecClient::Create(const ClientOptions& options) {
+  if (options.address.empty()) {
+    return absl::InvalidArgumentError("no coordinator: pass --coordinator HOST:PORT or set MOEC_COORDINATOR");
+  }
+  if (options.token.empty()) {
+    return absl::InvalidArgumentError("no token: pass --token-file PATH or set MOEC_TOKEN_FILE");
+  }
+  std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
+  if (!options.tls_ca.empty()) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = options.tls_ca;
+    creds = grpc::SslCredentials(ssl);
+  }
+  return std::unique_ptr<MoecClient>(
+      new MoecClient(options, grpc::CreateChannel(options.address, creds)));
+}
+
+std::unique_ptr<grpc::ClientContext> MoecClient::Context(bool deadline) const {
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  ctx->AddMetadata("authorization", "Bearer " + options_.token);
+  if (deadline) {
+    ctx->set_deadline(std::chrono::system_clock::now() +
+                      std::chrono::milliseconds(options_.rpc_timeout_ms));
+  }
+  return ctx;
+}
+
+absl::StatusOr<v1::SubmitJobResponse> MoecClient::Submit(const std::string& recipe_yaml,
+                                                         const std::string& recipe_path,
+                                                         const std::vector<std::string>& overrides) {
+  v1::SubmitJobRequest req;
+  req.set_recipe_yaml(recipe_yaml);
+  req.set_recipe_path(recipe_path);
+  for (const auto& o : overrides) req.add_overrides(o);
+  v1::SubmitJobResponse resp;
+  auto ctx = Context();
+  absl::Status s = FromGrpcStatus(stub_->SubmitJob(ctx.get(), req, &resp));
+  if (!s.ok()) return s;
+  return resp;
+}
+
+absl::StatusOr<v1::GetJobResponse> MoecClient::GetJob(const std::string& job_id,
+                                                      bool include_tasks) {
+  v1::GetJobRequest req;
+  req.set_job_id(job_id);
+  req.set_include_tasks(include_tasks);
+  v1::GetJobResponse resp;
+  auto ctx = Context();
+  absl::Status s = FromGrpcStatus(stub_->GetJob(ctx.get(), req, &resp));
+  if (!s.ok()) return s;
+  return resp;
+}
+
+absl::StatusOr<std::vector<v1::JobRecord>> MoecClient::ListJobs() {
+  v1::ListJobsResponse resp;
+  auto ctx = Context();
+  absl::Status s = FromGrpcStatus(stub_->ListJobs(ctx.get(), {}, &resp));
+  if (!s.ok()) return s;
+  return std::vector<v1::JobRecord>(resp.jobs().begin(), resp.jobs().end());
+}
+
+absl::StatusOr<std::vector<v1::WorkerStatus>> MoecClient::ListWorkers() {
+  v1::ListWorkersResponse resp;
+  auto ctx = Context();
+  absl::Status s = FromGrpcStatus(stub_->ListWorkers(ctx.get(), {}, &resp));
+  if (!s.ok()) return s;
+  return std::vector<v1::WorkerStatus>(resp.workers().begin(), resp.workers().end());
+}
+
+absl::Status MoecClient::Cancel(const std::string& job_id) {
+  v1::CancelJobRequest req;
+  req.set_job_id(job_id);
+  v1::CancelJobResponse resp;
+  auto ctx = Context();
+  return FromGrpcStatus(stub_->CancelJob(ctx.get(), req, &resp));
+}
+
+absl::Status MoecClient::Resume(const std::string& job_id) {
+  v1::ResumeJobRequest req;
+  req.set_job_id(job_id);
+  v1::ResumeJobResponse resp;
+  auto ctx = Context();
+  return FromGrpcStatus(stub_->ResumeJob(ctx.get(), req, &resp));
+}
+
+absl::Status MoecClient::Watch(const std::string& job_id, int64_t from_seq,
+                               const std::function<void(const v1::JobEvent&)>& on_event,
+                               absl::Duration retry_for) {
+  int64_t next = std::max<int64_t>(from_seq, 1);
+  absl::Time give_up = absl::Now() + retry_for;
+  while (true) {
+    v1::WatchJobRequest req;
+    req.set_job_id(job_id);
+    req.set_from_seq(next);
+    auto ctx = Context(/*deadline=*/false);
+    auto reader = stub_->WatchJob(ctx.get(), req);
+    v1::JobEvent e;
+    while (reader->Read(&e)) {
+      on_event(e);
+      next = e.seq() + 1;
+      give_up = absl::Now() + retry_for;
+    }
+    absl::Status s = FromGrpcStatus(reader->Finish());
+    if (s.ok()) return s;
+    if (!absl::IsUnavailable(s) || absl::Now() > give_up) return s;
+    absl::SleepFor(absl::Milliseconds(500));  // coordinator restarting: resume the stream
+  }
+}
+
+}  // namespace moec::client

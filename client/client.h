@@ -1,0 +1,54 @@
+// A small C++ client of CoordinatorService used by the `moec` CLI: one object per coordinator,
+// bearer token attached to every call.
+#ifndef MOEC_CLIENT_CLIENT_H_
+#define MOEC_CLIENT_CLIENT_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "grpcpp/channel.h"
+#include "moec/v1/coordinator.grpc.pb.h"
+
+namespace moec::client {
+
+struct ClientOptions {
+  std::string address;  // HOST:PORT
+  std::string token;
+  std::string tls_ca;   // PEM; empty: plaintext
+  int64_t rpc_timeout_ms = 30000;
+};
+
+// Thread-safe.
+class MoecClient {
+ public:
+  static absl::StatusOr<std::unique_ptr<MoecClient>> Create(const ClientOptions& options);
+
+  absl::StatusOr<v1::SubmitJobResponse> Submit(const std::string& recipe_yaml,
+                                               const std::string& recipe_path,
+                                               const std::vector<std::string>& overrides);
+  absl::StatusOr<v1::GetJobResponse> GetJob(const std::string& job_id, bool include_tasks);
+  absl::StatusOr<std::vector<v1::JobRecord>> ListJobs();
+  absl::StatusOr<std::vector<v1::WorkerStatus>> ListWorkers();
+  absl::Status Cancel(const std::string& job_id);
+  absl::Status Resume(const std::string& job_id);
+  // Streams events from `from_seq` until the job ends; `on_event` sees each. If the stream
+  // breaks (coordinator restart), reconnects from the last event + 1 for up to `retry_for`.
+  absl::Status Watch(const std::string& job_id, int64_t from_seq,
+                     const std::function<void(const v1::JobEvent&)>& on_event,
+                     absl::Duration retry_for = absl::Seconds(30));
+
+ private:
+  explicit MoecClient(ClientOptions options, std::shared_ptr<grpc::Channel> channel)
+      : options_(std::move(options)), stub_(v1::CoordinatorService::NewStub(channel)) {}
+  std::unique_ptr<grpc::ClientContext> Context(bool deadline = true) const;
+
+  const ClientOptions options_;
+  std::unique_ptr<v1::CoordinatorService::Stub> stub_;
+};
+
+}  // namespace moec::client
+
+#endif  // MOEC_CLIENT_CLIENT_H_

@@ -1,0 +1,141 @@
+#include "client/embedded.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/time/clock.h"
+#include "common/cli_util.h"
+#include "common/status_macros.h"
+#include "openssl/rand.h"
+
+namespace moec::client {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Starts `argv` with stdout to `stdout_fd` (or a log) and stderr to `log`.
+absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& argv, const std::string& log,
+                            int stdout_fd) {
+  pid_t pid = fork();
+  if (pid < 0) return absl::InternalError("fork failed");
+  if (pid == 0) {
+    int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (fd >= 0) {
+      ::dup2(fd, STDERR_FILENO);
+      ::dup2(stdout_fd >= 0 ? stdout_fd : fd, STDOUT_FILENO);
+    }
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    ::execv(args[0], args.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+absl::StatusOr<std::string> TokenFile(const std::string& dir) {
+  const std::string path = dir + "/token";
+  if (fs::exists(path)) return path;
+  unsigned char bytes[32];
+  if (RAND_bytes(bytes, sizeof(bytes)) != 1) return absl::InternalError("RAND_bytes failed");
+  std::string hex;
+  for (unsigned char b : bytes) absl::StrAppend(&hex, absl::Hex(b, absl::kZeroPad2));
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0600);
+  if (fd < 0) return absl::InternalError(absl::StrCat("cannot create ", path));
+  bool ok = ::write(fd, hex.data(), hex.size()) == static_cast<ssize_t>(hex.size());
+  ::close(fd);
+  if (!ok) return absl::InternalError(absl::StrCat("cannot write ", path));
+  return path;
+}
+
+void Terminate(pid_t pid) {
+  if (pid <= 0) return;
+  ::kill(pid, SIGTERM);
+  for (int i = 0; i < 50; ++i) {
+    if (::waitpid(pid, nullptr, WNOHANG) == pid) return;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  ::kill(pid, SIGKILL);
+  ::waitpid(pid, nullptr, 0);
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> FindMoecBinary(const std::string& name, const std::string& bin_dir) {
+  std::vector<fs::path> candidates;
+  fs::path self = fs::read_symlink("/proc/self/exe").parent_path();
+  for (const fs::path& dir : {fs::path(bin_dir), self, self / "../coordinator", self / "../worker"}) {
+    if (!dir.empty()) candidates.push_back(dir / name);
+  }
+  if (const char* path = std::getenv("PATH")) {
+    for (absl::string_view d : absl::StrSplit(path, ':')) candidates.push_back(fs::path(std::string(d)) / name);
+  }
+  for (const auto& c : candidates) {
+    if (::access(c.c_str(), X_OK) == 0) return fs::weakly_canonical(c).string();
+  }
+  return absl::NotFoundError(absl::StrCat("cannot find ", name, " next to ", self.string(), " or on PATH"));
+}
+
+absl::StatusOr<std::unique_ptr<EmbeddedCluster>> EmbeddedCluster::Start(const EmbeddedOptions& o) {
+  if (o.workers < 1) return absl::InvalidArgumentError("--workers must be >= 1");
+  MOEC_ASSIGN_OR_RETURN(std::string coord_bin, FindMoecBinary("moec-coordinator", o.bin_dir));
+  MOEC_ASSIGN_OR_RETURN(std::string worker_bin, FindMoecBinary("moec-worker", o.bin_dir));
+  std::error_code ec;
+  fs::create_directories(o.data_dir + "/logs", ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot create ", o.data_dir, ": ", ec.message()));
+  auto c = std::unique_ptr<EmbeddedCluster>(new EmbeddedCluster());
+  c->log_dir_ = o.data_dir + "/logs";
+  MOEC_ASSIGN_OR_RETURN(std::string token_file, TokenFile(o.data_dir));
+  MOEC_ASSIGN_OR_RETURN(c->token_, ReadSecretFile(token_file, "token file"));
+
+  int pipe_fds[2];
+  if (::pipe(pipe_fds) != 0) return absl::InternalError("pipe failed");
+  const std::string coord_log = c->log_dir_ + "/coordinator.log";
+  absl::StatusOr<pid_t> pid = Spawn({coord_bin, "--listen=127.0.0.1:0", "--data-dir=" + o.data_dir,
+                                     "--token-file=" + token_file},
+                                    coord_log, pipe_fds[1]);
+  ::close(pipe_fds[1]);
+  if (!pid.ok()) {
+    ::close(pipe_fds[0]);
+    return pid.status();
+  }
+  c->coordinator_ = *pid;
+  c->coordinator_stdout_ = pipe_fds[0];  // kept open: the coordinator may write to it later
+  // The coordinator prints "listening on port N" once it serves.
+  std::string line;
+  char ch;
+  while (line.size() < 256 && ::read(pipe_fds[0], &ch, 1) == 1 && ch != '\n') line.push_back(ch);
+  int port = 0;
+  absl::string_view rest = line;
+  if (!absl::ConsumePrefix(&rest, "listening on port ") || !absl::SimpleAtoi(rest, &port) || port <= 0) {
+    return absl::UnavailableError(absl::StrCat("moec-coordinator did not start; see ", coord_log));
+  }
+  c->address_ = absl::StrCat("127.0.0.1:", port);
+  for (int i = 0; i < o.workers; ++i) {
+    MOEC_ASSIGN_OR_RETURN(pid_t w, Spawn({worker_bin, "--coordinator=" + c->address_,
+                                          "--token-file=" + token_file,
+                                          absl::StrCat("--name=local", i)},
+                                         absl::StrCat(c->log_dir_, "/worker", i, ".log"), -1));
+    c->workers_.push_back(w);
+  }
+  return c;
+}
+
+EmbeddedCluster::~EmbeddedCluster() {
+  for (pid_t w : workers_) Terminate(w);
+  Terminate(coordinator_);
+  if (coordinator_stdout_ >= 0) ::close(coordinator_stdout_);
+}
+
+}  // namespace moec::client
