@@ -24,8 +24,10 @@ absl::StatusOr<std::unique_ptr<MoecClient>> MoecClient::Create(const ClientOptio
       new MoecClient(options, grpc::CreateChannel(options.address, creds)));
 }
 
-std::unique_ptr<grpc::ClientContext> MoecClient::Context(bool deadline) const {
+std::unique_ptr<grpc::ClientContext> MoecClient::Context(bool deadline,
+                                                          bool wait_for_ready) const {
   auto ctx = std::make_unique<grpc::ClientContext>();
+  ctx->set_wait_for_ready(wait_for_ready);
   ctx->AddMetadata("authorization", "Bearer " + options_.token);
   if (deadline) {
     ctx->set_deadline(std::chrono::system_clock::now() +
@@ -49,12 +51,12 @@ absl::StatusOr<v1::SubmitJobResponse> MoecClient::Submit(const std::string& reci
 }
 
 absl::StatusOr<v1::GetJobResponse> MoecClient::GetJob(const std::string& job_id,
-                                                      bool include_tasks) {
+                                                      bool include_tasks, bool wait_for_ready) {
   v1::GetJobRequest req;
   req.set_job_id(job_id);
   req.set_include_tasks(include_tasks);
   v1::GetJobResponse resp;
-  auto ctx = Context();
+  auto ctx = Context(/*deadline=*/true, wait_for_ready);
   absl::Status s = FromGrpcStatus(stub_->GetJob(ctx.get(), req, &resp));
   if (!s.ok()) return s;
   return resp;

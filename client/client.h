@@ -29,7 +29,10 @@ class MoecClient {
   absl::StatusOr<v1::SubmitJobResponse> Submit(const std::string& recipe_yaml,
                                                const std::string& recipe_path,
                                                const std::vector<std::string>& overrides);
-  absl::StatusOr<v1::GetJobResponse> GetJob(const std::string& job_id, bool include_tasks);
+  // With `wait_for_ready`, waits (up to the RPC timeout) for an unreachable coordinator to come
+  // up instead of failing at once: for following a job across coordinator restarts.
+  absl::StatusOr<v1::GetJobResponse> GetJob(const std::string& job_id, bool include_tasks,
+                                            bool wait_for_ready = false);
   absl::StatusOr<std::vector<v1::JobRecord>> ListJobs();
   absl::StatusOr<std::vector<v1::WorkerStatus>> ListWorkers();
   absl::Status Cancel(const std::string& job_id);
@@ -43,7 +46,8 @@ class MoecClient {
  private:
   explicit MoecClient(ClientOptions options, std::shared_ptr<grpc::Channel> channel)
       : options_(std::move(options)), stub_(v1::CoordinatorService::NewStub(channel)) {}
-  std::unique_ptr<grpc::ClientContext> Context(bool deadline = true) const;
+  std::unique_ptr<grpc::ClientContext> Context(bool deadline = true,
+                                               bool wait_for_ready = false) const;
 
   const ClientOptions options_;
   std::unique_ptr<v1::CoordinatorService::Stub> stub_;

@@ -95,7 +95,7 @@ int ExitCodeFor(v1::JobState s) {
 
 // Prints events as they come, with a done/total counter; returns the final job state.
 absl::StatusOr<v1::JobState> Follow(MoecClient& client, const std::string& job_id, bool json) {
-  absl::StatusOr<v1::GetJobResponse> job = client.GetJob(job_id, true);
+  absl::StatusOr<v1::GetJobResponse> job = client.GetJob(job_id, true, /*wait_for_ready=*/true);
   if (!job.ok()) return job.status();
   int total = job->tasks_size(), done = 0;
   for (const auto& t : job->tasks()) done += t.state() == v1::TASK_DONE;
@@ -112,7 +112,7 @@ absl::StatusOr<v1::JobState> Follow(MoecClient& client, const std::string& job_i
     std::fflush(stdout);
   });
   if (!s.ok()) return s;
-  job = client.GetJob(job_id, false);
+  job = client.GetJob(job_id, false, /*wait_for_ready=*/true);
   if (!job.ok()) return job.status();
   if (!json) {
     std::printf("job %s: %s%s\n", job_id.c_str(), v1::JobState_Name(job->job().state()).c_str(),
