@@ -37,9 +37,8 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(JobStore* store
     Job job;
     job.record = std::move(r);
     MOEC_ASSIGN_OR_RETURN(job.tasks, store->ListTasks(job.record.job_id()));
-    for (size_t i = 0; i < job.tasks.size(); ++i) {
-      v1::TaskRecord& t = job.tasks[i];
-      job.index[t.task_id()] = i;
+    IndexJob(job);
+    for (v1::TaskRecord& t : job.tasks) {
       if (t.state() == v1::TASK_LEASED) t.set_lease_deadline_ms(now + c->options_.retry.lease_ms);
     }
     const std::string id = job.record.job_id();
@@ -62,8 +61,9 @@ v1::JobEvent Coordinator::EventLocked(absl::string_view kind, absl::string_view 
 
 absl::Status Coordinator::CommitLocked(Job& job, std::vector<v1::TaskRecord*> changed,
                                        std::vector<v1::JobEvent> events,
-                                       const storage::KvWriteBatch* extra) {
-  MOEC_RETURN_IF_ERROR(store_->Commit(job.record, changed, std::move(events), extra));
+                                       const storage::KvWriteBatch* extra,
+                                       storage::Durability durability) {
+  MOEC_RETURN_IF_ERROR(store_->Commit(job.record, changed, std::move(events), extra, durability));
   events_cv_.SignalAll();
   return absl::OkStatus();
 }
@@ -74,21 +74,49 @@ absl::StatusOr<Coordinator::Job*> Coordinator::FindJobLocked(absl::string_view j
   return &it->second;
 }
 
+void Coordinator::IndexJob(Job& job) {
+  job.index.clear();
+  for (size_t i = 0; i < job.tasks.size(); ++i) job.index[job.tasks[i].task_id()] = i;
+  job.dependents.assign(job.tasks.size(), {});
+  for (size_t i = 0; i < job.tasks.size(); ++i) {
+    for (const auto& d : job.tasks[i].deps()) {
+      auto it = job.index.find(d);
+      if (it != job.index.end()) job.dependents[it->second].push_back(i);
+    }
+  }
+}
+
 absl::Status Coordinator::AdvanceLocked(Job& job, std::vector<v1::TaskRecord*>* changed,
-                                        std::vector<v1::JobEvent>* events) {
-  // Reuse can unblock further tasks, so repeat until nothing moves.
-  for (bool moved = true; moved;) {
-    moved = false;
-    for (v1::TaskRecord* t : Unblock(job.tasks)) {
-      changed->push_back(t);
-      MOEC_ASSIGN_OR_RETURN(std::optional<std::string> done,
-                            store_->FindDoneFingerprint(t->fingerprint()));
-      if (done.has_value()) {
-        t->set_state(v1::TASK_DONE);
-        t->set_reused(true);
-        events->push_back(EventLocked("task_reused", t->task_id(), *done));
-        moved = true;
-      }
+                                        std::vector<v1::JobEvent>* events,
+                                        const v1::TaskRecord* done) {
+  auto deps_done = [&](const v1::TaskRecord& t) {
+    for (const auto& d : t.deps()) {
+      auto it = job.index.find(d);
+      if (it == job.index.end() || job.tasks[it->second].state() != v1::TASK_DONE) return false;
+    }
+    return true;
+  };
+  // Tasks to examine: dependents of newly finished tasks (or everything, without `done`).
+  std::vector<size_t> frontier;
+  if (done != nullptr) {
+    frontier = job.dependents[job.index.at(done->task_id())];
+  } else {
+    for (size_t i = 0; i < job.tasks.size(); ++i) frontier.push_back(i);
+  }
+  while (!frontier.empty()) {
+    const size_t i = frontier.back();
+    frontier.pop_back();
+    v1::TaskRecord* t = &job.tasks[i];
+    if (t->state() != v1::TASK_BLOCKED || !deps_done(*t)) continue;
+    t->set_state(v1::TASK_READY);
+    changed->push_back(t);
+    MOEC_ASSIGN_OR_RETURN(std::optional<std::string> prior,
+                          store_->FindDoneFingerprint(t->fingerprint()));
+    if (prior.has_value()) {  // identical work finished before: reuse it, and go on
+      t->set_state(v1::TASK_DONE);
+      t->set_reused(true);
+      events->push_back(EventLocked("task_reused", t->task_id(), *prior));
+      frontier.insert(frontier.end(), job.dependents[i].begin(), job.dependents[i].end());
     }
   }
   const v1::JobState derived = DeriveJobState(job.tasks);
@@ -128,7 +156,7 @@ absl::StatusOr<SubmitResult> Coordinator::SubmitJob(const std::string& recipe_ya
   job.record.set_submit_time_ms(NowMs());
   job.record.set_workers(r.workers);
   job.tasks = std::move(tasks);
-  for (size_t i = 0; i < job.tasks.size(); ++i) job.index[job.tasks[i].task_id()] = i;
+  IndexJob(job);
   std::vector<v1::JobEvent> events = {
       EventLocked("job_submitted", "", absl::StrCat(job.tasks.size(), " tasks"))};
   // Tasks whose fingerprints are already done (an earlier job) are reused at once.
@@ -308,7 +336,8 @@ absl::Status Coordinator::ScheduleLocked() {
     MOEC_RETURN_IF_ERROR(CommitLocked(
         job, {&t},
         {EventLocked("task_leased", t.task_id(),
-                     absl::StrCat("attempt ", t.attempts(), " on ", absl::StrJoin(a.workers, ",")))}));
+                     absl::StrCat("attempt ", t.attempts(), " on ", absl::StrJoin(a.workers, ",")))},
+        /*extra=*/nullptr, storage::Durability::kBuffered));
     for (size_t rank = 0; rank < a.workers.size(); ++rank) {
       Worker& w = workers_.at(a.workers[rank]);
       w.waiting_until_ms = -1;
@@ -369,7 +398,7 @@ absl::Status Coordinator::CompleteTask(absl::string_view worker_id, absl::string
   JobStore::AddDoneFingerprint(*t, &batch);
   std::vector<v1::TaskRecord*> changed = {t};
   std::vector<v1::JobEvent> events = {EventLocked("task_done", t->task_id(), std::string(worker_id))};
-  MOEC_RETURN_IF_ERROR(AdvanceLocked(*job, &changed, &events));
+  MOEC_RETURN_IF_ERROR(AdvanceLocked(*job, &changed, &events, /*done=*/t));
   return CommitLocked(*job, std::move(changed), std::move(events), &batch);
 }
 

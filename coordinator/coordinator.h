@@ -124,8 +124,10 @@ class Coordinator {
   struct Job {
     v1::JobRecord record;
     std::vector<v1::TaskRecord> tasks;
-    std::map<std::string, size_t> index;  // task id -> position
+    std::map<std::string, size_t> index;      // task id -> position
+    std::vector<std::vector<size_t>> dependents;  // position -> positions that depend on it
   };
+  static void IndexJob(Job& job);
   struct Worker {
     WorkerInfo info;
     int64_t last_seen_ms = 0;
@@ -141,15 +143,18 @@ class Coordinator {
                                                  absl::string_view task_id, Job** job)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Unblocks tasks, reusing outputs of DONE tasks with the same fingerprint; appends what
-  // changed to `changed` and events to `events`.
+  // changed to `changed` and events to `events`. With `done` (a task that just finished), only
+  // its dependents are examined (O(fan-out)); otherwise every task is.
   absl::Status AdvanceLocked(Job& job, std::vector<v1::TaskRecord*>* changed,
-                             std::vector<v1::JobEvent>* events) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+                             std::vector<v1::JobEvent>* events, const v1::TaskRecord* done = nullptr)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status ScheduleLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   v1::JobEvent EventLocked(absl::string_view kind, absl::string_view task_id,
                            absl::string_view message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status CommitLocked(Job& job, std::vector<v1::TaskRecord*> changed,
                             std::vector<v1::JobEvent> events,
-                            const storage::KvWriteBatch* extra = nullptr)
+                            const storage::KvWriteBatch* extra = nullptr,
+                            storage::Durability durability = storage::Durability::kSync)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Constant after construction.

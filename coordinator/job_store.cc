@@ -77,7 +77,8 @@ absl::Status JobStore::CreateJob(v1::JobRecord& job, absl::Span<const v1::TaskRe
 
 absl::Status JobStore::Commit(v1::JobRecord& job, absl::Span<const v1::TaskRecord* const> tasks,
                               std::vector<v1::JobEvent> events,
-                              const storage::KvWriteBatch* extra) {
+                              const storage::KvWriteBatch* extra,
+                              storage::Durability durability) {
   storage::KvWriteBatch batch;
   for (const v1::TaskRecord* t : tasks) {
     if (t->job_id() != job.job_id()) {
@@ -89,7 +90,7 @@ absl::Status JobStore::Commit(v1::JobRecord& job, absl::Span<const v1::TaskRecor
   AddEvents(job, events, &batch);
   batch.Put(kJobs, JobKey(job.job_id()), job.SerializeAsString());
   if (extra != nullptr) batch.Append(*extra);
-  return kv_->Write(batch, storage::Durability::kSync);
+  return kv_->Write(batch, durability);
 }
 
 void JobStore::AddDoneFingerprint(const v1::TaskRecord& task, storage::KvWriteBatch* batch) {

@@ -34,9 +34,11 @@ class JobStore {
                          std::vector<v1::JobEvent> events);
 
   // Persists the job record, changed tasks, new events (numbered as above) and `extra` writes
-  // (e.g. a task's outputs) in one synced batch.
+  // (e.g. a task's outputs) in one batch, synced unless `durability` says otherwise (lease
+  // grants use kBuffered: losing one in a machine crash only re-runs an unfinished task).
   absl::Status Commit(v1::JobRecord& job, absl::Span<const v1::TaskRecord* const> tasks,
-                      std::vector<v1::JobEvent> events, const storage::KvWriteBatch* extra = nullptr);
+                      std::vector<v1::JobEvent> events, const storage::KvWriteBatch* extra = nullptr,
+                      storage::Durability durability = storage::Durability::kSync);
 
   // Adds to `batch` the record that a task with this fingerprint finished (the memo index that
   // lets identical work be reused across resumes and jobs).

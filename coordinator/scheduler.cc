@@ -74,24 +74,6 @@ std::vector<v1::TaskRecord*> ExpireLeases(std::vector<v1::TaskRecord>& tasks, in
   return expired;
 }
 
-std::vector<v1::TaskRecord*> Unblock(std::vector<v1::TaskRecord>& tasks) {
-  std::map<std::string, v1::TaskState> state;
-  for (const auto& t : tasks) state[t.task_id()] = t.state();
-  std::vector<v1::TaskRecord*> unblocked;
-  for (auto& t : tasks) {
-    if (t.state() != v1::TASK_BLOCKED) continue;
-    bool ready = std::all_of(t.deps().begin(), t.deps().end(), [&](const std::string& d) {
-      auto it = state.find(d);
-      return it != state.end() && it->second == v1::TASK_DONE;
-    });
-    if (ready) {
-      t.set_state(v1::TASK_READY);
-      unblocked.push_back(&t);
-    }
-  }
-  return unblocked;
-}
-
 v1::JobState DeriveJobState(absl::Span<const v1::TaskRecord> tasks) {
   bool all_done = true, started = false;
   for (const auto& t : tasks) {

@@ -53,9 +53,6 @@ bool ApplyFailure(v1::TaskRecord& task, const absl::Status& error, bool retriabl
 std::vector<v1::TaskRecord*> ExpireLeases(std::vector<v1::TaskRecord>& tasks, int64_t now_ms,
                                           const RetryPolicy& policy);
 
-// Moves BLOCKED tasks whose dependencies are all DONE to READY; returns them.
-std::vector<v1::TaskRecord*> Unblock(std::vector<v1::TaskRecord>& tasks);
-
 // The job state implied by its tasks: FAILED if any task failed for good, SUCCEEDED if all are
 // DONE, RUNNING if any has started, else PENDING. CANCELLED is set by the coordinator only.
 v1::JobState DeriveJobState(absl::Span<const v1::TaskRecord> tasks);

@@ -96,21 +96,13 @@ TEST(TaskStateTest, ExpiredLeasesReturnToReady) {
   EXPECT_EQ(tasks[1].state(), v1::TASK_LEASED);
 }
 
-TEST(TaskStateTest, UnblockAndJobState) {
+TEST(TaskStateTest, JobStateFollowsTasks) {
   std::vector<v1::TaskRecord> tasks = {Task("a"), Task("b", 1, v1::TASK_BLOCKED),
                                        Task("c", 1, v1::TASK_BLOCKED)};
-  tasks[1].add_deps("a");
-  tasks[2].add_deps("a");
-  tasks[2].add_deps("b");
   EXPECT_EQ(DeriveJobState(tasks), v1::JOB_PENDING);
-  EXPECT_THAT(Unblock(tasks), IsEmpty());
   tasks[0].set_state(v1::TASK_DONE);
-  auto u = Unblock(tasks);
-  ASSERT_EQ(u.size(), 1u);
-  EXPECT_EQ(u[0]->task_id(), "b");
   EXPECT_EQ(DeriveJobState(tasks), v1::JOB_RUNNING);
   tasks[1].set_state(v1::TASK_DONE);
-  EXPECT_EQ(Unblock(tasks).size(), 1u);
   tasks[2].set_state(v1::TASK_DONE);
   EXPECT_EQ(DeriveJobState(tasks), v1::JOB_SUCCEEDED);
   tasks[2].set_state(v1::TASK_FAILED);

@@ -19,6 +19,9 @@ namespace moec::storage {
 enum class Durability {
   // Logged and fsynced: survives a crash of the process or the machine.
   kSync,
+  // Logged, not fsynced: survives a crash of the process; a machine crash may lose the latest
+  // such writes, but never one without those before it (a later kSync write syncs them too).
+  kBuffered,
   // Not logged: visible to readers at once, durable only after Flush(cf) returns. Meant for bulk
   // data (factor chunks) whose commit point is a later kSync write; a crash before Flush loses
   // the write entirely (never partially).

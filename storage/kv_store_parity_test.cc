@@ -117,6 +117,8 @@ TEST_P(KvStoreParityTest, DeferredWritesAreVisibleAndFlushSucceeds) {
   KvWriteBatch b;
   b.Put("factors", "d", "chunk2");
   ASSERT_OK(kv().Write(b, Durability::kDeferred));
+  ASSERT_OK(kv().Put("meta", "buffered", "x", Durability::kBuffered));
+  EXPECT_THAT(kv().Get("meta", "buffered"), IsOkAndHolds("x"));
   EXPECT_THAT(kv().Get("factors", "c"), IsOkAndHolds("chunk"));
   EXPECT_THAT(kv().Get("factors", "d"), IsOkAndHolds("chunk2"));
   EXPECT_OK(kv().Flush("factors"));

@@ -45,6 +45,13 @@ absl::Status FromRocks(const rocksdb::Status& s, absl::string_view context) {
   }
 }
 
+rocksdb::WriteOptions ToWriteOptions(Durability d) {
+  rocksdb::WriteOptions wo;
+  wo.sync = d == Durability::kSync;
+  wo.disableWAL = d == Durability::kDeferred;
+  return wo;
+}
+
 rocksdb::Slice ToSlice(absl::string_view s) { return rocksdb::Slice(s.data(), s.size()); }
 absl::string_view ToView(const rocksdb::Slice& s) { return absl::string_view(s.data(), s.size()); }
 
@@ -218,9 +225,7 @@ absl::Status RocksDbKvStore::Read(absl::string_view cf, absl::string_view key,
 absl::Status RocksDbKvStore::Put(absl::string_view cf, absl::string_view key,
                                  absl::string_view value, Durability durability) {
   MOEC_ASSIGN_OR_RETURN(rocksdb::ColumnFamilyHandle * h, impl_->Handle(cf));
-  rocksdb::WriteOptions wo;
-  wo.sync = durability == Durability::kSync;
-  wo.disableWAL = durability == Durability::kDeferred;
+  rocksdb::WriteOptions wo = ToWriteOptions(durability);
   return FromRocks(impl_->db->Put(wo, h, ToSlice(key), ToSlice(value)),
                    absl::StrCat("put ", cf, "/", key));
 }
@@ -243,9 +248,7 @@ absl::Status RocksDbKvStore::Write(const KvWriteBatch& batch, Durability durabil
     }
     MOEC_RETURN_IF_ERROR(FromRocks(s, "build write batch"));
   }
-  rocksdb::WriteOptions wo;
-  wo.sync = durability == Durability::kSync;
-  wo.disableWAL = durability == Durability::kDeferred;
+  rocksdb::WriteOptions wo = ToWriteOptions(durability);
   return FromRocks(impl_->db->Write(wo, &wb), absl::StrCat("write batch to ", impl_->path));
 }
 

@@ -23,6 +23,7 @@ MOEC_CRASH_CHILD(WriteThenCrash) {
   if (!(*kv)->Flush("factors").ok()) return 3;
   if (!(*kv)->Put("meta", "synced", "b", Durability::kSync).ok()) return 4;
   if (!(*kv)->Put("factors", "unflushed", "c", Durability::kDeferred).ok()) return 5;
+  if (!(*kv)->Put("meta", "buffered", "d", Durability::kBuffered).ok()) return 6;
   _exit(0);  // crash: the database is never closed, nothing is flushed
 }
 
@@ -41,7 +42,7 @@ TEST(RocksDbKvStoreTest, SyncWritesSurviveReopen) {
   EXPECT_THAT(kv->Get("factors", "f"), IsOkAndHolds(std::string(100000, 'x')));
 }
 
-TEST(RocksDbKvStoreTest, CrashKeepsSyncAndFlushedWritesAndDropsUnflushedDeferredOnes) {
+TEST(RocksDbKvStoreTest, CrashKeepsSyncBufferedAndFlushedWritesAndDropsUnflushedDeferredOnes) {
   TempDir dir;
   auto opts = StoreHolder::Options(dir.path());
   ASSERT_EQ(::moec::testing::RunCrashChild("WriteThenCrash", dir.path()), 0);
@@ -49,6 +50,8 @@ TEST(RocksDbKvStoreTest, CrashKeepsSyncAndFlushedWritesAndDropsUnflushedDeferred
   EXPECT_THAT(kv->Get("factors", "flushed"), IsOkAndHolds("a"));
   EXPECT_THAT(kv->Get("meta", "synced"), IsOkAndHolds("b"));
   EXPECT_THAT(kv->Get("factors", "unflushed"), StatusIs(absl::StatusCode::kNotFound));
+  // A process crash (not a machine crash) keeps WAL writes that were not fsynced.
+  EXPECT_THAT(kv->Get("meta", "buffered"), IsOkAndHolds("d"));
 }
 
 TEST(RocksDbKvStoreTest, SecondOpenOfSameDatabaseFails) {
