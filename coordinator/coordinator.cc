@@ -115,6 +115,7 @@ absl::Status Coordinator::AdvanceLocked(Job& job, std::vector<v1::TaskRecord*>* 
     if (prior.has_value()) {  // identical work finished before: reuse it, and go on
       t->set_state(v1::TASK_DONE);
       t->set_reused(true);
+      ++counters_.tasks_reused;
       events->push_back(EventLocked("task_reused", t->task_id(), *prior));
       frontier.insert(frontier.end(), job.dependents[i].begin(), job.dependents[i].end());
     }
@@ -332,6 +333,7 @@ absl::Status Coordinator::ScheduleLocked() {
     Job& job = jobs_.at(std::string(a.task_id.substr(0, a.task_id.find('/'))));
     v1::TaskRecord& t = job.tasks[job.index.at(a.task_id)];
     GrantLease(t, a.workers, now, options_.retry);
+    ++counters_.leases_granted;
     if (job.record.state() == v1::JOB_PENDING) job.record.set_state(v1::JOB_RUNNING);
     MOEC_RETURN_IF_ERROR(CommitLocked(
         job, {&t},
@@ -394,6 +396,7 @@ absl::Status Coordinator::CompleteTask(absl::string_view worker_id, absl::string
   t->set_state(v1::TASK_DONE);
   t->set_lease_deadline_ms(0);
   t->set_error("");
+  ++counters_.tasks_completed;
   storage::KvWriteBatch batch = outputs;
   JobStore::AddDoneFingerprint(*t, &batch);
   std::vector<v1::TaskRecord*> changed = {t};
@@ -408,6 +411,7 @@ absl::Status Coordinator::FailTask(absl::string_view worker_id, absl::string_vie
   Job* job = nullptr;
   MOEC_ASSIGN_OR_RETURN(v1::TaskRecord * t, HeldTaskLocked(worker_id, task_id, &job));
   const bool final = ApplyFailure(*t, error, retriable, NowMs(), options_.retry);
+  ++(final ? counters_.tasks_failed : counters_.retries);
   std::vector<v1::JobEvent> events = {
       EventLocked(final ? "task_failed" : "task_retry", t->task_id(), error.ToString())};
   if (final) job->record.set_error(absl::StrCat("task ", t->task_id(), ": ", error.ToString()));
@@ -434,6 +438,8 @@ absl::Status Coordinator::Tick() {
     if (expired.empty()) continue;
     std::vector<v1::JobEvent> events;
     for (v1::TaskRecord* t : expired) {
+      ++counters_.lease_expiries;
+      ++(t->state() == v1::TASK_FAILED ? counters_.tasks_failed : counters_.retries);
       events.push_back(EventLocked(t->state() == v1::TASK_FAILED ? "task_failed" : "task_retry",
                                    t->task_id(), t->error()));
       if (t->state() == v1::TASK_FAILED) {
@@ -463,6 +469,21 @@ std::vector<Coordinator::WorkerView> Coordinator::ListWorkers() const {
     out.push_back(std::move(v));
   }
   return out;
+}
+
+}  // namespace moec::coordinator
+
+namespace moec::coordinator {
+
+CoordinatorStats Coordinator::Stats() const {
+  absl::MutexLock lock(&mu_);
+  CoordinatorStats s = counters_;
+  s.workers = static_cast<int64_t>(workers_.size());
+  for (const auto& [id, job] : jobs_) {
+    ++s.jobs_by_state[v1::JobState_Name(job.record.state())];
+    for (const auto& t : job.tasks) ++s.tasks_by_state[v1::TaskState_Name(t.state())];
+  }
+  return s;
 }
 
 }  // namespace moec::coordinator

@@ -50,6 +50,20 @@ struct LeasedTask {
   std::string recipe_json;          // the job's canonical recipe
 };
 
+// Counts for metrics (moec-coordinator exports them in Prometheus text format).
+struct CoordinatorStats {
+  std::map<std::string, int64_t> jobs_by_state;   // JobState name -> count
+  std::map<std::string, int64_t> tasks_by_state;  // TaskState name -> count
+  int64_t workers = 0;
+  // Cumulative since start:
+  int64_t leases_granted = 0;
+  int64_t tasks_completed = 0;
+  int64_t tasks_reused = 0;
+  int64_t retries = 0;          // failed attempts that will be retried
+  int64_t lease_expiries = 0;
+  int64_t tasks_failed = 0;     // tasks that failed for good
+};
+
 struct SubmitResult {
   v1::JobRecord job;
   bool existed = false;  // an identical job was already submitted; it is returned
@@ -120,6 +134,8 @@ class Coordinator {
   };
   std::vector<WorkerView> ListWorkers() const;
 
+  CoordinatorStats Stats() const;
+
  private:
   struct Job {
     v1::JobRecord record;
@@ -170,6 +186,7 @@ class Coordinator {
   std::vector<std::string> job_order_ ABSL_GUARDED_BY(mu_);  // submission order: priority
   std::map<std::string, Worker> workers_ ABSL_GUARDED_BY(mu_);
   int64_t next_worker_ ABSL_GUARDED_BY(mu_) = 1;
+  CoordinatorStats counters_ ABSL_GUARDED_BY(mu_);  // only the cumulative fields are kept
 };
 
 }  // namespace moec::coordinator

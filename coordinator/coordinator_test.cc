@@ -93,6 +93,13 @@ TEST_F(CoordinatorTest, RunsAJobToCompletionInDependencyOrder) {
                                            "job_succeeded"));
   EXPECT_THAT(coord_->CompleteTask(w, job + "/bits", {}),
               StatusIs(absl::StatusCode::kFailedPrecondition, "does not hold"));
+  CoordinatorStats stats = coord_->Stats();
+  EXPECT_EQ(stats.leases_granted, 3);
+  EXPECT_EQ(stats.tasks_completed, 3);
+  EXPECT_EQ(stats.workers, 1);
+  EXPECT_EQ(stats.jobs_by_state["JOB_SUCCEEDED"], 1);
+  EXPECT_EQ(stats.tasks_by_state["TASK_DONE"], 3);
+  EXPECT_EQ(stats.retries, 0);
 }
 
 TEST_F(CoordinatorTest, SubmitIsIdempotentAndValidates) {
@@ -145,7 +152,10 @@ TEST_F(CoordinatorTest, ExpiredLeasesRetryThenFailTheJobAndResumeRequeues) {
   t = Lease(w1);
   ASSERT_TRUE(t.has_value());
   EXPECT_EQ(t->task.attempts(), 2);
+  EXPECT_EQ(coord_->Stats().lease_expiries, 1);
+  EXPECT_EQ(coord_->Stats().retries, 1);
   ASSERT_OK(coord_->FailTask(w1, t->task.task_id(), absl::InternalError("stage crashed"), true));
+  EXPECT_EQ(coord_->Stats().tasks_failed, 1);
   EXPECT_EQ(coord_->GetJob(job)->state(), v1::JOB_FAILED);  // out of attempts
   EXPECT_THAT(coord_->GetJob(job)->error(), HasSubstr("stage crashed"));
   EXPECT_FALSE(Lease(w1).has_value());

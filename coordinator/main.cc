@@ -27,6 +27,7 @@
 #include "coordinator/coordinator_service.h"
 #include "coordinator/job_store.h"
 #include "glog/logging.h"
+#include "coordinator/metrics.h"
 #include "grpcpp/grpcpp.h"
 #include "storage/rocksdb_kv_store.h"
 
@@ -40,6 +41,8 @@ ABSL_FLAG(std::vector<std::string>, allowed_root, {},
           "directories recipe paths must resolve inside (comma separated; default: anywhere)");
 ABSL_FLAG(int64_t, lease_ms, 30000, "task lease length; heartbeats renew it");
 ABSL_FLAG(int32_t, max_attempts, 3, "leases a task may get before it fails its job");
+ABSL_FLAG(std::string, metrics_listen, "",
+          "serve Prometheus metrics at http://HOST:PORT/metrics (empty: off)");
 
 namespace {
 
@@ -127,6 +130,14 @@ int main(int argc, char** argv) {
   std::printf("listening on port %d\n", port);
   std::fflush(stdout);
 
+  std::unique_ptr<moec::coordinator::MetricsExporter> metrics;
+  if (!absl::GetFlag(FLAGS_metrics_listen).empty()) {
+    auto m = moec::coordinator::MetricsExporter::Start(absl::GetFlag(FLAGS_metrics_listen));
+    if (!m.ok()) return Fail(m.status());
+    metrics = *std::move(m);
+    LOG(INFO) << "metrics on http://" << absl::GetFlag(FLAGS_metrics_listen) << "/metrics";
+  }
+
   absl::Notification stop;
   g_stop = &stop;
   std::signal(SIGINT, OnSignal);
@@ -135,6 +146,7 @@ int main(int argc, char** argv) {
     while (!stop.WaitForNotificationWithTimeout(absl::Milliseconds(500))) {
       absl::Status s = (*core)->Tick();
       if (!s.ok()) LOG(ERROR) << "tick: " << s;
+      if (metrics) metrics->Update((*core)->Stats());
     }
   });
   ticker.join();  // returns once a signal arrived

@@ -6,7 +6,9 @@
 #   3. SIGKILL of the worker holding a task: the lease expires, the task is re-leased to another
 #      worker and the job completes;
 #   4. SIGKILL of the coordinator mid-job, then restart: the job completes and no finished task
-#      is run again (task_done events == tasks).
+#      is run again (task_done events == tasks);
+#   5. cancel (watch exits 1) and resume (the job completes); a malformed recipe is refused with
+#      its file:line error and exit code 2. Step 2 also scrapes the Prometheus endpoint.
 # Usage: cluster_e2e_test.sh BIN_DIR   (holding moec, moec-coordinator, moec-worker)
 set -euo pipefail
 BIN=$1
@@ -40,10 +42,11 @@ leased_before=$(grep -c task_leased run1.log)
 # The second run replays the job's event log; it must hold no lease beyond the first run's.
 [ "$(grep -c task_leased run2.log)" -eq 8 ] || fail "the second run re-ran tasks"
 
-echo "== 2. wrong token"
+echo "== 2. wrong token; metrics"
 echo wrong > bad_token
+METRICS_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 "$COORD" --listen 127.0.0.1:0 --data-dir "$WORK/c2" --token-file "$WORK/run/token" --lease-ms 1500 \
-  > coord.out 2> coord.log &
+  --metrics-listen 127.0.0.1:$METRICS_PORT > coord.out 2> coord.log &
 COORD_PID=$!
 PIDS+=($COORD_PID)
 for _ in $(seq 50); do grep -q "listening on port" coord.out && break; sleep 0.1; done
@@ -53,6 +56,18 @@ export MOEC_COORDINATOR=127.0.0.1:$PORT
 if "$MOEC" list --token-file bad_token 2> list.err; then fail "wrong token accepted"; fi
 grep -q "bearer token" list.err || fail "no UNAUTHENTICATED message: $(cat list.err)"
 export MOEC_TOKEN_FILE=$WORK/run/token
+python3 - "$METRICS_PORT" <<'PY' || fail "no Prometheus metrics"
+import sys, time, urllib.request
+for _ in range(30):
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=2).read().decode()
+        if "moec_workers" in text:
+            sys.exit(0)
+    except OSError:
+        pass
+    time.sleep(0.2)
+sys.exit(1)
+PY
 
 echo "== 3. SIGKILL a worker mid-task"
 cat > slow.yaml <<'Y'
@@ -92,4 +107,32 @@ timeout 90 "$MOEC" watch "$JOB" > watch4.log || { cat watch4.log; tail coord.log
 grep -q "JOB_SUCCEEDED" watch4.log || fail "job 4 did not succeed"
 done_events=$(grep -c "task_done" watch4.log)
 [ "$done_events" -eq 4 ] || fail "expected each of 4 tasks done once, saw $done_events task_done events"
+echo "== 5. cancel and resume; malformed recipes"
+cat > cancel.yaml <<'Y'
+name: e2e-cancel
+model: m
+output: out
+workers: 1
+stages:
+  - {id: a, kind: noop, with: {sleep_ms: 400}}
+Y
+JOB=$("$MOEC" submit cancel.yaml | awk '{print $2}')
+sleep 0.5
+"$MOEC" cancel "$JOB" > /dev/null || fail "cancel"
+if timeout 30 "$MOEC" watch "$JOB" > watch5.log; then fail "watch of a cancelled job exited 0"; fi
+grep -q "JOB_CANCELLED" watch5.log || fail "job not cancelled"
+"$MOEC" resume "$JOB" > /dev/null || fail "resume"
+timeout 90 "$MOEC" watch "$JOB" > watch5b.log || fail "resumed job did not succeed"
+cat > bad.yaml <<'Y'
+name: e2e-bad
+model: m
+output: out
+stages:
+  - {id: a, kind: noop, with: {sleep_ms: -5}}
+Y
+set +e
+"$MOEC" submit bad.yaml 2> bad.err; rc=$?
+set -e
+[ "$rc" -eq 2 ] || fail "malformed recipe exit code $rc"
+grep -q "bad.yaml:5: stage 'a' parameter 'sleep_ms' must be in" bad.err || fail "imprecise error: $(cat bad.err)"
 echo "e2e: all passed"
