@@ -23,9 +23,11 @@ int64_t Coordinator::NowMs() const { return absl::ToUnixMillis(clock_()); }
 
 absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(JobStore* store,
                                                                  CoordinatorOptions options,
-                                                                 Clock clock) {
+                                                                 Clock clock,
+                                                                 storage::FactorStore* factors) {
   MOEC_RETURN_IF_ERROR(options.Validate());
-  auto c = std::unique_ptr<Coordinator>(new Coordinator(store, std::move(options), std::move(clock)));
+  auto c = std::unique_ptr<Coordinator>(
+      new Coordinator(store, std::move(options), std::move(clock), factors));
   MOEC_ASSIGN_OR_RETURN(std::vector<v1::JobRecord> records, store->ListJobs());
   std::sort(records.begin(), records.end(), [](const auto& a, const auto& b) {
     return a.submit_time_ms() != b.submit_time_ms() ? a.submit_time_ms() < b.submit_time_ms()
@@ -241,6 +243,7 @@ absl::Status Coordinator::CancelJob(absl::string_view job_id) {
   std::vector<v1::TaskRecord*> changed;
   for (auto& t : job->tasks) {
     if (t.state() == v1::TASK_READY || t.state() == v1::TASK_BLOCKED || t.state() == v1::TASK_LEASED) {
+      outputs_.erase(t.task_id());
       t.set_state(v1::TASK_CANCELLED);
       changed.push_back(&t);
     }
@@ -402,7 +405,77 @@ absl::Status Coordinator::CompleteTask(absl::string_view worker_id, absl::string
   std::vector<v1::TaskRecord*> changed = {t};
   std::vector<v1::JobEvent> events = {EventLocked("task_done", t->task_id(), std::string(worker_id))};
   MOEC_RETURN_IF_ERROR(AdvanceLocked(*job, &changed, &events, /*done=*/t));
-  return CommitLocked(*job, std::move(changed), std::move(events), &batch);
+  auto pending = outputs_.find(std::string(task_id));
+  if (pending == outputs_.end()) return CommitLocked(*job, std::move(changed), std::move(events), &batch);
+  // The task's outputs, its state, the job record and the events: one synced batch.
+  std::shared_ptr<PendingOutputs> out = pending->second;
+  outputs_.erase(pending);
+  absl::MutexLock out_lock(&out->mu);
+  storage::KvWriteBatch& all = out->txn->extra_writes();
+  MOEC_RETURN_IF_ERROR(store_->PrepareCommit(job->record, changed, std::move(events), &all));
+  all.Append(batch);
+  MOEC_RETURN_IF_ERROR(out->txn->Commit());
+  events_cv_.SignalAll();
+  return absl::OkStatus();
+}
+
+namespace {
+
+absl::Status CheckOutputName(absl::string_view name) {
+  bool ok = !name.empty() && name.size() <= 256 && name.find("..") == absl::string_view::npos;
+  for (char c : name) {
+    ok = ok && (isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-' || c == '/');
+  }
+  if (!ok) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("output name '", name, "' must be 1-256 of [A-Za-z0-9._/-] without '..'"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> Coordinator::PutTaskOutput(absl::string_view worker_id,
+                                                       absl::string_view task_id,
+                                                       absl::string_view name,
+                                                       storage::DType dtype,
+                                                       absl::Span<const int64_t> shape,
+                                                       ChunkSource& source) {
+  if (factors_ == nullptr) return absl::FailedPreconditionError("this coordinator has no factor store");
+  MOEC_RETURN_IF_ERROR(CheckOutputName(name));
+  std::shared_ptr<PendingOutputs> out;
+  std::string key;
+  {
+    absl::MutexLock lock(&mu_);
+    Job* job = nullptr;
+    MOEC_ASSIGN_OR_RETURN(v1::TaskRecord * t, HeldTaskLocked(worker_id, task_id, &job));
+    key = absl::StrCat(t->fingerprint(), "/", name);
+    std::shared_ptr<PendingOutputs>& slot = outputs_[std::string(task_id)];
+    if (slot == nullptr) {
+      slot = std::make_shared<PendingOutputs>();
+      absl::MutexLock out_lock(&slot->mu);
+      slot->txn = factors_->NewTransaction();
+    }
+    out = slot;
+  }
+  // The bytes flow without the coordinator lock; only this task's puts wait on each other.
+  absl::MutexLock out_lock(&out->mu);
+  storage::FactorTransaction& txn = *out->txn;
+  MOEC_RETURN_IF_ERROR(txn.Begin(key, dtype, shape));
+  absl::Status s;
+  std::string chunk;
+  while (s.ok()) {
+    absl::StatusOr<bool> more = source.Next(&chunk);
+    if (!more.ok()) s = more.status();
+    if (!s.ok() || !*more) break;
+    s = txn.Append(chunk);
+  }
+  if (s.ok()) s = txn.End();
+  if (!s.ok()) {
+    txn.AbortCurrent();
+    return s;
+  }
+  return key;
 }
 
 absl::Status Coordinator::FailTask(absl::string_view worker_id, absl::string_view task_id,
@@ -410,6 +483,7 @@ absl::Status Coordinator::FailTask(absl::string_view worker_id, absl::string_vie
   absl::MutexLock lock(&mu_);
   Job* job = nullptr;
   MOEC_ASSIGN_OR_RETURN(v1::TaskRecord * t, HeldTaskLocked(worker_id, task_id, &job));
+  outputs_.erase(std::string(task_id));  // the attempt's staged outputs are discarded
   const bool final = ApplyFailure(*t, error, retriable, NowMs(), options_.retry);
   ++(final ? counters_.tasks_failed : counters_.retries);
   std::vector<v1::JobEvent> events = {
@@ -438,6 +512,7 @@ absl::Status Coordinator::Tick() {
     if (expired.empty()) continue;
     std::vector<v1::JobEvent> events;
     for (v1::TaskRecord* t : expired) {
+      outputs_.erase(t->task_id());
       ++counters_.lease_expiries;
       ++(t->state() == v1::TASK_FAILED ? counters_.tasks_failed : counters_.retries);
       events.push_back(EventLocked(t->state() == v1::TASK_FAILED ? "task_failed" : "task_retry",

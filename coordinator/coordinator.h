@@ -21,6 +21,7 @@
 #include "coordinator/job_store.h"
 #include "coordinator/scheduler.h"
 #include "moec/v1/job.pb.h"
+#include "storage/factor_store.h"
 #include "storage/kv_store.h"
 
 namespace moec::coordinator {
@@ -64,6 +65,14 @@ struct CoordinatorStats {
   int64_t tasks_failed = 0;     // tasks that failed for good
 };
 
+// The bytes of a streamed tensor, in pieces.
+class ChunkSource {
+ public:
+  virtual ~ChunkSource() = default;
+  // Sets *chunk to the next piece and returns true, or returns false at the end.
+  virtual absl::StatusOr<bool> Next(std::string* chunk) = 0;
+};
+
 struct SubmitResult {
   v1::JobRecord job;
   bool existed = false;  // an identical job was already submitted; it is returned
@@ -76,9 +85,11 @@ class Coordinator {
 
   // Loads every job. Leases of tasks that were LEASED when the previous process stopped are
   // renewed from now, giving their workers a lease period to report back.
-  static absl::StatusOr<std::unique_ptr<Coordinator>> Create(JobStore* store,
-                                                             CoordinatorOptions options,
-                                                             Clock clock);
+  // `factors` (optional) stores task outputs; it must use the JobStore's KvStore so that a
+  // task's outputs and its completion commit in one batch.
+  static absl::StatusOr<std::unique_ptr<Coordinator>> Create(
+      JobStore* store, CoordinatorOptions options, Clock clock,
+      storage::FactorStore* factors = nullptr);
 
   // --- Client-facing ---
   // Validates the recipe (`source_path` resolves relative paths), plans and persists the job.
@@ -123,6 +134,18 @@ class Coordinator {
   absl::Status FailTask(absl::string_view worker_id, absl::string_view task_id,
                         const absl::Status& error, bool retriable);
 
+  // Streams output `name` ([A-Za-z0-9._/-], 1..256 bytes) of a task the worker holds into the
+  // factor store under the key "<task fingerprint>/<name>" (returned). It stays invisible until
+  // CompleteTask commits it with the task's state; a failed, expired or cancelled attempt
+  // discards it. Puts of one task are serialized, and CompleteTask waits for a put in flight.
+  // Errors: FailedPrecondition without a factor store or for a task the worker does not hold;
+  // InvalidArgument for a bad name, dtype/shape, or a size mismatch; errors of `source`.
+  absl::StatusOr<std::string> PutTaskOutput(absl::string_view worker_id, absl::string_view task_id,
+                                            absl::string_view name, storage::DType dtype,
+                                            absl::Span<const int64_t> shape, ChunkSource& source);
+  // The factor store (null when the coordinator has none). Reads need no coordinator state.
+  storage::FactorStore* factors() const { return factors_; }
+
   // Expires leases and drops silent workers. The server calls it periodically.
   absl::Status Tick();
 
@@ -151,8 +174,14 @@ class Coordinator {
     std::optional<LeasedTask> mailbox;   // granted, not yet picked up
   };
 
-  Coordinator(JobStore* store, CoordinatorOptions options, Clock clock)
-      : store_(store), options_(std::move(options)), clock_(std::move(clock)) {}
+  struct PendingOutputs {
+    absl::Mutex mu;
+    std::unique_ptr<storage::FactorTransaction> txn ABSL_GUARDED_BY(mu);
+  };
+
+  Coordinator(JobStore* store, CoordinatorOptions options, Clock clock,
+              storage::FactorStore* factors)
+      : store_(store), options_(std::move(options)), clock_(std::move(clock)), factors_(factors) {}
   int64_t NowMs() const;
   absl::StatusOr<Job*> FindJobLocked(absl::string_view job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<v1::TaskRecord*> HeldTaskLocked(absl::string_view worker_id,
@@ -177,6 +206,7 @@ class Coordinator {
   JobStore* const store_;  // Not owned.
   const CoordinatorOptions options_;
   const Clock clock_;
+  storage::FactorStore* const factors_;  // Not owned; may be null.
 
   // State transitions are committed to the JobStore while mu_ is held: a transition must be
   // durable before any caller can observe it, and commits are short synced writes.
@@ -187,6 +217,8 @@ class Coordinator {
   std::map<std::string, Worker> workers_ ABSL_GUARDED_BY(mu_);
   int64_t next_worker_ ABSL_GUARDED_BY(mu_) = 1;
   CoordinatorStats counters_ ABSL_GUARDED_BY(mu_);  // only the cumulative fields are kept
+  // Staged outputs of leased tasks, by task id. Lock order: mu_, then PendingOutputs::mu.
+  std::map<std::string, std::shared_ptr<PendingOutputs>> outputs_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace moec::coordinator

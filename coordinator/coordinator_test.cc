@@ -26,10 +26,18 @@ stages:
 
 class CoordinatorTest : public ::testing::Test {
  protected:
-  CoordinatorTest() : kv_(JobStoreColumnFamilies()) {
+  static std::vector<std::string> Families() {
+    auto cfs = JobStoreColumnFamilies();
+    cfs.push_back("factors");
+    return cfs;
+  }
+  CoordinatorTest() : kv_(Families()) {
     std::filesystem::create_directories(dir_.Join("m"));
     dir_.WriteFile("m/config.json", R"({"num_hidden_layers": 2})");
     store_ = *JobStore::Open(&kv_);
+    storage::FactorStoreOptions fo;
+    fo.chunk_bytes = 4;  // several chunks even for tiny test tensors
+    factors_ = *storage::FactorStore::Open(&kv_, fo);
     policy_.max_attempts = 2;
     policy_.base_backoff_ms = 100;
     policy_.lease_ms = 1000;
@@ -39,7 +47,7 @@ class CoordinatorTest : public ::testing::Test {
     coord_.reset();
     CoordinatorOptions o;
     o.retry = policy_;
-    auto c = Coordinator::Create(store_.get(), o, [this] { return now_; });
+    auto c = Coordinator::Create(store_.get(), o, [this] { return now_; }, factors_.get());
     ASSERT_TRUE(c.ok()) << c.status();
     coord_ = *std::move(c);
   }
@@ -65,6 +73,7 @@ class CoordinatorTest : public ::testing::Test {
   ::moec::testing::TempDir dir_;
   storage::InMemoryKvStore kv_;
   std::unique_ptr<JobStore> store_;
+  std::unique_ptr<storage::FactorStore> factors_;
   RetryPolicy policy_;
   absl::Time now_ = absl::FromUnixSeconds(1000);
   std::unique_ptr<Coordinator> coord_;
@@ -231,6 +240,55 @@ TEST_F(CoordinatorTest, IdenticalWorkIsReusedAcrossJobs) {
   std::optional<LeasedTask> n = Lease(w);
   ASSERT_TRUE(n.has_value());
   EXPECT_EQ(n->task.task_id(), second.job.job_id() + "/bits");
+}
+
+// Feeds fixed pieces to PutTaskOutput.
+class Pieces : public ChunkSource {
+ public:
+  explicit Pieces(std::vector<std::string> p) : pieces_(std::move(p)) {}
+  absl::StatusOr<bool> Next(std::string* chunk) override {
+    if (next_ == pieces_.size()) return false;
+    *chunk = pieces_[next_++];
+    return true;
+  }
+
+ private:
+  std::vector<std::string> pieces_;
+  size_t next_ = 0;
+};
+
+TEST_F(CoordinatorTest, TaskOutputsCommitWithCompletionAndVanishWithFailure) {
+  const std::string job = Submit().job.job_id();
+  std::string w = coord_->RegisterWorker({"a"});
+  std::string other = coord_->RegisterWorker({"b"});
+  std::optional<LeasedTask> t = Lease(w);
+  ASSERT_TRUE(t.has_value());
+  Pieces data({"0123", "4567", "89ab", "cdef"});
+  ASSERT_OK_AND_ASSIGN(std::string key, coord_->PutTaskOutput(w, t->task.task_id(), "stats/counts",
+                                                              storage::DType::kF32, {4}, data));
+  EXPECT_EQ(key, t->task.fingerprint() + "/stats/counts");
+  EXPECT_THAT(factors_->Stat(key), StatusIs(absl::StatusCode::kNotFound));  // staged only
+  Pieces none({});
+  EXPECT_THAT(coord_->PutTaskOutput(other, t->task.task_id(), "x", storage::DType::kF32, {0}, none),
+              StatusIs(absl::StatusCode::kFailedPrecondition, "does not hold"));
+  Pieces short_data({"01"});
+  EXPECT_THAT(coord_->PutTaskOutput(w, t->task.task_id(), "y", storage::DType::kF32, {1}, short_data),
+              StatusIs(absl::StatusCode::kFailedPrecondition, "ended after 2 of 4"));
+  EXPECT_THAT(coord_->PutTaskOutput(w, t->task.task_id(), "../x", storage::DType::kF32, {0}, none),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  ASSERT_OK(coord_->CompleteTask(w, t->task.task_id(), {}));
+  EXPECT_EQ(factors_->Get(key)->data, "0123456789abcdef");
+  EXPECT_THAT(factors_->Stat(t->task.fingerprint() + "/y"), StatusIs(absl::StatusCode::kNotFound));
+
+  // A failed attempt's outputs are discarded.
+  t = Lease(w);
+  ASSERT_TRUE(t.has_value());
+  Pieces more({"abcd"});
+  ASSERT_OK_AND_ASSIGN(std::string lost, coord_->PutTaskOutput(w, t->task.task_id(), "o",
+                                                               storage::DType::kU8, {4}, more));
+  ASSERT_OK(coord_->FailTask(w, t->task.task_id(), absl::InternalError("x"), true));
+  EXPECT_THAT(factors_->Stat(lost), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(factors_->CollectGarbage(), moec::testing::IsOkAndHolds(0u));  // nothing left behind
 }
 
 }  // namespace

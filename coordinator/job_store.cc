@@ -75,20 +75,28 @@ absl::Status JobStore::CreateJob(v1::JobRecord& job, absl::Span<const v1::TaskRe
   return kv_->Write(batch, storage::Durability::kSync);
 }
 
-absl::Status JobStore::Commit(v1::JobRecord& job, absl::Span<const v1::TaskRecord* const> tasks,
-                              std::vector<v1::JobEvent> events,
-                              const storage::KvWriteBatch* extra,
-                              storage::Durability durability) {
-  storage::KvWriteBatch batch;
+absl::Status JobStore::PrepareCommit(v1::JobRecord& job,
+                                     absl::Span<const v1::TaskRecord* const> tasks,
+                                     std::vector<v1::JobEvent> events,
+                                     storage::KvWriteBatch* batch) const {
   for (const v1::TaskRecord* t : tasks) {
     if (t->job_id() != job.job_id()) {
       return absl::InvalidArgumentError(
           absl::StrCat("task ", t->task_id(), " is not of job ", job.job_id()));
     }
-    batch.Put(kTasks, TaskKey(*t), t->SerializeAsString());
+    batch->Put(kTasks, TaskKey(*t), t->SerializeAsString());
   }
-  AddEvents(job, events, &batch);
-  batch.Put(kJobs, JobKey(job.job_id()), job.SerializeAsString());
+  AddEvents(job, events, batch);
+  batch->Put(kJobs, JobKey(job.job_id()), job.SerializeAsString());
+  return absl::OkStatus();
+}
+
+absl::Status JobStore::Commit(v1::JobRecord& job, absl::Span<const v1::TaskRecord* const> tasks,
+                              std::vector<v1::JobEvent> events,
+                              const storage::KvWriteBatch* extra,
+                              storage::Durability durability) {
+  storage::KvWriteBatch batch;
+  MOEC_RETURN_IF_ERROR(PrepareCommit(job, tasks, std::move(events), &batch));
   if (extra != nullptr) batch.Append(*extra);
   return kv_->Write(batch, durability);
 }

@@ -46,6 +46,11 @@ class JobStore {
   // The id of a finished task with this fingerprint, if any.
   absl::StatusOr<std::optional<std::string>> FindDoneFingerprint(absl::string_view fp) const;
 
+  // Adds to `batch` what Commit would write (numbering the events), without writing it: for a
+  // caller that commits it together with other data (a FactorTransaction of task outputs).
+  absl::Status PrepareCommit(v1::JobRecord& job, absl::Span<const v1::TaskRecord* const> tasks,
+                             std::vector<v1::JobEvent> events, storage::KvWriteBatch* batch) const;
+
   absl::StatusOr<v1::JobRecord> GetJob(absl::string_view job_id) const;
   // The job with this fingerprint, if any.
   absl::StatusOr<std::optional<v1::JobRecord>> FindByFingerprint(absl::string_view fp) const;

@@ -153,6 +153,16 @@ absl::Status FactorTransaction::End() {
   return absl::OkStatus();
 }
 
+void FactorTransaction::AbortCurrent() {
+  if (!streaming_) return;
+  std::string p = GenerationPrefix(key_, info_.generation);
+  KvWriteBatch batch;
+  batch.DeleteRange(store_->options_.column_family, p, PrefixSuccessor(p));
+  store_->kv_->Write(batch, Durability::kDeferred).IgnoreError();  // else collected at next Open
+  streaming_ = false;
+  pending_.clear();
+}
+
 absl::Status FactorTransaction::Put(absl::string_view key, DType dtype,
                                     absl::Span<const int64_t> shape, absl::string_view data) {
   MOEC_RETURN_IF_ERROR(Begin(key, dtype, shape));
@@ -270,6 +280,15 @@ absl::Status FactorStore::ReadChunks(absl::string_view key, const FactorInfo& in
     return absl::DataLossError(absl::StrCat("factor '", key, "': CRC32C mismatch"));
   }
   return absl::OkStatus();
+}
+
+absl::Status FactorStore::ReadChunkInto(absl::string_view key, const FactorInfo& info, size_t i,
+                                        absl::Span<uint8_t> out) const {
+  if (i >= info.num_chunks() || out.size() != info.ChunkBytes(i)) {
+    return absl::InvalidArgumentError(absl::StrCat("factor '", key, "': bad chunk ", i, " or buffer"));
+  }
+  uint32_t crc = 0;
+  return ReadChunk(key, info, i, out.data(), &crc);
 }
 
 absl::Status FactorStore::ReadInto(absl::string_view key, absl::Span<uint8_t> out) const {

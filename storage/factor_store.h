@@ -60,6 +60,8 @@ class FactorTransaction {
   absl::Status Begin(absl::string_view key, DType dtype, absl::Span<const int64_t> shape);
   absl::Status Append(absl::string_view bytes);
   absl::Status End();
+  // Abandons the tensor being streamed (its chunks are discarded); no-op when none is.
+  void AbortCurrent();
 
   // Key-value writes committed atomically with the tensors (e.g. a task's state, an event).
   KvWriteBatch& extra_writes() { return extra_; }
@@ -104,6 +106,11 @@ class FactorStore {
   absl::StatusOr<Factor> Get(absl::string_view key) const;
   // As Get, into caller memory of exactly info.byte_size bytes (no extra copy of the tensor).
   absl::Status ReadInto(absl::string_view key, absl::Span<uint8_t> out) const;
+  // Reads chunk `i` of a tensor whose header is `info` into `out` (info.ChunkBytes(i) bytes),
+  // checking its CRC32C: for streaming a tensor out chunk by chunk.
+  // Errors: InvalidArgument for a bad index or buffer size; DataLoss as for Get.
+  absl::Status ReadChunkInto(absl::string_view key, const FactorInfo& info, size_t i,
+                             absl::Span<uint8_t> out) const;
   // Keys of committed tensors that start with `prefix`, sorted.
   absl::StatusOr<std::vector<std::string>> List(absl::string_view prefix) const;
   // Deletes a tensor (header and chunks) durably. Deleting a missing key is OK.

@@ -92,6 +92,24 @@ TEST_P(FactorStoreTest, StreamingAppendEqualsOneShotPut) {
   EXPECT_THAT(store_->Get("s"), IsOkAndHolds(::testing::Field(&Factor::data, data)));
 }
 
+TEST_P(FactorStoreTest, AbortCurrentDropsThePartialTensorAndChunksReadOneByOne) {
+  auto txn = store_->NewTransaction();
+  ASSERT_OK(txn->Begin("partial", DType::kU8, {3000}));
+  ASSERT_OK(txn->Append(RandomBytes(2500, 12)));
+  txn->AbortCurrent();
+  ASSERT_OK(txn->Put("whole", DType::kU8, {2500}, RandomBytes(2500, 13)));
+  ASSERT_OK(txn->Commit());
+  EXPECT_THAT(store_->Stat("partial"), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_EQ(CountChunks(kv()), 3u);
+  ASSERT_OK_AND_ASSIGN(FactorInfo info, store_->Stat("whole"));
+  std::string chunk(info.ChunkBytes(2), '\0');
+  ASSERT_OK(store_->ReadChunkInto("whole", info, 2,
+                                  absl::MakeSpan(reinterpret_cast<uint8_t*>(chunk.data()), chunk.size())));
+  EXPECT_EQ(chunk, RandomBytes(2500, 13).substr(2000));
+  EXPECT_THAT(store_->ReadChunkInto("whole", info, 3, absl::Span<uint8_t>()),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
 TEST_P(FactorStoreTest, ExtraWritesCommitWithTensors) {
   auto txn = store_->NewTransaction();
   ASSERT_OK(txn->Put("out", DType::kI32, {2}, std::string(8, '\1')));
