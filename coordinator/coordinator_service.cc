@@ -1,7 +1,6 @@
 #include "coordinator/coordinator_service.h"
 
-#include <openssl/crypto.h>
-
+#include "coordinator/factor_service.h"
 #include "proto/rpc_status.h"
 
 namespace moec::coordinator {
@@ -13,16 +12,7 @@ namespace moec::coordinator {
   } while (0)
 
 grpc::Status CoordinatorService::Authorize(const grpc::ServerContext* ctx) const {
-  const std::string expected = "Bearer " + token_;
-  auto range = ctx->client_metadata().equal_range("authorization");
-  for (auto it = range.first; it != range.second; ++it) {
-    const auto& got = it->second;
-    if (got.size() == expected.size() &&
-        CRYPTO_memcmp(got.data(), expected.data(), expected.size()) == 0) {
-      return grpc::Status::OK;
-    }
-  }
-  return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "missing or wrong bearer token");
+  return CheckBearerToken(ctx, token_);
 }
 
 grpc::Status CoordinatorService::SubmitJob(grpc::ServerContext* ctx,

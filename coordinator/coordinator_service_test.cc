@@ -1,5 +1,6 @@
 // The gRPC wire format and auth of CoordinatorService, over an in-process channel (no sockets).
 #include "coordinator/coordinator_service.h"
+#include "coordinator/factor_service.h"
 
 #include <filesystem>
 #include <thread>
@@ -26,16 +27,28 @@ stages:
 
 class CoordinatorServiceTest : public ::testing::Test {
  protected:
-  CoordinatorServiceTest() : kv_(JobStoreColumnFamilies()) {
+  static std::vector<std::string> Families() {
+    auto cfs = JobStoreColumnFamilies();
+    cfs.push_back("factors");
+    return cfs;
+  }
+  CoordinatorServiceTest() : kv_(Families()) {
     std::filesystem::create_directories(dir_.Join("m"));
     dir_.WriteFile("m/config.json", R"({"num_hidden_layers": 2})");
     store_ = *JobStore::Open(&kv_);
-    core_ = *Coordinator::Create(store_.get(), {}, [] { return absl::Now(); });
+    storage::FactorStoreOptions fo;
+    fo.chunk_bytes = 5;
+    factors_ = *storage::FactorStore::Open(&kv_, fo);
+    core_ = *Coordinator::Create(store_.get(), {}, [] { return absl::Now(); }, factors_.get());
     service_ = std::make_unique<CoordinatorService>(core_.get(), "s3cret");
+    factor_service_ = std::make_unique<FactorService>(core_.get(), "s3cret");
     grpc::ServerBuilder builder;
     builder.RegisterService(service_.get());
+    builder.RegisterService(factor_service_.get());
     server_ = builder.BuildAndStart();
-    stub_ = v1::CoordinatorService::NewStub(server_->InProcessChannel(grpc::ChannelArguments()));
+    auto channel = server_->InProcessChannel(grpc::ChannelArguments());
+    stub_ = v1::CoordinatorService::NewStub(channel);
+    factor_stub_ = v1::FactorService::NewStub(channel);
   }
   ~CoordinatorServiceTest() override { server_->Shutdown(); }
 
@@ -48,8 +61,11 @@ class CoordinatorServiceTest : public ::testing::Test {
   ::moec::testing::TempDir dir_;
   storage::InMemoryKvStore kv_;
   std::unique_ptr<JobStore> store_;
+  std::unique_ptr<storage::FactorStore> factors_;
   std::unique_ptr<Coordinator> core_;
   std::unique_ptr<CoordinatorService> service_;
+  std::unique_ptr<FactorService> factor_service_;
+  std::unique_ptr<v1::FactorService::Stub> factor_stub_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<v1::CoordinatorService::Stub> stub_;
 };
@@ -127,6 +143,74 @@ TEST_F(CoordinatorServiceTest, SubmitLeaseCompleteAndWatchOverTheWire) {
   v1::CancelJobResponse cresp;
   EXPECT_EQ(stub_->CancelJob(Ctx().get(), creq, &cresp).error_code(),
             grpc::StatusCode::FAILED_PRECONDITION);
+}
+
+TEST_F(CoordinatorServiceTest, TaskOutputsStreamInCommitWithCompletionAndStreamOut) {
+  v1::SubmitJobRequest sreq;
+  sreq.set_recipe_yaml(kRecipe);
+  sreq.set_recipe_path(dir_.Join("recipe.yaml"));
+  v1::SubmitJobResponse sresp;
+  ASSERT_TRUE(stub_->SubmitJob(Ctx().get(), sreq, &sresp).ok());
+  v1::RegisterWorkerRequest rreq;
+  v1::RegisterWorkerResponse rresp;
+  ASSERT_TRUE(stub_->RegisterWorker(Ctx().get(), rreq, &rresp).ok());
+  v1::LeaseTaskRequest lreq;
+  lreq.set_worker_id(rresp.worker_id());
+  v1::LeaseTaskResponse lresp;
+  ASSERT_TRUE(stub_->LeaseTask(Ctx().get(), lreq, &lresp).ok());
+  ASSERT_TRUE(lresp.granted());
+
+  v1::PutFactorResponse presp;
+  auto ctx = Ctx();
+  auto writer = factor_stub_->PutFactor(ctx.get(), &presp);
+  v1::PutFactorRequest head;
+  head.mutable_header()->set_worker_id(rresp.worker_id());
+  head.mutable_header()->set_task_id(lresp.task().task_id());
+  head.mutable_header()->set_name("hessian");
+  head.mutable_header()->set_dtype("U8");
+  head.mutable_header()->add_shape(12);
+  ASSERT_TRUE(writer->Write(head));
+  for (const char* piece : {"hello ", "moec", "!!"}) {
+    v1::PutFactorRequest part;
+    part.set_data(piece);
+    ASSERT_TRUE(writer->Write(part));
+  }
+  writer->WritesDone();
+  ASSERT_TRUE(writer->Finish().ok());
+  EXPECT_EQ(presp.key(), lresp.task().fingerprint() + "/hessian");
+
+  v1::StatFactorRequest streq;
+  streq.set_key(presp.key());
+  v1::StatFactorResponse stresp;
+  EXPECT_EQ(factor_stub_->StatFactor(Ctx().get(), streq, &stresp).error_code(),
+            grpc::StatusCode::NOT_FOUND);  // staged until the task completes
+  v1::CompleteTaskRequest creq;
+  creq.set_worker_id(rresp.worker_id());
+  creq.set_task_id(lresp.task().task_id());
+  v1::CompleteTaskResponse cresp;
+  ASSERT_TRUE(stub_->CompleteTask(Ctx().get(), creq, &cresp).ok());
+  ASSERT_TRUE(factor_stub_->StatFactor(Ctx().get(), streq, &stresp).ok());
+  EXPECT_EQ(stresp.stat().byte_size(), 12u);
+
+  v1::GetFactorRequest greq;
+  greq.set_key(presp.key());
+  auto gctx = Ctx();
+  auto reader = factor_stub_->GetFactor(gctx.get(), greq);
+  v1::GetFactorResponse part;
+  std::string bytes;
+  int chunks = 0;
+  ASSERT_TRUE(reader->Read(&part));
+  EXPECT_EQ(part.stat().dtype(), "U8");
+  while (reader->Read(&part)) {
+    bytes += part.data();
+    ++chunks;
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  EXPECT_EQ(bytes, "hello moec!!");
+  EXPECT_EQ(chunks, 3);  // 5-byte chunks
+  v1::StatFactorResponse denied;
+  EXPECT_EQ(factor_stub_->StatFactor(Ctx("nope").get(), streq, &denied).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
 }
 
 }  // namespace

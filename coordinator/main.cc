@@ -25,6 +25,7 @@
 #include "common/process_tuning.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/coordinator_service.h"
+#include "coordinator/factor_service.h"
 #include "coordinator/job_store.h"
 #include "glog/logging.h"
 #include "coordinator/metrics.h"
@@ -96,9 +97,13 @@ int main(int argc, char** argv) {
   options.retry.lease_ms = absl::GetFlag(FLAGS_lease_ms);
   options.retry.max_attempts = absl::GetFlag(FLAGS_max_attempts);
   options.allowed_roots = absl::GetFlag(FLAGS_allowed_root);
-  auto core = moec::coordinator::Coordinator::Create(store->get(), options, [] { return absl::Now(); });
+  auto factors = moec::storage::FactorStore::Open(kv->get());  // collects crash leftovers
+  if (!factors.ok()) return Fail(factors.status());
+  auto core = moec::coordinator::Coordinator::Create(store->get(), options, [] { return absl::Now(); },
+                                                     factors->get());
   if (!core.ok()) return Fail(core.status());
   moec::coordinator::CoordinatorService service(core->get(), *token);
+  moec::coordinator::FactorService factor_service(core->get(), *token);
 
   std::shared_ptr<grpc::ServerCredentials> creds = grpc::InsecureServerCredentials();
   if (!absl::GetFlag(FLAGS_tls_cert).empty()) {
@@ -119,8 +124,9 @@ int main(int argc, char** argv) {
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(absl::GetFlag(FLAGS_listen), creds, &port);
-  builder.SetMaxReceiveMessageSize(4 << 20);  // recipes and reports are small
+  builder.SetMaxReceiveMessageSize(32 << 20);  // recipes are small; factor pieces up to 16 MiB
   builder.RegisterService(&service);
+  builder.RegisterService(&factor_service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     return Fail(absl::UnavailableError(absl::StrCat("cannot listen on ", absl::GetFlag(FLAGS_listen))));

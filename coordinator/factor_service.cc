@@ -1,0 +1,102 @@
+#include "coordinator/factor_service.h"
+
+#include <openssl/crypto.h>
+
+#include "absl/strings/str_cat.h"
+#include "proto/rpc_status.h"
+
+namespace moec::coordinator {
+namespace {
+
+// Reads the data messages that follow a PutFactor header.
+class StreamSource : public ChunkSource {
+ public:
+  explicit StreamSource(grpc::ServerReader<v1::PutFactorRequest>* reader) : reader_(reader) {}
+  absl::StatusOr<bool> Next(std::string* chunk) override {
+    v1::PutFactorRequest req;
+    if (!reader_->Read(&req)) return false;
+    if (!req.has_data()) return absl::InvalidArgumentError("PutFactor: a second header in the stream");
+    *chunk = std::move(*req.mutable_data());
+    return true;
+  }
+
+ private:
+  grpc::ServerReader<v1::PutFactorRequest>* reader_;
+};
+
+void FillStat(const std::string& key, const storage::FactorInfo& info, v1::FactorStat* out) {
+  out->set_key(key);
+  out->set_dtype(std::string(storage::DTypeName(info.dtype)));
+  for (int64_t d : info.shape) out->add_shape(d);
+  out->set_byte_size(info.byte_size);
+  out->set_crc32c(info.crc32c);
+}
+
+}  // namespace
+
+grpc::Status CheckBearerToken(const grpc::ServerContext* ctx, const std::string& token) {
+  const std::string expected = "Bearer " + token;
+  auto range = ctx->client_metadata().equal_range("authorization");
+  for (auto it = range.first; it != range.second; ++it) {
+    if (it->second.size() == expected.size() &&
+        CRYPTO_memcmp(it->second.data(), expected.data(), expected.size()) == 0) {
+      return grpc::Status::OK;
+    }
+  }
+  return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "missing or wrong bearer token");
+}
+
+grpc::Status FactorService::PutFactor(grpc::ServerContext* ctx,
+                                      grpc::ServerReader<v1::PutFactorRequest>* reader,
+                                      v1::PutFactorResponse* resp) {
+  if (grpc::Status a = CheckBearerToken(ctx, token_); !a.ok()) return a;
+  v1::PutFactorRequest first;
+  if (!reader->Read(&first) || !first.has_header()) {
+    return ToGrpcStatus(absl::InvalidArgumentError("PutFactor: the stream must start with a header"));
+  }
+  const v1::FactorPutHeader& h = first.header();
+  std::optional<storage::DType> dtype = storage::ParseDType(h.dtype());
+  if (!dtype) return ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat("unknown dtype '", h.dtype(), "'")));
+  std::vector<int64_t> shape(h.shape().begin(), h.shape().end());
+  StreamSource source(reader);
+  absl::StatusOr<std::string> key =
+      core_->PutTaskOutput(h.worker_id(), h.task_id(), h.name(), *dtype, shape, source);
+  if (!key.ok()) return ToGrpcStatus(key.status());
+  resp->set_key(*key);
+  return grpc::Status::OK;
+}
+
+grpc::Status FactorService::GetFactor(grpc::ServerContext* ctx, const v1::GetFactorRequest* req,
+                                      grpc::ServerWriter<v1::GetFactorResponse>* writer) {
+  if (grpc::Status a = CheckBearerToken(ctx, token_); !a.ok()) return a;
+  storage::FactorStore* factors = core_->factors();
+  if (factors == nullptr) return ToGrpcStatus(absl::FailedPreconditionError("no factor store"));
+  absl::StatusOr<storage::FactorInfo> info = factors->Stat(req->key());
+  if (!info.ok()) return ToGrpcStatus(info.status());
+  v1::GetFactorResponse head;
+  FillStat(req->key(), *info, head.mutable_stat());
+  if (!writer->Write(head)) return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+  std::string buf;
+  for (size_t i = 0; i < info->num_chunks(); ++i) {
+    buf.resize(info->ChunkBytes(i));
+    absl::Status s = factors->ReadChunkInto(
+        req->key(), *info, i, absl::MakeSpan(reinterpret_cast<uint8_t*>(buf.data()), buf.size()));
+    if (!s.ok()) return ToGrpcStatus(s);
+    v1::GetFactorResponse part;
+    part.set_data(buf);
+    if (!writer->Write(part)) return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status FactorService::StatFactor(grpc::ServerContext* ctx, const v1::StatFactorRequest* req,
+                                       v1::StatFactorResponse* resp) {
+  if (grpc::Status a = CheckBearerToken(ctx, token_); !a.ok()) return a;
+  if (core_->factors() == nullptr) return ToGrpcStatus(absl::FailedPreconditionError("no factor store"));
+  absl::StatusOr<storage::FactorInfo> info = core_->factors()->Stat(req->key());
+  if (!info.ok()) return ToGrpcStatus(info.status());
+  FillStat(req->key(), *info, resp->mutable_stat());
+  return grpc::Status::OK;
+}
+
+}  // namespace moec::coordinator
