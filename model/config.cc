@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/json_depth.h"
 #include "common/status_macros.h"
 #include "model/config_json.h"
 #include "nlohmann/json.hpp"
@@ -42,27 +43,6 @@ constexpr ArchInfo kArchitectures[] = {
     {Architecture::kQwen3Moe, "qwen3_moe", "num_experts", 1e-6, 10000.0, 32768},
 };
 
-bool NestingWithinLimit(absl::string_view text) {
-  int depth = 0;
-  bool in_string = false;
-  for (size_t i = 0; i < text.size(); ++i) {
-    const char c = text[i];
-    if (in_string) {
-      if (c == '\\') {
-        ++i;
-      } else if (c == '"') {
-        in_string = false;
-      }
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '{' || c == '[') {
-      if (++depth > kMaxJsonDepth) return false;
-    } else if (c == '}' || c == ']') {
-      --depth;
-    }
-  }
-  return true;
-}
 
 absl::StatusOr<const ArchInfo*> FindArchitecture(const ConfigObject& root) {
   const json* v = root.Find("model_type");
@@ -264,7 +244,7 @@ int64_t ModelConfig::SharedExpertIntermediateSize() const {
 }
 
 absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view text, absl::string_view source) {
-  if (!NestingWithinLimit(text)) {
+  if (!JsonNestingWithin(text, kMaxJsonDepth)) {
     return absl::InvalidArgumentError(
         absl::StrCat("config file ", source, ": JSON nested deeper than ", kMaxJsonDepth));
   }

@@ -11,6 +11,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/json_depth.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -23,30 +24,9 @@ using nlohmann::json;
 // recursive parser.
 constexpr int kMaxJsonDepth = 64;
 
-bool NestingWithinLimit(absl::string_view text) {
-  int depth = 0;
-  bool in_string = false;
-  for (size_t i = 0; i < text.size(); ++i) {
-    const char c = text[i];
-    if (in_string) {
-      if (c == '\\') {
-        ++i;
-      } else if (c == '"') {
-        in_string = false;
-      }
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '{' || c == '[') {
-      if (++depth > kMaxJsonDepth) return false;
-    } else if (c == '}' || c == ']') {
-      --depth;
-    }
-  }
-  return true;
-}
 
 absl::StatusOr<json> ParseJson(absl::string_view text, const std::string& where) {
-  if (!NestingWithinLimit(text)) {
+  if (!JsonNestingWithin(text, kMaxJsonDepth)) {
     return absl::InvalidArgumentError(
         absl::StrCat(where, ": JSON nested deeper than ", kMaxJsonDepth));
   }

@@ -4,6 +4,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "common/json_depth.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -22,30 +23,6 @@ absl::Status Bad(absl::string_view file, absl::string_view what) {
 absl::Status BadTensor(absl::string_view file, absl::string_view tensor, absl::string_view what) {
   return absl::DataLossError(
       absl::StrCat("safetensors file ", file, " tensor '", tensor, "': ", what));
-}
-
-// Rejects nesting beyond kMaxJsonDepth before handing the text to the JSON parser, so no
-// recursive code ever sees a deep document.
-bool NestingWithinLimit(absl::string_view text) {
-  int depth = 0;
-  bool in_string = false;
-  for (size_t i = 0; i < text.size(); ++i) {
-    char c = text[i];
-    if (in_string) {
-      if (c == '\\') {
-        ++i;
-      } else if (c == '"') {
-        in_string = false;
-      }
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '{' || c == '[') {
-      if (++depth > kMaxJsonDepth) return false;
-    } else if (c == '}' || c == ']') {
-      --depth;
-    }
-  }
-  return true;
 }
 
 absl::StatusOr<uint64_t> NonNegative(const json& v, absl::string_view file,
@@ -145,7 +122,7 @@ absl::Status CheckLayout(const std::vector<SafetensorsTensorInfo>& sorted, uint6
 absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeaderJson(absl::string_view text,
                                                              uint64_t data_size,
                                                              absl::string_view file) {
-  if (!NestingWithinLimit(text)) return Bad(file, "header JSON nested too deeply");
+  if (!JsonNestingWithin(text, kMaxJsonDepth)) return Bad(file, "header JSON nested too deeply");
   // Duplicate top-level keys would silently shadow each other; detect them while parsing.
   std::set<std::string> keys;
   std::string duplicate;
