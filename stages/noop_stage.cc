@@ -11,6 +11,16 @@ absl::Status NoopStage::Run(StageContext& ctx) {
     if (ctx.IsCancelled()) return absl::CancelledError("noop cancelled");
     absl::SleepFor(std::min(absl::Milliseconds(10), end - absl::Now()));
   }
+  // Optionally writes an output, so tests can follow bytes through the factor path.
+  const int64_t bytes = ctx.params.value("output_bytes", 0);
+  if (bytes > 0) {
+    if (ctx.io == nullptr) return absl::FailedPreconditionError("noop: no factor I/O for its output");
+    std::string data(static_cast<size_t>(bytes), '\0');
+    for (int64_t i = 0; i < bytes; ++i) data[i] = static_cast<char>('a' + (i + ctx.task->layer()) % 26);
+    absl::StatusOr<std::string> key =
+        ctx.io->PutOutput("noop", storage::DType::kU8, {bytes}, data);
+    if (!key.ok()) return key.status();
+  }
   ctx.progress(1.0, "done");
   return absl::OkStatus();
 }

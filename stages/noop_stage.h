@@ -1,5 +1,6 @@
-// `noop`: does nothing but wait `sleep_ms` (checking cancellation) and report progress. For
-// control-plane tests and the scheduling benchmark.
+// `noop`: does nothing but wait `sleep_ms` (checking cancellation), optionally write an output
+// `noop` of `output_bytes` bytes ('a' + (i + layer) % 26), and report progress. For control-plane
+// tests and the scheduling benchmark.
 #ifndef MOEC_STAGES_NOOP_STAGE_H_
 #define MOEC_STAGES_NOOP_STAGE_H_
 

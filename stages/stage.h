@@ -17,6 +17,20 @@
 
 namespace moec::stages {
 
+// Tensor I/O of a running task, wherever the factor store lives (the coordinator's, over
+// FactorService, for workers). Thread-compatible.
+class FactorIo {
+ public:
+  virtual ~FactorIo() = default;
+  // Stores output `name` of the running task; it becomes visible, under the returned key
+  // "<task fingerprint>/<name>", when the task completes.
+  virtual absl::StatusOr<std::string> PutOutput(absl::string_view name, storage::DType dtype,
+                                                absl::Span<const int64_t> shape,
+                                                absl::string_view data) = 0;
+  // Reads a committed tensor.
+  virtual absl::StatusOr<storage::Factor> Get(absl::string_view key) = 0;
+};
+
 // What a running stage sees. Valid for the duration of Run.
 struct StageContext {
   const v1::TaskRecord* task = nullptr;
@@ -24,7 +38,7 @@ struct StageContext {
   nlohmann::json recipe;              // the job's canonical recipe
   int rank = 0;                       // rank in the gang
   std::vector<std::string> group;     // worker ids of the gang
-  storage::FactorStore* factors = nullptr;  // Not owned; may be null in tests.
+  FactorIo* io = nullptr;  // Not owned; null when the worker has no factor access (tests).
   // Reports progress in [0, 1] with a short message; cheap to call often.
   std::function<void(double, const std::string&)> progress = [](double, const std::string&) {};
   // Set when the task is cancelled; long stages check it and return Cancelled.

@@ -9,7 +9,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "moec/v1/job.pb.h"
+#include "storage/factor_store.h"
 
 namespace moec::worker {
 
@@ -32,6 +34,14 @@ class CoordinatorClient {
   virtual absl::Status CompleteTask(const std::string& worker_id, const std::string& task_id) = 0;
   virtual absl::Status FailTask(const std::string& worker_id, const std::string& task_id,
                                 const absl::Status& error, bool retriable) = 0;
+  // Streams an output of a held task (FactorService.PutFactor); returns its key.
+  virtual absl::StatusOr<std::string> PutOutput(const std::string& worker_id,
+                                                const std::string& task_id,
+                                                const std::string& name, storage::DType dtype,
+                                                absl::Span<const int64_t> shape,
+                                                absl::string_view data) = 0;
+  // Reads a committed tensor (FactorService.GetFactor).
+  virtual absl::StatusOr<storage::Factor> GetFactor(const std::string& key) = 0;
 };
 
 struct GrpcClientOptions {

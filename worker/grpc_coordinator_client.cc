@@ -1,16 +1,78 @@
 #include "absl/strings/str_cat.h"
 #include "grpcpp/grpcpp.h"
 #include "moec/v1/coordinator.grpc.pb.h"
+#include "moec/v1/factor.grpc.pb.h"
 #include "proto/rpc_status.h"
 #include "worker/coordinator_client.h"
 
 namespace moec::worker {
 namespace {
 
+// Pieces of at most this many bytes per PutFactor message (under the 32 MiB message limit).
+constexpr size_t kPieceBytes = 4 << 20;
+
 class GrpcCoordinatorClient : public CoordinatorClient {
  public:
   GrpcCoordinatorClient(std::shared_ptr<grpc::Channel> channel, GrpcClientOptions options)
-      : stub_(v1::CoordinatorService::NewStub(channel)), options_(std::move(options)) {}
+      : stub_(v1::CoordinatorService::NewStub(channel)),
+        factor_stub_(v1::FactorService::NewStub(channel)),
+        options_(std::move(options)) {}
+
+  absl::StatusOr<std::string> PutOutput(const std::string& worker_id, const std::string& task_id,
+                                        const std::string& name, storage::DType dtype,
+                                        absl::Span<const int64_t> shape,
+                                        absl::string_view data) override {
+    v1::PutFactorResponse resp;
+    auto ctx = Context();
+    auto writer = factor_stub_->PutFactor(ctx.get(), &resp);
+    v1::PutFactorRequest head;
+    v1::FactorPutHeader* h = head.mutable_header();
+    h->set_worker_id(worker_id);
+    h->set_task_id(task_id);
+    h->set_name(name);
+    h->set_dtype(std::string(storage::DTypeName(dtype)));
+    for (int64_t d : shape) h->add_shape(d);
+    bool ok = writer->Write(head);
+    for (size_t off = 0; ok && off < data.size(); off += kPieceBytes) {
+      v1::PutFactorRequest part;
+      part.set_data(std::string(data.substr(off, kPieceBytes)));
+      ok = writer->Write(part);
+    }
+    writer->WritesDone();
+    absl::Status s = FromGrpcStatus(writer->Finish());
+    if (!s.ok()) return s;
+    return resp.key();
+  }
+
+  absl::StatusOr<storage::Factor> GetFactor(const std::string& key) override {
+    v1::GetFactorRequest req;
+    req.set_key(key);
+    auto ctx = Context();
+    auto reader = factor_stub_->GetFactor(ctx.get(), req);
+    v1::GetFactorResponse part;
+    storage::Factor f;
+    bool have_stat = false;
+    while (reader->Read(&part)) {
+      if (part.has_stat()) {
+        std::optional<storage::DType> dtype = storage::ParseDType(part.stat().dtype());
+        if (!dtype) return absl::DataLossError(absl::StrCat("factor '", key, "': unknown dtype"));
+        f.info.dtype = *dtype;
+        f.info.shape.assign(part.stat().shape().begin(), part.stat().shape().end());
+        f.info.byte_size = part.stat().byte_size();
+        f.info.crc32c = part.stat().crc32c();
+        f.data.reserve(f.info.byte_size);
+        have_stat = true;
+      } else {
+        f.data += part.data();
+      }
+    }
+    absl::Status s = FromGrpcStatus(reader->Finish());
+    if (!s.ok()) return s;
+    if (!have_stat || f.data.size() != f.info.byte_size) {
+      return absl::DataLossError(absl::StrCat("factor '", key, "': incomplete stream"));
+    }
+    return f;
+  }
 
   absl::StatusOr<std::string> RegisterWorker(const std::string& name, bool gpu,
                                              int64_t memory_bytes) override {
@@ -81,6 +143,7 @@ class GrpcCoordinatorClient : public CoordinatorClient {
   }
 
   std::unique_ptr<v1::CoordinatorService::Stub> stub_;
+  std::unique_ptr<v1::FactorService::Stub> factor_stub_;
   const GrpcClientOptions options_;
 };
 

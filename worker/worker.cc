@@ -84,6 +84,30 @@ void Worker::LeaseLoop() {
   }
 }
 
+namespace {
+
+// The running task's view of the factor store, through the coordinator client.
+class ClientFactorIo : public stages::FactorIo {
+ public:
+  ClientFactorIo(CoordinatorClient* client, std::string worker_id, std::string task_id)
+      : client_(client), worker_id_(std::move(worker_id)), task_id_(std::move(task_id)) {}
+  absl::StatusOr<std::string> PutOutput(absl::string_view name, storage::DType dtype,
+                                        absl::Span<const int64_t> shape,
+                                        absl::string_view data) override {
+    return client_->PutOutput(worker_id_, task_id_, std::string(name), dtype, shape, data);
+  }
+  absl::StatusOr<storage::Factor> Get(absl::string_view key) override {
+    return client_->GetFactor(std::string(key));
+  }
+
+ private:
+  CoordinatorClient* client_;
+  std::string worker_id_;
+  std::string task_id_;
+};
+
+}  // namespace
+
 void Worker::RunOne(const Lease& lease) {
   auto cancelled = std::make_shared<std::atomic<bool>>(false);
   const std::string id = worker_id();
@@ -99,6 +123,8 @@ void Worker::RunOne(const Lease& lease) {
   ctx.rank = lease.rank;
   ctx.group = lease.group;
   ctx.cancelled = cancelled.get();
+  ClientFactorIo io(client_, id, lease.task.task_id());
+  ctx.io = &io;
   absl::Status result = (ctx.params.is_discarded() || ctx.recipe.is_discarded())
                             ? absl::InvalidArgumentError("task parameters are not valid JSON")
                             : RunStage(*registry_, ctx);

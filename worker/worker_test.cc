@@ -38,6 +38,26 @@ class LocalClient : public CoordinatorClient {
                         bool retriable) override {
     return core_->FailTask(id, task, e, retriable);
   }
+  absl::StatusOr<std::string> PutOutput(const std::string& id, const std::string& task,
+                                        const std::string& name, storage::DType dtype,
+                                        absl::Span<const int64_t> shape,
+                                        absl::string_view data) override {
+    struct One : coordinator::ChunkSource {
+      absl::string_view d;
+      bool sent = false;
+      absl::StatusOr<bool> Next(std::string* chunk) override {
+        if (sent) return false;
+        sent = true;
+        chunk->assign(d.data(), d.size());
+        return true;
+      }
+    } src;
+    src.d = data;
+    return core_->PutTaskOutput(id, task, name, dtype, shape, src);
+  }
+  absl::StatusOr<storage::Factor> GetFactor(const std::string& key) override {
+    return core_->factors()->Get(key);
+  }
 
  private:
   coordinator::Coordinator* core_;
@@ -54,18 +74,26 @@ class ThrowingStage : public stages::Stage {
 
 class WorkerTest : public ::testing::Test {
  protected:
-  WorkerTest() : kv_(coordinator::JobStoreColumnFamilies()) {
+  static std::vector<std::string> Families() {
+    auto cfs = coordinator::JobStoreColumnFamilies();
+    cfs.push_back("factors");
+    return cfs;
+  }
+  WorkerTest() : kv_(Families()) {
     std::filesystem::create_directories(dir_.Join("m"));
     dir_.WriteFile("m/config.json", R"({"num_hidden_layers": 3})");
     store_ = *coordinator::JobStore::Open(&kv_);
     coordinator::CoordinatorOptions o;
     o.retry.base_backoff_ms = 1;
-    core_ = *coordinator::Coordinator::Create(store_.get(), o, [] { return absl::Now(); });
+    factors_ = *storage::FactorStore::Open(&kv_);
+    core_ = *coordinator::Coordinator::Create(store_.get(), o, [] { return absl::Now(); },
+                                              factors_.get());
     client_ = std::make_unique<LocalClient>(core_.get());
   }
-  std::string Submit(int sleep_ms) {
+  std::string Submit(int sleep_ms, int output_bytes = 0) {
     std::string yaml = "name: w\nmodel: m\noutput: out\nstages:\n"
-                       "  - {id: a, kind: noop, with: {sleep_ms: " + std::to_string(sleep_ms) + "}}\n";
+                       "  - {id: a, kind: noop, with: {sleep_ms: " + std::to_string(sleep_ms) +
+                       ", output_bytes: " + std::to_string(output_bytes) + "}}\n";
     auto r = core_->SubmitJob(yaml, dir_.Join("r.yaml"), {});
     EXPECT_TRUE(r.ok()) << r.status();
     return r->job.job_id();
@@ -89,6 +117,7 @@ class WorkerTest : public ::testing::Test {
   ::moec::testing::TempDir dir_;
   storage::InMemoryKvStore kv_;
   std::unique_ptr<coordinator::JobStore> store_;
+  std::unique_ptr<storage::FactorStore> factors_;
   std::unique_ptr<coordinator::Coordinator> core_;
   std::unique_ptr<LocalClient> client_;
 };
@@ -102,6 +131,21 @@ TEST_F(WorkerTest, RunsNoopTasksToCompletion) {
   EXPECT_EQ(WaitForEnd(job), v1::JOB_SUCCEEDED);
   EXPECT_EQ(worker.tasks_done(), 3);
   worker.Stop();
+}
+
+TEST_F(WorkerTest, StageOutputsReachTheFactorStoreWhenTasksComplete) {
+  stages::StageRegistry registry;
+  stages::RegisterBuiltinStages(&registry);
+  Worker worker(client_.get(), &registry, Fast());
+  ASSERT_OK(worker.Start());
+  const std::string job = Submit(0, 30);
+  ASSERT_EQ(WaitForEnd(job), v1::JOB_SUCCEEDED);
+  worker.Stop();
+  auto tasks = *core_->GetTasks(job);
+  ASSERT_EQ(tasks.size(), 3u);
+  ASSERT_OK_AND_ASSIGN(storage::Factor f, factors_->Get(tasks[2].fingerprint() + "/noop"));
+  EXPECT_EQ(f.data.size(), 30u);
+  EXPECT_EQ(f.data.substr(0, 3), "cde");  // 'a' + (i + layer 2) % 26
 }
 
 TEST_F(WorkerTest, AThrowingStageFailsItsJobButNotTheWorker) {
