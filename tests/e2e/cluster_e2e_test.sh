@@ -30,7 +30,7 @@ output: out
 workers: 2
 stages:
   - {id: a, kind: noop, with: {sleep_ms: 20}}
-  - {id: b, kind: noop, needs: [a]}
+  - {id: b, kind: noop, needs: [a], with: {output_bytes: 100000}}
 Y
 echo "== 1. moec run, twice"
 timeout 120 "$MOEC" run fast.yaml --data-dir "$WORK/run" > run1.log || { cat run1.log; fail "moec run"; }
