@@ -11,9 +11,10 @@ absl::Status NoopStage::Run(StageContext& ctx) {
     if (ctx.IsCancelled()) return absl::CancelledError("noop cancelled");
     absl::SleepFor(std::min(absl::Milliseconds(10), end - absl::Now()));
   }
-  // Optionally writes an output, so tests can follow bytes through the factor path.
+  // Optionally writes an output, so tests can follow bytes through the factor path. In a gang
+  // only rank 0 writes it: output names are per task, so ranks must not write the same one.
   const int64_t bytes = ctx.params.value("output_bytes", 0);
-  if (bytes > 0) {
+  if (bytes > 0 && ctx.rank == 0) {
     if (ctx.io == nullptr) return absl::FailedPreconditionError("noop: no factor I/O for its output");
     std::string data(static_cast<size_t>(bytes), '\0');
     for (int64_t i = 0; i < bytes; ++i) data[i] = static_cast<char>('a' + (i + ctx.task->layer()) % 26);
