@@ -1,0 +1,288 @@
+// Worker-facing half of the Coordinator: registration, heartbeats, leasing, task outputs,
+// completion and failure, lease expiry. The job-facing half is in coordinator.cc.
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/status_macros.h"
+#include "coordinator/coordinator.h"
+#include "glog/logging.h"
+
+namespace moec::coordinator {
+
+std::string Coordinator::RegisterWorker(const WorkerInfo& info) {
+  absl::MutexLock lock(&mu_);
+  std::string id = absl::StrCat("w", next_worker_++, "-", info.name);
+  Worker w;
+  w.info = info;
+  w.last_seen_ms = NowMs();
+  workers_.emplace(id, std::move(w));
+  LOG(INFO) << "worker=" << id << " registered";
+  return id;
+}
+
+absl::StatusOr<std::vector<std::string>> Coordinator::Heartbeat(absl::string_view worker_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = workers_.find(std::string(worker_id));
+  if (it == workers_.end()) {
+    return absl::NotFoundError(absl::StrCat("unknown worker ", worker_id, "; register again"));
+  }
+  const int64_t now = NowMs();
+  it->second.last_seen_ms = now;
+  std::vector<std::string> cancelled;
+  for (auto& [id, job] : jobs_) {
+    for (auto& t : job.tasks) {
+      const bool held = std::find(t.lease_workers().begin(), t.lease_workers().end(),
+                                  worker_id) != t.lease_workers().end();
+      if (!held) continue;
+      if (t.state() == v1::TASK_LEASED) {
+        t.set_lease_deadline_ms(now + options_.retry.lease_ms);  // in memory; re-derived on restart
+      } else if (t.state() == v1::TASK_CANCELLED) {
+        cancelled.push_back(t.task_id());
+      }
+    }
+  }
+  return cancelled;
+}
+
+absl::Status Coordinator::ScheduleLocked() {
+  const int64_t now = NowMs();
+  std::vector<WorkerSlots> idle;
+  for (const auto& [id, w] : workers_) {
+    if (!w.mailbox.has_value() && w.waiting_until_ms >= now) idle.push_back({id, 1});
+  }
+  if (idle.empty()) return absl::OkStatus();
+  std::vector<const v1::TaskRecord*> ready;
+  for (const auto& id : job_order_) {
+    const Job& job = jobs_.at(id);
+    if (job.record.state() != v1::JOB_PENDING && job.record.state() != v1::JOB_RUNNING) continue;
+    for (const auto& t : job.tasks) {
+      if (t.state() == v1::TASK_READY) ready.push_back(&t);
+    }
+  }
+  for (const Assignment& a : Schedule(ready, idle, now)) {
+    Job& job = jobs_.at(std::string(a.task_id.substr(0, a.task_id.find('/'))));
+    v1::TaskRecord& t = job.tasks[job.index.at(a.task_id)];
+    GrantLease(t, a.workers, now, options_.retry);
+    ++counters_.leases_granted;
+    if (job.record.state() == v1::JOB_PENDING) job.record.set_state(v1::JOB_RUNNING);
+    MOEC_RETURN_IF_ERROR(CommitLocked(
+        job, {&t},
+        {EventLocked("task_leased", t.task_id(),
+                     absl::StrCat("attempt ", t.attempts(), " on ", absl::StrJoin(a.workers, ",")))},
+        /*extra=*/nullptr, storage::Durability::kBuffered));
+    for (size_t rank = 0; rank < a.workers.size(); ++rank) {
+      Worker& w = workers_.at(a.workers[rank]);
+      w.waiting_until_ms = -1;
+      w.mailbox = LeasedTask{t, static_cast<int>(rank), a.workers, job.record.recipe_json()};
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::optional<LeasedTask>> Coordinator::LeaseTask(absl::string_view worker_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = workers_.find(std::string(worker_id));
+  if (it == workers_.end()) {
+    return absl::NotFoundError(absl::StrCat("unknown worker ", worker_id, "; register again"));
+  }
+  const int64_t now = NowMs();
+  it->second.last_seen_ms = now;
+  if (!it->second.mailbox.has_value()) {
+    it->second.waiting_until_ms = now + options_.poll_window_ms;
+    MOEC_RETURN_IF_ERROR(ScheduleLocked());
+  }
+  std::optional<LeasedTask> out = std::move(it->second.mailbox);
+  it->second.mailbox.reset();
+  return out;
+}
+
+absl::StatusOr<v1::TaskRecord*> Coordinator::HeldTaskLocked(absl::string_view worker_id,
+                                                            absl::string_view task_id, Job** job) {
+  const std::string tid(task_id);
+  MOEC_ASSIGN_OR_RETURN(*job, FindJobLocked(tid.substr(0, tid.find('/'))));
+  auto it = (*job)->index.find(tid);
+  if (it == (*job)->index.end()) return absl::NotFoundError(absl::StrCat("no task ", task_id));
+  v1::TaskRecord* t = &(*job)->tasks[it->second];
+  const bool held = t->state() == v1::TASK_LEASED &&
+                    std::find(t->lease_workers().begin(), t->lease_workers().end(), worker_id) !=
+                        t->lease_workers().end();
+  if (!held) {
+    return absl::FailedPreconditionError(absl::StrCat("worker ", worker_id, " does not hold task ",
+                                                      task_id, " (", v1::TaskState_Name(t->state()),
+                                                      ")"));
+  }
+  return t;
+}
+
+absl::Status Coordinator::CompleteTask(absl::string_view worker_id, absl::string_view task_id,
+                                       const storage::KvWriteBatch& outputs) {
+  absl::MutexLock lock(&mu_);
+  Job* job = nullptr;
+  MOEC_ASSIGN_OR_RETURN(v1::TaskRecord * t, HeldTaskLocked(worker_id, task_id, &job));
+  if (t->lease_workers(0) != worker_id) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("only rank 0 (", t->lease_workers(0), ") completes task ", task_id));
+  }
+  t->set_state(v1::TASK_DONE);
+  t->set_lease_deadline_ms(0);
+  t->set_error("");
+  ++counters_.tasks_completed;
+  storage::KvWriteBatch batch = outputs;
+  JobStore::AddDoneFingerprint(*t, &batch);
+  std::vector<v1::TaskRecord*> changed = {t};
+  std::vector<v1::JobEvent> events = {EventLocked("task_done", t->task_id(), std::string(worker_id))};
+  MOEC_RETURN_IF_ERROR(AdvanceLocked(*job, &changed, &events, /*done=*/t));
+  auto pending = outputs_.find(std::string(task_id));
+  if (pending == outputs_.end()) return CommitLocked(*job, std::move(changed), std::move(events), &batch);
+  // The task's outputs, its state, the job record and the events: one synced batch.
+  std::shared_ptr<PendingOutputs> out = pending->second;
+  outputs_.erase(pending);
+  absl::MutexLock out_lock(&out->mu);
+  storage::KvWriteBatch& all = out->txn->extra_writes();
+  MOEC_RETURN_IF_ERROR(store_->PrepareCommit(job->record, changed, std::move(events), &all));
+  all.Append(batch);
+  MOEC_RETURN_IF_ERROR(out->txn->Commit());
+  events_cv_.SignalAll();
+  return absl::OkStatus();
+}
+
+namespace {
+
+absl::Status CheckOutputName(absl::string_view name) {
+  bool ok = !name.empty() && name.size() <= 256 && name.find("..") == absl::string_view::npos;
+  for (char c : name) {
+    ok = ok && (isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-' || c == '/');
+  }
+  if (!ok) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("output name '", name, "' must be 1-256 of [A-Za-z0-9._/-] without '..'"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> Coordinator::PutTaskOutput(absl::string_view worker_id,
+                                                       absl::string_view task_id,
+                                                       absl::string_view name,
+                                                       storage::DType dtype,
+                                                       absl::Span<const int64_t> shape,
+                                                       ChunkSource& source) {
+  if (factors_ == nullptr) return absl::FailedPreconditionError("this coordinator has no factor store");
+  MOEC_RETURN_IF_ERROR(CheckOutputName(name));
+  std::shared_ptr<PendingOutputs> out;
+  std::string key;
+  {
+    absl::MutexLock lock(&mu_);
+    Job* job = nullptr;
+    MOEC_ASSIGN_OR_RETURN(v1::TaskRecord * t, HeldTaskLocked(worker_id, task_id, &job));
+    key = absl::StrCat(t->fingerprint(), "/", name);
+    std::shared_ptr<PendingOutputs>& slot = outputs_[std::string(task_id)];
+    if (slot == nullptr) {
+      slot = std::make_shared<PendingOutputs>();
+      absl::MutexLock out_lock(&slot->mu);
+      slot->txn = factors_->NewTransaction();
+    }
+    out = slot;
+  }
+  // The bytes flow without the coordinator lock; only this task's puts wait on each other.
+  absl::MutexLock out_lock(&out->mu);
+  storage::FactorTransaction& txn = *out->txn;
+  MOEC_RETURN_IF_ERROR(txn.Begin(key, dtype, shape));
+  absl::Status s;
+  std::string chunk;
+  while (s.ok()) {
+    absl::StatusOr<bool> more = source.Next(&chunk);
+    if (!more.ok()) s = more.status();
+    if (!s.ok() || !*more) break;
+    s = txn.Append(chunk);
+  }
+  if (s.ok()) s = txn.End();
+  if (!s.ok()) {
+    txn.AbortCurrent();
+    return s;
+  }
+  return key;
+}
+
+absl::Status Coordinator::FailTask(absl::string_view worker_id, absl::string_view task_id,
+                                   const absl::Status& error, bool retriable) {
+  absl::MutexLock lock(&mu_);
+  Job* job = nullptr;
+  MOEC_ASSIGN_OR_RETURN(v1::TaskRecord * t, HeldTaskLocked(worker_id, task_id, &job));
+  outputs_.erase(std::string(task_id));  // the attempt's staged outputs are discarded
+  const bool final = ApplyFailure(*t, error, retriable, NowMs(), options_.retry);
+  ++(final ? counters_.tasks_failed : counters_.retries);
+  std::vector<v1::JobEvent> events = {
+      EventLocked(final ? "task_failed" : "task_retry", t->task_id(), error.ToString())};
+  if (final) job->record.set_error(absl::StrCat("task ", t->task_id(), ": ", error.ToString()));
+  LOG(WARNING) << "job=" << job->record.job_id() << " task=" << task_id << " worker=" << worker_id
+               << (final ? " failed: " : " will retry: ") << error;
+  std::vector<v1::TaskRecord*> changed = {t};
+  MOEC_RETURN_IF_ERROR(AdvanceLocked(*job, &changed, &events));
+  return CommitLocked(*job, std::move(changed), std::move(events));
+}
+
+absl::Status Coordinator::Tick() {
+  absl::MutexLock lock(&mu_);
+  const int64_t now = NowMs();
+  for (auto it = workers_.begin(); it != workers_.end();) {
+    if (now - it->second.last_seen_ms > options_.worker_timeout_ms) {
+      LOG(WARNING) << "worker=" << it->first << " timed out";
+      it = workers_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (auto& [id, job] : jobs_) {
+    std::vector<v1::TaskRecord*> expired = ExpireLeases(job.tasks, now, options_.retry);
+    if (expired.empty()) continue;
+    std::vector<v1::JobEvent> events;
+    for (v1::TaskRecord* t : expired) {
+      outputs_.erase(t->task_id());
+      ++counters_.lease_expiries;
+      ++(t->state() == v1::TASK_FAILED ? counters_.tasks_failed : counters_.retries);
+      events.push_back(EventLocked(t->state() == v1::TASK_FAILED ? "task_failed" : "task_retry",
+                                   t->task_id(), t->error()));
+      if (t->state() == v1::TASK_FAILED) {
+        job.record.set_error(absl::StrCat("task ", t->task_id(), ": ", t->error()));
+      }
+    }
+    MOEC_RETURN_IF_ERROR(AdvanceLocked(job, &expired, &events));
+    MOEC_RETURN_IF_ERROR(CommitLocked(job, std::move(expired), std::move(events)));
+  }
+  return absl::OkStatus();
+}
+
+std::vector<Coordinator::WorkerView> Coordinator::ListWorkers() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<WorkerView> out;
+  for (const auto& [id, w] : workers_) {
+    WorkerView v{id, w.info, w.last_seen_ms, {}};
+    for (const auto& [jid, job] : jobs_) {
+      for (const auto& t : job.tasks) {
+        if (t.state() == v1::TASK_LEASED &&
+            std::find(t.lease_workers().begin(), t.lease_workers().end(), id) !=
+                t.lease_workers().end()) {
+          v.tasks.push_back(t.task_id());
+        }
+      }
+    }
+    out.push_back(std::move(v));
+  }
+  return out;
+}
+
+CoordinatorStats Coordinator::Stats() const {
+  absl::MutexLock lock(&mu_);
+  CoordinatorStats s = counters_;
+  s.workers = static_cast<int64_t>(workers_.size());
+  for (const auto& [id, job] : jobs_) {
+    ++s.jobs_by_state[v1::JobState_Name(job.record.state())];
+    for (const auto& t : job.tasks) ++s.tasks_by_state[v1::TaskState_Name(t.state())];
+  }
+  return s;
+}
+
+}  // namespace moec::coordinator
