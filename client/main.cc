@@ -12,16 +12,20 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/args.h"
 #include "client/client.h"
 #include "client/embedded.h"
+#include "client/inspect.h"
 #include "common/cli_util.h"
 #include "common/process_tuning.h"
 #include "common/recipe/recipe.h"
 #include "glog/logging.h"
 #include "google/protobuf/util/json_util.h"
+#include "model/tiny_model.h"
+#include "nlohmann/json.hpp"
 
 namespace moec::client {
 namespace {
@@ -47,6 +51,11 @@ usage: moec COMMAND [ARGS]
   cancel JOB             cancel a job
   resume JOB             re-run the failed or cancelled tasks of a job
   workers                the workers a coordinator knows
+  inspect MODEL          what a model directory holds: architecture, experts, parameter
+                         counts, dtypes, shards, moec overrides (--json: one object)
+  make-tiny-model DIR --arch ARCH [--layers N] [--experts E] [--dtype F32|BF16|F16] [--seed S]
+                         write a tiny random checkpoint (mixtral, deepseek, qwen2_moe, olmoe,
+                         qwen3_moe) with config.json and tokenizer
 
 Cluster commands reach a coordinator with --coordinator HOST:PORT and --token-file PATH
 (or MOEC_COORDINATOR, MOEC_TOKEN_FILE); --tls-ca FILE for TLS. --json prints data as JSON.
@@ -242,6 +251,169 @@ int CmdList(const std::string& cmd, const Args& args) {
   return kOk;
 }
 
+// 1234567 -> "1,234,567".
+std::string Grouped(int64_t n) {
+  std::string digits = absl::StrCat(n < 0 ? -n : n), out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return n < 0 ? "-" + out : out;
+}
+
+std::string HumanBytes(uint64_t b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(b);
+  int u = 0;
+  for (; v >= 1024 && u < 4; ++u) v /= 1024;
+  return u == 0 ? absl::StrCat(b, " B") : absl::StrFormat("%.1f %s", v, units[u]);
+}
+
+nlohmann::ordered_json InspectionJson(const ModelInspection& m) {
+  const model::ParameterCounts& p = m.parameters;
+  nlohmann::ordered_json overrides = nlohmann::ordered_json::array();
+  for (const LayerOverride& o : m.layer_overrides) {
+    nlohmann::ordered_json j = {{"layer", o.layer}};
+    if (o.experts) j["experts"] = *o.experts;
+    if (o.kept_experts) j["kept_experts"] = *o.kept_experts;
+    if (o.moe_dropped) j["moe_dropped"] = true;
+    if (o.skip_beta) j["skip_beta"] = *o.skip_beta;
+    if (o.odp_beta) j["odp_beta"] = *o.odp_beta;
+    overrides.push_back(std::move(j));
+  }
+  nlohmann::ordered_json j = {
+      {"model_dir", m.model_dir}, {"model_type", m.model_type},
+      {"architectures", m.architectures}, {"num_layers", m.num_layers},
+      {"moe_layers", m.num_moe_layers}, {"dense_layers", m.num_dense_layers},
+      {"dropped_moe_layers", m.num_dropped_moe_layers}, {"num_experts", m.num_experts},
+      {"top_k", m.top_k}, {"routed_experts_per_layer", m.routed_experts_per_layer},
+      {"shared_experts", m.shared_experts},
+      {"shared_expert_intermediate_size", m.shared_expert_intermediate_size},
+      {"hidden_size", m.hidden_size}, {"intermediate_size", m.intermediate_size},
+      {"moe_intermediate_size", m.moe_intermediate_size},
+      {"num_attention_heads", m.num_attention_heads},
+      {"num_key_value_heads", m.num_key_value_heads}, {"head_dim", m.head_dim},
+      {"vocab_size", m.vocab_size}, {"tie_word_embeddings", m.tie_word_embeddings},
+      {"torch_dtype", m.torch_dtype},
+      {"parameters", {{"total", p.total}, {"activated", p.activated}, {"embedding", p.embedding},
+                      {"lm_head", p.lm_head}, {"norms", p.norms}, {"attention", p.attention},
+                      {"routers", p.routers}, {"routed_experts", p.routed_experts},
+                      {"shared_experts", p.shared_experts}, {"dense_mlp", p.dense_mlp}}},
+      {"has_weights", m.has_weights}, {"tensors_by_dtype", m.tensors_by_dtype},
+      {"num_tensors", m.num_tensors}, {"tensor_bytes", m.tensor_bytes},
+      {"num_shards", m.num_shards}, {"size_on_disk", m.size_on_disk},
+      {"missing_tensors", m.missing_tensors}, {"unexpected_tensors", m.unexpected_tensors},
+      {"mismatched_shapes", m.mismatched_shapes}, {"has_moec_overrides", m.has_moec_overrides},
+      {"layer_overrides", overrides}};
+  if (m.odp) {
+    j["odp"] = {{"enabled_layers", m.odp->enabled_layers}, {"tau_low", m.odp->tau_low},
+                {"tau_high", m.odp->tau_high}, {"positional_prior", m.odp->positional_prior}};
+  }
+  return j;
+}
+
+void PrintInspection(const ModelInspection& m) {
+  std::printf("model          %s\n", m.model_dir.c_str());
+  std::printf("architecture   %s%s\n", m.model_type.c_str(),
+              m.architectures.empty() ? "" : absl::StrCat(" (", absl::StrJoin(m.architectures, ", "), ")").c_str());
+  std::printf("layers         %d (%d MoE, %d dense%s)\n", m.num_layers, m.num_moe_layers, m.num_dense_layers,
+              m.num_dropped_moe_layers ? absl::StrCat(", ", m.num_dropped_moe_layers, " MoE dropped").c_str() : "");
+  std::printf("experts        %d routed per MoE layer (width %lld), top-%d\n", m.num_experts,
+              static_cast<long long>(m.moe_intermediate_size), m.top_k);
+  std::printf("shared experts %d%s\n", m.shared_experts,
+              m.shared_experts ? absl::StrCat(" (width ", m.shared_expert_intermediate_size, ")").c_str() : "");
+  std::printf("hidden size    %lld (dense MLP %lld)\n", static_cast<long long>(m.hidden_size),
+              static_cast<long long>(m.intermediate_size));
+  std::printf("heads          %d (kv %d, head_dim %lld)\n", m.num_attention_heads, m.num_key_value_heads,
+              static_cast<long long>(m.head_dim));
+  std::printf("vocab          %lld%s\n", static_cast<long long>(m.vocab_size), m.tie_word_embeddings ? " (tied)" : "");
+  std::printf("parameters     %s total, %s activated per token\n", Grouped(m.parameters.total).c_str(),
+              Grouped(m.parameters.activated).c_str());
+  if (!m.has_weights) {
+    std::printf("weights        none (no model.safetensors or index)\n");
+  } else {
+    std::vector<std::string> dtypes;
+    for (const auto& [d, n] : m.tensors_by_dtype) dtypes.push_back(absl::StrCat(d, " (", n, " tensors)"));
+    std::printf("dtypes         %s; config torch_dtype %s\n", absl::StrJoin(dtypes, ", ").c_str(),
+                m.torch_dtype.empty() ? "-" : m.torch_dtype.c_str());
+    std::printf("shards         %d file%s, %s on disk (%llu bytes; tensor data %s)\n", m.num_shards,
+                m.num_shards == 1 ? "" : "s",
+                HumanBytes(m.size_on_disk).c_str(), static_cast<unsigned long long>(m.size_on_disk),
+                HumanBytes(m.tensor_bytes).c_str());
+    for (const auto& [what, names] : {std::pair{"missing from the checkpoint", &m.missing_tensors},
+                                      std::pair{"not expected by config.json", &m.unexpected_tensors},
+                                      std::pair{"with a wrong shape", &m.mismatched_shapes}}) {
+      if (names->empty()) continue;
+      std::printf("warning        %zu tensors %s, e.g. %s\n", names->size(), what, names->front().c_str());
+    }
+  }
+  if (!m.has_moec_overrides) return;
+  std::printf("moec overrides%s\n", m.layer_overrides.empty() && !m.odp ? " (none per layer)" : ":");
+  for (const LayerOverride& o : m.layer_overrides) {
+    std::vector<std::string> parts;
+    if (o.experts) parts.push_back(absl::StrCat("experts ", *o.experts));
+    if (o.kept_experts) parts.push_back(absl::StrCat("kept [", absl::StrJoin(*o.kept_experts, ","), "]"));
+    if (o.moe_dropped) parts.push_back("MoE dropped");
+    if (o.skip_beta) parts.push_back(absl::StrCat("skip_beta ", *o.skip_beta));
+    if (o.odp_beta) parts.push_back(absl::StrCat("odp_beta ", *o.odp_beta));
+    std::printf("  layer %-4d   %s\n", o.layer, absl::StrJoin(parts, ", ").c_str());
+  }
+  if (m.odp) std::printf("  odp          tau_low %g, tau_high %g\n", m.odp->tau_low, m.odp->tau_high);
+}
+
+int CmdInspect(const Args& args) {
+  if (args.positional.size() != 1) return Error(kUsage, absl::InvalidArgumentError("moec inspect MODEL"));
+  absl::StatusOr<ModelInspection> m = InspectModel(args.positional[0]);
+  if (!m.ok()) return Error(kUsage, m.status());
+  if (args.Has("json")) {
+    std::printf("%s\n", InspectionJson(*m).dump().c_str());
+  } else {
+    PrintInspection(*m);
+  }
+  return kOk;
+}
+
+// Parses --flag as an integer in [lo, hi] into *out when given.
+absl::Status IntFlag(const Args& args, const std::string& flag, int64_t lo, int64_t hi, int64_t* out) {
+  const std::string v = args.Get(flag);
+  if (v.empty()) return absl::OkStatus();
+  if (!absl::SimpleAtoi(v, out) || *out < lo || *out > hi) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("make-tiny-model: --", flag, " must be an integer in [", lo, ", ", hi, "], got '", v, "'"));
+  }
+  return absl::OkStatus();
+}
+
+int CmdMakeTinyModel(const Args& args) {
+  if (args.positional.size() != 1 || args.Get("arch").empty()) {
+    return Error(kUsage, absl::InvalidArgumentError(
+                             "usage: moec make-tiny-model DIR --arch ARCH [--layers N] [--experts E] "
+                             "[--dtype F32|BF16|F16] [--seed S]"));
+  }
+  model::TinyModelOptions o;
+  o.model_type = args.Get("arch");
+  o.dtype = args.Get("dtype", o.dtype);
+  int64_t layers = o.num_layers, experts = o.experts;
+  for (absl::Status s : {IntFlag(args, "layers", 1, 4096, &layers), IntFlag(args, "experts", 1, 4096, &experts)}) {
+    if (!s.ok()) return Error(kUsage, s);
+  }
+  o.num_layers = static_cast<int>(layers);
+  o.experts = static_cast<int>(experts);
+  o.top_k = std::min(o.top_k, o.experts);
+  if (const std::string seed = args.Get("seed"); !seed.empty() && !absl::SimpleAtoi(seed, &o.seed)) {
+    return Error(kUsage, absl::InvalidArgumentError(absl::StrCat(
+                             "make-tiny-model: --seed must be an unsigned 64-bit integer, got '", seed, "'")));
+  }
+  if (absl::Status s = o.Validate(); !s.ok()) return Error(kUsage, s);
+  const std::string& dir = args.positional[0];
+  if (absl::Status s = model::WriteTinyModel(o, dir); !s.ok()) {
+    return Error(absl::IsFailedPrecondition(s) ? kUsage : kJobFailed, s);
+  }
+  std::printf("wrote a tiny %s model (%d layers, %d experts, %s, seed %llu) to %s\n", o.model_type.c_str(),
+              o.num_layers, o.experts, o.dtype.c_str(), static_cast<unsigned long long>(o.seed), dir.c_str());
+  return kOk;
+}
+
 int Main(int argc, char** argv) {
   std::vector<std::string> all(argv + 1, argv + argc);
   if (all.empty() || all[0] == "--help" || all[0] == "help" || all[0] == "-h") {
@@ -258,8 +430,12 @@ int Main(int argc, char** argv) {
     values.insert("set");
     bools.insert("watch");
   }
-  static const std::set<std::string> kCommands = {"run", "submit", "watch", "status", "list",
-                                                  "cancel", "resume", "workers"};
+  if (cmd == "inspect") values = {};
+  if (cmd == "make-tiny-model") values = {"arch", "layers", "experts", "dtype", "seed"};
+  static const std::set<std::string> kCommands = {"run",     "submit",  "watch",
+                                                  "status",  "list",    "cancel",
+                                                  "resume",  "workers", "inspect",
+                                                  "make-tiny-model"};
   if (!kCommands.count(cmd)) {
     std::fprintf(stderr, "moec: unknown command '%s'\n\n%s", cmd.c_str(), kUsageText);
     return kUsage;
@@ -273,6 +449,8 @@ int Main(int argc, char** argv) {
   if (cmd == "run") return CmdRun(*args);
   if (cmd == "submit") return CmdSubmit(*args);
   if (cmd == "list" || cmd == "workers") return CmdList(cmd, *args);
+  if (cmd == "inspect") return CmdInspect(*args);
+  if (cmd == "make-tiny-model") return CmdMakeTinyModel(*args);
   return CmdJob(cmd, *args);
 }
 
