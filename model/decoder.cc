@@ -97,19 +97,9 @@ absl::Status Decoder::AddSteps(const json& value, const JsonPath& at, int depth,
     step.metaspace_strip_first = scheme.has_value() ? *scheme != "never" : add_prefix_space;
   } else if (type == "Replace") {
     step.kind = Kind::kReplace;
-    const json* pattern = FindField(value, "pattern");
-    const JsonPath pat = at.Field("pattern");
-    if (pattern == nullptr || !pattern->is_object()) return pat.Invalid("missing object");
-    MOEC_ASSIGN_OR_RETURN(std::optional<std::string> literal,
-                          OptionalString(*pattern, "String", pat));
-    if (!literal.has_value()) {
-      if (FindField(*pattern, "Regex") != nullptr) {
-        return pat.Unimplemented("Replace with a Regex pattern is not supported; use String");
-      }
-      return pat.Invalid("expected {\"String\": ...}");
-    }
-    step.pattern = *literal;
-    MOEC_ASSIGN_OR_RETURN(step.content, RequiredString(value, "content", at));
+    MOEC_ASSIGN_OR_RETURN(ReplaceSpec replace, ParseReplace(value, at));
+    step.pattern = std::move(replace.pattern);
+    step.content = std::move(replace.content);
   } else if (type == "ByteFallback") {
     step.kind = Kind::kByteFallback;
   } else if (type == "Fuse") {

@@ -83,6 +83,30 @@ inline absl::StatusOr<int32_t> AsTokenId(const nlohmann::json& v, const JsonPath
   return static_cast<int32_t>(id);
 }
 
+// The literal pattern and the content of a `Replace` normalizer or decoder
+// ({"type": "Replace", "pattern": {"String": "..."}, "content": "..."}). A Regex pattern is
+// Unimplemented.
+struct ReplaceSpec {
+  std::string pattern;
+  std::string content;
+};
+inline absl::StatusOr<ReplaceSpec> ParseReplace(const nlohmann::json& value, const JsonPath& at) {
+  const nlohmann::json* pattern = FindField(value, "pattern");
+  const JsonPath pat = at.Field("pattern");
+  if (pattern == nullptr || !pattern->is_object()) return pat.Invalid("missing object");
+  absl::StatusOr<std::optional<std::string>> literal = OptionalString(*pattern, "String", pat);
+  if (!literal.ok()) return literal.status();
+  if (!literal->has_value()) {
+    if (FindField(*pattern, "Regex") != nullptr) {
+      return pat.Unimplemented("Replace with a Regex pattern is not supported; use String");
+    }
+    return pat.Invalid("expected {\"String\": ...}");
+  }
+  absl::StatusOr<std::string> content = RequiredString(value, "content", at);
+  if (!content.ok()) return content.status();
+  return ReplaceSpec{**literal, *content};
+}
+
 }  // namespace moec::model
 
 #endif  // MOEC_MODEL_JSON_UTIL_H_

@@ -59,19 +59,9 @@ absl::Status Normalizer::AddSteps(const json& value, const JsonPath& at, int dep
     MOEC_ASSIGN_OR_RETURN(step.content, RequiredString(value, "prepend", at));
   } else if (type == "Replace") {
     step.kind = Kind::kReplace;
-    const json* pattern = FindField(value, "pattern");
-    const JsonPath pat = at.Field("pattern");
-    if (pattern == nullptr || !pattern->is_object()) return pat.Invalid("missing object");
-    MOEC_ASSIGN_OR_RETURN(std::optional<std::string> literal,
-                          OptionalString(*pattern, "String", pat));
-    if (!literal.has_value()) {
-      if (FindField(*pattern, "Regex") != nullptr) {
-        return pat.Unimplemented("Replace with a Regex pattern is not supported; use String");
-      }
-      return pat.Invalid("expected {\"String\": ...}");
-    }
-    step.pattern = *literal;
-    MOEC_ASSIGN_OR_RETURN(step.content, RequiredString(value, "content", at));
+    MOEC_ASSIGN_OR_RETURN(ReplaceSpec replace, ParseReplace(value, at));
+    step.pattern = std::move(replace.pattern);
+    step.content = std::move(replace.content);
   } else if (type == "NFC" || type == "NFD" || type == "NFKC" || type == "NFKD") {
     step.kind = Kind::kUnicode;
     step.form = type == "NFC"    ? NormalizationForm::kNfc
