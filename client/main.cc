@@ -322,8 +322,10 @@ void PrintInspection(const ModelInspection& m) {
               static_cast<long long>(m.moe_intermediate_size), m.top_k);
   std::printf("shared experts %d%s\n", m.shared_experts,
               m.shared_experts ? absl::StrCat(" (width ", m.shared_expert_intermediate_size, ")").c_str() : "");
-  std::printf("hidden size    %lld (dense MLP %lld)\n", static_cast<long long>(m.hidden_size),
-              static_cast<long long>(m.intermediate_size));
+  std::printf("hidden size    %lld%s\n", static_cast<long long>(m.hidden_size),
+              m.num_dense_layers > 0
+                  ? absl::StrCat(" (dense MLP ", m.intermediate_size, ")").c_str()
+                  : "");
   std::printf("heads          %d (kv %d, head_dim %lld)\n", m.num_attention_heads, m.num_key_value_heads,
               static_cast<long long>(m.head_dim));
   std::printf("vocab          %lld%s\n", static_cast<long long>(m.vocab_size), m.tie_word_embeddings ? " (tied)" : "");
