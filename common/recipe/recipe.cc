@@ -18,10 +18,14 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-bool ValidId(absl::string_view id) {
+// Stage ids: [A-Za-z0-9_-]{1,64}. Recipe names may also hold '.'. Neither may hold '/', which
+// separates job, stage and layer in task ids.
+bool ValidId(absl::string_view id, bool allow_dot = false) {
   if (id.empty() || id.size() > 64) return false;
   for (char c : id) {
-    if (!(isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-')) return false;
+    if (!(isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || (allow_dot && c == '.'))) {
+      return false;
+    }
   }
   return true;
 }
@@ -326,8 +330,8 @@ absl::StatusOr<Recipe> Parser::Parse(const YAML::Node& root) {
   Recipe r;
   r.source = source_;
   MOEC_ASSIGN_OR_RETURN(r.name, String(root["name"], "name"));
-  if (!ValidId(r.name) && r.name.find('.') == std::string::npos) {
-    return Err(root["name"], absl::StrCat("name '", r.name, "' must be 1-64 of [A-Za-z0-9_-]"));
+  if (!ValidId(r.name, /*allow_dot=*/true)) {
+    return Err(root["name"], absl::StrCat("name '", r.name, "' must be 1-64 of [A-Za-z0-9._-]"));
   }
   MOEC_ASSIGN_OR_RETURN(r.model, Path(root["model"], "model"));
   if (options_.check_files) {

@@ -128,6 +128,7 @@ TEST_F(RecipeTest, MalformedRecipesGivePreciseErrors) {
       {"needs: [out]", "needs: [eval]", "stage 'eval' needs itself"},
       {"id: eval,", "id: 'ev al',", "stage id 'ev al' must be"},
       {"name: tiny-mc-moe\n", "", "recipe.yaml: missing name"},
+      {"name: tiny-mc-moe", "name: tiny/mc.moe", "recipe.yaml:1: name 'tiny/mc.moe' must be 1-64 of [A-Za-z0-9._-]"},
       {"seqlen: 64, seed", "seqlen: 64, sed", "calibration: unknown key 'sed'"},
       {"sampling: random_windows", "sampling: shuffled", "calibration.sampling must be random_windows or chunks"},
       {"with: {group_size: 128, attn_bits: 4}", "with: {group_size: 128, group_size: 64}", "duplicate key 'group_size'"},
