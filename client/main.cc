@@ -226,6 +226,11 @@ int CmdJob(const std::string& cmd, const Args& args) {
   std::printf("job %s (%s): %s\n", id.c_str(), job->job().name().c_str(),
               v1::JobState_Name(job->job().state()).c_str());
   for (const auto& [state, n] : counts) std::printf("  %-16s %d\n", state.c_str(), n);
+  for (const auto& t : job->tasks()) {
+    if (t.state() != v1::TASK_LEASED) continue;
+    std::printf("  running %-40s %3.0f%% %s\n", t.task_id().c_str(), 100 * t.progress(),
+                t.progress_message().c_str());
+  }
   if (!job->job().error().empty()) std::printf("  error: %s\n", job->job().error().c_str());
   return kOk;
 }

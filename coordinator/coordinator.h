@@ -124,6 +124,11 @@ class Coordinator {
   absl::StatusOr<std::vector<std::string>> Heartbeat(absl::string_view worker_id);
   // A task for this worker, if there is one now. Errors: NotFound for an unknown worker.
   absl::StatusOr<std::optional<LeasedTask>> LeaseTask(absl::string_view worker_id);
+  // Records progress (fraction clamped to [0, 1]) of a task the worker holds and renews its
+  // lease. Returns true when the task was cancelled (the worker should stop it).
+  // Errors: NotFound; FailedPrecondition when the worker does not hold the task.
+  absl::StatusOr<bool> ReportProgress(absl::string_view worker_id, absl::string_view task_id,
+                                      double fraction, absl::string_view message);
   // Marks the task done, committing `outputs` with its state in one batch. Only the gang's
   // rank 0 completes a task. Errors: NotFound; FailedPrecondition when the worker does not hold
   // the task's current lease (e.g. it expired and the task was re-leased).

@@ -130,6 +130,17 @@ grpc::Status CoordinatorService::LeaseTask(grpc::ServerContext* ctx,
   return grpc::Status::OK;
 }
 
+grpc::Status CoordinatorService::ReportProgress(grpc::ServerContext* ctx,
+                                                const v1::ReportProgressRequest* req,
+                                                v1::ReportProgressResponse* resp) {
+  MOEC_AUTHORIZE(ctx);
+  absl::StatusOr<bool> cancelled =
+      core_->ReportProgress(req->worker_id(), req->task_id(), req->fraction(), req->message());
+  if (!cancelled.ok()) return ToGrpcStatus(cancelled.status());
+  resp->set_cancelled(*cancelled);
+  return grpc::Status::OK;
+}
+
 grpc::Status CoordinatorService::CompleteTask(grpc::ServerContext* ctx,
                                               const v1::CompleteTaskRequest* req,
                                               v1::CompleteTaskResponse*) {

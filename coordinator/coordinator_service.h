@@ -36,6 +36,8 @@ class CoordinatorService final : public v1::CoordinatorService::Service {
                          v1::HeartbeatResponse* resp) override;
   grpc::Status LeaseTask(grpc::ServerContext* ctx, const v1::LeaseTaskRequest* req,
                          v1::LeaseTaskResponse* resp) override;
+  grpc::Status ReportProgress(grpc::ServerContext* ctx, const v1::ReportProgressRequest* req,
+                              v1::ReportProgressResponse* resp) override;
   grpc::Status CompleteTask(grpc::ServerContext* ctx, const v1::CompleteTaskRequest* req,
                             v1::CompleteTaskResponse* resp) override;
   grpc::Status FailTask(grpc::ServerContext* ctx, const v1::FailTaskRequest* req,

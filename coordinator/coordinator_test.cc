@@ -111,6 +111,28 @@ TEST_F(CoordinatorTest, RunsAJobToCompletionInDependencyOrder) {
   EXPECT_EQ(stats.retries, 0);
 }
 
+TEST_F(CoordinatorTest, ProgressIsRecordedRenewsTheLeaseAndCarriesCancellation) {
+  const std::string job = Submit().job.job_id();
+  std::string w = coord_->RegisterWorker({"a"});
+  std::string other = coord_->RegisterWorker({"b"});
+  std::optional<LeasedTask> t = Lease(w);
+  ASSERT_TRUE(t.has_value());
+  Advance(900);
+  EXPECT_THAT(coord_->ReportProgress(w, t->task.task_id(), 1.7, "almost"),
+              moec::testing::IsOkAndHolds(false));
+  auto tasks = *coord_->GetTasks(job);
+  EXPECT_EQ(tasks[0].progress(), 1.0);  // clamped
+  EXPECT_EQ(tasks[0].progress_message(), "almost");
+  Advance(900);  // 1.8 s after the lease, 0.9 s after the renewal: still held
+  ASSERT_OK(coord_->Tick());
+  EXPECT_EQ((*coord_->GetTasks(job))[0].state(), v1::TASK_LEASED);
+  EXPECT_THAT(coord_->ReportProgress(other, t->task.task_id(), 0.5, ""),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  ASSERT_OK(coord_->CancelJob(job));
+  EXPECT_THAT(coord_->ReportProgress(w, t->task.task_id(), 0.5, ""),
+              moec::testing::IsOkAndHolds(true));
+}
+
 TEST_F(CoordinatorTest, SubmitIsIdempotentAndValidates) {
   SubmitResult a = Submit();
   SubmitResult b = Submit();

@@ -115,6 +115,27 @@ absl::StatusOr<v1::TaskRecord*> Coordinator::HeldTaskLocked(absl::string_view wo
   return t;
 }
 
+absl::StatusOr<bool> Coordinator::ReportProgress(absl::string_view worker_id,
+                                                 absl::string_view task_id, double fraction,
+                                                 absl::string_view message) {
+  absl::MutexLock lock(&mu_);
+  const std::string tid(task_id);
+  MOEC_ASSIGN_OR_RETURN(Job * job, FindJobLocked(tid.substr(0, tid.find('/'))));
+  auto it = job->index.find(tid);
+  if (it == job->index.end()) return absl::NotFoundError(absl::StrCat("no task ", task_id));
+  v1::TaskRecord& t = job->tasks[it->second];
+  const bool holder = std::find(t.lease_workers().begin(), t.lease_workers().end(), worker_id) !=
+                      t.lease_workers().end();
+  if (holder && t.state() == v1::TASK_CANCELLED) return true;
+  if (!holder || t.state() != v1::TASK_LEASED) {
+    return absl::FailedPreconditionError(absl::StrCat("worker ", worker_id, " does not hold task ", task_id));
+  }
+  t.set_progress(std::clamp(fraction, 0.0, 1.0));
+  t.set_progress_message(std::string(message.substr(0, 256)));
+  t.set_lease_deadline_ms(NowMs() + options_.retry.lease_ms);
+  return false;
+}
+
 absl::Status Coordinator::CompleteTask(absl::string_view worker_id, absl::string_view task_id,
                                        const storage::KvWriteBatch& outputs) {
   absl::MutexLock lock(&mu_);

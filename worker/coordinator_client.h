@@ -32,6 +32,10 @@ class CoordinatorClient {
   virtual absl::StatusOr<std::vector<std::string>> Heartbeat(const std::string& worker_id) = 0;
   virtual absl::StatusOr<std::optional<Lease>> LeaseTask(const std::string& worker_id) = 0;
   virtual absl::Status CompleteTask(const std::string& worker_id, const std::string& task_id) = 0;
+  // Returns true when the task was cancelled.
+  virtual absl::StatusOr<bool> ReportProgress(const std::string& worker_id,
+                                              const std::string& task_id, double fraction,
+                                              const std::string& message) = 0;
   virtual absl::Status FailTask(const std::string& worker_id, const std::string& task_id,
                                 const absl::Status& error, bool retriable) = 0;
   // Streams an output of a held task (FactorService.PutFactor); returns its key.

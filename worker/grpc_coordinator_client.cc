@@ -111,6 +111,20 @@ class GrpcCoordinatorClient : public CoordinatorClient {
     return std::optional<Lease>(std::move(l));
   }
 
+  absl::StatusOr<bool> ReportProgress(const std::string& worker_id, const std::string& task_id,
+                                      double fraction, const std::string& message) override {
+    v1::ReportProgressRequest req;
+    req.set_worker_id(worker_id);
+    req.set_task_id(task_id);
+    req.set_fraction(fraction);
+    req.set_message(message);
+    v1::ReportProgressResponse resp;
+    auto ctx = Context();
+    absl::Status s = FromGrpcStatus(stub_->ReportProgress(ctx.get(), req, &resp));
+    if (!s.ok()) return s;
+    return resp.cancelled();
+  }
+
   absl::Status CompleteTask(const std::string& worker_id, const std::string& task_id) override {
     v1::CompleteTaskRequest req;
     req.set_worker_id(worker_id);

@@ -125,6 +125,16 @@ void Worker::RunOne(const Lease& lease) {
   ctx.cancelled = cancelled.get();
   ClientFactorIo io(client_, id, lease.task.task_id());
   ctx.io = &io;
+  // Progress goes to the coordinator at most once a second (and at the end); the answer also
+  // carries cancellation.
+  absl::Time last_report = absl::InfinitePast();
+  ctx.progress = [&](double fraction, const std::string& message) {
+    const absl::Time now = absl::Now();
+    if (fraction < 1.0 && now - last_report < absl::Seconds(1)) return;
+    last_report = now;
+    absl::StatusOr<bool> stop = client_->ReportProgress(id, lease.task.task_id(), fraction, message);
+    if (stop.ok() && *stop) cancelled->store(true);
+  };
   absl::Status result = (ctx.params.is_discarded() || ctx.recipe.is_discarded())
                             ? absl::InvalidArgumentError("task parameters are not valid JSON")
                             : RunStage(*registry_, ctx);

@@ -31,6 +31,12 @@ class LocalClient : public CoordinatorClient {
     if (!l->has_value()) return std::optional<Lease>();
     return std::optional<Lease>(Lease{(*l)->task, (*l)->rank, (*l)->group, (*l)->recipe_json});
   }
+  absl::StatusOr<bool> ReportProgress(const std::string& id, const std::string& task,
+                                      double fraction, const std::string& message) override {
+    ++progress_reports;
+    return core_->ReportProgress(id, task, fraction, message);
+  }
+  std::atomic<int> progress_reports{0};
   absl::Status CompleteTask(const std::string& id, const std::string& task) override {
     return core_->CompleteTask(id, task, {});
   }
@@ -130,6 +136,7 @@ TEST_F(WorkerTest, RunsNoopTasksToCompletion) {
   const std::string job = Submit(1);
   EXPECT_EQ(WaitForEnd(job), v1::JOB_SUCCEEDED);
   EXPECT_EQ(worker.tasks_done(), 3);
+  EXPECT_EQ(client_->progress_reports.load(), 3);  // noop reports 1.0 once per task
   worker.Stop();
 }
 
