@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/json_depth.h"
+#include "storage/file_util.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -108,27 +109,8 @@ absl::StatusOr<TextFormat> FormatFromExtension(const std::string& path) {
 }
 
 absl::StatusOr<std::string> ReadWholeFile(const std::string& path, uint64_t max_bytes) {
-  std::error_code ec;
-  const auto status = std::filesystem::status(path, ec);
-  if (ec || !std::filesystem::exists(status)) {
-    return absl::NotFoundError(absl::StrCat("dataset file ", path, " not found"));
-  }
-  if (!std::filesystem::is_regular_file(status)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("dataset file ", path, " is not a regular file"));
-  }
-  const uintmax_t size = std::filesystem::file_size(path, ec);
-  if (ec) return absl::InternalError(absl::StrCat("dataset file ", path, ": ", ec.message()));
-  if (size > max_bytes) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("dataset file ", path, " is ", size, " bytes, over the limit of ", max_bytes));
-  }
-  std::ifstream in(path, std::ios::binary);
-  std::string data(static_cast<size_t>(size), '\0');
-  in.read(data.data(), static_cast<std::streamsize>(size));
-  if (!in || static_cast<uintmax_t>(in.gcount()) != size) {
-    return absl::InternalError(absl::StrCat("dataset file ", path, ": read failed"));
-  }
+  absl::StatusOr<std::string> data = storage::ReadFileToString(path, max_bytes);
+  if (!data.ok()) return Annotate(data.status(), "dataset file");
   return data;
 }
 

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/json_depth.h"
+#include "storage/file_util.h"
 #include "common/status_macros.h"
 #include "glog/logging.h"
 
@@ -41,31 +42,8 @@ absl::StatusOr<json> ParseJson(absl::string_view text, absl::string_view source)
 }
 
 absl::StatusOr<std::string> ReadFile(const std::filesystem::path& path) {
-  std::error_code ec;
-  const uintmax_t size = std::filesystem::file_size(path, ec);
-  if (ec) {
-    if (ec == std::errc::no_such_file_or_directory) {
-      return absl::NotFoundError(absl::StrCat("tokenizer file ", path.string(), " not found"));
-    }
-    return absl::InvalidArgumentError(
-        absl::StrCat("tokenizer file ", path.string(), ": cannot stat: ", ec.message()));
-  }
-  if (size > kMaxTokenizerJsonBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("tokenizer file ", path.string(), ": ", size,
-                                                   " bytes exceeds the limit of ",
-                                                   kMaxTokenizerJsonBytes));
-  }
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("tokenizer file ", path.string(), ": cannot open"));
-  }
-  std::string data(static_cast<size_t>(size), '\0');
-  in.read(data.data(), static_cast<std::streamsize>(size));
-  if (static_cast<uintmax_t>(in.gcount()) != size) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("tokenizer file ", path.string(), ": short read"));
-  }
+  absl::StatusOr<std::string> data = storage::ReadFileToString(path.string(), kMaxTokenizerJsonBytes);
+  if (!data.ok()) return Annotate(data.status(), "tokenizer file");
   return data;
 }
 

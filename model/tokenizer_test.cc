@@ -532,7 +532,7 @@ TEST_F(TokenizerLoadTest, OversizedFileIsRefused) {
   Write("tokenizer.json", "{}");
   std::filesystem::resize_file(dir_ / "tokenizer.json", kMaxTokenizerJsonBytes + 1);  // sparse
   EXPECT_THAT(Tokenizer::Load(dir_.string()).status(),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("exceeds the limit")));
+              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("over the limit")));
 }
 
 TEST(TokenizerThreadTest, ConcurrentEncodeAgrees) {
