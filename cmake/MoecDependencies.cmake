@@ -16,3 +16,17 @@ if(NOT MOEC_FUZZ_ONLY)
 else()
   find_package(RocksDB REQUIRED)
 endif()
+
+# libtorch 1.13 (Debian, CPU). Its config references an imported gflags target whose location is
+# only set when the gflags library was found first (ARCHITECTURE.md "Build facts").
+if(NOT MOEC_FUZZ_ONLY)
+  find_library(GFLAGS_LIBRARY gflags REQUIRED)
+  find_package(Torch REQUIRED)
+  # One interface target so that torch's flags and libraries travel together; only libraries
+  # that really compute with tensors link it (model runtime, stages, kernels' torch glue).
+  add_library(moec_torch INTERFACE)
+  target_link_libraries(moec_torch INTERFACE ${TORCH_LIBRARIES})
+  target_include_directories(moec_torch SYSTEM INTERFACE ${TORCH_INCLUDE_DIRS})
+  separate_arguments(_moec_torch_flags UNIX_COMMAND "${TORCH_CXX_FLAGS}")
+  target_compile_options(moec_torch INTERFACE $<$<COMPILE_LANGUAGE:CXX>:${_moec_torch_flags}>)
+endif()

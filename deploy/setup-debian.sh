@@ -23,6 +23,8 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   # network-namespace tests, fixtures
   iproute2 python3
+  # the independent forward oracle run by tests (tests/oracle): Debian's torch for Python
+  python3-torch python3-numpy
 )
 
 missing=()

@@ -75,6 +75,13 @@ absl::Status WriteFileAtomically(const std::string& path, absl::string_view byte
 // Reads a whole file, refusing files larger than `max_bytes` (ResourceExhausted).
 absl::StatusOr<std::string> ReadFileToString(const std::string& path, uint64_t max_bytes);
 
+// Drops the pages of a read-only file mapping that lie wholly inside [data, data + size) from
+// this process's resident set (madvise MADV_DONTNEED); the data stays valid and is faulted in
+// again from the page cache on the next access. Used by the layer-streaming forward so that a
+// layer's mapped weights stop counting against RSS once they were converted. Best effort: a
+// failing madvise is ignored (it only affects memory accounting).
+void ReleaseMappedPages(const void* data, uint64_t size);
+
 // A unique temporary name beside `path` ("<path>.tmp.<pid>.<n>").
 std::string TempPathFor(const std::string& path);
 

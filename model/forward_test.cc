@@ -1,0 +1,358 @@
+#include "model/forward.h"
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "model/tiny_model.h"
+#include "storage/file_util.h"
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
+
+namespace moec::model {
+namespace {
+
+using ::moec::testing::StatusIs;
+using ::moec::testing::TempDir;
+using ::testing::HasSubstr;
+
+TinyModelOptions Tiny(const std::string& type) {
+  TinyModelOptions o;
+  o.model_type = type;
+  o.num_layers = 3;
+  o.hidden = 32;
+  o.heads = 4;
+  o.kv_heads = 2;
+  o.experts = 4;
+  o.top_k = 2;
+  o.moe_intermediate = 24;
+  o.intermediate = 40;
+  o.vocab = 300;
+  o.seed = 7;
+  return o;
+}
+
+std::unique_ptr<ModelRunner> OpenTiny(const TempDir& dir, const TinyModelOptions& o,
+                                      ComputeDtype dtype = ComputeDtype::kF32) {
+  const std::string path = dir.Join(o.model_type);
+  EXPECT_OK(WriteTinyModel(o, path));
+  RunnerOptions ro;
+  ro.dtype = dtype;
+  auto runner = ModelRunner::Open(path, ro);
+  EXPECT_OK(runner.status());
+  return runner.ok() ? std::move(*runner) : nullptr;
+}
+
+at::Tensor RandomTokens(int64_t batch, int64_t seq, int64_t vocab, uint64_t seed) {
+  at::manual_seed(seed);
+  return at::randint(0, vocab, {batch, seq}, at::kLong);
+}
+
+// --- building blocks against hand-computed values -------------------------------------------
+
+TEST(LayersTest, RmsNormMatchesDefinition) {
+  at::Tensor x = at::tensor({3.0f, 4.0f}).view({1, 2});
+  at::Tensor w = at::tensor({1.0f, 2.0f});
+  // mean(x^2) = 12.5; 1/sqrt(12.5 + 0.5) = 1/sqrt(13).
+  at::Tensor y = RmsNorm(x, w, 0.5);
+  EXPECT_NEAR(y[0][0].item<float>(), 3.0 / std::sqrt(13.0), 1e-6);
+  EXPECT_NEAR(y[0][1].item<float>(), 8.0 / std::sqrt(13.0), 1e-6);
+}
+
+TEST(LayersTest, RopeRotatesPairsByPositionTimesFrequency) {
+  // head_dim 4: frequencies 1 and theta^-0.5 = 0.01 for theta 10000.
+  RopeTables rope = MakeRopeTables(3, 4, 10000.0);
+  at::Tensor q = at::tensor({1.0f, 2.0f, 3.0f, 4.0f}).view({1, 1, 1, 4}).repeat({1, 1, 3, 1});
+  at::Tensor r = ApplyRope(q, rope);
+  for (int pos = 0; pos < 3; ++pos) {
+    const double a = pos * 1.0, b = pos * 0.01;
+    // Pairs (x0, x2) and (x1, x3) rotate: x0' = x0 cos a - x2 sin a, x2' = x2 cos a + x0 sin a.
+    EXPECT_NEAR(r[0][0][pos][0].item<float>(), 1 * std::cos(a) - 3 * std::sin(a), 1e-5);
+    EXPECT_NEAR(r[0][0][pos][2].item<float>(), 3 * std::cos(a) + 1 * std::sin(a), 1e-5);
+    EXPECT_NEAR(r[0][0][pos][1].item<float>(), 2 * std::cos(b) - 4 * std::sin(b), 1e-5);
+    EXPECT_NEAR(r[0][0][pos][3].item<float>(), 4 * std::cos(b) + 2 * std::sin(b), 1e-5);
+  }
+}
+
+// Router with logits equal to x itself (identity matrix), so probabilities are softmax(x).
+Routing RouteLogits(const std::vector<std::vector<float>>& logits, const RoutingRule& rule,
+                    const at::Tensor& importance = {}, int64_t seq = 0) {
+  const int64_t t = logits.size(), e = logits[0].size();
+  at::Tensor x = at::empty({t, e});
+  for (int64_t i = 0; i < t; ++i) {
+    for (int64_t j = 0; j < e; ++j) x[i][j] = logits[i][j];
+  }
+  return Route(at::eye(e), x, rule, importance, seq == 0 ? t : seq);
+}
+
+TEST(LayersTest, RouteTopKRenormalizesLikeMixtral) {
+  RoutingRule rule;  // top-2, renormalize
+  const float l2 = std::log(2.0f);
+  Routing r = RouteLogits({{0.0f, l2, -1.0f, -100.0f}}, rule);
+  // p ~ (1, 2, e^-1, 0) / (3 + e^-1): expert 1 first, then expert 0.
+  EXPECT_EQ(r.experts[0][0].item<int64_t>(), 1);
+  EXPECT_EQ(r.experts[0][1].item<int64_t>(), 0);
+  EXPECT_NEAR(r.weights[0][0].item<float>(), 2.0 / 3.0, 1e-6);
+  EXPECT_NEAR(r.weights[0][1].item<float>(), 1.0 / 3.0, 1e-6);
+  rule.renormalize = false;  // DeepSeek: raw softmax probabilities
+  r = RouteLogits({{0.0f, l2, -1.0f, -100.0f}}, rule);
+  const double z = 3.0 + std::exp(-1.0);
+  EXPECT_NEAR(r.weights[0][0].item<float>(), 2.0 / z, 1e-6);
+  EXPECT_NEAR(r.weights[0][1].item<float>(), 1.0 / z, 1e-6);
+}
+
+TEST(LayersTest, DynamicSkippingDropsSecondExpertBelowBetaTimesFirst) {
+  RoutingRule rule;
+  rule.skip_beta = 0.6;
+  const float l2 = std::log(2.0f);
+  // Token 0: p2/p1 = 0.5 < 0.6 -> skipped, weight 1.0 on the first. Token 1: ratio 1 -> kept.
+  Routing r = RouteLogits({{0.0f, l2, -100.0f, -100.0f}, {0.0f, 0.0f, -100.0f, -100.0f}}, rule);
+  EXPECT_FALSE(r.kept[0][1].item<bool>());
+  EXPECT_NEAR(r.weights[0][0].item<float>(), 1.0, 1e-6);
+  EXPECT_NEAR(r.weights[0][1].item<float>(), 0.0, 1e-9);
+  EXPECT_TRUE(r.kept[1][1].item<bool>());
+  EXPECT_NEAR(r.weights[1][1].item<float>(), 0.5, 1e-6);
+  rule.skip_beta = 0.5;  // p2 = 0.5 p1 is not below beta * p1: kept
+  r = RouteLogits({{0.0f, l2, -100.0f, -100.0f}}, rule);
+  EXPECT_TRUE(r.kept[0][1].item<bool>());
+}
+
+TEST(LayersTest, OdpProtectsMostImportantAndDropsLeastImportantTokens) {
+  RoutingRule rule;
+  rule.odp = true;
+  rule.odp_beta = 0.9;  // every token below skips its second expert...
+  rule.tau_high = 0.25;  // ...except the most important of 4 (floor(0.25 * 4) = 1)
+  rule.tau_low = 0.25;   // and the least important one skips both
+  const float l2 = std::log(2.0f);
+  std::vector<std::vector<float>> logits(4, {0.0f, l2, -100.0f, -100.0f});
+  at::Tensor importance = at::tensor({0.3f, 0.1f, 0.9f, 0.5f});
+  Routing r = RouteLogits(logits, rule, importance, 4);
+  EXPECT_TRUE(r.kept[2][1].item<bool>());   // protected
+  EXPECT_FALSE(r.kept[0][1].item<bool>());  // rule 1
+  EXPECT_FALSE(r.kept[1][0].item<bool>());  // least important: nothing routed
+  EXPECT_FALSE(r.kept[1][1].item<bool>());
+  EXPECT_NEAR(r.weights[1][0].item<float>(), 0.0, 1e-9);
+  EXPECT_NEAR(r.weights[2][0].item<float>(), 2.0 / 3.0, 1e-6);
+  EXPECT_NEAR(r.weights[3][0].item<float>(), 1.0, 1e-6);
+}
+
+// A per-token, per-expert loop in float64: the oracle of the batched dispatch in MoeBlock.
+at::Tensor NaiveMoe(const MoeWeights& w, const RoutingRule& rule, const at::Tensor& x) {
+  at::Tensor out = at::zeros(x.sizes(), at::kDouble);
+  auto mlp = [](const MlpWeights& m, const at::Tensor& v) {
+    at::Tensor g = at::mv(m.gate.to(at::kDouble), v), u = at::mv(m.up.to(at::kDouble), v);
+    return at::mv(m.down.to(at::kDouble), g / (1 + at::exp(-g)) * u);
+  };
+  for (int64_t t = 0; t < x.size(0); ++t) {
+    at::Tensor v = x[t].to(at::kDouble);
+    at::Tensor p = at::softmax(at::mv(w.router.to(at::kDouble), v), 0);
+    std::vector<std::pair<double, int>> ranked;
+    for (int e = 0; e < p.size(0); ++e) ranked.push_back({p[e].item<double>(), e});
+    std::stable_sort(ranked.begin(), ranked.end(),
+                     [](auto& a, auto& b) { return a.first > b.first; });
+    std::vector<std::pair<double, int>> chosen;
+    for (int i = 0; i < rule.top_k; ++i) {
+      if (i > 0 && rule.skip_beta && ranked[i].first < *rule.skip_beta * ranked[0].first) continue;
+      chosen.push_back(ranked[i]);
+    }
+    double sum = 0;
+    for (auto& c : chosen) sum += c.first;
+    for (auto& c : chosen) {
+      const double weight = rule.renormalize ? c.first / sum : c.first;
+      out[t] += weight * mlp(w.experts[c.second], v);
+    }
+    if (w.shared.defined()) {
+      at::Tensor s = mlp(w.shared, v);
+      if (w.shared_expert_gate.defined()) {
+        const double g = at::dot(w.shared_expert_gate[0].to(at::kDouble), v).item<double>();
+        s = s / (1 + std::exp(-g));
+      }
+      out[t] += s;
+    }
+  }
+  return out;
+}
+
+class ArchTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ArchTest, MoeBlockMatchesPerTokenLoop) {
+  TempDir dir;
+  auto runner = OpenTiny(dir, Tiny(GetParam()));
+  ASSERT_NE(runner, nullptr);
+  const ModelConfig& c = runner->config();
+  int layer = 0;
+  while (!c.IsMoeLayer(layer)) ++layer;
+  ASSERT_OK_AND_ASSIGN(LayerWeights w, runner->LoadLayer(layer));
+  ASSERT_TRUE(w.moe.has_value());
+  at::manual_seed(3);
+  at::Tensor x = at::randn({24, c.hidden_size});
+  for (std::optional<double> beta : {std::optional<double>(), std::optional<double>(0.7)}) {
+    RoutingRule rule = RoutingRuleFor(c, layer);
+    rule.skip_beta = beta;
+    at::Tensor fast = MoeBlock(c, layer, *w.moe, rule, x, 24, {}, nullptr);
+    at::Tensor naive = NaiveMoe(*w.moe, rule, x);
+    EXPECT_TRUE(at::allclose(fast.to(at::kDouble), naive, 1e-5, 1e-6))
+        << "max diff " << (fast.to(at::kDouble) - naive).abs().max().item<double>();
+  }
+}
+
+TEST_P(ArchTest, ForwardIsCausalAndFinite) {
+  TempDir dir;
+  auto runner = OpenTiny(dir, Tiny(GetParam()));
+  ASSERT_NE(runner, nullptr);
+  const int64_t vocab = runner->config().vocab_size;
+  at::Tensor tokens = RandomTokens(2, 12, vocab, 1);
+  ASSERT_OK_AND_ASSIGN(at::Tensor logits, runner->Forward(tokens));
+  EXPECT_EQ(logits.sizes(), (std::vector<int64_t>{2, 12, vocab}));
+  EXPECT_TRUE(at::isfinite(logits).all().item<bool>());
+  // Changing token 8 leaves the logits of positions 0..7 unchanged and changes position 8.
+  at::Tensor edited = tokens.clone();
+  edited[0][8] = (tokens[0][8].item<int64_t>() + 1) % vocab;
+  ASSERT_OK_AND_ASSIGN(at::Tensor logits2, runner->Forward(edited));
+  EXPECT_TRUE(at::allclose(logits.narrow(1, 0, 8), logits2.narrow(1, 0, 8), 1e-5, 1e-6));
+  EXPECT_FALSE(at::allclose(logits[0][8], logits2[0][8], 1e-5, 1e-6));
+  // Batch rows are independent.
+  ASSERT_OK_AND_ASSIGN(at::Tensor single, runner->Forward(tokens.narrow(0, 1, 1)));
+  EXPECT_TRUE(at::allclose(single[0], logits[1], 1e-4, 1e-5));
+}
+
+TEST_P(ArchTest, Bf16ComputeStaysCloseToFp32) {
+  TempDir dir;
+  TinyModelOptions o = Tiny(GetParam());
+  auto f32 = OpenTiny(dir, o);
+  ASSERT_NE(f32, nullptr);
+  RunnerOptions ro;
+  ro.dtype = ComputeDtype::kBF16;
+  ASSERT_OK_AND_ASSIGN(auto bf16, ModelRunner::Open(dir.Join(o.model_type), ro));
+  at::Tensor tokens = RandomTokens(1, 10, f32->config().vocab_size, 2);
+  ASSERT_OK_AND_ASSIGN(at::Tensor a, f32->Forward(tokens));
+  ASSERT_OK_AND_ASSIGN(at::Tensor b, bf16->Forward(tokens));
+  const double rel = ((a - b).norm() / a.norm()).item<double>();
+  EXPECT_LT(rel, 0.05);
+  EXPECT_GT(rel, 0.0);  // it really ran in bf16
+}
+
+INSTANTIATE_TEST_SUITE_P(AllArchitectures, ArchTest,
+                         ::testing::Values("mixtral", "deepseek", "qwen2_moe", "olmoe",
+                                           "qwen3_moe"));
+
+// Counts what the capture hooks see.
+class CountingObserver : public ForwardObserver {
+ public:
+  bool WantsLinearInputs(int layer) const override { return true; }
+  void OnLayerInput(int layer, const at::Tensor& h) override { inputs.push_back(h.clone()); }
+  void OnLayerOutput(int layer, const at::Tensor& h) override { outputs.push_back(h.clone()); }
+  void OnLinearInput(const LinearId& id, const at::Tensor& x, const at::Tensor& idx) override {
+    if (id.kind == LinearKind::kExpertGate) expert_rows += x.size(0);
+    if (id.kind == LinearKind::kQ) q_rows += x.size(0);
+    if (id.kind == LinearKind::kExpertDown) EXPECT_EQ(x.size(1), down_width);
+  }
+  void OnRouterLogits(int layer, const at::Tensor& logits) override { ++router_calls; }
+  std::vector<at::Tensor> inputs, outputs;
+  int64_t expert_rows = 0, q_rows = 0, down_width = 0;
+  int router_calls = 0;
+};
+
+TEST(ForwardTest, ObserverSeesEveryLayerAndRoutedTokensOnly) {
+  TempDir dir;
+  auto runner = OpenTiny(dir, Tiny("mixtral"));
+  ASSERT_NE(runner, nullptr);
+  CountingObserver obs;
+  obs.down_width = runner->config().moe_intermediate_size;
+  at::Tensor tokens = RandomTokens(2, 8, runner->config().vocab_size, 4);
+  ASSERT_OK(runner->Forward(tokens, &obs).status());
+  ASSERT_EQ(obs.inputs.size(), 3u);
+  EXPECT_EQ(obs.router_calls, 3);
+  EXPECT_EQ(obs.q_rows, 3 * 16);
+  EXPECT_EQ(obs.expert_rows, 3 * 16 * 2);  // every token goes to exactly top-2 experts
+  for (int l = 0; l + 1 < 3; ++l) EXPECT_TRUE(at::equal(obs.outputs[l], obs.inputs[l + 1]));
+}
+
+TEST(ForwardTest, PerplexityIsTheSameInOneOrManyPasses) {
+  TempDir dir;
+  TinyModelOptions o = Tiny("deepseek");
+  ASSERT_OK(WriteTinyModel(o, dir.Join("m")));
+  TokenWindows windows;
+  windows.seqlen = 16;
+  at::Tensor t = RandomTokens(5, 16, 300, 9).to(at::kInt).contiguous();
+  windows.tokens.assign(t.data_ptr<int32_t>(), t.data_ptr<int32_t>() + t.numel());
+  RunnerOptions one;
+  RunnerOptions many;
+  many.activation_budget_bytes = 1;  // one window per pass
+  ASSERT_OK_AND_ASSIGN(auto a, ModelRunner::Open(dir.Join("m"), one));
+  ASSERT_OK_AND_ASSIGN(auto b, ModelRunner::Open(dir.Join("m"), many));
+  int64_t last_done = 0, last_total = 0;
+  ASSERT_OK_AND_ASSIGN(PerplexityResult ra, a->Perplexity(windows));
+  ASSERT_OK_AND_ASSIGN(PerplexityResult rb, b->Perplexity(windows, [&](int64_t d, int64_t t) {
+                         last_done = d;
+                         last_total = t;
+                       }));
+  EXPECT_EQ(last_done, last_total);
+  EXPECT_EQ(last_total, 5 * (3 + 2));
+  // Different batch shapes change GEMM blocking, hence rounding: equal to fp32 precision.
+  EXPECT_NEAR(ra.perplexity, rb.perplexity, 1e-6 * ra.perplexity);
+  EXPECT_EQ(ra.predicted_tokens, 5 * 15);
+  // A random model is close to uniform over the vocabulary.
+  EXPECT_GT(ra.perplexity, 0.5 * 302);
+  EXPECT_LT(ra.perplexity, 2.0 * 302);
+  // Hand computation of the NLL of window 0 from the logits.
+  ASSERT_OK_AND_ASSIGN(at::Tensor logits, a->Forward(t.to(at::kLong)));
+  double sum = 0;
+  for (int w = 0; w < 5; ++w) {
+    double window = 0;
+    for (int i = 0; i + 1 < 16; ++i) {
+      at::Tensor lp = at::log_softmax(logits[w][i].to(at::kDouble), 0);
+      window -= lp[t[w][i + 1].item<int64_t>()].item<double>();
+    }
+    sum += window / 15;
+  }
+  EXPECT_NEAR(ra.mean_nll, sum / 5, 1e-5);
+}
+
+TEST(ForwardTest, CancelledPerplexityStops) {
+  TempDir dir;
+  auto runner = OpenTiny(dir, Tiny("mixtral"));
+  ASSERT_NE(runner, nullptr);
+  TokenWindows windows;
+  windows.seqlen = 4;
+  windows.tokens = {1, 2, 3, 4};
+  std::atomic<bool> cancelled{true};
+  EXPECT_THAT(runner->Perplexity(windows, nullptr, &cancelled).status(),
+              StatusIs(absl::StatusCode::kCancelled));
+}
+
+TEST(ForwardTest, BadInputsAreClearErrors) {
+  TempDir dir;
+  auto runner = OpenTiny(dir, Tiny("mixtral"));
+  ASSERT_NE(runner, nullptr);
+  at::Tensor bad = at::full({1, 3}, runner->config().vocab_size, at::kLong);
+  EXPECT_THAT(runner->Forward(bad).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("outside the vocabulary")));
+  EXPECT_THAT(runner->LoadLayer(3).status(), StatusIs(absl::StatusCode::kInvalidArgument));
+  TokenWindows short_windows;
+  short_windows.seqlen = 1;
+  short_windows.tokens = {1};
+  EXPECT_THAT(runner->Perplexity(short_windows).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST(ForwardTest, MissingOrMisshapenTensorNamesIt) {
+  TempDir dir;
+  TinyModelOptions o = Tiny("mixtral");
+  ASSERT_OK(WriteTinyModel(o, dir.Join("m")));
+  // Claim more experts than the checkpoint holds: expert 4 is missing.
+  std::string config = *storage::ReadFileToString(dir.Join("m/config.json"), 1 << 20);
+  const std::string from = "\"num_local_experts\": 4";
+  ASSERT_NE(config.find(from), std::string::npos);
+  config.replace(config.find(from), from.size(), "\"num_local_experts\": 5");
+  ASSERT_OK(storage::WriteFileAtomically(dir.Join("m/config.json"), config));
+  ASSERT_OK_AND_ASSIGN(auto runner, ModelRunner::Open(dir.Join("m")));
+  absl::Status s = runner->LoadLayer(0).status();
+  // The router has 4 rows where config.json implies 5.
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("gate.weight")));
+}
+
+}  // namespace
+}  // namespace moec::model

@@ -1,0 +1,62 @@
+// Loading Hugging Face checkpoint tensors into libtorch tensors for the layer-streaming forward.
+// This header includes ATen: include it only from files that compute with tensors (model runtime,
+// stages), never from headers that the coordinator or the CLI's other files include.
+#ifndef MOEC_MODEL_WEIGHTS_H_
+#define MOEC_MODEL_WEIGHTS_H_
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "model/config.h"
+#include "model/tensor_names.h"
+#include "storage/safetensors_reader.h"
+
+namespace moec::model {
+
+// The floating-point type activations and weights are computed in.
+enum class ComputeDtype { kF32, kBF16 };
+
+// "fp32" / "float32" / "f32" and "bf16" / "bfloat16". InvalidArgument naming the accepted ones.
+absl::StatusOr<ComputeDtype> ParseComputeDtype(absl::string_view name);
+absl::string_view ComputeDtypeName(ComputeDtype dtype);  // "fp32" or "bf16"
+at::ScalarType ToScalarType(ComputeDtype dtype);
+
+// Copies a safetensors tensor (F32, F16 or BF16) into a new, owned, contiguous CPU tensor of
+// `dtype`. InvalidArgument for any other stored dtype, naming the tensor.
+absl::StatusOr<at::Tensor> TensorFromView(const storage::TensorView& view, at::ScalarType dtype);
+
+// Reads tensors of one checkpoint directory. Every Load copies the tensor into owned memory
+// (converted to the compute dtype) and then drops the mapped source pages from the resident set,
+// so that only the tensors a caller holds count against memory (layer streaming). Thread-safe.
+class WeightLoader {
+ public:
+  // Opens the safetensors checkpoint in `model_dir`. Errors as SafetensorsCheckpoint::Open.
+  static absl::StatusOr<std::unique_ptr<WeightLoader>> Open(const std::string& model_dir,
+                                                            at::ScalarType dtype);
+
+  // Loads `spec.name` and checks that its shape is `spec.shape`.
+  // Errors: NotFound (missing tensor, naming it and the checkpoint), InvalidArgument (shape or
+  // dtype mismatch, naming the tensor, the expected and the stored shape).
+  absl::StatusOr<at::Tensor> Load(const TensorSpec& spec) const;
+
+  bool Contains(absl::string_view name) const { return checkpoint_->Contains(name); }
+  at::ScalarType dtype() const { return dtype_; }
+  const storage::SafetensorsCheckpoint& checkpoint() const { return *checkpoint_; }
+
+ private:
+  WeightLoader(std::unique_ptr<storage::SafetensorsCheckpoint> checkpoint, at::ScalarType dtype)
+      : checkpoint_(std::move(checkpoint)), dtype_(dtype) {}
+
+  const std::unique_ptr<storage::SafetensorsCheckpoint> checkpoint_;
+  const at::ScalarType dtype_;
+};
+
+}  // namespace moec::model
+
+#endif  // MOEC_MODEL_WEIGHTS_H_
