@@ -8,6 +8,7 @@
 #include <map>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -18,6 +19,7 @@
 #include "client/args.h"
 #include "client/client.h"
 #include "client/embedded.h"
+#include "client/eval.h"
 #include "client/inspect.h"
 #include "common/cli_util.h"
 #include "common/process_tuning.h"
@@ -53,6 +55,10 @@ usage: moec COMMAND [ARGS]
   workers                the workers a coordinator knows
   inspect MODEL          what a model directory holds: architecture, experts, parameter
                          counts, dtypes, shards, moec overrides (--json: one object)
+  eval MODEL --text FILE [--seqlen N] [--max-windows K] [--dtype fp32|bf16] [--text-field F]
+                         perplexity on a local text (.jsonl, .json, .txt) by the GPTQ protocol:
+                         the text is tokenized once and cut into non-overlapping windows
+                         (default seqlen 2048, all windows); layers stream from disk
   make-tiny-model DIR --arch ARCH [--layers N] [--experts E] [--dtype F32|BF16|F16] [--seed S]
                          write a tiny random checkpoint (mixtral, deepseek, qwen2_moe, olmoe,
                          qwen3_moe) with config.json and tokenizer
@@ -380,6 +386,73 @@ int CmdInspect(const Args& args) {
   return kOk;
 }
 
+// A progress line on stderr: redrawn in place on a terminal, every 10% otherwise.
+class ProgressBar {
+ public:
+  explicit ProgressBar(std::string what)
+      : what_(std::move(what)), tty_(isatty(STDERR_FILENO) != 0), start_(absl::Now()) {}
+  void Update(int64_t done, int64_t total) {
+    if (total <= 0) return;
+    const int64_t tenth = done * 10 / total;
+    if (!tty_ && tenth == last_tenth_ && done != total) return;
+    last_tenth_ = tenth;
+    const double elapsed = absl::ToDoubleSeconds(absl::Now() - start_);
+    const double eta = done > 0 ? elapsed * static_cast<double>(total - done) / done : 0;
+    constexpr int kWidth = 30;
+    const int filled = static_cast<int>(kWidth * done / total);
+    std::fprintf(stderr, "%s%s [%s%s] %lld/%lld  %.1f s elapsed, ETA %.1f s%s", tty_ ? "\r" : "",
+                 what_.c_str(), std::string(filled, '#').c_str(),
+                 std::string(kWidth - filled, '.').c_str(), static_cast<long long>(done),
+                 static_cast<long long>(total), elapsed, eta, tty_ && done != total ? "" : "\n");
+    std::fflush(stderr);
+  }
+
+ private:
+  const std::string what_;
+  const bool tty_;
+  const absl::Time start_;
+  int64_t last_tenth_ = -1;
+};
+
+int CmdEval(const Args& args) {
+  if (args.positional.size() != 1 || args.Get("text").empty()) {
+    return Error(kUsage, absl::InvalidArgumentError(
+                             "usage: moec eval MODEL --text FILE [--seqlen N] [--max-windows K] "
+                             "[--dtype fp32|bf16] [--text-field F] [--json]"));
+  }
+  EvalOptions o;
+  o.model = args.positional[0];
+  o.text = args.Get("text");
+  o.text_field = args.Get("text-field", o.text_field);
+  o.dtype = args.Get("dtype", o.dtype);
+  for (auto [flag, out, lo] : {std::tuple<const char*, int64_t*, int64_t>{"seqlen", &o.seqlen, 2},
+                               {"max-windows", &o.max_windows, 0}}) {
+    const std::string v = args.Get(flag);
+    if (!v.empty() && (!absl::SimpleAtoi(v, out) || *out < lo)) {
+      return Error(kUsage, absl::InvalidArgumentError(absl::StrCat(
+                               "eval: --", flag, " must be an integer >= ", lo, ", got '", v, "'")));
+    }
+  }
+  ProgressBar bar("eval");
+  absl::StatusOr<EvalReport> r =
+      EvaluatePerplexity(o, [&](int64_t done, int64_t total) { bar.Update(done, total); });
+  if (!r.ok()) {
+    const bool usage = absl::IsInvalidArgument(r.status()) || absl::IsNotFound(r.status()) ||
+                       absl::IsFailedPrecondition(r.status()) || absl::IsUnimplemented(r.status());
+    return Error(usage ? kUsage : kJobFailed, r.status());
+  }
+  if (args.Has("json")) {
+    std::printf("%s\n", EvalReportJson(*r).dump().c_str());
+  } else {
+    std::printf("perplexity %.4f  (mean NLL %.4f over %lld windows of %lld tokens, %s, %.1f s, "
+                "%.0f tokens/s)\n",
+                r->perplexity, r->mean_nll, static_cast<long long>(r->windows),
+                static_cast<long long>(r->seqlen), r->dtype.c_str(), r->seconds,
+                r->tokens_per_second);
+  }
+  return kOk;
+}
+
 // Parses --flag as an integer in [lo, hi] into *out when given.
 absl::Status IntFlag(const Args& args, const std::string& flag, int64_t lo, int64_t hi, int64_t* out) {
   const std::string v = args.Get(flag);
@@ -438,11 +511,12 @@ int Main(int argc, char** argv) {
     bools.insert("watch");
   }
   if (cmd == "inspect") values = {};
+  if (cmd == "eval") values = {"text", "seqlen", "max-windows", "dtype", "text-field"};
   if (cmd == "make-tiny-model") values = {"arch", "layers", "experts", "dtype", "seed"};
   static const std::set<std::string> kCommands = {"run",     "submit",  "watch",
                                                   "status",  "list",    "cancel",
                                                   "resume",  "workers", "inspect",
-                                                  "make-tiny-model"};
+                                                  "eval",    "make-tiny-model"};
   if (!kCommands.count(cmd)) {
     std::fprintf(stderr, "moec: unknown command '%s'\n\n%s", cmd.c_str(), kUsageText);
     return kUsage;
@@ -457,6 +531,7 @@ int Main(int argc, char** argv) {
   if (cmd == "submit") return CmdSubmit(*args);
   if (cmd == "list" || cmd == "workers") return CmdList(cmd, *args);
   if (cmd == "inspect") return CmdInspect(*args);
+  if (cmd == "eval") return CmdEval(*args);
   if (cmd == "make-tiny-model") return CmdMakeTinyModel(*args);
   return CmdJob(cmd, *args);
 }
