@@ -53,19 +53,20 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Open(const std::string
       new ModelRunner(std::move(config), std::move(loader), options));
 }
 
-absl::StatusOr<LayerWeights> ModelRunner::LoadLayer(int layer) const {
-  if (layer < 0 || layer >= config_.num_hidden_layers) {
+absl::StatusOr<LayerWeights> AssembleLayer(const ModelConfig& config, int layer,
+                                           const TensorSource& source) {
+  if (layer < 0 || layer >= config.num_hidden_layers) {
     return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " out of range [0, ",
-                                                   config_.num_hidden_layers, ")"));
+                                                   config.num_hidden_layers, ")"));
   }
   LayerWeights w;
   w.layer = layer;
-  if (config_.IsMoeLayer(layer)) {
+  if (config.IsMoeLayer(layer)) {
     w.moe.emplace();
-    w.moe->experts.resize(config_.NumRoutedExperts(layer));
+    w.moe->experts.resize(config.NumRoutedExperts(layer));
   }
-  for (const TensorSpec& spec : LayerTensors(config_, layer)) {
-    MOEC_ASSIGN_OR_RETURN(at::Tensor t, Load(spec));
+  for (const TensorSpec& spec : LayerTensors(config, layer)) {
+    MOEC_ASSIGN_OR_RETURN(at::Tensor t, source(spec));
     w.bytes += static_cast<int64_t>(t.nbytes());
     at::Tensor* slot = nullptr;
     switch (spec.role) {
@@ -97,6 +98,10 @@ absl::StatusOr<LayerWeights> ModelRunner::LoadLayer(int layer) const {
     *slot = std::move(t);
   }
   return w;
+}
+
+absl::StatusOr<LayerWeights> ModelRunner::LoadLayer(int layer) const {
+  return AssembleLayer(config_, layer, [this](const TensorSpec& spec) { return Load(spec); });
 }
 
 absl::StatusOr<HeadWeights> ModelRunner::LoadHead() const {

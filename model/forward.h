@@ -46,6 +46,15 @@ struct PerplexityResult {
   int64_t predicted_tokens = 0;
 };
 
+// Produces the tensor of `spec` (e.g. from a checkpoint, or a trainer's parameters).
+using TensorSource = std::function<absl::StatusOr<at::Tensor>(const TensorSpec& spec)>;
+
+// Assembles the weights of decoder layer `layer` from `source`, one call per tensor of
+// LayerTensors(config, layer). Errors: InvalidArgument for a layer out of range, and the
+// source's errors.
+absl::StatusOr<LayerWeights> AssembleLayer(const ModelConfig& config, int layer,
+                                           const TensorSource& source);
+
 class ModelRunner {
  public:
   // Loads config.json and maps the checkpoint in `model_dir`. Errors: as LoadModelConfig and

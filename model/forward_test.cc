@@ -76,6 +76,45 @@ TEST(LayersTest, RopeRotatesPairsByPositionTimesFrequency) {
   }
 }
 
+// Full-matrix causal attention (no blocking), as transformers' eager attention writes it.
+TEST(LayersTest, BlockedAttentionMatchesFullMatrixAttentionOnLongSequences) {
+  ModelConfig c;
+  c.hidden_size = 16;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.head_dim = 4;
+  c.rms_norm_eps = 1e-6;
+  at::manual_seed(5);
+  AttentionWeights w;
+  w.q = at::randn({16, 16}) * 0.3;
+  w.k = at::randn({8, 16}) * 0.3;
+  w.v = at::randn({8, 16}) * 0.3;
+  w.o = at::randn({16, 16}) * 0.3;
+  const int64_t batch = 2, seq = 600;  // three query blocks, the last one partial
+  at::Tensor x = at::randn({batch, seq, 16});
+  RopeTables rope = MakeRopeTables(seq, 4, 10000.0);
+  AttentionOutput fast = Attention(c, 0, w, x, rope, /*want_column_statistic=*/true, nullptr);
+
+  at::Tensor q = ApplyRope(at::linear(x, w.q).view({batch, seq, 4, 4}).transpose(1, 2), rope);
+  at::Tensor k = ApplyRope(at::linear(x, w.k).view({batch, seq, 2, 4}).transpose(1, 2), rope);
+  at::Tensor v = at::linear(x, w.v).view({batch, seq, 2, 4}).transpose(1, 2);
+  k = k.repeat_interleave(2, 1);
+  v = v.repeat_interleave(2, 1);
+  at::Tensor scores = at::matmul(q, k.transpose(-1, -2)) / 2.0;
+  scores = scores.masked_fill(at::ones({seq, seq}, at::kBool).triu(1), -INFINITY);
+  at::Tensor probs = at::softmax(scores, -1);
+  at::Tensor ref = at::linear(
+      at::matmul(probs, v).transpose(1, 2).reshape({batch, seq, 16}), w.o);
+  EXPECT_TRUE(at::allclose(fast.output, ref, 1e-4, 1e-5))
+      << (fast.output - ref).abs().max().item<float>();
+  // Column statistic: head-mean column sums over the queries that see each key, / (S - t).
+  at::Tensor col = probs.mean(1).sum(1);
+  for (int64_t t = 0; t < seq; t += 97) {
+    EXPECT_NEAR(fast.column_statistic[1][t].item<float>(),
+                col[1][t].item<float>() / (seq - t), 1e-5);
+  }
+}
+
 // Router with logits equal to x itself (identity matrix), so probabilities are softmax(x).
 Routing RouteLogits(const std::vector<std::vector<float>>& logits, const RoutingRule& rule,
                     const at::Tensor& importance = {}, int64_t seq = 0) {

@@ -6,8 +6,8 @@
 namespace moec::model {
 namespace {
 
-// Attention scores of at most this many bytes are formed at once; larger batches are split.
-constexpr int64_t kMaxScoreBytes = int64_t{256} << 20;
+// Query rows per block of the causal attention.
+constexpr int64_t kQueryBlock = 256;
 
 LinearKind Offset(LinearKind gate, int delta) {
   return static_cast<LinearKind>(static_cast<int>(gate) + delta);
@@ -102,25 +102,33 @@ AttentionOutput Attention(const ModelConfig& config, int layer, const AttentionW
     k = k.repeat_interleave(heads / kv_heads, 1);
     v = v.repeat_interleave(heads / kv_heads, 1);
   }
-  const at::Tensor future = at::ones({seq, seq}, at::kBool).triu(1);
-  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
-  const int64_t per_sequence = heads * seq * seq * 4;
-  const int64_t step = std::max<int64_t>(1, kMaxScoreBytes / std::max<int64_t>(1, per_sequence));
-  std::vector<at::Tensor> outputs, statistics;
-  for (int64_t b0 = 0; b0 < batch; b0 += step) {
-    const int64_t nb = std::min(step, batch - b0);
-    at::Tensor qb = q.narrow(0, b0, nb), kb = k.narrow(0, b0, nb), vb = v.narrow(0, b0, nb);
-    at::Tensor scores = at::matmul(qb, kb.transpose(-1, -2)) * scale;
-    scores = scores.masked_fill(future, -std::numeric_limits<float>::infinity());
-    at::Tensor probs = at::softmax(scores, -1, at::kFloat);
-    if (want_column_statistic) {
-      // a_t = (sum over queries i >= t of P(i -> t), averaged over heads) / (S - t).
-      at::Tensor visible = at::arange(seq, 0, -1, at::kLong).to(at::kFloat);
-      statistics.push_back(probs.mean(1).sum(1) / visible);
+  // Causal attention in blocks of query rows: block [i0, i1) only needs keys [0, i1), so the
+  // masked upper triangle is never computed and each block's scores stay small (cache-sized
+  // instead of heads * seq * seq floats). Queries are scaled before the product.
+  q = q * (1.0 / std::sqrt(static_cast<double>(d)));
+  const int64_t block = kQueryBlock;
+  std::vector<at::Tensor> rows;  // per sequence: [heads, seq, d]
+  at::Tensor statistic;
+  if (want_column_statistic) statistic = at::zeros({batch, seq}, at::kFloat);
+  for (int64_t b = 0; b < batch; ++b) {
+    std::vector<at::Tensor> blocks;
+    for (int64_t i0 = 0; i0 < seq; i0 += block) {
+      const int64_t i1 = std::min(seq, i0 + block), n = i1 - i0;
+      at::Tensor keys = k[b].narrow(1, 0, i1), values = v[b].narrow(1, 0, i1);
+      at::Tensor scores = at::matmul(q[b].narrow(1, i0, n), keys.transpose(-1, -2));
+      // Within the diagonal block, query i0 + r sees keys up to i0 + r.
+      scores.narrow(2, i0, n).masked_fill_(at::ones({n, n}, at::kBool).triu(1),
+                                           -std::numeric_limits<float>::infinity());
+      at::Tensor probs = at::softmax(scores, -1, at::kFloat);
+      if (want_column_statistic) {
+        // a_t = (sum over queries i >= t of P(i -> t), averaged over heads) / (S - t).
+        statistic[b].narrow(0, 0, i1).add_(probs.mean(0).sum(0));
+      }
+      blocks.push_back(at::matmul(probs.to(values.scalar_type()), values));
     }
-    outputs.push_back(at::matmul(probs.to(vb.scalar_type()), vb));
+    rows.push_back(blocks.size() == 1 ? blocks[0] : at::cat(blocks, 1));
   }
-  at::Tensor attended = outputs.size() == 1 ? outputs[0] : at::cat(outputs, 0);
+  at::Tensor attended = at::stack(rows);  // [B, heads, S, d]
   attended = attended.transpose(1, 2).reshape({batch, seq, heads * d});
   if (capture) {
     observer->OnLinearInput({layer, LinearKind::kO, -1}, attended.reshape({batch * seq, heads * d}),
@@ -129,7 +137,7 @@ AttentionOutput Attention(const ModelConfig& config, int layer, const AttentionW
   AttentionOutput result;
   result.output = Linear(attended, w.o, w.o_bias);
   if (want_column_statistic) {
-    result.column_statistic = statistics.size() == 1 ? statistics[0] : at::cat(statistics, 0);
+    result.column_statistic = statistic / at::arange(seq, 0, -1, at::kLong).to(at::kFloat);
   }
   return result;
 }

@@ -2,10 +2,13 @@
 
 #include <utility>
 
+#include "absl/container/flat_hash_map.h"
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 #include "storage/file_util.h"
+#include "storage/safetensors_writer.h"
 
 namespace moec::model {
 
@@ -72,6 +75,43 @@ absl::StatusOr<at::Tensor> WeightLoader::Load(const TensorSpec& spec) const {
         absl::StrCat("checkpoint ", checkpoint_->path(), ": ", tensor.status().message()));
   }
   return tensor;
+}
+
+absl::Status WriteCheckpointTensors(const std::string& dir, const std::vector<NamedTensor>& tensors,
+                                    storage::DType dtype, uint64_t max_shard_bytes) {
+  at::ScalarType target;
+  switch (dtype) {
+    case storage::DType::kF32:
+      target = at::kFloat;
+      break;
+    case storage::DType::kF16:
+      target = at::kHalf;
+      break;
+    case storage::DType::kBF16:
+      target = at::kBFloat16;
+      break;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(
+          "checkpoints are written in F32, F16 or BF16, not ", storage::DTypeName(dtype)));
+  }
+  std::vector<storage::TensorSpec> specs;
+  absl::flat_hash_map<std::string, const at::Tensor*> by_name;
+  for (const NamedTensor& t : tensors) {
+    if (!by_name.emplace(t.name, &t.tensor).second) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "' given twice"));
+    }
+    specs.push_back({t.name, dtype, t.tensor.sizes().vec()});
+  }
+  storage::ShardingOptions sharding;
+  sharding.max_shard_bytes = max_shard_bytes;
+  MOEC_ASSIGN_OR_RETURN(std::unique_ptr<storage::ShardedSafetensorsWriter> writer,
+                        storage::ShardedSafetensorsWriter::Create(dir, specs, {}, sharding));
+  for (const storage::TensorSpec& spec : writer->order()) {
+    at::Tensor data = by_name.at(spec.name)->detach().to(at::kCPU).to(target).contiguous();
+    MOEC_RETURN_IF_ERROR(writer->Write(
+        spec.name, absl::string_view(static_cast<const char*>(data.data_ptr()), data.nbytes())));
+  }
+  return writer->Finish();
 }
 
 }  // namespace moec::model

@@ -57,6 +57,20 @@ class WeightLoader {
   const at::ScalarType dtype_;
 };
 
+// A named tensor to be written into a checkpoint.
+struct NamedTensor {
+  std::string name;
+  at::Tensor tensor;
+};
+
+// Writes `tensors` as the safetensors files of a Hugging Face checkpoint in `dir` (which must
+// exist), converting each to `dtype` (F32, F16 or BF16) and streaming them one by one through
+// ShardedSafetensorsWriter. Errors: InvalidArgument (other dtypes, duplicate names), the
+// writer's errors.
+absl::Status WriteCheckpointTensors(const std::string& dir, const std::vector<NamedTensor>& tensors,
+                                    storage::DType dtype = storage::DType::kF32,
+                                    uint64_t max_shard_bytes = 5ull << 30);
+
 }  // namespace moec::model
 
 #endif  // MOEC_MODEL_WEIGHTS_H_
