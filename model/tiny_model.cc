@@ -370,10 +370,10 @@ absl::Status TinyModelOptions::Validate() const {
   MOEC_ASSIGN_OR_RETURN(ModelConfig config,
                         ParseModelConfig(BuildConfig(*this).dump(), "tiny model config"));
   const int64_t params = CountParameters(config).total;
-  if (params > kTinyMaxParameters) {
+  if (params > max_parameters) {
     return absl::InvalidArgumentError(absl::StrCat("tiny model options give ", params,
                                                    " parameters; the limit is ",
-                                                   kTinyMaxParameters));
+                                                   max_parameters));
   }
   return absl::OkStatus();
 }

@@ -47,8 +47,11 @@ struct TinyModelOptions {
   uint64_t seed = 0;            // PRNG seed of every tensor
   std::string dtype = "F32";    // "F32", "BF16" or "F16"
   uint64_t max_shard_bytes = 0; // largest shard in tensor bytes; 0 = one model.safetensors
+  // Models with more parameters are refused; benchmarks that need a synthetic model of several
+  // GiB raise it.
+  int64_t max_parameters = kTinyMaxParameters;
 
-  // InvalidArgument naming the first bad field (also for models over kTinyMaxParameters).
+  // InvalidArgument naming the first bad field (also for models over max_parameters).
   absl::Status Validate() const;
 };
 
