@@ -268,6 +268,33 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view text, absl::strin
   if (const json* moec = reader.Find("moec"); moec != nullptr) {
     MOEC_RETURN_IF_ERROR(internal::ParseMoecOverrides(*moec, &config));
   }
+  if (const json* q = reader.Find("quantization_config"); q != nullptr && !q->is_null()) {
+    if (!q->is_object()) {
+      return reader.Error("quantization_config", "must be an object");
+    }
+    const ConfigObject qr(*q, source, "quantization_config");
+    QuantizationConfig quant;
+    MOEC_ASSIGN_OR_RETURN(quant.quant_method, qr.OptionalString("quant_method"));
+    if (quant.quant_method != "gptq") {
+      return qr.Error(qr.Path("quant_method"),
+                      absl::StrCat("unsupported quantization method '", quant.quant_method,
+                                   "'; supported: gptq"));
+    }
+    MOEC_ASSIGN_OR_RETURN(int64_t bits, qr.OptionalInt("bits", 4, 1, 8));
+    quant.bits = static_cast<int>(bits);
+    MOEC_ASSIGN_OR_RETURN(quant.group_size, qr.OptionalInt("group_size", 128, -1, 1 << 20));
+    if (quant.group_size == 0) return qr.Error(qr.Path("group_size"), "must be -1 or positive");
+    MOEC_ASSIGN_OR_RETURN(quant.desc_act, qr.OptionalBool("desc_act", false));
+    MOEC_ASSIGN_OR_RETURN(quant.sym, qr.OptionalBool("sym", true));
+    MOEC_ASSIGN_OR_RETURN(std::string format, qr.OptionalString("checkpoint_format"));
+    if (!format.empty()) quant.checkpoint_format = format;
+    if (quant.checkpoint_format != "gptq" && quant.checkpoint_format != "gptq_v2") {
+      return qr.Error(qr.Path("checkpoint_format"),
+                      absl::StrCat("unsupported checkpoint format '", quant.checkpoint_format,
+                                   "'; supported: gptq, gptq_v2"));
+    }
+    config.quantization = quant;
+  }
   return config;
 }
 

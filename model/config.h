@@ -53,6 +53,19 @@ struct MoecOverrides {
   std::optional<OdpSettings> odp;
 };
 
+// config.json's "quantization_config" of a GPTQ checkpoint (GPTQModel / AutoGPTQ / transformers).
+// Bit widths per module are read from the tensor shapes, so mixed-width checkpoints (with
+// per-module "dynamic" overrides) load too.
+struct QuantizationConfig {
+  std::string quant_method;  // "gptq"
+  int bits = 4;
+  int64_t group_size = 128;  // -1: one group per row
+  bool desc_act = false;
+  bool sym = true;
+  // "gptq": zero points stored minus one (AutoGPTQ v1); "gptq_v2": stored as they are.
+  std::string checkpoint_format = "gptq";
+};
+
 // One parsed and validated config.json. Field names follow Hugging Face; where architectures
 // name a quantity differently the comment lists the source fields. Copyable value type.
 struct ModelConfig {
@@ -96,6 +109,7 @@ struct ModelConfig {
   QkNorm qk_norm = QkNorm::kNone;
 
   MoecOverrides moec;
+  std::optional<QuantizationConfig> quantization;  // quantized checkpoints only
 
   // True when the architecture's rule makes `layer` a MoE layer, ignoring moec overrides:
   // DeepSeek: layer >= first_k_dense_replace && layer % moe_layer_freq == 0;

@@ -48,7 +48,7 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Open(const std::string
                                                                const RunnerOptions& options) {
   MOEC_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(model_dir));
   MOEC_ASSIGN_OR_RETURN(std::unique_ptr<WeightLoader> loader,
-                        WeightLoader::Open(model_dir, ToScalarType(options.dtype)));
+                        WeightLoader::Open(model_dir, ToScalarType(options.dtype), config.quantization));
   return std::unique_ptr<ModelRunner>(
       new ModelRunner(std::move(config), std::move(loader), options));
 }

@@ -6,7 +6,9 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "kernels/kernels.h"
 #include "model/tiny_model.h"
+#include "model/tensor_names.h"
 #include "storage/file_util.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
@@ -391,6 +393,98 @@ TEST(ForwardTest, MissingOrMisshapenTensorNamesIt) {
   absl::Status s = runner->LoadLayer(0).status();
   // The router has 4 rows where config.json implies 5.
   EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("gate.weight")));
+}
+
+// GPTQ checkpoints (qweight / qzeros / scales / g_idx, mixed widths, act-order g_idx) load as
+// their dequantized weights: the forward equals the forward of a fake-quantized F32 copy.
+TEST(ForwardTest, GptqCheckpointDequantizesOnLoad) {
+  TempDir dir;
+  TinyModelOptions o = Tiny("mixtral");
+  o.moe_intermediate = 32;  // in_features 32: the packed width names the bit width uniquely
+  ASSERT_OK(WriteTinyModel(o, dir.Join("m")));
+  ASSERT_OK_AND_ASSIGN(ModelConfig c, LoadModelConfig(dir.Join("m")));
+  ASSERT_OK_AND_ASSIGN(auto loader, WeightLoader::Open(dir.Join("m"), at::kFloat));
+  std::vector<NamedTensor> quantized, fake;
+  const int64_t group = 16;
+  at::manual_seed(3);
+  for (const TensorSpec& spec : ModelTensors(c)) {
+    ASSERT_OK_AND_ASSIGN(at::Tensor w, loader->Load(spec));
+    if (spec.role != TensorRole::kRoutedExpert) {
+      quantized.push_back({spec.name, w});
+      fake.push_back({spec.name, w});
+      continue;
+    }
+    const int bits = spec.expert == 0 ? 4 : spec.expert == 1 ? 3 : 2;
+    const int64_t out = w.size(0), in = w.size(1), groups = in / group;
+    // Act-order style: input column i belongs to group perm[i] / group.
+    at::Tensor g_idx = at::randperm(in, at::kLong).div(group, "floor");
+    at::Tensor scales = at::empty({groups, out}), zeros = at::empty({groups, out}, at::kLong);
+    at::Tensor q = at::empty({in, out}, at::kLong);
+    const double maxq = (1 << bits) - 1;
+    for (int64_t g = 0; g < groups; ++g) {
+      at::Tensor cols = (g_idx == g).nonzero().squeeze(1);
+      at::Tensor wg = w.index_select(1, cols);  // [out, members]
+      at::Tensor lo = std::get<0>(wg.min(1)).clamp_max(0), hi = std::get<0>(wg.max(1)).clamp_min(0);
+      at::Tensor scale = ((hi - lo) / maxq).clamp_min(1e-8).to(at::kHalf).to(at::kFloat);
+      // Zero points >= 1: checkpoint_format "gptq" stores zero - 1, which cannot hold -1.
+      at::Tensor zero = at::round(-lo / scale).clamp(1, maxq);
+      scales[g] = scale;
+      zeros[g] = zero.to(at::kLong);
+      at::Tensor qg = at::clamp(at::round(wg / scale.unsqueeze(1)) + zero.unsqueeze(1), 0, maxq);
+      q.index_copy_(0, cols, qg.t().to(at::kLong));
+    }
+    at::Tensor deq = ((q.to(at::kFloat) - zeros.index_select(0, g_idx).to(at::kFloat)) *
+                      scales.index_select(0, g_idx)).t().contiguous();
+    fake.push_back({spec.name, deq});
+    at::Tensor q8 = q.to(at::kByte).contiguous();
+    at::Tensor qweight = at::empty({kernels::PackedWordsPerColumn(in, bits), out}, at::kInt);
+    ASSERT_OK(kernels::PackRows(q8.data_ptr<uint8_t>(), in, out, bits,
+                                reinterpret_cast<uint32_t*>(qweight.data_ptr<int32_t>())));
+    // checkpoint_format "gptq" stores zero - 1.
+    at::Tensor z8 = (zeros - 1).t().to(at::kByte).contiguous();  // [out, groups]
+    at::Tensor zt = at::empty({kernels::PackedWordsPerColumn(out, bits), groups}, at::kInt);
+    ASSERT_OK(kernels::PackRows(z8.data_ptr<uint8_t>(), out, groups, bits,
+                                reinterpret_cast<uint32_t*>(zt.data_ptr<int32_t>())));
+    const std::string prefix = spec.name.substr(0, spec.name.size() - 6);
+    quantized.push_back({prefix + "qweight", qweight});
+    quantized.push_back({prefix + "qzeros", zt.t().contiguous()});
+    quantized.push_back({prefix + "scales", scales, storage::DType::kF16});
+    quantized.push_back({prefix + "g_idx", g_idx.to(at::kInt)});
+  }
+  std::string config = *storage::ReadFileToString(dir.Join("m/config.json"), 1 << 20);
+  config.insert(config.rfind('}'),
+                ", \"quantization_config\": {\"quant_method\": \"gptq\", \"bits\": 4, "
+                "\"group_size\": 16, \"desc_act\": true, \"sym\": false, "
+                "\"checkpoint_format\": \"gptq\"}");
+  for (const char* name : {"q", "f"}) {
+    std::filesystem::create_directories(dir.Join(name));
+    ASSERT_OK(storage::WriteFileAtomically(dir.Join(name) + "/config.json", config));
+  }
+  ASSERT_OK(WriteCheckpointTensors(dir.Join("q"), quantized));
+  ASSERT_OK(WriteCheckpointTensors(dir.Join("f"), fake));
+  ASSERT_OK_AND_ASSIGN(auto qr, ModelRunner::Open(dir.Join("q")));
+  ASSERT_OK_AND_ASSIGN(auto fr, ModelRunner::Open(dir.Join("f")));
+  ASSERT_OK_AND_ASSIGN(auto orig, ModelRunner::Open(dir.Join("m")));
+  at::Tensor tokens = RandomTokens(2, 10, c.vocab_size, 8);
+  ASSERT_OK_AND_ASSIGN(at::Tensor lq, qr->Forward(tokens));
+  ASSERT_OK_AND_ASSIGN(at::Tensor lf, fr->Forward(tokens));
+  ASSERT_OK_AND_ASSIGN(at::Tensor lo, orig->Forward(tokens));
+  EXPECT_TRUE(at::allclose(lq, lf, 1e-5, 1e-6)) << (lq - lf).abs().max().item<float>();
+  EXPECT_FALSE(at::allclose(lq, lo, 1e-3, 1e-4));  // quantization really changed the model
+
+  // A qweight whose packed width fits no bit width is a clear error naming the tensor.
+  std::vector<NamedTensor> broken = quantized;
+  for (NamedTensor& t : broken) {
+    if (t.name.find("experts.0.w1.qweight") != std::string::npos) {
+      t.tensor = t.tensor.narrow(0, 0, 1).repeat({9, 1});
+    }
+  }
+  std::filesystem::create_directories(dir.Join("broken"));
+  ASSERT_OK(storage::WriteFileAtomically(dir.Join("broken") + "/config.json", config));
+  ASSERT_OK(WriteCheckpointTensors(dir.Join("broken"), broken));
+  ASSERT_OK_AND_ASSIGN(auto br, ModelRunner::Open(dir.Join("broken")));
+  EXPECT_THAT(br->LoadLayer(0).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("experts.0.w1.weight")));
 }
 
 }  // namespace

@@ -6,7 +6,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/match.h"
 #include "common/status_macros.h"
+#include "kernels/kernels.h"
 #include "storage/file_util.h"
 #include "storage/safetensors_writer.h"
 
@@ -53,14 +55,106 @@ absl::StatusOr<at::Tensor> TensorFromView(const storage::TensorView& view, at::S
   return owned;
 }
 
-absl::StatusOr<std::unique_ptr<WeightLoader>> WeightLoader::Open(const std::string& model_dir,
-                                                                 at::ScalarType dtype) {
+absl::StatusOr<std::unique_ptr<WeightLoader>> WeightLoader::Open(
+    const std::string& model_dir, at::ScalarType dtype,
+    std::optional<QuantizationConfig> quantization) {
   MOEC_ASSIGN_OR_RETURN(std::unique_ptr<storage::SafetensorsCheckpoint> checkpoint,
                         storage::SafetensorsCheckpoint::Open(model_dir));
-  return std::unique_ptr<WeightLoader>(new WeightLoader(std::move(checkpoint), dtype));
+  return std::unique_ptr<WeightLoader>(
+      new WeightLoader(std::move(checkpoint), dtype, std::move(quantization)));
+}
+
+absl::StatusOr<at::Tensor> WeightLoader::LoadGptq(const TensorSpec& spec,
+                                                  const std::string& prefix) const {
+  const QuantizationConfig& q = *quantization_;
+  auto bad = [&](absl::string_view what) {
+    return absl::InvalidArgumentError(absl::StrCat("checkpoint ", checkpoint_->path(), ": GPTQ "
+                                                    "tensors of '", spec.name, "': ", what));
+  };
+  if (spec.shape.size() != 2) return bad("only matrices can be quantized");
+  const int64_t out = spec.shape[0], in = spec.shape[1];
+  MOEC_ASSIGN_OR_RETURN(storage::TensorView qweight, checkpoint_->Get(prefix + "qweight"));
+  MOEC_ASSIGN_OR_RETURN(storage::TensorView qzeros, checkpoint_->Get(prefix + "qzeros"));
+  MOEC_ASSIGN_OR_RETURN(storage::TensorView scales_view, checkpoint_->Get(prefix + "scales"));
+  if (qweight.dtype != storage::DType::kI32 || qzeros.dtype != storage::DType::kI32) {
+    return bad("qweight and qzeros must be I32");
+  }
+  if (qweight.shape.size() != 2 || qweight.shape[1] != out) {
+    return bad(absl::StrCat("qweight has shape [", absl::StrJoin(qweight.shape, ", "),
+                            "], expected [words, ", out, "]"));
+  }
+  int bits = 0;
+  for (int b = 1; b <= 8; ++b) {
+    if (kernels::PackedWordsPerColumn(in, b) == qweight.shape[0]) {
+      if (bits != 0) return bad("the bit width is ambiguous for so few input features");
+      bits = b;
+    }
+  }
+  if (bits == 0) {
+    return bad(absl::StrCat("qweight has ", qweight.shape[0], " words per column, which fits no ",
+                            "bit width from 1 to 8 for ", in, " input features"));
+  }
+  const int64_t group_size = q.group_size > 0 ? q.group_size : in;
+  const int64_t groups = (in + group_size - 1) / group_size;
+  if (scales_view.shape.size() != 2 || scales_view.shape[1] != out) {
+    return bad("scales must be [groups, out_features]");
+  }
+  const int64_t stored_groups = scales_view.shape[0];
+  const int64_t zero_words = kernels::PackedWordsPerColumn(out, bits);
+  if (qzeros.shape.size() != 2 || qzeros.shape[0] != stored_groups ||
+      qzeros.shape[1] != zero_words) {
+    return bad(absl::StrCat("qzeros has shape [", absl::StrJoin(qzeros.shape, ", "),
+                            "], expected [", stored_groups, ", ", zero_words, "]"));
+  }
+  at::Tensor group_of;
+  if (checkpoint_->Contains(prefix + "g_idx")) {
+    MOEC_ASSIGN_OR_RETURN(storage::TensorView g_idx, checkpoint_->Get(prefix + "g_idx"));
+    if (g_idx.dtype != storage::DType::kI32 || g_idx.shape.size() != 1 || g_idx.shape[0] != in) {
+      return bad("g_idx must be I32 [in_features]");
+    }
+    group_of = at::from_blob(const_cast<uint8_t*>(g_idx.data), {in}, at::kInt).to(at::kLong);
+  } else {
+    if (stored_groups != groups) {
+      return bad(absl::StrCat("scales have ", stored_groups, " groups, group_size ", group_size,
+                              " implies ", groups));
+    }
+    group_of = at::arange(in, at::kLong).div(group_size, "floor");
+  }
+  if (in > 0 && (group_of.min().item<int64_t>() < 0 ||
+                 group_of.max().item<int64_t>() >= stored_groups)) {
+    return bad("g_idx names a group outside the scales");
+  }
+  // Weights: [in, out] values, packed along the input axis.
+  at::Tensor values = at::empty({in, out}, at::kByte);
+  MOEC_RETURN_IF_ERROR(kernels::UnpackRows(kernels::Device::kCpu,
+                                           reinterpret_cast<const uint32_t*>(qweight.data), in,
+                                           out, bits, values.data_ptr<uint8_t>()));
+  // Zero points: [groups, out] packed along the output axis, i.e. zeros^T packed along rows.
+  at::Tensor zeros_t = at::from_blob(const_cast<uint8_t*>(qzeros.data), {stored_groups, zero_words},
+                                     at::kInt)
+                           .t()
+                           .contiguous();
+  at::Tensor zeros = at::empty({out, stored_groups}, at::kByte);
+  MOEC_RETURN_IF_ERROR(kernels::UnpackRows(
+      kernels::Device::kCpu, reinterpret_cast<const uint32_t*>(zeros_t.data_ptr<int32_t>()), out,
+      stored_groups, bits, zeros.data_ptr<uint8_t>()));
+  at::Tensor zero = zeros.t().to(at::kFloat);  // [groups, out]
+  if (q.checkpoint_format == "gptq") zero = zero + 1;
+  MOEC_ASSIGN_OR_RETURN(at::Tensor scales, TensorFromView(scales_view, at::kFloat));
+  at::Tensor w = (values.to(at::kFloat) - zero.index_select(0, group_of)) *
+                 scales.index_select(0, group_of);
+  for (const storage::TensorView& v : {qweight, qzeros, scales_view}) {
+    storage::ReleaseMappedPages(v.data, v.size);
+  }
+  return w.t().contiguous().to(dtype_);
 }
 
 absl::StatusOr<at::Tensor> WeightLoader::Load(const TensorSpec& spec) const {
+  if (quantization_.has_value() && !checkpoint_->Contains(spec.name) &&
+      absl::EndsWith(spec.name, ".weight")) {
+    const std::string prefix = spec.name.substr(0, spec.name.size() - 6);
+    if (checkpoint_->Contains(prefix + "qweight")) return LoadGptq(spec, prefix);
+  }
   MOEC_ASSIGN_OR_RETURN(storage::TensorView view, checkpoint_->Get(spec.name));
   if (!std::equal(view.shape.begin(), view.shape.end(), spec.shape.begin(), spec.shape.end())) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -95,19 +189,40 @@ absl::Status WriteCheckpointTensors(const std::string& dir, const std::vector<Na
           "checkpoints are written in F32, F16 or BF16, not ", storage::DTypeName(dtype)));
   }
   std::vector<storage::TensorSpec> specs;
-  absl::flat_hash_map<std::string, const at::Tensor*> by_name;
+  absl::flat_hash_map<std::string, const NamedTensor*> by_name;
   for (const NamedTensor& t : tensors) {
-    if (!by_name.emplace(t.name, &t.tensor).second) {
+    if (!by_name.emplace(t.name, &t).second) {
       return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "' given twice"));
     }
-    specs.push_back({t.name, dtype, t.tensor.sizes().vec()});
+    storage::DType stored = t.dtype.value_or(dtype);
+    if (t.tensor.scalar_type() == at::kInt) stored = storage::DType::kI32;
+    specs.push_back({t.name, stored, t.tensor.sizes().vec()});
   }
   storage::ShardingOptions sharding;
   sharding.max_shard_bytes = max_shard_bytes;
   MOEC_ASSIGN_OR_RETURN(std::unique_ptr<storage::ShardedSafetensorsWriter> writer,
                         storage::ShardedSafetensorsWriter::Create(dir, specs, {}, sharding));
   for (const storage::TensorSpec& spec : writer->order()) {
-    at::Tensor data = by_name.at(spec.name)->detach().to(at::kCPU).to(target).contiguous();
+    at::ScalarType type = target;
+    switch (spec.dtype) {
+      case storage::DType::kI32:
+        type = at::kInt;
+        break;
+      case storage::DType::kF16:
+        type = at::kHalf;
+        break;
+      case storage::DType::kBF16:
+        type = at::kBFloat16;
+        break;
+      case storage::DType::kF32:
+        type = at::kFloat;
+        break;
+      default:
+        return absl::InvalidArgumentError(absl::StrCat("tensor '", spec.name, "': dtype ",
+                                                       storage::DTypeName(spec.dtype),
+                                                       " cannot be written"));
+    }
+    at::Tensor data = by_name.at(spec.name)->tensor.detach().to(at::kCPU).to(type).contiguous();
     MOEC_RETURN_IF_ERROR(writer->Write(
         spec.name, absl::string_view(static_cast<const char*>(data.data_ptr()), data.nbytes())));
   }

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -36,11 +37,18 @@ absl::StatusOr<at::Tensor> TensorFromView(const storage::TensorView& view, at::S
 // so that only the tensors a caller holds count against memory (layer streaming). Thread-safe.
 class WeightLoader {
  public:
-  // Opens the safetensors checkpoint in `model_dir`. Errors as SafetensorsCheckpoint::Open.
-  static absl::StatusOr<std::unique_ptr<WeightLoader>> Open(const std::string& model_dir,
-                                                            at::ScalarType dtype);
+  // Opens the safetensors checkpoint in `model_dir`. `quantization` (config.json's
+  // quantization_config) enables dequantization of GPTQ tensors on load.
+  // Errors as SafetensorsCheckpoint::Open.
+  static absl::StatusOr<std::unique_ptr<WeightLoader>> Open(
+      const std::string& model_dir, at::ScalarType dtype,
+      std::optional<QuantizationConfig> quantization = std::nullopt);
 
-  // Loads `spec.name` and checks that its shape is `spec.shape`.
+  // Loads `spec.name` and checks that its shape is `spec.shape`. In a GPTQ checkpoint a linear
+  // weight "X.weight" stored as X.qweight / X.qzeros / X.scales [/ X.g_idx] is dequantized:
+  // W[o, i] = scales[g(i), o] * (q[i, o] - z[g(i), o]) with g(i) = g_idx[i] (or i / group_size),
+  // z = stored zero + 1 for checkpoint_format "gptq"; the bit width (1-8) comes from the shape of
+  // qweight, so mixed-width checkpoints load.
   // Errors: NotFound (missing tensor, naming it and the checkpoint), InvalidArgument (shape or
   // dtype mismatch, naming the tensor, the expected and the stored shape).
   absl::StatusOr<at::Tensor> Load(const TensorSpec& spec) const;
@@ -50,22 +58,28 @@ class WeightLoader {
   const storage::SafetensorsCheckpoint& checkpoint() const { return *checkpoint_; }
 
  private:
-  WeightLoader(std::unique_ptr<storage::SafetensorsCheckpoint> checkpoint, at::ScalarType dtype)
-      : checkpoint_(std::move(checkpoint)), dtype_(dtype) {}
+  WeightLoader(std::unique_ptr<storage::SafetensorsCheckpoint> checkpoint, at::ScalarType dtype,
+               std::optional<QuantizationConfig> quantization)
+      : checkpoint_(std::move(checkpoint)), dtype_(dtype), quantization_(std::move(quantization)) {}
+
+  absl::StatusOr<at::Tensor> LoadGptq(const TensorSpec& spec, const std::string& prefix) const;
 
   const std::unique_ptr<storage::SafetensorsCheckpoint> checkpoint_;
   const at::ScalarType dtype_;
+  const std::optional<QuantizationConfig> quantization_;
 };
 
 // A named tensor to be written into a checkpoint.
 struct NamedTensor {
   std::string name;
   at::Tensor tensor;
+  // Stored dtype; nullopt: the checkpoint's float dtype (int32 tensors are always stored I32).
+  std::optional<storage::DType> dtype;
 };
 
 // Writes `tensors` as the safetensors files of a Hugging Face checkpoint in `dir` (which must
-// exist), converting each to `dtype` (F32, F16 or BF16) and streaming them one by one through
-// ShardedSafetensorsWriter. Errors: InvalidArgument (other dtypes, duplicate names), the
+// exist), converting each float tensor to its own dtype or `dtype` (F32, F16 or BF16) and int32
+// tensors to I32, streaming them one by one through ShardedSafetensorsWriter. Errors: InvalidArgument (other dtypes, duplicate names), the
 // writer's errors.
 absl::Status WriteCheckpointTensors(const std::string& dir, const std::vector<NamedTensor>& tensors,
                                     storage::DType dtype = storage::DType::kF32,
