@@ -33,14 +33,15 @@ struct ArchInfo {
   double rms_norm_eps;  // transformers' config class defaults
   double rope_theta;
   int64_t max_position_embeddings;
+  int64_t kv_heads;  // num_key_value_heads when absent (0: num_attention_heads)
 };
 
 constexpr ArchInfo kArchitectures[] = {
-    {Architecture::kMixtral, "mixtral", "num_local_experts", 1e-5, 1e6, 4096 * 32},
-    {Architecture::kDeepseek, "deepseek", "n_routed_experts", 1e-6, 10000.0, 2048},
-    {Architecture::kQwen2Moe, "qwen2_moe", "num_experts", 1e-6, 10000.0, 32768},
-    {Architecture::kOlmoe, "olmoe", "num_experts", 1e-5, 10000.0, 4096},
-    {Architecture::kQwen3Moe, "qwen3_moe", "num_experts", 1e-6, 10000.0, 32768},
+    {Architecture::kMixtral, "mixtral", "num_local_experts", 1e-5, 1e6, 4096 * 32, 8},
+    {Architecture::kDeepseek, "deepseek", "n_routed_experts", 1e-6, 10000.0, 2048, 0},
+    {Architecture::kQwen2Moe, "qwen2_moe", "num_experts", 1e-6, 10000.0, 32768, 16},
+    {Architecture::kOlmoe, "olmoe", "num_experts", 1e-5, 10000.0, 4096, 0},
+    {Architecture::kQwen3Moe, "qwen3_moe", "num_experts", 1e-6, 10000.0, 32768, 4},
 };
 
 
@@ -67,7 +68,17 @@ absl::Status ParseCommon(const ConfigObject& root, const ArchInfo& info, ModelCo
   c->num_hidden_layers = static_cast<int>(layers);
   MOEC_ASSIGN_OR_RETURN(int64_t heads, root.RequiredInt("num_attention_heads", 1, 1 << 20));
   c->num_attention_heads = static_cast<int>(heads);
-  MOEC_ASSIGN_OR_RETURN(int64_t kv, root.OptionalInt("num_key_value_heads", heads, 1, heads));
+  // Absent: transformers' config class default (Mixtral 8, Qwen2-MoE 16, Qwen3-MoE 4); null or
+  // the others: num_attention_heads.
+  const int64_t kv_default =
+      !root.Has("num_key_value_heads") && info.kv_heads > 0 ? info.kv_heads : heads;
+  if (kv_default > heads) {
+    return root.Error("num_key_value_heads",
+                      absl::StrCat("absent, and transformers' default ", kv_default,
+                                   " exceeds num_attention_heads ", heads));
+  }
+  MOEC_ASSIGN_OR_RETURN(int64_t kv,
+                        root.OptionalInt("num_key_value_heads", kv_default, 1, heads));
   if (heads % kv != 0) {
     return root.Error("num_key_value_heads",
                       absl::StrCat(kv, " does not divide num_attention_heads ", heads));
@@ -85,7 +96,39 @@ absl::Status ParseCommon(const ConfigObject& root, const ArchInfo& info, ModelCo
     c->head_dim = c->hidden_size / heads;
   }
   MOEC_ASSIGN_OR_RETURN(c->rms_norm_eps, root.OptionalPositive("rms_norm_eps", info.rms_norm_eps));
-  MOEC_ASSIGN_OR_RETURN(c->rope_theta, root.OptionalPositive("rope_theta", info.rope_theta));
+  // RoPE: plain rotary embeddings only. Newer transformers move rope_theta into
+  // rope_parameters; scaled variants (linear, dynamic, yarn, llama3 ...) are refused rather than
+  // silently computed wrong.
+  double theta = info.rope_theta;
+  if (const json* rp = root.Find("rope_parameters"); rp != nullptr && !rp->is_null()) {
+    if (!rp->is_object()) return root.Error("rope_parameters", "expected an object");
+    const ConfigObject rpr(*rp, root.source(), "rope_parameters");
+    MOEC_ASSIGN_OR_RETURN(std::string type, rpr.OptionalString("rope_type"));
+    if (!type.empty() && type != "default") {
+      return rpr.Error(rpr.Path("rope_type"),
+                       absl::StrCat("'", type, "' is not supported; supported: default"));
+    }
+    MOEC_ASSIGN_OR_RETURN(theta, rpr.OptionalPositive("rope_theta", theta));
+  }
+  if (const json* rs = root.Find("rope_scaling"); rs != nullptr && !rs->is_null()) {
+    return root.Error("rope_scaling", "scaled rotary embeddings are not supported");
+  }
+  MOEC_ASSIGN_OR_RETURN(c->rope_theta, root.OptionalPositive("rope_theta", theta));
+  // Sliding-window attention (Mixtral's sliding_window; Qwen's when use_sliding_window).
+  bool window_on = info.arch == Architecture::kMixtral;
+  if (info.arch == Architecture::kQwen2Moe || info.arch == Architecture::kQwen3Moe) {
+    MOEC_ASSIGN_OR_RETURN(window_on, root.OptionalBool("use_sliding_window", false));
+  }
+  if (const json* sw = root.Find("sliding_window"); window_on && sw != nullptr && !sw->is_null()) {
+    MOEC_ASSIGN_OR_RETURN(int64_t window, root.AsInt(*sw, "sliding_window", 1, kMaxDim));
+    c->sliding_window = window;
+  }
+  if (info.arch == Architecture::kOlmoe) {
+    if (const json* clip = root.Find("clip_qkv"); clip != nullptr && !clip->is_null()) {
+      MOEC_ASSIGN_OR_RETURN(double v, root.AsNumber(*clip, "clip_qkv", 0.0, 1e30));
+      c->clip_qkv = v;
+    }
+  }
   MOEC_ASSIGN_OR_RETURN(c->vocab_size, root.RequiredInt("vocab_size", 1, kMaxCount));
   MOEC_ASSIGN_OR_RETURN(
       c->max_position_embeddings,

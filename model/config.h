@@ -107,6 +107,11 @@ struct ModelConfig {
   bool qkv_bias = false;  // q/k/v_proj carry a bias (Qwen2-MoE always; else attention_bias)
   bool o_bias = false;    // o_proj carries a bias (attention_bias, not Qwen2-MoE/Mixtral)
   QkNorm qk_norm = QkNorm::kNone;
+  // OLMoE "clip_qkv": q, k and v are clamped to [-clip, clip] after projection (and q/k norm).
+  std::optional<double> clip_qkv;
+  // Sliding-window attention span, when active (Mixtral "sliding_window"; Qwen with
+  // "use_sliding_window"). The forward refuses sequences longer than the window.
+  std::optional<int64_t> sliding_window;
 
   MoecOverrides moec;
   std::optional<QuantizationConfig> quantization;  // quantized checkpoints only

@@ -29,6 +29,8 @@ class ConfigObject {
 
   // The value of `key`, or nullptr when it is absent or JSON null.
   const nlohmann::json* Find(absl::string_view key) const;
+  // True when `key` is present, even with a null value.
+  bool Has(absl::string_view key) const { return obj_.contains(std::string(key)); }
 
   absl::StatusOr<int64_t> RequiredInt(absl::string_view key, int64_t min, int64_t max) const;
   absl::StatusOr<int64_t> OptionalInt(absl::string_view key, int64_t fallback, int64_t min,

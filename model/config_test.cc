@@ -323,3 +323,68 @@ TEST(MoecOverridesTest, InvalidOverridesNameTheField) {
 
 }  // namespace
 }  // namespace moec::model
+
+namespace moec::model {
+namespace {
+
+TEST(ModelConfigRuntimeFieldsTest, KeyValueHeadsDefaultLikeTransformers) {
+  json mixtral = TinyMixtral();
+  mixtral["num_attention_heads"] = 8;
+  mixtral["hidden_size"] = 32;
+  mixtral.erase("num_key_value_heads");
+  ASSERT_OK_AND_ASSIGN(ModelConfig c, Parse(mixtral));
+  EXPECT_EQ(c.num_key_value_heads, 8);  // MixtralConfig's default, not num_attention_heads
+  mixtral["num_attention_heads"] = 4;
+  EXPECT_THAT(Parse(mixtral), StatusIs(absl::StatusCode::kInvalidArgument,
+                                       HasSubstr("transformers' default 8")));
+  mixtral["num_key_value_heads"] = nullptr;  // null: num_attention_heads
+  ASSERT_OK_AND_ASSIGN(c, Parse(mixtral));
+  EXPECT_EQ(c.num_key_value_heads, 4);
+}
+
+TEST(ModelConfigRuntimeFieldsTest, RopeVariantsAreRefusedAndRopeParametersRead) {
+  json j = TinyMixtral();
+  j["rope_scaling"] = {{"type", "linear"}, {"factor", 2.0}};
+  EXPECT_THAT(Parse(j), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("rope_scaling")));
+  j = TinyMixtral();
+  j.erase("rope_theta");
+  j["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 5000.0}};
+  ASSERT_OK_AND_ASSIGN(ModelConfig c, Parse(j));
+  EXPECT_DOUBLE_EQ(c.rope_theta, 5000.0);
+  j["rope_parameters"]["rope_type"] = "yarn";
+  EXPECT_THAT(Parse(j), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("yarn")));
+}
+
+TEST(ModelConfigRuntimeFieldsTest, SlidingWindowAndClipQkv) {
+  json j = TinyMixtral();
+  j["sliding_window"] = 4096;
+  ASSERT_OK_AND_ASSIGN(ModelConfig c, Parse(j));
+  EXPECT_THAT(c.sliding_window, Optional(4096));
+  j["sliding_window"] = nullptr;
+  ASSERT_OK_AND_ASSIGN(c, Parse(j));
+  EXPECT_FALSE(c.sliding_window.has_value());
+  json o = TinyOlmoe();
+  o["clip_qkv"] = 8.0;
+  ASSERT_OK_AND_ASSIGN(c, Parse(o));
+  EXPECT_THAT(c.clip_qkv, Optional(8.0));
+}
+
+TEST(ModelConfigRuntimeFieldsTest, QuantizationConfig) {
+  json j = TinyMixtral();
+  j["quantization_config"] = {{"quant_method", "gptq"}, {"bits", 3}, {"group_size", 64},
+                              {"desc_act", true}, {"sym", false},
+                              {"checkpoint_format", "gptq_v2"}};
+  ASSERT_OK_AND_ASSIGN(ModelConfig c, Parse(j));
+  ASSERT_TRUE(c.quantization.has_value());
+  EXPECT_EQ(c.quantization->bits, 3);
+  EXPECT_EQ(c.quantization->group_size, 64);
+  EXPECT_TRUE(c.quantization->desc_act);
+  EXPECT_FALSE(c.quantization->sym);
+  EXPECT_EQ(c.quantization->checkpoint_format, "gptq_v2");
+  j["quantization_config"]["quant_method"] = "awq";
+  EXPECT_THAT(Parse(j), StatusIs(absl::StatusCode::kInvalidArgument,
+                                 HasSubstr("unsupported quantization method 'awq'")));
+}
+
+}  // namespace
+}  // namespace moec::model

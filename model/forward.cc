@@ -124,6 +124,12 @@ absl::StatusOr<at::Tensor> ModelRunner::Embed(const at::Tensor& tokens) const {
                        config_.vocab_size, ") of ", config_.source));
     }
   }
+  if (config_.sliding_window.has_value() && tokens.size(1) > *config_.sliding_window) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "sequences of ", tokens.size(1), " tokens exceed the sliding attention window of ",
+        *config_.sliding_window, " in ", config_.source, "; sliding-window attention is not ",
+        "implemented, use a shorter seqlen"));
+  }
   MOEC_ASSIGN_OR_RETURN(at::Tensor table, Load({EmbeddingTensorName(),
                                                 {config_.vocab_size, config_.hidden_size}}));
   return at::embedding(table, tokens);

@@ -22,7 +22,11 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b 
 RoutingRule RoutingRuleFor(const ModelConfig& config, int layer) {
   RoutingRule rule;
   rule.top_k = config.NumActiveExperts(layer);
-  rule.renormalize = config.arch == Architecture::kMixtral || config.norm_topk_prob;
+  // Mixtral always renormalizes; DeepSeek's MoEGate only when top_k > 1 and norm_topk_prob;
+  // Qwen and OLMoE when norm_topk_prob.
+  rule.renormalize = config.arch == Architecture::kMixtral ||
+                     (config.norm_topk_prob &&
+                      (config.arch != Architecture::kDeepseek || config.num_experts_per_tok > 1));
   rule.router_in_fp32 = config.arch == Architecture::kDeepseek;
   const MoecOverrides& m = config.moec;
   if (!m.skip_beta.empty() && m.skip_beta[layer].has_value()) rule.skip_beta = m.skip_beta[layer];
@@ -86,6 +90,12 @@ AttentionOutput Attention(const ModelConfig& config, int layer, const AttentionW
   if (config.qk_norm == QkNorm::kFullWidth) {
     q = RmsNorm(q, w.q_norm, config.rms_norm_eps);
     k = RmsNorm(k, w.k_norm, config.rms_norm_eps);
+  }
+  if (config.clip_qkv.has_value()) {
+    const double clip = *config.clip_qkv;
+    q = q.clamp(-clip, clip);
+    k = k.clamp(-clip, clip);
+    v = v.clamp(-clip, clip);
   }
   q = q.view({batch, seq, heads, d});
   k = k.view({batch, seq, kv_heads, d});
@@ -169,7 +179,8 @@ Routing Route(const at::Tensor& router, const at::Tensor& x, const RoutingRule& 
     kept.narrow(1, 1, rule.top_k - 1)
         .copy_(top_p.narrow(1, 1, rule.top_k - 1).ge(first * *beta));
   }
-  if (rule.odp && importance.defined()) {
+  // Rule 2 of ODP applies to prefill only (MC-MoE): sequences of one token use rule 1 alone.
+  if (rule.odp && importance.defined() && seq > 1) {
     const int64_t tokens = x.size(0);
     const int64_t batch = tokens / seq;
     const int64_t n_low = static_cast<int64_t>(std::floor(rule.tau_low * seq));
