@@ -21,6 +21,7 @@
 #include "client/embedded.h"
 #include "client/eval.h"
 #include "client/inspect.h"
+#include "model/trainer.h"
 #include "common/cli_util.h"
 #include "common/process_tuning.h"
 #include "common/recipe/recipe.h"
@@ -62,6 +63,10 @@ usage: moec COMMAND [ARGS]
   make-tiny-model DIR --arch ARCH [--layers N] [--experts E] [--dtype F32|BF16|F16] [--seed S]
                          write a tiny random checkpoint (mixtral, deepseek, qwen2_moe, olmoe,
                          qwen3_moe) with config.json and tokenizer
+  make-tiny-model DIR --arch mixtral|deepseek --trained [--steps N] [--corpus FILE]...
+                         train a tiny model and its BPE tokenizer on local English text
+                         (default /usr/share/common-licenses) in a few minutes; reused when
+                         DIR already holds the same training
 
 Cluster commands reach a coordinator with --coordinator HOST:PORT and --token-file PATH
 (or MOEC_COORDINATOR, MOEC_TOKEN_FILE); --tls-ca FILE for TLS. --json prints data as JSON.
@@ -468,24 +473,50 @@ int CmdMakeTinyModel(const Args& args) {
   if (args.positional.size() != 1 || args.Get("arch").empty()) {
     return Error(kUsage, absl::InvalidArgumentError(
                              "usage: moec make-tiny-model DIR --arch ARCH [--layers N] [--experts E] "
-                             "[--dtype F32|BF16|F16] [--seed S]"));
+                             "[--dtype F32|BF16|F16] [--seed S] [--trained [--steps N] [--corpus FILE]...]"));
+  }
+  const std::string& dir = args.positional[0];
+  int64_t layers = 0, experts = 0, steps = 0;
+  for (absl::Status s : {IntFlag(args, "layers", 1, 4096, &layers), IntFlag(args, "experts", 1, 4096, &experts),
+                         IntFlag(args, "steps", 1, 1000000, &steps)}) {
+    if (!s.ok()) return Error(kUsage, s);
+  }
+  uint64_t seed = 0;
+  if (const std::string v = args.Get("seed"); !v.empty() && !absl::SimpleAtoi(v, &seed)) {
+    return Error(kUsage, absl::InvalidArgumentError(absl::StrCat(
+                             "make-tiny-model: --seed must be an unsigned 64-bit integer, got '", v, "'")));
+  }
+  if (args.Has("trained")) {
+    model::TrainOptions o;
+    o.arch = args.Get("arch");
+    if (layers > 0) o.layers = static_cast<int>(layers);
+    if (experts > 0) o.experts = static_cast<int>(experts);
+    if (steps > 0) o.steps = static_cast<int>(steps);
+    o.top_k = std::min(o.top_k, o.experts);
+    o.seed = seed;
+    o.corpus_files = args.All("corpus");
+    if (absl::Status s = o.Validate(); !s.ok()) return Error(kUsage, s);
+    ProgressBar bar("train");
+    absl::StatusOr<model::TrainReport> r = model::TrainOrReuseTinyModel(
+        o, dir, [&](const model::TrainProgress& p) { bar.Update(p.step, p.steps); });
+    if (!r.ok()) {
+      return Error(absl::IsFailedPrecondition(r.status()) || absl::IsNotFound(r.status()) ? kUsage : kJobFailed,
+                   r.status());
+    }
+    std::printf("%s a trained tiny %s model in %s: %d steps, %.0f s; held-out perplexity %.2f "
+                "(unigram baseline %.2f), router entropy %.2f of uniform\n",
+                r->reused ? "reused" : "wrote", o.arch.c_str(), dir.c_str(), r->steps, r->seconds,
+                r->heldout_perplexity, r->unigram_perplexity, r->router_entropy);
+    return kOk;
   }
   model::TinyModelOptions o;
   o.model_type = args.Get("arch");
   o.dtype = args.Get("dtype", o.dtype);
-  int64_t layers = o.num_layers, experts = o.experts;
-  for (absl::Status s : {IntFlag(args, "layers", 1, 4096, &layers), IntFlag(args, "experts", 1, 4096, &experts)}) {
-    if (!s.ok()) return Error(kUsage, s);
-  }
-  o.num_layers = static_cast<int>(layers);
-  o.experts = static_cast<int>(experts);
+  if (layers > 0) o.num_layers = static_cast<int>(layers);
+  if (experts > 0) o.experts = static_cast<int>(experts);
   o.top_k = std::min(o.top_k, o.experts);
-  if (const std::string seed = args.Get("seed"); !seed.empty() && !absl::SimpleAtoi(seed, &o.seed)) {
-    return Error(kUsage, absl::InvalidArgumentError(absl::StrCat(
-                             "make-tiny-model: --seed must be an unsigned 64-bit integer, got '", seed, "'")));
-  }
+  o.seed = seed;
   if (absl::Status s = o.Validate(); !s.ok()) return Error(kUsage, s);
-  const std::string& dir = args.positional[0];
   if (absl::Status s = model::WriteTinyModel(o, dir); !s.ok()) {
     return Error(absl::IsFailedPrecondition(s) ? kUsage : kJobFailed, s);
   }
@@ -512,7 +543,10 @@ int Main(int argc, char** argv) {
   }
   if (cmd == "inspect") values = {};
   if (cmd == "eval") values = {"text", "seqlen", "max-windows", "dtype", "text-field"};
-  if (cmd == "make-tiny-model") values = {"arch", "layers", "experts", "dtype", "seed"};
+  if (cmd == "make-tiny-model") {
+    values = {"arch", "layers", "experts", "dtype", "seed", "steps", "corpus"};
+    bools.insert("trained");
+  }
   static const std::set<std::string> kCommands = {"run",     "submit",  "watch",
                                                   "status",  "list",    "cancel",
                                                   "resume",  "workers", "inspect",
