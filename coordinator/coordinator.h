@@ -49,6 +49,8 @@ struct LeasedTask {
   int rank = 0;                     // this worker's rank in the gang
   std::vector<std::string> group;   // worker ids of the gang, rank order
   std::string recipe_json;          // the job's canonical recipe
+  // Task id -> fingerprint of every task of the stages `task` depends on.
+  std::map<std::string, std::string> input_fingerprints;
 };
 
 // Counts for metrics (moec-coordinator exports them in Prometheus text format).

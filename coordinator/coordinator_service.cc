@@ -126,6 +126,7 @@ grpc::Status CoordinatorService::LeaseTask(grpc::ServerContext* ctx,
     resp->set_rank((*t)->rank);
     for (const auto& w : (*t)->group) resp->add_group(w);
     resp->set_recipe_json((*t)->recipe_json);
+    for (const auto& [id, fp] : (*t)->input_fingerprints) (*resp->mutable_input_fingerprints())[id] = fp;
   }
   return grpc::Status::OK;
 }

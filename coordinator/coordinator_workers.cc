@@ -2,6 +2,8 @@
 // completion and failure, lease expiry. The job-facing half is in coordinator.cc.
 #include <algorithm>
 
+#include <set>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
@@ -71,10 +73,24 @@ absl::Status Coordinator::ScheduleLocked() {
         {EventLocked("task_leased", t.task_id(),
                      absl::StrCat("attempt ", t.attempts(), " on ", absl::StrJoin(a.workers, ",")))},
         /*extra=*/nullptr, storage::Durability::kBuffered));
+    // Inputs: every task of each stage a dependency belongs to (a global stage after a
+    // per-layer one depends on its last layer only, but reads all of them).
+    std::set<std::string> input_stages;
+    for (const std::string& dep : t.deps()) {
+      input_stages.insert(job.tasks[job.index.at(dep)].stage_id());
+    }
+    std::map<std::string, std::string> inputs;
+    if (!input_stages.empty()) {
+      for (const v1::TaskRecord& other : job.tasks) {
+        if (input_stages.count(other.stage_id()) > 0) {
+          inputs[other.task_id()] = other.fingerprint();
+        }
+      }
+    }
     for (size_t rank = 0; rank < a.workers.size(); ++rank) {
       Worker& w = workers_.at(a.workers[rank]);
       w.waiting_until_ms = -1;
-      w.mailbox = LeasedTask{t, static_cast<int>(rank), a.workers, job.record.recipe_json()};
+      w.mailbox = LeasedTask{t, static_cast<int>(rank), a.workers, job.record.recipe_json(), inputs};
     }
   }
   return absl::OkStatus();

@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "stages/calibrate_stage.h"
 #include "stages/noop_stage.h"
 
 namespace moec::stages {
@@ -22,8 +23,29 @@ std::vector<std::string> StageRegistry::Kinds() const {
   return kinds;
 }
 
+absl::StatusOr<std::string> StageContext::InputKey(absl::string_view stage_id, int layer,
+                                                   absl::string_view name) const {
+  if (task == nullptr) return absl::FailedPreconditionError("no task in the stage context");
+  const std::string id = layer < 0 ? absl::StrCat(task->job_id(), "/", stage_id)
+                                   : absl::StrCat(task->job_id(), "/", stage_id, "/L", layer);
+  auto it = inputs.find(id);
+  if (it == inputs.end()) {
+    return absl::NotFoundError(absl::StrCat("task ", task->task_id(), " has no input from task ",
+                                            id, " (is stage '", stage_id, "' in its needs?)"));
+  }
+  return absl::StrCat(it->second, "/", name);
+}
+
+absl::StatusOr<std::string> StageContext::PreviousLayerKey(absl::string_view name) const {
+  if (task == nullptr || task->layer() < 1) {
+    return absl::FailedPreconditionError("PreviousLayerKey needs a per-layer task after layer 0");
+  }
+  return InputKey(task->stage_id(), task->layer() - 1, name);
+}
+
 void RegisterBuiltinStages(StageRegistry* registry) {
   registry->Register("noop", [] { return std::make_unique<NoopStage>(); });
+  registry->Register("calibrate", [] { return std::make_unique<CalibrateStage>(); });
 }
 
 }  // namespace moec::stages

@@ -38,12 +38,21 @@ struct StageContext {
   nlohmann::json recipe;              // the job's canonical recipe
   int rank = 0;                       // rank in the gang
   std::vector<std::string> group;     // worker ids of the gang
+  // Task id -> fingerprint of every task of the stages this task depends on.
+  std::map<std::string, std::string> inputs;
   FactorIo* io = nullptr;  // Not owned; null when the worker has no factor access (tests).
   // Reports progress in [0, 1] with a short message; cheap to call often.
   std::function<void(double, const std::string&)> progress = [](double, const std::string&) {};
   // Set when the task is cancelled; long stages check it and return Cancelled.
   const std::atomic<bool>* cancelled = nullptr;
   bool IsCancelled() const { return cancelled != nullptr && cancelled->load(); }
+
+  // The factor key of output `name` of stage `stage_id` at `layer` (-1: a global stage) of this
+  // job: "<fingerprint>/<name>". NotFound when that task is not among this task's inputs.
+  absl::StatusOr<std::string> InputKey(absl::string_view stage_id, int layer,
+                                       absl::string_view name) const;
+  // The key of output `name` of the previous layer's task of this (per-layer) stage.
+  absl::StatusOr<std::string> PreviousLayerKey(absl::string_view name) const;
 };
 
 // One run of one task. Implementations may throw (libtorch does); StageRunner converts.

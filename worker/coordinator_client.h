@@ -3,6 +3,7 @@
 #ifndef MOEC_WORKER_COORDINATOR_CLIENT_H_
 #define MOEC_WORKER_COORDINATOR_CLIENT_H_
 
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -20,6 +21,7 @@ struct Lease {
   int rank = 0;
   std::vector<std::string> group;
   std::string recipe_json;
+  std::map<std::string, std::string> input_fingerprints;  // task id -> fingerprint
 };
 
 // Thread-safe.

@@ -107,7 +107,8 @@ class GrpcCoordinatorClient : public CoordinatorClient {
     if (!s.ok()) return s;
     if (!resp.granted()) return std::optional<Lease>();
     Lease l{resp.task(), resp.rank(), {resp.group().begin(), resp.group().end()},
-            resp.recipe_json()};
+            resp.recipe_json(),
+            {resp.input_fingerprints().begin(), resp.input_fingerprints().end()}};
     return std::optional<Lease>(std::move(l));
   }
 

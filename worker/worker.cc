@@ -122,6 +122,7 @@ void Worker::RunOne(const Lease& lease) {
   ctx.recipe = nlohmann::json::parse(lease.recipe_json, nullptr, false);
   ctx.rank = lease.rank;
   ctx.group = lease.group;
+  ctx.inputs = lease.input_fingerprints;
   ctx.cancelled = cancelled.get();
   ClientFactorIo io(client_, id, lease.task.task_id());
   ctx.io = &io;

@@ -8,7 +8,8 @@
 #   4. SIGKILL of the coordinator mid-job, then restart: the job completes and no finished task
 #      is run again (task_done events == tasks);
 #   5. cancel (watch exits 1) and resume (the job completes); a malformed recipe is refused with
-#      its file:line error and exit code 2. Step 2 also scrapes the Prometheus endpoint.
+#      its file:line error and exit code 2. Step 2 also scrapes the Prometheus endpoint;
+#   6. a real stage (calibrate) on a tiny model with calibration text runs to completion.
 # Usage: cluster_e2e_test.sh BIN_DIR   (holding moec, moec-coordinator, moec-worker)
 set -euo pipefail
 BIN=$1
@@ -135,4 +136,19 @@ set +e
 set -e
 [ "$rc" -eq 2 ] || fail "malformed recipe exit code $rc"
 grep -q "bad.yaml:5: stage 'a' parameter 'sleep_ms' must be in" bad.err || fail "imprecise error: $(cat bad.err)"
+echo "== 6. a real stage: calibrate on a tiny Mixtral with calibration text, 2 workers"
+"$MOEC" make-tiny-model tiny --arch mixtral --layers 2 > /dev/null || fail "make-tiny-model"
+for i in $(seq 1 80); do echo "calibration line $i: experts route tokens by their router scores"; done > calib.txt
+cat > calib.yaml <<'Y'
+name: e2e-calibrate
+model: tiny
+output: out-calib
+calibration: {path: calib.txt, samples: 8, seqlen: 64, seed: 0}
+workers: 2
+stages:
+  - {id: stats, kind: calibrate, with: {batch_size: 4}}
+Y
+timeout 300 "$MOEC" run calib.yaml --data-dir "$WORK/calib" > calib.log || { cat calib.log; fail "calibrate run"; }
+grep -q "JOB_SUCCEEDED" calib.log || fail "calibrate job did not succeed"
+[ "$(grep -c 'task_done' calib.log)" -eq 2 ] || fail "expected 2 calibrate tasks done"
 echo "e2e: all passed"

@@ -1,0 +1,27 @@
+// `calibrate` (per layer): runs the layer on the calibration windows and records router
+// statistics per expert (ALGORITHMS.md 3.1 and 1.5). See docs/recipes.md and docs/stages.md.
+#ifndef MOEC_STAGES_CALIBRATE_STAGE_H_
+#define MOEC_STAGES_CALIBRATE_STAGE_H_
+
+#include "stages/stage.h"
+
+namespace moec::stages {
+
+// Outputs of layer l's task:
+//   hidden         F32 [windows, seqlen, hidden]  residual stream leaving layer l (the next
+//                                                 layer's input)
+// and at MoE layers:
+//   expert_tokens  I64 [E]  (token, slot) pairs routed to each expert (MC-MoE's frequency F)
+//   routing_mass   F64 [E]  full-softmax probability summed over the tokens that selected the
+//                           expert (MC-MoE's activated weight A)
+//   p2_p1_median   F64 [1]  median over tokens of p_(2)/p_(1) (Expert_Sparsity's β; 0 when k=1)
+//   router_entropy F64 [1]  mean over tokens of the router entropy / log(E)
+//   tokens         I64 [1]  calibration tokens seen
+class CalibrateStage : public Stage {
+ public:
+  absl::Status Run(StageContext& ctx) override;
+};
+
+}  // namespace moec::stages
+
+#endif  // MOEC_STAGES_CALIBRATE_STAGE_H_

@@ -1,0 +1,39 @@
+// Helpers shared by the stages that run the model: the job's calibration windows, the hidden
+// states entering a layer (embeddings at layer 0, else the previous layer task's "hidden"
+// output), and tensors to and from the factor store. Includes ATen.
+#ifndef MOEC_STAGES_MODEL_INPUTS_H_
+#define MOEC_STAGES_MODEL_INPUTS_H_
+
+#include <ATen/ATen.h>
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "model/datasets.h"
+#include "model/forward.h"
+#include "stages/stage.h"
+
+namespace moec::stages {
+
+// Opens the job's model (recipe "model") for the forward, in fp32.
+absl::StatusOr<std::unique_ptr<model::ModelRunner>> OpenJobModel(const StageContext& ctx);
+
+// The calibration windows of the job (recipe "calibration": path, samples, seqlen, seed,
+// sampling random_windows | chunks), tokenized with the model's tokenizer.
+// Errors: FailedPrecondition when the recipe has no calibration data; those of LoadTexts and
+// the sampling functions.
+absl::StatusOr<model::TokenWindows> CalibrationWindows(const StageContext& ctx);
+
+// Hidden states [windows, seqlen, hidden] entering the task's layer: the embedded calibration
+// windows at layer 0, else output `hidden` of the previous layer's task of this stage.
+absl::StatusOr<at::Tensor> LayerInput(const StageContext& ctx, const model::ModelRunner& runner);
+
+// Stores `t` (contiguous CPU copy; F32, F64, I64 or I32) as output `name` of the task.
+absl::Status PutTensor(StageContext& ctx, absl::string_view name, const at::Tensor& t);
+// Reads the committed tensor `key` (F32, F64, I64 or I32).
+absl::StatusOr<at::Tensor> GetTensor(const StageContext& ctx, absl::string_view key);
+
+}  // namespace moec::stages
+
+#endif  // MOEC_STAGES_MODEL_INPUTS_H_
