@@ -1,5 +1,6 @@
 #include "stages/model_inputs.h"
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -74,6 +75,33 @@ absl::StatusOr<model::TokenWindows> CalibrationWindows(const StageContext& ctx) 
   o.samples = c.value("samples", int64_t{128});
   o.seed = c.value("seed", uint64_t{0});
   return model::SampleRandomWindows(texts, *tokenizer, o);
+}
+
+absl::StatusOr<std::string> NeededStage(const StageContext& ctx, absl::string_view kind) {
+  const nlohmann::json& stages = ctx.recipe.value("stages", nlohmann::json::array());
+  std::vector<std::string> needs;
+  for (const nlohmann::json& s : stages) {
+    if (s.value("id", "") == ctx.task->stage_id()) {
+      needs = s.value("needs", std::vector<std::string>());
+    }
+  }
+  for (const nlohmann::json& s : stages) {
+    const std::string id = s.value("id", "");
+    if (s.value("kind", "") == kind && std::find(needs.begin(), needs.end(), id) != needs.end()) {
+      return id;
+    }
+  }
+  return absl::FailedPreconditionError(absl::StrCat("stage '", ctx.task->stage_id(),
+                                                    "' needs a stage of kind '", kind,
+                                                    "' (add it to its needs)"));
+}
+
+absl::StatusOr<at::Tensor> LayerInputFrom(const StageContext& ctx,
+                                          const model::ModelRunner& runner,
+                                          absl::string_view stage_id) {
+  if (ctx.task->layer() == 0) return LayerInput(ctx, runner);
+  MOEC_ASSIGN_OR_RETURN(std::string key, ctx.InputKey(stage_id, ctx.task->layer() - 1, "hidden"));
+  return GetTensor(ctx, key);
 }
 
 absl::StatusOr<at::Tensor> LayerInput(const StageContext& ctx, const model::ModelRunner& runner) {

@@ -29,6 +29,17 @@ absl::StatusOr<model::TokenWindows> CalibrationWindows(const StageContext& ctx);
 // windows at layer 0, else output `hidden` of the previous layer's task of this stage.
 absl::StatusOr<at::Tensor> LayerInput(const StageContext& ctx, const model::ModelRunner& runner);
 
+// The id of the stage of kind `kind` among the needs of this task's stage (the first one in
+// recipe order). FailedPrecondition naming the kind when there is none.
+absl::StatusOr<std::string> NeededStage(const StageContext& ctx, absl::string_view kind);
+
+// Hidden states entering the task's layer along the chain of stage `stage_id` (a per-layer stage
+// this task needs that writes `hidden`): the embedded calibration windows at layer 0, else that
+// stage's previous-layer output.
+absl::StatusOr<at::Tensor> LayerInputFrom(const StageContext& ctx,
+                                          const model::ModelRunner& runner,
+                                          absl::string_view stage_id);
+
 // Stores `t` (contiguous CPU copy; F32, F64, I64 or I32) as output `name` of the task.
 absl::Status PutTensor(StageContext& ctx, absl::string_view name, const at::Tensor& t);
 // Reads the committed tensor `key` (F32, F64, I64 or I32).

@@ -4,6 +4,7 @@
 #include "absl/strings/str_join.h"
 #include "stages/calibrate_stage.h"
 #include "stages/noop_stage.h"
+#include "stages/quant_loss_stage.h"
 
 namespace moec::stages {
 
@@ -46,6 +47,7 @@ absl::StatusOr<std::string> StageContext::PreviousLayerKey(absl::string_view nam
 void RegisterBuiltinStages(StageRegistry* registry) {
   registry->Register("noop", [] { return std::make_unique<NoopStage>(); });
   registry->Register("calibrate", [] { return std::make_unique<CalibrateStage>(); });
+  registry->Register("quant_loss", [] { return std::make_unique<QuantLossStage>(); });
 }
 
 }  // namespace moec::stages

@@ -1,0 +1,172 @@
+#include "stages/quant_loss_stage.h"
+
+#include <ATen/ATen.h>
+
+#include <map>
+#include <string>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "model/forward.h"
+#include "model/tiny_model.h"
+#include "stages/calibrate_stage.h"
+#include "stages/model_inputs.h"
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
+
+namespace moec::stages {
+namespace {
+
+using ::moec::testing::StatusIs;
+using ::moec::testing::TempDir;
+
+TEST(NormalQuantizeTest, MatchesHandComputedValues) {
+  at::Tensor w = at::tensor({0.1f, -0.3f, 0.2f, 0.0f}).view({1, 4});
+  // 2 bits: xmin -0.3, xmax 0.2, s = 0.5/3, z = round(1.8) = 2, q = (3, 0, 3, 2).
+  at::Tensor q2 = NormalQuantize(w, 2, -1);
+  const double s = 0.5 / 3;
+  EXPECT_NEAR(q2[0][0].item<float>(), s, 1e-6);
+  EXPECT_NEAR(q2[0][1].item<float>(), -2 * s, 1e-6);
+  EXPECT_NEAR(q2[0][2].item<float>(), s, 1e-6);
+  EXPECT_NEAR(q2[0][3].item<float>(), 0.0, 1e-6);
+  // 1 bit: sign(w) * mean|w| = ±0.15, sign(0) = +1.
+  at::Tensor q1 = NormalQuantize(w, 1, -1);
+  EXPECT_NEAR(q1[0][0].item<float>(), 0.15, 1e-6);
+  EXPECT_NEAR(q1[0][1].item<float>(), -0.15, 1e-6);
+  EXPECT_NEAR(q1[0][3].item<float>(), 0.15, 1e-6);
+  // Groups of 2 columns quantize each block on its own. Block (0, 0) gets the range -1..+1
+  // (s = 2/7, z = round(3.5) = 4, q = 4 -> 0). Block (0.6, -0.2): s = 0.8/7, z = round(1.75) = 2,
+  // q = round(5.25) + 2 = 7 -> 5s and round(-1.75) + 2 = 0 -> -2s.
+  at::Tensor z = at::tensor({0.0f, 0.0f, 0.6f, -0.2f}).view({1, 4});
+  at::Tensor g = NormalQuantize(z, 3, 2);
+  EXPECT_NEAR(g[0][0].item<float>(), 0.0, 1e-6);
+  EXPECT_NEAR(g[0][2].item<float>(), 5 * 0.8 / 7, 1e-6);
+  EXPECT_NEAR(g[0][3].item<float>(), -2 * 0.8 / 7, 1e-6);
+}
+
+class MapIo : public FactorIo {
+ public:
+  explicit MapIo(std::map<std::string, storage::Factor>* s) : store_(s) {}
+  std::string fingerprint;
+  absl::StatusOr<std::string> PutOutput(absl::string_view name, storage::DType dtype,
+                                        absl::Span<const int64_t> shape,
+                                        absl::string_view data) override {
+    storage::Factor f;
+    f.info.dtype = dtype;
+    f.info.shape.assign(shape.begin(), shape.end());
+    f.info.byte_size = data.size();
+    f.data = std::string(data);
+    const std::string key = fingerprint + "/" + std::string(name);
+    (*store_)[key] = std::move(f);
+    return key;
+  }
+  absl::StatusOr<storage::Factor> Get(absl::string_view key) override {
+    auto it = store_->find(std::string(key));
+    if (it == store_->end()) return absl::NotFoundError(std::string(key));
+    return it->second;
+  }
+
+ private:
+  std::map<std::string, storage::Factor>* store_;
+};
+
+TEST(QuantLossStageTest, EqualsRecomputingTheWholeBlock) {
+  TempDir dir;
+  model::TinyModelOptions o;
+  o.model_type = "mixtral";
+  o.num_layers = 2;
+  o.hidden = 32;
+  o.heads = 4;
+  o.kv_heads = 2;
+  o.experts = 4;
+  o.moe_intermediate = 32;
+  ASSERT_OK(model::WriteTinyModel(o, dir.Join("model")));
+  std::string text;
+  for (int i = 0; i < 50; ++i) text += "the router sends tokens to experts " + std::to_string(i) + "\n";
+  dir.WriteFile("calib.txt", text);
+  const nlohmann::json recipe = {
+      {"model", dir.Join("model")},
+      {"calibration", {{"path", dir.Join("calib.txt")}, {"samples", 6}, {"seqlen", 20}, {"seed", 1}}},
+      {"stages",
+       {{{"id", "stats"}, {"kind", "calibrate"}, {"needs", nlohmann::json::array()}},
+        {{"id", "loss"}, {"kind", "quant_loss"}, {"needs", {"stats"}}}}}};
+  std::map<std::string, storage::Factor> store;
+  MapIo io(&store);
+  std::map<std::string, std::string> inputs;
+  for (int l = 0; l < 2; ++l) {
+    inputs["job/stats/L" + std::to_string(l)] = "stats" + std::to_string(l);
+    inputs["job/loss/L" + std::to_string(l)] = "loss" + std::to_string(l);
+  }
+  auto run = [&](Stage& stage, const std::string& stage_id, int layer,
+                 const nlohmann::json& params) {
+    v1::TaskRecord task;
+    task.set_job_id("job");
+    task.set_stage_id(stage_id);
+    task.set_layer(layer);
+    task.set_task_id("job/" + stage_id + "/L" + std::to_string(layer));
+    StageContext ctx;
+    ctx.task = &task;
+    ctx.params = params;
+    ctx.recipe = recipe;
+    ctx.inputs = inputs;
+    io.fingerprint = stage_id + std::to_string(layer);
+    ctx.io = &io;
+    return stage.Run(ctx);
+  };
+  CalibrateStage calibrate;
+  QuantLossStage quant_loss;
+  const nlohmann::json params = {{"bits", {1, 2, 3}}, {"group_size", 16}, {"batch_size", 4}};
+  for (int l = 0; l < 2; ++l) {
+    ASSERT_OK(run(calibrate, "stats", l, {{"batch_size", 4}}));
+    ASSERT_OK(run(quant_loss, "loss", l, params));
+  }
+  // Reference: the whole MoE block recomputed with expert e quantized, batches of 4 windows.
+  ASSERT_OK_AND_ASSIGN(auto runner, model::ModelRunner::Open(dir.Join("model")));
+  StageContext ctx;
+  ctx.io = &io;
+  ctx.recipe = recipe;
+  for (int l = 0; l < 2; ++l) {
+    ASSERT_OK_AND_ASSIGN(at::Tensor loss, GetTensor(ctx, "loss" + std::to_string(l) + "/quant_loss"));
+    ASSERT_EQ(loss.sizes(), (std::vector<int64_t>{4, 3}));
+    at::Tensor input;
+    if (l == 0) {
+      ASSERT_OK_AND_ASSIGN(model::TokenWindows w, CalibrationWindows(ctx));
+      ASSERT_OK_AND_ASSIGN(input, runner->Embed(at::from_blob(w.tokens.data(), {6, 20}, at::kInt).to(at::kLong)));
+    } else {
+      ASSERT_OK_AND_ASSIGN(input, GetTensor(ctx, "stats0/hidden"));
+    }
+    ASSERT_OK_AND_ASSIGN(model::LayerWeights weights, runner->LoadLayer(l));
+    const model::RoutingRule rule = model::RoutingRuleFor(runner->config(), l);
+    struct Capture : model::ForwardObserver {
+      void OnMoeInput(int, const at::Tensor& x) override { xs.push_back(x.clone()); }
+      std::vector<at::Tensor> xs;
+    } capture;
+    for (int64_t s = 0; s < 6; s += 4) {
+      runner->RunLayer(weights, input.narrow(0, s, std::min<int64_t>(4, 6 - s)), &capture);
+    }
+    const std::vector<int> bits = {1, 2, 3};
+    for (int e = 0; e < 4; ++e) {
+      for (int bi = 0; bi < 3; ++bi) {
+        model::MoeWeights q = *weights.moe;
+        q.experts[e] = {NormalQuantize(q.experts[e].gate, bits[bi], 16),
+                        NormalQuantize(q.experts[e].up, bits[bi], 16),
+                        NormalQuantize(q.experts[e].down, bits[bi], 16)};
+        double expect = 0;
+        for (const at::Tensor& x : capture.xs) {
+          at::Tensor z = model::MoeBlock(runner->config(), l, *weights.moe, rule, x, 20, {}, nullptr);
+          at::Tensor zq = model::MoeBlock(runner->config(), l, q, rule, x, 20, {}, nullptr);
+          expect += (z - zq).to(at::kDouble).norm().item<double>();
+        }
+        EXPECT_NEAR(loss[e][bi].item<double>(), expect, 1e-4 * expect + 1e-7)
+            << "layer " << l << " expert " << e << " bits " << bits[bi];
+      }
+    }
+    // More bits, less loss (summed over experts).
+    at::Tensor per_bit = loss.sum(0);
+    EXPECT_GT(per_bit[0].item<double>(), per_bit[1].item<double>());
+    EXPECT_GT(per_bit[1].item<double>(), per_bit[2].item<double>());
+  }
+}
+
+}  // namespace
+}  // namespace moec::stages
