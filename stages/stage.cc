@@ -3,6 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "stages/calibrate_stage.h"
+#include "stages/evaluate_stage.h"
 #include "stages/noop_stage.h"
 #include "stages/quant_loss_stage.h"
 
@@ -48,6 +49,7 @@ void RegisterBuiltinStages(StageRegistry* registry) {
   registry->Register("noop", [] { return std::make_unique<NoopStage>(); });
   registry->Register("calibrate", [] { return std::make_unique<CalibrateStage>(); });
   registry->Register("quant_loss", [] { return std::make_unique<QuantLossStage>(); });
+  registry->Register("evaluate", [] { return std::make_unique<EvaluateStage>(); });
 }
 
 }  // namespace moec::stages

@@ -1,0 +1,126 @@
+#include "stages/evaluate_stage.h"
+
+#include <filesystem>
+#include <memory>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "kernels/kernels.h"
+#include "model/datasets.h"
+#include "model/forward.h"
+#include "model/parameter_count.h"
+#include "model/tensor_names.h"
+#include "model/tokenizer.h"
+#include "stages/model_inputs.h"
+#include "storage/safetensors_reader.h"
+
+namespace moec::stages {
+namespace {
+
+namespace fs = std::filesystem;
+
+uint64_t SafetensorsBytes(const std::string& dir) {
+  uint64_t total = 0;
+  std::error_code ec;
+  for (const fs::directory_entry& e : fs::directory_iterator(dir, ec)) {
+    if (e.is_regular_file() && absl::EndsWith(e.path().string(), ".safetensors")) {
+      total += e.file_size(ec);
+    }
+  }
+  return total;
+}
+
+// Mean stored width of the routed expert matrices, weighted by their elements: GPTQ tensors by
+// their packed width, the others by their dtype's bits.
+absl::StatusOr<double> AverageExpertBits(const std::string& dir, const model::ModelConfig& c) {
+  MOEC_ASSIGN_OR_RETURN(auto checkpoint, storage::SafetensorsCheckpoint::Open(dir));
+  double bits = 0, elements = 0;
+  for (const model::TensorSpec& spec : model::ModelTensors(c)) {
+    if (spec.role != model::TensorRole::kRoutedExpert) continue;
+    const double n = static_cast<double>(spec.NumElements());
+    if (checkpoint->Contains(spec.name)) {
+      MOEC_ASSIGN_OR_RETURN(storage::TensorView v, checkpoint->Get(spec.name));
+      bits += 8.0 * static_cast<double>(v.size);
+    } else {
+      const std::string prefix = spec.name.substr(0, spec.name.size() - 6);
+      MOEC_ASSIGN_OR_RETURN(storage::TensorView q, checkpoint->Get(prefix + "qweight"));
+      const int64_t in = spec.shape[1];
+      int width = 0;
+      for (int b = 1; b <= 8; ++b) {
+        if (kernels::PackedWordsPerColumn(in, b) == q.shape[0]) width = b;
+      }
+      bits += n * width;
+    }
+    elements += n;
+  }
+  return elements > 0 ? bits / elements : 0.0;
+}
+
+}  // namespace
+
+absl::StatusOr<nlohmann::json> EvaluateModel(const std::string& dir, const std::string& text,
+                                             int64_t seqlen, int64_t max_windows,
+                                             const std::function<void(double)>& progress) {
+  MOEC_ASSIGN_OR_RETURN(std::unique_ptr<model::ModelRunner> runner, model::ModelRunner::Open(dir));
+  MOEC_ASSIGN_OR_RETURN(std::unique_ptr<model::Tokenizer> tokenizer, model::Tokenizer::Load(dir));
+  MOEC_ASSIGN_OR_RETURN(std::vector<std::string> texts, model::LoadTexts(text));
+  model::EvalWindowOptions wo;
+  wo.seqlen = seqlen;
+  wo.max_windows = max_windows;
+  MOEC_ASSIGN_OR_RETURN(model::TokenWindows windows,
+                        model::EvaluationWindows(texts, *tokenizer, wo));
+  MOEC_ASSIGN_OR_RETURN(model::PerplexityResult r,
+                        runner->Perplexity(windows, [&](int64_t done, int64_t total) {
+                          if (progress) progress(static_cast<double>(done) / total);
+                        }));
+  const model::ModelConfig& c = runner->config();
+  const model::ParameterCounts p = model::CountParameters(c);
+  nlohmann::json j = {{"path", dir},
+                      {"model_type", c.model_type},
+                      {"perplexity", r.perplexity},
+                      {"mean_nll", r.mean_nll},
+                      {"windows", r.windows},
+                      {"seqlen", r.seqlen},
+                      {"size_bytes", SafetensorsBytes(dir)},
+                      {"parameters", p.total},
+                      {"activated_parameters", p.activated}};
+  MOEC_ASSIGN_OR_RETURN(double bits, AverageExpertBits(dir, c));
+  j["average_expert_bits"] = bits;
+  return j;
+}
+
+absl::Status EvaluateStage::Run(StageContext& ctx) {
+  if (ctx.rank != 0) return absl::OkStatus();
+  const nlohmann::json& e = ctx.recipe.value("evaluation", nlohmann::json());
+  if (!e.is_object()) {
+    return absl::FailedPreconditionError(
+        "evaluate needs evaluation text; the recipe has no 'evaluation'");
+  }
+  const std::string text = e.at("path").get<std::string>();
+  const int64_t seqlen = e.value("seqlen", int64_t{2048});
+  const int64_t max_windows = ctx.params.value("max_windows", int64_t{0});
+  const bool baseline = ctx.params.value("baseline", true);
+  const std::string original = ctx.recipe.at("model").get<std::string>();
+  const bool exported = NeededStage(ctx, "export").ok();
+  const std::string evaluated = exported ? ctx.recipe.at("output").get<std::string>() : original;
+  const double parts = baseline && exported ? 2.0 : 1.0;
+  nlohmann::json report;
+  MOEC_ASSIGN_OR_RETURN(report["model"],
+                        EvaluateModel(evaluated, text, seqlen, max_windows, [&](double f) {
+                          ctx.progress(f / parts, "evaluating " + evaluated);
+                        }));
+  if (baseline && exported) {
+    MOEC_ASSIGN_OR_RETURN(report["baseline"],
+                          EvaluateModel(original, text, seqlen, max_windows, [&](double f) {
+                            ctx.progress((1.0 + f) / parts, "evaluating the original model");
+                          }));
+  }
+  const std::string bytes = report.dump();
+  return ctx.io
+      ->PutOutput("report", storage::DType::kU8, {static_cast<int64_t>(bytes.size())}, bytes)
+      .status();
+}
+
+}  // namespace moec::stages

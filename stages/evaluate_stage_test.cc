@@ -1,0 +1,76 @@
+#include "stages/evaluate_stage.h"
+
+#include <cmath>
+#include <string>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "model/tiny_model.h"
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
+
+namespace moec::stages {
+namespace {
+
+using ::moec::testing::StatusIs;
+using ::moec::testing::TempDir;
+using ::testing::HasSubstr;
+
+class StringIo : public FactorIo {
+ public:
+  absl::StatusOr<std::string> PutOutput(absl::string_view name, storage::DType dtype,
+                                        absl::Span<const int64_t> shape,
+                                        absl::string_view data) override {
+    outputs[std::string(name)] = std::string(data);
+    return std::string(name);
+  }
+  absl::StatusOr<storage::Factor> Get(absl::string_view key) override {
+    return absl::NotFoundError(std::string(key));
+  }
+  std::map<std::string, std::string> outputs;
+};
+
+TEST(EvaluateStageTest, ReportsPerplexitySizeAndBitsOfTheOriginalModel) {
+  TempDir dir;
+  model::TinyModelOptions o;
+  o.model_type = "olmoe";
+  o.num_layers = 2;
+  ASSERT_OK(model::WriteTinyModel(o, dir.Join("model")));
+  std::string text;
+  for (int i = 0; i < 40; ++i) text += "evaluation text for a tiny model, line " + std::to_string(i) + "\n";
+  dir.WriteFile("eval.txt", text);
+  v1::TaskRecord task;
+  task.set_job_id("job");
+  task.set_stage_id("eval");
+  task.set_layer(-1);
+  StageContext ctx;
+  ctx.task = &task;
+  ctx.params = {{"max_windows", 3}, {"baseline", true}};
+  ctx.recipe = {{"model", dir.Join("model")},
+                {"output", dir.Join("out")},
+                {"evaluation", {{"path", dir.Join("eval.txt")}, {"seqlen", 32}}},
+                {"stages", {{{"id", "eval"}, {"kind", "evaluate"}, {"needs", nlohmann::json::array()}}}}};
+  StringIo io;
+  ctx.io = &io;
+  ASSERT_OK(EvaluateStage().Run(ctx));
+  nlohmann::json report = nlohmann::json::parse(io.outputs.at("report"));
+  const nlohmann::json& m = report.at("model");
+  EXPECT_EQ(m.at("path"), dir.Join("model"));  // no export among the needs: the original
+  EXPECT_FALSE(report.contains("baseline"));
+  EXPECT_EQ(m.at("windows"), 3);
+  EXPECT_EQ(m.at("seqlen"), 32);
+  EXPECT_DOUBLE_EQ(m.at("average_expert_bits").get<double>(), 32.0);  // F32 weights
+  EXPECT_GT(m.at("size_bytes").get<int64_t>(), 0);
+  EXPECT_NEAR(std::log(m.at("perplexity").get<double>()), m.at("mean_nll").get<double>(), 1e-9);
+  // Same numbers as evaluating the directory directly.
+  ASSERT_OK_AND_ASSIGN(nlohmann::json direct,
+                       EvaluateModel(dir.Join("model"), dir.Join("eval.txt"), 32, 3, nullptr));
+  EXPECT_DOUBLE_EQ(direct.at("perplexity").get<double>(), m.at("perplexity").get<double>());
+
+  ctx.recipe.erase("evaluation");
+  EXPECT_THAT(EvaluateStage().Run(ctx),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("evaluation")));
+}
+
+}  // namespace
+}  // namespace moec::stages
