@@ -118,4 +118,36 @@ absl::Status MoecClient::Watch(const std::string& job_id, int64_t from_seq,
   }
 }
 
+absl::StatusOr<std::string> MoecClient::GetFactorBytes(const std::string& key,
+                                                       uint64_t max_bytes) {
+  v1::GetFactorRequest req;
+  req.set_key(key);
+  auto ctx = Context();
+  auto reader = factor_stub_->GetFactor(ctx.get(), req);
+  v1::GetFactorResponse part;
+  std::string data;
+  uint64_t expected = 0;
+  bool have_stat = false;
+  while (reader->Read(&part)) {
+    if (part.has_stat()) {
+      expected = part.stat().byte_size();
+      if (expected > max_bytes) {
+        ctx->TryCancel();
+        return absl::ResourceExhaustedError(absl::StrCat("factor '", key, "' has ", expected,
+                                                         " bytes, more than ", max_bytes));
+      }
+      data.reserve(expected);
+      have_stat = true;
+    } else {
+      data += part.data();
+    }
+  }
+  absl::Status s = FromGrpcStatus(reader->Finish());
+  if (!s.ok()) return s;
+  if (!have_stat || data.size() != expected) {
+    return absl::DataLossError(absl::StrCat("factor '", key, "': incomplete stream"));
+  }
+  return data;
+}
+
 }  // namespace moec::client

@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "grpcpp/channel.h"
 #include "moec/v1/coordinator.grpc.pb.h"
+#include "moec/v1/factor.grpc.pb.h"
 
 namespace moec::client {
 
@@ -42,15 +43,20 @@ class MoecClient {
   absl::Status Watch(const std::string& job_id, int64_t from_seq,
                      const std::function<void(const v1::JobEvent&)>& on_event,
                      absl::Duration retry_for = absl::Seconds(30));
+  // The bytes of committed factor `key` ("<task fingerprint>/<name>"), at most `max_bytes`.
+  // Errors: NotFound, ResourceExhausted (larger), DataLoss (incomplete stream).
+  absl::StatusOr<std::string> GetFactorBytes(const std::string& key, uint64_t max_bytes);
 
  private:
   explicit MoecClient(ClientOptions options, std::shared_ptr<grpc::Channel> channel)
-      : options_(std::move(options)), stub_(v1::CoordinatorService::NewStub(channel)) {}
+      : options_(std::move(options)), stub_(v1::CoordinatorService::NewStub(channel)),
+        factor_stub_(v1::FactorService::NewStub(channel)) {}
   std::unique_ptr<grpc::ClientContext> Context(bool deadline = true,
                                                bool wait_for_ready = false) const;
 
   const ClientOptions options_;
   std::unique_ptr<v1::CoordinatorService::Stub> stub_;
+  std::unique_ptr<v1::FactorService::Stub> factor_stub_;
 };
 
 }  // namespace moec::client

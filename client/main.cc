@@ -21,6 +21,7 @@
 #include "client/embedded.h"
 #include "client/eval.h"
 #include "client/inspect.h"
+#include "client/report.h"
 #include "model/trainer.h"
 #include "common/cli_util.h"
 #include "common/process_tuning.h"
@@ -53,6 +54,8 @@ usage: moec COMMAND [ARGS]
   list                   all jobs
   cancel JOB             cancel a job
   resume JOB             re-run the failed or cancelled tasks of a job
+  report JOB             what the job's evaluate stages measured (perplexity, size, bits),
+                         as Markdown (--json: one object)
   workers                the workers a coordinator knows
   inspect MODEL          what a model directory holds: architecture, experts, parameter
                          counts, dtypes, shards, moec overrides (--json: one object)
@@ -206,8 +209,29 @@ int CmdRun(const Args& args) {
   }
   auto state = Follow(**client, job.job_id(), args.Has("json"));
   if (!state.ok()) return Error(kUnavailable, state.status());
+  if (*state == v1::JOB_SUCCEEDED) {
+    absl::StatusOr<nlohmann::json> report = JobReport(**client, job.job_id());
+    if (!report.ok()) return Error(kUnavailable, report.status());
+    if (args.Has("json")) {
+      std::printf("%s\n", report->dump().c_str());
+    } else if (!(*report)["evaluations"].empty()) {
+      std::printf("\n%s\n", ReportMarkdown(*report).c_str());
+    }
+  }
   std::printf("logs: %s\n", (*cluster)->log_dir().c_str());
   return ExitCodeFor(*state);
+}
+
+int CmdReport(const Args& args) {
+  if (args.positional.size() != 1) return Error(kUsage, absl::InvalidArgumentError("moec report JOB"));
+  auto client = Connect(args);
+  if (!client.ok()) return Error(kUsage, client.status());
+  absl::StatusOr<nlohmann::json> report = JobReport(**client, args.positional[0]);
+  if (!report.ok()) {
+    return Error(absl::IsNotFound(report.status()) ? kUsage : kUnavailable, report.status());
+  }
+  std::printf("%s\n", args.Has("json") ? report->dump().c_str() : ReportMarkdown(*report).c_str());
+  return kOk;
 }
 
 int CmdJob(const std::string& cmd, const Args& args) {
@@ -550,7 +574,7 @@ int Main(int argc, char** argv) {
   static const std::set<std::string> kCommands = {"run",     "submit",  "watch",
                                                   "status",  "list",    "cancel",
                                                   "resume",  "workers", "inspect",
-                                                  "eval",    "make-tiny-model"};
+                                                  "eval",    "make-tiny-model", "report"};
   if (!kCommands.count(cmd)) {
     std::fprintf(stderr, "moec: unknown command '%s'\n\n%s", cmd.c_str(), kUsageText);
     return kUsage;
@@ -565,6 +589,7 @@ int Main(int argc, char** argv) {
   if (cmd == "submit") return CmdSubmit(*args);
   if (cmd == "list" || cmd == "workers") return CmdList(cmd, *args);
   if (cmd == "inspect") return CmdInspect(*args);
+  if (cmd == "report") return CmdReport(*args);
   if (cmd == "eval") return CmdEval(*args);
   if (cmd == "make-tiny-model") return CmdMakeTinyModel(*args);
   return CmdJob(cmd, *args);

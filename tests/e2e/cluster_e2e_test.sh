@@ -9,7 +9,8 @@
 #      is run again (task_done events == tasks);
 #   5. cancel (watch exits 1) and resume (the job completes); a malformed recipe is refused with
 #      its file:line error and exit code 2. Step 2 also scrapes the Prometheus endpoint;
-#   6. a real stage (calibrate) on a tiny model with calibration text runs to completion.
+#   6. real stages (calibrate, quant_loss, evaluate) on a tiny model run to completion and
+#      `moec run` prints the evaluation report.
 # Usage: cluster_e2e_test.sh BIN_DIR   (holding moec, moec-coordinator, moec-worker)
 set -euo pipefail
 BIN=$1
@@ -136,7 +137,7 @@ set +e
 set -e
 [ "$rc" -eq 2 ] || fail "malformed recipe exit code $rc"
 grep -q "bad.yaml:5: stage 'a' parameter 'sleep_ms' must be in" bad.err || fail "imprecise error: $(cat bad.err)"
-echo "== 6. a real stage: calibrate on a tiny Mixtral with calibration text, 2 workers"
+echo "== 6. real stages: calibrate, quant_loss and evaluate on a tiny Mixtral, 2 workers; report"
 "$MOEC" make-tiny-model tiny --arch mixtral --layers 2 > /dev/null || fail "make-tiny-model"
 for i in $(seq 1 80); do echo "calibration line $i: experts route tokens by their router scores"; done > calib.txt
 cat > calib.yaml <<'Y'
@@ -144,11 +145,15 @@ name: e2e-calibrate
 model: tiny
 output: out-calib
 calibration: {path: calib.txt, samples: 8, seqlen: 64, seed: 0}
+evaluation: {path: calib.txt, seqlen: 64}
 workers: 2
 stages:
   - {id: stats, kind: calibrate, with: {batch_size: 4}}
+  - {id: loss, kind: quant_loss, needs: [stats], with: {bits: [2, 3], group_size: 32}}
+  - {id: eval, kind: evaluate, needs: [loss], with: {max_windows: 4}}
 Y
 timeout 300 "$MOEC" run calib.yaml --data-dir "$WORK/calib" > calib.log || { cat calib.log; fail "calibrate run"; }
 grep -q "JOB_SUCCEEDED" calib.log || fail "calibrate job did not succeed"
-[ "$(grep -c 'task_done' calib.log)" -eq 2 ] || fail "expected 2 calibrate tasks done"
+[ "$(grep -c 'task_done' calib.log)" -eq 5 ] || { cat calib.log; fail "expected 5 tasks done"; }
+grep -q "| eval | .*tiny | " calib.log || { cat calib.log; fail "no report table after moec run"; }
 echo "e2e: all passed"

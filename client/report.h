@@ -1,0 +1,24 @@
+// The report of a job: what its `evaluate` tasks measured (perplexity, size, average expert
+// bits, parameters of the result and of the original model), read from the factor store through
+// the coordinator. `moec report JOB` prints it; `moec run` prints it when the job succeeds.
+#ifndef MOEC_CLIENT_REPORT_H_
+#define MOEC_CLIENT_REPORT_H_
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "client/client.h"
+#include "nlohmann/json.hpp"
+
+namespace moec::client {
+
+// {"job_id", "name", "state", "tasks": {state: count}, "evaluations": [{"stage", "model",
+// "baseline"?}]}. Evaluate tasks that have not finished are left out.
+absl::StatusOr<nlohmann::json> JobReport(MoecClient& client, const std::string& job_id);
+
+// Markdown: a summary line and a table with one row per evaluated model.
+std::string ReportMarkdown(const nlohmann::json& report);
+
+}  // namespace moec::client
+
+#endif  // MOEC_CLIENT_REPORT_H_
