@@ -1,3 +1,5 @@
+#include <algorithm>
+
 #include "coordinator/factor_service.h"
 
 #include <openssl/crypto.h>
@@ -66,6 +68,9 @@ grpc::Status FactorService::PutFactor(grpc::ServerContext* ctx,
   return grpc::Status::OK;
 }
 
+// Largest data piece of a GetFactor stream (well under gRPC's default 4 MiB message limit).
+constexpr size_t kGetPieceBytes = 1 << 20;
+
 grpc::Status FactorService::GetFactor(grpc::ServerContext* ctx, const v1::GetFactorRequest* req,
                                       grpc::ServerWriter<v1::GetFactorResponse>* writer) {
   if (grpc::Status a = CheckBearerToken(ctx, token_); !a.ok()) return a;
@@ -82,9 +87,15 @@ grpc::Status FactorService::GetFactor(grpc::ServerContext* ctx, const v1::GetFac
     absl::Status s = factors->ReadChunkInto(
         req->key(), *info, i, absl::MakeSpan(reinterpret_cast<uint8_t*>(buf.data()), buf.size()));
     if (!s.ok()) return ToGrpcStatus(s);
-    v1::GetFactorResponse part;
-    part.set_data(buf);
-    if (!writer->Write(part)) return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+    // Store chunks are up to 16 MiB; gRPC clients accept 4 MiB messages by default, so each
+    // chunk goes out in pieces of kGetPieceBytes.
+    for (size_t off = 0; off < buf.size(); off += kGetPieceBytes) {
+      v1::GetFactorResponse part;
+      part.set_data(buf.data() + off, std::min(kGetPieceBytes, buf.size() - off));
+      if (!writer->Write(part)) {
+        return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+      }
+    }
   }
   return grpc::Status::OK;
 }

@@ -3,7 +3,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "stages/calibrate_stage.h"
+#include "stages/dynamic_skip_stage.h"
 #include "stages/evaluate_stage.h"
+#include "stages/export_stage.h"
 #include "stages/noop_stage.h"
 #include "stages/quant_loss_stage.h"
 
@@ -50,6 +52,8 @@ void RegisterBuiltinStages(StageRegistry* registry) {
   registry->Register("calibrate", [] { return std::make_unique<CalibrateStage>(); });
   registry->Register("quant_loss", [] { return std::make_unique<QuantLossStage>(); });
   registry->Register("evaluate", [] { return std::make_unique<EvaluateStage>(); });
+  registry->Register("dynamic_skip", [] { return std::make_unique<DynamicSkipStage>(); });
+  registry->Register("export", [] { return std::make_unique<ExportStage>(); });
 }
 
 }  // namespace moec::stages

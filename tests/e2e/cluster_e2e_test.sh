@@ -10,7 +10,9 @@
 #   5. cancel (watch exits 1) and resume (the job completes); a malformed recipe is refused with
 #      its file:line error and exit code 2. Step 2 also scrapes the Prometheus endpoint;
 #   6. real stages (calibrate, quant_loss, evaluate) on a tiny model run to completion and
-#      `moec run` prints the evaluation report.
+#      `moec run` prints the evaluation report;
+#   7. dynamic skipping exported (hf + moec.skip_beta), evaluated against the original, loadable by
+#      `moec eval`; an export never overwrites a directory it did not write.
 # Usage: cluster_e2e_test.sh BIN_DIR   (holding moec, moec-coordinator, moec-worker)
 set -euo pipefail
 BIN=$1
@@ -137,14 +139,16 @@ set +e
 set -e
 [ "$rc" -eq 2 ] || fail "malformed recipe exit code $rc"
 grep -q "bad.yaml:5: stage 'a' parameter 'sleep_ms' must be in" bad.err || fail "imprecise error: $(cat bad.err)"
+# 80 windows x 256 tokens x hidden 64 in F32: the hidden states between layers are 5.2 MB, more
+# than one gRPC message may carry, so reading them back exercises the chunked factor stream.
 echo "== 6. real stages: calibrate, quant_loss and evaluate on a tiny Mixtral, 2 workers; report"
 "$MOEC" make-tiny-model tiny --arch mixtral --layers 2 > /dev/null || fail "make-tiny-model"
-for i in $(seq 1 80); do echo "calibration line $i: experts route tokens by their router scores"; done > calib.txt
+for i in $(seq 1 400); do echo "calibration line $i: experts route tokens by their router scores"; done > calib.txt
 cat > calib.yaml <<'Y'
 name: e2e-calibrate
 model: tiny
 output: out-calib
-calibration: {path: calib.txt, samples: 8, seqlen: 64, seed: 0}
+calibration: {path: calib.txt, samples: 80, seqlen: 256, seed: 0}
 evaluation: {path: calib.txt, seqlen: 64}
 workers: 2
 stages:
@@ -156,4 +160,28 @@ timeout 300 "$MOEC" run calib.yaml --data-dir "$WORK/calib" > calib.log || { cat
 grep -q "JOB_SUCCEEDED" calib.log || fail "calibrate job did not succeed"
 [ "$(grep -c 'task_done' calib.log)" -eq 5 ] || { cat calib.log; fail "expected 5 tasks done"; }
 grep -q "| eval | .*tiny | " calib.log || { cat calib.log; fail "no report table after moec run"; }
+echo "== 7. Lu dynamic skipping: calibrate -> dynamic_skip -> export (hf) -> evaluate"
+cat > skip.yaml <<'Y'
+name: e2e-skip
+model: tiny
+output: out-skip
+calibration: {path: calib.txt, samples: 8, seqlen: 64, seed: 0, sampling: chunks}
+evaluation: {path: calib.txt, seqlen: 64}
+workers: 1
+stages:
+  - {id: stats, kind: calibrate}
+  - {id: skip, kind: dynamic_skip, needs: [stats]}
+  - {id: out, kind: export, needs: [skip], with: {format: hf}}
+  - {id: eval, kind: evaluate, needs: [out], with: {max_windows: 4}}
+Y
+timeout 300 "$MOEC" run skip.yaml --data-dir "$WORK/skip" > skip.log || { cat skip.log; fail "skip run"; }
+grep -q "skip_beta" out-skip/config.json || fail "export did not write moec.skip_beta"
+grep -q "| eval | original: " skip.log || { cat skip.log; fail "no baseline row in the report"; }
+"$MOEC" eval out-skip --text calib.txt --seqlen 64 --json > skip-eval.json 2>/dev/null || fail "moec eval of the export"
+mkdir -p foreign && echo precious > foreign/file
+set +e
+"$MOEC" run skip.yaml --set output="$WORK/foreign" --data-dir "$WORK/skip2" > foreign.log 2>&1; rc=$?
+set -e
+[ "$rc" -ne 0 ] || fail "export over a foreign directory succeeded"
+grep -q precious foreign/file || fail "export touched a foreign directory"
 echo "e2e: all passed"

@@ -1,0 +1,32 @@
+#include "stages/dynamic_skip_stage.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "model/config.h"
+#include "stages/model_inputs.h"
+
+namespace moec::stages {
+
+absl::Status DynamicSkipStage::Run(StageContext& ctx) {
+  if (ctx.rank != 0) return absl::OkStatus();
+  MOEC_ASSIGN_OR_RETURN(std::string calibrate, NeededStage(ctx, "calibrate"));
+  MOEC_ASSIGN_OR_RETURN(model::ModelConfig config,
+                        model::LoadModelConfig(ctx.recipe.at("model").get<std::string>()));
+  const int layers = config.num_hidden_layers;
+  at::Tensor beta = at::full({layers}, std::numeric_limits<double>::quiet_NaN(), at::kDouble);
+  for (int l = 0; l < layers; ++l) {
+    if (!config.IsMoeLayer(l) || config.NumActiveExperts(l) < 2) continue;
+    MOEC_ASSIGN_OR_RETURN(std::string key, ctx.InputKey(calibrate, l, "p2_p1_median"));
+    MOEC_ASSIGN_OR_RETURN(at::Tensor median, GetTensor(ctx, key));
+    beta[l] = median.item<double>();
+    ctx.progress(static_cast<double>(l + 1) / layers, absl::StrCat("layer ", l));
+  }
+  return PutTensor(ctx, "skip_beta", beta);
+}
+
+}  // namespace moec::stages
