@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "stages/allocate_bits_stage.h"
 #include "stages/calibrate_stage.h"
 #include "stages/dynamic_skip_stage.h"
 #include "stages/evaluate_stage.h"
@@ -54,6 +55,7 @@ void RegisterBuiltinStages(StageRegistry* registry) {
   registry->Register("evaluate", [] { return std::make_unique<EvaluateStage>(); });
   registry->Register("dynamic_skip", [] { return std::make_unique<DynamicSkipStage>(); });
   registry->Register("export", [] { return std::make_unique<ExportStage>(); });
+  registry->Register("allocate_bits", [] { return std::make_unique<AllocateBitsStage>(); });
 }
 
 }  // namespace moec::stages

@@ -141,7 +141,7 @@ set -e
 grep -q "bad.yaml:5: stage 'a' parameter 'sleep_ms' must be in" bad.err || fail "imprecise error: $(cat bad.err)"
 # 80 windows x 256 tokens x hidden 64 in F32: the hidden states between layers are 5.2 MB, more
 # than one gRPC message may carry, so reading them back exercises the chunked factor stream.
-echo "== 6. real stages: calibrate, quant_loss and evaluate on a tiny Mixtral, 2 workers; report"
+echo "== 6. real stages: calibrate, quant_loss, allocate_bits and evaluate on a tiny Mixtral, 2 workers; report"
 "$MOEC" make-tiny-model tiny --arch mixtral --layers 2 > /dev/null || fail "make-tiny-model"
 for i in $(seq 1 400); do echo "calibration line $i: experts route tokens by their router scores"; done > calib.txt
 cat > calib.yaml <<'Y'
@@ -154,11 +154,12 @@ workers: 2
 stages:
   - {id: stats, kind: calibrate, with: {batch_size: 4}}
   - {id: loss, kind: quant_loss, needs: [stats], with: {bits: [2, 3], group_size: 32}}
-  - {id: eval, kind: evaluate, needs: [loss], with: {max_windows: 4}}
+  - {id: alloc, kind: allocate_bits, needs: [stats, loss], with: {bits: [2, 3], average_bits: 2.5}}
+  - {id: eval, kind: evaluate, needs: [alloc], with: {max_windows: 4}}
 Y
 timeout 300 "$MOEC" run calib.yaml --data-dir "$WORK/calib" > calib.log || { cat calib.log; fail "calibrate run"; }
 grep -q "JOB_SUCCEEDED" calib.log || fail "calibrate job did not succeed"
-[ "$(grep -c 'task_done' calib.log)" -eq 5 ] || { cat calib.log; fail "expected 5 tasks done"; }
+[ "$(grep -c 'task_done' calib.log)" -eq 6 ] || { cat calib.log; fail "expected 6 tasks done"; }
 grep -q "| eval | .*tiny | " calib.log || { cat calib.log; fail "no report table after moec run"; }
 echo "== 7. Lu dynamic skipping: calibrate -> dynamic_skip -> export (hf) -> evaluate"
 cat > skip.yaml <<'Y'

@@ -1,0 +1,83 @@
+#include "stages/allocate_bits_stage.h"
+
+#include <ATen/ATen.h>
+
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/status_macros.h"
+#include "model/config.h"
+#include "stages/bit_allocation.h"
+#include "stages/model_inputs.h"
+
+namespace moec::stages {
+
+absl::Status AllocateBitsStage::Run(StageContext& ctx) {
+  if (ctx.rank != 0) return absl::OkStatus();
+  MOEC_ASSIGN_OR_RETURN(std::string calibrate, NeededStage(ctx, "calibrate"));
+  MOEC_ASSIGN_OR_RETURN(std::string quant_loss, NeededStage(ctx, "quant_loss"));
+  MOEC_ASSIGN_OR_RETURN(model::ModelConfig config,
+                        model::LoadModelConfig(ctx.recipe.at("model").get<std::string>()));
+  AllocationOptions o;
+  o.bits = ctx.params.value("bits", std::vector<int>{1, 2, 3});
+  if (ctx.params.contains("average_bits") && !ctx.params["average_bits"].is_null()) {
+    o.average_bits = ctx.params["average_bits"].get<double>();
+  } else {
+    return absl::InvalidArgumentError("allocate_bits needs 'average_bits' (the budget)");
+  }
+  o.alpha = ctx.params.value("alpha", 1.0);
+  o.beta = ctx.params.value("beta", 1.5);
+  o.gamma = ctx.params.value("gamma", 1.0);
+  o.scope = ctx.params.value("budget", "layer") == "model" ? AllocationOptions::Scope::kModel
+                                                           : AllocationOptions::Scope::kLayer;
+  o.granularity = ctx.params.value("granularity", "expert") == "layer"
+                      ? AllocationOptions::Granularity::kLayer
+                      : AllocationOptions::Granularity::kExpert;
+  std::vector<LayerFactors> factors;
+  int max_experts = 0;
+  for (int l = 0; l < config.num_hidden_layers; ++l) {
+    if (!config.IsMoeLayer(l) || config.NumRoutedExperts(l) == 0) continue;
+    LayerFactors f;
+    f.layer = l;
+    MOEC_ASSIGN_OR_RETURN(std::string tokens_key, ctx.InputKey(calibrate, l, "expert_tokens"));
+    MOEC_ASSIGN_OR_RETURN(std::string mass_key, ctx.InputKey(calibrate, l, "routing_mass"));
+    MOEC_ASSIGN_OR_RETURN(std::string loss_key, ctx.InputKey(quant_loss, l, "quant_loss"));
+    MOEC_ASSIGN_OR_RETURN(std::string bits_key, ctx.InputKey(quant_loss, l, "bits"));
+    MOEC_ASSIGN_OR_RETURN(at::Tensor tokens, GetTensor(ctx, tokens_key));
+    MOEC_ASSIGN_OR_RETURN(at::Tensor mass, GetTensor(ctx, mass_key));
+    MOEC_ASSIGN_OR_RETURN(at::Tensor loss, GetTensor(ctx, loss_key));
+    MOEC_ASSIGN_OR_RETURN(at::Tensor loss_bits, GetTensor(ctx, bits_key));
+    std::vector<int> measured;
+    for (int64_t i = 0; i < loss_bits.size(0); ++i) measured.push_back(loss_bits[i].item<int64_t>());
+    if (measured != o.bits) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "allocate_bits widths [", absl::StrJoin(o.bits, ", "), "] differ from the widths [",
+          absl::StrJoin(measured, ", "), "] stage '", quant_loss, "' measured"));
+    }
+    const int experts = static_cast<int>(tokens.size(0));
+    max_experts = std::max(max_experts, experts);
+    for (int e = 0; e < experts; ++e) {
+      f.frequency.push_back(tokens[e].item<int64_t>());
+      f.weight.push_back(mass[e].item<double>());
+      std::vector<double> q;
+      for (size_t b = 0; b < o.bits.size(); ++b) q.push_back(loss[e][b].item<double>());
+      f.loss.push_back(std::move(q));
+    }
+    factors.push_back(std::move(f));
+  }
+  if (factors.empty()) return absl::FailedPreconditionError("the model has no routed experts");
+  MOEC_ASSIGN_OR_RETURN(Allocation a, AllocateBits(factors, o));
+  at::Tensor bits = at::full({config.num_hidden_layers, max_experts}, -1, at::kLong);
+  for (size_t i = 0; i < factors.size(); ++i) {
+    for (size_t e = 0; e < a.bits[i].size(); ++e) bits[factors[i].layer][e] = a.bits[i][e];
+  }
+  MOEC_RETURN_IF_ERROR(PutTensor(ctx, "expert_bits", bits));
+  MOEC_RETURN_IF_ERROR(PutTensor(ctx, "objective", at::full({1}, a.objective, at::kDouble)));
+  MOEC_RETURN_IF_ERROR(PutTensor(ctx, "average_bits", at::full({1}, a.average_bits, at::kDouble)));
+  ctx.progress(1.0, absl::StrCat("average ", a.average_bits, " bits",
+                                 a.proven_optimal ? " (optimal)" : " (time limit)"));
+  return absl::OkStatus();
+}
+
+}  // namespace moec::stages
