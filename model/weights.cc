@@ -171,39 +171,16 @@ absl::StatusOr<at::Tensor> WeightLoader::Load(const TensorSpec& spec) const {
   return tensor;
 }
 
-absl::Status WriteCheckpointTensors(const std::string& dir, const std::vector<NamedTensor>& tensors,
-                                    storage::DType dtype, uint64_t max_shard_bytes) {
-  at::ScalarType target;
-  switch (dtype) {
-    case storage::DType::kF32:
-      target = at::kFloat;
-      break;
-    case storage::DType::kF16:
-      target = at::kHalf;
-      break;
-    case storage::DType::kBF16:
-      target = at::kBFloat16;
-      break;
-    default:
-      return absl::InvalidArgumentError(absl::StrCat(
-          "checkpoints are written in F32, F16 or BF16, not ", storage::DTypeName(dtype)));
-  }
-  std::vector<storage::TensorSpec> specs;
-  absl::flat_hash_map<std::string, const NamedTensor*> by_name;
-  for (const NamedTensor& t : tensors) {
-    if (!by_name.emplace(t.name, &t).second) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "' given twice"));
-    }
-    storage::DType stored = t.dtype.value_or(dtype);
-    if (t.tensor.scalar_type() == at::kInt) stored = storage::DType::kI32;
-    specs.push_back({t.name, stored, t.tensor.sizes().vec()});
-  }
+absl::Status WriteCheckpointStreaming(
+    const std::string& dir, const std::vector<storage::TensorSpec>& specs,
+    const std::function<absl::StatusOr<at::Tensor>(const storage::TensorSpec&)>& produce,
+    uint64_t max_shard_bytes) {
   storage::ShardingOptions sharding;
   sharding.max_shard_bytes = max_shard_bytes;
   MOEC_ASSIGN_OR_RETURN(std::unique_ptr<storage::ShardedSafetensorsWriter> writer,
                         storage::ShardedSafetensorsWriter::Create(dir, specs, {}, sharding));
   for (const storage::TensorSpec& spec : writer->order()) {
-    at::ScalarType type = target;
+    at::ScalarType type;
     switch (spec.dtype) {
       case storage::DType::kI32:
         type = at::kInt;
@@ -222,11 +199,46 @@ absl::Status WriteCheckpointTensors(const std::string& dir, const std::vector<Na
                                                        storage::DTypeName(spec.dtype),
                                                        " cannot be written"));
     }
-    at::Tensor data = by_name.at(spec.name)->tensor.detach().to(at::kCPU).to(type).contiguous();
+    MOEC_ASSIGN_OR_RETURN(at::Tensor t, produce(spec));
+    if (t.sizes().vec() != spec.shape) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", spec.name, "' was produced with shape [",
+                                                     absl::StrJoin(t.sizes().vec(), ", "),
+                                                     "], declared [", absl::StrJoin(spec.shape, ", "), "]"));
+    }
+    at::Tensor data = t.detach().to(at::kCPU).to(type).contiguous();
     MOEC_RETURN_IF_ERROR(writer->Write(
         spec.name, absl::string_view(static_cast<const char*>(data.data_ptr()), data.nbytes())));
   }
   return writer->Finish();
+}
+
+absl::Status WriteCheckpointTensors(const std::string& dir, const std::vector<NamedTensor>& tensors,
+                                    storage::DType dtype, uint64_t max_shard_bytes) {
+  switch (dtype) {
+    case storage::DType::kF32:
+    case storage::DType::kF16:
+    case storage::DType::kBF16:
+      break;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(
+          "checkpoints are written in F32, F16 or BF16, not ", storage::DTypeName(dtype)));
+  }
+  std::vector<storage::TensorSpec> specs;
+  absl::flat_hash_map<std::string, const NamedTensor*> by_name;
+  for (const NamedTensor& t : tensors) {
+    if (!by_name.emplace(t.name, &t).second) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "' given twice"));
+    }
+    storage::DType stored = t.dtype.value_or(dtype);
+    if (t.tensor.scalar_type() == at::kInt) stored = storage::DType::kI32;
+    specs.push_back({t.name, stored, t.tensor.sizes().vec()});
+  }
+  return WriteCheckpointStreaming(
+      dir, specs,
+      [&](const storage::TensorSpec& spec) -> absl::StatusOr<at::Tensor> {
+        return by_name.at(spec.name)->tensor;
+      },
+      max_shard_bytes);
 }
 
 }  // namespace moec::model

@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -17,6 +18,7 @@
 #include "model/config.h"
 #include "model/tensor_names.h"
 #include "storage/safetensors_reader.h"
+#include "storage/safetensors_writer.h"
 
 namespace moec::model {
 
@@ -84,6 +86,16 @@ struct NamedTensor {
 absl::Status WriteCheckpointTensors(const std::string& dir, const std::vector<NamedTensor>& tensors,
                                     storage::DType dtype = storage::DType::kF32,
                                     uint64_t max_shard_bytes = 5ull << 30);
+
+// Streaming variant: `specs` declare every tensor (name, stored dtype F32/F16/BF16/I32, shape);
+// `produce` is called once per tensor, in the order the writer lays them out, and its result is
+// converted to the declared dtype and written before the next one is produced, so only one
+// tensor is in memory at a time. Errors: those of `produce` (naming nothing more), a produced
+// shape that differs from the spec (InvalidArgument), the writer's errors.
+absl::Status WriteCheckpointStreaming(
+    const std::string& dir, const std::vector<storage::TensorSpec>& specs,
+    const std::function<absl::StatusOr<at::Tensor>(const storage::TensorSpec&)>& produce,
+    uint64_t max_shard_bytes = 5ull << 30);
 
 }  // namespace moec::model
 

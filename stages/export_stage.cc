@@ -3,11 +3,18 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
+#include <map>
 
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "kernels/kernels.h"
 #include "model/config.h"
+#include "model/tensor_names.h"
+#include "model/weights.h"
 #include "stages/model_inputs.h"
 #include "storage/file_util.h"
 
@@ -23,15 +30,179 @@ absl::Status Internal(const std::string& what, const std::error_code& ec) {
   return absl::InternalError(absl::StrCat(what, ": ", ec.message()));
 }
 
+// The quantized form of one linear, as a `gptq` / `rtn` stage stored it.
+struct QuantizedLinear {
+  at::Tensor q;       // uint8 [out, in]
+  at::Tensor scales;  // fp32 [out, groups]
+  at::Tensor zeros;   // fp32 [out, groups]
+  at::Tensor g_idx;   // int32 [in]
+  int bits = 0;
+};
+
+std::string EscapeRegex(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    if (std::string(".[]{}()\\*+?|^$").find(c) != std::string::npos) out += '\\';
+    out += c;
+  }
+  return out;
+}
+
+storage::DType StoredDtype(storage::DType d) {
+  return d == storage::DType::kF16 || d == storage::DType::kBF16 ? d : storage::DType::kF32;
+}
+
+// Writes the tensors of a quantized export into `tmp` and returns the quantization_config to
+// put into config.json (null for fake_quant).
+absl::StatusOr<json> WriteQuantized(StageContext& ctx, const std::string& format,
+                                    const std::string& quant_stage, const json& quant_params,
+                                    const std::string& src,
+                                    const std::string& tmp, uint64_t max_shard_bytes) {
+  MOEC_ASSIGN_OR_RETURN(model::ModelConfig config, model::LoadModelConfig(src));
+  MOEC_ASSIGN_OR_RETURN(auto checkpoint, storage::SafetensorsCheckpoint::Open(src));
+  // Which linears were quantized, at which width (from each layer's summary).
+  std::map<std::string, int> widths;
+  for (int l = 0; l < config.num_hidden_layers; ++l) {
+    MOEC_ASSIGN_OR_RETURN(std::string key, ctx.InputKey(quant_stage, l, "summary"));
+    MOEC_ASSIGN_OR_RETURN(storage::Factor f, ctx.io->Get(key));
+    json summary = json::parse(f.data, nullptr, false);
+    if (!summary.is_object()) return absl::DataLossError(key + " is not JSON");
+    for (const auto& [name, info] : summary.items()) widths[name] = info.value("bits", 0);
+  }
+  auto fetch = [&](const std::string& name) -> absl::StatusOr<QuantizedLinear> {
+    const int layer = std::stoi(name.substr(std::string("model.layers.").size()));
+    QuantizedLinear ql;
+    ql.bits = widths.at(name);
+    for (auto [part, out] : {std::pair<const char*, at::Tensor*>{".q", &ql.q}, {".scales", &ql.scales},
+                             {".zeros", &ql.zeros}, {".g_idx", &ql.g_idx}}) {
+      MOEC_ASSIGN_OR_RETURN(std::string key, ctx.InputKey(quant_stage, layer, name + part));
+      MOEC_ASSIGN_OR_RETURN(*out, GetTensor(ctx, key));
+    }
+    return ql;
+  };
+  const bool gptq = format == "gptq";
+  // GPTQ's v1 format stores zero - 1 and cannot hold a zero point of 0; use v2 then.
+  bool zero_is_zero = false;
+  int default_bits = 0;
+  std::map<int, int> width_count;
+  for (const auto& [name, b] : widths) {
+    if (name.find(".experts.") != std::string::npos) ++width_count[b];
+  }
+  for (const auto& [b, count] : width_count) {
+    if (default_bits == 0 || count > width_count[default_bits]) default_bits = b;
+  }
+  if (default_bits == 0 && !widths.empty()) default_bits = widths.begin()->second;
+  if (gptq) {
+    for (const auto& [name, b] : widths) {
+      if (b == 1) {
+        return absl::UnimplementedError(absl::StrCat(
+            name, " is quantized to 1 bit, which the GPTQ format cannot hold (sign codes have no "
+            "integer zero point); export it as fake_quant"));
+      }
+      MOEC_ASSIGN_OR_RETURN(QuantizedLinear ql, fetch(name));
+      if ((ql.zeros == 0).any().item<bool>()) zero_is_zero = true;
+    }
+  }
+  std::vector<storage::TensorSpec> specs;
+  for (const model::TensorSpec& t : model::ModelTensors(config)) {
+    if (!checkpoint->Contains(t.name)) {
+      return absl::NotFoundError(absl::StrCat(src, " lacks tensor ", t.name));
+    }
+    MOEC_ASSIGN_OR_RETURN(storage::TensorView v, checkpoint->Get(t.name));
+    auto it = widths.find(t.name);
+    if (it == widths.end() || !gptq) {
+      specs.push_back({t.name, StoredDtype(v.dtype), t.shape});
+      continue;
+    }
+    const int b = it->second;
+    const int64_t out = t.shape[0], in = t.shape[1];
+    MOEC_ASSIGN_OR_RETURN(QuantizedLinear ql, fetch(t.name));
+    const int64_t groups = ql.scales.size(1);
+    const std::string prefix = t.name.substr(0, t.name.size() - 6);
+    specs.push_back({prefix + "qweight", storage::DType::kI32, {kernels::PackedWordsPerColumn(in, b), out}});
+    specs.push_back({prefix + "qzeros", storage::DType::kI32, {groups, kernels::PackedWordsPerColumn(out, b)}});
+    specs.push_back({prefix + "scales", storage::DType::kF16, {groups, out}});
+    specs.push_back({prefix + "g_idx", storage::DType::kI32, {in}});
+  }
+  std::string cached_name;
+  QuantizedLinear cached;
+  auto produce = [&](const storage::TensorSpec& spec) -> absl::StatusOr<at::Tensor> {
+    if (ctx.IsCancelled()) return absl::CancelledError("export cancelled");
+    std::string module;
+    for (const char* suffix : {"qweight", "qzeros", "scales", "g_idx"}) {
+      if (gptq && absl::EndsWith(spec.name, std::string(".") + suffix)) {
+        module = spec.name.substr(0, spec.name.size() - std::strlen(suffix)) + "weight";
+      }
+    }
+    if (module.empty() && widths.count(spec.name) > 0) module = spec.name;  // fake_quant
+    if (module.empty()) {
+      MOEC_ASSIGN_OR_RETURN(storage::TensorView v, checkpoint->Get(spec.name));
+      return model::TensorFromView(v, at::kFloat);
+    }
+    if (module != cached_name) {
+      MOEC_ASSIGN_OR_RETURN(cached, fetch(module));
+      cached_name = module;
+    }
+    const QuantizedLinear& ql = cached;
+    const at::Tensor g_idx = ql.g_idx.to(at::kLong);
+    if (!gptq) {  // fake_quant: scales[r, g] * (q - zeros[r, g])
+      return (ql.q.to(at::kFloat) - ql.zeros.index_select(1, g_idx)) * ql.scales.index_select(1, g_idx);
+    }
+    const int b = ql.bits;
+    if (absl::EndsWith(spec.name, ".g_idx")) return ql.g_idx.to(at::kInt);
+    if (absl::EndsWith(spec.name, ".scales")) return ql.scales.t().contiguous();
+    if (absl::EndsWith(spec.name, ".qweight")) {
+      at::Tensor values = ql.q.t().contiguous();  // [in, out]
+      at::Tensor packed = at::empty({kernels::PackedWordsPerColumn(values.size(0), b), values.size(1)}, at::kInt);
+      MOEC_RETURN_IF_ERROR(kernels::PackRows(values.data_ptr<uint8_t>(), values.size(0), values.size(1), b,
+                                             reinterpret_cast<uint32_t*>(packed.data_ptr<int32_t>())));
+      return packed;
+    }
+    // qzeros: zeros [out, groups] packed along the output axis, minus one in GPTQ's v1 format.
+    at::Tensor z = at::round(ql.zeros).to(at::kLong);
+    if (!zero_is_zero) z = z - 1;
+    at::Tensor values = z.to(at::kByte).contiguous();  // [out, groups]
+    at::Tensor packed = at::empty({kernels::PackedWordsPerColumn(values.size(0), b), values.size(1)}, at::kInt);
+    MOEC_RETURN_IF_ERROR(kernels::PackRows(values.data_ptr<uint8_t>(), values.size(0), values.size(1), b,
+                                           reinterpret_cast<uint32_t*>(packed.data_ptr<int32_t>())));
+    return packed.t().contiguous();
+  };
+  MOEC_RETURN_IF_ERROR(model::WriteCheckpointStreaming(tmp, specs, produce, max_shard_bytes));
+  if (!gptq) return json();
+  json dynamic = json::object();
+  for (const auto& [name, b] : widths) {
+    if (b != default_bits) {
+      dynamic["+:" + EscapeRegex(name.substr(0, name.size() - 7))] = {{"bits", b}};
+    }
+  }
+  json q = {{"quant_method", "gptq"},
+            {"bits", default_bits},
+            {"group_size", quant_params.value("group_size", 128)},
+            {"desc_act", quant_params.value("act_order", false)},
+            {"sym", quant_params.value("sym", false)},
+            {"checkpoint_format", zero_is_zero ? "gptq_v2" : "gptq"}};
+  if (!dynamic.empty()) q["dynamic"] = dynamic;
+  return q;
+}
+
 }  // namespace
 
 absl::Status ExportStage::Run(StageContext& ctx) {
   if (ctx.rank != 0) return absl::OkStatus();
   const std::string format = ctx.params.value("format", "gptq");
-  if (format != "hf") {
-    return absl::UnimplementedError(absl::StrCat(
-        "export format '", format, "' is not implemented yet (quantized exports arrive with the "
-        "quantization stages); available: hf"));
+  std::string quant_stage;
+  if (format == "gptq" || format == "fake_quant") {
+    absl::StatusOr<std::string> g = NeededStage(ctx, "gptq");
+    absl::StatusOr<std::string> r = NeededStage(ctx, "rtn");
+    if (!g.ok() && !r.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "export format '", format, "' needs a gptq or rtn stage among its needs"));
+    }
+    quant_stage = g.ok() ? *g : *r;
+  } else if (format != "hf") {
+    return absl::UnimplementedError(absl::StrCat("export format '", format,
+                                                 "' is not implemented yet; available: hf, "
+                                                 "gptq, fake_quant"));
   }
   const std::string src = ctx.recipe.at("model").get<std::string>();
   const std::string out = ctx.recipe.at("output").get<std::string>();
@@ -61,17 +232,33 @@ absl::Status ExportStage::Run(StageContext& ctx) {
   fs::create_directories(tmp, ec);
   if (ec) return Internal("create " + tmp, ec);
   int64_t files = 0;
+  if (!quant_stage.empty()) {
+    // Group size, symmetry and act-order of the quantization stage, for quantization_config.
+    json quant_params = json::object();
+    for (const json& st : ctx.recipe.value("stages", json::array())) {
+      if (st.value("id", "") == quant_stage) quant_params = st.value("with", json::object());
+    }
+    MOEC_ASSIGN_OR_RETURN(json q, WriteQuantized(ctx, format, quant_stage, quant_params, src, tmp,
+                                                 static_cast<uint64_t>(ctx.params.value("max_shard_mib", 5120)) << 20));
+    if (!q.is_null()) config["quantization_config"] = q;
+  }
+  const std::string final_config = config.dump(2) + "\n";
+  MOEC_RETURN_IF_ERROR(model::ParseModelConfig(final_config, out + "/config.json").status());
   for (const fs::directory_entry& e : fs::directory_iterator(src, ec)) {
     if (!e.is_regular_file()) continue;
     const std::string name = e.path().filename().string();
     if (name == "config.json" || name == kMarker) continue;
+    if (!quant_stage.empty() && (absl::EndsWith(name, ".safetensors") ||
+                                 name == "model.safetensors.index.json")) {
+      continue;  // written above
+    }
     fs::copy_file(e.path(), fs::path(tmp) / name, ec);
     if (ec) return Internal("copy " + e.path().string(), ec);
     ++files;
     if (ctx.IsCancelled()) return absl::CancelledError("export cancelled");
   }
   if (ec) return Internal("list " + src, ec);
-  MOEC_RETURN_IF_ERROR(storage::WriteFileAtomically(tmp + "/config.json", new_config));
+  MOEC_RETURN_IF_ERROR(storage::WriteFileAtomically(tmp + "/config.json", final_config));
   const json marker = {{"job_id", ctx.task->job_id()},
                        {"output", out},
                        {"format", format},

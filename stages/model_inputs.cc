@@ -21,6 +21,8 @@ absl::StatusOr<storage::DType> StoredType(at::ScalarType t) {
       return storage::DType::kI64;
     case at::kInt:
       return storage::DType::kI32;
+    case at::kByte:
+      return storage::DType::kU8;
     default:
       return absl::InvalidArgumentError(
           absl::StrCat("tensors of type ", at::toString(t), " cannot be stored as factors"));
@@ -37,6 +39,8 @@ absl::StatusOr<at::ScalarType> TorchType(storage::DType t) {
       return at::kLong;
     case storage::DType::kI32:
       return at::kInt;
+    case storage::DType::kU8:
+      return at::kByte;
     default:
       return absl::DataLossError(
           absl::StrCat("factor dtype ", storage::DTypeName(t), " is not a tensor type stages read"));

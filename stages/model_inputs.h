@@ -40,9 +40,9 @@ absl::StatusOr<at::Tensor> LayerInputFrom(const StageContext& ctx,
                                           const model::ModelRunner& runner,
                                           absl::string_view stage_id);
 
-// Stores `t` (contiguous CPU copy; F32, F64, I64 or I32) as output `name` of the task.
+// Stores `t` (contiguous CPU copy; F32, F64, I64, I32 or U8) as output `name` of the task.
 absl::Status PutTensor(StageContext& ctx, absl::string_view name, const at::Tensor& t);
-// Reads the committed tensor `key` (F32, F64, I64 or I32).
+// Reads the committed tensor `key` (F32, F64, I64, I32 or U8).
 absl::StatusOr<at::Tensor> GetTensor(const StageContext& ctx, absl::string_view key);
 
 }  // namespace moec::stages

@@ -9,6 +9,7 @@
 #include "stages/export_stage.h"
 #include "stages/noop_stage.h"
 #include "stages/quant_loss_stage.h"
+#include "stages/quantize_stage.h"
 
 namespace moec::stages {
 
@@ -56,6 +57,8 @@ void RegisterBuiltinStages(StageRegistry* registry) {
   registry->Register("dynamic_skip", [] { return std::make_unique<DynamicSkipStage>(); });
   registry->Register("export", [] { return std::make_unique<ExportStage>(); });
   registry->Register("allocate_bits", [] { return std::make_unique<AllocateBitsStage>(); });
+  registry->Register("gptq", [] { return std::make_unique<QuantizeStage>(/*gptq=*/true); });
+  registry->Register("rtn", [] { return std::make_unique<QuantizeStage>(/*gptq=*/false); });
 }
 
 }  // namespace moec::stages

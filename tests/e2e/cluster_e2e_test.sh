@@ -12,7 +12,9 @@
 #   6. real stages (calibrate, quant_loss, evaluate) on a tiny model run to completion and
 #      `moec run` prints the evaluation report;
 #   7. dynamic skipping exported (hf + moec.skip_beta), evaluated against the original, loadable by
-#      `moec eval`; an export never overwrites a directory it did not write.
+#      `moec eval`; an export never overwrites a directory it did not write;
+#   8. MC-MoE with mixed-precision GPTQ exported in GPTQ format (2.5 average expert bits), and
+#      RTN exported fake-quantized.
 # Usage: cluster_e2e_test.sh BIN_DIR   (holding moec, moec-coordinator, moec-worker)
 set -euo pipefail
 BIN=$1
@@ -185,4 +187,37 @@ set +e
 set -e
 [ "$rc" -ne 0 ] || fail "export over a foreign directory succeeded"
 grep -q precious foreign/file || fail "export touched a foreign directory"
+echo "== 8. MC-MoE: calibrate -> quant_loss -> allocate_bits -> gptq -> export (gptq) -> evaluate; rtn -> fake_quant"
+cat > mc.yaml <<'Y'
+name: e2e-mc
+model: tiny
+output: out-mc
+calibration: {path: calib.txt, samples: 8, seqlen: 64, seed: 0}
+evaluation: {path: calib.txt, seqlen: 64}
+workers: 2
+stages:
+  - {id: stats, kind: calibrate}
+  - {id: loss, kind: quant_loss, needs: [stats], with: {bits: [2, 3], group_size: 32}}
+  - {id: bits, kind: allocate_bits, needs: [stats, loss], with: {bits: [2, 3], average_bits: 2.5}}
+  - {id: quant, kind: gptq, needs: [bits], with: {group_size: 32, attn_bits: 4}}
+  - {id: out, kind: export, needs: [quant], with: {format: gptq}}
+  - {id: eval, kind: evaluate, needs: [out], with: {max_windows: 4}}
+Y
+timeout 300 "$MOEC" run mc.yaml --data-dir "$WORK/mc" > mc.log || { cat mc.log; fail "mc-moe run"; }
+grep -q '"quant_method": "gptq"' out-mc/config.json || fail "no quantization_config in the GPTQ export"
+grep -q "| eval | .*out-mc | .* | 2.50 |" mc.log || { cat mc.log; fail "average expert bits of the export are not 2.50"; }
+cat > rtn.yaml <<'Y'
+name: e2e-rtn
+model: tiny
+output: out-rtn
+calibration: {path: calib.txt, samples: 8, seqlen: 64, seed: 0}
+evaluation: {path: calib.txt, seqlen: 64}
+workers: 1
+stages:
+  - {id: quant, kind: rtn, with: {bits: 3, group_size: 32}}
+  - {id: out, kind: export, needs: [quant], with: {format: fake_quant}}
+  - {id: eval, kind: evaluate, needs: [out], with: {max_windows: 4}}
+Y
+timeout 300 "$MOEC" run rtn.yaml --data-dir "$WORK/rtn" > rtn.log || { cat rtn.log; fail "rtn run"; }
+"$MOEC" inspect out-rtn > /dev/null || fail "inspect of the fake-quant export"
 echo "e2e: all passed"
