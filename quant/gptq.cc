@@ -292,49 +292,6 @@ absl::Status ValidateGptqOptions(const GptqOptions& o) {
 
 }  // namespace
 
-// --- HessianAccumulator -----------------------------------------------------------------------
-
-HessianAccumulator::HessianAccumulator(int64_t in_features)
-    : in_(in_features), h_(at::zeros({in_features, in_features}, at::kFloat)) {}
-
-absl::Status HessianAccumulator::Add(const at::Tensor& x, int64_t samples) {
-  if (!x.defined() || x.dim() < 1 || x.size(-1) != in_) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("Hessian input must be [..., ", in_, "]"));
-  }
-  if (!x.is_floating_point()) {
-    return absl::InvalidArgumentError("Hessian input must be a floating-point tensor");
-  }
-  if (samples < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("samples must be >= 0, got ", samples));
-  }
-  const at::Tensor flat = x.reshape({-1, in_});
-  const int64_t tokens = flat.size(0);
-  if (samples == 0) {
-    if (tokens > 0) {
-      return absl::InvalidArgumentError("a batch with tokens must count at least one sample");
-    }
-    return absl::OkStatus();
-  }
-  const double n_old = static_cast<double>(samples_);
-  samples_ += samples;
-  tokens_ += tokens;
-  const double n = static_cast<double>(samples_);
-  h_.mul_(n_old / n);
-  if (tokens > 0) {
-    const at::Tensor xf = flat.to(at::kFloat).contiguous();
-    h_.addmm_(xf.t(), xf, /*beta=*/1.0, /*alpha=*/2.0 / n);
-  }
-  return absl::OkStatus();
-}
-
-at::Tensor HessianAccumulator::HessianForSolve(int64_t min_tokens, bool* fallback) const {
-  const bool use_identity = tokens_ < std::max<int64_t>(min_tokens, 1);
-  if (fallback != nullptr) *fallback = use_identity;
-  if (use_identity) return at::eye(in_, at::kFloat);
-  return h_;
-}
-
 // --- Solve ----------------------------------------------------------------------------------
 
 namespace {
