@@ -10,6 +10,7 @@
 #include "model/forward.h"
 #include "model/tiny_model.h"
 #include "model/tokenizer.h"
+#include "stages/map_factor_io_test_util.h"
 #include "stages/model_inputs.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
@@ -21,33 +22,6 @@ using ::moec::testing::StatusIs;
 using ::moec::testing::TempDir;
 using ::testing::HasSubstr;
 
-// Factor I/O over a map, keyed "<fingerprint>/<name>" as the real store does.
-class MapFactorIo : public FactorIo {
- public:
-  explicit MapFactorIo(std::map<std::string, storage::Factor>* store) : store_(store) {}
-  void SetTask(const std::string& fingerprint) { fingerprint_ = fingerprint; }
-  absl::StatusOr<std::string> PutOutput(absl::string_view name, storage::DType dtype,
-                                        absl::Span<const int64_t> shape,
-                                        absl::string_view data) override {
-    const std::string key = fingerprint_ + "/" + std::string(name);
-    storage::Factor f;
-    f.info.dtype = dtype;
-    f.info.shape.assign(shape.begin(), shape.end());
-    f.info.byte_size = data.size();
-    f.data = std::string(data);
-    (*store_)[key] = std::move(f);
-    return key;
-  }
-  absl::StatusOr<storage::Factor> Get(absl::string_view key) override {
-    auto it = store_->find(std::string(key));
-    if (it == store_->end()) return absl::NotFoundError(std::string(key));
-    return it->second;
-  }
-
- private:
-  std::map<std::string, storage::Factor>* store_;
-  std::string fingerprint_;
-};
 
 // Router logits and residual stream of a plain forward: the oracle of the stage's statistics.
 class Capture : public model::ForwardObserver {

@@ -10,6 +10,7 @@
 #include "model/forward.h"
 #include "model/tiny_model.h"
 #include "stages/calibrate_stage.h"
+#include "stages/map_factor_io_test_util.h"
 #include "stages/model_inputs.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
@@ -44,31 +45,6 @@ TEST(NormalQuantizeTest, MatchesHandComputedValues) {
   EXPECT_NEAR(g[0][3].item<float>(), -2 * 0.8 / 7, 1e-6);
 }
 
-class MapIo : public FactorIo {
- public:
-  explicit MapIo(std::map<std::string, storage::Factor>* s) : store_(s) {}
-  std::string fingerprint;
-  absl::StatusOr<std::string> PutOutput(absl::string_view name, storage::DType dtype,
-                                        absl::Span<const int64_t> shape,
-                                        absl::string_view data) override {
-    storage::Factor f;
-    f.info.dtype = dtype;
-    f.info.shape.assign(shape.begin(), shape.end());
-    f.info.byte_size = data.size();
-    f.data = std::string(data);
-    const std::string key = fingerprint + "/" + std::string(name);
-    (*store_)[key] = std::move(f);
-    return key;
-  }
-  absl::StatusOr<storage::Factor> Get(absl::string_view key) override {
-    auto it = store_->find(std::string(key));
-    if (it == store_->end()) return absl::NotFoundError(std::string(key));
-    return it->second;
-  }
-
- private:
-  std::map<std::string, storage::Factor>* store_;
-};
 
 TEST(QuantLossStageTest, EqualsRecomputingTheWholeBlock) {
   TempDir dir;
@@ -91,7 +67,7 @@ TEST(QuantLossStageTest, EqualsRecomputingTheWholeBlock) {
        {{{"id", "stats"}, {"kind", "calibrate"}, {"needs", nlohmann::json::array()}},
         {{"id", "loss"}, {"kind", "quant_loss"}, {"needs", {"stats"}}}}}};
   std::map<std::string, storage::Factor> store;
-  MapIo io(&store);
+  MapFactorIo io(&store);
   std::map<std::string, std::string> inputs;
   for (int l = 0; l < 2; ++l) {
     inputs["job/stats/L" + std::to_string(l)] = "stats" + std::to_string(l);
@@ -109,7 +85,7 @@ TEST(QuantLossStageTest, EqualsRecomputingTheWholeBlock) {
     ctx.params = params;
     ctx.recipe = recipe;
     ctx.inputs = inputs;
-    io.fingerprint = stage_id + std::to_string(layer);
+    io.SetTask(stage_id + std::to_string(layer));
     ctx.io = &io;
     return stage.Run(ctx);
   };
