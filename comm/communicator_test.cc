@@ -1,0 +1,173 @@
+#include "comm/communicator.h"
+
+#include <ATen/ATen.h>
+
+#include <functional>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace moec::comm {
+namespace {
+
+using Group = std::vector<std::unique_ptr<Communicator>>;
+
+// Forms a group of `size` over Gloo (threads of this process, real TCP on loopback) or in memory.
+Group MakeGroup(bool gloo, int size, absl::Duration timeout = absl::Seconds(30)) {
+  if (!gloo) return NewLocalGroup(size, timeout);
+  auto store = NewMemoryRendezvousStore();
+  Group group(size);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < size; ++r) {
+    threads.emplace_back([&, r] {
+      GlooOptions o;
+      o.rank = r;
+      o.size = size;
+      o.timeout = timeout;
+      auto c = NewGlooCommunicator(store, o);
+      EXPECT_TRUE(c.ok()) << c.status();
+      if (c.ok()) group[r] = std::move(*c);
+    });
+  }
+  for (auto& t : threads) t.join();
+  return group;
+}
+
+// Runs fn(rank) on one thread per rank.
+void OnAllRanks(Group& group, const std::function<void(Communicator&)>& fn) {
+  std::vector<std::thread> threads;
+  for (auto& c : group) threads.emplace_back([&fn, &c] { fn(*c); });
+  for (auto& t : threads) t.join();
+}
+
+class CommunicatorTest : public ::testing::TestWithParam<bool> {};
+
+TEST_P(CommunicatorTest, AllToAllWithVariableSplits) {
+  for (int size : {1, 2, 3}) {
+    Group group = MakeGroup(GetParam(), size);
+    ASSERT_EQ(group.size(), static_cast<size_t>(size));
+    OnAllRanks(group, [size](Communicator& c) {
+      // Rank r sends (r + j) % 3 rows to rank j; row values encode (source, destination, row).
+      const int r = c.rank();
+      std::vector<int64_t> counts;
+      std::vector<at::Tensor> rows;
+      for (int j = 0; j < size; ++j) {
+        counts.push_back((r + j) % 3);
+        for (int64_t i = 0; i < counts.back(); ++i) {
+          rows.push_back(at::full({1, 2}, 100.0 * r + 10.0 * j + i, at::kDouble));
+        }
+      }
+      at::Tensor input = rows.empty() ? at::empty({0, 2}, at::kDouble) : at::cat(rows, 0);
+      std::vector<int64_t> received;
+      auto out = c.AllToAll(input, counts, &received);
+      ASSERT_TRUE(out.ok()) << out.status();
+      int64_t row = 0;
+      for (int src = 0; src < size; ++src) {
+        EXPECT_EQ(received[src], (src + r) % 3) << "from " << src;
+        for (int64_t i = 0; i < (src + r) % 3; ++i, ++row) {
+          EXPECT_EQ((*out)[row][1].item<double>(), 100.0 * src + 10.0 * r + i);
+        }
+      }
+      EXPECT_EQ(out->size(0), row);
+    });
+  }
+}
+
+TEST_P(CommunicatorTest, ReduceBroadcastGatherBarrier) {
+  Group group = MakeGroup(GetParam(), 3);
+  OnAllRanks(group, [](Communicator& c) {
+    at::Tensor counts = at::full({4}, int64_t{c.rank() + 1}, at::kLong);
+    ASSERT_TRUE(c.AllReduceSum(counts).ok());
+    EXPECT_TRUE(at::equal(counts, at::full({4}, int64_t{6}, at::kLong)));
+
+    at::Tensor b = at::full({2, 2}, static_cast<float>(c.rank()), at::kFloat);
+    ASSERT_TRUE(c.Broadcast(b, 2).ok());
+    EXPECT_TRUE(at::equal(b, at::full({2, 2}, 2.0f, at::kFloat)));
+
+    auto all = c.AllGather(at::full({c.rank() + 1, 3}, c.rank(), at::kInt));
+    ASSERT_TRUE(all.ok()) << all.status();
+    ASSERT_EQ(all->size(), 3u);
+    for (int j = 0; j < 3; ++j) {
+      EXPECT_TRUE(at::equal((*all)[j], at::full({j + 1, 3}, j, at::kInt))) << j;
+    }
+    EXPECT_TRUE(c.Barrier().ok());
+  });
+}
+
+TEST_P(CommunicatorTest, RejectsBadArguments) {
+  Group group = MakeGroup(GetParam(), 1);
+  auto out = group[0]->AllToAll(at::zeros({3, 2}), {2}, nullptr);
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
+  out = group[0]->AllToAll(at::zeros({3, 2}), {1, 2}, nullptr);
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
+  at::Tensor t = at::zeros({2});
+  EXPECT_EQ(group[0]->Broadcast(t, 1).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_P(CommunicatorTest, AbsentPeerTimesOutInsteadOfHanging) {
+  Group group = MakeGroup(GetParam(), 2, absl::Seconds(1));
+  if (group[0] == nullptr) GTEST_SKIP() << "group did not form";
+  // Only rank 0 calls: the collective must fail within the timeout.
+  const absl::Time start = absl::Now();
+  at::Tensor t = at::ones({4});
+  absl::Status s = group[0]->AllReduceSum(t);
+  EXPECT_FALSE(s.ok());
+  EXPECT_THAT(s.code(), ::testing::AnyOf(absl::StatusCode::kDeadlineExceeded,
+                                         absl::StatusCode::kUnavailable)) << s;
+  EXPECT_LT(absl::Now() - start, absl::Seconds(20));
+}
+
+INSTANTIATE_TEST_SUITE_P(Impl, CommunicatorTest, ::testing::Values(false, true),
+                         [](const auto& info) { return info.param ? "Gloo" : "Local"; });
+
+TEST(GlooTest, RendezvousWithoutPeersIsDeadlineExceeded) {
+  GlooOptions o;
+  o.rank = 0;
+  o.size = 2;
+  o.timeout = absl::Seconds(1);
+  auto c = NewGlooCommunicator(NewMemoryRendezvousStore(), o);
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kDeadlineExceeded) << c.status();
+}
+
+TEST(GlooTest, DeadPeerBreaksTheCollectiveWithARetriableError) {
+  Group group = MakeGroup(true, 2, absl::Seconds(5));
+  ASSERT_NE(group[1], nullptr);
+  group[1].reset();  // rank 1 "dies": its connections close
+  at::Tensor t = at::ones({1024});
+  absl::Status s = group[0]->AllReduceSum(t);
+  EXPECT_THAT(s.code(), ::testing::AnyOf(absl::StatusCode::kDeadlineExceeded,
+                                         absl::StatusCode::kUnavailable)) << s;
+}
+
+TEST(GlooTest, CountsBytesSentToOtherRanks) {
+  Group group = MakeGroup(true, 2);
+  OnAllRanks(group, [](Communicator& c) {
+    at::Tensor rows = at::zeros({5, 4}, at::kFloat);  // 16 bytes per row
+    std::vector<int64_t> counts = c.rank() == 0 ? std::vector<int64_t>{2, 3}
+                                                : std::vector<int64_t>{5, 0};
+    ASSERT_TRUE(c.AllToAll(rows, counts, nullptr).ok());
+    EXPECT_EQ(c.bytes_sent(), c.rank() == 0 ? 3 * 16 : 5 * 16);
+  });
+}
+
+TEST(LazyTest, ConnectsOnFirstUseOnly) {
+  int made = 0;
+  LazyCommunicator lazy(0, 1, [&]() -> absl::StatusOr<std::unique_ptr<Communicator>> {
+    ++made;
+    return NewSingleRankCommunicator();
+  });
+  EXPECT_FALSE(lazy.connected());
+  EXPECT_EQ(made, 0);
+  ASSERT_TRUE(lazy.Barrier().ok());
+  ASSERT_TRUE(lazy.Barrier().ok());
+  EXPECT_EQ(made, 1);
+  LazyCommunicator failing(0, 2, []() -> absl::StatusOr<std::unique_ptr<Communicator>> {
+    return absl::UnavailableError("no peers");
+  });
+  EXPECT_EQ(failing.Barrier().code(), absl::StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace moec::comm

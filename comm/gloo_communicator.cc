@@ -1,0 +1,173 @@
+// Gloo through libtorch's c10d: ProcessGroupGloo over a c10d::Store that forwards to a
+// RendezvousStore (the coordinator's GroupStore RPCs on workers).
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/Store.hpp>
+
+#include <chrono>
+#include <string>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "comm/communicator.h"
+
+namespace moec::comm {
+namespace {
+
+std::chrono::milliseconds Millis(absl::Duration d) {
+  return std::chrono::milliseconds(absl::ToInt64Milliseconds(d));
+}
+
+// c10d's store interface over a RendezvousStore. c10d reports errors by throwing.
+class StoreAdapter : public c10d::Store {
+ public:
+  StoreAdapter(std::shared_ptr<RendezvousStore> store, absl::Duration timeout)
+      : c10d::Store(Millis(timeout)), store_(std::move(store)) {}
+
+  void set(const std::string& key, const std::vector<uint8_t>& value) override {
+    Check(store_->Set(key, std::string(value.begin(), value.end())));
+  }
+  std::vector<uint8_t> get(const std::string& key) override {
+    absl::StatusOr<std::string> v = store_->Get(key, absl::FromChrono(timeout_));
+    Check(v.status());
+    return std::vector<uint8_t>(v->begin(), v->end());
+  }
+  int64_t add(const std::string& key, int64_t value) override {
+    absl::StatusOr<int64_t> v = store_->Add(key, value);
+    Check(v.status());
+    return *v;
+  }
+  bool deleteKey(const std::string&) override { return false; }
+  bool check(const std::vector<std::string>& keys) override {
+    for (const std::string& k : keys) {
+      if (!store_->Get(k, absl::ZeroDuration()).ok()) return false;
+    }
+    return true;
+  }
+  int64_t getNumKeys() override { TORCH_CHECK(false, "getNumKeys is not supported"); }
+  void wait(const std::vector<std::string>& keys) override { wait(keys, timeout_); }
+  void wait(const std::vector<std::string>& keys,
+            const std::chrono::milliseconds& timeout) override {
+    for (const std::string& k : keys) Check(store_->Get(k, absl::FromChrono(timeout)).status());
+  }
+
+ private:
+  static void Check(const absl::Status& s) {
+    TORCH_CHECK(s.ok(), "rendezvous store: ", s.ToString());
+  }
+  std::shared_ptr<RendezvousStore> store_;
+};
+
+// c10d errors to Status: timeouts are DeadlineExceeded, everything else a broken peer.
+absl::Status FromException(const std::exception& e, absl::string_view what) {
+  const std::string msg = e.what();
+  const std::string first_line = msg.substr(0, msg.find('\n'));
+  if (absl::StrContains(msg, "imed out") || absl::StrContains(msg, "DEADLINE_EXCEEDED") ||
+      absl::StrContains(msg, "timeout")) {
+    return absl::DeadlineExceededError(absl::StrCat("gloo ", what, ": ", first_line));
+  }
+  return absl::UnavailableError(absl::StrCat("gloo ", what, ": ", first_line));
+}
+
+class GlooCommunicator : public Communicator {
+ public:
+  GlooCommunicator(c10::intrusive_ptr<c10d::ProcessGroupGloo> pg, int rank, int size,
+                   absl::Duration timeout)
+      : pg_(std::move(pg)), rank_(rank), size_(size), timeout_(Millis(timeout)) {}
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+
+  absl::StatusOr<at::Tensor> AllToAll(const at::Tensor& input, absl::Span<const int64_t> counts,
+                                      std::vector<int64_t>* recv_counts) override {
+    if (absl::Status s = CheckAllToAll(input, counts, size_); !s.ok()) return s;
+    try {
+      // Row counts first (equal splits of one int64 each), then the rows.
+      at::Tensor send = at::tensor(std::vector<int64_t>(counts.begin(), counts.end()), at::kLong);
+      at::Tensor recv = at::empty({size_}, at::kLong);
+      std::vector<int64_t> none;
+      pg_->alltoall_base(recv, send, none, none)->wait(timeout_);
+      std::vector<int64_t> in_counts(counts.begin(), counts.end());
+      std::vector<int64_t> out_counts(recv.data_ptr<int64_t>(), recv.data_ptr<int64_t>() + size_);
+      std::vector<int64_t> row_shape(input.sizes().begin() + 1, input.sizes().end());
+      int64_t rows = 0;
+      for (int64_t c : out_counts) rows += c;
+      std::vector<int64_t> out_shape = {rows};
+      out_shape.insert(out_shape.end(), row_shape.begin(), row_shape.end());
+      at::Tensor in = input.contiguous();
+      at::Tensor out = at::empty(out_shape, input.options());
+      if (in.numel() > 0 || out.numel() > 0) {
+        // c10d moves from the count vectors: pass copies.
+        std::vector<int64_t> out_arg = out_counts, in_arg = in_counts;
+        pg_->alltoall_base(out, in, out_arg, in_arg)->wait(timeout_);
+      } else {
+        pg_->barrier()->wait(timeout_);
+      }
+      const int64_t row_bytes = input.size(0) > 0 ? in.nbytes() / input.size(0) : 0;
+      for (int j = 0; j < size_; ++j) {
+        if (j != rank_) bytes_sent_ += counts[j] * row_bytes;
+      }
+      if (recv_counts != nullptr) *recv_counts = out_counts;
+      return out;
+    } catch (const std::exception& e) {
+      return FromException(e, "all_to_all");
+    }
+  }
+  absl::Status AllReduceSum(at::Tensor& t) override {
+    try {
+      std::vector<at::Tensor> ts = {t};
+      pg_->allreduce(ts)->wait(timeout_);
+      return absl::OkStatus();
+    } catch (const std::exception& e) {
+      return FromException(e, "all_reduce");
+    }
+  }
+  absl::Status Broadcast(at::Tensor& t, int root) override {
+    if (root < 0 || root >= size_) return absl::InvalidArgumentError("broadcast: root out of range");
+    try {
+      std::vector<at::Tensor> ts = {t};
+      c10d::BroadcastOptions options;
+      options.rootRank = root;
+      pg_->broadcast(ts, options)->wait(timeout_);
+      return absl::OkStatus();
+    } catch (const std::exception& e) {
+      return FromException(e, "broadcast");
+    }
+  }
+  absl::Status Barrier() override {
+    try {
+      pg_->barrier()->wait(timeout_);
+      return absl::OkStatus();
+    } catch (const std::exception& e) {
+      return FromException(e, "barrier");
+    }
+  }
+
+ private:
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> pg_;
+  const int rank_, size_;
+  const std::chrono::milliseconds timeout_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Communicator>> NewGlooCommunicator(
+    std::shared_ptr<RendezvousStore> store, const GlooOptions& options) {
+  if (options.size < 1 || options.rank < 0 || options.rank >= options.size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("gloo: rank ", options.rank, " of a group of ", options.size));
+  }
+  if (store == nullptr) return absl::InvalidArgumentError("gloo: no rendezvous store");
+  try {
+    auto pg_options = c10d::ProcessGroupGloo::Options::create(Millis(options.timeout));
+    pg_options->devices = {c10d::ProcessGroupGloo::createDeviceForHostname(options.host)};
+    pg_options->threads = 1;
+    auto c10d_store = c10::make_intrusive<StoreAdapter>(std::move(store), options.timeout);
+    auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(c10d_store, options.rank, options.size,
+                                                          pg_options);
+    return std::unique_ptr<Communicator>(
+        new GlooCommunicator(std::move(pg), options.rank, options.size, options.timeout));
+  } catch (const std::exception& e) {
+    return FromException(e, absl::StrCat("rendezvous of rank ", options.rank, " on ", options.host));
+  }
+}
+
+}  // namespace moec::comm
