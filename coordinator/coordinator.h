@@ -18,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "coordinator/group_store.h"
 #include "coordinator/job_store.h"
 #include "coordinator/scheduler.h"
 #include "moec/v1/job.pb.h"
@@ -150,6 +151,18 @@ class Coordinator {
   absl::StatusOr<std::string> PutTaskOutput(absl::string_view worker_id, absl::string_view task_id,
                                             absl::string_view name, storage::DType dtype,
                                             absl::Span<const int64_t> shape, ChunkSource& source);
+  // Rendezvous of a gang (docs/data_plane.md): a key-value namespace per attempt of a task, for
+  // the workers holding its lease. Errors: NotFound; FailedPrecondition when the worker does not
+  // hold the task or `attempt` is not the current one; those of GroupStore.
+  absl::Status GroupStoreSet(absl::string_view worker_id, absl::string_view task_id, int attempt,
+                             const std::string& key, std::string value);
+  absl::StatusOr<std::optional<std::string>> GroupStoreGet(absl::string_view worker_id,
+                                                           absl::string_view task_id, int attempt,
+                                                           const std::string& key,
+                                                           absl::Duration wait);
+  absl::StatusOr<int64_t> GroupStoreAdd(absl::string_view worker_id, absl::string_view task_id,
+                                        int attempt, const std::string& key, int64_t delta);
+
   // The factor store (null when the coordinator has none). Reads need no coordinator state.
   storage::FactorStore* factors() const { return factors_; }
 
@@ -190,6 +203,9 @@ class Coordinator {
               storage::FactorStore* factors)
       : store_(store), options_(std::move(options)), clock_(std::move(clock)), factors_(factors) {}
   int64_t NowMs() const;
+  // The group-store namespace of the worker's current lease of task_id at `attempt`.
+  absl::StatusOr<std::string> GroupNamespace(absl::string_view worker_id,
+                                             absl::string_view task_id, int attempt);
   absl::StatusOr<Job*> FindJobLocked(absl::string_view job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<v1::TaskRecord*> HeldTaskLocked(absl::string_view worker_id,
                                                  absl::string_view task_id, Job** job)
@@ -226,6 +242,7 @@ class Coordinator {
   CoordinatorStats counters_ ABSL_GUARDED_BY(mu_);  // only the cumulative fields are kept
   // Staged outputs of leased tasks, by task id. Lock order: mu_, then PendingOutputs::mu.
   std::map<std::string, std::shared_ptr<PendingOutputs>> outputs_ ABSL_GUARDED_BY(mu_);
+  GroupStore group_store_;  // internally synchronized; never called with mu_ held
 };
 
 }  // namespace moec::coordinator

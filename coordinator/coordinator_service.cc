@@ -1,5 +1,7 @@
 #include "coordinator/coordinator_service.h"
 
+#include <algorithm>
+
 #include "coordinator/factor_service.h"
 #include "proto/rpc_status.h"
 
@@ -155,6 +157,38 @@ grpc::Status CoordinatorService::FailTask(grpc::ServerContext* ctx, const v1::Fa
   absl::Status error(static_cast<absl::StatusCode>(req->code()), req->message());
   if (error.ok()) error = absl::UnknownError(req->message());
   return ToGrpcStatus(core_->FailTask(req->worker_id(), req->task_id(), error, req->retriable()));
+}
+
+grpc::Status CoordinatorService::GroupStoreSet(grpc::ServerContext* ctx,
+                                               const v1::GroupStoreSetRequest* req,
+                                               v1::GroupStoreSetResponse*) {
+  MOEC_AUTHORIZE(ctx);
+  return ToGrpcStatus(
+      core_->GroupStoreSet(req->worker_id(), req->task_id(), req->attempt(), req->key(), req->value()));
+}
+
+grpc::Status CoordinatorService::GroupStoreGet(grpc::ServerContext* ctx,
+                                               const v1::GroupStoreGetRequest* req,
+                                               v1::GroupStoreGetResponse* resp) {
+  MOEC_AUTHORIZE(ctx);
+  absl::StatusOr<std::optional<std::string>> v =
+      core_->GroupStoreGet(req->worker_id(), req->task_id(), req->attempt(), req->key(),
+                           absl::Milliseconds(std::clamp<int64_t>(req->wait_ms(), 0, 2000)));
+  if (!v.ok()) return ToGrpcStatus(v.status());
+  resp->set_found(v->has_value());
+  if (v->has_value()) resp->set_value(**v);
+  return grpc::Status::OK;
+}
+
+grpc::Status CoordinatorService::GroupStoreAdd(grpc::ServerContext* ctx,
+                                               const v1::GroupStoreAddRequest* req,
+                                               v1::GroupStoreAddResponse* resp) {
+  MOEC_AUTHORIZE(ctx);
+  absl::StatusOr<int64_t> v =
+      core_->GroupStoreAdd(req->worker_id(), req->task_id(), req->attempt(), req->key(), req->delta());
+  if (!v.ok()) return ToGrpcStatus(v.status());
+  resp->set_value(*v);
+  return grpc::Status::OK;
 }
 
 }  // namespace moec::coordinator

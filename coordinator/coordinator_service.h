@@ -42,6 +42,12 @@ class CoordinatorService final : public v1::CoordinatorService::Service {
                             v1::CompleteTaskResponse* resp) override;
   grpc::Status FailTask(grpc::ServerContext* ctx, const v1::FailTaskRequest* req,
                         v1::FailTaskResponse* resp) override;
+  grpc::Status GroupStoreSet(grpc::ServerContext* ctx, const v1::GroupStoreSetRequest* req,
+                             v1::GroupStoreSetResponse* resp) override;
+  grpc::Status GroupStoreGet(grpc::ServerContext* ctx, const v1::GroupStoreGetRequest* req,
+                             v1::GroupStoreGetResponse* resp) override;
+  grpc::Status GroupStoreAdd(grpc::ServerContext* ctx, const v1::GroupStoreAddRequest* req,
+                             v1::GroupStoreAddResponse* resp) override;
 
  private:
   // UNAUTHENTICATED unless the call carries "authorization: Bearer <token>".

@@ -323,3 +323,39 @@ CoordinatorStats Coordinator::Stats() const {
 }
 
 }  // namespace moec::coordinator
+
+namespace moec::coordinator {
+
+absl::StatusOr<std::string> Coordinator::GroupNamespace(absl::string_view worker_id,
+                                                        absl::string_view task_id, int attempt) {
+  absl::MutexLock lock(&mu_);
+  Job* job = nullptr;
+  MOEC_ASSIGN_OR_RETURN(v1::TaskRecord * t, HeldTaskLocked(worker_id, task_id, &job));
+  if (t->attempts() != attempt) {
+    return absl::FailedPreconditionError(absl::StrCat("task ", task_id, " is at attempt ",
+                                                      t->attempts(), ", not ", attempt));
+  }
+  return absl::StrCat(task_id, "#", attempt);
+}
+
+absl::Status Coordinator::GroupStoreSet(absl::string_view worker_id, absl::string_view task_id,
+                                        int attempt, const std::string& key, std::string value) {
+  MOEC_ASSIGN_OR_RETURN(std::string ns, GroupNamespace(worker_id, task_id, attempt));
+  return group_store_.Set(ns, key, std::move(value));
+}
+
+absl::StatusOr<std::optional<std::string>> Coordinator::GroupStoreGet(
+    absl::string_view worker_id, absl::string_view task_id, int attempt, const std::string& key,
+    absl::Duration wait) {
+  MOEC_ASSIGN_OR_RETURN(std::string ns, GroupNamespace(worker_id, task_id, attempt));
+  return group_store_.Get(ns, key, wait);
+}
+
+absl::StatusOr<int64_t> Coordinator::GroupStoreAdd(absl::string_view worker_id,
+                                                   absl::string_view task_id, int attempt,
+                                                   const std::string& key, int64_t delta) {
+  MOEC_ASSIGN_OR_RETURN(std::string ns, GroupNamespace(worker_id, task_id, attempt));
+  return group_store_.Add(ns, key, delta);
+}
+
+}  // namespace moec::coordinator

@@ -15,6 +15,10 @@
 #include "nlohmann/json.hpp"
 #include "storage/factor_store.h"
 
+namespace moec::comm {
+class Communicator;  // comm/communicator.h
+}  // namespace moec::comm
+
 namespace moec::stages {
 
 // Tensor I/O of a running task, wherever the factor store lives (the coordinator's, over
@@ -38,6 +42,9 @@ struct StageContext {
   nlohmann::json recipe;              // the job's canonical recipe
   int rank = 0;                       // rank in the gang
   std::vector<std::string> group;     // worker ids of the gang
+  // Collectives of the gang (group.size() ranks); connects on first use. Not owned; null in tests
+  // that do not give one (stages then treat the task as a gang of one).
+  comm::Communicator* comm = nullptr;
   // Task id -> fingerprint of every task of the stages this task depends on.
   std::map<std::string, std::string> inputs;
   FactorIo* io = nullptr;  // Not owned; null when the worker has no factor access (tests).

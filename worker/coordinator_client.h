@@ -48,6 +48,20 @@ class CoordinatorClient {
                                                 absl::string_view data) = 0;
   // Reads a committed tensor (FactorService.GetFactor).
   virtual absl::StatusOr<storage::Factor> GetFactor(const std::string& key) = 0;
+
+  // The gang rendezvous store of a held task's attempt (CoordinatorService.GroupStore*).
+  virtual absl::Status GroupStoreSet(const std::string& worker_id, const std::string& task_id,
+                                     int attempt, const std::string& key,
+                                     const std::string& value) = 0;
+  // nullopt when the key did not appear within `wait` (the coordinator caps it at 2 s).
+  virtual absl::StatusOr<std::optional<std::string>> GroupStoreGet(const std::string& worker_id,
+                                                                   const std::string& task_id,
+                                                                   int attempt,
+                                                                   const std::string& key,
+                                                                   int64_t wait_ms) = 0;
+  virtual absl::StatusOr<int64_t> GroupStoreAdd(const std::string& worker_id,
+                                                const std::string& task_id, int attempt,
+                                                const std::string& key, int64_t delta) = 0;
 };
 
 struct GrpcClientOptions {

@@ -148,12 +148,60 @@ class GrpcCoordinatorClient : public CoordinatorClient {
     return FromGrpcStatus(stub_->FailTask(ctx.get(), req, &resp));
   }
 
+  absl::Status GroupStoreSet(const std::string& worker_id, const std::string& task_id,
+                             int attempt, const std::string& key,
+                             const std::string& value) override {
+    v1::GroupStoreSetRequest req;
+    req.set_worker_id(worker_id);
+    req.set_task_id(task_id);
+    req.set_attempt(attempt);
+    req.set_key(key);
+    req.set_value(value);
+    v1::GroupStoreSetResponse resp;
+    auto ctx = Context();
+    return FromGrpcStatus(stub_->GroupStoreSet(ctx.get(), req, &resp));
+  }
+
+  absl::StatusOr<std::optional<std::string>> GroupStoreGet(const std::string& worker_id,
+                                                           const std::string& task_id,
+                                                           int attempt, const std::string& key,
+                                                           int64_t wait_ms) override {
+    v1::GroupStoreGetRequest req;
+    req.set_worker_id(worker_id);
+    req.set_task_id(task_id);
+    req.set_attempt(attempt);
+    req.set_key(key);
+    req.set_wait_ms(wait_ms);
+    v1::GroupStoreGetResponse resp;
+    auto ctx = Context(wait_ms);
+    absl::Status s = FromGrpcStatus(stub_->GroupStoreGet(ctx.get(), req, &resp));
+    if (!s.ok()) return s;
+    if (!resp.found()) return std::optional<std::string>();
+    return std::optional<std::string>(resp.value());
+  }
+
+  absl::StatusOr<int64_t> GroupStoreAdd(const std::string& worker_id, const std::string& task_id,
+                                        int attempt, const std::string& key,
+                                        int64_t delta) override {
+    v1::GroupStoreAddRequest req;
+    req.set_worker_id(worker_id);
+    req.set_task_id(task_id);
+    req.set_attempt(attempt);
+    req.set_key(key);
+    req.set_delta(delta);
+    v1::GroupStoreAddResponse resp;
+    auto ctx = Context();
+    absl::Status s = FromGrpcStatus(stub_->GroupStoreAdd(ctx.get(), req, &resp));
+    if (!s.ok()) return s;
+    return resp.value();
+  }
+
  private:
-  std::unique_ptr<grpc::ClientContext> Context() const {
+  std::unique_ptr<grpc::ClientContext> Context(int64_t extra_ms = 0) const {
     auto ctx = std::make_unique<grpc::ClientContext>();
     ctx->AddMetadata("authorization", "Bearer " + options_.token);
     ctx->set_deadline(std::chrono::system_clock::now() +
-                      std::chrono::milliseconds(options_.rpc_timeout_ms));
+                      std::chrono::milliseconds(options_.rpc_timeout_ms + extra_ms));
     return ctx;
   }
 

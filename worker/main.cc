@@ -1,7 +1,7 @@
 // moec-worker: runs compression tasks for a moec-coordinator.
 //
-//   moec-worker --coordinator HOST:PORT --token-file PATH [--name NAME] [--tls-ca F
-//               [--tls-cert F --tls-key F]]
+//   moec-worker --coordinator HOST:PORT --token-file PATH [--name NAME] [--advertise-host HOST]
+//               [--collective-timeout-s N] [--tls-ca F [--tls-cert F --tls-key F]]
 //
 // Stops cleanly on SIGINT/SIGTERM (the current task's stage is asked to cancel).
 #include <unistd.h>
@@ -29,6 +29,13 @@ ABSL_FLAG(std::string, name, "", "name shown by `moec workers` (default host:pid
 ABSL_FLAG(std::string, tls_ca, "", "PEM roots to verify the coordinator (enables TLS)");
 ABSL_FLAG(std::string, tls_cert, "", "client certificate for mutual TLS");
 ABSL_FLAG(std::string, tls_key, "", "key of --tls-cert");
+ABSL_FLAG(std::string, advertise_host, "",
+          "address other workers of a gang reach this worker's collectives (Gloo TCP) on (or "
+          "$MOEC_ADVERTISE_HOST; default 127.0.0.1 when the coordinator is on loopback, else this "
+          "host's name)");
+ABSL_FLAG(int, collective_timeout_s, 120,
+          "seconds a gang waits for a missing member (rendezvous and each collective) before the "
+          "task fails and is retried");
 
 namespace {
 
@@ -58,7 +65,7 @@ int main(int argc, char** argv) {
   absl::SetFlagsUsageConfig(usage);
   absl::SetProgramUsageMessage(
       "runs moec compression tasks for a coordinator.\n"
-      "  moec-worker --coordinator HOST:PORT --token-file PATH [--name NAME]");
+      "  moec-worker --coordinator HOST:PORT --token-file PATH [--name NAME] [--advertise-host HOST]");
   std::vector<std::string> storage;
   std::vector<char*> args = moec::NormalizeDashedFlags(argc, argv, &storage);
   absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
@@ -92,6 +99,17 @@ int main(int argc, char** argv) {
   gethostname(host, sizeof(host) - 1);
   options.name = absl::GetFlag(FLAGS_name).empty() ? absl::StrCat(host, ":", getpid())
                                                    : absl::GetFlag(FLAGS_name);
+  options.advertise_host = FlagOrEnv(absl::GetFlag(FLAGS_advertise_host), "MOEC_ADVERTISE_HOST");
+  if (options.advertise_host.empty()) {
+    const std::string& a = client_options.address;
+    const bool loopback = absl::StartsWith(a, "127.") || absl::StartsWith(a, "localhost:") ||
+                          absl::StartsWith(a, "[::1]");
+    options.advertise_host = loopback ? "127.0.0.1" : host;
+  }
+  if (absl::GetFlag(FLAGS_collective_timeout_s) < 1) {
+    return Fail(absl::InvalidArgumentError("--collective-timeout-s must be at least 1"));
+  }
+  options.collective_timeout = absl::Seconds(absl::GetFlag(FLAGS_collective_timeout_s));
   moec::worker::Worker worker(client->get(), &registry, options);
   absl::Notification stop;
   g_stop = &stop;

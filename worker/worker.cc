@@ -1,6 +1,9 @@
 #include "worker/worker.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
+#include "comm/communicator.h"
 #include "glog/logging.h"
 #include "nlohmann/json.hpp"
 #include "worker/stage_runner.h"
@@ -106,6 +109,42 @@ class ClientFactorIo : public stages::FactorIo {
   std::string task_id_;
 };
 
+// The gang's rendezvous store: the coordinator's GroupStore of this attempt of the task. Get polls
+// in waits the coordinator bounds (2 s) until the caller's timeout.
+class CoordinatorRendezvous : public comm::RendezvousStore {
+ public:
+  CoordinatorRendezvous(CoordinatorClient* client, std::string worker_id, std::string task_id,
+                        int attempt, const std::atomic<bool>* cancelled)
+      : client_(client), worker_id_(std::move(worker_id)), task_id_(std::move(task_id)),
+        attempt_(attempt), cancelled_(cancelled) {}
+  absl::Status Set(const std::string& key, const std::string& value) override {
+    return client_->GroupStoreSet(worker_id_, task_id_, attempt_, key, value);
+  }
+  absl::StatusOr<std::string> Get(const std::string& key, absl::Duration timeout) override {
+    const absl::Time deadline = absl::Now() + timeout;
+    do {
+      if (cancelled_->load()) return absl::CancelledError("task cancelled during rendezvous");
+      const int64_t wait = std::clamp<int64_t>(absl::ToInt64Milliseconds(deadline - absl::Now()),
+                                               0, 1000);
+      absl::StatusOr<std::optional<std::string>> v =
+          client_->GroupStoreGet(worker_id_, task_id_, attempt_, key, wait);
+      if (!v.ok()) return v.status();
+      if (v->has_value()) return **v;
+    } while (absl::Now() < deadline);
+    return absl::DeadlineExceededError(absl::StrCat("rendezvous of task ", task_id_, ": key ", key,
+                                                    " not set in time (a gang member is missing)"));
+  }
+  absl::StatusOr<int64_t> Add(const std::string& key, int64_t delta) override {
+    return client_->GroupStoreAdd(worker_id_, task_id_, attempt_, key, delta);
+  }
+
+ private:
+  CoordinatorClient* client_;
+  const std::string worker_id_, task_id_;
+  const int attempt_;
+  const std::atomic<bool>* cancelled_;
+};
+
 }  // namespace
 
 void Worker::RunOne(const Lease& lease) {
@@ -126,6 +165,21 @@ void Worker::RunOne(const Lease& lease) {
   ctx.cancelled = cancelled.get();
   ClientFactorIo io(client_, id, lease.task.task_id());
   ctx.io = &io;
+  const int size = std::max<int>(1, static_cast<int>(lease.group.size()));
+  comm::LazyCommunicator communicator(
+      lease.rank, size, [&]() -> absl::StatusOr<std::unique_ptr<comm::Communicator>> {
+        if (size == 1) return comm::NewSingleRankCommunicator();
+        comm::GlooOptions o;
+        o.rank = lease.rank;
+        o.size = size;
+        o.host = options_.advertise_host;
+        o.timeout = options_.collective_timeout;
+        return comm::NewGlooCommunicator(
+            std::make_shared<CoordinatorRendezvous>(client_, id, lease.task.task_id(),
+                                                    lease.task.attempts(), cancelled.get()),
+            o);
+      });
+  ctx.comm = &communicator;
   // Progress goes to the coordinator at most once a second (and at the end); the answer also
   // carries cancellation.
   absl::Time last_report = absl::InfinitePast();

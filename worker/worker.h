@@ -22,6 +22,11 @@ struct WorkerOptions {
   std::string name;                                 // shown by ListWorkers (default host:pid)
   absl::Duration poll_interval = absl::Milliseconds(200);  // between empty LeaseTask calls
   absl::Duration heartbeat_interval = absl::Seconds(2);
+  // Address the other members of a gang reach this worker's collective (Gloo) connections on.
+  std::string advertise_host = "127.0.0.1";
+  // Rendezvous and per-collective timeout of gang tasks; a dead peer fails the task (retriable)
+  // after at most this long.
+  absl::Duration collective_timeout = absl::Seconds(120);
   absl::Status Validate() const;
 };
 

@@ -1,9 +1,14 @@
 // The Worker against the real Coordinator core through an in-process CoordinatorClient.
 #include "worker/worker.h"
 
+#include <ATen/ATen.h>
+
+#include <cstring>
 #include <filesystem>
 #include <stdexcept>
 
+#include "comm/communicator.h"
+#include "common/status_macros.h"
 #include "coordinator/coordinator.h"
 #include "gtest/gtest.h"
 #include "storage/in_memory_kv_store.h"
@@ -64,6 +69,21 @@ class LocalClient : public CoordinatorClient {
   absl::StatusOr<storage::Factor> GetFactor(const std::string& key) override {
     return core_->factors()->Get(key);
   }
+  absl::Status GroupStoreSet(const std::string& id, const std::string& task, int attempt,
+                             const std::string& key, const std::string& value) override {
+    return core_->GroupStoreSet(id, task, attempt, key, value);
+  }
+  absl::StatusOr<std::optional<std::string>> GroupStoreGet(const std::string& id,
+                                                           const std::string& task, int attempt,
+                                                           const std::string& key,
+                                                           int64_t wait_ms) override {
+    return core_->GroupStoreGet(id, task, attempt, key, absl::Milliseconds(wait_ms));
+  }
+  absl::StatusOr<int64_t> GroupStoreAdd(const std::string& id, const std::string& task,
+                                        int attempt, const std::string& key,
+                                        int64_t delta) override {
+    return core_->GroupStoreAdd(id, task, attempt, key, delta);
+  }
 
  private:
   coordinator::Coordinator* core_;
@@ -76,6 +96,28 @@ class ThrowingStage : public stages::Stage {
     if (ctx.params.value("sleep_ms", 0) == 13) throw std::runtime_error("kaboom");
     return absl::OkStatus();
   }
+};
+
+// A gang stage: all ranks all-reduce (rank + 1); rank 0 stores the sum as output "sum". On the
+// first attempt of a task, rank 1 leaves without joining when `absent_first` is set (a member
+// that died), so rank 0 must time out with a retriable error.
+class AllReduceStage : public stages::Stage {
+ public:
+  explicit AllReduceStage(bool absent_first) : absent_first_(absent_first) {}
+  absl::Status Run(stages::StageContext& ctx) override {
+    if (ctx.comm == nullptr) return absl::InternalError("no communicator");
+    if (absent_first_ && ctx.rank == 1 && ctx.task->attempts() == 1) return absl::OkStatus();
+    int64_t v = ctx.rank + 1;
+    at::Tensor t = at::full({1}, v, at::kLong);
+    MOEC_RETURN_IF_ERROR(ctx.comm->AllReduceSum(t));
+    if (ctx.rank != 0) return absl::OkStatus();
+    const int64_t sum = t.item<int64_t>();
+    return ctx.io->PutOutput("sum", storage::DType::kI64, {1},
+                             absl::string_view(reinterpret_cast<const char*>(&sum), 8)).status();
+  }
+
+ private:
+  const bool absent_first_;
 };
 
 class WorkerTest : public ::testing::Test {
@@ -96,8 +138,9 @@ class WorkerTest : public ::testing::Test {
                                               factors_.get());
     client_ = std::make_unique<LocalClient>(core_.get());
   }
-  std::string Submit(int sleep_ms, int output_bytes = 0) {
-    std::string yaml = "name: w\nmodel: m\noutput: out\nstages:\n"
+  std::string Submit(int sleep_ms, int output_bytes = 0, int workers = 1) {
+    std::string yaml = "name: w\nmodel: m\noutput: out\nworkers: " + std::to_string(workers) +
+                       "\nstages:\n"
                        "  - {id: a, kind: noop, with: {sleep_ms: " + std::to_string(sleep_ms) +
                        ", output_bytes: " + std::to_string(output_bytes) + "}}\n";
     auto r = core_->SubmitJob(yaml, dir_.Join("r.yaml"), {});
@@ -167,6 +210,80 @@ TEST_F(WorkerTest, AThrowingStageFailsItsJobButNotTheWorker) {
   const std::string good = Submit(0);
   EXPECT_EQ(WaitForEnd(good), v1::JOB_SUCCEEDED);
   worker.Stop();
+}
+
+TEST_F(WorkerTest, GangTasksFormAGlooGroupThroughTheCoordinator) {
+  stages::StageRegistry registry;
+  registry.Register("noop", [] { return std::make_unique<AllReduceStage>(false); });
+  WorkerOptions o = Fast();
+  Worker a(client_.get(), &registry, o), b(client_.get(), &registry, o);
+  ASSERT_OK(a.Start());
+  ASSERT_OK(b.Start());
+  const std::string job = Submit(0, 0, /*workers=*/2);
+  ASSERT_EQ(WaitForEnd(job), v1::JOB_SUCCEEDED) << core_->GetJob(job)->error();
+  a.Stop();
+  b.Stop();
+  EXPECT_EQ(a.tasks_done() + b.tasks_done(), 6);  // 3 layer tasks x 2 ranks
+  const std::vector<v1::TaskRecord> tasks = *core_->GetTasks(job);
+  for (const auto& t : tasks) {
+    ASSERT_OK_AND_ASSIGN(storage::Factor f, factors_->Get(t.fingerprint() + "/sum"));
+    int64_t sum = 0;
+    std::memcpy(&sum, f.data.data(), 8);
+    EXPECT_EQ(sum, 3) << t.task_id();
+  }
+}
+
+TEST_F(WorkerTest, AMissingGangMemberFailsTheAttemptRetriablyAndTheRetrySucceeds) {
+  stages::StageRegistry registry;
+  registry.Register("noop", [] { return std::make_unique<AllReduceStage>(true); });
+  WorkerOptions o = Fast();
+  o.collective_timeout = absl::Seconds(1);
+  Worker a(client_.get(), &registry, o), b(client_.get(), &registry, o);
+  ASSERT_OK(a.Start());
+  ASSERT_OK(b.Start());
+  const std::string job = Submit(0, 0, /*workers=*/2);
+  ASSERT_EQ(WaitForEnd(job), v1::JOB_SUCCEEDED) << core_->GetJob(job)->error();
+  a.Stop();
+  b.Stop();
+  EXPECT_GE(a.tasks_failed() + b.tasks_failed(), 3);  // each task's first attempt
+  const std::vector<v1::TaskRecord> tasks = *core_->GetTasks(job);
+  for (const auto& t : tasks) EXPECT_EQ(t.attempts(), 2) << t.task_id();
+}
+
+TEST_F(WorkerTest, GroupStoreIsOpenOnlyToTheLeaseHoldersOfTheCurrentAttempt) {
+  const std::string w1 = core_->RegisterWorker({"a", false, 0});
+  const std::string w2 = core_->RegisterWorker({"b", false, 0});
+  const std::string outsider = core_->RegisterWorker({"c", false, 0});
+  const std::string job = Submit(0, 0, /*workers=*/2);
+  std::optional<coordinator::LeasedTask> lease;
+  for (const std::string& w : {w1, w2, outsider}) {
+    auto l = core_->LeaseTask(w);
+    ASSERT_OK(l.status());
+    if (l->has_value() && !lease) lease = **l;
+  }
+  ASSERT_TRUE(lease.has_value());
+  const std::string task = lease->task.task_id();
+  const int attempt = lease->task.attempts();
+  const std::string member = lease->group[1];
+  ASSERT_OK(core_->GroupStoreSet(lease->group[0], task, attempt, "k", "v"));
+  auto got = core_->GroupStoreGet(member, task, attempt, "k", absl::ZeroDuration());
+  ASSERT_OK(got.status());
+  EXPECT_EQ(got->value_or(""), "v");
+  std::string other = outsider;
+  for (const std::string& w : {w1, w2, outsider}) {
+    if (w != lease->group[0] && w != lease->group[1]) other = w;
+  }
+  EXPECT_EQ(core_->GroupStoreGet(other, task, attempt, "k", absl::ZeroDuration()).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(core_->GroupStoreSet(member, task, attempt + 1, "k", "v").code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(core_->GroupStoreSet(member, task, attempt, std::string(300, 'k'), "v").code(),
+            absl::StatusCode::kInvalidArgument);
+  ASSERT_OK_AND_ASSIGN(int64_t n, core_->GroupStoreAdd(member, task, attempt, "n", 5));
+  EXPECT_EQ(n, 5);
+  auto missing = core_->GroupStoreGet(member, task, attempt, "absent", absl::Milliseconds(10));
+  ASSERT_OK(missing.status());
+  EXPECT_FALSE(missing->has_value());
 }
 
 TEST(StageRunnerTest, ConvertsExceptionsAndMissingKinds) {
