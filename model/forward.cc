@@ -145,8 +145,8 @@ RopeTables ModelRunner::Rope(int64_t seq) const {
 }
 
 at::Tensor ModelRunner::RunLayer(const LayerWeights& weights, const at::Tensor& hidden,
-                                 ForwardObserver* observer) const {
-  return DecoderLayer(config_, weights, hidden, Rope(hidden.size(1)), observer);
+                                 ForwardObserver* observer, ExpertExecutor* experts) const {
+  return DecoderLayer(config_, weights, hidden, Rope(hidden.size(1)), observer, experts);
 }
 
 at::Tensor ModelRunner::ApplyHead(const HeadWeights& head, const at::Tensor& hidden) const {

@@ -210,9 +210,26 @@ Routing Route(const at::Tensor& router, const at::Tensor& x, const RoutingRule& 
   return r;
 }
 
+at::Tensor RunExpertsLocally(int layer, const MoeWeights& w, const at::Tensor& rows,
+                             const std::vector<int64_t>& counts, const at::Tensor& token_index,
+                             ForwardObserver* observer) {
+  at::Tensor out = at::empty_like(rows);
+  int64_t offset = 0;
+  for (size_t e = 0; e < counts.size(); ++e) {
+    const int64_t c = counts[e];
+    if (c == 0) continue;
+    out.narrow(0, offset, c)
+        .copy_(Mlp(w.experts[e], rows.narrow(0, offset, c), layer, LinearKind::kExpertGate,
+                   static_cast<int>(e), observer, token_index.narrow(0, offset, c)));
+    offset += c;
+  }
+  return out;
+}
+
 at::Tensor MoeBlock(const ModelConfig& config, int layer, const MoeWeights& w,
                     const RoutingRule& rule, const at::Tensor& x, int64_t seq,
-                    const at::Tensor& column_statistic, ForwardObserver* observer) {
+                    const at::Tensor& column_statistic, ForwardObserver* observer,
+                    ExpertExecutor* experts) {
   if (observer != nullptr) observer->OnMoeInput(layer, x);
   at::Tensor out = at::zeros_like(x);
   const int n = static_cast<int>(w.experts.size());
@@ -237,18 +254,22 @@ at::Tensor MoeBlock(const ModelConfig& config, int layer, const MoeWeights& w,
     at::Tensor flat = routing.experts.masked_fill(routing.kept.logical_not(), n).reshape(-1);
     at::Tensor order = std::get<1>(at::sort(flat, /*stable=*/true, /*dim=*/0,
                                             /*descending=*/false));
-    at::Tensor counts = at::bincount(flat, {}, n + 1);
-    at::Tensor token_of = at::div(order, k, "floor");
-    at::Tensor weight_of = routing.weights.reshape(-1).index_select(0, order);
-    const int64_t* count = counts.data_ptr<int64_t>();
+    at::Tensor bins = at::bincount(flat, {}, n + 1);
+    std::vector<int64_t> counts(bins.data_ptr<int64_t>(), bins.data_ptr<int64_t>() + n);
+    int64_t routed = 0;
+    for (int64_t c : counts) routed += c;
+    at::Tensor token_of = at::div(order, k, "floor").narrow(0, 0, routed);
+    at::Tensor weight_of = routing.weights.reshape(-1).index_select(0, order).narrow(0, 0, routed);
+    at::Tensor rows = x.index_select(0, token_of);
+    at::Tensor y = experts != nullptr
+                       ? experts->Run(layer, w, rows, counts, token_of, observer)
+                       : RunExpertsLocally(layer, w, rows, counts, token_of, observer);
     int64_t offset = 0;
     for (int e = 0; e < n; ++e) {
-      const int64_t c = count[e];
+      const int64_t c = counts[e];
       if (c == 0) continue;
-      at::Tensor tokens = token_of.narrow(0, offset, c);
-      at::Tensor y = Mlp(w.experts[e], x.index_select(0, tokens), layer, LinearKind::kExpertGate,
-                         e, observer, tokens);
-      out.index_add_(0, tokens, y * weight_of.narrow(0, offset, c).unsqueeze(1));
+      out.index_add_(0, token_of.narrow(0, offset, c),
+                     y.narrow(0, offset, c) * weight_of.narrow(0, offset, c).unsqueeze(1));
       offset += c;
     }
   }
@@ -267,7 +288,8 @@ at::Tensor MoeBlock(const ModelConfig& config, int layer, const MoeWeights& w,
 }
 
 at::Tensor DecoderLayer(const ModelConfig& config, const LayerWeights& w, const at::Tensor& h,
-                        const RopeTables& rope, ForwardObserver* observer) {
+                        const RopeTables& rope, ForwardObserver* observer,
+                        ExpertExecutor* experts) {
   const int layer = w.layer;
   if (observer != nullptr) observer->OnLayerInput(layer, h);
   const int64_t batch = h.size(0), seq = h.size(1), hidden = h.size(2);
@@ -283,7 +305,8 @@ at::Tensor DecoderLayer(const ModelConfig& config, const LayerWeights& w, const 
         RmsNorm(out, w.post_norm, config.rms_norm_eps).reshape({batch * seq, hidden});
     at::Tensor y;
     if (w.moe.has_value()) {
-      y = MoeBlock(config, layer, *w.moe, rule, x, seq, attention.column_statistic, observer);
+      y = MoeBlock(config, layer, *w.moe, rule, x, seq, attention.column_statistic, observer,
+                   experts);
     } else {
       y = Mlp(w.dense, x, layer, LinearKind::kDenseGate, -1, observer);
     }

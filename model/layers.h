@@ -156,15 +156,38 @@ struct Routing {
 Routing Route(const at::Tensor& router, const at::Tensor& x, const RoutingRule& rule,
               const at::Tensor& importance, int64_t seq);
 
+// Runs the routed experts of a MoE block. The block hands it the routed rows sorted by expert:
+// rows [m, hidden] (rows of x, stable-sorted by expert), counts [experts] (rows per expert, in
+// order), token_index [m] (each row's position in x); it returns the experts' unweighted outputs
+// for those rows, [m, hidden], in the same order. The default runs every expert here; the
+// expert-parallel data plane (stages/expert_parallel.h) sends rows to the rank owning their
+// expert. The block weights and sums the outputs itself, so the result does not depend on where
+// the experts ran.
+class ExpertExecutor {
+ public:
+  virtual ~ExpertExecutor() = default;
+  virtual at::Tensor Run(int layer, const MoeWeights& w, const at::Tensor& rows,
+                         const std::vector<int64_t>& counts, const at::Tensor& token_index,
+                         ForwardObserver* observer) = 0;
+};
+
+// The default ExpertExecutor's work: Mlp of expert e on its rows, for every e.
+at::Tensor RunExpertsLocally(int layer, const MoeWeights& w, const at::Tensor& rows,
+                             const std::vector<int64_t>& counts, const at::Tensor& token_index,
+                             ForwardObserver* observer);
+
 // The MoE sub-block on x [tokens, hidden] (normalized): routed experts weighted by the routing,
 // plus shared experts. `column_statistic` ([batch, seq] fp32) is needed when rule.odp.
+// `experts` runs the routed experts (null: here, with RunExpertsLocally).
 at::Tensor MoeBlock(const ModelConfig& config, int layer, const MoeWeights& w,
                     const RoutingRule& rule, const at::Tensor& x, int64_t seq,
-                    const at::Tensor& column_statistic, ForwardObserver* observer);
+                    const at::Tensor& column_statistic, ForwardObserver* observer,
+                    ExpertExecutor* experts = nullptr);
 
 // One decoder layer on the residual stream h [batch, seq, hidden].
 at::Tensor DecoderLayer(const ModelConfig& config, const LayerWeights& w, const at::Tensor& h,
-                        const RopeTables& rope, ForwardObserver* observer);
+                        const RopeTables& rope, ForwardObserver* observer,
+                        ExpertExecutor* experts = nullptr);
 
 }  // namespace moec::model
 

@@ -33,6 +33,11 @@ class HessianAccumulator {
   // Errors: InvalidArgument for a wrong last dimension, non-float input, samples < 0, or
   // tokens > 0 with samples == 0.
   absl::Status Add(const at::Tensor& x, int64_t samples);
+  // The same update from a precomputed Gram matrix gram = X^T X (fp32 [in, in]) of `tokens` rows
+  // counted as `samples` (equal to Add(X, samples) up to rounding). The data plane reduces
+  // per-chunk Gram matrices this way, in chunk order. Errors: InvalidArgument for a wrong shape,
+  // negative counts, or tokens > 0 with samples == 0.
+  absl::Status AddGram(const at::Tensor& gram, int64_t tokens, int64_t samples);
 
   // H [in, in] fp32 (zeros before the first Add).
   const at::Tensor& hessian() const { return h_; }

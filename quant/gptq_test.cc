@@ -581,6 +581,24 @@ TEST(HessianAccumulatorTest, RunningAverageCountsSamples) {
   EXPECT_TRUE(fb);
 }
 
+TEST(HessianAccumulatorTest, AddGramMatchesAddOfTheRows) {
+  const int64_t in = 10;
+  HessianAccumulator rows(in), grams(in);
+  at::manual_seed(31);
+  for (auto [t, s] : std::vector<std::pair<int64_t, int64_t>>{{6, 1}, {0, 1}, {9, 3}}) {
+    at::Tensor x = at::randn({t, in});
+    ASSERT_OK(rows.Add(x, s));
+    ASSERT_OK(grams.AddGram(at::matmul(x.t(), x), t, s));
+  }
+  EXPECT_EQ(grams.samples(), rows.samples());
+  EXPECT_EQ(grams.tokens(), rows.tokens());
+  EXPECT_TRUE(at::allclose(grams.hessian(), rows.hessian(), 1e-5, 1e-6));
+  EXPECT_THAT(grams.AddGram(at::zeros({in, in + 1}), 1, 1),
+              testing::StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(grams.AddGram(at::zeros({in, in}), 3, 0),
+              testing::StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
 TEST(HessianAccumulatorTest, NoTokensFallsBackAndBadInputIsRejected) {
   HessianAccumulator acc(4);
   bool fb = false;

@@ -40,6 +40,28 @@ absl::Status HessianAccumulator::Add(const at::Tensor& x, int64_t samples) {
   return absl::OkStatus();
 }
 
+absl::Status HessianAccumulator::AddGram(const at::Tensor& gram, int64_t tokens, int64_t samples) {
+  if (!gram.defined() || gram.dim() != 2 || gram.size(0) != in_ || gram.size(1) != in_) {
+    return absl::InvalidArgumentError(absl::StrCat("Gram matrix must be [", in_, ", ", in_, "]"));
+  }
+  if (samples < 0 || tokens < 0) {
+    return absl::InvalidArgumentError("token and sample counts must be >= 0");
+  }
+  if (samples == 0) {
+    if (tokens > 0) {
+      return absl::InvalidArgumentError("a batch with tokens must count at least one sample");
+    }
+    return absl::OkStatus();
+  }
+  const double n_old = static_cast<double>(samples_);
+  samples_ += samples;
+  tokens_ += tokens;
+  const double n = static_cast<double>(samples_);
+  h_.mul_(n_old / n);
+  if (tokens > 0) h_.add_(gram.to(at::kFloat), 2.0 / n);
+  return absl::OkStatus();
+}
+
 at::Tensor HessianAccumulator::HessianForSolve(int64_t min_tokens, bool* fallback) const {
   const bool use_identity = tokens_ < std::max<int64_t>(min_tokens, 1);
   if (fallback != nullptr) *fallback = use_identity;

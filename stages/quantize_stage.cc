@@ -2,6 +2,9 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <cstring>
+#include <functional>
 #include <map>
 #include <memory>
 #include <tuple>
@@ -12,6 +15,7 @@
 #include "model/tensor_names.h"
 #include "quant/gptq.h"
 #include "quant/quantizer.h"
+#include "stages/expert_parallel.h"
 #include "stages/model_inputs.h"
 
 namespace moec::stages {
@@ -27,7 +31,9 @@ struct Target {
   int expert = -1;
   int bits = 4;
   int group = 0;  // true-sequential group: 0 q/k/v, 1 o, 2 MLP gate/up (and router), 3 down
-  std::unique_ptr<quant::HessianAccumulator> hessian;
+  int owner = 0;  // rank that quantizes it (an expert's owner; round-robin for the others)
+  bool gptq = false;  // collects Hessians (on every rank; accumulated on the owner)
+  std::unique_ptr<quant::HessianAccumulator> hessian;  // on the owner
 };
 
 int SequentialGroup(LinearKind k) {
@@ -47,36 +53,100 @@ int SequentialGroup(LinearKind k) {
   }
 }
 
-// Feeds captured linear inputs of the current group to the targets' Hessians.
+// Feeds captured linear inputs of the current group to the targets' Hessians: routed experts'
+// rows straight into their accumulators (only the owner of an expert sees its rows); the other
+// linears' per-chunk Gram matrices are kept for the ordered reduction to their owners.
 class HessianCollector : public model::ForwardObserver {
  public:
+  struct Gram {
+    at::Tensor gram;  // fp32 [in, in]
+    int64_t tokens = 0, samples = 0;
+  };
   HessianCollector(std::map<std::pair<LinearKind, int>, Target*>* targets, int group, int64_t seq)
       : targets_(targets), group_(group), seq_(seq) {}
   bool WantsLinearInputs(int layer) const override { return true; }
   void OnLinearInput(const model::LinearId& id, const at::Tensor& x,
                      const at::Tensor& token_index) override {
     auto it = targets_->find({id.kind, id.expert});
-    if (it == targets_->end() || it->second->hessian == nullptr) return;
+    if (it == targets_->end() || !it->second->gptq) return;
     if (group_ >= 0 && it->second->group != group_) return;
-    // The reference counts forward calls of 2-D inputs (experts) as one sample and 3-D inputs
-    // as their batch of sequences (decision 13); GPTQ's result does not depend on the scale.
-    const int64_t samples = id.expert >= 0 ? 1 : std::max<int64_t>(1, x.size(0) / seq_);
-    absl::Status s = it->second->hessian->Add(x, samples);
-    if (!s.ok() && status_.ok()) status_ = s;
+    if (id.expert >= 0) {
+      if (it->second->hessian == nullptr) {  // the executor runs experts on their owners only
+        status_ = absl::InternalError(absl::StrCat("rows of expert ", id.expert, " off its owner"));
+        return;
+      }
+      // The reference counts forward calls of 2-D inputs (experts) as one sample and 3-D inputs
+      // as their batch of sequences (decision 13); GPTQ's result does not depend on the scale.
+      absl::Status s = it->second->hessian->Add(x, 1);
+      if (!s.ok() && status_.ok()) status_ = s;
+      return;
+    }
+    const at::Tensor f = x.reshape({-1, x.size(-1)}).to(at::kFloat).contiguous();
+    grams_[it->second] = {at::matmul(f.t(), f), f.size(0), std::max<int64_t>(1, f.size(0) / seq_)};
   }
   const absl::Status& status() const { return status_; }
+  std::map<Target*, Gram>& grams() { return grams_; }
 
  private:
   std::map<std::pair<LinearKind, int>, Target*>* targets_;
   const int group_;
   const int64_t seq_;
   absl::Status status_;
+  std::map<Target*, Gram> grams_;
 };
+
+// Sends this round's Gram matrix of every data-parallel target of `group` to the target's owner,
+// which adds them in rank order, i.e. in chunk order (expert_parallel.h).
+absl::Status ReduceGrams(comm::Communicator& comm, const std::vector<std::unique_ptr<Target>>& targets,
+                         int group, HessianCollector& collector) {
+  for (const auto& t : targets) {
+    if (t->expert >= 0 || !t->gptq || (group >= 0 && t->group != group)) continue;
+    const int64_t in = t->weight->size(1);
+    std::vector<int64_t> rows(comm.size(), 0), one(comm.size(), 0);
+    auto it = collector.grams().find(t.get());
+    at::Tensor gram = at::empty({0, in}, at::kFloat);
+    at::Tensor meta = at::empty({0, 2}, at::kLong);
+    if (it != collector.grams().end()) {
+      gram = it->second.gram;
+      meta = at::tensor({it->second.tokens, it->second.samples}, at::kLong).reshape({1, 2});
+      rows[t->owner] = in;
+      one[t->owner] = 1;
+    }
+    std::vector<int64_t> got_rows, got_meta;
+    MOEC_ASSIGN_OR_RETURN(at::Tensor grams, comm.AllToAll(gram, rows, &got_rows));
+    MOEC_ASSIGN_OR_RETURN(at::Tensor metas, comm.AllToAll(meta, one, &got_meta));
+    for (int64_t i = 0; i < metas.size(0); ++i) {
+      MOEC_RETURN_IF_ERROR(t->hessian->AddGram(grams.narrow(0, i * in, in),
+                                               metas[i][0].item<int64_t>(),
+                                               metas[i][1].item<int64_t>()));
+    }
+  }
+  collector.grams().clear();
+  return absl::OkStatus();
+}
+
+// Merges the per-rank summaries (JSON objects) on every rank.
+absl::StatusOr<nlohmann::json> GatherSummary(comm::Communicator& comm, const nlohmann::json& mine) {
+  const std::string text = mine.dump();
+  at::Tensor bytes = at::empty({static_cast<int64_t>(text.size())}, at::kByte);
+  std::memcpy(bytes.data_ptr(), text.data(), text.size());
+  MOEC_ASSIGN_OR_RETURN(std::vector<at::Tensor> all, comm.AllGather(bytes));
+  nlohmann::json merged = nlohmann::json::object();
+  for (const at::Tensor& t : all) {
+    at::Tensor c = t.contiguous();
+    nlohmann::json part = nlohmann::json::parse(
+        std::string(static_cast<const char*>(c.data_ptr()), c.numel()), nullptr, false);
+    if (!part.is_object()) return absl::DataLossError("a rank sent a malformed summary");
+    merged.update(part);
+  }
+  return merged;
+}
 
 }  // namespace
 
 absl::Status QuantizeStage::Run(StageContext& ctx) {
-  if (ctx.rank != 0) return absl::OkStatus();  // docs/stages.md (until issue #5)
+  std::unique_ptr<comm::Communicator> single;
+  comm::Communicator& comm = GangComm(ctx, &single);
   const int layer = ctx.task->layer();
   MOEC_ASSIGN_OR_RETURN(std::unique_ptr<model::ModelRunner> runner, OpenJobModel(ctx));
   const model::ModelConfig& c = runner->config();
@@ -90,7 +160,8 @@ absl::Status QuantizeStage::Run(StageContext& ctx) {
   const int64_t min_tokens = p.value("min_tokens", int64_t{1});
 
   // Expert widths: the allocation when there is one.
-  std::vector<int> expert_bits(std::max(0, c.NumRoutedExperts(layer)), bits);
+  const int experts = std::max(0, c.NumRoutedExperts(layer));
+  std::vector<int> expert_bits(experts, bits);
   if (absl::StatusOr<std::string> alloc = NeededStage(ctx, "allocate_bits"); alloc.ok()) {
     MOEC_ASSIGN_OR_RETURN(std::string key, ctx.InputKey(*alloc, -1, "expert_bits"));
     MOEC_ASSIGN_OR_RETURN(at::Tensor table, GetTensor(ctx, key));
@@ -104,10 +175,39 @@ absl::Status QuantizeStage::Run(StageContext& ctx) {
     }
   }
 
-  MOEC_ASSIGN_OR_RETURN(at::Tensor hidden, LayerInput(ctx, *runner));
+  // This rank's chunks of the calibration windows (expert_parallel.h).
+  at::Tensor window_tokens;
+  ChunkPlan plan;
+  plan.rank = comm.rank();
+  plan.ranks = comm.size();
+  if (layer == 0) {
+    MOEC_ASSIGN_OR_RETURN(window_tokens, CalibrationTokens(ctx));
+    plan.windows = window_tokens.size(0);
+  } else {
+    MOEC_ASSIGN_OR_RETURN(std::string key, ctx.PreviousLayerKey("windows"));
+    MOEC_ASSIGN_OR_RETURN(at::Tensor w, GetTensor(ctx, key));
+    plan.windows = w.item<int64_t>();
+  }
+  std::map<int64_t, at::Tensor> inputs;  // chunk -> hidden states entering the layer
+  for (int64_t round = 0; round < plan.rounds(); ++round) {
+    const int64_t chunk = plan.ChunkOf(round);
+    if (chunk < 0) continue;
+    MOEC_ASSIGN_OR_RETURN(inputs[chunk],
+                          LayerInputChunk(ctx, *runner, window_tokens, plan, chunk));
+  }
+  const int64_t seq = inputs.empty() ? 1 : inputs.begin()->second.size(1);
+
   MOEC_ASSIGN_OR_RETURN(model::LayerWeights w, runner->LoadLayer(layer));
+  const bool moe = w.moe.has_value() && experts > 0 && w.moe->router.defined();
+  // Expert owners balance calibrated token counts when a `calibrate` stage is among the needs,
+  // else the number of experts.
+  std::vector<int64_t> expert_tokens = CalibratedExpertTokens(ctx, layer, experts);
+  if (expert_tokens.empty()) expert_tokens.assign(experts, 1);
+  const std::vector<int> expert_owner = AssignExperts(expert_tokens, comm.size());
+  ExpertParallelExecutor executor(&comm, expert_owner);
   const std::string prefix = absl::StrCat("model.layers.", layer, ".");
   std::vector<std::unique_ptr<Target>> targets;
+  int data_parallel = 0;  // data-parallel targets so far: their owners go round-robin
   auto add = [&](std::string name, at::Tensor* weight, LinearKind kind, int expert, int b) {
     if (weight == nullptr || !weight->defined() || b <= 0) return;
     auto t = std::make_unique<Target>();
@@ -117,7 +217,11 @@ absl::Status QuantizeStage::Run(StageContext& ctx) {
     t->expert = expert;
     t->bits = b;
     t->group = SequentialGroup(kind);
-    if (gptq_) t->hessian = std::make_unique<quant::HessianAccumulator>(weight->size(1));
+    t->owner = expert >= 0 ? expert_owner[expert] : data_parallel++ % comm.size();
+    t->gptq = gptq_;
+    if (gptq_ && t->owner == comm.rank()) {
+      t->hessian = std::make_unique<quant::HessianAccumulator>(weight->size(1));
+    }
     targets.push_back(std::move(t));
   };
   const std::string attn = prefix + "self_attn.";
@@ -153,10 +257,32 @@ absl::Status QuantizeStage::Run(StageContext& ctx) {
   std::map<std::pair<LinearKind, int>, Target*> by_id;
   for (auto& t : targets) by_id[{t->kind, t->expert}] = t.get();
 
-  const int64_t batch = 8;
-  const int64_t n = hidden.size(0), seq = hidden.size(1);
+  // One pass over this rank's chunks, round by round; ranks without a chunk in a round still
+  // take part in the experts' all_to_all.
+  auto pass = [&](model::ForwardObserver* observer,
+                  const std::function<absl::Status(int64_t, const at::Tensor&)>& on_output,
+                  const std::function<absl::Status()>& after_round) -> absl::Status {
+    for (int64_t round = 0; round < plan.rounds(); ++round) {
+      if (ctx.IsCancelled()) return absl::CancelledError("quantization cancelled");
+      const int64_t chunk = plan.ChunkOf(round);
+      if (chunk >= 0) {
+        at::Tensor out = runner->RunLayer(w, inputs.at(chunk), observer, moe ? &executor : nullptr);
+        MOEC_RETURN_IF_ERROR(executor.status());
+        if (on_output) MOEC_RETURN_IF_ERROR(on_output(chunk, out));
+      } else if (moe) {
+        executor.Run(layer, *w.moe, at::empty({0, c.hidden_size}, runner->dtype()),
+                     std::vector<int64_t>(experts, 0), at::empty({0}, at::kLong), observer);
+        MOEC_RETURN_IF_ERROR(executor.status());
+      }
+      if (after_round) MOEC_RETURN_IF_ERROR(after_round());
+    }
+    return absl::OkStatus();
+  };
+
   nlohmann::json summary = nlohmann::json::object();
   size_t done = 0;
+  const size_t mine = std::count_if(targets.begin(), targets.end(),
+                                    [&](const auto& t) { return t->owner == comm.rank(); });
   auto quantize = [&](Target& t) -> absl::Status {
     quant::QuantizerOptions qo;
     qo.bits = t.bits;
@@ -202,36 +328,46 @@ absl::Status QuantizeStage::Run(StageContext& ctx) {
     MOEC_RETURN_IF_ERROR(PutTensor(ctx, t.name + ".bits", at::full({1}, t.bits, at::kLong)));
     summary[t.name] = info;
     ++done;
-    ctx.progress(0.9 * done / targets.size(), absl::StrCat("layer ", layer, ": ", t.name));
+    ctx.progress(0.9 * done / std::max<size_t>(1, mine), absl::StrCat("layer ", layer, ": ", t.name));
     return absl::OkStatus();
   };
   const std::vector<int> groups = sequential ? std::vector<int>{0, 1, 2, 3} : std::vector<int>{-1};
   for (int group : groups) {
-    if (ctx.IsCancelled()) return absl::CancelledError("quantization cancelled");
     if (gptq_) {
       HessianCollector collector(&by_id, group, seq);
-      for (int64_t s = 0; s < n; s += batch) {
-        runner->RunLayer(w, hidden.narrow(0, s, std::min(batch, n - s)), &collector);
-      }
-      MOEC_RETURN_IF_ERROR(collector.status());
+      MOEC_RETURN_IF_ERROR(pass(&collector, nullptr, [&]() -> absl::Status {
+        MOEC_RETURN_IF_ERROR(collector.status());
+        return ReduceGrams(comm, targets, group, collector);
+      }));
     }
     for (auto& t : targets) {
       if (group >= 0 && t->group != group) continue;
-      MOEC_RETURN_IF_ERROR(quantize(*t));
+      if (t->owner == comm.rank()) MOEC_RETURN_IF_ERROR(quantize(*t));
+    }
+    // Every rank runs the data-parallel linears: their owners share the quantized weights.
+    for (auto& t : targets) {
+      if ((group >= 0 && t->group != group) || t->expert >= 0 || comm.size() == 1) continue;
+      MOEC_RETURN_IF_ERROR(comm.Broadcast(*t->weight, t->owner));
     }
   }
-  // The quantized layer's output feeds the next layer.
-  std::vector<at::Tensor> outputs;
-  for (int64_t s = 0; s < n; s += batch) {
-    outputs.push_back(runner->RunLayer(w, hidden.narrow(0, s, std::min(batch, n - s))));
+  // The quantized layer's output feeds the next layer, chunk by chunk.
+  MOEC_RETURN_IF_ERROR(pass(
+      nullptr,
+      [&](int64_t chunk, const at::Tensor& out) {
+        return PutTensor(ctx, ChunkOutputName("hidden", chunk), out);
+      },
+      nullptr));
+  MOEC_ASSIGN_OR_RETURN(summary, GatherSummary(comm, summary));
+  if (comm.rank() == 0) {
+    MOEC_RETURN_IF_ERROR(PutTensor(ctx, "windows", at::full({1}, plan.windows, at::kLong)));
+    const std::string text = summary.dump();
+    MOEC_RETURN_IF_ERROR(ctx.io
+                             ->PutOutput("summary", storage::DType::kU8,
+                                         {static_cast<int64_t>(text.size())}, text)
+                             .status());
   }
-  MOEC_RETURN_IF_ERROR(PutTensor(ctx, "hidden", at::cat(outputs, 0)));
-  const std::string text = summary.dump();
-  MOEC_RETURN_IF_ERROR(ctx.io
-                           ->PutOutput("summary", storage::DType::kU8,
-                                       {static_cast<int64_t>(text.size())}, text)
-                           .status());
-  ctx.progress(1.0, absl::StrCat("layer ", layer, ": ", targets.size(), " linears quantized"));
+  ctx.progress(1.0, absl::StrCat("layer ", layer, ": ", mine, " of ", targets.size(),
+                                 " linears quantized on rank ", comm.rank()));
   return absl::OkStatus();
 }
 

@@ -4,13 +4,16 @@
 // `router_bits` > 0 — with GPTQ (quant/gptq.h; Hessians from the layer's real inputs) or
 // round-to-nearest. The layer's inputs come from this stage's own chain, i.e. from the already
 // quantized layers before it (ALGORITHMS.md 2.1, 3.3), and its quantized output becomes the next
-// layer's input.
+// layer's input. Expert-parallel over the task's gang (stages/expert_parallel.h): each routed
+// expert is quantized by its owner rank, the other linears round-robin over the ranks (their
+// Hessians reduced in chunk order), so the outputs are the same bytes for every gang size.
 //
 // Outputs of layer l's task, for every quantized linear with Hugging Face name N:
 //   N.q U8 [out, in]   integer codes        N.scales F32 [out, groups]   N.zeros F32 [out, groups]
 //   N.g_idx I32 [in]   group of each column N.bits I64 [1]
-// plus `hidden` F32 [windows, seqlen, hidden] (the quantized layer's output) and `summary` U8
-// (JSON: per linear its width, GPTQ loss, calibration tokens and whether it fell back to RTN).
+// plus `hidden.cNNNNN` F32 [<= 8, seqlen, hidden] per chunk of 8 calibration windows (the quantized
+// layer's output, written by the chunk's rank), `windows` I64 [1] and `summary` U8 (JSON: per
+// linear its width, GPTQ loss, calibration tokens and whether it fell back to RTN).
 #ifndef MOEC_STAGES_QUANTIZE_STAGE_H_
 #define MOEC_STAGES_QUANTIZE_STAGE_H_
 

@@ -1,0 +1,154 @@
+#include "stages/expert_parallel.h"
+
+#include <algorithm>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/status_macros.h"
+#include "model/layers.h"
+#include "stages/model_inputs.h"
+
+namespace moec::stages {
+
+std::vector<int> AssignExperts(const std::vector<int64_t>& tokens, int ranks) {
+  std::vector<int> order(tokens.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int a, int b) { return tokens[a] > tokens[b]; });
+  std::vector<int64_t> load(std::max(1, ranks), 0);
+  std::vector<int> owned(load.size(), 0);
+  std::vector<int> owner(tokens.size(), 0);
+  for (int e : order) {
+    int best = 0;
+    for (int r = 1; r < static_cast<int>(load.size()); ++r) {
+      // Least tokens, then fewest experts (so experts without tokens still spread), then rank.
+      if (load[r] < load[best] || (load[r] == load[best] && owned[r] < owned[best])) best = r;
+    }
+    owner[e] = best;
+    load[best] += tokens[e];
+    ++owned[best];
+  }
+  return owner;
+}
+
+std::vector<int64_t> CalibratedExpertTokens(const StageContext& ctx, int layer, int experts) {
+  absl::StatusOr<std::string> calibrate = NeededStage(ctx, "calibrate");
+  if (!calibrate.ok()) return {};
+  absl::StatusOr<std::string> key = ctx.InputKey(*calibrate, layer, "expert_tokens");
+  if (!key.ok()) return {};
+  absl::StatusOr<at::Tensor> counts = GetTensor(ctx, *key);
+  if (!counts.ok() || counts->numel() != experts) return {};
+  at::Tensor c = counts->to(at::kLong).contiguous();
+  return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + experts);
+}
+
+at::Tensor ExpertParallelExecutor::Run(int layer, const model::MoeWeights& w,
+                                       const at::Tensor& rows, const std::vector<int64_t>& counts,
+                                       const at::Tensor& token_index,
+                                       model::ForwardObserver* observer) {
+  if (status_.ok()) {
+    absl::StatusOr<at::Tensor> y = RunOrError(layer, w, rows, counts, token_index, observer);
+    if (y.ok()) return *y;
+    status_ = y.status();
+  }
+  return at::zeros_like(rows);
+}
+
+absl::StatusOr<at::Tensor> ExpertParallelExecutor::RunOrError(
+    int layer, const model::MoeWeights& w, const at::Tensor& rows,
+    const std::vector<int64_t>& counts, const at::Tensor& token_index,
+    model::ForwardObserver* observer) {
+  const int ranks = comm_->size();
+  const int n = static_cast<int>(counts.size());
+  if (n != static_cast<int>(owner_.size())) {
+    return absl::InternalError(absl::StrCat("layer ", layer, ": ", n, " experts routed, ",
+                                            owner_.size(), " owners"));
+  }
+  std::vector<int64_t> offset(n + 1, 0);
+  for (int e = 0; e < n; ++e) offset[e + 1] = offset[e] + counts[e];
+  // Rows grouped by owner rank, experts ascending within an owner.
+  std::vector<int64_t> perm, expert_of;
+  std::vector<int64_t> send_counts(ranks, 0);
+  perm.reserve(offset[n]);
+  for (int o = 0; o < ranks; ++o) {
+    for (int e = 0; e < n; ++e) {
+      if (owner_[e] != o) continue;
+      for (int64_t i = offset[e]; i < offset[e + 1]; ++i) {
+        perm.push_back(i);
+        expert_of.push_back(e);
+      }
+      send_counts[o] += counts[e];
+    }
+  }
+  const at::Tensor p = at::tensor(perm, at::kLong);
+  const at::Tensor tokens =
+      token_index.defined() ? token_index.to(at::kLong) : at::zeros({offset[n]}, at::kLong);
+  at::Tensor meta = at::stack({at::tensor(expert_of, at::kLong).reshape({-1}),
+                               tokens.index_select(0, p)}, 1);
+  std::vector<int64_t> recv_counts;
+  MOEC_ASSIGN_OR_RETURN(at::Tensor in_rows,
+                        comm_->AllToAll(rows.index_select(0, p), send_counts, &recv_counts));
+  MOEC_ASSIGN_OR_RETURN(at::Tensor in_meta, comm_->AllToAll(meta, send_counts, nullptr));
+  // Owner: every source's rows (one chunk each, in chunk order), expert by expert.
+  at::Tensor out_rows = at::empty_like(in_rows);
+  const int64_t* m = in_meta.data_ptr<int64_t>();
+  int64_t pos = 0;
+  for (int s = 0; s < ranks; ++s) {
+    const int64_t end = pos + recv_counts[s];
+    while (pos < end) {
+      const int64_t e = m[2 * pos];
+      int64_t run = 1;
+      while (pos + run < end && m[2 * (pos + run)] == e) ++run;
+      if (e < 0 || e >= n || owner_[e] != comm_->rank()) {
+        return absl::InternalError(absl::StrCat("layer ", layer, ": received rows of expert ", e,
+                                                " which rank ", comm_->rank(), " does not own"));
+      }
+      out_rows.narrow(0, pos, run)
+          .copy_(model::Mlp(w.experts[e], in_rows.narrow(0, pos, run), layer,
+                            model::LinearKind::kExpertGate, static_cast<int>(e), observer,
+                            in_meta.select(1, 1).narrow(0, pos, run)));
+      pos += run;
+    }
+  }
+  MOEC_ASSIGN_OR_RETURN(at::Tensor back, comm_->AllToAll(out_rows, recv_counts, nullptr));
+  at::Tensor y = at::empty_like(rows);
+  if (y.size(0) > 0) y.index_copy_(0, p, back);
+  return y;
+}
+
+std::string ChunkOutputName(absl::string_view name, int64_t chunk) {
+  return absl::StrFormat("%s.c%05d", name, chunk);
+}
+
+absl::StatusOr<at::Tensor> CalibrationTokens(const StageContext& ctx) {
+  MOEC_ASSIGN_OR_RETURN(model::TokenWindows windows, CalibrationWindows(ctx));
+  return at::from_blob(windows.tokens.data(), {windows.count(), windows.seqlen}, at::kInt)
+      .to(at::kLong);
+}
+
+absl::StatusOr<at::Tensor> LayerInputChunk(const StageContext& ctx,
+                                           const model::ModelRunner& runner,
+                                           const at::Tensor& window_tokens,
+                                           const ChunkPlan& plan, int64_t chunk) {
+  if (ctx.task->layer() == 0) {
+    return runner.Embed(window_tokens.narrow(0, plan.First(chunk), plan.Count(chunk)));
+  }
+  MOEC_ASSIGN_OR_RETURN(std::string key,
+                        ctx.PreviousLayerKey(ChunkOutputName("hidden", chunk)));
+  absl::StatusOr<at::Tensor> t = GetTensor(ctx, key);
+  if (absl::IsNotFound(t.status())) {
+    MOEC_ASSIGN_OR_RETURN(std::string whole, ctx.PreviousLayerKey("hidden"));
+    MOEC_ASSIGN_OR_RETURN(at::Tensor all, GetTensor(ctx, whole));
+    return all.narrow(0, plan.First(chunk), plan.Count(chunk));
+  }
+  return t;
+}
+
+comm::Communicator& GangComm(StageContext& ctx, std::unique_ptr<comm::Communicator>* fallback) {
+  if (ctx.comm != nullptr) return *ctx.comm;
+  if (*fallback == nullptr) *fallback = comm::NewSingleRankCommunicator();
+  return **fallback;
+}
+
+}  // namespace moec::stages

@@ -1,0 +1,95 @@
+// The expert-parallel data plane of layer tasks (docs/data_plane.md). The calibration windows
+// of a layer are cut into fixed chunks (independent of the gang size W); chunk c belongs to rank
+// c mod W and is processed in round c / W, so every rank meets the chunks in global order. Each
+// routed expert has one owner rank; the rows routed to it travel there by all_to_all, the owner
+// runs the expert (and accumulates its statistics, in chunk order) and sends the outputs back.
+// Reductions of data-parallel statistics go to one owner too and are applied in chunk order.
+// Hence a layer's outputs are bit-identical for every W. Includes ATen.
+#ifndef MOEC_STAGES_EXPERT_PARALLEL_H_
+#define MOEC_STAGES_EXPERT_PARALLEL_H_
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "comm/communicator.h"
+#include "model/forward.h"
+#include "stages/stage.h"
+
+namespace moec::stages {
+
+// Chunks of a layer task and this rank's share of them.
+struct ChunkPlan {
+  int64_t windows = 0;        // calibration windows of the job
+  int64_t chunk_windows = 8;  // windows per chunk (the last may be shorter)
+  int rank = 0;
+  int ranks = 1;
+  int64_t chunks() const { return (windows + chunk_windows - 1) / chunk_windows; }
+  int64_t rounds() const { return (chunks() + ranks - 1) / ranks; }
+  // This rank's chunk in `round`, or -1 when it has none (it still joins the collectives).
+  int64_t ChunkOf(int64_t round) const {
+    const int64_t c = round * ranks + rank;
+    return c < chunks() ? c : -1;
+  }
+  int64_t First(int64_t chunk) const { return chunk * chunk_windows; }
+  int64_t Count(int64_t chunk) const {
+    return std::min(chunk_windows, windows - chunk * chunk_windows);
+  }
+};
+
+// Owner rank of every expert: longest-processing-time greedy on `tokens` (experts by decreasing
+// count, ties by index, each to the least-loaded rank, ties by rank). Deterministic.
+std::vector<int> AssignExperts(const std::vector<int64_t>& tokens, int ranks);
+
+// Routed tokens per expert of `layer` from the `calibrate` stage among the task's needs (or its
+// needs' needs, by recipe), or nullopt-like empty vector when there is none.
+std::vector<int64_t> CalibratedExpertTokens(const StageContext& ctx, int layer, int experts);
+
+// Runs routed experts on their owner ranks. Every rank must call Run once per round (with zero
+// rows when it has no chunk). Errors of the collectives are kept in status() and the outputs are
+// then zeros; callers check status() after each forward.
+class ExpertParallelExecutor : public model::ExpertExecutor {
+ public:
+  ExpertParallelExecutor(comm::Communicator* comm, std::vector<int> owner)
+      : comm_(comm), owner_(std::move(owner)) {}
+  at::Tensor Run(int layer, const model::MoeWeights& w, const at::Tensor& rows,
+                 const std::vector<int64_t>& counts, const at::Tensor& token_index,
+                 model::ForwardObserver* observer) override;
+  const absl::Status& status() const { return status_; }
+  const std::vector<int>& owner() const { return owner_; }
+  bool Owns(int expert) const { return owner_[expert] == comm_->rank(); }
+
+ private:
+  absl::StatusOr<at::Tensor> RunOrError(int layer, const model::MoeWeights& w,
+                                        const at::Tensor& rows, const std::vector<int64_t>& counts,
+                                        const at::Tensor& token_index,
+                                        model::ForwardObserver* observer);
+  comm::Communicator* comm_;
+  std::vector<int> owner_;
+  absl::Status status_;
+};
+
+// Name of chunk c of a chunked output, e.g. "hidden.c00003".
+std::string ChunkOutputName(absl::string_view name, int64_t chunk);
+
+// The hidden states [count, seq, hidden] entering this task's layer for `chunk`: the embedded
+// calibration windows at layer 0 (`windows` holds all of them, tokenized once), else the
+// previous layer task's chunk output "hidden.cNNNNN" of this stage (or its whole "hidden",
+// narrowed, when it was written unchunked).
+absl::StatusOr<at::Tensor> LayerInputChunk(const StageContext& ctx,
+                                           const model::ModelRunner& runner,
+                                           const at::Tensor& window_tokens,
+                                           const ChunkPlan& plan, int64_t chunk);
+
+// Tokens [windows, seqlen] (int64) of the job's calibration windows.
+absl::StatusOr<at::Tensor> CalibrationTokens(const StageContext& ctx);
+
+// The gang's communicator, or a single-rank one (kept in `fallback`) when the context has none.
+comm::Communicator& GangComm(StageContext& ctx, std::unique_ptr<comm::Communicator>* fallback);
+
+}  // namespace moec::stages
+
+#endif  // MOEC_STAGES_EXPERT_PARALLEL_H_

@@ -1,0 +1,189 @@
+#include "stages/expert_parallel.h"
+
+#include <ATen/ATen.h>
+
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "model/layers.h"
+#include "model/tiny_model.h"
+#include "stages/map_factor_io_test_util.h"
+#include "stages/quantize_stage.h"
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
+
+namespace moec::stages {
+namespace {
+
+using ::moec::testing::TempDir;
+
+TEST(AssignExpertsTest, LongestFirstToTheLeastLoadedRank) {
+  // By count: e1 (9) -> 0; e3 (7) -> 1; e4 (5) -> 1 (12); e0 (3) -> 0 (12); e5 (3): loads and
+  // expert counts tie, so rank 0 (15); e2 (1) -> 1 (13).
+  EXPECT_EQ(AssignExperts({3, 9, 1, 7, 5, 3}, 2), (std::vector<int>{0, 0, 1, 1, 1, 0}));
+  // Without counts, experts spread evenly.
+  EXPECT_EQ(AssignExperts({0, 0, 0, 0}, 3), (std::vector<int>{0, 1, 2, 0}));
+  EXPECT_EQ(AssignExperts({4, 4}, 1), (std::vector<int>{0, 0}));
+}
+
+TEST(ChunkPlanTest, RoundRobinChunksInGlobalOrder) {
+  ChunkPlan p;
+  p.windows = 20;
+  p.chunk_windows = 8;
+  p.ranks = 2;
+  p.rank = 1;
+  EXPECT_EQ(p.chunks(), 3);
+  EXPECT_EQ(p.rounds(), 2);
+  EXPECT_EQ(p.ChunkOf(0), 1);
+  EXPECT_EQ(p.ChunkOf(1), -1);
+  EXPECT_EQ(p.Count(2), 4);
+}
+
+// Runs fn(rank) on one thread per rank of a local group of `size`.
+void OnRanks(int size, const std::function<void(comm::Communicator&)>& fn) {
+  auto group = comm::NewLocalGroup(size);
+  std::vector<std::thread> threads;
+  for (auto& c : group) threads.emplace_back([&fn, &c] { fn(*c); });
+  for (auto& t : threads) t.join();
+}
+
+TEST(ExpertParallelExecutorTest, MoeBlockOutputIsBitIdenticalToTheLocalOne) {
+  at::manual_seed(5);
+  model::ModelConfig config;
+  config.model_type = "mixtral";
+  config.hidden_size = 16;
+  const int experts = 5;
+  model::MoeWeights w;
+  w.router = at::randn({experts, 16});
+  for (int e = 0; e < experts; ++e) {
+    w.experts.push_back({at::randn({24, 16}) * 0.2, at::randn({24, 16}) * 0.2,
+                         at::randn({16, 24}) * 0.2});
+  }
+  model::RoutingRule rule;
+  rule.top_k = 2;
+  std::vector<at::Tensor> xs;
+  for (int r = 0; r < 3; ++r) xs.push_back(at::randn({3 * 7, 16}));
+  for (int size : {1, 2, 3}) {
+    OnRanks(size, [&](comm::Communicator& c) {
+      ExpertParallelExecutor executor(&c, AssignExperts({5, 1, 4, 2, 3}, c.size()));
+      // Rank r handles xs[r], ..., so every rank runs the same number of blocks.
+      for (int i = c.rank(); i < 3 + (size - 3 % size) % size; i += size) {
+        if (i >= 3) {
+          executor.Run(0, w, at::empty({0, 16}), std::vector<int64_t>(experts, 0),
+                       at::empty({0}, at::kLong), nullptr);
+          continue;
+        }
+        at::Tensor local = model::MoeBlock(config, 0, w, rule, xs[i], 7, {}, nullptr);
+        at::Tensor spread = model::MoeBlock(config, 0, w, rule, xs[i], 7, {}, nullptr, &executor);
+        ASSERT_TRUE(executor.status().ok()) << executor.status();
+        EXPECT_TRUE(at::equal(local, spread)) << "W=" << size << " chunk " << i;
+      }
+    });
+  }
+}
+
+// MapFactorIo for concurrent ranks: one lock, and per-rank task fingerprints.
+class SharedStore {
+ public:
+  class Io : public FactorIo {
+   public:
+    Io(SharedStore* s, std::string fp) : s_(s), fp_(std::move(fp)) {}
+    absl::StatusOr<std::string> PutOutput(absl::string_view name, storage::DType dtype,
+                                          absl::Span<const int64_t> shape,
+                                          absl::string_view data) override {
+      std::lock_guard<std::mutex> lock(s_->mu_);
+      MapFactorIo io(&s_->factors_);
+      io.SetTask(fp_);
+      return io.PutOutput(name, dtype, shape, data);
+    }
+    absl::StatusOr<storage::Factor> Get(absl::string_view key) override {
+      std::lock_guard<std::mutex> lock(s_->mu_);
+      MapFactorIo io(&s_->factors_);
+      return io.Get(key);
+    }
+
+   private:
+    SharedStore* s_;
+    std::string fp_;
+  };
+  std::map<std::string, storage::Factor>& factors() { return factors_; }
+
+ private:
+  std::mutex mu_;
+  std::map<std::string, storage::Factor> factors_;
+};
+
+class QuantizeGangTest : public ::testing::TestWithParam<std::string> {};
+
+// Every output of gptq and rtn (codes, scales, hidden chunks, summary) is byte-identical for gangs
+// of 1, 2 and 3 ranks: the determinism the data plane promises (docs/data_plane.md).
+TEST_P(QuantizeGangTest, OutputsAreTheSameBytesForEveryGangSize) {
+  TempDir dir;
+  model::TinyModelOptions o;
+  o.model_type = GetParam();
+  o.num_layers = 2;
+  o.hidden = 32;
+  o.heads = 4;
+  o.kv_heads = 2;
+  o.experts = 5;
+  o.moe_intermediate = 24;
+  ASSERT_OK(model::WriteTinyModel(o, dir.Join("model")));
+  std::string text;
+  for (int i = 0; i < 80; ++i) text += "experts share the tokens of layer " + std::to_string(i) + "\n";
+  dir.WriteFile("calib.txt", text);
+  for (const std::string kind : {"gptq", "rtn"}) {
+    const nlohmann::json recipe = {
+        {"model", dir.Join("model")},
+        {"calibration", {{"path", dir.Join("calib.txt")}, {"samples", 20}, {"seqlen", 12}, {"seed", 3}}},
+        {"stages", {{{"id", "q"}, {"kind", kind}, {"needs", nlohmann::json::array()}}}}};
+    const nlohmann::json params = {{"bits", 3},       {"attn_bits", 4}, {"shared_bits", 4},
+                                   {"group_size", 16}, {"act_order", true}, {"true_sequential", true},
+                                   {"damp", 0.01}};
+    std::map<int, std::map<std::string, std::string>> outputs;  // gang size -> name -> bytes
+    for (int size : {1, 2, 3}) {
+      SharedStore store;
+      for (int layer = 0; layer < 2; ++layer) {
+        std::map<std::string, std::string> inputs = {{"job/q/L0", "L0"}};
+        OnRanks(size, [&](comm::Communicator& c) {
+          v1::TaskRecord task;
+          task.set_job_id("job");
+          task.set_stage_id("q");
+          task.set_layer(layer);
+          task.set_task_id("job/q/L" + std::to_string(layer));
+          SharedStore::Io io(&store, "L" + std::to_string(layer));
+          StageContext ctx;
+          ctx.task = &task;
+          ctx.params = params;
+          ctx.recipe = recipe;
+          ctx.inputs = inputs;
+          ctx.rank = c.rank();
+          ctx.group.resize(c.size());
+          ctx.comm = &c;
+          ctx.io = &io;
+          QuantizeStage stage(kind == "gptq");
+          absl::Status s = stage.Run(ctx);
+          EXPECT_TRUE(s.ok()) << kind << " W=" << size << " rank " << c.rank() << ": " << s;
+        });
+      }
+      for (const auto& [key, f] : store.factors()) outputs[size][key] = f.data;
+    }
+    ASSERT_FALSE(outputs[1].empty());
+    EXPECT_EQ(outputs[1].count("L1/hidden.c00002"), 1u);  // 20 windows: chunks of 8, 8, 4
+    EXPECT_EQ(outputs[1].count("L0/summary"), 1u);
+    for (int size : {2, 3}) {
+      ASSERT_EQ(outputs[size].size(), outputs[1].size()) << kind << " W=" << size;
+      for (const auto& [key, bytes] : outputs[1]) {
+        EXPECT_TRUE(outputs[size][key] == bytes) << kind << " W=" << size << ": " << key << " differs";
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Arch, QuantizeGangTest, ::testing::Values("mixtral", "deepseek"));
+
+}  // namespace
+}  // namespace moec::stages
