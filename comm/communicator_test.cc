@@ -75,6 +75,24 @@ TEST_P(CommunicatorTest, AllToAllWithVariableSplits) {
   }
 }
 
+// A rank with nothing to send or receive still takes part while the others exchange rows.
+TEST_P(CommunicatorTest, AllToAllWhereOneRankHasNoRowsAtAll) {
+  Group group = MakeGroup(GetParam(), 3);
+  for (int repeat = 0; repeat < 3; ++repeat) {
+    OnAllRanks(group, [](Communicator& c) {
+      // Ranks 0 and 1 swap 2 rows; rank 2 neither sends nor receives.
+      std::vector<int64_t> counts(3, 0);
+      if (c.rank() < 2) counts[1 - c.rank()] = 2;
+      at::Tensor in = at::full({c.rank() < 2 ? 2 : 0, 4}, static_cast<float>(c.rank()));
+      std::vector<int64_t> got;
+      auto out = c.AllToAll(in, counts, &got);
+      ASSERT_TRUE(out.ok()) << out.status();
+      EXPECT_EQ(out->size(0), c.rank() < 2 ? 2 : 0);
+      if (c.rank() < 2) EXPECT_EQ((*out)[0][0].item<float>(), 1 - c.rank());
+    });
+  }
+}
+
 TEST_P(CommunicatorTest, ReduceBroadcastGatherBarrier) {
   Group group = MakeGroup(GetParam(), 3);
   OnAllRanks(group, [](Communicator& c) {

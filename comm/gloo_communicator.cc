@@ -94,13 +94,10 @@ class GlooCommunicator : public Communicator {
       out_shape.insert(out_shape.end(), row_shape.begin(), row_shape.end());
       at::Tensor in = input.contiguous();
       at::Tensor out = at::empty(out_shape, input.options());
-      if (in.numel() > 0 || out.numel() > 0) {
-        // c10d moves from the count vectors: pass copies.
-        std::vector<int64_t> out_arg = out_counts, in_arg = in_counts;
-        pg_->alltoall_base(out, in, out_arg, in_arg)->wait(timeout_);
-      } else {
-        pg_->barrier()->wait(timeout_);
-      }
+      // Every rank takes part, also with nothing to send or receive: whether the others have
+      // rows is not known here. c10d moves from the count vectors: pass copies.
+      std::vector<int64_t> out_arg = out_counts, in_arg = in_counts;
+      pg_->alltoall_base(out, in, out_arg, in_arg)->wait(timeout_);
       const int64_t row_bytes = input.size(0) > 0 ? in.nbytes() / input.size(0) : 0;
       for (int j = 0; j < size_; ++j) {
         if (j != rank_) bytes_sent_ += counts[j] * row_bytes;

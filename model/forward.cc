@@ -104,6 +104,16 @@ absl::StatusOr<LayerWeights> ModelRunner::LoadLayer(int layer) const {
   return AssembleLayer(config_, layer, [this](const TensorSpec& spec) { return Load(spec); });
 }
 
+absl::StatusOr<LayerWeights> ModelRunner::LoadLayer(
+    int layer, const std::function<bool(int)>& want_expert) const {
+  return AssembleLayer(config_, layer, [&](const TensorSpec& spec) -> absl::StatusOr<at::Tensor> {
+    if (spec.role == TensorRole::kRoutedExpert && !want_expert(spec.expert)) {
+      return at::empty({0}, dtype());
+    }
+    return Load(spec);
+  });
+}
+
 absl::StatusOr<HeadWeights> ModelRunner::LoadHead() const {
   HeadWeights head;
   MOEC_ASSIGN_OR_RETURN(head.norm, Load({FinalNormTensorName(), {config_.hidden_size}}));

@@ -69,6 +69,10 @@ class ModelRunner {
   // Weights of decoder layer `layer` (owned copies in the compute dtype).
   // Errors: NotFound / InvalidArgument naming the missing or misshapen tensor.
   absl::StatusOr<LayerWeights> LoadLayer(int layer) const;
+  // As LoadLayer, reading only the routed experts e with want_expert(e); the others are left as
+  // empty tensors and must not be run (a rank of the data plane reads the experts it owns).
+  absl::StatusOr<LayerWeights> LoadLayer(int layer,
+                                         const std::function<bool(int)>& want_expert) const;
   absl::StatusOr<HeadWeights> LoadHead() const;
 
   // Token ids [batch, seq] (int64) to embeddings [batch, seq, hidden]. InvalidArgument for ids

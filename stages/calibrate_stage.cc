@@ -3,10 +3,12 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <map>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "stages/expert_parallel.h"
 #include "stages/model_inputs.h"
 
 namespace moec::stages {
@@ -35,14 +37,9 @@ class RouterStats : public model::ForwardObserver {
   at::Tensor counts() const { return counts_; }
   at::Tensor mass() const { return mass_; }
   int64_t tokens() const { return tokens_; }
-  double median_ratio() const {
-    if (ratios_.empty()) return 0.0;
-    // Lower median, as torch.median returns.
-    return at::cat(ratios_).median().item<double>();
-  }
-  double normalized_entropy() const {
-    const double experts = static_cast<double>(counts_.size(0));
-    return tokens_ > 0 && experts > 1 ? entropy_sum_ / tokens_ / std::log(experts) : 0.0;
+  double entropy_sum() const { return entropy_sum_; }
+  at::Tensor ratios() const {
+    return ratios_.empty() ? at::empty({0}, at::kFloat) : at::cat(ratios_);
   }
 
  private:
@@ -53,43 +50,118 @@ class RouterStats : public model::ForwardObserver {
   int64_t tokens_ = 0;
 };
 
+// This rank's statistics of its chunks, gathered to every rank and summed in chunk order so the
+// results do not depend on the gang size. Per chunk, one F64 row [chunk, tokens, entropy sum,
+// ratio count, counts[E], mass[E]] and the chunk's p2/p1 ratios (F32).
+absl::Status GatherStats(comm::Communicator& comm, int experts,
+                         const std::map<int64_t, RouterStats>& mine, at::Tensor* counts,
+                         at::Tensor* mass, at::Tensor* ratios, double* entropy_sum,
+                         int64_t* tokens) {
+  std::vector<at::Tensor> rows, my_ratios;
+  for (const auto& [chunk, st] : mine) {
+    at::Tensor r = st.ratios();
+    rows.push_back(at::cat({at::tensor({static_cast<double>(chunk), static_cast<double>(st.tokens()),
+                                        st.entropy_sum(), static_cast<double>(r.numel())},
+                                       at::kDouble),
+                            st.counts().to(at::kDouble), st.mass()}));
+    my_ratios.push_back(r);
+  }
+  at::Tensor table = rows.empty() ? at::empty({0, 4 + 2 * experts}, at::kDouble) : at::stack(rows);
+  at::Tensor flat = my_ratios.empty() ? at::empty({0}, at::kFloat) : at::cat(my_ratios);
+  MOEC_ASSIGN_OR_RETURN(std::vector<at::Tensor> tables, comm.AllGather(table));
+  MOEC_ASSIGN_OR_RETURN(std::vector<at::Tensor> all_ratios, comm.AllGather(flat));
+  // chunk -> (row, ratios)
+  std::map<int64_t, std::pair<at::Tensor, at::Tensor>> by_chunk;
+  for (size_t r = 0; r < tables.size(); ++r) {
+    int64_t offset = 0;
+    for (int64_t i = 0; i < tables[r].size(0); ++i) {
+      at::Tensor row = tables[r][i];
+      const int64_t n = static_cast<int64_t>(row[3].item<double>());
+      by_chunk[static_cast<int64_t>(row[0].item<double>())] = {row, all_ratios[r].narrow(0, offset, n)};
+      offset += n;
+    }
+  }
+  *counts = at::zeros({experts}, at::kLong);
+  *mass = at::zeros({experts}, at::kDouble);
+  std::vector<at::Tensor> ordered;
+  *entropy_sum = 0;
+  *tokens = 0;
+  for (const auto& [chunk, part] : by_chunk) {
+    const at::Tensor& row = part.first;
+    *tokens += static_cast<int64_t>(row[1].item<double>());
+    *entropy_sum += row[2].item<double>();
+    *counts += row.narrow(0, 4, experts).to(at::kLong);
+    *mass += row.narrow(0, 4 + experts, experts);
+    ordered.push_back(part.second);
+  }
+  *ratios = ordered.empty() ? at::empty({0}, at::kFloat) : at::cat(ordered);
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status CalibrateStage::Run(StageContext& ctx) {
-  // Until the expert-parallel data plane (issue #5) shards a layer between the ranks of a gang,
-  // rank 0 computes the whole layer and the other ranks have nothing to do.
-  if (ctx.rank != 0) return absl::OkStatus();
+  std::unique_ptr<comm::Communicator> single;
+  comm::Communicator& comm = GangComm(ctx, &single);
   const int layer = ctx.task->layer();
   MOEC_ASSIGN_OR_RETURN(std::unique_ptr<model::ModelRunner> runner, OpenJobModel(ctx));
   const model::ModelConfig& config = runner->config();
   if (layer < 0 || layer >= config.num_hidden_layers) {
     return absl::InvalidArgumentError(absl::StrCat("calibrate: layer ", layer, " out of range"));
   }
-  MOEC_ASSIGN_OR_RETURN(at::Tensor hidden, LayerInput(ctx, *runner));
-  MOEC_ASSIGN_OR_RETURN(model::LayerWeights weights, runner->LoadLayer(layer));
-  const bool moe = weights.moe.has_value() && config.NumRoutedExperts(layer) > 0;
-  RouterStats stats(moe ? config.NumRoutedExperts(layer) : 1,
-                    moe ? config.NumActiveExperts(layer) : 1);
-  const int64_t batch = ctx.params.value("batch_size", int64_t{8});
-  const int64_t n = hidden.size(0);
-  std::vector<at::Tensor> outputs;
-  for (int64_t start = 0; start < n; start += batch) {
+  ChunkPlan plan;
+  plan.rank = comm.rank();
+  plan.ranks = comm.size();
+  plan.chunk_windows = ctx.params.value("batch_size", int64_t{8});
+  at::Tensor window_tokens;
+  MOEC_RETURN_IF_ERROR(PlanChunks(ctx, &plan, &window_tokens));
+  const int experts = config.IsMoeLayer(layer) ? std::max(0, config.NumRoutedExperts(layer)) : 0;
+  const std::vector<int> owner = AssignExperts(std::vector<int64_t>(experts, 1), comm.size());
+  MOEC_ASSIGN_OR_RETURN(model::LayerWeights weights,
+                        runner->LoadLayer(layer, [&](int e) { return owner[e] == comm.rank(); }));
+  const bool moe = weights.moe.has_value() && experts > 0 && weights.moe->router.defined();
+  ExpertParallelExecutor executor(&comm, owner);
+  std::map<int64_t, RouterStats> stats;
+  for (int64_t round = 0; round < plan.rounds(); ++round) {
     if (ctx.IsCancelled()) return absl::CancelledError("calibrate cancelled");
-    const int64_t count = std::min(batch, n - start);
-    outputs.push_back(runner->RunLayer(weights, hidden.narrow(0, start, count),
-                                       moe ? &stats : nullptr));
-    ctx.progress(static_cast<double>(start + count) / n,
-                 absl::StrCat("layer ", layer, ": ", start + count, "/", n, " windows"));
+    const int64_t chunk = plan.ChunkOf(round);
+    if (chunk < 0) {
+      if (moe) {
+        executor.Run(layer, *weights.moe, at::empty({0, config.hidden_size}, runner->dtype()),
+                     std::vector<int64_t>(experts, 0), at::empty({0}, at::kLong), nullptr);
+        MOEC_RETURN_IF_ERROR(executor.status());
+      }
+      continue;
+    }
+    MOEC_ASSIGN_OR_RETURN(at::Tensor hidden,
+                          LayerInputChunk(ctx, *runner, window_tokens, plan, chunk));
+    auto [it, inserted] = stats.try_emplace(chunk, moe ? experts : 1,
+                                            moe ? config.NumActiveExperts(layer) : 1);
+    at::Tensor out = runner->RunLayer(weights, hidden, moe ? &it->second : nullptr,
+                                      moe ? &executor : nullptr);
+    MOEC_RETURN_IF_ERROR(executor.status());
+    MOEC_RETURN_IF_ERROR(PutTensor(ctx, ChunkOutputName("hidden", chunk), out));
+    ctx.progress(static_cast<double>(round + 1) / plan.rounds(),
+                 absl::StrCat("layer ", layer, ": chunk ", chunk + 1, "/", plan.chunks()));
   }
-  MOEC_RETURN_IF_ERROR(PutTensor(ctx, "hidden", at::cat(outputs, 0)));
+  at::Tensor counts, mass, ratios;
+  double entropy_sum = 0;
+  int64_t tokens = 0;
   if (moe) {
-    MOEC_RETURN_IF_ERROR(PutTensor(ctx, "expert_tokens", stats.counts()));
-    MOEC_RETURN_IF_ERROR(PutTensor(ctx, "routing_mass", stats.mass()));
     MOEC_RETURN_IF_ERROR(
-        PutTensor(ctx, "p2_p1_median", at::full({1}, stats.median_ratio(), at::kDouble)));
-    MOEC_RETURN_IF_ERROR(
-        PutTensor(ctx, "router_entropy", at::full({1}, stats.normalized_entropy(), at::kDouble)));
-    MOEC_RETURN_IF_ERROR(PutTensor(ctx, "tokens", at::full({1}, stats.tokens(), at::kLong)));
+        GatherStats(comm, experts, stats, &counts, &mass, &ratios, &entropy_sum, &tokens));
+  }
+  if (comm.rank() != 0) return absl::OkStatus();
+  MOEC_RETURN_IF_ERROR(PutChunkedWindows(ctx, plan));
+  if (moe) {
+    // Lower median, as torch.median returns.
+    const double median = ratios.numel() > 0 ? ratios.median().item<double>() : 0.0;
+    const double entropy = tokens > 0 && experts > 1 ? entropy_sum / tokens / std::log(experts) : 0.0;
+    MOEC_RETURN_IF_ERROR(PutTensor(ctx, "expert_tokens", counts));
+    MOEC_RETURN_IF_ERROR(PutTensor(ctx, "routing_mass", mass));
+    MOEC_RETURN_IF_ERROR(PutTensor(ctx, "p2_p1_median", at::full({1}, median, at::kDouble)));
+    MOEC_RETURN_IF_ERROR(PutTensor(ctx, "router_entropy", at::full({1}, entropy, at::kDouble)));
+    MOEC_RETURN_IF_ERROR(PutTensor(ctx, "tokens", at::full({1}, tokens, at::kLong)));
   }
   return absl::OkStatus();
 }

@@ -7,9 +7,12 @@
 
 namespace moec::stages {
 
-// Outputs of layer l's task:
-//   hidden         F32 [windows, seqlen, hidden]  residual stream leaving layer l (the next
-//                                                 layer's input)
+// Expert-parallel over the task's gang (stages/expert_parallel.h): chunks of `batch_size` windows
+// round-robin over the ranks, routed experts on their owners, statistics summed in chunk order
+// (the outputs are the same bytes for every gang size). Outputs of layer l's task:
+//   hidden.cNNNNN  F32 [<= batch_size, seqlen, hidden]  residual stream leaving layer l, per
+//                                                 chunk (the next layer's input)
+//   windows        I64 [2]  {windows, windows per chunk}
 // and at MoE layers:
 //   expert_tokens  I64 [E]  (token, slot) pairs routed to each expert (MC-MoE's frequency F)
 //   routing_mass   F64 [E]  full-softmax probability summed over the tokens that selected the

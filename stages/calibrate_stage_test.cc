@@ -10,6 +10,7 @@
 #include "model/forward.h"
 #include "model/tiny_model.h"
 #include "model/tokenizer.h"
+#include "stages/expert_parallel.h"
 #include "stages/map_factor_io_test_util.h"
 #include "stages/model_inputs.h"
 #include "tests/testing/status_matchers.h"
@@ -92,7 +93,7 @@ TEST_P(CalibrateStageTest, StatisticsMatchAPlainForward) {
   const model::ModelConfig& c = runner->config();
   for (int l = 0; l < 3; ++l) {
     ctx.io = &io;
-    ASSERT_OK_AND_ASSIGN(at::Tensor hidden, GetTensor(ctx, "fp" + std::to_string(l) + "/hidden"));
+    ASSERT_OK_AND_ASSIGN(at::Tensor hidden, ReadChunkedTensor(ctx, "fp" + std::to_string(l) + "/", "hidden"));
     EXPECT_TRUE(at::allclose(hidden, capture.hidden_[l], 1e-5, 1e-6)) << "layer " << l;
     const bool moe = c.IsMoeLayer(l);
     EXPECT_EQ(store.count("fp" + std::to_string(l) + "/expert_tokens"), moe ? 1u : 0u);
@@ -129,7 +130,7 @@ TEST_P(CalibrateStageTest, MissingInputsAreClearErrors) {
   std::map<std::string, storage::Factor> store;
   MapFactorIo io(&store);
   // Layer 1 before layer 0 ran: its input is not in the store.
-  EXPECT_THAT(RunLayer(1, &io), StatusIs(absl::StatusCode::kNotFound, HasSubstr("fp0/hidden")));
+  EXPECT_THAT(RunLayer(1, &io), StatusIs(absl::StatusCode::kNotFound, HasSubstr("fp0/windows")));
   recipe_.erase("calibration");
   EXPECT_THAT(RunLayer(0, &io),
               StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("calibration")));

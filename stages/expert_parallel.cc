@@ -145,6 +145,55 @@ absl::StatusOr<at::Tensor> LayerInputChunk(const StageContext& ctx,
   return t;
 }
 
+absl::Status PlanChunks(const StageContext& ctx, ChunkPlan* plan, at::Tensor* window_tokens) {
+  if (plan->chunk_windows < 1) return absl::InvalidArgumentError("chunks need at least one window");
+  if (ctx.task->layer() == 0) {
+    MOEC_ASSIGN_OR_RETURN(*window_tokens, CalibrationTokens(ctx));
+    plan->windows = window_tokens->size(0);
+    return absl::OkStatus();
+  }
+  MOEC_ASSIGN_OR_RETURN(std::string key, ctx.PreviousLayerKey("windows"));
+  MOEC_ASSIGN_OR_RETURN(at::Tensor w, GetTensor(ctx, key));
+  if (w.numel() != 2 || w.scalar_type() != at::kLong || w[1].item<int64_t>() < 1) {
+    return absl::DataLossError(absl::StrCat(key, " is not {windows, chunk_windows}"));
+  }
+  plan->windows = w[0].item<int64_t>();
+  plan->chunk_windows = w[1].item<int64_t>();
+  return absl::OkStatus();
+}
+
+absl::Status PutChunkedWindows(StageContext& ctx, const ChunkPlan& plan) {
+  return PutTensor(ctx, "windows", at::tensor({plan.windows, plan.chunk_windows}, at::kLong));
+}
+
+absl::StatusOr<at::Tensor> ReadChunkedTensor(const StageContext& ctx, const std::string& prefix,
+                                             absl::string_view name) {
+  const std::string key = absl::StrCat(prefix, name);
+  absl::StatusOr<at::Tensor> whole = GetTensor(ctx, key);
+  if (!absl::IsNotFound(whole.status())) return whole;
+  const std::string wkey = prefix + "windows";
+  MOEC_ASSIGN_OR_RETURN(at::Tensor w, GetTensor(ctx, wkey));
+  if (w.numel() != 2 || w.scalar_type() != at::kLong || w[1].item<int64_t>() < 1) {
+    return absl::DataLossError(absl::StrCat(wkey, " is not {windows, chunk_windows}"));
+  }
+  ChunkPlan plan;
+  plan.windows = w[0].item<int64_t>();
+  plan.chunk_windows = w[1].item<int64_t>();
+  std::vector<at::Tensor> parts;
+  for (int64_t c = 0; c < plan.chunks(); ++c) {
+    MOEC_ASSIGN_OR_RETURN(at::Tensor part, GetTensor(ctx, prefix + ChunkOutputName(name, c)));
+    parts.push_back(part);
+  }
+  if (parts.empty()) return absl::NotFoundError(absl::StrCat(key, ": no chunks"));
+  return at::cat(parts, 0);
+}
+
+absl::StatusOr<at::Tensor> ReadChunkedOutput(const StageContext& ctx, absl::string_view stage_id,
+                                             int layer, absl::string_view name) {
+  MOEC_ASSIGN_OR_RETURN(std::string key, ctx.InputKey(stage_id, layer, ""));
+  return ReadChunkedTensor(ctx, key, name);
+}
+
 comm::Communicator& GangComm(StageContext& ctx, std::unique_ptr<comm::Communicator>* fallback) {
   if (ctx.comm != nullptr) return *ctx.comm;
   if (*fallback == nullptr) *fallback = comm::NewSingleRankCommunicator();

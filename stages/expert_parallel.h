@@ -87,6 +87,20 @@ absl::StatusOr<at::Tensor> LayerInputChunk(const StageContext& ctx,
 // Tokens [windows, seqlen] (int64) of the job's calibration windows.
 absl::StatusOr<at::Tensor> CalibrationTokens(const StageContext& ctx);
 
+// Fills plan->windows (and, after layer 0, plan->chunk_windows) for this task of a per-layer
+// chunked stage: at layer 0 from the calibration windows (returned in *window_tokens), else from
+// output `windows` of the previous layer's task.
+absl::Status PlanChunks(const StageContext& ctx, ChunkPlan* plan, at::Tensor* window_tokens);
+// Writes output `windows` I64 [2] = {windows, chunk_windows} (rank 0 of a chunked stage).
+absl::Status PutChunkedWindows(StageContext& ctx, const ChunkPlan& plan);
+// Output `name` of task (stage_id, layer) as one tensor: the output itself when it exists, else
+// its chunks "name.cNNNNN" concatenated (the layout `windows` describes).
+absl::StatusOr<at::Tensor> ReadChunkedOutput(const StageContext& ctx, absl::string_view stage_id,
+                                             int layer, absl::string_view name);
+// The same by factor keys: `prefix` is the task's "<fingerprint>/".
+absl::StatusOr<at::Tensor> ReadChunkedTensor(const StageContext& ctx, const std::string& prefix,
+                                             absl::string_view name);
+
 // The gang's communicator, or a single-rank one (kept in `fallback`) when the context has none.
 comm::Communicator& GangComm(StageContext& ctx, std::unique_ptr<comm::Communicator>* fallback);
 

@@ -12,6 +12,7 @@
 #include "model/layers.h"
 #include "model/tiny_model.h"
 #include "stages/map_factor_io_test_util.h"
+#include "stages/calibrate_stage.h"
 #include "stages/quantize_stage.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
@@ -43,11 +44,28 @@ TEST(ChunkPlanTest, RoundRobinChunksInGlobalOrder) {
   EXPECT_EQ(p.Count(2), 4);
 }
 
-// Runs fn(rank) on one thread per rank of a local group of `size`.
-void OnRanks(int size, const std::function<void(comm::Communicator&)>& fn) {
-  auto group = comm::NewLocalGroup(size);
+// Runs fn(rank) on one thread per rank of a group of `size`: in memory, or real Gloo over
+// loopback TCP.
+void OnRanks(int size, const std::function<void(comm::Communicator&)>& fn, bool gloo = false) {
   std::vector<std::thread> threads;
-  for (auto& c : group) threads.emplace_back([&fn, &c] { fn(*c); });
+  if (!gloo) {
+    auto group = comm::NewLocalGroup(size);
+    for (auto& c : group) threads.emplace_back([&fn, &c] { fn(*c); });
+    for (auto& t : threads) t.join();
+    return;
+  }
+  auto store = comm::NewMemoryRendezvousStore();
+  for (int r = 0; r < size; ++r) {
+    threads.emplace_back([&, r] {
+      comm::GlooOptions o;
+      o.rank = r;
+      o.size = size;
+      o.timeout = absl::Seconds(30);
+      auto c = comm::NewGlooCommunicator(store, o);
+      ASSERT_TRUE(c.ok()) << c.status();
+      fn(**c);
+    });
+  }
   for (auto& t : threads) t.join();
 }
 
@@ -117,14 +135,15 @@ class SharedStore {
   std::map<std::string, storage::Factor> factors_;
 };
 
-class QuantizeGangTest : public ::testing::TestWithParam<std::string> {};
+class QuantizeGangTest : public ::testing::TestWithParam<std::tuple<std::string, bool>> {};
 
-// Every output of gptq and rtn (codes, scales, hidden chunks, summary) is byte-identical for gangs
-// of 1, 2 and 3 ranks: the determinism the data plane promises (docs/data_plane.md).
+// Every output of gptq and rtn (codes, scales, hidden chunks, summary) and of calibrate (router
+// statistics, hidden chunks) is byte-identical for gangs of 1, 2 and 3 ranks: the determinism the data plane promises (docs/data_plane.md).
 TEST_P(QuantizeGangTest, OutputsAreTheSameBytesForEveryGangSize) {
   TempDir dir;
   model::TinyModelOptions o;
-  o.model_type = GetParam();
+  const auto [arch, gloo] = GetParam();
+  o.model_type = arch;
   o.num_layers = 2;
   o.hidden = 32;
   o.heads = 4;
@@ -135,7 +154,7 @@ TEST_P(QuantizeGangTest, OutputsAreTheSameBytesForEveryGangSize) {
   std::string text;
   for (int i = 0; i < 80; ++i) text += "experts share the tokens of layer " + std::to_string(i) + "\n";
   dir.WriteFile("calib.txt", text);
-  for (const std::string kind : {"gptq", "rtn"}) {
+  for (const std::string kind : {"gptq", "rtn", "calibrate"}) {
     const nlohmann::json recipe = {
         {"model", dir.Join("model")},
         {"calibration", {{"path", dir.Join("calib.txt")}, {"samples", 20}, {"seqlen", 12}, {"seed", 3}}},
@@ -164,16 +183,17 @@ TEST_P(QuantizeGangTest, OutputsAreTheSameBytesForEveryGangSize) {
           ctx.group.resize(c.size());
           ctx.comm = &c;
           ctx.io = &io;
-          QuantizeStage stage(kind == "gptq");
-          absl::Status s = stage.Run(ctx);
+          QuantizeStage quantize(kind == "gptq");
+          CalibrateStage calibrate;
+          absl::Status s = kind == "calibrate" ? calibrate.Run(ctx) : quantize.Run(ctx);
           EXPECT_TRUE(s.ok()) << kind << " W=" << size << " rank " << c.rank() << ": " << s;
-        });
+        }, gloo);
       }
       for (const auto& [key, f] : store.factors()) outputs[size][key] = f.data;
     }
     ASSERT_FALSE(outputs[1].empty());
     EXPECT_EQ(outputs[1].count("L1/hidden.c00002"), 1u);  // 20 windows: chunks of 8, 8, 4
-    EXPECT_EQ(outputs[1].count("L0/summary"), 1u);
+    EXPECT_EQ(outputs[1].count(kind == "calibrate" ? "L1/expert_tokens" : "L0/summary"), 1u);
     for (int size : {2, 3}) {
       ASSERT_EQ(outputs[size].size(), outputs[1].size()) << kind << " W=" << size;
       for (const auto& [key, bytes] : outputs[1]) {
@@ -183,7 +203,9 @@ TEST_P(QuantizeGangTest, OutputsAreTheSameBytesForEveryGangSize) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Arch, QuantizeGangTest, ::testing::Values("mixtral", "deepseek"));
+INSTANTIATE_TEST_SUITE_P(Arch, QuantizeGangTest,
+                         ::testing::Combine(::testing::Values("mixtral", "deepseek"),
+                                            ::testing::Bool()));
 
 }  // namespace
 }  // namespace moec::stages

@@ -1,5 +1,7 @@
 #include "stages/model_inputs.h"
 
+#include "stages/expert_parallel.h"
+
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -7,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "model/tokenizer.h"
+#include "stages/expert_parallel.h"
 
 namespace moec::stages {
 namespace {
@@ -104,8 +107,8 @@ absl::StatusOr<at::Tensor> LayerInputFrom(const StageContext& ctx,
                                           const model::ModelRunner& runner,
                                           absl::string_view stage_id) {
   if (ctx.task->layer() == 0) return LayerInput(ctx, runner);
-  MOEC_ASSIGN_OR_RETURN(std::string key, ctx.InputKey(stage_id, ctx.task->layer() - 1, "hidden"));
-  return GetTensor(ctx, key);
+  // Whole, or in the chunks of an expert-parallel stage (expert_parallel.h).
+  return ReadChunkedOutput(ctx, stage_id, ctx.task->layer() - 1, "hidden");
 }
 
 absl::StatusOr<at::Tensor> LayerInput(const StageContext& ctx, const model::ModelRunner& runner) {
@@ -116,8 +119,7 @@ absl::StatusOr<at::Tensor> LayerInput(const StageContext& ctx, const model::Mode
                             .to(at::kLong);
     return runner.Embed(tokens);
   }
-  MOEC_ASSIGN_OR_RETURN(std::string key, ctx.PreviousLayerKey("hidden"));
-  return GetTensor(ctx, key);
+  return ReadChunkedOutput(ctx, ctx.task->stage_id(), ctx.task->layer() - 1, "hidden");
 }
 
 absl::Status PutTensor(StageContext& ctx, absl::string_view name, const at::Tensor& t) {

@@ -10,6 +10,7 @@
 #include "model/forward.h"
 #include "model/tiny_model.h"
 #include "stages/calibrate_stage.h"
+#include "stages/expert_parallel.h"
 #include "stages/map_factor_io_test_util.h"
 #include "stages/model_inputs.h"
 #include "tests/testing/status_matchers.h"
@@ -109,7 +110,7 @@ TEST(QuantLossStageTest, EqualsRecomputingTheWholeBlock) {
       ASSERT_OK_AND_ASSIGN(model::TokenWindows w, CalibrationWindows(ctx));
       ASSERT_OK_AND_ASSIGN(input, runner->Embed(at::from_blob(w.tokens.data(), {6, 20}, at::kInt).to(at::kLong)));
     } else {
-      ASSERT_OK_AND_ASSIGN(input, GetTensor(ctx, "stats0/hidden"));
+      ASSERT_OK_AND_ASSIGN(input, ReadChunkedTensor(ctx, "stats0/", "hidden"));
     }
     ASSERT_OK_AND_ASSIGN(model::LayerWeights weights, runner->LoadLayer(l));
     const model::RoutingRule rule = model::RoutingRuleFor(runner->config(), l);

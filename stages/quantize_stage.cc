@@ -180,14 +180,7 @@ absl::Status QuantizeStage::Run(StageContext& ctx) {
   ChunkPlan plan;
   plan.rank = comm.rank();
   plan.ranks = comm.size();
-  if (layer == 0) {
-    MOEC_ASSIGN_OR_RETURN(window_tokens, CalibrationTokens(ctx));
-    plan.windows = window_tokens.size(0);
-  } else {
-    MOEC_ASSIGN_OR_RETURN(std::string key, ctx.PreviousLayerKey("windows"));
-    MOEC_ASSIGN_OR_RETURN(at::Tensor w, GetTensor(ctx, key));
-    plan.windows = w.item<int64_t>();
-  }
+  MOEC_RETURN_IF_ERROR(PlanChunks(ctx, &plan, &window_tokens));
   std::map<int64_t, at::Tensor> inputs;  // chunk -> hidden states entering the layer
   for (int64_t round = 0; round < plan.rounds(); ++round) {
     const int64_t chunk = plan.ChunkOf(round);
@@ -197,19 +190,21 @@ absl::Status QuantizeStage::Run(StageContext& ctx) {
   }
   const int64_t seq = inputs.empty() ? 1 : inputs.begin()->second.size(1);
 
-  MOEC_ASSIGN_OR_RETURN(model::LayerWeights w, runner->LoadLayer(layer));
-  const bool moe = w.moe.has_value() && experts > 0 && w.moe->router.defined();
   // Expert owners balance calibrated token counts when a `calibrate` stage is among the needs,
-  // else the number of experts.
+  // else the number of experts. Each rank reads only the experts it owns.
   std::vector<int64_t> expert_tokens = CalibratedExpertTokens(ctx, layer, experts);
   if (expert_tokens.empty()) expert_tokens.assign(experts, 1);
   const std::vector<int> expert_owner = AssignExperts(expert_tokens, comm.size());
+  MOEC_ASSIGN_OR_RETURN(model::LayerWeights w,
+                        runner->LoadLayer(layer, [&](int e) { return expert_owner[e] == comm.rank(); }));
+  const bool moe = w.moe.has_value() && experts > 0 && w.moe->router.defined();
   ExpertParallelExecutor executor(&comm, expert_owner);
   const std::string prefix = absl::StrCat("model.layers.", layer, ".");
   std::vector<std::unique_ptr<Target>> targets;
   int data_parallel = 0;  // data-parallel targets so far: their owners go round-robin
   auto add = [&](std::string name, at::Tensor* weight, LinearKind kind, int expert, int b) {
     if (weight == nullptr || !weight->defined() || b <= 0) return;
+    if (expert >= 0 && expert_owner[expert] != comm.rank()) return;  // not read on this rank
     auto t = std::make_unique<Target>();
     t->name = std::move(name);
     t->weight = weight;
@@ -359,15 +354,15 @@ absl::Status QuantizeStage::Run(StageContext& ctx) {
       nullptr));
   MOEC_ASSIGN_OR_RETURN(summary, GatherSummary(comm, summary));
   if (comm.rank() == 0) {
-    MOEC_RETURN_IF_ERROR(PutTensor(ctx, "windows", at::full({1}, plan.windows, at::kLong)));
+    MOEC_RETURN_IF_ERROR(PutChunkedWindows(ctx, plan));
     const std::string text = summary.dump();
     MOEC_RETURN_IF_ERROR(ctx.io
                              ->PutOutput("summary", storage::DType::kU8,
                                          {static_cast<int64_t>(text.size())}, text)
                              .status());
   }
-  ctx.progress(1.0, absl::StrCat("layer ", layer, ": ", mine, " of ", targets.size(),
-                                 " linears quantized on rank ", comm.rank()));
+  ctx.progress(1.0, absl::StrCat("layer ", layer, ": ", mine, " linears quantized on rank ",
+                                 comm.rank(), " of ", comm.size()));
   return absl::OkStatus();
 }
 
