@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -123,9 +124,12 @@ absl::StatusOr<std::unique_ptr<EmbeddedCluster>> EmbeddedCluster::Start(const Em
   }
   c->address_ = absl::StrCat("127.0.0.1:", port);
   for (int i = 0; i < o.workers; ++i) {
+    // The host's cores shared between the local workers (BLAS and libtorch pools both sized).
+    const int threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / o.workers);
     MOEC_ASSIGN_OR_RETURN(pid_t w, Spawn({worker_bin, "--coordinator=" + c->address_,
                                           "--token-file=" + token_file,
-                                          absl::StrCat("--name=local", i)},
+                                          absl::StrCat("--name=local", i),
+                                          absl::StrCat("--threads=", threads)},
                                          absl::StrCat(c->log_dir_, "/worker", i, ".log"), -1));
     c->workers_.push_back(w);
   }

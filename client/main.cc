@@ -599,6 +599,10 @@ int Main(int argc, char** argv) {
 }  // namespace moec::client
 
 int main(int argc, char** argv) {
+  // Only the commands that compute in this process pay for the re-exec (a second start-up).
+  if (argc > 1 && (std::string(argv[1]) == "eval" || std::string(argv[1]) == "make-tiny-model")) {
+    moec::UsePassiveOpenMpWait(argv);
+  }
   moec::TuneMallocForLargeBuffers();
   google::InitGoogleLogging(argv[0]);
   return moec::client::Main(argc, argv);

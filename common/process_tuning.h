@@ -11,6 +11,14 @@ namespace moec {
 // 4 MiB values at ~1 GiB/s instead of ~12 GiB/s; see docs/benchmarks.md). Idempotent.
 void TuneMallocForLargeBuffers();
 
+// Makes libgomp's idle threads sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE) in binaries
+// that compute with libtorch: its OpenMP threads otherwise spin between parallel regions and
+// starve OpenBLAS's own pthreads — a GPTQ layer task ran 2.8x slower with 2 threads than with 1
+// (tests/bench/expert_parallel_bench, docs/benchmarks.md). libgomp reads the variable when it
+// loads, before main, so when it is unset this sets it and re-executes the binary with the same
+// arguments (once; a user's own setting is kept). Returns only when no re-exec happened.
+void UsePassiveOpenMpWait(char** argv);
+
 }  // namespace moec
 
 #endif  // MOEC_COMMON_PROCESS_TUNING_H_

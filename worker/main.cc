@@ -1,9 +1,11 @@
 // moec-worker: runs compression tasks for a moec-coordinator.
 //
 //   moec-worker --coordinator HOST:PORT --token-file PATH [--name NAME] [--advertise-host HOST]
-//               [--collective-timeout-s N] [--tls-ca F [--tls-cert F --tls-key F]]
+//               [--collective-timeout-s N] [--threads N] [--tls-ca F [--tls-cert F --tls-key F]]
 //
 // Stops cleanly on SIGINT/SIGTERM (the current task's stage is asked to cancel).
+#include <ATen/Parallel.h>
+#include <dlfcn.h>
 #include <unistd.h>
 
 #include <csignal>
@@ -33,6 +35,9 @@ ABSL_FLAG(std::string, advertise_host, "",
           "address other workers of a gang reach this worker's collectives (Gloo TCP) on (or "
           "$MOEC_ADVERTISE_HOST; default 127.0.0.1 when the coordinator is on loopback, else this "
           "host's name)");
+ABSL_FLAG(int, threads, 0,
+          "compute threads of this worker's tasks (libtorch and OpenBLAS); 0: all cores. Give "
+          "each of N workers on one host cores/N");
 ABSL_FLAG(int, collective_timeout_s, 120,
           "seconds a gang waits for a missing member (rendezvous and each collective) before the "
           "task fails and is retried");
@@ -58,6 +63,7 @@ std::string FlagOrEnv(const std::string& flag, const char* env) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  moec::UsePassiveOpenMpWait(argv);
   moec::TuneMallocForLargeBuffers();
   absl::FlagsUsageConfig usage;
   usage.contains_help_flags = [](absl::string_view f) { return absl::StrContains(f, "worker/main.cc"); };
@@ -110,6 +116,16 @@ int main(int argc, char** argv) {
     return Fail(absl::InvalidArgumentError("--collective-timeout-s must be at least 1"));
   }
   options.collective_timeout = absl::Seconds(absl::GetFlag(FLAGS_collective_timeout_s));
+  if (const int threads = absl::GetFlag(FLAGS_threads); threads > 0) {
+    at::set_num_threads(threads);
+    // OpenBLAS's pthread build keeps its own pool; libtorch does not size it.
+    using SetThreads = void (*)(int);
+    if (auto set = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) {
+      set(threads);
+    }
+  } else if (absl::GetFlag(FLAGS_threads) < 0) {
+    return Fail(absl::InvalidArgumentError("--threads must be >= 0"));
+  }
   moec::worker::Worker worker(client->get(), &registry, options);
   absl::Notification stop;
   g_stop = &stop;
