@@ -86,6 +86,21 @@ struct GlooOptions {
 absl::StatusOr<std::unique_ptr<Communicator>> NewGlooCommunicator(
     std::shared_ptr<RendezvousStore> store, const GlooOptions& options);
 
+struct NcclOptions {
+  int rank = 0;
+  int size = 1;
+  int device = 0;  // CUDA device (modulo the visible devices)
+  absl::Duration timeout = absl::Seconds(120);
+};
+
+// Forms an NCCL communicator (the ncclUniqueId travels through `store`); host tensors are staged
+// through device buffers. Errors: Unimplemented in builds without CUDA; FailedPrecondition without
+// a CUDA device; Unavailable for NCCL/CUDA failures; DeadlineExceeded as Gloo.
+absl::StatusOr<std::unique_ptr<Communicator>> NewNcclCommunicator(
+    std::shared_ptr<RendezvousStore> store, const NcclOptions& options);
+// Whether this build has NCCL.
+bool NcclBuilt();
+
 // Creates the communicator of a gang on first use (all ranks of a stage that uses collectives
 // use them; a stage that never does costs no rendezvous).
 class LazyCommunicator : public Communicator {

@@ -170,6 +170,33 @@ TEST(GlooTest, CountsBytesSentToOtherRanks) {
   });
 }
 
+// NCCL: a one-rank group runs every collective on a GPU; without one (or without CUDA in the
+// build) forming the group is a clear error.
+TEST(NcclTest, OneRankGroupOrAClearError) {
+  NcclOptions o;
+  o.timeout = absl::Seconds(30);
+  auto c = NewNcclCommunicator(NewMemoryRendezvousStore(), o);
+  if (!NcclBuilt()) {
+    EXPECT_EQ(c.status().code(), absl::StatusCode::kUnimplemented) << c.status();
+    GTEST_SKIP() << "built without CUDA";
+  }
+  if (c.status().code() == absl::StatusCode::kFailedPrecondition) {
+    GTEST_SKIP() << "no CUDA device: " << c.status();
+  }
+  ASSERT_TRUE(c.ok()) << c.status();
+  at::Tensor rows = at::arange(12, at::kFloat).reshape({6, 2});
+  std::vector<int64_t> got;
+  auto out = (*c)->AllToAll(rows, {6}, &got);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_TRUE(at::equal(*out, rows));
+  EXPECT_EQ(got, std::vector<int64_t>{6});
+  at::Tensor t = at::full({3}, int64_t{7}, at::kLong);
+  ASSERT_TRUE((*c)->AllReduceSum(t).ok());
+  EXPECT_TRUE(at::equal(t, at::full({3}, int64_t{7}, at::kLong)));
+  ASSERT_TRUE((*c)->Broadcast(t, 0).ok());
+  EXPECT_TRUE((*c)->Barrier().ok());
+}
+
 TEST(LazyTest, ConnectsOnFirstUseOnly) {
   int made = 0;
   LazyCommunicator lazy(0, 1, [&]() -> absl::StatusOr<std::unique_ptr<Communicator>> {

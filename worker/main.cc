@@ -1,7 +1,8 @@
 // moec-worker: runs compression tasks for a moec-coordinator.
 //
 //   moec-worker --coordinator HOST:PORT --token-file PATH [--name NAME] [--advertise-host HOST]
-//               [--collective-timeout-s N] [--threads N] [--tls-ca F [--tls-cert F --tls-key F]]
+//               [--collectives gloo|nccl] [--collective-timeout-s N] [--threads N]
+//               [--tls-ca F [--tls-cert F --tls-key F]]
 //
 // Stops cleanly on SIGINT/SIGTERM (the current task's stage is asked to cancel).
 #include <ATen/Parallel.h>
@@ -38,6 +39,10 @@ ABSL_FLAG(std::string, advertise_host, "",
 ABSL_FLAG(int, threads, 0,
           "compute threads of this worker's tasks (libtorch and OpenBLAS); 0: all cores. Give "
           "each of N workers on one host cores/N");
+ABSL_FLAG(std::string, collectives, "gloo",
+          "collectives of gang tasks: gloo (CPU, TCP between workers) or nccl (GPU workers; "
+          "needs a build with CUDA)");
+ABSL_FLAG(int, cuda_device, 0, "CUDA device of this worker's NCCL communicator");
 ABSL_FLAG(int, collective_timeout_s, 120,
           "seconds a gang waits for a missing member (rendezvous and each collective) before the "
           "task fails and is retried");
@@ -116,6 +121,9 @@ int main(int argc, char** argv) {
     return Fail(absl::InvalidArgumentError("--collective-timeout-s must be at least 1"));
   }
   options.collective_timeout = absl::Seconds(absl::GetFlag(FLAGS_collective_timeout_s));
+  options.collectives = absl::GetFlag(FLAGS_collectives);
+  options.cuda_device = absl::GetFlag(FLAGS_cuda_device);
+  if (absl::Status s = options.Validate(); !s.ok()) return Fail(s);
   if (const int threads = absl::GetFlag(FLAGS_threads); threads > 0) {
     at::set_num_threads(threads);
     // OpenBLAS's pthread build keeps its own pool; libtorch does not size it.

@@ -14,6 +14,10 @@ absl::Status WorkerOptions::Validate() const {
   if (poll_interval <= absl::ZeroDuration() || heartbeat_interval <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("worker intervals must be positive");
   }
+  if (collectives != "gloo" && collectives != "nccl") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("collectives must be gloo or nccl, not '", collectives, "'"));
+  }
   return absl::OkStatus();
 }
 
@@ -169,15 +173,22 @@ void Worker::RunOne(const Lease& lease) {
   comm::LazyCommunicator communicator(
       lease.rank, size, [&]() -> absl::StatusOr<std::unique_ptr<comm::Communicator>> {
         if (size == 1) return comm::NewSingleRankCommunicator();
+        auto store = std::make_shared<CoordinatorRendezvous>(client_, id, lease.task.task_id(),
+                                                             lease.task.attempts(), cancelled.get());
+        if (options_.collectives == "nccl") {
+          comm::NcclOptions n;
+          n.rank = lease.rank;
+          n.size = size;
+          n.device = options_.cuda_device;
+          n.timeout = options_.collective_timeout;
+          return comm::NewNcclCommunicator(std::move(store), n);
+        }
         comm::GlooOptions o;
         o.rank = lease.rank;
         o.size = size;
         o.host = options_.advertise_host;
         o.timeout = options_.collective_timeout;
-        return comm::NewGlooCommunicator(
-            std::make_shared<CoordinatorRendezvous>(client_, id, lease.task.task_id(),
-                                                    lease.task.attempts(), cancelled.get()),
-            o);
+        return comm::NewGlooCommunicator(std::move(store), o);
       });
   ctx.comm = &communicator;
   // Progress goes to the coordinator at most once a second (and at the end); the answer also

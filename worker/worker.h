@@ -27,6 +27,9 @@ struct WorkerOptions {
   // Rendezvous and per-collective timeout of gang tasks; a dead peer fails the task (retriable)
   // after at most this long.
   absl::Duration collective_timeout = absl::Seconds(120);
+  // "gloo" (CPU, TCP) or "nccl" (GPU workers; builds with CUDA).
+  std::string collectives = "gloo";
+  int cuda_device = 0;
   absl::Status Validate() const;
 };
 
