@@ -13,8 +13,8 @@
 #      `moec run` prints the evaluation report;
 #   7. dynamic skipping exported (hf + moec.skip_beta), evaluated against the original, loadable by
 #      `moec eval`; an export never overwrites a directory it did not write;
-#   8. MC-MoE with mixed-precision GPTQ exported in GPTQ format (2.5 average expert bits), and
-#      RTN exported fake-quantized.
+#   8. MC-MoE with mixed-precision GPTQ exported in GPTQ format (2.5 average expert bits) by a
+#      2-worker gang and by one worker, byte-identical; RTN exported fake-quantized.
 # Usage: cluster_e2e_test.sh BIN_DIR   (holding moec, moec-coordinator, moec-worker)
 set -euo pipefail
 BIN=$1
@@ -187,12 +187,12 @@ set +e
 set -e
 [ "$rc" -ne 0 ] || fail "export over a foreign directory succeeded"
 grep -q precious foreign/file || fail "export touched a foreign directory"
-echo "== 8. MC-MoE: calibrate -> quant_loss -> allocate_bits -> gptq -> export (gptq) -> evaluate; rtn -> fake_quant"
+echo "== 8. MC-MoE: calibrate -> quant_loss -> allocate_bits -> gptq -> export (gptq) -> evaluate, on 2 and on 1 worker (same bytes); rtn -> fake_quant"
 cat > mc.yaml <<'Y'
 name: e2e-mc
 model: tiny
 output: out-mc
-calibration: {path: calib.txt, samples: 8, seqlen: 64, seed: 0}
+calibration: {path: calib.txt, samples: 20, seqlen: 64, seed: 0}
 evaluation: {path: calib.txt, seqlen: 64}
 workers: 2
 stages:
@@ -206,6 +206,13 @@ Y
 timeout 300 "$MOEC" run mc.yaml --data-dir "$WORK/mc" > mc.log || { cat mc.log; fail "mc-moe run"; }
 grep -q '"quant_method": "gptq"' out-mc/config.json || fail "no quantization_config in the GPTQ export"
 grep -q "| eval | .*out-mc | .* | 2.50 |" mc.log || { cat mc.log; fail "average expert bits of the export are not 2.50"; }
+# The data plane's promise across processes: the same job as a gang of one gives the same bytes
+# (2 local workers either way: outputs depend on a worker's thread count, not on the gang size).
+timeout 300 "$MOEC" run mc.yaml --workers 2 --set workers=1 --set output=out-mc1 --data-dir "$WORK/mc1" \
+  > mc1.log || { cat mc1.log; fail "mc-moe run on one worker"; }
+[ "$(sha256sum < out-mc/model.safetensors)" = "$(sha256sum < out-mc1/model.safetensors)" ] ||
+  fail "the GPTQ export of a 2-worker gang differs from the 1-worker one"
+
 cat > rtn.yaml <<'Y'
 name: e2e-rtn
 model: tiny
