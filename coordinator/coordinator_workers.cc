@@ -62,7 +62,7 @@ absl::Status Coordinator::ScheduleLocked() {
       if (t.state() == v1::TASK_READY) ready.push_back(&t);
     }
   }
-  for (const Assignment& a : Schedule(ready, idle, now)) {
+  for (const Assignment& a : Schedule(ready, idle, now, static_cast<int>(workers_.size()))) {
     Job& job = jobs_.at(std::string(a.task_id.substr(0, a.task_id.find('/'))));
     v1::TaskRecord& t = job.tasks[job.index.at(a.task_id)];
     GrantLease(t, a.workers, now, options_.retry);

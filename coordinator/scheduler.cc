@@ -8,11 +8,13 @@
 namespace moec::coordinator {
 
 std::vector<Assignment> Schedule(absl::Span<const v1::TaskRecord* const> ready,
-                                 std::vector<WorkerSlots> workers, int64_t now_ms) {
+                                 std::vector<WorkerSlots> workers, int64_t now_ms,
+                                 int cluster_workers) {
   std::vector<Assignment> out;
   for (const v1::TaskRecord* task : ready) {
     if (task->state() != v1::TASK_READY || task->not_before_ms() > now_ms) continue;
-    const size_t need = static_cast<size_t>(std::max(1, task->group_size()));
+    const size_t need =
+        static_cast<size_t>(std::max(1, std::min(task->group_size(), cluster_workers)));
     std::vector<WorkerSlots*> candidates;
     for (auto& w : workers) {
       if (w.free_slots > 0) candidates.push_back(&w);

@@ -25,11 +25,15 @@ struct Assignment {
 };
 
 // Leases READY tasks (in the given priority order; tasks with not_before_ms > now_ms wait) to
-// workers with free slots. A task with group_size k gets k distinct workers or none (a gang);
+// workers with free slots. A task with group_size k gets min(k, cluster_workers) distinct workers
+// or none (a gang): a gang never waits for more workers than the cluster has — after a member
+// died for good the group re-forms smaller (a stage's outputs do not depend on the gang size,
+// docs/data_plane.md);
 // a task that does not fit is skipped and later, smaller tasks may still run (backfilling).
 // Workers are chosen by most free slots, then by id, so the result is deterministic.
 std::vector<Assignment> Schedule(absl::Span<const v1::TaskRecord* const> ready,
-                                 std::vector<WorkerSlots> workers, int64_t now_ms);
+                                 std::vector<WorkerSlots> workers, int64_t now_ms,
+                                 int cluster_workers = 1 << 30);
 
 struct RetryPolicy {
   int max_attempts = 3;            // leases a task may get before it fails for good

@@ -58,6 +58,22 @@ TEST(SchedulerTest, SkipsTasksInBackoffAndNonReadyTasks) {
   EXPECT_THAT(Schedule(Ptrs(tasks), {}, 0), IsEmpty());
 }
 
+TEST(SchedulerTest, GangsShrinkToTheWorkersTheClusterHas) {
+  std::vector<v1::TaskRecord> tasks(1);
+  tasks[0].set_task_id("j/a/L0");
+  tasks[0].set_state(v1::TASK_READY);
+  tasks[0].set_group_size(3);
+  // Three workers exist but only two are free: wait for the third.
+  EXPECT_THAT(Schedule(Ptrs(tasks), {{"w1", 1}, {"w2", 1}}, 0, 3), IsEmpty());
+  // Only two workers are left in the cluster: a gang of two.
+  auto out = Schedule(Ptrs(tasks), {{"w1", 1}, {"w2", 1}}, 0, 2);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].workers, (std::vector<std::string>{"w1", "w2"}));
+  out = Schedule(Ptrs(tasks), {{"w2", 1}}, 0, 1);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].workers, (std::vector<std::string>{"w2"}));
+}
+
 TEST(TaskStateTest, RetriesWithExponentialBackoffThenFails) {
   RetryPolicy policy;
   policy.max_attempts = 3;
