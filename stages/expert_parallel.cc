@@ -194,6 +194,32 @@ absl::StatusOr<at::Tensor> ReadChunkedOutput(const StageContext& ctx, absl::stri
   return ReadChunkedTensor(ctx, key, name);
 }
 
+absl::StatusOr<at::Tensor> ReadLayerInputWindows(const StageContext& ctx,
+                                                 const model::ModelRunner& runner,
+                                                 const at::Tensor& window_tokens,
+                                                 absl::string_view stage_id, int64_t first,
+                                                 int64_t count) {
+  const int layer = ctx.task->layer();
+  if (layer == 0) return runner.Embed(window_tokens.narrow(0, first, count));
+  MOEC_ASSIGN_OR_RETURN(std::string prefix, ctx.InputKey(stage_id, layer - 1, ""));
+  absl::StatusOr<at::Tensor> whole = GetTensor(ctx, prefix + "hidden");
+  if (whole.ok()) return whole->narrow(0, first, count);
+  if (!absl::IsNotFound(whole.status())) return whole.status();
+  MOEC_ASSIGN_OR_RETURN(at::Tensor w, GetTensor(ctx, prefix + "windows"));
+  if (w.numel() != 2 || w.scalar_type() != at::kLong || w[1].item<int64_t>() < 1) {
+    return absl::DataLossError(absl::StrCat(prefix, "windows is not {windows, chunk_windows}"));
+  }
+  const int64_t per = w[1].item<int64_t>();
+  std::vector<at::Tensor> parts;
+  for (int64_t c = first / per; c * per < first + count; ++c) {
+    MOEC_ASSIGN_OR_RETURN(at::Tensor part, GetTensor(ctx, prefix + ChunkOutputName("hidden", c)));
+    const int64_t lo = std::max(first, c * per), hi = std::min(first + count, c * per + part.size(0));
+    if (hi <= lo) return absl::DataLossError(absl::StrCat(prefix, "hidden chunk ", c, " is short"));
+    parts.push_back(part.narrow(0, lo - c * per, hi - lo));
+  }
+  return parts.size() == 1 ? parts[0] : at::cat(parts, 0);
+}
+
 comm::Communicator& GangComm(StageContext& ctx, std::unique_ptr<comm::Communicator>* fallback) {
   if (ctx.comm != nullptr) return *ctx.comm;
   if (*fallback == nullptr) *fallback = comm::NewSingleRankCommunicator();

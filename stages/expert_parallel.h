@@ -101,6 +101,16 @@ absl::StatusOr<at::Tensor> ReadChunkedOutput(const StageContext& ctx, absl::stri
 absl::StatusOr<at::Tensor> ReadChunkedTensor(const StageContext& ctx, const std::string& prefix,
                                              absl::string_view name);
 
+// Hidden states [count, seq, hidden] of windows [first, first + count) entering this task's layer
+// along the chain of per-layer stage `stage_id` (the embedded calibration windows, tokenized in
+// `window_tokens`, at layer 0; else that stage's previous-layer `hidden`, whole or chunked — only
+// the chunks overlapping the range are read).
+absl::StatusOr<at::Tensor> ReadLayerInputWindows(const StageContext& ctx,
+                                                 const model::ModelRunner& runner,
+                                                 const at::Tensor& window_tokens,
+                                                 absl::string_view stage_id, int64_t first,
+                                                 int64_t count);
+
 // The gang's communicator, or a single-rank one (kept in `fallback`) when the context has none.
 comm::Communicator& GangComm(StageContext& ctx, std::unique_ptr<comm::Communicator>* fallback);
 

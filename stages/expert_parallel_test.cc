@@ -13,6 +13,7 @@
 #include "model/tiny_model.h"
 #include "stages/map_factor_io_test_util.h"
 #include "stages/calibrate_stage.h"
+#include "stages/quant_loss_stage.h"
 #include "stages/quantize_stage.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
@@ -137,8 +138,8 @@ class SharedStore {
 
 class QuantizeGangTest : public ::testing::TestWithParam<std::tuple<std::string, bool>> {};
 
-// Every output of gptq and rtn (codes, scales, hidden chunks, summary) and of calibrate (router
-// statistics, hidden chunks) is byte-identical for gangs of 1, 2 and 3 ranks: the determinism the data plane promises (docs/data_plane.md).
+// Every output of gptq and rtn (codes, scales, hidden chunks, summary), of calibrate (router
+// statistics, hidden chunks) and of quant_loss (per-expert losses) is byte-identical for gangs of 1, 2 and 3 ranks: the determinism the data plane promises (docs/data_plane.md).
 TEST_P(QuantizeGangTest, OutputsAreTheSameBytesForEveryGangSize) {
   TempDir dir;
   model::TinyModelOptions o;
@@ -154,46 +155,65 @@ TEST_P(QuantizeGangTest, OutputsAreTheSameBytesForEveryGangSize) {
   std::string text;
   for (int i = 0; i < 80; ++i) text += "experts share the tokens of layer " + std::to_string(i) + "\n";
   dir.WriteFile("calib.txt", text);
-  for (const std::string kind : {"gptq", "rtn", "calibrate"}) {
+  for (const std::string kind : {"gptq", "rtn", "calibrate", "quant_loss"}) {
+    nlohmann::json stages = {{{"id", "q"}, {"kind", kind}, {"needs", nlohmann::json::array()}}};
+    if (kind == "quant_loss") {
+      stages = {{{"id", "stats"}, {"kind", "calibrate"}, {"needs", nlohmann::json::array()}},
+                {{"id", "q"}, {"kind", kind}, {"needs", {"stats"}}}};
+    }
     const nlohmann::json recipe = {
         {"model", dir.Join("model")},
         {"calibration", {{"path", dir.Join("calib.txt")}, {"samples", 20}, {"seqlen", 12}, {"seed", 3}}},
-        {"stages", {{{"id", "q"}, {"kind", kind}, {"needs", nlohmann::json::array()}}}}};
-    const nlohmann::json params = {{"bits", 3},       {"attn_bits", 4}, {"shared_bits", 4},
-                                   {"group_size", 16}, {"act_order", true}, {"true_sequential", true},
-                                   {"damp", 0.01}};
+        {"stages", stages}};
+    nlohmann::json params = {{"bits", 3},       {"attn_bits", 4}, {"shared_bits", 4},
+                             {"group_size", 16}, {"act_order", true}, {"true_sequential", true},
+                             {"damp", 0.01}};
+    if (kind == "quant_loss") params["bits"] = {1, 2, 3};
     std::map<int, std::map<std::string, std::string>> outputs;  // gang size -> name -> bytes
     for (int size : {1, 2, 3}) {
       SharedStore store;
       for (int layer = 0; layer < 2; ++layer) {
-        std::map<std::string, std::string> inputs = {{"job/q/L0", "L0"}};
-        OnRanks(size, [&](comm::Communicator& c) {
-          v1::TaskRecord task;
-          task.set_job_id("job");
-          task.set_stage_id("q");
-          task.set_layer(layer);
-          task.set_task_id("job/q/L" + std::to_string(layer));
-          SharedStore::Io io(&store, "L" + std::to_string(layer));
-          StageContext ctx;
-          ctx.task = &task;
-          ctx.params = params;
-          ctx.recipe = recipe;
-          ctx.inputs = inputs;
-          ctx.rank = c.rank();
-          ctx.group.resize(c.size());
-          ctx.comm = &c;
-          ctx.io = &io;
-          QuantizeStage quantize(kind == "gptq");
-          CalibrateStage calibrate;
-          absl::Status s = kind == "calibrate" ? calibrate.Run(ctx) : quantize.Run(ctx);
-          EXPECT_TRUE(s.ok()) << kind << " W=" << size << " rank " << c.rank() << ": " << s;
-        }, gloo);
+        const std::map<std::string, std::string> inputs = {
+            {"job/q/L0", "L0"}, {"job/stats/L0", "S0"}, {"job/stats/L1", "S1"}};
+        // Runs stage `id` of layer `layer` on every rank; its outputs go under `fp`.
+        auto run = [&](const std::string& id, const std::string& fp, const std::string& what) {
+          OnRanks(size, [&](comm::Communicator& c) {
+            v1::TaskRecord task;
+            task.set_job_id("job");
+            task.set_stage_id(id);
+            task.set_layer(layer);
+            task.set_task_id("job/" + id + "/L" + std::to_string(layer));
+            SharedStore::Io io(&store, fp);
+            StageContext ctx;
+            ctx.task = &task;
+            ctx.params = params;
+            ctx.recipe = recipe;
+            ctx.inputs = inputs;
+            ctx.rank = c.rank();
+            ctx.group.resize(c.size());
+            ctx.comm = &c;
+            ctx.io = &io;
+            QuantizeStage quantize(what == "gptq");
+            CalibrateStage calibrate;
+            QuantLossStage quant_loss;
+            absl::Status s = what == "calibrate"    ? calibrate.Run(ctx)
+                             : what == "quant_loss" ? quant_loss.Run(ctx)
+                                                    : quantize.Run(ctx);
+            EXPECT_TRUE(s.ok()) << what << " W=" << size << " rank " << c.rank() << ": " << s;
+          }, gloo);
+        };
+        if (kind == "quant_loss") run("stats", "S" + std::to_string(layer), "calibrate");
+        run("q", "L" + std::to_string(layer), kind);
       }
       for (const auto& [key, f] : store.factors()) outputs[size][key] = f.data;
     }
     ASSERT_FALSE(outputs[1].empty());
-    EXPECT_EQ(outputs[1].count("L1/hidden.c00002"), 1u);  // 20 windows: chunks of 8, 8, 4
-    EXPECT_EQ(outputs[1].count(kind == "calibrate" ? "L1/expert_tokens" : "L0/summary"), 1u);
+    // 20 windows: chunks of 8, 8, 4.
+    EXPECT_EQ(outputs[1].count(kind == "quant_loss" ? "S1/hidden.c00002" : "L1/hidden.c00002"), 1u);
+    EXPECT_EQ(outputs[1].count(kind == "calibrate"    ? "L1/expert_tokens"
+                               : kind == "quant_loss" ? "L1/quant_loss"
+                                                      : "L0/summary"),
+              1u);
     for (int size : {2, 3}) {
       ASSERT_EQ(outputs[size].size(), outputs[1].size()) << kind << " W=" << size;
       for (const auto& [key, bytes] : outputs[1]) {

@@ -1,10 +1,12 @@
 #include "stages/quant_loss_stage.h"
 
 #include <cmath>
+#include <map>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "stages/expert_parallel.h"
 #include "stages/model_inputs.h"
 
 namespace moec::stages {
@@ -47,7 +49,8 @@ at::Tensor NormalQuantize(const at::Tensor& w, int bits, int64_t group_size) {
 }
 
 absl::Status QuantLossStage::Run(StageContext& ctx) {
-  if (ctx.rank != 0) return absl::OkStatus();  // see docs/stages.md (until issue #5)
+  std::unique_ptr<comm::Communicator> single;
+  comm::Communicator& comm = GangComm(ctx, &single);
   const int layer = ctx.task->layer();
   MOEC_ASSIGN_OR_RETURN(std::string calibrate, NeededStage(ctx, "calibrate"));
   MOEC_ASSIGN_OR_RETURN(std::unique_ptr<model::ModelRunner> runner, OpenJobModel(ctx));
@@ -57,58 +60,135 @@ absl::Status QuantLossStage::Run(StageContext& ctx) {
     return absl::OkStatus();
   }
   const std::vector<int> bits = ctx.params.value("bits", std::vector<int>{1, 2, 3});
+  const int64_t nbits = static_cast<int64_t>(bits.size());
   const int64_t group_size = ctx.params.value("group_size", int64_t{128});
-  const int64_t batch = ctx.params.value("batch_size", int64_t{8});
-  MOEC_ASSIGN_OR_RETURN(at::Tensor hidden, LayerInputFrom(ctx, *runner, calibrate));
-  MOEC_ASSIGN_OR_RETURN(model::LayerWeights weights, runner->LoadLayer(layer));
+  const int experts = config.NumRoutedExperts(layer);
+
+  // Chunks of `batch_size` windows (the loss sums per-batch norms), dealt round-robin.
+  ChunkPlan plan;
+  plan.rank = comm.rank();
+  plan.ranks = comm.size();
+  plan.chunk_windows = ctx.params.value("batch_size", int64_t{8});
+  at::Tensor tokens;
+  if (layer == 0) {
+    MOEC_ASSIGN_OR_RETURN(tokens, CalibrationTokens(ctx));
+    plan.windows = tokens.size(0);
+  } else {
+    MOEC_ASSIGN_OR_RETURN(std::string prefix, ctx.InputKey(calibrate, layer - 1, ""));
+    absl::StatusOr<at::Tensor> w = GetTensor(ctx, prefix + "windows");
+    if (w.ok()) {
+      plan.windows = (*w)[0].item<int64_t>();
+    } else {
+      MOEC_ASSIGN_OR_RETURN(at::Tensor whole, GetTensor(ctx, prefix + "hidden"));
+      plan.windows = whole.size(0);
+    }
+  }
+  std::vector<int64_t> counts = CalibratedExpertTokens(ctx, layer, experts);
+  if (counts.empty()) counts.assign(experts, 1);
+  const std::vector<int> owner = AssignExperts(counts, comm.size());
+  MOEC_ASSIGN_OR_RETURN(model::LayerWeights weights,
+                        runner->LoadLayer(layer, [&](int e) { return owner[e] == comm.rank(); }));
   const model::MoeWeights& moe = *weights.moe;
   const model::RoutingRule rule = model::RoutingRuleFor(config, layer);
-  const int experts = static_cast<int>(moe.experts.size());
-  const int64_t seq = hidden.size(1);
-
-  // One pass of the unmodified layer per batch: the MoE input X_b and output Z_b. Only the tokens
-  // routed to expert e change when e is quantized (the router and the other experts do not), so
-  // Z_b - Ẑ_b is non-zero on those rows only and equals w_te (E_e(x_t) - Ê_e(x_t)) there; the
-  // loss is computed from them (stages_test checks it against recomputing the whole block).
-  struct Batch {
-    at::Tensor x;        // MoE input [tokens, hidden]
-    at::Tensor experts;  // selected experts [tokens, k]
-    at::Tensor weights;  // their routing weights [tokens, k]
-  };
-  std::vector<Batch> batches;
-  for (int64_t start = 0; start < hidden.size(0); start += batch) {
-    const int64_t count = std::min(batch, hidden.size(0) - start);
-    MoeCapture capture;
-    runner->RunLayer(weights, hidden.narrow(0, start, count), &capture);
-    // Routing as the block did it (same function, same inputs).
-    at::Tensor importance;
-    model::Routing r = model::Route(moe.router, capture.input, rule, importance, seq);
-    batches.push_back({capture.input, r.experts.masked_fill(r.kept.logical_not(), -1), r.weights});
-  }
-  at::Tensor loss = at::zeros({experts, static_cast<int64_t>(bits.size())}, at::kDouble);
-  const int64_t total = static_cast<int64_t>(experts) * bits.size();
+  // MC-MoE's RTN copies of the experts this rank owns, per width.
+  std::map<int, std::vector<model::MlpWeights>> quantized;
   for (int e = 0; e < experts; ++e) {
-    const model::MlpWeights& original = moe.experts[e];
-    for (size_t bi = 0; bi < bits.size(); ++bi) {
-      if (ctx.IsCancelled()) return absl::CancelledError("quant_loss cancelled");
-      model::MlpWeights quantized{NormalQuantize(original.gate, bits[bi], group_size),
-                                  NormalQuantize(original.up, bits[bi], group_size),
-                                  NormalQuantize(original.down, bits[bi], group_size)};
-      double sum = 0;
-      for (const Batch& b : batches) {
-        at::Tensor slot = (b.experts == e);  // [tokens, k]
-        at::Tensor rows = slot.any(1).nonzero().squeeze(1);
-        if (rows.numel() == 0) continue;
-        at::Tensor x = b.x.index_select(0, rows);
-        at::Tensor w = (b.weights.index_select(0, rows) * slot.index_select(0, rows))
-                           .sum(1, /*keepdim=*/true);
-        at::Tensor y = model::Mlp(original, x, layer, model::LinearKind::kExpertGate, e, nullptr);
-        at::Tensor yq = model::Mlp(quantized, x, layer, model::LinearKind::kExpertGate, e, nullptr);
-        sum += ((y - yq) * w).to(at::kDouble).norm().item<double>();
+    if (owner[e] != comm.rank()) continue;
+    for (int b : bits) {
+      const model::MlpWeights& o = moe.experts[e];
+      quantized[e].push_back({NormalQuantize(o.gate, b, group_size),
+                              NormalQuantize(o.up, b, group_size),
+                              NormalQuantize(o.down, b, group_size)});
+    }
+  }
+  // The MoE input of a chunk is all this stage needs: the routed experts are not run.
+  struct NoExperts : model::ExpertExecutor {
+    at::Tensor Run(int, const model::MoeWeights&, const at::Tensor& rows,
+                   const std::vector<int64_t>&, const at::Tensor&, model::ForwardObserver*) override {
+      return at::zeros_like(rows);
+    }
+  } no_experts;
+  at::Tensor loss = at::zeros({experts, nbits}, at::kDouble);
+  for (int64_t round = 0; round < plan.rounds(); ++round) {
+    if (ctx.IsCancelled()) return absl::CancelledError("quant_loss cancelled");
+    const int64_t chunk = plan.ChunkOf(round);
+    // Rows routed to each expert with their combined routing weight, grouped by owner rank and
+    // expert, in token order within an expert.
+    std::vector<at::Tensor> xs, ws, ids;
+    std::vector<int64_t> send(comm.size(), 0);
+    if (chunk >= 0) {
+      MOEC_ASSIGN_OR_RETURN(at::Tensor h, ReadLayerInputWindows(ctx, *runner, tokens, calibrate,
+                                                                plan.First(chunk), plan.Count(chunk)));
+      MoeCapture capture;
+      runner->RunLayer(weights, h, &capture, &no_experts);
+      model::Routing r = model::Route(moe.router, capture.input, rule, at::Tensor(), h.size(1));
+      at::Tensor selected = r.experts.masked_fill(r.kept.logical_not(), -1);
+      for (int o = 0; o < comm.size(); ++o) {
+        for (int e = 0; e < experts; ++e) {
+          if (owner[e] != o) continue;
+          at::Tensor slot = (selected == e);
+          at::Tensor rows = slot.any(1).nonzero().squeeze(1);
+          if (rows.numel() == 0) continue;
+          xs.push_back(capture.input.index_select(0, rows));
+          ws.push_back((r.weights.index_select(0, rows) * slot.index_select(0, rows))
+                           .sum(1, /*keepdim=*/true)
+                           .to(at::kFloat));
+          ids.push_back(at::full({rows.numel()}, int64_t{e}, at::kLong));
+          send[o] += rows.numel();
+        }
       }
-      loss[e][bi] = sum;
-      ctx.progress(static_cast<double>(e * bits.size() + bi + 1) / total,
-                   absl::StrCat("layer ", layer, ": expert ", e, " at ", bits[bi], " bits"));
+    }
+    auto cat = [](const std::vector<at::Tensor>& v, at::Tensor empty) {
+      return v.empty() ? empty : at::cat(v, 0);
+    };
+    std::vector<int64_t> got;
+    MOEC_ASSIGN_OR_RETURN(at::Tensor in_x, comm.AllToAll(cat(xs, at::empty({0, config.hidden_size},
+                                                                            runner->dtype())),
+                                                         send, &got));
+    MOEC_ASSIGN_OR_RETURN(at::Tensor in_w, comm.AllToAll(cat(ws, at::empty({0, 1})), send, nullptr));
+    MOEC_ASSIGN_OR_RETURN(at::Tensor in_e, comm.AllToAll(cat(ids, at::empty({0}, at::kLong)), send,
+                                                         nullptr));
+    // Owner: each source is one chunk, in chunk order; per expert, Z - Ẑ is non-zero on its rows
+    // only and equals w (E_e(x) - Ê_e(x)) there (ALGORITHMS.md 3.1; the test recomputes blocks).
+    const int64_t* id = in_e.data_ptr<int64_t>();
+    int64_t pos = 0;
+    for (int s = 0; s < comm.size(); ++s) {
+      const int64_t end = pos + got[s];
+      while (pos < end) {
+        const int64_t e = id[pos];
+        int64_t run = 1;
+        while (pos + run < end && id[pos + run] == e) ++run;
+        if (e < 0 || e >= experts || owner[e] != comm.rank()) {
+          return absl::InternalError(absl::StrCat("quant_loss: rows of expert ", e, " off its owner"));
+        }
+        at::Tensor x = in_x.narrow(0, pos, run), w = in_w.narrow(0, pos, run).to(x.scalar_type());
+        at::Tensor y = model::Mlp(moe.experts[e], x, layer, model::LinearKind::kExpertGate,
+                                  static_cast<int>(e), nullptr);
+        for (int64_t bi = 0; bi < nbits; ++bi) {
+          at::Tensor yq = model::Mlp(quantized[e][bi], x, layer, model::LinearKind::kExpertGate,
+                                     static_cast<int>(e), nullptr);
+          loss[e][bi] += ((y - yq) * w).to(at::kDouble).norm().item<double>();
+        }
+        pos += run;
+      }
+    }
+    ctx.progress(static_cast<double>(round + 1) / plan.rounds(),
+                 absl::StrCat("layer ", layer, ": round ", round + 1, "/", plan.rounds()));
+  }
+  // Each expert's row of losses from its owner.
+  std::vector<at::Tensor> mine;
+  for (int e = 0; e < experts; ++e) {
+    if (owner[e] == comm.rank()) {
+      mine.push_back(at::cat({at::full({1}, static_cast<double>(e), at::kDouble), loss[e]}));
+    }
+  }
+  MOEC_ASSIGN_OR_RETURN(std::vector<at::Tensor> all,
+                        comm.AllGather(mine.empty() ? at::empty({0, 1 + nbits}, at::kDouble)
+                                                    : at::stack(mine)));
+  if (comm.rank() != 0) return absl::OkStatus();
+  for (const at::Tensor& part : all) {
+    for (int64_t i = 0; i < part.size(0); ++i) {
+      loss[static_cast<int64_t>(part[i][0].item<double>())] = part[i].narrow(0, 1, nbits);
     }
   }
   MOEC_RETURN_IF_ERROR(PutTensor(ctx, "quant_loss", loss));

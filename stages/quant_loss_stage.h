@@ -1,7 +1,10 @@
 // `quant_loss` (per layer): MC-MoE's per-expert, per-width quantization loss (ALGORITHMS.md
 // 3.1): for every routed expert e and candidate width b, the expert's three matrices are
 // replaced by a round-to-nearest copy and Q[e][b] = sum over calibration batches of
-// ||Z - Ẑ||_F in float64, Z the MoE block output of the unmodified layer.
+// ||Z - Ẑ||_F in float64, Z the MoE block output of the unmodified layer. Expert-parallel
+// (stages/expert_parallel.h): batches of `batch_size` windows round-robin over the gang, the rows
+// routed to expert e (with their routing weight) sent to e's owner, which sums the per-batch norms
+// in batch order; the same bytes for every gang size.
 #ifndef MOEC_STAGES_QUANT_LOSS_STAGE_H_
 #define MOEC_STAGES_QUANT_LOSS_STAGE_H_
 
