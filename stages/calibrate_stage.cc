@@ -20,12 +20,14 @@ class RouterStats : public model::ForwardObserver {
   RouterStats(int experts, int top_k) : top_k_(top_k) {
     counts_ = at::zeros({experts}, at::kLong);
     mass_ = at::zeros({experts}, at::kDouble);
+    softmax_mass_ = at::zeros({experts}, at::kDouble);
   }
   void OnRouterLogits(int layer, const at::Tensor& logits) override {
     at::Tensor p = at::softmax(logits.to(at::kDouble), -1);
     auto [top_p, top_i] = p.topk(top_k_, -1);
     counts_.index_add_(0, top_i.reshape(-1), at::ones({top_i.numel()}, at::kLong));
     mass_.index_add_(0, top_i.reshape(-1), top_p.reshape(-1));
+    softmax_mass_ += p.sum(0);
     if (p.size(1) >= 2) {
       at::Tensor two = std::get<0>(p.topk(2, -1));
       ratios_.push_back((two.select(1, 1) / two.select(1, 0)).to(at::kFloat));
@@ -36,6 +38,7 @@ class RouterStats : public model::ForwardObserver {
 
   at::Tensor counts() const { return counts_; }
   at::Tensor mass() const { return mass_; }
+  at::Tensor softmax_mass() const { return softmax_mass_; }
   int64_t tokens() const { return tokens_; }
   double entropy_sum() const { return entropy_sum_; }
   at::Tensor ratios() const {
@@ -44,7 +47,7 @@ class RouterStats : public model::ForwardObserver {
 
  private:
   const int top_k_;
-  at::Tensor counts_, mass_;
+  at::Tensor counts_, mass_, softmax_mass_;
   std::vector<at::Tensor> ratios_;
   double entropy_sum_ = 0;
   int64_t tokens_ = 0;
@@ -52,10 +55,11 @@ class RouterStats : public model::ForwardObserver {
 
 // This rank's statistics of its chunks, gathered to every rank and summed in chunk order so the
 // results do not depend on the gang size. Per chunk, one F64 row [chunk, tokens, entropy sum,
-// ratio count, counts[E], mass[E]] and the chunk's p2/p1 ratios (F32).
+// ratio count, counts[E], mass[E], softmax mass[E]] and the chunk's p2/p1 ratios (F32).
 absl::Status GatherStats(comm::Communicator& comm, int experts,
                          const std::map<int64_t, RouterStats>& mine, at::Tensor* counts,
-                         at::Tensor* mass, at::Tensor* ratios, double* entropy_sum,
+                         at::Tensor* mass, at::Tensor* softmax_mass, at::Tensor* ratios,
+                         double* entropy_sum,
                          int64_t* tokens) {
   std::vector<at::Tensor> rows, my_ratios;
   for (const auto& [chunk, st] : mine) {
@@ -63,10 +67,10 @@ absl::Status GatherStats(comm::Communicator& comm, int experts,
     rows.push_back(at::cat({at::tensor({static_cast<double>(chunk), static_cast<double>(st.tokens()),
                                         st.entropy_sum(), static_cast<double>(r.numel())},
                                        at::kDouble),
-                            st.counts().to(at::kDouble), st.mass()}));
+                            st.counts().to(at::kDouble), st.mass(), st.softmax_mass()}));
     my_ratios.push_back(r);
   }
-  at::Tensor table = rows.empty() ? at::empty({0, 4 + 2 * experts}, at::kDouble) : at::stack(rows);
+  at::Tensor table = rows.empty() ? at::empty({0, 4 + 3 * experts}, at::kDouble) : at::stack(rows);
   at::Tensor flat = my_ratios.empty() ? at::empty({0}, at::kFloat) : at::cat(my_ratios);
   MOEC_ASSIGN_OR_RETURN(std::vector<at::Tensor> tables, comm.AllGather(table));
   MOEC_ASSIGN_OR_RETURN(std::vector<at::Tensor> all_ratios, comm.AllGather(flat));
@@ -83,6 +87,7 @@ absl::Status GatherStats(comm::Communicator& comm, int experts,
   }
   *counts = at::zeros({experts}, at::kLong);
   *mass = at::zeros({experts}, at::kDouble);
+  *softmax_mass = at::zeros({experts}, at::kDouble);
   std::vector<at::Tensor> ordered;
   *entropy_sum = 0;
   *tokens = 0;
@@ -92,6 +97,7 @@ absl::Status GatherStats(comm::Communicator& comm, int experts,
     *entropy_sum += row[2].item<double>();
     *counts += row.narrow(0, 4, experts).to(at::kLong);
     *mass += row.narrow(0, 4 + experts, experts);
+    *softmax_mass += row.narrow(0, 4 + 2 * experts, experts);
     ordered.push_back(part.second);
   }
   *ratios = ordered.empty() ? at::empty({0}, at::kFloat) : at::cat(ordered);
@@ -144,12 +150,13 @@ absl::Status CalibrateStage::Run(StageContext& ctx) {
     ctx.progress(static_cast<double>(round + 1) / plan.rounds(),
                  absl::StrCat("layer ", layer, ": chunk ", chunk + 1, "/", plan.chunks()));
   }
-  at::Tensor counts, mass, ratios;
+  at::Tensor counts, mass, softmax_mass, ratios;
   double entropy_sum = 0;
   int64_t tokens = 0;
   if (moe) {
     MOEC_RETURN_IF_ERROR(
-        GatherStats(comm, experts, stats, &counts, &mass, &ratios, &entropy_sum, &tokens));
+        GatherStats(comm, experts, stats, &counts, &mass, &softmax_mass, &ratios, &entropy_sum,
+                    &tokens));
   }
   if (comm.rank() != 0) return absl::OkStatus();
   MOEC_RETURN_IF_ERROR(PutChunkedWindows(ctx, plan));
@@ -159,6 +166,7 @@ absl::Status CalibrateStage::Run(StageContext& ctx) {
     const double entropy = tokens > 0 && experts > 1 ? entropy_sum / tokens / std::log(experts) : 0.0;
     MOEC_RETURN_IF_ERROR(PutTensor(ctx, "expert_tokens", counts));
     MOEC_RETURN_IF_ERROR(PutTensor(ctx, "routing_mass", mass));
+    MOEC_RETURN_IF_ERROR(PutTensor(ctx, "softmax_mass", softmax_mass));
     MOEC_RETURN_IF_ERROR(PutTensor(ctx, "p2_p1_median", at::full({1}, median, at::kDouble)));
     MOEC_RETURN_IF_ERROR(PutTensor(ctx, "router_entropy", at::full({1}, entropy, at::kDouble)));
     MOEC_RETURN_IF_ERROR(PutTensor(ctx, "tokens", at::full({1}, tokens, at::kLong)));

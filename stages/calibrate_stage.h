@@ -17,6 +17,8 @@ namespace moec::stages {
 //   expert_tokens  I64 [E]  (token, slot) pairs routed to each expert (MC-MoE's frequency F)
 //   routing_mass   F64 [E]  full-softmax probability summed over the tokens that selected the
 //                           expert (MC-MoE's activated weight A)
+//   softmax_mass   F64 [E]  full-softmax probability summed over all tokens (Unified expert
+//                           drop's score for softmax routers)
 //   p2_p1_median   F64 [1]  median over tokens of p_(2)/p_(1) (Expert_Sparsity's β; 0 when k=1)
 //   router_entropy F64 [1]  mean over tokens of the router entropy / log(E)
 //   tokens         I64 [1]  calibration tokens seen

@@ -100,16 +100,21 @@ TEST_P(CalibrateStageTest, StatisticsMatchAPlainForward) {
     if (!moe) continue;
     ASSERT_OK_AND_ASSIGN(at::Tensor counts, GetTensor(ctx, "fp" + std::to_string(l) + "/expert_tokens"));
     ASSERT_OK_AND_ASSIGN(at::Tensor mass, GetTensor(ctx, "fp" + std::to_string(l) + "/routing_mass"));
+    ASSERT_OK_AND_ASSIGN(at::Tensor softmax_mass,
+                         GetTensor(ctx, "fp" + std::to_string(l) + "/softmax_mass"));
     ASSERT_OK_AND_ASSIGN(at::Tensor median, GetTensor(ctx, "fp" + std::to_string(l) + "/p2_p1_median"));
     ASSERT_OK_AND_ASSIGN(at::Tensor n, GetTensor(ctx, "fp" + std::to_string(l) + "/tokens"));
     EXPECT_EQ(n.item<int64_t>(), 5 * 24);
     // Independent count from the captured logits, token by token.
     at::Tensor p = at::softmax(capture.logits_[l].to(at::kDouble), -1);
     std::vector<int64_t> expect_counts(4, 0);
-    std::vector<double> expect_mass(4, 0.0), ratios;
+    std::vector<double> expect_mass(4, 0.0), expect_softmax(4, 0.0), ratios;
     for (int64_t t = 0; t < p.size(0); ++t) {
       std::vector<std::pair<double, int>> ranked;
-      for (int e = 0; e < 4; ++e) ranked.push_back({p[t][e].item<double>(), e});
+      for (int e = 0; e < 4; ++e) {
+        ranked.push_back({p[t][e].item<double>(), e});
+        expect_softmax[e] += p[t][e].item<double>();
+      }
       std::sort(ranked.rbegin(), ranked.rend());
       for (int i = 0; i < 2; ++i) {
         ++expect_counts[ranked[i].second];
@@ -121,6 +126,7 @@ TEST_P(CalibrateStageTest, StatisticsMatchAPlainForward) {
     for (int e = 0; e < 4; ++e) {
       EXPECT_EQ(counts[e].item<int64_t>(), expect_counts[e]) << "layer " << l << " expert " << e;
       EXPECT_NEAR(mass[e].item<double>(), expect_mass[e], 1e-6);
+      EXPECT_NEAR(softmax_mass[e].item<double>(), expect_softmax[e], 1e-6);
     }
     EXPECT_NEAR(median.item<double>(), ratios[(ratios.size() - 1) / 2], 1e-6);
   }

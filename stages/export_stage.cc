@@ -16,6 +16,7 @@
 #include "model/tensor_names.h"
 #include "model/weights.h"
 #include "stages/model_inputs.h"
+#include "stages/structural_export.h"
 #include "storage/file_util.h"
 
 namespace moec::stages {
@@ -223,8 +224,20 @@ absl::Status ExportStage::Run(StageContext& ctx) {
     config["moec"]["format_version"] = 1;
     config["moec"]["skip_beta"] = list;
   }
+  // Structural decisions of the stages it needs (structural_export.h).
+  MOEC_ASSIGN_OR_RETURN(model::ModelConfig source_config, model::LoadModelConfig(src));
+  MOEC_ASSIGN_OR_RETURN(StructuralEdits edits, CollectStructuralEdits(ctx, source_config));
+  if (!edits.empty()) {
+    if (!quant_stage.empty()) {
+      return absl::UnimplementedError(
+          "an export cannot apply structural edits and quantization at once yet: export the "
+          "edited model with format hf, then quantize that output in a second job");
+    }
+    MOEC_ASSIGN_OR_RETURN(config, EditedConfig(config, source_config, edits));
+  }
   const std::string new_config = config.dump(2) + "\n";
-  MOEC_RETURN_IF_ERROR(model::ParseModelConfig(new_config, out + "/config.json").status());
+  MOEC_ASSIGN_OR_RETURN(model::ModelConfig edited_config,
+                        model::ParseModelConfig(new_config, out + "/config.json"));
 
   const std::string tmp = absl::StrCat(out, ".tmp-", ctx.task->fingerprint().substr(0, 12));
   std::error_code ec;
@@ -242,14 +255,19 @@ absl::Status ExportStage::Run(StageContext& ctx) {
                                                  static_cast<uint64_t>(ctx.params.value("max_shard_mib", 5120)) << 20));
     if (!q.is_null()) config["quantization_config"] = q;
   }
+  if (!edits.empty()) {
+    MOEC_RETURN_IF_ERROR(WriteEditedCheckpoint(
+        ctx, src, source_config, edited_config, edits, tmp,
+        static_cast<uint64_t>(ctx.params.value("max_shard_mib", 5120)) << 20));
+  }
   const std::string final_config = config.dump(2) + "\n";
   MOEC_RETURN_IF_ERROR(model::ParseModelConfig(final_config, out + "/config.json").status());
   for (const fs::directory_entry& e : fs::directory_iterator(src, ec)) {
     if (!e.is_regular_file()) continue;
     const std::string name = e.path().filename().string();
     if (name == "config.json" || name == kMarker) continue;
-    if (!quant_stage.empty() && (absl::EndsWith(name, ".safetensors") ||
-                                 name == "model.safetensors.index.json")) {
+    if ((!quant_stage.empty() || !edits.empty()) &&
+        (absl::EndsWith(name, ".safetensors") || name == "model.safetensors.index.json")) {
       continue;  // written above
     }
     fs::copy_file(e.path(), fs::path(tmp) / name, ec);

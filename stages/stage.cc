@@ -10,6 +10,7 @@
 #include "stages/noop_stage.h"
 #include "stages/quant_loss_stage.h"
 #include "stages/quantize_stage.h"
+#include "stages/structural_stages.h"
 
 namespace moec::stages {
 
@@ -59,6 +60,9 @@ void RegisterBuiltinStages(StageRegistry* registry) {
   registry->Register("allocate_bits", [] { return std::make_unique<AllocateBitsStage>(); });
   registry->Register("gptq", [] { return std::make_unique<QuantizeStage>(/*gptq=*/true); });
   registry->Register("rtn", [] { return std::make_unique<QuantizeStage>(/*gptq=*/false); });
+  registry->Register("expert_drop", [] { return std::make_unique<ExpertDropStage>(); });
+  registry->Register("layer_drop", [] { return std::make_unique<LayerDropStage>(); });
+  registry->Register("block_drop", [] { return std::make_unique<BlockDropStage>(); });
 }
 
 }  // namespace moec::stages
