@@ -6,6 +6,7 @@
 #include "stages/calibrate_stage.h"
 #include "stages/dynamic_skip_stage.h"
 #include "stages/evaluate_stage.h"
+#include "stages/expert_prune_stage.h"
 #include "stages/export_stage.h"
 #include "stages/noop_stage.h"
 #include "stages/quant_loss_stage.h"
@@ -61,6 +62,7 @@ void RegisterBuiltinStages(StageRegistry* registry) {
   registry->Register("gptq", [] { return std::make_unique<QuantizeStage>(/*gptq=*/true); });
   registry->Register("rtn", [] { return std::make_unique<QuantizeStage>(/*gptq=*/false); });
   registry->Register("expert_drop", [] { return std::make_unique<ExpertDropStage>(); });
+  registry->Register("expert_prune", [] { return std::make_unique<ExpertPruneStage>(); });
   registry->Register("layer_drop", [] { return std::make_unique<LayerDropStage>(); });
   registry->Register("block_drop", [] { return std::make_unique<BlockDropStage>(); });
 }

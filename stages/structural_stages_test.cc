@@ -14,6 +14,7 @@
 #include "model/layers.h"
 #include "model/tiny_model.h"
 #include "stages/calibrate_stage.h"
+#include "stages/expert_prune_stage.h"
 #include "stages/expert_parallel.h"
 #include "stages/export_stage.h"
 #include "stages/map_factor_io_test_util.h"
@@ -73,6 +74,7 @@ class StructuralTest : public ::testing::TestWithParam<std::string> {
     ctx.recipe = recipe_;
     for (int l = 0; l < kLayers; ++l) ctx.inputs["job/stats/L" + std::to_string(l)] = "stats" + std::to_string(l);
     for (const std::string& g : {"drop", "ldrop", "bdrop"}) ctx.inputs["job/" + g] = g;
+    for (int l = 0; l < kLayers; ++l) ctx.inputs["job/prune/L" + std::to_string(l)] = "prune" + std::to_string(l);
     io_.SetTask(task.fingerprint());
     ctx.io = &io_;
     return stage.Run(ctx);
@@ -132,7 +134,7 @@ class StructuralTest : public ::testing::TestWithParam<std::string> {
   nlohmann::json recipe_;
   std::vector<std::pair<std::string, std::string>> kinds_ = {
       {"stats", "calibrate"}, {"drop", "expert_drop"}, {"ldrop", "layer_drop"},
-      {"bdrop", "block_drop"}, {"out", "export"}};
+      {"bdrop", "block_drop"}, {"prune", "expert_prune"}, {"out", "export"}};
 };
 
 TEST_P(StructuralTest, ExpertDropKeepsTheHighestScoresAndExportsAModelThatLoads) {
@@ -299,6 +301,112 @@ TEST_P(StructuralTest, LayerDropScoresMoeSimilarityAndExportsDroppedSubBlocks) {
     return w;
   });
   EXPECT_TRUE(at::allclose(ExportedLogits(), want, 1e-5, 1e-5));
+}
+
+// The subset search's loss of every drop set equals re-running the masked MoE block on the
+// captured batches; the chosen set is the argmin; the export computes the pruned model.
+TEST_P(StructuralTest, ExpertPruneMatchesAnExhaustiveRecomputation) {
+  Calibrate();
+  const model::ModelConfig& c = runner_->config();
+  ExpertPruneStage prune;
+  for (int l = 0; l < kLayers; ++l) {
+    ASSERT_OK(Run(prune, "prune", l, {{"keep", 3}, {"mode", "layerwise"}, {"batch_size", 4}}, {"stats"}));
+  }
+  std::vector<at::Tensor> h = Residuals();
+  std::map<int, std::vector<int64_t>> chosen;
+  for (int l = 0; l < kLayers; ++l) {
+    if (!c.IsMoeLayer(l)) {
+      EXPECT_EQ(store_.count("prune" + std::to_string(l) + "/kept_experts"), 0u);
+      continue;
+    }
+    ASSERT_OK_AND_ASSIGN(at::Tensor losses, Get("prune" + std::to_string(l) + "/losses"));
+    ASSERT_OK_AND_ASSIGN(at::Tensor kept, Get("prune" + std::to_string(l) + "/kept_experts"));
+    ASSERT_EQ(losses.numel(), 10);  // C(5, 2) drop sets
+    model::LayerWeights w = *runner_->LoadLayer(l);
+    model::RoutingRule rule = model::RoutingRuleFor(c, l);
+    // Batches of 4 windows: MoE input and original output, captured from the plain layer.
+    struct Cap : model::ForwardObserver {
+      void OnMoeInput(int, const at::Tensor& x) override { xs.push_back(x.clone()); }
+      void OnMoeOutput(int, const at::Tensor& z) override { zs.push_back(z.clone()); }
+      std::vector<at::Tensor> xs, zs;
+    } cap;
+    for (int64_t s = 0; s < 6; s += 4) runner_->RunLayer(w, h[l].narrow(0, s, std::min<int64_t>(4, 6 - s)), &cap);
+    int index = 0, best = -1;
+    double best_loss = 1e300;
+    std::vector<int64_t> best_kept;
+    for (int a = 0; a < 5; ++a) {
+      for (int b = a + 1; b < 5; ++b, ++index) {
+        model::MoeWeights masked = *w.moe;
+        std::vector<int64_t> ids;
+        masked.experts.clear();
+        for (int e = 0; e < 5; ++e) {
+          if (e == a || e == b) continue;
+          ids.push_back(e);
+          masked.experts.push_back(w.moe->experts[e]);
+        }
+        masked.router = w.moe->router.index_select(0, at::tensor(ids, at::kLong));
+        double loss = 0;
+        for (size_t i = 0; i < cap.xs.size(); ++i) {
+          at::Tensor zhat = model::MoeBlock(c, l, masked, rule, cap.xs[i], 16, {}, nullptr);
+          loss += (cap.zs[i] - zhat).to(at::kDouble).norm().item<double>();
+        }
+        EXPECT_NEAR(losses[index].item<double>(), loss, 1e-5 * loss + 1e-9) << l << " drop " << a << "," << b;
+        if (loss < best_loss) best_loss = loss, best = index, best_kept = ids;
+      }
+    }
+    ASSERT_GE(best, 0);
+    EXPECT_EQ(std::vector<int64_t>(kept.data_ptr<int64_t>(), kept.data_ptr<int64_t>() + kept.numel()),
+              best_kept) << "layer " << l;
+    chosen[l] = best_kept;
+  }
+  // Greedy on the same objective (limit 1 forces it): 3 experts, a loss no better than the optimum.
+  ASSERT_OK(Run(prune, "prune", kLayers - 1, {{"keep", 3}, {"exhaustive_limit", 1}, {"batch_size", 4}},
+                {"stats"}));
+  ASSERT_OK_AND_ASSIGN(at::Tensor greedy, Get("prune" + std::to_string(kLayers - 1) + "/kept_experts"));
+  ASSERT_OK_AND_ASSIGN(at::Tensor greedy_loss, Get("prune" + std::to_string(kLayers - 1) + "/loss"));
+  ASSERT_OK_AND_ASSIGN(at::Tensor all_losses, Get("prune" + std::to_string(kLayers - 1) + "/losses"));
+  EXPECT_EQ(greedy.numel(), 3);
+  EXPECT_EQ(all_losses.numel(), 5 + 4);  // two greedy steps
+  ASSERT_OK(Run(prune, "prune", kLayers - 1, {{"keep", 3}, {"batch_size", 4}}, {"stats"}));
+  ASSERT_OK_AND_ASSIGN(at::Tensor best_loss, Get("prune" + std::to_string(kLayers - 1) + "/loss"));
+  EXPECT_GE(greedy_loss.item<double>(), best_loss.item<double>() - 1e-9);
+  // Export: logits of the model with exactly the chosen experts.
+  ExportStage exporter;
+  ASSERT_OK(Run(exporter, "out", -1, {{"format", "hf"}}, {"prune"}));
+  at::Tensor want = EditedLogits([&](int l, model::LayerWeights w) -> std::optional<model::LayerWeights> {
+    if (!w.moe) return w;
+    std::vector<model::MlpWeights> experts;
+    for (int64_t e : chosen[l]) experts.push_back(w.moe->experts[e]);
+    w.moe->experts = experts;
+    w.moe->router = w.moe->router.index_select(0, at::tensor(chosen[l], at::kLong));
+    return w;
+  });
+  EXPECT_TRUE(at::allclose(ExportedLogits(), want, 1e-5, 1e-5));
+}
+
+TEST_P(StructuralTest, ProgressiveExpertPruneChainsThePrunedLayers) {
+  Calibrate();
+  ExpertPruneStage prune;
+  for (int l = 0; l < kLayers; ++l) {
+    ASSERT_OK(Run(prune, "prune", l, {{"keep", 3}, {"mode", "progressive"}, {"batch_size", 4}}, {"stats"}));
+  }
+  // The chain's last output equals running the layers pruned to their chosen experts.
+  StageContext ctx;
+  ctx.recipe = recipe_;
+  at::Tensor h = *runner_->Embed(*CalibrationTokens(ctx));
+  for (int l = 0; l < kLayers; ++l) {
+    model::LayerWeights w = *runner_->LoadLayer(l);
+    if (w.moe) {
+      ASSERT_OK_AND_ASSIGN(at::Tensor kept, Get("prune" + std::to_string(l) + "/kept_experts"));
+      std::vector<model::MlpWeights> experts;
+      for (int64_t i = 0; i < kept.numel(); ++i) experts.push_back(w.moe->experts[kept[i].item<int64_t>()]);
+      w.moe->experts = experts;
+      w.moe->router = w.moe->router.index_select(0, kept);
+    }
+    h = runner_->RunLayer(w, h);
+    ASSERT_OK_AND_ASSIGN(at::Tensor chain, Get("prune" + std::to_string(l) + "/hidden"));
+    EXPECT_TRUE(at::allclose(chain, h, 1e-5, 1e-6)) << "layer " << l;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Arch, StructuralTest, ::testing::Values("mixtral", "deepseek"));
