@@ -9,6 +9,7 @@
 #include "stages/expert_prune_stage.h"
 #include "stages/export_stage.h"
 #include "stages/noop_stage.h"
+#include "stages/prune_weights_stage.h"
 #include "stages/quant_loss_stage.h"
 #include "stages/quantize_stage.h"
 #include "stages/structural_stages.h"
@@ -63,6 +64,7 @@ void RegisterBuiltinStages(StageRegistry* registry) {
   registry->Register("rtn", [] { return std::make_unique<QuantizeStage>(/*gptq=*/false); });
   registry->Register("expert_drop", [] { return std::make_unique<ExpertDropStage>(); });
   registry->Register("expert_prune", [] { return std::make_unique<ExpertPruneStage>(); });
+  registry->Register("prune_weights", [] { return std::make_unique<PruneWeightsStage>(); });
   registry->Register("layer_drop", [] { return std::make_unique<LayerDropStage>(); });
   registry->Register("block_drop", [] { return std::make_unique<BlockDropStage>(); });
 }

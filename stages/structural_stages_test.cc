@@ -19,6 +19,9 @@
 #include "stages/export_stage.h"
 #include "stages/map_factor_io_test_util.h"
 #include "stages/model_inputs.h"
+#include "stages/prune_weights_stage.h"
+#include "model/tensor_names.h"
+#include "quant/sparse.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
 
@@ -74,7 +77,10 @@ class StructuralTest : public ::testing::TestWithParam<std::string> {
     ctx.recipe = recipe_;
     for (int l = 0; l < kLayers; ++l) ctx.inputs["job/stats/L" + std::to_string(l)] = "stats" + std::to_string(l);
     for (const std::string& g : {"drop", "ldrop", "bdrop"}) ctx.inputs["job/" + g] = g;
-    for (int l = 0; l < kLayers; ++l) ctx.inputs["job/prune/L" + std::to_string(l)] = "prune" + std::to_string(l);
+    for (int l = 0; l < kLayers; ++l) {
+      ctx.inputs["job/prune/L" + std::to_string(l)] = "prune" + std::to_string(l);
+      ctx.inputs["job/slim/L" + std::to_string(l)] = "slim" + std::to_string(l);
+    }
     io_.SetTask(task.fingerprint());
     ctx.io = &io_;
     return stage.Run(ctx);
@@ -134,7 +140,7 @@ class StructuralTest : public ::testing::TestWithParam<std::string> {
   nlohmann::json recipe_;
   std::vector<std::pair<std::string, std::string>> kinds_ = {
       {"stats", "calibrate"}, {"drop", "expert_drop"}, {"ldrop", "layer_drop"},
-      {"bdrop", "block_drop"}, {"prune", "expert_prune"}, {"out", "export"}};
+      {"bdrop", "block_drop"}, {"prune", "expert_prune"}, {"slim", "prune_weights"}, {"out", "export"}};
 };
 
 TEST_P(StructuralTest, ExpertDropKeepsTheHighestScoresAndExportsAModelThatLoads) {
@@ -406,6 +412,63 @@ TEST_P(StructuralTest, ProgressiveExpertPruneChainsThePrunedLayers) {
     h = runner_->RunLayer(w, h);
     ASSERT_OK_AND_ASSIGN(at::Tensor chain, Get("prune" + std::to_string(l) + "/hidden"));
     EXPECT_TRUE(at::allclose(chain, h, 1e-5, 1e-6)) << "layer " << l;
+  }
+}
+
+// Wanda 2:4 on every routed expert: masks equal quant::WandaMask on statistics captured
+// independently, layer l+1 sees the pruned layer l, and the export carries the pruned weights.
+TEST_P(StructuralTest, PruneWeightsChainsPrunedLayersAndExports) {
+  const model::ModelConfig& c = runner_->config();
+  PruneWeightsStage slim;
+  const nlohmann::json params = {{"method", "wanda"}, {"sparsity", 0.5}, {"pattern", "2:4"}};
+  for (int l = 0; l < kLayers; ++l) ASSERT_OK(Run(slim, "slim", l, params, {}));
+  StageContext ctx;
+  ctx.recipe = recipe_;
+  at::Tensor h = *runner_->Embed(*CalibrationTokens(ctx));
+  for (int l = 0; l < kLayers; ++l) {
+    model::LayerWeights w = *runner_->LoadLayer(l);
+    // Σ x² of each expert linear's input over the one forward call of the 6 windows.
+    struct Inputs : model::ForwardObserver {
+      bool WantsLinearInputs(int) const override { return true; }
+      void OnLinearInput(const model::LinearId& id, const at::Tensor& x, const at::Tensor&) override {
+        if (id.expert >= 0) sq[{static_cast<int>(id.kind), id.expert}] = x.to(at::kFloat).pow(2).sum(0);
+      }
+      std::map<std::pair<int, int>, at::Tensor> sq;
+    } inputs;
+    runner_->RunLayer(w, h, &inputs);
+    if (w.moe) {
+      for (int e = 0; e < static_cast<int>(w.moe->experts.size()); ++e) {
+        for (auto [proj, kind, weight] :
+             {std::make_tuple(model::ExpertProj::kGate, model::LinearKind::kExpertGate, &w.moe->experts[e].gate),
+              std::make_tuple(model::ExpertProj::kUp, model::LinearKind::kExpertUp, &w.moe->experts[e].up),
+              std::make_tuple(model::ExpertProj::kDown, model::LinearKind::kExpertDown, &w.moe->experts[e].down)}) {
+          const std::string name = model::ExpertTensorName(c, l, e, proj);
+          auto it = inputs.sq.find({static_cast<int>(kind), e});
+          const at::Tensor norm2 = it == inputs.sq.end() ? at::zeros({weight->size(1)}) : it->second;
+          ASSERT_OK_AND_ASSIGN(at::Tensor mask, quant::WandaMask(*weight, norm2, 0.5, {2, 4}));
+          ASSERT_OK_AND_ASSIGN(at::Tensor got, Get("slim" + std::to_string(l) + "/" + name));
+          EXPECT_TRUE(at::equal(got, weight->masked_fill(mask, 0))) << name;
+          EXPECT_EQ((got == 0).sum().item<int64_t>(), got.numel() / 2) << name;
+          *weight = got;
+        }
+      }
+    }
+    h = runner_->RunLayer(w, h);
+    ASSERT_OK_AND_ASSIGN(at::Tensor chain, Get("slim" + std::to_string(l) + "/hidden"));
+    EXPECT_TRUE(at::allclose(chain, h, 1e-5, 1e-6)) << "layer " << l;
+  }
+  ExportStage exporter;
+  ASSERT_OK(Run(exporter, "out", -1, {{"format", "hf"}}, {"slim"}));
+  const at::Tensor want = runner_->ApplyHead(*runner_->LoadHead(), h);
+  EXPECT_TRUE(at::allclose(ExportedLogits(), want, 1e-5, 1e-5));
+  // SparseGPT and magnitude run too and reach their sparsity.
+  for (const char* method : {"sparsegpt", "magnitude"}) {
+    ASSERT_OK(Run(slim, "slim", 0, {{"method", method}, {"sparsity", 0.5}, {"pattern", "4:8"}}, {}));
+    ASSERT_OK_AND_ASSIGN(storage::Factor f, io_.Get("slim0/summary"));
+    const nlohmann::json summary = nlohmann::json::parse(f.data);
+    for (const auto& [name, info] : summary.items()) {
+      EXPECT_GE(info["sparsity"].get<double>(), 0.5) << method << " " << name;
+    }
   }
 }
 
