@@ -224,6 +224,29 @@ absl::Status ExportStage::Run(StageContext& ctx) {
     config["moec"]["format_version"] = 1;
     config["moec"]["skip_beta"] = list;
   }
+  // Online dynamic pruning calibrated by an `odp` stage (odp_stage.h).
+  if (absl::StatusOr<std::string> odp = NeededStage(ctx, "odp"); odp.ok()) {
+    MOEC_ASSIGN_OR_RETURN(std::string bkey, ctx.InputKey(*odp, -1, "odp_beta"));
+    MOEC_ASSIGN_OR_RETURN(std::string ekey, ctx.InputKey(*odp, -1, "enabled_layers"));
+    MOEC_ASSIGN_OR_RETURN(at::Tensor beta, GetTensor(ctx, bkey));
+    MOEC_ASSIGN_OR_RETURN(at::Tensor enabled, GetTensor(ctx, ekey));
+    json layers = json::array(), betas = json(std::vector<json>(beta.size(0), nullptr));
+    for (int64_t i = 0; i < enabled.numel(); ++i) {
+      const int64_t l = enabled[i].item<int64_t>();
+      if (l < 0 || l >= beta.size(0)) return absl::DataLossError(ekey + " names a layer out of range");
+      layers.push_back(l);
+      betas[l] = beta[l].item<double>();
+    }
+    MOEC_ASSIGN_OR_RETURN(std::string skey, ctx.InputKey(*odp, -1, "settings"));
+    MOEC_ASSIGN_OR_RETURN(at::Tensor settings, GetTensor(ctx, skey));
+    if (settings.numel() != 3) return absl::DataLossError(skey + " is not {tau_low, tau_high, prior}");
+    config["moec"]["format_version"] = 1;
+    config["moec"]["odp"] = {{"enabled_layers", layers},
+                             {"beta", betas},
+                             {"tau_low", settings[0].item<double>()},
+                             {"tau_high", settings[1].item<double>()},
+                             {"positional_prior", settings[2].item<double>() != 0}};
+  }
   // Structural decisions of the stages it needs (structural_export.h).
   MOEC_ASSIGN_OR_RETURN(model::ModelConfig source_config, model::LoadModelConfig(src));
   MOEC_ASSIGN_OR_RETURN(StructuralEdits edits, CollectStructuralEdits(ctx, source_config));

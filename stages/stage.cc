@@ -9,6 +9,7 @@
 #include "stages/expert_prune_stage.h"
 #include "stages/export_stage.h"
 #include "stages/noop_stage.h"
+#include "stages/odp_stage.h"
 #include "stages/prune_weights_stage.h"
 #include "stages/quant_loss_stage.h"
 #include "stages/quantize_stage.h"
@@ -65,6 +66,7 @@ void RegisterBuiltinStages(StageRegistry* registry) {
   registry->Register("expert_drop", [] { return std::make_unique<ExpertDropStage>(); });
   registry->Register("expert_prune", [] { return std::make_unique<ExpertPruneStage>(); });
   registry->Register("prune_weights", [] { return std::make_unique<PruneWeightsStage>(); });
+  registry->Register("odp", [] { return std::make_unique<OdpStage>(); });
   registry->Register("layer_drop", [] { return std::make_unique<LayerDropStage>(); });
   registry->Register("block_drop", [] { return std::make_unique<BlockDropStage>(); });
 }

@@ -19,6 +19,7 @@
 #include "stages/export_stage.h"
 #include "stages/map_factor_io_test_util.h"
 #include "stages/model_inputs.h"
+#include "stages/odp_stage.h"
 #include "stages/prune_weights_stage.h"
 #include "model/tensor_names.h"
 #include "quant/sparse.h"
@@ -76,7 +77,7 @@ class StructuralTest : public ::testing::TestWithParam<std::string> {
     ctx.params = params;
     ctx.recipe = recipe_;
     for (int l = 0; l < kLayers; ++l) ctx.inputs["job/stats/L" + std::to_string(l)] = "stats" + std::to_string(l);
-    for (const std::string& g : {"drop", "ldrop", "bdrop"}) ctx.inputs["job/" + g] = g;
+    for (const std::string& g : {"drop", "ldrop", "bdrop", "odp"}) ctx.inputs["job/" + g] = g;
     for (int l = 0; l < kLayers; ++l) {
       ctx.inputs["job/prune/L" + std::to_string(l)] = "prune" + std::to_string(l);
       ctx.inputs["job/slim/L" + std::to_string(l)] = "slim" + std::to_string(l);
@@ -140,7 +141,7 @@ class StructuralTest : public ::testing::TestWithParam<std::string> {
   nlohmann::json recipe_;
   std::vector<std::pair<std::string, std::string>> kinds_ = {
       {"stats", "calibrate"}, {"drop", "expert_drop"}, {"ldrop", "layer_drop"},
-      {"bdrop", "block_drop"}, {"prune", "expert_prune"}, {"slim", "prune_weights"}, {"out", "export"}};
+      {"bdrop", "block_drop"}, {"prune", "expert_prune"}, {"slim", "prune_weights"}, {"odp", "odp"}, {"out", "export"}};
 };
 
 TEST_P(StructuralTest, ExpertDropKeepsTheHighestScoresAndExportsAModelThatLoads) {
@@ -469,6 +470,58 @@ TEST_P(StructuralTest, PruneWeightsChainsPrunedLayersAndExports) {
     for (const auto& [name, info] : summary.items()) {
       EXPECT_GE(info["sparsity"].get<double>(), 0.5) << method << " " << name;
     }
+  }
+}
+
+// ODP: β is calibrate's median p2/p1, the loss of an enabled layer equals what the exported
+// model's forward (reading moec.odp) changes in that layer's MoE output, and the skipped fraction
+// equals the routed rows it removes.
+TEST_P(StructuralTest, OdpCalibratesLayersTheExportedForwardPrunes) {
+  Calibrate();
+  const model::ModelConfig& c = runner_->config();
+  OdpStage odp;
+  ASSERT_OK(Run(odp, "odp", -1, {{"protect_fraction", 0.1}, {"enable_fraction", 0.5}}, {"stats"}));
+  ASSERT_OK_AND_ASSIGN(at::Tensor beta, Get("odp/odp_beta"));
+  ASSERT_OK_AND_ASSIGN(at::Tensor loss, Get("odp/odp_loss"));
+  ASSERT_OK_AND_ASSIGN(at::Tensor skipped, Get("odp/skipped"));
+  ASSERT_OK_AND_ASSIGN(at::Tensor enabled, Get("odp/enabled_layers"));
+  int moe = 0;
+  for (int l = 0; l < kLayers; ++l) {
+    if (!c.IsMoeLayer(l)) continue;
+    ++moe;
+    ASSERT_OK_AND_ASSIGN(at::Tensor median, Get("stats" + std::to_string(l) + "/p2_p1_median"));
+    EXPECT_DOUBLE_EQ(beta[l].item<double>(), median.item<double>());
+  }
+  EXPECT_EQ(enabled.numel(), (moe + 1) / 2);
+  ExportStage exporter;
+  ASSERT_OK(Run(exporter, "out", -1, {{"format", "hf"}}, {"odp"}));
+  ASSERT_OK_AND_ASSIGN(auto exported, model::ModelRunner::Open(dir_.Join("out")));
+  ASSERT_EQ(exported->config().moec.odp->enabled_layers.size(), static_cast<size_t>(enabled.numel()));
+  std::vector<at::Tensor> h = Residuals();
+  struct Capture : model::ForwardObserver {
+    bool WantsLinearInputs(int) const override { return true; }
+    void OnLinearInput(const model::LinearId& id, const at::Tensor& x, const at::Tensor&) override {
+      if (id.kind == model::LinearKind::kExpertGate) rows += x.size(0);
+    }
+    void OnMoeOutput(int, const at::Tensor& y) override { outs.push_back(y.clone()); }
+    std::vector<at::Tensor> outs;
+    int64_t rows = 0;
+  };
+  for (int64_t i = 0; i < enabled.numel(); ++i) {
+    const int l = static_cast<int>(enabled[i].item<int64_t>());
+    Capture plain, pruned;
+    for (int64_t s = 0; s < 6; s += 8) {
+      runner_->RunLayer(*runner_->LoadLayer(l), h[l], &plain);
+      exported->RunLayer(*exported->LoadLayer(l), h[l], &pruned);
+    }
+    double sum = 0;
+    for (size_t b = 0; b < plain.outs.size(); ++b) {
+      sum += (plain.outs[b] - pruned.outs[b]).to(at::kDouble).norm().item<double>();
+    }
+    EXPECT_NEAR(loss[l].item<double>(), sum, 1e-5 * sum + 1e-9) << "layer " << l;
+    EXPECT_NEAR(skipped[l].item<double>(), 1.0 - static_cast<double>(pruned.rows) / plain.rows, 1e-12);
+    EXPECT_GT(pruned.rows, 0);
+    EXPECT_LT(pruned.rows, plain.rows) << "ODP pruned nothing in layer " << l;
   }
 }
 

@@ -1,0 +1,106 @@
+#include "stages/odp_stage.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "model/layers.h"
+#include "stages/expert_parallel.h"
+#include "stages/model_inputs.h"
+
+namespace moec::stages {
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+// Counts the rows routed to experts (inputs of every expert's gate projection).
+struct RoutedRows : model::ForwardObserver {
+  bool WantsLinearInputs(int) const override { return true; }
+  void OnLinearInput(const model::LinearId& id, const at::Tensor& x, const at::Tensor&) override {
+    if (id.kind == model::LinearKind::kExpertGate) rows += x.size(0);
+  }
+  int64_t rows = 0;
+};
+
+}  // namespace
+
+absl::Status OdpStage::Run(StageContext& ctx) {
+  if (ctx.rank != 0) return absl::OkStatus();
+  MOEC_ASSIGN_OR_RETURN(std::string calibrate, NeededStage(ctx, "calibrate"));
+  MOEC_ASSIGN_OR_RETURN(std::unique_ptr<model::ModelRunner> runner, OpenJobModel(ctx));
+  const model::ModelConfig& c = runner->config();
+  const double protect = ctx.params.value("protect_fraction", 0.02);
+  const bool positional = ctx.params.value("odp_positional_prior", false);
+  const double fraction = ctx.params.value("enable_fraction", 0.33);
+  const int layers = c.num_hidden_layers;
+  std::vector<double> beta(layers, kNaN), loss(layers, kNaN), skipped(layers, kNaN);
+  MOEC_ASSIGN_OR_RETURN(at::Tensor tokens, CalibrationTokens(ctx));
+  std::vector<int> moe_layers;
+  for (int l = 0; l < layers; ++l) {
+    if (ctx.IsCancelled()) return absl::CancelledError("odp cancelled");
+    if (!c.IsMoeLayer(l) || c.NumActiveExperts(l) < 2) continue;
+    moe_layers.push_back(l);
+    MOEC_ASSIGN_OR_RETURN(std::string key, ctx.InputKey(calibrate, l, "p2_p1_median"));
+    MOEC_ASSIGN_OR_RETURN(at::Tensor median, GetTensor(ctx, key));
+    beta[l] = median.item<double>();
+    at::Tensor input;
+    if (l == 0) {
+      MOEC_ASSIGN_OR_RETURN(input, runner->Embed(tokens));
+    } else {
+      MOEC_ASSIGN_OR_RETURN(input, ReadChunkedOutput(ctx, calibrate, l - 1, "hidden"));
+    }
+    MOEC_ASSIGN_OR_RETURN(model::LayerWeights w, runner->LoadLayer(l));
+    const model::RoutingRule plain = model::RoutingRuleFor(c, l);
+    model::RoutingRule odp = plain;
+    odp.odp = true;
+    odp.odp_beta = beta[l];
+    odp.tau_low = 0;
+    odp.tau_high = protect;
+    odp.positional_prior = positional;
+    const int64_t seq = input.size(1);
+    const model::RopeTables rope = model::MakeRopeTables(seq, c.head_dim, c.rope_theta);
+    double sum = 0;
+    int64_t rows_plain = 0, rows_odp = 0;
+    for (int64_t s = 0; s < input.size(0); s += 8) {
+      const at::Tensor h = input.narrow(0, s, std::min<int64_t>(8, input.size(0) - s));
+      model::AttentionOutput a = model::Attention(
+          c, l, w.attention, model::RmsNorm(h, w.input_norm, c.rms_norm_eps), rope,
+          /*want_column_statistic=*/!positional, nullptr);
+      const at::Tensor mid = (h + a.output).reshape({-1, c.hidden_size});
+      const at::Tensor x = model::RmsNorm(mid, w.post_norm, c.rms_norm_eps);
+      RoutedRows count_plain, count_odp;
+      const at::Tensor z = model::MoeBlock(c, l, *w.moe, plain, x, seq, {}, &count_plain);
+      const at::Tensor zo = model::MoeBlock(c, l, *w.moe, odp, x, seq, a.column_statistic, &count_odp);
+      sum += (z - zo).to(at::kDouble).norm().item<double>();
+      rows_plain += count_plain.rows;
+      rows_odp += count_odp.rows;
+    }
+    loss[l] = sum;
+    skipped[l] = rows_plain > 0 ? 1.0 - static_cast<double>(rows_odp) / rows_plain : 0.0;
+    ctx.progress(static_cast<double>(l + 1) / layers, absl::StrCat("layer ", l));
+  }
+  std::vector<int> order = moe_layers;
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return loss[a] < loss[b]; });
+  const size_t enable = order.empty() ? 0
+                                      : std::clamp<size_t>(static_cast<size_t>(std::llround(
+                                                               fraction * order.size())),
+                                                           1, order.size());
+  std::vector<int64_t> enabled(order.begin(), order.begin() + enable);
+  std::sort(enabled.begin(), enabled.end());
+  MOEC_RETURN_IF_ERROR(PutTensor(ctx, "odp_beta", at::tensor(beta, at::kDouble)));
+  MOEC_RETURN_IF_ERROR(PutTensor(ctx, "odp_loss", at::tensor(loss, at::kDouble)));
+  MOEC_RETURN_IF_ERROR(PutTensor(ctx, "skipped", at::tensor(skipped, at::kDouble)));
+  MOEC_RETURN_IF_ERROR(PutTensor(ctx, "enabled_layers", at::tensor(enabled, at::kLong)));
+  MOEC_RETURN_IF_ERROR(PutTensor(
+      ctx, "settings", at::tensor(std::vector<double>{0.0, protect, positional ? 1.0 : 0.0}, at::kDouble)));
+  ctx.progress(1.0, absl::StrCat("ODP enabled in ", enabled.size(), " of ", moe_layers.size(),
+                                 " MoE layers"));
+  return absl::OkStatus();
+}
+
+}  // namespace moec::stages
