@@ -22,6 +22,7 @@
 #include "client/eval.h"
 #include "client/inspect.h"
 #include "client/report.h"
+#include "client/report_files.h"
 #include "model/trainer.h"
 #include "common/cli_util.h"
 #include "common/process_tuning.h"
@@ -54,8 +55,10 @@ usage: moec COMMAND [ARGS]
   list                   all jobs
   cancel JOB             cancel a job
   resume JOB             re-run the failed or cancelled tasks of a job
-  report JOB             what the job's evaluate stages measured (perplexity, size, bits),
-                         as Markdown (--json: one object)
+  report JOB [--out DIR] what the job's evaluate stages measured (perplexity, size, bits),
+                         as Markdown (--json: one object); --out also writes report.md,
+                         report.json and SVG figures (expert usage, bit allocation, GPTQ
+                         error, kept experts, similarities, perplexity against size)
   workers                the workers a coordinator knows
   inspect MODEL          what a model directory holds: architecture, experts, parameter
                          counts, dtypes, shards, moec overrides (--json: one object)
@@ -217,6 +220,13 @@ int CmdRun(const Args& args) {
     } else if (!(*report)["evaluations"].empty()) {
       std::printf("\n%s\n", ReportMarkdown(*report).c_str());
     }
+    const std::string dir = eo.data_dir + "/reports/" + job.job_id();
+    absl::Status written = WriteReportFiles(**client, job.job_id(), dir);
+    if (written.ok()) {
+      std::fprintf(stderr, "report with figures: %s/report.md\n", dir.c_str());
+    } else {
+      std::fprintf(stderr, "report files not written: %s\n", written.ToString().c_str());
+    }
   }
   std::printf("logs: %s\n", (*cluster)->log_dir().c_str());
   return ExitCodeFor(*state);
@@ -229,6 +239,11 @@ int CmdReport(const Args& args) {
   absl::StatusOr<nlohmann::json> report = JobReport(**client, args.positional[0]);
   if (!report.ok()) {
     return Error(absl::IsNotFound(report.status()) ? kUsage : kUnavailable, report.status());
+  }
+  if (!args.Get("out").empty()) {
+    absl::Status s = WriteReportFiles(**client, args.positional[0], args.Get("out"));
+    if (!s.ok()) return Error(kUnavailable, s);
+    std::fprintf(stderr, "report files in %s (report.md, report.json, figures)\n", args.Get("out").c_str());
   }
   std::printf("%s\n", args.Has("json") ? report->dump().c_str() : ReportMarkdown(*report).c_str());
   return kOk;

@@ -205,6 +205,10 @@ stages:
 Y
 timeout 300 "$MOEC" run mc.yaml --data-dir "$WORK/mc" > mc.log || { cat mc.log; fail "mc-moe run"; }
 grep -q '"quant_method": "gptq"' out-mc/config.json || fail "no quantization_config in the GPTQ export"
+for f in report.md report.json expert_usage.svg bit_allocation.svg gptq_error.svg ppl_vs_size.svg; do
+  ls "$WORK"/mc/reports/*/"$f" > /dev/null 2>&1 || fail "moec run wrote no $f"
+done
+grep -q "bit_allocation.svg" "$WORK"/mc/reports/*/report.md || fail "report.md does not embed its figures"
 grep -q "| eval | .*out-mc | .* | 2.50 |" mc.log || { cat mc.log; fail "average expert bits of the export are not 2.50"; }
 # The data plane's promise across processes: the same job as a gang of one gives the same bytes
 # (2 local workers either way: outputs depend on a worker's thread count, not on the gang size).

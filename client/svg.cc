@@ -1,0 +1,186 @@
+#include "client/svg.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace moec::client {
+namespace {
+
+std::string Escape(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    switch (c) {
+      case '&': out += "&amp;"; break;
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '"': out += "&quot;"; break;
+      default: out += c;
+    }
+  }
+  return out;
+}
+
+std::string Num(double v) { return absl::StrFormat("%.4g", v); }
+
+std::string Header(int width, int height, const std::string& title) {
+  return absl::StrFormat(
+      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" "
+      "viewBox=\"0 0 %d %d\" font-family=\"sans-serif\" font-size=\"11\">\n"
+      "<rect width=\"%d\" height=\"%d\" fill=\"white\"/>\n"
+      "<text x=\"%d\" y=\"18\" text-anchor=\"middle\" font-size=\"14\">%s</text>\n",
+      width, height, width, height, width, height, width / 2, Escape(title));
+}
+
+void Range(const std::vector<double>& v, double* lo, double* hi) {
+  *lo = std::numeric_limits<double>::infinity();
+  *hi = -*lo;
+  for (double x : v) {
+    if (!std::isfinite(x)) continue;
+    *lo = std::min(*lo, x);
+    *hi = std::max(*hi, x);
+  }
+  if (!std::isfinite(*lo)) *lo = *hi = 0;
+  if (*hi == *lo) *hi = *lo + 1;
+}
+
+}  // namespace
+
+std::string HeatColor(double value, double lo, double hi) {
+  const double t = std::clamp((value - lo) / (hi - lo), 0.0, 1.0);
+  // White (255, 255, 255) to dark blue (8, 48, 107).
+  const int r = static_cast<int>(std::lround(255 + t * (8 - 255)));
+  const int g = static_cast<int>(std::lround(255 + t * (48 - 255)));
+  const int b = static_cast<int>(std::lround(255 + t * (107 - 255)));
+  return absl::StrFormat("#%02x%02x%02x", r, g, b);
+}
+
+std::string SvgHeatMap(const std::string& title, const std::string& row_axis,
+                       const std::string& col_axis, const std::vector<std::vector<double>>& values,
+                       const std::string& value_label) {
+  const int rows = static_cast<int>(values.size());
+  int cols = 0;
+  std::vector<double> all;
+  for (const auto& row : values) {
+    cols = std::max(cols, static_cast<int>(row.size()));
+    all.insert(all.end(), row.begin(), row.end());
+  }
+  double lo, hi;
+  Range(all, &lo, &hi);
+  const int cell = std::max(8, std::min(28, 560 / std::max(1, cols)));
+  const int left = 60, top = 40, legend = 90;
+  const int width = left + cols * cell + legend, height = top + rows * cell + 50;
+  std::string out = Header(width, height, title);
+  for (int r = 0; r < rows; ++r) {
+    out += absl::StrFormat("<text x=\"%d\" y=\"%d\" text-anchor=\"end\">%d</text>\n", left - 6,
+                           top + r * cell + cell / 2 + 4, r);
+    for (int c = 0; c < static_cast<int>(values[r].size()); ++c) {
+      const double v = values[r][c];
+      const std::string fill = std::isfinite(v) ? HeatColor(v, lo, hi) : "#dddddd";
+      out += absl::StrFormat(
+          "<rect class=\"cell\" x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"%s\" "
+          "stroke=\"white\"><title>%s %d, %s %d: %s</title></rect>\n",
+          left + c * cell, top + r * cell, cell, cell, fill, Escape(row_axis), r, Escape(col_axis),
+          c, std::isfinite(v) ? Num(v) : "none");
+    }
+  }
+  for (int c = 0; c < cols; c += std::max(1, cols / 16)) {
+    out += absl::StrFormat("<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">%d</text>\n",
+                           left + c * cell + cell / 2, top + rows * cell + 14, c);
+  }
+  out += absl::StrFormat("<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">%s</text>\n",
+                         left + cols * cell / 2, top + rows * cell + 32, Escape(col_axis));
+  out += absl::StrFormat(
+      "<text x=\"14\" y=\"%d\" text-anchor=\"middle\" transform=\"rotate(-90 14 %d)\">%s</text>\n",
+      top + rows * cell / 2, top + rows * cell / 2, Escape(row_axis));
+  // Colour scale: 10 steps from lo (bottom) to hi (top).
+  const int lx = left + cols * cell + 20;
+  for (int i = 0; i < 10; ++i) {
+    out += absl::StrFormat("<rect x=\"%d\" y=\"%d\" width=\"14\" height=\"10\" fill=\"%s\"/>\n", lx,
+                           top + (9 - i) * 10, HeatColor(lo + (hi - lo) * i / 9.0, lo, hi));
+  }
+  out += absl::StrFormat("<text x=\"%d\" y=\"%d\">%s</text>\n", lx + 18, top + 8, Num(hi));
+  out += absl::StrFormat("<text x=\"%d\" y=\"%d\">%s</text>\n", lx + 18, top + 100, Num(lo));
+  out += absl::StrFormat("<text x=\"%d\" y=\"%d\">%s</text>\n", lx, top + 118, Escape(value_label));
+  return out + "</svg>\n";
+}
+
+std::string SvgBarChart(const std::string& title, const std::vector<std::string>& labels,
+                        const std::vector<double>& values, const std::string& value_label) {
+  double lo, hi;
+  Range(values, &lo, &hi);
+  lo = std::min(lo, 0.0);
+  const int n = static_cast<int>(values.size());
+  const int bar = std::max(10, std::min(40, 560 / std::max(1, n)));
+  const int left = 60, top = 40, plot = 200;
+  const int width = left + n * bar + 30, height = top + plot + 50;
+  std::string out = Header(width, height, title);
+  auto y_of = [&](double v) { return top + plot - static_cast<int>(std::lround((v - lo) / (hi - lo) * plot)); };
+  out += absl::StrFormat("<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"black\"/>\n", left,
+                         top, left, top + plot);
+  out += absl::StrFormat("<text x=\"%d\" y=\"%d\" text-anchor=\"end\">%s</text>\n", left - 4,
+                         top + 8, Num(hi));
+  out += absl::StrFormat("<text x=\"%d\" y=\"%d\" text-anchor=\"end\">%s</text>\n", left - 4,
+                         top + plot, Num(lo));
+  for (int i = 0; i < n; ++i) {
+    const double v = values[i];
+    if (std::isfinite(v)) {
+      const int y = y_of(std::max(v, lo)), y0 = y_of(0);
+      out += absl::StrFormat(
+          "<rect class=\"bar\" x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"#4878a8\">"
+          "<title>%s: %s</title></rect>\n",
+          left + i * bar + 2, std::min(y, y0), bar - 4, std::abs(y0 - y), Escape(labels[i]), Num(v));
+    }
+    out += absl::StrFormat("<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">%s</text>\n",
+                           left + i * bar + bar / 2, top + plot + 14, Escape(labels[i]));
+  }
+  out += absl::StrFormat(
+      "<text x=\"14\" y=\"%d\" text-anchor=\"middle\" transform=\"rotate(-90 14 %d)\">%s</text>\n",
+      top + plot / 2, top + plot / 2, Escape(value_label));
+  return out + "</svg>\n";
+}
+
+std::string SvgScatter(const std::string& title, const std::string& x_label,
+                       const std::string& y_label, const std::vector<ScatterPoint>& points) {
+  std::vector<double> xs, ys;
+  for (const ScatterPoint& p : points) {
+    xs.push_back(p.x);
+    ys.push_back(p.y);
+  }
+  double x0, x1, y0, y1;
+  Range(xs, &x0, &x1);
+  Range(ys, &y0, &y1);
+  const double xpad = (x1 - x0) * 0.08, ypad = (y1 - y0) * 0.08;
+  x0 -= xpad, x1 += xpad, y0 -= ypad, y1 += ypad;
+  const int left = 70, top = 40, w = 520, h = 300;
+  std::string out = Header(left + w + 180, top + h + 50, title);
+  auto px = [&](double x) { return left + static_cast<int>(std::lround((x - x0) / (x1 - x0) * w)); };
+  auto py = [&](double y) { return top + h - static_cast<int>(std::lround((y - y0) / (y1 - y0) * h)); };
+  out += absl::StrFormat("<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"none\" "
+                         "stroke=\"black\"/>\n", left, top, w, h);
+  for (int i = 0; i <= 4; ++i) {
+    const double x = x0 + (x1 - x0) * i / 4, y = y0 + (y1 - y0) * i / 4;
+    out += absl::StrFormat("<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">%s</text>\n", px(x),
+                           top + h + 14, Num(x));
+    out += absl::StrFormat("<text x=\"%d\" y=\"%d\" text-anchor=\"end\">%s</text>\n", left - 4,
+                           py(y) + 4, Num(y));
+  }
+  for (const ScatterPoint& p : points) {
+    out += absl::StrFormat(
+        "<circle class=\"point\" cx=\"%d\" cy=\"%d\" r=\"%d\" fill=\"%s\"><title>%s: %s, %s</title>"
+        "</circle>\n<text x=\"%d\" y=\"%d\" font-size=\"9\">%s</text>\n",
+        px(p.x), py(p.y), p.highlight ? 6 : 4, p.highlight ? "#c0392b" : "#4878a8", Escape(p.label),
+        Num(p.x), Num(p.y), px(p.x) + 7, py(p.y) + 3, Escape(p.label));
+  }
+  out += absl::StrFormat("<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">%s</text>\n", left + w / 2,
+                         top + h + 34, Escape(x_label));
+  out += absl::StrFormat(
+      "<text x=\"16\" y=\"%d\" text-anchor=\"middle\" transform=\"rotate(-90 16 %d)\">%s</text>\n",
+      top + h / 2, top + h / 2, Escape(y_label));
+  return out + "</svg>\n";
+}
+
+}  // namespace moec::client
