@@ -179,7 +179,9 @@ absl::StatusOr<SubmitResult> Coordinator::SubmitJob(const std::string& recipe_ya
   LOG(INFO) << "job=" << job_id << " submitted, " << job.tasks.size() << " tasks";
   job_order_.push_back(job_id);
   auto& stored = jobs_.emplace(job_id, std::move(job)).first->second;
-  return SubmitResult{stored.record, false};
+  const SubmitResult result{stored.record, false};
+  WakeWaitersLocked();
+  return result;
 }
 
 absl::StatusOr<v1::JobRecord> Coordinator::GetJob(absl::string_view job_id) const {
@@ -279,7 +281,9 @@ absl::Status Coordinator::ResumeJob(absl::string_view job_id) {
   job->record.set_end_time_ms(0);
   std::vector<v1::JobEvent> events = {EventLocked("job_resumed", "", "")};
   MOEC_RETURN_IF_ERROR(AdvanceLocked(*job, &changed, &events));
-  return CommitLocked(*job, changed, std::move(events));
+  MOEC_RETURN_IF_ERROR(CommitLocked(*job, changed, std::move(events)));
+  WakeWaitersLocked();
+  return absl::OkStatus();
 }
 
 }  // namespace moec::coordinator

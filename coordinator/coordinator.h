@@ -125,8 +125,11 @@ class Coordinator {
   // Renews the worker's liveness and its leases; returns the ids of tasks it holds that were
   // cancelled. Errors: NotFound for an unknown (e.g. timed out) worker: it must register again.
   absl::StatusOr<std::vector<std::string>> Heartbeat(absl::string_view worker_id);
-  // A task for this worker, if there is one now. Errors: NotFound for an unknown worker.
-  absl::StatusOr<std::optional<LeasedTask>> LeaseTask(absl::string_view worker_id);
+  // A task for this worker, if there is one now or, with `wait` (at most 2 s), within that time
+  // (a long poll: completions and submissions hand tasks to waiting workers at once).
+  // Errors: NotFound for an unknown worker.
+  absl::StatusOr<std::optional<LeasedTask>> LeaseTask(absl::string_view worker_id,
+                                                      absl::Duration wait = absl::ZeroDuration());
   // Records progress (fraction clamped to [0, 1]) of a task the worker holds and renews its
   // lease. Returns true when the task was cancelled (the worker should stop it).
   // Errors: NotFound; FailedPrecondition when the worker does not hold the task.
@@ -136,7 +139,7 @@ class Coordinator {
   // rank 0 completes a task. Errors: NotFound; FailedPrecondition when the worker does not hold
   // the task's current lease (e.g. it expired and the task was re-leased).
   absl::Status CompleteTask(absl::string_view worker_id, absl::string_view task_id,
-                            const storage::KvWriteBatch& outputs);
+                            const storage::KvWriteBatch& outputs, int64_t compute_ms = 0);
   // Reports a failed attempt. Retriable failures are retried with backoff while attempts
   // remain; otherwise the job fails with `error`. Errors: as CompleteTask.
   absl::Status FailTask(absl::string_view worker_id, absl::string_view task_id,
@@ -217,6 +220,8 @@ class Coordinator {
                              std::vector<v1::JobEvent>* events, const v1::TaskRecord* done = nullptr)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status ScheduleLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // ScheduleLocked after a change that may make tasks ready; errors are logged.
+  void WakeWaitersLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   v1::JobEvent EventLocked(absl::string_view kind, absl::string_view task_id,
                            absl::string_view message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status CommitLocked(Job& job, std::vector<v1::TaskRecord*> changed,
@@ -243,6 +248,7 @@ class Coordinator {
   // Staged outputs of leased tasks, by task id. Lock order: mu_, then PendingOutputs::mu.
   std::map<std::string, std::shared_ptr<PendingOutputs>> outputs_ ABSL_GUARDED_BY(mu_);
   GroupStore group_store_;  // internally synchronized; never called with mu_ held
+  int long_polls_ ABSL_GUARDED_BY(mu_) = 0;  // LeaseTask calls waiting now
 };
 
 }  // namespace moec::coordinator

@@ -120,7 +120,8 @@ grpc::Status CoordinatorService::LeaseTask(grpc::ServerContext* ctx,
                                            const v1::LeaseTaskRequest* req,
                                            v1::LeaseTaskResponse* resp) {
   MOEC_AUTHORIZE(ctx);
-  absl::StatusOr<std::optional<LeasedTask>> t = core_->LeaseTask(req->worker_id());
+  absl::StatusOr<std::optional<LeasedTask>> t = core_->LeaseTask(
+      req->worker_id(), absl::Milliseconds(std::clamp<int64_t>(req->wait_ms(), 0, 2000)));
   if (!t.ok()) return ToGrpcStatus(t.status());
   resp->set_granted(t->has_value());
   if (t->has_value()) {
@@ -148,7 +149,7 @@ grpc::Status CoordinatorService::CompleteTask(grpc::ServerContext* ctx,
                                               const v1::CompleteTaskRequest* req,
                                               v1::CompleteTaskResponse*) {
   MOEC_AUTHORIZE(ctx);
-  return ToGrpcStatus(core_->CompleteTask(req->worker_id(), req->task_id(), {}));
+  return ToGrpcStatus(core_->CompleteTask(req->worker_id(), req->task_id(), {}, req->compute_ms()));
 }
 
 grpc::Status CoordinatorService::FailTask(grpc::ServerContext* ctx, const v1::FailTaskRequest* req,

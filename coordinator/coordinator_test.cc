@@ -1,6 +1,7 @@
 #include "coordinator/coordinator.h"
 
 #include <filesystem>
+#include <thread>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -243,6 +244,34 @@ TEST_F(CoordinatorTest, RestartRecoversStateAndNothingFinishedRunsAgain) {
   }
   EXPECT_EQ(leases, 2);  // stats/L1 and bits; stats/L0 was not recomputed
   EXPECT_EQ(coord_->GetJob(job)->state(), v1::JOB_SUCCEEDED);
+}
+
+// A worker long-polling in LeaseTask gets the next task as soon as the previous one completes,
+// not at its next poll.
+TEST_F(CoordinatorTest, LongPollHandsOutTheNextTaskOnCompletion) {
+  Submit();
+  const std::string a = coord_->RegisterWorker({"a"});
+  std::optional<LeasedTask> first = Lease(a);
+  ASSERT_TRUE(first.has_value());
+  absl::StatusOr<std::optional<LeasedTask>> waited;
+  absl::Duration took;
+  std::thread poller([&] {
+    const absl::Time start = absl::Now();
+    waited = coord_->LeaseTask(a, absl::Seconds(2));
+    took = absl::Now() - start;
+  });
+  absl::SleepFor(absl::Milliseconds(100));  // the poller is waiting
+  ASSERT_OK(coord_->CompleteTask(a, first->task.task_id(), {}));
+  poller.join();
+  ASSERT_OK(waited.status());
+  ASSERT_TRUE(waited->has_value());
+  EXPECT_NE((*waited)->task.task_id(), first->task.task_id());
+  EXPECT_LT(took, absl::Milliseconds(1500));
+  // Nothing left to lease soon: the long poll answers "nothing" after its wait.
+  const absl::Time start = absl::Now();
+  auto none = coord_->LeaseTask(coord_->RegisterWorker({"b"}), absl::Milliseconds(50));
+  ASSERT_OK(none.status());
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(40));
 }
 
 TEST_F(CoordinatorTest, IdenticalWorkIsReusedAcrossJobs) {

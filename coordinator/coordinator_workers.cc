@@ -96,9 +96,11 @@ absl::Status Coordinator::ScheduleLocked() {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::optional<LeasedTask>> Coordinator::LeaseTask(absl::string_view worker_id) {
+absl::StatusOr<std::optional<LeasedTask>> Coordinator::LeaseTask(absl::string_view worker_id,
+                                                                absl::Duration wait) {
   absl::MutexLock lock(&mu_);
-  auto it = workers_.find(std::string(worker_id));
+  const std::string id(worker_id);
+  auto it = workers_.find(id);
   if (it == workers_.end()) {
     return absl::NotFoundError(absl::StrCat("unknown worker ", worker_id, "; register again"));
   }
@@ -107,6 +109,18 @@ absl::StatusOr<std::optional<LeasedTask>> Coordinator::LeaseTask(absl::string_vi
   if (!it->second.mailbox.has_value()) {
     it->second.waiting_until_ms = now + options_.poll_window_ms;
     MOEC_RETURN_IF_ERROR(ScheduleLocked());
+  }
+  if (!it->second.mailbox.has_value() && wait > absl::ZeroDuration()) {
+    // Long poll: completions and submissions schedule (WakeWaitersLocked) while we wait.
+    auto ready = [this, &id]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      auto w = workers_.find(id);
+      return w == workers_.end() || w->second.mailbox.has_value();
+    };
+    ++long_polls_;
+    mu_.AwaitWithTimeout(absl::Condition(&ready), std::min(wait, absl::Seconds(2)));
+    --long_polls_;
+    it = workers_.find(id);
+    if (it == workers_.end()) return absl::NotFoundError(absl::StrCat("worker ", id, " timed out"));
   }
   std::optional<LeasedTask> out = std::move(it->second.mailbox);
   it->second.mailbox.reset();
@@ -153,7 +167,7 @@ absl::StatusOr<bool> Coordinator::ReportProgress(absl::string_view worker_id,
 }
 
 absl::Status Coordinator::CompleteTask(absl::string_view worker_id, absl::string_view task_id,
-                                       const storage::KvWriteBatch& outputs) {
+                                       const storage::KvWriteBatch& outputs, int64_t compute_ms) {
   absl::MutexLock lock(&mu_);
   Job* job = nullptr;
   MOEC_ASSIGN_OR_RETURN(v1::TaskRecord * t, HeldTaskLocked(worker_id, task_id, &job));
@@ -164,6 +178,7 @@ absl::Status Coordinator::CompleteTask(absl::string_view worker_id, absl::string
   t->set_state(v1::TASK_DONE);
   t->set_lease_deadline_ms(0);
   t->set_error("");
+  t->set_compute_ms(std::max<int64_t>(0, compute_ms));
   ++counters_.tasks_completed;
   storage::KvWriteBatch batch = outputs;
   JobStore::AddDoneFingerprint(*t, &batch);
@@ -171,7 +186,11 @@ absl::Status Coordinator::CompleteTask(absl::string_view worker_id, absl::string
   std::vector<v1::JobEvent> events = {EventLocked("task_done", t->task_id(), std::string(worker_id))};
   MOEC_RETURN_IF_ERROR(AdvanceLocked(*job, &changed, &events, /*done=*/t));
   auto pending = outputs_.find(std::string(task_id));
-  if (pending == outputs_.end()) return CommitLocked(*job, std::move(changed), std::move(events), &batch);
+  if (pending == outputs_.end()) {
+    MOEC_RETURN_IF_ERROR(CommitLocked(*job, std::move(changed), std::move(events), &batch));
+    WakeWaitersLocked();
+    return absl::OkStatus();
+  }
   // The task's outputs, its state, the job record and the events: one synced batch.
   std::shared_ptr<PendingOutputs> out = pending->second;
   outputs_.erase(pending);
@@ -181,7 +200,15 @@ absl::Status Coordinator::CompleteTask(absl::string_view worker_id, absl::string
   all.Append(batch);
   MOEC_RETURN_IF_ERROR(out->txn->Commit());
   events_cv_.SignalAll();
+  WakeWaitersLocked();
   return absl::OkStatus();
+}
+
+void Coordinator::WakeWaitersLocked() {
+  // Workers long-polling in LeaseTask get the tasks this change made ready at once (without
+  // one, tasks wait for the next LeaseTask as before).
+  if (long_polls_ == 0) return;
+  if (absl::Status s = ScheduleLocked(); !s.ok()) LOG(WARNING) << "schedule: " << s;
 }
 
 namespace {
@@ -258,7 +285,9 @@ absl::Status Coordinator::FailTask(absl::string_view worker_id, absl::string_vie
                << (final ? " failed: " : " will retry: ") << error;
   std::vector<v1::TaskRecord*> changed = {t};
   MOEC_RETURN_IF_ERROR(AdvanceLocked(*job, &changed, &events));
-  return CommitLocked(*job, std::move(changed), std::move(events));
+  MOEC_RETURN_IF_ERROR(CommitLocked(*job, std::move(changed), std::move(events)));
+  WakeWaitersLocked();
+  return absl::OkStatus();
 }
 
 absl::Status Coordinator::Tick() {

@@ -33,7 +33,9 @@ class CoordinatorClient {
   // Returns the ids of held tasks that were cancelled.
   virtual absl::StatusOr<std::vector<std::string>> Heartbeat(const std::string& worker_id) = 0;
   virtual absl::StatusOr<std::optional<Lease>> LeaseTask(const std::string& worker_id) = 0;
-  virtual absl::Status CompleteTask(const std::string& worker_id, const std::string& task_id) = 0;
+  // compute_ms: how long the stage ran (recorded on the task).
+  virtual absl::Status CompleteTask(const std::string& worker_id, const std::string& task_id,
+                                    int64_t compute_ms) = 0;
   // Returns true when the task was cancelled.
   virtual absl::StatusOr<bool> ReportProgress(const std::string& worker_id,
                                               const std::string& task_id, double fraction,
@@ -71,6 +73,8 @@ struct GrpcClientOptions {
   std::string tls_cert;    // client certificate for mutual TLS (optional)
   std::string tls_key;
   int64_t rpc_timeout_ms = 10000;
+  // LeaseTask long-polls this long on the coordinator before answering "nothing now".
+  int64_t lease_wait_ms = 1000;
 };
 
 // Errors: InvalidArgument for an empty address or token.

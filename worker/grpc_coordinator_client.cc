@@ -101,8 +101,9 @@ class GrpcCoordinatorClient : public CoordinatorClient {
   absl::StatusOr<std::optional<Lease>> LeaseTask(const std::string& worker_id) override {
     v1::LeaseTaskRequest req;
     req.set_worker_id(worker_id);
+    req.set_wait_ms(options_.lease_wait_ms);
     v1::LeaseTaskResponse resp;
-    auto ctx = Context();
+    auto ctx = Context(options_.lease_wait_ms);
     absl::Status s = FromGrpcStatus(stub_->LeaseTask(ctx.get(), req, &resp));
     if (!s.ok()) return s;
     if (!resp.granted()) return std::optional<Lease>();
@@ -126,8 +127,10 @@ class GrpcCoordinatorClient : public CoordinatorClient {
     return resp.cancelled();
   }
 
-  absl::Status CompleteTask(const std::string& worker_id, const std::string& task_id) override {
+  absl::Status CompleteTask(const std::string& worker_id, const std::string& task_id,
+                            int64_t compute_ms) override {
     v1::CompleteTaskRequest req;
+    req.set_compute_ms(compute_ms);
     req.set_worker_id(worker_id);
     req.set_task_id(task_id);
     v1::CompleteTaskResponse resp;

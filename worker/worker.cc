@@ -76,6 +76,7 @@ void Worker::HeartbeatLoop() {
 
 void Worker::LeaseLoop() {
   while (!stop_.HasBeenNotified()) {
+    const absl::Time asked = absl::Now();
     absl::StatusOr<std::optional<Lease>> lease = client_->LeaseTask(worker_id());
     if (!lease.ok()) {
       if (absl::IsNotFound(lease.status())) Reregister().IgnoreError();  // retried next loop
@@ -84,7 +85,11 @@ void Worker::LeaseLoop() {
       continue;
     }
     if (!lease->has_value()) {
-      stop_.WaitForNotificationWithTimeout(options_.poll_interval);
+      // A coordinator that long-polled already waited; one that answered at once is asked again
+      // after the poll interval.
+      if (absl::Now() - asked < options_.poll_interval / 2) {
+        stop_.WaitForNotificationWithTimeout(options_.poll_interval);
+      }
       continue;
     }
     RunOne(**lease);
@@ -201,9 +206,11 @@ void Worker::RunOne(const Lease& lease) {
     absl::StatusOr<bool> stop = client_->ReportProgress(id, lease.task.task_id(), fraction, message);
     if (stop.ok() && *stop) cancelled->store(true);
   };
+  const absl::Time started = absl::Now();
   absl::Status result = (ctx.params.is_discarded() || ctx.recipe.is_discarded())
                             ? absl::InvalidArgumentError("task parameters are not valid JSON")
                             : RunStage(*registry_, ctx);
+  const int64_t compute_ms = absl::ToInt64Milliseconds(absl::Now() - started);
   {
     absl::MutexLock lock(&mu_);
     current_task_.clear();
@@ -212,7 +219,7 @@ void Worker::RunOne(const Lease& lease) {
   absl::Status reported;
   if (result.ok()) {
     ++tasks_done_;
-    if (lease.rank == 0) reported = client_->CompleteTask(id, lease.task.task_id());
+    if (lease.rank == 0) reported = client_->CompleteTask(id, lease.task.task_id(), compute_ms);
   } else {
     ++tasks_failed_;
     LOG(WARNING) << "worker=" << id << " task=" << lease.task.task_id() << " failed: " << result;

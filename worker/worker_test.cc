@@ -42,8 +42,9 @@ class LocalClient : public CoordinatorClient {
     return core_->ReportProgress(id, task, fraction, message);
   }
   std::atomic<int> progress_reports{0};
-  absl::Status CompleteTask(const std::string& id, const std::string& task) override {
-    return core_->CompleteTask(id, task, {});
+  absl::Status CompleteTask(const std::string& id, const std::string& task,
+                            int64_t compute_ms) override {
+    return core_->CompleteTask(id, task, {}, compute_ms);
   }
   absl::Status FailTask(const std::string& id, const std::string& task, const absl::Status& e,
                         bool retriable) override {

@@ -81,6 +81,7 @@ int Main(int argc, char** argv) {
   for (int i = 0; i < kWorkers; ++i) {
     moec::worker::GrpcClientOptions o;
     o.address = address;
+    o.lease_wait_ms = std::atoi(std::getenv("BENCH_LEASE_WAIT_MS") ? std::getenv("BENCH_LEASE_WAIT_MS") : "1000");
     o.token = "bench";
     auto c = moec::worker::NewGrpcCoordinatorClient(o);
     CHECK_OK(c.status());
@@ -122,7 +123,7 @@ int Main(int argc, char** argv) {
           continue;
         }
         auto leased_at = Clock::now();
-        if (!clients[w]->CompleteTask(ids[w], (*lease)->task.task_id()).ok()) { failed = true; return; }
+        if (!clients[w]->CompleteTask(ids[w], (*lease)->task.task_id(), 0).ok()) { failed = true; return; }
         latency[w].push_back(Ms(Clock::now() - leased_at));
         ++done;
       }
