@@ -318,10 +318,10 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view text, absl::strin
     const ConfigObject qr(*q, source, "quantization_config");
     QuantizationConfig quant;
     MOEC_ASSIGN_OR_RETURN(quant.quant_method, qr.OptionalString("quant_method"));
-    if (quant.quant_method != "gptq") {
+    if (quant.quant_method != "gptq" && quant.quant_method != "hqq") {
       return qr.Error(qr.Path("quant_method"),
                       absl::StrCat("unsupported quantization method '", quant.quant_method,
-                                   "'; supported: gptq"));
+                                   "'; supported: gptq, hqq"));
     }
     MOEC_ASSIGN_OR_RETURN(int64_t bits, qr.OptionalInt("bits", 4, 1, 8));
     quant.bits = static_cast<int>(bits);
@@ -331,7 +331,8 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view text, absl::strin
     MOEC_ASSIGN_OR_RETURN(quant.sym, qr.OptionalBool("sym", true));
     MOEC_ASSIGN_OR_RETURN(std::string format, qr.OptionalString("checkpoint_format"));
     if (!format.empty()) quant.checkpoint_format = format;
-    if (quant.checkpoint_format != "gptq" && quant.checkpoint_format != "gptq_v2") {
+    if (quant.quant_method == "gptq" && quant.checkpoint_format != "gptq" &&
+        quant.checkpoint_format != "gptq_v2") {
       return qr.Error(qr.Path("checkpoint_format"),
                       absl::StrCat("unsupported checkpoint format '", quant.checkpoint_format,
                                    "'; supported: gptq, gptq_v2"));

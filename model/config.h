@@ -57,7 +57,7 @@ struct MoecOverrides {
 // Bit widths per module are read from the tensor shapes, so mixed-width checkpoints (with
 // per-module "dynamic" overrides) load too.
 struct QuantizationConfig {
-  std::string quant_method;  // "gptq"
+  std::string quant_method;  // "gptq", or "hqq" (docs/formats/hqq.md: packed W_q/scale/zero)
   int bits = 4;
   int64_t group_size = 128;  // -1: one group per row
   bool desc_act = false;

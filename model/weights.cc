@@ -8,6 +8,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/match.h"
 #include "common/status_macros.h"
+#include "kernels/hqq.h"
 #include "kernels/kernels.h"
 #include "storage/file_util.h"
 #include "storage/safetensors_writer.h"
@@ -149,11 +150,54 @@ absl::StatusOr<at::Tensor> WeightLoader::LoadGptq(const TensorSpec& spec,
   return w.t().contiguous().to(dtype_);
 }
 
+absl::StatusOr<at::Tensor> WeightLoader::LoadHqq(const TensorSpec& spec,
+                                                 const std::string& prefix) const {
+  auto bad = [&](const std::string& what) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("checkpoint ", checkpoint_->path(), ": hqq module ", prefix, ": ", what));
+  };
+  if (spec.shape.size() != 2) return bad("not a matrix");
+  const int64_t out = spec.shape[0], in = spec.shape[1];
+  MOEC_ASSIGN_OR_RETURN(storage::TensorView wq, checkpoint_->Get(prefix + "W_q"));
+  // The group size is W_q's row width (groups of consecutive columns of one output row).
+  const int64_t g = wq.shape.size() == 2 ? wq.shape[1] : 0;
+  if (g < 1 || in % g != 0) return bad(absl::StrCat("W_q rows of ", g, " do not divide ", in, " columns"));
+  const int64_t rows = out * in / g;
+  MOEC_ASSIGN_OR_RETURN(storage::TensorView scale, checkpoint_->Get(prefix + "scale"));
+  MOEC_ASSIGN_OR_RETURN(storage::TensorView zero, checkpoint_->Get(prefix + "zero"));
+  MOEC_ASSIGN_OR_RETURN(storage::TensorView nbits, checkpoint_->Get(prefix + "nbits"));
+  if (nbits.dtype != storage::DType::kI32 || nbits.size != 4) return bad("nbits must be I32 [1]");
+  int32_t bits = 0;
+  std::memcpy(&bits, nbits.data, 4);
+  if (bits < 1 || bits > 8) return bad(absl::StrCat("nbits ", bits));
+  const storage::DType packed = kernels::HqqPacksToInt32(bits) ? storage::DType::kI32 : storage::DType::kU8;
+  if (wq.dtype != packed || wq.shape.size() != 2 || wq.shape[0] != kernels::HqqPackedRows(rows, bits) ||
+      wq.shape[1] != g) {
+    return bad(absl::StrCat("W_q has shape [", absl::StrJoin(wq.shape, ", "), "] ",
+                            storage::DTypeName(wq.dtype), "; ", bits, " bits of [", out, ", ", in,
+                            "] in groups of ", g, " need [", kernels::HqqPackedRows(rows, bits),
+                            ", ", g, "] ", storage::DTypeName(packed)));
+  }
+  for (const storage::TensorView* v : {&scale, &zero}) {
+    if (v->shape.size() != 2 || v->shape[0] != rows || v->shape[1] != 1) {
+      return bad(absl::StrCat("scale and zero must be [", rows, ", 1]"));
+    }
+  }
+  at::Tensor codes = at::empty({rows, g}, at::kByte);
+  MOEC_RETURN_IF_ERROR(kernels::HqqUnpack(wq.data, rows, g, bits, codes.data_ptr<uint8_t>()));
+  MOEC_ASSIGN_OR_RETURN(at::Tensor s, TensorFromView(scale, at::kFloat));
+  MOEC_ASSIGN_OR_RETURN(at::Tensor z, TensorFromView(zero, at::kFloat));
+  at::Tensor w = ((codes.to(at::kFloat) - z) * s).reshape({out, in});
+  for (const storage::TensorView& v : {wq, scale, zero}) storage::ReleaseMappedPages(v.data, v.size);
+  return w.to(dtype_);
+}
+
 absl::StatusOr<at::Tensor> WeightLoader::Load(const TensorSpec& spec) const {
   if (quantization_.has_value() && !checkpoint_->Contains(spec.name) &&
       absl::EndsWith(spec.name, ".weight")) {
     const std::string prefix = spec.name.substr(0, spec.name.size() - 6);
     if (checkpoint_->Contains(prefix + "qweight")) return LoadGptq(spec, prefix);
+    if (checkpoint_->Contains(prefix + "W_q")) return LoadHqq(spec, prefix);
   }
   MOEC_ASSIGN_OR_RETURN(storage::TensorView view, checkpoint_->Get(spec.name));
   if (!std::equal(view.shape.begin(), view.shape.end(), spec.shape.begin(), spec.shape.end())) {
@@ -184,6 +228,9 @@ absl::Status WriteCheckpointStreaming(
     switch (spec.dtype) {
       case storage::DType::kI32:
         type = at::kInt;
+        break;
+      case storage::DType::kU8:
+        type = at::kByte;
         break;
       case storage::DType::kF16:
         type = at::kHalf;

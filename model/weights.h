@@ -65,6 +65,7 @@ class WeightLoader {
       : checkpoint_(std::move(checkpoint)), dtype_(dtype), quantization_(std::move(quantization)) {}
 
   absl::StatusOr<at::Tensor> LoadGptq(const TensorSpec& spec, const std::string& prefix) const;
+  absl::StatusOr<at::Tensor> LoadHqq(const TensorSpec& spec, const std::string& prefix) const;
 
   const std::unique_ptr<storage::SafetensorsCheckpoint> checkpoint_;
   const at::ScalarType dtype_;

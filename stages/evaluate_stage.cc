@@ -1,5 +1,6 @@
 #include "stages/evaluate_stage.h"
 
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <vector>
@@ -43,8 +44,14 @@ absl::StatusOr<double> AverageExpertBits(const std::string& dir, const model::Mo
     if (checkpoint->Contains(spec.name)) {
       MOEC_ASSIGN_OR_RETURN(storage::TensorView v, checkpoint->Get(spec.name));
       bits += 8.0 * static_cast<double>(v.size);
+    } else if (const std::string prefix = spec.name.substr(0, spec.name.size() - 6);
+               checkpoint->Contains(prefix + "nbits")) {
+      // HQQ: the module's code width (MC-MoE's definition: scales and zeros not counted).
+      MOEC_ASSIGN_OR_RETURN(storage::TensorView nb, checkpoint->Get(prefix + "nbits"));
+      int32_t width = 0;
+      if (nb.size == 4) std::memcpy(&width, nb.data, 4);
+      bits += n * width;
     } else {
-      const std::string prefix = spec.name.substr(0, spec.name.size() - 6);
       MOEC_ASSIGN_OR_RETURN(storage::TensorView q, checkpoint->Get(prefix + "qweight"));
       const int64_t in = spec.shape[1];
       int width = 0;

@@ -11,6 +11,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "kernels/hqq.h"
 #include "kernels/kernels.h"
 #include "model/config.h"
 #include "model/tensor_names.h"
@@ -82,6 +83,8 @@ absl::StatusOr<json> WriteQuantized(StageContext& ctx, const std::string& format
     return ql;
   };
   const bool gptq = format == "gptq";
+  const bool hqq = format == "hqq";
+  const int64_t hqq_group = quant_params.value("group_size", int64_t{128});  // for the config only
   // GPTQ's v1 format stores zero - 1 and cannot hold a zero point of 0; use v2 then.
   bool zero_is_zero = false;
   int default_bits = 0;
@@ -111,6 +114,26 @@ absl::StatusOr<json> WriteQuantized(StageContext& ctx, const std::string& format
     }
     MOEC_ASSIGN_OR_RETURN(storage::TensorView v, checkpoint->Get(t.name));
     auto it = widths.find(t.name);
+    if (it != widths.end() && hqq) {
+      // HQQ / MC-MoE packing (kernels/hqq.h, docs/formats/hqq.md): groups of G columns per row.
+      const int64_t out = t.shape[0], in = t.shape[1];
+      MOEC_ASSIGN_OR_RETURN(QuantizedLinear ql, fetch(t.name));
+      const int64_t groups = ql.scales.size(1);
+      if (groups < 1 || in % groups != 0) {
+        return absl::InvalidArgumentError(absl::StrCat("hqq export: ", groups, " groups do not "
+                                                       "divide the ", in, " columns of ", t.name));
+      }
+      const int64_t g = in / groups;
+      const int64_t rows = out * in / g;
+      const std::string prefix = t.name.substr(0, t.name.size() - 6);
+      specs.push_back({prefix + "W_q", kernels::HqqPacksToInt32(it->second) ? storage::DType::kI32
+                                                                             : storage::DType::kU8,
+                       {kernels::HqqPackedRows(rows, it->second), g}});
+      specs.push_back({prefix + "scale", storage::DType::kF16, {rows, 1}});
+      specs.push_back({prefix + "zero", storage::DType::kF16, {rows, 1}});
+      specs.push_back({prefix + "nbits", storage::DType::kI32, {1}});
+      continue;
+    }
     if (it == widths.end() || !gptq) {
       specs.push_back({t.name, StoredDtype(v.dtype), t.shape});
       continue;
@@ -135,6 +158,11 @@ absl::StatusOr<json> WriteQuantized(StageContext& ctx, const std::string& format
         module = spec.name.substr(0, spec.name.size() - std::strlen(suffix)) + "weight";
       }
     }
+    for (const char* suffix : {"W_q", "scale", "zero", "nbits"}) {
+      if (hqq && absl::EndsWith(spec.name, std::string(".") + suffix)) {
+        module = spec.name.substr(0, spec.name.size() - std::strlen(suffix)) + "weight";
+      }
+    }
     if (module.empty() && widths.count(spec.name) > 0) module = spec.name;  // fake_quant
     if (module.empty()) {
       MOEC_ASSIGN_OR_RETURN(storage::TensorView v, checkpoint->Get(spec.name));
@@ -146,6 +174,24 @@ absl::StatusOr<json> WriteQuantized(StageContext& ctx, const std::string& format
     }
     const QuantizedLinear& ql = cached;
     const at::Tensor g_idx = ql.g_idx.to(at::kLong);
+    if (hqq) {
+      const int64_t out = ql.q.size(0), in = ql.q.size(1), g = in / ql.scales.size(1);
+      const int64_t rows = out * in / g;
+      if (!at::equal(g_idx, at::arange(in, at::kLong).div(g, "floor"))) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "hqq export of ", module, ": its groups are not contiguous column blocks (act_order "
+            "without static_groups); quantize with act_order off or static_groups on"));
+      }
+      if (absl::EndsWith(spec.name, ".nbits")) return at::full({1}, ql.bits, at::kInt);
+      if (absl::EndsWith(spec.name, ".scale")) return ql.scales.reshape({rows, 1});
+      if (absl::EndsWith(spec.name, ".zero")) return ql.zeros.reshape({rows, 1});
+      const at::Tensor codes = ql.q.to(at::kByte).contiguous().reshape({rows, g});
+      at::Tensor packed = at::empty({kernels::HqqPackedRows(rows, ql.bits), g},
+                                    kernels::HqqPacksToInt32(ql.bits) ? at::kInt : at::kByte);
+      MOEC_RETURN_IF_ERROR(kernels::HqqPack(codes.data_ptr<uint8_t>(), rows, g, ql.bits,
+                                            packed.data_ptr()));
+      return packed;
+    }
     if (!gptq) {  // fake_quant: scales[r, g] * (q - zeros[r, g])
       return (ql.q.to(at::kFloat) - ql.zeros.index_select(1, g_idx)) * ql.scales.index_select(1, g_idx);
     }
@@ -169,6 +215,7 @@ absl::StatusOr<json> WriteQuantized(StageContext& ctx, const std::string& format
     return packed.t().contiguous();
   };
   MOEC_RETURN_IF_ERROR(model::WriteCheckpointStreaming(tmp, specs, produce, max_shard_bytes));
+  if (hqq) return json{{"quant_method", "hqq"}, {"group_size", hqq_group}, {"axis", 1}};
   if (!gptq) return json();
   json dynamic = json::object();
   for (const auto& [name, b] : widths) {
@@ -192,7 +239,7 @@ absl::Status ExportStage::Run(StageContext& ctx) {
   if (ctx.rank != 0) return absl::OkStatus();
   const std::string format = ctx.params.value("format", "gptq");
   std::string quant_stage;
-  if (format == "gptq" || format == "fake_quant") {
+  if (format == "gptq" || format == "fake_quant" || format == "hqq") {
     absl::StatusOr<std::string> g = NeededStage(ctx, "gptq");
     absl::StatusOr<std::string> r = NeededStage(ctx, "rtn");
     if (!g.ok() && !r.ok()) {
@@ -202,8 +249,8 @@ absl::Status ExportStage::Run(StageContext& ctx) {
     quant_stage = g.ok() ? *g : *r;
   } else if (format != "hf") {
     return absl::UnimplementedError(absl::StrCat("export format '", format,
-                                                 "' is not implemented yet; available: hf, "
-                                                 "gptq, fake_quant"));
+                                                 "' is not implemented; available: hf, gptq, "
+                                                 "hqq, fake_quant"));
   }
   const std::string src = ctx.recipe.at("model").get<std::string>();
   const std::string out = ctx.recipe.at("output").get<std::string>();

@@ -20,6 +20,7 @@
 #include "stages/map_factor_io_test_util.h"
 #include "stages/model_inputs.h"
 #include "stages/odp_stage.h"
+#include "stages/quantize_stage.h"
 #include "stages/prune_weights_stage.h"
 #include "model/tensor_names.h"
 #include "quant/sparse.h"
@@ -81,6 +82,7 @@ class StructuralTest : public ::testing::TestWithParam<std::string> {
     for (int l = 0; l < kLayers; ++l) {
       ctx.inputs["job/prune/L" + std::to_string(l)] = "prune" + std::to_string(l);
       ctx.inputs["job/slim/L" + std::to_string(l)] = "slim" + std::to_string(l);
+      ctx.inputs["job/quant/L" + std::to_string(l)] = "quant" + std::to_string(l);
     }
     io_.SetTask(task.fingerprint());
     ctx.io = &io_;
@@ -141,7 +143,7 @@ class StructuralTest : public ::testing::TestWithParam<std::string> {
   nlohmann::json recipe_;
   std::vector<std::pair<std::string, std::string>> kinds_ = {
       {"stats", "calibrate"}, {"drop", "expert_drop"}, {"ldrop", "layer_drop"},
-      {"bdrop", "block_drop"}, {"prune", "expert_prune"}, {"slim", "prune_weights"}, {"odp", "odp"}, {"out", "export"}};
+      {"bdrop", "block_drop"}, {"prune", "expert_prune"}, {"slim", "prune_weights"}, {"odp", "odp"}, {"quant", "rtn"}, {"out", "export"}};
 };
 
 TEST_P(StructuralTest, ExpertDropKeepsTheHighestScoresAndExportsAModelThatLoads) {
@@ -522,6 +524,39 @@ TEST_P(StructuralTest, OdpCalibratesLayersTheExportedForwardPrunes) {
     EXPECT_NEAR(skipped[l].item<double>(), 1.0 - static_cast<double>(pruned.rows) / plain.rows, 1e-12);
     EXPECT_GT(pruned.rows, 0);
     EXPECT_LT(pruned.rows, plain.rows) << "ODP pruned nothing in layer " << l;
+  }
+}
+
+// HQQ-packed exports (1-bit and 3-bit experts, 4-bit attention) load in moec's forward with
+// exactly the weights (q - fp16 zero) * fp16 scale of the stage's codes, and run.
+TEST_P(StructuralTest, HqqExportLoadsThePackedCodes) {
+  const model::ModelConfig& c = runner_->config();
+  for (int bits : {1, 3}) {
+    QuantizeStage rtn(/*gptq=*/false);
+    for (int l = 0; l < kLayers; ++l) {
+      ASSERT_OK(Run(rtn, "quant", l, {{"bits", bits}, {"attn_bits", 4}, {"group_size", 8}}, {}));
+    }
+    ExportStage exporter;
+    ASSERT_OK(Run(exporter, "out", -1, {{"format", "hqq"}}, {"quant"}));
+    ASSERT_OK_AND_ASSIGN(auto packed, model::ModelRunner::Open(dir_.Join("out")));
+    ASSERT_EQ(packed->config().quantization->quant_method, "hqq");
+    for (int l = 0; l < kLayers; ++l) {
+      if (!c.IsMoeLayer(l)) continue;
+      ASSERT_OK_AND_ASSIGN(model::LayerWeights w, packed->LoadLayer(l));
+      const std::string name = model::ExpertTensorName(c, l, 1, model::ExpertProj::kDown);
+      const std::string key = "quant" + std::to_string(l) + "/" + name;
+      ASSERT_OK_AND_ASSIGN(at::Tensor q, Get(key + ".q"));
+      ASSERT_OK_AND_ASSIGN(at::Tensor s, Get(key + ".scales"));
+      ASSERT_OK_AND_ASSIGN(at::Tensor z, Get(key + ".zeros"));
+      const at::Tensor g = at::arange(q.size(1), at::kLong).div(8, "floor");
+      const at::Tensor want = (q.to(at::kFloat) - z.to(at::kHalf).to(at::kFloat).index_select(1, g)) *
+                              s.to(at::kHalf).to(at::kFloat).index_select(1, g);
+      EXPECT_TRUE(at::equal(w.moe->experts[1].down, want)) << bits << " bits, layer " << l;
+    }
+    StageContext ctx;
+    ctx.recipe = recipe_;
+    ASSERT_OK_AND_ASSIGN(at::Tensor logits, packed->Forward(*CalibrationTokens(ctx)));
+    EXPECT_TRUE(logits.isfinite().all().item<bool>());
   }
 }
 
