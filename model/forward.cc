@@ -182,7 +182,8 @@ absl::StatusOr<at::Tensor> ModelRunner::Forward(const at::Tensor& tokens,
 
 absl::StatusOr<PerplexityResult> ModelRunner::Perplexity(const TokenWindows& windows,
                                                          const ProgressFn& progress,
-                                                         const std::atomic<bool>* cancelled) const {
+                                                         const std::atomic<bool>* cancelled,
+                                                     ForwardObserver* observer) const {
   const int64_t n = windows.count(), seq = windows.seqlen;
   if (n == 0 || seq < 2) {
     return absl::InvalidArgumentError(
@@ -212,7 +213,7 @@ absl::StatusOr<PerplexityResult> ModelRunner::Perplexity(const TokenWindows& win
     for (int l = 0; l < config_.num_hidden_layers; ++l) {
       MOEC_RETURN_IF_ERROR(check_cancel());
       MOEC_ASSIGN_OR_RETURN(LayerWeights w, LoadLayer(l));
-      h = RunLayer(w, h, nullptr);
+      h = RunLayer(w, h, observer);
       if (progress) progress(++done, total);
     }
     MOEC_ASSIGN_OR_RETURN(HeadWeights head, LoadHead());

@@ -91,9 +91,11 @@ class ModelRunner {
 
   // Perplexity by the GPTQ protocol over `windows` (each scored independently, next-token NLL
   // over its seqlen-1 predictions). Returns Cancelled when `cancelled` becomes true.
+  // `observer` sees every layer of every pass.
   absl::StatusOr<PerplexityResult> Perplexity(const TokenWindows& windows,
                                               const ProgressFn& progress = nullptr,
-                                              const std::atomic<bool>* cancelled = nullptr) const;
+                                              const std::atomic<bool>* cancelled = nullptr,
+                                              ForwardObserver* observer = nullptr) const;
 
   // Rotary tables for sequences of at least `seq` tokens (cached; grows, never shrinks, so a
   // returned reference stays valid until a longer sequence is requested).

@@ -1,7 +1,9 @@
 #include "stages/evaluate_stage.h"
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <vector>
 
@@ -78,12 +80,34 @@ absl::StatusOr<nlohmann::json> EvaluateModel(const std::string& dir, const std::
   wo.max_windows = max_windows;
   MOEC_ASSIGN_OR_RETURN(model::TokenWindows windows,
                         model::EvaluationWindows(texts, *tokenizer, wo));
+  // Routed (token, expert) pairs the forward actually computes, per layer: fewer than top-k per
+  // token under dynamic skipping or ODP.
+  struct RoutedRows : model::ForwardObserver {
+    bool WantsLinearInputs(int) const override { return true; }
+    void OnMoeInput(int layer, const at::Tensor& x) override { tokens[layer] += x.size(0); }
+    void OnLinearInput(const model::LinearId& id, const at::Tensor& x, const at::Tensor&) override {
+      if (id.kind == model::LinearKind::kExpertGate) rows[id.layer] += x.size(0);
+    }
+    std::map<int, int64_t> rows, tokens;
+  } routed;
   MOEC_ASSIGN_OR_RETURN(model::PerplexityResult r,
                         runner->Perplexity(windows, [&](int64_t done, int64_t total) {
                           if (progress) progress(static_cast<double>(done) / total);
-                        }));
+                        }, nullptr, &routed));
   const model::ModelConfig& c = runner->config();
   const model::ParameterCounts p = model::CountParameters(c);
+  // Activated parameters as measured: the static count's top-k experts per MoE layer replaced by
+  // the experts the tokens really used.
+  double measured = static_cast<double>(p.activated), per_token = 0;
+  int moe_layers = 0;
+  for (const auto& [layer, tokens] : routed.tokens) {
+    if (tokens == 0 || !c.IsMoeLayer(layer)) continue;
+    const double expert = 3.0 * c.hidden_size * c.moe_intermediate_size;
+    const double used = static_cast<double>(routed.rows[layer]) / tokens;
+    measured += (used - c.NumActiveExperts(layer)) * expert;
+    per_token += used;
+    ++moe_layers;
+  }
   nlohmann::json j = {{"path", dir},
                       {"model_type", c.model_type},
                       {"perplexity", r.perplexity},
@@ -92,7 +116,9 @@ absl::StatusOr<nlohmann::json> EvaluateModel(const std::string& dir, const std::
                       {"seqlen", r.seqlen},
                       {"size_bytes", SafetensorsBytes(dir)},
                       {"parameters", p.total},
-                      {"activated_parameters", p.activated}};
+                      {"activated_parameters", p.activated},
+                      {"activated_parameters_measured", static_cast<int64_t>(std::llround(measured))},
+                      {"routed_experts_per_token", moe_layers > 0 ? per_token / moe_layers : 0.0}};
   MOEC_ASSIGN_OR_RETURN(double bits, AverageExpertBits(dir, c));
   j["average_expert_bits"] = bits;
   return j;

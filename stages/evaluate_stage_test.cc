@@ -62,6 +62,9 @@ TEST(EvaluateStageTest, ReportsPerplexitySizeAndBitsOfTheOriginalModel) {
   EXPECT_DOUBLE_EQ(m.at("average_expert_bits").get<double>(), 32.0);  // F32 weights
   EXPECT_GT(m.at("size_bytes").get<int64_t>(), 0);
   EXPECT_NEAR(std::log(m.at("perplexity").get<double>()), m.at("mean_nll").get<double>(), 1e-9);
+  // Without skipping every token uses its top-k experts: the measured count is the static one.
+  EXPECT_EQ(m.at("activated_parameters_measured"), m.at("activated_parameters"));
+  EXPECT_DOUBLE_EQ(m.at("routed_experts_per_token").get<double>(), 2.0);
   // Same numbers as evaluating the directory directly.
   ASSERT_OK_AND_ASSIGN(nlohmann::json direct,
                        EvaluateModel(dir.Join("model"), dir.Join("eval.txt"), 32, 3, nullptr));

@@ -16,6 +16,7 @@
 #include "stages/calibrate_stage.h"
 #include "stages/expert_prune_stage.h"
 #include "stages/expert_parallel.h"
+#include "stages/evaluate_stage.h"
 #include "stages/export_stage.h"
 #include "stages/map_factor_io_test_util.h"
 #include "stages/model_inputs.h"
@@ -525,6 +526,10 @@ TEST_P(StructuralTest, OdpCalibratesLayersTheExportedForwardPrunes) {
     EXPECT_GT(pruned.rows, 0);
     EXPECT_LT(pruned.rows, plain.rows) << "ODP pruned nothing in layer " << l;
   }
+  // evaluate measures the experts ODP skips: fewer than top-2 per token on average.
+  ASSERT_OK_AND_ASSIGN(nlohmann::json r, EvaluateModel(dir_.Join("out"), dir_.Join("calib.txt"), 16, 4, nullptr));
+  EXPECT_LT(r["routed_experts_per_token"].get<double>(), 2.0);
+  EXPECT_LT(r["activated_parameters_measured"].get<int64_t>(), r["activated_parameters"].get<int64_t>());
 }
 
 // HQQ-packed exports (1-bit and 3-bit experts, 4-bit attention) load in moec's forward with
