@@ -88,7 +88,9 @@ TEST_P(CommunicatorTest, AllToAllWhereOneRankHasNoRowsAtAll) {
       auto out = c.AllToAll(in, counts, &got);
       ASSERT_TRUE(out.ok()) << out.status();
       EXPECT_EQ(out->size(0), c.rank() < 2 ? 2 : 0);
-      if (c.rank() < 2) EXPECT_EQ((*out)[0][0].item<float>(), 1 - c.rank());
+      if (c.rank() < 2) {
+        EXPECT_EQ((*out)[0][0].item<float>(), 1 - c.rank());
+      }
     });
   }
 }

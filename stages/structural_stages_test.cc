@@ -79,7 +79,7 @@ class StructuralTest : public ::testing::TestWithParam<std::string> {
     ctx.params = params;
     ctx.recipe = recipe_;
     for (int l = 0; l < kLayers; ++l) ctx.inputs["job/stats/L" + std::to_string(l)] = "stats" + std::to_string(l);
-    for (const std::string& g : {"drop", "ldrop", "bdrop", "odp"}) ctx.inputs["job/" + g] = g;
+    for (const char* g : {"drop", "ldrop", "bdrop", "odp"}) ctx.inputs[std::string("job/") + g] = g;
     for (int l = 0; l < kLayers; ++l) {
       ctx.inputs["job/prune/L" + std::to_string(l)] = "prune" + std::to_string(l);
       ctx.inputs["job/slim/L" + std::to_string(l)] = "slim" + std::to_string(l);
