@@ -39,18 +39,19 @@ std::string ReportMarkdown(const nlohmann::json& report) {
   if (report["evaluations"].empty()) {
     return out + "No evaluation finished (add an `evaluate` stage to the recipe).\n";
   }
-  out += "| stage | model | perplexity | size (MiB) | avg expert bits | parameters | activated | "
-         "activated, measured |\n";
-  out += "|---|---|---|---|---|---|---|---|\n";
+  out += "| stage | model | perplexity | size (MiB) | avg expert bits | avg bits (MC-MoE) | "
+         "avg bits (all) | parameters | activated | activated, measured |\n";
+  out += "|---|---|---|---|---|---|---|---|---|---|\n";
   for (const nlohmann::json& e : report["evaluations"]) {
     for (const char* which : {"baseline", "model"}) {
       if (!e.contains(which)) continue;
       const nlohmann::json& m = e[which];
       out += absl::StrFormat(
-          "| %s | %s%s | %.3f | %.2f | %.2f | %d | %d | %d |\n", e.value("stage", ""),
+          "| %s | %s%s | %.3f | %.2f | %.2f | %.3f | %.3f | %d | %d | %d |\n", e.value("stage", ""),
           std::string(which) == "baseline" ? "original: " : "", m.value("path", ""),
           m.value("perplexity", 0.0), m.value("size_bytes", 0.0) / 1048576.0,
-          m.value("average_expert_bits", 0.0), m.value("parameters", int64_t{0}),
+          m.value("average_expert_bits", 0.0), m.value("average_bits_mcmoe", 0.0),
+          m.value("average_bits_all", 0.0), m.value("parameters", int64_t{0}),
           m.value("activated_parameters", int64_t{0}),
           m.value("activated_parameters_measured", m.value("activated_parameters", int64_t{0})));
     }

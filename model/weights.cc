@@ -183,6 +183,21 @@ absl::StatusOr<at::Tensor> WeightLoader::LoadHqq(const TensorSpec& spec,
       return bad(absl::StrCat("scale and zero must be [", rows, ", 1]"));
     }
   }
+  // HQQ's meta data, when stored (moec writes it; exports before it did not): must agree.
+  if (checkpoint_->Contains(prefix + "shape")) {
+    MOEC_ASSIGN_OR_RETURN(storage::TensorView sh, checkpoint_->Get(prefix + "shape"));
+    int32_t dims[2] = {0, 0};
+    if (sh.dtype == storage::DType::kI32 && sh.size == sizeof(dims)) std::memcpy(dims, sh.data, sizeof(dims));
+    if (dims[0] != out || dims[1] != in) {
+      return bad(absl::StrCat("shape must be I32 [2] holding ", out, ", ", in, " (config.json)"));
+    }
+  }
+  if (checkpoint_->Contains(prefix + "group_size")) {
+    MOEC_ASSIGN_OR_RETURN(storage::TensorView gs, checkpoint_->Get(prefix + "group_size"));
+    int32_t group = 0;
+    if (gs.dtype == storage::DType::kI32 && gs.size == 4) std::memcpy(&group, gs.data, 4);
+    if (group != g) return bad(absl::StrCat("group_size must be I32 [1] equal to W_q's width ", g));
+  }
   at::Tensor codes = at::empty({rows, g}, at::kByte);
   MOEC_RETURN_IF_ERROR(kernels::HqqUnpack(wq.data, rows, g, bits, codes.data_ptr<uint8_t>()));
   MOEC_ASSIGN_OR_RETURN(at::Tensor s, TensorFromView(scale, at::kFloat));

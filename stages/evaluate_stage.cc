@@ -35,36 +35,70 @@ uint64_t SafetensorsBytes(const std::string& dir) {
   return total;
 }
 
-// Mean stored width of the routed expert matrices, weighted by their elements: GPTQ tensors by
-// their packed width, the others by their dtype's bits.
-absl::StatusOr<double> AverageExpertBits(const std::string& dir, const model::ModelConfig& c) {
-  MOEC_ASSIGN_OR_RETURN(auto checkpoint, storage::SafetensorsCheckpoint::Open(dir));
-  double bits = 0, elements = 0;
-  for (const model::TensorSpec& spec : model::ModelTensors(c)) {
-    if (spec.role != model::TensorRole::kRoutedExpert) continue;
-    const double n = static_cast<double>(spec.NumElements());
-    if (checkpoint->Contains(spec.name)) {
-      MOEC_ASSIGN_OR_RETURN(storage::TensorView v, checkpoint->Get(spec.name));
-      bits += 8.0 * static_cast<double>(v.size);
-    } else if (const std::string prefix = spec.name.substr(0, spec.name.size() - 6);
-               checkpoint->Contains(prefix + "nbits")) {
-      // HQQ: the module's code width (MC-MoE's definition: scales and zeros not counted).
-      MOEC_ASSIGN_OR_RETURN(storage::TensorView nb, checkpoint->Get(prefix + "nbits"));
-      int32_t width = 0;
-      if (nb.size == 4) std::memcpy(&width, nb.data, 4);
-      bits += n * width;
-    } else {
-      MOEC_ASSIGN_OR_RETURN(storage::TensorView q, checkpoint->Get(prefix + "qweight"));
-      const int64_t in = spec.shape[1];
-      int width = 0;
-      for (int b = 1; b <= 8; ++b) {
-        if (kernels::PackedWordsPerColumn(in, b) == q.shape[0]) width = b;
-      }
-      bits += n * width;
-    }
-    elements += n;
+// Code width of one weight of the model: GPTQ modules by their packed width, HQQ modules by their
+// `nbits` (scales, zeros and g_idx not counted), stored tensors by their dtype's bits.
+absl::StatusOr<double> CodeWidth(const storage::SafetensorsCheckpoint& checkpoint,
+                                 const model::TensorSpec& spec) {
+  if (checkpoint.Contains(spec.name)) {
+    MOEC_ASSIGN_OR_RETURN(storage::TensorView v, checkpoint.Get(spec.name));
+    const int64_t n = spec.NumElements();
+    return n > 0 ? 8.0 * static_cast<double>(v.size) / static_cast<double>(n) : 0.0;
   }
-  return elements > 0 ? bits / elements : 0.0;
+  const std::string prefix = spec.name.substr(0, spec.name.size() - std::strlen("weight"));
+  if (checkpoint.Contains(prefix + "nbits")) {
+    MOEC_ASSIGN_OR_RETURN(storage::TensorView nb, checkpoint.Get(prefix + "nbits"));
+    int32_t width = 0;
+    if (nb.dtype != storage::DType::kI32 || nb.size != 4) {
+      return absl::DataLossError(absl::StrCat(checkpoint.path(), ": ", prefix, "nbits is not I32 [1]"));
+    }
+    std::memcpy(&width, nb.data, 4);
+    return static_cast<double>(width);
+  }
+  MOEC_ASSIGN_OR_RETURN(storage::TensorView q, checkpoint.Get(prefix + "qweight"));
+  if (spec.shape.size() != 2 || q.shape.size() != 2) {
+    return absl::DataLossError(absl::StrCat(checkpoint.path(), ": ", prefix, "qweight is not a matrix"));
+  }
+  for (int b = 1; b <= 8; ++b) {
+    if (kernels::PackedWordsPerColumn(spec.shape[1], b) == q.shape[0]) return static_cast<double>(b);
+  }
+  return absl::DataLossError(absl::StrCat(checkpoint.path(), ": ", prefix, "qweight has ", q.shape[0],
+                                          " rows, no width packs ", spec.shape[1], " columns so"));
+}
+
+struct AverageBits {
+  double experts = 0;  // routed expert matrices, code width
+  double mcmoe = 0;    // MC-MoE: decoder linear weight matrices except routers, code width
+  double all = 0;      // every stored tensor byte (scales, zeros, embeddings, ...) per parameter
+};
+
+// Element-weighted mean widths (ALGORITHMS.md 3.8 for MC-MoE's definition).
+absl::StatusOr<AverageBits> AverageWidths(const std::string& dir, const model::ModelConfig& c,
+                                          int64_t parameters) {
+  MOEC_ASSIGN_OR_RETURN(auto checkpoint, storage::SafetensorsCheckpoint::Open(dir));
+  double expert_bits = 0, expert_n = 0, linear_bits = 0, linear_n = 0;
+  for (const model::TensorSpec& spec : model::ModelTensors(c)) {
+    const bool expert = spec.role == model::TensorRole::kRoutedExpert;
+    const bool linear = spec.shape.size() == 2 && absl::EndsWith(spec.name, ".weight") &&
+                        (expert || spec.role == model::TensorRole::kAttention ||
+                         spec.role == model::TensorRole::kSharedExpert ||
+                         spec.role == model::TensorRole::kDenseMlp);
+    if (!expert && !linear) continue;
+    MOEC_ASSIGN_OR_RETURN(double width, CodeWidth(*checkpoint, spec));
+    const double n = static_cast<double>(spec.NumElements());
+    if (expert) {
+      expert_bits += n * width;
+      expert_n += n;
+    }
+    if (linear) {
+      linear_bits += n * width;
+      linear_n += n;
+    }
+  }
+  AverageBits r;
+  r.experts = expert_n > 0 ? expert_bits / expert_n : 0.0;
+  r.mcmoe = linear_n > 0 ? linear_bits / linear_n : 0.0;
+  r.all = parameters > 0 ? 8.0 * static_cast<double>(checkpoint->total_tensor_bytes()) / parameters : 0.0;
+  return r;
 }
 
 }  // namespace
@@ -119,8 +153,10 @@ absl::StatusOr<nlohmann::json> EvaluateModel(const std::string& dir, const std::
                       {"activated_parameters", p.activated},
                       {"activated_parameters_measured", static_cast<int64_t>(std::llround(measured))},
                       {"routed_experts_per_token", moe_layers > 0 ? per_token / moe_layers : 0.0}};
-  MOEC_ASSIGN_OR_RETURN(double bits, AverageExpertBits(dir, c));
-  j["average_expert_bits"] = bits;
+  MOEC_ASSIGN_OR_RETURN(AverageBits bits, AverageWidths(dir, c, p.total));
+  j["average_expert_bits"] = bits.experts;
+  j["average_bits_mcmoe"] = bits.mcmoe;
+  j["average_bits_all"] = bits.all;
   return j;
 }
 

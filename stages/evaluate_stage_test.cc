@@ -60,6 +60,9 @@ TEST(EvaluateStageTest, ReportsPerplexitySizeAndBitsOfTheOriginalModel) {
   EXPECT_EQ(m.at("windows"), 3);
   EXPECT_EQ(m.at("seqlen"), 32);
   EXPECT_DOUBLE_EQ(m.at("average_expert_bits").get<double>(), 32.0);  // F32 weights
+  EXPECT_DOUBLE_EQ(m.at("average_bits_mcmoe").get<double>(), 32.0);
+  // Every stored byte per parameter: F32 throughout, so the parameter count matches the tensors.
+  EXPECT_DOUBLE_EQ(m.at("average_bits_all").get<double>(), 32.0);
   EXPECT_GT(m.at("size_bytes").get<int64_t>(), 0);
   EXPECT_NEAR(std::log(m.at("perplexity").get<double>()), m.at("mean_nll").get<double>(), 1e-9);
   // Without skipping every token uses its top-k experts: the measured count is the static one.

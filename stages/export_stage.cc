@@ -132,6 +132,8 @@ absl::StatusOr<json> WriteQuantized(StageContext& ctx, const std::string& format
       specs.push_back({prefix + "scale", storage::DType::kF16, {rows, 1}});
       specs.push_back({prefix + "zero", storage::DType::kF16, {rows, 1}});
       specs.push_back({prefix + "nbits", storage::DType::kI32, {1}});
+      specs.push_back({prefix + "group_size", storage::DType::kI32, {1}});
+      specs.push_back({prefix + "shape", storage::DType::kI32, {2}});
       continue;
     }
     if (it == widths.end() || !gptq) {
@@ -158,7 +160,7 @@ absl::StatusOr<json> WriteQuantized(StageContext& ctx, const std::string& format
         module = spec.name.substr(0, spec.name.size() - std::strlen(suffix)) + "weight";
       }
     }
-    for (const char* suffix : {"W_q", "scale", "zero", "nbits"}) {
+    for (const char* suffix : {"W_q", "scale", "zero", "nbits", "group_size", "shape"}) {
       if (hqq && absl::EndsWith(spec.name, std::string(".") + suffix)) {
         module = spec.name.substr(0, spec.name.size() - std::strlen(suffix)) + "weight";
       }
@@ -183,6 +185,8 @@ absl::StatusOr<json> WriteQuantized(StageContext& ctx, const std::string& format
             "without static_groups); quantize with act_order off or static_groups on"));
       }
       if (absl::EndsWith(spec.name, ".nbits")) return at::full({1}, ql.bits, at::kInt);
+      if (absl::EndsWith(spec.name, ".group_size")) return at::full({1}, g, at::kInt);
+      if (absl::EndsWith(spec.name, ".shape")) return at::tensor(std::vector<int64_t>{out, in}, at::kLong).to(at::kInt);
       if (absl::EndsWith(spec.name, ".scale")) return ql.scales.reshape({rows, 1});
       if (absl::EndsWith(spec.name, ".zero")) return ql.zeros.reshape({rows, 1});
       const at::Tensor codes = ql.q.to(at::kByte).contiguous().reshape({rows, g});
