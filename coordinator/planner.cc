@@ -144,6 +144,7 @@ absl::StatusOr<std::vector<v1::TaskRecord>> PlanJob(const recipe::Recipe& recipe
       fp.AddField(stage.kind);
       fp.AddField(t.params_json());
       fp.AddField(kCodeVersion);
+      fp.AddU64(static_cast<uint64_t>(kind != nullptr ? kind->version : 0));
       fp.AddField(inputs_fingerprint);
       fp.AddU64(static_cast<uint64_t>(layer + 1));
       for (const std::string& d : deps) {

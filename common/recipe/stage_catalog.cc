@@ -1,5 +1,7 @@
 #include "common/recipe/stage_catalog.h"
 
+#include <map>
+
 #include "absl/strings/str_join.h"
 
 namespace moec::recipe {
@@ -103,10 +105,32 @@ std::vector<StageKindSpec> BuildCatalog() {
   };
 }
 
+// Stage result versions above 1 (StageKindSpec::version), with what changed their outputs.
+const std::map<std::string, int>& Versions() {
+  static const auto* versions = new std::map<std::string, int>{
+      {"calibrate", 2},   // chunked hidden outputs on the data plane; softmax_mass
+      {"quant_loss", 2},  // expert-parallel
+      {"gptq", 2},        // expert-parallel; Gram reductions in chunk order; chunked hidden
+      {"rtn", 2},         // expert-parallel; chunked hidden
+      {"export", 2},      // hqq format, structural edits, moec.odp
+      {"evaluate", 2},    // measured activated parameters, MC-MoE and all-inclusive bits
+  };
+  return *versions;
+}
+
+std::vector<StageKindSpec> VersionedCatalog() {
+  std::vector<StageKindSpec> catalog = BuildCatalog();
+  for (StageKindSpec& k : catalog) {
+    auto it = Versions().find(k.kind);
+    if (it != Versions().end()) k.version = it->second;
+  }
+  return catalog;
+}
+
 }  // namespace
 
 const std::vector<StageKindSpec>& StageKinds() {
-  static const auto* catalog = new std::vector<StageKindSpec>(BuildCatalog());
+  static const auto* catalog = new std::vector<StageKindSpec>(VersionedCatalog());
   return *catalog;
 }
 

@@ -35,6 +35,9 @@ struct StageKindSpec {
   StageShape shape;
   std::string help;
   std::vector<ParamSpec> params;
+  // Version of the stage's results, part of every task fingerprint: bump it whenever a change to
+  // the stage's code changes its outputs, so outputs stored by an older build are not reused.
+  int version = 1;
 };
 
 // All stage kinds, in documentation order.
