@@ -111,6 +111,16 @@ absl::StatusOr<std::vector<v1::TaskRecord>> PlanJob(const recipe::Recipe& recipe
   std::map<std::string, size_t> index;  // task id -> position
   // Per stage: its task ids by layer (global stages: one entry for layer -1).
   std::map<std::string, std::vector<std::string>> stage_tasks;
+  // Per stage: the restructure stage it comes after, directly or not (stages/model_view.h); its
+  // task becomes a dependency, so that the stage's tasks read the model view.
+  std::map<std::string, std::string> view_of;
+  for (const recipe::StageSpec& stage : recipe.stages) {
+    for (const std::string& need : stage.needs) {
+      const recipe::StageSpec* n = recipe.FindStage(need);
+      const std::string v = n != nullptr && n->kind == "restructure" ? need : view_of[need];
+      if (!v.empty()) view_of[stage.id] = v;
+    }
+  }
   for (const recipe::StageSpec& stage : recipe.stages) {
     const recipe::StageKindSpec* kind = recipe::FindStageKind(stage.kind);
     const bool per_layer = kind != nullptr && kind->shape == recipe::StageShape::kPerLayer;
@@ -132,7 +142,9 @@ absl::StatusOr<std::vector<v1::TaskRecord>> PlanJob(const recipe::Recipe& recipe
       t.set_order(static_cast<int64_t>(tasks.size()));
       std::vector<std::string> deps;
       if (per_layer && l > 0) deps.push_back(stage_tasks[stage.id][l - 1]);
-      for (const std::string& need : stage.needs) {
+      std::vector<std::string> needs = stage.needs;
+      if (!view_of[stage.id].empty()) needs.push_back(view_of[stage.id]);
+      for (const std::string& need : needs) {
         const std::vector<std::string>& prior = stage_tasks[need];
         // Same layer of a per-layer need; otherwise its last task (which implies all of it).
         deps.push_back(per_layer && prior.size() == static_cast<size_t>(layers) ? prior[l]

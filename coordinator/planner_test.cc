@@ -78,6 +78,25 @@ TEST_F(PlannerTest, ExpandsPerLayerChainsAndGlobalTasks) {
   }
 }
 
+TEST_F(PlannerTest, StagesAfterARestructureDependOnIt) {
+  ASSERT_OK_AND_ASSIGN(
+      auto tasks,
+      PlanJob(Recipe("  - {id: stats, kind: calibrate}\n"
+                     "  - {id: bdrop, kind: block_drop, needs: [stats], with: {drop: 1}}\n"
+                     "  - {id: edit, kind: restructure, needs: [bdrop]}\n"
+                     "  - {id: quant, kind: gptq, needs: [edit]}\n"
+                     "  - {id: out, kind: export, needs: [quant]}\n"),
+              {3}, "j", "inputs"));
+  auto by = ById(tasks);
+  EXPECT_THAT(by["j/edit"].deps(), ElementsAre("j/bdrop"));
+  EXPECT_THAT(by["j/quant/L0"].deps(), ElementsAre("j/edit"));
+  EXPECT_THAT(by["j/quant/L1"].deps(), ElementsAre("j/edit", "j/quant/L0"));
+  // The export needs only the quantization stage, but reads the view too.
+  EXPECT_THAT(by["j/out"].deps(), ElementsAre("j/edit", "j/quant/L2"));
+  // Stages before the restructure do not see it.
+  EXPECT_THAT(by["j/stats/L1"].deps(), ElementsAre("j/stats/L0"));
+}
+
 TEST_F(PlannerTest, FingerprintsFollowContentNotJobIds) {
   ASSERT_OK_AND_ASSIGN(auto a, PlanJob(Recipe(kStages), {3}, "j1", "inputs"));
   ASSERT_OK_AND_ASSIGN(auto b, PlanJob(Recipe(kStages), {3}, "j2", "inputs"));

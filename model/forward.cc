@@ -5,6 +5,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 
 namespace moec::model {
@@ -51,6 +52,29 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Open(const std::string
                         WeightLoader::Open(model_dir, ToScalarType(options.dtype), config.quantization));
   return std::unique_ptr<ModelRunner>(
       new ModelRunner(std::move(config), std::move(loader), options));
+}
+
+absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::OpenView(const std::string& model_dir,
+                                                                   ModelConfig config,
+                                                                   TensorSource source,
+                                                                   const RunnerOptions& options) {
+  if (source == nullptr) return absl::InvalidArgumentError("OpenView needs a tensor source");
+  MOEC_ASSIGN_OR_RETURN(std::unique_ptr<WeightLoader> loader,
+                        WeightLoader::Open(model_dir, ToScalarType(options.dtype), config.quantization));
+  return std::unique_ptr<ModelRunner>(
+      new ModelRunner(std::move(config), std::move(loader), options, std::move(source)));
+}
+
+absl::StatusOr<at::Tensor> ModelRunner::Load(const TensorSpec& spec) const {
+  if (source_ == nullptr) return loader_->Load(spec);
+  MOEC_ASSIGN_OR_RETURN(at::Tensor t, source_(spec));
+  if (t.sizes() != at::IntArrayRef(spec.shape)) {
+    return absl::InvalidArgumentError(absl::StrCat("model view: tensor ", spec.name, " is [",
+                                                   absl::StrJoin(t.sizes().vec(), ", "),
+                                                   "], expected [", absl::StrJoin(spec.shape, ", "),
+                                                   "]"));
+  }
+  return t.to(loader_->dtype()).contiguous();
 }
 
 absl::StatusOr<LayerWeights> AssembleLayer(const ModelConfig& config, int layer,

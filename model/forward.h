@@ -61,6 +61,14 @@ class ModelRunner {
   // WeightLoader::Open; InvalidArgument when the config's tensors are missing (checked lazily).
   static absl::StatusOr<std::unique_ptr<ModelRunner>> Open(const std::string& model_dir,
                                                            const RunnerOptions& options = {});
+  // A view of the checkpoint in `model_dir` as the model `config` describes (e.g. with experts
+  // or layers removed): every tensor comes from `source`, called with the view's TensorSpec and
+  // expected to return it in fp32 or the compute dtype (converted here). The tokenizer and the
+  // mapped checkpoint stay those of `model_dir`. Errors: as WeightLoader::Open.
+  static absl::StatusOr<std::unique_ptr<ModelRunner>> OpenView(const std::string& model_dir,
+                                                               ModelConfig config,
+                                                               TensorSource source,
+                                                               const RunnerOptions& options = {});
 
   const ModelConfig& config() const { return config_; }
   at::ScalarType dtype() const { return loader_->dtype(); }
@@ -102,13 +110,18 @@ class ModelRunner {
   RopeTables Rope(int64_t seq) const;
 
  private:
-  ModelRunner(ModelConfig config, std::unique_ptr<WeightLoader> loader, RunnerOptions options)
-      : config_(std::move(config)), loader_(std::move(loader)), options_(options) {}
+  ModelRunner(ModelConfig config, std::unique_ptr<WeightLoader> loader, RunnerOptions options,
+              TensorSource source = nullptr)
+      : config_(std::move(config)),
+        loader_(std::move(loader)),
+        source_(std::move(source)),
+        options_(options) {}
 
-  absl::StatusOr<at::Tensor> Load(const TensorSpec& spec) const { return loader_->Load(spec); }
+  absl::StatusOr<at::Tensor> Load(const TensorSpec& spec) const;
 
   const ModelConfig config_;
   const std::unique_ptr<WeightLoader> loader_;
+  const TensorSource source_;  // null: tensors come from loader_ by name
   const RunnerOptions options_;
   mutable absl::Mutex rope_mu_;
   mutable RopeTables rope_ ABSL_GUARDED_BY(rope_mu_);

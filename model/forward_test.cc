@@ -446,10 +446,10 @@ TEST(ForwardTest, GptqCheckpointDequantizesOnLoad) {
     ASSERT_OK(kernels::PackRows(z8.data_ptr<uint8_t>(), out, groups, bits,
                                 reinterpret_cast<uint32_t*>(zt.data_ptr<int32_t>())));
     const std::string prefix = spec.name.substr(0, spec.name.size() - 6);
-    quantized.push_back({prefix + "qweight", qweight});
-    quantized.push_back({prefix + "qzeros", zt.t().contiguous()});
+    quantized.push_back({prefix + "qweight", qweight, std::nullopt});
+    quantized.push_back({prefix + "qzeros", zt.t().contiguous(), std::nullopt});
     quantized.push_back({prefix + "scales", scales, storage::DType::kF16});
-    quantized.push_back({prefix + "g_idx", g_idx.to(at::kInt)});
+    quantized.push_back({prefix + "g_idx", g_idx.to(at::kInt), std::nullopt});
   }
   std::string config = *storage::ReadFileToString(dir.Join("m/config.json"), 1 << 20);
   config.insert(config.rfind('}'),

@@ -17,8 +17,7 @@ absl::Status AllocateBitsStage::Run(StageContext& ctx) {
   if (ctx.rank != 0) return absl::OkStatus();
   MOEC_ASSIGN_OR_RETURN(std::string calibrate, NeededStage(ctx, "calibrate"));
   MOEC_ASSIGN_OR_RETURN(std::string quant_loss, NeededStage(ctx, "quant_loss"));
-  MOEC_ASSIGN_OR_RETURN(model::ModelConfig config,
-                        model::LoadModelConfig(ctx.recipe.at("model").get<std::string>()));
+  MOEC_ASSIGN_OR_RETURN(model::ModelConfig config, JobModelConfig(ctx));
   AllocationOptions o;
   o.bits = ctx.params.value("bits", std::vector<int>{1, 2, 3});
   if (ctx.params.contains("average_bits") && !ctx.params["average_bits"].is_null()) {

@@ -112,6 +112,7 @@ absl::Status CalibrateStage::Run(StageContext& ctx) {
   const int layer = ctx.task->layer();
   MOEC_ASSIGN_OR_RETURN(std::unique_ptr<model::ModelRunner> runner, OpenJobModel(ctx));
   const model::ModelConfig& config = runner->config();
+  if (SkipRemovedLayer(ctx, config)) return absl::OkStatus();
   if (layer < 0 || layer >= config.num_hidden_layers) {
     return absl::InvalidArgumentError(absl::StrCat("calibrate: layer ", layer, " out of range"));
   }

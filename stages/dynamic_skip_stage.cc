@@ -15,8 +15,7 @@ namespace moec::stages {
 absl::Status DynamicSkipStage::Run(StageContext& ctx) {
   if (ctx.rank != 0) return absl::OkStatus();
   MOEC_ASSIGN_OR_RETURN(std::string calibrate, NeededStage(ctx, "calibrate"));
-  MOEC_ASSIGN_OR_RETURN(model::ModelConfig config,
-                        model::LoadModelConfig(ctx.recipe.at("model").get<std::string>()));
+  MOEC_ASSIGN_OR_RETURN(model::ModelConfig config, JobModelConfig(ctx));
   const int layers = config.num_hidden_layers;
   at::Tensor beta = at::full({layers}, std::numeric_limits<double>::quiet_NaN(), at::kDouble);
   for (int l = 0; l < layers; ++l) {

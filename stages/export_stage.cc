@@ -17,6 +17,7 @@
 #include "model/tensor_names.h"
 #include "model/weights.h"
 #include "stages/model_inputs.h"
+#include "stages/model_view.h"
 #include "stages/structural_export.h"
 #include "storage/file_util.h"
 
@@ -58,10 +59,16 @@ storage::DType StoredDtype(storage::DType d) {
 // put into config.json (null for fake_quant).
 absl::StatusOr<json> WriteQuantized(StageContext& ctx, const std::string& format,
                                     const std::string& quant_stage, const json& quant_params,
-                                    const std::string& src,
+                                    const std::string& src, const model::ModelConfig& source,
+                                    const model::ModelConfig& config, const StructuralEdits& edits,
                                     const std::string& tmp, uint64_t max_shard_bytes) {
-  MOEC_ASSIGN_OR_RETURN(model::ModelConfig config, model::LoadModelConfig(src));
+  // Tensors of the exported model come from the source checkpoint through the structural edits
+  // (none: the identity).
   MOEC_ASSIGN_OR_RETURN(auto checkpoint, storage::SafetensorsCheckpoint::Open(src));
+  MOEC_ASSIGN_OR_RETURN(auto from, EditedTensorSources(source, config, edits,
+                                                       [&](const std::string& name) {
+                                                         return checkpoint->Contains(name);
+                                                       }));
   // Which linears were quantized, at which width (from each layer's summary).
   std::map<std::string, int> widths;
   for (int l = 0; l < config.num_hidden_layers; ++l) {
@@ -109,10 +116,7 @@ absl::StatusOr<json> WriteQuantized(StageContext& ctx, const std::string& format
   }
   std::vector<storage::TensorSpec> specs;
   for (const model::TensorSpec& t : model::ModelTensors(config)) {
-    if (!checkpoint->Contains(t.name)) {
-      return absl::NotFoundError(absl::StrCat(src, " lacks tensor ", t.name));
-    }
-    MOEC_ASSIGN_OR_RETURN(storage::TensorView v, checkpoint->Get(t.name));
+    MOEC_ASSIGN_OR_RETURN(storage::TensorView v, checkpoint->Get(from.at(t.name).name));
     auto it = widths.find(t.name);
     if (it != widths.end() && hqq) {
       // HQQ / MC-MoE packing (kernels/hqq.h, docs/formats/hqq.md): groups of G columns per row.
@@ -166,10 +170,7 @@ absl::StatusOr<json> WriteQuantized(StageContext& ctx, const std::string& format
       }
     }
     if (module.empty() && widths.count(spec.name) > 0) module = spec.name;  // fake_quant
-    if (module.empty()) {
-      MOEC_ASSIGN_OR_RETURN(storage::TensorView v, checkpoint->Get(spec.name));
-      return model::TensorFromView(v, at::kFloat);
-    }
+    if (module.empty()) return ReadEditedTensor(ctx, *checkpoint, from.at(spec.name));
     if (module != cached_name) {
       MOEC_ASSIGN_OR_RETURN(cached, fetch(module));
       cached_name = module;
@@ -258,10 +259,9 @@ absl::Status ExportStage::Run(StageContext& ctx) {
   }
   const std::string src = ctx.recipe.at("model").get<std::string>();
   const std::string out = ctx.recipe.at("output").get<std::string>();
-  MOEC_ASSIGN_OR_RETURN(std::string config_text,
-                        storage::ReadFileToString(src + "/config.json", model::kMaxModelConfigBytes));
-  json config = json::parse(config_text, nullptr, /*allow_exceptions=*/false);
-  if (!config.is_object()) return absl::DataLossError(src + "/config.json is not a JSON object");
+  // The model a restructure stage decided (model_view.h), else the recipe's.
+  MOEC_ASSIGN_OR_RETURN(std::optional<ModelView> view, JobModelView(ctx));
+  MOEC_ASSIGN_OR_RETURN(json config, JobModelConfigJson(ctx));
 
   // Per-layer results of the stages this export needs.
   if (absl::StatusOr<std::string> skip = NeededStage(ctx, "dynamic_skip"); skip.ok()) {
@@ -302,12 +302,20 @@ absl::Status ExportStage::Run(StageContext& ctx) {
   MOEC_ASSIGN_OR_RETURN(model::ModelConfig source_config, model::LoadModelConfig(src));
   MOEC_ASSIGN_OR_RETURN(StructuralEdits edits, CollectStructuralEdits(ctx, source_config));
   if (!edits.empty()) {
+    if (view) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "export needs structural stages directly and through restructure stage '",
+          view->stage_id, "', which already applies them; remove them from its needs"));
+    }
     if (!quant_stage.empty()) {
-      return absl::UnimplementedError(
-          "an export cannot apply structural edits and quantization at once yet: export the "
-          "edited model with format hf, then quantize that output in a second job");
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the quantization stage '", quant_stage, "' ran on the unedited model; to quantize the "
+          "model the structural stages decided, put a restructure stage between them (structural "
+          "stages -> restructure -> ", quant_stage, " -> export; docs/recipes.md)"));
     }
     MOEC_ASSIGN_OR_RETURN(config, EditedConfig(config, source_config, edits));
+  } else if (view) {
+    edits = view->edits;
   }
   const std::string new_config = config.dump(2) + "\n";
   MOEC_ASSIGN_OR_RETURN(model::ModelConfig edited_config,
@@ -325,11 +333,13 @@ absl::Status ExportStage::Run(StageContext& ctx) {
     for (const json& st : ctx.recipe.value("stages", json::array())) {
       if (st.value("id", "") == quant_stage) quant_params = st.value("with", json::object());
     }
-    MOEC_ASSIGN_OR_RETURN(json q, WriteQuantized(ctx, format, quant_stage, quant_params, src, tmp,
+    if (edits.kept.empty()) edits.kept.resize(source_config.num_hidden_layers);
+    MOEC_ASSIGN_OR_RETURN(json q, WriteQuantized(ctx, format, quant_stage, quant_params, src,
+                                                 source_config, edited_config, edits, tmp,
                                                  static_cast<uint64_t>(ctx.params.value("max_shard_mib", 5120)) << 20));
     if (!q.is_null()) config["quantization_config"] = q;
   }
-  if (!edits.empty()) {
+  if (!edits.empty() && quant_stage.empty()) {
     MOEC_RETURN_IF_ERROR(WriteEditedCheckpoint(
         ctx, src, source_config, edited_config, edits, tmp,
         static_cast<uint64_t>(ctx.params.value("max_shard_mib", 5120)) << 20));

@@ -1,7 +1,5 @@
 #include "stages/model_inputs.h"
 
-#include "stages/expert_parallel.h"
-
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -51,13 +49,6 @@ absl::StatusOr<at::ScalarType> TorchType(storage::DType t) {
 }
 
 }  // namespace
-
-absl::StatusOr<std::unique_ptr<model::ModelRunner>> OpenJobModel(const StageContext& ctx) {
-  if (!ctx.recipe.contains("model") || !ctx.recipe["model"].is_string()) {
-    return absl::FailedPreconditionError("the job's recipe names no model");
-  }
-  return model::ModelRunner::Open(ctx.recipe["model"].get<std::string>());
-}
 
 absl::StatusOr<model::TokenWindows> CalibrationWindows(const StageContext& ctx) {
   const nlohmann::json& c = ctx.recipe.value("calibration", nlohmann::json());

@@ -12,12 +12,11 @@
 #include "absl/status/statusor.h"
 #include "model/datasets.h"
 #include "model/forward.h"
+#include "stages/model_view.h"  // OpenJobModel
 #include "stages/stage.h"
 
 namespace moec::stages {
 
-// Opens the job's model (recipe "model") for the forward, in fp32.
-absl::StatusOr<std::unique_ptr<model::ModelRunner>> OpenJobModel(const StageContext& ctx);
 
 // The calibration windows of the job (recipe "calibration": path, samples, seqlen, seed,
 // sampling random_windows | chunks), tokenized with the model's tokenizer.

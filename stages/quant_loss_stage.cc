@@ -55,6 +55,7 @@ absl::Status QuantLossStage::Run(StageContext& ctx) {
   MOEC_ASSIGN_OR_RETURN(std::string calibrate, NeededStage(ctx, "calibrate"));
   MOEC_ASSIGN_OR_RETURN(std::unique_ptr<model::ModelRunner> runner, OpenJobModel(ctx));
   const model::ModelConfig& config = runner->config();
+  if (SkipRemovedLayer(ctx, config)) return absl::OkStatus();
   if (!config.IsMoeLayer(layer) || config.NumRoutedExperts(layer) == 0) {
     ctx.progress(1.0, "no routed experts");
     return absl::OkStatus();

@@ -150,6 +150,7 @@ absl::Status QuantizeStage::Run(StageContext& ctx) {
   const int layer = ctx.task->layer();
   MOEC_ASSIGN_OR_RETURN(std::unique_ptr<model::ModelRunner> runner, OpenJobModel(ctx));
   const model::ModelConfig& c = runner->config();
+  if (SkipRemovedLayer(ctx, c)) return absl::OkStatus();
   const nlohmann::json& p = ctx.params;
   const int bits = p.value("bits", 4);
   const int attn_bits = p.value("attn_bits", 4);
@@ -282,7 +283,7 @@ absl::Status QuantizeStage::Run(StageContext& ctx) {
     quant::QuantizerOptions qo;
     qo.bits = t.bits;
     qo.sym = p.value("sym", false);
-    qo.mse = gptq_ && p.value("mse", false);
+    qo.mse = p.value("mse", false);
     at::Tensor q, scales, zeros, g_idx, dequantized;
     nlohmann::json info = {{"bits", t.bits}};
     if (gptq_) {

@@ -8,6 +8,7 @@
 #include "stages/evaluate_stage.h"
 #include "stages/expert_prune_stage.h"
 #include "stages/export_stage.h"
+#include "stages/model_view.h"
 #include "stages/noop_stage.h"
 #include "stages/odp_stage.h"
 #include "stages/prune_weights_stage.h"
@@ -69,6 +70,7 @@ void RegisterBuiltinStages(StageRegistry* registry) {
   registry->Register("odp", [] { return std::make_unique<OdpStage>(); });
   registry->Register("layer_drop", [] { return std::make_unique<LayerDropStage>(); });
   registry->Register("block_drop", [] { return std::make_unique<BlockDropStage>(); });
+  registry->Register("restructure", [] { return std::make_unique<RestructureStage>(); });
 }
 
 }  // namespace moec::stages

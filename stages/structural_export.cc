@@ -201,24 +201,18 @@ absl::StatusOr<json> EditedConfig(const json& config_json, const model::ModelCon
   return out;
 }
 
-absl::Status WriteEditedCheckpoint(StageContext& ctx, const std::string& src,
-                                   const model::ModelConfig& source,
-                                   const model::ModelConfig& edited, const StructuralEdits& edits,
-                                   const std::string& dir, uint64_t max_shard_bytes) {
-  MOEC_ASSIGN_OR_RETURN(auto checkpoint, storage::SafetensorsCheckpoint::Open(src));
+absl::StatusOr<std::map<std::string, EditedTensorSource>> EditedTensorSources(
+    const model::ModelConfig& source, const model::ModelConfig& edited, const StructuralEdits& edits,
+    const std::function<bool(const std::string&)>& contains) {
   const std::set<int> dropped(edits.dropped_layers.begin(), edits.dropped_layers.end());
   std::vector<int> kept_layers;
   for (int l = 0; l < source.num_hidden_layers; ++l) {
     if (dropped.count(l) == 0) kept_layers.push_back(l);
   }
-  // New tensor name -> (source tensor name, rows of it to keep: routers only).
-  struct Source {
-    std::string name;
-    std::vector<int64_t> rows;
-  };
-  std::map<std::string, Source> from;
-  std::vector<storage::TensorSpec> specs;
-  const std::vector<model::TensorSpec> tensors = model::ModelTensors(edited);
+  if (static_cast<int>(kept_layers.size()) != edited.num_hidden_layers) {
+    return absl::InternalError("edited config and structural edits disagree on the layer count");
+  }
+  std::map<std::string, EditedTensorSource> from;
   for (size_t nl = 0; nl < kept_layers.size(); ++nl) {
     const int l = kept_layers[nl];
     const std::string new_prefix = absl::StrCat("model.layers.", nl, ".");
@@ -229,7 +223,7 @@ absl::Status WriteEditedCheckpoint(StageContext& ctx, const std::string& src,
     const std::vector<std::string> new_shared = model::SharedExpertTensorNames(edited, nl);
     const std::vector<std::string> old_shared = model::SharedExpertTensorNames(source, l);
     for (const model::TensorSpec& t : model::LayerTensors(edited, nl)) {
-      Source s;
+      EditedTensorSource s;
       if (t.role == model::TensorRole::kRoutedExpert) {
         for (auto proj : {model::ExpertProj::kGate, model::ExpertProj::kUp, model::ExpertProj::kDown}) {
           if (model::ExpertTensorName(edited, nl, t.expert, proj) == t.name) {
@@ -247,15 +241,47 @@ absl::Status WriteEditedCheckpoint(StageContext& ctx, const std::string& src,
       } else if (absl::StartsWith(t.name, new_prefix)) {
         s.name = old_prefix + t.name.substr(new_prefix.size());
       }
-      if (s.name.empty() || !checkpoint->Contains(s.name)) {
-        return absl::InternalError(absl::StrCat("export: no source tensor for ", t.name));
+      if (s.name.empty() || !contains(s.name)) {
+        return absl::InternalError(absl::StrCat("no source tensor for ", t.name, " of the edited model"));
       }
       from[t.name] = s;
     }
   }
-  for (const model::TensorSpec& t : tensors) {
-    if (from.count(t.name) == 0) from[t.name] = {t.name, {}};  // embeddings, final norm, head
-    MOEC_ASSIGN_OR_RETURN(storage::TensorView v, checkpoint->Get(from[t.name].name));
+  for (const model::TensorSpec& t : model::ModelTensors(edited)) {
+    if (from.count(t.name) == 0) from[t.name] = {t.name, {}, {}};  // embeddings, final norm, head
+  }
+  for (auto& [name, s] : from) {
+    if (auto r = edits.replaced.find(s.name); r != edits.replaced.end()) s.replaced_key = r->second;
+  }
+  return from;
+}
+
+absl::StatusOr<at::Tensor> ReadEditedTensor(const StageContext& ctx,
+                                            const storage::SafetensorsCheckpoint& checkpoint,
+                                            const EditedTensorSource& s) {
+  at::Tensor t;
+  if (!s.replaced_key.empty()) {
+    MOEC_ASSIGN_OR_RETURN(t, GetTensor(ctx, s.replaced_key));
+  } else {
+    MOEC_ASSIGN_OR_RETURN(storage::TensorView v, checkpoint.Get(s.name));
+    MOEC_ASSIGN_OR_RETURN(t, model::TensorFromView(v, at::kFloat));
+  }
+  if (!s.rows.empty()) t = t.index_select(0, at::tensor(s.rows, at::kLong));
+  return t;
+}
+
+absl::Status WriteEditedCheckpoint(StageContext& ctx, const std::string& src,
+                                   const model::ModelConfig& source,
+                                   const model::ModelConfig& edited, const StructuralEdits& edits,
+                                   const std::string& dir, uint64_t max_shard_bytes) {
+  MOEC_ASSIGN_OR_RETURN(auto checkpoint, storage::SafetensorsCheckpoint::Open(src));
+  MOEC_ASSIGN_OR_RETURN(
+      auto from, EditedTensorSources(source, edited, edits, [&](const std::string& name) {
+        return checkpoint->Contains(name);
+      }));
+  std::vector<storage::TensorSpec> specs;
+  for (const model::TensorSpec& t : model::ModelTensors(edited)) {
+    MOEC_ASSIGN_OR_RETURN(storage::TensorView v, checkpoint->Get(from.at(t.name).name));
     const storage::DType d = v.dtype == storage::DType::kF16 || v.dtype == storage::DType::kBF16
                                  ? v.dtype
                                  : storage::DType::kF32;
@@ -263,16 +289,7 @@ absl::Status WriteEditedCheckpoint(StageContext& ctx, const std::string& src,
   }
   auto produce = [&](const storage::TensorSpec& spec) -> absl::StatusOr<at::Tensor> {
     if (ctx.IsCancelled()) return absl::CancelledError("export cancelled");
-    const Source& s = from.at(spec.name);
-    at::Tensor t;
-    if (auto r = edits.replaced.find(s.name); r != edits.replaced.end()) {
-      MOEC_ASSIGN_OR_RETURN(t, GetTensor(ctx, r->second));
-    } else {
-      MOEC_ASSIGN_OR_RETURN(storage::TensorView v, checkpoint->Get(s.name));
-      MOEC_ASSIGN_OR_RETURN(t, model::TensorFromView(v, at::kFloat));
-    }
-    if (!s.rows.empty()) t = t.index_select(0, at::tensor(s.rows, at::kLong));
-    return t;
+    return ReadEditedTensor(ctx, *checkpoint, from.at(spec.name));
   };
   return model::WriteCheckpointStreaming(dir, specs, produce, max_shard_bytes);
 }

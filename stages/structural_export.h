@@ -10,6 +10,9 @@
 #ifndef MOEC_STAGES_STRUCTURAL_EXPORT_H_
 #define MOEC_STAGES_STRUCTURAL_EXPORT_H_
 
+#include <ATen/ATen.h>
+
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -19,6 +22,7 @@
 #include "model/config.h"
 #include "nlohmann/json.hpp"
 #include "stages/stage.h"
+#include "storage/safetensors_reader.h"
 
 namespace moec::stages {
 
@@ -43,6 +47,26 @@ absl::StatusOr<StructuralEdits> CollectStructuralEdits(const StageContext& ctx,
 absl::StatusOr<nlohmann::json> EditedConfig(const nlohmann::json& config_json,
                                             const model::ModelConfig& config,
                                             const StructuralEdits& edits);
+
+// Where one tensor of the edited model comes from.
+struct EditedTensorSource {
+  std::string name;           // tensor of the source checkpoint
+  std::vector<int64_t> rows;  // rows kept (a trimmed router); empty: all of it
+  std::string replaced_key;   // factor key of a pruned replacement of `name`; empty: none
+};
+
+// Edited tensor name -> its source, for every tensor of `edited` (the config EditedConfig gives
+// for `edits`). `contains` says whether the source checkpoint has a tensor. Errors: Internal
+// when a tensor has no source.
+absl::StatusOr<std::map<std::string, EditedTensorSource>> EditedTensorSources(
+    const model::ModelConfig& source, const model::ModelConfig& edited, const StructuralEdits& edits,
+    const std::function<bool(const std::string&)>& contains);
+
+// Reads one tensor of the edited model (fp32): the replacement, or the source tensor with the
+// kept rows.
+absl::StatusOr<at::Tensor> ReadEditedTensor(const StageContext& ctx,
+                                            const storage::SafetensorsCheckpoint& checkpoint,
+                                            const EditedTensorSource& s);
 
 // Writes the edited checkpoint (safetensors shards) of source directory `src` into `dir`.
 absl::Status WriteEditedCheckpoint(StageContext& ctx, const std::string& src,

@@ -319,6 +319,40 @@ absl::Status Parser::Order(const YAML::Node& node, std::vector<StageSpec>* stage
       return Err(node[cur], absl::StrCat("stages form a cycle: ", absl::StrJoin(ids, " -> ")));
     }
   }
+  // Model views (stages/model_view.h): one restructure stage, after structural stages only.
+  static const std::set<std::string> kStructural = {"expert_prune", "expert_drop", "layer_drop",
+                                                    "block_drop", "prune_weights"};
+  std::map<std::string, std::string> view_of;  // stage id -> restructure stage it comes after
+  std::string restructure;
+  for (const StageSpec& s : out) {
+    const size_t i = index[s.id];
+    for (const std::string& need : s.needs) {
+      const StageSpec& n = (*stages)[index[need]];
+      const std::string v = n.kind == "restructure" ? n.id : view_of[need];
+      if (!v.empty()) view_of[s.id] = v;
+    }
+    if (s.kind == "restructure") {
+      if (!restructure.empty()) {
+        return Err(node[i], absl::StrCat("stage '", s.id, "': a recipe has at most one restructure "
+                                         "stage (already '", restructure, "')"));
+      }
+      restructure = s.id;
+      bool structural = false;
+      for (const std::string& need : s.needs) {
+        structural = structural || kStructural.count((*stages)[index[need]].kind) > 0;
+      }
+      if (!structural) {
+        return Err(node[i], absl::StrCat("stage '", s.id, "' (restructure) must need a structural "
+                                         "stage (expert_prune, expert_drop, layer_drop, block_drop, "
+                                         "prune_weights)"));
+      }
+    }
+    if (kStructural.count(s.kind) > 0 && !view_of[s.id].empty()) {
+      return Err(node[i], absl::StrCat("stage '", s.id, "' (", s.kind, ") comes after restructure "
+                                       "stage '", view_of[s.id], "': structural stages decide on "
+                                       "the recipe's model; put it before '", view_of[s.id], "'"));
+    }
+  }
   *stages = std::move(out);
   return absl::OkStatus();
 }

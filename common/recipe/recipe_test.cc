@@ -111,6 +111,26 @@ struct BadCase {
   absl::StatusCode code = absl::StatusCode::kInvalidArgument;
 };
 
+TEST_F(RecipeTest, RestructureComesAfterStructuralStagesOnly) {
+  const std::string head = "name: t\nmodel: models/tiny\noutput: out\nstages:\n"
+                           "  - {id: stats, kind: calibrate}\n"
+                           "  - {id: bdrop, kind: block_drop, needs: [stats], with: {drop: 1}}\n";
+  ASSERT_OK(Parse(head + "  - {id: edit, kind: restructure, needs: [bdrop]}\n"
+                               "  - {id: quant, kind: gptq, needs: [edit]}\n")
+                .status());
+  EXPECT_THAT(Parse(head + "  - {id: edit, kind: restructure, needs: [stats]}\n"),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       "recipe.yaml:7: stage 'edit' (restructure) must need a structural stage"));
+  EXPECT_THAT(Parse(head + "  - {id: edit, kind: restructure, needs: [bdrop]}\n"
+                                 "  - {id: again, kind: restructure, needs: [bdrop]}\n"),
+              StatusIs(absl::StatusCode::kInvalidArgument, "at most one restructure stage"));
+  EXPECT_THAT(Parse(head + "  - {id: edit, kind: restructure, needs: [bdrop]}\n"
+                                 "  - {id: q, kind: rtn, needs: [edit]}\n"
+                                 "  - {id: more, kind: expert_drop, needs: [q], with: {keep: 2}}\n"),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       "stage 'more' (expert_drop) comes after restructure stage 'edit'"));
+}
+
 TEST_F(RecipeTest, MalformedRecipesGivePreciseErrors) {
   const std::vector<BadCase> cases = {
       {"workers: 2", "workers: 2\nbogus: 1", "recipe.yaml:7: recipe: unknown key 'bogus'"},
