@@ -190,6 +190,18 @@ class Coordinator {
     std::vector<std::vector<size_t>> dependents;  // position -> positions that depend on it
   };
   static void IndexJob(Job& job);
+  // When `error` reports a corrupt factor of a task of `job` (a DataLoss naming "factor
+  // '<fingerprint>/<name>'"), re-runs the task that produced it: its outputs are deleted, it
+  // becomes ready, and `failed` and the other not-yet-leased tasks that need it wait for it
+  // again; the failed attempt does not count. At most kMaxCorruptReruns per producing task.
+  // Returns false (and changes nothing) for any other error.
+  absl::StatusOr<bool> RerunCorruptProducerLocked(Job& job, v1::TaskRecord& failed,
+                                                  const absl::Status& error,
+                                                  std::vector<v1::TaskRecord*>* changed,
+                                                  std::vector<v1::JobEvent>* events,
+                                                  storage::KvWriteBatch* batch)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  static constexpr int kMaxCorruptReruns = 2;
   struct Worker {
     WorkerInfo info;
     int64_t last_seen_ms = 0;
@@ -245,6 +257,8 @@ class Coordinator {
   std::map<std::string, Worker> workers_ ABSL_GUARDED_BY(mu_);
   int64_t next_worker_ ABSL_GUARDED_BY(mu_) = 1;
   CoordinatorStats counters_ ABSL_GUARDED_BY(mu_);  // only the cumulative fields are kept
+  // Task id -> re-runs caused by corrupt outputs (RerunCorruptProducerLocked; not persisted).
+  std::map<std::string, int> corrupt_reruns_ ABSL_GUARDED_BY(mu_);
   // Staged outputs of leased tasks, by task id. Lock order: mu_, then PendingOutputs::mu.
   std::map<std::string, std::shared_ptr<PendingOutputs>> outputs_ ABSL_GUARDED_BY(mu_);
   GroupStore group_store_;  // internally synchronized; never called with mu_ held

@@ -342,5 +342,59 @@ TEST_F(CoordinatorTest, TaskOutputsCommitWithCompletionAndVanishWithFailure) {
   EXPECT_THAT(factors_->CollectGarbage(), moec::testing::IsOkAndHolds(0u));  // nothing left behind
 }
 
+
+TEST_F(CoordinatorTest, ACorruptFactorReRunsTheTaskThatProducedIt) {
+  const std::string job = Submit().job.job_id();
+  std::string w = coord_->RegisterWorker({"a"});
+  // stats/L0 writes an output and completes.
+  std::optional<LeasedTask> t = Lease(w);
+  ASSERT_TRUE(t.has_value());
+  ASSERT_EQ(t->task.task_id(), job + "/stats/L0");
+  Pieces data({"0123", "4567"});
+  ASSERT_OK_AND_ASSIGN(std::string key, coord_->PutTaskOutput(w, t->task.task_id(), "counts",
+                                                              storage::DType::kF32, {2}, data));
+  ASSERT_OK(coord_->CompleteTask(w, t->task.task_id(), {}));
+  ASSERT_OK(factors_->Get(key).status());
+  // stats/L1 reads it and finds it corrupt (as the factor store reports a checksum mismatch).
+  t = Lease(w);
+  ASSERT_TRUE(t.has_value());
+  ASSERT_EQ(t->task.task_id(), job + "/stats/L1");
+  const absl::Status corrupt = absl::DataLossError(
+      "reading input: factor '" + key + "' chunk 1 has checksum 1, stored 2");
+  ASSERT_OK(coord_->FailTask(w, t->task.task_id(), corrupt, /*retriable=*/true));
+  // The producer runs again (its outputs deleted), the reader waits for it, no attempt is lost.
+  EXPECT_THAT(factors_->Stat(key), StatusIs(absl::StatusCode::kNotFound));
+  auto kinds = EventKinds(job);
+  EXPECT_THAT(kinds, ::testing::Contains("factor_corrupt"));
+  EXPECT_THAT(kinds, ::testing::Contains("task_rerun"));
+  t = Lease(w);
+  ASSERT_TRUE(t.has_value());
+  EXPECT_EQ(t->task.task_id(), job + "/stats/L0");
+  EXPECT_EQ(t->task.attempts(), 1);
+  Pieces rewritten({"0123", "4567"});
+  ASSERT_OK(coord_->PutTaskOutput(w, t->task.task_id(), "counts", storage::DType::kF32, {2}, rewritten).status());
+  ASSERT_OK(coord_->CompleteTask(w, t->task.task_id(), {}));
+  t = Lease(w);
+  ASSERT_TRUE(t.has_value());
+  EXPECT_EQ(t->task.task_id(), job + "/stats/L1");
+  EXPECT_EQ(t->task.attempts(), 1);
+  EXPECT_EQ(factors_->Get(key)->data, "01234567");
+  // A second corruption: one more re-run (kMaxCorruptReruns = 2).
+  ASSERT_OK(coord_->FailTask(w, t->task.task_id(), corrupt, true));
+  t = Lease(w);
+  ASSERT_TRUE(t.has_value());
+  ASSERT_EQ(t->task.task_id(), job + "/stats/L0");
+  Pieces again({"0123", "4567"});
+  ASSERT_OK(coord_->PutTaskOutput(w, t->task.task_id(), "counts", storage::DType::kF32, {2}, again).status());
+  ASSERT_OK(coord_->CompleteTask(w, t->task.task_id(), {}));
+  t = Lease(w);
+  ASSERT_TRUE(t.has_value());
+  ASSERT_EQ(t->task.task_id(), job + "/stats/L1");
+  // Corruption that keeps coming back is then an ordinary (retried, then fatal) failure.
+  ASSERT_OK(coord_->FailTask(w, t->task.task_id(), corrupt, true));
+  EXPECT_EQ(EventKinds(job).back(), "task_retry");
+  EXPECT_OK(factors_->Stat(key).status());
+}
+
 }  // namespace
 }  // namespace moec::coordinator

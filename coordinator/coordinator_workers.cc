@@ -276,6 +276,18 @@ absl::Status Coordinator::FailTask(absl::string_view worker_id, absl::string_vie
   Job* job = nullptr;
   MOEC_ASSIGN_OR_RETURN(v1::TaskRecord * t, HeldTaskLocked(worker_id, task_id, &job));
   outputs_.erase(std::string(task_id));  // the attempt's staged outputs are discarded
+  {
+    std::vector<v1::TaskRecord*> changed;
+    std::vector<v1::JobEvent> events;
+    storage::KvWriteBatch batch;
+    MOEC_ASSIGN_OR_RETURN(bool rerun,
+                          RerunCorruptProducerLocked(*job, *t, error, &changed, &events, &batch));
+    if (rerun) {
+      MOEC_RETURN_IF_ERROR(CommitLocked(*job, std::move(changed), std::move(events), &batch));
+      WakeWaitersLocked();
+      return absl::OkStatus();
+    }
+  }
   const bool final = ApplyFailure(*t, error, retriable, NowMs(), options_.retry);
   ++(final ? counters_.tasks_failed : counters_.retries);
   std::vector<v1::JobEvent> events = {
@@ -288,6 +300,70 @@ absl::Status Coordinator::FailTask(absl::string_view worker_id, absl::string_vie
   MOEC_RETURN_IF_ERROR(CommitLocked(*job, std::move(changed), std::move(events)));
   WakeWaitersLocked();
   return absl::OkStatus();
+}
+
+absl::StatusOr<bool> Coordinator::RerunCorruptProducerLocked(
+    Job& job, v1::TaskRecord& failed, const absl::Status& error,
+    std::vector<v1::TaskRecord*>* changed, std::vector<v1::JobEvent>* events,
+    storage::KvWriteBatch* batch) {
+  if (error.code() != absl::StatusCode::kDataLoss || factors_ == nullptr) return false;
+  // The factor store's read errors name the key: "factor '<fingerprint>/<name>' ...".
+  const absl::string_view message = error.message();
+  const size_t at = message.find("factor '");
+  if (at == absl::string_view::npos) return false;
+  const size_t begin = at + 8;
+  const size_t end = message.find('\'', begin);
+  if (end == absl::string_view::npos) return false;
+  const std::string key(message.substr(begin, end - begin));
+  const std::string fp = key.substr(0, key.find('/'));
+  v1::TaskRecord* producer = nullptr;
+  for (v1::TaskRecord& t : job.tasks) {
+    if (t.fingerprint() == fp && &t != &failed) producer = &t;
+  }
+  if (producer == nullptr) return false;
+  if (producer->state() == v1::TASK_DONE) {
+    int& reruns = corrupt_reruns_[producer->task_id()];
+    if (reruns >= kMaxCorruptReruns) return false;
+    ++reruns;
+    // Its outputs go (the corrupt one and the rest: the re-run writes them all again).
+    MOEC_ASSIGN_OR_RETURN(std::vector<std::string> keys, factors_->List(fp + "/"));
+    for (const std::string& k : keys) MOEC_RETURN_IF_ERROR(factors_->Delete(k));
+    JobStore::RemoveDoneFingerprint(fp, batch);
+    producer->set_state(v1::TASK_READY);
+    producer->set_reused(false);
+    producer->set_attempts(0);
+    producer->set_not_before_ms(0);
+    producer->set_progress(0);
+    producer->set_error(absl::StrCat("re-run: output ", key, " was corrupt"));
+    changed->push_back(producer);
+    events->push_back(EventLocked("factor_corrupt", failed.task_id(), error.ToString()));
+    events->push_back(EventLocked("task_rerun", producer->task_id(),
+                                  absl::StrCat("its output ", key, " was corrupt")));
+    LOG(WARNING) << "job=" << job.record.job_id() << " task=" << failed.task_id()
+                 << " read a corrupt factor " << key << "; re-running " << producer->task_id();
+    // Tasks that need it and have not started wait for it again.
+    for (size_t i : job.dependents[job.index.at(producer->task_id())]) {
+      v1::TaskRecord& d = job.tasks[i];
+      if (d.state() == v1::TASK_READY) {
+        d.set_state(v1::TASK_BLOCKED);
+        changed->push_back(&d);
+      }
+    }
+  } else if (producer->state() != v1::TASK_READY && producer->state() != v1::TASK_LEASED) {
+    return false;
+  }
+  // The failed attempt does not count: the task waits for the producer's new outputs (also when
+  // it read them through another task, as stages after a restructure read pruned weights).
+  std::vector<size_t>& waiting = job.dependents[job.index.at(producer->task_id())];
+  const size_t me = job.index.at(failed.task_id());
+  if (std::find(waiting.begin(), waiting.end(), me) == waiting.end()) waiting.push_back(me);
+  failed.clear_lease_workers();
+  failed.set_lease_deadline_ms(0);
+  failed.set_attempts(std::max(0, failed.attempts() - 1));
+  failed.set_error(error.ToString());
+  failed.set_state(v1::TASK_BLOCKED);
+  changed->push_back(&failed);
+  return true;
 }
 
 absl::Status Coordinator::Tick() {

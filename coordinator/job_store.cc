@@ -105,6 +105,10 @@ void JobStore::AddDoneFingerprint(const v1::TaskRecord& task, storage::KvWriteBa
   batch->Put(kTasks, absl::StrCat("d/", task.fingerprint()), task.task_id());
 }
 
+void JobStore::RemoveDoneFingerprint(absl::string_view fp, storage::KvWriteBatch* batch) {
+  batch->Delete(kTasks, absl::StrCat("d/", fp));
+}
+
 absl::StatusOr<std::optional<std::string>> JobStore::FindDoneFingerprint(
     absl::string_view fp) const {
   absl::StatusOr<std::string> id = kv_->Get(kTasks, absl::StrCat("d/", fp));

@@ -43,6 +43,8 @@ class JobStore {
   // Adds to `batch` the record that a task with this fingerprint finished (the memo index that
   // lets identical work be reused across resumes and jobs).
   static void AddDoneFingerprint(const v1::TaskRecord& task, storage::KvWriteBatch* batch);
+  // Forgets that work with fingerprint `fp` is done (its outputs are being recomputed).
+  static void RemoveDoneFingerprint(absl::string_view fp, storage::KvWriteBatch* batch);
   // The id of a finished task with this fingerprint, if any.
   absl::StatusOr<std::optional<std::string>> FindDoneFingerprint(absl::string_view fp) const;
 
