@@ -21,6 +21,7 @@
 #include "client/embedded.h"
 #include "client/eval.h"
 #include "client/inspect.h"
+#include "client/plan.h"
 #include "client/report.h"
 #include "client/report_files.h"
 #include "model/trainer.h"
@@ -48,6 +49,9 @@ usage: moec COMMAND [ARGS]
   run RECIPE [--workers N] [--data-dir DIR] [--set K=V]...
                          run a job on this machine (embedded coordinator + N workers);
                          run it again after an interruption and it resumes
+  plan RECIPE [--set K=V]... [--workers N] [--json]
+                         dry run, no coordinator: the stage DAG, tasks per stage, and
+                         estimates of memory per worker, factor-store bytes and output size
   submit RECIPE [--set K=V]... [--watch]
                          validate and submit a recipe to a coordinator
   watch JOB              follow a job's events until it ends
@@ -157,6 +161,22 @@ absl::StatusOr<std::pair<std::string, std::string>> ReadRecipe(const Args& args)
   std::stringstream buf;
   buf << in.rdbuf();
   return std::make_pair(path, buf.str());
+}
+
+int CmdPlan(const Args& args) {
+  if (args.positional.size() != 1) return Error(kUsage, absl::InvalidArgumentError("moec plan RECIPE"));
+  std::vector<std::string> overrides = args.All("set");
+  if (!args.Get("workers").empty()) overrides.push_back("workers=" + args.Get("workers"));
+  absl::StatusOr<recipe::Recipe> r = recipe::LoadRecipeFile(args.positional[0], overrides);
+  if (!r.ok()) return Error(kUsage, r.status());
+  absl::StatusOr<JobPlan> plan = PlanRecipe(*r);
+  if (!plan.ok()) return Error(kUsage, plan.status());
+  if (args.Has("json")) {
+    std::printf("%s\n", PlanJson(*plan).dump().c_str());
+  } else {
+    std::fputs(PlanText(*plan).c_str(), stdout);
+  }
+  return kOk;
 }
 
 int CmdSubmit(const Args& args) {
@@ -576,6 +596,7 @@ int Main(int argc, char** argv) {
   std::set<std::string> values = conn;
   std::set<std::string> bools = {"json", "help"};
   if (cmd == "run") values = {"workers", "data-dir", "set"};
+  if (cmd == "plan") values = {"workers", "set"};
   if (cmd == "submit") {
     values.insert("set");
     bools.insert("watch");
@@ -586,7 +607,7 @@ int Main(int argc, char** argv) {
     values = {"arch", "layers", "experts", "dtype", "seed", "steps", "corpus"};
     bools.insert("trained");
   }
-  static const std::set<std::string> kCommands = {"run",     "submit",  "watch",
+  static const std::set<std::string> kCommands = {"run",     "plan",    "submit",  "watch",
                                                   "status",  "list",    "cancel",
                                                   "resume",  "workers", "inspect",
                                                   "eval",    "make-tiny-model", "report"};
@@ -602,6 +623,7 @@ int Main(int argc, char** argv) {
   }
   if (cmd == "run") return CmdRun(*args);
   if (cmd == "submit") return CmdSubmit(*args);
+  if (cmd == "plan") return CmdPlan(*args);
   if (cmd == "list" || cmd == "workers") return CmdList(cmd, *args);
   if (cmd == "inspect") return CmdInspect(*args);
   if (cmd == "report") return CmdReport(*args);
