@@ -141,7 +141,12 @@ absl::StatusOr<std::vector<v1::TaskRecord>> PlanJob(const recipe::Recipe& recipe
       t.set_group_size(per_layer ? recipe.workers : 1);
       t.set_order(static_cast<int64_t>(tasks.size()));
       std::vector<std::string> deps;
-      if (per_layer && l > 0) deps.push_back(stage_tasks[stage.id][l - 1]);
+      // Layer l of a per-layer stage waits for its layer l-1 (its inputs come from there), except
+      // layerwise expert_prune, which scores every layer on the unpruned model's residual stream
+      // (the calibrate chain): its layers run in parallel.
+      const bool chained = !(stage.kind == "expert_prune" &&
+                             stage.params.value("mode", "layerwise") == "layerwise");
+      if (per_layer && chained && l > 0) deps.push_back(stage_tasks[stage.id][l - 1]);
       std::vector<std::string> needs = stage.needs;
       if (!view_of[stage.id].empty()) needs.push_back(view_of[stage.id]);
       for (const std::string& need : needs) {

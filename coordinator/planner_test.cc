@@ -97,6 +97,18 @@ TEST_F(PlannerTest, StagesAfterARestructureDependOnIt) {
   EXPECT_THAT(by["j/stats/L1"].deps(), ElementsAre("j/stats/L0"));
 }
 
+TEST_F(PlannerTest, LayerwiseExpertPruneRunsLayersInParallel) {
+  ASSERT_OK_AND_ASSIGN(
+      auto tasks,
+      PlanJob(Recipe("  - {id: stats, kind: calibrate}\n"
+                     "  - {id: a, kind: expert_prune, needs: [stats], with: {keep: 2}}\n"
+                     "  - {id: b, kind: expert_prune, needs: [stats], with: {keep: 2, mode: progressive}}\n"),
+              {3}, "j", "inputs"));
+  auto by = ById(tasks);
+  EXPECT_THAT(by["j/a/L2"].deps(), ElementsAre("j/stats/L2"));
+  EXPECT_THAT(by["j/b/L2"].deps(), ElementsAre("j/b/L1", "j/stats/L2"));
+}
+
 TEST_F(PlannerTest, FingerprintsFollowContentNotJobIds) {
   ASSERT_OK_AND_ASSIGN(auto a, PlanJob(Recipe(kStages), {3}, "j1", "inputs"));
   ASSERT_OK_AND_ASSIGN(auto b, PlanJob(Recipe(kStages), {3}, "j2", "inputs"));
