@@ -21,6 +21,7 @@
 #include "client/embedded.h"
 #include "client/eval.h"
 #include "client/inspect.h"
+#include "client/job_progress.h"
 #include "client/plan.h"
 #include "client/report.h"
 #include "client/report_files.h"
@@ -121,34 +122,6 @@ absl::StatusOr<std::unique_ptr<MoecClient>> Connect(const Args& args) {
 
 int ExitCodeFor(v1::JobState s) {
   return s == v1::JOB_SUCCEEDED ? kOk : kJobFailed;
-}
-
-// Prints events as they come, with a done/total counter; returns the final job state.
-absl::StatusOr<v1::JobState> Follow(MoecClient& client, const std::string& job_id, bool json) {
-  absl::StatusOr<v1::GetJobResponse> job = client.GetJob(job_id, true, /*wait_for_ready=*/true);
-  if (!job.ok()) return job.status();
-  int total = job->tasks_size(), done = 0;
-  for (const auto& t : job->tasks()) done += t.state() == v1::TASK_DONE;
-  absl::Status s = client.Watch(job_id, 1, [&](const v1::JobEvent& e) {
-    if (e.kind() == "task_done" || e.kind() == "task_reused") ++done;
-    if (json) {
-      std::printf("%s\n", Json(e).c_str());
-    } else {
-      std::printf("%s  %-14s %-40s %s%s\n",
-                  absl::FormatTime("%H:%M:%S", absl::FromUnixMillis(e.time_ms()), absl::LocalTimeZone()).c_str(),
-                  e.kind().c_str(), e.task_id().c_str(), e.message().c_str(),
-                  e.kind().rfind("task_", 0) == 0 ? absl::StrFormat("  [%d/%d]", std::min(done, total), total).c_str() : "");
-    }
-    std::fflush(stdout);
-  });
-  if (!s.ok()) return s;
-  job = client.GetJob(job_id, false, /*wait_for_ready=*/true);
-  if (!job.ok()) return job.status();
-  if (!json) {
-    std::printf("job %s: %s%s\n", job_id.c_str(), v1::JobState_Name(job->job().state()).c_str(),
-                job->job().error().empty() ? "" : (" — " + job->job().error()).c_str());
-  }
-  return job->job().state();
 }
 
 absl::StatusOr<std::pair<std::string, std::string>> ReadRecipe(const Args& args) {
