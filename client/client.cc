@@ -38,8 +38,10 @@ std::unique_ptr<grpc::ClientContext> MoecClient::Context(bool deadline,
 
 absl::StatusOr<v1::SubmitJobResponse> MoecClient::Submit(const std::string& recipe_yaml,
                                                          const std::string& recipe_path,
-                                                         const std::vector<std::string>& overrides) {
+                                                         const std::vector<std::string>& overrides,
+                                                         bool overwrite) {
   v1::SubmitJobRequest req;
+  req.set_overwrite(overwrite);
   req.set_recipe_yaml(recipe_yaml);
   req.set_recipe_path(recipe_path);
   for (const auto& o : overrides) req.add_overrides(o);

@@ -29,7 +29,8 @@ class MoecClient {
 
   absl::StatusOr<v1::SubmitJobResponse> Submit(const std::string& recipe_yaml,
                                                const std::string& recipe_path,
-                                               const std::vector<std::string>& overrides);
+                                               const std::vector<std::string>& overrides,
+                                               bool overwrite = false);
   // With `wait_for_ready`, waits (up to the RPC timeout) for an unreachable coordinator to come
   // up instead of failing at once: for following a job across coordinator restarts.
   absl::StatusOr<v1::GetJobResponse> GetJob(const std::string& job_id, bool include_tasks,

@@ -47,14 +47,15 @@ const char kUsageText[] = R"(moec — compress Mixture-of-Experts models (docs/c
 
 usage: moec COMMAND [ARGS]
 
-  run RECIPE [--workers N] [--data-dir DIR] [--set K=V]...
+  run RECIPE [--workers N] [--data-dir DIR] [--set K=V]... [--overwrite]
                          run a job on this machine (embedded coordinator + N workers);
                          run it again after an interruption and it resumes
   plan RECIPE [--set K=V]... [--workers N] [--json]
                          dry run, no coordinator: the stage DAG, tasks per stage, and
                          estimates of memory per worker, factor-store bytes and output size
-  submit RECIPE [--set K=V]... [--watch]
-                         validate and submit a recipe to a coordinator
+  submit RECIPE [--set K=V]... [--watch] [--overwrite]
+                         validate and submit a recipe to a coordinator; an existing output
+                         is refused unless this job wrote it or --overwrite is given
   watch JOB              follow a job's events until it ends
   status JOB             a job's state and task counts
   list                   all jobs
@@ -157,7 +158,7 @@ int CmdSubmit(const Args& args) {
   if (!recipe.ok()) return Error(kUsage, recipe.status());
   auto client = Connect(args);
   if (!client.ok()) return Error(kUsage, client.status());
-  auto resp = (*client)->Submit(recipe->second, recipe->first, args.All("set"));
+  auto resp = (*client)->Submit(recipe->second, recipe->first, args.All("set"), args.Has("overwrite"));
   if (!resp.ok()) return Error(absl::IsUnavailable(resp.status()) ? kUnavailable : kUsage, resp.status());
   if (args.Has("json")) {
     std::printf("%s\n", Json(*resp).c_str());
@@ -191,7 +192,7 @@ int CmdRun(const Args& args) {
   co.token = (*cluster)->token();
   auto client = MoecClient::Create(co);
   if (!client.ok()) return Error(kUnavailable, client.status());
-  auto resp = (*client)->Submit(recipe->second, recipe->first, args.All("set"));
+  auto resp = (*client)->Submit(recipe->second, recipe->first, args.All("set"), args.Has("overwrite"));
   if (!resp.ok()) return Error(absl::IsUnavailable(resp.status()) ? kUnavailable : kUsage, resp.status());
   const v1::JobRecord& job = resp->job();
   if (resp->existed()) {
@@ -568,11 +569,15 @@ int Main(int argc, char** argv) {
   const std::set<std::string> conn = {"coordinator", "token-file", "tls-ca"};
   std::set<std::string> values = conn;
   std::set<std::string> bools = {"json", "help"};
-  if (cmd == "run") values = {"workers", "data-dir", "set"};
+  if (cmd == "run") {
+    values = {"workers", "data-dir", "set"};
+    bools.insert("overwrite");
+  }
   if (cmd == "plan") values = {"workers", "set"};
   if (cmd == "submit") {
     values.insert("set");
     bools.insert("watch");
+    bools.insert("overwrite");
   }
   if (cmd == "inspect") values = {};
   if (cmd == "eval") values = {"text", "seqlen", "max-windows", "dtype", "text-field"};

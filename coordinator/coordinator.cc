@@ -1,6 +1,9 @@
 #include "coordinator/coordinator.h"
 
 #include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -8,8 +11,31 @@
 #include "common/status_macros.h"
 #include "coordinator/planner.h"
 #include "glog/logging.h"
+#include "nlohmann/json.hpp"
 
 namespace moec::coordinator {
+
+namespace {
+
+// An existing output is refused unless this job wrote it (its export marker names the job) or
+// the submission says `overwrite`.
+absl::Status CheckOutput(const std::string& output, const std::string& job_id, bool overwrite) {
+  std::error_code ec;
+  if (overwrite || !std::filesystem::exists(output, ec)) return absl::OkStatus();
+  std::ifstream in(std::filesystem::path(output) / "moec_export.json");
+  std::stringstream text;
+  text << in.rdbuf();
+  const nlohmann::json marker = nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+  const std::string writer = marker.is_object() ? marker.value("job_id", "") : "";
+  if (writer == job_id) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "output ", output, " exists (",
+      writer.empty() ? "not written by moec" : "written by job " + writer,
+      "); pass --overwrite to replace it when the job succeeds, or choose another output "
+      "(--set output=DIR)"));
+}
+
+}  // namespace
 
 absl::Status CoordinatorOptions::Validate() const {
   if (retry.max_attempts < 1) return absl::InvalidArgumentError("retry.max_attempts must be >= 1");
@@ -137,7 +163,8 @@ absl::Status Coordinator::AdvanceLocked(Job& job, std::vector<v1::TaskRecord*>* 
 
 absl::StatusOr<SubmitResult> Coordinator::SubmitJob(const std::string& recipe_yaml,
                                                     const std::string& source_path,
-                                                    const std::vector<std::string>& overrides) {
+                                                    const std::vector<std::string>& overrides,
+                                                    bool overwrite) {
   recipe::RecipeOptions ropts;
   ropts.allowed_roots = options_.allowed_roots;
   MOEC_ASSIGN_OR_RETURN(recipe::Recipe r, recipe::ParseRecipe(recipe_yaml, source_path, overrides, ropts));
@@ -149,12 +176,20 @@ absl::StatusOr<SubmitResult> Coordinator::SubmitJob(const std::string& recipe_ya
     if (job.record.fingerprint() == fingerprint) return SubmitResult{job.record, true};
   }
   const std::string job_id = absl::StrCat(r.name, "-", fingerprint.substr(0, 10));
+  MOEC_RETURN_IF_ERROR(CheckOutput(r.output, job_id, overwrite));
   MOEC_ASSIGN_OR_RETURN(std::vector<v1::TaskRecord> tasks, PlanJob(r, shape, job_id, inputs));
   Job job;
   job.record.set_job_id(job_id);
   job.record.set_name(r.name);
   job.record.set_fingerprint(fingerprint);
-  job.record.set_recipe_json(r.CanonicalJson());
+  if (overwrite) {
+    // Seen by the export stage (recipe "overwrite"); outside the fingerprinted canonical form.
+    nlohmann::json j = nlohmann::json::parse(r.CanonicalJson());
+    j["overwrite"] = true;
+    job.record.set_recipe_json(j.dump());
+  } else {
+    job.record.set_recipe_json(r.CanonicalJson());
+  }
   job.record.set_state(v1::JOB_PENDING);
   job.record.set_submit_time_ms(NowMs());
   job.record.set_workers(r.workers);

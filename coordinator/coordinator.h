@@ -97,10 +97,13 @@ class Coordinator {
   // --- Client-facing ---
   // Validates the recipe (`source_path` resolves relative paths), plans and persists the job.
   // An identical job (same fingerprint) is returned instead of a new one.
+  // An existing `output` is refused (FailedPrecondition) unless it was written by this job or
+  // `overwrite` is set; then the job's export replaces it when it succeeds.
   // Errors: those of recipe::ParseRecipe and ReadModelShape.
   absl::StatusOr<SubmitResult> SubmitJob(const std::string& recipe_yaml,
                                          const std::string& source_path,
-                                         const std::vector<std::string>& overrides);
+                                         const std::vector<std::string>& overrides,
+                                         bool overwrite = false);
   absl::StatusOr<v1::JobRecord> GetJob(absl::string_view job_id) const;
   std::vector<v1::JobRecord> ListJobs() const;
   absl::StatusOr<std::vector<v1::TaskRecord>> GetTasks(absl::string_view job_id) const;

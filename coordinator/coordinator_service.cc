@@ -22,7 +22,8 @@ grpc::Status CoordinatorService::SubmitJob(grpc::ServerContext* ctx,
                                            v1::SubmitJobResponse* resp) {
   MOEC_AUTHORIZE(ctx);
   std::vector<std::string> overrides(req->overrides().begin(), req->overrides().end());
-  absl::StatusOr<SubmitResult> r = core_->SubmitJob(req->recipe_yaml(), req->recipe_path(), overrides);
+  absl::StatusOr<SubmitResult> r = core_->SubmitJob(req->recipe_yaml(), req->recipe_path(), overrides,
+                                                    req->overwrite());
   if (!r.ok()) return ToGrpcStatus(r.status());
   *resp->mutable_job() = r->job;
   resp->set_existed(r->existed);

@@ -5,6 +5,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 #include "storage/in_memory_kv_store.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
@@ -142,6 +143,26 @@ TEST_F(CoordinatorTest, SubmitIsIdempotentAndValidates) {
   EXPECT_EQ(coord_->ListJobs().size(), 1u);
   EXPECT_THAT(coord_->SubmitJob("name: x\n", dir_.Join("r.yaml"), {}),
               StatusIs(absl::StatusCode::kInvalidArgument, "r.yaml"));
+}
+
+TEST_F(CoordinatorTest, AnExistingOutputIsRefusedUnlessThisJobWroteItOrOverwrite) {
+  std::filesystem::create_directories(dir_.Join("out"));
+  dir_.WriteFile("out/mine.txt", "the user's files");
+  EXPECT_THAT(coord_->SubmitJob(kRecipe, dir_.Join("recipe.yaml"), {}),
+              StatusIs(absl::StatusCode::kFailedPrecondition, "not written by moec); pass --overwrite"));
+  // Written by another job: named in the error.
+  dir_.WriteFile("out/moec_export.json", R"({"job_id": "other-123", "output": "x"})");
+  EXPECT_THAT(coord_->SubmitJob(kRecipe, dir_.Join("recipe.yaml"), {}),
+              StatusIs(absl::StatusCode::kFailedPrecondition, "written by job other-123"));
+  // --overwrite: accepted, and the export sees it in the job's recipe.
+  ASSERT_OK_AND_ASSIGN(SubmitResult r, coord_->SubmitJob(kRecipe, dir_.Join("recipe.yaml"), {}, true));
+  EXPECT_TRUE(nlohmann::json::parse(r.job.recipe_json()).value("overwrite", false));
+  // The same job again (as `moec run` after an interruption or once it finished): accepted.
+  dir_.WriteFile("out/moec_export.json", R"({"job_id": ")" + r.job.job_id() + R"("})");
+  Restart();
+  ASSERT_OK_AND_ASSIGN(SubmitResult again, coord_->SubmitJob(kRecipe, dir_.Join("recipe.yaml"), {"workers=1"}));
+  EXPECT_TRUE(again.existed);
+  EXPECT_TRUE(std::filesystem::exists(dir_.Join("out/mine.txt")));  // nothing deleted at submit
 }
 
 TEST_F(CoordinatorTest, GangTaskIsGrantedWhenEnoughWorkersWait) {

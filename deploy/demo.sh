@@ -6,7 +6,8 @@
 # expert bits, mixed-precision GPTQ, a GPTQ-format export in out/mc-moe-2.5 — and prints the
 # report (perplexity and size against the original).
 # Usage: sudo deploy/demo.sh      Environment: MOEC_BUILD_DIR (default build).
-# Running it again reuses the trained model and the finished job.
+# Running it again reuses the trained model and the finished job (--overwrite: a previous
+# out/mc-moe-2.5 from a different job, e.g. after the model changed, is replaced).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,4 +24,4 @@ cmake -S . -B "$build" -G Ninja -DMOEC_BUILD_FUZZERS=OFF -DMOEC_BUILD_BENCHMARKS
 cmake --build "$build" -j "$(nproc)" --target moec moec-coordinator moec-worker
 
 "$build/client/moec" make-tiny-model models/tiny-mixtral --arch mixtral --trained
-"$build/client/moec" run recipes/mc-moe-2.5.yaml --workers 2
+"$build/client/moec" run recipes/mc-moe-2.5.yaml --workers 2 --overwrite

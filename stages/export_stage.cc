@@ -371,11 +371,13 @@ absl::Status ExportStage::Run(StageContext& ctx) {
   if (fs::exists(out, ec)) {
     absl::StatusOr<std::string> previous = storage::ReadFileToString(out + "/" + kMarker, 1 << 20);
     json p = previous.ok() ? json::parse(*previous, nullptr, false) : json();
-    if (!p.is_object() || p.value("output", "") != out) {
+    // A directory moec did not write is replaced only when the job was submitted with
+    // --overwrite (the coordinator then puts "overwrite" into the job's recipe).
+    if ((!p.is_object() || p.value("output", "") != out) && !ctx.recipe.value("overwrite", false)) {
       fs::remove_all(tmp, ec);
       return absl::FailedPreconditionError(absl::StrCat(
-          "output ", out, " exists and was not written by a moec export; move it away or "
-          "choose another output"));
+          "output ", out, " exists and was not written by a moec export; move it away, "
+          "choose another output, or submit with --overwrite"));
     }
     fs::remove_all(out, ec);
     if (ec) return Internal("remove previous export " + out, ec);

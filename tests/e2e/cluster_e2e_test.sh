@@ -185,8 +185,12 @@ mkdir -p foreign && echo precious > foreign/file
 set +e
 "$MOEC" run skip.yaml --set output="$WORK/foreign" --data-dir "$WORK/skip2" > foreign.log 2>&1; rc=$?
 set -e
-[ "$rc" -ne 0 ] || fail "export over a foreign directory succeeded"
+[ "$rc" -eq 2 ] || fail "a run over a foreign directory was not refused (rc $rc)"
+grep -q "pass --overwrite" foreign.log || { cat foreign.log; fail "no --overwrite hint"; }
 grep -q precious foreign/file || fail "export touched a foreign directory"
+timeout 300 "$MOEC" run skip.yaml --set output="$WORK/foreign" --data-dir "$WORK/skip2" --overwrite > foreign2.log 2>&1 \
+  || { cat foreign2.log; fail "--overwrite run"; }
+[ ! -e foreign/file ] && grep -q skip_beta foreign/config.json || fail "--overwrite did not replace the directory"
 echo "== 8. MC-MoE: calibrate -> quant_loss -> allocate_bits -> gptq -> export (gptq) -> evaluate, on 2 and on 1 worker (same bytes); rtn -> fake_quant"
 cat > mc.yaml <<'Y'
 name: e2e-mc
