@@ -91,6 +91,7 @@ absl::Status Coordinator::CommitLocked(Job& job, std::vector<v1::TaskRecord*> ch
                                        std::vector<v1::JobEvent> events,
                                        const storage::KvWriteBatch* extra,
                                        storage::Durability durability) {
+  NoteChanged(job, changed);
   MOEC_RETURN_IF_ERROR(store_->Commit(job.record, changed, std::move(events), extra, durability));
   events_cv_.SignalAll();
   return absl::OkStatus();
@@ -102,16 +103,38 @@ absl::StatusOr<Coordinator::Job*> Coordinator::FindJobLocked(absl::string_view j
   return &it->second;
 }
 
+void Coordinator::RebuildReady(Job& job) {
+  job.ready.clear();
+  for (size_t i = 0; i < job.tasks.size(); ++i) {
+    if (job.tasks[i].state() == v1::TASK_READY) job.ready.insert(job.ready.end(), i);
+  }
+}
+
+void Coordinator::NoteChanged(Job& job, const std::vector<v1::TaskRecord*>& changed) {
+  for (const v1::TaskRecord* t : changed) {
+    const size_t i = static_cast<size_t>(t - job.tasks.data());
+    if (i >= job.tasks.size()) continue;  // not a task of this job
+    if (t->state() == v1::TASK_READY) {
+      job.ready.insert(i);
+    } else {
+      job.ready.erase(i);
+    }
+  }
+}
+
 void Coordinator::IndexJob(Job& job) {
   job.index.clear();
   for (size_t i = 0; i < job.tasks.size(); ++i) job.index[job.tasks[i].task_id()] = i;
   job.dependents.assign(job.tasks.size(), {});
+  job.by_stage.clear();
+  for (size_t i = 0; i < job.tasks.size(); ++i) job.by_stage[job.tasks[i].stage_id()].push_back(i);
   for (size_t i = 0; i < job.tasks.size(); ++i) {
     for (const auto& d : job.tasks[i].deps()) {
       auto it = job.index.find(d);
       if (it != job.index.end()) job.dependents[it->second].push_back(i);
     }
   }
+  RebuildReady(job);
 }
 
 absl::Status Coordinator::AdvanceLocked(Job& job, std::vector<v1::TaskRecord*>* changed,
@@ -214,6 +237,7 @@ absl::StatusOr<SubmitResult> Coordinator::SubmitJob(const std::string& recipe_ya
   LOG(INFO) << "job=" << job_id << " submitted, " << job.tasks.size() << " tasks";
   job_order_.push_back(job_id);
   auto& stored = jobs_.emplace(job_id, std::move(job)).first->second;
+  RebuildReady(stored);
   const SubmitResult result{stored.record, false};
   WakeWaitersLocked();
   return result;
@@ -317,6 +341,7 @@ absl::Status Coordinator::ResumeJob(absl::string_view job_id) {
   std::vector<v1::JobEvent> events = {EventLocked("job_resumed", "", "")};
   MOEC_RETURN_IF_ERROR(AdvanceLocked(*job, &changed, &events));
   MOEC_RETURN_IF_ERROR(CommitLocked(*job, changed, std::move(events)));
+  RebuildReady(*job);
   WakeWaitersLocked();
   return absl::OkStatus();
 }

@@ -10,6 +10,7 @@
 
 #include <functional>
 #include <map>
+#include <set>
 #include <memory>
 #include <optional>
 #include <string>
@@ -191,8 +192,15 @@ class Coordinator {
     std::vector<v1::TaskRecord> tasks;
     std::map<std::string, size_t> index;      // task id -> position
     std::vector<std::vector<size_t>> dependents;  // position -> positions that depend on it
+    // Positions of READY tasks, in plan order: what the scheduler looks at instead of every
+    // task. Kept by NoteChanged for every task a commit changes, rebuilt by RebuildReady at
+    // submission, resumption, recovery and each Tick (a safety net); entries are re-checked.
+    std::set<size_t> ready;
+    std::map<std::string, std::vector<size_t>> by_stage;  // stage id -> its tasks, layer order
   };
   static void IndexJob(Job& job);
+  static void RebuildReady(Job& job);
+  static void NoteChanged(Job& job, const std::vector<v1::TaskRecord*>& changed);
   // When `error` reports a corrupt factor of a task of `job` (a DataLoss naming "factor
   // '<fingerprint>/<name>'"), re-runs the task that produced it: its outputs are deleted, it
   // becomes ready, and `failed` and the other not-yet-leased tasks that need it wait for it

@@ -417,5 +417,33 @@ TEST_F(CoordinatorTest, ACorruptFactorReRunsTheTaskThatProducedIt) {
   EXPECT_OK(factors_->Stat(key).status());
 }
 
+
+TEST_F(CoordinatorTest, LeasesCarryTheInputsTheirLayerReads) {
+  std::filesystem::create_directories(dir_.Join("m4"));
+  dir_.WriteFile("m4/config.json", R"({"num_hidden_layers": 4})");
+  const std::string job =
+      Submit(kRecipe, {"model=m4", "stages.bits.with.average_bits=2.5"}).job.job_id();
+  std::string w = coord_->RegisterWorker({"a"});
+  for (int l = 0; l < 4; ++l) {
+    std::optional<LeasedTask> t = Lease(w);
+    ASSERT_TRUE(t.has_value());
+    ASSERT_EQ(t->task.layer(), l);
+    // A per-layer chain task sees layers l-1 and l of its stages (itself included), not all.
+    std::vector<std::string> ids;
+    for (const auto& [id, fp] : t->input_fingerprints) ids.push_back(id);
+    const std::string self = job + "/stats/L" + std::to_string(l);
+    if (l == 0) {
+      EXPECT_THAT(ids, ::testing::IsEmpty());  // no dependencies at all
+    } else {
+      EXPECT_THAT(ids, ::testing::ElementsAre(job + "/stats/L" + std::to_string(l - 1), self));
+    }
+    ASSERT_OK(coord_->CompleteTask(w, t->task.task_id(), {}));
+  }
+  // The global task after them reads every layer.
+  std::optional<LeasedTask> bits = Lease(w);
+  ASSERT_TRUE(bits.has_value());
+  EXPECT_EQ(bits->input_fingerprints.size(), 4u);
+}
+
 }  // namespace
 }  // namespace moec::coordinator

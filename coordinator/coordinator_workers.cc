@@ -56,10 +56,16 @@ absl::Status Coordinator::ScheduleLocked() {
   if (idle.empty()) return absl::OkStatus();
   std::vector<const v1::TaskRecord*> ready;
   for (const auto& id : job_order_) {
-    const Job& job = jobs_.at(id);
+    Job& job = jobs_.at(id);
     if (job.record.state() != v1::JOB_PENDING && job.record.state() != v1::JOB_RUNNING) continue;
-    for (const auto& t : job.tasks) {
-      if (t.state() == v1::TASK_READY) ready.push_back(&t);
+    for (auto it = job.ready.begin(); it != job.ready.end();) {
+      const v1::TaskRecord& t = job.tasks[*it];
+      if (t.state() != v1::TASK_READY) {
+        it = job.ready.erase(it);  // stale entry
+        continue;
+      }
+      ready.push_back(&t);
+      ++it;
     }
   }
   for (const Assignment& a : Schedule(ready, idle, now, static_cast<int>(workers_.size()))) {
@@ -73,18 +79,27 @@ absl::Status Coordinator::ScheduleLocked() {
         {EventLocked("task_leased", t.task_id(),
                      absl::StrCat("attempt ", t.attempts(), " on ", absl::StrJoin(a.workers, ",")))},
         /*extra=*/nullptr, storage::Durability::kBuffered));
-    // Inputs: every task of each stage a dependency belongs to (a global stage after a
-    // per-layer one depends on its last layer only, but reads all of them).
+    // Inputs (stages/stage.h StageContext::inputs): the tasks of each stage a dependency
+    // belongs to — all of them for a global task (after a per-layer stage it depends on the last
+    // layer only, but reads all of them); for a per-layer task at layer l, the global ones and
+    // layers l-1 and l of per-layer ones (a layer reads its own layer's results and the hidden
+    // states entering it, nothing else), so a lease carries O(stages) inputs, not O(tasks).
     std::set<std::string> input_stages;
     for (const std::string& dep : t.deps()) {
       input_stages.insert(job.tasks[job.index.at(dep)].stage_id());
     }
     std::map<std::string, std::string> inputs;
-    if (!input_stages.empty()) {
-      for (const v1::TaskRecord& other : job.tasks) {
-        if (input_stages.count(other.stage_id()) > 0) {
-          inputs[other.task_id()] = other.fingerprint();
-        }
+    for (const std::string& s : input_stages) {
+      const std::vector<size_t>& all = job.by_stage.at(s);
+      const bool per_layer_pair = t.layer() >= 0 && job.tasks[all.front()].layer() >= 0;
+      // A per-layer stage's tasks are in layer order: only positions l-1 and l are looked at.
+      const size_t first = per_layer_pair ? static_cast<size_t>(std::max(0, t.layer() - 1)) : 0;
+      const size_t last = per_layer_pair ? std::min(all.size(), static_cast<size_t>(t.layer()) + 1)
+                                         : all.size();
+      for (size_t k = first; k < last; ++k) {
+        const v1::TaskRecord& other = job.tasks[all[k]];
+        if (per_layer_pair && other.layer() != t.layer() && other.layer() != t.layer() - 1) continue;
+        inputs[other.task_id()] = other.fingerprint();
       }
     }
     for (size_t rank = 0; rank < a.workers.size(); ++rank) {
@@ -196,6 +211,7 @@ absl::Status Coordinator::CompleteTask(absl::string_view worker_id, absl::string
   outputs_.erase(pending);
   absl::MutexLock out_lock(&out->mu);
   storage::KvWriteBatch& all = out->txn->extra_writes();
+  NoteChanged(*job, changed);
   MOEC_RETURN_IF_ERROR(store_->PrepareCommit(job->record, changed, std::move(events), &all));
   all.Append(batch);
   MOEC_RETURN_IF_ERROR(out->txn->Commit());
@@ -378,6 +394,9 @@ absl::Status Coordinator::Tick() {
     }
   }
   for (auto& [id, job] : jobs_) {
+    if (job.record.state() == v1::JOB_PENDING || job.record.state() == v1::JOB_RUNNING) {
+      RebuildReady(job);
+    }
     std::vector<v1::TaskRecord*> expired = ExpireLeases(job.tasks, now, options_.retry);
     if (expired.empty()) continue;
     std::vector<v1::JobEvent> events;

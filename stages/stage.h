@@ -45,7 +45,9 @@ struct StageContext {
   // Collectives of the gang (group.size() ranks); connects on first use. Not owned; null in tests
   // that do not give one (stages then treat the task as a gang of one).
   comm::Communicator* comm = nullptr;
-  // Task id -> fingerprint of every task of the stages this task depends on.
+  // Task id -> fingerprint of the tasks of the stages this task depends on: all of them for a
+  // global task; for a per-layer task at layer l, the global ones and layers l-1 and l of
+  // per-layer ones.
   std::map<std::string, std::string> inputs;
   FactorIo* io = nullptr;  // Not owned; null when the worker has no factor access (tests).
   // Reports progress in [0, 1] with a short message; cheap to call often.
