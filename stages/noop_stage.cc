@@ -1,5 +1,6 @@
 #include "stages/noop_stage.h"
 
+#include "absl/status/status.h"
 #include "absl/time/clock.h"
 
 namespace moec::stages {
@@ -10,6 +11,16 @@ absl::Status NoopStage::Run(StageContext& ctx) {
   while (absl::Now() < end) {
     if (ctx.IsCancelled()) return absl::CancelledError("noop cancelled");
     absl::SleepFor(std::min(absl::Milliseconds(10), end - absl::Now()));
+  }
+  // Optionally reads the `noop` outputs of its inputs (the factor store checks their CRCs): the
+  // e2e test of corrupt-factor recovery reads through it.
+  if (ctx.params.value("read_inputs", false) && ctx.rank == 0) {
+    if (ctx.io == nullptr) return absl::FailedPreconditionError("noop: no factor I/O to read inputs");
+    for (const auto& [task_id, fingerprint] : ctx.inputs) {
+      if (task_id == ctx.task->task_id()) continue;
+      absl::StatusOr<storage::Factor> f = ctx.io->Get(fingerprint + "/noop");
+      if (!f.ok() && !absl::IsNotFound(f.status())) return f.status();
+    }
   }
   // Optionally writes an output, so tests can follow bytes through the factor path. In a gang
   // only rank 0 writes it: output names are per task, so ranks must not write the same one.

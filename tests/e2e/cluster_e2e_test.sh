@@ -113,6 +113,39 @@ timeout 90 "$MOEC" watch "$JOB" > watch4.log || { cat watch4.log; tail coord.log
 grep -q "JOB_SUCCEEDED" watch4.log || fail "job 4 did not succeed"
 done_events=$(grep -c "task_done" watch4.log)
 [ "$done_events" -eq 4 ] || fail "expected each of 4 tasks done once, saw $done_events task_done events"
+echo "== 4b. a corrupt factor record makes the task that wrote it run again"
+cat > produce.yaml <<'Y'
+name: e2e-produce
+model: m
+output: out
+workers: 1
+stages:
+  - {id: p, kind: noop, with: {output_bytes: 20000, salt: 4}}
+Y
+JOB=$("$MOEC" submit produce.yaml | awk '{print $2}')
+timeout 60 "$MOEC" watch "$JOB" > watch4b.log || { cat watch4b.log; fail "producing job"; }
+COORD2_PID=$(pgrep -f -- "--data-dir $WORK/c2" | head -1)
+kill -9 "$COORD2_PID"
+sleep 0.3
+CORRUPT=$("$BIN/tests/corrupt_factor" "$WORK/c2/db" /noop) || fail "could not corrupt a factor"
+"$COORD" --listen 127.0.0.1:$PORT --data-dir "$WORK/c2" --token-file "$WORK/run/token" --lease-ms 1500 \
+  >> coord.out 2>> coord.log &
+PIDS+=($!)
+cat > consume.yaml <<'Y'
+name: e2e-consume
+model: m
+output: out
+workers: 1
+stages:
+  - {id: p, kind: noop, with: {output_bytes: 20000, salt: 4}}
+  - {id: c, kind: noop, needs: [p], with: {read_inputs: true}}
+Y
+# p is reused from the first job (same fingerprint), c reads its outputs and meets the corrupt one.
+JOB=$(timeout 30 "$MOEC" submit consume.yaml | awk '{print $2}')
+timeout 90 "$MOEC" watch "$JOB" > watch4c.log || { cat watch4c.log; tail coord.log; fail "job over a corrupt factor"; }
+grep -q "JOB_SUCCEEDED" watch4c.log || fail "job over a corrupt factor did not succeed"
+grep -q "factor_corrupt.*${CORRUPT}" watch4c.log || { cat watch4c.log; fail "corruption of $CORRUPT not detected"; }
+grep -q "task_rerun" watch4c.log || { cat watch4c.log; fail "the producing task did not run again"; }
 echo "== 5. cancel and resume; malformed recipes"
 cat > cancel.yaml <<'Y'
 name: e2e-cancel
