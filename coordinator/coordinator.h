@@ -242,9 +242,11 @@ class Coordinator {
   absl::Status AdvanceLocked(Job& job, std::vector<v1::TaskRecord*>* changed,
                              std::vector<v1::JobEvent>* events, const v1::TaskRecord* done = nullptr)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status ScheduleLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // ScheduleLocked after a change that may make tasks ready; errors are logged.
-  void WakeWaitersLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `preferred`: a worker to give tasks first (Schedule's WorkerSlots::preferred).
+  absl::Status ScheduleLocked(absl::string_view preferred = "") ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // ScheduleLocked after a change that may make tasks ready; errors are logged. `completer`: the
+  // worker whose completion made them ready — it counts as waiting and is served first.
+  void WakeWaitersLocked(absl::string_view completer = "") ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   v1::JobEvent EventLocked(absl::string_view kind, absl::string_view task_id,
                            absl::string_view message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status CommitLocked(Job& job, std::vector<v1::TaskRecord*> changed,

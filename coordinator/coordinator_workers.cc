@@ -47,11 +47,11 @@ absl::StatusOr<std::vector<std::string>> Coordinator::Heartbeat(absl::string_vie
   return cancelled;
 }
 
-absl::Status Coordinator::ScheduleLocked() {
+absl::Status Coordinator::ScheduleLocked(absl::string_view preferred) {
   const int64_t now = NowMs();
   std::vector<WorkerSlots> idle;
   for (const auto& [id, w] : workers_) {
-    if (!w.mailbox.has_value() && w.waiting_until_ms >= now) idle.push_back({id, 1});
+    if (!w.mailbox.has_value() && w.waiting_until_ms >= now) idle.push_back({id, 1, id == preferred});
   }
   if (idle.empty()) return absl::OkStatus();
   std::vector<const v1::TaskRecord*> ready;
@@ -203,7 +203,7 @@ absl::Status Coordinator::CompleteTask(absl::string_view worker_id, absl::string
   auto pending = outputs_.find(std::string(task_id));
   if (pending == outputs_.end()) {
     MOEC_RETURN_IF_ERROR(CommitLocked(*job, std::move(changed), std::move(events), &batch));
-    WakeWaitersLocked();
+    WakeWaitersLocked(worker_id);
     return absl::OkStatus();
   }
   // The task's outputs, its state, the job record and the events: one synced batch.
@@ -216,15 +216,22 @@ absl::Status Coordinator::CompleteTask(absl::string_view worker_id, absl::string
   all.Append(batch);
   MOEC_RETURN_IF_ERROR(out->txn->Commit());
   events_cv_.SignalAll();
-  WakeWaitersLocked();
+  WakeWaitersLocked(worker_id);
   return absl::OkStatus();
 }
 
-void Coordinator::WakeWaitersLocked() {
+void Coordinator::WakeWaitersLocked(absl::string_view completer) {
   // Workers long-polling in LeaseTask get the tasks this change made ready at once (without
   // one, tasks wait for the next LeaseTask as before).
   if (long_polls_ == 0) return;
-  if (absl::Status s = ScheduleLocked(); !s.ok()) LOG(WARNING) << "schedule: " << s;
+  std::string preferred;
+  if (auto it = workers_.find(std::string(completer)); it != workers_.end()) {
+    // The completer asks for its next task right after this call returns: count it as waiting
+    // and serve it first, instead of waking a long-polling worker for the task it made ready.
+    if (!it->second.mailbox.has_value()) it->second.waiting_until_ms = NowMs() + options_.poll_window_ms;
+    preferred = it->first;
+  }
+  if (absl::Status s = ScheduleLocked(preferred); !s.ok()) LOG(WARNING) << "schedule: " << s;
 }
 
 namespace {

@@ -21,8 +21,9 @@ std::vector<Assignment> Schedule(absl::Span<const v1::TaskRecord* const> ready,
     }
     if (candidates.size() < need) continue;
     std::sort(candidates.begin(), candidates.end(), [](const WorkerSlots* a, const WorkerSlots* b) {
-      return a->free_slots != b->free_slots ? a->free_slots > b->free_slots
-                                            : a->worker_id < b->worker_id;
+      if (a->free_slots != b->free_slots) return a->free_slots > b->free_slots;
+      if (a->preferred != b->preferred) return a->preferred;
+      return a->worker_id < b->worker_id;
     });
     Assignment a;
     a.task_id = task->task_id();

@@ -17,6 +17,9 @@ namespace moec::coordinator {
 struct WorkerSlots {
   std::string worker_id;
   int free_slots = 1;  // tasks it can take now
+  // Taken first among workers with as many free slots (the worker that just completed a task:
+  // it asks for the next one at once, so the task it made ready does not wake another).
+  bool preferred = false;
 };
 
 struct Assignment {

@@ -35,6 +35,16 @@ TEST(SchedulerTest, AssignsReadyTasksInOrderToWorkersWithMostFreeSlots) {
   EXPECT_THAT(out[2].workers, ElementsAre("w2"));
 }
 
+TEST(SchedulerTest, APreferredWorkerIsServedFirstAmongEquals) {
+  std::vector<v1::TaskRecord> tasks = {Task("next")};
+  auto out = Schedule(Ptrs(tasks), {{"w1", 1}, {"w2", 1, /*preferred=*/true}}, 0);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_THAT(out[0].workers, ElementsAre("w2"));
+  // More free slots still win.
+  out = Schedule(Ptrs(tasks), {{"w1", 2}, {"w2", 1, true}}, 0);
+  EXPECT_THAT(out[0].workers, ElementsAre("w1"));
+}
+
 TEST(SchedulerTest, GangsGetDistinctWorkersOrWaitAndSmallerTasksBackfill) {
   std::vector<v1::TaskRecord> tasks = {Task("gang3", 3), Task("gang2", 2), Task("solo")};
   auto out = Schedule(Ptrs(tasks), {{"w1", 1}, {"w2", 1}}, 0);

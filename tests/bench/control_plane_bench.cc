@@ -53,7 +53,7 @@ int Main(int argc, char** argv) {
   moec::TuneMallocForLargeBuffers();
   int chain = 500;
   if (argc == 3 && std::string(argv[1]) == "--tasks_per_chain") chain = std::atoi(argv[2]);
-  const int kWorkers = 4;
+  const int kWorkers = std::getenv("BENCH_WORKERS") ? std::atoi(std::getenv("BENCH_WORKERS")) : 4;
   const std::string dir = fs::temp_directory_path().string() + "/moec_cp_bench";
   fs::remove_all(dir);
   fs::create_directories(dir + "/m");
