@@ -156,7 +156,8 @@ std::string SvgScatter(const std::string& title, const std::string& x_label,
   const double xpad = (x1 - x0) * 0.08, ypad = (y1 - y0) * 0.08;
   x0 -= xpad, x1 += xpad, y0 -= ypad, y1 += ypad;
   const int left = 70, top = 40, w = 520, h = 300;
-  std::string out = Header(left + w + 180, top + h + 50, title);
+  const int rows = static_cast<int>(points.size());
+  std::string out = Header(left + w + 220, std::max(top + h + 50, top + 14 * rows + 20), title);
   auto px = [&](double x) { return left + static_cast<int>(std::lround((x - x0) / (x1 - x0) * w)); };
   auto py = [&](double y) { return top + h - static_cast<int>(std::lround((y - y0) / (y1 - y0) * h)); };
   out += absl::StrFormat("<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"none\" "
@@ -168,12 +169,22 @@ std::string SvgScatter(const std::string& title, const std::string& x_label,
     out += absl::StrFormat("<text x=\"%d\" y=\"%d\" text-anchor=\"end\">%s</text>\n", left - 4,
                            py(y) + 4, Num(y));
   }
-  for (const ScatterPoint& p : points) {
+  // Points are numbered in the plot (labels of close points would overlap) and listed, with
+  // their values, in the legend on the right.
+  const int lx = left + w + 12;
+  for (size_t i = 0; i < points.size(); ++i) {
+    const ScatterPoint& p = points[i];
+    const char* fill = p.highlight ? "#c0392b" : "#4878a8";
     out += absl::StrFormat(
         "<circle class=\"point\" cx=\"%d\" cy=\"%d\" r=\"%d\" fill=\"%s\"><title>%s: %s, %s</title>"
-        "</circle>\n<text x=\"%d\" y=\"%d\" font-size=\"9\">%s</text>\n",
-        px(p.x), py(p.y), p.highlight ? 6 : 4, p.highlight ? "#c0392b" : "#4878a8", Escape(p.label),
-        Num(p.x), Num(p.y), px(p.x) + 7, py(p.y) + 3, Escape(p.label));
+        "</circle>\n<text x=\"%d\" y=\"%d\" font-size=\"9\">%d</text>\n",
+        px(p.x), py(p.y), p.highlight ? 6 : 4, fill, Escape(p.label), Num(p.x), Num(p.y), px(p.x) + 7,
+        py(p.y) + 3, i + 1);
+    const int ly = top + 8 + static_cast<int>(i) * 14;
+    out += absl::StrFormat(
+        "<circle cx=\"%d\" cy=\"%d\" r=\"4\" fill=\"%s\"/>\n<text x=\"%d\" y=\"%d\" "
+        "font-size=\"9\">%d %s (%s, %s)</text>\n",
+        lx + 4, ly - 3, fill, lx + 12, ly, i + 1, Escape(p.label), Num(p.x), Num(p.y));
   }
   out += absl::StrFormat("<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">%s</text>\n", left + w / 2,
                          top + h + 34, Escape(x_label));

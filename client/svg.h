@@ -1,5 +1,5 @@
 // Small, dependency-free SVG figures for job reports: heat maps (layers × experts), bar charts
-// and labelled scatter plots, with axes, titles and a colour scale. Output is deterministic
+// and scatter plots with a legend, with axes, titles and a colour scale. Output is deterministic
 // (fixed number formatting, no timestamps), so reports can be compared byte for byte.
 #ifndef MOEC_CLIENT_SVG_H_
 #define MOEC_CLIENT_SVG_H_
@@ -24,6 +24,7 @@ struct ScatterPoint {
   double x = 0, y = 0;
   bool highlight = false;  // drawn larger and red
 };
+// Points are numbered in the plot and listed (number, label, x, y) in a legend on the right.
 std::string SvgScatter(const std::string& title, const std::string& x_label,
                        const std::string& y_label, const std::vector<ScatterPoint>& points);
 

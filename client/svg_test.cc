@@ -45,6 +45,9 @@ TEST(SvgTest, BarsAndScatterPoints) {
                                          {{"original", 13.5, 92.1, false}, {"mc-moe", 2.0, 95.0, true}});
   EXPECT_EQ(Count(scatter, "<circle class=\"point\""), 2);
   EXPECT_NE(scatter.find("fill=\"#c0392b\"><title>mc-moe: 2, 95</title>"), std::string::npos);
+  EXPECT_NE(scatter.find("fill=\"#c0392b\"/>\n<text x=\"614\" y=\"62\" font-size=\"9\">2 mc-moe (2, 95)</text>"),
+            std::string::npos);  // legend entry, second row
+  EXPECT_EQ(Count(scatter, "<text"), Count(scatter, "</text>"));
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 #include "coordinator/coordinator.h"
 
 #include <filesystem>
+#include <map>
 #include <thread>
 
 #include "gmock/gmock.h"
@@ -443,6 +444,26 @@ TEST_F(CoordinatorTest, LeasesCarryTheInputsTheirLayerReads) {
   std::optional<LeasedTask> bits = Lease(w);
   ASSERT_TRUE(bits.has_value());
   EXPECT_EQ(bits->input_fingerprints.size(), 4u);
+}
+
+// The compute time a worker reports with CompleteTask is stored in the task record (negative
+// values as 0) and survives a coordinator restart.
+TEST_F(CoordinatorTest, CompleteTaskRecordsComputeTime) {
+  const std::string job = Submit().job.job_id();
+  const std::string w = coord_->RegisterWorker({"host:1"});
+  std::optional<LeasedTask> t = Lease(w);
+  ASSERT_TRUE(t.has_value());
+  ASSERT_OK(coord_->CompleteTask(w, t->task.task_id(), {}, 1234));
+  std::optional<LeasedTask> u = Lease(w);
+  ASSERT_TRUE(u.has_value());
+  ASSERT_OK(coord_->CompleteTask(w, u->task.task_id(), {}, -5));
+  Restart();
+  ASSERT_OK_AND_ASSIGN(std::vector<v1::TaskRecord> tasks, coord_->GetTasks(job));
+  std::map<std::string, int64_t> compute;
+  for (const v1::TaskRecord& r : tasks) compute[r.task_id()] = r.compute_ms();
+  EXPECT_EQ(compute[t->task.task_id()], 1234);
+  EXPECT_EQ(compute[u->task.task_id()], 0);
+  EXPECT_EQ(compute[job + "/bits"], 0);  // not run yet
 }
 
 }  // namespace

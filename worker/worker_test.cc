@@ -34,7 +34,7 @@ class LocalClient : public CoordinatorClient {
     auto l = core_->LeaseTask(id);
     if (!l.ok()) return l.status();
     if (!l->has_value()) return std::optional<Lease>();
-    return std::optional<Lease>(Lease{(*l)->task, (*l)->rank, (*l)->group, (*l)->recipe_json});
+    return std::optional<Lease>(Lease{(*l)->task, (*l)->rank, (*l)->group, (*l)->recipe_json, (*l)->input_fingerprints});
   }
   absl::StatusOr<bool> ReportProgress(const std::string& id, const std::string& task,
                                       double fraction, const std::string& message) override {
@@ -182,6 +182,24 @@ TEST_F(WorkerTest, RunsNoopTasksToCompletion) {
   EXPECT_EQ(worker.tasks_done(), 3);
   EXPECT_EQ(client_->progress_reports.load(), 3);  // noop reports 1.0 once per task
   worker.Stop();
+}
+
+// The worker measures each stage's run and reports it with the completion (TaskRecord.compute_ms):
+// noop sleeps sleep_ms per task.
+TEST_F(WorkerTest, ReportsEachTasksComputeTime) {
+  stages::StageRegistry registry;
+  stages::RegisterBuiltinStages(&registry);
+  Worker worker(client_.get(), &registry, Fast());
+  ASSERT_OK(worker.Start());
+  const std::string job = Submit(60);
+  ASSERT_EQ(WaitForEnd(job), v1::JOB_SUCCEEDED);
+  worker.Stop();
+  auto tasks = *core_->GetTasks(job);
+  ASSERT_EQ(tasks.size(), 3u);
+  for (const v1::TaskRecord& t : tasks) {
+    EXPECT_GE(t.compute_ms(), 60) << t.task_id();
+    EXPECT_LT(t.compute_ms(), 5000) << t.task_id();
+  }
 }
 
 TEST_F(WorkerTest, StageOutputsReachTheFactorStoreWhenTasksComplete) {
