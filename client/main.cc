@@ -295,7 +295,8 @@ int CmdList(const std::string& cmd, const Args& args) {
   if (!workers.ok()) return Error(kUnavailable, workers.status());
   for (const auto& w : *workers) {
     if (args.Has("json")) std::printf("%s\n", Json(w).c_str());
-    else std::printf("%-32s tasks=%d\n", w.worker_id().c_str(), w.tasks_size());
+    else std::printf("%-32s %s %6.1f GiB  tasks=%d\n", w.worker_id().c_str(), w.gpu() ? "gpu" : "cpu",
+                     static_cast<double>(w.memory_bytes()) / (1 << 30), w.tasks_size());
   }
   return kOk;
 }

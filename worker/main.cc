@@ -5,18 +5,22 @@
 //               [--tls-ca F [--tls-cert F --tls-key F]]
 //
 // Stops cleanly on SIGINT/SIGTERM (the current task's stage is asked to cancel).
+#include <ATen/Context.h>
 #include <ATen/Parallel.h>
 #include <dlfcn.h>
 #include <unistd.h>
 
 #include <csignal>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "common/cli_util.h"
@@ -42,7 +46,13 @@ ABSL_FLAG(int, threads, 0,
 ABSL_FLAG(std::string, collectives, "gloo",
           "collectives of gang tasks: gloo (CPU, TCP between workers) or nccl (GPU workers; "
           "needs a build with CUDA)");
-ABSL_FLAG(int, cuda_device, 0, "CUDA device of this worker's NCCL communicator");
+ABSL_FLAG(std::string, device, "cpu",
+          "where this worker computes: cpu, or cuda:N (GPU N; registers the worker as a GPU "
+          "worker; needs a libtorch with CUDA)");
+ABSL_FLAG(int, cuda_device, -1, "deprecated spelling of --device cuda:N for the NCCL communicator");
+ABSL_FLAG(std::string, scratch, "",
+          "local directory for this worker's temporary files (created if missing, must be "
+          "writable; becomes TMPDIR of its stages); default: $TMPDIR or /tmp");
 ABSL_FLAG(int, collective_timeout_s, 120,
           "seconds a gang waits for a missing member (rendezvous and each collective) before the "
           "task fails and is retried");
@@ -76,7 +86,8 @@ int main(int argc, char** argv) {
   absl::SetFlagsUsageConfig(usage);
   absl::SetProgramUsageMessage(
       "runs moec compression tasks for a coordinator.\n"
-      "  moec-worker --coordinator HOST:PORT --token-file PATH [--name NAME] [--advertise-host HOST]");
+      "  moec-worker --coordinator HOST:PORT --token-file PATH [--device cpu|cuda:N] [--scratch DIR]\n"
+      "              [--name NAME] [--advertise-host HOST]");
   std::vector<std::string> storage;
   std::vector<char*> args = moec::NormalizeDashedFlags(argc, argv, &storage);
   absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
@@ -122,7 +133,33 @@ int main(int argc, char** argv) {
   }
   options.collective_timeout = absl::Seconds(absl::GetFlag(FLAGS_collective_timeout_s));
   options.collectives = absl::GetFlag(FLAGS_collectives);
-  options.cuda_device = absl::GetFlag(FLAGS_cuda_device);
+  // --device cpu | cuda:N
+  const std::string device = absl::GetFlag(FLAGS_device);
+  if (device == "cpu") {
+    options.gpu = false;
+  } else if (int n = -1; absl::StartsWith(device, "cuda:") && absl::SimpleAtoi(device.substr(5), &n) && n >= 0) {
+    if (!at::hasCUDA()) {
+      return Fail(absl::FailedPreconditionError(absl::StrCat(
+          "--device ", device, ": this moec-worker's libtorch has no CUDA; run it with --device cpu")));
+    }
+    options.gpu = true;
+    options.cuda_device = n;
+  } else {
+    return Fail(absl::InvalidArgumentError(absl::StrCat("--device must be cpu or cuda:N, not '", device, "'")));
+  }
+  if (absl::GetFlag(FLAGS_cuda_device) >= 0) options.cuda_device = absl::GetFlag(FLAGS_cuda_device);
+  options.memory_bytes = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGE_SIZE);
+  // --scratch: checked now, so that a bad disk is a start-up error rather than a task failure.
+  if (const std::string scratch = absl::GetFlag(FLAGS_scratch); !scratch.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(scratch, ec);
+    const std::string probe = scratch + "/.moec-worker-probe-" + std::to_string(getpid());
+    if (ec || !std::ofstream(probe).put('x').good()) {
+      return Fail(absl::PermissionDeniedError(absl::StrCat("--scratch ", scratch, " is not a writable directory")));
+    }
+    std::filesystem::remove(probe, ec);
+    setenv("TMPDIR", scratch.c_str(), 1);
+  }
   if (absl::Status s = options.Validate(); !s.ok()) return Fail(s);
   if (const int threads = absl::GetFlag(FLAGS_threads); threads > 0) {
     at::set_num_threads(threads);

@@ -29,7 +29,8 @@ std::string Worker::worker_id() const {
 }
 
 absl::Status Worker::Reregister() {
-  absl::StatusOr<std::string> id = client_->RegisterWorker(options_.name, false, 0);
+  absl::StatusOr<std::string> id =
+      client_->RegisterWorker(options_.name, options_.gpu, options_.memory_bytes);
   if (!id.ok()) return id.status();
   absl::MutexLock lock(&mu_);
   worker_id_ = *id;

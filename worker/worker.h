@@ -30,6 +30,9 @@ struct WorkerOptions {
   // "gloo" (CPU, TCP) or "nccl" (GPU workers; builds with CUDA).
   std::string collectives = "gloo";
   int cuda_device = 0;
+  // Capabilities registered with the coordinator (shown by `moec workers`).
+  bool gpu = false;             // --device cuda:N
+  int64_t memory_bytes = 0;     // physical memory of the host
   absl::Status Validate() const;
 };
 
