@@ -30,6 +30,7 @@
 #include "stages/expert_parallel.h"
 #include "stages/export_stage.h"
 #include "stages/map_factor_io_test_util.h"
+#include "stages/tiny_model_test_util.h"
 #include "stages/model_inputs.h"
 #include "stages/odp_stage.h"
 #include "stages/quantize_stage.h"
@@ -47,15 +48,7 @@ constexpr int64_t kSeq = 16;
 class McMoeExportTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
-    model::TinyModelOptions o;
-    o.model_type = GetParam();
-    o.num_layers = kLayers;
-    o.hidden = 32;
-    o.heads = 4;
-    o.kv_heads = 2;
-    o.experts = 6;
-    o.moe_intermediate = 24;
-    o.intermediate = 40;
+    const model::TinyModelOptions o = SmallStageTestModel(GetParam(), kLayers, 6);
     ASSERT_OK(model::WriteTinyModel(o, dir_.Join("model")));
     std::string text;
     for (int i = 0; i < 60; ++i) text += "packed experts and pruned routes, line " + std::to_string(i) + "\n";

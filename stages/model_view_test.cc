@@ -19,6 +19,7 @@
 #include "model/tiny_model.h"
 #include "model/weights.h"
 #include "stages/map_factor_io_test_util.h"
+#include "stages/tiny_model_test_util.h"
 #include "stages/model_inputs.h"
 #include "storage/file_util.h"
 #include "storage/safetensors_reader.h"
@@ -43,15 +44,7 @@ struct StageDef {
 class ModelViewTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
-    model::TinyModelOptions o;
-    o.model_type = GetParam();
-    o.num_layers = kLayers;
-    o.hidden = 32;
-    o.heads = 4;
-    o.kv_heads = 2;
-    o.experts = 5;
-    o.moe_intermediate = 24;
-    o.intermediate = 40;
+    const model::TinyModelOptions o = SmallStageTestModel(GetParam(), kLayers, 5);
     ASSERT_OK(model::WriteTinyModel(o, dir_.Join("tiny")));
     AmplifyLastLayer(dir_.Join("tiny"), dir_.Join("model"));
     std::string text;
