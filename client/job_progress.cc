@@ -93,17 +93,13 @@ std::string ProgressLine(const JobProgress& p, int width) {
   return line;
 }
 
-namespace {
-
-std::string EventJson(const google::protobuf::Message& m) {
+std::string MessageJson(const google::protobuf::Message& m) {
   std::string out;
   google::protobuf::util::JsonPrintOptions o;
   o.preserve_proto_field_names = true;
   (void)google::protobuf::util::MessageToJsonString(m, &out, o);
   return out;
 }
-
-}  // namespace
 
 // Prints events as they come, with a done/total counter; returns the final job state.
 absl::StatusOr<v1::JobState> Follow(MoecClient& client, const std::string& job_id, bool json) {
@@ -152,7 +148,7 @@ absl::StatusOr<v1::JobState> Follow(MoecClient& client, const std::string& job_i
     if (e.kind() == "task_done" || e.kind() == "task_reused") ++done;
     absl::MutexLock lock(&draw_mu);
     if (json) {
-      std::printf("%s\n", EventJson(e).c_str());
+      std::printf("%s\n", MessageJson(e).c_str());
     } else {
       std::string counter;
       if (e.kind() == "task_done" || e.kind() == "task_reused") {

@@ -45,6 +45,9 @@ void CountDone(const v1::GetJobResponse& job, int* done, int64_t* compute_ms);
 // Returns the final job state.
 absl::StatusOr<v1::JobState> Follow(MoecClient& client, const std::string& job_id, bool json);
 
+// One protobuf message as JSON with the proto's field names (what --json prints).
+std::string MessageJson(const google::protobuf::Message& m);
+
 // "ETA 1 h 02 min" / "ETA 4 s" / "ETA ?".
 std::string FormatEta(double seconds);
 

@@ -96,13 +96,7 @@ std::string Env(const char* name) {
   return v == nullptr ? "" : v;
 }
 
-std::string Json(const google::protobuf::Message& m) {
-  std::string out;
-  google::protobuf::util::JsonPrintOptions o;
-  o.preserve_proto_field_names = true;
-  (void)google::protobuf::util::MessageToJsonString(m, &out, o);
-  return out;
-}
+std::string Json(const google::protobuf::Message& m) { return MessageJson(m); }
 
 absl::StatusOr<std::unique_ptr<MoecClient>> Connect(const Args& args) {
   ClientOptions o;
