@@ -1,6 +1,7 @@
 #include "stages/expert_parallel.h"
 
 #include <algorithm>
+#include <cstring>
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
@@ -224,6 +225,47 @@ comm::Communicator& GangComm(StageContext& ctx, std::unique_ptr<comm::Communicat
   if (ctx.comm != nullptr) return *ctx.comm;
   if (*fallback == nullptr) *fallback = comm::NewSingleRankCommunicator();
   return **fallback;
+}
+
+absl::Status RunChunkRounds(const StageContext& ctx, const model::ModelRunner& runner,
+                            const model::LayerWeights& w, const ChunkPlan& plan,
+                            const std::map<int64_t, at::Tensor>& inputs,
+                            ExpertParallelExecutor* executor, model::ForwardObserver* observer,
+                            const std::function<absl::Status(int64_t, const at::Tensor&)>& on_output,
+                            const std::function<absl::Status()>& after_round) {
+  const model::ModelConfig& c = runner.config();
+  for (int64_t round = 0; round < plan.rounds(); ++round) {
+    if (ctx.IsCancelled()) return absl::CancelledError(absl::StrCat(ctx.task->task_id(), " cancelled"));
+    const int64_t chunk = plan.ChunkOf(round);
+    if (chunk >= 0) {
+      at::Tensor out = runner.RunLayer(w, inputs.at(chunk), observer, executor);
+      if (executor != nullptr) MOEC_RETURN_IF_ERROR(executor->status());
+      if (on_output) MOEC_RETURN_IF_ERROR(on_output(chunk, out));
+    } else if (executor != nullptr) {
+      const int experts = c.NumRoutedExperts(w.layer);
+      executor->Run(w.layer, *w.moe, at::empty({0, c.hidden_size}, runner.dtype()),
+                    std::vector<int64_t>(experts, 0), at::empty({0}, at::kLong), observer);
+      MOEC_RETURN_IF_ERROR(executor->status());
+    }
+    if (after_round) MOEC_RETURN_IF_ERROR(after_round());
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<nlohmann::json> MergeRankObjects(comm::Communicator& comm, const nlohmann::json& mine) {
+  const std::string text = mine.dump();
+  at::Tensor bytes = at::empty({static_cast<int64_t>(text.size())}, at::kByte);
+  std::memcpy(bytes.data_ptr(), text.data(), text.size());
+  MOEC_ASSIGN_OR_RETURN(std::vector<at::Tensor> all, comm.AllGather(bytes));
+  nlohmann::json merged = nlohmann::json::object();
+  for (const at::Tensor& t : all) {
+    at::Tensor part_bytes = t.contiguous();
+    nlohmann::json part = nlohmann::json::parse(
+        std::string(static_cast<const char*>(part_bytes.data_ptr()), part_bytes.numel()), nullptr, false);
+    if (!part.is_object()) return absl::DataLossError("a rank sent a malformed summary");
+    merged.update(part);
+  }
+  return merged;
 }
 
 }  // namespace moec::stages

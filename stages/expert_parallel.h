@@ -11,12 +11,15 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "comm/communicator.h"
 #include "model/forward.h"
+#include "nlohmann/json.hpp"
 #include "stages/stage.h"
 
 namespace moec::stages {
@@ -113,6 +116,21 @@ absl::StatusOr<at::Tensor> ReadLayerInputWindows(const StageContext& ctx,
 
 // The gang's communicator, or a single-rank one (kept in `fallback`) when the context has none.
 comm::Communicator& GangComm(StageContext& ctx, std::unique_ptr<comm::Communicator>* fallback);
+
+// One pass of layer `layer` (weights `w`) over this rank's chunks, round by round: the chunk's
+// input (`inputs`) through RunLayer with `observer` and the routed experts on `executor` (null:
+// no routed experts), then `on_output(chunk, output)`; a rank without a chunk in a round still
+// takes part in the experts' all_to_all. `after_round` runs on every rank after each round (for
+// ordered reductions). Cancellation ends it with Cancelled.
+absl::Status RunChunkRounds(const StageContext& ctx, const model::ModelRunner& runner,
+                            const model::LayerWeights& w, const ChunkPlan& plan,
+                            const std::map<int64_t, at::Tensor>& inputs,
+                            ExpertParallelExecutor* executor, model::ForwardObserver* observer,
+                            const std::function<absl::Status(int64_t, const at::Tensor&)>& on_output,
+                            const std::function<absl::Status()>& after_round);
+
+// Merges every rank's JSON object (a per-rank `summary`) into one, on every rank.
+absl::StatusOr<nlohmann::json> MergeRankObjects(comm::Communicator& comm, const nlohmann::json& mine);
 
 }  // namespace moec::stages
 

@@ -14,6 +14,7 @@
 #include "stages/map_factor_io_test_util.h"
 #include "stages/calibrate_stage.h"
 #include "stages/quant_loss_stage.h"
+#include "stages/prune_weights_stage.h"
 #include "stages/quantize_stage.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
@@ -139,7 +140,10 @@ class SharedStore {
 class QuantizeGangTest : public ::testing::TestWithParam<std::tuple<std::string, bool>> {};
 
 // Every output of gptq and rtn (codes, scales, hidden chunks, summary), of calibrate (router
-// statistics, hidden chunks) and of quant_loss (per-expert losses) is byte-identical for gangs of 1, 2 and 3 ranks: the determinism the data plane promises (docs/data_plane.md).
+// statistics, hidden chunks), of quant_loss (per-expert losses) and of prune_weights (Wanda,
+// SparseGPT and 2:4, shared experts included: pruned matrices, hidden chunks, summary) is
+// byte-identical for gangs of 1, 2 and 3 ranks: the determinism the data plane promises
+// (docs/data_plane.md).
 TEST_P(QuantizeGangTest, OutputsAreTheSameBytesForEveryGangSize) {
   TempDir dir;
   model::TinyModelOptions o;
@@ -155,7 +159,8 @@ TEST_P(QuantizeGangTest, OutputsAreTheSameBytesForEveryGangSize) {
   std::string text;
   for (int i = 0; i < 80; ++i) text += "experts share the tokens of layer " + std::to_string(i) + "\n";
   dir.WriteFile("calib.txt", text);
-  for (const std::string kind : {"gptq", "rtn", "calibrate", "quant_loss"}) {
+  for (const std::string kind :
+       {"gptq", "rtn", "calibrate", "quant_loss", "prune_wanda", "prune_sparsegpt", "prune_2of4"}) {
     nlohmann::json stages = {{{"id", "q"}, {"kind", kind}, {"needs", nlohmann::json::array()}}};
     if (kind == "quant_loss") {
       stages = {{{"id", "stats"}, {"kind", "calibrate"}, {"needs", nlohmann::json::array()}},
@@ -169,6 +174,12 @@ TEST_P(QuantizeGangTest, OutputsAreTheSameBytesForEveryGangSize) {
                              {"group_size", 16}, {"act_order", true}, {"true_sequential", true},
                              {"damp", 0.01}};
     if (kind == "quant_loss") params["bits"] = {1, 2, 3};
+    if (kind.rfind("prune_", 0) == 0) {
+      params = {{"method", kind == "prune_wanda" ? "wanda" : "sparsegpt"},
+                {"sparsity", 0.5},
+                {"pattern", kind == "prune_2of4" ? "2:4" : "unstructured"},
+                {"shared_experts", true}};
+    }
     std::map<int, std::map<std::string, std::string>> outputs;  // gang size -> name -> bytes
     for (int size : {1, 2, 3}) {
       SharedStore store;
@@ -196,9 +207,11 @@ TEST_P(QuantizeGangTest, OutputsAreTheSameBytesForEveryGangSize) {
             QuantizeStage quantize(what == "gptq");
             CalibrateStage calibrate;
             QuantLossStage quant_loss;
-            absl::Status s = what == "calibrate"    ? calibrate.Run(ctx)
-                             : what == "quant_loss" ? quant_loss.Run(ctx)
-                                                    : quantize.Run(ctx);
+            PruneWeightsStage prune;
+            absl::Status s = what == "calibrate"             ? calibrate.Run(ctx)
+                             : what == "quant_loss"          ? quant_loss.Run(ctx)
+                             : what.rfind("prune_", 0) == 0 ? prune.Run(ctx)
+                                                             : quantize.Run(ctx);
             EXPECT_TRUE(s.ok()) << what << " W=" << size << " rank " << c.rank() << ": " << s;
           }, gloo);
         };

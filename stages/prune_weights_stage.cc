@@ -2,10 +2,13 @@
 
 #include <ATen/ATen.h>
 
+#include <cstring>
+#include <functional>
 #include <map>
 #include <memory>
 
 #include "absl/strings/str_cat.h"
+#include "comm/communicator.h"
 #include "common/status_macros.h"
 #include "model/tensor_names.h"
 #include "quant/gptq.h"
@@ -21,38 +24,89 @@ using model::LinearKind;
 struct Target {
   std::string name;
   at::Tensor* weight = nullptr;
-  at::Tensor norm2;  // Wanda: mean over calls of Σ_tokens x², [in]
+  int expert = -1;   // routed expert, or -1 (shared experts: data-parallel, pruned by `owner`)
+  int owner = 0;     // rank that accumulates its statistics and prunes it
+  at::Tensor norm2;  // Wanda: mean over calls of Σ_tokens x², [in] (on the owner)
   int64_t calls = 0;
-  std::unique_ptr<quant::HessianAccumulator> hessian;  // SparseGPT
+  std::unique_ptr<quant::HessianAccumulator> hessian;  // SparseGPT (on the owner)
+  // A data-parallel target's statistics of this rank's chunk in the current round.
+  at::Tensor round_stat;  // Wanda: Σ x² [in]; SparseGPT: Xᵀ X [in, in]
+  int64_t round_tokens = 0;
 };
 
+// Wanda's running mean over calls (the reference's add_batch with one sample per call).
+void AddCall(Target& t, const at::Tensor& sq) {
+  t.norm2 = t.calls == 0 ? sq : t.norm2 * (static_cast<double>(t.calls) / (t.calls + 1)) +
+                                    sq / static_cast<double>(t.calls + 1);
+  ++t.calls;
+}
+
+// Routed experts' rows go straight into their statistics (the executor runs an expert on its
+// owner only, chunk by chunk in chunk order); data-parallel targets keep this round's statistic
+// for the ordered reduction to their owner (ReduceRound).
 class StatsCollector : public model::ForwardObserver {
  public:
-  explicit StatsCollector(std::map<std::pair<LinearKind, int>, Target*>* targets)
-      : targets_(targets) {}
+  StatsCollector(std::map<std::pair<LinearKind, int>, Target*>* targets, bool sparsegpt)
+      : targets_(targets), sparsegpt_(sparsegpt) {}
   bool WantsLinearInputs(int) const override { return true; }
   void OnLinearInput(const model::LinearId& id, const at::Tensor& x, const at::Tensor&) override {
     auto it = targets_->find({id.kind, id.expert});
     if (it == targets_->end()) return;
     Target& t = *it->second;
-    const at::Tensor f = x.reshape({-1, x.size(-1)}).to(at::kFloat);
-    if (t.hessian) {
+    const at::Tensor f = x.reshape({-1, x.size(-1)}).to(at::kFloat).contiguous();
+    if (t.expert < 0) {
+      t.round_stat = sparsegpt_ ? at::matmul(f.t(), f) : f.pow(2).sum(0);
+      t.round_tokens = f.size(0);
+      return;
+    }
+    if (sparsegpt_) {
       absl::Status s = t.hessian->Add(f, 1);
       if (!s.ok() && status_.ok()) status_ = s;
       return;
     }
-    // Running mean over calls, as the reference's add_batch with one sample per call.
-    const at::Tensor sq = f.pow(2).sum(0);
-    t.norm2 = t.calls == 0 ? sq : t.norm2 * (static_cast<double>(t.calls) / (t.calls + 1)) +
-                                      sq / static_cast<double>(t.calls + 1);
-    ++t.calls;
+    AddCall(t, f.pow(2).sum(0));
   }
   const absl::Status& status() const { return status_; }
 
  private:
   std::map<std::pair<LinearKind, int>, Target*>* targets_;
+  const bool sparsegpt_;
   absl::Status status_;
 };
+
+// Sends this round's statistic of every data-parallel target to its owner, which adds them in
+// rank order, i.e. in chunk order (expert_parallel.h), as one rank adding its chunks would.
+absl::Status ReduceRound(comm::Communicator& comm, std::vector<std::unique_ptr<Target>>& targets,
+                         bool sparsegpt) {
+  for (auto& t : targets) {
+    if (t->expert >= 0) continue;
+    const int64_t in = t->weight->size(1);
+    const int64_t rows_per = sparsegpt ? in : 1;
+    std::vector<int64_t> rows(comm.size(), 0), one(comm.size(), 0);
+    at::Tensor stat = at::empty({0, in}, at::kFloat), meta = at::empty({0}, at::kLong);
+    if (t->round_stat.defined()) {
+      stat = t->round_stat.reshape({rows_per, in});
+      meta = at::tensor({t->round_tokens}, at::kLong);
+      rows[t->owner] = rows_per;
+      one[t->owner] = 1;
+    }
+    std::vector<int64_t> got_rows, got_meta;
+    MOEC_ASSIGN_OR_RETURN(at::Tensor stats, comm.AllToAll(stat, rows, &got_rows));
+    MOEC_ASSIGN_OR_RETURN(at::Tensor metas, comm.AllToAll(meta, one, &got_meta));
+    for (int64_t i = 0; i < metas.size(0); ++i) {
+      const at::Tensor part = stats.narrow(0, i * rows_per, rows_per);
+      if (sparsegpt) {
+        MOEC_RETURN_IF_ERROR(t->hessian->AddGram(part, metas[i].item<int64_t>(), 1));
+      } else {
+        AddCall(*t, part.reshape({in}));
+      }
+    }
+    t->round_stat = at::Tensor();
+    t->round_tokens = 0;
+  }
+  return absl::OkStatus();
+}
+
 
 absl::StatusOr<quant::SparsityPattern> ParsePattern(const std::string& p) {
   if (p == "unstructured") return quant::SparsityPattern{};
@@ -64,31 +118,55 @@ absl::StatusOr<quant::SparsityPattern> ParsePattern(const std::string& p) {
 }  // namespace
 
 absl::Status PruneWeightsStage::Run(StageContext& ctx) {
-  if (ctx.rank != 0) return absl::OkStatus();  // docs/stages.md: not on the data plane yet
+  std::unique_ptr<comm::Communicator> single;
+  comm::Communicator& comm = GangComm(ctx, &single);
   const int layer = ctx.task->layer();
   const std::string method = ctx.params.value("method", "wanda");
+  const bool sparsegpt = method == "sparsegpt";
   const double ratio = ctx.params.value("sparsity", 0.5);
   MOEC_ASSIGN_OR_RETURN(quant::SparsityPattern pattern,
                         ParsePattern(ctx.params.value("pattern", "unstructured")));
   const bool shared = ctx.params.value("shared_experts", false);
   MOEC_ASSIGN_OR_RETURN(std::unique_ptr<model::ModelRunner> runner, OpenJobModel(ctx));
   const model::ModelConfig& c = runner->config();
-  at::Tensor input;
-  if (layer == 0) {
-    MOEC_ASSIGN_OR_RETURN(at::Tensor tokens, CalibrationTokens(ctx));
-    MOEC_ASSIGN_OR_RETURN(input, runner->Embed(tokens));
-  } else {
-    MOEC_ASSIGN_OR_RETURN(input, ReadChunkedOutput(ctx, ctx.task->stage_id(), layer - 1, "hidden"));
+  if (SkipRemovedLayer(ctx, c)) return absl::OkStatus();
+
+  // On the data plane (expert_parallel.h): this rank's chunks of the calibration windows, the
+  // experts it owns (read and pruned here), the shared experts dealt round-robin.
+  at::Tensor window_tokens;
+  ChunkPlan plan;
+  plan.rank = comm.rank();
+  plan.ranks = comm.size();
+  MOEC_RETURN_IF_ERROR(PlanChunks(ctx, &plan, &window_tokens));
+  std::map<int64_t, at::Tensor> inputs;  // chunk -> hidden states entering the layer
+  for (int64_t round = 0; round < plan.rounds(); ++round) {
+    const int64_t chunk = plan.ChunkOf(round);
+    if (chunk < 0) continue;
+    MOEC_ASSIGN_OR_RETURN(inputs[chunk], LayerInputChunk(ctx, *runner, window_tokens, plan, chunk));
   }
-  MOEC_ASSIGN_OR_RETURN(model::LayerWeights w, runner->LoadLayer(layer));
+  const int experts = std::max(0, c.NumRoutedExperts(layer));
+  std::vector<int64_t> expert_tokens = CalibratedExpertTokens(ctx, layer, experts);
+  if (expert_tokens.empty()) expert_tokens.assign(experts, 1);
+  const std::vector<int> expert_owner = AssignExperts(expert_tokens, comm.size());
+  MOEC_ASSIGN_OR_RETURN(model::LayerWeights w,
+                        runner->LoadLayer(layer, [&](int e) { return expert_owner[e] == comm.rank(); }));
+  const bool moe = w.moe.has_value() && experts > 0 && w.moe->router.defined();
+  ExpertParallelExecutor executor(&comm, expert_owner);
+
   std::vector<std::unique_ptr<Target>> targets;
   std::map<std::pair<LinearKind, int>, Target*> by_id;
+  int dealt = 0;
   auto add = [&](std::string name, at::Tensor* weight, LinearKind kind, int expert) {
     if (weight == nullptr || !weight->defined() || weight->numel() == 0) return;
+    if (expert >= 0 && expert_owner[expert] != comm.rank()) return;  // not read on this rank
     auto t = std::make_unique<Target>();
     t->name = std::move(name);
     t->weight = weight;
-    if (method == "sparsegpt") t->hessian = std::make_unique<quant::HessianAccumulator>(weight->size(1));
+    t->expert = expert;
+    t->owner = expert >= 0 ? expert_owner[expert] : dealt++ % comm.size();
+    if (sparsegpt && t->owner == comm.rank()) {
+      t->hessian = std::make_unique<quant::HessianAccumulator>(weight->size(1));
+    }
     by_id[{kind, expert}] = t.get();
     targets.push_back(std::move(t));
   };
@@ -109,21 +187,27 @@ absl::Status PruneWeightsStage::Run(StageContext& ctx) {
       add(names[2], &m.shared.down, LinearKind::kSharedDown, -1);
     }
   }
-  const int64_t batch = 8, n = input.size(0);
-  if (method != "magnitude" && !targets.empty()) {
-    StatsCollector collector(&by_id);
-    for (int64_t s = 0; s < n; s += batch) {
-      if (ctx.IsCancelled()) return absl::CancelledError("prune_weights cancelled");
-      runner->RunLayer(w, input.narrow(0, s, std::min(batch, n - s)), &collector);
-    }
-    MOEC_RETURN_IF_ERROR(collector.status());
+  auto pass = [&](model::ForwardObserver* observer,
+                  const std::function<absl::Status(int64_t, const at::Tensor&)>& on_output,
+                  const std::function<absl::Status()>& after_round) {
+    return RunChunkRounds(ctx, *runner, w, plan, inputs, moe ? &executor : nullptr, observer,
+                          on_output, after_round);
+  };
+  if (method != "magnitude") {
+    StatsCollector collector(&by_id, sparsegpt);
+    MOEC_RETURN_IF_ERROR(pass(&collector, nullptr, [&]() -> absl::Status {
+      MOEC_RETURN_IF_ERROR(collector.status());
+      return ReduceRound(comm, targets, sparsegpt);
+    }));
   }
   nlohmann::json summary = nlohmann::json::object();
-  for (size_t i = 0; i < targets.size(); ++i) {
-    Target& t = *targets[i];
+  size_t done = 0;
+  for (auto& tp : targets) {
+    Target& t = *tp;
+    if (t.owner != comm.rank()) continue;
     const at::Tensor original = t.weight->to(at::kFloat);
     at::Tensor pruned;
-    if (method == "sparsegpt") {
+    if (sparsegpt) {
       quant::SparseGptOptions o;
       o.ratio = ratio;
       o.pattern = pattern;
@@ -145,17 +229,32 @@ absl::Status PruneWeightsStage::Run(StageContext& ctx) {
     summary[t.name] = {{"sparsity", zeros}, {"method", method}};
     MOEC_RETURN_IF_ERROR(PutTensor(ctx, t.name, pruned));
     *t.weight = pruned.to(t.weight->scalar_type());
-    ctx.progress(0.9 * (i + 1) / targets.size(), absl::StrCat("layer ", layer, ": ", t.name));
+    ctx.progress(0.8 * ++done / targets.size(), absl::StrCat("layer ", layer, ": ", t.name));
   }
-  std::vector<at::Tensor> out;
-  for (int64_t s = 0; s < n; s += batch) {
-    out.push_back(runner->RunLayer(w, input.narrow(0, s, std::min(batch, n - s))));
+  // Every rank runs the shared experts: their owners share the pruned weights.
+  for (auto& t : targets) {
+    if (t->expert >= 0 || comm.size() == 1) continue;
+    MOEC_RETURN_IF_ERROR(comm.Broadcast(*t->weight, t->owner));
   }
-  MOEC_RETURN_IF_ERROR(PutTensor(ctx, "hidden", at::cat(out, 0)));
-  const std::string text = summary.dump();
-  return ctx.io
-      ->PutOutput("summary", storage::DType::kU8, {static_cast<int64_t>(text.size())}, text)
-      .status();
+  // The pruned layer's output feeds the next layer, chunk by chunk.
+  MOEC_RETURN_IF_ERROR(pass(
+      nullptr,
+      [&](int64_t chunk, const at::Tensor& out) {
+        return PutTensor(ctx, ChunkOutputName("hidden", chunk), out);
+      },
+      nullptr));
+  MOEC_ASSIGN_OR_RETURN(summary, MergeRankObjects(comm, summary));
+  if (comm.rank() == 0) {
+    MOEC_RETURN_IF_ERROR(PutChunkedWindows(ctx, plan));
+    const std::string text = summary.dump();
+    MOEC_RETURN_IF_ERROR(ctx.io
+                             ->PutOutput("summary", storage::DType::kU8,
+                                         {static_cast<int64_t>(text.size())}, text)
+                             .status());
+  }
+  ctx.progress(1.0, absl::StrCat("layer ", layer, ": ", done, " matrices pruned on rank ",
+                                 comm.rank(), " of ", comm.size()));
+  return absl::OkStatus();
 }
 
 }  // namespace moec::stages

@@ -125,22 +125,6 @@ absl::Status ReduceGrams(comm::Communicator& comm, const std::vector<std::unique
   return absl::OkStatus();
 }
 
-// Merges the per-rank summaries (JSON objects) on every rank.
-absl::StatusOr<nlohmann::json> GatherSummary(comm::Communicator& comm, const nlohmann::json& mine) {
-  const std::string text = mine.dump();
-  at::Tensor bytes = at::empty({static_cast<int64_t>(text.size())}, at::kByte);
-  std::memcpy(bytes.data_ptr(), text.data(), text.size());
-  MOEC_ASSIGN_OR_RETURN(std::vector<at::Tensor> all, comm.AllGather(bytes));
-  nlohmann::json merged = nlohmann::json::object();
-  for (const at::Tensor& t : all) {
-    at::Tensor c = t.contiguous();
-    nlohmann::json part = nlohmann::json::parse(
-        std::string(static_cast<const char*>(c.data_ptr()), c.numel()), nullptr, false);
-    if (!part.is_object()) return absl::DataLossError("a rank sent a malformed summary");
-    merged.update(part);
-  }
-  return merged;
-}
 
 }  // namespace
 
@@ -253,26 +237,11 @@ absl::Status QuantizeStage::Run(StageContext& ctx) {
   std::map<std::pair<LinearKind, int>, Target*> by_id;
   for (auto& t : targets) by_id[{t->kind, t->expert}] = t.get();
 
-  // One pass over this rank's chunks, round by round; ranks without a chunk in a round still
-  // take part in the experts' all_to_all.
   auto pass = [&](model::ForwardObserver* observer,
                   const std::function<absl::Status(int64_t, const at::Tensor&)>& on_output,
-                  const std::function<absl::Status()>& after_round) -> absl::Status {
-    for (int64_t round = 0; round < plan.rounds(); ++round) {
-      if (ctx.IsCancelled()) return absl::CancelledError("quantization cancelled");
-      const int64_t chunk = plan.ChunkOf(round);
-      if (chunk >= 0) {
-        at::Tensor out = runner->RunLayer(w, inputs.at(chunk), observer, moe ? &executor : nullptr);
-        MOEC_RETURN_IF_ERROR(executor.status());
-        if (on_output) MOEC_RETURN_IF_ERROR(on_output(chunk, out));
-      } else if (moe) {
-        executor.Run(layer, *w.moe, at::empty({0, c.hidden_size}, runner->dtype()),
-                     std::vector<int64_t>(experts, 0), at::empty({0}, at::kLong), observer);
-        MOEC_RETURN_IF_ERROR(executor.status());
-      }
-      if (after_round) MOEC_RETURN_IF_ERROR(after_round());
-    }
-    return absl::OkStatus();
+                  const std::function<absl::Status()>& after_round) {
+    return RunChunkRounds(ctx, *runner, w, plan, inputs, moe ? &executor : nullptr, observer,
+                          on_output, after_round);
   };
 
   nlohmann::json summary = nlohmann::json::object();
@@ -353,7 +322,7 @@ absl::Status QuantizeStage::Run(StageContext& ctx) {
         return PutTensor(ctx, ChunkOutputName("hidden", chunk), out);
       },
       nullptr));
-  MOEC_ASSIGN_OR_RETURN(summary, GatherSummary(comm, summary));
+  MOEC_ASSIGN_OR_RETURN(summary, MergeRankObjects(comm, summary));
   if (comm.rank() == 0) {
     MOEC_RETURN_IF_ERROR(PutChunkedWindows(ctx, plan));
     const std::string text = summary.dump();
