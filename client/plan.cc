@@ -41,7 +41,8 @@ LayerShape ShapeOf(const model::ModelConfig& c, int layer) {
 int64_t CeilDiv(int64_t a, int64_t b) { return b <= 0 ? a : (a + b - 1) / b; }
 
 bool OnDataPlane(const std::string& kind) {
-  return kind == "calibrate" || kind == "quant_loss" || kind == "gptq" || kind == "rtn";
+  return kind == "calibrate" || kind == "quant_loss" || kind == "gptq" || kind == "rtn" ||
+         kind == "prune_weights";
 }
 
 bool WritesHidden(const std::string& kind, const json& params) {

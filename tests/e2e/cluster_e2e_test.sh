@@ -174,6 +174,13 @@ set +e
 set -e
 [ "$rc" -eq 2 ] || fail "malformed recipe exit code $rc"
 grep -q "bad.yaml:5: stage 'a' parameter 'sleep_ms' must be in" bad.err || fail "imprecise error: $(cat bad.err)"
+# Worker flags checked at start, with their precise errors.
+set +e
+"$WORKER" --device gpu 2> dev.err; rc_dev=$?
+"$WORKER" --scratch /proc/moec-scratch 2> scratch.err; rc_scratch=$?
+set -e
+[ "$rc_dev" -eq 1 ] && grep -q "device must be cpu or cuda:N" dev.err || fail "--device gpu accepted: $(cat dev.err)"
+[ "$rc_scratch" -eq 1 ] && grep -q "not a writable directory" scratch.err || fail "bad --scratch accepted: $(cat scratch.err)"
 # 80 windows x 256 tokens x hidden 64 in F32: the hidden states between layers are 5.2 MB, more
 # than one gRPC message may carry, so reading them back exercises the chunked factor stream.
 echo "== 6. real stages: calibrate, quant_loss, allocate_bits and evaluate on a tiny Mixtral, 2 workers; report"
