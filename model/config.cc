@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <regex>
 #include <limits>
 #include <utility>
 
@@ -337,9 +338,33 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view text, absl::strin
                       absl::StrCat("unsupported checkpoint format '", quant.checkpoint_format,
                                    "'; supported: gptq, gptq_v2"));
     }
+    if (const nlohmann::json* dyn = qr.object().contains("dynamic") ? &qr.object()["dynamic"] : nullptr;
+        dyn != nullptr && !dyn->is_null()) {
+      if (!dyn->is_object()) return qr.Error(qr.Path("dynamic"), "must be an object");
+      for (const auto& [key, value] : dyn->items()) {
+        if (key.rfind("+:", 0) != 0 || !value.is_object() || !value.contains("bits")) continue;
+        const nlohmann::json& b = value["bits"];
+        if (!b.is_number_integer() || b.get<int64_t>() < 1 || b.get<int64_t>() > 8) {
+          return qr.Error(qr.Path("dynamic"), absl::StrCat("'", key, "': bits must be 1..8"));
+        }
+        try {
+          std::regex check(key.substr(2));
+        } catch (const std::regex_error&) {
+          return qr.Error(qr.Path("dynamic"), absl::StrCat("'", key, "' is not a valid regex"));
+        }
+        quant.dynamic_bits.emplace_back(key.substr(2), b.get<int>());
+      }
+    }
     config.quantization = quant;
   }
   return config;
+}
+
+int QuantizationConfig::BitsOf(const std::string& module) const {
+  for (const auto& [pattern, b] : dynamic_bits) {
+    if (std::regex_search(module, std::regex(pattern), std::regex_constants::match_continuous)) return b;
+  }
+  return bits;
 }
 
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& model_dir) {

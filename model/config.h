@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -64,6 +65,12 @@ struct QuantizationConfig {
   bool sym = true;
   // "gptq": zero points stored minus one (AutoGPTQ v1); "gptq_v2": stored as they are.
   std::string checkpoint_format = "gptq";
+  // Per-module widths of mixed-width checkpoints: `dynamic` entries "+:<regex>": {"bits": b}, in
+  // file order; a module takes the first whose regex matches the start of its name (GPTQModel's
+  // re.match), else `bits`.
+  std::vector<std::pair<std::string, int>> dynamic_bits;
+  // The width of module `module` (a weight's name without ".weight") by the rules above.
+  int BitsOf(const std::string& module) const;
 };
 
 // One parsed and validated config.json. Field names follow Hugging Face; where architectures

@@ -288,7 +288,9 @@ class CountingObserver : public ForwardObserver {
   void OnLinearInput(const LinearId& id, const at::Tensor& x, const at::Tensor& idx) override {
     if (id.kind == LinearKind::kExpertGate) expert_rows += x.size(0);
     if (id.kind == LinearKind::kQ) q_rows += x.size(0);
-    if (id.kind == LinearKind::kExpertDown) EXPECT_EQ(x.size(1), down_width);
+    if (id.kind == LinearKind::kExpertDown) {
+      EXPECT_EQ(x.size(1), down_width);
+    }
   }
   void OnRouterLogits(int layer, const at::Tensor& logits) override { ++router_calls; }
   std::vector<at::Tensor> inputs, outputs;
@@ -410,8 +412,8 @@ TEST(ForwardTest, GptqCheckpointDequantizesOnLoad) {
   for (const TensorSpec& spec : ModelTensors(c)) {
     ASSERT_OK_AND_ASSIGN(at::Tensor w, loader->Load(spec));
     if (spec.role != TensorRole::kRoutedExpert) {
-      quantized.push_back({spec.name, w});
-      fake.push_back({spec.name, w});
+      quantized.push_back({spec.name, w, std::nullopt});
+      fake.push_back({spec.name, w, std::nullopt});
       continue;
     }
     const int bits = spec.expert == 0 ? 4 : spec.expert == 1 ? 3 : 2;
@@ -435,7 +437,7 @@ TEST(ForwardTest, GptqCheckpointDequantizesOnLoad) {
     }
     at::Tensor deq = ((q.to(at::kFloat) - zeros.index_select(0, g_idx).to(at::kFloat)) *
                       scales.index_select(0, g_idx)).t().contiguous();
-    fake.push_back({spec.name, deq});
+    fake.push_back({spec.name, deq, std::nullopt});
     at::Tensor q8 = q.to(at::kByte).contiguous();
     at::Tensor qweight = at::empty({kernels::PackedWordsPerColumn(in, bits), out}, at::kInt);
     ASSERT_OK(kernels::PackRows(q8.data_ptr<uint8_t>(), in, out, bits,

@@ -17,6 +17,7 @@
 #include "nlohmann/json.hpp"
 #include "storage/file_util.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/oracle.h"
 #include "tests/testing/temp_dir.h"
 
 namespace moec::model {
@@ -26,17 +27,9 @@ namespace fs = std::filesystem;
 using ::moec::testing::TempDir;
 using nlohmann::json;
 
-constexpr char kPython[] = "/usr/bin/python3";
-
-std::string OracleScript() {
-  return (fs::path(MOEC_SOURCE_DIR) / "tests/oracle/hf_reference.py").string();
-}
-
-bool PythonTorchAvailable() {
-  static const bool ok =
-      std::system((std::string(kPython) + " -c 'import torch, numpy' >/dev/null 2>&1").c_str()) == 0;
-  return ok;
-}
+using ::moec::testing::OracleLogits;
+using ::moec::testing::PythonTorchAvailable;
+constexpr const char* kPython = ::moec::testing::kOraclePython;
 
 TinyModelOptions Tiny(const std::string& type) {
   TinyModelOptions o;
@@ -76,36 +69,11 @@ void RewriteModel(const std::string& src, const std::string& dst, const json& mo
   }
   if (edit) edit(&tensors);
   std::vector<NamedTensor> out;
-  for (auto& [name, t] : tensors) out.push_back({name, t});
+  for (auto& [name, t] : tensors) out.push_back({name, t, std::nullopt});
   ASSERT_OK(WriteCheckpointTensors(dst, out));
 }
 
 // Runs the oracle on `tokens` [B, S] and returns its logits.
-at::Tensor OracleLogits(const std::string& model, const at::Tensor& tokens, const TempDir& tmp,
-                        at::Tensor* hidden = nullptr) {
-  json rows = json::array();
-  for (int64_t b = 0; b < tokens.size(0); ++b) {
-    json row = json::array();
-    for (int64_t s = 0; s < tokens.size(1); ++s) row.push_back(tokens[b][s].item<int64_t>());
-    rows.push_back(row);
-  }
-  const std::string tokens_path = tmp.WriteFile("tokens.json", rows.dump());
-  const std::string out = tmp.Join("logits.bin"), hid = tmp.Join("hidden.bin");
-  const std::string cmd = std::string(kPython) + " " + OracleScript() + " --model " + model +
-                          " --tokens " + tokens_path + " --out " + out + " --hidden-out " + hid;
-  const int rc = std::system(cmd.c_str());
-  EXPECT_EQ(rc, 0) << cmd;
-  if (rc != 0) return {};
-  auto read = [](const std::string& path) {
-    std::string bytes = *storage::ReadFileToString(path, 1ull << 30);
-    at::Tensor t = at::empty({static_cast<int64_t>(bytes.size() / 4)}, at::kFloat);
-    std::memcpy(t.data_ptr(), bytes.data(), bytes.size());
-    return t;
-  };
-  if (hidden != nullptr) *hidden = read(hid);
-  return read(out).view({tokens.size(0), tokens.size(1), -1});
-}
-
 // Residual stream after every layer, as the oracle's --hidden-out lays it out.
 class ResidualRecorder : public ForwardObserver {
  public:

@@ -128,7 +128,7 @@ Model InitModel(const ModelConfig& config, uint64_t seed) {
       t = at::randn(spec.shape) * 0.02;
     }
     t.set_requires_grad(true);
-    m.params.push_back({spec.name, t});
+    m.params.push_back({spec.name, t, std::nullopt});
     m.by_name[spec.name] = t;
   }
   return m;
@@ -379,7 +379,7 @@ static absl::StatusOr<TrainReport> TrainInto(const TrainOptions& o, const std::s
   std::vector<NamedTensor> out;
   for (const NamedTensor& p : m.params) {
     if (p.name == LmHeadTensorName(config) && config.tie_word_embeddings) continue;
-    out.push_back({p.name, p.tensor.detach()});
+    out.push_back({p.name, p.tensor.detach(), std::nullopt});
   }
   MOEC_RETURN_IF_ERROR(WriteCheckpointTensors(tmp, out));
 

@@ -84,11 +84,17 @@ absl::StatusOr<at::Tensor> WeightLoader::LoadGptq(const TensorSpec& spec,
     return bad(absl::StrCat("qweight has shape [", absl::StrJoin(qweight.shape, ", "),
                             "], expected [words, ", out, "]"));
   }
-  int bits = 0;
-  for (int b = 1; b <= 8; ++b) {
-    if (kernels::PackedWordsPerColumn(in, b) == qweight.shape[0]) {
-      if (bits != 0) return bad("the bit width is ambiguous for so few input features");
-      bits = b;
+  // The width quantization_config gives the module (`bits`, or a `dynamic` override); when the
+  // shapes say otherwise (a checkpoint without overrides for its mixed widths), the one width
+  // the shapes allow.
+  int bits = q.BitsOf(spec.name.substr(0, spec.name.size() - std::string(".weight").size()));
+  if (kernels::PackedWordsPerColumn(in, bits) != qweight.shape[0]) {
+    bits = 0;
+    for (int b = 1; b <= 8; ++b) {
+      if (kernels::PackedWordsPerColumn(in, b) == qweight.shape[0]) {
+        if (bits != 0) return bad("the bit width is ambiguous for so few input features");
+        bits = b;
+      }
     }
   }
   if (bits == 0) {

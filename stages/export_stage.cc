@@ -108,7 +108,12 @@ absl::StatusOr<json> WriteQuantized(StageContext& ctx, const std::string& format
       if (b == 1) {
         return absl::UnimplementedError(absl::StrCat(
             name, " is quantized to 1 bit, which the GPTQ format cannot hold (sign codes have no "
-            "integer zero point); export it as fake_quant"));
+            "integer zero point); export it as hqq or fake_quant"));
+      }
+      if (b != 2 && b != 3 && b != 4 && b != 8) {
+        return absl::UnimplementedError(absl::StrCat(
+            name, " is quantized to ", b, " bits; GPTQ loaders (GPTQModel, vLLM, transformers) "
+            "read 2, 3, 4 and 8 bits only: export it as hqq or fake_quant"));
       }
       MOEC_ASSIGN_OR_RETURN(QuantizedLinear ql, fetch(name));
       if ((ql.zeros == 0).any().item<bool>()) zero_is_zero = true;

@@ -22,6 +22,7 @@ import argparse
 import json
 import math
 import os
+import re
 import struct
 import sys
 
@@ -38,7 +39,7 @@ class OracleError(Exception):
 # ---------------------------------------------------------------------------------------------
 
 # The dtypes we decode, with their element size in bytes.
-_SAFETENSORS_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
+_SAFETENSORS_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I32": 4}
 
 
 def _decode_tensor(raw, dtype, shape):
@@ -49,6 +50,8 @@ def _decode_tensor(raw, dtype, shape):
         values = raw.view("<f8").astype(np.float64)
     elif dtype == "F16":
         values = raw.view("<f2").astype(np.float32)
+    elif dtype == "I32":
+        return np.array(raw.view("<i4").reshape(shape), copy=True)
     elif dtype == "BF16":
         # bfloat16 is the upper half of a float32: widen to 32 bits and shift into place.
         widened = raw.view("<u2").astype(np.uint32) << np.uint32(16)
@@ -136,6 +139,70 @@ def load_checkpoint(model_dir):
 
 
 # ---------------------------------------------------------------------------------------------
+# GPTQ checkpoints
+# ---------------------------------------------------------------------------------------------
+
+def _unpack_rows(packed, count, bits):
+    """Values of `bits` bits packed along axis 0 of int32 words, as the GPTQ format lays them:
+    value i of a column occupies bits [i*bits, (i+1)*bits) of that column's little-endian bit
+    stream (word w holds stream bits 32w..32w+31; a 3-bit value may straddle two words)."""
+    words = packed.astype(np.int64) & 0xFFFFFFFF
+    out = np.zeros((count, words.shape[1]), dtype=np.int64)
+    mask = (1 << bits) - 1
+    for i in range(count):
+        pos = i * bits
+        w, s = divmod(pos, 32)
+        v = words[w] >> s
+        if s + bits > 32:
+            v = v | (words[w + 1] << (32 - s))
+        out[i] = v & mask
+    return out
+
+
+def dequantize_gptq(tensors, quantization):
+    """Replaces every GPTQ module (X.qweight, X.qzeros, X.scales, X.g_idx) by X.weight [out, in]:
+    W[o, i] = scales[g_idx[i], o] * (q[i, o] - z[g_idx[i], o]), z the stored zero plus one in
+    checkpoint_format "gptq" (v1), as stored in "gptq_v2". The width of each module follows from
+    its qweight's shape (mixed-width checkpoints carry per-module `dynamic` overrides)."""
+    fmt = quantization.get("checkpoint_format", "gptq")
+    if fmt not in ("gptq", "gptq_v2"):
+        raise OracleError("unsupported GPTQ checkpoint_format %r" % fmt)
+    default_bits = quantization.get("bits")
+    dynamic = quantization.get("dynamic") or {}
+    for name in [n for n in tensors if n.endswith(".qweight")]:
+        prefix = name[:-len("qweight")]
+        module = prefix[:-1]
+        try:
+            qweight, qzeros = tensors.pop(name), tensors.pop(prefix + "qzeros")
+            scales, g_idx = tensors.pop(prefix + "scales"), tensors.pop(prefix + "g_idx")
+        except KeyError as e:
+            raise OracleError("GPTQ module %s lacks %s" % (prefix, e))
+        # The width: `bits`, or the first `dynamic` override whose regex matches the module
+        # (GPTQModel's convention: "+:<regex>" keys, re.match on the module name).
+        bits = default_bits
+        for key, override in dynamic.items():
+            if key.startswith("+:") and re.match(key[2:], module) and "bits" in override:
+                bits = override["bits"]
+                break
+        if bits not in (2, 3, 4, 8):
+            raise OracleError("%s: unsupported GPTQ width %r" % (module, bits))
+        in_features, out_features = g_idx.shape[0], qweight.shape[1]
+        if qweight.shape[0] != (in_features * bits + 31) // 32 or \
+                qzeros.shape[1] != (out_features * bits + 31) // 32:
+            raise OracleError("%s: qweight %s / qzeros %s do not hold %d x %d values of %d bits" %
+                              (module, list(qweight.shape), list(qzeros.shape), in_features,
+                               out_features, bits))
+        q = _unpack_rows(qweight, in_features, bits)                       # [in, out]
+        z = _unpack_rows(np.ascontiguousarray(qzeros.T), out_features, bits).T  # [groups, out]
+        if fmt == "gptq":
+            z = z + 1
+        g = g_idx.astype(np.int64)
+        w = (q - z[g]).astype(np.float32) * scales.astype(np.float32)[g]   # [in, out]
+        tensors[prefix + "weight"] = np.ascontiguousarray(w.T)
+    return tensors
+
+
+# ---------------------------------------------------------------------------------------------
 # config.json
 # ---------------------------------------------------------------------------------------------
 
@@ -212,6 +279,7 @@ class ModelSpec:
         if not isinstance(raw, dict):
             raise OracleError("%s: top level is not a JSON object" % source)
         f = _Fields(raw, source)
+        self.raw = raw
         self.model_type = raw.get("model_type")
         if self.model_type not in _ARCHS:
             raise OracleError("%s: unsupported model_type %r; supported: %s" %
@@ -806,7 +874,11 @@ def main(argv=None):
     try:
         spec = load_config(args.model)
         tokens = read_tokens(args.tokens, spec.vocab_size)
-        W = Weights(load_checkpoint(args.model), dtype)
+        tensors = load_checkpoint(args.model)
+        quantization = spec.raw.get("quantization_config") if isinstance(spec.raw, dict) else None
+        if isinstance(quantization, dict) and quantization.get("quant_method") == "gptq":
+            tensors = dequantize_gptq(tensors, quantization)
+        W = Weights(tensors, dtype)
         with torch.no_grad():
             result = forward(spec, W, tokens, dtype)
         unused = W.unused()

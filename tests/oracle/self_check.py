@@ -407,6 +407,37 @@ def compare_with_naive(raw, seed=0, B=2, S=7, tol=1e-9):
 # Checks
 # ---------------------------------------------------------------------------------------------
 
+@check("GPTQ: bit-stream unpacking (2, 3, 4, 8 bits) and v1/v2 dequantization by hand")
+def _check_gptq():
+    rng = np.random.default_rng(7)
+    for bits in (2, 3, 4, 8):
+        n, cols = 96, 5
+        vals = rng.integers(0, 1 << bits, size=(n, cols))
+        words = np.zeros(((n * bits + 31) // 32, cols), dtype=np.int64)
+        for i in range(n):  # one bit at a time: value i's bit b is stream bit i*bits + b
+            for b in range(bits):
+                pos = i * bits + b
+                words[pos // 32] |= ((vals[i] >> b) & 1) << (pos % 32)
+        packed = words.astype(np.uint32).view(np.int32)
+        assert (ref._unpack_rows(packed, n, bits) == vals).all(), "unpack %d bits" % bits
+    # One 4-bit module, 8 inputs in 2 groups, 8 outputs: W[o, i] = s[g, o] * (q - z[g, o]).
+    q = rng.integers(0, 16, size=(8, 8))
+    z = rng.integers(1, 15, size=(2, 8))  # v1 cannot store a zero point of 0
+    s = rng.random((2, 8)).astype(np.float32)
+    g = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    def pack(v):  # 4 bits: 8 values per word along axis 0
+        w = np.zeros((v.shape[0] // 8, v.shape[1]), dtype=np.int64)
+        for i in range(v.shape[0]):
+            w[i // 8] |= v[i].astype(np.int64) << (4 * (i % 8))
+        return w.astype(np.uint32).view(np.int32)
+    for fmt, stored in (("gptq", z - 1), ("gptq_v2", z)):
+        t = {"m.qweight": pack(q), "m.qzeros": np.ascontiguousarray(pack(stored.T).T),
+             "m.scales": s, "m.g_idx": g.astype(np.int32)}
+        w = ref.dequantize_gptq(t, {"checkpoint_format": fmt, "bits": 4})["m.weight"]
+        want = np.array([[s[g[i], o] * (q[i, o] - z[g[i], o]) for i in range(8)] for o in range(8)])
+        assert np.allclose(w, want), fmt
+
+
 @check("known values: RMSNorm, rotate_half, RoPE at position 0 and 1")
 def _():
     x = torch.tensor([3.0, 4.0], dtype=F64)
