@@ -66,8 +66,9 @@ struct QuantizationConfig {
   // "gptq": zero points stored minus one (AutoGPTQ v1); "gptq_v2": stored as they are.
   std::string checkpoint_format = "gptq";
   // Per-module widths of mixed-width checkpoints: `dynamic` entries "+:<regex>": {"bits": b}, in
-  // file order; a module takes the first whose regex matches the start of its name (GPTQModel's
-  // re.match), else `bits`.
+  // key order (GPTQModel uses file order; they differ only for overlapping patterns, which
+  // moec's exports never write); a module takes the first whose regex matches the start of its
+  // name (GPTQModel's re.match), else `bits`.
   std::vector<std::pair<std::string, int>> dynamic_bits;
   // The width of module `module` (a weight's name without ".weight") by the rules above.
   int BitsOf(const std::string& module) const;

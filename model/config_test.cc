@@ -386,5 +386,24 @@ TEST(ModelConfigRuntimeFieldsTest, QuantizationConfig) {
                                  HasSubstr("unsupported quantization method 'awq'")));
 }
 
+TEST(ModelConfigRuntimeFieldsTest, GptqDynamicWidths) {
+  json j = TinyMixtral();
+  j["quantization_config"] = {
+      {"quant_method", "gptq"}, {"bits", 2},
+      {"dynamic", {{"+:model\\.layers\\.0\\.self_attn\\.q_proj", {{"bits", 4}}},
+                   {"-:model\\.layers\\.1\\..*", json::object()},
+                   {"+:model\\.layers\\.1", {{"bits", 8}}}}}};
+  ASSERT_OK_AND_ASSIGN(ModelConfig c, Parse(j));
+  const QuantizationConfig& q = *c.quantization;
+  EXPECT_EQ(q.BitsOf("model.layers.0.self_attn.q_proj"), 4);
+  EXPECT_EQ(q.BitsOf("model.layers.0.self_attn.k_proj"), 2);  // the default
+  EXPECT_EQ(q.BitsOf("model.layers.1.self_attn.k_proj"), 8);  // matches the start of the name
+  EXPECT_EQ(q.BitsOf("xmodel.layers.1.self_attn.k_proj"), 2);  // not at the start
+  j["quantization_config"]["dynamic"] = {{"+:model(", {{"bits", 4}}}};
+  EXPECT_THAT(Parse(j), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("not a valid regex")));
+  j["quantization_config"]["dynamic"] = {{"+:model", {{"bits", 9}}}};
+  EXPECT_THAT(Parse(j), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("bits must be 1..8")));
+}
+
 }  // namespace
 }  // namespace moec::model
