@@ -268,4 +268,59 @@ absl::StatusOr<nlohmann::json> MergeRankObjects(comm::Communicator& comm, const 
   return merged;
 }
 
+absl::StatusOr<LayerShard> OpenLayerShard(const StageContext& ctx, comm::Communicator& comm,
+                                          const model::ModelRunner& runner) {
+  const int layer = ctx.task->layer();
+  LayerShard shard;
+  shard.plan.rank = comm.rank();
+  shard.plan.ranks = comm.size();
+  at::Tensor window_tokens;
+  MOEC_RETURN_IF_ERROR(PlanChunks(ctx, &shard.plan, &window_tokens));
+  for (int64_t round = 0; round < shard.plan.rounds(); ++round) {
+    const int64_t chunk = shard.plan.ChunkOf(round);
+    if (chunk < 0) continue;
+    MOEC_ASSIGN_OR_RETURN(shard.inputs[chunk],
+                          LayerInputChunk(ctx, runner, window_tokens, shard.plan, chunk));
+  }
+  // Expert owners balance calibrated token counts when a `calibrate` stage is among the needs,
+  // else the number of experts. Each rank reads only the experts it owns.
+  const int experts = std::max(0, runner.config().NumRoutedExperts(layer));
+  std::vector<int64_t> expert_tokens = CalibratedExpertTokens(ctx, layer, experts);
+  if (expert_tokens.empty()) expert_tokens.assign(experts, 1);
+  shard.expert_owner = AssignExperts(expert_tokens, comm.size());
+  const int rank = comm.rank();
+  MOEC_ASSIGN_OR_RETURN(shard.weights,
+                        runner.LoadLayer(layer, [&](int e) { return shard.expert_owner[e] == rank; }));
+  if (shard.weights.moe.has_value() && experts > 0 && shard.weights.moe->router.defined()) {
+    shard.executor = std::make_unique<ExpertParallelExecutor>(&comm, shard.expert_owner);
+  }
+  return shard;
+}
+
+absl::Status RunShardRounds(const StageContext& ctx, const model::ModelRunner& runner,
+                            LayerShard& shard, model::ForwardObserver* observer,
+                            const std::function<absl::Status(int64_t, const at::Tensor&)>& on_output,
+                            const std::function<absl::Status()>& after_round) {
+  return RunChunkRounds(ctx, runner, shard.weights, shard.plan, shard.inputs, shard.executor.get(),
+                        observer, on_output, after_round);
+}
+
+absl::Status WriteShardOutputs(StageContext& ctx, comm::Communicator& comm,
+                               const model::ModelRunner& runner, LayerShard& shard,
+                               const nlohmann::json& summary) {
+  MOEC_RETURN_IF_ERROR(RunShardRounds(
+      ctx, runner, shard, nullptr,
+      [&](int64_t chunk, const at::Tensor& out) {
+        return PutTensor(ctx, ChunkOutputName("hidden", chunk), out);
+      },
+      nullptr));
+  MOEC_ASSIGN_OR_RETURN(nlohmann::json merged, MergeRankObjects(comm, summary));
+  if (comm.rank() != 0) return absl::OkStatus();
+  MOEC_RETURN_IF_ERROR(PutChunkedWindows(ctx, shard.plan));
+  const std::string text = merged.dump();
+  return ctx.io
+      ->PutOutput("summary", storage::DType::kU8, {static_cast<int64_t>(text.size())}, text)
+      .status();
+}
+
 }  // namespace moec::stages

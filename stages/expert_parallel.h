@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -131,6 +132,34 @@ absl::Status RunChunkRounds(const StageContext& ctx, const model::ModelRunner& r
 
 // Merges every rank's JSON object (a per-rank `summary`) into one, on every rank.
 absl::StatusOr<nlohmann::json> MergeRankObjects(comm::Communicator& comm, const nlohmann::json& mine);
+
+// A rank's share of one layer task on the data plane: the plan of its chunks and their inputs
+// (LayerInputChunk), the owner of every routed expert (AssignExperts on calibrated token counts,
+// else uniform), the layer's weights with only the experts this rank owns read, and the
+// executor that runs the experts on their owners (null when the layer has no routed experts).
+struct LayerShard {
+  ChunkPlan plan;
+  std::map<int64_t, at::Tensor> inputs;  // chunk -> hidden states entering the layer
+  std::vector<int> expert_owner;
+  model::LayerWeights weights;
+  std::unique_ptr<ExpertParallelExecutor> executor;
+  int64_t seq() const { return inputs.empty() ? 1 : inputs.begin()->second.size(1); }
+};
+absl::StatusOr<LayerShard> OpenLayerShard(const StageContext& ctx, comm::Communicator& comm,
+                                          const model::ModelRunner& runner);
+
+// RunChunkRounds over the shard's chunks.
+absl::Status RunShardRounds(const StageContext& ctx, const model::ModelRunner& runner,
+                            LayerShard& shard, model::ForwardObserver* observer,
+                            const std::function<absl::Status(int64_t, const at::Tensor&)>& on_output,
+                            const std::function<absl::Status()>& after_round);
+
+// The end of a layer task on the data plane, once its weights are final: one more pass writes
+// the layer's output per chunk ("hidden.cNNNNN"), the ranks' `summary` objects are merged, and
+// rank 0 writes `windows` and `summary` (JSON).
+absl::Status WriteShardOutputs(StageContext& ctx, comm::Communicator& comm,
+                               const model::ModelRunner& runner, LayerShard& shard,
+                               const nlohmann::json& summary);
 
 }  // namespace moec::stages
 

@@ -133,25 +133,9 @@ absl::Status PruneWeightsStage::Run(StageContext& ctx) {
 
   // On the data plane (expert_parallel.h): this rank's chunks of the calibration windows, the
   // experts it owns (read and pruned here), the shared experts dealt round-robin.
-  at::Tensor window_tokens;
-  ChunkPlan plan;
-  plan.rank = comm.rank();
-  plan.ranks = comm.size();
-  MOEC_RETURN_IF_ERROR(PlanChunks(ctx, &plan, &window_tokens));
-  std::map<int64_t, at::Tensor> inputs;  // chunk -> hidden states entering the layer
-  for (int64_t round = 0; round < plan.rounds(); ++round) {
-    const int64_t chunk = plan.ChunkOf(round);
-    if (chunk < 0) continue;
-    MOEC_ASSIGN_OR_RETURN(inputs[chunk], LayerInputChunk(ctx, *runner, window_tokens, plan, chunk));
-  }
-  const int experts = std::max(0, c.NumRoutedExperts(layer));
-  std::vector<int64_t> expert_tokens = CalibratedExpertTokens(ctx, layer, experts);
-  if (expert_tokens.empty()) expert_tokens.assign(experts, 1);
-  const std::vector<int> expert_owner = AssignExperts(expert_tokens, comm.size());
-  MOEC_ASSIGN_OR_RETURN(model::LayerWeights w,
-                        runner->LoadLayer(layer, [&](int e) { return expert_owner[e] == comm.rank(); }));
-  const bool moe = w.moe.has_value() && experts > 0 && w.moe->router.defined();
-  ExpertParallelExecutor executor(&comm, expert_owner);
+  MOEC_ASSIGN_OR_RETURN(LayerShard shard, OpenLayerShard(ctx, comm, *runner));
+  const std::vector<int>& expert_owner = shard.expert_owner;
+  model::LayerWeights& w = shard.weights;
 
   std::vector<std::unique_ptr<Target>> targets;
   std::map<std::pair<LinearKind, int>, Target*> by_id;
@@ -190,8 +174,7 @@ absl::Status PruneWeightsStage::Run(StageContext& ctx) {
   auto pass = [&](model::ForwardObserver* observer,
                   const std::function<absl::Status(int64_t, const at::Tensor&)>& on_output,
                   const std::function<absl::Status()>& after_round) {
-    return RunChunkRounds(ctx, *runner, w, plan, inputs, moe ? &executor : nullptr, observer,
-                          on_output, after_round);
+    return RunShardRounds(ctx, *runner, shard, observer, on_output, after_round);
   };
   if (method != "magnitude") {
     StatsCollector collector(&by_id, sparsegpt);
@@ -237,21 +220,7 @@ absl::Status PruneWeightsStage::Run(StageContext& ctx) {
     MOEC_RETURN_IF_ERROR(comm.Broadcast(*t->weight, t->owner));
   }
   // The pruned layer's output feeds the next layer, chunk by chunk.
-  MOEC_RETURN_IF_ERROR(pass(
-      nullptr,
-      [&](int64_t chunk, const at::Tensor& out) {
-        return PutTensor(ctx, ChunkOutputName("hidden", chunk), out);
-      },
-      nullptr));
-  MOEC_ASSIGN_OR_RETURN(summary, MergeRankObjects(comm, summary));
-  if (comm.rank() == 0) {
-    MOEC_RETURN_IF_ERROR(PutChunkedWindows(ctx, plan));
-    const std::string text = summary.dump();
-    MOEC_RETURN_IF_ERROR(ctx.io
-                             ->PutOutput("summary", storage::DType::kU8,
-                                         {static_cast<int64_t>(text.size())}, text)
-                             .status());
-  }
+  MOEC_RETURN_IF_ERROR(WriteShardOutputs(ctx, comm, *runner, shard, summary));
   ctx.progress(1.0, absl::StrCat("layer ", layer, ": ", done, " matrices pruned on rank ",
                                  comm.rank(), " of ", comm.size()));
   return absl::OkStatus();

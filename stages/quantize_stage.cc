@@ -160,30 +160,11 @@ absl::Status QuantizeStage::Run(StageContext& ctx) {
     }
   }
 
-  // This rank's chunks of the calibration windows (expert_parallel.h).
-  at::Tensor window_tokens;
-  ChunkPlan plan;
-  plan.rank = comm.rank();
-  plan.ranks = comm.size();
-  MOEC_RETURN_IF_ERROR(PlanChunks(ctx, &plan, &window_tokens));
-  std::map<int64_t, at::Tensor> inputs;  // chunk -> hidden states entering the layer
-  for (int64_t round = 0; round < plan.rounds(); ++round) {
-    const int64_t chunk = plan.ChunkOf(round);
-    if (chunk < 0) continue;
-    MOEC_ASSIGN_OR_RETURN(inputs[chunk],
-                          LayerInputChunk(ctx, *runner, window_tokens, plan, chunk));
-  }
-  const int64_t seq = inputs.empty() ? 1 : inputs.begin()->second.size(1);
-
-  // Expert owners balance calibrated token counts when a `calibrate` stage is among the needs,
-  // else the number of experts. Each rank reads only the experts it owns.
-  std::vector<int64_t> expert_tokens = CalibratedExpertTokens(ctx, layer, experts);
-  if (expert_tokens.empty()) expert_tokens.assign(experts, 1);
-  const std::vector<int> expert_owner = AssignExperts(expert_tokens, comm.size());
-  MOEC_ASSIGN_OR_RETURN(model::LayerWeights w,
-                        runner->LoadLayer(layer, [&](int e) { return expert_owner[e] == comm.rank(); }));
-  const bool moe = w.moe.has_value() && experts > 0 && w.moe->router.defined();
-  ExpertParallelExecutor executor(&comm, expert_owner);
+  // This rank's chunks, its experts and the layer (expert_parallel.h).
+  MOEC_ASSIGN_OR_RETURN(LayerShard shard, OpenLayerShard(ctx, comm, *runner));
+  const int64_t seq = shard.seq();
+  const std::vector<int>& expert_owner = shard.expert_owner;
+  model::LayerWeights& w = shard.weights;
   const std::string prefix = absl::StrCat("model.layers.", layer, ".");
   std::vector<std::unique_ptr<Target>> targets;
   int data_parallel = 0;  // data-parallel targets so far: their owners go round-robin
@@ -240,8 +221,7 @@ absl::Status QuantizeStage::Run(StageContext& ctx) {
   auto pass = [&](model::ForwardObserver* observer,
                   const std::function<absl::Status(int64_t, const at::Tensor&)>& on_output,
                   const std::function<absl::Status()>& after_round) {
-    return RunChunkRounds(ctx, *runner, w, plan, inputs, moe ? &executor : nullptr, observer,
-                          on_output, after_round);
+    return RunShardRounds(ctx, *runner, shard, observer, on_output, after_round);
   };
 
   nlohmann::json summary = nlohmann::json::object();
@@ -316,21 +296,7 @@ absl::Status QuantizeStage::Run(StageContext& ctx) {
     }
   }
   // The quantized layer's output feeds the next layer, chunk by chunk.
-  MOEC_RETURN_IF_ERROR(pass(
-      nullptr,
-      [&](int64_t chunk, const at::Tensor& out) {
-        return PutTensor(ctx, ChunkOutputName("hidden", chunk), out);
-      },
-      nullptr));
-  MOEC_ASSIGN_OR_RETURN(summary, MergeRankObjects(comm, summary));
-  if (comm.rank() == 0) {
-    MOEC_RETURN_IF_ERROR(PutChunkedWindows(ctx, plan));
-    const std::string text = summary.dump();
-    MOEC_RETURN_IF_ERROR(ctx.io
-                             ->PutOutput("summary", storage::DType::kU8,
-                                         {static_cast<int64_t>(text.size())}, text)
-                             .status());
-  }
+  MOEC_RETURN_IF_ERROR(WriteShardOutputs(ctx, comm, *runner, shard, summary));
   ctx.progress(1.0, absl::StrCat("layer ", layer, ": ", mine, " linears quantized on rank ",
                                  comm.rank(), " of ", comm.size()));
   return absl::OkStatus();
