@@ -323,4 +323,31 @@ absl::Status WriteShardOutputs(StageContext& ctx, comm::Communicator& comm,
       .status();
 }
 
+absl::StatusOr<std::vector<OwnerPart>> SendToOwner(comm::Communicator& comm, int owner,
+                                                   const OwnerPart& mine, int64_t cols,
+                                                   int64_t meta_cols) {
+  std::vector<int64_t> rows(comm.size(), 0), one(comm.size(), 0);
+  at::Tensor part = at::empty({0, cols}, at::kFloat), meta = at::empty({0, meta_cols}, at::kLong);
+  if (mine.rows.defined()) {
+    part = mine.rows.reshape({-1, cols});
+    meta = mine.meta.reshape({1, meta_cols});
+    rows[owner] = part.size(0);
+    one[owner] = 1;
+  }
+  std::vector<int64_t> got_rows, got_meta;
+  MOEC_ASSIGN_OR_RETURN(at::Tensor parts, comm.AllToAll(part, rows, &got_rows));
+  MOEC_ASSIGN_OR_RETURN(at::Tensor metas, comm.AllToAll(meta, one, &got_meta));
+  std::vector<OwnerPart> out;
+  int64_t at_row = 0;
+  for (size_t r = 0; r < got_rows.size(); ++r) {
+    if (got_meta.size() > r && got_meta[r] == 0) continue;
+    OwnerPart p;
+    p.rows = parts.narrow(0, at_row, got_rows[r]);
+    p.meta = metas.narrow(0, static_cast<int64_t>(out.size()), 1).reshape({meta_cols});
+    at_row += got_rows[r];
+    out.push_back(std::move(p));
+  }
+  return out;
+}
+
 }  // namespace moec::stages

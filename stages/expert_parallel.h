@@ -130,6 +130,19 @@ absl::Status RunChunkRounds(const StageContext& ctx, const model::ModelRunner& r
                             const std::function<absl::Status(int64_t, const at::Tensor&)>& on_output,
                             const std::function<absl::Status()>& after_round);
 
+// One rank's contribution to an ordered reduction: `rows` [n, cols] (F32) and `meta` [1, k]
+// (I64), or undefined tensors when the rank has nothing this round.
+struct OwnerPart {
+  at::Tensor rows;
+  at::Tensor meta;
+};
+// Sends every rank's `mine` to rank `owner` (all_to_all; every rank calls it). On the owner:
+// the parts received, in rank order — i.e. in chunk order within a round (see above); elsewhere
+// none. `cols` and `meta_cols` give the shapes of empty parts.
+absl::StatusOr<std::vector<OwnerPart>> SendToOwner(comm::Communicator& comm, int owner,
+                                                   const OwnerPart& mine, int64_t cols,
+                                                   int64_t meta_cols);
+
 // Merges every rank's JSON object (a per-rank `summary`) into one, on every rank.
 absl::StatusOr<nlohmann::json> MergeRankObjects(comm::Communicator& comm, const nlohmann::json& mine);
 

@@ -266,7 +266,12 @@ absl::Status ExportStage::Run(StageContext& ctx) {
   const std::string out = ctx.recipe.at("output").get<std::string>();
   // The model a restructure stage decided (model_view.h), else the recipe's.
   MOEC_ASSIGN_OR_RETURN(std::optional<ModelView> view, JobModelView(ctx));
-  MOEC_ASSIGN_OR_RETURN(json config, JobModelConfigJson(ctx));
+  json config;
+  if (view) {
+    config = view->config;
+  } else {
+    MOEC_ASSIGN_OR_RETURN(config, JobModelConfigJson(ctx));
+  }
 
   // Per-layer results of the stages this export needs.
   if (absl::StatusOr<std::string> skip = NeededStage(ctx, "dynamic_skip"); skip.ok()) {

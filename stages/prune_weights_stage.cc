@@ -81,24 +81,14 @@ absl::Status ReduceRound(comm::Communicator& comm, std::vector<std::unique_ptr<T
   for (auto& t : targets) {
     if (t->expert >= 0) continue;
     const int64_t in = t->weight->size(1);
-    const int64_t rows_per = sparsegpt ? in : 1;
-    std::vector<int64_t> rows(comm.size(), 0), one(comm.size(), 0);
-    at::Tensor stat = at::empty({0, in}, at::kFloat), meta = at::empty({0}, at::kLong);
-    if (t->round_stat.defined()) {
-      stat = t->round_stat.reshape({rows_per, in});
-      meta = at::tensor({t->round_tokens}, at::kLong);
-      rows[t->owner] = rows_per;
-      one[t->owner] = 1;
-    }
-    std::vector<int64_t> got_rows, got_meta;
-    MOEC_ASSIGN_OR_RETURN(at::Tensor stats, comm.AllToAll(stat, rows, &got_rows));
-    MOEC_ASSIGN_OR_RETURN(at::Tensor metas, comm.AllToAll(meta, one, &got_meta));
-    for (int64_t i = 0; i < metas.size(0); ++i) {
-      const at::Tensor part = stats.narrow(0, i * rows_per, rows_per);
+    OwnerPart mine;
+    if (t->round_stat.defined()) mine = {t->round_stat, at::tensor({t->round_tokens}, at::kLong)};
+    MOEC_ASSIGN_OR_RETURN(std::vector<OwnerPart> parts, SendToOwner(comm, t->owner, mine, in, 1));
+    for (const OwnerPart& p : parts) {
       if (sparsegpt) {
-        MOEC_RETURN_IF_ERROR(t->hessian->AddGram(part, metas[i].item<int64_t>(), 1));
+        MOEC_RETURN_IF_ERROR(t->hessian->AddGram(p.rows, p.meta[0].item<int64_t>(), 1));
       } else {
-        AddCall(*t, part.reshape({in}));
+        AddCall(*t, p.rows.reshape({in}));
       }
     }
     t->round_stat = at::Tensor();

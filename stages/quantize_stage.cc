@@ -102,23 +102,14 @@ absl::Status ReduceGrams(comm::Communicator& comm, const std::vector<std::unique
   for (const auto& t : targets) {
     if (t->expert >= 0 || !t->gptq || (group >= 0 && t->group != group)) continue;
     const int64_t in = t->weight->size(1);
-    std::vector<int64_t> rows(comm.size(), 0), one(comm.size(), 0);
-    auto it = collector.grams().find(t.get());
-    at::Tensor gram = at::empty({0, in}, at::kFloat);
-    at::Tensor meta = at::empty({0, 2}, at::kLong);
-    if (it != collector.grams().end()) {
-      gram = it->second.gram;
-      meta = at::tensor({it->second.tokens, it->second.samples}, at::kLong).reshape({1, 2});
-      rows[t->owner] = in;
-      one[t->owner] = 1;
+    OwnerPart mine;
+    if (auto it = collector.grams().find(t.get()); it != collector.grams().end()) {
+      mine = {it->second.gram, at::tensor({it->second.tokens, it->second.samples}, at::kLong)};
     }
-    std::vector<int64_t> got_rows, got_meta;
-    MOEC_ASSIGN_OR_RETURN(at::Tensor grams, comm.AllToAll(gram, rows, &got_rows));
-    MOEC_ASSIGN_OR_RETURN(at::Tensor metas, comm.AllToAll(meta, one, &got_meta));
-    for (int64_t i = 0; i < metas.size(0); ++i) {
-      MOEC_RETURN_IF_ERROR(t->hessian->AddGram(grams.narrow(0, i * in, in),
-                                               metas[i][0].item<int64_t>(),
-                                               metas[i][1].item<int64_t>()));
+    MOEC_ASSIGN_OR_RETURN(std::vector<OwnerPart> parts, SendToOwner(comm, t->owner, mine, in, 2));
+    for (const OwnerPart& p : parts) {
+      MOEC_RETURN_IF_ERROR(t->hessian->AddGram(p.rows, p.meta[0].item<int64_t>(),
+                                               p.meta[1].item<int64_t>()));
     }
   }
   collector.grams().clear();
