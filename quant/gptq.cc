@@ -666,11 +666,15 @@ absl::StatusOr<GptqResult> GptqQuantize(const at::Tensor& w_in, const GptqHessia
     float* wo = result.weight.data_ptr<float>();
     uint8_t* co = result.q.data_ptr<uint8_t>();
     internal::ParallelFor(out, kMinRowsPerChunk, threads, [&](int64_t b, int64_t e, int) {
+      // One gather per output array and row: each loop streams one destination row while its
+      // source row stays in L1 (two interleaved gathers ran at half the speed).
       for (int64_t r = b; r < e; ++r) {
-        for (int64_t col = 0; col < in; ++col) {
-          wo[r * in + col] = wp[r * in + ip[col]];
-          co[r * in + col] = cp[r * in + ip[col]];
-        }
+        const float* ws = wp + r * in;
+        float* wd = wo + r * in;
+        for (int64_t col = 0; col < in; ++col) wd[col] = ws[ip[col]];
+        const uint8_t* cs = cp + r * in;
+        uint8_t* cd = co + r * in;
+        for (int64_t col = 0; col < in; ++col) cd[col] = cs[ip[col]];
       }
     });
     result.column_loss = loss_perm.index_select(0, invperm).to(at::kFloat);
