@@ -35,8 +35,9 @@ endfunction()
 
 # moec_torch_pch(target): precompiles <ATen/ATen.h> for a target that uses libtorch. The header
 # is compiled once for libraries (-fPIC) and once for executables (-fPIE; GCC refuses a PCH
-# built with the other setting) and every target reuses one of the two. A .gch of ATen is about
-# 315 MB with -g: one per target (20 of them) filled CI's disk.
+# built with the other setting) and every target reuses one of the two (a target with its own -m/-f
+# code-generation flags, like moec_quant, needs its own). A .gch of ATen is about
+# 320 MB with -g: one per target (20 of them) filled CI's disk.
 function(moec_torch_pch target)
   get_target_property(type ${target} TYPE)
   if(type STREQUAL "EXECUTABLE")
