@@ -42,7 +42,7 @@ int64_t CeilDiv(int64_t a, int64_t b) { return b <= 0 ? a : (a + b - 1) / b; }
 
 bool OnDataPlane(const std::string& kind) {
   return kind == "calibrate" || kind == "quant_loss" || kind == "gptq" || kind == "rtn" ||
-         kind == "prune_weights";
+         kind == "prune_weights" || kind == "expert_prune";
 }
 
 bool WritesHidden(const std::string& kind, const json& params) {
@@ -141,9 +141,10 @@ absl::StatusOr<JobPlan> PlanRecipe(const recipe::Recipe& r) {
       p.memory_note = st.kind == "rtn" ? "layer weights (and quantized copy) + hidden states"
                                        : "layer weights + hidden states + fp32 Hessians";
     } else if (st.kind == "expert_prune") {
-      const int64_t batch = q.value("batch_size", int64_t{8});
-      p.memory_bytes = weights + 3 * act + batch * S * big.routed_experts * H * 4;
-      p.memory_note = "layer + original/pruned hidden states + every expert's output per batch";
+      // Per rank, for its share of the windows: the original and pruned-chain inputs, each
+      // batch's block input and target, and every expert's output on every token.
+      p.memory_bytes = weights + 4 * CeilDiv(act, W) + CeilDiv(act, W) * big.routed_experts;
+      p.memory_note = "owned experts + hidden states + every expert's output on its windows";
     } else if (st.kind == "evaluate") {
       p.memory_bytes = big.total * 4 + 2 * eval_act;
       p.memory_note = "one layer + evaluation hidden states (at most 1 GiB per pass)";

@@ -296,28 +296,14 @@ absl::Status ValidateGptqOptions(const GptqOptions& o) {
 
 namespace {
 
-// Writes the inverse of the lower-triangular l ([n, n]) into out (a view of the same shape) by
-// recursive halving: inv([[A, 0], [B, C]]) = [[A^-1, 0], [-C^-1 (B A^-1), C^-1]], the
-// off-diagonal block by two triangular solves with A and C (n^3/3 flops in all, like LAPACK's
-// trtri, but as large BLAS-3 calls); triangular solves against I below kTriangularBase.
-constexpr int64_t kTriangularBase = 256;
-
-void LowerTriangularInverse(const at::Tensor& l, at::Tensor out) {
-  const int64_t n = l.size(0);
-  if (n <= kTriangularBase) {
-    out.copy_(at::linalg_solve_triangular(l, at::eye(n, l.options()), /*upper=*/false));
-    return;
-  }
-  const int64_t h = n / 2, m = n - h;
-  const at::Tensor a = l.narrow(0, 0, h).narrow(1, 0, h);
-  const at::Tensor c = l.narrow(0, h, m).narrow(1, h, m);
-  const at::Tensor y = at::linalg_solve_triangular(a, l.narrow(0, h, m).narrow(1, 0, h),
-                                                   /*upper=*/false, /*left=*/false);  // B A^-1
-  out.narrow(0, h, m).narrow(1, 0, h).copy_(
-      at::linalg_solve_triangular(c, y, /*upper=*/false, /*left=*/true).neg_());
-  out.narrow(0, 0, h).narrow(1, h, m).zero_();
-  LowerTriangularInverse(a, out.narrow(0, 0, h).narrow(1, 0, h));
-  LowerTriangularInverse(c, out.narrow(0, h, m).narrow(1, h, m));
+// LAPACK (OpenBLAS's, the library libtorch computes with), called on our own row-major buffers:
+// a symmetric matrix's row-major buffer is also its column-major one, so no transposed copy is
+// needed (at::linalg_cholesky makes one, and its triangular solves are slower than trtri).
+// Fortran ABI: every argument by pointer, the hidden lengths of character arguments last.
+extern "C" {
+void spotrf_(const char* uplo, const int* n, float* a, const int* lda, int* info, size_t uplo_len);
+void strtri_(const char* uplo, const char* diag, const int* n, float* a, const int* lda, int* info,
+             size_t uplo_len, size_t diag_len);
 }
 
 absl::Status NotPositiveDefinite(int64_t n, double percdamp, int64_t info, const char* what) {
@@ -352,23 +338,30 @@ absl::StatusOr<at::Tensor> ReferenceFactor(const at::Tensor& h, double percdamp)
 }
 
 // h_rev = J H J (damped). J H J = L' L'^T gives H = R R^T with R = J L' J upper triangular, so
-// H^-1 = (R^-1)^T R^-1 and R^-1 = J L'^-1 J is the upper Cholesky factor of H^-1.
-absl::StatusOr<at::Tensor> ReversedFactor(const at::Tensor& h_rev, double percdamp, int threads) {
-  const int64_t n = h_rev.size(0);
-  auto [lr, info] = at::linalg_cholesky_ex(h_rev);
-  if (info.item<int64_t>() != 0) {
-    return NotPositiveDefinite(n, percdamp, n + 1 - info.item<int64_t>(), "Hessian");
+// H^-1 = (R^-1)^T R^-1 and R^-1 = J L'^-1 J is the upper Cholesky factor of H^-1. In place on
+// h_rev: LAPACK's upper factor of the column-major matrix (= h_rev) is L'^T, i.e. L' in row-major
+// order; its inverse likewise leaves L'^-1 in the row-major lower triangle.
+absl::StatusOr<at::Tensor> ReversedFactor(at::Tensor& h_rev, double percdamp, int threads) {
+  const int n = static_cast<int>(h_rev.size(0));
+  float* a = h_rev.data_ptr<float>();
+  int info = 0;
+  spotrf_("U", &n, a, &n, &info, 1);
+  if (info > 0) return NotPositiveDefinite(n, percdamp, n + 1 - info, "Hessian");
+  if (info < 0) return absl::InternalError(absl::StrCat("spotrf: argument ", -info, " is invalid"));
+  strtri_("U", "N", &n, a, &n, &info, 1, 1);
+  if (info != 0) {
+    return absl::InternalError(absl::StrCat("strtri of the Hessian's Cholesky factor: info ", info));
   }
-  at::Tensor inv = at::empty({n, n}, at::kFloat);
-  LowerTriangularInverse(lr, inv);
-  // U = J inv J: row i of U is row n-1-i of inv, reversed.
+  // U = J inv J: row i of U is row n-1-i of inv reversed; inv's upper triangle (row-major) still
+  // holds h_rev, so U's strictly lower part is written as zeros.
   at::Tensor u = at::empty({n, n}, at::kFloat);
-  const float* ip = inv.data_ptr<float>();
   float* up = u.data_ptr<float>();
   internal::ParallelFor(n, 64, threads, [&](int64_t b, int64_t e, int) {
     for (int64_t i = b; i < e; ++i) {
-      const float* src = ip + (n - 1 - i) * n;
-      std::reverse_copy(src, src + n, up + i * n);
+      const float* src = a + (n - 1 - i) * static_cast<int64_t>(n);  // inv row r = n-1-i, c <= r
+      float* dst = up + i * static_cast<int64_t>(n);
+      std::fill(dst, dst + i, 0.0f);
+      for (int64_t j = i; j < n; ++j) dst[j] = src[n - 1 - j];
     }
   });
   return u;

@@ -242,7 +242,8 @@ absl::Status RunChunkRounds(const StageContext& ctx, const model::ModelRunner& r
       if (executor != nullptr) MOEC_RETURN_IF_ERROR(executor->status());
       if (on_output) MOEC_RETURN_IF_ERROR(on_output(chunk, out));
     } else if (executor != nullptr) {
-      const int experts = c.NumRoutedExperts(w.layer);
+      // As many experts as the weights hold (a pruned layer may have fewer than the config).
+      const int experts = static_cast<int>(w.moe->experts.size());
       executor->Run(w.layer, *w.moe, at::empty({0, c.hidden_size}, runner.dtype()),
                     std::vector<int64_t>(experts, 0), at::empty({0}, at::kLong), observer);
       MOEC_RETURN_IF_ERROR(executor->status());

@@ -14,6 +14,7 @@
 #include "stages/map_factor_io_test_util.h"
 #include "stages/calibrate_stage.h"
 #include "stages/quant_loss_stage.h"
+#include "stages/expert_prune_stage.h"
 #include "stages/prune_weights_stage.h"
 #include "stages/quantize_stage.h"
 #include "tests/testing/status_matchers.h"
@@ -160,11 +161,15 @@ TEST_P(QuantizeGangTest, OutputsAreTheSameBytesForEveryGangSize) {
   for (int i = 0; i < 80; ++i) text += "experts share the tokens of layer " + std::to_string(i) + "\n";
   dir.WriteFile("calib.txt", text);
   for (const std::string kind :
-       {"gptq", "rtn", "calibrate", "quant_loss", "prune_wanda", "prune_sparsegpt", "prune_2of4"}) {
+       {"gptq", "rtn", "calibrate", "quant_loss", "prune_wanda", "prune_sparsegpt", "prune_2of4",
+        "expert_layerwise", "expert_progressive", "expert_greedy"}) {
+    // Stages that read the calibrate chain run after it, under fingerprints S<layer>.
+    const bool needs_stats = kind == "quant_loss" || kind.rfind("expert_", 0) == 0;
     nlohmann::json stages = {{{"id", "q"}, {"kind", kind}, {"needs", nlohmann::json::array()}}};
-    if (kind == "quant_loss") {
+    if (needs_stats) {
       stages = {{{"id", "stats"}, {"kind", "calibrate"}, {"needs", nlohmann::json::array()}},
-                {{"id", "q"}, {"kind", kind}, {"needs", {"stats"}}}};
+                {{"id", "q"}, {"kind", kind.rfind("expert_", 0) == 0 ? "expert_prune" : kind},
+                 {"needs", {"stats"}}}};
     }
     const nlohmann::json recipe = {
         {"model", dir.Join("model")},
@@ -179,6 +184,13 @@ TEST_P(QuantizeGangTest, OutputsAreTheSameBytesForEveryGangSize) {
                 {"sparsity", 0.5},
                 {"pattern", kind == "prune_2of4" ? "2:4" : "unstructured"},
                 {"shared_experts", true}};
+    }
+    if (kind.rfind("expert_", 0) == 0) {
+      // 5 experts keep 3: C(5, 2) = 10 candidates exhaustively, or greedy with a limit of 1.
+      params = {{"keep", 3},
+                {"mode", kind == "expert_progressive" ? "progressive" : "layerwise"},
+                {"batch_size", 8},
+                {"exhaustive_limit", kind == "expert_greedy" ? 1 : 100000}};
     }
     std::map<int, std::map<std::string, std::string>> outputs;  // gang size -> name -> bytes
     for (int size : {1, 2, 3}) {
@@ -208,25 +220,29 @@ TEST_P(QuantizeGangTest, OutputsAreTheSameBytesForEveryGangSize) {
             CalibrateStage calibrate;
             QuantLossStage quant_loss;
             PruneWeightsStage prune;
-            absl::Status s = what == "calibrate"             ? calibrate.Run(ctx)
-                             : what == "quant_loss"          ? quant_loss.Run(ctx)
-                             : what.rfind("prune_", 0) == 0 ? prune.Run(ctx)
-                                                             : quantize.Run(ctx);
+            ExpertPruneStage expert_prune;
+            absl::Status s = what == "calibrate"              ? calibrate.Run(ctx)
+                             : what == "quant_loss"           ? quant_loss.Run(ctx)
+                             : what.rfind("prune_", 0) == 0  ? prune.Run(ctx)
+                             : what.rfind("expert_", 0) == 0 ? expert_prune.Run(ctx)
+                                                              : quantize.Run(ctx);
             EXPECT_TRUE(s.ok()) << what << " W=" << size << " rank " << c.rank() << ": " << s;
           }, gloo);
         };
-        if (kind == "quant_loss") run("stats", "S" + std::to_string(layer), "calibrate");
+        if (needs_stats) run("stats", "S" + std::to_string(layer), "calibrate");
         run("q", "L" + std::to_string(layer), kind);
       }
       for (const auto& [key, f] : store.factors()) outputs[size][key] = f.data;
     }
     ASSERT_FALSE(outputs[1].empty());
     // 20 windows: chunks of 8, 8, 4.
-    EXPECT_EQ(outputs[1].count(kind == "quant_loss" ? "S1/hidden.c00002" : "L1/hidden.c00002"), 1u);
-    EXPECT_EQ(outputs[1].count(kind == "calibrate"    ? "L1/expert_tokens"
-                               : kind == "quant_loss" ? "L1/quant_loss"
-                                                      : "L0/summary"),
-              1u);
+    const bool chain = !needs_stats || kind == "expert_progressive";
+    EXPECT_EQ(outputs[1].count(chain ? "L1/hidden.c00002" : "S1/hidden.c00002"), 1u) << kind;
+    EXPECT_EQ(outputs[1].count(kind == "calibrate"                ? "L1/expert_tokens"
+                               : kind == "quant_loss"             ? "L1/quant_loss"
+                               : kind.rfind("expert_", 0) == 0    ? "L1/kept_experts"
+                                                                  : "L0/summary"),
+              1u) << kind;
     for (int size : {2, 3}) {
       ASSERT_EQ(outputs[size].size(), outputs[1].size()) << kind << " W=" << size;
       for (const auto& [key, bytes] : outputs[1]) {

@@ -12,12 +12,20 @@
 // original block's outputs on the original inputs.
 // Outputs at MoE layers: `kept_experts` I64 [r] (ascending), `losses` F64 [candidates evaluated]
 // (in evaluation order), `loss` F64 [1] (the chosen set's); with `progressive` every layer also
-// writes `hidden` (the pruned layer's output, the next layer's input).
+// writes `hidden.cNNNNN` per chunk and `windows` (the pruned layer's output, the next layer's
+// input).
+//
+// On the data plane (expert_parallel.h): the calibration batches are the chunks, dealt
+// round-robin over the gang; each routed expert is read and run (densely, on every token of
+// every chunk) by its owner rank only, which returns its outputs to the chunk's rank; each rank
+// scores every candidate on its chunks and the per-chunk losses are gathered and summed in chunk
+// order, so every rank picks the same set and the outputs are the same bytes for any gang size.
 #ifndef MOEC_STAGES_EXPERT_PRUNE_STAGE_H_
 #define MOEC_STAGES_EXPERT_PRUNE_STAGE_H_
 
 #include <ATen/ATen.h>
 
+#include <functional>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -33,6 +41,11 @@ struct PruneBatch {
   at::Tensor x, z, y, shared;
 };
 
+// Losses of candidate kept sets (each ascending), summed over every calibration batch in batch
+// order; one value per candidate.
+using CandidateScorer =
+    std::function<absl::StatusOr<std::vector<double>>(const std::vector<std::vector<int>>&)>;
+
 struct SubsetSearchResult {
   std::vector<int> kept;        // ascending
   double loss = 0;
@@ -40,7 +53,20 @@ struct SubsetSearchResult {
   bool exhaustive = true;
 };
 
-// The search on prepared batches. `rule` is the layer's routing rule (top_k is capped at r).
+// The search over kept sets of `keep` of `experts` (drop sets in lexicographic order when
+// C(experts, experts - keep) <= exhaustive_limit, else greedy), candidates scored by `score` in
+// blocks of at most `block` candidates. Errors: InvalidArgument for keep < 1 or keep > experts;
+// the scorer's errors.
+absl::StatusOr<SubsetSearchResult> SearchExpertSubset(int experts, int keep,
+                                                      int64_t exhaustive_limit,
+                                                      const CandidateScorer& score,
+                                                      size_t block = 1024);
+
+// The loss of candidate `kept` on one batch: ‖Z − Ẑ(K)‖_F in float64.
+double BatchLoss(const PruneBatch& b, const at::Tensor& router, const model::RoutingRule& rule,
+                 const std::vector<int>& kept, int64_t seq);
+
+// The search on prepared batches, all on this process. `rule` is the layer's routing rule (top_k is capped at r).
 // Errors: InvalidArgument for r < 1 or r > E.
 absl::StatusOr<SubsetSearchResult> SearchExpertSubset(const std::vector<PruneBatch>& batches,
                                                       const at::Tensor& router,

@@ -407,7 +407,10 @@ TEST_P(StructuralTest, ProgressiveExpertPruneChainsThePrunedLayers) {
       w.moe->router = w.moe->router.index_select(0, kept);
     }
     h = runner_->RunLayer(w, h);
-    ASSERT_OK_AND_ASSIGN(at::Tensor chain, Get("prune" + std::to_string(l) + "/hidden"));
+    StageContext read;
+    read.io = &io_;
+    ASSERT_OK_AND_ASSIGN(at::Tensor chain,
+                         ReadChunkedTensor(read, "prune" + std::to_string(l) + "/", "hidden"));
     EXPECT_TRUE(at::allclose(chain, h, 1e-5, 1e-6)) << "layer " << l;
   }
 }

@@ -115,10 +115,13 @@ const std::map<std::string, int>& Versions() {
   static const auto* versions = new std::map<std::string, int>{
       {"calibrate", 2},   // chunked hidden outputs on the data plane; softmax_mass
       {"quant_loss", 2},  // expert-parallel
-      {"gptq", 2},        // expert-parallel; Gram reductions in chunk order; chunked hidden
+      {"gptq", 3},        // 2: expert-parallel, Gram reductions in chunk order, chunked hidden;
+                          // 3: inverse-Hessian factor by LAPACK potrf + trtri (rounding differs)
       {"rtn", 2},         // expert-parallel; chunked hidden
       {"export", 2},      // hqq format, structural edits, moec.odp
       {"evaluate", 2},    // measured activated parameters, MC-MoE and all-inclusive bits
+      {"prune_weights", 2},  // expert-parallel; chunked hidden
+      {"expert_prune", 2},  // expert-parallel; targets from the data plane's forward; chunked hidden
   };
   return *versions;
 }

@@ -260,6 +260,24 @@ timeout 300 "$MOEC" run mc.yaml --workers 2 --set workers=1 --set output=out-mc1
   > mc1.log || { cat mc1.log; fail "mc-moe run on one worker"; }
 [ "$(sha256sum < out-mc/model.safetensors)" = "$(sha256sum < out-mc1/model.safetensors)" ] ||
   fail "the GPTQ export of a 2-worker gang differs from the 1-worker one"
+# Lu et al.'s progressive subset search on the data plane: experts run by their owners across the
+# two processes, per-chunk losses summed in chunk order; the pruned export is the same bytes.
+cat > prune.yaml <<'Y'
+name: e2e-prune
+model: tiny
+output: out-prune
+calibration: {path: calib.txt, samples: 20, seqlen: 64, seed: 0}
+workers: 2
+stages:
+  - {id: stats, kind: calibrate, with: {batch_size: 4}}
+  - {id: prune, kind: expert_prune, needs: [stats], with: {keep: 2, mode: progressive, batch_size: 4}}
+  - {id: out, kind: export, needs: [prune], with: {format: hf}}
+Y
+timeout 300 "$MOEC" run prune.yaml --data-dir "$WORK/prune" > prune.log 2>&1 || { cat prune.log; fail "expert_prune run"; }
+timeout 300 "$MOEC" run prune.yaml --workers 2 --set workers=1 --set output=out-prune1 --data-dir "$WORK/prune1" \
+  > prune1.log 2>&1 || { cat prune1.log; fail "expert_prune run on one worker"; }
+[ "$(sha256sum < out-prune/model.safetensors)" = "$(sha256sum < out-prune1/model.safetensors)" ] ||
+  fail "the expert_prune export of a 2-worker gang differs from the 1-worker one"
 
 cat > rtn.yaml <<'Y'
 name: e2e-rtn
