@@ -109,6 +109,18 @@ absl::StatusOr<std::vector<v1::TaskRecord>> PlanJob(const recipe::Recipe& recipe
                                                     absl::string_view inputs_fingerprint) {
   std::vector<v1::TaskRecord> tasks;
   std::map<std::string, size_t> index;  // task id -> position
+  // Job settings a task's outputs depend on besides its parameters and inputs (the files'
+  // contents are in inputs_fingerprint): every stage may read the calibration windows, so their
+  // sampling is part of every fingerprint; `evaluate` reads the evaluation settings; `export`
+  // writes the job's output directory and `evaluate` reads it. The gang size is not part of it:
+  // outputs do not depend on it (docs/data_plane.md).
+  auto data_settings = [](const std::optional<recipe::DataSpec>& d) {
+    if (!d) return nlohmann::json();
+    return nlohmann::json{{"samples", d->samples}, {"seqlen", d->seqlen}, {"seed", d->seed},
+                          {"sampling", d->sampling}};
+  };
+  const std::string calibration_settings = data_settings(recipe.calibration).dump();
+  const std::string evaluation_settings = data_settings(recipe.evaluation).dump();
   // Per stage: its task ids by layer (global stages: one entry for layer -1).
   std::map<std::string, std::vector<std::string>> stage_tasks;
   // Per stage: the restructure stage it comes after, directly or not (stages/model_view.h); its
@@ -163,6 +175,9 @@ absl::StatusOr<std::vector<v1::TaskRecord>> PlanJob(const recipe::Recipe& recipe
       fp.AddField(kCodeVersion);
       fp.AddU64(static_cast<uint64_t>(kind != nullptr ? kind->version : 0));
       fp.AddField(inputs_fingerprint);
+      fp.AddField(calibration_settings);
+      if (stage.kind == "evaluate") fp.AddField(evaluation_settings);
+      if (stage.kind == "export" || stage.kind == "evaluate") fp.AddField(recipe.output);
       fp.AddU64(static_cast<uint64_t>(layer + 1));
       for (const std::string& d : deps) {
         fp.AddField(tasks[index[d]].fingerprint());

@@ -46,6 +46,39 @@ constexpr char kStages[] =
     "  - {id: quant, kind: gptq, needs: [bits]}\n"
     "  - {id: out, kind: export, needs: [quant]}\n";
 
+// A task's fingerprint covers the job settings its outputs depend on: the calibration sampling
+// (every task), the evaluation settings (evaluate) and the output directory (export, evaluate);
+// not the gang size, on which outputs do not depend.
+TEST_F(PlannerTest, FingerprintsCoverTheJobSettingsOutputsDependOn) {
+  const std::string stages = std::string(kStages) + "  - {id: eval, kind: evaluate, needs: [out]}\n";
+  auto plan = [&](std::vector<std::string> overrides) {
+    overrides.insert(overrides.begin(), "evaluation={path: calib.txt}");
+    auto tasks = PlanJob(Recipe(stages, overrides), {3}, "j", "inputs");
+    EXPECT_TRUE(tasks.ok()) << tasks.status();
+    std::map<std::string, std::string> fp;  // task id without the job -> fingerprint
+    for (const auto& t : *tasks) fp[t.task_id().substr(2)] = t.fingerprint();
+    return fp;
+  };
+  const auto base = plan({});
+  ASSERT_EQ(base.size(), 12u);
+  // Which tasks change with each setting.
+  auto changed = [&](const std::vector<std::string>& overrides) {
+    std::vector<std::string> ids;
+    for (const auto& [id, fp] : plan(overrides)) {
+      if (base.at(id) != fp) ids.push_back(id);
+    }
+    return ids;
+  };
+  for (const std::string setting : {"calibration.seed=1", "calibration.samples=64",
+                                    "calibration.seqlen=128", "calibration.sampling=chunks"}) {
+    EXPECT_EQ(changed({setting}).size(), base.size()) << setting;
+  }
+  EXPECT_THAT(changed({"evaluation.seqlen=64"}), ElementsAre("eval"));
+  EXPECT_THAT(changed({"output=elsewhere"}), ElementsAre("eval", "out"));
+  EXPECT_THAT(changed({"workers=3"}), IsEmpty());
+  EXPECT_THAT(changed({"name=other"}), IsEmpty());
+}
+
 TEST_F(PlannerTest, ReadsModelShape) {
   EXPECT_THAT(ReadModelShape(dir_.Join("m")), moec::testing::IsOkAndHolds(
                                                   ::testing::Field(&ModelShape::num_layers, 3)));
