@@ -41,7 +41,8 @@ print(f"{len(docs)} Kubernetes objects ok")
 PY
 bash -n "$SRC/deploy/slurm/moec-slurm.sh" || fail "moec-slurm.sh is not valid bash"
 if command -v shellcheck > /dev/null; then
-  shellcheck -S warning "$SRC/deploy/slurm/moec-slurm.sh" "$SRC/tests/e2e/netns_e2e_test.sh" ||
+  shellcheck -S warning "$SRC/deploy/slurm/moec-slurm.sh" "$SRC/tests/e2e/netns_e2e_test.sh" \
+    "$SRC/tests/quality/quant_table.sh" "$SRC/tests/quality/structural_table.sh" ||
     fail "shellcheck"
 fi
 for unit in moec-coordinator moec-worker; do
