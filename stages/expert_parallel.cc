@@ -146,6 +146,18 @@ absl::StatusOr<at::Tensor> LayerInputChunk(const StageContext& ctx,
   return t;
 }
 
+absl::StatusOr<ChunkPlan> ReadChunkedWindows(const StageContext& ctx, const std::string& key) {
+  MOEC_ASSIGN_OR_RETURN(at::Tensor w, GetTensor(ctx, key));
+  if (w.numel() != 2 || w.scalar_type() != at::kLong || w[0].item<int64_t>() < 0 ||
+      w[1].item<int64_t>() < 1) {
+    return absl::DataLossError(absl::StrCat(key, " is not {windows, chunk_windows}"));
+  }
+  ChunkPlan plan;
+  plan.windows = w[0].item<int64_t>();
+  plan.chunk_windows = w[1].item<int64_t>();
+  return plan;
+}
+
 absl::Status PlanChunks(const StageContext& ctx, ChunkPlan* plan, at::Tensor* window_tokens) {
   if (plan->chunk_windows < 1) return absl::InvalidArgumentError("chunks need at least one window");
   if (ctx.task->layer() == 0) {
@@ -154,12 +166,9 @@ absl::Status PlanChunks(const StageContext& ctx, ChunkPlan* plan, at::Tensor* wi
     return absl::OkStatus();
   }
   MOEC_ASSIGN_OR_RETURN(std::string key, ctx.PreviousLayerKey("windows"));
-  MOEC_ASSIGN_OR_RETURN(at::Tensor w, GetTensor(ctx, key));
-  if (w.numel() != 2 || w.scalar_type() != at::kLong || w[1].item<int64_t>() < 1) {
-    return absl::DataLossError(absl::StrCat(key, " is not {windows, chunk_windows}"));
-  }
-  plan->windows = w[0].item<int64_t>();
-  plan->chunk_windows = w[1].item<int64_t>();
+  MOEC_ASSIGN_OR_RETURN(ChunkPlan stored, ReadChunkedWindows(ctx, key));
+  plan->windows = stored.windows;
+  plan->chunk_windows = stored.chunk_windows;
   return absl::OkStatus();
 }
 
@@ -172,14 +181,7 @@ absl::StatusOr<at::Tensor> ReadChunkedTensor(const StageContext& ctx, const std:
   const std::string key = absl::StrCat(prefix, name);
   absl::StatusOr<at::Tensor> whole = GetTensor(ctx, key);
   if (!absl::IsNotFound(whole.status())) return whole;
-  const std::string wkey = prefix + "windows";
-  MOEC_ASSIGN_OR_RETURN(at::Tensor w, GetTensor(ctx, wkey));
-  if (w.numel() != 2 || w.scalar_type() != at::kLong || w[1].item<int64_t>() < 1) {
-    return absl::DataLossError(absl::StrCat(wkey, " is not {windows, chunk_windows}"));
-  }
-  ChunkPlan plan;
-  plan.windows = w[0].item<int64_t>();
-  plan.chunk_windows = w[1].item<int64_t>();
+  MOEC_ASSIGN_OR_RETURN(ChunkPlan plan, ReadChunkedWindows(ctx, prefix + "windows"));
   std::vector<at::Tensor> parts;
   for (int64_t c = 0; c < plan.chunks(); ++c) {
     MOEC_ASSIGN_OR_RETURN(at::Tensor part, GetTensor(ctx, prefix + ChunkOutputName(name, c)));
@@ -206,11 +208,8 @@ absl::StatusOr<at::Tensor> ReadLayerInputWindows(const StageContext& ctx,
   absl::StatusOr<at::Tensor> whole = GetTensor(ctx, prefix + "hidden");
   if (whole.ok()) return whole->narrow(0, first, count);
   if (!absl::IsNotFound(whole.status())) return whole.status();
-  MOEC_ASSIGN_OR_RETURN(at::Tensor w, GetTensor(ctx, prefix + "windows"));
-  if (w.numel() != 2 || w.scalar_type() != at::kLong || w[1].item<int64_t>() < 1) {
-    return absl::DataLossError(absl::StrCat(prefix, "windows is not {windows, chunk_windows}"));
-  }
-  const int64_t per = w[1].item<int64_t>();
+  MOEC_ASSIGN_OR_RETURN(ChunkPlan stored, ReadChunkedWindows(ctx, prefix + "windows"));
+  const int64_t per = stored.chunk_windows;
   std::vector<at::Tensor> parts;
   for (int64_t c = first / per; c * per < first + count; ++c) {
     MOEC_ASSIGN_OR_RETURN(at::Tensor part, GetTensor(ctx, prefix + ChunkOutputName("hidden", c)));

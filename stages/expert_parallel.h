@@ -95,6 +95,9 @@ absl::StatusOr<at::Tensor> CalibrationTokens(const StageContext& ctx);
 // chunked stage: at layer 0 from the calibration windows (returned in *window_tokens), else from
 // output `windows` of the previous layer's task.
 absl::Status PlanChunks(const StageContext& ctx, ChunkPlan* plan, at::Tensor* window_tokens);
+// The {windows, chunk_windows} record at factor key `key` (a chunked stage's `windows` output)
+// as a plan (rank 0 of 1). Errors: NotFound; DataLoss when it is malformed.
+absl::StatusOr<ChunkPlan> ReadChunkedWindows(const StageContext& ctx, const std::string& key);
 // Writes output `windows` I64 [2] = {windows, chunk_windows} (rank 0 of a chunked stage).
 absl::Status PutChunkedWindows(StageContext& ctx, const ChunkPlan& plan);
 // Output `name` of task (stage_id, layer) as one tensor: the output itself when it exists, else

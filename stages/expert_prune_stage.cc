@@ -210,14 +210,9 @@ absl::StatusOr<int64_t> CalibrationWindowCount(const StageContext& ctx, const st
     return window_tokens->size(0);
   }
   MOEC_ASSIGN_OR_RETURN(std::string prefix, ctx.InputKey(calibrate, layer - 1, ""));
-  absl::StatusOr<at::Tensor> w = GetTensor(ctx, prefix + "windows");
-  if (w.ok()) {
-    if (w->numel() != 2 || w->scalar_type() != at::kLong) {
-      return absl::DataLossError(absl::StrCat(prefix, "windows is not {windows, chunk_windows}"));
-    }
-    return (*w)[0].item<int64_t>();
-  }
-  if (!absl::IsNotFound(w.status())) return w.status();
+  absl::StatusOr<ChunkPlan> stored = ReadChunkedWindows(ctx, prefix + "windows");
+  if (stored.ok()) return stored->windows;
+  if (!absl::IsNotFound(stored.status())) return stored.status();
   MOEC_ASSIGN_OR_RETURN(at::Tensor hidden, GetTensor(ctx, prefix + "hidden"));
   return hidden.size(0);
 }
@@ -330,26 +325,31 @@ absl::Status ExpertPruneStage::Run(StageContext& ctx) {
   for (int64_t round = 0; round < plan.rounds(); ++round) {
     if (ctx.IsCancelled()) return absl::CancelledError("expert_prune cancelled");
     const int64_t chunk = plan.ChunkOf(round);
-    PruneBatch b;
-    at::Tensor x = at::empty({0, config.hidden_size}, runner->dtype());
-    // Every rank joins the routed forwards' all_to_all, with or without a chunk.
-    for (const bool chain : {false, true}) {
-      if (chain && !(progressive && layer > 0)) break;
+    // The layer's routed forward on `hidden` (this rank's chunk of one of the chains), whose
+    // MoE block input and output it captures; a rank without a chunk still joins the experts'
+    // all_to_all.
+    auto forward = [&](const std::map<int64_t, at::Tensor>& hidden) -> absl::StatusOr<MoeCapture> {
+      MoeCapture capture;
       if (chunk >= 0) {
-        MoeCapture capture;
-        runner->RunLayer(w, (chain ? input : original).at(chunk), &capture, &executor);
-        MOEC_RETURN_IF_ERROR(executor.status());
-        if (!chain) b.z = capture.output;
-        x = b.x = capture.input;
+        runner->RunLayer(w, hidden.at(chunk), &capture, &executor);
       } else {
-        executor.Run(layer, moe, at::empty({0, config.hidden_size}, runner->dtype()),
-                     std::vector<int64_t>(experts, 0), at::empty({0}, at::kLong), nullptr);
-        MOEC_RETURN_IF_ERROR(executor.status());
+        capture.input = at::empty({0, config.hidden_size}, runner->dtype());
+        executor.Run(layer, moe, capture.input, std::vector<int64_t>(experts, 0),
+                     at::empty({0}, at::kLong), nullptr);
       }
+      MOEC_RETURN_IF_ERROR(executor.status());
+      return capture;
+    };
+    PruneBatch b;
+    MOEC_ASSIGN_OR_RETURN(MoeCapture target, forward(original));
+    b.z = target.output;
+    b.x = target.input;
+    if (progressive && layer > 0) {
+      MOEC_ASSIGN_OR_RETURN(MoeCapture chain, forward(input));
+      b.x = chain.input;
     }
-    MOEC_ASSIGN_OR_RETURN(at::Tensor y, DenseExpertOutputs(comm, owner, moe, layer, x));
+    MOEC_ASSIGN_OR_RETURN(b.y, DenseExpertOutputs(comm, owner, moe, layer, b.x));
     if (chunk < 0) continue;
-    b.y = y;
     if (moe.shared.defined()) {
       b.shared = model::Mlp(moe.shared, b.x, layer, model::LinearKind::kSharedGate, -1, nullptr);
       if (moe.shared_expert_gate.defined()) {
