@@ -105,6 +105,7 @@ absl::StatusOr<Coordinator::Job*> Coordinator::FindJobLocked(absl::string_view j
 
 void Coordinator::RebuildReady(Job& job) {
   job.ready.clear();
+  job.done_prefix = 0;  // re-derived from scratch at the next completion
   for (size_t i = 0; i < job.tasks.size(); ++i) {
     if (job.tasks[i].state() == v1::TASK_READY) job.ready.insert(job.ready.end(), i);
   }
@@ -114,6 +115,7 @@ void Coordinator::NoteChanged(Job& job, const std::vector<v1::TaskRecord*>& chan
   for (const v1::TaskRecord* t : changed) {
     const size_t i = static_cast<size_t>(t - job.tasks.data());
     if (i >= job.tasks.size()) continue;  // not a task of this job
+    if (i < job.done_prefix && t->state() != v1::TASK_DONE) job.done_prefix = i;  // moved back
     if (t->state() == v1::TASK_READY) {
       job.ready.insert(i);
     } else {
@@ -171,7 +173,27 @@ absl::Status Coordinator::AdvanceLocked(Job& job, std::vector<v1::TaskRecord*>* 
       frontier.insert(frontier.end(), job.dependents[i].begin(), job.dependents[i].end());
     }
   }
-  const v1::JobState derived = DeriveJobState(job.tasks);
+  v1::JobState derived;
+  if (done != nullptr && job.record.state() == v1::JOB_RUNNING) {
+    // A completion of a running job adds no failure (a failed task would have failed the job)
+    // and the job has started: it stays RUNNING until every task is DONE. Tasks below
+    // done_prefix were DONE when last looked at; one this change moved away from DONE lowers it.
+    for (const v1::TaskRecord* t : *changed) {
+      const size_t i = static_cast<size_t>(t - job.tasks.data());
+      if (i < job.done_prefix && t->state() != v1::TASK_DONE) job.done_prefix = i;
+    }
+    while (job.done_prefix < job.tasks.size() &&
+           job.tasks[job.done_prefix].state() == v1::TASK_DONE) {
+      ++job.done_prefix;  // amortized O(1) per completion instead of a scan of every task
+    }
+    derived = job.done_prefix == job.tasks.size() ? v1::JOB_SUCCEEDED : v1::JOB_RUNNING;
+  } else {
+    // Failures, expiries, cancellation, resumption, recovery: rare; every task is looked at and
+    // the prefix starts again (those paths may move DONE tasks back, e.g. a corrupt output's
+    // producer re-run).
+    derived = DeriveJobState(job.tasks);
+    job.done_prefix = 0;
+  }
   if (job.record.state() != v1::JOB_CANCELLED && derived != job.record.state()) {
     job.record.set_state(derived);
     if (derived == v1::JOB_SUCCEEDED || derived == v1::JOB_FAILED) {

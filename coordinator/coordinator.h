@@ -126,9 +126,13 @@ class Coordinator {
   // --- Worker-facing ---
   // Returns the new worker's id.
   std::string RegisterWorker(const WorkerInfo& info);
-  // Renews the worker's liveness and its leases; returns the ids of tasks it holds that were
-  // cancelled. Errors: NotFound for an unknown (e.g. timed out) worker: it must register again.
-  absl::StatusOr<std::vector<std::string>> Heartbeat(absl::string_view worker_id);
+  // Renews the worker's liveness and the leases of the tasks it says it is running (`running`;
+  // ids it does not hold are ignored); returns those of them that were cancelled. A task it holds
+  // but does not name (its grant or its completion was lost in transit) is not renewed: its lease
+  // expires and it is re-run. Errors: NotFound for an unknown (e.g. timed out) worker: it must
+  // register again.
+  absl::StatusOr<std::vector<std::string>> Heartbeat(absl::string_view worker_id,
+                                                     absl::Span<const std::string> running = {});
   // A task for this worker, if there is one now or, with `wait` (at most 2 s), within that time
   // (a long poll: completions and submissions hand tasks to waiting workers at once).
   // Errors: NotFound for an unknown worker.
@@ -142,12 +146,18 @@ class Coordinator {
   // Marks the task done, committing `outputs` with its state in one batch. Only the gang's
   // rank 0 completes a task. Errors: NotFound; FailedPrecondition when the worker does not hold
   // the task's current lease (e.g. it expired and the task was re-leased).
+  // With `next`, the worker also asks for its next task: *next is set to one ready at once (it
+  // never waits; typically the dependent this completion made ready), or to nullopt.
   absl::Status CompleteTask(absl::string_view worker_id, absl::string_view task_id,
-                            const storage::KvWriteBatch& outputs, int64_t compute_ms = 0);
+                            const storage::KvWriteBatch& outputs, int64_t compute_ms = 0,
+                            std::optional<LeasedTask>* next = nullptr);
   // Reports a failed attempt. Retriable failures are retried with backoff while attempts
   // remain; otherwise the job fails with `error`. Errors: as CompleteTask.
   absl::Status FailTask(absl::string_view worker_id, absl::string_view task_id,
                         const absl::Status& error, bool retriable);
+  // Gives back a task the worker holds but has not started (a stopping worker's grant): READY
+  // again at once, its lease dropped, the attempt not counted. Errors: as CompleteTask.
+  absl::Status ReleaseTask(absl::string_view worker_id, absl::string_view task_id);
 
   // Streams output `name` ([A-Za-z0-9._/-], 1..256 bytes) of a task the worker holds into the
   // factor store under the key "<task fingerprint>/<name>" (returned). It stays invisible until
@@ -197,6 +207,11 @@ class Coordinator {
     // submission, resumption, recovery and each Tick (a safety net); entries are re-checked.
     std::set<size_t> ready;
     std::map<std::string, std::vector<size_t>> by_stage;  // stage id -> its tasks, layer order
+    // Every task at a position below this is DONE: advanced by AdvanceLocked on completions,
+    // lowered by NoteChanged (every commit) for a task that left DONE, reset to 0 by every
+    // derivation outside the completion path. How a completion decides whether the job
+    // succeeded without looking at every task.
+    size_t done_prefix = 0;
   };
   static void IndexJob(Job& job);
   static void RebuildReady(Job& job);
@@ -246,7 +261,17 @@ class Coordinator {
   absl::Status ScheduleLocked(absl::string_view preferred = "") ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // ScheduleLocked after a change that may make tasks ready; errors are logged. `completer`: the
   // worker whose completion made them ready — it counts as waiting and is served first.
-  void WakeWaitersLocked(absl::string_view completer = "") ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `completer_asks`: it asked for its next task in the completing call (schedule even when
+  // nobody long-polls).
+  void WakeWaitersLocked(absl::string_view completer = "", bool completer_asks = false)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // CompleteTask but for the final log sync: commits kBuffered.
+  absl::Status CompleteTaskUnsynced(absl::string_view worker_id, absl::string_view task_id,
+                                    const storage::KvWriteBatch& outputs, int64_t compute_ms,
+                                    std::optional<LeasedTask>* next) ABSL_LOCKS_EXCLUDED(mu_);
+  // Moves the worker's granted task, if any, out of its mailbox into *out.
+  void TakeMailboxLocked(absl::string_view worker_id, std::optional<LeasedTask>* out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   v1::JobEvent EventLocked(absl::string_view kind, absl::string_view task_id,
                            absl::string_view message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status CommitLocked(Job& job, std::vector<v1::TaskRecord*> changed,

@@ -6,6 +6,19 @@
 #include "proto/rpc_status.h"
 
 namespace moec::coordinator {
+namespace {
+
+void FillLease(const std::optional<LeasedTask>& t, v1::LeaseTaskResponse* resp) {
+  resp->set_granted(t.has_value());
+  if (!t.has_value()) return;
+  *resp->mutable_task() = t->task;
+  resp->set_rank(t->rank);
+  for (const auto& w : t->group) resp->add_group(w);
+  resp->set_recipe_json(t->recipe_json);
+  for (const auto& [id, fp] : t->input_fingerprints) (*resp->mutable_input_fingerprints())[id] = fp;
+}
+
+}  // namespace
 
 #define MOEC_AUTHORIZE(ctx)                          \
   do {                                               \
@@ -111,7 +124,8 @@ grpc::Status CoordinatorService::Heartbeat(grpc::ServerContext* ctx,
                                            const v1::HeartbeatRequest* req,
                                            v1::HeartbeatResponse* resp) {
   MOEC_AUTHORIZE(ctx);
-  absl::StatusOr<std::vector<std::string>> cancelled = core_->Heartbeat(req->worker_id());
+  std::vector<std::string> running(req->running_task_ids().begin(), req->running_task_ids().end());
+  absl::StatusOr<std::vector<std::string>> cancelled = core_->Heartbeat(req->worker_id(), running);
   if (!cancelled.ok()) return ToGrpcStatus(cancelled.status());
   for (const auto& id : *cancelled) resp->add_cancelled_task_ids(id);
   return grpc::Status::OK;
@@ -124,14 +138,7 @@ grpc::Status CoordinatorService::LeaseTask(grpc::ServerContext* ctx,
   absl::StatusOr<std::optional<LeasedTask>> t = core_->LeaseTask(
       req->worker_id(), absl::Milliseconds(std::clamp<int64_t>(req->wait_ms(), 0, 2000)));
   if (!t.ok()) return ToGrpcStatus(t.status());
-  resp->set_granted(t->has_value());
-  if (t->has_value()) {
-    *resp->mutable_task() = (*t)->task;
-    resp->set_rank((*t)->rank);
-    for (const auto& w : (*t)->group) resp->add_group(w);
-    resp->set_recipe_json((*t)->recipe_json);
-    for (const auto& [id, fp] : (*t)->input_fingerprints) (*resp->mutable_input_fingerprints())[id] = fp;
-  }
+  FillLease(*t, resp);
   return grpc::Status::OK;
 }
 
@@ -148,9 +155,14 @@ grpc::Status CoordinatorService::ReportProgress(grpc::ServerContext* ctx,
 
 grpc::Status CoordinatorService::CompleteTask(grpc::ServerContext* ctx,
                                               const v1::CompleteTaskRequest* req,
-                                              v1::CompleteTaskResponse*) {
+                                              v1::CompleteTaskResponse* resp) {
   MOEC_AUTHORIZE(ctx);
-  return ToGrpcStatus(core_->CompleteTask(req->worker_id(), req->task_id(), {}, req->compute_ms()));
+  std::optional<LeasedTask> next;
+  absl::Status s = core_->CompleteTask(req->worker_id(), req->task_id(), {}, req->compute_ms(),
+                                       req->lease_next() ? &next : nullptr);
+  if (!s.ok()) return ToGrpcStatus(s);
+  if (req->lease_next()) FillLease(next, resp->mutable_next());
+  return grpc::Status::OK;
 }
 
 grpc::Status CoordinatorService::FailTask(grpc::ServerContext* ctx, const v1::FailTaskRequest* req,
@@ -159,6 +171,13 @@ grpc::Status CoordinatorService::FailTask(grpc::ServerContext* ctx, const v1::Fa
   absl::Status error(static_cast<absl::StatusCode>(req->code()), req->message());
   if (error.ok()) error = absl::UnknownError(req->message());
   return ToGrpcStatus(core_->FailTask(req->worker_id(), req->task_id(), error, req->retriable()));
+}
+
+grpc::Status CoordinatorService::ReleaseTask(grpc::ServerContext* ctx,
+                                             const v1::ReleaseTaskRequest* req,
+                                             v1::ReleaseTaskResponse*) {
+  MOEC_AUTHORIZE(ctx);
+  return ToGrpcStatus(core_->ReleaseTask(req->worker_id(), req->task_id()));
 }
 
 grpc::Status CoordinatorService::GroupStoreSet(grpc::ServerContext* ctx,

@@ -42,6 +42,8 @@ class CoordinatorService final : public v1::CoordinatorService::Service {
                             v1::CompleteTaskResponse* resp) override;
   grpc::Status FailTask(grpc::ServerContext* ctx, const v1::FailTaskRequest* req,
                         v1::FailTaskResponse* resp) override;
+  grpc::Status ReleaseTask(grpc::ServerContext* ctx, const v1::ReleaseTaskRequest* req,
+                           v1::ReleaseTaskResponse* resp) override;
   grpc::Status GroupStoreSet(grpc::ServerContext* ctx, const v1::GroupStoreSetRequest* req,
                              v1::GroupStoreSetResponse* resp) override;
   grpc::Status GroupStoreGet(grpc::ServerContext* ctx, const v1::GroupStoreGetRequest* req,

@@ -112,19 +112,23 @@ TEST_F(CoordinatorServiceTest, SubmitLeaseCompleteAndWatchOverTheWire) {
   rreq.set_name("host:1");
   v1::RegisterWorkerResponse rresp;
   ASSERT_TRUE(stub_->RegisterWorker(Ctx().get(), rreq, &rresp).ok());
+  v1::LeaseTaskRequest lreq;
+  lreq.set_worker_id(rresp.worker_id());
+  v1::LeaseTaskResponse lresp;
+  ASSERT_TRUE(stub_->LeaseTask(Ctx().get(), lreq, &lresp).ok());
   for (int i = 0; i < 2; ++i) {
-    v1::LeaseTaskRequest lreq;
-    lreq.set_worker_id(rresp.worker_id());
-    v1::LeaseTaskResponse lresp;
-    ASSERT_TRUE(stub_->LeaseTask(Ctx().get(), lreq, &lresp).ok());
-    ASSERT_TRUE(lresp.granted());
+    // The first task comes from LeaseTask, the second with the first one's completion.
+    ASSERT_TRUE(lresp.granted()) << i;
     EXPECT_EQ(lresp.task().task_id(), job + "/stats/L" + std::to_string(i));
     v1::CompleteTaskRequest creq;
     creq.set_worker_id(rresp.worker_id());
     creq.set_task_id(lresp.task().task_id());
+    creq.set_lease_next(true);
     v1::CompleteTaskResponse cresp;
     ASSERT_TRUE(stub_->CompleteTask(Ctx().get(), creq, &cresp).ok());
+    lresp = cresp.next();
   }
+  EXPECT_FALSE(lresp.granted());  // nothing after the last task
   watcher.join();
   EXPECT_THAT(kinds, ElementsAre("job_submitted", "task_leased", "task_done", "task_leased",
                                  "task_done", "job_succeeded"));
@@ -211,6 +215,38 @@ TEST_F(CoordinatorServiceTest, TaskOutputsStreamInCommitWithCompletionAndStreamO
   v1::StatFactorResponse denied;
   EXPECT_EQ(factor_stub_->StatFactor(Ctx("nope").get(), streq, &denied).error_code(),
             grpc::StatusCode::UNAUTHENTICATED);
+}
+
+// A granted task given back over the wire (ReleaseTask) is granted again with the same attempt;
+// the call needs the token like every other.
+TEST_F(CoordinatorServiceTest, ReleaseTaskGivesAGrantBack) {
+  v1::SubmitJobRequest sreq;
+  sreq.set_recipe_yaml(kRecipe);
+  sreq.set_recipe_path(dir_.Join("recipe.yaml"));
+  v1::SubmitJobResponse sresp;
+  ASSERT_TRUE(stub_->SubmitJob(Ctx().get(), sreq, &sresp).ok());
+  v1::RegisterWorkerRequest rreq;
+  rreq.set_name("host:1");
+  v1::RegisterWorkerResponse rresp;
+  ASSERT_TRUE(stub_->RegisterWorker(Ctx().get(), rreq, &rresp).ok());
+  v1::LeaseTaskRequest lreq;
+  lreq.set_worker_id(rresp.worker_id());
+  v1::LeaseTaskResponse first, second;
+  ASSERT_TRUE(stub_->LeaseTask(Ctx().get(), lreq, &first).ok());
+  ASSERT_TRUE(first.granted());
+  v1::ReleaseTaskRequest req;
+  req.set_worker_id(rresp.worker_id());
+  req.set_task_id(first.task().task_id());
+  v1::ReleaseTaskResponse resp;
+  EXPECT_EQ(stub_->ReleaseTask(Ctx("nope").get(), req, &resp).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  ASSERT_TRUE(stub_->ReleaseTask(Ctx().get(), req, &resp).ok());
+  EXPECT_EQ(stub_->ReleaseTask(Ctx().get(), req, &resp).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);  // no longer held
+  ASSERT_TRUE(stub_->LeaseTask(Ctx().get(), lreq, &second).ok());
+  ASSERT_TRUE(second.granted());
+  EXPECT_EQ(second.task().task_id(), first.task().task_id());
+  EXPECT_EQ(second.task().attempts(), 1);
 }
 
 }  // namespace

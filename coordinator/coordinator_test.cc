@@ -228,7 +228,8 @@ TEST_F(CoordinatorTest, NonRetriableFailureFailsAtOnceAndCancelReachesTheWorker)
   std::optional<LeasedTask> t = Lease(w);
   ASSERT_TRUE(t.has_value());
   ASSERT_OK(coord_->CancelJob(job));
-  EXPECT_THAT(coord_->Heartbeat(w), moec::testing::IsOkAndHolds(ElementsAre(t->task.task_id())));
+  EXPECT_THAT(coord_->Heartbeat(w, {t->task.task_id()}),
+              moec::testing::IsOkAndHolds(ElementsAre(t->task.task_id())));
   EXPECT_THAT(coord_->CompleteTask(w, t->task.task_id(), {}),
               StatusIs(absl::StatusCode::kFailedPrecondition));
   EXPECT_EQ(coord_->GetJob(job)->state(), v1::JOB_CANCELLED);
@@ -418,6 +419,117 @@ TEST_F(CoordinatorTest, ACorruptFactorReRunsTheTaskThatProducedIt) {
   EXPECT_OK(factors_->Stat(key).status());
 }
 
+
+// With `next`, a completion also hands the completer its next task: the dependent it made
+// ready goes to it (not to another waiting worker), and nothing when nothing is ready.
+TEST_F(CoordinatorTest, CompleteTaskHandsTheCompleterItsNextTask) {
+  const std::string job = Submit().job.job_id();
+  std::string w = coord_->RegisterWorker({"a"});
+  std::string other = coord_->RegisterWorker({"b"});
+  std::optional<LeasedTask> t = Lease(w);
+  ASSERT_TRUE(t.has_value());
+  EXPECT_FALSE(Lease(other).has_value());  // `other` waits too
+  std::optional<LeasedTask> next;
+  ASSERT_OK(coord_->CompleteTask(w, t->task.task_id(), {}, 0, &next));
+  ASSERT_TRUE(next.has_value());
+  EXPECT_EQ(next->task.task_id(), job + "/stats/L1");
+  EXPECT_EQ(next->task.state(), v1::TASK_LEASED);
+  EXPECT_EQ(next->task.attempts(), 1);
+  EXPECT_FALSE(Lease(other).has_value());
+  ASSERT_OK(coord_->CompleteTask(w, next->task.task_id(), {}, 0, &next));
+  ASSERT_TRUE(next.has_value());
+  EXPECT_EQ(next->task.task_id(), job + "/bits");
+  const std::string last = next->task.task_id();
+  // A completion that is refused grants nothing.
+  EXPECT_THAT(coord_->CompleteTask(other, last, {}, 0, &next),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_FALSE(next.has_value());
+  ASSERT_OK(coord_->CompleteTask(w, last, {}, 0, &next));
+  EXPECT_FALSE(next.has_value());  // nothing left
+  EXPECT_EQ(coord_->GetJob(job)->state(), v1::JOB_SUCCEEDED);
+}
+
+// A stopping worker gives back a granted task it has not started: ready at once for another
+// worker, the attempt not counted, and the giver no longer holds it.
+TEST_F(CoordinatorTest, AReleasedTaskIsReadyAtOnceAndItsAttemptDoesNotCount) {
+  const std::string job = Submit().job.job_id();
+  std::string w = coord_->RegisterWorker({"a"});
+  std::string w2 = coord_->RegisterWorker({"b"});
+  std::optional<LeasedTask> t = Lease(w);
+  ASSERT_TRUE(t.has_value());
+  const std::string id = t->task.task_id();
+  EXPECT_THAT(coord_->ReleaseTask(w2, id), StatusIs(absl::StatusCode::kFailedPrecondition));
+  ASSERT_OK(coord_->ReleaseTask(w, id));
+  auto tasks = *coord_->GetTasks(job);
+  EXPECT_EQ(tasks[0].state(), v1::TASK_READY);
+  EXPECT_EQ(tasks[0].lease_workers_size(), 0);
+  EXPECT_THAT(EventKinds(job), ::testing::Contains("task_released"));
+  EXPECT_THAT(coord_->CompleteTask(w, id, {}), StatusIs(absl::StatusCode::kFailedPrecondition));
+  std::optional<LeasedTask> again = Lease(w2);  // no backoff
+  ASSERT_TRUE(again.has_value());
+  EXPECT_EQ(again->task.task_id(), id);
+  EXPECT_EQ(again->task.attempts(), 1);
+}
+
+// Heartbeats renew only the leases of the tasks the worker says it runs: a task whose grant or
+// completion was lost in transit (the worker does not know it holds it) expires and is re-run
+// instead of being renewed by every heartbeat forever.
+TEST_F(CoordinatorTest, HeartbeatsRenewOnlyTheLeasesOfTasksTheWorkerNames) {
+  const std::string job = Submit().job.job_id();
+  std::string w = coord_->RegisterWorker({"a"});
+  std::optional<LeasedTask> t = Lease(w);  // lease_ms = 1000
+  ASSERT_TRUE(t.has_value());
+  Advance(800);
+  ASSERT_OK(coord_->Heartbeat(w, {t->task.task_id()}).status());
+  Advance(800);
+  ASSERT_OK(coord_->Tick());
+  EXPECT_EQ((*coord_->GetTasks(job))[0].state(), v1::TASK_LEASED);  // renewed
+  ASSERT_OK(coord_->Heartbeat(w, {}).status());  // alive, but not running it
+  ASSERT_OK(coord_->Heartbeat(w, {"tiny-nosuchjob/x", job + "/nosuchtask"}).status());
+  Advance(300);
+  ASSERT_OK(coord_->Tick());
+  auto tasks = *coord_->GetTasks(job);
+  EXPECT_EQ(tasks[0].state(), v1::TASK_READY);
+  EXPECT_THAT(tasks[0].error(), HasSubstr("expired"));
+}
+
+// Stages complete out of plan order (two independent chains): the job is RUNNING until the
+// very last task is done, then SUCCEEDED (the completion path's done-prefix, not a full scan).
+TEST_F(CoordinatorTest, AJobSucceedsAtItsLastCompletionWhateverTheOrder) {
+  std::filesystem::create_directories(dir_.Join("m3"));
+  dir_.WriteFile("m3/config.json", R"({"num_hidden_layers": 3})");
+  const std::string job = Submit(R"(name: two
+model: m3
+output: out2
+stages:
+  - {id: a, kind: noop, with: {salt: 1}}
+  - {id: b, kind: noop, with: {salt: 2}}
+)").job.job_id();
+  ASSERT_EQ(coord_->GetTasks(job)->size(), 6u);  // a/L0..L2, then b/L0..L2
+  std::string w1 = coord_->RegisterWorker({"a"});
+  std::string w2 = coord_->RegisterWorker({"b"});
+  std::optional<LeasedTask> a = Lease(w1);
+  ASSERT_TRUE(a.has_value());
+  EXPECT_EQ(a->task.task_id(), job + "/a/L0");  // held while chain b runs to its end
+  std::optional<LeasedTask> b = Lease(w2);
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(b.has_value()) << i;
+    EXPECT_EQ(b->task.stage_id(), "b");
+    std::optional<LeasedTask> next;
+    ASSERT_OK(coord_->CompleteTask(w2, b->task.task_id(), {}, 0, &next));
+    EXPECT_EQ(coord_->GetJob(job)->state(), v1::JOB_RUNNING) << i;
+    b = next;
+  }
+  EXPECT_FALSE(b.has_value());
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(a.has_value()) << i;
+    std::optional<LeasedTask> next;
+    ASSERT_OK(coord_->CompleteTask(w1, a->task.task_id(), {}, 0, &next));
+    EXPECT_EQ(coord_->GetJob(job)->state(), i < 2 ? v1::JOB_RUNNING : v1::JOB_SUCCEEDED) << i;
+    a = next;
+  }
+  EXPECT_FALSE(a.has_value());
+}
 
 TEST_F(CoordinatorTest, LeasesCarryTheInputsTheirLayerReads) {
   std::filesystem::create_directories(dir_.Join("m4"));

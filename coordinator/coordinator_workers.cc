@@ -23,7 +23,8 @@ std::string Coordinator::RegisterWorker(const WorkerInfo& info) {
   return id;
 }
 
-absl::StatusOr<std::vector<std::string>> Coordinator::Heartbeat(absl::string_view worker_id) {
+absl::StatusOr<std::vector<std::string>> Coordinator::Heartbeat(
+    absl::string_view worker_id, absl::Span<const std::string> running) {
   absl::MutexLock lock(&mu_);
   auto it = workers_.find(std::string(worker_id));
   if (it == workers_.end()) {
@@ -32,16 +33,19 @@ absl::StatusOr<std::vector<std::string>> Coordinator::Heartbeat(absl::string_vie
   const int64_t now = NowMs();
   it->second.last_seen_ms = now;
   std::vector<std::string> cancelled;
-  for (auto& [id, job] : jobs_) {
-    for (auto& t : job.tasks) {
-      const bool held = std::find(t.lease_workers().begin(), t.lease_workers().end(),
-                                  worker_id) != t.lease_workers().end();
-      if (!held) continue;
-      if (t.state() == v1::TASK_LEASED) {
-        t.set_lease_deadline_ms(now + options_.retry.lease_ms);  // in memory; re-derived on restart
-      } else if (t.state() == v1::TASK_CANCELLED) {
-        cancelled.push_back(t.task_id());
-      }
+  for (const std::string& tid : running) {  // O(running), not O(stored tasks)
+    auto job = jobs_.find(tid.substr(0, tid.find('/')));
+    if (job == jobs_.end()) continue;
+    auto at = job->second.index.find(tid);
+    if (at == job->second.index.end()) continue;
+    v1::TaskRecord& t = job->second.tasks[at->second];
+    const bool held = std::find(t.lease_workers().begin(), t.lease_workers().end(),
+                                worker_id) != t.lease_workers().end();
+    if (!held) continue;
+    if (t.state() == v1::TASK_LEASED) {
+      t.set_lease_deadline_ms(now + options_.retry.lease_ms);  // in memory; re-derived on restart
+    } else if (t.state() == v1::TASK_CANCELLED) {
+      cancelled.push_back(t.task_id());
     }
   }
   return cancelled;
@@ -137,8 +141,8 @@ absl::StatusOr<std::optional<LeasedTask>> Coordinator::LeaseTask(absl::string_vi
     it = workers_.find(id);
     if (it == workers_.end()) return absl::NotFoundError(absl::StrCat("worker ", id, " timed out"));
   }
-  std::optional<LeasedTask> out = std::move(it->second.mailbox);
-  it->second.mailbox.reset();
+  std::optional<LeasedTask> out;
+  TakeMailboxLocked(id, &out);
   return out;
 }
 
@@ -182,7 +186,26 @@ absl::StatusOr<bool> Coordinator::ReportProgress(absl::string_view worker_id,
 }
 
 absl::Status Coordinator::CompleteTask(absl::string_view worker_id, absl::string_view task_id,
-                                       const storage::KvWriteBatch& outputs, int64_t compute_ms) {
+                                       const storage::KvWriteBatch& outputs, int64_t compute_ms,
+                                       std::optional<LeasedTask>* next) {
+  std::optional<LeasedTask> granted;  // *next is written last: task_id may point into it
+  absl::Status s = CompleteTaskUnsynced(worker_id, task_id, outputs, compute_ms,
+                                        next != nullptr ? &granted : nullptr);
+  // Group commit: the completion was logged (kBuffered) under mu_, in commit order; it is made
+  // durable here, after mu_ is released, by a log sync shared with the completions other
+  // workers logged meanwhile. The call returns only once it is durable; what others saw
+  // before that (a dependent leased, an event streamed) is lost with it in a machine crash,
+  // never kept without it (the log is a prefix).
+  if (s.ok()) s = store_->SyncLog();
+  // On an error a granted task is dropped: its lease expires (heartbeats do not name it).
+  if (next != nullptr) *next = s.ok() ? std::move(granted) : std::nullopt;
+  return s;
+}
+
+absl::Status Coordinator::CompleteTaskUnsynced(absl::string_view worker_id,
+                                               absl::string_view task_id,
+                                               const storage::KvWriteBatch& outputs,
+                                               int64_t compute_ms, std::optional<LeasedTask>* next) {
   absl::MutexLock lock(&mu_);
   Job* job = nullptr;
   MOEC_ASSIGN_OR_RETURN(v1::TaskRecord * t, HeldTaskLocked(worker_id, task_id, &job));
@@ -202,8 +225,10 @@ absl::Status Coordinator::CompleteTask(absl::string_view worker_id, absl::string
   MOEC_RETURN_IF_ERROR(AdvanceLocked(*job, &changed, &events, /*done=*/t));
   auto pending = outputs_.find(std::string(task_id));
   if (pending == outputs_.end()) {
-    MOEC_RETURN_IF_ERROR(CommitLocked(*job, std::move(changed), std::move(events), &batch));
-    WakeWaitersLocked(worker_id);
+    MOEC_RETURN_IF_ERROR(CommitLocked(*job, std::move(changed), std::move(events), &batch,
+                                      storage::Durability::kBuffered));
+    WakeWaitersLocked(worker_id, next != nullptr);
+    if (next != nullptr) TakeMailboxLocked(worker_id, next);
     return absl::OkStatus();
   }
   // The task's outputs, its state, the job record and the events: one synced batch.
@@ -214,16 +239,25 @@ absl::Status Coordinator::CompleteTask(absl::string_view worker_id, absl::string
   NoteChanged(*job, changed);
   MOEC_RETURN_IF_ERROR(store_->PrepareCommit(job->record, changed, std::move(events), &all));
   all.Append(batch);
-  MOEC_RETURN_IF_ERROR(out->txn->Commit());
+  MOEC_RETURN_IF_ERROR(out->txn->Commit(storage::Durability::kBuffered));
   events_cv_.SignalAll();
-  WakeWaitersLocked(worker_id);
+  WakeWaitersLocked(worker_id, next != nullptr);
+  if (next != nullptr) TakeMailboxLocked(worker_id, next);
   return absl::OkStatus();
 }
 
-void Coordinator::WakeWaitersLocked(absl::string_view completer) {
+void Coordinator::TakeMailboxLocked(absl::string_view worker_id, std::optional<LeasedTask>* out) {
+  auto it = workers_.find(std::string(worker_id));
+  if (it == workers_.end()) return;
+  it->second.last_seen_ms = NowMs();
+  *out = std::move(it->second.mailbox);
+  it->second.mailbox.reset();
+}
+
+void Coordinator::WakeWaitersLocked(absl::string_view completer, bool completer_asks) {
   // Workers long-polling in LeaseTask get the tasks this change made ready at once (without
   // one, tasks wait for the next LeaseTask as before).
-  if (long_polls_ == 0) return;
+  if (long_polls_ == 0 && !completer_asks) return;
   std::string preferred;
   if (auto it = workers_.find(std::string(completer)); it != workers_.end()) {
     // The completer asks for its next task right after this call returns: count it as waiting
@@ -321,6 +355,27 @@ absl::Status Coordinator::FailTask(absl::string_view worker_id, absl::string_vie
   std::vector<v1::TaskRecord*> changed = {t};
   MOEC_RETURN_IF_ERROR(AdvanceLocked(*job, &changed, &events));
   MOEC_RETURN_IF_ERROR(CommitLocked(*job, std::move(changed), std::move(events)));
+  WakeWaitersLocked();
+  return absl::OkStatus();
+}
+
+absl::Status Coordinator::ReleaseTask(absl::string_view worker_id, absl::string_view task_id) {
+  absl::MutexLock lock(&mu_);
+  Job* job = nullptr;
+  MOEC_ASSIGN_OR_RETURN(v1::TaskRecord * t, HeldTaskLocked(worker_id, task_id, &job));
+  outputs_.erase(std::string(task_id));
+  t->clear_lease_workers();
+  t->set_lease_deadline_ms(0);
+  t->set_attempts(std::max(0, t->attempts() - 1));
+  t->set_state(v1::TASK_READY);
+  std::vector<v1::TaskRecord*> changed = {t};
+  std::vector<v1::JobEvent> events = {EventLocked(
+      "task_released", t->task_id(), absl::StrCat("worker ", worker_id, " stopped before starting it"))};
+  // Leases are buffered (GrantLease's commit): so is giving one back.
+  MOEC_RETURN_IF_ERROR(CommitLocked(*job, std::move(changed), std::move(events), /*extra=*/nullptr,
+                                    storage::Durability::kBuffered));
+  LOG(INFO) << "job=" << job->record.job_id() << " task=" << task_id << " worker=" << worker_id
+            << " released before starting";
   WakeWaitersLocked();
   return absl::OkStatus();
 }

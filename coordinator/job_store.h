@@ -40,6 +40,10 @@ class JobStore {
                       std::vector<v1::JobEvent> events, const storage::KvWriteBatch* extra = nullptr,
                       storage::Durability durability = storage::Durability::kSync);
 
+  // Makes every commit that returned before the call durable (KvStore::SyncLog: concurrent
+  // callers share syncs). For commits made kBuffered under a lock, synced after releasing it.
+  absl::Status SyncLog() { return kv_->SyncLog(); }
+
   // Adds to `batch` the record that a task with this fingerprint finished (the memo index that
   // lets identical work be reused across resumes and jobs).
   static void AddDoneFingerprint(const v1::TaskRecord& task, storage::KvWriteBatch* batch);

@@ -176,7 +176,7 @@ absl::Status FactorTransaction::Put(absl::string_view key, DType dtype,
   return End();
 }
 
-absl::Status FactorTransaction::Commit() {
+absl::Status FactorTransaction::Commit(Durability durability) {
   if (committed_) return absl::FailedPreconditionError("transaction committed twice");
   if (streaming_) {
     return absl::FailedPreconditionError(absl::StrCat("factor '", key_, "' is unfinished"));
@@ -191,7 +191,7 @@ absl::Status FactorTransaction::Commit() {
     DeleteOtherGenerations(cf, key, info.generation, &batch);
   }
   batch.Append(extra_);
-  if (!batch.empty()) MOEC_RETURN_IF_ERROR(store_->kv_->Write(batch, Durability::kSync));
+  if (!batch.empty()) MOEC_RETURN_IF_ERROR(store_->kv_->Write(batch, durability));
   committed_ = true;
   return absl::OkStatus();
 }

@@ -66,10 +66,12 @@ class FactorTransaction {
   // Key-value writes committed atomically with the tensors (e.g. a task's state, an event).
   KvWriteBatch& extra_writes() { return extra_; }
 
-  // Makes every staged tensor and extra write visible and durable, atomically.
+  // Makes every staged tensor and extra write visible and durable, atomically. With
+  // kBuffered, the commit record is logged but not synced: durable after the next
+  // KvStore::SyncLog (the tensors' chunks are flushed either way).
   // Errors: FailedPrecondition if a streamed tensor is unfinished or Commit ran before; errors
   // of the KvStore.
-  absl::Status Commit();
+  absl::Status Commit(Durability durability = Durability::kSync);
 
  private:
   friend class FactorStore;

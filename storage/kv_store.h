@@ -20,7 +20,8 @@ enum class Durability {
   // Logged and fsynced: survives a crash of the process or the machine.
   kSync,
   // Logged, not fsynced: survives a crash of the process; a machine crash may lose the latest
-  // such writes, but never one without those before it (a later kSync write syncs them too).
+  // such writes, but never one without those before it (a later kSync write or SyncLog syncs
+  // them too).
   kBuffered,
   // Not logged: visible to readers at once, durable only after Flush(cf) returns. Meant for bulk
   // data (factor chunks) whose commit point is a later kSync write; a crash before Flush loses
@@ -99,6 +100,11 @@ class KvStore {
 
   // Makes every kDeferred write to `cf` made before the call durable.
   virtual absl::Status Flush(absl::string_view cf) = 0;
+
+  // Makes every logged write (kSync, kBuffered) that returned before the call durable, as if it
+  // had been written kSync. Concurrent callers share syncs (group commit, storage/group_sync.h):
+  // commit kBuffered under a lock, release it, then SyncLog — instead of syncing under the lock.
+  virtual absl::Status SyncLog() = 0;
 
   virtual std::unique_ptr<KvIterator> NewIterator(absl::string_view cf) const = 0;
 };

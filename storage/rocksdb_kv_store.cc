@@ -7,6 +7,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "storage/group_sync.h"
 #include "rocksdb/db.h"
 #include "rocksdb/options.h"
 #include "rocksdb/table.h"
@@ -110,6 +111,7 @@ struct RocksDbKvStore::Impl {
   // Families whose values carry their own checksums (FactorStore chunks have CRC32C): their
   // reads skip RocksDB's second, software-computed, checksum pass over every value.
   absl::flat_hash_map<std::string, bool> large_values;
+  std::unique_ptr<GroupSync> group_sync;  // SyncLog's group commit over the WAL
 
   absl::StatusOr<rocksdb::ColumnFamilyHandle*> Handle(absl::string_view cf) const {
     if (std::find(exposed.begin(), exposed.end(), cf) == exposed.end()) {
@@ -196,6 +198,9 @@ absl::StatusOr<std::unique_ptr<RocksDbKvStore>> RocksDbKvStore::Open(
       rocksdb::DB::Open(db_options, options.path, descriptors, &impl->handles, &raw),
       absl::StrCat("open ", options.path)));
   impl->db.reset(raw);
+  impl->group_sync = std::make_unique<GroupSync>(
+      [raw] { return static_cast<uint64_t>(raw->GetLatestSequenceNumber()); },
+      [raw, path = impl->path] { return FromRocks(raw->SyncWAL(), absl::StrCat("sync the log of ", path)); });
   for (size_t i = 0; i < descriptors.size(); ++i) {
     impl->by_name[descriptors[i].name] = impl->handles[i];
   }
@@ -250,6 +255,14 @@ absl::Status RocksDbKvStore::Write(const KvWriteBatch& batch, Durability durabil
   }
   rocksdb::WriteOptions wo = ToWriteOptions(durability);
   return FromRocks(impl_->db->Write(wo, &wb), absl::StrCat("write batch to ", impl_->path));
+}
+
+absl::Status RocksDbKvStore::SyncLog() { return impl_->group_sync->Sync(); }
+
+int64_t RocksDbKvStore::log_syncs() const { return impl_->group_sync->syncs(); }
+
+double RocksDbKvStore::log_sync_seconds() const {
+  return absl::ToDoubleSeconds(impl_->group_sync->sync_time());
 }
 
 absl::Status RocksDbKvStore::Flush(absl::string_view cf) {

@@ -58,6 +58,9 @@ class RocksDbKvStore : public KvStore {
                    Durability durability) override;
   absl::Status Write(const KvWriteBatch& batch, Durability durability) override;
   absl::Status Flush(absl::string_view cf) override;
+  absl::Status SyncLog() override;
+  int64_t log_syncs() const;  // WAL syncs SyncLog made so far (the rest were shared)
+  double log_sync_seconds() const;  // time spent in them
   std::unique_ptr<KvIterator> NewIterator(absl::string_view cf) const override;
 
   const std::string& path() const;

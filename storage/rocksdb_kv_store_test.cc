@@ -2,6 +2,11 @@
 // writes (a forked child that dies without closing the database), locking, schema checks.
 #include "storage/rocksdb_kv_store.h"
 
+#include <atomic>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "storage/kv_store_test_util.h"
 #include "tests/testing/crash_child.h"
@@ -52,6 +57,42 @@ TEST(RocksDbKvStoreTest, CrashKeepsSyncBufferedAndFlushedWritesAndDropsUnflushed
   EXPECT_THAT(kv->Get("factors", "unflushed"), StatusIs(absl::StatusCode::kNotFound));
   // A process crash (not a machine crash) keeps WAL writes that were not fsynced.
   EXPECT_THAT(kv->Get("meta", "buffered"), IsOkAndHolds("d"));
+}
+
+// Buffered writes from several threads, each made durable by SyncLog (the coordinator's group
+// commit): every write is kept, and the log was synced at most once per call (the real WAL's
+// syncs are shared when calls overlap; storage/group_sync_test.cc checks the sharing itself).
+TEST(RocksDbKvStoreTest, SyncLogFromManyThreadsKeepsEveryWrite) {
+  TempDir dir;
+  auto opts = StoreHolder::Options(dir.path());
+  constexpr int kThreads = 4, kEach = 50;
+  {
+    ASSERT_OK_AND_ASSIGN(auto kv, RocksDbKvStore::Open(opts));
+    ASSERT_OK(kv->SyncLog());  // nothing logged yet: no sync needed
+    EXPECT_EQ(kv->log_syncs(), 0);
+    std::vector<std::thread> threads;
+    std::atomic<int> failures{0};
+    for (int t = 0; t < kThreads; ++t) {
+      threads.emplace_back([&, t] {
+        for (int i = 0; i < kEach; ++i) {
+          KvWriteBatch b;
+          b.Put("meta", absl::StrCat("k", t, "/", i), "v");
+          if (!kv->Write(b, Durability::kBuffered).ok() || !kv->SyncLog().ok()) ++failures;
+        }
+      });
+    }
+    for (auto& th : threads) th.join();
+    EXPECT_EQ(failures.load(), 0);
+    EXPECT_GE(kv->log_syncs(), 1);
+    EXPECT_LE(kv->log_syncs(), kThreads * kEach);
+    const int64_t syncs = kv->log_syncs();
+    ASSERT_OK(kv->SyncLog());  // everything is synced already
+    EXPECT_EQ(kv->log_syncs(), syncs);
+  }
+  ASSERT_OK_AND_ASSIGN(auto kv, RocksDbKvStore::Open(opts));
+  for (int t = 0; t < kThreads; ++t) {
+    for (int i = 0; i < kEach; ++i) EXPECT_THAT(kv->Get("meta", absl::StrCat("k", t, "/", i)), IsOkAndHolds("v"));
+  }
 }
 
 TEST(RocksDbKvStoreTest, SecondOpenOfSameDatabaseFails) {

@@ -30,18 +30,23 @@ class CoordinatorClient {
   virtual ~CoordinatorClient() = default;
   virtual absl::StatusOr<std::string> RegisterWorker(const std::string& name, bool gpu,
                                                      int64_t memory_bytes) = 0;
-  // Returns the ids of held tasks that were cancelled.
-  virtual absl::StatusOr<std::vector<std::string>> Heartbeat(const std::string& worker_id) = 0;
+  // `running`: the tasks the worker runs now (only their leases are renewed). Returns those of
+  // them that were cancelled.
+  virtual absl::StatusOr<std::vector<std::string>> Heartbeat(
+      const std::string& worker_id, const std::vector<std::string>& running) = 0;
   virtual absl::StatusOr<std::optional<Lease>> LeaseTask(const std::string& worker_id) = 0;
-  // compute_ms: how long the stage ran (recorded on the task).
+  // compute_ms: how long the stage ran (recorded on the task). With `next`, asks for the next
+  // task in the same call: *next is one ready at once, or nullopt (the call never waits).
   virtual absl::Status CompleteTask(const std::string& worker_id, const std::string& task_id,
-                                    int64_t compute_ms) = 0;
+                                    int64_t compute_ms, std::optional<Lease>* next) = 0;
   // Returns true when the task was cancelled.
   virtual absl::StatusOr<bool> ReportProgress(const std::string& worker_id,
                                               const std::string& task_id, double fraction,
                                               const std::string& message) = 0;
   virtual absl::Status FailTask(const std::string& worker_id, const std::string& task_id,
                                 const absl::Status& error, bool retriable) = 0;
+  // Gives back a granted task the worker has not started (it is stopping).
+  virtual absl::Status ReleaseTask(const std::string& worker_id, const std::string& task_id) = 0;
   // Streams an output of a held task (FactorService.PutFactor); returns its key.
   virtual absl::StatusOr<std::string> PutOutput(const std::string& worker_id,
                                                 const std::string& task_id,

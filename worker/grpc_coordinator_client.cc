@@ -11,6 +11,13 @@ namespace {
 // Pieces of at most this many bytes per PutFactor message (under the 32 MiB message limit).
 constexpr size_t kPieceBytes = 4 << 20;
 
+std::optional<Lease> ToLease(const v1::LeaseTaskResponse& resp) {
+  if (!resp.granted()) return std::nullopt;
+  return Lease{resp.task(), resp.rank(), {resp.group().begin(), resp.group().end()},
+               resp.recipe_json(),
+               {resp.input_fingerprints().begin(), resp.input_fingerprints().end()}};
+}
+
 class GrpcCoordinatorClient : public CoordinatorClient {
  public:
   GrpcCoordinatorClient(std::shared_ptr<grpc::Channel> channel, GrpcClientOptions options)
@@ -87,9 +94,11 @@ class GrpcCoordinatorClient : public CoordinatorClient {
     return resp.worker_id();
   }
 
-  absl::StatusOr<std::vector<std::string>> Heartbeat(const std::string& worker_id) override {
+  absl::StatusOr<std::vector<std::string>> Heartbeat(
+      const std::string& worker_id, const std::vector<std::string>& running) override {
     v1::HeartbeatRequest req;
     req.set_worker_id(worker_id);
+    for (const std::string& id : running) req.add_running_task_ids(id);
     v1::HeartbeatResponse resp;
     auto ctx = Context();
     absl::Status s = FromGrpcStatus(stub_->Heartbeat(ctx.get(), req, &resp));
@@ -106,11 +115,7 @@ class GrpcCoordinatorClient : public CoordinatorClient {
     auto ctx = Context(options_.lease_wait_ms);
     absl::Status s = FromGrpcStatus(stub_->LeaseTask(ctx.get(), req, &resp));
     if (!s.ok()) return s;
-    if (!resp.granted()) return std::optional<Lease>();
-    Lease l{resp.task(), resp.rank(), {resp.group().begin(), resp.group().end()},
-            resp.recipe_json(),
-            {resp.input_fingerprints().begin(), resp.input_fingerprints().end()}};
-    return std::optional<Lease>(std::move(l));
+    return ToLease(resp);
   }
 
   absl::StatusOr<bool> ReportProgress(const std::string& worker_id, const std::string& task_id,
@@ -128,14 +133,17 @@ class GrpcCoordinatorClient : public CoordinatorClient {
   }
 
   absl::Status CompleteTask(const std::string& worker_id, const std::string& task_id,
-                            int64_t compute_ms) override {
+                            int64_t compute_ms, std::optional<Lease>* next) override {
     v1::CompleteTaskRequest req;
     req.set_compute_ms(compute_ms);
     req.set_worker_id(worker_id);
     req.set_task_id(task_id);
+    req.set_lease_next(next != nullptr);
     v1::CompleteTaskResponse resp;
     auto ctx = Context();
-    return FromGrpcStatus(stub_->CompleteTask(ctx.get(), req, &resp));
+    absl::Status s = FromGrpcStatus(stub_->CompleteTask(ctx.get(), req, &resp));
+    if (s.ok() && next != nullptr) *next = ToLease(resp.next());
+    return s;
   }
 
   absl::Status FailTask(const std::string& worker_id, const std::string& task_id,
@@ -149,6 +157,15 @@ class GrpcCoordinatorClient : public CoordinatorClient {
     v1::FailTaskResponse resp;
     auto ctx = Context();
     return FromGrpcStatus(stub_->FailTask(ctx.get(), req, &resp));
+  }
+
+  absl::Status ReleaseTask(const std::string& worker_id, const std::string& task_id) override {
+    v1::ReleaseTaskRequest req;
+    req.set_worker_id(worker_id);
+    req.set_task_id(task_id);
+    v1::ReleaseTaskResponse resp;
+    auto ctx = Context();
+    return FromGrpcStatus(stub_->ReleaseTask(ctx.get(), req, &resp));
   }
 
   absl::Status GroupStoreSet(const std::string& worker_id, const std::string& task_id,

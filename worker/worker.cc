@@ -58,7 +58,12 @@ void Worker::Stop() {
 
 void Worker::HeartbeatLoop() {
   while (!stop_.WaitForNotificationWithTimeout(options_.heartbeat_interval)) {
-    absl::StatusOr<std::vector<std::string>> cancelled = client_->Heartbeat(worker_id());
+    std::vector<std::string> running;
+    {
+      absl::MutexLock lock(&mu_);
+      if (!current_task_.empty()) running.push_back(current_task_);
+    }
+    absl::StatusOr<std::vector<std::string>> cancelled = client_->Heartbeat(worker_id(), running);
     if (absl::IsNotFound(cancelled.status())) {
       // The coordinator restarted or dropped us: register again (leases of the old id expire).
       Reregister().IgnoreError();  // retried at the next beat
@@ -76,7 +81,13 @@ void Worker::HeartbeatLoop() {
 }
 
 void Worker::LeaseLoop() {
+  std::optional<Lease> next;  // granted with the last completion
   while (!stop_.HasBeenNotified()) {
+    if (next.has_value()) {
+      Lease lease = *std::move(next);
+      next = RunOne(lease);
+      continue;
+    }
     const absl::Time asked = absl::Now();
     absl::StatusOr<std::optional<Lease>> lease = client_->LeaseTask(worker_id());
     if (!lease.ok()) {
@@ -93,7 +104,16 @@ void Worker::LeaseLoop() {
       }
       continue;
     }
-    RunOne(**lease);
+    next = RunOne(**lease);
+  }
+  if (next.has_value()) {
+    // Stopping with a task granted but not started: give it back at once (the attempt is not
+    // counted against it) instead of leaving it to wait for its lease to expire.
+    const std::string id = worker_id();
+    if (absl::Status s = client_->ReleaseTask(id, next->task.task_id()); !s.ok()) {
+      LOG(WARNING) << "worker=" << id << " task=" << next->task.task_id()
+                   << " release: " << s;  // its lease expires instead
+    }
   }
 }
 
@@ -157,7 +177,7 @@ class CoordinatorRendezvous : public comm::RendezvousStore {
 
 }  // namespace
 
-void Worker::RunOne(const Lease& lease) {
+std::optional<Lease> Worker::RunOne(const Lease& lease) {
   auto cancelled = std::make_shared<std::atomic<bool>>(false);
   const std::string id = worker_id();
   {
@@ -212,15 +232,16 @@ void Worker::RunOne(const Lease& lease) {
                             ? absl::InvalidArgumentError("task parameters are not valid JSON")
                             : RunStage(*registry_, ctx);
   const int64_t compute_ms = absl::ToInt64Milliseconds(absl::Now() - started);
-  {
-    absl::MutexLock lock(&mu_);
-    current_task_.clear();
-    current_cancelled_.reset();
-  }
   absl::Status reported;
+  std::optional<Lease> next;
   if (result.ok()) {
     ++tasks_done_;
-    if (lease.rank == 0) reported = client_->CompleteTask(id, lease.task.task_id(), compute_ms);
+    // Rank 0 asks for its next task in the completing call (one round trip per task in a
+    // chain), unless it is stopping.
+    if (lease.rank == 0) {
+      reported = client_->CompleteTask(id, lease.task.task_id(), compute_ms,
+                                       stop_.HasBeenNotified() ? nullptr : &next);
+    }
   } else {
     ++tasks_failed_;
     LOG(WARNING) << "worker=" << id << " task=" << lease.task.task_id() << " failed: " << result;
@@ -232,6 +253,14 @@ void Worker::RunOne(const Lease& lease) {
     LOG(WARNING) << "worker=" << id << " task=" << lease.task.task_id()
                  << " report: " << reported;  // the lease will expire and the task re-run
   }
+  {
+    // Only now: heartbeats keep naming the task (renewing its lease) while its report is in
+    // flight, which for large outputs includes their commit.
+    absl::MutexLock lock(&mu_);
+    current_task_.clear();
+    current_cancelled_.reset();
+  }
+  return next;
 }
 
 }  // namespace moec::worker

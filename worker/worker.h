@@ -58,7 +58,8 @@ class Worker {
  private:
   void LeaseLoop();
   void HeartbeatLoop();
-  void RunOne(const Lease& lease);
+  // Runs the task and reports it; returns the next task when the completing call granted one.
+  std::optional<Lease> RunOne(const Lease& lease);
   absl::Status Reregister();
 
   CoordinatorClient* const client_;             // Not owned.

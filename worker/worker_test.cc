@@ -27,14 +27,18 @@ class LocalClient : public CoordinatorClient {
                                              int64_t memory) override {
     return core_->RegisterWorker({name, gpu, memory});
   }
-  absl::StatusOr<std::vector<std::string>> Heartbeat(const std::string& id) override {
-    return core_->Heartbeat(id);
+  absl::StatusOr<std::vector<std::string>> Heartbeat(const std::string& id,
+                                                     const std::vector<std::string>& running) override {
+    return core_->Heartbeat(id, running);
   }
   absl::StatusOr<std::optional<Lease>> LeaseTask(const std::string& id) override {
     auto l = core_->LeaseTask(id);
     if (!l.ok()) return l.status();
-    if (!l->has_value()) return std::optional<Lease>();
-    return std::optional<Lease>(Lease{(*l)->task, (*l)->rank, (*l)->group, (*l)->recipe_json, (*l)->input_fingerprints});
+    return ToLease(*l);
+  }
+  static std::optional<Lease> ToLease(const std::optional<coordinator::LeasedTask>& l) {
+    if (!l.has_value()) return std::nullopt;
+    return Lease{l->task, l->rank, l->group, l->recipe_json, l->input_fingerprints};
   }
   absl::StatusOr<bool> ReportProgress(const std::string& id, const std::string& task,
                                       double fraction, const std::string& message) override {
@@ -42,13 +46,21 @@ class LocalClient : public CoordinatorClient {
     return core_->ReportProgress(id, task, fraction, message);
   }
   std::atomic<int> progress_reports{0};
-  absl::Status CompleteTask(const std::string& id, const std::string& task,
-                            int64_t compute_ms) override {
-    return core_->CompleteTask(id, task, {}, compute_ms);
+  absl::Status CompleteTask(const std::string& id, const std::string& task, int64_t compute_ms,
+                            std::optional<Lease>* next) override {
+    std::optional<coordinator::LeasedTask> granted;
+    absl::Status s = core_->CompleteTask(id, task, {}, compute_ms, next ? &granted : nullptr);
+    if (s.ok() && next != nullptr) *next = ToLease(granted);
+    if (granted.has_value()) ++granted_with_completion;
+    return s;
   }
+  std::atomic<int> granted_with_completion{0};
   absl::Status FailTask(const std::string& id, const std::string& task, const absl::Status& e,
                         bool retriable) override {
     return core_->FailTask(id, task, e, retriable);
+  }
+  absl::Status ReleaseTask(const std::string& id, const std::string& task) override {
+    return core_->ReleaseTask(id, task);
   }
   absl::StatusOr<std::string> PutOutput(const std::string& id, const std::string& task,
                                         const std::string& name, storage::DType dtype,
@@ -181,6 +193,8 @@ TEST_F(WorkerTest, RunsNoopTasksToCompletion) {
   EXPECT_EQ(WaitForEnd(job), v1::JOB_SUCCEEDED);
   EXPECT_EQ(worker.tasks_done(), 3);
   EXPECT_EQ(client_->progress_reports.load(), 3);  // noop reports 1.0 once per task
+  // The chain's later layers came with the completions of the ones before (no LeaseTask).
+  EXPECT_EQ(client_->granted_with_completion.load(), 2);
   worker.Stop();
 }
 

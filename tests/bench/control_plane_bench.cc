@@ -2,10 +2,12 @@
 // unary round trip measured in the same run.
 //
 // A real CoordinatorService (RocksDB JobStore, synced commits) listens on 127.0.0.1; 4 worker
-// threads, each with its own channel, loop LeaseTask -> (noop) -> CompleteTask. The job is 4
-// independent noop stages over a 500-layer model: 4 chains of 500 tasks. Prints tasks/s, the
-// p50/p99 of lease-to-complete latency (LeaseTask returned -> CompleteTask returned) and the
-// p50 of a bare round trip (Heartbeat on an idle coordinator), and their ratio.
+// threads, each with its own channel, loop as moec-worker does: (noop) -> CompleteTask, which
+// also asks for the next task, and LeaseTask (long poll) only when the completion brought none.
+// The job is 4 independent noop stages over a 500-layer model: 4 chains of 500 tasks. Prints
+// tasks/s, the p50/p99 of lease-to-complete latency (task in hand -> CompleteTask returned) and
+// the p50 of a bare round trip (Heartbeat on an idle coordinator), and their ratio.
+// BENCH_LEASE_NEXT=0 measures the two-call protocol (LeaseTask, then CompleteTask, per task).
 //
 // Usage: control_plane_bench [--tasks_per_chain N]
 // Targets (issue #4): >= 1,000 tasks/s; p50 overhead <= 5 round trips.
@@ -94,7 +96,7 @@ int Main(int argc, char** argv) {
   std::vector<double> rtt;
   for (int i = 0; i < 2000; ++i) {
     auto t0 = Clock::now();
-    CHECK_OK(clients[0]->Heartbeat(ids[0]).status());
+    CHECK_OK(clients[0]->Heartbeat(ids[0], {}).status());
     rtt.push_back(Ms(Clock::now() - t0));
   }
 
@@ -107,7 +109,10 @@ int Main(int argc, char** argv) {
   CHECK_OK(job.status());
   const int total = kWorkers * chain;
 
-  std::atomic<int> done{0};
+  // BENCH_LEASE_NEXT=0: the two-call protocol (LeaseTask, then CompleteTask) for every task;
+  // default: as moec-worker does, the completing call also asks for the next task.
+  const bool lease_next = !std::getenv("BENCH_LEASE_NEXT") || std::atoi(std::getenv("BENCH_LEASE_NEXT")) != 0;
+  std::atomic<int> done{0}, granted_with_completion{0};
   std::vector<std::vector<double>> latency(kWorkers), lease_calls(kWorkers);
   std::atomic<bool> failed{false};
   // Each worker's last completion: the job ends at the latest (a worker's final long poll, which
@@ -117,27 +122,37 @@ int Main(int argc, char** argv) {
   std::vector<std::thread> threads;
   for (int w = 0; w < kWorkers; ++w) {
     threads.emplace_back([&, w] {
+      std::optional<moec::worker::Lease> next;
+      auto leased_at = Clock::now();
       while (done.load() < total && !failed.load()) {
-        const auto asked = Clock::now();
-        auto lease = clients[w]->LeaseTask(ids[w]);
-        if (!lease.ok()) {
-          std::fprintf(stderr, "LeaseTask: %s\n", lease.status().ToString().c_str());
-          failed = true;
-          return;
+        if (!next.has_value()) {
+          const auto asked = Clock::now();
+          auto lease = clients[w]->LeaseTask(ids[w]);
+          if (!lease.ok()) {
+            std::fprintf(stderr, "LeaseTask: %s\n", lease.status().ToString().c_str());
+            failed = true;
+            return;
+          }
+          if (!lease->has_value()) {  // nothing ready now: back off briefly, as moec-worker does
+            std::this_thread::sleep_for(std::chrono::microseconds(500));
+            continue;
+          }
+          next = *std::move(lease);
+          leased_at = Clock::now();
+          lease_calls[w].push_back(Ms(leased_at - asked));
         }
-        if (!lease->has_value()) {  // nothing ready now: back off briefly, as moec-worker does
-          std::this_thread::sleep_for(std::chrono::microseconds(500));
-          continue;
-        }
-        auto leased_at = Clock::now();
-        lease_calls[w].push_back(Ms(leased_at - asked));
-        if (absl::Status s = clients[w]->CompleteTask(ids[w], (*lease)->task.task_id(), 0); !s.ok()) {
+        const std::string task_id = next->task.task_id();
+        next.reset();
+        if (absl::Status s = clients[w]->CompleteTask(ids[w], task_id, 0, lease_next ? &next : nullptr);
+            !s.ok()) {
           std::fprintf(stderr, "CompleteTask: %s\n", s.ToString().c_str());
           failed = true;
           return;
         }
         finished[w] = Clock::now();
         latency[w].push_back(Ms(finished[w] - leased_at));
+        leased_at = finished[w];  // a task granted with the completion is in hand now
+        if (next.has_value()) ++granted_with_completion;
         ++done;
       }
     });
@@ -148,6 +163,8 @@ int Main(int argc, char** argv) {
   }
   for (auto& t : threads) t.join();
   const double seconds = Ms(*std::max_element(finished.begin(), finished.end()) - t0) / 1000;
+  const int64_t log_syncs = (*kv)->log_syncs();
+  const double log_sync_ms = (*kv)->log_sync_seconds() * 1000 / std::max<int64_t>(1, log_syncs);
   if (failed.load()) {
     std::fprintf(stderr, "a worker RPC failed\n");
     return 1;
@@ -180,6 +197,12 @@ int Main(int argc, char** argv) {
     synced_writes.push_back(Ms(Clock::now() - s0));
   }
   std::printf("control_plane_bench: %d noop tasks, %d workers, loopback gRPC, RocksDB JobStore\n", total, kWorkers);
+  std::printf("protocol              %s (%d of %d tasks granted with a completion)\n",
+              lease_next ? "CompleteTask asks for the next task" : "LeaseTask + CompleteTask",
+              granted_with_completion.load(), total);
+  std::printf("log syncs             %8lld         (%.2f completions per sync: group commit; %.3f ms each)\n",
+              static_cast<long long>(log_syncs), static_cast<double>(total) / std::max<int64_t>(1, log_syncs),
+              log_sync_ms);
   std::printf("throughput            %8.0f tasks/s   (target >= 1000)\n", total / seconds);
   std::printf("lease->complete p50   %8.3f ms\n", Percentile(all, 0.5));
   std::printf("lease->complete p99   %8.3f ms\n", Percentile(all, 0.99));
