@@ -269,6 +269,9 @@ class Coordinator {
   absl::Status CompleteTaskUnsynced(absl::string_view worker_id, absl::string_view task_id,
                                     const storage::KvWriteBatch& outputs, int64_t compute_ms,
                                     std::optional<LeasedTask>* next) ABSL_LOCKS_EXCLUDED(mu_);
+  // After a completion: schedules (the completer first) and, with `next`, hands it its grant.
+  void ServeCompleterLocked(absl::string_view worker_id, std::optional<LeasedTask>* next)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Moves the worker's granted task, if any, out of its mailbox into *out.
   void TakeMailboxLocked(absl::string_view worker_id, std::optional<LeasedTask>* out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -227,8 +227,7 @@ absl::Status Coordinator::CompleteTaskUnsynced(absl::string_view worker_id,
   if (pending == outputs_.end()) {
     MOEC_RETURN_IF_ERROR(CommitLocked(*job, std::move(changed), std::move(events), &batch,
                                       storage::Durability::kBuffered));
-    WakeWaitersLocked(worker_id, next != nullptr);
-    if (next != nullptr) TakeMailboxLocked(worker_id, next);
+    ServeCompleterLocked(worker_id, next);
     return absl::OkStatus();
   }
   // The task's outputs, its state, the job record and the events: one synced batch.
@@ -241,9 +240,13 @@ absl::Status Coordinator::CompleteTaskUnsynced(absl::string_view worker_id,
   all.Append(batch);
   MOEC_RETURN_IF_ERROR(out->txn->Commit(storage::Durability::kBuffered));
   events_cv_.SignalAll();
+  ServeCompleterLocked(worker_id, next);
+  return absl::OkStatus();
+}
+
+void Coordinator::ServeCompleterLocked(absl::string_view worker_id, std::optional<LeasedTask>* next) {
   WakeWaitersLocked(worker_id, next != nullptr);
   if (next != nullptr) TakeMailboxLocked(worker_id, next);
-  return absl::OkStatus();
 }
 
 void Coordinator::TakeMailboxLocked(absl::string_view worker_id, std::optional<LeasedTask>* out) {

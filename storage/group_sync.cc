@@ -17,8 +17,8 @@ absl::Status GroupSync::Sync() {
     }
     syncing_ = true;
     ++syncs_;
-    // Everything logged by now is in the log file: the sync below covers it all, including the
-    // writes of callers that arrive while it runs.
+    // Everything logged by now is in the log file: the sync below covers it all (writes logged
+    // once it has begun are not counted as covered; their callers sync again).
     const uint64_t upto = std::max(mine, last_sequence_());
     mu_.Unlock();
     const absl::Time started = absl::Now();
