@@ -614,6 +614,7 @@ int main(int argc, char** argv) {
     moec::UsePassiveOpenMpWait(argv);
   }
   moec::TuneMallocForLargeBuffers();
+  moec::SkipMutexDeadlockDetection();
   google::InitGoogleLogging(argv[0]);
   return moec::client::Main(argc, argv);
 }

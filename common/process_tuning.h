@@ -11,6 +11,12 @@ namespace moec {
 // 4 MiB values at ~1 GiB/s instead of ~12 GiB/s; see docs/benchmarks.md). Idempotent.
 void TuneMallocForLargeBuffers();
 
+// Turns off absl::Mutex's lock-order graph. Debian builds absl without NDEBUG, so every
+// Mutex acquisition in a moec binary updates a process-wide graph of lock orders under a global
+// lock (absl's own release default is off); the control plane takes several per RPC. Daemons
+// and benchmarks call this; tests keep the detection.
+void SkipMutexDeadlockDetection();
+
 // Makes libgomp's idle threads sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE) in binaries
 // that compute with libtorch: its OpenMP threads otherwise spin between parallel regions and
 // starve OpenBLAS's own pthreads — a GPTQ layer task ran 2.8x slower with 2 threads than with 1

@@ -42,6 +42,10 @@ absl::Status CoordinatorOptions::Validate() const {
   if (retry.lease_ms <= 0 || worker_timeout_ms <= 0 || poll_window_ms <= 0) {
     return absl::InvalidArgumentError("lease, worker timeout and poll window must be positive");
   }
+  if (log_sync_interval_ms < 0 || log_sync_interval_ms > 10000) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("log_sync_interval_ms must be in [0, 10000], not ", log_sync_interval_ms));
+  }
   return absl::OkStatus();
 }
 
@@ -74,6 +78,10 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(JobStore* store
     c->jobs_.emplace(id, std::move(job));
   }
   LOG(INFO) << "coordinator: recovered " << c->jobs_.size() << " jobs";
+  if (!c->options_.durable_completions) {
+    c->syncer_ = std::make_unique<storage::BackgroundSync>(
+        [store] { return store->SyncLog(); }, absl::Milliseconds(c->options_.log_sync_interval_ms));
+  }
   return c;
 }
 
@@ -92,6 +100,12 @@ absl::Status Coordinator::CommitLocked(Job& job, std::vector<v1::TaskRecord*> ch
                                        const storage::KvWriteBatch* extra,
                                        storage::Durability durability) {
   NoteChanged(job, changed);
+  if (deferred_batch_ != nullptr) {
+    MOEC_RETURN_IF_ERROR(store_->PrepareCommit(job.record, changed, std::move(events), deferred_batch_));
+    if (extra != nullptr) deferred_batch_->Append(*extra);
+    deferred_sync_ = deferred_sync_ || durability == storage::Durability::kSync;
+    return absl::OkStatus();
+  }
   MOEC_RETURN_IF_ERROR(store_->Commit(job.record, changed, std::move(events), extra, durability));
   events_cv_.SignalAll();
   return absl::OkStatus();

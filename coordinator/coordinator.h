@@ -24,6 +24,7 @@
 #include "coordinator/scheduler.h"
 #include "moec/v1/job.pb.h"
 #include "storage/factor_store.h"
+#include "storage/group_sync.h"
 #include "storage/kv_store.h"
 
 namespace moec::coordinator {
@@ -36,6 +37,14 @@ struct CoordinatorOptions {
   int64_t poll_window_ms = 3000;
   // Recipe paths must resolve inside these directories (empty: anywhere).
   std::vector<std::string> allowed_roots;
+  // When a completion is made durable (docs/job_store.md "Durability of completions"). false:
+  // CompleteTask returns once the completion is in the log (it survives a crash of this
+  // process) and a background thread syncs the log, at most `log_sync_interval_ms` after; a
+  // machine crash loses at most the completions of that window, whose tasks re-run after the
+  // restart to the same bytes. The completion that ends a job always waits for the sync.
+  // true: every CompleteTask returns only once its completion is synced.
+  bool durable_completions = false;
+  int64_t log_sync_interval_ms = 5;
   absl::Status Validate() const;
 };
 
@@ -265,10 +274,12 @@ class Coordinator {
   // nobody long-polls).
   void WakeWaitersLocked(absl::string_view completer = "", bool completer_asks = false)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // CompleteTask but for the final log sync: commits kBuffered.
+  // CompleteTask but for the final log sync: commits kBuffered. Sets *ended when the
+  // completion ended its job.
   absl::Status CompleteTaskUnsynced(absl::string_view worker_id, absl::string_view task_id,
                                     const storage::KvWriteBatch& outputs, int64_t compute_ms,
-                                    std::optional<LeasedTask>* next) ABSL_LOCKS_EXCLUDED(mu_);
+                                    std::optional<LeasedTask>* next, bool* ended)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // After a completion: schedules (the completer first) and, with `next`, hands it its grant.
   void ServeCompleterLocked(absl::string_view worker_id, std::optional<LeasedTask>* next)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -277,6 +288,9 @@ class Coordinator {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   v1::JobEvent EventLocked(absl::string_view kind, absl::string_view task_id,
                            absl::string_view message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Commits a state transition. While a completion defers commits (deferred_batch_ set), the
+  // writes are added to the completion's batch instead, which the completion writes (one log
+  // record for the completion and the leases it caused) and signals itself.
   absl::Status CommitLocked(Job& job, std::vector<v1::TaskRecord*> changed,
                             std::vector<v1::JobEvent> events,
                             const storage::KvWriteBatch* extra = nullptr,
@@ -304,6 +318,13 @@ class Coordinator {
   std::map<std::string, std::shared_ptr<PendingOutputs>> outputs_ ABSL_GUARDED_BY(mu_);
   GroupStore group_store_;  // internally synchronized; never called with mu_ held
   int long_polls_ ABSL_GUARDED_BY(mu_) = 0;  // LeaseTask calls waiting now
+  // Set by CompleteTaskUnsynced while it schedules: see CommitLocked. deferred_sync_: a deferred
+  // commit asked for kSync (the completion then syncs before it returns).
+  storage::KvWriteBatch* deferred_batch_ ABSL_GUARDED_BY(mu_) = nullptr;
+  bool deferred_sync_ ABSL_GUARDED_BY(mu_) = false;
+  // Syncs the log behind completions (null with options_.durable_completions). Declared last:
+  // destroyed first, it syncs what was logged before the coordinator goes.
+  std::unique_ptr<storage::BackgroundSync> syncer_;
 };
 
 }  // namespace moec::coordinator

@@ -20,6 +20,12 @@ void FillLease(const std::optional<LeasedTask>& t, v1::LeaseTaskResponse* resp) 
 
 }  // namespace
 
+void ConfigureServerThreads(grpc::ServerBuilder* builder) {
+  builder->SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::NUM_CQS, 1);
+  builder->SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MIN_POLLERS, 4);
+  builder->SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS, 8);
+}
+
 #define MOEC_AUTHORIZE(ctx)                          \
   do {                                               \
     grpc::Status auth_status_ = Authorize(ctx);      \

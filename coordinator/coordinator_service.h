@@ -6,6 +6,7 @@
 #include <string>
 
 #include "coordinator/coordinator.h"
+#include "grpcpp/server_builder.h"
 #include "moec/v1/coordinator.grpc.pb.h"
 
 namespace moec::coordinator {
@@ -58,6 +59,12 @@ class CoordinatorService final : public v1::CoordinatorService::Service {
   Coordinator* const core_;  // Not owned.
   const std::string token_;
 };
+
+// Thread settings of the coordinator's gRPC server (moec-coordinator, the benches): at least 4
+// and at most 8 idle polling threads instead of gRPC's 1-2, so that workers calling at once do
+// not make the server create and end a thread every few calls (control_plane_bench: 555 thread
+// creations over 2,000 tasks before, 57 after). Calls in flight are not limited by it.
+void ConfigureServerThreads(grpc::ServerBuilder* builder);
 
 }  // namespace moec::coordinator
 

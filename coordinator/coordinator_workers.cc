@@ -189,14 +189,22 @@ absl::Status Coordinator::CompleteTask(absl::string_view worker_id, absl::string
                                        const storage::KvWriteBatch& outputs, int64_t compute_ms,
                                        std::optional<LeasedTask>* next) {
   std::optional<LeasedTask> granted;  // *next is written last: task_id may point into it
+  bool ended = false;
   absl::Status s = CompleteTaskUnsynced(worker_id, task_id, outputs, compute_ms,
-                                        next != nullptr ? &granted : nullptr);
-  // Group commit: the completion was logged (kBuffered) under mu_, in commit order; it is made
-  // durable here, after mu_ is released, by a log sync shared with the completions other
-  // workers logged meanwhile. The call returns only once it is durable; what others saw
-  // before that (a dependent leased, an event streamed) is lost with it in a machine crash,
-  // never kept without it (the log is a prefix).
-  if (s.ok()) s = store_->SyncLog();
+                                        next != nullptr ? &granted : nullptr, &ended);
+  // The completion was logged (kBuffered) under mu_, in commit order: it survives a crash of
+  // this process from here on. It is synced after mu_ is released — by the background syncer
+  // (the reply does not wait), or, for durable completions and for the completion that ended
+  // its job, here, by a log sync shared with the completions other workers logged meanwhile.
+  // What others saw before the sync (a dependent leased, an event streamed) is lost with it in
+  // a machine crash, never kept without it: the log is a prefix.
+  if (s.ok()) {
+    if (syncer_ == nullptr || ended) {
+      s = store_->SyncLog();
+    } else {
+      syncer_->Kick();
+    }
+  }
   // On an error a granted task is dropped: its lease expires (heartbeats do not name it).
   if (next != nullptr) *next = s.ok() ? std::move(granted) : std::nullopt;
   return s;
@@ -205,7 +213,8 @@ absl::Status Coordinator::CompleteTask(absl::string_view worker_id, absl::string
 absl::Status Coordinator::CompleteTaskUnsynced(absl::string_view worker_id,
                                                absl::string_view task_id,
                                                const storage::KvWriteBatch& outputs,
-                                               int64_t compute_ms, std::optional<LeasedTask>* next) {
+                                               int64_t compute_ms, std::optional<LeasedTask>* next,
+                                               bool* ended) {
   absl::MutexLock lock(&mu_);
   Job* job = nullptr;
   MOEC_ASSIGN_OR_RETURN(v1::TaskRecord * t, HeldTaskLocked(worker_id, task_id, &job));
@@ -223,24 +232,29 @@ absl::Status Coordinator::CompleteTaskUnsynced(absl::string_view worker_id,
   std::vector<v1::TaskRecord*> changed = {t};
   std::vector<v1::JobEvent> events = {EventLocked("task_done", t->task_id(), std::string(worker_id))};
   MOEC_RETURN_IF_ERROR(AdvanceLocked(*job, &changed, &events, /*done=*/t));
-  auto pending = outputs_.find(std::string(task_id));
-  if (pending == outputs_.end()) {
-    MOEC_RETURN_IF_ERROR(CommitLocked(*job, std::move(changed), std::move(events), &batch,
-                                      storage::Durability::kBuffered));
-    ServeCompleterLocked(worker_id, next);
-    return absl::OkStatus();
+  *ended = job->record.state() != v1::JOB_RUNNING && job->record.state() != v1::JOB_PENDING;
+  // One kBuffered log record: the task's outputs (staged in its factor transaction, if any),
+  // its state, the tasks it made ready, the job record and the events — and the leases that
+  // scheduling then grants (deferred into the same batch: one write instead of one per grant).
+  std::shared_ptr<PendingOutputs> out;
+  if (auto pending = outputs_.find(std::string(task_id)); pending != outputs_.end()) {
+    out = pending->second;
+    outputs_.erase(pending);
   }
-  // The task's outputs, its state, the job record and the events: one synced batch.
-  std::shared_ptr<PendingOutputs> out = pending->second;
-  outputs_.erase(pending);
-  absl::MutexLock out_lock(&out->mu);
-  storage::KvWriteBatch& all = out->txn->extra_writes();
+  std::optional<absl::MutexLock> out_lock;
+  if (out != nullptr) out_lock.emplace(&out->mu);
+  storage::KvWriteBatch& all = out != nullptr ? out->txn->extra_writes() : batch;
+  if (out != nullptr) all.Append(batch);
   NoteChanged(*job, changed);
   MOEC_RETURN_IF_ERROR(store_->PrepareCommit(job->record, changed, std::move(events), &all));
-  all.Append(batch);
-  MOEC_RETURN_IF_ERROR(out->txn->Commit(storage::Durability::kBuffered));
-  events_cv_.SignalAll();
+  deferred_batch_ = &all;
+  deferred_sync_ = false;
   ServeCompleterLocked(worker_id, next);
+  deferred_batch_ = nullptr;
+  const storage::Durability durability =
+      deferred_sync_ ? storage::Durability::kSync : storage::Durability::kBuffered;
+  MOEC_RETURN_IF_ERROR(out != nullptr ? out->txn->Commit(durability) : store_->Write(all, durability));
+  events_cv_.SignalAll();
   return absl::OkStatus();
 }
 

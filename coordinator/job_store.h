@@ -56,6 +56,10 @@ class JobStore {
   // caller that commits it together with other data (a FactorTransaction of task outputs).
   absl::Status PrepareCommit(v1::JobRecord& job, absl::Span<const v1::TaskRecord* const> tasks,
                              std::vector<v1::JobEvent> events, storage::KvWriteBatch* batch) const;
+  // Writes a batch that PrepareCommit (for one or several jobs) filled.
+  absl::Status Write(const storage::KvWriteBatch& batch, storage::Durability durability) {
+    return kv_->Write(batch, durability);
+  }
 
   absl::StatusOr<v1::JobRecord> GetJob(absl::string_view job_id) const;
   // The job with this fingerprint, if any.

@@ -42,6 +42,13 @@ ABSL_FLAG(std::vector<std::string>, allowed_root, {},
           "directories recipe paths must resolve inside (comma separated; default: anywhere)");
 ABSL_FLAG(int64_t, lease_ms, 30000, "task lease length; heartbeats renew it");
 ABSL_FLAG(int32_t, max_attempts, 3, "leases a task may get before it fails its job");
+ABSL_FLAG(bool, durable_completions, false,
+          "make every task completion wait for its log sync before the worker's call returns "
+          "(default: completions are logged at once and synced in the background, see "
+          "--log-sync-interval-ms; a machine crash may lose the last few, which then re-run)");
+ABSL_FLAG(int64_t, log_sync_interval_ms, 5,
+          "most time between a completion and the background sync that makes it survive a machine "
+          "crash, 0-10000 (a crash of this process loses nothing either way)");
 ABSL_FLAG(std::string, metrics_listen, "",
           "serve Prometheus metrics at http://HOST:PORT/metrics (empty: off)");
 
@@ -61,6 +68,7 @@ int Fail(const absl::Status& s) {
 
 int main(int argc, char** argv) {
   moec::TuneMallocForLargeBuffers();
+  moec::SkipMutexDeadlockDetection();
   absl::SetProgramUsageMessage(
       "schedules moec compression jobs over worker daemons.\n"
       "  moec-coordinator --listen HOST:PORT --data-dir DIR --token-file PATH\n"
@@ -97,6 +105,8 @@ int main(int argc, char** argv) {
   options.retry.lease_ms = absl::GetFlag(FLAGS_lease_ms);
   options.retry.max_attempts = absl::GetFlag(FLAGS_max_attempts);
   options.allowed_roots = absl::GetFlag(FLAGS_allowed_root);
+  options.durable_completions = absl::GetFlag(FLAGS_durable_completions);
+  options.log_sync_interval_ms = absl::GetFlag(FLAGS_log_sync_interval_ms);
   auto factors = moec::storage::FactorStore::Open(kv->get());  // collects crash leftovers
   if (!factors.ok()) return Fail(factors.status());
   auto core = moec::coordinator::Coordinator::Create(store->get(), options, [] { return absl::Now(); },
@@ -124,6 +134,7 @@ int main(int argc, char** argv) {
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(absl::GetFlag(FLAGS_listen), creds, &port);
+  moec::coordinator::ConfigureServerThreads(&builder);
   builder.SetMaxReceiveMessageSize(32 << 20);  // recipes are small; factor pieces up to 16 MiB
   builder.RegisterService(&service);
   builder.RegisterService(&factor_service);

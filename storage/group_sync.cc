@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "glog/logging.h"
+
 namespace moec::storage {
 
 absl::Status GroupSync::Sync() {
@@ -41,6 +43,72 @@ int64_t GroupSync::syncs() const {
 absl::Duration GroupSync::sync_time() const {
   absl::MutexLock lock(&mu_);
   return sync_time_;
+}
+
+BackgroundSync::BackgroundSync(std::function<absl::Status()> sync, absl::Duration min_interval)
+    : sync_(std::move(sync)), min_interval_(min_interval) {
+  thread_ = std::thread([this] { Loop(); });
+}
+
+BackgroundSync::~BackgroundSync() {
+  {
+    absl::MutexLock lock(&mu_);
+    stop_ = true;
+  }
+  thread_.join();
+}
+
+void BackgroundSync::Kick() {
+  absl::MutexLock lock(&mu_);
+  ++kicked_;
+}
+
+absl::Status BackgroundSync::Flush() {
+  absl::MutexLock lock(&mu_);
+  const uint64_t mine = ++kicked_;
+  auto done = [this, mine]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return covered_ >= mine || exited_; };
+  mu_.Await(absl::Condition(&done));
+  return covered_ >= mine ? last_ : absl::CancelledError("background sync stopped");
+}
+
+void BackgroundSync::Loop() {
+  absl::Time last_start = absl::InfinitePast();
+  absl::MutexLock lock(&mu_);
+  while (true) {
+    auto pending = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return kicked_ > covered_ || stop_; };
+    mu_.Await(absl::Condition(&pending));
+    if (kicked_ == covered_) {  // stopping with nothing left to sync
+      exited_ = true;
+      return;
+    }
+    if (!stop_ && min_interval_ > absl::ZeroDuration()) {
+      // Let the writes of the rest of the interval join this sync (stopping does not wait).
+      auto stopping = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_; };
+      mu_.AwaitWithDeadline(absl::Condition(&stopping), last_start + min_interval_);
+    }
+    const uint64_t upto = kicked_;  // every kick so far was made after its write was logged
+    last_start = absl::Now();
+    mu_.Unlock();
+    absl::Status s = sync_();
+    mu_.Lock();
+    ++syncs_;
+    if (!s.ok()) {
+      ++failures_;
+      LOG(ERROR) << "background log sync: " << s;
+    }
+    last_ = s;
+    covered_ = upto;
+  }
+}
+
+int64_t BackgroundSync::syncs() const {
+  absl::MutexLock lock(&mu_);
+  return syncs_;
+}
+
+int64_t BackgroundSync::failures() const {
+  absl::MutexLock lock(&mu_);
+  return failures_;
 }
 
 }  // namespace moec::storage

@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <thread>
 
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
@@ -45,6 +46,44 @@ class GroupSync {
   uint64_t synced_ ABSL_GUARDED_BY(mu_) = 0;  // every write up to this sequence is durable
   int64_t syncs_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Duration sync_time_ ABSL_GUARDED_BY(mu_);
+};
+
+// Keeps a log synced without anyone waiting for it: a writer logs without syncing and calls
+// Kick(); a thread of this class then syncs (through `sync`, typically KvStore::SyncLog, so its
+// syncs are shared with callers that do wait). Syncs run back to back while writes keep coming,
+// at least `min_interval` apart, so a kicked write is durable within about one interval plus two
+// syncs. A failed sync is logged and counted; the next kick syncs again (RocksDB refuses further
+// writes after a failed WAL sync, so the writers see the error themselves).
+// Thread-safe. The destructor syncs what was kicked before it, then joins the thread.
+class BackgroundSync {
+ public:
+  BackgroundSync(std::function<absl::Status()> sync, absl::Duration min_interval);
+  ~BackgroundSync();
+  BackgroundSync(const BackgroundSync&) = delete;
+  BackgroundSync& operator=(const BackgroundSync&) = delete;
+
+  // Asks for a sync that begins after this call.
+  void Kick();
+  // Returns once a sync that began after this call has ended (for tests and shutdown paths).
+  absl::Status Flush();
+
+  int64_t syncs() const;
+  int64_t failures() const;
+
+ private:
+  void Loop();
+
+  const std::function<absl::Status()> sync_;
+  const absl::Duration min_interval_;
+  mutable absl::Mutex mu_;
+  uint64_t kicked_ ABSL_GUARDED_BY(mu_) = 0;    // kicks so far
+  uint64_t covered_ ABSL_GUARDED_BY(mu_) = 0;   // kicks before the start of the last ended sync
+  absl::Status last_ ABSL_GUARDED_BY(mu_);      // result of the last ended sync
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  bool exited_ ABSL_GUARDED_BY(mu_) = false;
+  int64_t syncs_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t failures_ ABSL_GUARDED_BY(mu_) = 0;
+  std::thread thread_;
 };
 
 }  // namespace moec::storage

@@ -80,6 +80,7 @@ std::string FlagOrEnv(const std::string& flag, const char* env) {
 int main(int argc, char** argv) {
   moec::UsePassiveOpenMpWait(argv);
   moec::TuneMallocForLargeBuffers();
+  moec::SkipMutexDeadlockDetection();
   absl::FlagsUsageConfig usage;
   usage.contains_help_flags = [](absl::string_view f) { return absl::StrContains(f, "worker/main.cc"); };
   usage.contains_helpshort_flags = usage.contains_help_flags;
