@@ -94,3 +94,88 @@ TEST(GroupSyncTest, AFailedSyncReachesTheCallerAndTheNextCallSyncsAgain) {
 
 }  // namespace
 }  // namespace moec::storage
+
+namespace moec::storage {
+namespace {
+
+// A sync the test can hold open and make fail.
+struct FakeSyncer {
+  std::atomic<int> calls{0};
+  std::atomic<int> fail_next{0};
+  std::atomic<bool> hold{false};
+  absl::Mutex mu;
+  bool released ABSL_GUARDED_BY(mu) = false;
+  std::vector<absl::Time> starts ABSL_GUARDED_BY(mu);
+  absl::Status Sync() {
+    ++calls;
+    {
+      absl::MutexLock lock(&mu);
+      starts.push_back(absl::Now());
+      if (hold.load()) {
+        auto open = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return released; };
+        mu.Await(absl::Condition(&open));
+      }
+    }
+    if (fail_next.load() > 0) {
+      --fail_next;
+      return absl::DataLossError("disk gone");
+    }
+    return absl::OkStatus();
+  }
+  void Release() {
+    absl::MutexLock lock(&mu);
+    released = true;
+  }
+};
+
+TEST(BackgroundSyncTest, AKickReturnsAtOnceAndItsWriteIsSyncedByTheThread) {
+  FakeSyncer log;
+  log.hold = true;
+  BackgroundSync bg([&] { return log.Sync(); }, absl::ZeroDuration());
+  bg.Kick();  // returns although the sync it causes is held open
+  while (log.calls.load() == 0) absl::SleepFor(absl::Milliseconds(1));
+  for (int i = 0; i < 5; ++i) bg.Kick();  // logged during the held sync: not covered by it
+  log.Release();
+  ASSERT_TRUE(bg.Flush().ok());
+  // The held sync, then at least one more for the kicks made while it ran (and Flush's own).
+  EXPECT_GE(log.calls.load(), 2);
+  EXPECT_LE(log.calls.load(), 3);
+  EXPECT_EQ(bg.failures(), 0);
+}
+
+TEST(BackgroundSyncTest, SyncsAreAtLeastTheIntervalApartAndKicksInBetweenShareOne) {
+  FakeSyncer log;
+  const absl::Duration interval = absl::Milliseconds(150);
+  BackgroundSync bg([&] { return log.Sync(); }, interval);
+  ASSERT_TRUE(bg.Flush().ok());  // the first sync starts at once
+  for (int i = 0; i < 10; ++i) bg.Kick();
+  ASSERT_TRUE(bg.Flush().ok());
+  absl::MutexLock lock(&log.mu);
+  ASSERT_EQ(log.starts.size(), 2u);  // ten kicks and a flush: one sync
+  EXPECT_GE(log.starts[1] - log.starts[0], interval);
+}
+
+TEST(BackgroundSyncTest, TheDestructorSyncsWhatWasKickedWithoutWaitingForTheInterval) {
+  FakeSyncer log;
+  const absl::Time start = absl::Now();
+  {
+    BackgroundSync bg([&] { return log.Sync(); }, absl::Seconds(10));
+    ASSERT_TRUE(bg.Flush().ok());
+    bg.Kick();  // within the interval: the destructor must still sync it, and at once
+  }
+  EXPECT_EQ(log.calls.load(), 2);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+}
+
+TEST(BackgroundSyncTest, AFailedSyncIsReportedAndCountedAndTheNextKickSyncsAgain) {
+  FakeSyncer log;
+  log.fail_next = 1;
+  BackgroundSync bg([&] { return log.Sync(); }, absl::ZeroDuration());
+  EXPECT_EQ(bg.Flush().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(bg.failures(), 1);
+  EXPECT_TRUE(bg.Flush().ok());
+  EXPECT_EQ(bg.syncs(), 2);
+}
+
+}  // namespace
+}  // namespace moec::storage
