@@ -78,6 +78,21 @@ TEST_P(KvStoreParityTest, BatchAppliesInOrderAcrossColumnFamilies) {
   EXPECT_THAT(All("factors"), ElementsAre(Pair("a", "2")));
 }
 
+// A batch of Puts alone (RocksDB skips the overwritten ones): the last Put of a key wins, per
+// family, whatever lies between.
+TEST_P(KvStoreParityTest, PutsOfOneKeyInABatchLeaveTheLastValue) {
+  KvWriteBatch b;
+  b.Put("meta", "job", "v1");
+  b.Put("factors", "job", "other family");
+  b.Put("meta", "task", "ready");
+  b.Put("meta", "job", "v2");
+  b.Put("meta", "task", "leased");
+  b.Put("meta", "job", "v3");
+  ASSERT_OK(kv().Write(b, Durability::kSync));
+  EXPECT_THAT(All("meta"), ElementsAre(Pair("job", "v3"), Pair("task", "leased")));
+  EXPECT_THAT(All("factors"), ElementsAre(Pair("job", "other family")));
+}
+
 TEST_P(KvStoreParityTest, BatchWithUnknownFamilyAppliesNothing) {
   KvWriteBatch b;
   b.Put("meta", "a", "1");

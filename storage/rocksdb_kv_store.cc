@@ -9,6 +9,7 @@
 #include "common/status_macros.h"
 #include "storage/group_sync.h"
 #include "rocksdb/db.h"
+#include "rocksdb/filter_policy.h"
 #include "rocksdb/options.h"
 #include "rocksdb/table.h"
 #include "rocksdb/cache.h"
@@ -156,7 +157,13 @@ absl::StatusOr<std::unique_ptr<RocksDbKvStore>> RocksDbKvStore::Open(
   rocksdb::ColumnFamilyOptions small;
   rocksdb::BlockBasedTableOptions table;
   table.block_cache = rocksdb::NewLRUCache(options.block_cache_bytes);
+  // Point lookups of absent keys are common (the coordinator asks whether each task that becomes
+  // ready was done before): Bloom filters answer most of them without searching the memtable's
+  // skip list or a table's index.
+  table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
   small.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
+  small.memtable_prefix_bloom_size_ratio = 0.02;
+  small.memtable_whole_key_filtering = true;
 
   rocksdb::ColumnFamilyOptions large = small;
   large.enable_blob_files = true;
@@ -235,9 +242,33 @@ absl::Status RocksDbKvStore::Put(absl::string_view cf, absl::string_view key,
                    absl::StrCat("put ", cf, "/", key));
 }
 
+namespace {
+
+// Whether ops[i] is a Put that a later Put of the same key in the batch overwrites (in a batch
+// of Puts only): it need not be written. A coordinator
+// commit puts the job record and a newly ready task twice (as the completion left it, then as
+// the lease granted with it left it); each skipped Put is one memtable insert fewer.
+bool OverwrittenLater(const std::vector<KvWriteBatch::Op>& ops, size_t i) {
+  if (ops[i].kind != KvWriteBatch::OpKind::kPut) return false;
+  for (size_t j = i + 1; j < ops.size(); ++j) {
+    if (ops[j].key == ops[i].key && ops[j].cf == ops[i].cf) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
 absl::Status RocksDbKvStore::Write(const KvWriteBatch& batch, Durability durability) {
   rocksdb::WriteBatch wb;
-  for (const auto& op : batch.ops()) {
+  const std::vector<KvWriteBatch::Op>& ops = batch.ops();
+  // Only small batches of Puts alone are searched for overwrites (the search is quadratic).
+  const bool search =
+      ops.size() <= 64 && std::all_of(ops.begin(), ops.end(), [](const KvWriteBatch::Op& op) {
+        return op.kind == KvWriteBatch::OpKind::kPut;
+      });
+  for (size_t i = 0; i < ops.size(); ++i) {
+    if (search && OverwrittenLater(ops, i)) continue;
+    const KvWriteBatch::Op& op = ops[i];
     MOEC_ASSIGN_OR_RETURN(rocksdb::ColumnFamilyHandle * h, impl_->Handle(op.cf));
     rocksdb::Status s;
     switch (op.kind) {
