@@ -674,6 +674,16 @@ TEST(CoordinatorDurabilityTest, OnlyTheJobEndingCompletionWaitsForTheLogSyncUnle
   EXPECT_EQ(CallerSyncsOfAChainedJob(/*durable_completions=*/true), 3);
 }
 
+TEST(CoordinatorDurabilityTest, TheSyncIntervalIsBounded) {
+  CoordinatorOptions o;
+  o.log_sync_interval_ms = -1;
+  EXPECT_THAT(o.Validate(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("-1")));
+  o.log_sync_interval_ms = 10001;
+  EXPECT_THAT(o.Validate(), StatusIs(absl::StatusCode::kInvalidArgument));
+  o.log_sync_interval_ms = 0;
+  EXPECT_OK(o.Validate());
+}
+
 // A completion and the lease of the next task it hands over are one write (one log record,
 // so a crash keeps both or neither), and what it wrote is what a restarted coordinator reads.
 TEST(CoordinatorDurabilityTest, ACompletionAndTheLeaseItGrantsAreOneWrite) {
