@@ -153,10 +153,13 @@ model: m
 output: out
 workers: 1
 stages:
-  - {id: a, kind: noop, with: {sleep_ms: 400}}
+  - {id: a, kind: noop, with: {sleep_ms: 1500, salt: 5}}
 Y
+# Cancel once its first task runs: 4 tasks of 1.5 s on one worker leave the cancel 6 s to land
+# even on a loaded machine (a fixed 0.5 s sleep and 0.4 s tasks raced the CLI's start-up; the
+# salt keeps these tasks from being the e2e-slow job's, which would be reused).
 JOB=$("$MOEC" submit cancel.yaml | awk '{print $2}')
-sleep 0.5
+for _ in $(seq 100); do "$MOEC" workers | grep -q "tasks=1" && break; sleep 0.05; done
 "$MOEC" cancel "$JOB" > /dev/null || fail "cancel"
 if timeout 30 "$MOEC" watch "$JOB" > watch5.log; then fail "watch of a cancelled job exited 0"; fi
 grep -q "JOB_CANCELLED" watch5.log || fail "job not cancelled"
