@@ -78,10 +78,10 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(JobStore* store
     c->jobs_.emplace(id, std::move(job));
   }
   LOG(INFO) << "coordinator: recovered " << c->jobs_.size() << " jobs";
-  if (!c->options_.durable_completions) {
-    c->syncer_ = std::make_unique<storage::BackgroundSync>(
-        [store] { return store->SyncLog(); }, absl::Milliseconds(c->options_.log_sync_interval_ms));
-  }
+  // Syncs the log in the background (unless durable: then completions sync themselves) and for
+  // CompleteTaskAsync's completions that wait for a sync.
+  c->syncer_ = std::make_unique<storage::BackgroundSync>(
+      [store] { return store->SyncLog(); }, absl::Milliseconds(c->options_.log_sync_interval_ms));
   return c;
 }
 

@@ -160,6 +160,13 @@ class Coordinator {
   absl::Status CompleteTask(absl::string_view worker_id, absl::string_view task_id,
                             const storage::KvWriteBatch& outputs, int64_t compute_ms = 0,
                             std::optional<LeasedTask>* next = nullptr);
+  // CompleteTask without blocking on a log sync (for the gRPC callback handler, whose thread
+  // serves other calls): `done` gets CompleteTask's result and, when `lease_next`, the next task
+  // — at once when the completion waits for no sync, else from the log syncer's thread when the
+  // sync has ended. `done` must be quick and must not call this Coordinator.
+  using CompletionDone = std::function<void(absl::Status, std::optional<LeasedTask>)>;
+  void CompleteTaskAsync(absl::string_view worker_id, absl::string_view task_id, int64_t compute_ms,
+                         bool lease_next, CompletionDone done);
   // Reports a failed attempt. Retriable failures are retried with backoff while attempts
   // remain; otherwise the job fails with `error`. Errors: as CompleteTask.
   absl::Status FailTask(absl::string_view worker_id, absl::string_view task_id,

@@ -5,6 +5,7 @@
 #include <map>
 #include <thread>
 
+#include "absl/synchronization/notification.h"
 #include "coordinator/coordinator.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -121,6 +122,66 @@ int CallerSyncsOfAChainedJob(bool durable_completions) {
 TEST(CoordinatorDurabilityTest, OnlyTheJobEndingCompletionWaitsForTheLogSyncUnlessDurable) {
   EXPECT_EQ(CallerSyncsOfAChainedJob(/*durable_completions=*/false), 1);
   EXPECT_EQ(CallerSyncsOfAChainedJob(/*durable_completions=*/true), 3);
+}
+
+// CompleteTaskAsync (the gRPC handler's path) never blocks its caller on a sync: a completion
+// that waits for none calls back before returning; one that does (the job's last, or every one
+// when durable) returns at once and calls back from the syncer's thread once the sync (held open
+// here) has ended.
+TEST(CoordinatorDurabilityTest, AsyncCompletionsCallBackAfterTheirSyncWithoutBlockingTheCaller) {
+  for (bool durable : {false, true}) {
+    SCOPED_TRACE(durable ? "durable" : "default");
+    ::moec::testing::TempDir dir;
+    std::filesystem::create_directories(dir.Join("m"));
+    dir.WriteFile("m/config.json", R"({"num_hidden_layers": 2})");
+    CountingKvStore kv(JobStoreColumnFamilies());
+    std::unique_ptr<JobStore> store = *JobStore::Open(&kv);
+    CoordinatorOptions o;
+    o.durable_completions = durable;
+    auto coord = *Coordinator::Create(store.get(), o, [] { return absl::Now(); });
+    const std::string job = coord->SubmitJob(kRecipe, dir.Join("recipe.yaml"), {})->job.job_id();
+    const std::string w = coord->RegisterWorker({"a"});
+    std::optional<LeasedTask> t = *coord->LeaseTask(w);
+    {
+      absl::MutexLock lock(&kv.mu);
+      kv.caller_syncs = 0;
+    }
+    int completions = 0, waited = 0;
+    while (t.has_value()) {
+      const std::string id = t->task.task_id();
+      {
+        absl::MutexLock lock(&kv.mu);
+        kv.hold = true;  // the syncer's syncs block (for at most 3 s)
+      }
+      absl::Notification called;
+      absl::Status got = absl::UnknownError("not called");
+      std::optional<LeasedTask> next;
+      const absl::Time started = absl::Now();
+      coord->CompleteTaskAsync(w, id, 0, /*lease_next=*/true,
+                               [&](absl::Status s, std::optional<LeasedTask> n) {
+                                 got = s;
+                                 next = std::move(n);
+                                 called.Notify();
+                               });
+      EXPECT_LT(absl::Now() - started, absl::Seconds(2)) << id << " blocked on the held sync";
+      const bool waits = durable || id == job + "/bits";
+      EXPECT_EQ(called.HasBeenNotified(), !waits) << id;
+      if (waits) {
+        ++waited;
+        absl::MutexLock lock(&kv.mu);
+        kv.hold = false;
+      }
+      ASSERT_TRUE(called.WaitForNotificationWithTimeout(absl::Seconds(10))) << id;
+      EXPECT_OK(got);
+      ++completions;
+      t = std::move(next);
+    }
+    EXPECT_EQ(completions, 3);
+    EXPECT_EQ(waited, durable ? 3 : 1);
+    EXPECT_EQ(coord->GetJob(job)->state(), v1::JOB_SUCCEEDED);
+    absl::MutexLock lock(&kv.mu);
+    EXPECT_EQ(kv.caller_syncs, 0);  // every sync on the syncer's thread
+  }
 }
 
 TEST(CoordinatorDurabilityTest, TheSyncIntervalIsBounded) {

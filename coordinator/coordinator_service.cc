@@ -126,15 +126,19 @@ grpc::Status CoordinatorService::RegisterWorker(grpc::ServerContext* ctx,
   return grpc::Status::OK;
 }
 
-grpc::Status CoordinatorService::Heartbeat(grpc::ServerContext* ctx,
-                                           const v1::HeartbeatRequest* req,
-                                           v1::HeartbeatResponse* resp) {
-  MOEC_AUTHORIZE(ctx);
-  std::vector<std::string> running(req->running_task_ids().begin(), req->running_task_ids().end());
-  absl::StatusOr<std::vector<std::string>> cancelled = core_->Heartbeat(req->worker_id(), running);
-  if (!cancelled.ok()) return ToGrpcStatus(cancelled.status());
-  for (const auto& id : *cancelled) resp->add_cancelled_task_ids(id);
-  return grpc::Status::OK;
+grpc::ServerUnaryReactor* CoordinatorService::Heartbeat(grpc::CallbackServerContext* ctx,
+                                                        const v1::HeartbeatRequest* req,
+                                                        v1::HeartbeatResponse* resp) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  reactor->Finish([&]() -> grpc::Status {
+    if (grpc::Status a = CheckBearerToken(ctx, token_); !a.ok()) return a;
+    std::vector<std::string> running(req->running_task_ids().begin(), req->running_task_ids().end());
+    absl::StatusOr<std::vector<std::string>> cancelled = core_->Heartbeat(req->worker_id(), running);
+    if (!cancelled.ok()) return ToGrpcStatus(cancelled.status());
+    for (const auto& id : *cancelled) resp->add_cancelled_task_ids(id);
+    return grpc::Status::OK;
+  }());
+  return reactor;
 }
 
 grpc::Status CoordinatorService::LeaseTask(grpc::ServerContext* ctx,
@@ -159,16 +163,21 @@ grpc::Status CoordinatorService::ReportProgress(grpc::ServerContext* ctx,
   return grpc::Status::OK;
 }
 
-grpc::Status CoordinatorService::CompleteTask(grpc::ServerContext* ctx,
-                                              const v1::CompleteTaskRequest* req,
-                                              v1::CompleteTaskResponse* resp) {
-  MOEC_AUTHORIZE(ctx);
-  std::optional<LeasedTask> next;
-  absl::Status s = core_->CompleteTask(req->worker_id(), req->task_id(), {}, req->compute_ms(),
-                                       req->lease_next() ? &next : nullptr);
-  if (!s.ok()) return ToGrpcStatus(s);
-  if (req->lease_next()) FillLease(next, resp->mutable_next());
-  return grpc::Status::OK;
+grpc::ServerUnaryReactor* CoordinatorService::CompleteTask(grpc::CallbackServerContext* ctx,
+                                                           const v1::CompleteTaskRequest* req,
+                                                           v1::CompleteTaskResponse* resp) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (grpc::Status a = CheckBearerToken(ctx, token_); !a.ok()) {
+    reactor->Finish(a);
+    return reactor;
+  }
+  const bool lease_next = req->lease_next();
+  core_->CompleteTaskAsync(req->worker_id(), req->task_id(), req->compute_ms(), lease_next,
+                           [reactor, resp, lease_next](absl::Status s, std::optional<LeasedTask> next) {
+                             if (s.ok() && lease_next) FillLease(next, resp->mutable_next());
+                             reactor->Finish(s.ok() ? grpc::Status::OK : ToGrpcStatus(s));
+                           });
+  return reactor;
 }
 
 grpc::Status CoordinatorService::FailTask(grpc::ServerContext* ctx, const v1::FailTaskRequest* req,

@@ -78,6 +78,24 @@ TEST_F(CoordinatorServiceTest, WrongOrMissingTokenIsUnauthenticated) {
   grpc::ClientContext bare;
   EXPECT_EQ(stub_->ListJobs(&bare, req, &resp).error_code(), grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_TRUE(stub_->ListJobs(Ctx().get(), req, &resp).ok());
+  // The callback handlers (Heartbeat, CompleteTask) check the token as the others do.
+  v1::HeartbeatRequest hreq;
+  v1::HeartbeatResponse hresp;
+  EXPECT_EQ(stub_->Heartbeat(Ctx("wrong").get(), hreq, &hresp).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  v1::CompleteTaskRequest creq;
+  v1::CompleteTaskResponse cresp;
+  EXPECT_EQ(stub_->CompleteTask(Ctx("wrong").get(), creq, &cresp).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  grpc::ClientContext bare_complete;
+  EXPECT_EQ(stub_->CompleteTask(&bare_complete, creq, &cresp).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  // With the token they reach the Coordinator, whose errors cross the wire.
+  hreq.set_worker_id("w-nobody");
+  EXPECT_EQ(stub_->Heartbeat(Ctx().get(), hreq, &hresp).error_code(), grpc::StatusCode::NOT_FOUND);
+  creq.set_worker_id("w-nobody");
+  creq.set_task_id("nojob/stats/L0");
+  EXPECT_EQ(stub_->CompleteTask(Ctx().get(), creq, &cresp).error_code(), grpc::StatusCode::NOT_FOUND);
 }
 
 TEST_F(CoordinatorServiceTest, SubmitLeaseCompleteAndWatchOverTheWire) {

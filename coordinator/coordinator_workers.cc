@@ -199,7 +199,7 @@ absl::Status Coordinator::CompleteTask(absl::string_view worker_id, absl::string
   // What others saw before the sync (a dependent leased, an event streamed) is lost with it in
   // a machine crash, never kept without it: the log is a prefix.
   if (s.ok()) {
-    if (syncer_ == nullptr || ended) {
+    if (options_.durable_completions || ended) {
       s = store_->SyncLog();
     } else {
       syncer_->Kick();
@@ -208,6 +208,25 @@ absl::Status Coordinator::CompleteTask(absl::string_view worker_id, absl::string
   // On an error a granted task is dropped: its lease expires (heartbeats do not name it).
   if (next != nullptr) *next = s.ok() ? std::move(granted) : std::nullopt;
   return s;
+}
+
+void Coordinator::CompleteTaskAsync(absl::string_view worker_id, absl::string_view task_id,
+                                    int64_t compute_ms, bool lease_next, CompletionDone done) {
+  std::optional<LeasedTask> granted;
+  bool ended = false;
+  absl::Status s = CompleteTaskUnsynced(worker_id, task_id, {}, compute_ms,
+                                        lease_next ? &granted : nullptr, &ended);
+  if (!s.ok()) return done(s, std::nullopt);
+  if (!options_.durable_completions && !ended) {
+    syncer_->Kick();
+    return done(absl::OkStatus(), std::move(granted));
+  }
+  // The same sync CompleteTask waits for, shared with the completions logged meanwhile; the
+  // syncer's thread waits instead of the caller's. On a failed sync the granted task is dropped
+  // (its lease expires), as in CompleteTask.
+  syncer_->AfterSync([done = std::move(done), granted = std::move(granted)](absl::Status synced) mutable {
+    done(synced, synced.ok() ? std::move(granted) : std::nullopt);
+  });
 }
 
 absl::Status Coordinator::CompleteTaskUnsynced(absl::string_view worker_id,

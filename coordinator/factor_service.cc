@@ -36,9 +36,12 @@ void FillStat(const std::string& key, const storage::FactorInfo& info, v1::Facto
 
 }  // namespace
 
-grpc::Status CheckBearerToken(const grpc::ServerContext* ctx, const std::string& token) {
+namespace {
+
+grpc::Status CheckBearer(const std::multimap<grpc::string_ref, grpc::string_ref>& metadata,
+                         const std::string& token) {
   const std::string expected = "Bearer " + token;
-  auto range = ctx->client_metadata().equal_range("authorization");
+  auto range = metadata.equal_range("authorization");
   for (auto it = range.first; it != range.second; ++it) {
     if (it->second.size() == expected.size() &&
         CRYPTO_memcmp(it->second.data(), expected.data(), expected.size()) == 0) {
@@ -46,6 +49,16 @@ grpc::Status CheckBearerToken(const grpc::ServerContext* ctx, const std::string&
     }
   }
   return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "missing or wrong bearer token");
+}
+
+}  // namespace
+
+grpc::Status CheckBearerToken(const grpc::ServerContext* ctx, const std::string& token) {
+  return CheckBearer(ctx->client_metadata(), token);
+}
+
+grpc::Status CheckBearerToken(const grpc::CallbackServerContext* ctx, const std::string& token) {
+  return CheckBearer(ctx->client_metadata(), token);
 }
 
 grpc::Status FactorService::PutFactor(grpc::ServerContext* ctx,

@@ -29,6 +29,7 @@ class FactorService final : public v1::FactorService::Service {
 
 // UNAUTHENTICATED unless the call carries "authorization: Bearer <token>" (constant-time).
 grpc::Status CheckBearerToken(const grpc::ServerContext* ctx, const std::string& token);
+grpc::Status CheckBearerToken(const grpc::CallbackServerContext* ctx, const std::string& token);
 
 }  // namespace moec::coordinator
 

@@ -63,6 +63,12 @@ void BackgroundSync::Kick() {
   ++kicked_;
 }
 
+void BackgroundSync::AfterSync(std::function<void(absl::Status)> done) {
+  absl::MutexLock lock(&mu_);
+  ++kicked_;
+  after_.push_back(std::move(done));
+}
+
 absl::Status BackgroundSync::Flush() {
   absl::MutexLock lock(&mu_);
   const uint64_t mine = ++kicked_;
@@ -81,15 +87,19 @@ void BackgroundSync::Loop() {
       exited_ = true;
       return;
     }
-    if (!stop_ && min_interval_ > absl::ZeroDuration()) {
-      // Let the writes of the rest of the interval join this sync (stopping does not wait).
-      auto stopping = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_; };
-      mu_.AwaitWithDeadline(absl::Condition(&stopping), last_start + min_interval_);
+    if (!stop_ && min_interval_ > absl::ZeroDuration() && after_.empty()) {
+      // Let the writes of the rest of the interval join this sync (stopping, or someone waiting
+      // for it, does not wait).
+      auto hurry = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_ || !after_.empty(); };
+      mu_.AwaitWithDeadline(absl::Condition(&hurry), last_start + min_interval_);
     }
     const uint64_t upto = kicked_;  // every kick so far was made after its write was logged
+    std::vector<std::function<void(absl::Status)>> after;
+    after.swap(after_);  // all of them kicked by now: this sync covers them
     last_start = absl::Now();
     mu_.Unlock();
     absl::Status s = sync_();
+    for (auto& done : after) done(s);
     mu_.Lock();
     ++syncs_;
     if (!s.ok()) {

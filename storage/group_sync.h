@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <functional>
 #include <thread>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
@@ -66,6 +67,11 @@ class BackgroundSync {
   void Kick();
   // Returns once a sync that began after this call has ended (for tests and shutdown paths).
   absl::Status Flush();
+  // Calls `done` with the result of a sync that begins after this call, on this class's thread,
+  // without blocking the caller (for gRPC callback handlers, which must not wait on a disk).
+  // That sync starts without waiting out the interval. `done` must be quick and must not call
+  // this object; the destructor calls the outstanding ones after its last sync.
+  void AfterSync(std::function<void(absl::Status)> done);
 
   int64_t syncs() const;
   int64_t failures() const;
@@ -79,6 +85,7 @@ class BackgroundSync {
   uint64_t kicked_ ABSL_GUARDED_BY(mu_) = 0;    // kicks so far
   uint64_t covered_ ABSL_GUARDED_BY(mu_) = 0;   // kicks before the start of the last ended sync
   absl::Status last_ ABSL_GUARDED_BY(mu_);      // result of the last ended sync
+  std::vector<std::function<void(absl::Status)>> after_ ABSL_GUARDED_BY(mu_);  // AfterSync
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   bool exited_ ABSL_GUARDED_BY(mu_) = false;
   int64_t syncs_ ABSL_GUARDED_BY(mu_) = 0;

@@ -177,5 +177,55 @@ TEST(BackgroundSyncTest, AFailedSyncIsReportedAndCountedAndTheNextKickSyncsAgain
   EXPECT_EQ(bg.syncs(), 2);
 }
 
+TEST(BackgroundSyncTest, AfterSyncCallsBackOnceASyncThatBeganLaterHasEnded) {
+  FakeSyncer log;
+  log.hold = true;
+  BackgroundSync bg([&] { return log.Sync(); }, absl::Seconds(10));
+  bg.Kick();  // starts the first sync at once, which is held open
+  while (log.calls.load() == 0) absl::SleepFor(absl::Milliseconds(1));
+  std::atomic<int> called{0};
+  absl::Notification done;
+  absl::Status got = absl::UnknownError("not called");
+  bg.AfterSync([&](absl::Status s) {  // made during the held sync: that one does not cover it
+    got = s;
+    ++called;
+    done.Notify();
+  });  // returns at once although no sync can end now
+  absl::SleepFor(absl::Milliseconds(50));
+  EXPECT_EQ(called.load(), 0);
+  log.Release();
+  // The next sync does not wait out the 10 s interval for a caller that waits for it.
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  EXPECT_EQ(called.load(), 1);
+  EXPECT_TRUE(got.ok());
+  EXPECT_EQ(log.calls.load(), 2);
+}
+
+TEST(BackgroundSyncTest, AfterSyncGetsTheFailureAndTheDestructorCallsTheOutstandingOnes) {
+  FakeSyncer log;
+  log.fail_next = 1;
+  std::vector<absl::StatusCode> codes;
+  absl::Mutex mu;
+  {
+    BackgroundSync bg([&] { return log.Sync(); }, absl::ZeroDuration());
+    absl::Notification first;
+    bg.AfterSync([&](absl::Status s) {
+      absl::MutexLock lock(&mu);
+      codes.push_back(s.code());
+      first.Notify();
+    });
+    first.WaitForNotification();
+    for (int i = 0; i < 3; ++i) {
+      bg.AfterSync([&](absl::Status s) {
+        absl::MutexLock lock(&mu);
+        codes.push_back(s.code());
+      });
+    }
+  }  // the destructor syncs and calls those three
+  absl::MutexLock lock(&mu);
+  EXPECT_EQ(codes, (std::vector<absl::StatusCode>{absl::StatusCode::kDataLoss, absl::StatusCode::kOk,
+                                                  absl::StatusCode::kOk, absl::StatusCode::kOk}));
+}
+
 }  // namespace
 }  // namespace moec::storage
