@@ -76,23 +76,40 @@ class CountingKvStore : public storage::KvStore {
   storage::InMemoryKvStore inner_;
 };
 
+// kRecipe submitted to a coordinator on a CountingKvStore, and one worker holding its first task.
+struct OneWorkerJob {
+  explicit OneWorkerJob(bool durable_completions) : kv(JobStoreColumnFamilies()) {
+    std::filesystem::create_directories(dir.Join("m"));
+    dir.WriteFile("m/config.json", R"({"num_hidden_layers": 2})");
+    store = *JobStore::Open(&kv);
+    CoordinatorOptions o;
+    o.durable_completions = durable_completions;
+    coord = *Coordinator::Create(store.get(), o, [] { return absl::Now(); });
+    job = coord->SubmitJob(kRecipe, dir.Join("recipe.yaml"), {})->job.job_id();
+    worker = coord->RegisterWorker({"a"});
+    first = *coord->LeaseTask(worker);
+    absl::MutexLock lock(&kv.mu);
+    kv.caller_syncs = 0;
+  }
+
+  ::moec::testing::TempDir dir;
+  CountingKvStore kv;
+  std::unique_ptr<JobStore> store;
+  std::unique_ptr<Coordinator> coord;  // destroyed before the store and the kv store
+  std::string job, worker;
+  std::optional<LeasedTask> first;
+};
+
 // Runs kRecipe's three tasks as one worker chaining them through CompleteTask's next task, and
 // returns how many log syncs the calling thread made.
 int CallerSyncsOfAChainedJob(bool durable_completions) {
-  ::moec::testing::TempDir dir;
-  std::filesystem::create_directories(dir.Join("m"));
-  dir.WriteFile("m/config.json", R"({"num_hidden_layers": 2})");
-  CountingKvStore kv(JobStoreColumnFamilies());
-  std::unique_ptr<JobStore> store = *JobStore::Open(&kv);
-  CoordinatorOptions o;
-  o.durable_completions = durable_completions;
-  auto coord = *Coordinator::Create(store.get(), o, [] { return absl::Now(); });
-  const std::string job = coord->SubmitJob(kRecipe, dir.Join("recipe.yaml"), {})->job.job_id();
-  const std::string w = coord->RegisterWorker({"a"});
-  std::optional<LeasedTask> t = *coord->LeaseTask(w);
+  OneWorkerJob j(durable_completions);
+  CountingKvStore& kv = j.kv;
+  Coordinator* coord = j.coord.get();
+  const std::string job = j.job, w = j.worker;
+  std::optional<LeasedTask> t = j.first;
   {
     absl::MutexLock lock(&kv.mu);
-    kv.caller_syncs = 0;
     kv.hold = !durable_completions;  // the background syncer blocks; completions must not
   }
   EXPECT_TRUE(t.has_value());
@@ -131,21 +148,11 @@ TEST(CoordinatorDurabilityTest, OnlyTheJobEndingCompletionWaitsForTheLogSyncUnle
 TEST(CoordinatorDurabilityTest, AsyncCompletionsCallBackAfterTheirSyncWithoutBlockingTheCaller) {
   for (bool durable : {false, true}) {
     SCOPED_TRACE(durable ? "durable" : "default");
-    ::moec::testing::TempDir dir;
-    std::filesystem::create_directories(dir.Join("m"));
-    dir.WriteFile("m/config.json", R"({"num_hidden_layers": 2})");
-    CountingKvStore kv(JobStoreColumnFamilies());
-    std::unique_ptr<JobStore> store = *JobStore::Open(&kv);
-    CoordinatorOptions o;
-    o.durable_completions = durable;
-    auto coord = *Coordinator::Create(store.get(), o, [] { return absl::Now(); });
-    const std::string job = coord->SubmitJob(kRecipe, dir.Join("recipe.yaml"), {})->job.job_id();
-    const std::string w = coord->RegisterWorker({"a"});
-    std::optional<LeasedTask> t = *coord->LeaseTask(w);
-    {
-      absl::MutexLock lock(&kv.mu);
-      kv.caller_syncs = 0;
-    }
+    OneWorkerJob j(durable);
+    CountingKvStore& kv = j.kv;
+    Coordinator* coord = j.coord.get();
+    const std::string job = j.job, w = j.worker;
+    std::optional<LeasedTask> t = j.first;
     int completions = 0, waited = 0;
     while (t.has_value()) {
       const std::string id = t->task.task_id();
@@ -197,24 +204,18 @@ TEST(CoordinatorDurabilityTest, TheSyncIntervalIsBounded) {
 // A completion and the lease of the next task it hands over are one write (one log record,
 // so a crash keeps both or neither), and what it wrote is what a restarted coordinator reads.
 TEST(CoordinatorDurabilityTest, ACompletionAndTheLeaseItGrantsAreOneWrite) {
-  ::moec::testing::TempDir dir;
-  std::filesystem::create_directories(dir.Join("m"));
-  dir.WriteFile("m/config.json", R"({"num_hidden_layers": 2})");
-  CountingKvStore kv(JobStoreColumnFamilies());
-  std::unique_ptr<JobStore> store = *JobStore::Open(&kv);
-  auto coord = *Coordinator::Create(store.get(), {}, [] { return absl::Now(); });
-  const std::string job = coord->SubmitJob(kRecipe, dir.Join("recipe.yaml"), {})->job.job_id();
-  const std::string w = coord->RegisterWorker({"a"});
-  std::optional<LeasedTask> t = *coord->LeaseTask(w);
+  OneWorkerJob j(/*durable_completions=*/false);
+  const std::string job = j.job;
+  const std::optional<LeasedTask>& t = j.first;
   ASSERT_TRUE(t.has_value());
-  const int before = kv.writes.load();
+  const int before = j.kv.writes.load();
   std::optional<LeasedTask> next;
-  ASSERT_OK(coord->CompleteTask(w, t->task.task_id(), {}, 0, &next));
+  ASSERT_OK(j.coord->CompleteTask(j.worker, t->task.task_id(), {}, 0, &next));
   ASSERT_TRUE(next.has_value());
-  EXPECT_EQ(kv.writes.load() - before, 1);
+  EXPECT_EQ(j.kv.writes.load() - before, 1);
   const std::string done = t->task.task_id(), leased = next->task.task_id();
-  coord.reset();  // syncs and stops
-  auto again = *Coordinator::Create(store.get(), {}, [] { return absl::Now(); });
+  j.coord.reset();  // syncs and stops
+  auto again = *Coordinator::Create(j.store.get(), {}, [] { return absl::Now(); });
   ASSERT_OK_AND_ASSIGN(std::vector<v1::TaskRecord> tasks, again->GetTasks(job));
   std::map<std::string, v1::TaskState> state;
   for (const v1::TaskRecord& r : tasks) state[r.task_id()] = r.state();
