@@ -114,6 +114,16 @@ TEST_F(CoordinatorTest, RunsAJobToCompletionInDependencyOrder) {
   EXPECT_EQ(stats.retries, 0);
 }
 
+// The metrics' task counts name every state that has tasks, and only those.
+TEST_F(CoordinatorTest, StatsCountTasksByStateMidJob) {
+  const std::string job = Submit().job.job_id();
+  const std::string w = coord_->RegisterWorker({"a"});
+  ASSERT_TRUE(coord_->LeaseTask(w)->has_value());  // stats/L0 (calibrate is chained by layer)
+  std::map<std::string, int64_t> by_state = coord_->Stats().tasks_by_state;
+  EXPECT_THAT(by_state, ::testing::UnorderedElementsAre(::testing::Pair("TASK_LEASED", 1),
+                                                        ::testing::Pair("TASK_BLOCKED", 2)));
+}
+
 TEST_F(CoordinatorTest, ProgressIsRecordedRenewsTheLeaseAndCarriesCancellation) {
   const std::string job = Submit().job.job_id();
   std::string w = coord_->RegisterWorker({"a"});

@@ -1,6 +1,7 @@
 // Worker-facing half of the Coordinator: registration, heartbeats, leasing, task outputs,
 // completion and failure, lease expiry. The job-facing half is in coordinator.cc.
 #include <algorithm>
+#include <array>
 
 #include <set>
 
@@ -537,9 +538,22 @@ CoordinatorStats Coordinator::Stats() const {
   absl::MutexLock lock(&mu_);
   CoordinatorStats s = counters_;
   s.workers = static_cast<int64_t>(workers_.size());
+  // Counted by enum value, named once per state: this runs under mu_ every metrics update
+  // (moec-coordinator: twice a second) over every stored task.
+  std::array<int64_t, v1::TaskState_ARRAYSIZE> by_state{};
   for (const auto& [id, job] : jobs_) {
     ++s.jobs_by_state[v1::JobState_Name(job.record.state())];
-    for (const auto& t : job.tasks) ++s.tasks_by_state[v1::TaskState_Name(t.state())];
+    for (const auto& t : job.tasks) {
+      const int state = t.state();
+      if (state >= 0 && state < v1::TaskState_ARRAYSIZE) {
+        ++by_state[state];
+      } else {
+        ++s.tasks_by_state[v1::TaskState_Name(t.state())];  // a value this build does not know
+      }
+    }
+  }
+  for (int state = 0; state < v1::TaskState_ARRAYSIZE; ++state) {
+    if (by_state[state] > 0) s.tasks_by_state[v1::TaskState_Name(static_cast<v1::TaskState>(state))] += by_state[state];
   }
   return s;
 }
