@@ -329,8 +329,12 @@ class Coordinator {
   // commit asked for kSync (the completion then syncs before it returns).
   storage::KvWriteBatch* deferred_batch_ ABSL_GUARDED_BY(mu_) = nullptr;
   bool deferred_sync_ ABSL_GUARDED_BY(mu_) = false;
-  // Syncs the log behind completions (null with options_.durable_completions). Declared last:
-  // destroyed first, it syncs what was logged before the coordinator goes.
+  // Whether a completion's reply waits for its log sync: with durable completions, and for the
+  // completion that ended its job (docs/formats/job_store.md "Durability of completions").
+  bool WaitsForSync(bool ended_job) const { return options_.durable_completions || ended_job; }
+  // Syncs the log behind completions that do not wait (kicked), and for CompleteTaskAsync's
+  // completions that do (AfterSync). Declared last: destroyed first, it syncs what was logged
+  // (and answers those waiting) before the coordinator goes.
   std::unique_ptr<storage::BackgroundSync> syncer_;
 };
 

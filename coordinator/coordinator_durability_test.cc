@@ -7,6 +7,7 @@
 
 #include "absl/synchronization/notification.h"
 #include "coordinator/coordinator.h"
+#include "coordinator/coordinator_test_recipe.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "storage/in_memory_kv_store.h"
@@ -20,14 +21,6 @@ using ::moec::testing::StatusIs;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
-constexpr char kRecipe[] = R"(name: tiny
-model: m
-output: out
-workers: 1
-stages:
-  - {id: stats, kind: calibrate}
-  - {id: bits, kind: allocate_bits, needs: [stats], with: {average_bits: 2.0}}
-)";
 
 // Counts writes and log syncs (and which thread synced) of an in-memory store; a sync can be
 // held open to show that a completion does not wait for it.
@@ -76,7 +69,8 @@ class CountingKvStore : public storage::KvStore {
   storage::InMemoryKvStore inner_;
 };
 
-// kRecipe submitted to a coordinator on a CountingKvStore, and one worker holding its first task.
+// kTinyRecipe submitted to a coordinator on a CountingKvStore, and one worker holding its first
+// task.
 struct OneWorkerJob {
   explicit OneWorkerJob(bool durable_completions) : kv(JobStoreColumnFamilies()) {
     std::filesystem::create_directories(dir.Join("m"));
@@ -85,7 +79,7 @@ struct OneWorkerJob {
     CoordinatorOptions o;
     o.durable_completions = durable_completions;
     coord = *Coordinator::Create(store.get(), o, [] { return absl::Now(); });
-    job = coord->SubmitJob(kRecipe, dir.Join("recipe.yaml"), {})->job.job_id();
+    job = coord->SubmitJob(kTinyRecipe, dir.Join("recipe.yaml"), {})->job.job_id();
     worker = coord->RegisterWorker({"a"});
     first = *coord->LeaseTask(worker);
     absl::MutexLock lock(&kv.mu);
@@ -100,7 +94,8 @@ struct OneWorkerJob {
   std::optional<LeasedTask> first;
 };
 
-// Runs kRecipe's three tasks as one worker chaining them through CompleteTask's next task, and
+// Runs kTinyRecipe's three tasks as one worker chaining them through CompleteTask's next task,
+// and
 // returns how many log syncs the calling thread made.
 int CallerSyncsOfAChainedJob(bool durable_completions) {
   OneWorkerJob j(durable_completions);

@@ -1,4 +1,5 @@
 #include "coordinator/coordinator.h"
+#include "coordinator/coordinator_test_recipe.h"
 
 #include <filesystem>
 #include <map>
@@ -18,14 +19,6 @@ using ::moec::testing::StatusIs;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
-constexpr char kRecipe[] = R"(name: tiny
-model: m
-output: out
-workers: 1
-stages:
-  - {id: stats, kind: calibrate}
-  - {id: bits, kind: allocate_bits, needs: [stats], with: {average_bits: 2.0}}
-)";
 
 class CoordinatorTest : public ::testing::Test {
  protected:
@@ -54,7 +47,8 @@ class CoordinatorTest : public ::testing::Test {
     ASSERT_TRUE(c.ok()) << c.status();
     coord_ = *std::move(c);
   }
-  SubmitResult Submit(const std::string& yaml = kRecipe, std::vector<std::string> overrides = {}) {
+  SubmitResult Submit(const std::string& yaml = kTinyRecipe,
+                      std::vector<std::string> overrides = {}) {
     auto r = coord_->SubmitJob(yaml, dir_.Join("recipe.yaml"), overrides);
     EXPECT_TRUE(r.ok()) << r.status();
     return r.ok() ? *r : SubmitResult{};
@@ -159,25 +153,27 @@ TEST_F(CoordinatorTest, SubmitIsIdempotentAndValidates) {
 TEST_F(CoordinatorTest, AnExistingOutputIsRefusedUnlessThisJobWroteItOrOverwrite) {
   std::filesystem::create_directories(dir_.Join("out"));
   dir_.WriteFile("out/mine.txt", "the user's files");
-  EXPECT_THAT(coord_->SubmitJob(kRecipe, dir_.Join("recipe.yaml"), {}),
+  EXPECT_THAT(coord_->SubmitJob(kTinyRecipe, dir_.Join("recipe.yaml"), {}),
               StatusIs(absl::StatusCode::kFailedPrecondition, "not written by moec); pass --overwrite"));
   // Written by another job: named in the error.
   dir_.WriteFile("out/moec_export.json", R"({"job_id": "other-123", "output": "x"})");
-  EXPECT_THAT(coord_->SubmitJob(kRecipe, dir_.Join("recipe.yaml"), {}),
+  EXPECT_THAT(coord_->SubmitJob(kTinyRecipe, dir_.Join("recipe.yaml"), {}),
               StatusIs(absl::StatusCode::kFailedPrecondition, "written by job other-123"));
   // --overwrite: accepted, and the export sees it in the job's recipe.
-  ASSERT_OK_AND_ASSIGN(SubmitResult r, coord_->SubmitJob(kRecipe, dir_.Join("recipe.yaml"), {}, true));
+  ASSERT_OK_AND_ASSIGN(SubmitResult r,
+                       coord_->SubmitJob(kTinyRecipe, dir_.Join("recipe.yaml"), {}, true));
   EXPECT_TRUE(nlohmann::json::parse(r.job.recipe_json()).value("overwrite", false));
   // The same job again (as `moec run` after an interruption or once it finished): accepted.
   dir_.WriteFile("out/moec_export.json", R"({"job_id": ")" + r.job.job_id() + R"("})");
   Restart();
-  ASSERT_OK_AND_ASSIGN(SubmitResult again, coord_->SubmitJob(kRecipe, dir_.Join("recipe.yaml"), {"workers=1"}));
+  ASSERT_OK_AND_ASSIGN(SubmitResult again,
+                       coord_->SubmitJob(kTinyRecipe, dir_.Join("recipe.yaml"), {"workers=1"}));
   EXPECT_TRUE(again.existed);
   EXPECT_TRUE(std::filesystem::exists(dir_.Join("out/mine.txt")));  // nothing deleted at submit
 }
 
 TEST_F(CoordinatorTest, GangTaskIsGrantedWhenEnoughWorkersWait) {
-  const std::string job = Submit(kRecipe, {"workers=2"}).job.job_id();
+  const std::string job = Submit(kTinyRecipe, {"workers=2"}).job.job_id();
   std::string w1 = coord_->RegisterWorker({"a"});
   std::string w2 = coord_->RegisterWorker({"b"});
   EXPECT_FALSE(Lease(w1).has_value());  // the layer task needs two workers
@@ -314,7 +310,7 @@ TEST_F(CoordinatorTest, IdenticalWorkIsReusedAcrossJobs) {
     ASSERT_OK(coord_->CompleteTask(w, n->task.task_id(), {}));
   }
   // Same stages, a different name and a changed late stage: calibration is reused.
-  SubmitResult second = Submit(kRecipe, {"name=tiny2", "stages.bits.with.average_bits=3.0"});
+  SubmitResult second = Submit(kTinyRecipe, {"name=tiny2", "stages.bits.with.average_bits=3.0"});
   EXPECT_FALSE(second.existed);
   auto tasks = *coord_->GetTasks(second.job.job_id());
   EXPECT_EQ(tasks[0].state(), v1::TASK_DONE);
@@ -545,7 +541,7 @@ TEST_F(CoordinatorTest, LeasesCarryTheInputsTheirLayerReads) {
   std::filesystem::create_directories(dir_.Join("m4"));
   dir_.WriteFile("m4/config.json", R"({"num_hidden_layers": 4})");
   const std::string job =
-      Submit(kRecipe, {"model=m4", "stages.bits.with.average_bits=2.5"}).job.job_id();
+      Submit(kTinyRecipe, {"model=m4", "stages.bits.with.average_bits=2.5"}).job.job_id();
   std::string w = coord_->RegisterWorker({"a"});
   for (int l = 0; l < 4; ++l) {
     std::optional<LeasedTask> t = Lease(w);

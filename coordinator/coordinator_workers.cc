@@ -200,7 +200,7 @@ absl::Status Coordinator::CompleteTask(absl::string_view worker_id, absl::string
   // What others saw before the sync (a dependent leased, an event streamed) is lost with it in
   // a machine crash, never kept without it: the log is a prefix.
   if (s.ok()) {
-    if (options_.durable_completions || ended) {
+    if (WaitsForSync(ended)) {
       s = store_->SyncLog();
     } else {
       syncer_->Kick();
@@ -218,7 +218,7 @@ void Coordinator::CompleteTaskAsync(absl::string_view worker_id, absl::string_vi
   absl::Status s = CompleteTaskUnsynced(worker_id, task_id, {}, compute_ms,
                                         lease_next ? &granted : nullptr, &ended);
   if (!s.ok()) return done(s, std::nullopt);
-  if (!options_.durable_completions && !ended) {
+  if (!WaitsForSync(ended)) {
     syncer_->Kick();
     return done(absl::OkStatus(), std::move(granted));
   }
@@ -553,7 +553,8 @@ CoordinatorStats Coordinator::Stats() const {
     }
   }
   for (int state = 0; state < v1::TaskState_ARRAYSIZE; ++state) {
-    if (by_state[state] > 0) s.tasks_by_state[v1::TaskState_Name(static_cast<v1::TaskState>(state))] += by_state[state];
+    if (by_state[state] == 0) continue;
+    s.tasks_by_state[v1::TaskState_Name(static_cast<v1::TaskState>(state))] += by_state[state];
   }
   return s;
 }
