@@ -6,9 +6,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
-#include "model/datasets.h"
-#include "model/forward.h"
-#include "model/tokenizer.h"
+#include "model/data/datasets.h"
+#include "model/runtime/forward.h"
+#include "model/tokenizer/tokenizer.h"
 
 namespace moec::client {
 

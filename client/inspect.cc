@@ -9,7 +9,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
-#include "model/tensor_names.h"
+#include "model/config/tensor_names.h"
 #include "nlohmann/json.hpp"
 #include "storage/dtype.h"
 #include "storage/file_util.h"

@@ -11,8 +11,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "model/config.h"
-#include "model/parameter_count.h"
+#include "model/config/config.h"
+#include "model/config/parameter_count.h"
 
 namespace moec::client {
 

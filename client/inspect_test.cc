@@ -7,14 +7,17 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "model/config.h"
-#include "model/parameter_count.h"
-#include "model/tiny_model.h"
+#include "model/config/config.h"
+#include "model/config/parameter_count.h"
 #include "nlohmann/json.hpp"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
+#include "tools/tiny_model.h"
 
 namespace moec::client {
+
+using tools::kTinyNumSpecialTokens;
+
 namespace {
 
 using ::moec::testing::StatusIs;
@@ -52,7 +55,7 @@ void WriteFile(const std::string& path, const std::string& text) {
 
 TEST(InspectTest, DeepseekBf16Sharded) {
   TempDir tmp;
-  model::TinyModelOptions o;
+  tools::TinyModelOptions o;
   o.model_type = "deepseek";
   o.num_layers = 3;
   o.experts = 6;
@@ -60,7 +63,7 @@ TEST(InspectTest, DeepseekBf16Sharded) {
   o.dtype = "BF16";
   o.max_shard_bytes = 50 * 1024;
   const std::string dir = tmp.Join("ds");
-  ASSERT_OK(model::WriteTinyModel(o, dir));
+  ASSERT_OK(tools::WriteTinyModel(o, dir));
   ASSERT_OK_AND_ASSIGN(ModelInspection m, InspectModel(dir));
   ASSERT_OK_AND_ASSIGN(model::ModelConfig c, model::LoadModelConfig(dir));
   const model::ParameterCounts p = model::CountParameters(c);
@@ -83,7 +86,7 @@ TEST(InspectTest, DeepseekBf16Sharded) {
   EXPECT_EQ(m.num_attention_heads, 4);
   EXPECT_EQ(m.num_key_value_heads, 2);
   EXPECT_EQ(m.head_dim, 16);
-  EXPECT_EQ(m.vocab_size, o.vocab + model::kTinyNumSpecialTokens);
+  EXPECT_EQ(m.vocab_size, o.vocab + tools::kTinyNumSpecialTokens);
   EXPECT_EQ(m.torch_dtype, "bfloat16");
   EXPECT_EQ(m.parameters.total, p.total);
   EXPECT_EQ(m.parameters.activated, p.activated);
@@ -107,9 +110,9 @@ TEST(InspectTest, DeepseekBf16Sharded) {
 
 TEST(InspectTest, SingleFileF32) {
   TempDir tmp;
-  model::TinyModelOptions o;
+  tools::TinyModelOptions o;
   o.model_type = "qwen3_moe";
-  ASSERT_OK(model::WriteTinyModel(o, tmp.path()));
+  ASSERT_OK(tools::WriteTinyModel(o, tmp.path()));
   ASSERT_OK_AND_ASSIGN(ModelInspection m, InspectModel(tmp.path()));
   EXPECT_EQ(m.num_shards, 1);
   EXPECT_EQ(m.size_on_disk, fs::file_size(tmp.Join("model.safetensors")));
@@ -121,9 +124,9 @@ TEST(InspectTest, SingleFileF32) {
 
 TEST(InspectTest, ReportsMoecOverridesAndTensorMismatches) {
   TempDir tmp;
-  model::TinyModelOptions o;
+  tools::TinyModelOptions o;
   o.model_type = "mixtral";
-  ASSERT_OK(model::WriteTinyModel(o, tmp.path()));
+  ASSERT_OK(tools::WriteTinyModel(o, tmp.path()));
   // Pretend layer 1 was pruned to 6 experts (the weights still hold 8) with skipping.
   nlohmann::json config = nlohmann::json::parse(ReadFile(tmp.Join("config.json")));
   config["moec"] = nlohmann::json::parse(R"({"format_version": 1,
@@ -154,7 +157,7 @@ TEST(InspectTest, ReportsMoecOverridesAndTensorMismatches) {
 
 TEST(InspectTest, ConfigOnlyDirectoryHasNoWeights) {
   TempDir tmp;
-  ASSERT_OK_AND_ASSIGN(std::string text, model::TinyModelConfigJson(model::TinyModelOptions{}));
+  ASSERT_OK_AND_ASSIGN(std::string text, tools::TinyModelConfigJson(tools::TinyModelOptions{}));
   tmp.WriteFile("config.json", text);
   ASSERT_OK_AND_ASSIGN(ModelInspection m, InspectModel(tmp.path()));
   EXPECT_FALSE(m.has_weights);
@@ -178,7 +181,7 @@ TEST(InspectTest, Errors) {
   EXPECT_THAT(InspectModel(tmp.path()),
               StatusIs(absl::StatusCode::kInvalidArgument, "unsupported model_type 'llama'"));
   // A valid config but a truncated weights file.
-  ASSERT_OK_AND_ASSIGN(std::string text, model::TinyModelConfigJson(model::TinyModelOptions{}));
+  ASSERT_OK_AND_ASSIGN(std::string text, tools::TinyModelConfigJson(tools::TinyModelOptions{}));
   tmp.WriteFile("config.json", text);
   tmp.WriteFile("model.safetensors", "short");
   EXPECT_THAT(InspectModel(tmp.path()), StatusIs(absl::StatusCode::kDataLoss));

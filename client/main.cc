@@ -25,14 +25,14 @@
 #include "client/plan.h"
 #include "client/report.h"
 #include "client/report_files.h"
-#include "model/trainer.h"
 #include "common/cli_util.h"
 #include "common/process_tuning.h"
 #include "common/recipe/recipe.h"
 #include "glog/logging.h"
 #include "google/protobuf/util/json_util.h"
-#include "model/tiny_model.h"
 #include "nlohmann/json.hpp"
+#include "tools/tiny_model.h"
+#include "tools/trainer.h"
 
 namespace moec::client {
 namespace {
@@ -515,7 +515,7 @@ int CmdMakeTinyModel(const Args& args) {
                              "make-tiny-model: --seed must be an unsigned 64-bit integer, got '", v, "'")));
   }
   if (args.Has("trained")) {
-    model::TrainOptions o;
+    tools::TrainOptions o;
     o.arch = args.Get("arch");
     if (layers > 0) o.layers = static_cast<int>(layers);
     if (experts > 0) o.experts = static_cast<int>(experts);
@@ -525,8 +525,8 @@ int CmdMakeTinyModel(const Args& args) {
     o.corpus_files = args.All("corpus");
     if (absl::Status s = o.Validate(); !s.ok()) return Error(kUsage, s);
     ProgressBar bar("train");
-    absl::StatusOr<model::TrainReport> r = model::TrainOrReuseTinyModel(
-        o, dir, [&](const model::TrainProgress& p) { bar.Update(p.step, p.steps); });
+    absl::StatusOr<tools::TrainReport> r = tools::TrainOrReuseTinyModel(
+        o, dir, [&](const tools::TrainProgress& p) { bar.Update(p.step, p.steps); });
     if (!r.ok()) {
       return Error(absl::IsFailedPrecondition(r.status()) || absl::IsNotFound(r.status()) ? kUsage : kJobFailed,
                    r.status());
@@ -537,7 +537,7 @@ int CmdMakeTinyModel(const Args& args) {
                 r->heldout_perplexity, r->unigram_perplexity, r->router_entropy);
     return kOk;
   }
-  model::TinyModelOptions o;
+  tools::TinyModelOptions o;
   o.model_type = args.Get("arch");
   o.dtype = args.Get("dtype", o.dtype);
   if (layers > 0) o.num_layers = static_cast<int>(layers);
@@ -545,7 +545,7 @@ int CmdMakeTinyModel(const Args& args) {
   o.top_k = std::min(o.top_k, o.experts);
   o.seed = seed;
   if (absl::Status s = o.Validate(); !s.ok()) return Error(kUsage, s);
-  if (absl::Status s = model::WriteTinyModel(o, dir); !s.ok()) {
+  if (absl::Status s = tools::WriteTinyModel(o, dir); !s.ok()) {
     return Error(absl::IsFailedPrecondition(s) ? kUsage : kJobFailed, s);
   }
   std::printf("wrote a tiny %s model (%d layers, %d experts, %s, seed %llu) to %s\n", o.model_type.c_str(),

@@ -10,9 +10,9 @@
 #include "absl/strings/str_join.h"
 #include "common/recipe/stage_catalog.h"
 #include "common/status_macros.h"
-#include "model/config.h"
-#include "model/parameter_count.h"
-#include "model/tensor_names.h"
+#include "model/config/config.h"
+#include "model/config/parameter_count.h"
+#include "model/config/tensor_names.h"
 
 namespace moec::client {
 namespace {

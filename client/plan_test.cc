@@ -2,14 +2,14 @@
 
 #include <filesystem>
 
+#include "common/status_macros.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "common/status_macros.h"
-#include "model/config.h"
-#include "model/parameter_count.h"
-#include "model/tiny_model.h"
+#include "model/config/config.h"
+#include "model/config/parameter_count.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
+#include "tools/tiny_model.h"
 
 namespace moec::client {
 namespace {
@@ -19,11 +19,11 @@ using ::testing::ElementsAre;
 class PlanTest : public ::testing::Test {
  protected:
   PlanTest() {
-    model::TinyModelOptions o;
+    tools::TinyModelOptions o;
     o.model_type = "mixtral";
     o.num_layers = 3;
     o.experts = 4;
-    EXPECT_OK(model::WriteTinyModel(o, dir_.Join("m")));
+    EXPECT_OK(tools::WriteTinyModel(o, dir_.Join("m")));
     dir_.WriteFile("calib.txt", std::string(4000, 'x'));
   }
   absl::StatusOr<JobPlan> Plan(const std::string& stages, std::vector<std::string> overrides = {}) {

@@ -22,9 +22,9 @@
 #include "client/report.h"
 #include "client/svg.h"
 #include "gtest/gtest.h"
-#include "model/tiny_model.h"
 #include "nlohmann/json.hpp"
 #include "tests/testing/temp_dir.h"
+#include "tools/tiny_model.h"
 
 namespace moec::client {
 namespace {
@@ -61,10 +61,10 @@ class ReportFilesTest : public ::testing::Test {
   static void SetUpTestSuite() {
     dir_ = new testing::TempDir();
     const std::string d = dir_->path();
-    model::TinyModelOptions o;
+    tools::TinyModelOptions o;
     o.num_layers = kLayers;
     o.experts = kExperts;
-    ASSERT_TRUE(model::WriteTinyModel(o, d + "/model").ok());
+    ASSERT_TRUE(tools::WriteTinyModel(o, d + "/model").ok());
     {
       std::ofstream text(d + "/text.txt");
       std::ifstream in("/usr/share/common-licenses/GPL-3");

@@ -27,8 +27,8 @@
 #include "coordinator/coordinator_service.h"
 #include "coordinator/factor_service.h"
 #include "coordinator/job_store.h"
-#include "glog/logging.h"
 #include "coordinator/metrics.h"
+#include "glog/logging.h"
 #include "grpcpp/grpcpp.h"
 #include "storage/rocksdb_kv_store.h"
 

@@ -11,7 +11,7 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   libgoogle-glog-dev libgflags-dev libyaml-cpp-dev nlohmann-json3-dev libssl-dev
   prometheus-cpp-dev
-  # Unicode character classes and normalization for the tokenizer (model/unicode_util.h)
+  # Unicode character classes and normalization for the tokenizer (model/tokenizer/unicode_util.h)
   libicu-dev
   # storage
   librocksdb-dev

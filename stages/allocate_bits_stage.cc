@@ -7,11 +7,21 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
-#include "model/config.h"
-#include "stages/bit_allocation.h"
-#include "stages/model_inputs.h"
+#include "dataplane/model_inputs.h"
+#include "model/config/config.h"
+#include "quant/bit_allocation.h"
 
 namespace moec::stages {
+
+using dataplane::GetTensor;
+using dataplane::JobModelConfig;
+using dataplane::NeededStage;
+using dataplane::PutTensor;
+using quant::AllocateBits;
+using quant::Allocation;
+using quant::AllocationOptions;
+using quant::LayerFactors;
+
 
 absl::Status AllocateBitsStage::Run(StageContext& ctx) {
   if (ctx.rank != 0) return absl::OkStatus();

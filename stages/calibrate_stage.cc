@@ -8,10 +8,23 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
-#include "stages/expert_parallel.h"
-#include "stages/model_inputs.h"
+#include "dataplane/expert_parallel.h"
+#include "dataplane/model_inputs.h"
 
 namespace moec::stages {
+
+using dataplane::AssignExperts;
+using dataplane::ChunkOutputName;
+using dataplane::ChunkPlan;
+using dataplane::ExpertParallelExecutor;
+using dataplane::GangComm;
+using dataplane::LayerInputChunk;
+using dataplane::OpenJobModel;
+using dataplane::PlanChunks;
+using dataplane::PutChunkedWindows;
+using dataplane::PutTensor;
+using dataplane::SkipRemovedLayer;
+
 namespace {
 
 // Accumulates router statistics of one layer over batches.

@@ -5,24 +5,30 @@
 #include <map>
 #include <string>
 
+#include "dataplane/expert_parallel.h"
+#include "dataplane/map_factor_io_test_util.h"
+#include "dataplane/model_inputs.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "model/forward.h"
-#include "model/tiny_model.h"
-#include "model/tokenizer.h"
-#include "stages/expert_parallel.h"
-#include "stages/map_factor_io_test_util.h"
-#include "stages/model_inputs.h"
+#include "model/runtime/forward.h"
+#include "model/tokenizer/tokenizer.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
+#include "tools/tiny_model.h"
 
 namespace moec::stages {
-namespace {
+
+using dataplane::CalibrationWindows;
+using dataplane::GetTensor;
+using dataplane::MapFactorIo;
+using dataplane::ReadChunkedTensor;
+
 
 using ::moec::testing::StatusIs;
 using ::moec::testing::TempDir;
 using ::testing::HasSubstr;
 
+namespace {
 
 // Router logits and residual stream of a plain forward: the oracle of the stage's statistics.
 class Capture : public model::ForwardObserver {
@@ -35,7 +41,7 @@ class Capture : public model::ForwardObserver {
 class CalibrateStageTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
-    model::TinyModelOptions o;
+    tools::TinyModelOptions o;
     o.model_type = GetParam();
     o.num_layers = 3;
     o.hidden = 32;
@@ -44,7 +50,7 @@ class CalibrateStageTest : public ::testing::TestWithParam<std::string> {
     o.experts = 4;
     o.moe_intermediate = 24;
     o.intermediate = 40;
-    ASSERT_OK(model::WriteTinyModel(o, dir_.Join("model")));
+    ASSERT_OK(tools::WriteTinyModel(o, dir_.Join("model")));
     std::string text;
     for (int i = 0; i < 60; ++i) text += "calibration text about experts and routers, line " + std::to_string(i) + "\n";
     dir_.WriteFile("calib.txt", text);

@@ -7,10 +7,16 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
-#include "model/config.h"
-#include "stages/model_inputs.h"
+#include "dataplane/model_inputs.h"
+#include "model/config/config.h"
 
 namespace moec::stages {
+
+using dataplane::GetTensor;
+using dataplane::JobModelConfig;
+using dataplane::NeededStage;
+using dataplane::PutTensor;
+
 
 absl::Status DynamicSkipStage::Run(StageContext& ctx) {
   if (ctx.rank != 0) return absl::OkStatus();

@@ -10,16 +10,19 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "dataplane/model_inputs.h"
 #include "kernels/kernels.h"
-#include "model/datasets.h"
-#include "model/forward.h"
-#include "model/parameter_count.h"
-#include "model/tensor_names.h"
-#include "model/tokenizer.h"
-#include "stages/model_inputs.h"
+#include "model/config/parameter_count.h"
+#include "model/config/tensor_names.h"
+#include "model/data/datasets.h"
+#include "model/runtime/forward.h"
+#include "model/tokenizer/tokenizer.h"
 #include "storage/safetensors_reader.h"
 
 namespace moec::stages {
+
+using dataplane::NeededStage;
+
 namespace {
 
 namespace fs = std::filesystem;

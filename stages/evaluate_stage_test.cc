@@ -5,16 +5,17 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "model/tiny_model.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
+#include "tools/tiny_model.h"
 
 namespace moec::stages {
-namespace {
 
 using ::moec::testing::StatusIs;
 using ::moec::testing::TempDir;
 using ::testing::HasSubstr;
+
+namespace {
 
 class StringIo : public FactorIo {
  public:
@@ -32,10 +33,10 @@ class StringIo : public FactorIo {
 
 TEST(EvaluateStageTest, ReportsPerplexitySizeAndBitsOfTheOriginalModel) {
   TempDir dir;
-  model::TinyModelOptions o;
+  tools::TinyModelOptions o;
   o.model_type = "olmoe";
   o.num_layers = 2;
-  ASSERT_OK(model::WriteTinyModel(o, dir.Join("model")));
+  ASSERT_OK(tools::WriteTinyModel(o, dir.Join("model")));
   std::string text;
   for (int i = 0; i < 40; ++i) text += "evaluation text for a tiny model, line " + std::to_string(i) + "\n";
   dir.WriteFile("eval.txt", text);

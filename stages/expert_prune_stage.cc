@@ -10,10 +10,27 @@
 #include "absl/strings/str_cat.h"
 #include "comm/communicator.h"
 #include "common/status_macros.h"
-#include "stages/expert_parallel.h"
-#include "stages/model_inputs.h"
+#include "dataplane/expert_parallel.h"
+#include "dataplane/model_inputs.h"
 
 namespace moec::stages {
+
+using dataplane::AssignExperts;
+using dataplane::CalibratedExpertTokens;
+using dataplane::CalibrationTokens;
+using dataplane::ChunkOutputName;
+using dataplane::ChunkPlan;
+using dataplane::ExpertParallelExecutor;
+using dataplane::GangComm;
+using dataplane::GetTensor;
+using dataplane::NeededStage;
+using dataplane::OpenJobModel;
+using dataplane::PutChunkedWindows;
+using dataplane::PutTensor;
+using dataplane::ReadChunkedWindows;
+using dataplane::ReadLayerInputWindows;
+using dataplane::RunChunkRounds;
+
 namespace {
 
 // C(n, k), or limit + 1 when it exceeds limit.

@@ -29,7 +29,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "model/layers.h"
+#include "model/runtime/layers.h"
 #include "stages/stage.h"
 
 namespace moec::stages {

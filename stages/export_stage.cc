@@ -11,17 +11,30 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "dataplane/model_inputs.h"
+#include "dataplane/model_view.h"
+#include "dataplane/structural_edits.h"
 #include "kernels/hqq.h"
 #include "kernels/kernels.h"
-#include "model/config.h"
-#include "model/tensor_names.h"
-#include "model/weights.h"
-#include "stages/model_inputs.h"
-#include "stages/model_view.h"
-#include "stages/structural_export.h"
+#include "model/config/config.h"
+#include "model/config/tensor_names.h"
+#include "model/runtime/weights.h"
 #include "storage/file_util.h"
 
 namespace moec::stages {
+
+using dataplane::CollectStructuralEdits;
+using dataplane::EditedConfig;
+using dataplane::EditedTensorSources;
+using dataplane::GetTensor;
+using dataplane::JobModelConfigJson;
+using dataplane::JobModelView;
+using dataplane::ModelView;
+using dataplane::NeededStage;
+using dataplane::ReadEditedTensor;
+using dataplane::StructuralEdits;
+using dataplane::WriteEditedCheckpoint;
+
 namespace {
 
 namespace fs = std::filesystem;

@@ -18,31 +18,39 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "dataplane/expert_parallel.h"
+#include "dataplane/map_factor_io_test_util.h"
+#include "dataplane/model_inputs.h"
+#include "dataplane/tiny_model_test_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/hqq.h"
-#include "model/forward.h"
-#include "model/layers.h"
-#include "model/parameter_count.h"
-#include "model/tensor_names.h"
-#include "model/tiny_model.h"
+#include "model/config/parameter_count.h"
+#include "model/config/tensor_names.h"
+#include "model/runtime/forward.h"
+#include "model/runtime/layers.h"
 #include "stages/calibrate_stage.h"
 #include "stages/evaluate_stage.h"
-#include "stages/expert_parallel.h"
 #include "stages/export_stage.h"
-#include "stages/map_factor_io_test_util.h"
-#include "stages/tiny_model_test_util.h"
-#include "stages/model_inputs.h"
 #include "stages/odp_stage.h"
 #include "stages/quantize_stage.h"
 #include "tests/testing/oracle.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
+#include "tools/tiny_model.h"
 
 namespace moec::stages {
-namespace {
+
+using dataplane::CalibrationTokens;
+using dataplane::GetTensor;
+using dataplane::MapFactorIo;
+using dataplane::PutTensor;
+using dataplane::SmallStageTestModel;
+
 
 using ::moec::testing::TempDir;
+
+namespace {
 
 constexpr int kLayers = 3;
 constexpr int64_t kSeq = 16;
@@ -50,8 +58,8 @@ constexpr int64_t kSeq = 16;
 class McMoeExportTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
-    const model::TinyModelOptions o = SmallStageTestModel(GetParam(), kLayers, 6);
-    ASSERT_OK(model::WriteTinyModel(o, dir_.Join("model")));
+    const tools::TinyModelOptions o = SmallStageTestModel(GetParam(), kLayers, 6);
+    ASSERT_OK(tools::WriteTinyModel(o, dir_.Join("model")));
     std::string text;
     for (int i = 0; i < 60; ++i) text += "packed experts and pruned routes, line " + std::to_string(i) + "\n";
     dir_.WriteFile("calib.txt", text);

@@ -9,11 +9,19 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
-#include "model/layers.h"
-#include "stages/expert_parallel.h"
-#include "stages/model_inputs.h"
+#include "dataplane/expert_parallel.h"
+#include "dataplane/model_inputs.h"
+#include "model/runtime/layers.h"
 
 namespace moec::stages {
+
+using dataplane::CalibrationTokens;
+using dataplane::GetTensor;
+using dataplane::NeededStage;
+using dataplane::OpenJobModel;
+using dataplane::PutTensor;
+using dataplane::ReadChunkedOutput;
+
 namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();

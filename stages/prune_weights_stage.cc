@@ -10,16 +10,29 @@
 #include "absl/strings/str_cat.h"
 #include "comm/communicator.h"
 #include "common/status_macros.h"
-#include "model/tensor_names.h"
+#include "dataplane/expert_parallel.h"
+#include "dataplane/model_inputs.h"
+#include "model/config/tensor_names.h"
 #include "quant/gptq.h"
 #include "quant/sparse.h"
-#include "stages/expert_parallel.h"
-#include "stages/model_inputs.h"
 
 namespace moec::stages {
-namespace {
+
+using dataplane::GangComm;
+using dataplane::LayerShard;
+using dataplane::OpenJobModel;
+using dataplane::OpenLayerShard;
+using dataplane::OwnerPart;
+using dataplane::PutTensor;
+using dataplane::RunShardRounds;
+using dataplane::SendToOwner;
+using dataplane::SkipRemovedLayer;
+using dataplane::WriteShardOutputs;
+
 
 using model::LinearKind;
+
+namespace {
 
 struct Target {
   std::string name;

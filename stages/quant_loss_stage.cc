@@ -6,10 +6,23 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
-#include "stages/expert_parallel.h"
-#include "stages/model_inputs.h"
+#include "dataplane/expert_parallel.h"
+#include "dataplane/model_inputs.h"
 
 namespace moec::stages {
+
+using dataplane::AssignExperts;
+using dataplane::CalibratedExpertTokens;
+using dataplane::CalibrationTokens;
+using dataplane::ChunkPlan;
+using dataplane::GangComm;
+using dataplane::GetTensor;
+using dataplane::NeededStage;
+using dataplane::OpenJobModel;
+using dataplane::PutTensor;
+using dataplane::ReadLayerInputWindows;
+using dataplane::SkipRemovedLayer;
+
 namespace {
 
 // Captures the MoE block's input and output (and routing) of one batch.

@@ -5,22 +5,29 @@
 #include <map>
 #include <string>
 
+#include "dataplane/expert_parallel.h"
+#include "dataplane/map_factor_io_test_util.h"
+#include "dataplane/model_inputs.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "model/forward.h"
-#include "model/tiny_model.h"
+#include "model/runtime/forward.h"
 #include "stages/calibrate_stage.h"
-#include "stages/expert_parallel.h"
-#include "stages/map_factor_io_test_util.h"
-#include "stages/model_inputs.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
+#include "tools/tiny_model.h"
 
 namespace moec::stages {
-namespace {
+
+using dataplane::CalibrationWindows;
+using dataplane::GetTensor;
+using dataplane::MapFactorIo;
+using dataplane::ReadChunkedTensor;
+
 
 using ::moec::testing::StatusIs;
 using ::moec::testing::TempDir;
+
+namespace {
 
 TEST(NormalQuantizeTest, MatchesHandComputedValues) {
   at::Tensor w = at::tensor({0.1f, -0.3f, 0.2f, 0.0f}).view({1, 4});
@@ -49,7 +56,7 @@ TEST(NormalQuantizeTest, MatchesHandComputedValues) {
 
 TEST(QuantLossStageTest, EqualsRecomputingTheWholeBlock) {
   TempDir dir;
-  model::TinyModelOptions o;
+  tools::TinyModelOptions o;
   o.model_type = "mixtral";
   o.num_layers = 2;
   o.hidden = 32;
@@ -57,7 +64,7 @@ TEST(QuantLossStageTest, EqualsRecomputingTheWholeBlock) {
   o.kv_heads = 2;
   o.experts = 4;
   o.moe_intermediate = 32;
-  ASSERT_OK(model::WriteTinyModel(o, dir.Join("model")));
+  ASSERT_OK(tools::WriteTinyModel(o, dir.Join("model")));
   std::string text;
   for (int i = 0; i < 50; ++i) text += "the router sends tokens to experts " + std::to_string(i) + "\n";
   dir.WriteFile("calib.txt", text);

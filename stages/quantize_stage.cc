@@ -12,16 +12,31 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
-#include "model/tensor_names.h"
+#include "dataplane/expert_parallel.h"
+#include "dataplane/model_inputs.h"
+#include "model/config/tensor_names.h"
 #include "quant/gptq.h"
 #include "quant/quantizer.h"
-#include "stages/expert_parallel.h"
-#include "stages/model_inputs.h"
 
 namespace moec::stages {
-namespace {
+
+using dataplane::GangComm;
+using dataplane::GetTensor;
+using dataplane::LayerShard;
+using dataplane::NeededStage;
+using dataplane::OpenJobModel;
+using dataplane::OpenLayerShard;
+using dataplane::OwnerPart;
+using dataplane::PutTensor;
+using dataplane::RunShardRounds;
+using dataplane::SendToOwner;
+using dataplane::SkipRemovedLayer;
+using dataplane::WriteShardOutputs;
+
 
 using model::LinearKind;
+
+namespace {
 
 // One linear of the layer to quantize.
 struct Target {

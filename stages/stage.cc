@@ -8,12 +8,12 @@
 #include "stages/evaluate_stage.h"
 #include "stages/expert_prune_stage.h"
 #include "stages/export_stage.h"
-#include "stages/model_view.h"
 #include "stages/noop_stage.h"
 #include "stages/odp_stage.h"
 #include "stages/prune_weights_stage.h"
 #include "stages/quant_loss_stage.h"
 #include "stages/quantize_stage.h"
+#include "stages/restructure_stage.h"
 #include "stages/structural_stages.h"
 
 namespace moec::stages {
@@ -32,26 +32,6 @@ std::vector<std::string> StageRegistry::Kinds() const {
   std::vector<std::string> kinds;
   for (const auto& [k, f] : factories_) kinds.push_back(k);
   return kinds;
-}
-
-absl::StatusOr<std::string> StageContext::InputKey(absl::string_view stage_id, int layer,
-                                                   absl::string_view name) const {
-  if (task == nullptr) return absl::FailedPreconditionError("no task in the stage context");
-  const std::string id = layer < 0 ? absl::StrCat(task->job_id(), "/", stage_id)
-                                   : absl::StrCat(task->job_id(), "/", stage_id, "/L", layer);
-  auto it = inputs.find(id);
-  if (it == inputs.end()) {
-    return absl::NotFoundError(absl::StrCat("task ", task->task_id(), " has no input from task ",
-                                            id, " (is stage '", stage_id, "' in its needs?)"));
-  }
-  return absl::StrCat(it->second, "/", name);
-}
-
-absl::StatusOr<std::string> StageContext::PreviousLayerKey(absl::string_view name) const {
-  if (task == nullptr || task->layer() < 1) {
-    return absl::FailedPreconditionError("PreviousLayerKey needs a per-layer task after layer 0");
-  }
-  return InputKey(task->stage_id(), task->layer() - 1, name);
 }
 
 void RegisterBuiltinStages(StageRegistry* registry) {

@@ -3,7 +3,6 @@
 #ifndef MOEC_STAGES_STAGE_H_
 #define MOEC_STAGES_STAGE_H_
 
-#include <atomic>
 #include <functional>
 #include <map>
 #include <memory>
@@ -11,58 +10,12 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "moec/v1/job.pb.h"
-#include "nlohmann/json.hpp"
-#include "storage/factor_store.h"
-
-namespace moec::comm {
-class Communicator;  // comm/communicator.h
-}  // namespace moec::comm
+#include "dataplane/task_context.h"
 
 namespace moec::stages {
 
-// Tensor I/O of a running task, wherever the factor store lives (the coordinator's, over
-// FactorService, for workers). Thread-compatible.
-class FactorIo {
- public:
-  virtual ~FactorIo() = default;
-  // Stores output `name` of the running task; it becomes visible, under the returned key
-  // "<task fingerprint>/<name>", when the task completes.
-  virtual absl::StatusOr<std::string> PutOutput(absl::string_view name, storage::DType dtype,
-                                                absl::Span<const int64_t> shape,
-                                                absl::string_view data) = 0;
-  // Reads a committed tensor.
-  virtual absl::StatusOr<storage::Factor> Get(absl::string_view key) = 0;
-};
-
-// What a running stage sees. Valid for the duration of Run.
-struct StageContext {
-  const v1::TaskRecord* task = nullptr;
-  nlohmann::json params;              // validated parameters of the stage (defaults filled in)
-  nlohmann::json recipe;              // the job's canonical recipe
-  int rank = 0;                       // rank in the gang
-  std::vector<std::string> group;     // worker ids of the gang
-  // Collectives of the gang (group.size() ranks); connects on first use. Not owned; null in tests
-  // that do not give one (stages then treat the task as a gang of one).
-  comm::Communicator* comm = nullptr;
-  // Task id -> fingerprint of the tasks of the stages this task depends on: all of them for a
-  // global task; for a per-layer task at layer l, the global ones and layers l-1 and l of
-  // per-layer ones.
-  std::map<std::string, std::string> inputs;
-  FactorIo* io = nullptr;  // Not owned; null when the worker has no factor access (tests).
-  // Reports progress in [0, 1] with a short message; cheap to call often.
-  std::function<void(double, const std::string&)> progress = [](double, const std::string&) {};
-  // Set when the task is cancelled; long stages check it and return Cancelled.
-  const std::atomic<bool>* cancelled = nullptr;
-  bool IsCancelled() const { return cancelled != nullptr && cancelled->load(); }
-
-  // The factor key of output `name` of stage `stage_id` at `layer` (-1: a global stage) of this
-  // job: "<fingerprint>/<name>". NotFound when that task is not among this task's inputs.
-  absl::StatusOr<std::string> InputKey(absl::string_view stage_id, int layer,
-                                       absl::string_view name) const;
-  // The key of output `name` of the previous layer's task of this (per-layer) stage.
-  absl::StatusOr<std::string> PreviousLayerKey(absl::string_view name) const;
-};
+using dataplane::FactorIo;
+using dataplane::StageContext;
 
 // One run of one task. Implementations may throw (libtorch does); StageRunner converts.
 class Stage {

@@ -8,39 +8,47 @@
 #include <set>
 #include <string>
 
+#include "dataplane/expert_parallel.h"
+#include "dataplane/map_factor_io_test_util.h"
+#include "dataplane/model_inputs.h"
+#include "dataplane/tiny_model_test_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "model/forward.h"
-#include "model/layers.h"
-#include "model/tiny_model.h"
-#include "stages/calibrate_stage.h"
-#include "stages/expert_prune_stage.h"
-#include "stages/expert_parallel.h"
-#include "stages/evaluate_stage.h"
-#include "stages/export_stage.h"
-#include "stages/map_factor_io_test_util.h"
-#include "stages/tiny_model_test_util.h"
-#include "stages/model_inputs.h"
-#include "stages/odp_stage.h"
-#include "stages/quantize_stage.h"
-#include "stages/prune_weights_stage.h"
-#include "model/tensor_names.h"
+#include "model/config/tensor_names.h"
+#include "model/runtime/forward.h"
+#include "model/runtime/layers.h"
 #include "quant/sparse.h"
+#include "stages/calibrate_stage.h"
+#include "stages/evaluate_stage.h"
+#include "stages/expert_prune_stage.h"
+#include "stages/export_stage.h"
+#include "stages/odp_stage.h"
+#include "stages/prune_weights_stage.h"
+#include "stages/quantize_stage.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
+#include "tools/tiny_model.h"
 
 namespace moec::stages {
-namespace {
+
+using dataplane::CalibrationTokens;
+using dataplane::GetTensor;
+using dataplane::MapFactorIo;
+using dataplane::ReadChunkedTensor;
+using dataplane::SmallStageTestModel;
+
 
 using ::moec::testing::TempDir;
+
+namespace {
 
 constexpr int kLayers = 4;
 
 class StructuralTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
-    const model::TinyModelOptions o = SmallStageTestModel(GetParam(), kLayers, 5);
-    ASSERT_OK(model::WriteTinyModel(o, dir_.Join("model")));
+    const tools::TinyModelOptions o = SmallStageTestModel(GetParam(), kLayers, 5);
+    ASSERT_OK(tools::WriteTinyModel(o, dir_.Join("model")));
     std::string text;
     for (int i = 0; i < 60; ++i) text += "which experts matter, and which layers, line " + std::to_string(i) + "\n";
     dir_.WriteFile("calib.txt", text);

@@ -7,14 +7,14 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
-#include "storage/group_sync.h"
+#include "rocksdb/cache.h"
 #include "rocksdb/db.h"
 #include "rocksdb/filter_policy.h"
 #include "rocksdb/options.h"
 #include "rocksdb/perf_level.h"
 #include "rocksdb/table.h"
-#include "rocksdb/cache.h"
 #include "rocksdb/utilities/options_util.h"
+#include "storage/group_sync.h"
 
 namespace moec::storage {
 namespace {

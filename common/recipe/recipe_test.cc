@@ -4,8 +4,8 @@
 #include <fstream>
 #include <sstream>
 
-#include "gmock/gmock.h"
 #include "common/recipe/stage_catalog.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"

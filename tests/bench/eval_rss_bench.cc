@@ -19,10 +19,10 @@
 #include <fstream>
 #include <string>
 
-#include "model/config.h"
-#include "model/parameter_count.h"
-#include "model/tensor_names.h"
-#include "model/tiny_model.h"
+#include "model/config/config.h"
+#include "model/config/parameter_count.h"
+#include "model/config/tensor_names.h"
+#include "tools/tiny_model.h"
 
 namespace fs = std::filesystem;
 
@@ -32,7 +32,7 @@ int main(int argc, char** argv) {
     if (std::strcmp(argv[i], "--moec") == 0) moec = argv[i + 1];
   }
   const std::string dir = (fs::temp_directory_path() / ("moec_rss_bench_" + std::to_string(getpid()))).string();
-  moec::model::TinyModelOptions o;
+  moec::tools::TinyModelOptions o;
   o.model_type = "mixtral";
   o.num_layers = 4;
   o.hidden = 2048;
@@ -44,7 +44,7 @@ int main(int argc, char** argv) {
   o.vocab = 512;
   o.max_parameters = int64_t{4} << 30;
   const auto t0 = std::chrono::steady_clock::now();
-  if (auto s = moec::model::WriteTinyModel(o, dir + "/model"); !s.ok()) {
+  if (auto s = moec::tools::WriteTinyModel(o, dir + "/model"); !s.ok()) {
     std::fprintf(stderr, "write model: %s\n", std::string(s.message()).c_str());
     return 1;
   }

@@ -30,10 +30,10 @@
 #include "absl/strings/str_cat.h"
 #include "comm/communicator.h"
 #include "common/process_tuning.h"
-#include "model/tiny_model.h"
+#include "dataplane/map_factor_io_test_util.h"
 #include "nlohmann/json.hpp"
-#include "stages/map_factor_io_test_util.h"
 #include "stages/quantize_stage.h"
+#include "tools/tiny_model.h"
 
 namespace {
 
@@ -111,7 +111,7 @@ int Child(const std::string& dir, int rank, int size, int threads) {
   task.set_layer(0);
   task.set_task_id("bench/q/L0");
   std::map<std::string, moec::storage::Factor> factors;
-  moec::stages::MapFactorIo io(&factors);
+  moec::dataplane::MapFactorIo io(&factors);
   io.SetTask("L0");
   moec::stages::StageContext ctx;
   ctx.task = &task;
@@ -193,7 +193,7 @@ int main(int argc, char** argv) {
   }
   const std::string dir = fs::temp_directory_path() / ("moec-ep-bench-" + std::to_string(getpid()));
   fs::create_directories(dir);
-  moec::model::TinyModelOptions m;
+  moec::tools::TinyModelOptions m;
   m.num_layers = 1;
   m.hidden = o.hidden;
   m.heads = 8;
@@ -202,7 +202,7 @@ int main(int argc, char** argv) {
   m.top_k = 2;
   m.moe_intermediate = o.ffn;
   m.max_parameters = int64_t{1} << 34;
-  if (absl::Status s = moec::model::WriteTinyModel(m, dir + "/model"); !s.ok()) {
+  if (absl::Status s = moec::tools::WriteTinyModel(m, dir + "/model"); !s.ok()) {
     std::fprintf(stderr, "%s\n", s.ToString().c_str());
     return 1;
   }

@@ -13,7 +13,7 @@
 #include <cstring>
 
 #include "common/process_tuning.h"
-#include "model/layers.h"
+#include "model/runtime/layers.h"
 #include "stages/expert_prune_stage.h"
 
 namespace {

@@ -20,8 +20,8 @@
 #include <filesystem>
 #include <string>
 
-#include "model/forward.h"
-#include "model/tiny_model.h"
+#include "model/runtime/forward.h"
+#include "tools/tiny_model.h"
 
 namespace {
 
@@ -50,7 +50,7 @@ int main(int argc, char** argv) {
   }
   namespace fs = std::filesystem;
   const std::string dir = (fs::temp_directory_path() / ("moec_forward_bench_" + std::to_string(getpid()))).string();
-  moec::model::TinyModelOptions o;
+  moec::tools::TinyModelOptions o;
   o.model_type = "mixtral";
   o.num_layers = 2;
   o.hidden = 1024;
@@ -60,7 +60,7 @@ int main(int argc, char** argv) {
   o.top_k = 2;
   o.moe_intermediate = 2816;
   o.vocab = 512;
-  if (auto s = moec::model::WriteTinyModel(o, dir); !s.ok()) {
+  if (auto s = moec::tools::WriteTinyModel(o, dir); !s.ok()) {
     std::fprintf(stderr, "write model: %s\n", std::string(s.message()).c_str());
     return 1;
   }

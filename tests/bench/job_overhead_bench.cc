@@ -20,7 +20,7 @@
 #include "client/client.h"
 #include "client/embedded.h"
 #include "common/process_tuning.h"
-#include "model/tiny_model.h"
+#include "tools/tiny_model.h"
 
 namespace fs = std::filesystem;
 
@@ -36,14 +36,14 @@ int main(int argc, char** argv) {
   const std::string dir = fs::temp_directory_path() / ("moec-overhead-" + std::to_string(getpid()));
   fs::create_directories(dir);
   if (model.empty()) {
-    moec::model::TinyModelOptions o;
+    moec::tools::TinyModelOptions o;
     o.num_layers = 4;
     o.hidden = 128;
     o.experts = 8;
     o.moe_intermediate = 256;
     o.vocab = 512;
     model = dir + "/model";
-    if (absl::Status s = moec::model::WriteTinyModel(o, model); !s.ok()) {
+    if (absl::Status s = moec::tools::WriteTinyModel(o, model); !s.ok()) {
       std::fprintf(stderr, "%s\n", s.ToString().c_str());
       return 1;
     }

@@ -1,0 +1,422 @@
+#include "tools/bpe_trainer.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <filesystem>
+#include <queue>
+#include <system_error>
+#include <utility>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "model/tokenizer/added_tokens.h"
+#include "model/tokenizer/json_util.h"
+#include "model/tokenizer/pretokenizer.h"
+#include "model/tokenizer/unicode_util.h"
+#include "nlohmann/json.hpp"
+#include "storage/file_util.h"
+
+namespace moec::tools {
+
+using model::AddedToken;
+using model::AddedTokenMatcher;
+using model::ByteLevelAlphabet;
+using model::CodePoint;
+using model::DecodeUtf8;
+using model::IsValidUtf8;
+using model::JsonPath;
+using model::Piece;
+using model::PreTokenizer;
+
+using nlohmann::json;
+using nlohmann::ordered_json;
+
+namespace {
+
+// The pre-tokenizer (and decoder) JSON: GPT-2 regex split, no prefix space.
+ordered_json ByteLevelJson() {
+  return {{"type", "ByteLevel"},
+          {"add_prefix_space", false},
+          {"trim_offsets", true},
+          {"use_regex", true}};
+}
+
+absl::Status Invalid(absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat("bpe trainer: ", what));
+}
+
+absl::Status ValidateOptions(const BpeTrainerOptions& o) {
+  const int64_t specials = static_cast<int64_t>(o.special_tokens.size());
+  if (static_cast<int64_t>(o.vocab_size) < 256 + specials) {
+    return Invalid(absl::StrCat("vocab_size ", o.vocab_size, " is smaller than 256 byte tokens + ",
+                                specials, " special tokens = ", 256 + specials));
+  }
+  if (o.min_frequency < 0) {
+    return Invalid(absl::StrCat("min_frequency ", o.min_frequency, " is negative"));
+  }
+  absl::flat_hash_set<std::string> seen;
+  for (size_t i = 0; i < o.special_tokens.size(); ++i) {
+    const std::string& t = o.special_tokens[i];
+    if (t.empty()) return Invalid(absl::StrCat("special_tokens[", i, "] is empty"));
+    if (!IsValidUtf8(t)) {
+      return Invalid(absl::StrCat("special_tokens[", i, "] is not valid UTF-8"));
+    }
+    if (!seen.insert(t).second) {
+      return Invalid(absl::StrCat("special token '", t, "' is listed twice"));
+    }
+  }
+  if (o.add_bos && o.bos_token.empty()) return Invalid("add_bos is true but bos_token is empty");
+  for (const auto& [field, token] :
+       {std::pair<const char*, const std::string*>{"bos_token", &o.bos_token},
+        {"eos_token", &o.eos_token}}) {
+    if (!token->empty() && !seen.contains(*token)) {
+      return Invalid(absl::StrCat(field, " '", *token, "' is not one of the special_tokens"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// One distinct pre-tokenized word: its current symbols (token ids) and how often it occurs.
+struct Word {
+  std::vector<int32_t> symbols;
+  int64_t count = 0;
+};
+
+uint64_t PairKey(int32_t a, int32_t b) {
+  return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b);
+}
+int32_t PairLeft(uint64_t key) { return static_cast<int32_t>(key >> 32); }
+int32_t PairRight(uint64_t key) { return static_cast<int32_t>(key & 0xFFFFFFFFu); }
+
+// An adjacent pair's total count and the words that (may) contain it. `words` can hold words
+// that no longer contain the pair and repeats; it is sorted and deduplicated when used.
+struct PairInfo {
+  int64_t count = 0;
+  std::vector<int32_t> words;
+};
+
+// A priority-queue entry; stale when `count` differs from the pair's current count.
+struct QueueEntry {
+  int64_t count;
+  uint64_t pair;
+};
+
+// Pieces longer than this are pre-tokenized in chunks (internal::PreTokenizerChunkEnd).
+constexpr size_t kChunkBytes = 1 << 20;
+
+bool IsPrintableAscii(char c) { return c >= 0x21 && c <= 0x7E; }
+
+// Counts the distinct pre-tokenized words of `texts` (special tokens cut out first). Words are
+// returned sorted by their ByteLevel text, so nothing downstream depends on hash order.
+std::vector<Word> CountWords(absl::Span<const std::string> texts,
+                             const std::vector<std::string>& special_tokens,
+                             const PreTokenizer& pre_tokenizer) {
+  std::vector<AddedToken> added(special_tokens.size());
+  std::vector<const AddedToken*> added_ptrs;
+  for (size_t i = 0; i < special_tokens.size(); ++i) {
+    added[i].id = static_cast<int32_t>(i);
+    added[i].content = special_tokens[i];
+    added[i].pattern = special_tokens[i];
+    added[i].special = true;
+    added[i].normalized = false;
+    added_ptrs.push_back(&added[i]);
+  }
+  const AddedTokenMatcher matcher(added_ptrs);
+
+  absl::flat_hash_map<std::string, int64_t> counts;
+  std::vector<Piece> pieces, chunk;
+  for (const std::string& text : texts) {
+    if (text.empty()) continue;
+    pieces.clear();
+    pieces.push_back(Piece{text, -1, true});
+    matcher.Split(&pieces);
+    for (const Piece& piece : pieces) {
+      if (piece.added_token_id >= 0) continue;
+      // Pre-tokenized in chunks to bound memory (the pre-tokenizer decodes a whole piece).
+      const absl::string_view whole = piece.text;
+      for (size_t begin = 0; begin < whole.size();) {
+        const size_t end = internal::PreTokenizerChunkEnd(whole, begin, kChunkBytes);
+        chunk.clear();
+        chunk.push_back(Piece{std::string(whole.substr(begin, end - begin)), -1,
+                              piece.at_input_start && begin == 0});
+        pre_tokenizer.Apply(&chunk);
+        for (Piece& p : chunk) {
+          if (p.added_token_id >= 0 || p.text.empty()) continue;
+          ++counts[std::move(p.text)];
+        }
+        begin = end;
+      }
+    }
+  }
+
+  // ByteLevel character (all are 1 or 2 UTF-8 bytes, code points < 0x800) -> byte.
+  std::vector<int32_t> cp_to_byte(0x800, -1);
+  for (int b = 0; b < 256; ++b) {
+    const std::vector<CodePoint> cps = DecodeUtf8(ByteLevelAlphabet()[b]);
+    cp_to_byte[cps[0].cp] = b;
+  }
+  std::vector<std::pair<std::string, int64_t>> sorted(counts.begin(), counts.end());
+  counts.clear();
+  std::sort(sorted.begin(), sorted.end());
+  std::vector<Word> words;
+  words.reserve(sorted.size());
+  for (const auto& [text, count] : sorted) {
+    Word w;
+    w.count = count;
+    for (const CodePoint& c : DecodeUtf8(text)) w.symbols.push_back(cp_to_byte[c.cp]);
+    words.push_back(std::move(w));
+  }
+  return words;
+}
+
+// The learned merges (in rank order) and the vocabulary strings (index = id).
+struct TrainedBpe {
+  std::vector<std::string> tokens;
+  std::vector<std::pair<int32_t, int32_t>> merges;
+};
+
+TrainedBpe LearnMerges(std::vector<Word> words, int64_t max_tokens, int64_t min_frequency) {
+  TrainedBpe out;
+  std::vector<std::string>& tokens = out.tokens;
+  absl::flat_hash_map<std::string, int32_t> token_ids;
+  for (int b = 0; b < 256; ++b) {
+    tokens.push_back(ByteLevelAlphabet()[b]);
+    token_ids[tokens.back()] = b;
+  }
+
+  // Highest count first; ties: smaller left token string, then smaller right token string.
+  auto lower_priority = [&tokens](const QueueEntry& x, const QueueEntry& y) {
+    if (x.count != y.count) return x.count < y.count;
+    const int lc = tokens[PairLeft(x.pair)].compare(tokens[PairLeft(y.pair)]);
+    if (lc != 0) return lc > 0;
+    return tokens[PairRight(x.pair)].compare(tokens[PairRight(y.pair)]) > 0;
+  };
+  absl::flat_hash_map<uint64_t, PairInfo> pairs;
+  for (int32_t w = 0; w < static_cast<int32_t>(words.size()); ++w) {
+    const Word& word = words[w];
+    for (size_t i = 0; i + 1 < word.symbols.size(); ++i) {
+      PairInfo& info = pairs[PairKey(word.symbols[i], word.symbols[i + 1])];
+      info.count += word.count;
+      if (info.words.empty() || info.words.back() != w) info.words.push_back(w);
+    }
+  }
+  std::vector<QueueEntry> initial;
+  initial.reserve(pairs.size());
+  for (const auto& [key, info] : pairs) initial.push_back(QueueEntry{info.count, key});
+  std::priority_queue<QueueEntry, std::vector<QueueEntry>, decltype(lower_priority)> queue(
+      lower_priority, std::move(initial));
+
+  std::vector<uint64_t> increased;
+  while (static_cast<int64_t>(tokens.size()) < max_tokens && !queue.empty()) {
+    const QueueEntry top = queue.top();
+    queue.pop();
+    auto it = pairs.find(top.pair);
+    const int64_t current = it == pairs.end() ? 0 : it->second.count;
+    if (current != top.count) {  // stale: requeue with the current count
+      if (current > 0) queue.push(QueueEntry{current, top.pair});
+      continue;
+    }
+    if (current < min_frequency) break;  // the true maximum is too rare: done
+
+    const int32_t a = PairLeft(top.pair);
+    const int32_t b = PairRight(top.pair);
+    std::string merged = tokens[a] + tokens[b];
+    // As in `tokenizers`: a string already in the vocabulary (reached by another split) keeps
+    // its id, so that merge adds no token.
+    int32_t c;
+    if (auto found = token_ids.find(merged); found != token_ids.end()) {
+      c = found->second;
+    } else {
+      c = static_cast<int32_t>(tokens.size());
+      token_ids.emplace(merged, c);
+      tokens.push_back(std::move(merged));
+    }
+    out.merges.emplace_back(a, b);
+
+    std::vector<int32_t> candidates = std::move(it->second.words);
+    pairs.erase(it);
+    std::sort(candidates.begin(), candidates.end());
+    candidates.erase(std::unique(candidates.begin(), candidates.end()), candidates.end());
+
+    increased.clear();
+    for (int32_t w : candidates) {
+      Word& word = words[w];
+      std::vector<int32_t>& s = word.symbols;
+      const int64_t n = word.count;
+      auto change = [&](int32_t x, int32_t y, int64_t delta) {
+        const uint64_t key = PairKey(x, y);
+        if (key == top.pair) return;  // being removed entirely
+        if (delta < 0) {
+          auto p = pairs.find(key);
+          if (p == pairs.end()) return;
+          p->second.count += delta;
+          if (p->second.count <= 0) pairs.erase(p);
+          return;
+        }
+        PairInfo& info = pairs[key];
+        info.count += delta;
+        if (info.words.empty() || info.words.back() != w) info.words.push_back(w);
+        increased.push_back(key);
+      };
+      // Left to right, as the BPE model applies a merge (so "a a a" becomes "aa a").
+      for (size_t i = 0; i + 1 < s.size(); ++i) {
+        if (s[i] != a || s[i + 1] != b) continue;
+        if (i > 0) {
+          change(s[i - 1], a, -n);
+          change(s[i - 1], c, n);
+        }
+        if (i + 2 < s.size()) {
+          change(b, s[i + 2], -n);
+          change(c, s[i + 2], n);
+        }
+        s[i] = c;
+        s.erase(s.begin() + static_cast<std::ptrdiff_t>(i) + 1);
+      }
+    }
+    std::sort(increased.begin(), increased.end());
+    increased.erase(std::unique(increased.begin(), increased.end()), increased.end());
+    for (uint64_t key : increased) {
+      auto p = pairs.find(key);
+      if (p != pairs.end() && p->second.count > 0) queue.push(QueueEntry{p->second.count, key});
+    }
+  }
+  return out;
+}
+
+ordered_json AddedTokenJson(int64_t id, const std::string& content) {
+  return {{"id", id},        {"content", content},  {"single_word", false}, {"lstrip", false},
+          {"rstrip", false}, {"normalized", false}, {"special", true}};
+}
+
+std::string Dump(const ordered_json& j) { return j.dump(2) + "\n"; }
+
+}  // namespace
+
+namespace internal {
+
+size_t PreTokenizerChunkEnd(absl::string_view text, size_t begin, size_t min_bytes) {
+  for (size_t pos = begin + std::max<size_t>(min_bytes, 1); pos + 1 < text.size(); ++pos) {
+    pos = text.find('\n', pos);
+    if (pos == absl::string_view::npos || pos + 1 >= text.size()) break;
+    if (IsPrintableAscii(text[pos - 1]) && IsPrintableAscii(text[pos + 1])) return pos + 1;
+  }
+  return text.size();
+}
+
+}  // namespace internal
+
+absl::StatusOr<std::string> TrainByteLevelBpe(absl::Span<const std::string> texts,
+                                              const BpeTrainerOptions& options) {
+  MOEC_RETURN_IF_ERROR(ValidateOptions(options));
+  uint64_t total_bytes = 0;
+  for (size_t i = 0; i < texts.size(); ++i) {
+    if (texts[i].size() >= (uint64_t{1} << 32)) {
+      return Invalid(absl::StrCat("texts[", i, "] is 4 GiB or larger; split it"));
+    }
+    total_bytes += texts[i].size();
+  }
+  if (total_bytes == 0) {
+    return Invalid(absl::StrCat("the corpus is empty (", texts.size(), " texts, no bytes)"));
+  }
+
+  const ordered_json byte_level = ByteLevelJson();
+  MOEC_ASSIGN_OR_RETURN(
+      PreTokenizer pre_tokenizer,
+      PreTokenizer::FromJson(json::parse(byte_level.dump()), JsonPath{"bpe trainer", ""}));
+  std::vector<Word> words = CountWords(texts, options.special_tokens, pre_tokenizer);
+  const int64_t specials = static_cast<int64_t>(options.special_tokens.size());
+  const TrainedBpe bpe =
+      LearnMerges(std::move(words), options.vocab_size - specials, options.min_frequency);
+
+  ordered_json vocab = ordered_json::object();
+  for (size_t id = 0; id < bpe.tokens.size(); ++id) vocab[bpe.tokens[id]] = id;
+  ordered_json merges = ordered_json::array();
+  for (const auto& [a, b] : bpe.merges) merges.push_back(bpe.tokens[a] + " " + bpe.tokens[b]);
+
+  ordered_json added = ordered_json::array();
+  absl::flat_hash_map<std::string, int64_t> special_ids;
+  for (size_t i = 0; i < options.special_tokens.size(); ++i) {
+    const std::string& t = options.special_tokens[i];
+    if (vocab.contains(t)) {
+      return Invalid(absl::StrCat("special token '", t, "' is also the vocabulary token ",
+                                  vocab[t].get<int64_t>(), "; choose another special token"));
+    }
+    const int64_t id = static_cast<int64_t>(bpe.tokens.size() + i);
+    special_ids[t] = id;
+    added.push_back(AddedTokenJson(id, t));
+  }
+
+  ordered_json post_processor = nullptr;
+  if (options.add_bos) {
+    const std::string& bos = options.bos_token;
+    post_processor = {
+        {"type", "TemplateProcessing"},
+        {"single",
+         {{{"SpecialToken", {{"id", bos}, {"type_id", 0}}}},
+          {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
+        {"pair",
+         {{{"SpecialToken", {{"id", bos}, {"type_id", 0}}}},
+          {{"Sequence", {{"id", "A"}, {"type_id", 0}}}},
+          {{"SpecialToken", {{"id", bos}, {"type_id", 1}}}},
+          {{"Sequence", {{"id", "B"}, {"type_id", 1}}}}}},
+        {"special_tokens", {{bos, {{"id", bos}, {"ids", {special_ids[bos]}}, {"tokens", {bos}}}}}}};
+  }
+
+  const ordered_json tok = {
+      {"version", "1.0"},
+      {"truncation", nullptr},
+      {"padding", nullptr},
+      {"added_tokens", added},
+      {"normalizer", nullptr},
+      {"pre_tokenizer", byte_level},
+      {"post_processor", post_processor},
+      {"decoder", byte_level},
+      {"model",
+       {{"type", "BPE"},
+        {"dropout", nullptr},
+        {"unk_token", nullptr},
+        {"continuing_subword_prefix", nullptr},
+        {"end_of_word_suffix", nullptr},
+        {"fuse_unk", false},
+        {"byte_fallback", false},
+        {"ignore_merges", false},
+        {"vocab", vocab},
+        {"merges", merges}}},
+  };
+  return Dump(tok);
+}
+
+std::string BpeTokenizerConfigJson(const BpeTrainerOptions& options) {
+  auto token_or_null = [](const std::string& t) {
+    return t.empty() ? ordered_json(nullptr) : ordered_json(t);
+  };
+  const ordered_json config = {
+      {"add_bos_token", options.add_bos},
+      {"add_eos_token", false},
+      {"bos_token", token_or_null(options.bos_token)},
+      {"eos_token", token_or_null(options.eos_token)},
+      {"clean_up_tokenization_spaces", false},
+      {"tokenizer_class", "PreTrainedTokenizerFast"},
+  };
+  return Dump(config);
+}
+
+absl::Status WriteTrainedTokenizer(absl::Span<const std::string> texts,
+                                   const BpeTrainerOptions& options, const std::string& dir) {
+  MOEC_ASSIGN_OR_RETURN(std::string tokenizer_json, TrainByteLevelBpe(texts, options));
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) {
+    return absl::InternalError(
+        absl::StrCat("bpe trainer: cannot create directory ", dir, ": ", ec.message()));
+  }
+  const std::filesystem::path base(dir);
+  MOEC_RETURN_IF_ERROR(
+      storage::WriteFileAtomically((base / "tokenizer.json").string(), tokenizer_json));
+  return storage::WriteFileAtomically((base / "tokenizer_config.json").string(),
+                                      BpeTokenizerConfigJson(options));
+}
+
+}  // namespace moec::tools
