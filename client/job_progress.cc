@@ -15,6 +15,8 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "google/protobuf/util/json_util.h"
+#include "nlohmann/json.hpp"
+#include "proto/event_kind.h"
 
 namespace moec::client {
 
@@ -101,6 +103,15 @@ std::string MessageJson(const google::protobuf::Message& m) {
   return out;
 }
 
+std::string EventJson(const v1::JobEvent& e) {
+  // The kind by its name ("task_done"), as events were always printed; not the enum's.
+  nlohmann::json j = nlohmann::json::parse(MessageJson(e), nullptr, false);
+  if (!j.is_object()) return MessageJson(e);
+  j.erase("legacy_kind");
+  j["kind"] = EventKindName(KindOf(e));
+  return j.dump();
+}
+
 // Prints events as they come, with a done/total counter; returns the final job state.
 absl::StatusOr<v1::JobState> Follow(MoecClient& client, const std::string& job_id, bool json) {
   absl::StatusOr<v1::GetJobResponse> job = client.GetJob(job_id, true, /*wait_for_ready=*/true);
@@ -145,26 +156,29 @@ absl::StatusOr<v1::JobState> Follow(MoecClient& client, const std::string& job_i
     });
   }
   absl::Status s = client.Watch(job_id, 1, [&](const v1::JobEvent& e) {
-    if (e.kind() == "task_done" || e.kind() == "task_reused") ++done;
+    const v1::EventKind kind = KindOf(e);
+    const bool finished_task = kind == v1::EVENT_TASK_DONE || kind == v1::EVENT_TASK_REUSED;
+    const std::string kind_name = EventKindName(kind);
+    if (finished_task) ++done;
     absl::MutexLock lock(&draw_mu);
     if (json) {
-      std::printf("%s\n", MessageJson(e).c_str());
+      std::printf("%s\n", EventJson(e).c_str());
     } else {
       std::string counter;
-      if (e.kind() == "task_done" || e.kind() == "task_reused") {
+      if (finished_task) {
         // Throughput since the watch began; ETA from it (the live line weighs stages).
         const double elapsed = absl::ToDoubleSeconds(absl::Now() - start);
         const int finished = done - done_at_start;
         const double rate = elapsed > 0 ? finished / elapsed : 0;
         counter = absl::StrFormat("  [%d/%d, %.1f tasks/s, %s]", std::min(done, total), total, rate,
                                   FormatEta(rate > 0 ? (total - done) / rate : -1));
-      } else if (e.kind().rfind("task_", 0) == 0) {
+      } else if (kind_name.rfind("task_", 0) == 0) {
         counter = absl::StrFormat("  [%d/%d]", std::min(done, total), total);
       }
       clear_status();
       std::printf("%s  %-14s %-40s %s%s\n",
                   absl::FormatTime("%H:%M:%S", absl::FromUnixMillis(e.time_ms()), absl::LocalTimeZone()).c_str(),
-                  e.kind().c_str(), e.task_id().c_str(), e.message().c_str(), counter.c_str());
+                  kind_name.c_str(), e.task_id().c_str(), e.message().c_str(), counter.c_str());
     }
     std::fflush(stdout);
   });

@@ -47,6 +47,8 @@ absl::StatusOr<v1::JobState> Follow(MoecClient& client, const std::string& job_i
 
 // One protobuf message as JSON with the proto's field names (what --json prints).
 std::string MessageJson(const google::protobuf::Message& m);
+// An event as JSON, its kind by name ("task_done").
+std::string EventJson(const v1::JobEvent& e);
 
 // "ETA 1 h 02 min" / "ETA 4 s" / "ETA ?".
 std::string FormatEta(double seconds);

@@ -40,21 +40,161 @@ LayerShape ShapeOf(const model::ModelConfig& c, int layer) {
 
 int64_t CeilDiv(int64_t a, int64_t b) { return b <= 0 ? a : (a + b - 1) / b; }
 
-bool OnDataPlane(const std::string& kind) {
-  return kind == "calibrate" || kind == "quant_loss" || kind == "gptq" || kind == "rtn" ||
-         kind == "prune_weights" || kind == "expert_prune";
-}
-
-bool WritesHidden(const std::string& kind, const json& params) {
-  return kind == "calibrate" || kind == "gptq" || kind == "rtn" || kind == "prune_weights" ||
-         (kind == "expert_prune" && params.value("mode", "layerwise") == "progressive");
-}
-
 std::string Bytes(int64_t b) {
   const double v = static_cast<double>(b);
   if (v >= 1024.0 * 1024 * 1024) return absl::StrFormat("%.2f GiB", v / (1024.0 * 1024 * 1024));
   if (v >= 1024.0 * 1024) return absl::StrFormat("%.1f MiB", v / (1024.0 * 1024));
   return absl::StrFormat("%.1f KiB", v / 1024.0);
+}
+
+}  // namespace
+
+namespace {
+
+// What the memory and factor estimates read of the model and the recipe's data.
+struct PlanInputs {
+  LayerShape big;              // the largest layer
+  int64_t largest_tensor = 0;  // elements (export streams one tensor at a time)
+  int64_t act = 0;             // fp32 hidden states of every calibration window
+  int64_t eval_act = 0;        // evaluation hidden states of one pass
+};
+
+PlanInputs ReadPlanInputs(const recipe::Recipe& r, const model::ModelConfig& c) {
+  PlanInputs in;
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    LayerShape s = ShapeOf(c, l);
+    if (s.total > in.big.total) in.big = std::move(s);
+  }
+  for (const model::TensorSpec& t : model::ModelTensors(c)) {
+    in.largest_tensor = std::max(in.largest_tensor, t.NumElements());
+  }
+  const int64_t H = c.hidden_size;
+  const int64_t n = r.calibration ? r.calibration->samples : 0;
+  const int64_t S = r.calibration ? r.calibration->seqlen : 0;
+  in.act = n * S * H * 4;
+  // Evaluation windows, from the text's size at about 4 bytes per token.
+  if (r.evaluation) {
+    std::error_code ec;
+    const int64_t bytes = static_cast<int64_t>(std::filesystem::file_size(r.evaluation->path, ec));
+    if (!ec) in.eval_act = std::min<int64_t>(int64_t{1} << 30, bytes / 4 * H * 4);
+  }
+  return in;
+}
+
+// fp32 Hessians of the matrices a rank quantizes (the experts it owns; the rest dealt); gate/up
+// and q/k/v share their inputs.
+int64_t HessianBytes(const LayerShape& big, int ranks) {
+  int64_t hessians = 0;
+  for (const model::TensorSpec& m : big.matrices) {
+    const int64_t in = m.shape[1];
+    int64_t h = in * in * 4;
+    if (m.role == model::TensorRole::kRoutedExpert) {
+      h = h * CeilDiv(big.routed_experts, ranks) / std::max<int64_t>(1, big.routed_experts);
+    }
+    hessians += h;
+  }
+  return hessians / 2;
+}
+
+// Peak memory of one worker running one task of `st` (the kind's memory model; docs/cli.md).
+void EstimateMemory(const recipe::StageSpec& st, const PlanInputs& in, int gang, PlannedStage* p) {
+  const recipe::StageKindSpec& k = st.spec();
+  const int W = k.data_plane ? std::max(1, gang) : 1;
+  // A rank of the data plane holds the layer without the experts it does not own, and its share
+  // of the windows.
+  const LayerShape& big = in.big;
+  const int64_t experts = big.elements.count(model::TensorRole::kRoutedExpert) > 0
+                              ? big.elements.at(model::TensorRole::kRoutedExpert)
+                              : 0;
+  const int64_t own_experts =
+      big.routed_experts > 0 ? experts * CeilDiv(big.routed_experts, W) / big.routed_experts : 0;
+  const int64_t weights = (big.total - experts + own_experts) * 4;
+  const int64_t acts = 2 * CeilDiv(in.act, W);
+  switch (k.memory) {
+    case recipe::MemoryModel::kLayerForward:
+      p->memory_bytes = weights + acts;
+      p->memory_note = "layer weights + hidden states";
+      break;
+    case recipe::MemoryModel::kHiddenStates:
+      p->memory_bytes = acts;
+      p->memory_note = "hidden states entering and leaving each layer";
+      break;
+    case recipe::MemoryModel::kQuantize:
+      p->memory_bytes = 2 * weights + acts;
+      p->memory_note = "layer weights (and quantized copy) + hidden states";
+      break;
+    case recipe::MemoryModel::kQuantizeHessians:
+      p->memory_bytes = 2 * weights + acts + HessianBytes(big, W);
+      p->memory_note = "layer weights + hidden states + fp32 Hessians";
+      break;
+    case recipe::MemoryModel::kExpertScores:
+      // Per rank, for its share of the windows: the original and pruned-chain inputs, each
+      // batch's block input and target, and every expert's output on every token.
+      p->memory_bytes = weights + 4 * CeilDiv(in.act, W) + CeilDiv(in.act, W) * big.routed_experts;
+      p->memory_note = "owned experts + hidden states + every expert's output on its windows";
+      break;
+    case recipe::MemoryModel::kEvaluate:
+      p->memory_bytes = big.total * 4 + 2 * in.eval_act;
+      p->memory_note = "one layer + evaluation hidden states (at most 1 GiB per pass)";
+      break;
+    case recipe::MemoryModel::kExport:
+      p->memory_bytes = 2 * in.largest_tensor * 4;
+      p->memory_note = "the largest tensor (streamed one at a time)";
+      break;
+    case recipe::MemoryModel::kSmall:
+      p->memory_bytes = int64_t{1} << 20;
+      p->memory_note = "calibration statistics";
+      break;
+  }
+}
+
+// Persisted outputs of all of `st`'s tasks: its hidden-state chain, its quantized linears and
+// group parameters, the weights it prunes, else a few KiB per task.
+int64_t EstimateFactorBytes(const recipe::StageSpec& st, const model::ModelConfig& c,
+                            const model::ParameterCounts& counts, const PlanInputs& in, int tasks) {
+  const recipe::StageKindSpec& k = st.spec();
+  int64_t bytes = 0;
+  if (k.per_layer() && k.writes_hidden.Holds(st.params)) bytes += in.act * c.num_hidden_layers;
+  if (k.quantizes()) {
+    const int64_t g = st.Int("group_size");
+    int64_t linears = 0, groups = 0;
+    for (int l = 0; l < c.num_hidden_layers; ++l) {
+      for (const model::TensorSpec& m : ShapeOf(c, l).matrices) {
+        linears += m.NumElements();
+        groups += m.shape[0] * CeilDiv(m.shape[1], g > 0 ? g : m.shape[1]);
+      }
+    }
+    bytes += linears + groups * 8;
+  }
+  if (k.structural == recipe::StructuralEdit::kWeights) bytes += counts.routed_experts * 4;
+  return bytes == 0 ? tasks * int64_t{4096} : bytes;
+}
+
+// Output size of the stage that writes the output, with the widths of the quantizing stage it
+// needs (an allocation's average for experts).
+int64_t EstimateOutputBytes(const recipe::Recipe& r, const recipe::StageSpec& writer,
+                            const model::ParameterCounts& counts, int64_t dtype_bytes,
+                            int64_t hidden, int64_t model_bytes) {
+  const recipe::FormatSpec* format = writer.spec().FindFormat(writer.Str("format"));
+  std::vector<const recipe::StageSpec*> quantizers =
+      r.NeedsWhere(writer, [](const recipe::StageKindSpec& k) { return k.quantizes(); });
+  if (format == nullptr || !format->packed || quantizers.empty()) return model_bytes;
+  const recipe::StageSpec& q = *quantizers.front();
+  const recipe::StageKindSpec& qk = q.spec();
+  double expert_bits = static_cast<double>(q.Int(qk.expert_width_param));
+  const double attn_bits = static_cast<double>(q.Int("attn_bits"));
+  const double shared_bits = static_cast<double>(q.Int(qk.shared_width_param));
+  for (const recipe::StageSpec* a :
+       r.NeedsWhere(q, [](const recipe::StageKindSpec& k) { return k.allocates(); })) {
+    expert_bits = a->Float("average_bits");
+  }
+  const int64_t g = q.Int("group_size");
+  const double codes = counts.routed_experts * expert_bits + counts.attention * attn_bits +
+                       (counts.shared_experts + counts.dense_mlp) * shared_bits;
+  const int64_t linears = counts.routed_experts + counts.attention + counts.shared_experts + counts.dense_mlp;
+  // fp16 scale and zero per group of g inputs (about linears / g groups).
+  const int64_t group_bytes = linears / std::max<int64_t>(1, g > 0 ? g : hidden) * 4;
+  return static_cast<int64_t>(codes / 8) + group_bytes + (counts.total - linears) * dtype_bytes;
 }
 
 }  // namespace
@@ -72,138 +212,28 @@ absl::StatusOr<JobPlan> PlanRecipe(const recipe::Recipe& r) {
   plan.parameters = counts.total;
   const int64_t dtype_bytes = c.torch_dtype == "bfloat16" || c.torch_dtype == "float16" ? 2 : 4;
   plan.model_bytes = counts.total * dtype_bytes;
-
-  // The largest layer, and the largest tensor (export streams one at a time).
-  LayerShape big;
-  for (int l = 0; l < c.num_hidden_layers; ++l) {
-    LayerShape s = ShapeOf(c, l);
-    if (s.total > big.total) big = std::move(s);
-  }
-  int64_t largest_tensor = 0;
-  for (const model::TensorSpec& t : model::ModelTensors(c)) largest_tensor = std::max(largest_tensor, t.NumElements());
-  const int64_t H = c.hidden_size;
-  const int64_t n = r.calibration ? r.calibration->samples : 0;
-  const int64_t S = r.calibration ? r.calibration->seqlen : 0;
-  const int64_t act = n * S * H * 4;  // fp32 hidden states of every calibration window
-  // Evaluation windows, from the text's size at about 4 bytes per token.
-  int64_t eval_act = 0;
-  if (r.evaluation) {
-    std::error_code ec;
-    const int64_t bytes = static_cast<int64_t>(std::filesystem::file_size(r.evaluation->path, ec));
-    if (!ec) eval_act = std::min<int64_t>(int64_t{1} << 30, bytes / 4 * H * 4);
-  }
-
-  std::map<std::string, std::string> view_of;
+  const PlanInputs in = ReadPlanInputs(r, c);
+  const std::map<std::string, std::string> views = recipe::ResolveModelViews(r.stages);
   for (const recipe::StageSpec& st : r.stages) {
     PlannedStage p;
     p.id = st.id;
     p.kind = st.kind;
     p.needs = st.needs;
-    const recipe::StageKindSpec* kind = recipe::FindStageKind(st.kind);
-    p.per_layer = kind != nullptr && kind->shape == recipe::StageShape::kPerLayer;
+    p.per_layer = st.spec().per_layer();
     p.tasks = p.per_layer ? c.num_hidden_layers : 1;
     p.gang = p.per_layer ? r.workers : 1;
-    for (const std::string& need : st.needs) {
-      const recipe::StageSpec* ns = r.FindStage(need);
-      const std::string v = ns != nullptr && ns->kind == "restructure" ? need : view_of[need];
-      if (!v.empty()) view_of[st.id] = p.view = v;
-    }
-    const json& q = st.params;
-    const int W = OnDataPlane(st.kind) ? std::max(1, p.gang) : 1;
-    // A rank of the data plane holds the layer without the experts it does not own, and its
-    // share of the windows.
-    const int64_t experts = big.elements[model::TensorRole::kRoutedExpert];
-    const int64_t own_experts = big.routed_experts > 0
-                                    ? experts * CeilDiv(big.routed_experts, W) / big.routed_experts
-                                    : 0;
-    const int64_t weights = (big.total - experts + own_experts) * 4;
-    const int64_t acts = 2 * CeilDiv(act, W);
-    if (st.kind == "calibrate" || st.kind == "quant_loss" || st.kind == "odp" ||
-        st.kind == "block_drop" || st.kind == "layer_drop") {
-      p.memory_bytes = weights + acts;
-      p.memory_note = "layer weights + hidden states";
-      if (st.kind == "block_drop" || st.kind == "layer_drop") p.memory_bytes = acts;
-    } else if (st.kind == "gptq" || st.kind == "rtn" || st.kind == "prune_weights") {
-      int64_t hessians = 0;
-      if (st.kind != "rtn") {
-        // fp32 Hessians of the matrices a rank quantizes (experts it owns; the rest dealt).
-        std::set<std::string> seen_inputs;
-        for (const model::TensorSpec& m : big.matrices) {
-          const bool routed = m.role == model::TensorRole::kRoutedExpert;
-          const int64_t in = m.shape[1];
-          int64_t h = in * in * 4;
-          if (routed) h = h * CeilDiv(big.routed_experts, W) / std::max<int64_t>(1, big.routed_experts);
-          hessians += h;
-        }
-        hessians /= 2;  // gate/up and q/k/v share their inputs
-      }
-      p.memory_bytes = 2 * weights + acts + hessians;
-      p.memory_note = st.kind == "rtn" ? "layer weights (and quantized copy) + hidden states"
-                                       : "layer weights + hidden states + fp32 Hessians";
-    } else if (st.kind == "expert_prune") {
-      // Per rank, for its share of the windows: the original and pruned-chain inputs, each
-      // batch's block input and target, and every expert's output on every token.
-      p.memory_bytes = weights + 4 * CeilDiv(act, W) + CeilDiv(act, W) * big.routed_experts;
-      p.memory_note = "owned experts + hidden states + every expert's output on its windows";
-    } else if (st.kind == "evaluate") {
-      p.memory_bytes = big.total * 4 + 2 * eval_act;
-      p.memory_note = "one layer + evaluation hidden states (at most 1 GiB per pass)";
-    } else if (st.kind == "export") {
-      p.memory_bytes = 2 * largest_tensor * 4;
-      p.memory_note = "the largest tensor (streamed one at a time)";
-    } else {
-      p.memory_bytes = int64_t{1} << 20;
-      p.memory_note = "calibration statistics";
-    }
-    // Persisted outputs.
-    if (p.per_layer && WritesHidden(st.kind, q)) p.factor_bytes += act * c.num_hidden_layers;
-    if (st.kind == "gptq" || st.kind == "rtn") {
-      const int64_t g = q.value("group_size", int64_t{128});
-      int64_t linears = 0, groups = 0;
-      for (int l = 0; l < c.num_hidden_layers; ++l) {
-        for (const model::TensorSpec& m : ShapeOf(c, l).matrices) {
-          linears += m.NumElements();
-          groups += m.shape[0] * CeilDiv(m.shape[1], g > 0 ? g : m.shape[1]);
-        }
-      }
-      p.factor_bytes += linears + groups * 8;
-    }
-    if (st.kind == "prune_weights") p.factor_bytes += counts.routed_experts * 4;
-    if (p.factor_bytes == 0) p.factor_bytes = p.tasks * int64_t{4096};
+    if (auto v = views.find(st.id); v != views.end()) p.view = v->second;
+    EstimateMemory(st, in, p.gang, &p);
+    p.factor_bytes = EstimateFactorBytes(st, c, counts, in, p.tasks);
     plan.peak_memory_bytes = std::max(plan.peak_memory_bytes, p.memory_bytes);
     plan.factor_bytes += p.factor_bytes;
     plan.total_tasks += p.tasks;
     plan.stages.push_back(std::move(p));
-  }
-
-  // Output size of the (last) export.
-  for (const recipe::StageSpec& st : r.stages) {
-    if (st.kind != "export") continue;
-    plan.output_format = st.params.value("format", "gptq");
-    if (plan.output_format == "hf" || plan.output_format == "fake_quant") {
-      plan.output_bytes = plan.model_bytes;
-      continue;
+    if (st.spec().writes_output) {
+      plan.output_format = st.Str("format");
+      plan.output_bytes = EstimateOutputBytes(r, st, counts, dtype_bytes, c.hidden_size,
+                                              plan.model_bytes);
     }
-    // Quantized: widths of the quantization stage it needs (an allocation's average for experts).
-    double expert_bits = 4, attn_bits = 4, shared_bits = 4;
-    int64_t g = 128;
-    for (const recipe::StageSpec& qs : r.stages) {
-      if (qs.kind != "gptq" && qs.kind != "rtn") continue;
-      expert_bits = qs.params.value("bits", 4);
-      attn_bits = qs.params.value("attn_bits", 4);
-      shared_bits = qs.kind == "gptq" ? qs.params.value("shared_bits", 4) : expert_bits;
-      g = qs.params.value("group_size", int64_t{128});
-    }
-    for (const recipe::StageSpec& a : r.stages) {
-      if (a.kind == "allocate_bits") expert_bits = a.params.value("average_bits", expert_bits);
-    }
-    const double codes = counts.routed_experts * expert_bits + counts.attention * attn_bits +
-                         (counts.shared_experts + counts.dense_mlp) * shared_bits;
-    const int64_t linears = counts.routed_experts + counts.attention + counts.shared_experts + counts.dense_mlp;
-    // fp16 scale and zero per group of g inputs (about linears / g groups).
-    const int64_t group_bytes = linears / std::max<int64_t>(1, g > 0 ? g : H) * 4;
-    plan.output_bytes = static_cast<int64_t>(codes / 8) + group_bytes +
-                        (counts.total - linears) * dtype_bytes;
   }
   return plan;
 }

@@ -4,6 +4,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/task_id.h"
+#include "common/stage_outputs.h"
 
 namespace moec::client {
 
@@ -19,7 +21,7 @@ absl::StatusOr<nlohmann::json> JobReport(MoecClient& client, const std::string& 
     ++by_state[v1::TaskState_Name(t.state())];
     if (t.kind() != "evaluate" || t.state() != v1::TASK_DONE) continue;
     absl::StatusOr<std::string> bytes =
-        client.GetFactorBytes(t.fingerprint() + "/report", 16 << 20);
+        client.GetFactorBytes(FactorKey{t.fingerprint(), outputs::kReport}.ToString(), 16 << 20);
     if (!bytes.ok()) return bytes.status();
     nlohmann::json r = nlohmann::json::parse(*bytes, nullptr, /*allow_exceptions=*/false);
     if (!r.is_object()) {

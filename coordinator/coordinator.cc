@@ -1,3 +1,6 @@
+// Job-facing half of the Coordinator: creation and recovery, submission, queries, events, cancel
+// and resume, and the commit and dependency machinery both halves use. The worker-facing half is
+// in coordinator_leasing.cc.
 #include "coordinator/coordinator.h"
 
 #include <algorithm>
@@ -6,9 +9,9 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "common/recipe/recipe.h"
 #include "common/status_macros.h"
+#include "common/task_id.h"
 #include "coordinator/planner.h"
 #include "glog/logging.h"
 #include "nlohmann/json.hpp"
@@ -33,6 +36,22 @@ absl::Status CheckOutput(const std::string& output, const std::string& job_id, b
       writer.empty() ? "not written by moec" : "written by job " + writer,
       "); pass --overwrite to replace it when the job succeeds, or choose another output "
       "(--set output=DIR)"));
+}
+
+// Jobs stored before JobRecord.overwrite and TaskRecord.inputs existed: `overwrite` was a key of
+// the stored recipe JSON, and inputs were derived at every grant.
+void UpgradeStoredJob(JobTasks& job) {
+  nlohmann::json recipe = nlohmann::json::parse(job.record.recipe_json(), nullptr, false);
+  if (recipe.is_object() && recipe.contains("overwrite")) {
+    job.record.set_overwrite(recipe.value("overwrite", false));
+    recipe.erase("overwrite");
+    job.record.set_recipe_json(recipe.dump());
+  }
+  const bool any_deps = std::any_of(job.tasks.begin(), job.tasks.end(),
+                                    [](const v1::TaskRecord& t) { return t.deps_size() > 0; });
+  const bool any_inputs = std::any_of(job.tasks.begin(), job.tasks.end(),
+                                      [](const v1::TaskRecord& t) { return t.inputs_size() > 0; });
+  if (any_deps && !any_inputs) AssignInputs(&job.tasks);
 }
 
 }  // namespace
@@ -66,10 +85,11 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(JobStore* store
   absl::MutexLock lock(&c->mu_);
   const int64_t now = c->NowMs();
   for (auto& r : records) {
-    Job job;
+    JobTasks job;
     job.record = std::move(r);
     MOEC_ASSIGN_OR_RETURN(job.tasks, store->ListTasks(job.record.job_id()));
-    IndexJob(job);
+    UpgradeStoredJob(job);
+    job.Index();
     for (v1::TaskRecord& t : job.tasks) {
       if (t.state() == v1::TASK_LEASED) t.set_lease_deadline_ms(now + c->options_.retry.lease_ms);
     }
@@ -85,21 +105,11 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(JobStore* store
   return c;
 }
 
-v1::JobEvent Coordinator::EventLocked(absl::string_view kind, absl::string_view task_id,
-                                      absl::string_view message) {
-  v1::JobEvent e;
-  e.set_time_ms(NowMs());
-  e.set_kind(std::string(kind));
-  e.set_task_id(std::string(task_id));
-  e.set_message(std::string(message));
-  return e;
-}
-
-absl::Status Coordinator::CommitLocked(Job& job, std::vector<v1::TaskRecord*> changed,
+absl::Status Coordinator::CommitLocked(JobTasks& job, std::vector<v1::TaskRecord*> changed,
                                        std::vector<v1::JobEvent> events,
                                        const storage::KvWriteBatch* extra,
                                        storage::Durability durability) {
-  NoteChanged(job, changed);
+  job.NoteChanged(changed);
   if (deferred_batch_ != nullptr) {
     MOEC_RETURN_IF_ERROR(store_->PrepareCommit(job.record, changed, std::move(events), deferred_batch_));
     if (extra != nullptr) deferred_batch_->Append(*extra);
@@ -111,62 +121,34 @@ absl::Status Coordinator::CommitLocked(Job& job, std::vector<v1::TaskRecord*> ch
   return absl::OkStatus();
 }
 
-absl::StatusOr<Coordinator::Job*> Coordinator::FindJobLocked(absl::string_view job_id) {
+absl::StatusOr<JobTasks*> Coordinator::FindJobLocked(absl::string_view job_id) {
   auto it = jobs_.find(std::string(job_id));
   if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job ", job_id));
   return &it->second;
 }
 
-void Coordinator::RebuildReady(Job& job) {
-  job.ready.clear();
-  job.done_prefix = 0;  // re-derived from scratch at the next completion
-  for (size_t i = 0; i < job.tasks.size(); ++i) {
-    if (job.tasks[i].state() == v1::TASK_READY) job.ready.insert(job.ready.end(), i);
-  }
+absl::StatusOr<v1::TaskRecord*> Coordinator::FindTaskLocked(absl::string_view task_id,
+                                                            JobTasks** job) {
+  MOEC_ASSIGN_OR_RETURN(*job, FindJobLocked(TaskId::JobOf(task_id)));
+  v1::TaskRecord* t = (*job)->Find(task_id);
+  if (t == nullptr) return absl::NotFoundError(absl::StrCat("no task ", task_id));
+  return t;
 }
 
-void Coordinator::NoteChanged(Job& job, const std::vector<v1::TaskRecord*>& changed) {
-  for (const v1::TaskRecord* t : changed) {
-    const size_t i = static_cast<size_t>(t - job.tasks.data());
-    if (i >= job.tasks.size()) continue;  // not a task of this job
-    if (i < job.done_prefix && t->state() != v1::TASK_DONE) job.done_prefix = i;  // moved back
-    if (t->state() == v1::TASK_READY) {
-      job.ready.insert(i);
-    } else {
-      job.ready.erase(i);
-    }
-  }
-}
-
-void Coordinator::IndexJob(Job& job) {
-  job.index.clear();
-  for (size_t i = 0; i < job.tasks.size(); ++i) job.index[job.tasks[i].task_id()] = i;
-  job.dependents.assign(job.tasks.size(), {});
-  job.by_stage.clear();
-  for (size_t i = 0; i < job.tasks.size(); ++i) job.by_stage[job.tasks[i].stage_id()].push_back(i);
-  for (size_t i = 0; i < job.tasks.size(); ++i) {
-    for (const auto& d : job.tasks[i].deps()) {
-      auto it = job.index.find(d);
-      if (it != job.index.end()) job.dependents[it->second].push_back(i);
-    }
-  }
-  RebuildReady(job);
-}
-
-absl::Status Coordinator::AdvanceLocked(Job& job, std::vector<v1::TaskRecord*>* changed,
+absl::Status Coordinator::AdvanceLocked(JobTasks& job, std::vector<v1::TaskRecord*>* changed,
                                         std::vector<v1::JobEvent>* events,
                                         const v1::TaskRecord* done) {
   auto deps_done = [&](const v1::TaskRecord& t) {
     for (const auto& d : t.deps()) {
-      auto it = job.index.find(d);
-      if (it == job.index.end() || job.tasks[it->second].state() != v1::TASK_DONE) return false;
+      const v1::TaskRecord* dep = job.Find(d);
+      if (dep == nullptr || dep->state() != v1::TASK_DONE) return false;
     }
     return true;
   };
   // Tasks to examine: dependents of newly finished tasks (or everything, without `done`).
   std::vector<size_t> frontier;
   if (done != nullptr) {
-    frontier = job.dependents[job.index.at(done->task_id())];
+    frontier = job.dependents[job.PositionOf(*done)];
   } else {
     for (size_t i = 0; i < job.tasks.size(); ++i) frontier.push_back(i);
   }
@@ -183,79 +165,89 @@ absl::Status Coordinator::AdvanceLocked(Job& job, std::vector<v1::TaskRecord*>* 
       t->set_state(v1::TASK_DONE);
       t->set_reused(true);
       ++counters_.tasks_reused;
-      events->push_back(EventLocked("task_reused", t->task_id(), *prior));
+      events->push_back(EventLocked(v1::EVENT_TASK_REUSED, t->task_id(), *prior));
       frontier.insert(frontier.end(), job.dependents[i].begin(), job.dependents[i].end());
     }
   }
-  v1::JobState derived;
-  if (done != nullptr && job.record.state() == v1::JOB_RUNNING) {
-    // A completion of a running job adds no failure (a failed task would have failed the job)
-    // and the job has started: it stays RUNNING until every task is DONE. Tasks below
-    // done_prefix were DONE when last looked at; one this change moved away from DONE lowers it.
-    for (const v1::TaskRecord* t : *changed) {
-      const size_t i = static_cast<size_t>(t - job.tasks.data());
-      if (i < job.done_prefix && t->state() != v1::TASK_DONE) job.done_prefix = i;
-    }
-    while (job.done_prefix < job.tasks.size() &&
-           job.tasks[job.done_prefix].state() == v1::TASK_DONE) {
-      ++job.done_prefix;  // amortized O(1) per completion instead of a scan of every task
-    }
-    derived = job.done_prefix == job.tasks.size() ? v1::JOB_SUCCEEDED : v1::JOB_RUNNING;
-  } else {
-    // Failures, expiries, cancellation, resumption, recovery: rare; every task is looked at and
-    // the prefix starts again (those paths may move DONE tasks back, e.g. a corrupt output's
-    // producer re-run).
-    derived = DeriveJobState(job.tasks);
-    job.done_prefix = 0;
-  }
+  const v1::JobState derived = DeriveStateLocked(job, *changed, done != nullptr);
   if (job.record.state() != v1::JOB_CANCELLED && derived != job.record.state()) {
     job.record.set_state(derived);
     if (derived == v1::JOB_SUCCEEDED || derived == v1::JOB_FAILED) {
       job.record.set_end_time_ms(NowMs());
-      events->push_back(EventLocked(derived == v1::JOB_SUCCEEDED ? "job_succeeded" : "job_failed",
-                                    "", job.record.error()));
+      events->push_back(EventLocked(
+          derived == v1::JOB_SUCCEEDED ? v1::EVENT_JOB_SUCCEEDED : v1::EVENT_JOB_FAILED, "",
+          job.record.error()));
       LOG(INFO) << "job=" << job.record.job_id() << " state=" << v1::JobState_Name(derived);
     }
   }
   return absl::OkStatus();
 }
 
+v1::JobState Coordinator::DeriveStateLocked(JobTasks& job,
+                                            const std::vector<v1::TaskRecord*>& changed,
+                                            bool completion) {
+  if (!completion || job.record.state() != v1::JOB_RUNNING) {
+    // Failures, expiries, cancellation, resumption, recovery: rare; every task is looked at and
+    // the prefix starts again (those paths may move DONE tasks back, e.g. a corrupt output's
+    // producer re-run).
+    job.done_prefix = 0;
+    return DeriveJobState(job.tasks);
+  }
+  // A completion of a running job adds no failure (a failed task would have failed the job) and
+  // the job has started: it stays RUNNING until every task is DONE. Tasks below done_prefix were
+  // DONE when last looked at; one this change moved away from DONE lowers it.
+  for (const v1::TaskRecord* t : changed) {
+    const size_t i = job.PositionOf(*t);
+    if (i < job.done_prefix && t->state() != v1::TASK_DONE) job.done_prefix = i;
+  }
+  while (job.done_prefix < job.tasks.size() &&
+         job.tasks[job.done_prefix].state() == v1::TASK_DONE) {
+    ++job.done_prefix;  // amortized O(1) per completion instead of a scan of every task
+  }
+  return job.done_prefix == job.tasks.size() ? v1::JOB_SUCCEEDED : v1::JOB_RUNNING;
+}
+
 absl::StatusOr<SubmitResult> Coordinator::SubmitJob(const std::string& recipe_yaml,
                                                     const std::string& source_path,
                                                     const std::vector<std::string>& overrides,
                                                     bool overwrite) {
+  // Everything that reads files or plans runs without the lock.
   recipe::RecipeOptions ropts;
   ropts.allowed_roots = options_.allowed_roots;
   MOEC_ASSIGN_OR_RETURN(recipe::Recipe r, recipe::ParseRecipe(recipe_yaml, source_path, overrides, ropts));
   MOEC_ASSIGN_OR_RETURN(ModelShape shape, ReadModelShape(r.model));
   MOEC_ASSIGN_OR_RETURN(std::string inputs, FingerprintJobInputs(r));
   const std::string fingerprint = JobFingerprint(r, inputs);
-  absl::MutexLock lock(&mu_);
-  for (const auto& [id, job] : jobs_) {
-    if (job.record.fingerprint() == fingerprint) return SubmitResult{job.record, true};
-  }
   const std::string job_id = absl::StrCat(r.name, "-", fingerprint.substr(0, 10));
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [id, job] : jobs_) {
+      if (job.record.fingerprint() == fingerprint) return SubmitResult{job.record, true};
+    }
+  }
   MOEC_RETURN_IF_ERROR(CheckOutput(r.output, job_id, overwrite));
-  MOEC_ASSIGN_OR_RETURN(std::vector<v1::TaskRecord> tasks, PlanJob(r, shape, job_id, inputs));
-  Job job;
+  JobTasks job;
+  MOEC_ASSIGN_OR_RETURN(job.tasks, PlanJob(r, shape, job_id, inputs));
   job.record.set_job_id(job_id);
   job.record.set_name(r.name);
   job.record.set_fingerprint(fingerprint);
-  if (overwrite) {
-    // Seen by the export stage (recipe "overwrite"); outside the fingerprinted canonical form.
-    nlohmann::json j = nlohmann::json::parse(r.CanonicalJson());
-    j["overwrite"] = true;
-    job.record.set_recipe_json(j.dump());
-  } else {
-    job.record.set_recipe_json(r.CanonicalJson());
-  }
+  job.record.set_recipe_json(r.CanonicalJson());
+  job.record.set_overwrite(overwrite);
   job.record.set_state(v1::JOB_PENDING);
-  job.record.set_submit_time_ms(NowMs());
   job.record.set_workers(r.workers);
-  job.tasks = std::move(tasks);
-  IndexJob(job);
-  std::vector<v1::JobEvent> events = {
-      EventLocked("job_submitted", "", absl::StrCat(job.tasks.size(), " tasks"))};
+  job.Index();
+  absl::MutexLock lock(&mu_);
+  for (const auto& [id, existing] : jobs_) {  // an identical submission that won the race
+    if (existing.record.fingerprint() == fingerprint) return SubmitResult{existing.record, true};
+  }
+  job.record.set_submit_time_ms(NowMs());
+  std::vector<v1::JobEvent> events = {EventLocked(v1::EVENT_JOB_SUBMITTED, "",
+                                                  absl::StrCat(job.tasks.size(), " tasks"))};
+  return AddJobLocked(std::move(job), std::move(events));
+}
+
+absl::StatusOr<SubmitResult> Coordinator::AddJobLocked(JobTasks job,
+                                                       std::vector<v1::JobEvent> events) {
   // Tasks whose fingerprints are already done (an earlier job) are reused at once.
   for (auto& t : job.tasks) {
     if (t.state() != v1::TASK_READY) continue;
@@ -263,17 +255,18 @@ absl::StatusOr<SubmitResult> Coordinator::SubmitJob(const std::string& recipe_ya
     if (done.has_value()) {
       t.set_state(v1::TASK_DONE);
       t.set_reused(true);
-      events.push_back(EventLocked("task_reused", t.task_id(), *done));
+      events.push_back(EventLocked(v1::EVENT_TASK_REUSED, t.task_id(), *done));
     }
   }
   std::vector<v1::TaskRecord*> ignored;
   MOEC_RETURN_IF_ERROR(AdvanceLocked(job, &ignored, &events));
   MOEC_RETURN_IF_ERROR(store_->CreateJob(job.record, job.tasks, std::move(events)));
   events_cv_.SignalAll();
+  const std::string job_id = job.record.job_id();
   LOG(INFO) << "job=" << job_id << " submitted, " << job.tasks.size() << " tasks";
   job_order_.push_back(job_id);
-  auto& stored = jobs_.emplace(job_id, std::move(job)).first->second;
-  RebuildReady(stored);
+  JobTasks& stored = jobs_.emplace(job_id, std::move(job)).first->second;
+  stored.RebuildReady();
   const SubmitResult result{stored.record, false};
   WakeWaitersLocked();
   return result;
@@ -301,28 +294,17 @@ absl::StatusOr<std::vector<v1::TaskRecord>> Coordinator::GetTasks(absl::string_v
 }
 
 absl::StatusOr<std::vector<v1::JobEvent>> Coordinator::ReadEvents(absl::string_view job_id,
-                                                                  int64_t from_seq,
-                                                                  size_t limit) const {
-  {
-    absl::MutexLock lock(&mu_);
-    if (!jobs_.count(std::string(job_id))) return absl::NotFoundError(absl::StrCat("no job ", job_id));
-  }
-  return store_->ReadEvents(job_id, from_seq, limit);
-}
-
-absl::StatusOr<std::vector<v1::JobEvent>> Coordinator::WaitForEvents(absl::string_view job_id,
-                                                                     int64_t from_seq,
-                                                                     size_t limit,
-                                                                     absl::Duration timeout,
-                                                                     bool* ended) {
+                                                                  int64_t from_seq, size_t limit,
+                                                                  absl::Duration timeout,
+                                                                  bool* ended) {
   {
     absl::MutexLock lock(&mu_);
     const absl::Time deadline = absl::Now() + timeout;
     while (true) {
-      MOEC_ASSIGN_OR_RETURN(Job * job, FindJobLocked(job_id));
-      const v1::JobState s = job->record.state();
-      *ended = s == v1::JOB_SUCCEEDED || s == v1::JOB_FAILED || s == v1::JOB_CANCELLED;
-      if (job->record.next_event_seq() > from_seq || *ended) break;
+      MOEC_ASSIGN_OR_RETURN(JobTasks * job, FindJobLocked(job_id));
+      const bool over = job->Ended();
+      if (ended != nullptr) *ended = over;
+      if (job->record.next_event_seq() > from_seq || over || timeout <= absl::ZeroDuration()) break;
       if (events_cv_.WaitWithDeadline(&mu_, deadline)) break;  // timed out
     }
   }
@@ -331,28 +313,27 @@ absl::StatusOr<std::vector<v1::JobEvent>> Coordinator::WaitForEvents(absl::strin
 
 absl::Status Coordinator::CancelJob(absl::string_view job_id) {
   absl::MutexLock lock(&mu_);
-  MOEC_ASSIGN_OR_RETURN(Job * job, FindJobLocked(job_id));
-  const v1::JobState s = job->record.state();
-  if (s == v1::JOB_SUCCEEDED || s == v1::JOB_FAILED || s == v1::JOB_CANCELLED) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("job ", job_id, " already ended: ", v1::JobState_Name(s)));
+  MOEC_ASSIGN_OR_RETURN(JobTasks * job, FindJobLocked(job_id));
+  if (job->Ended()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "job ", job_id, " already ended: ", v1::JobState_Name(job->record.state())));
   }
   std::vector<v1::TaskRecord*> changed;
   for (auto& t : job->tasks) {
     if (t.state() == v1::TASK_READY || t.state() == v1::TASK_BLOCKED || t.state() == v1::TASK_LEASED) {
-      outputs_.erase(t.task_id());
+      staging_.Discard(t.task_id());
       t.set_state(v1::TASK_CANCELLED);
       changed.push_back(&t);
     }
   }
   job->record.set_state(v1::JOB_CANCELLED);
   job->record.set_end_time_ms(NowMs());
-  return CommitLocked(*job, changed, {EventLocked("job_cancelled", "", "")});
+  return CommitLocked(*job, changed, {EventLocked(v1::EVENT_JOB_CANCELLED, "", "")});
 }
 
 absl::Status Coordinator::ResumeJob(absl::string_view job_id) {
   absl::MutexLock lock(&mu_);
-  MOEC_ASSIGN_OR_RETURN(Job * job, FindJobLocked(job_id));
+  MOEC_ASSIGN_OR_RETURN(JobTasks * job, FindJobLocked(job_id));
   const v1::JobState s = job->record.state();
   if (s != v1::JOB_FAILED && s != v1::JOB_CANCELLED) {
     return absl::FailedPreconditionError(
@@ -361,7 +342,7 @@ absl::Status Coordinator::ResumeJob(absl::string_view job_id) {
   std::vector<v1::TaskRecord*> changed;
   for (auto& t : job->tasks) {
     if (t.state() == v1::TASK_FAILED || t.state() == v1::TASK_CANCELLED) {
-      t.set_state(v1::TASK_BLOCKED);  // Unblock below decides between BLOCKED and READY
+      t.set_state(v1::TASK_BLOCKED);  // AdvanceLocked decides between BLOCKED and READY
       t.set_attempts(0);
       t.set_not_before_ms(0);
       t.clear_lease_workers();
@@ -374,10 +355,10 @@ absl::Status Coordinator::ResumeJob(absl::string_view job_id) {
   job->record.set_state(v1::JOB_RUNNING);
   job->record.set_error("");
   job->record.set_end_time_ms(0);
-  std::vector<v1::JobEvent> events = {EventLocked("job_resumed", "", "")};
+  std::vector<v1::JobEvent> events = {EventLocked(v1::EVENT_JOB_RESUMED, "", "")};
   MOEC_RETURN_IF_ERROR(AdvanceLocked(*job, &changed, &events));
   MOEC_RETURN_IF_ERROR(CommitLocked(*job, changed, std::move(events)));
-  RebuildReady(*job);
+  job->RebuildReady();
   WakeWaitersLocked();
   return absl::OkStatus();
 }

@@ -1,16 +1,18 @@
 // Coordinator: the core of moec-coordinator, free of gRPC. Owns the in-memory view of every job
-// (loaded from the JobStore at creation), the registry of workers, and the scheduling loop;
-// every state change is persisted (one JobStore commit) before it becomes visible.
+// (loaded from the JobStore at creation) and the scheduling loop; every state change is persisted
+// (one JobStore commit) before it becomes visible. Its parts live in their own classes: the
+// worker registry (registration, liveness, mailboxes, long polls), the staging of task outputs,
+// and the recovery from corrupt outputs. Job-facing methods are in coordinator.cc, worker-facing
+// ones in coordinator_leasing.cc.
 //
-// Workers pull work: LeaseTask never blocks. A worker that asks and gets nothing is remembered
-// as waiting for `poll_window_ms`, so a gang task (a layer task over W workers) is granted once
-// W workers are waiting; each member then finds it at its next LeaseTask.
+// Workers pull work: LeaseTask never blocks beyond its long poll. A worker that asks and gets
+// nothing is remembered as waiting for `poll_window_ms`, so a gang task (a layer task over W
+// workers) is granted once W workers are waiting; each member then finds it at its next LeaseTask.
 #ifndef MOEC_COORDINATOR_COORDINATOR_H_
 #define MOEC_COORDINATOR_COORDINATOR_H_
 
 #include <functional>
 #include <map>
-#include <set>
 #include <memory>
 #include <optional>
 #include <string>
@@ -19,9 +21,13 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "coordinator/corruption_recovery.h"
 #include "coordinator/group_store.h"
 #include "coordinator/job_store.h"
+#include "coordinator/job_tasks.h"
+#include "coordinator/output_staging.h"
 #include "coordinator/scheduler.h"
+#include "coordinator/worker_registry.h"
 #include "moec/v1/job.pb.h"
 #include "storage/factor_store.h"
 #include "storage/group_sync.h"
@@ -48,22 +54,6 @@ struct CoordinatorOptions {
   absl::Status Validate() const;
 };
 
-struct WorkerInfo {
-  std::string name;  // host:pid or a user-given name
-  bool gpu = false;
-  int64_t memory_bytes = 0;
-};
-
-// A task granted to a worker.
-struct LeasedTask {
-  v1::TaskRecord task;
-  int rank = 0;                     // this worker's rank in the gang
-  std::vector<std::string> group;   // worker ids of the gang, rank order
-  std::string recipe_json;          // the job's canonical recipe
-  // Task id -> fingerprint of every task of the stages `task` depends on.
-  std::map<std::string, std::string> input_fingerprints;
-};
-
 // Counts for metrics (moec-coordinator exports them in Prometheus text format).
 struct CoordinatorStats {
   std::map<std::string, int64_t> jobs_by_state;   // JobState name -> count
@@ -76,14 +66,6 @@ struct CoordinatorStats {
   int64_t retries = 0;          // failed attempts that will be retried
   int64_t lease_expiries = 0;
   int64_t tasks_failed = 0;     // tasks that failed for good
-};
-
-// The bytes of a streamed tensor, in pieces.
-class ChunkSource {
- public:
-  virtual ~ChunkSource() = default;
-  // Sets *chunk to the next piece and returns true, or returns false at the end.
-  virtual absl::StatusOr<bool> Next(std::string* chunk) = 0;
 };
 
 struct SubmitResult {
@@ -104,11 +86,12 @@ class Coordinator {
       JobStore* store, CoordinatorOptions options, Clock clock,
       storage::FactorStore* factors = nullptr);
 
-  // --- Client-facing ---
+  // --- Client-facing (coordinator.cc) ---
   // Validates the recipe (`source_path` resolves relative paths), plans and persists the job.
   // An identical job (same fingerprint) is returned instead of a new one.
   // An existing `output` is refused (FailedPrecondition) unless it was written by this job or
   // `overwrite` is set; then the job's export replaces it when it succeeds.
+  // Reading the recipe's files and planning happen outside the coordinator's lock.
   // Errors: those of recipe::ParseRecipe and ReadModelShape.
   absl::StatusOr<SubmitResult> SubmitJob(const std::string& recipe_yaml,
                                          const std::string& source_path,
@@ -117,14 +100,13 @@ class Coordinator {
   absl::StatusOr<v1::JobRecord> GetJob(absl::string_view job_id) const;
   std::vector<v1::JobRecord> ListJobs() const;
   absl::StatusOr<std::vector<v1::TaskRecord>> GetTasks(absl::string_view job_id) const;
+  // Events with seq >= from_seq, at most `limit`. With a `timeout`, waits up to that long for
+  // one to exist (an empty list on timeout). Sets `*ended` (when given) when the job has ended:
+  // no further events unless it is resumed.
   absl::StatusOr<std::vector<v1::JobEvent>> ReadEvents(absl::string_view job_id, int64_t from_seq,
-                                                       size_t limit) const;
-  // Like ReadEvents, but waits up to `timeout` for an event with seq >= from_seq to exist.
-  // Returns an empty list on timeout. Sets `*ended` when the job has ended (no further events
-  // unless it is resumed).
-  absl::StatusOr<std::vector<v1::JobEvent>> WaitForEvents(absl::string_view job_id,
-                                                          int64_t from_seq, size_t limit,
-                                                          absl::Duration timeout, bool* ended);
+                                                       size_t limit,
+                                                       absl::Duration timeout = absl::ZeroDuration(),
+                                                       bool* ended = nullptr);
   // Errors: NotFound; FailedPrecondition for a job that already ended (succeeded, failed,
   // cancelled).
   absl::Status CancelJob(absl::string_view job_id);
@@ -132,7 +114,7 @@ class Coordinator {
   // Errors: NotFound; FailedPrecondition for a job that is running or succeeded.
   absl::Status ResumeJob(absl::string_view job_id);
 
-  // --- Worker-facing ---
+  // --- Worker-facing (coordinator_leasing.cc) ---
   // Returns the new worker's id.
   std::string RegisterWorker(const WorkerInfo& info);
   // Renews the worker's liveness and the leases of the tasks it says it is running (`running`;
@@ -168,7 +150,8 @@ class Coordinator {
   void CompleteTaskAsync(absl::string_view worker_id, absl::string_view task_id, int64_t compute_ms,
                          bool lease_next, CompletionDone done);
   // Reports a failed attempt. Retriable failures are retried with backoff while attempts
-  // remain; otherwise the job fails with `error`. Errors: as CompleteTask.
+  // remain; otherwise the job fails with `error`. A DataLoss naming a corrupt factor re-runs its
+  // producer instead (corruption_recovery.h). Errors: as CompleteTask.
   absl::Status FailTask(absl::string_view worker_id, absl::string_view task_id,
                         const absl::Status& error, bool retriable);
   // Gives back a task the worker holds but has not started (a stopping worker's grant): READY
@@ -177,24 +160,18 @@ class Coordinator {
 
   // Streams output `name` ([A-Za-z0-9._/-], 1..256 bytes) of a task the worker holds into the
   // factor store under the key "<task fingerprint>/<name>" (returned). It stays invisible until
-  // CompleteTask commits it with the task's state; a failed, expired or cancelled attempt
-  // discards it. Puts of one task are serialized, and CompleteTask waits for a put in flight.
+  // CompleteTask commits it with the task's state (output_staging.h).
   // Errors: FailedPrecondition without a factor store or for a task the worker does not hold;
   // InvalidArgument for a bad name, dtype/shape, or a size mismatch; errors of `source`.
   absl::StatusOr<std::string> PutTaskOutput(absl::string_view worker_id, absl::string_view task_id,
                                             absl::string_view name, storage::DType dtype,
                                             absl::Span<const int64_t> shape, ChunkSource& source);
-  // Rendezvous of a gang (docs/data_plane.md): a key-value namespace per attempt of a task, for
-  // the workers holding its lease. Errors: NotFound; FailedPrecondition when the worker does not
-  // hold the task or `attempt` is not the current one; those of GroupStore.
-  absl::Status GroupStoreSet(absl::string_view worker_id, absl::string_view task_id, int attempt,
-                             const std::string& key, std::string value);
-  absl::StatusOr<std::optional<std::string>> GroupStoreGet(absl::string_view worker_id,
-                                                           absl::string_view task_id, int attempt,
-                                                           const std::string& key,
-                                                           absl::Duration wait);
-  absl::StatusOr<int64_t> GroupStoreAdd(absl::string_view worker_id, absl::string_view task_id,
-                                        int attempt, const std::string& key, int64_t delta);
+  // Rendezvous of a gang (docs/data_plane.md): the GroupStore namespace of the worker's current
+  // lease of `task_id` at `attempt`, in the store group_store() returns. Errors: NotFound;
+  // FailedPrecondition when the worker does not hold the task or `attempt` is not the current one.
+  absl::StatusOr<std::string> GroupNamespace(absl::string_view worker_id,
+                                             absl::string_view task_id, int attempt);
+  GroupStore& group_store() { return group_store_; }
 
   // The factor store (null when the coordinator has none). Reads need no coordinator state.
   storage::FactorStore* factors() const { return factors_; }
@@ -213,68 +190,39 @@ class Coordinator {
   CoordinatorStats Stats() const;
 
  private:
-  struct Job {
-    v1::JobRecord record;
-    std::vector<v1::TaskRecord> tasks;
-    std::map<std::string, size_t> index;      // task id -> position
-    std::vector<std::vector<size_t>> dependents;  // position -> positions that depend on it
-    // Positions of READY tasks, in plan order: what the scheduler looks at instead of every
-    // task. Kept by NoteChanged for every task a commit changes, rebuilt by RebuildReady at
-    // submission, resumption, recovery and each Tick (a safety net); entries are re-checked.
-    std::set<size_t> ready;
-    std::map<std::string, std::vector<size_t>> by_stage;  // stage id -> its tasks, layer order
-    // Every task at a position below this is DONE: advanced by AdvanceLocked on completions,
-    // lowered by NoteChanged (every commit) for a task that left DONE, reset to 0 by every
-    // derivation outside the completion path. How a completion decides whether the job
-    // succeeded without looking at every task.
-    size_t done_prefix = 0;
-  };
-  static void IndexJob(Job& job);
-  static void RebuildReady(Job& job);
-  static void NoteChanged(Job& job, const std::vector<v1::TaskRecord*>& changed);
-  // When `error` reports a corrupt factor of a task of `job` (a DataLoss naming "factor
-  // '<fingerprint>/<name>'"), re-runs the task that produced it: its outputs are deleted, it
-  // becomes ready, and `failed` and the other not-yet-leased tasks that need it wait for it
-  // again; the failed attempt does not count. At most kMaxCorruptReruns per producing task.
-  // Returns false (and changes nothing) for any other error.
-  absl::StatusOr<bool> RerunCorruptProducerLocked(Job& job, v1::TaskRecord& failed,
-                                                  const absl::Status& error,
-                                                  std::vector<v1::TaskRecord*>* changed,
-                                                  std::vector<v1::JobEvent>* events,
-                                                  storage::KvWriteBatch* batch)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  static constexpr int kMaxCorruptReruns = 2;
-  struct Worker {
-    WorkerInfo info;
-    int64_t last_seen_ms = 0;
-    int64_t waiting_until_ms = -1;       // eligible for gang grants until then
-    std::optional<LeasedTask> mailbox;   // granted, not yet picked up
-  };
-
-  struct PendingOutputs {
-    absl::Mutex mu;
-    std::unique_ptr<storage::FactorTransaction> txn ABSL_GUARDED_BY(mu);
-  };
-
   Coordinator(JobStore* store, CoordinatorOptions options, Clock clock,
               storage::FactorStore* factors)
-      : store_(store), options_(std::move(options)), clock_(std::move(clock)), factors_(factors) {}
+      : store_(store), options_(std::move(options)), clock_(std::move(clock)), factors_(factors),
+        staging_(factors), recovery_(factors) {}
   int64_t NowMs() const;
-  // The group-store namespace of the worker's current lease of task_id at `attempt`.
-  absl::StatusOr<std::string> GroupNamespace(absl::string_view worker_id,
-                                             absl::string_view task_id, int attempt);
-  absl::StatusOr<Job*> FindJobLocked(absl::string_view job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::StatusOr<v1::TaskRecord*> HeldTaskLocked(absl::string_view worker_id,
-                                                 absl::string_view task_id, Job** job)
+  absl::StatusOr<JobTasks*> FindJobLocked(absl::string_view job_id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<v1::TaskRecord*> FindTaskLocked(absl::string_view task_id, JobTasks** job)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<v1::TaskRecord*> HeldTaskLocked(absl::string_view worker_id,
+                                                 absl::string_view task_id, JobTasks** job)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  v1::JobEvent EventLocked(v1::EventKind kind, absl::string_view task_id,
+                           absl::string_view message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return MakeEvent(kind, task_id, message, NowMs());
+  }
   // Unblocks tasks, reusing outputs of DONE tasks with the same fingerprint; appends what
   // changed to `changed` and events to `events`. With `done` (a task that just finished), only
   // its dependents are examined (O(fan-out)); otherwise every task is.
-  absl::Status AdvanceLocked(Job& job, std::vector<v1::TaskRecord*>* changed,
+  absl::Status AdvanceLocked(JobTasks& job, std::vector<v1::TaskRecord*>* changed,
                              std::vector<v1::JobEvent>* events, const v1::TaskRecord* done = nullptr)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The job state after `changed`: from the done prefix after a completion, else from every task.
+  v1::JobState DeriveStateLocked(JobTasks& job, const std::vector<v1::TaskRecord*>& changed,
+                                 bool completion) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Commits a new job and makes it visible.
+  absl::StatusOr<SubmitResult> AddJobLocked(JobTasks job, std::vector<v1::JobEvent> events)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // `preferred`: a worker to give tasks first (Schedule's WorkerSlots::preferred).
   absl::Status ScheduleLocked(absl::string_view preferred = "") ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Leases task `t` of `job` to `workers` and puts the grants into their mailboxes.
+  absl::Status GrantLocked(JobTasks& job, v1::TaskRecord& t, const std::vector<std::string>& workers,
+                           int64_t now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // ScheduleLocked after a change that may make tasks ready; errors are logged. `completer`: the
   // worker whose completion made them ready — it counts as waiting and is served first.
   // `completer_asks`: it asked for its next task in the completing call (schedule even when
@@ -290,19 +238,21 @@ class Coordinator {
   // After a completion: schedules (the completer first) and, with `next`, hands it its grant.
   void ServeCompleterLocked(absl::string_view worker_id, std::optional<LeasedTask>* next)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Moves the worker's granted task, if any, out of its mailbox into *out.
-  void TakeMailboxLocked(absl::string_view worker_id, std::optional<LeasedTask>* out)
+  // Applies a failed attempt (a retry or the job's failure) and commits it.
+  absl::Status ApplyFailureLocked(JobTasks& job, v1::TaskRecord& t, absl::string_view worker_id,
+                                  const absl::Status& error, bool retriable)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  v1::JobEvent EventLocked(absl::string_view kind, absl::string_view task_id,
-                           absl::string_view message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Commits a state transition. While a completion defers commits (deferred_batch_ set), the
   // writes are added to the completion's batch instead, which the completion writes (one log
   // record for the completion and the leases it caused) and signals itself.
-  absl::Status CommitLocked(Job& job, std::vector<v1::TaskRecord*> changed,
+  absl::Status CommitLocked(JobTasks& job, std::vector<v1::TaskRecord*> changed,
                             std::vector<v1::JobEvent> events,
                             const storage::KvWriteBatch* extra = nullptr,
                             storage::Durability durability = storage::Durability::kSync)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether a completion's reply waits for its log sync: with durable completions, and for the
+  // completion that ended its job (docs/formats/job_store.md "Durability of completions").
+  bool WaitsForSync(bool ended_job) const { return options_.durable_completions || ended_job; }
 
   // Constant after construction.
   JobStore* const store_;  // Not owned.
@@ -311,27 +261,21 @@ class Coordinator {
   storage::FactorStore* const factors_;  // Not owned; may be null.
 
   // State transitions are committed to the JobStore while mu_ is held: a transition must be
-  // durable before any caller can observe it, and commits are short synced writes.
+  // durable before any caller can observe it, and commits are short writes (logged, then synced
+  // after mu_ is released for completions and leases).
   mutable absl::Mutex mu_;
   absl::CondVar events_cv_;  // signalled after every commit (new events)
-  std::map<std::string, Job> jobs_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, JobTasks> jobs_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> job_order_ ABSL_GUARDED_BY(mu_);  // submission order: priority
-  std::map<std::string, Worker> workers_ ABSL_GUARDED_BY(mu_);
-  int64_t next_worker_ ABSL_GUARDED_BY(mu_) = 1;
+  WorkerRegistry workers_ ABSL_GUARDED_BY(mu_);
   CoordinatorStats counters_ ABSL_GUARDED_BY(mu_);  // only the cumulative fields are kept
-  // Task id -> re-runs caused by corrupt outputs (RerunCorruptProducerLocked; not persisted).
-  std::map<std::string, int> corrupt_reruns_ ABSL_GUARDED_BY(mu_);
-  // Staged outputs of leased tasks, by task id. Lock order: mu_, then PendingOutputs::mu.
-  std::map<std::string, std::shared_ptr<PendingOutputs>> outputs_ ABSL_GUARDED_BY(mu_);
+  OutputStaging staging_;  // internally synchronized; lock order: mu_, then staging_
+  CorruptionRecovery recovery_ ABSL_GUARDED_BY(mu_);
   GroupStore group_store_;  // internally synchronized; never called with mu_ held
-  int long_polls_ ABSL_GUARDED_BY(mu_) = 0;  // LeaseTask calls waiting now
   // Set by CompleteTaskUnsynced while it schedules: see CommitLocked. deferred_sync_: a deferred
   // commit asked for kSync (the completion then syncs before it returns).
   storage::KvWriteBatch* deferred_batch_ ABSL_GUARDED_BY(mu_) = nullptr;
   bool deferred_sync_ ABSL_GUARDED_BY(mu_) = false;
-  // Whether a completion's reply waits for its log sync: with durable completions, and for the
-  // completion that ended its job (docs/formats/job_store.md "Durability of completions").
-  bool WaitsForSync(bool ended_job) const { return options_.durable_completions || ended_job; }
   // Syncs the log behind completions that do not wait (kicked), and for CompleteTaskAsync's
   // completions that do (AfterSync). Declared last: destroyed first, it syncs what was logged
   // (and answers those waiting) before the coordinator goes.

@@ -13,6 +13,7 @@
 #include "storage/in_memory_kv_store.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
+#include "proto/event_kind.h"
 
 namespace moec::coordinator {
 namespace {
@@ -219,7 +220,7 @@ TEST(CoordinatorDurabilityTest, ACompletionAndTheLeaseItGrantsAreOneWrite) {
   ASSERT_OK_AND_ASSIGN(std::vector<v1::JobEvent> events, again->ReadEvents(job, 0, 100));
   std::vector<std::string> tail;
   for (size_t i = events.size() >= 2 ? events.size() - 2 : 0; i < events.size(); ++i) {
-    tail.push_back(events[i].kind() + " " + events[i].task_id());
+    tail.push_back(EventKindName(events[i].kind()) + " " + events[i].task_id());
     EXPECT_EQ(events[i].seq(), static_cast<int64_t>(i) + 1);  // numbered without gaps
   }
   EXPECT_THAT(tail, ElementsAre("task_done " + done, "task_leased " + leased));

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "common/status_payloads.h"
 #include "coordinator/factor_service.h"
 #include "proto/rpc_status.h"
 
@@ -15,6 +16,7 @@ void FillLease(const std::optional<LeasedTask>& t, v1::LeaseTaskResponse* resp) 
   resp->set_rank(t->rank);
   for (const auto& w : t->group) resp->add_group(w);
   resp->set_recipe_json(t->recipe_json);
+  resp->set_overwrite(t->overwrite);
   for (const auto& [id, fp] : t->input_fingerprints) (*resp->mutable_input_fingerprints())[id] = fp;
 }
 
@@ -77,7 +79,7 @@ grpc::Status CoordinatorService::WatchJob(grpc::ServerContext* ctx, const v1::Wa
   while (!ctx->IsCancelled()) {
     bool ended = false;
     absl::StatusOr<std::vector<v1::JobEvent>> events =
-        core_->WaitForEvents(req->job_id(), next, 256, absl::Seconds(1), &ended);
+        core_->ReadEvents(req->job_id(), next, 256, absl::Seconds(1), &ended);
     if (!events.ok()) return ToGrpcStatus(events.status());
     for (const auto& e : *events) {
       if (!writer->Write(e)) return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
@@ -185,6 +187,7 @@ grpc::Status CoordinatorService::FailTask(grpc::ServerContext* ctx, const v1::Fa
   MOEC_AUTHORIZE(ctx);
   absl::Status error(static_cast<absl::StatusCode>(req->code()), req->message());
   if (error.ok()) error = absl::UnknownError(req->message());
+  if (!req->factor_key().empty()) error = WithFactorKey(error, req->factor_key());
   return ToGrpcStatus(core_->FailTask(req->worker_id(), req->task_id(), error, req->retriable()));
 }
 
@@ -199,17 +202,19 @@ grpc::Status CoordinatorService::GroupStoreSet(grpc::ServerContext* ctx,
                                                const v1::GroupStoreSetRequest* req,
                                                v1::GroupStoreSetResponse*) {
   MOEC_AUTHORIZE(ctx);
-  return ToGrpcStatus(
-      core_->GroupStoreSet(req->worker_id(), req->task_id(), req->attempt(), req->key(), req->value()));
+  absl::StatusOr<std::string> ns = core_->GroupNamespace(req->worker_id(), req->task_id(), req->attempt());
+  if (!ns.ok()) return ToGrpcStatus(ns.status());
+  return ToGrpcStatus(core_->group_store().Set(*ns, req->key(), req->value()));
 }
 
 grpc::Status CoordinatorService::GroupStoreGet(grpc::ServerContext* ctx,
                                                const v1::GroupStoreGetRequest* req,
                                                v1::GroupStoreGetResponse* resp) {
   MOEC_AUTHORIZE(ctx);
-  absl::StatusOr<std::optional<std::string>> v =
-      core_->GroupStoreGet(req->worker_id(), req->task_id(), req->attempt(), req->key(),
-                           absl::Milliseconds(std::clamp<int64_t>(req->wait_ms(), 0, 2000)));
+  absl::StatusOr<std::string> ns = core_->GroupNamespace(req->worker_id(), req->task_id(), req->attempt());
+  if (!ns.ok()) return ToGrpcStatus(ns.status());
+  absl::StatusOr<std::optional<std::string>> v = core_->group_store().Get(
+      *ns, req->key(), absl::Milliseconds(std::clamp<int64_t>(req->wait_ms(), 0, 2000)));
   if (!v.ok()) return ToGrpcStatus(v.status());
   resp->set_found(v->has_value());
   if (v->has_value()) resp->set_value(**v);
@@ -220,8 +225,9 @@ grpc::Status CoordinatorService::GroupStoreAdd(grpc::ServerContext* ctx,
                                                const v1::GroupStoreAddRequest* req,
                                                v1::GroupStoreAddResponse* resp) {
   MOEC_AUTHORIZE(ctx);
-  absl::StatusOr<int64_t> v =
-      core_->GroupStoreAdd(req->worker_id(), req->task_id(), req->attempt(), req->key(), req->delta());
+  absl::StatusOr<std::string> ns = core_->GroupNamespace(req->worker_id(), req->task_id(), req->attempt());
+  if (!ns.ok()) return ToGrpcStatus(ns.status());
+  absl::StatusOr<int64_t> v = core_->group_store().Add(*ns, req->key(), req->delta());
   if (!v.ok()) return ToGrpcStatus(v.status());
   resp->set_value(*v);
   return grpc::Status::OK;

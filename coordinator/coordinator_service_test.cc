@@ -11,6 +11,7 @@
 #include "storage/in_memory_kv_store.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
+#include "proto/event_kind.h"
 
 namespace moec::coordinator {
 namespace {
@@ -22,7 +23,7 @@ constexpr char kRecipe[] = R"(name: svc
 model: m
 output: out
 stages:
-  - {id: stats, kind: calibrate}
+  - {id: stats, kind: noop}
 )";
 
 class CoordinatorServiceTest : public ::testing::Test {
@@ -122,7 +123,7 @@ TEST_F(CoordinatorServiceTest, SubmitLeaseCompleteAndWatchOverTheWire) {
     auto ctx = Ctx();
     auto reader = stub_->WatchJob(ctx.get(), wreq);
     v1::JobEvent e;
-    while (reader->Read(&e)) kinds.push_back(e.kind());
+    while (reader->Read(&e)) kinds.push_back(EventKindName(KindOf(e)));
     EXPECT_TRUE(reader->Finish().ok());
   });
 

@@ -11,6 +11,8 @@
 #include "storage/in_memory_kv_store.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
+#include "proto/event_kind.h"
+#include "common/status_payloads.h"
 
 namespace moec::coordinator {
 namespace {
@@ -62,7 +64,7 @@ class CoordinatorTest : public ::testing::Test {
     std::vector<std::string> kinds;
     auto events = coord_->ReadEvents(job, 0, 1000);
     EXPECT_TRUE(events.ok()) << events.status();
-    for (const auto& e : *events) kinds.push_back(e.kind());
+    for (const auto& e : *events) kinds.push_back(EventKindName(KindOf(e)));
     return kinds;
   }
   void Advance(int64_t ms) { now_ += absl::Milliseconds(ms); }
@@ -87,7 +89,7 @@ TEST_F(CoordinatorTest, RunsAJobToCompletionInDependencyOrder) {
     std::optional<LeasedTask> t = Lease(w);
     ASSERT_TRUE(t.has_value()) << i;
     EXPECT_EQ(t->rank, 0);
-    EXPECT_THAT(t->recipe_json, HasSubstr("allocate_bits"));
+    EXPECT_THAT(t->recipe_json, HasSubstr("max_shard_mib"));
     order.push_back(t->task.task_id());
     EXPECT_FALSE(Lease(w).has_value());  // one task at a time; nothing else is ready
     ASSERT_OK(coord_->CompleteTask(w, t->task.task_id(), {}));
@@ -112,7 +114,7 @@ TEST_F(CoordinatorTest, RunsAJobToCompletionInDependencyOrder) {
 TEST_F(CoordinatorTest, StatsCountTasksByStateMidJob) {
   const std::string job = Submit().job.job_id();
   const std::string w = coord_->RegisterWorker({"a"});
-  ASSERT_TRUE(coord_->LeaseTask(w)->has_value());  // stats/L0 (calibrate is chained by layer)
+  ASSERT_TRUE(coord_->LeaseTask(w)->has_value());  // stats/L0 (noop is chained by layer)
   std::map<std::string, int64_t> by_state = coord_->Stats().tasks_by_state;
   EXPECT_THAT(by_state, ::testing::UnorderedElementsAre(::testing::Pair("TASK_LEASED", 1),
                                                         ::testing::Pair("TASK_BLOCKED", 2)));
@@ -159,10 +161,19 @@ TEST_F(CoordinatorTest, AnExistingOutputIsRefusedUnlessThisJobWroteItOrOverwrite
   dir_.WriteFile("out/moec_export.json", R"({"job_id": "other-123", "output": "x"})");
   EXPECT_THAT(coord_->SubmitJob(kTinyRecipe, dir_.Join("recipe.yaml"), {}),
               StatusIs(absl::StatusCode::kFailedPrecondition, "written by job other-123"));
-  // --overwrite: accepted, and the export sees it in the job's recipe.
+  // --overwrite: accepted, kept on the job (not in its recipe, which the fingerprint covers),
+  // and carried by its leases to the export.
   ASSERT_OK_AND_ASSIGN(SubmitResult r,
                        coord_->SubmitJob(kTinyRecipe, dir_.Join("recipe.yaml"), {}, true));
-  EXPECT_TRUE(nlohmann::json::parse(r.job.recipe_json()).value("overwrite", false));
+  EXPECT_TRUE(r.job.overwrite());
+  EXPECT_FALSE(nlohmann::json::parse(r.job.recipe_json()).contains("overwrite"));
+  {
+    std::string w = coord_->RegisterWorker({"o"});
+    std::optional<LeasedTask> t = Lease(w);
+    ASSERT_TRUE(t.has_value());
+    EXPECT_TRUE(t->overwrite);
+    ASSERT_OK(coord_->ReleaseTask(w, t->task.task_id()));
+  }
   // The same job again (as `moec run` after an interruption or once it finished): accepted.
   dir_.WriteFile("out/moec_export.json", R"({"job_id": ")" + r.job.job_id() + R"("})");
   Restart();
@@ -310,7 +321,7 @@ TEST_F(CoordinatorTest, IdenticalWorkIsReusedAcrossJobs) {
     ASSERT_OK(coord_->CompleteTask(w, n->task.task_id(), {}));
   }
   // Same stages, a different name and a changed late stage: calibration is reused.
-  SubmitResult second = Submit(kTinyRecipe, {"name=tiny2", "stages.bits.with.average_bits=3.0"});
+  SubmitResult second = Submit(kTinyRecipe, {"name=tiny2", "stages.bits.with.max_shard_mib=3"});
   EXPECT_FALSE(second.existed);
   auto tasks = *coord_->GetTasks(second.job.job_id());
   EXPECT_EQ(tasks[0].state(), v1::TASK_DONE);
@@ -388,8 +399,9 @@ TEST_F(CoordinatorTest, ACorruptFactorReRunsTheTaskThatProducedIt) {
   t = Lease(w);
   ASSERT_TRUE(t.has_value());
   ASSERT_EQ(t->task.task_id(), job + "/stats/L1");
-  const absl::Status corrupt = absl::DataLossError(
-      "reading input: factor '" + key + "' chunk 1 has checksum 1, stored 2");
+  // The key travels as the status payload (the message is not parsed).
+  const absl::Status corrupt = WithFactorKey(
+      absl::DataLossError("reading input: chunk 1 has checksum 1, stored 2"), key);
   ASSERT_OK(coord_->FailTask(w, t->task.task_id(), corrupt, /*retriable=*/true));
   // The producer runs again (its outputs deleted), the reader waits for it, no attempt is lost.
   EXPECT_THAT(factors_->Stat(key), StatusIs(absl::StatusCode::kNotFound));
@@ -541,7 +553,7 @@ TEST_F(CoordinatorTest, LeasesCarryTheInputsTheirLayerReads) {
   std::filesystem::create_directories(dir_.Join("m4"));
   dir_.WriteFile("m4/config.json", R"({"num_hidden_layers": 4})");
   const std::string job =
-      Submit(kTinyRecipe, {"model=m4", "stages.bits.with.average_bits=2.5"}).job.job_id();
+      Submit(kTinyRecipe, {"model=m4", "stages.bits.with.max_shard_mib=5"}).job.job_id();
   std::string w = coord_->RegisterWorker({"a"});
   for (int l = 0; l < 4; ++l) {
     std::optional<LeasedTask> t = Lease(w);

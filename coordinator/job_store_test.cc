@@ -7,6 +7,7 @@
 #include "tests/testing/crash_child.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
+#include "proto/event_kind.h"
 
 namespace moec::coordinator {
 namespace {
@@ -40,7 +41,7 @@ std::vector<v1::TaskRecord> Tasks(const std::string& job, int n) {
 
 v1::JobEvent Event(const std::string& kind) {
   v1::JobEvent e;
-  e.set_kind(kind);
+  e.set_kind(EventKindFromName(kind));
   return e;
 }
 
@@ -76,7 +77,7 @@ TEST(JobStoreTest, CreateCommitAndRead) {
   EXPECT_THAT(kv.Get("tasks", "x/output-marker"), IsOkAndHolds("1"));
   ASSERT_OK_AND_ASSIGN(auto events, store->ReadEvents("j1", 2, 10));
   EXPECT_THAT(events, ElementsAre(Property(&v1::JobEvent::seq, 2), Property(&v1::JobEvent::seq, 3)));
-  EXPECT_EQ(events[0].kind(), "task_done");
+  EXPECT_EQ(events[0].kind(), v1::EVENT_TASK_DONE);
   EXPECT_THAT(store->ReadEvents("j1", 1, 1), IsOkAndHolds(SizeIs(1)));
   EXPECT_THAT(store->ListJobs(), IsOkAndHolds(SizeIs(1)));
   v1::TaskRecord foreign = Tasks("j9", 1)[0];
@@ -121,6 +122,27 @@ TEST(JobStoreTest, RecoversEverythingCommittedAfterACrash) {
   EXPECT_EQ(tasks[0].state(), v1::TASK_DONE);
   EXPECT_EQ(tasks[1].state(), v1::TASK_BLOCKED);
   EXPECT_THAT(store->ReadEvents("j1", 0, 100), IsOkAndHolds(SizeIs(2)));
+}
+
+// Events stored before EventKind existed carry their kind as text; it reads back as the enum.
+TEST(JobStoreTest, EventKindsHaveNamesAndLegacyEventsReadBack) {
+  EXPECT_EQ(EventKindName(v1::EVENT_TASK_DONE), "task_done");
+  EXPECT_EQ(EventKindName(v1::EVENT_FACTOR_CORRUPT), "factor_corrupt");
+  EXPECT_EQ(EventKindName(v1::EVENT_KIND_UNSPECIFIED), "unspecified");
+  for (int k = 1; k < v1::EventKind_ARRAYSIZE; ++k) {
+    const auto kind = static_cast<v1::EventKind>(k);
+    EXPECT_EQ(EventKindFromName(EventKindName(kind)), kind) << k;
+  }
+  EXPECT_EQ(EventKindFromName("no_such_event"), v1::EVENT_KIND_UNSPECIFIED);
+  storage::InMemoryKvStore kv(JobStoreColumnFamilies());
+  ASSERT_OK_AND_ASSIGN(auto store, JobStore::Open(&kv));
+  v1::JobRecord job = Job("j1", "fp1");
+  v1::JobEvent legacy;
+  legacy.set_legacy_kind("job_succeeded");
+  ASSERT_OK(store->CreateJob(job, Tasks("j1", 1), {legacy}));
+  ASSERT_OK_AND_ASSIGN(auto events, store->ReadEvents("j1", 1, 10));
+  ASSERT_THAT(events, SizeIs(1));
+  EXPECT_EQ(KindOf(events[0]), v1::EVENT_JOB_SUCCEEDED);
 }
 
 }  // namespace

@@ -4,12 +4,14 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/fingerprint.h"
 #include "common/recipe/stage_catalog.h"
 #include "common/status_macros.h"
+#include "common/task_id.h"
 #include "nlohmann/json.hpp"
 
 namespace moec::coordinator {
@@ -49,11 +51,6 @@ absl::Status AddFile(const fs::path& p, uintmax_t head, Sha256* h) {
   }
   h->AddField(content.FinishHex());
   return absl::OkStatus();
-}
-
-std::string TaskId(absl::string_view job_id, absl::string_view stage_id, int layer) {
-  return layer < 0 ? absl::StrCat(job_id, "/", stage_id)
-                   : absl::StrCat(job_id, "/", stage_id, "/L", layer);
 }
 
 }  // namespace
@@ -103,48 +100,72 @@ std::string JobFingerprint(const recipe::Recipe& recipe, absl::string_view input
   return h.FinishHex();
 }
 
+namespace {
+
+// Job settings a task's outputs depend on besides its parameters and inputs (the files' contents
+// are in the inputs fingerprint): every stage may read the calibration windows, so their sampling
+// is part of every fingerprint; stages reading evaluation text get its settings; stages that
+// write or read the job's output directory get its path. The gang size is not part of it:
+// outputs do not depend on it (docs/data_plane.md).
+struct JobSettings {
+  std::string calibration, evaluation, output;
+};
+
+JobSettings SettingsOf(const recipe::Recipe& recipe) {
+  auto data = [](const std::optional<recipe::DataSpec>& d) {
+    if (!d) return nlohmann::json();
+    return nlohmann::json{{"samples", d->samples}, {"seqlen", d->seqlen}, {"seed", d->seed},
+                          {"sampling", d->sampling}};
+  };
+  return {data(recipe.calibration).dump(), data(recipe.evaluation).dump(), recipe.output};
+}
+
+std::string TaskFingerprint(const recipe::StageSpec& stage, const v1::TaskRecord& t,
+                            const JobSettings& settings, absl::string_view inputs_fingerprint,
+                            const std::vector<const v1::TaskRecord*>& deps) {
+  const recipe::StageKindSpec& kind = stage.spec();
+  Sha256 fp;
+  fp.AddField(stage.kind);
+  fp.AddField(t.params_json());
+  fp.AddField(kCodeVersion);
+  fp.AddU64(static_cast<uint64_t>(kind.version));
+  fp.AddField(inputs_fingerprint);
+  fp.AddField(settings.calibration);
+  if (kind.reads_evaluation) fp.AddField(settings.evaluation);
+  if (kind.writes_output || kind.reads_output) fp.AddField(settings.output);
+  fp.AddU64(static_cast<uint64_t>(t.layer() + 1));
+  for (const v1::TaskRecord* d : deps) fp.AddField(d->fingerprint());
+  return fp.FinishHex();
+}
+
+}  // namespace
+
 absl::StatusOr<std::vector<v1::TaskRecord>> PlanJob(const recipe::Recipe& recipe,
                                                     const ModelShape& shape,
                                                     absl::string_view job_id,
                                                     absl::string_view inputs_fingerprint) {
   std::vector<v1::TaskRecord> tasks;
   std::map<std::string, size_t> index;  // task id -> position
-  // Job settings a task's outputs depend on besides its parameters and inputs (the files'
-  // contents are in inputs_fingerprint): every stage may read the calibration windows, so their
-  // sampling is part of every fingerprint; `evaluate` reads the evaluation settings; `export`
-  // writes the job's output directory and `evaluate` reads it. The gang size is not part of it:
-  // outputs do not depend on it (docs/data_plane.md).
-  auto data_settings = [](const std::optional<recipe::DataSpec>& d) {
-    if (!d) return nlohmann::json();
-    return nlohmann::json{{"samples", d->samples}, {"seqlen", d->seqlen}, {"seed", d->seed},
-                          {"sampling", d->sampling}};
-  };
-  const std::string calibration_settings = data_settings(recipe.calibration).dump();
-  const std::string evaluation_settings = data_settings(recipe.evaluation).dump();
+  const JobSettings settings = SettingsOf(recipe);
   // Per stage: its task ids by layer (global stages: one entry for layer -1).
   std::map<std::string, std::vector<std::string>> stage_tasks;
-  // Per stage: the restructure stage it comes after, directly or not (stages/model_view.h); its
-  // task becomes a dependency, so that the stage's tasks read the model view.
-  std::map<std::string, std::string> view_of;
+  // The restructure stage each stage runs after (its task becomes a dependency, so that the
+  // stage's tasks read the model view).
+  const std::map<std::string, std::string> views = recipe::ResolveModelViews(recipe.stages);
   for (const recipe::StageSpec& stage : recipe.stages) {
-    for (const std::string& need : stage.needs) {
-      const recipe::StageSpec* n = recipe.FindStage(need);
-      const std::string v = n != nullptr && n->kind == "restructure" ? need : view_of[need];
-      if (!v.empty()) view_of[stage.id] = v;
-    }
-  }
-  for (const recipe::StageSpec& stage : recipe.stages) {
-    const recipe::StageKindSpec* kind = recipe::FindStageKind(stage.kind);
-    const bool per_layer = kind != nullptr && kind->shape == recipe::StageShape::kPerLayer;
+    const bool per_layer = stage.spec().per_layer();
     if (per_layer && shape.num_layers <= 0) {
       return absl::InvalidArgumentError(
           absl::StrCat("stage '", stage.id, "' runs per layer but the model has no layers"));
     }
+    const bool chained = per_layer && stage.spec().chained.Holds(stage.params);
+    std::vector<std::string> needs = stage.needs;
+    if (auto v = views.find(stage.id); v != views.end()) needs.push_back(v->second);
     const int layers = per_layer ? shape.num_layers : 1;
     for (int l = 0; l < layers; ++l) {
       v1::TaskRecord t;
       const int layer = per_layer ? l : -1;
-      t.set_task_id(TaskId(job_id, stage.id, layer));
+      t.set_task_id(TaskId{std::string(job_id), stage.id, layer}.ToString());
       t.set_job_id(std::string(job_id));
       t.set_stage_id(stage.id);
       t.set_kind(stage.kind);
@@ -152,45 +173,62 @@ absl::StatusOr<std::vector<v1::TaskRecord>> PlanJob(const recipe::Recipe& recipe
       t.set_params_json(stage.params.dump());
       t.set_group_size(per_layer ? recipe.workers : 1);
       t.set_order(static_cast<int64_t>(tasks.size()));
+      // Layer l of a chained stage waits for its layer l-1; every task waits for the same layer
+      // of a per-layer need, else for the need's last task (which implies all of it).
       std::vector<std::string> deps;
-      // Layer l of a per-layer stage waits for its layer l-1 (its inputs come from there), except
-      // layerwise expert_prune, which scores every layer on the unpruned model's residual stream
-      // (the calibrate chain): its layers run in parallel.
-      const bool chained = !(stage.kind == "expert_prune" &&
-                             stage.params.value("mode", "layerwise") == "layerwise");
-      if (per_layer && chained && l > 0) deps.push_back(stage_tasks[stage.id][l - 1]);
-      std::vector<std::string> needs = stage.needs;
-      if (!view_of[stage.id].empty()) needs.push_back(view_of[stage.id]);
+      if (chained && l > 0) deps.push_back(stage_tasks[stage.id][l - 1]);
       for (const std::string& need : needs) {
         const std::vector<std::string>& prior = stage_tasks[need];
-        // Same layer of a per-layer need; otherwise its last task (which implies all of it).
         deps.push_back(per_layer && prior.size() == static_cast<size_t>(layers) ? prior[l]
                                                                                 : prior.back());
       }
       std::sort(deps.begin(), deps.end());
       deps.erase(std::unique(deps.begin(), deps.end()), deps.end());
-      Sha256 fp;
-      fp.AddField(stage.kind);
-      fp.AddField(t.params_json());
-      fp.AddField(kCodeVersion);
-      fp.AddU64(static_cast<uint64_t>(kind != nullptr ? kind->version : 0));
-      fp.AddField(inputs_fingerprint);
-      fp.AddField(calibration_settings);
-      if (stage.kind == "evaluate") fp.AddField(evaluation_settings);
-      if (stage.kind == "export" || stage.kind == "evaluate") fp.AddField(recipe.output);
-      fp.AddU64(static_cast<uint64_t>(layer + 1));
+      std::vector<const v1::TaskRecord*> dep_tasks;
       for (const std::string& d : deps) {
-        fp.AddField(tasks[index[d]].fingerprint());
+        dep_tasks.push_back(&tasks[index[d]]);
         t.add_deps(d);
       }
-      t.set_fingerprint(fp.FinishHex());
+      t.set_fingerprint(TaskFingerprint(stage, t, settings, inputs_fingerprint, dep_tasks));
       t.set_state(deps.empty() ? v1::TASK_READY : v1::TASK_BLOCKED);
       index[t.task_id()] = tasks.size();
       stage_tasks[stage.id].push_back(t.task_id());
       tasks.push_back(std::move(t));
     }
   }
+  AssignInputs(&tasks);
   return tasks;
+}
+
+void AssignInputs(std::vector<v1::TaskRecord>* tasks) {
+  std::map<std::string, const v1::TaskRecord*> by_id;
+  std::map<std::string, std::vector<const v1::TaskRecord*>> by_stage;  // in layer order
+  for (const v1::TaskRecord& t : *tasks) {
+    by_id[t.task_id()] = &t;
+    by_stage[t.stage_id()].push_back(&t);
+  }
+  std::vector<std::vector<std::string>> inputs(tasks->size());
+  for (size_t i = 0; i < tasks->size(); ++i) {
+    const v1::TaskRecord& t = (*tasks)[i];
+    std::set<std::string> stages;
+    for (const std::string& d : t.deps()) {
+      if (auto it = by_id.find(d); it != by_id.end()) stages.insert(it->second->stage_id());
+    }
+    std::set<std::string> ids;
+    for (const std::string& s : stages) {
+      for (const v1::TaskRecord* other : by_stage[s]) {
+        const bool both_per_layer = t.layer() >= 0 && other->layer() >= 0;
+        if (!both_per_layer || other->layer() == t.layer() || other->layer() == t.layer() - 1) {
+          ids.insert(other->task_id());
+        }
+      }
+    }
+    inputs[i].assign(ids.begin(), ids.end());
+  }
+  for (size_t i = 0; i < tasks->size(); ++i) {
+    (*tasks)[i].clear_inputs();
+    for (std::string& id : inputs[i]) (*tasks)[i].add_inputs(std::move(id));
+  }
 }
 
 }  // namespace moec::coordinator

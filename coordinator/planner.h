@@ -35,13 +35,20 @@ absl::StatusOr<std::string> FingerprintJobInputs(const recipe::Recipe& recipe);
 // SHA-256 of the canonical recipe and the input digest.
 std::string JobFingerprint(const recipe::Recipe& recipe, absl::string_view inputs_fingerprint);
 
-// Expands the recipe into tasks in a topological order (`order` = index). Every task starts
-// BLOCKED, or READY when it has no dependencies. Errors: InvalidArgument when the model has no
-// layers and a per-layer stage exists.
+// Expands the recipe into tasks in a topological order (`order` = index), with their inputs
+// (AssignInputs). Every task starts BLOCKED, or READY when it has no dependencies. Errors:
+// InvalidArgument when the model has no layers and a per-layer stage exists.
 absl::StatusOr<std::vector<v1::TaskRecord>> PlanJob(const recipe::Recipe& recipe,
                                                     const ModelShape& shape,
                                                     absl::string_view job_id,
                                                     absl::string_view inputs_fingerprint);
+
+// Sets every task's `inputs` from its dependencies: the tasks of each stage a dependency belongs
+// to — all of them for a global task (after a per-layer stage it depends on the last layer only,
+// but reads all of them); for a per-layer task at layer l, the global ones and layers l-1 and l
+// of per-layer ones (a layer reads its own layer's results and the hidden states entering it),
+// so a lease carries O(stages) inputs, not O(tasks). Also used for jobs stored without inputs.
+void AssignInputs(std::vector<v1::TaskRecord>* tasks);
 
 }  // namespace moec::coordinator
 

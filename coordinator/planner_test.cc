@@ -44,7 +44,7 @@ constexpr char kStages[] =
     "  - {id: loss, kind: quant_loss, needs: [stats]}\n"
     "  - {id: bits, kind: allocate_bits, needs: [stats, loss], with: {average_bits: 2.5}}\n"
     "  - {id: quant, kind: gptq, needs: [bits]}\n"
-    "  - {id: out, kind: export, needs: [quant]}\n";
+    "  - {id: out, kind: export, needs: [quant], with: {format: hqq}}\n";
 
 // A task's fingerprint covers the job settings its outputs depend on: the calibration sampling
 // (every task), the evaluation settings (evaluate) and the output directory (export, evaluate);
@@ -108,6 +108,23 @@ TEST_F(PlannerTest, ExpandsPerLayerChainsAndGlobalTasks) {
   for (size_t i = 0; i < tasks.size(); ++i) {
     EXPECT_EQ(tasks[i].order(), static_cast<int64_t>(i));
     for (const auto& d : tasks[i].deps()) EXPECT_LT(by[d].order(), tasks[i].order());
+  }
+  // Inputs: a layer task reads layers l-1 and l of the per-layer stages it depends on and every
+  // task of the global ones; a global task reads every task of the stages it depends on.
+  EXPECT_THAT(by["j1/stats/L0"].inputs(), IsEmpty());
+  EXPECT_THAT(by["j1/stats/L2"].inputs(), ElementsAre("j1/stats/L1", "j1/stats/L2"));
+  EXPECT_THAT(by["j1/loss/L1"].inputs(),
+              ElementsAre("j1/loss/L0", "j1/loss/L1", "j1/stats/L0", "j1/stats/L1"));
+  EXPECT_THAT(by["j1/bits"].inputs(), ElementsAre("j1/loss/L0", "j1/loss/L1", "j1/loss/L2",
+                                                  "j1/stats/L0", "j1/stats/L1", "j1/stats/L2"));
+  EXPECT_THAT(by["j1/quant/L2"].inputs(), ElementsAre("j1/bits", "j1/quant/L1", "j1/quant/L2"));
+  EXPECT_THAT(by["j1/out"].inputs(), ElementsAre("j1/quant/L0", "j1/quant/L1", "j1/quant/L2"));
+  // Recomputing them (a job stored without inputs) gives the same.
+  std::vector<v1::TaskRecord> again = tasks;
+  for (auto& t : again) t.clear_inputs();
+  AssignInputs(&again);
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    EXPECT_EQ(again[i].SerializeAsString(), tasks[i].SerializeAsString()) << tasks[i].task_id();
   }
 }
 

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/stage_outputs.h"
 #include "common/status_macros.h"
 #include "dataplane/model_inputs.h"
 #include "model/runtime/layers.h"
@@ -36,7 +37,7 @@ std::vector<int> AssignExperts(const std::vector<int64_t>& tokens, int ranks) {
 std::vector<int64_t> CalibratedExpertTokens(const StageContext& ctx, int layer, int experts) {
   absl::StatusOr<std::string> calibrate = NeededStage(ctx, "calibrate");
   if (!calibrate.ok()) return {};
-  absl::StatusOr<std::string> key = ctx.InputKey(*calibrate, layer, "expert_tokens");
+  absl::StatusOr<std::string> key = ctx.InputKey(*calibrate, layer, outputs::kExpertTokens);
   if (!key.ok()) return {};
   absl::StatusOr<at::Tensor> counts = GetTensor(ctx, *key);
   if (!counts.ok() || counts->numel() != experts) return {};
@@ -136,10 +137,10 @@ absl::StatusOr<at::Tensor> LayerInputChunk(const StageContext& ctx,
     return runner.Embed(window_tokens.narrow(0, plan.First(chunk), plan.Count(chunk)));
   }
   MOEC_ASSIGN_OR_RETURN(std::string key,
-                        ctx.PreviousLayerKey(ChunkOutputName("hidden", chunk)));
+                        ctx.PreviousLayerKey(ChunkOutputName(outputs::kHidden, chunk)));
   absl::StatusOr<at::Tensor> t = GetTensor(ctx, key);
   if (absl::IsNotFound(t.status())) {
-    MOEC_ASSIGN_OR_RETURN(std::string whole, ctx.PreviousLayerKey("hidden"));
+    MOEC_ASSIGN_OR_RETURN(std::string whole, ctx.PreviousLayerKey(outputs::kHidden));
     MOEC_ASSIGN_OR_RETURN(at::Tensor all, GetTensor(ctx, whole));
     return all.narrow(0, plan.First(chunk), plan.Count(chunk));
   }
@@ -165,7 +166,7 @@ absl::Status PlanChunks(const StageContext& ctx, ChunkPlan* plan, at::Tensor* wi
     plan->windows = window_tokens->size(0);
     return absl::OkStatus();
   }
-  MOEC_ASSIGN_OR_RETURN(std::string key, ctx.PreviousLayerKey("windows"));
+  MOEC_ASSIGN_OR_RETURN(std::string key, ctx.PreviousLayerKey(outputs::kWindows));
   MOEC_ASSIGN_OR_RETURN(ChunkPlan stored, ReadChunkedWindows(ctx, key));
   plan->windows = stored.windows;
   plan->chunk_windows = stored.chunk_windows;
@@ -173,7 +174,7 @@ absl::Status PlanChunks(const StageContext& ctx, ChunkPlan* plan, at::Tensor* wi
 }
 
 absl::Status PutChunkedWindows(StageContext& ctx, const ChunkPlan& plan) {
-  return PutTensor(ctx, "windows", at::tensor({plan.windows, plan.chunk_windows}, at::kLong));
+  return PutTensor(ctx, outputs::kWindows, at::tensor({plan.windows, plan.chunk_windows}, at::kLong));
 }
 
 absl::StatusOr<at::Tensor> ReadChunkedTensor(const StageContext& ctx, const std::string& prefix,
@@ -181,7 +182,7 @@ absl::StatusOr<at::Tensor> ReadChunkedTensor(const StageContext& ctx, const std:
   const std::string key = absl::StrCat(prefix, name);
   absl::StatusOr<at::Tensor> whole = GetTensor(ctx, key);
   if (!absl::IsNotFound(whole.status())) return whole;
-  MOEC_ASSIGN_OR_RETURN(ChunkPlan plan, ReadChunkedWindows(ctx, prefix + "windows"));
+  MOEC_ASSIGN_OR_RETURN(ChunkPlan plan, ReadChunkedWindows(ctx, prefix + outputs::kWindows));
   std::vector<at::Tensor> parts;
   for (int64_t c = 0; c < plan.chunks(); ++c) {
     MOEC_ASSIGN_OR_RETURN(at::Tensor part, GetTensor(ctx, prefix + ChunkOutputName(name, c)));
@@ -205,14 +206,14 @@ absl::StatusOr<at::Tensor> ReadLayerInputWindows(const StageContext& ctx,
   const int layer = ctx.task->layer();
   if (layer == 0) return runner.Embed(window_tokens.narrow(0, first, count));
   MOEC_ASSIGN_OR_RETURN(std::string prefix, ctx.InputKey(stage_id, layer - 1, ""));
-  absl::StatusOr<at::Tensor> whole = GetTensor(ctx, prefix + "hidden");
+  absl::StatusOr<at::Tensor> whole = GetTensor(ctx, prefix + outputs::kHidden);
   if (whole.ok()) return whole->narrow(0, first, count);
   if (!absl::IsNotFound(whole.status())) return whole.status();
-  MOEC_ASSIGN_OR_RETURN(ChunkPlan stored, ReadChunkedWindows(ctx, prefix + "windows"));
+  MOEC_ASSIGN_OR_RETURN(ChunkPlan stored, ReadChunkedWindows(ctx, prefix + outputs::kWindows));
   const int64_t per = stored.chunk_windows;
   std::vector<at::Tensor> parts;
   for (int64_t c = first / per; c * per < first + count; ++c) {
-    MOEC_ASSIGN_OR_RETURN(at::Tensor part, GetTensor(ctx, prefix + ChunkOutputName("hidden", c)));
+    MOEC_ASSIGN_OR_RETURN(at::Tensor part, GetTensor(ctx, prefix + ChunkOutputName(outputs::kHidden, c)));
     const int64_t lo = std::max(first, c * per), hi = std::min(first + count, c * per + part.size(0));
     if (hi <= lo) return absl::DataLossError(absl::StrCat(prefix, "hidden chunk ", c, " is short"));
     parts.push_back(part.narrow(0, lo - c * per, hi - lo));
@@ -311,7 +312,7 @@ absl::Status WriteShardOutputs(StageContext& ctx, comm::Communicator& comm,
   MOEC_RETURN_IF_ERROR(RunShardRounds(
       ctx, runner, shard, nullptr,
       [&](int64_t chunk, const at::Tensor& out) {
-        return PutTensor(ctx, ChunkOutputName("hidden", chunk), out);
+        return PutTensor(ctx, ChunkOutputName(outputs::kHidden, chunk), out);
       },
       nullptr));
   MOEC_ASSIGN_OR_RETURN(nlohmann::json merged, MergeRankObjects(comm, summary));
@@ -319,7 +320,7 @@ absl::Status WriteShardOutputs(StageContext& ctx, comm::Communicator& comm,
   MOEC_RETURN_IF_ERROR(PutChunkedWindows(ctx, shard.plan));
   const std::string text = merged.dump();
   return ctx.io
-      ->PutOutput("summary", storage::DType::kU8, {static_cast<int64_t>(text.size())}, text)
+      ->PutOutput(outputs::kSummary, storage::DType::kU8, {static_cast<int64_t>(text.size())}, text)
       .status();
 }
 

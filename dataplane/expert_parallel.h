@@ -21,7 +21,7 @@
 #include "comm/communicator.h"
 #include "model/runtime/forward.h"
 #include "nlohmann/json.hpp"
-#include "stages/stage.h"
+#include "dataplane/task_context.h"
 
 namespace moec::dataplane {
 

@@ -8,6 +8,7 @@
 #include "common/status_macros.h"
 #include "dataplane/expert_parallel.h"
 #include "model/tokenizer/tokenizer.h"
+#include "common/stage_outputs.h"
 
 namespace moec::dataplane {
 namespace {
@@ -51,47 +52,41 @@ absl::StatusOr<at::ScalarType> TorchType(storage::DType t) {
 }  // namespace
 
 absl::StatusOr<model::TokenWindows> CalibrationWindows(const StageContext& ctx) {
-  const nlohmann::json& c = ctx.recipe.value("calibration", nlohmann::json());
-  if (!c.is_object()) {
+  if (ctx.recipe == nullptr || !ctx.recipe->calibration.has_value()) {
     return absl::FailedPreconditionError(
         "this stage needs calibration data; the recipe has no 'calibration'");
   }
-  const std::string model_dir = ctx.recipe["model"].get<std::string>();
+  const recipe::DataSpec& c = *ctx.recipe->calibration;
   MOEC_ASSIGN_OR_RETURN(std::unique_ptr<model::Tokenizer> tokenizer,
-                        model::Tokenizer::Load(model_dir));
-  MOEC_ASSIGN_OR_RETURN(std::vector<std::string> texts,
-                        model::LoadTexts(c.at("path").get<std::string>()));
-  const std::string sampling = c.value("sampling", "random_windows");
-  if (sampling == "chunks") {
+                        model::Tokenizer::Load(ctx.recipe->model));
+  MOEC_ASSIGN_OR_RETURN(std::vector<std::string> texts, model::LoadTexts(c.path));
+  if (c.sampling == "chunks") {
     model::ChunkOptions o;
-    o.seqlen = c.value("seqlen", int64_t{512});
-    o.max_chunks = c.value("samples", int64_t{128});
+    o.seqlen = c.seqlen;
+    o.max_chunks = c.samples;
     return model::ConcatenateAndChunk(texts, *tokenizer, o);
   }
   model::RandomWindowOptions o;
-  o.seqlen = c.value("seqlen", int64_t{512});
-  o.samples = c.value("samples", int64_t{128});
-  o.seed = c.value("seed", uint64_t{0});
+  o.seqlen = c.seqlen;
+  o.samples = c.samples;
+  o.seed = static_cast<uint64_t>(c.seed);
   return model::SampleRandomWindows(texts, *tokenizer, o);
 }
 
+std::vector<const recipe::StageSpec*> NeededStagesWhere(
+    const StageContext& ctx, const std::function<bool(const recipe::StageKindSpec&)>& pred) {
+  if (ctx.recipe == nullptr || ctx.stage == nullptr) return {};
+  return ctx.recipe->NeedsWhere(*ctx.stage, pred);
+}
+
 absl::StatusOr<std::string> NeededStage(const StageContext& ctx, absl::string_view kind) {
-  const nlohmann::json& stages = ctx.recipe.value("stages", nlohmann::json::array());
-  std::vector<std::string> needs;
-  for (const nlohmann::json& s : stages) {
-    if (s.value("id", "") == ctx.task->stage_id()) {
-      needs = s.value("needs", std::vector<std::string>());
-    }
-  }
-  for (const nlohmann::json& s : stages) {
-    const std::string id = s.value("id", "");
-    if (s.value("kind", "") == kind && std::find(needs.begin(), needs.end(), id) != needs.end()) {
-      return id;
-    }
-  }
-  return absl::FailedPreconditionError(absl::StrCat("stage '", ctx.task->stage_id(),
-                                                    "' needs a stage of kind '", kind,
-                                                    "' (add it to its needs)"));
+  const recipe::StageSpec* found = ctx.recipe != nullptr && ctx.stage != nullptr
+                                       ? ctx.recipe->NeededOfKind(*ctx.stage, kind)
+                                       : nullptr;
+  if (found != nullptr) return found->id;
+  return absl::FailedPreconditionError(absl::StrCat(
+      "stage '", ctx.stage != nullptr ? ctx.stage->id : ctx.task->stage_id(),
+      "' needs a stage of kind '", kind, "' (add it to its needs)"));
 }
 
 absl::StatusOr<at::Tensor> LayerInputFrom(const StageContext& ctx,
@@ -99,7 +94,7 @@ absl::StatusOr<at::Tensor> LayerInputFrom(const StageContext& ctx,
                                           absl::string_view stage_id) {
   if (ctx.task->layer() == 0) return LayerInput(ctx, runner);
   // Whole, or in the chunks of an expert-parallel stage (expert_parallel.h).
-  return ReadChunkedOutput(ctx, stage_id, ctx.task->layer() - 1, "hidden");
+  return ReadChunkedOutput(ctx, stage_id, ctx.task->layer() - 1, outputs::kHidden);
 }
 
 absl::StatusOr<at::Tensor> LayerInput(const StageContext& ctx, const model::ModelRunner& runner) {
@@ -110,7 +105,7 @@ absl::StatusOr<at::Tensor> LayerInput(const StageContext& ctx, const model::Mode
                             .to(at::kLong);
     return runner.Embed(tokens);
   }
-  return ReadChunkedOutput(ctx, ctx.task->stage_id(), ctx.task->layer() - 1, "hidden");
+  return ReadChunkedOutput(ctx, ctx.task->stage_id(), ctx.task->layer() - 1, outputs::kHidden);
 }
 
 absl::Status PutTensor(StageContext& ctx, absl::string_view name, const at::Tensor& t) {

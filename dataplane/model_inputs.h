@@ -6,14 +6,16 @@
 
 #include <ATen/ATen.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "common/recipe/stage_catalog.h"
 #include "dataplane/model_view.h"  // OpenJobModel
+#include "dataplane/task_context.h"
 #include "model/data/datasets.h"
 #include "model/runtime/forward.h"
-#include "stages/stage.h"
 
 namespace moec::dataplane {
 
@@ -31,6 +33,9 @@ absl::StatusOr<at::Tensor> LayerInput(const StageContext& ctx, const model::Mode
 // The id of the stage of kind `kind` among the needs of this task's stage (the first one in
 // recipe order). FailedPrecondition naming the kind when there is none.
 absl::StatusOr<std::string> NeededStage(const StageContext& ctx, absl::string_view kind);
+// The stages among the needs of this task's stage whose kind has a trait (recipe order).
+std::vector<const recipe::StageSpec*> NeededStagesWhere(
+    const StageContext& ctx, const std::function<bool(const recipe::StageKindSpec&)>& pred);
 
 // Hidden states entering the task's layer along the chain of stage `stage_id` (a per-layer stage
 // this task needs that writes `hidden`): the embedded calibration windows at layer 0, else that

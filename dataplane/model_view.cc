@@ -5,7 +5,10 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/recipe/stage_catalog.h"
+#include "common/stage_outputs.h"
 #include "common/status_macros.h"
+#include "common/task_id.h"
 #include "dataplane/model_inputs.h"
 #include "model/config/tensor_names.h"
 #include "model/runtime/forward.h"
@@ -42,10 +45,8 @@ absl::StatusOr<json> SourceConfigJson(const std::string& src) {
 }
 
 absl::StatusOr<std::string> RecipeModel(const StageContext& ctx) {
-  if (!ctx.recipe.contains("model") || !ctx.recipe["model"].is_string()) {
-    return absl::FailedPreconditionError("the job's recipe names no model");
-  }
-  return ctx.recipe["model"].get<std::string>();
+  if (ctx.recipe == nullptr) return absl::FailedPreconditionError("the task has no recipe");
+  return ctx.recipe->model;
 }
 
 
@@ -83,11 +84,12 @@ absl::StatusOr<StructuralEdits> StructuralEditsFromJson(const json& j) {
 
 absl::StatusOr<std::optional<ModelView>> JobModelView(const StageContext& ctx) {
   if (ctx.task == nullptr) return std::nullopt;
-  for (const json& s : ctx.recipe.value("stages", json::array())) {
-    if (s.value("kind", "") != "restructure") continue;
-    const std::string id = s.value("id", "");
-    if (ctx.inputs.count(absl::StrCat(ctx.task->job_id(), "/", id)) == 0) continue;
-    MOEC_ASSIGN_OR_RETURN(std::string key, ctx.InputKey(id, -1, "view"));
+  if (ctx.recipe == nullptr) return std::nullopt;
+  for (const recipe::StageSpec& s : ctx.recipe->stages) {
+    if (!s.spec().restructure) continue;
+    const std::string& id = s.id;
+    if (ctx.inputs.count(TaskId{ctx.task->job_id(), id, -1}.ToString()) == 0) continue;
+    MOEC_ASSIGN_OR_RETURN(std::string key, ctx.InputKey(id, -1, outputs::kView));
     MOEC_ASSIGN_OR_RETURN(storage::Factor f, ctx.io->Get(key));
     json j = json::parse(f.data, nullptr, /*allow_exceptions=*/false);
     if (!j.is_object() || !j.contains("config") || !j["config"].is_object() ||

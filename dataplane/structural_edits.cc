@@ -7,6 +7,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/stage_outputs.h"
 #include "common/status_macros.h"
 #include "dataplane/model_inputs.h"
 #include "model/config/tensor_names.h"
@@ -41,39 +42,53 @@ bool StructuralEdits::empty() const {
          std::none_of(kept.begin(), kept.end(), [](const auto& k) { return k.has_value(); });
 }
 
-absl::StatusOr<StructuralEdits> CollectStructuralEdits(const StageContext& ctx,
-                                                       const model::ModelConfig& config) {
+namespace {
+
+// Experts kept per layer by a stage choosing experts: per-layer stages write each layer's
+// kept_experts, global ones a [layers, experts] kept_mask.
+absl::Status CollectKeptExperts(const StageContext& ctx, const model::ModelConfig& config,
+                                const recipe::StageSpec& stage, StructuralEdits* edits) {
   const int layers = config.num_hidden_layers;
-  StructuralEdits edits;
-  edits.kept.resize(layers);
-  absl::StatusOr<std::string> prune = NeededStage(ctx, "expert_prune");
-  absl::StatusOr<std::string> drop = NeededStage(ctx, "expert_drop");
-  if (prune.ok() && drop.ok()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "stages '", *prune, "' and '", *drop, "' both choose experts; keep one of them"));
-  }
-  if (prune.ok()) {
+  if (stage.spec().per_layer()) {
     for (int l = 0; l < layers; ++l) {
       if (!config.IsMoeLayer(l)) continue;
-      MOEC_ASSIGN_OR_RETURN(std::vector<int> kept, IntList(ctx, *prune, l, "kept_experts"));
-      edits.kept[l] = kept;
+      MOEC_ASSIGN_OR_RETURN(edits->kept[l], IntList(ctx, stage.id, l, outputs::kKeptExperts));
+    }
+    return absl::OkStatus();
+  }
+  MOEC_ASSIGN_OR_RETURN(std::string key, ctx.InputKey(stage.id, -1, outputs::kKeptMask));
+  MOEC_ASSIGN_OR_RETURN(at::Tensor mask, GetTensor(ctx, key));
+  if (mask.dim() != 2 || mask.size(0) != layers) {
+    return absl::DataLossError(absl::StrCat(key, " is not [layers, experts]"));
+  }
+  for (int l = 0; l < layers; ++l) {
+    if (!config.IsMoeLayer(l)) continue;
+    std::vector<int> kept;
+    for (int e = 0; e < config.NumRoutedExperts(l) && e < mask.size(1); ++e) {
+      if (mask[l][e].item<uint8_t>() != 0) kept.push_back(e);
+    }
+    edits->kept[l] = kept;
+  }
+  return absl::OkStatus();
+}
+
+// Pruned weights: each layer's summary names the replaced tensors, stored under their names.
+absl::Status CollectPrunedWeights(const StageContext& ctx, const model::ModelConfig& config,
+                                  const recipe::StageSpec& stage, StructuralEdits* edits) {
+  for (int l = 0; l < config.num_hidden_layers; ++l) {
+    MOEC_ASSIGN_OR_RETURN(std::string key, ctx.InputKey(stage.id, l, outputs::kSummary));
+    MOEC_ASSIGN_OR_RETURN(storage::Factor f, ctx.io->Get(key));
+    json summary = json::parse(f.data, nullptr, false);
+    if (!summary.is_object()) return absl::DataLossError(key + " is not JSON");
+    for (const auto& [name, info] : summary.items()) {
+      MOEC_ASSIGN_OR_RETURN(edits->replaced[name], ctx.InputKey(stage.id, l, name));
     }
   }
-  if (drop.ok()) {
-    MOEC_ASSIGN_OR_RETURN(std::string key, ctx.InputKey(*drop, -1, "kept_mask"));
-    MOEC_ASSIGN_OR_RETURN(at::Tensor mask, GetTensor(ctx, key));
-    if (mask.dim() != 2 || mask.size(0) != layers) {
-      return absl::DataLossError(absl::StrCat(key, " is not [layers, experts]"));
-    }
-    for (int l = 0; l < layers; ++l) {
-      if (!config.IsMoeLayer(l)) continue;
-      std::vector<int> kept;
-      for (int e = 0; e < config.NumRoutedExperts(l) && e < mask.size(1); ++e) {
-        if (mask[l][e].item<uint8_t>() != 0) kept.push_back(e);
-      }
-      edits.kept[l] = kept;
-    }
-  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckEdits(const model::ModelConfig& config, const StructuralEdits& edits) {
+  const int layers = config.num_hidden_layers;
   for (int l = 0; l < layers; ++l) {
     if (!edits.kept[l]) continue;
     const std::vector<int>& k = *edits.kept[l];
@@ -83,12 +98,6 @@ absl::StatusOr<StructuralEdits> CollectStructuralEdits(const StageContext& ctx,
       }
     }
   }
-  if (absl::StatusOr<std::string> s = NeededStage(ctx, "layer_drop"); s.ok()) {
-    MOEC_ASSIGN_OR_RETURN(edits.dropped_moe_layers, IntList(ctx, *s, -1, "dropped_moe_layers"));
-  }
-  if (absl::StatusOr<std::string> s = NeededStage(ctx, "block_drop"); s.ok()) {
-    MOEC_ASSIGN_OR_RETURN(edits.dropped_layers, IntList(ctx, *s, -1, "dropped_layers"));
-  }
   for (const std::vector<int>* v : {&edits.dropped_moe_layers, &edits.dropped_layers}) {
     for (size_t i = 0; i < v->size(); ++i) {
       if ((*v)[i] < 0 || (*v)[i] >= layers || (i > 0 && (*v)[i] <= (*v)[i - 1])) {
@@ -96,17 +105,44 @@ absl::StatusOr<StructuralEdits> CollectStructuralEdits(const StageContext& ctx,
       }
     }
   }
-  if (absl::StatusOr<std::string> s = NeededStage(ctx, "prune_weights"); s.ok()) {
-    for (int l = 0; l < layers; ++l) {
-      MOEC_ASSIGN_OR_RETURN(std::string key, ctx.InputKey(*s, l, "summary"));
-      MOEC_ASSIGN_OR_RETURN(storage::Factor f, ctx.io->Get(key));
-      json summary = json::parse(f.data, nullptr, false);
-      if (!summary.is_object()) return absl::DataLossError(key + " is not JSON");
-      for (const auto& [name, info] : summary.items()) {
-        MOEC_ASSIGN_OR_RETURN(edits.replaced[name], ctx.InputKey(*s, l, name));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<StructuralEdits> CollectStructuralEdits(const StageContext& ctx,
+                                                       const model::ModelConfig& config) {
+  StructuralEdits edits;
+  edits.kept.resize(config.num_hidden_layers);
+  const recipe::StageSpec* experts = nullptr;
+  for (const recipe::StageSpec* s :
+       NeededStagesWhere(ctx, [](const recipe::StageKindSpec& k) { return k.is_structural(); })) {
+    switch (s->spec().structural) {
+      case recipe::StructuralEdit::kExperts:
+        if (experts != nullptr) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              "stages '", experts->id, "' and '", s->id, "' both choose experts; keep one of them"));
+        }
+        experts = s;
+        MOEC_RETURN_IF_ERROR(CollectKeptExperts(ctx, config, *s, &edits));
+        break;
+      case recipe::StructuralEdit::kMoeLayers: {
+        MOEC_ASSIGN_OR_RETURN(edits.dropped_moe_layers,
+                              IntList(ctx, s->id, -1, outputs::kDroppedMoeLayers));
+        break;
       }
+      case recipe::StructuralEdit::kLayers: {
+        MOEC_ASSIGN_OR_RETURN(edits.dropped_layers, IntList(ctx, s->id, -1, outputs::kDroppedLayers));
+        break;
+      }
+      case recipe::StructuralEdit::kWeights:
+        MOEC_RETURN_IF_ERROR(CollectPrunedWeights(ctx, config, *s, &edits));
+        break;
+      case recipe::StructuralEdit::kNone:
+        break;
     }
   }
+  MOEC_RETURN_IF_ERROR(CheckEdits(config, edits));
   return edits;
 }
 

@@ -21,7 +21,7 @@
 #include "absl/status/statusor.h"
 #include "model/config/config.h"
 #include "nlohmann/json.hpp"
-#include "stages/stage.h"
+#include "dataplane/task_context.h"
 #include "storage/safetensors_reader.h"
 
 namespace moec::dataplane {

@@ -7,10 +7,12 @@
 #include <atomic>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/recipe/recipe.h"
 #include "moec/v1/job.pb.h"
 #include "nlohmann/json.hpp"
 #include "storage/factor_store.h"
@@ -38,8 +40,12 @@ class FactorIo {
 // What a running stage sees. Valid for the duration of Run.
 struct StageContext {
   const v1::TaskRecord* task = nullptr;
-  nlohmann::json params;              // validated parameters of the stage (defaults filled in)
-  nlohmann::json recipe;              // the job's canonical recipe
+  // The job's recipe, validated (recipe::Recipe::FromCanonicalJson on workers), and this task's
+  // stage in it: its parameters are all there, with their catalog types.
+  std::shared_ptr<const recipe::Recipe> recipe;
+  const recipe::StageSpec* stage = nullptr;
+  // The job was submitted with --overwrite: its export may replace an output moec did not write.
+  bool overwrite = false;
   int rank = 0;                       // rank in the gang
   std::vector<std::string> group;     // worker ids of the gang
   // Collectives of the gang (group.size() ranks); connects on first use. Not owned; null in tests
@@ -62,6 +68,8 @@ struct StageContext {
                                        absl::string_view name) const;
   // The key of output `name` of the previous layer's task of this (per-layer) stage.
   absl::StatusOr<std::string> PreviousLayerKey(absl::string_view name) const;
+  // Binds `recipe` and its stage `stage_id` (stage stays null when there is none).
+  void SetRecipe(std::shared_ptr<const recipe::Recipe> r, absl::string_view stage_id);
 };
 
 }  // namespace moec::dataplane

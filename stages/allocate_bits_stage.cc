@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/stage_outputs.h"
 #include "common/status_macros.h"
 #include "dataplane/model_inputs.h"
 #include "model/config/config.h"
@@ -29,30 +30,27 @@ absl::Status AllocateBitsStage::Run(StageContext& ctx) {
   MOEC_ASSIGN_OR_RETURN(std::string quant_loss, NeededStage(ctx, "quant_loss"));
   MOEC_ASSIGN_OR_RETURN(model::ModelConfig config, JobModelConfig(ctx));
   AllocationOptions o;
-  o.bits = ctx.params.value("bits", std::vector<int>{1, 2, 3});
-  if (ctx.params.contains("average_bits") && !ctx.params["average_bits"].is_null()) {
-    o.average_bits = ctx.params["average_bits"].get<double>();
-  } else {
-    return absl::InvalidArgumentError("allocate_bits needs 'average_bits' (the budget)");
-  }
-  o.alpha = ctx.params.value("alpha", 1.0);
-  o.beta = ctx.params.value("beta", 1.5);
-  o.gamma = ctx.params.value("gamma", 1.0);
-  o.scope = ctx.params.value("budget", "layer") == "model" ? AllocationOptions::Scope::kModel
-                                                           : AllocationOptions::Scope::kLayer;
-  o.granularity = ctx.params.value("granularity", "expert") == "layer"
-                      ? AllocationOptions::Granularity::kLayer
-                      : AllocationOptions::Granularity::kExpert;
+  const recipe::StageSpec& p = *ctx.stage;
+  o.bits.clear();
+  for (int64_t b : p.IntList("bits")) o.bits.push_back(static_cast<int>(b));
+  o.average_bits = p.Float("average_bits");
+  o.alpha = p.Float("alpha");
+  o.beta = p.Float("beta");
+  o.gamma = p.Float("gamma");
+  o.scope = p.Str("budget") == "model" ? AllocationOptions::Scope::kModel
+                                       : AllocationOptions::Scope::kLayer;
+  o.granularity = p.Str("granularity") == "layer" ? AllocationOptions::Granularity::kLayer
+                                                  : AllocationOptions::Granularity::kExpert;
   std::vector<LayerFactors> factors;
   int max_experts = 0;
   for (int l = 0; l < config.num_hidden_layers; ++l) {
     if (!config.IsMoeLayer(l) || config.NumRoutedExperts(l) == 0) continue;
     LayerFactors f;
     f.layer = l;
-    MOEC_ASSIGN_OR_RETURN(std::string tokens_key, ctx.InputKey(calibrate, l, "expert_tokens"));
-    MOEC_ASSIGN_OR_RETURN(std::string mass_key, ctx.InputKey(calibrate, l, "routing_mass"));
-    MOEC_ASSIGN_OR_RETURN(std::string loss_key, ctx.InputKey(quant_loss, l, "quant_loss"));
-    MOEC_ASSIGN_OR_RETURN(std::string bits_key, ctx.InputKey(quant_loss, l, "bits"));
+    MOEC_ASSIGN_OR_RETURN(std::string tokens_key, ctx.InputKey(calibrate, l, outputs::kExpertTokens));
+    MOEC_ASSIGN_OR_RETURN(std::string mass_key, ctx.InputKey(calibrate, l, outputs::kRoutingMass));
+    MOEC_ASSIGN_OR_RETURN(std::string loss_key, ctx.InputKey(quant_loss, l, outputs::kQuantLoss));
+    MOEC_ASSIGN_OR_RETURN(std::string bits_key, ctx.InputKey(quant_loss, l, outputs::kLossBits));
     MOEC_ASSIGN_OR_RETURN(at::Tensor tokens, GetTensor(ctx, tokens_key));
     MOEC_ASSIGN_OR_RETURN(at::Tensor mass, GetTensor(ctx, mass_key));
     MOEC_ASSIGN_OR_RETURN(at::Tensor loss, GetTensor(ctx, loss_key));
@@ -81,9 +79,9 @@ absl::Status AllocateBitsStage::Run(StageContext& ctx) {
   for (size_t i = 0; i < factors.size(); ++i) {
     for (size_t e = 0; e < a.bits[i].size(); ++e) bits[factors[i].layer][e] = a.bits[i][e];
   }
-  MOEC_RETURN_IF_ERROR(PutTensor(ctx, "expert_bits", bits));
-  MOEC_RETURN_IF_ERROR(PutTensor(ctx, "objective", at::full({1}, a.objective, at::kDouble)));
-  MOEC_RETURN_IF_ERROR(PutTensor(ctx, "average_bits", at::full({1}, a.average_bits, at::kDouble)));
+  MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kExpertBits, bits));
+  MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kObjective, at::full({1}, a.objective, at::kDouble)));
+  MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kAverageBits, at::full({1}, a.average_bits, at::kDouble)));
   ctx.progress(1.0, absl::StrCat("average ", a.average_bits, " bits",
                                  a.proven_optimal ? " (optimal)" : " (time limit)"));
   return absl::OkStatus();

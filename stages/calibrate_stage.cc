@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/stage_outputs.h"
 #include "common/status_macros.h"
 #include "dataplane/expert_parallel.h"
 #include "dataplane/model_inputs.h"
@@ -132,7 +133,7 @@ absl::Status CalibrateStage::Run(StageContext& ctx) {
   ChunkPlan plan;
   plan.rank = comm.rank();
   plan.ranks = comm.size();
-  plan.chunk_windows = ctx.params.value("batch_size", int64_t{8});
+  plan.chunk_windows = ctx.stage->Int("batch_size");
   at::Tensor window_tokens;
   MOEC_RETURN_IF_ERROR(PlanChunks(ctx, &plan, &window_tokens));
   const int experts = config.IsMoeLayer(layer) ? std::max(0, config.NumRoutedExperts(layer)) : 0;
@@ -160,7 +161,7 @@ absl::Status CalibrateStage::Run(StageContext& ctx) {
     at::Tensor out = runner->RunLayer(weights, hidden, moe ? &it->second : nullptr,
                                       moe ? &executor : nullptr);
     MOEC_RETURN_IF_ERROR(executor.status());
-    MOEC_RETURN_IF_ERROR(PutTensor(ctx, ChunkOutputName("hidden", chunk), out));
+    MOEC_RETURN_IF_ERROR(PutTensor(ctx, ChunkOutputName(outputs::kHidden, chunk), out));
     ctx.progress(static_cast<double>(round + 1) / plan.rounds(),
                  absl::StrCat("layer ", layer, ": chunk ", chunk + 1, "/", plan.chunks()));
   }
@@ -178,12 +179,12 @@ absl::Status CalibrateStage::Run(StageContext& ctx) {
     // Lower median, as torch.median returns.
     const double median = ratios.numel() > 0 ? ratios.median().item<double>() : 0.0;
     const double entropy = tokens > 0 && experts > 1 ? entropy_sum / tokens / std::log(experts) : 0.0;
-    MOEC_RETURN_IF_ERROR(PutTensor(ctx, "expert_tokens", counts));
-    MOEC_RETURN_IF_ERROR(PutTensor(ctx, "routing_mass", mass));
-    MOEC_RETURN_IF_ERROR(PutTensor(ctx, "softmax_mass", softmax_mass));
-    MOEC_RETURN_IF_ERROR(PutTensor(ctx, "p2_p1_median", at::full({1}, median, at::kDouble)));
-    MOEC_RETURN_IF_ERROR(PutTensor(ctx, "router_entropy", at::full({1}, entropy, at::kDouble)));
-    MOEC_RETURN_IF_ERROR(PutTensor(ctx, "tokens", at::full({1}, tokens, at::kLong)));
+    MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kExpertTokens, counts));
+    MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kRoutingMass, mass));
+    MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kSoftmaxMass, softmax_mass));
+    MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kP2P1Median, at::full({1}, median, at::kDouble)));
+    MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kRouterEntropy, at::full({1}, entropy, at::kDouble)));
+    MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kTokens, at::full({1}, tokens, at::kLong)));
   }
   return absl::OkStatus();
 }

@@ -6,7 +6,7 @@
 #include <string>
 
 #include "dataplane/expert_parallel.h"
-#include "dataplane/map_factor_io_test_util.h"
+#include "dataplane/stage_test_util.h"
 #include "dataplane/model_inputs.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -17,6 +17,10 @@
 #include "tools/tiny_model.h"
 
 namespace moec::stages {
+
+using dataplane::TestRecipe;
+using dataplane::TestRecipeWith;
+using dataplane::TestStage;
 
 using dataplane::CalibrationWindows;
 using dataplane::GetTensor;
@@ -69,8 +73,7 @@ class CalibrateStageTest : public ::testing::TestWithParam<std::string> {
     task.set_fingerprint("fp" + std::to_string(layer));
     StageContext ctx;
     ctx.task = &task;
-    ctx.params = {{"batch_size", 2}};
-    ctx.recipe = recipe_;
+    ctx.SetRecipe(TestRecipeWith(recipe_, "cal", {{"batch_size", 2}}, "calibrate"), "cal");
     for (int l = 0; l < 3; ++l) ctx.inputs["job/cal/L" + std::to_string(l)] = "fp" + std::to_string(l);
     io->SetTask(task.fingerprint());
     ctx.io = io;
@@ -89,7 +92,7 @@ TEST_P(CalibrateStageTest, StatisticsMatchAPlainForward) {
   // The same windows through the whole model at once.
   ASSERT_OK_AND_ASSIGN(auto runner, model::ModelRunner::Open(dir_.Join("model")));
   StageContext ctx;
-  ctx.recipe = recipe_;
+  ctx.recipe = TestRecipe(recipe_);
   ASSERT_OK_AND_ASSIGN(model::TokenWindows windows, CalibrationWindows(ctx));
   ASSERT_EQ(windows.count(), 5);
   at::Tensor tokens =

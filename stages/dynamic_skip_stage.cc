@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "common/stage_outputs.h"
 #include "common/status_macros.h"
 #include "dataplane/model_inputs.h"
 #include "model/config/config.h"
@@ -26,12 +27,12 @@ absl::Status DynamicSkipStage::Run(StageContext& ctx) {
   at::Tensor beta = at::full({layers}, std::numeric_limits<double>::quiet_NaN(), at::kDouble);
   for (int l = 0; l < layers; ++l) {
     if (!config.IsMoeLayer(l) || config.NumActiveExperts(l) < 2) continue;
-    MOEC_ASSIGN_OR_RETURN(std::string key, ctx.InputKey(calibrate, l, "p2_p1_median"));
+    MOEC_ASSIGN_OR_RETURN(std::string key, ctx.InputKey(calibrate, l, outputs::kP2P1Median));
     MOEC_ASSIGN_OR_RETURN(at::Tensor median, GetTensor(ctx, key));
     beta[l] = median.item<double>();
     ctx.progress(static_cast<double>(l + 1) / layers, absl::StrCat("layer ", l));
   }
-  return PutTensor(ctx, "skip_beta", beta);
+  return PutTensor(ctx, outputs::kSkipBeta, beta);
 }
 
 }  // namespace moec::stages

@@ -9,6 +9,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/stage_outputs.h"
 #include "common/status_macros.h"
 #include "dataplane/model_inputs.h"
 #include "kernels/kernels.h"
@@ -165,18 +166,20 @@ absl::StatusOr<nlohmann::json> EvaluateModel(const std::string& dir, const std::
 
 absl::Status EvaluateStage::Run(StageContext& ctx) {
   if (ctx.rank != 0) return absl::OkStatus();
-  const nlohmann::json& e = ctx.recipe.value("evaluation", nlohmann::json());
-  if (!e.is_object()) {
+  if (!ctx.recipe->evaluation.has_value()) {
     return absl::FailedPreconditionError(
         "evaluate needs evaluation text; the recipe has no 'evaluation'");
   }
-  const std::string text = e.at("path").get<std::string>();
-  const int64_t seqlen = e.value("seqlen", int64_t{2048});
-  const int64_t max_windows = ctx.params.value("max_windows", int64_t{0});
-  const bool baseline = ctx.params.value("baseline", true);
-  const std::string original = ctx.recipe.at("model").get<std::string>();
-  const bool exported = NeededStage(ctx, "export").ok();
-  const std::string evaluated = exported ? ctx.recipe.at("output").get<std::string>() : original;
+  const std::string text = ctx.recipe->evaluation->path;
+  const int64_t seqlen = ctx.recipe->evaluation->seqlen;
+  const int64_t max_windows = ctx.stage->Int("max_windows");
+  const bool baseline = ctx.stage->Bool("baseline");
+  const std::string original = ctx.recipe->model;
+  // It evaluates the job's output when it needs the stage that writes it.
+  const bool exported =
+      !NeededStagesWhere(ctx, [](const recipe::StageKindSpec& k) { return k.writes_output; })
+           .empty();
+  const std::string evaluated = exported ? ctx.recipe->output : original;
   const double parts = baseline && exported ? 2.0 : 1.0;
   nlohmann::json report;
   MOEC_ASSIGN_OR_RETURN(report["model"],
@@ -191,7 +194,7 @@ absl::Status EvaluateStage::Run(StageContext& ctx) {
   }
   const std::string bytes = report.dump();
   return ctx.io
-      ->PutOutput("report", storage::DType::kU8, {static_cast<int64_t>(bytes.size())}, bytes)
+      ->PutOutput(outputs::kReport, storage::DType::kU8, {static_cast<int64_t>(bytes.size())}, bytes)
       .status();
 }
 

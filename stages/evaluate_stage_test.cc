@@ -3,6 +3,7 @@
 #include <cmath>
 #include <string>
 
+#include "dataplane/stage_test_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/status_matchers.h"
@@ -10,6 +11,10 @@
 #include "tools/tiny_model.h"
 
 namespace moec::stages {
+
+using dataplane::TestRecipe;
+using dataplane::TestRecipeWith;
+using dataplane::TestStage;
 
 using ::moec::testing::StatusIs;
 using ::moec::testing::TempDir;
@@ -46,11 +51,12 @@ TEST(EvaluateStageTest, ReportsPerplexitySizeAndBitsOfTheOriginalModel) {
   task.set_layer(-1);
   StageContext ctx;
   ctx.task = &task;
-  ctx.params = {{"max_windows", 3}, {"baseline", true}};
-  ctx.recipe = {{"model", dir.Join("model")},
-                {"output", dir.Join("out")},
-                {"evaluation", {{"path", dir.Join("eval.txt")}, {"seqlen", 32}}},
-                {"stages", {{{"id", "eval"}, {"kind", "evaluate"}, {"needs", nlohmann::json::array()}}}}};
+  ctx.SetRecipe(TestRecipeWith({{"model", dir.Join("model")},
+                                {"output", dir.Join("out")},
+                                {"evaluation", {{"path", dir.Join("eval.txt")}, {"seqlen", 32}}},
+                                {"stages", {TestStage("eval", "evaluate")}}},
+                               "eval", {{"max_windows", 3}, {"baseline", true}}),
+                "eval");
   StringIo io;
   ctx.io = &io;
   ASSERT_OK(EvaluateStage().Run(ctx));
@@ -74,7 +80,10 @@ TEST(EvaluateStageTest, ReportsPerplexitySizeAndBitsOfTheOriginalModel) {
                        EvaluateModel(dir.Join("model"), dir.Join("eval.txt"), 32, 3, nullptr));
   EXPECT_DOUBLE_EQ(direct.at("perplexity").get<double>(), m.at("perplexity").get<double>());
 
-  ctx.recipe.erase("evaluation");
+  // A recipe without evaluation text (validation refuses it; a stored one could lack it).
+  auto without = std::make_shared<recipe::Recipe>(*ctx.recipe);
+  without->evaluation.reset();
+  ctx.SetRecipe(without, "eval");
   EXPECT_THAT(EvaluateStage().Run(ctx),
               StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("evaluation")));
 }

@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "comm/communicator.h"
+#include "common/stage_outputs.h"
 #include "common/status_macros.h"
 #include "dataplane/expert_parallel.h"
 #include "dataplane/model_inputs.h"
@@ -227,10 +228,10 @@ absl::StatusOr<int64_t> CalibrationWindowCount(const StageContext& ctx, const st
     return window_tokens->size(0);
   }
   MOEC_ASSIGN_OR_RETURN(std::string prefix, ctx.InputKey(calibrate, layer - 1, ""));
-  absl::StatusOr<ChunkPlan> stored = ReadChunkedWindows(ctx, prefix + "windows");
+  absl::StatusOr<ChunkPlan> stored = ReadChunkedWindows(ctx, prefix + outputs::kWindows);
   if (stored.ok()) return stored->windows;
   if (!absl::IsNotFound(stored.status())) return stored.status();
-  MOEC_ASSIGN_OR_RETURN(at::Tensor hidden, GetTensor(ctx, prefix + "hidden"));
+  MOEC_ASSIGN_OR_RETURN(at::Tensor hidden, GetTensor(ctx, prefix + outputs::kHidden));
   return hidden.size(0);
 }
 
@@ -266,14 +267,10 @@ absl::Status ExpertPruneStage::Run(StageContext& ctx) {
   std::unique_ptr<comm::Communicator> single;
   comm::Communicator& comm = GangComm(ctx, &single);
   MOEC_ASSIGN_OR_RETURN(std::string calibrate, NeededStage(ctx, "calibrate"));
-  const nlohmann::json& keep_param = ctx.params.value("keep", nlohmann::json());
-  if (!keep_param.is_number_integer()) {
-    return absl::InvalidArgumentError("expert_prune needs parameter 'keep'");
-  }
-  const int keep = keep_param.get<int>();
-  const bool progressive = ctx.params.value("mode", "layerwise") == "progressive";
-  const int64_t limit = ctx.params.value("exhaustive_limit", int64_t{100000});
-  const int64_t batch = ctx.params.value("batch_size", int64_t{8});
+  const int keep = static_cast<int>(ctx.stage->Int("keep"));
+  const bool progressive = ctx.stage->Str("mode") == "progressive";
+  const int64_t limit = ctx.stage->Int("exhaustive_limit");
+  const int64_t batch = ctx.stage->Int("batch_size");
   const int layer = ctx.task->layer();
   MOEC_ASSIGN_OR_RETURN(std::unique_ptr<model::ModelRunner> runner, OpenJobModel(ctx));
   const model::ModelConfig& config = runner->config();
@@ -322,7 +319,7 @@ absl::Status ExpertPruneStage::Run(StageContext& ctx) {
     MOEC_RETURN_IF_ERROR(RunChunkRounds(
         ctx, *runner, weights, plan, input, executor.get(), nullptr,
         [&](int64_t chunk, const at::Tensor& out) {
-          return PutTensor(ctx, ChunkOutputName("hidden", chunk), out);
+          return PutTensor(ctx, ChunkOutputName(outputs::kHidden, chunk), out);
         },
         nullptr));
     return comm.rank() == 0 ? PutChunkedWindows(ctx, plan) : absl::OkStatus();
@@ -405,10 +402,10 @@ absl::Status ExpertPruneStage::Run(StageContext& ctx) {
           }));
   if (comm.rank() == 0) {
     MOEC_RETURN_IF_ERROR(PutTensor(
-        ctx, "kept_experts",
+        ctx, outputs::kKeptExperts,
         at::tensor(std::vector<int64_t>(r.kept.begin(), r.kept.end()), at::kLong)));
-    MOEC_RETURN_IF_ERROR(PutTensor(ctx, "losses", at::tensor(r.losses, at::kDouble)));
-    MOEC_RETURN_IF_ERROR(PutTensor(ctx, "loss", at::full({1}, r.loss, at::kDouble)));
+    MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kPruneLosses, at::tensor(r.losses, at::kDouble)));
+    MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kPruneLoss, at::full({1}, r.loss, at::kDouble)));
   }
   model::LayerWeights pruned = w;
   const at::Tensor ids = at::tensor(std::vector<int64_t>(r.kept.begin(), r.kept.end()), at::kLong);

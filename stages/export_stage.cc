@@ -10,6 +10,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/stage_outputs.h"
 #include "common/status_macros.h"
 #include "dataplane/model_inputs.h"
 #include "dataplane/model_view.h"
@@ -85,7 +86,7 @@ absl::StatusOr<json> WriteQuantized(StageContext& ctx, const std::string& format
   // Which linears were quantized, at which width (from each layer's summary).
   std::map<std::string, int> widths;
   for (int l = 0; l < config.num_hidden_layers; ++l) {
-    MOEC_ASSIGN_OR_RETURN(std::string key, ctx.InputKey(quant_stage, l, "summary"));
+    MOEC_ASSIGN_OR_RETURN(std::string key, ctx.InputKey(quant_stage, l, outputs::kSummary));
     MOEC_ASSIGN_OR_RETURN(storage::Factor f, ctx.io->Get(key));
     json summary = json::parse(f.data, nullptr, false);
     if (!summary.is_object()) return absl::DataLossError(key + " is not JSON");
@@ -260,23 +261,25 @@ absl::StatusOr<json> WriteQuantized(StageContext& ctx, const std::string& format
 
 absl::Status ExportStage::Run(StageContext& ctx) {
   if (ctx.rank != 0) return absl::OkStatus();
-  const std::string format = ctx.params.value("format", "gptq");
-  std::string quant_stage;
-  if (format == "gptq" || format == "fake_quant" || format == "hqq") {
-    absl::StatusOr<std::string> g = NeededStage(ctx, "gptq");
-    absl::StatusOr<std::string> r = NeededStage(ctx, "rtn");
-    if (!g.ok() && !r.ok()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "export format '", format, "' needs a gptq or rtn stage among its needs"));
-    }
-    quant_stage = g.ok() ? *g : *r;
-  } else if (format != "hf") {
-    return absl::UnimplementedError(absl::StrCat("export format '", format,
-                                                 "' is not implemented; available: hf, gptq, "
-                                                 "hqq, fake_quant"));
+  const std::string format = ctx.stage->Str("format");
+  const recipe::FormatSpec* spec = ctx.stage->spec().FindFormat(format);
+  if (spec == nullptr) {
+    return absl::UnimplementedError(absl::StrCat("export format '", format, "' is not implemented"));
   }
-  const std::string src = ctx.recipe.at("model").get<std::string>();
-  const std::string out = ctx.recipe.at("output").get<std::string>();
+  // The quantized weights come from the quantizing stage among its needs (rules.h checked that
+  // a quantized format has one and that it produces widths the format holds).
+  std::string quant_stage;
+  const std::vector<const recipe::StageSpec*> quantizers =
+      NeededStagesWhere(ctx, [](const recipe::StageKindSpec& k) { return k.quantizes(); });
+  if (spec->quantized) {
+    if (quantizers.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "export format '", format, "' needs a quantizing stage (gptq, rtn) among its needs"));
+    }
+    quant_stage = quantizers.front()->id;
+  }
+  const std::string src = ctx.recipe->model;
+  const std::string out = ctx.recipe->output;
   // The model a restructure stage decided (model_view.h), else the recipe's.
   MOEC_ASSIGN_OR_RETURN(std::optional<ModelView> view, JobModelView(ctx));
   json config;
@@ -288,7 +291,7 @@ absl::Status ExportStage::Run(StageContext& ctx) {
 
   // Per-layer results of the stages this export needs.
   if (absl::StatusOr<std::string> skip = NeededStage(ctx, "dynamic_skip"); skip.ok()) {
-    MOEC_ASSIGN_OR_RETURN(std::string key, ctx.InputKey(*skip, -1, "skip_beta"));
+    MOEC_ASSIGN_OR_RETURN(std::string key, ctx.InputKey(*skip, -1, outputs::kSkipBeta));
     MOEC_ASSIGN_OR_RETURN(at::Tensor beta, GetTensor(ctx, key));
     json list = json::array();
     for (int64_t l = 0; l < beta.size(0); ++l) {
@@ -300,8 +303,8 @@ absl::Status ExportStage::Run(StageContext& ctx) {
   }
   // Online dynamic pruning calibrated by an `odp` stage (odp_stage.h).
   if (absl::StatusOr<std::string> odp = NeededStage(ctx, "odp"); odp.ok()) {
-    MOEC_ASSIGN_OR_RETURN(std::string bkey, ctx.InputKey(*odp, -1, "odp_beta"));
-    MOEC_ASSIGN_OR_RETURN(std::string ekey, ctx.InputKey(*odp, -1, "enabled_layers"));
+    MOEC_ASSIGN_OR_RETURN(std::string bkey, ctx.InputKey(*odp, -1, outputs::kOdpBeta));
+    MOEC_ASSIGN_OR_RETURN(std::string ekey, ctx.InputKey(*odp, -1, outputs::kEnabledLayers));
     MOEC_ASSIGN_OR_RETURN(at::Tensor beta, GetTensor(ctx, bkey));
     MOEC_ASSIGN_OR_RETURN(at::Tensor enabled, GetTensor(ctx, ekey));
     json layers = json::array(), betas = json(std::vector<json>(beta.size(0), nullptr));
@@ -311,7 +314,7 @@ absl::Status ExportStage::Run(StageContext& ctx) {
       layers.push_back(l);
       betas[l] = beta[l].item<double>();
     }
-    MOEC_ASSIGN_OR_RETURN(std::string skey, ctx.InputKey(*odp, -1, "settings"));
+    MOEC_ASSIGN_OR_RETURN(std::string skey, ctx.InputKey(*odp, -1, outputs::kOdpSettings));
     MOEC_ASSIGN_OR_RETURN(at::Tensor settings, GetTensor(ctx, skey));
     if (settings.numel() != 3) return absl::DataLossError(skey + " is not {tau_low, tau_high, prior}");
     config["moec"]["format_version"] = 1;
@@ -352,20 +355,17 @@ absl::Status ExportStage::Run(StageContext& ctx) {
   int64_t files = 0;
   if (!quant_stage.empty()) {
     // Group size, symmetry and act-order of the quantization stage, for quantization_config.
-    json quant_params = json::object();
-    for (const json& st : ctx.recipe.value("stages", json::array())) {
-      if (st.value("id", "") == quant_stage) quant_params = st.value("with", json::object());
-    }
+    const json& quant_params = quantizers.front()->params;
     if (edits.kept.empty()) edits.kept.resize(source_config.num_hidden_layers);
     MOEC_ASSIGN_OR_RETURN(json q, WriteQuantized(ctx, format, quant_stage, quant_params, src,
                                                  source_config, edited_config, edits, tmp,
-                                                 static_cast<uint64_t>(ctx.params.value("max_shard_mib", 5120)) << 20));
+                                                 static_cast<uint64_t>(ctx.stage->Int("max_shard_mib")) << 20));
     if (!q.is_null()) config["quantization_config"] = q;
   }
   if (!edits.empty() && quant_stage.empty()) {
     MOEC_RETURN_IF_ERROR(WriteEditedCheckpoint(
         ctx, src, source_config, edited_config, edits, tmp,
-        static_cast<uint64_t>(ctx.params.value("max_shard_mib", 5120)) << 20));
+        static_cast<uint64_t>(ctx.stage->Int("max_shard_mib")) << 20));
   }
   const std::string final_config = config.dump(2) + "\n";
   MOEC_RETURN_IF_ERROR(model::ParseModelConfig(final_config, out + "/config.json").status());
@@ -395,8 +395,8 @@ absl::Status ExportStage::Run(StageContext& ctx) {
     absl::StatusOr<std::string> previous = storage::ReadFileToString(out + "/" + kMarker, 1 << 20);
     json p = previous.ok() ? json::parse(*previous, nullptr, false) : json();
     // A directory moec did not write is replaced only when the job was submitted with
-    // --overwrite (the coordinator then puts "overwrite" into the job's recipe).
-    if ((!p.is_object() || p.value("output", "") != out) && !ctx.recipe.value("overwrite", false)) {
+    // --overwrite (JobRecord.overwrite, carried by the lease).
+    if ((!p.is_object() || p.value("output", "") != out) && !ctx.overwrite) {
       fs::remove_all(tmp, ec);
       return absl::FailedPreconditionError(absl::StrCat(
           "output ", out, " exists and was not written by a moec export; move it away, "

@@ -19,7 +19,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "dataplane/expert_parallel.h"
-#include "dataplane/map_factor_io_test_util.h"
+#include "dataplane/stage_test_util.h"
 #include "dataplane/model_inputs.h"
 #include "dataplane/tiny_model_test_util.h"
 #include "gmock/gmock.h"
@@ -40,6 +40,10 @@
 #include "tools/tiny_model.h"
 
 namespace moec::stages {
+
+using dataplane::TestRecipe;
+using dataplane::TestRecipeWith;
+using dataplane::TestStage;
 
 using dataplane::CalibrationTokens;
 using dataplane::GetTensor;
@@ -88,8 +92,7 @@ class McMoeExportTest : public ::testing::TestWithParam<std::string> {
     task.set_fingerprint(layer < 0 ? id : id + std::to_string(layer));
     StageContext ctx;
     ctx.task = &task;
-    ctx.params = params;
-    ctx.recipe = recipe_;
+    ctx.SetRecipe(TestRecipeWith(recipe_, id, params), id);
     ctx.inputs["job/odp"] = "odp";
     for (int l = 0; l < kLayers; ++l) {
       ctx.inputs["job/stats/L" + std::to_string(l)] = "stats" + std::to_string(l);
@@ -106,7 +109,7 @@ class McMoeExportTest : public ::testing::TestWithParam<std::string> {
   }
   at::Tensor Tokens() {
     StageContext ctx;
-    ctx.recipe = recipe_;
+    ctx.recipe = TestRecipe(recipe_);
     absl::StatusOr<at::Tensor> t = CalibrationTokens(ctx);
     EXPECT_TRUE(t.ok()) << t.status();
     return t.ok() ? *t : at::Tensor();
@@ -152,7 +155,7 @@ TEST_P(McMoeExportTest, HqqForwardEqualsFakeQuantAndEvaluateCountsItsBits) {
     QuantizeStage rtn(/*gptq=*/false);
     for (int l = 0; l < kLayers; ++l) {
       ASSERT_OK(Run(rtn, "quant", l,
-                    {{"bits", bits}, {"attn_bits", attn_bits}, {"shared_bits", attn_bits}, {"group_size", 8}},
+                    {{"bits", bits}, {"attn_bits", attn_bits}, {"group_size", 8}},
                     {}, dir_.Join("unused")));
     }
     RoundScalesToHalf();
@@ -407,14 +410,16 @@ TEST_P(McMoeExportTest, GptqExportMatchesAnIndependentDequantizer) {
   for (int bits : {2, 3, 4, 8}) {
     SCOPED_TRACE(absl::StrCat(bits, " bits"));
     const int attn_bits = bits == 2 ? 3 : bits == 3 ? 4 : bits == 4 ? 8 : 4;  // two widths
-    QuantizeStage quantize(/*gptq=*/bits == 3);
+    const bool gptq = bits == 3;
+    QuantizeStage quantize(gptq);
+    kinds_[2].second = gptq ? "gptq" : "rtn";  // the recipe's kind of stage "quant"
+    nlohmann::json params = {{"bits", bits}, {"attn_bits", attn_bits}, {"group_size", 8},
+                             {"sym", bits == 3 || bits == 8}};
+    if (gptq) params["shared_bits"] = attn_bits;
     for (int l = 0; l < kLayers; ++l) {
       // Symmetric codes never have a zero point of 0: those exports are v1 ("gptq", zeros
       // stored minus one); asymmetric ones here have some and are v2.
-      ASSERT_OK(Run(quantize, "quant", l,
-                    {{"bits", bits}, {"attn_bits", attn_bits}, {"shared_bits", attn_bits},
-                     {"group_size", 8}, {"sym", bits == 3 || bits == 8}},
-                    {}, dir_.Join("unused")));
+      ASSERT_OK(Run(quantize, "quant", l, params, {}, dir_.Join("unused")));
     }
     ExportStage exporter;
     const std::string out = dir_.Join(absl::StrCat("gptq", bits));
@@ -437,7 +442,7 @@ TEST_P(McMoeExportTest, GptqExportMatchesAnIndependentDequantizer) {
   // Widths no GPTQ loader reads are refused, naming the way out.
   QuantizeStage rtn(/*gptq=*/false);
   for (int l = 0; l < kLayers; ++l) {
-    ASSERT_OK(Run(rtn, "quant", l, {{"bits", 5}, {"attn_bits", 4}, {"shared_bits", 4}, {"group_size", 8}},
+    ASSERT_OK(Run(rtn, "quant", l, {{"bits", 5}, {"attn_bits", 4}, {"group_size", 8}},
                   {}, dir_.Join("unused")));
   }
   ExportStage exporter;

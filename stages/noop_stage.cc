@@ -2,11 +2,12 @@
 
 #include "absl/status/status.h"
 #include "absl/time/clock.h"
+#include "common/stage_outputs.h"
 
 namespace moec::stages {
 
 absl::Status NoopStage::Run(StageContext& ctx) {
-  const int64_t sleep_ms = ctx.params.value("sleep_ms", 0);
+  const int64_t sleep_ms = ctx.stage->Int("sleep_ms");
   const absl::Time end = absl::Now() + absl::Milliseconds(sleep_ms);
   while (absl::Now() < end) {
     if (ctx.IsCancelled()) return absl::CancelledError("noop cancelled");
@@ -14,7 +15,7 @@ absl::Status NoopStage::Run(StageContext& ctx) {
   }
   // Optionally reads the `noop` outputs of its inputs (the factor store checks their CRCs): the
   // e2e test of corrupt-factor recovery reads through it.
-  if (ctx.params.value("read_inputs", false) && ctx.rank == 0) {
+  if (ctx.stage->Bool("read_inputs") && ctx.rank == 0) {
     if (ctx.io == nullptr) return absl::FailedPreconditionError("noop: no factor I/O to read inputs");
     for (const auto& [task_id, fingerprint] : ctx.inputs) {
       if (task_id == ctx.task->task_id()) continue;
@@ -24,13 +25,13 @@ absl::Status NoopStage::Run(StageContext& ctx) {
   }
   // Optionally writes an output, so tests can follow bytes through the factor path. In a gang
   // only rank 0 writes it: output names are per task, so ranks must not write the same one.
-  const int64_t bytes = ctx.params.value("output_bytes", 0);
+  const int64_t bytes = ctx.stage->Int("output_bytes");
   if (bytes > 0 && ctx.rank == 0) {
     if (ctx.io == nullptr) return absl::FailedPreconditionError("noop: no factor I/O for its output");
     std::string data(static_cast<size_t>(bytes), '\0');
     for (int64_t i = 0; i < bytes; ++i) data[i] = static_cast<char>('a' + (i + ctx.task->layer()) % 26);
     absl::StatusOr<std::string> key =
-        ctx.io->PutOutput("noop", storage::DType::kU8, {bytes}, data);
+        ctx.io->PutOutput(outputs::kNoop, storage::DType::kU8, {bytes}, data);
     if (!key.ok()) return key.status();
   }
   ctx.progress(1.0, "done");

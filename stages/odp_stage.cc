@@ -8,6 +8,7 @@
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
+#include "common/stage_outputs.h"
 #include "common/status_macros.h"
 #include "dataplane/expert_parallel.h"
 #include "dataplane/model_inputs.h"
@@ -42,9 +43,9 @@ absl::Status OdpStage::Run(StageContext& ctx) {
   MOEC_ASSIGN_OR_RETURN(std::string calibrate, NeededStage(ctx, "calibrate"));
   MOEC_ASSIGN_OR_RETURN(std::unique_ptr<model::ModelRunner> runner, OpenJobModel(ctx));
   const model::ModelConfig& c = runner->config();
-  const double protect = ctx.params.value("protect_fraction", 0.02);
-  const bool positional = ctx.params.value("odp_positional_prior", false);
-  const double fraction = ctx.params.value("enable_fraction", 0.33);
+  const double protect = ctx.stage->Float("protect_fraction");
+  const bool positional = ctx.stage->Bool("odp_positional_prior");
+  const double fraction = ctx.stage->Float("enable_fraction");
   const int layers = c.num_hidden_layers;
   std::vector<double> beta(layers, kNaN), loss(layers, kNaN), skipped(layers, kNaN);
   MOEC_ASSIGN_OR_RETURN(at::Tensor tokens, CalibrationTokens(ctx));
@@ -53,14 +54,14 @@ absl::Status OdpStage::Run(StageContext& ctx) {
     if (ctx.IsCancelled()) return absl::CancelledError("odp cancelled");
     if (!c.IsMoeLayer(l) || c.NumActiveExperts(l) < 2) continue;
     moe_layers.push_back(l);
-    MOEC_ASSIGN_OR_RETURN(std::string key, ctx.InputKey(calibrate, l, "p2_p1_median"));
+    MOEC_ASSIGN_OR_RETURN(std::string key, ctx.InputKey(calibrate, l, outputs::kP2P1Median));
     MOEC_ASSIGN_OR_RETURN(at::Tensor median, GetTensor(ctx, key));
     beta[l] = median.item<double>();
     at::Tensor input;
     if (l == 0) {
       MOEC_ASSIGN_OR_RETURN(input, runner->Embed(tokens));
     } else {
-      MOEC_ASSIGN_OR_RETURN(input, ReadChunkedOutput(ctx, calibrate, l - 1, "hidden"));
+      MOEC_ASSIGN_OR_RETURN(input, ReadChunkedOutput(ctx, calibrate, l - 1, outputs::kHidden));
     }
     MOEC_ASSIGN_OR_RETURN(model::LayerWeights w, runner->LoadLayer(l));
     const model::RoutingRule plain = model::RoutingRuleFor(c, l);
@@ -100,12 +101,12 @@ absl::Status OdpStage::Run(StageContext& ctx) {
                                                            1, order.size());
   std::vector<int64_t> enabled(order.begin(), order.begin() + enable);
   std::sort(enabled.begin(), enabled.end());
-  MOEC_RETURN_IF_ERROR(PutTensor(ctx, "odp_beta", at::tensor(beta, at::kDouble)));
-  MOEC_RETURN_IF_ERROR(PutTensor(ctx, "odp_loss", at::tensor(loss, at::kDouble)));
-  MOEC_RETURN_IF_ERROR(PutTensor(ctx, "skipped", at::tensor(skipped, at::kDouble)));
-  MOEC_RETURN_IF_ERROR(PutTensor(ctx, "enabled_layers", at::tensor(enabled, at::kLong)));
+  MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kOdpBeta, at::tensor(beta, at::kDouble)));
+  MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kOdpLoss, at::tensor(loss, at::kDouble)));
+  MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kOdpSkipped, at::tensor(skipped, at::kDouble)));
+  MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kEnabledLayers, at::tensor(enabled, at::kLong)));
   MOEC_RETURN_IF_ERROR(PutTensor(
-      ctx, "settings", at::tensor(std::vector<double>{0.0, protect, positional ? 1.0 : 0.0}, at::kDouble)));
+      ctx, outputs::kOdpSettings, at::tensor(std::vector<double>{0.0, protect, positional ? 1.0 : 0.0}, at::kDouble)));
   ctx.progress(1.0, absl::StrCat("ODP enabled in ", enabled.size(), " of ", moe_layers.size(),
                                  " MoE layers"));
   return absl::OkStatus();

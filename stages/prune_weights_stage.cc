@@ -124,12 +124,12 @@ absl::Status PruneWeightsStage::Run(StageContext& ctx) {
   std::unique_ptr<comm::Communicator> single;
   comm::Communicator& comm = GangComm(ctx, &single);
   const int layer = ctx.task->layer();
-  const std::string method = ctx.params.value("method", "wanda");
+  const std::string method = ctx.stage->Str("method");
   const bool sparsegpt = method == "sparsegpt";
-  const double ratio = ctx.params.value("sparsity", 0.5);
+  const double ratio = ctx.stage->Float("sparsity");
   MOEC_ASSIGN_OR_RETURN(quant::SparsityPattern pattern,
-                        ParsePattern(ctx.params.value("pattern", "unstructured")));
-  const bool shared = ctx.params.value("shared_experts", false);
+                        ParsePattern(ctx.stage->Str("pattern")));
+  const bool shared = ctx.stage->Bool("shared_experts");
   MOEC_ASSIGN_OR_RETURN(std::unique_ptr<model::ModelRunner> runner, OpenJobModel(ctx));
   const model::ModelConfig& c = runner->config();
   if (SkipRemovedLayer(ctx, c)) return absl::OkStatus();

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/stage_outputs.h"
 #include "common/status_macros.h"
 #include "dataplane/expert_parallel.h"
 #include "dataplane/model_inputs.h"
@@ -73,27 +74,28 @@ absl::Status QuantLossStage::Run(StageContext& ctx) {
     ctx.progress(1.0, "no routed experts");
     return absl::OkStatus();
   }
-  const std::vector<int> bits = ctx.params.value("bits", std::vector<int>{1, 2, 3});
+  std::vector<int> bits;
+  for (int64_t b : ctx.stage->IntList("bits")) bits.push_back(static_cast<int>(b));
   const int64_t nbits = static_cast<int64_t>(bits.size());
-  const int64_t group_size = ctx.params.value("group_size", int64_t{128});
+  const int64_t group_size = ctx.stage->Int("group_size");
   const int experts = config.NumRoutedExperts(layer);
 
   // Chunks of `batch_size` windows (the loss sums per-batch norms), dealt round-robin.
   ChunkPlan plan;
   plan.rank = comm.rank();
   plan.ranks = comm.size();
-  plan.chunk_windows = ctx.params.value("batch_size", int64_t{8});
+  plan.chunk_windows = ctx.stage->Int("batch_size");
   at::Tensor tokens;
   if (layer == 0) {
     MOEC_ASSIGN_OR_RETURN(tokens, CalibrationTokens(ctx));
     plan.windows = tokens.size(0);
   } else {
     MOEC_ASSIGN_OR_RETURN(std::string prefix, ctx.InputKey(calibrate, layer - 1, ""));
-    absl::StatusOr<at::Tensor> w = GetTensor(ctx, prefix + "windows");
+    absl::StatusOr<at::Tensor> w = GetTensor(ctx, prefix + outputs::kWindows);
     if (w.ok()) {
       plan.windows = (*w)[0].item<int64_t>();
     } else {
-      MOEC_ASSIGN_OR_RETURN(at::Tensor whole, GetTensor(ctx, prefix + "hidden"));
+      MOEC_ASSIGN_OR_RETURN(at::Tensor whole, GetTensor(ctx, prefix + outputs::kHidden));
       plan.windows = whole.size(0);
     }
   }
@@ -205,9 +207,9 @@ absl::Status QuantLossStage::Run(StageContext& ctx) {
       loss[static_cast<int64_t>(part[i][0].item<double>())] = part[i].narrow(0, 1, nbits);
     }
   }
-  MOEC_RETURN_IF_ERROR(PutTensor(ctx, "quant_loss", loss));
+  MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kQuantLoss, loss));
   std::vector<int64_t> bits64(bits.begin(), bits.end());
-  MOEC_RETURN_IF_ERROR(PutTensor(ctx, "bits", at::tensor(bits64, at::kLong)));
+  MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kLossBits, at::tensor(bits64, at::kLong)));
   return absl::OkStatus();
 }
 

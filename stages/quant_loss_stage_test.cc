@@ -6,7 +6,7 @@
 #include <string>
 
 #include "dataplane/expert_parallel.h"
-#include "dataplane/map_factor_io_test_util.h"
+#include "dataplane/stage_test_util.h"
 #include "dataplane/model_inputs.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -17,6 +17,10 @@
 #include "tools/tiny_model.h"
 
 namespace moec::stages {
+
+using dataplane::TestRecipe;
+using dataplane::TestRecipeWith;
+using dataplane::TestStage;
 
 using dataplane::CalibrationWindows;
 using dataplane::GetTensor;
@@ -90,8 +94,7 @@ TEST(QuantLossStageTest, EqualsRecomputingTheWholeBlock) {
     task.set_task_id("job/" + stage_id + "/L" + std::to_string(layer));
     StageContext ctx;
     ctx.task = &task;
-    ctx.params = params;
-    ctx.recipe = recipe;
+    ctx.SetRecipe(TestRecipeWith(recipe, stage_id, params), stage_id);
     ctx.inputs = inputs;
     io.SetTask(stage_id + std::to_string(layer));
     ctx.io = &io;
@@ -108,7 +111,7 @@ TEST(QuantLossStageTest, EqualsRecomputingTheWholeBlock) {
   ASSERT_OK_AND_ASSIGN(auto runner, model::ModelRunner::Open(dir.Join("model")));
   StageContext ctx;
   ctx.io = &io;
-  ctx.recipe = recipe;
+  ctx.recipe = TestRecipe(recipe);
   for (int l = 0; l < 2; ++l) {
     ASSERT_OK_AND_ASSIGN(at::Tensor loss, GetTensor(ctx, "loss" + std::to_string(l) + "/quant_loss"));
     ASSERT_EQ(loss.sizes(), (std::vector<int64_t>{4, 3}));

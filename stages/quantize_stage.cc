@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/stage_outputs.h"
 #include "common/status_macros.h"
 #include "dataplane/expert_parallel.h"
 #include "dataplane/model_inputs.h"
@@ -141,20 +142,22 @@ absl::Status QuantizeStage::Run(StageContext& ctx) {
   MOEC_ASSIGN_OR_RETURN(std::unique_ptr<model::ModelRunner> runner, OpenJobModel(ctx));
   const model::ModelConfig& c = runner->config();
   if (SkipRemovedLayer(ctx, c)) return absl::OkStatus();
-  const nlohmann::json& p = ctx.params;
-  const int bits = p.value("bits", 4);
-  const int attn_bits = p.value("attn_bits", 4);
-  const int shared_bits = gptq_ ? p.value("shared_bits", 4) : bits;
-  const int router_bits = gptq_ ? p.value("router_bits", 0) : 0;
-  const int64_t group_size = p.value("group_size", int64_t{128});
-  const bool sequential = gptq_ && p.value("true_sequential", true);
-  const int64_t min_tokens = p.value("min_tokens", int64_t{1});
+  // rtn has no shared, router, ordering or token-count parameters: its shared experts take
+  // `bits`, its router stays, and every expert is quantized.
+  const recipe::StageSpec& p = *ctx.stage;
+  const int bits = static_cast<int>(p.Int("bits"));
+  const int attn_bits = static_cast<int>(p.Int("attn_bits"));
+  const int shared_bits = gptq_ ? static_cast<int>(p.Int("shared_bits")) : bits;
+  const int router_bits = gptq_ ? static_cast<int>(p.Int("router_bits")) : 0;
+  const int64_t group_size = p.Int("group_size");
+  const bool sequential = gptq_ && p.Bool("true_sequential");
+  const int64_t min_tokens = gptq_ ? p.Int("min_tokens") : 1;
 
   // Expert widths: the allocation when there is one.
   const int experts = std::max(0, c.NumRoutedExperts(layer));
   std::vector<int> expert_bits(experts, bits);
   if (absl::StatusOr<std::string> alloc = NeededStage(ctx, "allocate_bits"); alloc.ok()) {
-    MOEC_ASSIGN_OR_RETURN(std::string key, ctx.InputKey(*alloc, -1, "expert_bits"));
+    MOEC_ASSIGN_OR_RETURN(std::string key, ctx.InputKey(*alloc, -1, outputs::kExpertBits));
     MOEC_ASSIGN_OR_RETURN(at::Tensor table, GetTensor(ctx, key));
     for (size_t e = 0; e < expert_bits.size(); ++e) {
       const int64_t b = table[layer][e].item<int64_t>();
@@ -237,18 +240,18 @@ absl::Status QuantizeStage::Run(StageContext& ctx) {
   auto quantize = [&](Target& t) -> absl::Status {
     quant::QuantizerOptions qo;
     qo.bits = t.bits;
-    qo.sym = p.value("sym", false);
-    qo.mse = p.value("mse", false);
+    qo.sym = p.Bool("sym");
+    qo.mse = p.Bool("mse");
     at::Tensor q, scales, zeros, g_idx, dequantized;
     nlohmann::json info = {{"bits", t.bits}};
     if (gptq_) {
       quant::GptqOptions go;
       go.quantizer = qo;
-      go.percdamp = p.value("damp", 0.01);
+      go.percdamp = p.Float("damp");
       go.groupsize = group_size;
-      go.actorder = p.value("act_order", false);
-      go.static_groups = p.value("static_groups", false);
-      go.mcmoe_blockwise_feedback = p.value("mcmoe_blockwise_feedback", false);
+      go.actorder = p.Bool("act_order");
+      go.static_groups = p.Bool("static_groups");
+      go.mcmoe_blockwise_feedback = p.Bool("mcmoe_blockwise_feedback");
       bool fallback = false;
       at::Tensor h = t.hessian->HessianForSolve(std::max<int64_t>(1, min_tokens), &fallback);
       MOEC_ASSIGN_OR_RETURN(quant::GptqResult r, quant::GptqQuantize(*t.weight, h, go));

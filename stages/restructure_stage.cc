@@ -1,6 +1,7 @@
 #include "stages/restructure_stage.h"
 
 #include "absl/strings/str_cat.h"
+#include "common/stage_outputs.h"
 #include "common/status_macros.h"
 #include "dataplane/model_view.h"
 #include "dataplane/structural_edits.h"
@@ -43,7 +44,7 @@ absl::Status RestructureStage::Run(StageContext& ctx) {
                            .status());
   const std::string text = json{{"config", edited}, {"edits", StructuralEditsToJson(edits)}}.dump();
   MOEC_RETURN_IF_ERROR(
-      ctx.io->PutOutput("view", storage::DType::kU8, {static_cast<int64_t>(text.size())}, text)
+      ctx.io->PutOutput(outputs::kView, storage::DType::kU8, {static_cast<int64_t>(text.size())}, text)
           .status());
   ctx.progress(1.0, absl::StrCat("model view: ", edited_config.num_hidden_layers, " of ",
                                  source.num_hidden_layers, " layers, ",

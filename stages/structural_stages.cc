@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/stage_outputs.h"
 #include "common/status_macros.h"
 #include "dataplane/expert_parallel.h"
 #include "dataplane/model_inputs.h"
@@ -36,7 +37,7 @@ absl::StatusOr<at::Tensor> ChainHidden(const StageContext& ctx, const model::Mod
     MOEC_ASSIGN_OR_RETURN(at::Tensor tokens, CalibrationTokens(ctx));
     return runner.Embed(tokens);
   }
-  return ReadChunkedOutput(ctx, calibrate, layer - 1, "hidden");
+  return ReadChunkedOutput(ctx, calibrate, layer - 1, outputs::kHidden);
 }
 
 // Mean over tokens of the cosine similarity of a and b [..., hidden], in float64.
@@ -60,12 +61,7 @@ std::vector<int64_t> LargestN(const std::vector<double>& v, int n) {
 }
 
 absl::StatusOr<int> RequiredInt(const StageContext& ctx, const char* name) {
-  const nlohmann::json& v = ctx.params.value(name, nlohmann::json());
-  if (!v.is_number_integer()) {
-    return absl::InvalidArgumentError(absl::StrCat("stage '", ctx.task->stage_id(),
-                                                   "' needs parameter '", name, "'"));
-  }
-  return v.get<int>();
+  return static_cast<int>(ctx.stage->Int(name));
 }
 
 }  // namespace
@@ -74,11 +70,11 @@ absl::Status ExpertDropStage::Run(StageContext& ctx) {
   if (ctx.rank != 0) return absl::OkStatus();
   MOEC_ASSIGN_OR_RETURN(std::string calibrate, NeededStage(ctx, "calibrate"));
   MOEC_ASSIGN_OR_RETURN(model::ModelConfig config,
-                        model::LoadModelConfig(ctx.recipe.at("model").get<std::string>()));
+                        model::LoadModelConfig(ctx.recipe->model));
   MOEC_ASSIGN_OR_RETURN(const int keep, RequiredInt(ctx, "keep"));
-  const std::string mode = ctx.params.value("mode", "layerwise");
-  const bool random = ctx.params.value("random", false);
-  std::mt19937_64 rng(ctx.params.value("seed", uint64_t{0}));
+  const std::string mode = ctx.stage->Str("mode");
+  const bool random = ctx.stage->Bool("random");
+  std::mt19937_64 rng(static_cast<uint64_t>(ctx.stage->Int("seed")));
   std::uniform_real_distribution<double> noise(0.0, 1.0);
   const int layers = config.num_hidden_layers;
   int width = 0;
@@ -97,7 +93,7 @@ absl::Status ExpertDropStage::Run(StageContext& ctx) {
     const char* name = config.model_type == "deepseek" ? "routing_mass" : "softmax_mass";
     MOEC_ASSIGN_OR_RETURN(std::string key, ctx.InputKey(calibrate, l, name));
     MOEC_ASSIGN_OR_RETURN(at::Tensor mass, GetTensor(ctx, key));
-    MOEC_ASSIGN_OR_RETURN(std::string wkey, ctx.InputKey(calibrate, l, "windows"));
+    MOEC_ASSIGN_OR_RETURN(std::string wkey, ctx.InputKey(calibrate, l, outputs::kWindows));
     absl::StatusOr<at::Tensor> windows = GetTensor(ctx, wkey);
     const double samples = windows.ok() ? static_cast<double>((*windows)[0].item<int64_t>()) : 1.0;
     for (int e = 0; e < e_count; ++e) {
@@ -122,8 +118,8 @@ absl::Status ExpertDropStage::Run(StageContext& ctx) {
                      [](const auto& a, const auto& b) { return std::get<0>(a) < std::get<0>(b); });
     for (size_t i = drop; i < all.size(); ++i) kept[std::get<1>(all[i])][std::get<2>(all[i])] = 1;
   }
-  MOEC_RETURN_IF_ERROR(PutTensor(ctx, "kept_mask", kept));
-  MOEC_RETURN_IF_ERROR(PutTensor(ctx, "scores", scores));
+  MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kKeptMask, kept));
+  MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kDropScores, scores));
   ctx.progress(1.0, absl::StrCat(kept.sum().item<int64_t>(), " of ", experts_total,
                                  " experts kept"));
   return absl::OkStatus();
@@ -166,8 +162,8 @@ absl::Status LayerDropStage::Run(StageContext& ctx) {
   dropped.erase(std::remove_if(dropped.begin(), dropped.end(),
                                [&](int64_t l) { return std::isnan(similarity[l]); }),
                 dropped.end());
-  MOEC_RETURN_IF_ERROR(PutTensor(ctx, "dropped_moe_layers", at::tensor(dropped, at::kLong)));
-  return PutTensor(ctx, "similarity", at::tensor(similarity, at::kDouble));
+  MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kDroppedMoeLayers, at::tensor(dropped, at::kLong)));
+  return PutTensor(ctx, outputs::kSimilarity, at::tensor(similarity, at::kDouble));
 }
 
 absl::Status BlockDropStage::Run(StageContext& ctx) {
@@ -180,7 +176,7 @@ absl::Status BlockDropStage::Run(StageContext& ctx) {
     return absl::InvalidArgumentError(absl::StrCat("block_drop: drop ", drop, " of ", layers,
                                                    " layers would leave none"));
   }
-  const bool consecutive = ctx.params.value("mode", "discrete") == "consecutive";
+  const bool consecutive = ctx.stage->Str("mode") == "consecutive";
   const int gap = consecutive ? drop : 1;  // cos(h_l, h_{l+gap})
   std::vector<double> similarity;
   for (int l = 0; l + gap <= layers; ++l) {
@@ -197,8 +193,8 @@ absl::Status BlockDropStage::Run(StageContext& ctx) {
   } else {
     dropped = LargestN(similarity, drop);
   }
-  MOEC_RETURN_IF_ERROR(PutTensor(ctx, "dropped_layers", at::tensor(dropped, at::kLong)));
-  return PutTensor(ctx, "similarity", at::tensor(similarity, at::kDouble));
+  MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kDroppedLayers, at::tensor(dropped, at::kLong)));
+  return PutTensor(ctx, outputs::kSimilarity, at::tensor(similarity, at::kDouble));
 }
 
 }  // namespace moec::stages

@@ -9,7 +9,7 @@
 #include <string>
 
 #include "dataplane/expert_parallel.h"
-#include "dataplane/map_factor_io_test_util.h"
+#include "dataplane/stage_test_util.h"
 #include "dataplane/model_inputs.h"
 #include "dataplane/tiny_model_test_util.h"
 #include "gmock/gmock.h"
@@ -30,6 +30,10 @@
 #include "tools/tiny_model.h"
 
 namespace moec::stages {
+
+using dataplane::TestRecipe;
+using dataplane::TestRecipeWith;
+using dataplane::TestStage;
 
 using dataplane::CalibrationTokens;
 using dataplane::GetTensor;
@@ -77,8 +81,7 @@ class StructuralTest : public ::testing::TestWithParam<std::string> {
     task.set_fingerprint(layer < 0 ? id : id + std::to_string(layer));
     StageContext ctx;
     ctx.task = &task;
-    ctx.params = params;
-    ctx.recipe = recipe_;
+    ctx.SetRecipe(TestRecipeWith(recipe_, id, params), id);
     for (int l = 0; l < kLayers; ++l) ctx.inputs["job/stats/L" + std::to_string(l)] = "stats" + std::to_string(l);
     for (const char* g : {"drop", "ldrop", "bdrop", "odp"}) ctx.inputs[std::string("job/") + g] = g;
     for (int l = 0; l < kLayers; ++l) {
@@ -102,7 +105,7 @@ class StructuralTest : public ::testing::TestWithParam<std::string> {
   // The calibration windows' embeddings and, per layer, the residual stream entering it.
   std::vector<at::Tensor> Residuals() {
     StageContext ctx;
-    ctx.recipe = recipe_;
+    ctx.recipe = TestRecipe(recipe_);
     auto tokens = CalibrationTokens(ctx);
     EXPECT_TRUE(tokens.ok());
     at::Tensor h = *runner_->Embed(*tokens);
@@ -122,7 +125,7 @@ class StructuralTest : public ::testing::TestWithParam<std::string> {
   // Logits of the original model with `edit` applied to each layer's weights (nullopt: skip it).
   at::Tensor EditedLogits(const std::function<std::optional<model::LayerWeights>(int, model::LayerWeights)>& edit) {
     StageContext ctx;
-    ctx.recipe = recipe_;
+    ctx.recipe = TestRecipe(recipe_);
     at::Tensor h = *runner_->Embed(*CalibrationTokens(ctx));
     for (int l = 0; l < kLayers; ++l) {
       std::optional<model::LayerWeights> w = edit(l, *runner_->LoadLayer(l));
@@ -134,7 +137,7 @@ class StructuralTest : public ::testing::TestWithParam<std::string> {
     auto exported = model::ModelRunner::Open(dir_.Join("out"));
     EXPECT_TRUE(exported.ok()) << exported.status();
     StageContext ctx;
-    ctx.recipe = recipe_;
+    ctx.recipe = TestRecipe(recipe_);
     return *(*exported)->Forward(*CalibrationTokens(ctx));
   }
 
@@ -161,7 +164,7 @@ TEST_P(StructuralTest, ExpertDropKeepsTheHighestScoresAndExportsAModelThatLoads)
     std::map<int, at::Tensor> logits;
   } capture;
   StageContext ctx;
-  ctx.recipe = recipe_;
+  ctx.recipe = TestRecipe(recipe_);
   ASSERT_OK(runner_->Forward(*CalibrationTokens(ctx), &capture).status());
   for (int l = 0; l < kLayers; ++l) {
     if (!c.IsMoeLayer(l)) {
@@ -403,7 +406,7 @@ TEST_P(StructuralTest, ProgressiveExpertPruneChainsThePrunedLayers) {
   }
   // The chain's last output equals running the layers pruned to their chosen experts.
   StageContext ctx;
-  ctx.recipe = recipe_;
+  ctx.recipe = TestRecipe(recipe_);
   at::Tensor h = *runner_->Embed(*CalibrationTokens(ctx));
   for (int l = 0; l < kLayers; ++l) {
     model::LayerWeights w = *runner_->LoadLayer(l);
@@ -431,7 +434,7 @@ TEST_P(StructuralTest, PruneWeightsChainsPrunedLayersAndExports) {
   const nlohmann::json params = {{"method", "wanda"}, {"sparsity", 0.5}, {"pattern", "2:4"}};
   for (int l = 0; l < kLayers; ++l) ASSERT_OK(Run(slim, "slim", l, params, {}));
   StageContext ctx;
-  ctx.recipe = recipe_;
+  ctx.recipe = TestRecipe(recipe_);
   at::Tensor h = *runner_->Embed(*CalibrationTokens(ctx));
   for (int l = 0; l < kLayers; ++l) {
     model::LayerWeights w = *runner_->LoadLayer(l);
@@ -574,7 +577,7 @@ TEST_P(StructuralTest, HqqExportLoadsThePackedCodes) {
       EXPECT_TRUE(at::equal(w.moe->experts[1].down, want)) << bits << " bits, layer " << l;
     }
     StageContext ctx;
-    ctx.recipe = recipe_;
+    ctx.recipe = TestRecipe(recipe_);
     ASSERT_OK_AND_ASSIGN(at::Tensor logits, packed->Forward(*CalibrationTokens(ctx)));
     EXPECT_TRUE(logits.isfinite().all().item<bool>());
   }

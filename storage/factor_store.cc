@@ -12,6 +12,7 @@
 #include "absl/strings/str_format.h"
 #include "common/crc32c.h"
 #include "common/status_macros.h"
+#include "common/status_payloads.h"
 
 namespace moec::storage {
 namespace {
@@ -225,7 +226,9 @@ absl::StatusOr<FactorInfo> FactorStore::Stat(absl::string_view key) const {
     return absl::NotFoundError(absl::StrCat("factor '", key, "' not found"));
   }
   MOEC_RETURN_IF_ERROR(raw.status());
-  return DecodeFactorHeader(*raw, key);
+  absl::StatusOr<FactorInfo> info = DecodeFactorHeader(*raw, key);
+  if (absl::IsDataLoss(info.status())) return WithFactorKey(info.status(), key);
+  return info;
 }
 
 absl::Status FactorStore::ReadChunk(absl::string_view key, const FactorInfo& info, size_t i,
@@ -247,9 +250,10 @@ absl::Status FactorStore::ReadChunk(absl::string_view key, const FactorInfo& inf
         return absl::OkStatus();
       });
   if (absl::IsNotFound(s)) {
-    return absl::DataLossError(absl::StrCat("factor '", key, "' chunk ", i, " is missing"));
+    s = absl::DataLossError(absl::StrCat("factor '", key, "' chunk ", i, " is missing"));
   }
-  return s;
+  // The key travels with the error, for the coordinator's re-run of its producer.
+  return absl::IsDataLoss(s) ? WithFactorKey(s, key) : s;
 }
 
 absl::Status FactorStore::ReadChunks(absl::string_view key, const FactorInfo& info,
@@ -277,7 +281,8 @@ absl::Status FactorStore::ReadChunks(absl::string_view key, const FactorInfo& in
     crc = crc32c::Combine(crc, crcs[i], info.ChunkBytes(i));
   }
   if (crc != info.crc32c) {
-    return absl::DataLossError(absl::StrCat("factor '", key, "': CRC32C mismatch"));
+    return WithFactorKey(absl::DataLossError(absl::StrCat("factor '", key, "': CRC32C mismatch")),
+                         key);
   }
   return absl::OkStatus();
 }

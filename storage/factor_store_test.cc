@@ -2,6 +2,7 @@
 
 #include <random>
 
+#include "common/status_payloads.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "storage/factor_record.h"
@@ -173,17 +174,25 @@ TEST_P(FactorStoreTest, CorruptionIsDataLossNamingTheKey) {
   ASSERT_OK(kv().Put("factors", chunk1, bytes, Durability::kSync));
   EXPECT_THAT(store_->Get("layer.3/q"),
               StatusIs(absl::StatusCode::kDataLoss, HasSubstr("'layer.3/q' chunk 1: CRC32C")));
+  // Every such error carries the key as a payload (the coordinator re-runs its producer).
+  auto key_of = [](const absl::Status& s) { return FactorKeyOf(s).value_or("(none)"); };
+  EXPECT_EQ(key_of(store_->Get("layer.3/q").status()), "layer.3/q");
   // A truncated chunk.
   ASSERT_OK(kv().Put("factors", chunk1, "short", Durability::kSync));
   EXPECT_THAT(store_->Get("layer.3/q"), StatusIs(absl::StatusCode::kDataLoss, "has 5 bytes"));
+  EXPECT_EQ(key_of(store_->Get("layer.3/q").status()), "layer.3/q");
   // A missing chunk.
   KvWriteBatch del;
   del.Delete("factors", chunk1);
   ASSERT_OK(kv().Write(del, Durability::kSync));
   EXPECT_THAT(store_->Get("layer.3/q"), StatusIs(absl::StatusCode::kDataLoss, "chunk 1 is missing"));
+  EXPECT_EQ(key_of(store_->Get("layer.3/q").status()), "layer.3/q");
   // A corrupt header.
   ASSERT_OK(kv().Put("factors", FactorHeaderKey("layer.3/q"), "\xff\xff garbage", Durability::kSync));
   EXPECT_THAT(store_->Stat("layer.3/q"), StatusIs(absl::StatusCode::kDataLoss, "'layer.3/q'"));
+  EXPECT_EQ(key_of(store_->Get("layer.3/q").status()), "layer.3/q");
+  // Other errors carry none.
+  EXPECT_EQ(key_of(store_->Get("absent/x").status()), "(none)");
 }
 
 TEST_P(FactorStoreTest, RejectsBadInput) {

@@ -21,6 +21,7 @@ struct Lease {
   int rank = 0;
   std::vector<std::string> group;
   std::string recipe_json;
+  bool overwrite = false;  // the job may replace an output moec did not write
   std::map<std::string, std::string> input_fingerprints;  // task id -> fingerprint
 };
 
@@ -43,6 +44,8 @@ class CoordinatorClient {
   virtual absl::StatusOr<bool> ReportProgress(const std::string& worker_id,
                                               const std::string& task_id, double fraction,
                                               const std::string& message) = 0;
+  // A DataLoss `error` carrying a factor key (common/status_payloads.h) keeps it: the
+  // coordinator re-runs the key's producer.
   virtual absl::Status FailTask(const std::string& worker_id, const std::string& task_id,
                                 const absl::Status& error, bool retriable) = 0;
   // Gives back a granted task the worker has not started (it is stopping).
@@ -53,7 +56,8 @@ class CoordinatorClient {
                                                 const std::string& name, storage::DType dtype,
                                                 absl::Span<const int64_t> shape,
                                                 absl::string_view data) = 0;
-  // Reads a committed tensor (FactorService.GetFactor).
+  // Reads a committed tensor (FactorService.GetFactor). A DataLoss carries `key` as its factor
+  // key payload.
   virtual absl::StatusOr<storage::Factor> GetFactor(const std::string& key) = 0;
 
   // The gang rendezvous store of a held task's attempt (CoordinatorService.GroupStore*).

@@ -1,4 +1,5 @@
 #include "absl/strings/str_cat.h"
+#include "common/status_payloads.h"
 #include "grpcpp/grpcpp.h"
 #include "moec/v1/coordinator.grpc.pb.h"
 #include "moec/v1/factor.grpc.pb.h"
@@ -14,7 +15,7 @@ constexpr size_t kPieceBytes = 4 << 20;
 std::optional<Lease> ToLease(const v1::LeaseTaskResponse& resp) {
   if (!resp.granted()) return std::nullopt;
   return Lease{resp.task(), resp.rank(), {resp.group().begin(), resp.group().end()},
-               resp.recipe_json(),
+               resp.recipe_json(), resp.overwrite(),
                {resp.input_fingerprints().begin(), resp.input_fingerprints().end()}};
 }
 
@@ -74,10 +75,12 @@ class GrpcCoordinatorClient : public CoordinatorClient {
       }
     }
     absl::Status s = FromGrpcStatus(reader->Finish());
-    if (!s.ok()) return s;
-    if (!have_stat || f.data.size() != f.info.byte_size) {
-      return absl::DataLossError(absl::StrCat("factor '", key, "': incomplete stream"));
+    if (s.ok() && (!have_stat || f.data.size() != f.info.byte_size)) {
+      s = absl::DataLossError(absl::StrCat("factor '", key, "': incomplete stream"));
     }
+    // The key of a corrupt factor travels with the error (the payload does not cross gRPC).
+    if (absl::IsDataLoss(s)) return WithFactorKey(s, key);
+    if (!s.ok()) return s;
     return f;
   }
 
@@ -154,6 +157,9 @@ class GrpcCoordinatorClient : public CoordinatorClient {
     req.set_code(static_cast<int>(error.code()));
     req.set_message(std::string(error.message()));
     req.set_retriable(retriable);
+    if (std::optional<std::string> key = FactorKeyOf(error); key.has_value()) {
+      req.set_factor_key(*key);
+    }
     v1::FailTaskResponse resp;
     auto ctx = Context();
     return FromGrpcStatus(stub_->FailTask(ctx.get(), req, &resp));

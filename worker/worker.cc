@@ -4,6 +4,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "comm/communicator.h"
+#include "common/recipe/recipe.h"
+#include "common/status_macros.h"
 #include "glog/logging.h"
 #include "nlohmann/json.hpp"
 #include "worker/stage_runner.h"
@@ -187,8 +189,13 @@ std::optional<Lease> Worker::RunOne(const Lease& lease) {
   }
   stages::StageContext ctx;
   ctx.task = &lease.task;
-  ctx.params = nlohmann::json::parse(lease.task.params_json(), nullptr, false);
-  ctx.recipe = nlohmann::json::parse(lease.recipe_json, nullptr, false);
+  // The recipe, parsed and checked against the stage catalog once per lease: stages read typed
+  // fields, never raw JSON.
+  absl::StatusOr<recipe::Recipe> parsed = recipe::Recipe::FromCanonicalJson(lease.recipe_json);
+  if (parsed.ok()) {
+    ctx.SetRecipe(std::make_shared<const recipe::Recipe>(*std::move(parsed)), lease.task.stage_id());
+  }
+  ctx.overwrite = lease.overwrite;
   ctx.rank = lease.rank;
   ctx.group = lease.group;
   ctx.inputs = lease.input_fingerprints;
@@ -228,9 +235,11 @@ std::optional<Lease> Worker::RunOne(const Lease& lease) {
     if (stop.ok() && *stop) cancelled->store(true);
   };
   const absl::Time started = absl::Now();
-  absl::Status result = (ctx.params.is_discarded() || ctx.recipe.is_discarded())
-                            ? absl::InvalidArgumentError("task parameters are not valid JSON")
-                            : RunStage(*registry_, ctx);
+  absl::Status result =
+      !parsed.ok()          ? Annotate(parsed.status(), "the job's recipe")
+      : ctx.stage == nullptr ? absl::InvalidArgumentError(absl::StrCat(
+                                   "the job's recipe has no stage '", lease.task.stage_id(), "'"))
+                             : RunStage(*registry_, ctx);
   const int64_t compute_ms = absl::ToInt64Milliseconds(absl::Now() - started);
   absl::Status reported;
   std::optional<Lease> next;

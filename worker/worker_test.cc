@@ -10,6 +10,7 @@
 #include "comm/communicator.h"
 #include "common/status_macros.h"
 #include "coordinator/coordinator.h"
+#include "dataplane/stage_test_util.h"
 #include "gtest/gtest.h"
 #include "storage/in_memory_kv_store.h"
 #include "tests/testing/status_matchers.h"
@@ -18,6 +19,26 @@
 
 namespace moec::worker {
 namespace {
+
+// The gang rendezvous through the Coordinator core, as CoordinatorService composes it.
+absl::Status GroupSet(coordinator::Coordinator& c, const std::string& worker, const std::string& task,
+                      int attempt, const std::string& key, const std::string& value) {
+  MOEC_ASSIGN_OR_RETURN(std::string ns, c.GroupNamespace(worker, task, attempt));
+  return c.group_store().Set(ns, key, value);
+}
+absl::StatusOr<std::optional<std::string>> GroupGet(coordinator::Coordinator& c,
+                                                    const std::string& worker,
+                                                    const std::string& task, int attempt,
+                                                    const std::string& key, absl::Duration wait) {
+  MOEC_ASSIGN_OR_RETURN(std::string ns, c.GroupNamespace(worker, task, attempt));
+  return c.group_store().Get(ns, key, wait);
+}
+absl::StatusOr<int64_t> GroupAdd(coordinator::Coordinator& c, const std::string& worker,
+                                 const std::string& task, int attempt, const std::string& key,
+                                 int64_t delta) {
+  MOEC_ASSIGN_OR_RETURN(std::string ns, c.GroupNamespace(worker, task, attempt));
+  return c.group_store().Add(ns, key, delta);
+}
 
 // Calls the Coordinator core directly (what the gRPC service would do).
 class LocalClient : public CoordinatorClient {
@@ -38,7 +59,7 @@ class LocalClient : public CoordinatorClient {
   }
   static std::optional<Lease> ToLease(const std::optional<coordinator::LeasedTask>& l) {
     if (!l.has_value()) return std::nullopt;
-    return Lease{l->task, l->rank, l->group, l->recipe_json, l->input_fingerprints};
+    return Lease{l->task, l->rank, l->group, l->recipe_json, l->overwrite, l->input_fingerprints};
   }
   absl::StatusOr<bool> ReportProgress(const std::string& id, const std::string& task,
                                       double fraction, const std::string& message) override {
@@ -84,18 +105,18 @@ class LocalClient : public CoordinatorClient {
   }
   absl::Status GroupStoreSet(const std::string& id, const std::string& task, int attempt,
                              const std::string& key, const std::string& value) override {
-    return core_->GroupStoreSet(id, task, attempt, key, value);
+    return GroupSet(*core_, id, task, attempt, key, value);
   }
   absl::StatusOr<std::optional<std::string>> GroupStoreGet(const std::string& id,
                                                            const std::string& task, int attempt,
                                                            const std::string& key,
                                                            int64_t wait_ms) override {
-    return core_->GroupStoreGet(id, task, attempt, key, absl::Milliseconds(wait_ms));
+    return GroupGet(*core_, id, task, attempt, key, absl::Milliseconds(wait_ms));
   }
   absl::StatusOr<int64_t> GroupStoreAdd(const std::string& id, const std::string& task,
                                         int attempt, const std::string& key,
                                         int64_t delta) override {
-    return core_->GroupStoreAdd(id, task, attempt, key, delta);
+    return GroupAdd(*core_, id, task, attempt, key, delta);
   }
 
  private:
@@ -106,7 +127,7 @@ class LocalClient : public CoordinatorClient {
 class ThrowingStage : public stages::Stage {
  public:
   absl::Status Run(stages::StageContext& ctx) override {
-    if (ctx.params.value("sleep_ms", 0) == 13) throw std::runtime_error("kaboom");
+    if (ctx.stage->Int("sleep_ms") == 13) throw std::runtime_error("kaboom");
     return absl::OkStatus();
   }
 };
@@ -298,23 +319,23 @@ TEST_F(WorkerTest, GroupStoreIsOpenOnlyToTheLeaseHoldersOfTheCurrentAttempt) {
   const std::string task = lease->task.task_id();
   const int attempt = lease->task.attempts();
   const std::string member = lease->group[1];
-  ASSERT_OK(core_->GroupStoreSet(lease->group[0], task, attempt, "k", "v"));
-  auto got = core_->GroupStoreGet(member, task, attempt, "k", absl::ZeroDuration());
+  ASSERT_OK(GroupSet(*core_, lease->group[0], task, attempt, "k", "v"));
+  auto got = GroupGet(*core_, member, task, attempt, "k", absl::ZeroDuration());
   ASSERT_OK(got.status());
   EXPECT_EQ(got->value_or(""), "v");
   std::string other = outsider;
   for (const std::string& w : {w1, w2, outsider}) {
     if (w != lease->group[0] && w != lease->group[1]) other = w;
   }
-  EXPECT_EQ(core_->GroupStoreGet(other, task, attempt, "k", absl::ZeroDuration()).status().code(),
+  EXPECT_EQ(GroupGet(*core_, other, task, attempt, "k", absl::ZeroDuration()).status().code(),
             absl::StatusCode::kFailedPrecondition);
-  EXPECT_EQ(core_->GroupStoreSet(member, task, attempt + 1, "k", "v").code(),
+  EXPECT_EQ(GroupSet(*core_, member, task, attempt + 1, "k", "v").code(),
             absl::StatusCode::kFailedPrecondition);
-  EXPECT_EQ(core_->GroupStoreSet(member, task, attempt, std::string(300, 'k'), "v").code(),
+  EXPECT_EQ(GroupSet(*core_, member, task, attempt, std::string(300, 'k'), "v").code(),
             absl::StatusCode::kInvalidArgument);
-  ASSERT_OK_AND_ASSIGN(int64_t n, core_->GroupStoreAdd(member, task, attempt, "n", 5));
+  ASSERT_OK_AND_ASSIGN(int64_t n, GroupAdd(*core_, member, task, attempt, "n", 5));
   EXPECT_EQ(n, 5);
-  auto missing = core_->GroupStoreGet(member, task, attempt, "absent", absl::Milliseconds(10));
+  auto missing = GroupGet(*core_, member, task, attempt, "absent", absl::Milliseconds(10));
   ASSERT_OK(missing.status());
   EXPECT_FALSE(missing->has_value());
 }
@@ -327,7 +348,9 @@ TEST(StageRunnerTest, ConvertsExceptionsAndMissingKinds) {
   task.set_kind("noop");
   stages::StageContext ctx;
   ctx.task = &task;
-  ctx.params = {{"sleep_ms", 13}};
+  ctx.SetRecipe(dataplane::TestRecipe({{"model", "/m"},
+                                       {"stages", {dataplane::TestStage("a", "noop", {{"sleep_ms", 13}})}}}),
+                "a");
   EXPECT_THAT(RunStage(registry, ctx), ::moec::testing::StatusIs(absl::StatusCode::kInternal, "kaboom"));
   task.set_kind("gptq");
   EXPECT_THAT(RunStage(registry, ctx),

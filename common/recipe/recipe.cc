@@ -8,6 +8,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/recipe/param_check.h"
+#include "common/recipe/rules.h"
 #include "common/recipe/stage_catalog.h"
 #include "common/status_macros.h"
 #include "yaml-cpp/yaml.h"
@@ -17,18 +19,6 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
-
-// Stage ids: [A-Za-z0-9_-]{1,64}. Recipe names may also hold '.'. Neither may hold '/', which
-// separates job, stage and layer in task ids.
-bool ValidId(absl::string_view id, bool allow_dot = false) {
-  if (id.empty() || id.size() > 64) return false;
-  for (char c : id) {
-    if (!(isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || (allow_dot && c == '.'))) {
-      return false;
-    }
-  }
-  return true;
-}
 
 bool Within(const fs::path& p, const fs::path& root) {
   auto [r, q] = std::mismatch(root.begin(), root.end(), p.begin(), p.end());
@@ -61,6 +51,8 @@ class Parser {
   absl::StatusOr<StageSpec> Stage(const YAML::Node& n) const;
   absl::StatusOr<json> Param(const YAML::Node& n, const ParamSpec& spec,
                              absl::string_view stage) const;
+  absl::StatusOr<json> IntListParam(const YAML::Node& n, const ParamSpec& spec,
+                                    const std::string& what) const;
   absl::Status Order(const YAML::Node& stages_node, std::vector<StageSpec>* stages) const;
 
   const std::string source_;
@@ -161,53 +153,52 @@ absl::StatusOr<DataSpec> Parser::Data(const YAML::Node& n, absl::string_view wha
 absl::StatusOr<json> Parser::Param(const YAML::Node& n, const ParamSpec& spec,
                                    absl::string_view stage) const {
   const std::string what = absl::StrCat("stage '", stage, "' parameter '", spec.name, "'");
+  json v;
+  bool typed = n.IsScalar();
   switch (spec.type) {
     case ParamType::kInt: {
-      MOEC_ASSIGN_OR_RETURN(int64_t v, Int(n, what, static_cast<int64_t>(spec.min),
-                                           static_cast<int64_t>(spec.max)));
-      return json(v);
+      int64_t i = 0;
+      typed = typed && YAML::convert<int64_t>::decode(n, i);
+      v = i;
+      break;
     }
     case ParamType::kFloat: {
-      double v = 0;
-      if (!n.IsScalar() || !YAML::convert<double>::decode(n, v)) {
-        return Err(n, absl::StrCat(what, " must be a number"));
-      }
-      if (!(v >= spec.min && v <= spec.max)) {
-        return Err(n, absl::StrCat(what, " must be in [", spec.min, ", ", spec.max, "], got ", v));
-      }
-      return json(v);
+      double d = 0;
+      typed = typed && YAML::convert<double>::decode(n, d);
+      v = d;
+      break;
     }
     case ParamType::kBool: {
-      bool v = false;
-      if (!n.IsScalar() || !YAML::convert<bool>::decode(n, v)) {
-        return Err(n, absl::StrCat(what, " must be true or false"));
-      }
-      return json(v);
+      bool b = false;
+      typed = typed && YAML::convert<bool>::decode(n, b);
+      v = b;
+      break;
     }
     case ParamType::kString:
-    case ParamType::kEnum: {
-      MOEC_ASSIGN_OR_RETURN(std::string v, String(n, what));
-      if (spec.type == ParamType::kEnum &&
-          std::find(spec.choices.begin(), spec.choices.end(), v) == spec.choices.end()) {
-        return Err(n, absl::StrCat(what, " must be one of ", absl::StrJoin(spec.choices, ", "),
-                                   ", got '", v, "'"));
-      }
-      return json(v);
-    }
-    case ParamType::kIntList: {
-      if (!n.IsSequence() || n.size() == 0) {
-        return Err(n, absl::StrCat(what, " must be a non-empty list of integers"));
-      }
-      json arr = json::array();
-      for (const auto& e : n) {
-        MOEC_ASSIGN_OR_RETURN(int64_t v, Int(e, what, static_cast<int64_t>(spec.min),
-                                             static_cast<int64_t>(spec.max)));
-        arr.push_back(v);
-      }
-      return arr;
-    }
+    case ParamType::kEnum:
+      if (typed) v = n.Scalar();
+      break;
+    case ParamType::kIntList:
+      return IntListParam(n, spec, what);
   }
-  return Err(n, "unreachable parameter type");
+  if (!typed) return Err(n, absl::StrCat(what, " must be ", internal::ParamTypeName(spec)));
+  const std::string problem = internal::ParamProblem(v, spec);
+  if (!problem.empty()) return Err(n, absl::StrCat(what, " ", problem));
+  return v;
+}
+
+absl::StatusOr<json> Parser::IntListParam(const YAML::Node& n, const ParamSpec& spec,
+                                          const std::string& what) const {
+  if (!n.IsSequence() || n.size() == 0) {
+    return Err(n, absl::StrCat(what, " must be ", internal::ParamTypeName(spec)));
+  }
+  json arr = json::array();
+  for (const auto& e : n) {
+    MOEC_ASSIGN_OR_RETURN(int64_t v, Int(e, what, static_cast<int64_t>(spec.min),
+                                         static_cast<int64_t>(spec.max)));
+    arr.push_back(v);
+  }
+  return arr;
 }
 
 absl::StatusOr<StageSpec> Parser::Stage(const YAML::Node& n) const {
@@ -215,7 +206,7 @@ absl::StatusOr<StageSpec> Parser::Stage(const YAML::Node& n) const {
   StageSpec s;
   s.line = n.Mark().line + 1;
   MOEC_ASSIGN_OR_RETURN(s.id, String(n["id"], "stage id"));
-  if (!ValidId(s.id)) {
+  if (!internal::ValidId(s.id)) {
     return Err(n["id"], absl::StrCat("stage id '", s.id, "' must be 1-64 of [A-Za-z0-9_-]"));
   }
   MOEC_ASSIGN_OR_RETURN(s.kind, String(n["kind"], absl::StrCat("kind of stage '", s.id, "'")));
@@ -319,40 +310,6 @@ absl::Status Parser::Order(const YAML::Node& node, std::vector<StageSpec>* stage
       return Err(node[cur], absl::StrCat("stages form a cycle: ", absl::StrJoin(ids, " -> ")));
     }
   }
-  // Model views (stages/model_view.h): one restructure stage, after structural stages only.
-  static const std::set<std::string> kStructural = {"expert_prune", "expert_drop", "layer_drop",
-                                                    "block_drop", "prune_weights"};
-  std::map<std::string, std::string> view_of;  // stage id -> restructure stage it comes after
-  std::string restructure;
-  for (const StageSpec& s : out) {
-    const size_t i = index[s.id];
-    for (const std::string& need : s.needs) {
-      const StageSpec& n = (*stages)[index[need]];
-      const std::string v = n.kind == "restructure" ? n.id : view_of[need];
-      if (!v.empty()) view_of[s.id] = v;
-    }
-    if (s.kind == "restructure") {
-      if (!restructure.empty()) {
-        return Err(node[i], absl::StrCat("stage '", s.id, "': a recipe has at most one restructure "
-                                         "stage (already '", restructure, "')"));
-      }
-      restructure = s.id;
-      bool structural = false;
-      for (const std::string& need : s.needs) {
-        structural = structural || kStructural.count((*stages)[index[need]].kind) > 0;
-      }
-      if (!structural) {
-        return Err(node[i], absl::StrCat("stage '", s.id, "' (restructure) must need a structural "
-                                         "stage (expert_prune, expert_drop, layer_drop, block_drop, "
-                                         "prune_weights)"));
-      }
-    }
-    if (kStructural.count(s.kind) > 0 && !view_of[s.id].empty()) {
-      return Err(node[i], absl::StrCat("stage '", s.id, "' (", s.kind, ") comes after restructure "
-                                       "stage '", view_of[s.id], "': structural stages decide on "
-                                       "the recipe's model; put it before '", view_of[s.id], "'"));
-    }
-  }
   *stages = std::move(out);
   return absl::OkStatus();
 }
@@ -364,7 +321,7 @@ absl::StatusOr<Recipe> Parser::Parse(const YAML::Node& root) {
   Recipe r;
   r.source = source_;
   MOEC_ASSIGN_OR_RETURN(r.name, String(root["name"], "name"));
-  if (!ValidId(r.name, /*allow_dot=*/true)) {
+  if (!internal::ValidId(r.name, /*allow_dot=*/true)) {
     return Err(root["name"], absl::StrCat("name '", r.name, "' must be 1-64 of [A-Za-z0-9._-]"));
   }
   MOEC_ASSIGN_OR_RETURN(r.model, Path(root["model"], "model"));
@@ -398,6 +355,7 @@ absl::StatusOr<Recipe> Parser::Parse(const YAML::Node& root) {
     r.stages.push_back(std::move(spec));
   }
   MOEC_RETURN_IF_ERROR(Order(stages, &r.stages));
+  MOEC_RETURN_IF_ERROR(CheckStageRules(r));
   return r;
 }
 
@@ -449,33 +407,6 @@ absl::Status ApplyOverride(YAML::Node root, const std::string& source, const std
 }
 
 }  // namespace
-
-std::string Recipe::CanonicalJson() const {
-  json j;
-  j["name"] = name;
-  j["model"] = model;
-  j["output"] = output;
-  j["workers"] = workers;
-  auto data = [](const std::optional<DataSpec>& d) {
-    if (!d) return json();
-    return json{{"path", d->path}, {"samples", d->samples}, {"seqlen", d->seqlen},
-                {"seed", d->seed}, {"sampling", d->sampling}};
-  };
-  j["calibration"] = data(calibration);
-  j["evaluation"] = data(evaluation);
-  j["stages"] = json::array();
-  for (const auto& s : stages) {
-    j["stages"].push_back({{"id", s.id}, {"kind", s.kind}, {"needs", s.needs}, {"with", s.params}});
-  }
-  return j.dump();
-}
-
-const StageSpec* Recipe::FindStage(absl::string_view id) const {
-  for (const auto& s : stages) {
-    if (s.id == id) return &s;
-  }
-  return nullptr;
-}
 
 absl::StatusOr<Recipe> ParseRecipe(absl::string_view yaml, const std::string& source_path,
                                    absl::Span<const std::string> overrides,

@@ -5,6 +5,8 @@
 #define MOEC_COMMON_RECIPE_RECIPE_H_
 
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -25,12 +27,27 @@ struct DataSpec {
   std::string sampling = "random_windows";  // random_windows | chunks
 };
 
+struct StageKindSpec;  // stage_catalog.h
+
 struct StageSpec {
   std::string id;
   std::string kind;
   std::vector<std::string> needs;
   nlohmann::json params;  // every parameter of the kind, defaults filled in
   int line = 0;           // 1-based line in the recipe (0 when unknown)
+
+  // The kind's catalog entry (never null in a validated recipe).
+  const StageKindSpec& spec() const;
+  // Parameters by name. A validated recipe holds every parameter of the kind with its type, so
+  // these only throw (nlohmann::json's exceptions) for a name the kind does not have: a bug in
+  // the caller, which StageRunner reports as an Internal error of the task.
+  int64_t Int(const std::string& name) const { return params.at(name).get<int64_t>(); }
+  double Float(const std::string& name) const { return params.at(name).get<double>(); }
+  bool Bool(const std::string& name) const { return params.at(name).get<bool>(); }
+  std::string Str(const std::string& name) const { return params.at(name).get<std::string>(); }
+  std::vector<int64_t> IntList(const std::string& name) const {
+    return params.at(name).get<std::vector<int64_t>>();
+  }
 };
 
 struct Recipe {
@@ -45,8 +62,23 @@ struct Recipe {
 
   // Canonical JSON (sorted keys, no source file): identical recipes give identical bytes.
   std::string CanonicalJson() const;
+  // The recipe a canonical JSON describes, validated again against the stage catalog (kinds,
+  // parameter names, types and ranges; parameters it lacks get their defaults): what workers
+  // run. Paths are taken as they are (already resolved), files are not checked. Errors:
+  // InvalidArgument naming the field for anything malformed.
+  static absl::StatusOr<Recipe> FromCanonicalJson(absl::string_view json);
   const StageSpec* FindStage(absl::string_view id) const;
+  // The stages among `stage`'s direct needs, in recipe order, whose kind satisfies `pred`.
+  std::vector<const StageSpec*> NeedsWhere(
+      const StageSpec& stage, const std::function<bool(const StageKindSpec&)>& pred) const;
+  // The first stage of kind `kind` among `stage`'s direct needs (recipe order), or nullptr.
+  const StageSpec* NeededOfKind(const StageSpec& stage, absl::string_view kind) const;
 };
+
+// Model views (dataplane/model_view.h): stage id -> the restructure stage it runs after, directly
+// or through other stages, for every stage that runs on a restructured model. `stages` in a
+// topological order (Recipe::stages is).
+std::map<std::string, std::string> ResolveModelViews(absl::Span<const StageSpec> stages);
 
 struct RecipeOptions {
   // Check that the model directory (with config.json) and data files exist.

@@ -1,9 +1,12 @@
 #include "common/recipe/recipe.h"
 
 #include <filesystem>
+#include <set>
 #include <fstream>
 #include <sstream>
 
+#include "absl/strings/match.h"
+#include "absl/strings/str_split.h"
 #include "common/recipe/stage_catalog.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -29,7 +32,7 @@ stages:
   - {id: loss,  kind: quant_loss,    needs: [stats], with: {bits: [1, 2, 3]}}
   - {id: bits,  kind: allocate_bits, needs: [stats, loss], with: {average_bits: 2.5}}
   - {id: quant, kind: gptq,          needs: [bits], with: {group_size: 128, attn_bits: 4}}
-  - {id: out,   kind: export,        needs: [quant], with: {format: gptq}}
+  - {id: out,   kind: export,        needs: [quant], with: {format: hqq}}
   - {id: eval,  kind: evaluate,      needs: [out]}
 )";
 
@@ -92,6 +95,7 @@ TEST_F(RecipeTest, OverridesApplyBeforeValidation) {
   ASSERT_OK_AND_ASSIGN(Recipe r, Parse(kGood, {"stages.bits.with.average_bits=2.0", "workers=3",
                                                "stages.stats.with.batch_size=4",
                                                "stages.loss.with.bits=[2, 3]",
+                                               "stages.bits.with.bits=[2, 3]",
                                                "output=/tmp/elsewhere"}));
   EXPECT_EQ(r.FindStage("bits")->params["average_bits"], 2.0);
   EXPECT_EQ(r.workers, 3);
@@ -112,7 +116,8 @@ struct BadCase {
 };
 
 TEST_F(RecipeTest, RestructureComesAfterStructuralStagesOnly) {
-  const std::string head = "name: t\nmodel: models/tiny\noutput: out\nstages:\n"
+  const std::string head = "name: t\nmodel: models/tiny\noutput: out\n"
+                           "calibration: {path: data/calib.jsonl}\nstages:\n"
                            "  - {id: stats, kind: calibrate}\n"
                            "  - {id: bdrop, kind: block_drop, needs: [stats], with: {drop: 1}}\n";
   ASSERT_OK(Parse(head + "  - {id: edit, kind: restructure, needs: [bdrop]}\n"
@@ -120,7 +125,8 @@ TEST_F(RecipeTest, RestructureComesAfterStructuralStagesOnly) {
                 .status());
   EXPECT_THAT(Parse(head + "  - {id: edit, kind: restructure, needs: [stats]}\n"),
               StatusIs(absl::StatusCode::kInvalidArgument,
-                       "recipe.yaml:7: stage 'edit' (restructure) must need a structural stage"));
+                       "recipe.yaml:8: stage 'edit' (restructure): needs a stage of kind expert_prune or "
+                       "expert_drop or layer_drop or block_drop or prune_weights among its needs"));
   EXPECT_THAT(Parse(head + "  - {id: edit, kind: restructure, needs: [bdrop]}\n"
                                  "  - {id: again, kind: restructure, needs: [bdrop]}\n"),
               StatusIs(absl::StatusCode::kInvalidArgument, "at most one restructure stage"));
@@ -128,7 +134,7 @@ TEST_F(RecipeTest, RestructureComesAfterStructuralStagesOnly) {
                                  "  - {id: q, kind: rtn, needs: [edit]}\n"
                                  "  - {id: more, kind: expert_drop, needs: [q], with: {keep: 2}}\n"),
               StatusIs(absl::StatusCode::kInvalidArgument,
-                       "stage 'more' (expert_drop) comes after restructure stage 'edit'"));
+                       "stage 'more' (expert_drop): comes after restructure stage 'edit'"));
 }
 
 TEST_F(RecipeTest, MalformedRecipesGivePreciseErrors) {
@@ -140,7 +146,7 @@ TEST_F(RecipeTest, MalformedRecipesGivePreciseErrors) {
       {"average_bits: 2.5", "averge_bits: 2.5", "recipe.yaml:10: stage 'bits': unknown parameter 'averge_bits' for kind allocate_bits"},
       {"{average_bits: 2.5}", "{}", "recipe.yaml:10: stage 'bits': missing required parameter 'average_bits'"},
       {"average_bits: 2.5", "average_bits: lots", "stage 'bits' parameter 'average_bits' must be a number"},
-      {"format: gptq", "format: onnx", "parameter 'format' must be one of gptq, hqq, fake_quant, hf, got 'onnx'"},
+      {"format: hqq", "format: onnx", "parameter 'format' must be one of gptq, hqq, fake_quant, hf, got 'onnx'"},
       {"bits: [1, 2, 3]", "bits: [1, 9]", "recipe.yaml:9: stage 'loss' parameter 'bits' must be in [1, 8], got 9"},
       {"id: out,", "id: quant,", "recipe.yaml:12: duplicate stage id 'quant'"},
       {"needs: [quant]", "needs: [qaunt]", "recipe.yaml:12: stage 'out' needs 'qaunt', which is not a stage"},
@@ -213,6 +219,40 @@ TEST(StageCatalogTest, DocsListEveryKindAndParameter) {
       EXPECT_THAT(text.str(), HasSubstr("| `" + p.name + "` |")) << kind.kind;
     }
   }
+  // The traits table of "Rules between stages": a row per kind (or group of kinds) with its
+  // needs, calibration, evaluation and data-plane columns as the catalog says.
+  const std::string all = text.str();
+  const size_t section = all.find("## Rules between stages");
+  ASSERT_NE(section, std::string::npos);
+  const std::string rules = all.substr(section, all.find("## Stage kinds") - section);
+  std::set<std::string> seen;
+  std::istringstream lines(rules);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.rfind("| `", 0) != 0) continue;
+    std::vector<std::string> cells = absl::StrSplit(line, '|');
+    ASSERT_GE(cells.size(), 8u) << line;
+    std::vector<std::string> kinds;
+    for (absl::string_view k : absl::StrSplit(cells[1], '`')) {
+      if (FindStageKind(k) != nullptr) kinds.push_back(std::string(k));
+    }
+    for (const std::string& k : kinds) {
+      SCOPED_TRACE(k);
+      const StageKindSpec& spec = *FindStageKind(k);
+      seen.insert(k);
+      for (const NeedSpec& n : spec.needs) {
+        for (const std::string& needed : n.kinds) {
+          if (!spec.restructure) EXPECT_THAT(cells[2], HasSubstr("`" + needed + "`"));
+        }
+      }
+      if (spec.needs.empty()) EXPECT_THAT(cells[2], HasSubstr("—"));
+      EXPECT_EQ(absl::StrContains(cells[4], "yes"), spec.reads_calibration);
+      EXPECT_EQ(absl::StrContains(cells[5], "yes"), spec.reads_evaluation);
+      EXPECT_EQ(absl::StrContains(cells[6], "yes"), spec.data_plane);
+      EXPECT_EQ(absl::StrContains(cells[7], "hidden chain"), !spec.writes_hidden.never);
+      EXPECT_EQ(absl::StrContains(cells[7], "`output`"), spec.writes_output);
+    }
+  }
+  EXPECT_EQ(seen.size(), StageKinds().size());
 }
 
 }  // namespace

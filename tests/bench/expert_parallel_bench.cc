@@ -30,7 +30,7 @@
 #include "absl/strings/str_cat.h"
 #include "comm/communicator.h"
 #include "common/process_tuning.h"
-#include "dataplane/map_factor_io_test_util.h"
+#include "dataplane/map_factor_io.h"
 #include "nlohmann/json.hpp"
 #include "stages/quantize_stage.h"
 #include "tools/tiny_model.h"
@@ -99,12 +99,27 @@ int Child(const std::string& dir, int rank, int size, int threads) {
     std::fprintf(stderr, "rank %d: %s\n", rank, comm.status().ToString().c_str());
     return 1;
   }
-  const nlohmann::json recipe = {
+  const nlohmann::json recipe_json = {
+      {"name", "bench"},
       {"model", dir + "/model"},
+      {"output", dir + "/out"},
+      {"workers", size},
       {"calibration",
        {{"path", dir + "/calib.txt"}, {"samples", std::atoi(std::getenv("BENCH_WINDOWS"))},
-        {"seqlen", std::atoi(std::getenv("BENCH_SEQLEN"))}, {"seed", 0}}},
-      {"stages", {{{"id", "q"}, {"kind", "gptq"}, {"needs", nlohmann::json::array()}}}}};
+        {"seqlen", std::atoi(std::getenv("BENCH_SEQLEN"))}, {"seed", 0},
+        {"sampling", "random_windows"}}},
+      {"evaluation", nullptr},
+      {"stages",
+       {{{"id", "q"},
+         {"kind", "gptq"},
+         {"needs", nlohmann::json::array()},
+         {"with", {{"bits", 3}, {"attn_bits", 4}, {"group_size", 128}, {"true_sequential", true}}}}}}};
+  absl::StatusOr<moec::recipe::Recipe> recipe =
+      moec::recipe::Recipe::FromCanonicalJson(recipe_json.dump());
+  if (!recipe.ok()) {
+    std::fprintf(stderr, "%s\n", recipe.status().ToString().c_str());
+    return 1;
+  }
   moec::v1::TaskRecord task;
   task.set_job_id("bench");
   task.set_stage_id("q");
@@ -115,8 +130,7 @@ int Child(const std::string& dir, int rank, int size, int threads) {
   io.SetTask("L0");
   moec::stages::StageContext ctx;
   ctx.task = &task;
-  ctx.params = {{"bits", 3}, {"attn_bits", 4}, {"group_size", 128}, {"true_sequential", true}};
-  ctx.recipe = recipe;
+  ctx.SetRecipe(std::make_shared<const moec::recipe::Recipe>(*std::move(recipe)), "q");
   ctx.rank = rank;
   ctx.group.resize(size);
   ctx.comm = comm->get();

@@ -7,8 +7,9 @@
 #      worker and the job completes;
 #   4. SIGKILL of the coordinator mid-job, then restart: the job completes and no finished task
 #      is run again (task_done events == tasks);
-#   5. cancel (watch exits 1) and resume (the job completes); a malformed recipe is refused with
-#      its file:line error and exit code 2. Step 2 also scrapes the Prometheus endpoint;
+#   5. cancel (watch exits 1) and resume (the job completes); a malformed recipe, and recipes
+#      breaking rules between stages, are refused by plan/submit/run with their file:line error
+#      and exit code 2, starting nothing. Step 2 also scrapes the Prometheus endpoint;
 #   6. real stages (calibrate, quant_loss, evaluate) on a tiny model run to completion and
 #      `moec run` prints the evaluation report;
 #   7. dynamic skipping exported (hf + moec.skip_beta), evaluated against the original, loadable by
@@ -177,6 +178,42 @@ set +e
 set -e
 [ "$rc" -eq 2 ] || fail "malformed recipe exit code $rc"
 grep -q "bad.yaml:5: stage 'a' parameter 'sleep_ms' must be in" bad.err || fail "imprecise error: $(cat bad.err)"
+# Rules between stages (docs/recipes.md): refused by plan, submit and run before anything runs.
+echo "calibration text" > calib.txt
+cat > noneed.yaml <<'Y'
+name: e2e-noneed
+model: m
+output: out-noneed
+calibration: {path: calib.txt}
+stages:
+  - {id: stats, kind: calibrate}
+  - {id: prune, kind: expert_prune, with: {keep: 2}}
+Y
+cat > widths.yaml <<'Y'
+name: e2e-widths
+model: m
+output: out-widths
+calibration: {path: calib.txt}
+stages:
+  - {id: stats, kind: calibrate}
+  - {id: loss, kind: quant_loss, needs: [stats]}
+  - {id: bits, kind: allocate_bits, needs: [stats, loss], with: {average_bits: 2.0}}
+  - {id: quant, kind: gptq, needs: [bits]}
+  - {id: out, kind: export, needs: [quant], with: {format: gptq}}
+Y
+for cmd in plan submit run; do
+  flags=()
+  [ "$cmd" = run ] && flags=(--data-dir "$WORK/rules")
+  set +e
+  "$MOEC" $cmd noneed.yaml "${flags[@]}" > rules.out 2> noneed.err; rc1=$?
+  "$MOEC" $cmd widths.yaml "${flags[@]}" > rules.out 2> widths.err; rc2=$?
+  set -e
+  [ "$rc1" -eq 2 ] && grep -q "noneed.yaml:7: stage 'prune' (expert_prune): needs a stage of kind calibrate" noneed.err ||
+    fail "$cmd: expert_prune without calibrate: rc $rc1: $(cat noneed.err)"
+  [ "$rc2" -eq 2 ] && grep -q "widths.yaml:10: stage 'out' (export): format gptq holds widths 2, 3, 4, 8 only" widths.err ||
+    fail "$cmd: 1-bit allocation into a gptq export: rc $rc2: $(cat widths.err)"
+done
+[ ! -e "$WORK/rules" ] || fail "a refused recipe started a cluster"
 # Worker flags checked at start, with their precise errors.
 set +e
 "$WORKER" --device gpu 2> dev.err; rc_dev=$?

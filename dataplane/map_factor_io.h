@@ -1,13 +1,13 @@
-// Test-only FactorIo over a std::map, keyed "<fingerprint>/<name>" as the real factor store does,
-// for running stages without a coordinator.
-#ifndef MOEC_DATAPLANE_MAP_FACTOR_IO_TEST_UTIL_H_
-#define MOEC_DATAPLANE_MAP_FACTOR_IO_TEST_UTIL_H_
+// A FactorIo over a std::map, keyed "<fingerprint>/<name>" as the real factor store does, for
+// running stages without a coordinator (tests and benchmarks).
+#ifndef MOEC_DATAPLANE_MAP_FACTOR_IO_H_
+#define MOEC_DATAPLANE_MAP_FACTOR_IO_H_
 
 #include <map>
 #include <string>
 #include <utility>
 
-#include "stages/stage.h"
+#include "dataplane/task_context.h"
 
 namespace moec::dataplane {
 
@@ -41,4 +41,4 @@ class MapFactorIo : public FactorIo {
 
 }  // namespace moec::dataplane
 
-#endif  // MOEC_DATAPLANE_MAP_FACTOR_IO_TEST_UTIL_H_
+#endif  // MOEC_DATAPLANE_MAP_FACTOR_IO_H_

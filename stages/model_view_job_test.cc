@@ -3,6 +3,7 @@
 // directory, then quantize that directory), for block drop, expert drop, layer drop and weight
 // pruning, on Mixtral and DeepSeek layouts.
 #include "dataplane/model_view.h"
+#include "stages/stage.h"
 
 #include <ATen/ATen.h>
 
@@ -12,7 +13,7 @@
 #include <vector>
 
 #include "common/status_macros.h"
-#include "dataplane/map_factor_io_test_util.h"
+#include "dataplane/stage_test_util.h"
 #include "dataplane/model_inputs.h"
 #include "dataplane/tiny_model_test_util.h"
 #include "gmock/gmock.h"
@@ -26,11 +27,13 @@
 #include "tests/testing/temp_dir.h"
 #include "tools/tiny_model.h"
 
-namespace moec::dataplane {
+namespace moec::stages {
 
-using stages::RegisterBuiltinStages;
-using stages::Stage;
-using stages::StageRegistry;
+using dataplane::MapFactorIo;
+using dataplane::OpenJobModel;
+using dataplane::SmallStageTestModel;
+using dataplane::TestRecipe;
+using dataplane::TestStage;
 
 using ::moec::testing::TempDir;
 using ::testing::HasSubstr;
@@ -94,11 +97,12 @@ class ModelViewTest : public ::testing::TestWithParam<std::string> {
     for (const StageDef& s : stages) {
       list.push_back({{"id", s.id}, {"kind", s.kind}, {"needs", s.needs}, {"with", s.params}});
     }
-    const nlohmann::json recipe = {
-        {"model", model},
-        {"output", output},
-        {"calibration", {{"path", dir_.Join("calib.txt")}, {"samples", 6}, {"seqlen", 16}, {"seed", 2}}},
-        {"stages", list}};
+    const std::shared_ptr<const recipe::Recipe> recipe = TestRecipe(
+        {{"model", model},
+         {"output", output},
+         {"calibration", {{"path", dir_.Join("calib.txt")}, {"samples", 6}, {"seqlen", 16}, {"seed", 2}}},
+         {"stages", list}});
+    if (recipe == nullptr) return absl::InvalidArgumentError("bad test recipe");
     std::map<std::string, std::string> done;
     for (const StageDef& s : stages) {
       std::map<std::string, std::string> added;
@@ -112,8 +116,7 @@ class ModelViewTest : public ::testing::TestWithParam<std::string> {
         task.set_fingerprint(task.task_id());
         StageContext ctx;
         ctx.task = &task;
-        ctx.params = s.params;
-        ctx.recipe = recipe;
+        ctx.SetRecipe(recipe, s.id);
         ctx.inputs = done;
         for (const auto& [id, fp] : added) ctx.inputs[id] = fp;  // earlier layers of this stage
         io_.SetTask(task.fingerprint());
@@ -213,8 +216,11 @@ TEST_P(ModelViewTest, ViewRunsTheEditedModel) {
   StageContext ctx;
   ctx.task = &task;
   ctx.io = &io_;
-  ctx.recipe = {{"model", dir_.Join("model")},
-                {"stages", {{{"id", "edit"}, {"kind", "restructure"}}}}};
+  ctx.SetRecipe(TestRecipe({{"model", dir_.Join("model")},
+                            {"stages", {TestStage("bdrop", "block_drop", {{"drop", 2}}),
+                                        TestStage("edit", "restructure", {}, {"bdrop"}),
+                                        TestStage("probe", "noop", {}, {"edit"})}}}),
+                "probe");
   ctx.inputs["k/edit"] = "k/edit";
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<model::ModelRunner> view, OpenJobModel(ctx));
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<model::ModelRunner> edited,
@@ -246,4 +252,4 @@ TEST_P(ModelViewTest, QuantizingTheUneditedModelWithStructuralEditsIsRefused) {
 INSTANTIATE_TEST_SUITE_P(Arch, ModelViewTest, ::testing::Values("mixtral", "deepseek"));
 
 }  // namespace
-}  // namespace moec::dataplane
+}  // namespace moec::stages
