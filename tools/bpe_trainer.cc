@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <queue>
+#include <set>
 #include <system_error>
 #include <utility>
 
@@ -17,6 +18,7 @@
 #include "model/tokenizer/unicode_util.h"
 #include "nlohmann/json.hpp"
 #include "storage/file_util.h"
+#include "tools/tokenizer_json.h"
 
 namespace moec::tools {
 
@@ -34,14 +36,6 @@ using nlohmann::json;
 using nlohmann::ordered_json;
 
 namespace {
-
-// The pre-tokenizer (and decoder) JSON: GPT-2 regex split, no prefix space.
-ordered_json ByteLevelJson() {
-  return {{"type", "ByteLevel"},
-          {"add_prefix_space", false},
-          {"trim_offsets", true},
-          {"use_regex", true}};
-}
 
 absl::Status Invalid(absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat("bpe trainer: ", what));
@@ -285,11 +279,6 @@ TrainedBpe LearnMerges(std::vector<Word> words, int64_t max_tokens, int64_t min_
   return out;
 }
 
-ordered_json AddedTokenJson(int64_t id, const std::string& content) {
-  return {{"id", id},        {"content", content},  {"single_word", false}, {"lstrip", false},
-          {"rstrip", false}, {"normalized", false}, {"special", true}};
-}
-
 std::string Dump(const ordered_json& j) { return j.dump(2) + "\n"; }
 
 }  // namespace
@@ -330,62 +319,21 @@ absl::StatusOr<std::string> TrainByteLevelBpe(absl::Span<const std::string> text
   const TrainedBpe bpe =
       LearnMerges(std::move(words), options.vocab_size - specials, options.min_frequency);
 
-  ordered_json vocab = ordered_json::object();
-  for (size_t id = 0; id < bpe.tokens.size(); ++id) vocab[bpe.tokens[id]] = id;
-  ordered_json merges = ordered_json::array();
-  for (const auto& [a, b] : bpe.merges) merges.push_back(bpe.tokens[a] + " " + bpe.tokens[b]);
-
-  ordered_json added = ordered_json::array();
-  absl::flat_hash_map<std::string, int64_t> special_ids;
+  ByteLevelBpeTokenizer t;
+  t.tokens = bpe.tokens;
+  for (const auto& [a, b] : bpe.merges) t.merges.push_back(bpe.tokens[a] + " " + bpe.tokens[b]);
+  const std::set<std::string> vocab(bpe.tokens.begin(), bpe.tokens.end());
   for (size_t i = 0; i < options.special_tokens.size(); ++i) {
-    const std::string& t = options.special_tokens[i];
-    if (vocab.contains(t)) {
-      return Invalid(absl::StrCat("special token '", t, "' is also the vocabulary token ",
-                                  vocab[t].get<int64_t>(), "; choose another special token"));
+    const std::string& special = options.special_tokens[i];
+    if (vocab.count(special) > 0) {
+      const int64_t at = std::find(bpe.tokens.begin(), bpe.tokens.end(), special) - bpe.tokens.begin();
+      return Invalid(absl::StrCat("special token '", special, "' is also the vocabulary token ",
+                                  at, "; choose another special token"));
     }
-    const int64_t id = static_cast<int64_t>(bpe.tokens.size() + i);
-    special_ids[t] = id;
-    added.push_back(AddedTokenJson(id, t));
+    t.specials.emplace_back(static_cast<int64_t>(bpe.tokens.size() + i), special);
   }
-
-  ordered_json post_processor = nullptr;
-  if (options.add_bos) {
-    const std::string& bos = options.bos_token;
-    post_processor = {
-        {"type", "TemplateProcessing"},
-        {"single",
-         {{{"SpecialToken", {{"id", bos}, {"type_id", 0}}}},
-          {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
-        {"pair",
-         {{{"SpecialToken", {{"id", bos}, {"type_id", 0}}}},
-          {{"Sequence", {{"id", "A"}, {"type_id", 0}}}},
-          {{"SpecialToken", {{"id", bos}, {"type_id", 1}}}},
-          {{"Sequence", {{"id", "B"}, {"type_id", 1}}}}}},
-        {"special_tokens", {{bos, {{"id", bos}, {"ids", {special_ids[bos]}}, {"tokens", {bos}}}}}}};
-  }
-
-  const ordered_json tok = {
-      {"version", "1.0"},
-      {"truncation", nullptr},
-      {"padding", nullptr},
-      {"added_tokens", added},
-      {"normalizer", nullptr},
-      {"pre_tokenizer", byte_level},
-      {"post_processor", post_processor},
-      {"decoder", byte_level},
-      {"model",
-       {{"type", "BPE"},
-        {"dropout", nullptr},
-        {"unk_token", nullptr},
-        {"continuing_subword_prefix", nullptr},
-        {"end_of_word_suffix", nullptr},
-        {"fuse_unk", false},
-        {"byte_fallback", false},
-        {"ignore_merges", false},
-        {"vocab", vocab},
-        {"merges", merges}}},
-  };
-  return Dump(tok);
+  if (options.add_bos) t.bos = options.bos_token;
+  return ByteLevelBpeTokenizerJson(t);
 }
 
 std::string BpeTokenizerConfigJson(const BpeTrainerOptions& options) {

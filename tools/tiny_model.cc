@@ -21,6 +21,7 @@
 #include "storage/dtype.h"
 #include "storage/file_util.h"
 #include "storage/safetensors_writer.h"
+#include "tools/tokenizer_json.h"
 
 namespace moec::tools {
 
@@ -209,67 +210,24 @@ std::pair<std::string, std::string> Merge(int rank) {
   return {std::string(1, kLetters[rank / 26]), std::string(1, kLetters[rank % 26])};
 }
 
-ordered_json AddedToken(int id, absl::string_view content) {
-  return {{"id", id},          {"content", std::string(content)},
-          {"single_word", false}, {"lstrip", false},
-          {"rstrip", false},      {"normalized", false},
-          {"special", true}};
-}
-
 std::string TokenizerJson(const TinyModelOptions& o) {
-  ordered_json vocab = ordered_json::object();
-  for (int b = 0; b < 256; ++b) vocab[ByteLevelAlphabet()[b]] = b;
-  ordered_json merges = ordered_json::array();
+  ByteLevelBpeTokenizer t;
+  for (int b = 0; b < 256; ++b) t.tokens.push_back(ByteLevelAlphabet()[b]);
   for (int r = 0; r < o.vocab - 256; ++r) {
     auto [left, right] = Merge(r);
-    vocab[left + right] = 256 + r;
-    merges.push_back(left + " " + right);
+    t.tokens.push_back(left + right);
+    t.merges.push_back(left + " " + right);
   }
-  const int bos = o.vocab;
-  const std::string bos_s(kTinyBosToken), eos_s(kTinyEosToken);
-  const ordered_json byte_level = {{"type", "ByteLevel"},
-                                   {"add_prefix_space", false},
-                                   {"trim_offsets", true},
-                                   {"use_regex", true}};
-  ordered_json tok = {
-      {"version", "1.0"},
-      {"truncation", nullptr},
-      {"padding", nullptr},
-      {"added_tokens", {AddedToken(bos, bos_s), AddedToken(bos + 1, eos_s)}},
-      {"normalizer", nullptr},
-      {"pre_tokenizer", byte_level},
-      {"post_processor",
-       {{"type", "TemplateProcessing"},
-        {"single",
-         {{{"SpecialToken", {{"id", bos_s}, {"type_id", 0}}}},
-          {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
-        {"pair",
-         {{{"SpecialToken", {{"id", bos_s}, {"type_id", 0}}}},
-          {{"Sequence", {{"id", "A"}, {"type_id", 0}}}},
-          {{"SpecialToken", {{"id", bos_s}, {"type_id", 1}}}},
-          {{"Sequence", {{"id", "B"}, {"type_id", 1}}}}}},
-        {"special_tokens",
-         {{bos_s, {{"id", bos_s}, {"ids", {bos}}, {"tokens", {bos_s}}}}}}}},
-      {"decoder", byte_level},
-      {"model",
-       {{"type", "BPE"},
-        {"dropout", nullptr},
-        {"unk_token", nullptr},
-        {"continuing_subword_prefix", nullptr},
-        {"end_of_word_suffix", nullptr},
-        {"fuse_unk", false},
-        {"byte_fallback", false},
-        {"ignore_merges", false},
-        {"vocab", vocab},
-        {"merges", merges}}},
-  };
-  return Dump(tok);
+  t.specials = {{o.vocab, std::string(kTinyBosToken)}, {o.vocab + 1, std::string(kTinyEosToken)}};
+  t.bos = std::string(kTinyBosToken);
+  return ByteLevelBpeTokenizerJson(t);
 }
 
 std::string TokenizerConfigJson(const TinyModelOptions& o) {
   ordered_json decoder = ordered_json::object();
   for (int i = 0; i < kTinyNumSpecialTokens; ++i) {
-    ordered_json t = AddedToken(o.vocab + i, i == 0 ? kTinyBosToken : kTinyEosToken);
+    ordered_json t =
+        AddedTokenJson(o.vocab + i, std::string(i == 0 ? kTinyBosToken : kTinyEosToken));
     t.erase("id");
     decoder[std::to_string(o.vocab + i)] = t;
   }

@@ -15,7 +15,6 @@ namespace {
 
 using nlohmann::json;
 
-constexpr int kMaxSequenceDepth = 8;
 constexpr absl::string_view kReplacementChar = "\xEF\xBF\xBD";
 
 // Inverse of ByteLevelAlphabet(): code point -> byte.
@@ -64,25 +63,13 @@ void FlushBytes(std::string* bytes, std::vector<std::string>* out) {
 absl::StatusOr<Decoder> Decoder::FromJson(const json& value, const JsonPath& at) {
   Decoder d;
   d.present_ = !value.is_null();
-  MOEC_RETURN_IF_ERROR(AddSteps(value, at, 0, &d.steps_));
+  MOEC_RETURN_IF_ERROR(AddComponentSteps(value, at, "decoders", &ParseStep, &d.steps_));
   return d;
 }
 
-absl::Status Decoder::AddSteps(const json& value, const JsonPath& at, int depth,
-                               std::vector<Step>* steps) {
-  if (value.is_null()) return absl::OkStatus();
-  if (!value.is_object()) return at.Invalid("expected an object or null");
-  MOEC_ASSIGN_OR_RETURN(std::string type, RequiredString(value, "type", at));
+absl::StatusOr<Decoder::Step> Decoder::ParseStep(const json& value, const std::string& type,
+                                                 const JsonPath& at) {
   Step step;
-  if (type == "Sequence") {
-    if (depth >= kMaxSequenceDepth) return at.Invalid("Sequence nested too deeply");
-    const json* list = FindField(value, "decoders");
-    if (list == nullptr || !list->is_array()) return at.Field("decoders").Invalid("missing array");
-    for (size_t i = 0; i < list->size(); ++i) {
-      MOEC_RETURN_IF_ERROR(AddSteps((*list)[i], at.Field("decoders").Index(i), depth + 1, steps));
-    }
-    return absl::OkStatus();
-  }
   if (type == "ByteLevel") {
     step.kind = Kind::kByteLevel;
   } else if (type == "Metaspace") {
@@ -122,8 +109,7 @@ absl::Status Decoder::AddSteps(const json& value, const JsonPath& at, int depth,
         "unsupported decoder type '", type,
         "'; supported: ByteLevel, Metaspace, Replace, ByteFallback, Fuse, Strip, Sequence"));
   }
-  steps->push_back(std::move(step));
-  return absl::OkStatus();
+  return step;
 }
 
 std::string Decoder::Decode(std::vector<std::string> tokens) const {

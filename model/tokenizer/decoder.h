@@ -34,8 +34,9 @@ class Decoder {
     size_t strip_start = 0, strip_stop = 0;
   };
 
-  static absl::Status AddSteps(const nlohmann::json& value, const JsonPath& at, int depth,
-                               std::vector<Step>* steps);
+  // One component of `type` (not a Sequence: AddComponentSteps expands those).
+  static absl::StatusOr<Step> ParseStep(const nlohmann::json& value, const std::string& type,
+                                        const JsonPath& at);
   static std::vector<std::string> ApplyStep(const Step& step, std::vector<std::string> tokens);
 
   bool present_ = false;

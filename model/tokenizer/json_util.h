@@ -6,6 +6,7 @@
 
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -105,6 +106,36 @@ inline absl::StatusOr<ReplaceSpec> ParseReplace(const nlohmann::json& value, con
   absl::StatusOr<std::string> content = RequiredString(value, "content", at);
   if (!content.ok()) return content.status();
   return ReplaceSpec{**literal, *content};
+}
+
+// How tokenizer.json writes its pipeline components (normalizer, pre_tokenizer, decoder): null
+// (no step), a {"type": "Sequence", <list_field>: [...]} of components (nested at most 8 deep),
+// or one component {"type": <type>, ...}, which `parse_step(value, type, at)` turns into a Step.
+// Appends the steps in order.
+template <typename Step, typename ParseStep>
+absl::Status AddComponentSteps(const nlohmann::json& value, const JsonPath& at,
+                               absl::string_view list_field, const ParseStep& parse_step,
+                               std::vector<Step>* steps, int depth = 0) {
+  constexpr int kMaxSequenceDepth = 8;
+  if (value.is_null()) return absl::OkStatus();
+  if (!value.is_object()) return at.Invalid("expected an object or null");
+  absl::StatusOr<std::string> type = RequiredString(value, "type", at);
+  if (!type.ok()) return type.status();
+  if (*type == "Sequence") {
+    if (depth >= kMaxSequenceDepth) return at.Invalid("Sequence nested too deeply");
+    const nlohmann::json* list = FindField(value, list_field);
+    if (list == nullptr || !list->is_array()) return at.Field(list_field).Invalid("missing array");
+    for (size_t i = 0; i < list->size(); ++i) {
+      absl::Status s = AddComponentSteps((*list)[i], at.Field(list_field).Index(i), list_field,
+                                         parse_step, steps, depth + 1);
+      if (!s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+  absl::StatusOr<Step> step = parse_step(value, *type, at);
+  if (!step.ok()) return step.status();
+  steps->push_back(*std::move(step));
+  return absl::OkStatus();
 }
 
 }  // namespace moec::model

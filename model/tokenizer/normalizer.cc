@@ -11,7 +11,6 @@ namespace {
 
 using nlohmann::json;
 
-constexpr int kMaxSequenceDepth = 8;
 
 }  // namespace
 
@@ -33,27 +32,13 @@ std::string ReplaceAll(absl::string_view text, absl::string_view pattern,
 
 absl::StatusOr<Normalizer> Normalizer::FromJson(const json& value, const JsonPath& at) {
   Normalizer n;
-  MOEC_RETURN_IF_ERROR(AddSteps(value, at, 0, &n.steps_));
+  MOEC_RETURN_IF_ERROR(AddComponentSteps(value, at, "normalizers", &ParseStep, &n.steps_));
   return n;
 }
 
-absl::Status Normalizer::AddSteps(const json& value, const JsonPath& at, int depth,
-                                  std::vector<Step>* steps) {
-  if (value.is_null()) return absl::OkStatus();
-  if (!value.is_object()) return at.Invalid("expected an object or null");
-  MOEC_ASSIGN_OR_RETURN(std::string type, RequiredString(value, "type", at));
+absl::StatusOr<Normalizer::Step> Normalizer::ParseStep(const json& value, const std::string& type,
+                                                       const JsonPath& at) {
   Step step;
-  if (type == "Sequence") {
-    if (depth >= kMaxSequenceDepth) return at.Invalid("Sequence nested too deeply");
-    const json* list = FindField(value, "normalizers");
-    if (list == nullptr || !list->is_array())
-      return at.Field("normalizers").Invalid("missing array");
-    for (size_t i = 0; i < list->size(); ++i) {
-      MOEC_RETURN_IF_ERROR(
-          AddSteps((*list)[i], at.Field("normalizers").Index(i), depth + 1, steps));
-    }
-    return absl::OkStatus();
-  }
   if (type == "Prepend") {
     step.kind = Kind::kPrepend;
     MOEC_ASSIGN_OR_RETURN(step.content, RequiredString(value, "prepend", at));
@@ -79,8 +64,7 @@ absl::Status Normalizer::AddSteps(const json& value, const JsonPath& at, int dep
         absl::StrCat("unsupported normalizer type '", type,
                      "'; supported: Sequence, Prepend, Replace, NFC, NFD, NFKC, NFKD, Strip"));
   }
-  steps->push_back(std::move(step));
-  return absl::OkStatus();
+  return step;
 }
 
 std::string Normalizer::Apply(absl::string_view input) const {

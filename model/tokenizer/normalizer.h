@@ -38,8 +38,9 @@ class Normalizer {
     bool strip_left = false, strip_right = false;
   };
 
-  static absl::Status AddSteps(const nlohmann::json& value, const JsonPath& at, int depth,
-                               std::vector<Step>* steps);
+  // One component of `type` (not a Sequence: AddComponentSteps expands those).
+  static absl::StatusOr<Step> ParseStep(const nlohmann::json& value, const std::string& type,
+                                        const JsonPath& at);
 
   std::vector<Step> steps_;
 };

@@ -217,7 +217,6 @@ absl::StatusOr<SplitBehavior> ParseBehavior(const json& obj, const JsonPath& at)
   return at.Field("behavior").Invalid(absl::StrCat("unknown split behavior '", b, "'"));
 }
 
-constexpr int kMaxSequenceDepth = 8;
 
 }  // namespace
 
@@ -244,28 +243,13 @@ std::string ByteLevelEncode(absl::string_view text) {
 
 absl::StatusOr<PreTokenizer> PreTokenizer::FromJson(const json& value, const JsonPath& at) {
   PreTokenizer p;
-  MOEC_RETURN_IF_ERROR(AddSteps(value, at, 0, &p.steps_));
+  MOEC_RETURN_IF_ERROR(AddComponentSteps(value, at, "pretokenizers", &ParseStep, &p.steps_));
   return p;
 }
 
-absl::Status PreTokenizer::AddSteps(const json& value, const JsonPath& at, int depth,
-                                    std::vector<Step>* steps) {
-  if (value.is_null()) return absl::OkStatus();
-  if (!value.is_object()) return at.Invalid("expected an object or null");
-  MOEC_ASSIGN_OR_RETURN(std::string type, RequiredString(value, "type", at));
+absl::StatusOr<PreTokenizer::Step> PreTokenizer::ParseStep(const json& value, const std::string& type,
+                                                           const JsonPath& at) {
   Step step;
-  if (type == "Sequence") {
-    if (depth >= kMaxSequenceDepth) return at.Invalid("Sequence nested too deeply");
-    const json* list = FindField(value, "pretokenizers");
-    if (list == nullptr || !list->is_array()) {
-      return at.Field("pretokenizers").Invalid("missing array");
-    }
-    for (size_t i = 0; i < list->size(); ++i) {
-      MOEC_RETURN_IF_ERROR(
-          AddSteps((*list)[i], at.Field("pretokenizers").Index(i), depth + 1, steps));
-    }
-    return absl::OkStatus();
-  }
   if (type == "ByteLevel") {
     step.kind = Kind::kByteLevel;
     MOEC_ASSIGN_OR_RETURN(step.add_prefix_space, OptionalBool(value, "add_prefix_space", true, at));
@@ -331,8 +315,7 @@ absl::Status PreTokenizer::AddSteps(const json& value, const JsonPath& at, int d
         absl::StrCat("unsupported pre_tokenizer type '", type,
                      "'; supported: ByteLevel, Split, Metaspace, Digits, Sequence"));
   }
-  steps->push_back(std::move(step));
-  return absl::OkStatus();
+  return step;
 }
 
 void PreTokenizer::Apply(std::vector<Piece>* pieces) const {

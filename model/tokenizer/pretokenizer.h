@@ -89,8 +89,9 @@ class PreTokenizer {
     bool individual_digits = false;
   };
 
-  static absl::Status AddSteps(const nlohmann::json& value, const JsonPath& at, int depth,
-                               std::vector<Step>* steps);
+  // One component of `type` (not a Sequence: AddComponentSteps expands those).
+  static absl::StatusOr<Step> ParseStep(const nlohmann::json& value, const std::string& type,
+                                        const JsonPath& at);
   static void ApplyStep(const Step& step, std::vector<Piece>* pieces);
 
   std::vector<Step> steps_;
