@@ -2,12 +2,14 @@
 
 #include <ATen/ATen.h>
 
+#include <atomic>
 #include <functional>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/status_matchers.h"
 
 namespace moec::comm {
 namespace {
@@ -149,6 +151,63 @@ TEST(GlooTest, RendezvousWithoutPeersIsDeadlineExceeded) {
   o.timeout = absl::Seconds(1);
   auto c = NewGlooCommunicator(NewMemoryRendezvousStore(), o);
   EXPECT_EQ(c.status().code(), absl::StatusCode::kDeadlineExceeded) << c.status();
+}
+
+// A rendezvous store whose first write of an attempt-0 key fails: the rank that makes it cannot
+// connect (as a socket closed mid-handshake on a loaded machine does).
+class FlakyStore : public RendezvousStore {
+ public:
+  FlakyStore() : inner_(NewMemoryRendezvousStore()) {}
+  absl::Status Set(const std::string& key, const std::string& value) override {
+    if (key.rfind("try0/", 0) == 0 && !failed_.exchange(true)) {
+      return absl::UnavailableError("Connection closed by peer");
+    }
+    return inner_->Set(key, value);
+  }
+  absl::StatusOr<std::string> Get(const std::string& key, absl::Duration timeout) override {
+    return inner_->Get(key, timeout);
+  }
+  absl::StatusOr<int64_t> Add(const std::string& key, int64_t delta) override {
+    return inner_->Add(key, delta);
+  }
+
+ private:
+  std::shared_ptr<RendezvousStore> inner_;
+  std::atomic<bool> failed_{false};
+};
+
+// One rank failing to connect makes every rank give up that attempt at once (not after the
+// timeout) and form the group again: a loaded machine slows a gang but does not fail it.
+TEST(GlooTest, AFailedConnectionAttemptIsRetriedByEveryRankTogether) {
+  auto store = std::make_shared<FlakyStore>();
+  const absl::Time start = absl::Now();
+  std::vector<std::thread> threads;
+  std::vector<absl::Status> results(3);
+  for (int r = 0; r < 3; ++r) {
+    threads.emplace_back([&, r] {
+      GlooOptions o;
+      o.rank = r;
+      o.size = 3;
+      o.timeout = absl::Seconds(60);
+      absl::StatusOr<std::unique_ptr<Communicator>> c = NewGlooCommunicator(store, o);
+      if (!c.ok()) {
+        results[r] = c.status();
+        return;
+      }
+      at::Tensor t = at::full({2}, static_cast<float>(r + 1));
+      results[r] = (*c)->AllReduceSum(t);
+      if (results[r].ok() && t[0].item<float>() != 6.0f) results[r] = absl::InternalError("sum");
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < 3; ++r) EXPECT_OK(results[r]) << "rank " << r;
+  EXPECT_LT(absl::Now() - start, absl::Seconds(30));  // not a timeout's worth
+  // Attempt 0 failed for everyone (its failure was published), attempt 1 connected.
+  EXPECT_TRUE(store->Get("abort0", absl::ZeroDuration()).ok());
+  for (int r = 0; r < 3; ++r) {
+    EXPECT_THAT(store->Get(absl::StrCat("outcome1/", r), absl::ZeroDuration()),
+                ::moec::testing::IsOkAndHolds("1"));
+  }
 }
 
 TEST(GlooTest, DeadPeerBreaksTheCollectiveWithARetriableError) {

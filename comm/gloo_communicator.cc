@@ -1,13 +1,16 @@
 // Gloo through libtorch's c10d: ProcessGroupGloo over a c10d::Store that forwards to a
 // RendezvousStore (the coordinator's GroupStore RPCs on workers).
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/Store.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <string>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "comm/communicator.h"
 
 namespace moec::comm {
@@ -17,19 +20,22 @@ std::chrono::milliseconds Millis(absl::Duration d) {
   return std::chrono::milliseconds(absl::ToInt64Milliseconds(d));
 }
 
-// c10d's store interface over a RendezvousStore. c10d reports errors by throwing.
+// c10d's store interface over a RendezvousStore, for one connection attempt. c10d reports errors
+// by throwing. Waits for keys in slices, and give up early (throwing) once any rank has
+// published the failure of this attempt (AbortKey): the ranks then retry together instead of
+// waiting out the timeout for a peer that will not come.
 class StoreAdapter : public c10d::Store {
  public:
-  StoreAdapter(std::shared_ptr<RendezvousStore> store, absl::Duration timeout)
-      : c10d::Store(Millis(timeout)), store_(std::move(store)) {}
+  StoreAdapter(std::shared_ptr<RendezvousStore> store, absl::Duration timeout,
+               std::string abort_key)
+      : c10d::Store(Millis(timeout)), store_(std::move(store)), abort_key_(std::move(abort_key)) {}
 
   void set(const std::string& key, const std::vector<uint8_t>& value) override {
     Check(store_->Set(key, std::string(value.begin(), value.end())));
   }
   std::vector<uint8_t> get(const std::string& key) override {
-    absl::StatusOr<std::string> v = store_->Get(key, absl::FromChrono(timeout_));
-    Check(v.status());
-    return std::vector<uint8_t>(v->begin(), v->end());
+    std::string v = WaitFor(key, absl::FromChrono(timeout_));
+    return std::vector<uint8_t>(v.begin(), v.end());
   }
   int64_t add(const std::string& key, int64_t value) override {
     absl::StatusOr<int64_t> v = store_->Add(key, value);
@@ -47,14 +53,26 @@ class StoreAdapter : public c10d::Store {
   void wait(const std::vector<std::string>& keys) override { wait(keys, timeout_); }
   void wait(const std::vector<std::string>& keys,
             const std::chrono::milliseconds& timeout) override {
-    for (const std::string& k : keys) Check(store_->Get(k, absl::FromChrono(timeout)).status());
+    for (const std::string& k : keys) WaitFor(k, absl::FromChrono(timeout));
   }
 
  private:
   static void Check(const absl::Status& s) {
     TORCH_CHECK(s.ok(), "rendezvous store: ", s.ToString());
   }
+  std::string WaitFor(const std::string& key, absl::Duration timeout) {
+    const absl::Time deadline = absl::Now() + timeout;
+    while (true) {
+      const absl::Duration slice = std::min(absl::Milliseconds(250), deadline - absl::Now());
+      absl::StatusOr<std::string> v = store_->Get(key, std::max(absl::ZeroDuration(), slice));
+      if (v.ok()) return *v;
+      if (!absl::IsDeadlineExceeded(v.status()) || absl::Now() >= deadline) Check(v.status());
+      TORCH_CHECK(!store_->Get(abort_key_, absl::ZeroDuration()).ok(),
+                  "rendezvous store: a peer failed to connect (", abort_key_, ")");
+    }
+  }
   std::shared_ptr<RendezvousStore> store_;
+  const std::string abort_key_;
 };
 
 // c10d errors to Status: timeouts are DeadlineExceeded, everything else a broken peer.
@@ -144,6 +162,53 @@ class GlooCommunicator : public Communicator {
   const std::chrono::milliseconds timeout_;
 };
 
+constexpr int kMaxConnectAttempts = 5;
+
+std::string AbortKey(int attempt) { return absl::StrCat("abort", attempt); }
+
+// One attempt at forming the group, its keys under "try<attempt>/".
+// Store waits end at `left`; collectives keep the full timeout.
+absl::StatusOr<std::unique_ptr<Communicator>> ConnectGloo(std::shared_ptr<RendezvousStore> raw,
+                                                          const GlooOptions& options,
+                                                          absl::Duration left, int attempt) {
+  try {
+    auto store = c10::make_intrusive<StoreAdapter>(
+        std::move(raw), std::max(left, absl::Milliseconds(1)), AbortKey(attempt));
+    auto pg_options = c10d::ProcessGroupGloo::Options::create(Millis(options.timeout));
+    pg_options->devices = {c10d::ProcessGroupGloo::createDeviceForHostname(options.host)};
+    pg_options->threads = 1;
+    auto prefixed = c10::make_intrusive<c10d::PrefixStore>(absl::StrCat("try", attempt), store);
+    auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(prefixed, options.rank, options.size,
+                                                          pg_options);
+    return std::unique_ptr<Communicator>(
+        new GlooCommunicator(std::move(pg), options.rank, options.size, options.timeout));
+  } catch (const std::exception& e) {
+    return FromException(e, absl::StrCat("rendezvous of rank ", options.rank, " on ", options.host));
+  }
+}
+
+// Publishes whether this rank connected in `attempt` and waits for every rank's outcome: true
+// when all connected. Errors: DeadlineExceeded when a rank's outcome does not arrive in time.
+absl::StatusOr<bool> AgreeOnAttempt(RendezvousStore& store, const GlooOptions& options,
+                                    int attempt, bool connected, absl::Time deadline) {
+  const std::string prefix = absl::StrCat("outcome", attempt, "/");
+  absl::Status set = store.Set(absl::StrCat(prefix, options.rank), connected ? "1" : "0");
+  if (set.ok() && !connected) set = store.Set(AbortKey(attempt), "1");  // peers stop waiting
+  if (!set.ok()) return set;
+  bool all = true;
+  for (int r = 0; r < options.size; ++r) {
+    absl::StatusOr<std::string> v =
+        store.Get(absl::StrCat(prefix, r), std::max(absl::ZeroDuration(), deadline - absl::Now()));
+    if (!v.ok()) {
+      return absl::Status(v.status().code(), absl::StrCat("gloo rendezvous: rank ", r,
+                                                          " did not report its connection: ",
+                                                          v.status().message()));
+    }
+    all = all && *v == "1";
+  }
+  return all;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Communicator>> NewGlooCommunicator(
@@ -153,17 +218,29 @@ absl::StatusOr<std::unique_ptr<Communicator>> NewGlooCommunicator(
         absl::StrCat("gloo: rank ", options.rank, " of a group of ", options.size));
   }
   if (store == nullptr) return absl::InvalidArgumentError("gloo: no rendezvous store");
-  try {
-    auto pg_options = c10d::ProcessGroupGloo::Options::create(Millis(options.timeout));
-    pg_options->devices = {c10d::ProcessGroupGloo::createDeviceForHostname(options.host)};
-    pg_options->threads = 1;
-    auto c10d_store = c10::make_intrusive<StoreAdapter>(std::move(store), options.timeout);
-    auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(c10d_store, options.rank, options.size,
-                                                          pg_options);
-    return std::unique_ptr<Communicator>(
-        new GlooCommunicator(std::move(pg), options.rank, options.size, options.timeout));
-  } catch (const std::exception& e) {
-    return FromException(e, absl::StrCat("rendezvous of rank ", options.rank, " on ", options.host));
+  // Connection setup can fail on a loaded machine (a peer's socket closed mid-handshake). Every
+  // attempt forms the group under its own key prefix; then the ranks agree through the store on
+  // whether all of them connected, and retry together while the timeout allows. A rank that
+  // never arrives makes the agreement wait time out (DeadlineExceeded), as before.
+  const absl::Time deadline = absl::Now() + options.timeout;
+  for (int attempt = 0;; ++attempt) {
+    absl::StatusOr<std::unique_ptr<Communicator>> made =
+        ConnectGloo(store, options, deadline - absl::Now(), attempt);
+    absl::StatusOr<bool> all_connected = AgreeOnAttempt(*store, options, attempt, made.ok(), deadline);
+    if (!all_connected.ok()) {
+      return made.ok() ? all_connected.status()
+                       : absl::Status(made.status().code(),
+                                      absl::StrCat(made.status().message(), "; ",
+                                                   all_connected.status().message()));
+    }
+    if (*all_connected) return made;
+    if (attempt + 1 >= kMaxConnectAttempts || absl::Now() >= deadline) {
+      return made.ok() ? absl::UnavailableError(absl::StrCat(
+                             "gloo rendezvous of rank ", options.rank, ": a peer failed to connect ",
+                             kMaxConnectAttempts, " times"))
+                       : made.status();
+    }
+    absl::SleepFor(std::min(absl::Milliseconds(100 << attempt), deadline - absl::Now()));
   }
 }
 
