@@ -5,19 +5,13 @@
 # router statistics, per-expert quantization losses, the exact CBC bit allocation at 2.5 average
 # expert bits, mixed-precision GPTQ, a GPTQ-format export in out/mc-moe-2.5 — and prints the
 # report (perplexity and size against the original).
-# Usage: sudo deploy/demo.sh      Environment: MOEC_BUILD_DIR (default build).
+# Usage: deploy/demo.sh   (as root, or as a user with sudo)   Environment: MOEC_BUILD_DIR (default build).
 # Running it again reuses the trained model and the finished job (--overwrite: a previous
 # out/mc-moe-2.5 from a different job, e.g. after the model changed, is replaced).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ "$(id -u)" -eq 0 ]; then
-  deploy/setup-debian.sh
-elif command -v sudo >/dev/null 2>&1; then
-  sudo deploy/setup-debian.sh
-else
-  deploy/setup-debian.sh
-fi
+deploy/ensure-packages.sh  # as root, or through sudo only when packages are missing
 
 build=${MOEC_BUILD_DIR:-build}
 cmake -S . -B "$build" -G Ninja -DMOEC_BUILD_FUZZERS=OFF -DMOEC_BUILD_BENCHMARKS=OFF > /dev/null

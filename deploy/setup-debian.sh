@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs every Debian 12 package moec needs to build, test and run.
 # Idempotent: when everything is already installed it only runs dpkg-query (< 1 s).
-# Usage: sudo deploy/setup-debian.sh        (or as root)
+# Usage: deploy/setup-debian.sh [--check]   (as root to install; --check only reports what is
+# missing: exit 0 when nothing is, 1 otherwise; deploy/ensure-packages.sh picks the right one)
 set -euo pipefail
 
 PACKAGES=(
@@ -36,6 +37,10 @@ done
 if [ ${#missing[@]} -eq 0 ]; then
   echo "setup-debian: all ${#PACKAGES[@]} packages already installed"
   exit 0
+fi
+if [ "${1:-}" = "--check" ]; then
+  echo "setup-debian: missing packages: ${missing[*]}" >&2
+  exit 1
 fi
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -1,19 +1,14 @@
 #!/usr/bin/env bash
 # Builds moec and runs every test (unit, integration, fuzz for MOEC_FUZZ_SECONDS each) with CTest.
-# Installs the Debian packages it needs first (deploy/setup-debian.sh; needs root for that).
+# Installs the Debian packages it needs first (deploy/ensure-packages.sh: as root, or through
+# sudo when some are missing).
 # Usage: deploy/test.sh [extra ctest args]      e.g. deploy/test.sh -L unit
 # Environment: MOEC_BUILD_DIR (default build), MOEC_FUZZ_SECONDS (default 60),
 #              MOEC_ENABLE_CUDA (AUTO|ON|OFF, default AUTO).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ "$(id -u)" -eq 0 ]; then
-  deploy/setup-debian.sh
-elif command -v sudo >/dev/null 2>&1; then
-  sudo deploy/setup-debian.sh
-else
-  deploy/setup-debian.sh  # reports what is missing if anything is
-fi
+deploy/ensure-packages.sh  # as root, or through sudo only when packages are missing
 
 build=${MOEC_BUILD_DIR:-build}
 jobs=$(nproc)

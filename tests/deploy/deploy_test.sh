@@ -42,7 +42,7 @@ PY
 bash -n "$SRC/deploy/slurm/moec-slurm.sh" || fail "moec-slurm.sh is not valid bash"
 if command -v shellcheck > /dev/null; then
   shellcheck -S warning "$SRC/deploy/slurm/moec-slurm.sh" "$SRC/tests/e2e/netns_e2e_test.sh" \
-    "$SRC/tests/quality/quant_table.sh" "$SRC/tests/quality/structural_table.sh" ||
+    "$SRC"/tests/quality/*.sh "$SRC"/deploy/*.sh ||
     fail "shellcheck"
 fi
 for unit in moec-coordinator moec-worker; do
@@ -55,4 +55,16 @@ for unit in moec-coordinator moec-worker; do
 done
 grep -q "^USER moec" "$SRC/deploy/Containerfile" || fail "the container runs as root"
 grep -q "^FROM debian:12" "$SRC/deploy/Containerfile" || fail "Containerfile base"
+# The README's two set-up commands work as root and as a user with sudo: they are the scripts
+# themselves (no `sudo` in front, which fails where root has no sudo), and the package step run
+# by an unprivileged user asks for nothing when every package is there.
+cmds=$(sed -n 's/^    \(.*deploy\/[a-z]*\.sh.*\)$/\1/p' "$SRC/README.md")
+[ "$cmds" = "$(printf 'deploy/test.sh\ndeploy/demo.sh')" ] || fail "README set-up commands: $cmds"
+for s in test demo; do
+  grep -q "^deploy/ensure-packages.sh" "$SRC/deploy/$s.sh" || fail "$s.sh does not use ensure-packages.sh"
+done
+if [ "$(id -u)" -eq 0 ] && "$SRC/deploy/setup-debian.sh" --check > /dev/null 2>&1; then
+  setpriv --reuid=65534 --regid=65534 --clear-groups env -i PATH=/usr/bin:/bin \
+    "$SRC/deploy/ensure-packages.sh" > /dev/null || fail "ensure-packages.sh as an unprivileged user"
+fi
 echo "deploy files ok"
