@@ -3,7 +3,7 @@
 // directory, then quantize that directory), for block drop, expert drop, layer drop and weight
 // pruning, on Mixtral and DeepSeek layouts.
 #include "dataplane/model_view.h"
-#include "stages/stage.h"
+#include "stages/builtin_stages.h"
 
 #include <ATen/ATen.h>
 

@@ -38,9 +38,6 @@ class StageRegistry {
   std::map<std::string, Factory> factories_;
 };
 
-// Registers every stage kind this build implements.
-void RegisterBuiltinStages(StageRegistry* registry);
-
 }  // namespace moec::stages
 
 #endif  // MOEC_STAGES_STAGE_H_

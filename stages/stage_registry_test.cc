@@ -5,7 +5,7 @@
 #include "common/recipe/stage_catalog.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "stages/stage.h"
+#include "stages/builtin_stages.h"
 #include "tests/testing/status_matchers.h"
 
 namespace moec::stages {

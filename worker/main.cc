@@ -26,7 +26,7 @@
 #include "common/cli_util.h"
 #include "common/process_tuning.h"
 #include "glog/logging.h"
-#include "stages/stage.h"
+#include "stages/builtin_stages.h"
 #include "worker/coordinator_client.h"
 #include "worker/worker.h"
 

@@ -15,6 +15,7 @@
 #include "storage/in_memory_kv_store.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
+#include "stages/noop_stage.h"
 #include "worker/stage_runner.h"
 
 namespace moec::worker {
@@ -207,7 +208,7 @@ class WorkerTest : public ::testing::Test {
 
 TEST_F(WorkerTest, RunsNoopTasksToCompletion) {
   stages::StageRegistry registry;
-  stages::RegisterBuiltinStages(&registry);
+  registry.Register("noop", [] { return std::make_unique<stages::NoopStage>(); });
   Worker worker(client_.get(), &registry, Fast());
   ASSERT_OK(worker.Start());
   const std::string job = Submit(1);
@@ -223,7 +224,7 @@ TEST_F(WorkerTest, RunsNoopTasksToCompletion) {
 // noop sleeps sleep_ms per task.
 TEST_F(WorkerTest, ReportsEachTasksComputeTime) {
   stages::StageRegistry registry;
-  stages::RegisterBuiltinStages(&registry);
+  registry.Register("noop", [] { return std::make_unique<stages::NoopStage>(); });
   Worker worker(client_.get(), &registry, Fast());
   ASSERT_OK(worker.Start());
   const std::string job = Submit(60);
@@ -239,7 +240,7 @@ TEST_F(WorkerTest, ReportsEachTasksComputeTime) {
 
 TEST_F(WorkerTest, StageOutputsReachTheFactorStoreWhenTasksComplete) {
   stages::StageRegistry registry;
-  stages::RegisterBuiltinStages(&registry);
+  registry.Register("noop", [] { return std::make_unique<stages::NoopStage>(); });
   Worker worker(client_.get(), &registry, Fast());
   ASSERT_OK(worker.Start());
   const std::string job = Submit(0, 30);
