@@ -11,13 +11,14 @@ function(moec_cc_library)
   target_link_libraries(${ARG_NAME} PUBLIC ${ARG_PUBLIC_DEPS} PRIVATE ${ARG_DEPS})
 endfunction()
 
-# moec_cc_test(NAME name SRCS ... DEPS ... [LABELS ...] [TIMEOUT seconds])
-# Registers each gtest case as its own CTest test (gtest_discover_tests).
+# moec_cc_test(NAME name SRCS ... DEPS ... [LABELS ...] [TIMEOUT seconds] [PROPERTIES k v ...])
+# Registers each gtest case as its own CTest test (gtest_discover_tests). Labels say what a test
+# is: unit (default), e2e, oracle, quality, fuzz, bench.
 function(moec_cc_test)
   if(MOEC_FUZZ_ONLY)
     return()
   endif()
-  cmake_parse_arguments(ARG "" "NAME;TIMEOUT" "SRCS;DEPS;LABELS" ${ARGN})
+  cmake_parse_arguments(ARG "" "NAME;TIMEOUT" "SRCS;DEPS;LABELS;PROPERTIES" ${ARGN})
   add_executable(${ARG_NAME} ${ARG_SRCS})
   target_compile_options(${ARG_NAME} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:${MOEC_WARNINGS}>)
   target_link_libraries(${ARG_NAME} PRIVATE ${ARG_DEPS} moec_testing GTest::gmock GTest::gtest_main)
@@ -30,7 +31,7 @@ function(moec_cc_test)
   include(GoogleTest)
   gtest_discover_tests(${ARG_NAME}
     DISCOVERY_TIMEOUT 60
-    PROPERTIES LABELS "${ARG_LABELS}" TIMEOUT ${ARG_TIMEOUT})
+    PROPERTIES LABELS "${ARG_LABELS}" TIMEOUT ${ARG_TIMEOUT} ${ARG_PROPERTIES})
 endfunction()
 
 # moec_torch_pch(target): precompiles <ATen/ATen.h> for a target that uses libtorch. The header

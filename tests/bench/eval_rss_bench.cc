@@ -7,7 +7,7 @@
 // The model's page-cache pages are not the process's memory; mapped pages the forward touched
 // count in RSS until it releases them, which is what this measures.
 //
-// Usage: eval_rss_bench [--moec PATH] [--keep DIR]
+// Usage: eval_rss_bench [--moec PATH] [--keep DIR] [--hidden N] [--ffn N]
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -28,19 +28,22 @@ namespace fs = std::filesystem;
 
 int main(int argc, char** argv) {
   std::string moec = (fs::canonical("/proc/self/exe").parent_path() / "../../client/moec").string();
+  int hidden = 2048, ffn = 5632;  // smaller with --hidden/--ffn (CTest runs it tiny once)
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::strcmp(argv[i], "--moec") == 0) moec = argv[i + 1];
+    if (std::strcmp(argv[i], "--hidden") == 0) hidden = std::atoi(argv[i + 1]);
+    if (std::strcmp(argv[i], "--ffn") == 0) ffn = std::atoi(argv[i + 1]);
   }
   const std::string dir = (fs::temp_directory_path() / ("moec_rss_bench_" + std::to_string(getpid()))).string();
   moec::tools::TinyModelOptions o;
   o.model_type = "mixtral";
   o.num_layers = 4;
-  o.hidden = 2048;
+  o.hidden = hidden;
   o.heads = 16;
   o.kv_heads = 8;
   o.experts = 8;
   o.top_k = 2;
-  o.moe_intermediate = 5632;
+  o.moe_intermediate = ffn;
   o.vocab = 512;
   o.max_parameters = int64_t{4} << 30;
   const auto t0 = std::chrono::steady_clock::now();

@@ -8,7 +8,7 @@
 // (query i with keys 0..i), the router, and 3 expert matrices per routed token.
 // The baseline is at::matmul of [2048, 1024] x [1024, 2816] in fp32, best of the repeats.
 //
-// Usage: forward_bench [--repeats N] [--threads N]
+// Usage: forward_bench [--repeats N] [--threads N] [--hidden N] [--ffn N]
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -44,8 +44,11 @@ double BestOf(int repeats, F&& f) {
 
 int main(int argc, char** argv) {
   int repeats = 5;
+  int hidden = 1024, ffn = 2816;  // smaller with --hidden/--ffn (CTest runs it tiny once)
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::strcmp(argv[i], "--repeats") == 0) repeats = std::atoi(argv[i + 1]);
+    if (std::strcmp(argv[i], "--hidden") == 0) hidden = std::atoi(argv[i + 1]);
+    if (std::strcmp(argv[i], "--ffn") == 0) ffn = std::atoi(argv[i + 1]);
     if (std::strcmp(argv[i], "--threads") == 0) at::set_num_threads(std::atoi(argv[i + 1]));
   }
   namespace fs = std::filesystem;
@@ -53,12 +56,12 @@ int main(int argc, char** argv) {
   moec::tools::TinyModelOptions o;
   o.model_type = "mixtral";
   o.num_layers = 2;
-  o.hidden = 1024;
+  o.hidden = hidden;
   o.heads = 16;
   o.kv_heads = 8;
   o.experts = 8;
   o.top_k = 2;
-  o.moe_intermediate = 2816;
+  o.moe_intermediate = ffn;
   o.vocab = 512;
   if (auto s = moec::tools::WriteTinyModel(o, dir); !s.ok()) {
     std::fprintf(stderr, "write model: %s\n", std::string(s.message()).c_str());

@@ -14,7 +14,7 @@
 // element work, input copies and permutations are not counted but are in the time.
 // Baseline: at::matmul([out, in] x [in, in]) in fp32, best of the repeats.
 //
-// Usage: gptq_bench [--repeats N] [--threads N] [--tokens N] [--solve-threads N] [--out 4096|14336]
+// Usage: gptq_bench [--repeats N] [--threads N] [--tokens N] [--solve-threads N] [--out 4096|14336] [--in N]
 // (--solve-threads: GptqOptions::threads, the per-row loop's threads; default hardware threads)
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -52,14 +52,15 @@ int main(int argc, char** argv) {
   int64_t tokens = 8192;
   int solve_threads = 0;
   int64_t only_out = 0;
+  int64_t in = 4096;  // smaller with --in (CTest runs it tiny once)
   for (int i = 1; i + 1 < argc; i += 2) {
+    if (std::strcmp(argv[i], "--in") == 0) in = std::atoll(argv[i + 1]);
     if (std::strcmp(argv[i], "--repeats") == 0) repeats = std::atoi(argv[i + 1]);
     if (std::strcmp(argv[i], "--threads") == 0) at::set_num_threads(std::atoi(argv[i + 1]));
     if (std::strcmp(argv[i], "--tokens") == 0) tokens = std::atoll(argv[i + 1]);
     if (std::strcmp(argv[i], "--solve-threads") == 0) solve_threads = std::atoi(argv[i + 1]);
     if (std::strcmp(argv[i], "--out") == 0) only_out = std::atoll(argv[i + 1]);
   }
-  const int64_t in = 4096;
   std::printf("gptq_bench: fp32, in_features %ld, group 128, blocksize 128, 4 bits, repeats %d, "
               "at::get_num_threads %d\n",
               static_cast<long>(in), repeats, at::get_num_threads());

@@ -5,22 +5,63 @@
 # configuration is one `moec run` in one fresh data directory; prints the report's row for the
 # result: perplexity, size, average bits, parameters, activated parameters (static, measured).
 # The subset search also runs as a gang of 2 workers, whose export must be the same bytes.
-# Usage: tests/quality/structural_table.sh [BUILD_DIR]   (about 3 minutes on 2 cores)
-# Needs models/tiny-mixtral (moec make-tiny-model models/tiny-mixtral --arch mixtral --trained).
+#
+# Then asserts the orderings docs/results.md claims that held on both trained instances, with
+# margins from the measured spread: Lu et al.'s subset search keeps held-out perplexity below
+# He et al.'s routing-score expert drop (<= 0.9 x; measured 0.48-0.82) and below every random
+# drop seed (<= 0.9 x; measured 0.54-0.84), at r = 4 (and r = 6 in the full run). Routing-score
+# drop below random is NOT asserted: it failed on one instance at r = 4 and one seed at r = 6.
+#
+# Usage: tests/quality/structural_table.sh [BUILD_DIR] [MODEL_DIR]   (about 3 minutes on 2 cores)
+#   MODEL_DIR: the trained tiny Mixtral (default models/tiny-mixtral), trained when missing.
+#   MOEC_QUALITY=check: only the runs the assertions need at r = 4 (~1 minute). CTest runs it
+#   so (label quality).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 B=${1:-build}
+TM=${2:-models/tiny-mixtral}
 M=$B/client/moec
-[ -f models/tiny-mixtral/config.json ] ||
-  { echo "no models/tiny-mixtral: moec make-tiny-model models/tiny-mixtral --arch mixtral --trained" >&2; exit 1; }
+"$M" make-tiny-model "$TM" --arch mixtral --trained > /dev/null
+[ "${TM:0:1}" = / ] || TM=$PWD/$TM
+DATA=(--set model="$TM" --set calibration.path="$TM/train.txt" --set evaluation.path="$TM/heldout.txt")
 W=$(mktemp -d /tmp/moec-structural-table.XXXXXX)
+trap 'rm -rf "$W"' EXIT
 D=$W/data; O=$W/out; mkdir -p "$O"
+declare -A PPL
 run() {
   local name=$1; shift
-  $M run "$@" --data-dir "$D" --set output="$O/$name" --set name="$name" > "$O/$name.log" 2>&1 ||
-    { cat "$O/$name.log" >&2; echo "FAILED $name" >&2; exit 1; }
-  printf '%-22s %s\n' "$name" "$(grep -E '^\| eval' "$O/$name.log" | grep -v original | head -1)"
+  "$M" run "$@" "${DATA[@]}" --data-dir "$D" --set output="$O/$name" --set name="$name" \
+    > "$O/$name.log" 2>&1 || { cat "$O/$name.log" >&2; echo "FAILED $name" >&2; exit 1; }
+  local row
+  row=$(grep -E '^\| eval' "$O/$name.log" | grep -v original | head -1)
+  PPL[$name]=$(echo "$row" | cut -d'|' -f4 | tr -d ' ')
+  printf '%-22s %s\n' "$name" "$row"
 }
+failures=0
+below() {
+  if awk -v a="$1" -v b="$2" -v r="$3" 'BEGIN { exit !(a <= r * b) }'; then
+    echo "ok: $4: $1 <= $3 x $2"
+  else
+    echo "ORDERING BROKEN: $4: $1 > $3 x $2" >&2; failures=$((failures + 1))
+  fi
+}
+orderings() {  # $1: r
+  below "${PPL[prune-r$1-layerwise]}" "${PPL[drop-r$1]}" 0.9 "subset search below routing-score drop, r=$1"
+  for s in 0 1; do
+    below "${PPL[prune-r$1-layerwise]}" "${PPL[random-r$1-s$s]}" 0.9 "subset search below random drop (seed $s), r=$1"
+  done
+}
+if [ "${MOEC_QUALITY:-full}" = check ]; then
+  run prune-r4-layerwise recipes/expert-prune.yaml --set stages.prune.with.keep=4
+  run drop-r4 recipes/expert-drop.yaml --set stages.drop.with.keep=4
+  for s in 0 1; do
+    run random-r4-s$s recipes/expert-drop.yaml --set stages.drop.with.keep=4 --set stages.drop.with.random=true \
+      --set stages.drop.with.seed=$s
+  done
+  orderings 4
+  [ "$failures" -eq 0 ] || { echo "$failures ordering(s) broken" >&2; exit 1; }
+  exit 0
+fi
 for r in 6 4; do
   for mode in layerwise progressive; do
     run prune-r$r-$mode recipes/expert-prune.yaml --set stages.prune.with.keep=$r --set stages.prune.with.mode=$mode
@@ -33,8 +74,9 @@ for r in 6 4; do
   done
 done
 # The data plane: the same search as a gang of 2 worker processes exports the same bytes.
-$M run recipes/expert-prune.yaml --set stages.prune.with.keep=4 --set stages.prune.with.mode=progressive \
-  --set workers=2 --workers 2 --data-dir "$W/gang" --set output="$O/prune-gang2" > "$O/prune-gang2.log" 2>&1 ||
+"$M" run recipes/expert-prune.yaml --set stages.prune.with.keep=4 --set stages.prune.with.mode=progressive \
+  "${DATA[@]}" --set workers=2 --workers 2 --data-dir "$W/gang" --set output="$O/prune-gang2" \
+  > "$O/prune-gang2.log" 2>&1 ||
   { cat "$O/prune-gang2.log" >&2; exit 1; }
 if cmp -s "$O/prune-gang2/model.safetensors" "$O/prune-r4-progressive/model.safetensors"; then
   echo "prune-r4-progressive on a gang of 2: the same bytes"
@@ -54,4 +96,6 @@ for method in wanda sparsegpt; do
   done
 done
 run magnitude recipes/prune-weights.yaml --set stages.slim.with.method=magnitude
-rm -rf "$W"
+orderings 6
+orderings 4
+[ "$failures" -eq 0 ] || { echo "$failures ordering(s) broken" >&2; exit 1; }
