@@ -235,6 +235,14 @@ class Coordinator {
                                     const storage::KvWriteBatch& outputs, int64_t compute_ms,
                                     std::optional<LeasedTask>* next, bool* ended)
       ABSL_LOCKS_EXCLUDED(mu_);
+  // Logs a completion: `changed` and `events` join `all` (the task's outputs), the grants that
+  // scheduling then makes are deferred into it, and `write` writes it (kSync when a deferred
+  // commit asked for it, else kBuffered).
+  absl::Status LogCompletionLocked(JobTasks& job, std::vector<v1::TaskRecord*> changed,
+                                   std::vector<v1::JobEvent> events, absl::string_view worker_id,
+                                   std::optional<LeasedTask>* next, storage::KvWriteBatch& all,
+                                   const std::function<absl::Status(storage::Durability)>& write)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // After a completion: schedules (the completer first) and, with `next`, hands it its grant.
   void ServeCompleterLocked(absl::string_view worker_id, std::optional<LeasedTask>* next)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -224,21 +224,31 @@ absl::Status Coordinator::CompleteTaskUnsynced(absl::string_view worker_id,
   // One kBuffered log record: the task's outputs (staged in its factor transaction, if any),
   // its state, the tasks it made ready, the job record and the events — and the leases that
   // scheduling then grants (deferred into the same batch: one write instead of one per grant).
-  // Waits for a put of this task still in flight.
   std::shared_ptr<OutputStaging::Pending> out = staging_.Take(t->task_id());
-  std::optional<absl::MutexLock> out_lock;
-  if (out != nullptr) out_lock.emplace(&out->mu);
-  storage::KvWriteBatch& all = out != nullptr ? out->txn->extra_writes() : batch;
-  if (out != nullptr) all.Append(batch);
-  job->NoteChanged(changed);
-  MOEC_RETURN_IF_ERROR(store_->PrepareCommit(job->record, changed, std::move(events), &all));
+  if (out == nullptr) {
+    return LogCompletionLocked(*job, std::move(changed), std::move(events), worker_id, next,
+                               batch, [&](storage::Durability d) { return store_->Write(batch, d); });
+  }
+  absl::MutexLock out_lock(&out->mu);  // waits for a put of this task still in flight
+  storage::FactorTransaction* txn = out->txn.get();
+  txn->extra_writes().Append(batch);
+  return LogCompletionLocked(*job, std::move(changed), std::move(events), worker_id, next,
+                             txn->extra_writes(),
+                             [txn](storage::Durability d) { return txn->Commit(d); });
+}
+
+absl::Status Coordinator::LogCompletionLocked(
+    JobTasks& job, std::vector<v1::TaskRecord*> changed, std::vector<v1::JobEvent> events,
+    absl::string_view worker_id, std::optional<LeasedTask>* next, storage::KvWriteBatch& all,
+    const std::function<absl::Status(storage::Durability)>& write) {
+  job.NoteChanged(changed);
+  MOEC_RETURN_IF_ERROR(store_->PrepareCommit(job.record, changed, std::move(events), &all));
   deferred_batch_ = &all;
   deferred_sync_ = false;
   ServeCompleterLocked(worker_id, next);
   deferred_batch_ = nullptr;
-  const storage::Durability durability =
-      deferred_sync_ ? storage::Durability::kSync : storage::Durability::kBuffered;
-  MOEC_RETURN_IF_ERROR(out != nullptr ? out->txn->Commit(durability) : store_->Write(all, durability));
+  MOEC_RETURN_IF_ERROR(write(deferred_sync_ ? storage::Durability::kSync
+                                            : storage::Durability::kBuffered));
   events_cv_.SignalAll();
   return absl::OkStatus();
 }

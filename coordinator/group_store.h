@@ -26,7 +26,7 @@ class GroupStore {
     absl::Duration idle = absl::Minutes(10);  // namespaces untouched this long are dropped
     absl::Duration max_wait = absl::Seconds(2);
   };
-  GroupStore() = default;
+  GroupStore() : GroupStore(Limits{}) {}
   explicit GroupStore(Limits limits) : limits_(limits) {}
 
   // Errors: InvalidArgument for oversized keys or values; ResourceExhausted past the limits.
