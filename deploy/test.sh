@@ -24,3 +24,8 @@ cmake -S . -B "$build" -G Ninja \
   -DMOEC_FUZZ_SECONDS="${MOEC_FUZZ_SECONDS:-60}"
 cmake --build "$build" -j "$jobs"
 ctest --test-dir "$build" --output-on-failure -j "$jobs" "$@"
+# ThreadSanitizer and clang's lock-annotation analysis over the coordinator, worker, comm and
+# storage tests (docs/development.md "Thread safety"); skipped when CTest was given a label filter.
+if [ $# -eq 0 ]; then
+  tests/checks/tsan.sh "$build-tsan"
+fi
