@@ -8,6 +8,7 @@
 #include <cmath>
 #include <map>
 #include <thread>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -30,49 +31,75 @@ void CountDone(const v1::GetJobResponse& job, int* done, int64_t* compute_ms) {
   }
 }
 
+namespace {
+
+// Mean compute time of finished (not reused) tasks, per stage and overall.
+class ComputeMeans {
+ public:
+  void Add(const v1::TaskRecord& t) {
+    auto& [ms, n] = per_stage_[t.stage_id()];
+    ms += t.compute_ms();
+    ++n;
+    all_ms_ += t.compute_ms();
+    ++all_n_;
+  }
+  bool empty() const { return all_n_ == 0; }
+  // The mean of the stage's tasks, else of all (not empty()).
+  double Of(const std::string& stage_id) const {
+    auto it = per_stage_.find(stage_id);
+    return it != per_stage_.end() ? static_cast<double>(it->second.first) / it->second.second
+                                  : static_cast<double>(all_ms_) / all_n_;
+  }
+
+ private:
+  std::map<std::string, std::pair<int64_t, int>> per_stage_;
+  int64_t all_ms_ = 0;
+  int all_n_ = 0;
+};
+
+// A running task as JobProgress::running shows it: "quant L2 45%".
+std::string RunningTask(const v1::TaskRecord& t) {
+  std::string s = t.stage_id();
+  if (t.layer() >= 0) absl::StrAppend(&s, " L", t.layer());
+  absl::StrAppend(&s, " ", static_cast<int>(std::lround(100 * std::clamp(t.progress(), 0.0, 1.0))), "%");
+  return s;
+}
+
+// The expected compute of the tasks not done or failed, running ones scaled by the fraction left.
+double RemainingMs(const v1::GetJobResponse& job, const ComputeMeans& means) {
+  double remaining_ms = 0;
+  for (const v1::TaskRecord& t : job.tasks()) {
+    if (t.state() == v1::TASK_DONE || t.state() == v1::TASK_FAILED) continue;
+    const double mean = means.Of(t.stage_id());
+    remaining_ms += t.state() == v1::TASK_LEASED ? mean * (1.0 - std::clamp(t.progress(), 0.0, 1.0)) : mean;
+  }
+  return remaining_ms;
+}
+
+}  // namespace
+
 JobProgress SummarizeProgress(const v1::GetJobResponse& job, int done_at_start,
                               int64_t compute_ms_at_start, double elapsed_seconds) {
   JobProgress p;
   p.total = job.tasks_size();
-  // Mean compute time of finished (not reused) tasks, per stage and overall.
-  std::map<std::string, std::pair<int64_t, int>> per_stage;
-  int64_t all_ms = 0;
-  int all_n = 0;
+  ComputeMeans means;
   int64_t compute_ms = 0;
   for (const v1::TaskRecord& t : job.tasks()) {
     if (t.state() == v1::TASK_DONE) {
       ++p.done;
       compute_ms += t.compute_ms();
-      if (!t.reused() && t.compute_ms() > 0) {
-        auto& [ms, n] = per_stage[t.stage_id()];
-        ms += t.compute_ms();
-        ++n;
-        all_ms += t.compute_ms();
-        ++all_n;
-      }
+      if (!t.reused() && t.compute_ms() > 0) means.Add(t);
     } else if (t.state() == v1::TASK_FAILED) {
       ++p.failed;
     } else if (t.state() == v1::TASK_LEASED) {
-      std::string s = t.stage_id();
-      if (t.layer() >= 0) absl::StrAppend(&s, " L", t.layer());
-      absl::StrAppend(&s, " ", static_cast<int>(std::lround(100 * std::clamp(t.progress(), 0.0, 1.0))), "%");
-      p.running.push_back(s);
+      p.running.push_back(RunningTask(t));
     }
   }
   if (elapsed_seconds > 0) p.tasks_per_second = std::max(0, p.done - done_at_start) / elapsed_seconds;
   const double parallelism =
       elapsed_seconds > 0 ? static_cast<double>(compute_ms - compute_ms_at_start) / 1000.0 / elapsed_seconds : 0;
-  if (all_n == 0 || parallelism <= 0) return p;
-  double remaining_ms = 0;
-  for (const v1::TaskRecord& t : job.tasks()) {
-    if (t.state() == v1::TASK_DONE || t.state() == v1::TASK_FAILED) continue;
-    auto it = per_stage.find(t.stage_id());
-    const double mean = it != per_stage.end()
-                            ? static_cast<double>(it->second.first) / it->second.second
-                            : static_cast<double>(all_ms) / all_n;
-    remaining_ms += t.state() == v1::TASK_LEASED ? mean * (1.0 - std::clamp(t.progress(), 0.0, 1.0)) : mean;
-  }
-  p.eta_seconds = remaining_ms / 1000.0 / parallelism;
+  if (means.empty() || parallelism <= 0) return p;
+  p.eta_seconds = RemainingMs(job, means) / 1000.0 / parallelism;
   return p;
 }
 
@@ -112,84 +139,130 @@ std::string EventJson(const v1::JobEvent& e) {
   return j.dump();
 }
 
-// Prints events as they come, with a done/total counter; returns the final job state.
-absl::StatusOr<v1::JobState> Follow(MoecClient& client, const std::string& job_id, bool json) {
-  absl::StatusOr<v1::GetJobResponse> job = client.GetJob(job_id, true, /*wait_for_ready=*/true);
-  if (!job.ok()) return job.status();
-  int total = job->tasks_size(), done = 0, done_at_start = 0;
-  int64_t compute_at_start = 0;
-  CountDone(*job, &done_at_start, &compute_at_start);
-  done = done_at_start;
-  const absl::Time start = absl::Now();
-  // On a terminal, a status line on stderr redrawn twice a second from the job's tasks (bar,
-  // running tasks with their progress, throughput, ETA: client/job_progress.h); event lines are
-  // printed above it.
-  const bool live = !json && isatty(STDERR_FILENO) != 0;
-  absl::Mutex draw_mu;
-  bool status_shown = false;
-  auto clear_status = [&] {
-    if (status_shown) std::fputs("\r\033[K", stderr);
-    status_shown = false;
-  };
-  std::atomic<bool> stop{false};
-  std::thread poller;
-  if (live) {
-    poller = std::thread([&] {
-      while (!stop.load()) {
-        absl::StatusOr<v1::GetJobResponse> now = client.GetJob(job_id, true, false);
-        if (now.ok()) {
-          JobProgress p = SummarizeProgress(*now, done_at_start, compute_at_start,
-                                            absl::ToDoubleSeconds(absl::Now() - start));
-          struct winsize ws {};
-          const int width = ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0 ? ws.ws_col : 120;
-          absl::MutexLock lock(&draw_mu);
-          if (stop.load()) break;
-          clear_status();
-          std::fputs(ProgressLine(p, width - 1).c_str(), stderr);
-          std::fflush(stderr);
-          status_shown = true;
-        }
-        // Every 0.5 s; every 2 s for jobs of thousands of tasks (each poll carries them all).
-        const int ticks = now.ok() && now->tasks_size() > 2000 ? 20 : 5;
-        for (int i = 0; i < ticks && !stop.load(); ++i) absl::SleepFor(absl::Milliseconds(100));
-      }
-    });
+namespace {
+
+// Columns of the terminal on stderr; 120 when unknown.
+int TerminalWidth() {
+  struct winsize ws {};
+  return ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0 ? ws.ws_col : 120;
+}
+
+// Follow's watch of one job: event lines on stdout and, on a terminal, a status line on stderr
+// redrawn twice a second from the job's tasks (bar, running tasks with their progress,
+// throughput, ETA: client/job_progress.h); event lines are printed above it.
+class JobWatch {
+ public:
+  // `job`: the job with its tasks when the watch begins.
+  JobWatch(MoecClient& client, std::string job_id, bool json, const v1::GetJobResponse& job)
+      : client_(client), job_id_(std::move(job_id)), json_(json), total_(job.tasks_size()) {
+    CountDone(job, &done_at_start_, &compute_at_start_);
+    done_ = done_at_start_;
+    start_ = absl::Now();
+    live_ = !json_ && isatty(STDERR_FILENO) != 0;
   }
-  absl::Status s = client.Watch(job_id, 1, [&](const v1::JobEvent& e) {
+
+  // Prints the job's events until it ends (the status line cleared at the end).
+  absl::Status Run() {
+    std::thread poller;
+    if (live_) poller = std::thread([this] { PollLoop(); });
+    absl::Status s = client_.Watch(job_id_, 1, [this](const v1::JobEvent& e) { PrintEvent(e); });
+    stop_.store(true);
+    if (poller.joinable()) poller.join();
+    {
+      absl::MutexLock lock(&draw_mu_);
+      ClearStatus();
+      std::fflush(stderr);
+    }
+    return s;
+  }
+
+ private:
+  void PollLoop() {
+    while (!stop_.load()) {
+      absl::StatusOr<v1::GetJobResponse> now = client_.GetJob(job_id_, true, false);
+      if (now.ok() && !DrawStatus(*now)) break;
+      // Every 0.5 s; every 2 s for jobs of thousands of tasks (each poll carries them all).
+      const int ticks = now.ok() && now->tasks_size() > 2000 ? 20 : 5;
+      for (int i = 0; i < ticks && !stop_.load(); ++i) absl::SleepFor(absl::Milliseconds(100));
+    }
+  }
+
+  // Redraws the status line from the job `now`; false (nothing drawn) once the watch stopped.
+  bool DrawStatus(const v1::GetJobResponse& now) {
+    JobProgress p = SummarizeProgress(now, done_at_start_, compute_at_start_,
+                                      absl::ToDoubleSeconds(absl::Now() - start_));
+    const int width = TerminalWidth();
+    absl::MutexLock lock(&draw_mu_);
+    if (stop_.load()) return false;
+    ClearStatus();
+    std::fputs(ProgressLine(p, width - 1).c_str(), stderr);
+    std::fflush(stderr);
+    status_shown_ = true;
+    return true;
+  }
+
+  void PrintEvent(const v1::JobEvent& e) {
     const v1::EventKind kind = KindOf(e);
     const bool finished_task = kind == v1::EVENT_TASK_DONE || kind == v1::EVENT_TASK_REUSED;
     const std::string kind_name = EventKindName(kind);
-    if (finished_task) ++done;
-    absl::MutexLock lock(&draw_mu);
-    if (json) {
+    if (finished_task) ++done_;
+    absl::MutexLock lock(&draw_mu_);
+    if (json_) {
       std::printf("%s\n", EventJson(e).c_str());
     } else {
-      std::string counter;
-      if (finished_task) {
-        // Throughput since the watch began; ETA from it (the live line weighs stages).
-        const double elapsed = absl::ToDoubleSeconds(absl::Now() - start);
-        const int finished = done - done_at_start;
-        const double rate = elapsed > 0 ? finished / elapsed : 0;
-        counter = absl::StrFormat("  [%d/%d, %.1f tasks/s, %s]", std::min(done, total), total, rate,
-                                  FormatEta(rate > 0 ? (total - done) / rate : -1));
-      } else if (kind_name.rfind("task_", 0) == 0) {
-        counter = absl::StrFormat("  [%d/%d]", std::min(done, total), total);
-      }
-      clear_status();
+      const std::string counter = Counter(finished_task, kind_name);
+      ClearStatus();
       std::printf("%s  %-14s %-40s %s%s\n",
                   absl::FormatTime("%H:%M:%S", absl::FromUnixMillis(e.time_ms()), absl::LocalTimeZone()).c_str(),
                   kind_name.c_str(), e.task_id().c_str(), e.message().c_str(), counter.c_str());
     }
     std::fflush(stdout);
-  });
-  stop.store(true);
-  if (poller.joinable()) poller.join();
-  {
-    absl::MutexLock lock(&draw_mu);
-    clear_status();
-    std::fflush(stderr);
   }
-  if (!s.ok()) return s;
+
+  // What an event line ends with: done/total on task events, and when a task finished the
+  // throughput since the watch began with an ETA from it (the live line weighs stages).
+  std::string Counter(bool finished_task, const std::string& kind_name) const {
+    if (finished_task) {
+      const double elapsed = absl::ToDoubleSeconds(absl::Now() - start_);
+      const int finished = done_ - done_at_start_;
+      const double rate = elapsed > 0 ? finished / elapsed : 0;
+      return absl::StrFormat("  [%d/%d, %.1f tasks/s, %s]", std::min(done_, total_), total_, rate,
+                             FormatEta(rate > 0 ? (total_ - done_) / rate : -1));
+    }
+    if (kind_name.rfind("task_", 0) == 0) {
+      return absl::StrFormat("  [%d/%d]", std::min(done_, total_), total_);
+    }
+    return "";
+  }
+
+  void ClearStatus() ABSL_EXCLUSIVE_LOCKS_REQUIRED(draw_mu_) {
+    if (status_shown_) std::fputs("\r\033[K", stderr);
+    status_shown_ = false;
+  }
+
+  MoecClient& client_;
+  const std::string job_id_;
+  const bool json_;
+  const int total_;
+  // Set before the poller starts, read-only after.
+  bool live_ = false;
+  int done_at_start_ = 0;
+  int64_t compute_at_start_ = 0;
+  absl::Time start_;
+  int done_ = 0;  // by the watch callback only
+  absl::Mutex draw_mu_;
+  bool status_shown_ ABSL_GUARDED_BY(draw_mu_) = false;
+  std::atomic<bool> stop_{false};
+};
+
+}  // namespace
+
+// Prints events as they come, with a done/total counter; returns the final job state.
+absl::StatusOr<v1::JobState> Follow(MoecClient& client, const std::string& job_id, bool json) {
+  absl::StatusOr<v1::GetJobResponse> job = client.GetJob(job_id, true, /*wait_for_ready=*/true);
+  if (!job.ok()) return job.status();
+  JobWatch watch(client, job_id, json, *job);
+  if (absl::Status s = watch.Run(); !s.ok()) return s;
   job = client.GetJob(job_id, false, /*wait_for_ready=*/true);
   if (!job.ok()) return job.status();
   if (!json) {

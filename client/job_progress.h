@@ -1,7 +1,7 @@
 // What `moec watch` (and `run`, `submit --watch`) shows while a job runs: a progress bar over
 // its tasks, the running tasks (stage, layer, the fraction and message their workers report),
 // throughput and an ETA. Pure functions of the job's task records, so they are tested without a
-// coordinator; client/main.cc draws them.
+// coordinator; Follow (below) draws them for the CLI (client/commands_cluster.cc).
 #ifndef MOEC_CLIENT_JOB_PROGRESS_H_
 #define MOEC_CLIENT_JOB_PROGRESS_H_
 

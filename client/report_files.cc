@@ -4,6 +4,9 @@
 #include <cstring>
 #include <filesystem>
 #include <limits>
+#include <map>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -53,6 +56,185 @@ std::vector<double> ExpertErrors(const nlohmann::json& summary) {
   return out;
 }
 
+// What the job's finished tasks stored that the figures show.
+struct FigureData {
+  // Per-layer matrices, by task layer.
+  std::map<int, std::vector<double>> usage, error, kept;
+  std::vector<std::vector<double>> bits, kept_mask;
+  std::vector<double> similarity;
+  std::string similarity_stage;
+};
+
+// The rows of a global [layers, experts] table: as wide as its size over `layers`.
+std::vector<std::vector<double>> TableRows(const std::vector<double>& table, int layers) {
+  std::vector<std::vector<double>> rows;
+  const size_t width = layers > 0 ? table.size() / layers : 0;
+  for (size_t r = 0; width > 0 && r < static_cast<size_t>(layers); ++r) {
+    rows.emplace_back(table.begin() + r * width, table.begin() + (r + 1) * width);
+  }
+  return rows;
+}
+
+// calibrate: the layer's share of routed tokens per expert (nothing for a dense layer).
+void CollectUsage(MoecClient& client, const v1::TaskRecord& t, const std::string& key,
+                  FigureData* data) {
+  auto counts = Values<int64_t>(client, key + "expert_tokens");
+  if (!counts.ok()) return;  // dense layer
+  double total = 0;
+  for (double c : *counts) total += c;
+  for (double& c : *counts) c = total > 0 ? c / total : 0;
+  data->usage[t.layer()] = *counts;
+}
+
+// allocate_bits: the width chosen per layer and expert (none: NaN).
+void CollectBits(MoecClient& client, const std::string& key, int layers, FigureData* data) {
+  auto table = Values<int64_t>(client, key + "expert_bits");
+  if (!table.ok()) return;
+  for (std::vector<double>& row : TableRows(*table, layers)) {
+    for (double& b : row) b = b < 0 ? kNaN : b;
+    data->bits.push_back(row);
+  }
+}
+
+// gptq, rtn: the experts' weight errors of the layer.
+void CollectErrors(MoecClient& client, const v1::TaskRecord& t, const std::string& key,
+                   FigureData* data) {
+  auto summary = client.GetFactorBytes(key + "summary", kMaxFactor);
+  if (!summary.ok()) return;
+  nlohmann::json s = nlohmann::json::parse(*summary, nullptr, false);
+  if (s.is_object()) data->error[t.layer()] = ExpertErrors(s);
+}
+
+// expert_drop: the kept mask per layer and expert, when it stored its scores too.
+void CollectKeptMask(MoecClient& client, const std::string& key, int layers, FigureData* data) {
+  auto mask = Values<uint8_t>(client, key + "kept_mask");
+  auto scores = Values<double>(client, key + "scores");
+  if (mask.ok() && scores.ok() && !scores->empty()) {
+    for (std::vector<double>& row : TableRows(*mask, layers)) {
+      data->kept_mask.push_back(std::move(row));
+    }
+  }
+}
+
+// layer_drop, block_drop: the similarity score per layer.
+void CollectSimilarity(MoecClient& client, const v1::TaskRecord& t, const std::string& key,
+                       FigureData* data) {
+  auto s = Values<double>(client, key + "similarity");
+  if (s.ok()) {
+    data->similarity = *s;
+    data->similarity_stage = t.kind();
+  }
+}
+
+// Reads what the DONE task `t` stored for the figures, by its kind; `layers`: the job's.
+void CollectTask(MoecClient& client, const v1::TaskRecord& t, int layers, FigureData* data) {
+  const std::string key = t.fingerprint() + "/";
+  if (t.kind() == "calibrate") {
+    CollectUsage(client, t, key, data);
+  } else if (t.kind() == "allocate_bits") {
+    CollectBits(client, key, layers, data);
+  } else if (t.kind() == "gptq" || t.kind() == "rtn") {
+    CollectErrors(client, t, key, data);
+  } else if (t.kind() == "expert_prune") {
+    auto ids = Values<int64_t>(client, key + "kept_experts");
+    if (ids.ok()) data->kept[t.layer()] = *ids;
+  } else if (t.kind() == "expert_drop") {
+    CollectKeptMask(client, key, layers, data);
+  } else if (t.kind() == "layer_drop" || t.kind() == "block_drop") {
+    CollectSimilarity(client, t, key, data);
+  }
+}
+
+// Per-layer rows by layer; layers without one are empty.
+std::vector<std::vector<double>> ByLayer(const std::map<int, std::vector<double>>& m) {
+  std::vector<std::vector<double>> out;
+  for (const auto& [layer, v] : m) {
+    out.resize(layer + 1);
+    out[layer] = v;
+  }
+  return out;
+}
+
+// expert_prune's kept experts as a 0/1 grid, as wide as the widest id (and the usage rows).
+std::vector<std::vector<double>> KeptGrid(const FigureData& data) {
+  std::vector<std::vector<double>> grid;
+  for (const auto& [layer, ids] : data.kept) {
+    grid.resize(layer + 1);
+    int width = 0;
+    for (double e : ids) width = std::max(width, static_cast<int>(e) + 1);
+    if (!data.usage.empty()) width = std::max<int>(width, data.usage.rbegin()->second.size());
+    grid[layer].assign(width, 0.0);
+    for (double e : ids) grid[layer][static_cast<int>(e)] = 1.0;
+  }
+  return grid;
+}
+
+// The figures of `data` into `files`; returns their (file, caption) in report order.
+std::vector<std::pair<std::string, std::string>> AddFigures(
+    const FigureData& data, std::map<std::string, std::string>* files) {
+  std::vector<std::pair<std::string, std::string>> figures;  // file, caption
+  if (!data.usage.empty()) {
+    (*files)["expert_usage.svg"] = SvgHeatMap("Expert usage (share of routed tokens)", "layer",
+                                              "expert", ByLayer(data.usage), "share");
+    figures.push_back({"expert_usage.svg", "Expert usage per layer (calibrate)"});
+  }
+  if (!data.bits.empty()) {
+    (*files)["bit_allocation.svg"] =
+        SvgHeatMap("Bit allocation", "layer", "expert", data.bits, "bits");
+    figures.push_back({"bit_allocation.svg", "Expert widths chosen by allocate_bits"});
+  }
+  if (!data.error.empty()) {
+    (*files)["gptq_error.svg"] = SvgHeatMap("Relative weight error per expert", "layer", "expert",
+                                            ByLayer(data.error), "||W-Q||/||W||");
+    figures.push_back({"gptq_error.svg", "Quantization error per layer and expert"});
+  }
+  if (!data.kept.empty()) {
+    (*files)["kept_experts.svg"] =
+        SvgHeatMap("Kept experts (expert_prune)", "layer", "expert", KeptGrid(data), "kept");
+    figures.push_back({"kept_experts.svg", "Experts kept per layer"});
+  } else if (!data.kept_mask.empty()) {
+    (*files)["kept_experts.svg"] =
+        SvgHeatMap("Kept experts (expert_drop)", "layer", "expert", data.kept_mask, "kept");
+    figures.push_back({"kept_experts.svg", "Experts kept per layer"});
+  }
+  if (!data.similarity.empty()) {
+    std::vector<std::string> labels;
+    for (size_t i = 0; i < data.similarity.size(); ++i) labels.push_back(absl::StrCat(i));
+    (*files)["similarity.svg"] =
+        SvgBarChart(absl::StrCat("Similarity per layer (", data.similarity_stage, ")"), labels,
+                    data.similarity, "mean cosine");
+    figures.push_back({"similarity.svg", "Similarity scores; the highest are dropped"});
+  }
+  return figures;
+}
+
+// Perplexity against size over every finished job with an evaluation: the original model once,
+// and each job (`job_id`, whose report is `report`, highlighted).
+std::vector<ScatterPoint> PerplexityPoints(MoecClient& client, const std::string& job_id,
+                                           const absl::StatusOr<nlohmann::json>& report) {
+  absl::StatusOr<std::vector<v1::JobRecord>> jobs = client.ListJobs();
+  std::vector<ScatterPoint> points;
+  bool baseline = false;
+  if (!jobs.ok()) return points;
+  for (const v1::JobRecord& j : *jobs) {
+    if (j.state() != v1::JOB_SUCCEEDED) continue;
+    absl::StatusOr<nlohmann::json> r = j.job_id() == job_id ? report : JobReport(client, j.job_id());
+    if (!r.ok()) continue;
+    for (const nlohmann::json& e : (*r)["evaluations"]) {
+      if (e.contains("baseline") && !baseline) {
+        baseline = true;
+        points.push_back({"original", e["baseline"].value("size_bytes", 0.0) / 1048576.0,
+                          e["baseline"].value("perplexity", 0.0), false});
+      }
+      if (e.contains("model")) {
+        points.push_back({j.name(), e["model"].value("size_bytes", 0.0) / 1048576.0,
+                          e["model"].value("perplexity", 0.0), j.job_id() == job_id});
+      }
+    }
+  }
+  return points;
+}
+
 }  // namespace
 
 absl::StatusOr<std::map<std::string, std::string>> BuildReportFiles(MoecClient& client,
@@ -62,126 +244,16 @@ absl::StatusOr<std::map<std::string, std::string>> BuildReportFiles(MoecClient& 
   absl::StatusOr<v1::GetJobResponse> job = client.GetJob(job_id, /*include_tasks=*/true);
   if (!job.ok()) return job.status();
   std::map<std::string, std::string> files;
-  // Per-layer matrices, by task layer.
-  std::map<int, std::vector<double>> usage, error, kept;
-  std::vector<std::vector<double>> bits, kept_mask;
-  std::vector<double> similarity;
-  std::string similarity_stage;
+  FigureData data;
   // Global [layers, experts] tables are as wide as their size over the job's layer count.
   int layers = 0;
   for (const v1::TaskRecord& t : job->tasks()) layers = std::max(layers, t.layer() + 1);
   for (const v1::TaskRecord& t : job->tasks()) {
-    if (t.state() != v1::TASK_DONE) continue;
-    const std::string key = t.fingerprint() + "/";
-    if (t.kind() == "calibrate") {
-      auto counts = Values<int64_t>(client, key + "expert_tokens");
-      if (!counts.ok()) continue;  // dense layer
-      double total = 0;
-      for (double c : *counts) total += c;
-      for (double& c : *counts) c = total > 0 ? c / total : 0;
-      usage[t.layer()] = *counts;
-    } else if (t.kind() == "allocate_bits") {
-      auto table = Values<int64_t>(client, key + "expert_bits");
-      if (!table.ok()) continue;
-      const size_t width = layers > 0 ? table->size() / layers : 0;
-      for (size_t r = 0; width > 0 && r < static_cast<size_t>(layers); ++r) {
-        std::vector<double> row(table->begin() + r * width, table->begin() + (r + 1) * width);
-        for (double& b : row) b = b < 0 ? kNaN : b;
-        bits.push_back(row);
-      }
-    } else if (t.kind() == "gptq" || t.kind() == "rtn") {
-      auto summary = client.GetFactorBytes(key + "summary", kMaxFactor);
-      if (!summary.ok()) continue;
-      nlohmann::json s = nlohmann::json::parse(*summary, nullptr, false);
-      if (s.is_object()) error[t.layer()] = ExpertErrors(s);
-    } else if (t.kind() == "expert_prune") {
-      auto ids = Values<int64_t>(client, key + "kept_experts");
-      if (ids.ok()) kept[t.layer()] = *ids;
-    } else if (t.kind() == "expert_drop") {
-      auto mask = Values<uint8_t>(client, key + "kept_mask");
-      auto scores = Values<double>(client, key + "scores");
-      if (mask.ok() && scores.ok() && !scores->empty()) {
-        const size_t width = layers > 0 ? mask->size() / layers : 0;
-        for (size_t r = 0; width > 0 && r < static_cast<size_t>(layers); ++r) {
-          kept_mask.emplace_back(mask->begin() + r * width, mask->begin() + (r + 1) * width);
-        }
-      }
-    } else if (t.kind() == "layer_drop" || t.kind() == "block_drop") {
-      auto s = Values<double>(client, key + "similarity");
-      if (s.ok()) {
-        similarity = *s;
-        similarity_stage = t.kind();
-      }
-    }
+    if (t.state() == v1::TASK_DONE) CollectTask(client, t, layers, &data);
   }
-  auto rows = [](const std::map<int, std::vector<double>>& m) {
-    std::vector<std::vector<double>> out;
-    for (const auto& [layer, v] : m) {
-      out.resize(layer + 1);
-      out[layer] = v;
-    }
-    return out;
-  };
-  std::vector<std::pair<std::string, std::string>> figures;  // file, caption
-  if (!usage.empty()) {
-    files["expert_usage.svg"] = SvgHeatMap("Expert usage (share of routed tokens)", "layer",
-                                           "expert", rows(usage), "share");
-    figures.push_back({"expert_usage.svg", "Expert usage per layer (calibrate)"});
-  }
-  if (!bits.empty()) {
-    files["bit_allocation.svg"] = SvgHeatMap("Bit allocation", "layer", "expert", bits, "bits");
-    figures.push_back({"bit_allocation.svg", "Expert widths chosen by allocate_bits"});
-  }
-  if (!error.empty()) {
-    files["gptq_error.svg"] = SvgHeatMap("Relative weight error per expert", "layer", "expert",
-                                         rows(error), "||W-Q||/||W||");
-    figures.push_back({"gptq_error.svg", "Quantization error per layer and expert"});
-  }
-  if (!kept.empty()) {
-    std::vector<std::vector<double>> grid;
-    for (const auto& [layer, ids] : kept) {
-      grid.resize(layer + 1);
-      int width = 0;
-      for (double e : ids) width = std::max(width, static_cast<int>(e) + 1);
-      if (!usage.empty()) width = std::max<int>(width, usage.rbegin()->second.size());
-      grid[layer].assign(width, 0.0);
-      for (double e : ids) grid[layer][static_cast<int>(e)] = 1.0;
-    }
-    files["kept_experts.svg"] = SvgHeatMap("Kept experts (expert_prune)", "layer", "expert", grid, "kept");
-    figures.push_back({"kept_experts.svg", "Experts kept per layer"});
-  } else if (!kept_mask.empty()) {
-    files["kept_experts.svg"] = SvgHeatMap("Kept experts (expert_drop)", "layer", "expert", kept_mask, "kept");
-    figures.push_back({"kept_experts.svg", "Experts kept per layer"});
-  }
-  if (!similarity.empty()) {
-    std::vector<std::string> labels;
-    for (size_t i = 0; i < similarity.size(); ++i) labels.push_back(absl::StrCat(i));
-    files["similarity.svg"] = SvgBarChart(absl::StrCat("Similarity per layer (", similarity_stage, ")"),
-                                          labels, similarity, "mean cosine");
-    figures.push_back({"similarity.svg", "Similarity scores; the highest are dropped"});
-  }
+  std::vector<std::pair<std::string, std::string>> figures = AddFigures(data, &files);
   // Perplexity against size over every finished job with an evaluation.
-  absl::StatusOr<std::vector<v1::JobRecord>> jobs = client.ListJobs();
-  std::vector<ScatterPoint> points;
-  bool baseline = false;
-  if (jobs.ok()) {
-    for (const v1::JobRecord& j : *jobs) {
-      if (j.state() != v1::JOB_SUCCEEDED) continue;
-      absl::StatusOr<nlohmann::json> r = j.job_id() == job_id ? report : JobReport(client, j.job_id());
-      if (!r.ok()) continue;
-      for (const nlohmann::json& e : (*r)["evaluations"]) {
-        if (e.contains("baseline") && !baseline) {
-          baseline = true;
-          points.push_back({"original", e["baseline"].value("size_bytes", 0.0) / 1048576.0,
-                            e["baseline"].value("perplexity", 0.0), false});
-        }
-        if (e.contains("model")) {
-          points.push_back({j.name(), e["model"].value("size_bytes", 0.0) / 1048576.0,
-                            e["model"].value("perplexity", 0.0), j.job_id() == job_id});
-        }
-      }
-    }
-  }
+  std::vector<ScatterPoint> points = PerplexityPoints(client, job_id, report);
   if (!points.empty()) {
     files["ppl_vs_size.svg"] = SvgScatter("Perplexity against size", "size on disk (MiB)",
                                           "perplexity", points);

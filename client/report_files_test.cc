@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <map>
 #include <memory>
 #include <regex>
 #include <thread>
@@ -147,6 +148,121 @@ class ReportFilesTest : public ::testing::Test {
     EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
   }
 
+  // The quant job's files: the figures it has and lacks, and report.json round-trips.
+  static void ExpectQuantFiles(const std::string& quant,
+                               const std::map<std::string, std::string>& files) {
+    for (const char* f : {"report.md", "report.json", "expert_usage.svg", "gptq_error.svg",
+                          "ppl_vs_size.svg"}) {
+      EXPECT_EQ(files.count(f), 1u) << f;
+    }
+    for (const char* f : {"bit_allocation.svg", "kept_experts.svg", "similarity.svg"}) {
+      EXPECT_EQ(files.count(f), 0u) << f;
+      EXPECT_EQ(files.at("report.md").find(f), std::string::npos) << f;
+    }
+    EXPECT_NE(files.at("report.md").find("](gptq_error.svg)"), std::string::npos);
+    ExpectSvgsParse(files);
+
+    // report.json round-trips to the report the client builds.
+    const nlohmann::json json = nlohmann::json::parse(files.at("report.json"));
+    auto report = JobReport(*client_, quant);
+    ASSERT_TRUE(report.ok());
+    EXPECT_EQ(json, *report);
+    EXPECT_EQ(json.dump(2) + "\n", files.at("report.json"));
+    ASSERT_EQ(json["evaluations"].size(), 1u);
+  }
+
+  // Expert usage: one cell per layer x expert, coloured by the share of that layer's routed tokens
+  // on the scale of all shares.
+  static void ExpectUsageCells(const std::string& quant, const std::string& svg) {
+    std::vector<std::vector<double>> share(kLayers);
+    double lo = std::numeric_limits<double>::infinity(), hi = -lo;
+    for (int l = 0; l < kLayers; ++l) {
+      std::vector<int64_t> tokens = Int64s(Factor(quant, "calibrate", l, "expert_tokens"));
+      ASSERT_EQ(tokens.size(), static_cast<size_t>(kExperts));
+      int64_t total = 0;
+      for (int64_t t : tokens) total += t;
+      for (int64_t t : tokens) share[l].push_back(static_cast<double>(t) / total);
+      for (double s : share[l]) lo = std::min(lo, s), hi = std::max(hi, s);
+    }
+    std::vector<Cell> cells = Cells(svg);
+    ASSERT_EQ(cells.size(), static_cast<size_t>(kLayers * kExperts));
+    for (int i = 0; i < kLayers * kExperts; ++i) {
+      const int l = i / kExperts, e = i % kExperts;
+      EXPECT_EQ(cells[i].row, l);
+      EXPECT_EQ(cells[i].col, e);
+      EXPECT_EQ(cells[i].fill, HeatColor(share[l][e], lo, hi)) << "layer " << l << " expert " << e;
+      EXPECT_NEAR(std::stod(cells[i].value), share[l][e], 1e-3 * share[l][e] + 1e-9);
+    }
+  }
+
+  // GPTQ error: per expert, the mean of its three linears' errors in the layer's summary.
+  static void ExpectErrorCells(const std::string& quant, const std::string& svg) {
+    std::vector<Cell> cells = Cells(svg);
+    ASSERT_EQ(cells.size(), static_cast<size_t>(kLayers * kExperts));
+    for (int l = 0; l < kLayers; ++l) {
+      const nlohmann::json summary = nlohmann::json::parse(Factor(quant, "gptq", l, "summary"));
+      for (int e = 0; e < kExperts; ++e) {
+        double sum = 0;
+        for (const char* w : {"w1", "w2", "w3"}) {
+          const std::string name =
+              absl::StrFormat("model.layers.%d.block_sparse_moe.experts.%d.%s.weight", l, e, w);
+          ASSERT_TRUE(summary.contains(name)) << name;
+          sum += summary[name]["error"].get<double>();
+        }
+        EXPECT_NEAR(std::stod(cells[l * kExperts + e].value), sum / 3, 1e-3 * sum / 3);
+      }
+    }
+  }
+
+  // The alloc job's files: bit allocation and usage, no GPTQ error, no evaluation; the earlier
+  // job's point is in the scatter, not highlighted.
+  static void ExpectAllocFiles(const std::map<std::string, std::string>& files) {
+    EXPECT_EQ(files.count("bit_allocation.svg"), 1u);
+    EXPECT_EQ(files.count("expert_usage.svg"), 1u);
+    EXPECT_EQ(files.count("gptq_error.svg"), 0u);
+    EXPECT_NE(files.at("report.md").find("No evaluation finished"), std::string::npos);
+    EXPECT_NE(files.at("report.md").find("](bit_allocation.svg)"), std::string::npos);
+    EXPECT_NE(files.at("ppl_vs_size.svg").find("<title>quant: "), std::string::npos);
+    EXPECT_EQ(files.at("ppl_vs_size.svg").find("#c0392b"), std::string::npos);
+    EXPECT_EQ(nlohmann::json::parse(files.at("report.json"))["evaluations"].size(), 0u);
+    ExpectSvgsParse(files);
+  }
+
+  // Widths: the cell of layer l, expert e shows expert_bits[l * experts + e].
+  static void ExpectBitCells(const std::string& alloc, const std::string& svg) {
+    std::vector<int64_t> widths;
+    {
+      auto r = client_->GetJob(alloc, /*include_tasks=*/true);
+      ASSERT_TRUE(r.ok());
+      for (const v1::TaskRecord& t : r->tasks()) {
+        if (t.kind() != "allocate_bits") continue;
+        auto bytes = client_->GetFactorBytes(t.fingerprint() + "/expert_bits", 1 << 20);
+        ASSERT_TRUE(bytes.ok()) << bytes.status();
+        widths = Int64s(*bytes);
+      }
+    }
+    ASSERT_EQ(widths.size(), static_cast<size_t>(kLayers * kExperts));
+    std::vector<Cell> cells = Cells(svg);
+    ASSERT_EQ(cells.size(), widths.size());
+    int64_t wlo = widths[0], whi = widths[0];
+    for (int64_t w : widths) wlo = std::min(wlo, w), whi = std::max(whi, w);
+    for (size_t i = 0; i < widths.size(); ++i) {
+      EXPECT_EQ(cells[i].value, std::to_string(widths[i])) << i;
+      EXPECT_EQ(cells[i].fill, HeatColor(widths[i], wlo, whi == wlo ? wlo + 1 : whi)) << i;
+    }
+  }
+
+  // WriteReportFiles writes the same files.
+  static void ExpectWrittenFiles(const std::string& job,
+                                 const std::map<std::string, std::string>& files) {
+    const std::string out = dir_->path() + "/written";
+    ASSERT_TRUE(WriteReportFiles(*client_, job, out).ok());
+    for (const auto& [name, content] : files) {
+      std::ifstream in(out + "/" + name, std::ios::binary);
+      EXPECT_EQ(std::string(std::istreambuf_iterator<char>(in), {}), content) << name;
+    }
+  }
+
   static testing::TempDir* dir_;
   static EmbeddedCluster* cluster_;
   static MoecClient* client_;
@@ -167,71 +283,16 @@ TEST_F(ReportFilesTest, GptqJobWithoutAllocationAndAnAllocationJobWithoutEvaluat
   ASSERT_FALSE(quant.empty());
   auto files = BuildReportFiles(*client_, quant);
   ASSERT_TRUE(files.ok()) << files.status();
-  for (const char* f : {"report.md", "report.json", "expert_usage.svg", "gptq_error.svg",
-                        "ppl_vs_size.svg"}) {
-    EXPECT_EQ(files->count(f), 1u) << f;
-  }
-  for (const char* f : {"bit_allocation.svg", "kept_experts.svg", "similarity.svg"}) {
-    EXPECT_EQ(files->count(f), 0u) << f;
-    EXPECT_EQ(files->at("report.md").find(f), std::string::npos) << f;
-  }
-  EXPECT_NE(files->at("report.md").find("](gptq_error.svg)"), std::string::npos);
-  ExpectSvgsParse(*files);
-
-  // report.json round-trips to the report the client builds.
-  const nlohmann::json json = nlohmann::json::parse(files->at("report.json"));
-  auto report = JobReport(*client_, quant);
-  ASSERT_TRUE(report.ok());
-  EXPECT_EQ(json, *report);
-  EXPECT_EQ(json.dump(2) + "\n", files->at("report.json"));
-  ASSERT_EQ(json["evaluations"].size(), 1u);
-
-  // Expert usage: one cell per layer x expert, coloured by the share of that layer's routed tokens
-  // on the scale of all shares.
-  std::vector<std::vector<double>> share(kLayers);
-  double lo = std::numeric_limits<double>::infinity(), hi = -lo;
-  for (int l = 0; l < kLayers; ++l) {
-    std::vector<int64_t> tokens = Int64s(Factor(quant, "calibrate", l, "expert_tokens"));
-    ASSERT_EQ(tokens.size(), static_cast<size_t>(kExperts));
-    int64_t total = 0;
-    for (int64_t t : tokens) total += t;
-    for (int64_t t : tokens) share[l].push_back(static_cast<double>(t) / total);
-    for (double s : share[l]) lo = std::min(lo, s), hi = std::max(hi, s);
-  }
-  std::vector<Cell> cells = Cells(files->at("expert_usage.svg"));
-  ASSERT_EQ(cells.size(), static_cast<size_t>(kLayers * kExperts));
-  for (int i = 0; i < kLayers * kExperts; ++i) {
-    const int l = i / kExperts, e = i % kExperts;
-    EXPECT_EQ(cells[i].row, l);
-    EXPECT_EQ(cells[i].col, e);
-    EXPECT_EQ(cells[i].fill, HeatColor(share[l][e], lo, hi)) << "layer " << l << " expert " << e;
-    EXPECT_NEAR(std::stod(cells[i].value), share[l][e], 1e-3 * share[l][e] + 1e-9);
-  }
-
-  // GPTQ error: per expert, the mean of its three linears' errors in the layer's summary.
-  cells = Cells(files->at("gptq_error.svg"));
-  ASSERT_EQ(cells.size(), static_cast<size_t>(kLayers * kExperts));
-  for (int l = 0; l < kLayers; ++l) {
-    const nlohmann::json summary = nlohmann::json::parse(Factor(quant, "gptq", l, "summary"));
-    for (int e = 0; e < kExperts; ++e) {
-      double sum = 0;
-      for (const char* w : {"w1", "w2", "w3"}) {
-        const std::string name =
-            absl::StrFormat("model.layers.%d.block_sparse_moe.experts.%d.%s.weight", l, e, w);
-        ASSERT_TRUE(summary.contains(name)) << name;
-        sum += summary[name]["error"].get<double>();
-      }
-      EXPECT_NEAR(std::stod(cells[l * kExperts + e].value), sum / 3, 1e-3 * sum / 3);
-    }
-  }
+  ASSERT_NO_FATAL_FAILURE(ExpectQuantFiles(quant, *files));
+  ASSERT_NO_FATAL_FAILURE(ExpectUsageCells(quant, files->at("expert_usage.svg")));
+  ASSERT_NO_FATAL_FAILURE(ExpectErrorCells(quant, files->at("gptq_error.svg")));
 
   // Perplexity against size: the original and this job, this one highlighted.
   const std::string& scatter = files->at("ppl_vs_size.svg");
   EXPECT_NE(scatter.find("<title>original: "), std::string::npos);
   EXPECT_NE(scatter.find("fill=\"#c0392b\"><title>quant: "), std::string::npos);
 
-  // A job without gptq and without evaluate: bit allocation and usage, no GPTQ error; the
-  // earlier job's point is in the scatter, not highlighted.
+  // A job without gptq and without evaluate.
   const std::string alloc = RunJob(
       "alloc", "  - {id: stats, kind: calibrate}\n"
                "  - {id: loss, kind: quant_loss, needs: [stats], with: {bits: [2, 3]}}\n"
@@ -240,44 +301,9 @@ TEST_F(ReportFilesTest, GptqJobWithoutAllocationAndAnAllocationJobWithoutEvaluat
   ASSERT_FALSE(alloc.empty());
   files = BuildReportFiles(*client_, alloc);
   ASSERT_TRUE(files.ok()) << files.status();
-  EXPECT_EQ(files->count("bit_allocation.svg"), 1u);
-  EXPECT_EQ(files->count("expert_usage.svg"), 1u);
-  EXPECT_EQ(files->count("gptq_error.svg"), 0u);
-  EXPECT_NE(files->at("report.md").find("No evaluation finished"), std::string::npos);
-  EXPECT_NE(files->at("report.md").find("](bit_allocation.svg)"), std::string::npos);
-  EXPECT_NE(files->at("ppl_vs_size.svg").find("<title>quant: "), std::string::npos);
-  EXPECT_EQ(files->at("ppl_vs_size.svg").find("#c0392b"), std::string::npos);
-  EXPECT_EQ(nlohmann::json::parse(files->at("report.json"))["evaluations"].size(), 0u);
-  ExpectSvgsParse(*files);
-  // Widths: the cell of layer l, expert e shows expert_bits[l * experts + e].
-  std::vector<int64_t> widths;
-  {
-    auto r = client_->GetJob(alloc, /*include_tasks=*/true);
-    ASSERT_TRUE(r.ok());
-    for (const v1::TaskRecord& t : r->tasks()) {
-      if (t.kind() != "allocate_bits") continue;
-      auto bytes = client_->GetFactorBytes(t.fingerprint() + "/expert_bits", 1 << 20);
-      ASSERT_TRUE(bytes.ok()) << bytes.status();
-      widths = Int64s(*bytes);
-    }
-  }
-  ASSERT_EQ(widths.size(), static_cast<size_t>(kLayers * kExperts));
-  cells = Cells(files->at("bit_allocation.svg"));
-  ASSERT_EQ(cells.size(), widths.size());
-  int64_t wlo = widths[0], whi = widths[0];
-  for (int64_t w : widths) wlo = std::min(wlo, w), whi = std::max(whi, w);
-  for (size_t i = 0; i < widths.size(); ++i) {
-    EXPECT_EQ(cells[i].value, std::to_string(widths[i])) << i;
-    EXPECT_EQ(cells[i].fill, HeatColor(widths[i], wlo, whi == wlo ? wlo + 1 : whi)) << i;
-  }
-
-  // WriteReportFiles writes the same files.
-  const std::string out = dir_->path() + "/written";
-  ASSERT_TRUE(WriteReportFiles(*client_, alloc, out).ok());
-  for (const auto& [name, content] : *files) {
-    std::ifstream in(out + "/" + name, std::ios::binary);
-    EXPECT_EQ(std::string(std::istreambuf_iterator<char>(in), {}), content) << name;
-  }
+  ASSERT_NO_FATAL_FAILURE(ExpectAllocFiles(*files));
+  ASSERT_NO_FATAL_FAILURE(ExpectBitCells(alloc, files->at("bit_allocation.svg")));
+  ASSERT_NO_FATAL_FAILURE(ExpectWrittenFiles(alloc, *files));
 }
 
 }  // namespace

@@ -76,29 +76,11 @@ class NcclCommunicator : public Communicator {
   absl::StatusOr<at::Tensor> AllToAll(const at::Tensor& input, absl::Span<const int64_t> counts,
                                       std::vector<int64_t>* recv_counts) override {
     MOEC_NCCL_RETURN(CheckAllToAll(input, counts, size_));
-    // Every rank's send counts, so each knows what it receives.
-    at::Tensor mine = at::tensor(std::vector<int64_t>(counts.begin(), counts.end()), at::kLong);
-    at::Tensor all = at::empty({size_ * size_}, at::kLong);
-    {
-      DeviceBuffer d(all.nbytes());
-      MOEC_NCCL_RETURN(d.status());
-      MOEC_NCCL_RETURN(Cuda(cudaMemcpyAsync(d.get() + rank_ * mine.nbytes(), mine.data_ptr(),
-                                            mine.nbytes(), cudaMemcpyHostToDevice, stream_),
-                            "copy"));
-      MOEC_NCCL_RETURN(Nccl(ncclAllGather(d.get() + rank_ * mine.nbytes(), d.get(), size_,
-                                          ncclInt64, comm_, stream_),
-                            "all_gather"));
-      MOEC_NCCL_RETURN(Cuda(cudaMemcpyAsync(all.data_ptr(), d.get(), all.nbytes(),
-                                            cudaMemcpyDeviceToHost, stream_),
-                            "copy"));
-      MOEC_NCCL_RETURN(Wait("all_to_all counts"));
-    }
-    std::vector<int64_t> in_counts(size_);
+    absl::StatusOr<std::vector<int64_t>> received = ExchangeCounts(counts);
+    if (!received.ok()) return received.status();
+    const std::vector<int64_t>& in_counts = *received;
     int64_t rows = 0;
-    for (int j = 0; j < size_; ++j) {
-      in_counts[j] = all[j * size_ + rank_].item<int64_t>();
-      rows += in_counts[j];
-    }
+    for (int j = 0; j < size_; ++j) rows += in_counts[j];
     std::vector<int64_t> shape = input.sizes().vec();
     shape[0] = rows;
     at::Tensor in = input.contiguous();
@@ -112,22 +94,7 @@ class NcclCommunicator : public Communicator {
       MOEC_NCCL_RETURN(Cuda(cudaMemcpyAsync(send.get(), in.data_ptr(), in.nbytes(),
                                             cudaMemcpyHostToDevice, stream_), "copy"));
     }
-    MOEC_NCCL_RETURN(Nccl(ncclGroupStart(), "group"));
-    int64_t soff = 0, roff = 0;
-    for (int j = 0; j < size_; ++j) {
-      if (counts[j] > 0) {
-        MOEC_NCCL_RETURN(Nccl(ncclSend(send.get() + soff * row_bytes, counts[j] * row_bytes,
-                                       ncclChar, j, comm_, stream_), "send"));
-        if (j != rank_) bytes_sent_ += counts[j] * row_bytes;
-      }
-      if (in_counts[j] > 0) {
-        MOEC_NCCL_RETURN(Nccl(ncclRecv(recv.get() + roff * row_bytes, in_counts[j] * row_bytes,
-                                       ncclChar, j, comm_, stream_), "recv"));
-      }
-      soff += counts[j];
-      roff += in_counts[j];
-    }
-    MOEC_NCCL_RETURN(Nccl(ncclGroupEnd(), "group"));
+    MOEC_NCCL_RETURN(SendRecvRows(send, recv, counts, in_counts, row_bytes));
     if (out.nbytes() > 0) {
       MOEC_NCCL_RETURN(Cuda(cudaMemcpyAsync(out.data_ptr(), recv.get(), out.nbytes(),
                                             cudaMemcpyDeviceToHost, stream_), "copy"));
@@ -154,6 +121,54 @@ class NcclCommunicator : public Communicator {
   }
 
  private:
+  // Every rank's send counts, so each knows what it receives: returns the rows each rank j sends
+  // this one.
+  absl::StatusOr<std::vector<int64_t>> ExchangeCounts(absl::Span<const int64_t> counts) {
+    at::Tensor mine = at::tensor(std::vector<int64_t>(counts.begin(), counts.end()), at::kLong);
+    at::Tensor all = at::empty({size_ * size_}, at::kLong);
+    {
+      DeviceBuffer d(all.nbytes());
+      MOEC_NCCL_RETURN(d.status());
+      MOEC_NCCL_RETURN(Cuda(cudaMemcpyAsync(d.get() + rank_ * mine.nbytes(), mine.data_ptr(),
+                                            mine.nbytes(), cudaMemcpyHostToDevice, stream_),
+                            "copy"));
+      MOEC_NCCL_RETURN(Nccl(ncclAllGather(d.get() + rank_ * mine.nbytes(), d.get(), size_,
+                                          ncclInt64, comm_, stream_),
+                            "all_gather"));
+      MOEC_NCCL_RETURN(Cuda(cudaMemcpyAsync(all.data_ptr(), d.get(), all.nbytes(),
+                                            cudaMemcpyDeviceToHost, stream_),
+                            "copy"));
+      MOEC_NCCL_RETURN(Wait("all_to_all counts"));
+    }
+    std::vector<int64_t> in_counts(size_);
+    for (int j = 0; j < size_; ++j) in_counts[j] = all[j * size_ + rank_].item<int64_t>();
+    return in_counts;
+  }
+
+  // In one NCCL group: sends counts[j] rows of `send` to each rank j and receives in_counts[j]
+  // rows from it into `recv` (both in rank order), rows of `row_bytes`.
+  absl::Status SendRecvRows(const DeviceBuffer& send, const DeviceBuffer& recv,
+                            absl::Span<const int64_t> counts, const std::vector<int64_t>& in_counts,
+                            int64_t row_bytes) {
+    MOEC_NCCL_RETURN(Nccl(ncclGroupStart(), "group"));
+    int64_t soff = 0, roff = 0;
+    for (int j = 0; j < size_; ++j) {
+      if (counts[j] > 0) {
+        MOEC_NCCL_RETURN(Nccl(ncclSend(send.get() + soff * row_bytes, counts[j] * row_bytes,
+                                       ncclChar, j, comm_, stream_), "send"));
+        if (j != rank_) bytes_sent_ += counts[j] * row_bytes;
+      }
+      if (in_counts[j] > 0) {
+        MOEC_NCCL_RETURN(Nccl(ncclRecv(recv.get() + roff * row_bytes, in_counts[j] * row_bytes,
+                                       ncclChar, j, comm_, stream_), "recv"));
+      }
+      soff += counts[j];
+      roff += in_counts[j];
+    }
+    MOEC_NCCL_RETURN(Nccl(ncclGroupEnd(), "group"));
+    return absl::OkStatus();
+  }
+
   template <typename Op>
   absl::Status Collective(at::Tensor& t, absl::string_view what, Op op) {
     absl::StatusOr<ncclDataType_t> type = NcclType(t.scalar_type());

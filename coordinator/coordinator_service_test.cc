@@ -59,6 +59,56 @@ class CoordinatorServiceTest : public ::testing::Test {
     return ctx;
   }
 
+  // A submission of kRecipe.
+  v1::SubmitJobRequest SubmitRequest() {
+    v1::SubmitJobRequest sreq;
+    sreq.set_recipe_yaml(kRecipe);
+    sreq.set_recipe_path(dir_.Join("recipe.yaml"));
+    return sreq;
+  }
+
+  void RegisterWorker(const std::string& name, std::string* worker_id) {
+    v1::RegisterWorkerRequest rreq;
+    rreq.set_name(name);
+    v1::RegisterWorkerResponse rresp;
+    ASSERT_TRUE(stub_->RegisterWorker(Ctx().get(), rreq, &rresp).ok());
+    *worker_id = rresp.worker_id();
+  }
+
+  // A thread that watches `job` from its first event to its end, collecting the events' kinds.
+  std::thread WatchKinds(const std::string& job, std::vector<std::string>* kinds) {
+    return std::thread([this, job, kinds] {
+      v1::WatchJobRequest wreq;
+      wreq.set_job_id(job);
+      auto ctx = Ctx();
+      auto reader = stub_->WatchJob(ctx.get(), wreq);
+      v1::JobEvent e;
+      while (reader->Read(&e)) kinds->push_back(EventKindName(KindOf(e)));
+      EXPECT_TRUE(reader->Finish().ok());
+    });
+  }
+
+  // Streams the 12-byte output "hessian" of the task the worker holds, in three pieces.
+  void PutHessian(const std::string& worker_id, const std::string& task_id,
+                  v1::PutFactorResponse* presp) {
+    auto ctx = Ctx();
+    auto writer = factor_stub_->PutFactor(ctx.get(), presp);
+    v1::PutFactorRequest head;
+    head.mutable_header()->set_worker_id(worker_id);
+    head.mutable_header()->set_task_id(task_id);
+    head.mutable_header()->set_name("hessian");
+    head.mutable_header()->set_dtype("U8");
+    head.mutable_header()->add_shape(12);
+    ASSERT_TRUE(writer->Write(head));
+    for (const char* piece : {"hello ", "moec", "!!"}) {
+      v1::PutFactorRequest part;
+      part.set_data(piece);
+      ASSERT_TRUE(writer->Write(part));
+    }
+    writer->WritesDone();
+    ASSERT_TRUE(writer->Finish().ok());
+  }
+
   ::moec::testing::TempDir dir_;
   storage::InMemoryKvStore kv_;
   std::unique_ptr<JobStore> store_;
@@ -100,9 +150,7 @@ TEST_F(CoordinatorServiceTest, WrongOrMissingTokenIsUnauthenticated) {
 }
 
 TEST_F(CoordinatorServiceTest, SubmitLeaseCompleteAndWatchOverTheWire) {
-  v1::SubmitJobRequest sreq;
-  sreq.set_recipe_yaml(kRecipe);
-  sreq.set_recipe_path(dir_.Join("recipe.yaml"));
+  const v1::SubmitJobRequest sreq = SubmitRequest();
   v1::SubmitJobResponse sresp;
   ASSERT_TRUE(stub_->SubmitJob(Ctx().get(), sreq, &sresp).ok());
   const std::string job = sresp.job().job_id();
@@ -117,22 +165,12 @@ TEST_F(CoordinatorServiceTest, SubmitLeaseCompleteAndWatchOverTheWire) {
 
   // A watcher started before any work sees every event and the end of the job.
   std::vector<std::string> kinds;
-  std::thread watcher([&] {
-    v1::WatchJobRequest wreq;
-    wreq.set_job_id(job);
-    auto ctx = Ctx();
-    auto reader = stub_->WatchJob(ctx.get(), wreq);
-    v1::JobEvent e;
-    while (reader->Read(&e)) kinds.push_back(EventKindName(KindOf(e)));
-    EXPECT_TRUE(reader->Finish().ok());
-  });
+  std::thread watcher = WatchKinds(job, &kinds);
 
-  v1::RegisterWorkerRequest rreq;
-  rreq.set_name("host:1");
-  v1::RegisterWorkerResponse rresp;
-  ASSERT_TRUE(stub_->RegisterWorker(Ctx().get(), rreq, &rresp).ok());
+  std::string worker;
+  ASSERT_NO_FATAL_FAILURE(RegisterWorker("host:1", &worker));
   v1::LeaseTaskRequest lreq;
-  lreq.set_worker_id(rresp.worker_id());
+  lreq.set_worker_id(worker);
   v1::LeaseTaskResponse lresp;
   ASSERT_TRUE(stub_->LeaseTask(Ctx().get(), lreq, &lresp).ok());
   for (int i = 0; i < 2; ++i) {
@@ -140,7 +178,7 @@ TEST_F(CoordinatorServiceTest, SubmitLeaseCompleteAndWatchOverTheWire) {
     ASSERT_TRUE(lresp.granted()) << i;
     EXPECT_EQ(lresp.task().task_id(), job + "/stats/L" + std::to_string(i));
     v1::CompleteTaskRequest creq;
-    creq.set_worker_id(rresp.worker_id());
+    creq.set_worker_id(worker);
     creq.set_task_id(lresp.task().task_id());
     creq.set_lease_next(true);
     v1::CompleteTaskResponse cresp;
@@ -169,37 +207,18 @@ TEST_F(CoordinatorServiceTest, SubmitLeaseCompleteAndWatchOverTheWire) {
 }
 
 TEST_F(CoordinatorServiceTest, TaskOutputsStreamInCommitWithCompletionAndStreamOut) {
-  v1::SubmitJobRequest sreq;
-  sreq.set_recipe_yaml(kRecipe);
-  sreq.set_recipe_path(dir_.Join("recipe.yaml"));
   v1::SubmitJobResponse sresp;
-  ASSERT_TRUE(stub_->SubmitJob(Ctx().get(), sreq, &sresp).ok());
-  v1::RegisterWorkerRequest rreq;
-  v1::RegisterWorkerResponse rresp;
-  ASSERT_TRUE(stub_->RegisterWorker(Ctx().get(), rreq, &rresp).ok());
+  ASSERT_TRUE(stub_->SubmitJob(Ctx().get(), SubmitRequest(), &sresp).ok());
+  std::string worker;
+  ASSERT_NO_FATAL_FAILURE(RegisterWorker("", &worker));
   v1::LeaseTaskRequest lreq;
-  lreq.set_worker_id(rresp.worker_id());
+  lreq.set_worker_id(worker);
   v1::LeaseTaskResponse lresp;
   ASSERT_TRUE(stub_->LeaseTask(Ctx().get(), lreq, &lresp).ok());
   ASSERT_TRUE(lresp.granted());
 
   v1::PutFactorResponse presp;
-  auto ctx = Ctx();
-  auto writer = factor_stub_->PutFactor(ctx.get(), &presp);
-  v1::PutFactorRequest head;
-  head.mutable_header()->set_worker_id(rresp.worker_id());
-  head.mutable_header()->set_task_id(lresp.task().task_id());
-  head.mutable_header()->set_name("hessian");
-  head.mutable_header()->set_dtype("U8");
-  head.mutable_header()->add_shape(12);
-  ASSERT_TRUE(writer->Write(head));
-  for (const char* piece : {"hello ", "moec", "!!"}) {
-    v1::PutFactorRequest part;
-    part.set_data(piece);
-    ASSERT_TRUE(writer->Write(part));
-  }
-  writer->WritesDone();
-  ASSERT_TRUE(writer->Finish().ok());
+  ASSERT_NO_FATAL_FAILURE(PutHessian(worker, lresp.task().task_id(), &presp));
   EXPECT_EQ(presp.key(), lresp.task().fingerprint() + "/hessian");
 
   v1::StatFactorRequest streq;
@@ -208,7 +227,7 @@ TEST_F(CoordinatorServiceTest, TaskOutputsStreamInCommitWithCompletionAndStreamO
   EXPECT_EQ(factor_stub_->StatFactor(Ctx().get(), streq, &stresp).error_code(),
             grpc::StatusCode::NOT_FOUND);  // staged until the task completes
   v1::CompleteTaskRequest creq;
-  creq.set_worker_id(rresp.worker_id());
+  creq.set_worker_id(worker);
   creq.set_task_id(lresp.task().task_id());
   v1::CompleteTaskResponse cresp;
   ASSERT_TRUE(stub_->CompleteTask(Ctx().get(), creq, &cresp).ok());

@@ -1,5 +1,8 @@
+// The Coordinator's job lifecycle: submission, dependency order, gangs, long polls, chained
+// completions, reuse across jobs, progress and statistics. Failures, expiries, restarts and task
+// outputs: coordinator_recovery_test.cc.
 #include "coordinator/coordinator.h"
-#include "coordinator/coordinator_test_recipe.h"
+#include "coordinator/coordinator_test_fixture.h"
 
 #include <filesystem>
 #include <map>
@@ -8,11 +11,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
-#include "storage/in_memory_kv_store.h"
 #include "tests/testing/status_matchers.h"
-#include "tests/testing/temp_dir.h"
-#include "proto/event_kind.h"
-#include "common/status_payloads.h"
 
 namespace moec::coordinator {
 namespace {
@@ -20,63 +19,6 @@ namespace {
 using ::moec::testing::StatusIs;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
-
-
-class CoordinatorTest : public ::testing::Test {
- protected:
-  static std::vector<std::string> Families() {
-    auto cfs = JobStoreColumnFamilies();
-    cfs.push_back("factors");
-    return cfs;
-  }
-  CoordinatorTest() : kv_(Families()) {
-    std::filesystem::create_directories(dir_.Join("m"));
-    dir_.WriteFile("m/config.json", R"({"num_hidden_layers": 2})");
-    store_ = *JobStore::Open(&kv_);
-    storage::FactorStoreOptions fo;
-    fo.chunk_bytes = 4;  // several chunks even for tiny test tensors
-    factors_ = *storage::FactorStore::Open(&kv_, fo);
-    policy_.max_attempts = 2;
-    policy_.base_backoff_ms = 100;
-    policy_.lease_ms = 1000;
-    Restart();
-  }
-  void Restart() {
-    coord_.reset();
-    CoordinatorOptions o;
-    o.retry = policy_;
-    auto c = Coordinator::Create(store_.get(), o, [this] { return now_; }, factors_.get());
-    ASSERT_TRUE(c.ok()) << c.status();
-    coord_ = *std::move(c);
-  }
-  SubmitResult Submit(const std::string& yaml = kTinyRecipe,
-                      std::vector<std::string> overrides = {}) {
-    auto r = coord_->SubmitJob(yaml, dir_.Join("recipe.yaml"), overrides);
-    EXPECT_TRUE(r.ok()) << r.status();
-    return r.ok() ? *r : SubmitResult{};
-  }
-  std::optional<LeasedTask> Lease(const std::string& w) {
-    auto l = coord_->LeaseTask(w);
-    EXPECT_TRUE(l.ok()) << l.status();
-    return l.ok() ? *l : std::nullopt;
-  }
-  std::vector<std::string> EventKinds(const std::string& job) {
-    std::vector<std::string> kinds;
-    auto events = coord_->ReadEvents(job, 0, 1000);
-    EXPECT_TRUE(events.ok()) << events.status();
-    for (const auto& e : *events) kinds.push_back(EventKindName(KindOf(e)));
-    return kinds;
-  }
-  void Advance(int64_t ms) { now_ += absl::Milliseconds(ms); }
-
-  ::moec::testing::TempDir dir_;
-  storage::InMemoryKvStore kv_;
-  std::unique_ptr<JobStore> store_;
-  std::unique_ptr<storage::FactorStore> factors_;
-  RetryPolicy policy_;
-  absl::Time now_ = absl::FromUnixSeconds(1000);
-  std::unique_ptr<Coordinator> coord_;
-};
 
 TEST_F(CoordinatorTest, RunsAJobToCompletionInDependencyOrder) {
   SubmitResult s = Submit();
@@ -208,84 +150,6 @@ TEST_F(CoordinatorTest, GangTaskIsGrantedWhenEnoughWorkersWait) {
   EXPECT_FALSE(Lease(w2).has_value());
 }
 
-TEST_F(CoordinatorTest, ExpiredLeasesRetryThenFailTheJobAndResumeRequeues) {
-  const std::string job = Submit().job.job_id();
-  std::string w1 = coord_->RegisterWorker({"a"});
-  std::optional<LeasedTask> t = Lease(w1);
-  ASSERT_TRUE(t.has_value());
-  Advance(1001);  // no heartbeat: the lease expires
-  ASSERT_OK(coord_->Tick());
-  auto tasks = *coord_->GetTasks(job);
-  EXPECT_EQ(tasks[0].state(), v1::TASK_READY);
-  EXPECT_THAT(tasks[0].error(), HasSubstr("expired"));
-  EXPECT_FALSE(Lease(w1).has_value());  // backoff of 100 ms
-  Advance(100);
-  t = Lease(w1);
-  ASSERT_TRUE(t.has_value());
-  EXPECT_EQ(t->task.attempts(), 2);
-  EXPECT_EQ(coord_->Stats().lease_expiries, 1);
-  EXPECT_EQ(coord_->Stats().retries, 1);
-  ASSERT_OK(coord_->FailTask(w1, t->task.task_id(), absl::InternalError("stage crashed"), true));
-  EXPECT_EQ(coord_->Stats().tasks_failed, 1);
-  EXPECT_EQ(coord_->GetJob(job)->state(), v1::JOB_FAILED);  // out of attempts
-  EXPECT_THAT(coord_->GetJob(job)->error(), HasSubstr("stage crashed"));
-  EXPECT_FALSE(Lease(w1).has_value());
-  EXPECT_THAT(coord_->CancelJob(job), StatusIs(absl::StatusCode::kFailedPrecondition));
-  ASSERT_OK(coord_->ResumeJob(job));
-  EXPECT_EQ(coord_->GetJob(job)->state(), v1::JOB_PENDING);
-  t = Lease(w1);
-  ASSERT_TRUE(t.has_value());
-  EXPECT_EQ(t->task.attempts(), 1);
-  EXPECT_THAT(coord_->ResumeJob(job), StatusIs(absl::StatusCode::kFailedPrecondition));
-}
-
-TEST_F(CoordinatorTest, NonRetriableFailureFailsAtOnceAndCancelReachesTheWorker) {
-  const std::string job = Submit().job.job_id();
-  std::string w = coord_->RegisterWorker({"a"});
-  std::optional<LeasedTask> t = Lease(w);
-  ASSERT_TRUE(t.has_value());
-  ASSERT_OK(coord_->CancelJob(job));
-  EXPECT_THAT(coord_->Heartbeat(w, {t->task.task_id()}),
-              moec::testing::IsOkAndHolds(ElementsAre(t->task.task_id())));
-  EXPECT_THAT(coord_->CompleteTask(w, t->task.task_id(), {}),
-              StatusIs(absl::StatusCode::kFailedPrecondition));
-  EXPECT_EQ(coord_->GetJob(job)->state(), v1::JOB_CANCELLED);
-  ASSERT_OK(coord_->ResumeJob(job));
-  t = Lease(w);
-  ASSERT_TRUE(t.has_value());
-  ASSERT_OK(coord_->FailTask(w, t->task.task_id(), absl::InvalidArgumentError("bad params"), false));
-  EXPECT_EQ(coord_->GetJob(job)->state(), v1::JOB_FAILED);
-}
-
-TEST_F(CoordinatorTest, RestartRecoversStateAndNothingFinishedRunsAgain) {
-  const std::string job = Submit().job.job_id();
-  std::string w = coord_->RegisterWorker({"a"});
-  std::optional<LeasedTask> t = Lease(w);
-  ASSERT_OK(coord_->CompleteTask(w, t->task.task_id(), {}));
-  t = Lease(w);  // stats/L1 leased when the coordinator "dies"
-  ASSERT_TRUE(t.has_value());
-  Restart();
-  EXPECT_EQ(coord_->GetJob(job)->state(), v1::JOB_RUNNING);
-  auto tasks = *coord_->GetTasks(job);
-  EXPECT_EQ(tasks[0].state(), v1::TASK_DONE);
-  EXPECT_EQ(tasks[1].state(), v1::TASK_LEASED);
-  // Workers are not persisted: the old one must register again; its lease runs out and the
-  // task goes to the new worker.
-  EXPECT_THAT(coord_->Heartbeat(w), StatusIs(absl::StatusCode::kNotFound));
-  std::string w2 = coord_->RegisterWorker({"b"});
-  EXPECT_FALSE(Lease(w2).has_value());
-  Advance(1001);
-  ASSERT_OK(coord_->Tick());
-  Advance(100);
-  int leases = 0;
-  for (std::optional<LeasedTask> n = Lease(w2); n.has_value(); n = Lease(w2)) {
-    ++leases;
-    ASSERT_OK(coord_->CompleteTask(w2, n->task.task_id(), {}));
-  }
-  EXPECT_EQ(leases, 2);  // stats/L1 and bits; stats/L0 was not recomputed
-  EXPECT_EQ(coord_->GetJob(job)->state(), v1::JOB_SUCCEEDED);
-}
-
 // A worker long-polling in LeaseTask gets the next task as soon as the previous one completes,
 // not at its next poll.
 TEST_F(CoordinatorTest, LongPollHandsOutTheNextTaskOnCompletion) {
@@ -333,111 +197,6 @@ TEST_F(CoordinatorTest, IdenticalWorkIsReusedAcrossJobs) {
   EXPECT_EQ(n->task.task_id(), second.job.job_id() + "/bits");
 }
 
-// Feeds fixed pieces to PutTaskOutput.
-class Pieces : public ChunkSource {
- public:
-  explicit Pieces(std::vector<std::string> p) : pieces_(std::move(p)) {}
-  absl::StatusOr<bool> Next(std::string* chunk) override {
-    if (next_ == pieces_.size()) return false;
-    *chunk = pieces_[next_++];
-    return true;
-  }
-
- private:
-  std::vector<std::string> pieces_;
-  size_t next_ = 0;
-};
-
-TEST_F(CoordinatorTest, TaskOutputsCommitWithCompletionAndVanishWithFailure) {
-  const std::string job = Submit().job.job_id();
-  std::string w = coord_->RegisterWorker({"a"});
-  std::string other = coord_->RegisterWorker({"b"});
-  std::optional<LeasedTask> t = Lease(w);
-  ASSERT_TRUE(t.has_value());
-  Pieces data({"0123", "4567", "89ab", "cdef"});
-  ASSERT_OK_AND_ASSIGN(std::string key, coord_->PutTaskOutput(w, t->task.task_id(), "stats/counts",
-                                                              storage::DType::kF32, {4}, data));
-  EXPECT_EQ(key, t->task.fingerprint() + "/stats/counts");
-  EXPECT_THAT(factors_->Stat(key), StatusIs(absl::StatusCode::kNotFound));  // staged only
-  Pieces none({});
-  EXPECT_THAT(coord_->PutTaskOutput(other, t->task.task_id(), "x", storage::DType::kF32, {0}, none),
-              StatusIs(absl::StatusCode::kFailedPrecondition, "does not hold"));
-  Pieces short_data({"01"});
-  EXPECT_THAT(coord_->PutTaskOutput(w, t->task.task_id(), "y", storage::DType::kF32, {1}, short_data),
-              StatusIs(absl::StatusCode::kFailedPrecondition, "ended after 2 of 4"));
-  EXPECT_THAT(coord_->PutTaskOutput(w, t->task.task_id(), "../x", storage::DType::kF32, {0}, none),
-              StatusIs(absl::StatusCode::kInvalidArgument));
-  ASSERT_OK(coord_->CompleteTask(w, t->task.task_id(), {}));
-  EXPECT_EQ(factors_->Get(key)->data, "0123456789abcdef");
-  EXPECT_THAT(factors_->Stat(t->task.fingerprint() + "/y"), StatusIs(absl::StatusCode::kNotFound));
-
-  // A failed attempt's outputs are discarded.
-  t = Lease(w);
-  ASSERT_TRUE(t.has_value());
-  Pieces more({"abcd"});
-  ASSERT_OK_AND_ASSIGN(std::string lost, coord_->PutTaskOutput(w, t->task.task_id(), "o",
-                                                               storage::DType::kU8, {4}, more));
-  ASSERT_OK(coord_->FailTask(w, t->task.task_id(), absl::InternalError("x"), true));
-  EXPECT_THAT(factors_->Stat(lost), StatusIs(absl::StatusCode::kNotFound));
-  EXPECT_THAT(factors_->CollectGarbage(), moec::testing::IsOkAndHolds(0u));  // nothing left behind
-}
-
-
-TEST_F(CoordinatorTest, ACorruptFactorReRunsTheTaskThatProducedIt) {
-  const std::string job = Submit().job.job_id();
-  std::string w = coord_->RegisterWorker({"a"});
-  // stats/L0 writes an output and completes.
-  std::optional<LeasedTask> t = Lease(w);
-  ASSERT_TRUE(t.has_value());
-  ASSERT_EQ(t->task.task_id(), job + "/stats/L0");
-  Pieces data({"0123", "4567"});
-  ASSERT_OK_AND_ASSIGN(std::string key, coord_->PutTaskOutput(w, t->task.task_id(), "counts",
-                                                              storage::DType::kF32, {2}, data));
-  ASSERT_OK(coord_->CompleteTask(w, t->task.task_id(), {}));
-  ASSERT_OK(factors_->Get(key).status());
-  // stats/L1 reads it and finds it corrupt (as the factor store reports a checksum mismatch).
-  t = Lease(w);
-  ASSERT_TRUE(t.has_value());
-  ASSERT_EQ(t->task.task_id(), job + "/stats/L1");
-  // The key travels as the status payload (the message is not parsed).
-  const absl::Status corrupt = WithFactorKey(
-      absl::DataLossError("reading input: chunk 1 has checksum 1, stored 2"), key);
-  ASSERT_OK(coord_->FailTask(w, t->task.task_id(), corrupt, /*retriable=*/true));
-  // The producer runs again (its outputs deleted), the reader waits for it, no attempt is lost.
-  EXPECT_THAT(factors_->Stat(key), StatusIs(absl::StatusCode::kNotFound));
-  auto kinds = EventKinds(job);
-  EXPECT_THAT(kinds, ::testing::Contains("factor_corrupt"));
-  EXPECT_THAT(kinds, ::testing::Contains("task_rerun"));
-  t = Lease(w);
-  ASSERT_TRUE(t.has_value());
-  EXPECT_EQ(t->task.task_id(), job + "/stats/L0");
-  EXPECT_EQ(t->task.attempts(), 1);
-  Pieces rewritten({"0123", "4567"});
-  ASSERT_OK(coord_->PutTaskOutput(w, t->task.task_id(), "counts", storage::DType::kF32, {2}, rewritten).status());
-  ASSERT_OK(coord_->CompleteTask(w, t->task.task_id(), {}));
-  t = Lease(w);
-  ASSERT_TRUE(t.has_value());
-  EXPECT_EQ(t->task.task_id(), job + "/stats/L1");
-  EXPECT_EQ(t->task.attempts(), 1);
-  EXPECT_EQ(factors_->Get(key)->data, "01234567");
-  // A second corruption: one more re-run (kMaxCorruptReruns = 2).
-  ASSERT_OK(coord_->FailTask(w, t->task.task_id(), corrupt, true));
-  t = Lease(w);
-  ASSERT_TRUE(t.has_value());
-  ASSERT_EQ(t->task.task_id(), job + "/stats/L0");
-  Pieces again({"0123", "4567"});
-  ASSERT_OK(coord_->PutTaskOutput(w, t->task.task_id(), "counts", storage::DType::kF32, {2}, again).status());
-  ASSERT_OK(coord_->CompleteTask(w, t->task.task_id(), {}));
-  t = Lease(w);
-  ASSERT_TRUE(t.has_value());
-  ASSERT_EQ(t->task.task_id(), job + "/stats/L1");
-  // Corruption that keeps coming back is then an ordinary (retried, then fatal) failure.
-  ASSERT_OK(coord_->FailTask(w, t->task.task_id(), corrupt, true));
-  EXPECT_EQ(EventKinds(job).back(), "task_retry");
-  EXPECT_OK(factors_->Stat(key).status());
-}
-
-
 // With `next`, a completion also hands the completer its next task: the dependent it made
 // ready goes to it (not to another waiting worker), and nothing when nothing is ready.
 TEST_F(CoordinatorTest, CompleteTaskHandsTheCompleterItsNextTask) {
@@ -465,50 +224,6 @@ TEST_F(CoordinatorTest, CompleteTaskHandsTheCompleterItsNextTask) {
   ASSERT_OK(coord_->CompleteTask(w, last, {}, 0, &next));
   EXPECT_FALSE(next.has_value());  // nothing left
   EXPECT_EQ(coord_->GetJob(job)->state(), v1::JOB_SUCCEEDED);
-}
-
-// A stopping worker gives back a granted task it has not started: ready at once for another
-// worker, the attempt not counted, and the giver no longer holds it.
-TEST_F(CoordinatorTest, AReleasedTaskIsReadyAtOnceAndItsAttemptDoesNotCount) {
-  const std::string job = Submit().job.job_id();
-  std::string w = coord_->RegisterWorker({"a"});
-  std::string w2 = coord_->RegisterWorker({"b"});
-  std::optional<LeasedTask> t = Lease(w);
-  ASSERT_TRUE(t.has_value());
-  const std::string id = t->task.task_id();
-  EXPECT_THAT(coord_->ReleaseTask(w2, id), StatusIs(absl::StatusCode::kFailedPrecondition));
-  ASSERT_OK(coord_->ReleaseTask(w, id));
-  auto tasks = *coord_->GetTasks(job);
-  EXPECT_EQ(tasks[0].state(), v1::TASK_READY);
-  EXPECT_EQ(tasks[0].lease_workers_size(), 0);
-  EXPECT_THAT(EventKinds(job), ::testing::Contains("task_released"));
-  EXPECT_THAT(coord_->CompleteTask(w, id, {}), StatusIs(absl::StatusCode::kFailedPrecondition));
-  std::optional<LeasedTask> again = Lease(w2);  // no backoff
-  ASSERT_TRUE(again.has_value());
-  EXPECT_EQ(again->task.task_id(), id);
-  EXPECT_EQ(again->task.attempts(), 1);
-}
-
-// Heartbeats renew only the leases of the tasks the worker says it runs: a task whose grant or
-// completion was lost in transit (the worker does not know it holds it) expires and is re-run
-// instead of being renewed by every heartbeat forever.
-TEST_F(CoordinatorTest, HeartbeatsRenewOnlyTheLeasesOfTasksTheWorkerNames) {
-  const std::string job = Submit().job.job_id();
-  std::string w = coord_->RegisterWorker({"a"});
-  std::optional<LeasedTask> t = Lease(w);  // lease_ms = 1000
-  ASSERT_TRUE(t.has_value());
-  Advance(800);
-  ASSERT_OK(coord_->Heartbeat(w, {t->task.task_id()}).status());
-  Advance(800);
-  ASSERT_OK(coord_->Tick());
-  EXPECT_EQ((*coord_->GetTasks(job))[0].state(), v1::TASK_LEASED);  // renewed
-  ASSERT_OK(coord_->Heartbeat(w, {}).status());  // alive, but not running it
-  ASSERT_OK(coord_->Heartbeat(w, {"tiny-nosuchjob/x", job + "/nosuchtask"}).status());
-  Advance(300);
-  ASSERT_OK(coord_->Tick());
-  auto tasks = *coord_->GetTasks(job);
-  EXPECT_EQ(tasks[0].state(), v1::TASK_READY);
-  EXPECT_THAT(tasks[0].error(), HasSubstr("expired"));
 }
 
 // Stages complete out of plan order (two independent chains): the job is RUNNING until the

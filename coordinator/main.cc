@@ -8,6 +8,7 @@
 #include <csignal>
 #include <cstdio>
 #include <fstream>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -23,6 +24,7 @@
 #include "absl/synchronization/notification.h"
 #include "common/cli_util.h"
 #include "common/process_tuning.h"
+#include "common/status_macros.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/coordinator_service.h"
 #include "coordinator/factor_service.h"
@@ -64,11 +66,7 @@ int Fail(const absl::Status& s) {
   return 1;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  moec::TuneMallocForLargeBuffers();
-  moec::SkipMutexDeadlockDetection();
+void SetUsage() {
   absl::SetProgramUsageMessage(
       "schedules moec compression jobs over worker daemons.\n"
       "  moec-coordinator --listen HOST:PORT --data-dir DIR --token-file PATH\n"
@@ -79,6 +77,97 @@ int main(int argc, char** argv) {
   };
   usage.contains_helpshort_flags = usage.contains_help_flags;
   absl::SetFlagsUsageConfig(usage);
+}
+
+moec::coordinator::CoordinatorOptions OptionsFromFlags() {
+  moec::coordinator::CoordinatorOptions options;
+  options.retry.lease_ms = absl::GetFlag(FLAGS_lease_ms);
+  options.retry.max_attempts = absl::GetFlag(FLAGS_max_attempts);
+  options.allowed_roots = absl::GetFlag(FLAGS_allowed_root);
+  options.durable_completions = absl::GetFlag(FLAGS_durable_completions);
+  options.log_sync_interval_ms = absl::GetFlag(FLAGS_log_sync_interval_ms);
+  return options;
+}
+
+// What the coordinator keeps under --data-dir, and its core over it (members destroyed in
+// reverse order: the core first).
+struct State {
+  std::unique_ptr<moec::storage::RocksDbKvStore> kv;
+  std::unique_ptr<moec::coordinator::JobStore> store;
+  std::unique_ptr<moec::storage::FactorStore> factors;
+  std::unique_ptr<moec::coordinator::Coordinator> core;
+};
+
+// Opens the RocksDB under --data-dir, the job store and the factor store in it, and the
+// coordinator core over them.
+absl::Status OpenState(State* state) {
+  moec::storage::RocksDbKvStoreOptions kv_options;
+  kv_options.path = absl::GetFlag(FLAGS_data_dir) + "/db";
+  for (const auto& cf : moec::coordinator::JobStoreColumnFamilies()) {
+    kv_options.column_families.push_back({cf, false});
+  }
+  kv_options.column_families.push_back({"factors", true});
+  MOEC_ASSIGN_OR_RETURN(state->kv, moec::storage::RocksDbKvStore::Open(kv_options));
+  MOEC_ASSIGN_OR_RETURN(state->store, moec::coordinator::JobStore::Open(state->kv.get()));
+  const moec::coordinator::CoordinatorOptions options = OptionsFromFlags();
+  // Opening the factor store collects crash leftovers.
+  MOEC_ASSIGN_OR_RETURN(state->factors, moec::storage::FactorStore::Open(state->kv.get()));
+  MOEC_ASSIGN_OR_RETURN(state->core,
+                        moec::coordinator::Coordinator::Create(state->store.get(), options,
+                                                               [] { return absl::Now(); },
+                                                               state->factors.get()));
+  return absl::OkStatus();
+}
+
+// Plain text, or TLS with --tls-cert and --tls-key (and client certificates required with
+// --tls-client-ca).
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentialsFromFlags() {
+  if (absl::GetFlag(FLAGS_tls_cert).empty()) return grpc::InsecureServerCredentials();
+  auto cert = moec::ReadSecretFile(absl::GetFlag(FLAGS_tls_cert), "TLS certificate");
+  auto key = moec::ReadSecretFile(absl::GetFlag(FLAGS_tls_key), "TLS key");
+  if (!cert.ok()) return cert.status();
+  if (!key.ok()) return key.status();
+  grpc::SslServerCredentialsOptions ssl;
+  ssl.pem_key_cert_pairs.push_back({*key, *cert});
+  if (!absl::GetFlag(FLAGS_tls_client_ca).empty()) {
+    auto ca = moec::ReadSecretFile(absl::GetFlag(FLAGS_tls_client_ca), "client CA");
+    if (!ca.ok()) return ca.status();
+    ssl.pem_root_certs = *ca;
+    ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
+  return grpc::SslServerCredentials(ssl);
+}
+
+// The Prometheus exporter of --metrics-listen; null when that is empty.
+absl::StatusOr<std::unique_ptr<moec::coordinator::MetricsExporter>> StartMetrics() {
+  if (absl::GetFlag(FLAGS_metrics_listen).empty()) {
+    return std::unique_ptr<moec::coordinator::MetricsExporter>();
+  }
+  const std::string listen = absl::GetFlag(FLAGS_metrics_listen);
+  MOEC_ASSIGN_OR_RETURN(auto metrics, moec::coordinator::MetricsExporter::Start(listen));
+  LOG(INFO) << "metrics on http://" << absl::GetFlag(FLAGS_metrics_listen) << "/metrics";
+  return metrics;
+}
+
+// Ticks the core every 500 ms (updating `metrics`, when given) until `stop` is notified.
+void TickUntil(absl::Notification& stop, moec::coordinator::Coordinator& core,
+               moec::coordinator::MetricsExporter* metrics) {
+  std::thread ticker([&] {
+    while (!stop.WaitForNotificationWithTimeout(absl::Milliseconds(500))) {
+      absl::Status s = core.Tick();
+      if (!s.ok()) LOG(ERROR) << "tick: " << s;
+      if (metrics) metrics->Update(core.Stats());
+    }
+  });
+  ticker.join();  // returns once a signal arrived
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  moec::TuneMallocForLargeBuffers();
+  moec::SkipMutexDeadlockDetection();
+  SetUsage();
   std::vector<std::string> storage;
   std::vector<char*> args = moec::NormalizeDashedFlags(argc, argv, &storage);
   absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
@@ -91,49 +180,16 @@ int main(int argc, char** argv) {
   absl::StatusOr<std::string> token = moec::ReadSecretFile(absl::GetFlag(FLAGS_token_file), "token file");
   if (!token.ok()) return Fail(token.status());
 
-  moec::storage::RocksDbKvStoreOptions kv_options;
-  kv_options.path = absl::GetFlag(FLAGS_data_dir) + "/db";
-  for (const auto& cf : moec::coordinator::JobStoreColumnFamilies()) {
-    kv_options.column_families.push_back({cf, false});
-  }
-  kv_options.column_families.push_back({"factors", true});
-  auto kv = moec::storage::RocksDbKvStore::Open(kv_options);
-  if (!kv.ok()) return Fail(kv.status());
-  auto store = moec::coordinator::JobStore::Open(kv->get());
-  if (!store.ok()) return Fail(store.status());
-  moec::coordinator::CoordinatorOptions options;
-  options.retry.lease_ms = absl::GetFlag(FLAGS_lease_ms);
-  options.retry.max_attempts = absl::GetFlag(FLAGS_max_attempts);
-  options.allowed_roots = absl::GetFlag(FLAGS_allowed_root);
-  options.durable_completions = absl::GetFlag(FLAGS_durable_completions);
-  options.log_sync_interval_ms = absl::GetFlag(FLAGS_log_sync_interval_ms);
-  auto factors = moec::storage::FactorStore::Open(kv->get());  // collects crash leftovers
-  if (!factors.ok()) return Fail(factors.status());
-  auto core = moec::coordinator::Coordinator::Create(store->get(), options, [] { return absl::Now(); },
-                                                     factors->get());
-  if (!core.ok()) return Fail(core.status());
-  moec::coordinator::CoordinatorService service(core->get(), *token);
-  moec::coordinator::FactorService factor_service(core->get(), *token);
+  State state;
+  if (absl::Status s = OpenState(&state); !s.ok()) return Fail(s);
+  moec::coordinator::CoordinatorService service(state.core.get(), *token);
+  moec::coordinator::FactorService factor_service(state.core.get(), *token);
 
-  std::shared_ptr<grpc::ServerCredentials> creds = grpc::InsecureServerCredentials();
-  if (!absl::GetFlag(FLAGS_tls_cert).empty()) {
-    auto cert = moec::ReadSecretFile(absl::GetFlag(FLAGS_tls_cert), "TLS certificate");
-    auto key = moec::ReadSecretFile(absl::GetFlag(FLAGS_tls_key), "TLS key");
-    if (!cert.ok()) return Fail(cert.status());
-    if (!key.ok()) return Fail(key.status());
-    grpc::SslServerCredentialsOptions ssl;
-    ssl.pem_key_cert_pairs.push_back({*key, *cert});
-    if (!absl::GetFlag(FLAGS_tls_client_ca).empty()) {
-      auto ca = moec::ReadSecretFile(absl::GetFlag(FLAGS_tls_client_ca), "client CA");
-      if (!ca.ok()) return Fail(ca.status());
-      ssl.pem_root_certs = *ca;
-      ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
-    }
-    creds = grpc::SslServerCredentials(ssl);
-  }
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> creds = ServerCredentialsFromFlags();
+  if (!creds.ok()) return Fail(creds.status());
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(absl::GetFlag(FLAGS_listen), creds, &port);
+  builder.AddListeningPort(absl::GetFlag(FLAGS_listen), *creds, &port);
   moec::coordinator::ConfigureServerThreads(&builder);
   builder.SetMaxReceiveMessageSize(32 << 20);  // recipes are small; factor pieces up to 16 MiB
   builder.RegisterService(&service);
@@ -147,26 +203,14 @@ int main(int argc, char** argv) {
   std::printf("listening on port %d\n", port);
   std::fflush(stdout);
 
-  std::unique_ptr<moec::coordinator::MetricsExporter> metrics;
-  if (!absl::GetFlag(FLAGS_metrics_listen).empty()) {
-    auto m = moec::coordinator::MetricsExporter::Start(absl::GetFlag(FLAGS_metrics_listen));
-    if (!m.ok()) return Fail(m.status());
-    metrics = *std::move(m);
-    LOG(INFO) << "metrics on http://" << absl::GetFlag(FLAGS_metrics_listen) << "/metrics";
-  }
+  absl::StatusOr<std::unique_ptr<moec::coordinator::MetricsExporter>> metrics = StartMetrics();
+  if (!metrics.ok()) return Fail(metrics.status());
 
   absl::Notification stop;
   g_stop = &stop;
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
-  std::thread ticker([&] {
-    while (!stop.WaitForNotificationWithTimeout(absl::Milliseconds(500))) {
-      absl::Status s = (*core)->Tick();
-      if (!s.ok()) LOG(ERROR) << "tick: " << s;
-      if (metrics) metrics->Update((*core)->Stats());
-    }
-  });
-  ticker.join();  // returns once a signal arrived
+  TickUntil(stop, *state.core, metrics->get());
   LOG(INFO) << "shutting down";
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   return 0;

@@ -138,6 +138,41 @@ std::string TaskFingerprint(const recipe::StageSpec& stage, const v1::TaskRecord
   return fp.FinishHex();
 }
 
+// The task of `stage` at `layer` (-1: the stage is global), `order`-th of the job, without its
+// dependencies, fingerprint and state.
+v1::TaskRecord NewTask(absl::string_view job_id, const recipe::StageSpec& stage, int layer,
+                       int group_size, int64_t order) {
+  v1::TaskRecord t;
+  t.set_task_id(TaskId{std::string(job_id), stage.id, layer}.ToString());
+  t.set_job_id(std::string(job_id));
+  t.set_stage_id(stage.id);
+  t.set_kind(stage.kind);
+  t.set_layer(layer);
+  t.set_params_json(stage.params.dump());
+  t.set_group_size(group_size);
+  t.set_order(order);
+  return t;
+}
+
+// The sorted, distinct task ids the `l`-th of a stage's `layers` tasks waits for: layer l of a
+// chained stage waits for its layer l-1; every task waits for the same layer of a per-layer need,
+// else for the need's last task (which implies all of it). `stage_tasks`: per stage planned so
+// far, its task ids by layer.
+std::vector<std::string> TaskDeps(const recipe::StageSpec& stage, bool per_layer, bool chained,
+                                  const std::vector<std::string>& needs, int l, int layers,
+                                  std::map<std::string, std::vector<std::string>>* stage_tasks) {
+  std::vector<std::string> deps;
+  if (chained && l > 0) deps.push_back((*stage_tasks)[stage.id][l - 1]);
+  for (const std::string& need : needs) {
+    const std::vector<std::string>& prior = (*stage_tasks)[need];
+    deps.push_back(per_layer && prior.size() == static_cast<size_t>(layers) ? prior[l]
+                                                                            : prior.back());
+  }
+  std::sort(deps.begin(), deps.end());
+  deps.erase(std::unique(deps.begin(), deps.end()), deps.end());
+  return deps;
+}
+
 }  // namespace
 
 absl::StatusOr<std::vector<v1::TaskRecord>> PlanJob(const recipe::Recipe& recipe,
@@ -163,27 +198,10 @@ absl::StatusOr<std::vector<v1::TaskRecord>> PlanJob(const recipe::Recipe& recipe
     if (auto v = views.find(stage.id); v != views.end()) needs.push_back(v->second);
     const int layers = per_layer ? shape.num_layers : 1;
     for (int l = 0; l < layers; ++l) {
-      v1::TaskRecord t;
-      const int layer = per_layer ? l : -1;
-      t.set_task_id(TaskId{std::string(job_id), stage.id, layer}.ToString());
-      t.set_job_id(std::string(job_id));
-      t.set_stage_id(stage.id);
-      t.set_kind(stage.kind);
-      t.set_layer(layer);
-      t.set_params_json(stage.params.dump());
-      t.set_group_size(per_layer ? recipe.workers : 1);
-      t.set_order(static_cast<int64_t>(tasks.size()));
-      // Layer l of a chained stage waits for its layer l-1; every task waits for the same layer
-      // of a per-layer need, else for the need's last task (which implies all of it).
-      std::vector<std::string> deps;
-      if (chained && l > 0) deps.push_back(stage_tasks[stage.id][l - 1]);
-      for (const std::string& need : needs) {
-        const std::vector<std::string>& prior = stage_tasks[need];
-        deps.push_back(per_layer && prior.size() == static_cast<size_t>(layers) ? prior[l]
-                                                                                : prior.back());
-      }
-      std::sort(deps.begin(), deps.end());
-      deps.erase(std::unique(deps.begin(), deps.end()), deps.end());
+      v1::TaskRecord t = NewTask(job_id, stage, per_layer ? l : -1, per_layer ? recipe.workers : 1,
+                                 static_cast<int64_t>(tasks.size()));
+      const std::vector<std::string> deps =
+          TaskDeps(stage, per_layer, chained, needs, l, layers, &stage_tasks);
       std::vector<const v1::TaskRecord*> dep_tasks;
       for (const std::string& d : deps) {
         dep_tasks.push_back(&tasks[index[d]]);

@@ -57,6 +57,42 @@ at::Tensor ExpertParallelExecutor::Run(int layer, const model::MoeWeights& w,
   return at::zeros_like(rows);
 }
 
+namespace {
+
+// The owner's side of ExpertParallelExecutor::Run: every source's rows (`recv_counts` of them
+// each, one chunk each, in chunk order; `in_meta` [rows, 2] their expert and token) through the
+// experts this rank owns, expert by expert.
+absl::StatusOr<at::Tensor> RunOwnedExperts(int layer, const model::MoeWeights& w,
+                                           const std::vector<int>& owner, int rank,
+                                           const at::Tensor& in_rows, const at::Tensor& in_meta,
+                                           const std::vector<int64_t>& recv_counts,
+                                           model::ForwardObserver* observer) {
+  const int n = static_cast<int>(owner.size());
+  at::Tensor out_rows = at::empty_like(in_rows);
+  const int64_t* m = in_meta.data_ptr<int64_t>();
+  int64_t pos = 0;
+  for (size_t s = 0; s < recv_counts.size(); ++s) {
+    const int64_t end = pos + recv_counts[s];
+    while (pos < end) {
+      const int64_t e = m[2 * pos];
+      int64_t run = 1;
+      while (pos + run < end && m[2 * (pos + run)] == e) ++run;
+      if (e < 0 || e >= n || owner[e] != rank) {
+        return absl::InternalError(absl::StrCat("layer ", layer, ": received rows of expert ", e,
+                                                " which rank ", rank, " does not own"));
+      }
+      out_rows.narrow(0, pos, run)
+          .copy_(model::Mlp(w.experts[e], in_rows.narrow(0, pos, run), layer,
+                            model::LinearKind::kExpertGate, static_cast<int>(e), observer,
+                            in_meta.select(1, 1).narrow(0, pos, run)));
+      pos += run;
+    }
+  }
+  return out_rows;
+}
+
+}  // namespace
+
 absl::StatusOr<at::Tensor> ExpertParallelExecutor::RunOrError(
     int layer, const model::MoeWeights& w, const at::Tensor& rows,
     const std::vector<int64_t>& counts, const at::Tensor& token_index,
@@ -92,27 +128,9 @@ absl::StatusOr<at::Tensor> ExpertParallelExecutor::RunOrError(
   MOEC_ASSIGN_OR_RETURN(at::Tensor in_rows,
                         comm_->AllToAll(rows.index_select(0, p), send_counts, &recv_counts));
   MOEC_ASSIGN_OR_RETURN(at::Tensor in_meta, comm_->AllToAll(meta, send_counts, nullptr));
-  // Owner: every source's rows (one chunk each, in chunk order), expert by expert.
-  at::Tensor out_rows = at::empty_like(in_rows);
-  const int64_t* m = in_meta.data_ptr<int64_t>();
-  int64_t pos = 0;
-  for (int s = 0; s < ranks; ++s) {
-    const int64_t end = pos + recv_counts[s];
-    while (pos < end) {
-      const int64_t e = m[2 * pos];
-      int64_t run = 1;
-      while (pos + run < end && m[2 * (pos + run)] == e) ++run;
-      if (e < 0 || e >= n || owner_[e] != comm_->rank()) {
-        return absl::InternalError(absl::StrCat("layer ", layer, ": received rows of expert ", e,
-                                                " which rank ", comm_->rank(), " does not own"));
-      }
-      out_rows.narrow(0, pos, run)
-          .copy_(model::Mlp(w.experts[e], in_rows.narrow(0, pos, run), layer,
-                            model::LinearKind::kExpertGate, static_cast<int>(e), observer,
-                            in_meta.select(1, 1).narrow(0, pos, run)));
-      pos += run;
-    }
-  }
+  MOEC_ASSIGN_OR_RETURN(at::Tensor out_rows,
+                        RunOwnedExperts(layer, w, owner_, comm_->rank(), in_rows, in_meta,
+                                        recv_counts, observer));
   MOEC_ASSIGN_OR_RETURN(at::Tensor back, comm_->AllToAll(out_rows, recv_counts, nullptr));
   at::Tensor y = at::empty_like(rows);
   if (y.size(0) > 0) y.index_copy_(0, p, back);

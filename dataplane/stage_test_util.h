@@ -17,6 +17,38 @@
 
 namespace moec::dataplane {
 
+namespace internal {
+
+// The recipe defaults for what a test leaves out of data set `data` of `j` (null: none).
+inline void FillDataDefaults(nlohmann::json& j, const char* data) {
+  if (!j.contains(data) || j[data].is_null()) {
+    j[data] = nullptr;
+    return;
+  }
+  const recipe::DataSpec defaults;
+  nlohmann::json& d = j[data];
+  if (!d.contains("samples")) d["samples"] = defaults.samples;
+  if (!d.contains("seqlen")) d["seqlen"] = defaults.seqlen;
+  if (!d.contains("seed")) d["seed"] = defaults.seed;
+  if (!d.contains("sampling")) d["sampling"] = defaults.sampling;
+}
+
+// What a test leaves out of stage entry `s`: no needs, no parameters (the catalog's defaults).
+inline void FillStageDefaults(nlohmann::json& s) {
+  if (!s.contains("needs")) s["needs"] = nlohmann::json::array();
+  if (!s.contains("with") || s["with"].is_null()) s["with"] = nlohmann::json::object();
+  // Required parameters a test leaves out (of stages it does not run) get their minimum.
+  const recipe::StageKindSpec* kind = recipe::FindStageKind(s.value("kind", ""));
+  for (const recipe::ParamSpec& p : kind != nullptr ? kind->params : std::vector<recipe::ParamSpec>{}) {
+    if (p.default_value.is_null() && !s["with"].contains(p.name)) {
+      s["with"][p.name] = p.type == recipe::ParamType::kInt ? nlohmann::json(static_cast<int64_t>(p.min))
+                                                           : nlohmann::json(p.min);
+    }
+  }
+}
+
+}  // namespace internal
+
 // A validated recipe from `j`: a canonical recipe (recipe::Recipe::CanonicalJson) of which a
 // test may omit name ("test"), output ("<model>-out"), workers (1), a data set's samples, seqlen,
 // seed and sampling (the recipe defaults), and a stage's needs and parameters (the catalog's
@@ -25,33 +57,11 @@ inline std::shared_ptr<const recipe::Recipe> TestRecipe(nlohmann::json j) {
   if (!j.contains("name")) j["name"] = "test";
   if (!j.contains("output")) j["output"] = j.value("model", std::string("model")) + "-out";
   if (!j.contains("workers")) j["workers"] = 1;
-  for (const char* data : {"calibration", "evaluation"}) {
-    if (!j.contains(data) || j[data].is_null()) {
-      j[data] = nullptr;
-      continue;
-    }
-    const recipe::DataSpec defaults;
-    nlohmann::json& d = j[data];
-    if (!d.contains("samples")) d["samples"] = defaults.samples;
-    if (!d.contains("seqlen")) d["seqlen"] = defaults.seqlen;
-    if (!d.contains("seed")) d["seed"] = defaults.seed;
-    if (!d.contains("sampling")) d["sampling"] = defaults.sampling;
-  }
+  for (const char* data : {"calibration", "evaluation"}) internal::FillDataDefaults(j, data);
   if (!j.contains("stages") || j["stages"].empty()) {
     j["stages"] = nlohmann::json::array({{{"id", "test"}, {"kind", "noop"}}});
   }
-  for (nlohmann::json& s : j["stages"]) {
-    if (!s.contains("needs")) s["needs"] = nlohmann::json::array();
-    if (!s.contains("with") || s["with"].is_null()) s["with"] = nlohmann::json::object();
-    // Required parameters a test leaves out (of stages it does not run) get their minimum.
-    const recipe::StageKindSpec* kind = recipe::FindStageKind(s.value("kind", ""));
-    for (const recipe::ParamSpec& p : kind != nullptr ? kind->params : std::vector<recipe::ParamSpec>{}) {
-      if (p.default_value.is_null() && !s["with"].contains(p.name)) {
-        s["with"][p.name] = p.type == recipe::ParamType::kInt ? nlohmann::json(static_cast<int64_t>(p.min))
-                                                             : nlohmann::json(p.min);
-      }
-    }
-  }
+  for (nlohmann::json& s : j["stages"]) internal::FillStageDefaults(s);
   absl::StatusOr<recipe::Recipe> r = recipe::Recipe::FromCanonicalJson(j.dump());
   EXPECT_TRUE(r.ok()) << r.status() << "\n" << j.dump(2);
   if (!r.ok()) return nullptr;

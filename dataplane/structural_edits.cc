@@ -146,143 +146,208 @@ absl::StatusOr<StructuralEdits> CollectStructuralEdits(const StageContext& ctx,
   return edits;
 }
 
-absl::StatusOr<json> EditedConfig(const json& config_json, const model::ModelConfig& config,
-                                  const StructuralEdits& edits) {
-  const int layers = config.num_hidden_layers;
-  const std::set<int> dropped(edits.dropped_layers.begin(), edits.dropped_layers.end());
-  const std::set<int> dropped_moe(edits.dropped_moe_layers.begin(), edits.dropped_moe_layers.end());
+namespace {
+
+// The source layers left after dropping `dropped_layers`, ascending.
+std::vector<int> KeptLayers(int layers, const std::vector<int>& dropped_layers) {
+  const std::set<int> dropped(dropped_layers.begin(), dropped_layers.end());
   std::vector<int> kept_layers;
   for (int l = 0; l < layers; ++l) {
     if (dropped.count(l) == 0) kept_layers.push_back(l);
   }
-  json out = config_json;
-  json moec = out.value("moec", json::object());
-  if (!dropped.empty()) {
-    if (config.moe_layer_freq != 1 || config.decoder_sparse_step != 1) {
-      return absl::UnimplementedError(
-          "dropping layers of a model whose MoE layers follow moe_layer_freq / decoder_sparse_step "
-          "> 1 cannot be expressed in its config");
-    }
-    if (moec.contains("odp")) {
-      return absl::UnimplementedError("dropping layers of a model with ODP settings");
-    }
-    out["num_hidden_layers"] = static_cast<int>(kept_layers.size());
-    if (config.model_type == "deepseek") {
-      out["first_k_dense_replace"] = static_cast<int>(std::count_if(
-          kept_layers.begin(), kept_layers.end(), [&](int l) { return l < config.first_k_dense_replace; }));
-    }
-    if (!config.mlp_only_layers.empty()) {
-      json remapped = json::array();
-      for (size_t nl = 0; nl < kept_layers.size(); ++nl) {
-        if (std::count(config.mlp_only_layers.begin(), config.mlp_only_layers.end(),
-                       kept_layers[nl]) > 0) {
-          remapped.push_back(static_cast<int>(nl));
-        }
-      }
-      out["mlp_only_layers"] = remapped;
-    }
+  return kept_layers;
+}
+
+// The layer fields of config.json `out` for a model of the source layers `kept_layers`; `moec` is
+// the source's moec object.
+absl::Status RenumberLayers(const model::ModelConfig& config, const std::vector<int>& kept_layers,
+                            const json& moec, json* out) {
+  if (config.moe_layer_freq != 1 || config.decoder_sparse_step != 1) {
+    return absl::UnimplementedError(
+        "dropping layers of a model whose MoE layers follow moe_layer_freq / decoder_sparse_step "
+        "> 1 cannot be expressed in its config");
   }
-  // Per new layer: experts kept (source indices mapped to original ones) and MoE presence.
+  if (moec.contains("odp")) {
+    return absl::UnimplementedError("dropping layers of a model with ODP settings");
+  }
+  (*out)["num_hidden_layers"] = static_cast<int>(kept_layers.size());
+  if (config.model_type == "deepseek") {
+    (*out)["first_k_dense_replace"] = static_cast<int>(std::count_if(
+        kept_layers.begin(), kept_layers.end(), [&](int l) { return l < config.first_k_dense_replace; }));
+  }
+  if (!config.mlp_only_layers.empty()) {
+    json remapped = json::array();
+    for (size_t nl = 0; nl < kept_layers.size(); ++nl) {
+      if (std::count(config.mlp_only_layers.begin(), config.mlp_only_layers.end(),
+                     kept_layers[nl]) > 0) {
+        remapped.push_back(static_cast<int>(nl));
+      }
+    }
+    (*out)["mlp_only_layers"] = remapped;
+  }
+  return absl::OkStatus();
+}
+
+// Per new layer: experts kept (source indices mapped to original ones) and MoE presence.
+struct ExpertLayout {
   json experts_per_layer = json::array(), kept_experts = json::array(), dropped_out = json::array();
   std::set<int> counts;
   bool pruned = false, any_moe_dropped = false;
+};
+
+// The original indices (config.OriginalExpertIndices of layer `l`, `original`) of the experts
+// `kept`, or null when the layer has none.
+json OriginalIds(const std::optional<std::vector<int>>& original, const std::vector<int>& kept) {
+  if (!original) return nullptr;
+  json ids = json::array();
+  for (int e : kept) ids.push_back((*original)[e]);
+  return ids;
+}
+
+ExpertLayout LayoutExperts(const model::ModelConfig& config, const StructuralEdits& edits,
+                           const std::vector<int>& kept_layers) {
+  const std::set<int> dropped_moe(edits.dropped_moe_layers.begin(), edits.dropped_moe_layers.end());
+  ExpertLayout out;
   for (size_t nl = 0; nl < kept_layers.size(); ++nl) {
     const int l = kept_layers[nl];
     const bool moe = config.IsMoeLayer(l) && dropped_moe.count(l) == 0;
     if (config.IsMoeDropped(l) || (config.IsMoeLayer(l) && dropped_moe.count(l) > 0)) {
-      dropped_out.push_back(static_cast<int>(nl));
-      any_moe_dropped = true;
+      out.dropped_out.push_back(static_cast<int>(nl));
+      out.any_moe_dropped = true;
     }
     if (!moe) {
-      experts_per_layer.push_back(nullptr);
-      kept_experts.push_back(nullptr);
+      out.experts_per_layer.push_back(nullptr);
+      out.kept_experts.push_back(nullptr);
       continue;
     }
     const std::optional<std::vector<int>> original = config.OriginalExpertIndices(l);
     std::vector<int> source(config.NumRoutedExperts(l));
     for (int e = 0; e < static_cast<int>(source.size()); ++e) source[e] = e;
     const std::vector<int>& kept = edits.kept[l] ? *edits.kept[l] : source;
-    if (edits.kept[l] || config.NumRoutedExperts(l) != config.num_experts) pruned = true;
-    experts_per_layer.push_back(static_cast<int>(kept.size()));
-    counts.insert(static_cast<int>(kept.size()));
-    if (original) {
-      json ids = json::array();
-      for (int e : kept) ids.push_back((*original)[e]);
-      kept_experts.push_back(ids);
+    if (edits.kept[l] || config.NumRoutedExperts(l) != config.num_experts) out.pruned = true;
+    out.experts_per_layer.push_back(static_cast<int>(kept.size()));
+    out.counts.insert(static_cast<int>(kept.size()));
+    out.kept_experts.push_back(OriginalIds(original, kept));
+  }
+  return out;
+}
+
+// The expert counts of `layout` into config.json `out` or its moec object `moec`.
+void SetExpertCounts(const model::ModelConfig& config, const ExpertLayout& layout, json* moec,
+                     json* out) {
+  if (layout.pruned) {
+    if (layout.counts.size() == 1 && *layout.counts.begin() > 0) {
+      // Every MoE layer keeps the same number: the stock field says it and stock loaders need
+      // nothing else (the kept original indices stay in the stage's outputs).
+      (*out)[ExpertCountField(config.model_type)] = *layout.counts.begin();
     } else {
-      kept_experts.push_back(nullptr);
+      (*moec)["experts_per_layer"] = layout.experts_per_layer;
+      (*moec)["kept_experts"] = layout.kept_experts;  // original indices
     }
   }
+  if (layout.any_moe_dropped) (*moec)["dropped_moe_layers"] = layout.dropped_out;
+}
+
+}  // namespace
+
+absl::StatusOr<json> EditedConfig(const json& config_json, const model::ModelConfig& config,
+                                  const StructuralEdits& edits) {
+  const std::vector<int> kept_layers = KeptLayers(config.num_hidden_layers, edits.dropped_layers);
+  const bool layers_dropped = !edits.dropped_layers.empty();
+  json out = config_json;
+  json moec = out.value("moec", json::object());
+  if (layers_dropped) MOEC_RETURN_IF_ERROR(RenumberLayers(config, kept_layers, moec, &out));
+  const ExpertLayout layout = LayoutExperts(config, edits, kept_layers);
   moec["format_version"] = 1;
   moec.erase("experts_per_layer");
   moec.erase("kept_experts");
   moec.erase("dropped_moe_layers");
-  if (moec.contains("skip_beta") && moec["skip_beta"].is_array() && !dropped.empty()) {
+  if (moec.contains("skip_beta") && moec["skip_beta"].is_array() && layers_dropped) {
     json sliced = json::array();
     for (int l : kept_layers) sliced.push_back(moec["skip_beta"][l]);
     moec["skip_beta"] = sliced;
   }
-  if (pruned) {
-    if (counts.size() == 1 && *counts.begin() > 0) {
-      // Every MoE layer keeps the same number: the stock field says it and stock loaders need
-      // nothing else (the kept original indices stay in the stage's outputs).
-      out[ExpertCountField(config.model_type)] = *counts.begin();
-    } else {
-      moec["experts_per_layer"] = experts_per_layer;
-      moec["kept_experts"] = kept_experts;  // original indices
-    }
-  }
-  if (any_moe_dropped) moec["dropped_moe_layers"] = dropped_out;
+  SetExpertCounts(config, layout, &moec, &out);
   if (moec.size() > 1) out["moec"] = moec;  // more than format_version
   else out.erase("moec");
   return out;
 }
 
+namespace {
+
+// How the tensors of edited layer `nl` map to those of source layer `l`.
+struct LayerMapping {
+  LayerMapping(const model::ModelConfig& source, const model::ModelConfig& edited, int nl, int l)
+      : source(source), edited(edited), nl(nl), l(l) {}
+
+  const model::ModelConfig& source;
+  const model::ModelConfig& edited;
+  const int nl;
+  const int l;
+  std::vector<int> kept;  // source experts of the edited ones
+  std::vector<std::string> new_shared, old_shared;
+  std::string new_prefix, old_prefix;
+
+  // The source of tensor `t` of the edited layer (an empty name: none).
+  EditedTensorSource SourceOf(const model::TensorSpec& t) const {
+    EditedTensorSource s;
+    if (t.role == model::TensorRole::kRoutedExpert) {
+      for (auto proj : {model::ExpertProj::kGate, model::ExpertProj::kUp, model::ExpertProj::kDown}) {
+        if (model::ExpertTensorName(edited, nl, t.expert, proj) == t.name) {
+          s.name = model::ExpertTensorName(source, l, kept[t.expert], proj);
+        }
+      }
+    } else if (t.role == model::TensorRole::kRouter &&
+               t.name == model::RouterTensorName(edited, nl)) {
+      s.name = model::RouterTensorName(source, l);
+      s.rows.assign(kept.begin(), kept.end());
+    } else if (t.role == model::TensorRole::kSharedExpert || t.role == model::TensorRole::kRouter) {
+      for (size_t i = 0; i < new_shared.size() && i < old_shared.size(); ++i) {
+        if (new_shared[i] == t.name) s.name = old_shared[i];
+      }
+    } else if (absl::StartsWith(t.name, new_prefix)) {
+      s.name = old_prefix + t.name.substr(new_prefix.size());
+    }
+    return s;
+  }
+};
+
+// Adds the sources of every tensor of edited layer `nl`, source layer `l`, to `from`.
+absl::Status AddLayerSources(const model::ModelConfig& source, const model::ModelConfig& edited,
+                             const StructuralEdits& edits,
+                             const std::function<bool(const std::string&)>& contains, int nl,
+                             int l, std::map<std::string, EditedTensorSource>* from) {
+  LayerMapping m(source, edited, nl, l);
+  m.new_prefix = absl::StrCat("model.layers.", nl, ".");
+  m.old_prefix = absl::StrCat("model.layers.", l, ".");
+  m.kept.resize(source.NumRoutedExperts(l));
+  for (int e = 0; e < static_cast<int>(m.kept.size()); ++e) m.kept[e] = e;
+  if (edits.kept[l]) m.kept = *edits.kept[l];
+  m.new_shared = model::SharedExpertTensorNames(edited, nl);
+  m.old_shared = model::SharedExpertTensorNames(source, l);
+  for (const model::TensorSpec& t : model::LayerTensors(edited, nl)) {
+    const EditedTensorSource s = m.SourceOf(t);
+    if (s.name.empty() || !contains(s.name)) {
+      return absl::InternalError(absl::StrCat("no source tensor for ", t.name, " of the edited model"));
+    }
+    (*from)[t.name] = s;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<std::map<std::string, EditedTensorSource>> EditedTensorSources(
     const model::ModelConfig& source, const model::ModelConfig& edited, const StructuralEdits& edits,
     const std::function<bool(const std::string&)>& contains) {
-  const std::set<int> dropped(edits.dropped_layers.begin(), edits.dropped_layers.end());
-  std::vector<int> kept_layers;
-  for (int l = 0; l < source.num_hidden_layers; ++l) {
-    if (dropped.count(l) == 0) kept_layers.push_back(l);
-  }
+  const std::vector<int> kept_layers = KeptLayers(source.num_hidden_layers, edits.dropped_layers);
   if (static_cast<int>(kept_layers.size()) != edited.num_hidden_layers) {
     return absl::InternalError("edited config and structural edits disagree on the layer count");
   }
   std::map<std::string, EditedTensorSource> from;
   for (size_t nl = 0; nl < kept_layers.size(); ++nl) {
-    const int l = kept_layers[nl];
-    const std::string new_prefix = absl::StrCat("model.layers.", nl, ".");
-    const std::string old_prefix = absl::StrCat("model.layers.", l, ".");
-    std::vector<int> kept(source.NumRoutedExperts(l));
-    for (int e = 0; e < static_cast<int>(kept.size()); ++e) kept[e] = e;
-    if (edits.kept[l]) kept = *edits.kept[l];
-    const std::vector<std::string> new_shared = model::SharedExpertTensorNames(edited, nl);
-    const std::vector<std::string> old_shared = model::SharedExpertTensorNames(source, l);
-    for (const model::TensorSpec& t : model::LayerTensors(edited, nl)) {
-      EditedTensorSource s;
-      if (t.role == model::TensorRole::kRoutedExpert) {
-        for (auto proj : {model::ExpertProj::kGate, model::ExpertProj::kUp, model::ExpertProj::kDown}) {
-          if (model::ExpertTensorName(edited, nl, t.expert, proj) == t.name) {
-            s.name = model::ExpertTensorName(source, l, kept[t.expert], proj);
-          }
-        }
-      } else if (t.role == model::TensorRole::kRouter &&
-                 t.name == model::RouterTensorName(edited, nl)) {
-        s.name = model::RouterTensorName(source, l);
-        s.rows.assign(kept.begin(), kept.end());
-      } else if (t.role == model::TensorRole::kSharedExpert || t.role == model::TensorRole::kRouter) {
-        for (size_t i = 0; i < new_shared.size() && i < old_shared.size(); ++i) {
-          if (new_shared[i] == t.name) s.name = old_shared[i];
-        }
-      } else if (absl::StartsWith(t.name, new_prefix)) {
-        s.name = old_prefix + t.name.substr(new_prefix.size());
-      }
-      if (s.name.empty() || !contains(s.name)) {
-        return absl::InternalError(absl::StrCat("no source tensor for ", t.name, " of the edited model"));
-      }
-      from[t.name] = s;
-    }
+    MOEC_RETURN_IF_ERROR(AddLayerSources(source, edited, edits, contains, static_cast<int>(nl),
+                                         kept_layers[nl], &from));
   }
   for (const model::TensorSpec& t : model::ModelTensors(edited)) {
     if (from.count(t.name) == 0) from[t.name] = {t.name, {}, {}};  // embeddings, final norm, head

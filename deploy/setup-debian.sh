@@ -22,8 +22,8 @@ PACKAGES=(
   coinor-libcbc-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
-  # network-namespace tests, fixtures
-  iproute2 python3
+  # network-namespace tests, fixtures; python3-venv for the project's .venv (deploy/test.sh)
+  iproute2 python3 python3-venv
   # the independent forward oracle run by tests (tests/oracle): Debian's torch for Python
   python3-torch python3-numpy
 )

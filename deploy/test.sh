@@ -13,6 +13,13 @@ deploy/ensure-packages.sh  # as root, or through sudo only when packages are mis
 build=${MOEC_BUILD_DIR:-build}
 jobs=$(nproc)
 
+# PyPI tools the checks use, pinned, in a project-local virtual environment.
+if [ ! -x .venv/bin/lizard ]; then
+  /usr/bin/python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check lizard==1.24.3
+fi
+tests/checks/sizes.sh .venv/bin/lizard
+
 # A CPU-only build must keep working: build and run the kernel tests with CUDA off.
 cmake -S . -B "$build-nocuda" -G Ninja -DMOEC_ENABLE_CUDA=OFF -DMOEC_BUILD_FUZZERS=OFF \
   -DMOEC_BUILD_BENCHMARKS=OFF > /dev/null

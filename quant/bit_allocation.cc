@@ -2,104 +2,25 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
+#include <cstdint>
 #include <string>
 #include <utility>
+#include <vector>
 
-#include "CbcModel.hpp"
-#include "CglClique.hpp"
-#include "CglGomory.hpp"
-#include "CglKnapsackCover.hpp"
-#include "CglMixedIntegerRounding2.hpp"
-#include "CglProbing.hpp"
-#include "CoinPackedMatrix.hpp"
-#include "OsiClpSolverInterface.hpp"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/status_macros.h"
+#include "quant/bit_allocation_internal.h"
 
 namespace moec::quant {
+namespace internal {
 namespace {
 
 using Granularity = AllocationOptions::Granularity;
 using Scope = AllocationOptions::Scope;
-
-// One decision of a program: an expert (expert >= 0) or a whole layer (expert == -1), whose
-// width counts `multiplicity` times against the budget.
-struct Unit {
-  int layer_index = 0;  // index into the input span
-  int expert = -1;
-  int64_t multiplicity = 1;
-};
-
-// One integer program: choose one candidate per unit, sum of multiplicity * width <= budget,
-// and in every group at least one unit at the top width and one at the middle width.
-struct Program {
-  std::string name;
-  std::vector<Unit> units;
-  std::vector<std::vector<double>> cost;  // [unit][candidate]
-  std::vector<std::vector<int>> groups;   // unit indices
-  int64_t budget = 0;
-};
-
-struct Plan {
-  std::vector<Program> programs;
-  std::vector<std::vector<std::vector<double>>> expert_cost;  // [layer][expert][candidate]
-  int top = -1;     // candidate index of the largest width
-  int middle = -1;  // candidate index of the second-largest width; -1: not required
-};
-
-// The option chosen for each unit of a program.
-struct Choice {
-  std::vector<int> option;
-  bool optimal = false;
-};
-
-bool FiniteNonNegative(double v) { return std::isfinite(v) && v >= 0; }
-
-absl::Status ValidateFactors(absl::Span<const LayerFactors> layers, size_t num_bits) {
-  if (layers.empty()) return absl::InvalidArgumentError("no MoE layers to allocate");
-  for (const LayerFactors& l : layers) {
-    const std::string where = absl::StrCat("layer ", l.layer, ": ");
-    const size_t e = l.frequency.size();
-    if (e == 0) return absl::InvalidArgumentError(where + "no experts");
-    if (l.weight.size() != e || l.loss.size() != e) {
-      return absl::InvalidArgumentError(absl::StrCat(where, e, " frequencies, ", l.weight.size(),
-                                                     " weights, ", l.loss.size(), " losses"));
-    }
-    int64_t f_sum = 0;
-    double a_sum = 0;
-    for (size_t i = 0; i < e; ++i) {
-      if (l.frequency[i] < 0 || !FiniteNonNegative(l.weight[i])) {
-        return absl::InvalidArgumentError(absl::StrCat(where, "expert ", i, " has frequency ",
-                                                       l.frequency[i], ", weight ", l.weight[i]));
-      }
-      if (l.loss[i].size() != num_bits) {
-        return absl::InvalidArgumentError(absl::StrCat(where, "expert ", i, " has ",
-                                                       l.loss[i].size(), " losses for ", num_bits,
-                                                       " candidate widths"));
-      }
-      for (double q : l.loss[i]) {
-        if (!FiniteNonNegative(q)) {
-          return absl::InvalidArgumentError(absl::StrCat(where, "expert ", i, " loss ", q));
-        }
-      }
-      if (l.frequency[i] > std::numeric_limits<int64_t>::max() - f_sum) {
-        return absl::InvalidArgumentError(where + "frequency sum overflows");
-      }
-      f_sum += l.frequency[i];
-      a_sum += l.weight[i];
-    }
-    if (f_sum == 0 || !(a_sum > 0) || !std::isfinite(a_sum)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          where, "frequencies sum to ", f_sum, " and weights to ", a_sum, "; both must be > 0"));
-    }
-  }
-  return absl::OkStatus();
-}
 
 // c[e][i] = f_e^alpha * a_e^beta * Q[e][i]^gamma with f, a normalized over the layer.
 absl::StatusOr<std::vector<std::vector<double>>> ExpertCosts(const LayerFactors& l,
@@ -150,10 +71,6 @@ int64_t ProgramBudget(const AllocationOptions& o, int64_t experts, int64_t progr
     return static_cast<int64_t>(std::floor(raw + 1e-9 * std::max(1.0, raw)));
   }
   return *o.layer_budget * programs_layers;
-}
-
-std::string BitsText(const std::vector<int>& bits) {
-  return absl::StrCat("{", absl::StrJoin(bits, ","), "}");
 }
 
 absl::Status CheckFeasible(const Program& p, int64_t experts, const AllocationOptions& o,
@@ -232,6 +149,12 @@ absl::Status BuildPrograms(absl::Span<const LayerFactors> layers, const Allocati
   return absl::OkStatus();
 }
 
+}  // namespace
+
+std::string BitsText(const std::vector<int>& bits) {
+  return absl::StrCat("{", absl::StrJoin(bits, ","), "}");
+}
+
 absl::StatusOr<Plan> BuildPlan(absl::Span<const LayerFactors> layers, const AllocationOptions& o) {
   MOEC_RETURN_IF_ERROR(o.Validate());
   MOEC_RETURN_IF_ERROR(ValidateFactors(layers, o.bits.size()));
@@ -260,7 +183,6 @@ absl::StatusOr<Plan> BuildPlan(absl::Span<const LayerFactors> layers, const Allo
   return plan;
 }
 
-// True when `option` satisfies the budget and group constraints of `p`.
 bool Satisfies(const Program& p, const std::vector<int>& option, const std::vector<int>& bits,
                const Plan& plan) {
   if (option.size() != p.units.size()) return false;
@@ -281,191 +203,6 @@ bool Satisfies(const Program& p, const std::vector<int>& option, const std::vect
   return true;
 }
 
-// The rows of a program over columns u * m + i (unit u takes candidate i).
-void BuildRows(const Program& p, const std::vector<int>& bits, const Plan& plan,
-               CoinPackedMatrix* matrix, std::vector<double>* row_lo, std::vector<double>* row_hi) {
-  const int m = static_cast<int>(bits.size());
-  matrix->setDimensions(0, static_cast<int>(p.units.size()) * m);
-  std::vector<int> idx;
-  std::vector<double> val;
-  auto add_row = [&](double lo, double hi) {
-    matrix->appendRow(static_cast<int>(idx.size()), idx.data(), val.data());
-    row_lo->push_back(lo);
-    row_hi->push_back(hi);
-    idx.clear();
-    val.clear();
-  };
-  for (size_t u = 0; u < p.units.size(); ++u) {  // exactly one candidate per unit
-    for (int i = 0; i < m; ++i) idx.push_back(u * m + i), val.push_back(1.0);
-    add_row(1.0, 1.0);
-  }
-  for (size_t u = 0; u < p.units.size(); ++u) {  // the budget
-    for (int i = 0; i < m; ++i) {
-      idx.push_back(u * m + i);
-      val.push_back(static_cast<double>(p.units[u].multiplicity * bits[i]));
-    }
-  }
-  add_row(-COIN_DBL_MAX, static_cast<double>(p.budget));
-  for (const std::vector<int>& g : p.groups) {  // top and middle
-    for (int which : {plan.top, plan.middle}) {
-      if (which < 0) continue;
-      for (int u : g) idx.push_back(u * m + which), val.push_back(1.0);
-      add_row(1.0, COIN_DBL_MAX);
-    }
-  }
-}
-
-// One CBC run on objective `shifted` * 1e3 / `reference`; candidates whose shifted cost
-// exceeds `bound` are fixed to 0. `start` (may be null) is a feasible incumbent.
-absl::StatusOr<Choice> RunCbc(const Program& p, const std::vector<int>& bits, const Plan& plan,
-                              const std::vector<double>& shifted, double reference, double bound,
-                              const std::vector<int>* start, double seconds) {
-  const int m = static_cast<int>(bits.size());
-  const int n_cols = static_cast<int>(shifted.size());
-  const double scale = reference > 0 ? 1e3 / reference : 1.0;
-  std::vector<double> obj(n_cols), col_hi(n_cols);
-  for (int c = 0; c < n_cols; ++c) {
-    obj[c] = shifted[c] * scale;
-    col_hi[c] = shifted[c] > bound ? 0.0 : 1.0;
-  }
-  CoinPackedMatrix matrix(false, 0, 0);
-  std::vector<double> row_lo, row_hi;
-  BuildRows(p, bits, plan, &matrix, &row_lo, &row_hi);
-
-  OsiClpSolverInterface solver;
-  solver.messageHandler()->setLogLevel(0);
-  solver.loadProblem(matrix, std::vector<double>(n_cols, 0.0).data(), col_hi.data(), obj.data(),
-                     row_lo.data(), row_hi.data());
-  for (int c = 0; c < n_cols; ++c) solver.setInteger(c);
-  // Tighter than Clp's 1e-7 defaults: reduced costs below the tolerance are treated as 0.
-  solver.setDblParam(OsiDualTolerance, 1e-10);
-  solver.setDblParam(OsiPrimalTolerance, 1e-10);
-
-  CbcModel model(solver);
-  model.setLogLevel(0);
-  model.messageHandler()->setLogLevel(0);
-  model.solver()->messageHandler()->setLogLevel(0);
-  model.setNumberThreads(0);
-  model.setRandomSeed(1);
-  model.setMaximumSeconds(seconds);
-  model.setAllowableGap(0);
-  model.setAllowableFractionGap(0);
-  model.setAllowablePercentageGap(0);
-  model.setCutoffIncrement(1e-9);
-  CglProbing probing;
-  probing.setUsingObjective(true);
-  CglGomory gomory;
-  CglKnapsackCover knapsack;
-  CglClique clique;
-  clique.setStarCliqueReport(false);
-  clique.setRowCliqueReport(false);
-  CglMixedIntegerRounding2 mir;
-  model.addCutGenerator(&probing, -1, "Probing");
-  model.addCutGenerator(&gomory, -1, "Gomory");
-  model.addCutGenerator(&knapsack, -1, "Knapsack");
-  model.addCutGenerator(&clique, -1, "Clique");
-  model.addCutGenerator(&mir, -1, "MixedIntegerRounding2");
-  if (start != nullptr) {
-    std::vector<double> x(n_cols, 0.0);
-    double value = 0;
-    for (size_t u = 0; u < start->size(); ++u) {
-      x[u * m + (*start)[u]] = 1.0;
-      value += obj[u * m + (*start)[u]];
-    }
-    model.setBestSolution(x.data(), n_cols, value, /*check=*/false);
-  }
-  model.initialSolve();
-  model.branchAndBound();
-
-  const double* x = model.bestSolution();
-  if (x == nullptr) {
-    if (model.isProvenInfeasible()) {
-      return absl::FailedPreconditionError(p.name + ": the integer program is infeasible");
-    }
-    return absl::DeadlineExceededError(
-        absl::StrCat(p.name, ": no feasible allocation found within ", seconds, " s"));
-  }
-  Choice choice;
-  choice.optimal = model.isProvenOptimal();
-  choice.option.assign(p.units.size(), -1);
-  for (size_t u = 0; u < p.units.size(); ++u) {
-    for (int i = 0; i < m; ++i) {
-      if (x[u * m + i] > 0.5) choice.option[u] = i;
-    }
-  }
-  if (!Satisfies(p, choice.option, bits, plan)) {
-    return absl::InternalError(p.name + ": CBC returned an infeasible allocation");
-  }
-  return choice;
-}
-
-// CBC's tolerances are absolute, so the objective is shifted (each unit's cheapest candidate
-// subtracted: a constant, every unit takes one) and scaled. Pass 1 scales the largest cost to
-// 1e3. Its solution costs U; no candidate dearer than U can be in an optimal allocation, so
-// pass 2 fixes those to 0 and scales U to 1e3, which puts the tolerances at ~1e-13 of the
-// optimum even when costs span many orders of magnitude.
-absl::StatusOr<Choice> SolveWithCbc(const Program& p, const std::vector<int>& bits,
-                                    const Plan& plan, absl::Time deadline) {
-  const int m = static_cast<int>(bits.size());
-  std::vector<double> shifted(p.units.size() * m);
-  double largest = 0;
-  for (size_t u = 0; u < p.units.size(); ++u) {
-    const double lo = *std::min_element(p.cost[u].begin(), p.cost[u].end());
-    for (int i = 0; i < m; ++i) {
-      shifted[u * m + i] = p.cost[u][i] - lo;
-      largest = std::max(largest, shifted[u * m + i]);
-    }
-  }
-  auto seconds_left = [&] { return std::max(1e-3, absl::ToDoubleSeconds(deadline - absl::Now())); };
-  auto value = [&](const Choice& c) {
-    double v = 0;
-    for (size_t u = 0; u < c.option.size(); ++u) v += shifted[u * m + c.option[u]];
-    return v;
-  };
-  const double inf = std::numeric_limits<double>::infinity();
-  MOEC_ASSIGN_OR_RETURN(Choice first,
-                        RunCbc(p, bits, plan, shifted, largest, inf, nullptr, seconds_left()));
-  const double u_first = value(first);
-  const double bound = u_first * (1 + 1e-9);
-  if (!(u_first > 0) || largest <= bound || absl::Now() >= deadline) return first;
-  MOEC_ASSIGN_OR_RETURN(
-      Choice second, RunCbc(p, bits, plan, shifted, u_first, bound, &first.option, seconds_left()));
-  return value(second) <= u_first ? second : first;
-}
-
-absl::StatusOr<Choice> SolveExhaustively(const Program& p, const std::vector<int>& bits,
-                                         const Plan& plan) {
-  const size_t n = p.units.size(), m = bits.size();
-  double combos = std::pow(static_cast<double>(m), static_cast<double>(n));
-  if (combos > static_cast<double>(1 << 22)) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat(p.name, ": ", m, "^", n, " assignments exceed the exhaustive limit 2^22"));
-  }
-  Choice best;
-  best.optimal = true;
-  double best_cost = std::numeric_limits<double>::infinity();
-  std::vector<int> option(n, 0);
-  while (true) {
-    if (Satisfies(p, option, bits, plan)) {
-      double cost = 0;
-      for (size_t u = 0; u < n; ++u) cost += p.cost[u][option[u]];
-      if (cost < best_cost) {
-        best_cost = cost;
-        best.option = option;
-      }
-    }
-    size_t u = n;  // odometer, last unit fastest: lexicographic order
-    while (u > 0 && option[u - 1] == static_cast<int>(m) - 1) option[--u] = 0;
-    if (u == 0) break;
-    ++option[u - 1];
-  }
-  if (best.option.empty()) {
-    return absl::FailedPreconditionError(p.name + ": no assignment meets the constraints");
-  }
-  return best;
-}
-
-// Turns per-program choices into the per-layer widths, checking every constraint again.
 absl::StatusOr<Allocation> Assemble(absl::Span<const LayerFactors> layers,
                                     const AllocationOptions& o, const Plan& plan,
                                     const std::vector<Choice>& choices) {
@@ -506,67 +243,23 @@ absl::StatusOr<Allocation> Assemble(absl::Span<const LayerFactors> layers,
   return out;
 }
 
-}  // namespace
-
-absl::Status AllocationOptions::Validate() const {
-  if (bits.empty()) return absl::InvalidArgumentError("bits: no candidate widths");
-  for (size_t i = 0; i < bits.size(); ++i) {
-    if (bits[i] < 1 || bits[i] > 32) {
-      return absl::InvalidArgumentError(absl::StrCat("bits: width ", bits[i], " not in 1 .. 32"));
-    }
-    for (size_t j = 0; j < i; ++j) {
-      if (bits[j] == bits[i]) {
-        return absl::InvalidArgumentError(absl::StrCat("bits: width ", bits[i], " repeated"));
-      }
-    }
-  }
-  if (average_bits.has_value() == layer_budget.has_value()) {
-    return absl::InvalidArgumentError("exactly one of average_bits and layer_budget must be given");
-  }
-  const int b_min = *std::min_element(bits.begin(), bits.end());
-  const int b_max = *std::max_element(bits.begin(), bits.end());
-  if (average_bits && !(*average_bits >= b_min && *average_bits <= b_max)) {
-    return absl::InvalidArgumentError(absl::StrCat("average_bits ", *average_bits,
-                                                   " is outside the feasible range ", b_min, " .. ",
-                                                   b_max, " of widths ", BitsText(bits)));
-  }
-  for (auto [name, v] :
-       {std::pair<const char*, double>{"alpha", alpha}, {"beta", beta}, {"gamma", gamma}}) {
-    if (!FiniteNonNegative(v)) {
-      return absl::InvalidArgumentError(absl::StrCat(name, " ", v, " must be finite and >= 0"));
-    }
-  }
-  if (!(time_limit_s > 0)) {
-    return absl::InvalidArgumentError(absl::StrCat("time_limit_s ", time_limit_s, " must be > 0"));
-  }
-  return absl::OkStatus();
-}
+}  // namespace internal
 
 absl::StatusOr<Allocation> AllocateBits(absl::Span<const LayerFactors> layers,
                                         const AllocationOptions& options) {
-  MOEC_ASSIGN_OR_RETURN(Plan plan, BuildPlan(layers, options));
+  MOEC_ASSIGN_OR_RETURN(internal::Plan plan, internal::BuildPlan(layers, options));
   // CBC 2.10 does not document CbcModel as reentrant; solves take milliseconds, so calls are
   // serialized rather than audited.
   static absl::Mutex* const cbc_mu = new absl::Mutex;
   absl::MutexLock lock(cbc_mu);
   const absl::Time deadline = absl::Now() + absl::Seconds(options.time_limit_s);
-  std::vector<Choice> choices;
-  for (const Program& p : plan.programs) {
-    MOEC_ASSIGN_OR_RETURN(Choice c, SolveWithCbc(p, options.bits, plan, deadline));
+  std::vector<internal::Choice> choices;
+  for (const internal::Program& p : plan.programs) {
+    MOEC_ASSIGN_OR_RETURN(internal::Choice c,
+                          internal::SolveWithCbc(p, options.bits, plan, deadline));
     choices.push_back(std::move(c));
   }
-  return Assemble(layers, options, plan, choices);
-}
-
-absl::StatusOr<Allocation> AllocateBitsExhaustive(absl::Span<const LayerFactors> layers,
-                                                  const AllocationOptions& options) {
-  MOEC_ASSIGN_OR_RETURN(Plan plan, BuildPlan(layers, options));
-  std::vector<Choice> choices;
-  for (const Program& p : plan.programs) {
-    MOEC_ASSIGN_OR_RETURN(Choice c, SolveExhaustively(p, options.bits, plan));
-    choices.push_back(std::move(c));
-  }
-  return Assemble(layers, options, plan, choices);
+  return internal::Assemble(layers, options, plan, choices);
 }
 
 }  // namespace moec::quant

@@ -156,8 +156,7 @@ struct QuantizerCase {
 
 class QuantizerVsReferenceTest : public ::testing::TestWithParam<QuantizerCase> {};
 
-TEST_P(QuantizerVsReferenceTest, MatchesReferencePort) {
-  const QuantizerCase k = GetParam();
+QuantizerOptions OptionsOf(const QuantizerCase& k) {
   QuantizerOptions o;
   o.bits = k.bits;
   o.sym = k.sym;
@@ -165,47 +164,35 @@ TEST_P(QuantizerVsReferenceTest, MatchesReferencePort) {
   o.mcmoe_float_zero = k.float_zero;
   o.range_grid = k.grid;
   o.one_bit = k.one_bit;
-  at::manual_seed(k.bits * 100 + k.sym * 10 + k.mse);
-  at::Tensor w = at::randn({48, 96});
-  w.narrow(0, 0, 4).abs_();     // rows with xmin = 0
-  w.narrow(0, 4, 2).zero_();    // all-zero rows
-  w.narrow(0, 6, 2).mul_(-1e-3).sub_(1e-3);  // all-negative tiny rows
-  for (int64_t group : {int64_t{-1}, int64_t{32}, int64_t{40}}) {
-    SCOPED_TRACE(::testing::Message() << "group " << group);
-    ASSERT_OK_AND_ASSIGN(QuantizedWeight r, QuantizeGroups(w, group, o));
-    const int64_t g = group < 0 ? 96 : group;
-    int64_t param_mismatch = 0;
-    for (int64_t c0 = 0, gi = 0; c0 < 96; c0 += g, ++gi) {
-      const int64_t n = std::min<int64_t>(g, 96 - c0);
-      at::Tensor x = w.narrow(1, c0, n).contiguous();
-      RefParams p = RefFindParams(x, o);
-      at::Tensor scale = r.scales.select(1, gi), zero = r.zeros.select(1, gi);
-      at::Tensor same = (scale - p.scale).abs().le(1e-6 * p.scale.abs()).logical_and(
-          (zero - p.zero).abs().le(1e-5));
-      param_mismatch += (~same).sum().item<int64_t>();
-      // Where parameters agree, the dequantized weights agree.
-      at::Tensor ref_w = RefQuantizeDequant(x, p.scale, p.zero, o);
-      at::Tensor got_w = r.weight.narrow(1, c0, n);
-      at::Tensor rows_ok = same.unsqueeze(1).expand_as(x);
-      EXPECT_TRUE(at::allclose(got_w.masked_select(rows_ok), ref_w.masked_select(rows_ok), 1e-5,
-                               1e-6));
-      EXPECT_TRUE(at::equal(r.g_idx.narrow(0, c0, n), at::full({n}, gi, at::kInt)));
-    }
-    // Without a range search the arithmetic is identical; with it, a candidate whose error ties
-    // another's to float rounding may be chosen differently (summation order) in rare rows.
-    if (k.mse) {
-      EXPECT_LE(param_mismatch, 2);
-    } else {
-      EXPECT_EQ(param_mismatch, 0);
-    }
-    // Codes dequantize to the returned weight exactly; codes are in range.
-    EXPECT_TRUE(at::equal(DequantizeGroups(r.q, r.scales, r.zeros, r.g_idx), r.weight));
-    EXPECT_LE(r.q.max().item<int>(), o.maxq());
-    if (o.IntegerZero()) {
-      EXPECT_TRUE(at::equal(r.zeros, r.zeros.round()));
-    }
+  return o;
+}
+
+// Compares the groups of g columns of r = QuantizeGroups(w [48, 96]) with the quant.py port;
+// returns the number of (row, group) parameters that differ.
+int64_t CompareGroupsWithReference(const at::Tensor& w, const QuantizedWeight& r, int64_t g,
+                                   const QuantizerOptions& o) {
+  int64_t param_mismatch = 0;
+  for (int64_t c0 = 0, gi = 0; c0 < 96; c0 += g, ++gi) {
+    const int64_t n = std::min<int64_t>(g, 96 - c0);
+    at::Tensor x = w.narrow(1, c0, n).contiguous();
+    RefParams p = RefFindParams(x, o);
+    at::Tensor scale = r.scales.select(1, gi), zero = r.zeros.select(1, gi);
+    at::Tensor same = (scale - p.scale).abs().le(1e-6 * p.scale.abs()).logical_and(
+        (zero - p.zero).abs().le(1e-5));
+    param_mismatch += (~same).sum().item<int64_t>();
+    // Where parameters agree, the dequantized weights agree.
+    at::Tensor ref_w = RefQuantizeDequant(x, p.scale, p.zero, o);
+    at::Tensor got_w = r.weight.narrow(1, c0, n);
+    at::Tensor rows_ok = same.unsqueeze(1).expand_as(x);
+    EXPECT_TRUE(at::allclose(got_w.masked_select(rows_ok), ref_w.masked_select(rows_ok), 1e-5,
+                             1e-6));
+    EXPECT_TRUE(at::equal(r.g_idx.narrow(0, c0, n), at::full({n}, gi, at::kInt)));
   }
-  // A naive element loop reference for the quantize step on given params.
+  return param_mismatch;
+}
+
+// A naive element loop reference for the quantize step on given params (w [48, 96]).
+void ExpectQuantizeRowsMatchesElementLoop(const at::Tensor& w, const QuantizerOptions& o) {
   ASSERT_OK_AND_ASSIGN(QuantParams rp, FitRows(w, o));
   ASSERT_OK_AND_ASSIGN(at::Tensor q, QuantizeRows(w, rp, o));
   for (int64_t r = 0; r < 48; ++r) {
@@ -222,6 +209,36 @@ TEST_P(QuantizerVsReferenceTest, MatchesReferencePort) {
       ASSERT_EQ(q[r][c].item<int>(), want) << "row " << r << " col " << c;
     }
   }
+}
+
+TEST_P(QuantizerVsReferenceTest, MatchesReferencePort) {
+  const QuantizerCase k = GetParam();
+  const QuantizerOptions o = OptionsOf(k);
+  at::manual_seed(k.bits * 100 + k.sym * 10 + k.mse);
+  at::Tensor w = at::randn({48, 96});
+  w.narrow(0, 0, 4).abs_();     // rows with xmin = 0
+  w.narrow(0, 4, 2).zero_();    // all-zero rows
+  w.narrow(0, 6, 2).mul_(-1e-3).sub_(1e-3);  // all-negative tiny rows
+  for (int64_t group : {int64_t{-1}, int64_t{32}, int64_t{40}}) {
+    SCOPED_TRACE(::testing::Message() << "group " << group);
+    ASSERT_OK_AND_ASSIGN(QuantizedWeight r, QuantizeGroups(w, group, o));
+    const int64_t g = group < 0 ? 96 : group;
+    const int64_t param_mismatch = CompareGroupsWithReference(w, r, g, o);
+    // Without a range search the arithmetic is identical; with it, a candidate whose error ties
+    // another's to float rounding may be chosen differently (summation order) in rare rows.
+    if (k.mse) {
+      EXPECT_LE(param_mismatch, 2);
+    } else {
+      EXPECT_EQ(param_mismatch, 0);
+    }
+    // Codes dequantize to the returned weight exactly; codes are in range.
+    EXPECT_TRUE(at::equal(DequantizeGroups(r.q, r.scales, r.zeros, r.g_idx), r.weight));
+    EXPECT_LE(r.q.max().item<int>(), o.maxq());
+    if (o.IntegerZero()) {
+      EXPECT_TRUE(at::equal(r.zeros, r.zeros.round()));
+    }
+  }
+  ExpectQuantizeRowsMatchesElementLoop(w, o);
 }
 
 std::vector<QuantizerCase> AllQuantizerCases() {

@@ -27,6 +27,70 @@ at::Tensor NmMask(const at::Tensor& metric, SparsityPattern p) {
   return at::zeros({out, in / p.m, p.m}, at::kBool).scatter_(-1, idx, true).reshape({out, in});
 }
 
+absl::Status CheckSparseGpt(const at::Tensor& weight, const at::Tensor& hessian,
+                            const SparseGptOptions& o) {
+  if (absl::Status s = Check(weight, o.ratio, o.pattern); !s.ok()) return s;
+  const int64_t cols = weight.size(1);
+  if (!hessian.defined() || hessian.dim() != 2 || hessian.size(0) != cols || hessian.size(1) != cols) {
+    return absl::InvalidArgumentError(absl::StrCat("Hessian must be [", cols, ", ", cols, "]"));
+  }
+  if (o.blocksize < 1 || (o.pattern.structured() && o.blocksize % o.pattern.m != 0)) {
+    return absl::InvalidArgumentError("blocksize must be positive and a multiple of m");
+  }
+  return absl::OkStatus();
+}
+
+// Dead columns (H_jj = 0) are zeroed in w and get H_jj = 1; then H is damped and the upper
+// Cholesky factor of H^-1 returned.
+absl::StatusOr<at::Tensor> InverseFactor(at::Tensor& w, at::Tensor& h, double percdamp) {
+  const at::Tensor dead = h.diagonal() == 0;
+  h.diagonal().masked_fill_(dead, 1);
+  w.index_put_({at::indexing::Slice(), dead}, 0);
+  const double damp = percdamp * h.diagonal().mean().item<double>();
+  h.diagonal().add_(damp);
+  at::Tensor l, info;
+  std::tie(l, info) = at::linalg_cholesky_ex(h);
+  if (info.item<int>() != 0) return absl::FailedPreconditionError("Hessian is not positive definite");
+  at::Tensor hinv;
+  std::tie(hinv, info) = at::linalg_cholesky_ex(at::cholesky_inverse(l), /*upper=*/true);
+  if (info.item<int>() != 0) return absl::FailedPreconditionError("inverse Hessian is not positive definite");
+  return hinv;
+}
+
+// Prunes columns [i1, i1 + blocksize) of w column by column and propagates the errors.
+void PruneBlock(at::Tensor& w, const at::Tensor& hinv, int64_t i1, const SparseGptOptions& o) {
+  const int64_t cols = w.size(1);
+  const int64_t i2 = std::min(i1 + o.blocksize, cols), count = i2 - i1;
+  at::Tensor w1 = w.narrow(1, i1, count).clone();
+  at::Tensor q1 = at::zeros_like(w1), err1 = at::zeros_like(w1);
+  const at::Tensor hinv1 = hinv.narrow(0, i1, count).narrow(1, i1, count);
+  const at::Tensor d = hinv1.diagonal();
+  at::Tensor mask1;
+  if (!o.pattern.structured()) {
+    const at::Tensor tmp = w1.pow(2) / d.reshape({1, -1}).pow(2);
+    const at::Tensor sorted = std::get<0>(at::sort(tmp.reshape(-1)));
+    const int64_t k = static_cast<int64_t>(tmp.numel() * o.ratio);
+    mask1 = o.ratio > 0 ? tmp <= sorted[std::min(k, tmp.numel() - 1)] : at::zeros_like(tmp, at::kBool);
+  } else {
+    mask1 = at::zeros(w1.sizes(), at::kBool);
+  }
+  for (int64_t i = 0; i < count; ++i) {
+    if (o.pattern.structured() && i % o.pattern.m == 0) {
+      const at::Tensor tmp = w1.narrow(1, i, o.pattern.m).pow(2) /
+                             d.narrow(0, i, o.pattern.m).reshape({1, -1}).pow(2);
+      mask1.scatter_(1, i + std::get<1>(tmp.topk(o.pattern.n, 1, /*largest=*/false)), true);
+    }
+    const at::Tensor col = w1.select(1, i);
+    const at::Tensor q = col.masked_fill(mask1.select(1, i), 0);
+    q1.select(1, i).copy_(q);
+    const at::Tensor e = (col - q) / hinv1[i][i];
+    w1.narrow(1, i, count - i).sub_(e.unsqueeze(1).matmul(hinv1[i].narrow(0, i, count - i).unsqueeze(0)));
+    err1.select(1, i).copy_(e);
+  }
+  w.narrow(1, i1, count).copy_(q1);
+  if (i2 < cols) w.narrow(1, i2, cols - i2).sub_(err1.matmul(hinv.narrow(0, i1, count).narrow(1, i2, cols - i2)));
+}
+
 }  // namespace
 
 absl::StatusOr<at::Tensor> WandaMask(const at::Tensor& w, const at::Tensor& norm2, double ratio,
@@ -56,58 +120,13 @@ absl::StatusOr<at::Tensor> MagnitudeMask(const at::Tensor& w, double ratio, Spar
 
 absl::StatusOr<at::Tensor> SparseGptPrune(const at::Tensor& weight, const at::Tensor& hessian,
                                           const SparseGptOptions& o) {
-  if (absl::Status s = Check(weight, o.ratio, o.pattern); !s.ok()) return s;
+  if (absl::Status s = CheckSparseGpt(weight, hessian, o); !s.ok()) return s;
   const int64_t cols = weight.size(1);
-  if (!hessian.defined() || hessian.dim() != 2 || hessian.size(0) != cols || hessian.size(1) != cols) {
-    return absl::InvalidArgumentError(absl::StrCat("Hessian must be [", cols, ", ", cols, "]"));
-  }
-  if (o.blocksize < 1 || (o.pattern.structured() && o.blocksize % o.pattern.m != 0)) {
-    return absl::InvalidArgumentError("blocksize must be positive and a multiple of m");
-  }
   at::Tensor w = weight.to(at::kFloat).clone();
   at::Tensor h = hessian.to(at::kFloat).clone();
-  const at::Tensor dead = h.diagonal() == 0;
-  h.diagonal().masked_fill_(dead, 1);
-  w.index_put_({at::indexing::Slice(), dead}, 0);
-  const double damp = o.percdamp * h.diagonal().mean().item<double>();
-  h.diagonal().add_(damp);
-  at::Tensor l, info;
-  std::tie(l, info) = at::linalg_cholesky_ex(h);
-  if (info.item<int>() != 0) return absl::FailedPreconditionError("Hessian is not positive definite");
-  at::Tensor hinv;
-  std::tie(hinv, info) = at::linalg_cholesky_ex(at::cholesky_inverse(l), /*upper=*/true);
-  if (info.item<int>() != 0) return absl::FailedPreconditionError("inverse Hessian is not positive definite");
-  for (int64_t i1 = 0; i1 < cols; i1 += o.blocksize) {
-    const int64_t i2 = std::min(i1 + o.blocksize, cols), count = i2 - i1;
-    at::Tensor w1 = w.narrow(1, i1, count).clone();
-    at::Tensor q1 = at::zeros_like(w1), err1 = at::zeros_like(w1);
-    const at::Tensor hinv1 = hinv.narrow(0, i1, count).narrow(1, i1, count);
-    const at::Tensor d = hinv1.diagonal();
-    at::Tensor mask1;
-    if (!o.pattern.structured()) {
-      const at::Tensor tmp = w1.pow(2) / d.reshape({1, -1}).pow(2);
-      const at::Tensor sorted = std::get<0>(at::sort(tmp.reshape(-1)));
-      const int64_t k = static_cast<int64_t>(tmp.numel() * o.ratio);
-      mask1 = o.ratio > 0 ? tmp <= sorted[std::min(k, tmp.numel() - 1)] : at::zeros_like(tmp, at::kBool);
-    } else {
-      mask1 = at::zeros(w1.sizes(), at::kBool);
-    }
-    for (int64_t i = 0; i < count; ++i) {
-      if (o.pattern.structured() && i % o.pattern.m == 0) {
-        const at::Tensor tmp = w1.narrow(1, i, o.pattern.m).pow(2) /
-                               d.narrow(0, i, o.pattern.m).reshape({1, -1}).pow(2);
-        mask1.scatter_(1, i + std::get<1>(tmp.topk(o.pattern.n, 1, /*largest=*/false)), true);
-      }
-      const at::Tensor col = w1.select(1, i);
-      const at::Tensor q = col.masked_fill(mask1.select(1, i), 0);
-      q1.select(1, i).copy_(q);
-      const at::Tensor e = (col - q) / hinv1[i][i];
-      w1.narrow(1, i, count - i).sub_(e.unsqueeze(1).matmul(hinv1[i].narrow(0, i, count - i).unsqueeze(0)));
-      err1.select(1, i).copy_(e);
-    }
-    w.narrow(1, i1, count).copy_(q1);
-    if (i2 < cols) w.narrow(1, i2, cols - i2).sub_(err1.matmul(hinv.narrow(0, i1, count).narrow(1, i2, cols - i2)));
-  }
+  absl::StatusOr<at::Tensor> hinv = InverseFactor(w, h, o.percdamp);
+  if (!hinv.ok()) return hinv.status();
+  for (int64_t i1 = 0; i1 < cols; i1 += o.blocksize) PruneBlock(w, *hinv, i1, o);
   return w;
 }
 

@@ -24,13 +24,10 @@ using quant::AllocationOptions;
 using quant::LayerFactors;
 
 
-absl::Status AllocateBitsStage::Run(StageContext& ctx) {
-  if (ctx.rank != 0) return absl::OkStatus();
-  MOEC_ASSIGN_OR_RETURN(std::string calibrate, NeededStage(ctx, "calibrate"));
-  MOEC_ASSIGN_OR_RETURN(std::string quant_loss, NeededStage(ctx, "quant_loss"));
-  MOEC_ASSIGN_OR_RETURN(model::ModelConfig config, JobModelConfig(ctx));
+namespace {
+
+AllocationOptions ReadOptions(const recipe::StageSpec& p) {
   AllocationOptions o;
-  const recipe::StageSpec& p = *ctx.stage;
   o.bits.clear();
   for (int64_t b : p.IntList("bits")) o.bits.push_back(static_cast<int>(b));
   o.average_bits = p.Float("average_bits");
@@ -41,36 +38,56 @@ absl::Status AllocateBitsStage::Run(StageContext& ctx) {
                                        : AllocationOptions::Scope::kLayer;
   o.granularity = p.Str("granularity") == "layer" ? AllocationOptions::Granularity::kLayer
                                                   : AllocationOptions::Granularity::kExpert;
+  return o;
+}
+
+// The factors of MoE layer `l`: its experts' token counts and routing mass (stage `calibrate`)
+// and their losses at the widths `bits` (stage `quant_loss`, which must have measured those).
+absl::StatusOr<LayerFactors> ReadLayerFactors(const StageContext& ctx, const std::string& calibrate,
+                                              const std::string& quant_loss,
+                                              const std::vector<int>& bits, int l) {
+  LayerFactors f;
+  f.layer = l;
+  MOEC_ASSIGN_OR_RETURN(std::string tokens_key, ctx.InputKey(calibrate, l, outputs::kExpertTokens));
+  MOEC_ASSIGN_OR_RETURN(std::string mass_key, ctx.InputKey(calibrate, l, outputs::kRoutingMass));
+  MOEC_ASSIGN_OR_RETURN(std::string loss_key, ctx.InputKey(quant_loss, l, outputs::kQuantLoss));
+  MOEC_ASSIGN_OR_RETURN(std::string bits_key, ctx.InputKey(quant_loss, l, outputs::kLossBits));
+  MOEC_ASSIGN_OR_RETURN(at::Tensor tokens, GetTensor(ctx, tokens_key));
+  MOEC_ASSIGN_OR_RETURN(at::Tensor mass, GetTensor(ctx, mass_key));
+  MOEC_ASSIGN_OR_RETURN(at::Tensor loss, GetTensor(ctx, loss_key));
+  MOEC_ASSIGN_OR_RETURN(at::Tensor loss_bits, GetTensor(ctx, bits_key));
+  std::vector<int> measured;
+  for (int64_t i = 0; i < loss_bits.size(0); ++i) measured.push_back(loss_bits[i].item<int64_t>());
+  if (measured != bits) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "allocate_bits widths [", absl::StrJoin(bits, ", "), "] differ from the widths [",
+        absl::StrJoin(measured, ", "), "] stage '", quant_loss, "' measured"));
+  }
+  const int experts = static_cast<int>(tokens.size(0));
+  for (int e = 0; e < experts; ++e) {
+    f.frequency.push_back(tokens[e].item<int64_t>());
+    f.weight.push_back(mass[e].item<double>());
+    std::vector<double> q;
+    for (size_t b = 0; b < bits.size(); ++b) q.push_back(loss[e][b].item<double>());
+    f.loss.push_back(std::move(q));
+  }
+  return f;
+}
+
+}  // namespace
+
+absl::Status AllocateBitsStage::Run(StageContext& ctx) {
+  if (ctx.rank != 0) return absl::OkStatus();
+  MOEC_ASSIGN_OR_RETURN(std::string calibrate, NeededStage(ctx, "calibrate"));
+  MOEC_ASSIGN_OR_RETURN(std::string quant_loss, NeededStage(ctx, "quant_loss"));
+  MOEC_ASSIGN_OR_RETURN(model::ModelConfig config, JobModelConfig(ctx));
+  const AllocationOptions o = ReadOptions(*ctx.stage);
   std::vector<LayerFactors> factors;
   int max_experts = 0;
   for (int l = 0; l < config.num_hidden_layers; ++l) {
     if (!config.IsMoeLayer(l) || config.NumRoutedExperts(l) == 0) continue;
-    LayerFactors f;
-    f.layer = l;
-    MOEC_ASSIGN_OR_RETURN(std::string tokens_key, ctx.InputKey(calibrate, l, outputs::kExpertTokens));
-    MOEC_ASSIGN_OR_RETURN(std::string mass_key, ctx.InputKey(calibrate, l, outputs::kRoutingMass));
-    MOEC_ASSIGN_OR_RETURN(std::string loss_key, ctx.InputKey(quant_loss, l, outputs::kQuantLoss));
-    MOEC_ASSIGN_OR_RETURN(std::string bits_key, ctx.InputKey(quant_loss, l, outputs::kLossBits));
-    MOEC_ASSIGN_OR_RETURN(at::Tensor tokens, GetTensor(ctx, tokens_key));
-    MOEC_ASSIGN_OR_RETURN(at::Tensor mass, GetTensor(ctx, mass_key));
-    MOEC_ASSIGN_OR_RETURN(at::Tensor loss, GetTensor(ctx, loss_key));
-    MOEC_ASSIGN_OR_RETURN(at::Tensor loss_bits, GetTensor(ctx, bits_key));
-    std::vector<int> measured;
-    for (int64_t i = 0; i < loss_bits.size(0); ++i) measured.push_back(loss_bits[i].item<int64_t>());
-    if (measured != o.bits) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "allocate_bits widths [", absl::StrJoin(o.bits, ", "), "] differ from the widths [",
-          absl::StrJoin(measured, ", "), "] stage '", quant_loss, "' measured"));
-    }
-    const int experts = static_cast<int>(tokens.size(0));
-    max_experts = std::max(max_experts, experts);
-    for (int e = 0; e < experts; ++e) {
-      f.frequency.push_back(tokens[e].item<int64_t>());
-      f.weight.push_back(mass[e].item<double>());
-      std::vector<double> q;
-      for (size_t b = 0; b < o.bits.size(); ++b) q.push_back(loss[e][b].item<double>());
-      f.loss.push_back(std::move(q));
-    }
+    MOEC_ASSIGN_OR_RETURN(LayerFactors f, ReadLayerFactors(ctx, calibrate, quant_loss, o.bits, l));
+    max_experts = std::max(max_experts, static_cast<int>(f.frequency.size()));
     factors.push_back(std::move(f));
   }
   if (factors.empty()) return absl::FailedPreconditionError("the model has no routed experts");

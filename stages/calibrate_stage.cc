@@ -67,14 +67,18 @@ class RouterStats : public model::ForwardObserver {
   int64_t tokens_ = 0;
 };
 
+// A layer's router statistics over all chunks.
+struct LayerStats {
+  at::Tensor counts, mass, softmax_mass, ratios;
+  double entropy_sum = 0;
+  int64_t tokens = 0;
+};
+
 // This rank's statistics of its chunks, gathered to every rank and summed in chunk order so the
 // results do not depend on the gang size. Per chunk, one F64 row [chunk, tokens, entropy sum,
 // ratio count, counts[E], mass[E], softmax mass[E]] and the chunk's p2/p1 ratios (F32).
 absl::Status GatherStats(comm::Communicator& comm, int experts,
-                         const std::map<int64_t, RouterStats>& mine, at::Tensor* counts,
-                         at::Tensor* mass, at::Tensor* softmax_mass, at::Tensor* ratios,
-                         double* entropy_sum,
-                         int64_t* tokens) {
+                         const std::map<int64_t, RouterStats>& mine, LayerStats* out) {
   std::vector<at::Tensor> rows, my_ratios;
   for (const auto& [chunk, st] : mine) {
     at::Tensor r = st.ratios();
@@ -99,22 +103,75 @@ absl::Status GatherStats(comm::Communicator& comm, int experts,
       offset += n;
     }
   }
-  *counts = at::zeros({experts}, at::kLong);
-  *mass = at::zeros({experts}, at::kDouble);
-  *softmax_mass = at::zeros({experts}, at::kDouble);
+  out->counts = at::zeros({experts}, at::kLong);
+  out->mass = at::zeros({experts}, at::kDouble);
+  out->softmax_mass = at::zeros({experts}, at::kDouble);
   std::vector<at::Tensor> ordered;
-  *entropy_sum = 0;
-  *tokens = 0;
+  out->entropy_sum = 0;
+  out->tokens = 0;
   for (const auto& [chunk, part] : by_chunk) {
     const at::Tensor& row = part.first;
-    *tokens += static_cast<int64_t>(row[1].item<double>());
-    *entropy_sum += row[2].item<double>();
-    *counts += row.narrow(0, 4, experts).to(at::kLong);
-    *mass += row.narrow(0, 4 + experts, experts);
-    *softmax_mass += row.narrow(0, 4 + 2 * experts, experts);
+    out->tokens += static_cast<int64_t>(row[1].item<double>());
+    out->entropy_sum += row[2].item<double>();
+    out->counts += row.narrow(0, 4, experts).to(at::kLong);
+    out->mass += row.narrow(0, 4 + experts, experts);
+    out->softmax_mass += row.narrow(0, 4 + 2 * experts, experts);
     ordered.push_back(part.second);
   }
-  *ratios = ordered.empty() ? at::empty({0}, at::kFloat) : at::cat(ordered);
+  out->ratios = ordered.empty() ? at::empty({0}, at::kFloat) : at::cat(ordered);
+  return absl::OkStatus();
+}
+
+// The layer of one calibrate task on this rank: its weights (the routed experts this rank owns)
+// and the executor that runs them.
+struct CalibrateLayer {
+  const model::ModelRunner& runner;
+  const model::LayerWeights& weights;
+  ExpertParallelExecutor& executor;
+  int layer = 0;
+  int experts = 0;
+  bool moe = false;  // routed experts with a router
+};
+
+// One round: this rank's chunk through the layer (its output written, its router statistics in
+// `stats`); a rank without a chunk still joins the experts' all_to_all.
+absl::Status RunRound(StageContext& ctx, const CalibrateLayer& l, const ChunkPlan& plan,
+                      const at::Tensor& window_tokens, int64_t round,
+                      std::map<int64_t, RouterStats>* stats) {
+  const model::ModelConfig& config = l.runner.config();
+  const int64_t chunk = plan.ChunkOf(round);
+  if (chunk < 0) {
+    if (l.moe) {
+      l.executor.Run(l.layer, *l.weights.moe, at::empty({0, config.hidden_size}, l.runner.dtype()),
+                     std::vector<int64_t>(l.experts, 0), at::empty({0}, at::kLong), nullptr);
+      MOEC_RETURN_IF_ERROR(l.executor.status());
+    }
+    return absl::OkStatus();
+  }
+  MOEC_ASSIGN_OR_RETURN(at::Tensor hidden,
+                        LayerInputChunk(ctx, l.runner, window_tokens, plan, chunk));
+  auto [it, inserted] = stats->try_emplace(chunk, l.moe ? l.experts : 1,
+                                           l.moe ? config.NumActiveExperts(l.layer) : 1);
+  at::Tensor out = l.runner.RunLayer(l.weights, hidden, l.moe ? &it->second : nullptr,
+                                     l.moe ? &l.executor : nullptr);
+  MOEC_RETURN_IF_ERROR(l.executor.status());
+  MOEC_RETURN_IF_ERROR(PutTensor(ctx, ChunkOutputName(outputs::kHidden, chunk), out));
+  ctx.progress(static_cast<double>(round + 1) / plan.rounds(),
+               absl::StrCat("layer ", l.layer, ": chunk ", chunk + 1, "/", plan.chunks()));
+  return absl::OkStatus();
+}
+
+absl::Status PutStats(StageContext& ctx, int experts, const LayerStats& s) {
+  // Lower median, as torch.median returns.
+  const double median = s.ratios.numel() > 0 ? s.ratios.median().item<double>() : 0.0;
+  const double entropy =
+      s.tokens > 0 && experts > 1 ? s.entropy_sum / s.tokens / std::log(experts) : 0.0;
+  MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kExpertTokens, s.counts));
+  MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kRoutingMass, s.mass));
+  MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kSoftmaxMass, s.softmax_mass));
+  MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kP2P1Median, at::full({1}, median, at::kDouble)));
+  MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kRouterEntropy, at::full({1}, entropy, at::kDouble)));
+  MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kTokens, at::full({1}, s.tokens, at::kLong)));
   return absl::OkStatus();
 }
 
@@ -142,50 +199,17 @@ absl::Status CalibrateStage::Run(StageContext& ctx) {
                         runner->LoadLayer(layer, [&](int e) { return owner[e] == comm.rank(); }));
   const bool moe = weights.moe.has_value() && experts > 0 && weights.moe->router.defined();
   ExpertParallelExecutor executor(&comm, owner);
+  const CalibrateLayer l{*runner, weights, executor, layer, experts, moe};
   std::map<int64_t, RouterStats> stats;
   for (int64_t round = 0; round < plan.rounds(); ++round) {
     if (ctx.IsCancelled()) return absl::CancelledError("calibrate cancelled");
-    const int64_t chunk = plan.ChunkOf(round);
-    if (chunk < 0) {
-      if (moe) {
-        executor.Run(layer, *weights.moe, at::empty({0, config.hidden_size}, runner->dtype()),
-                     std::vector<int64_t>(experts, 0), at::empty({0}, at::kLong), nullptr);
-        MOEC_RETURN_IF_ERROR(executor.status());
-      }
-      continue;
-    }
-    MOEC_ASSIGN_OR_RETURN(at::Tensor hidden,
-                          LayerInputChunk(ctx, *runner, window_tokens, plan, chunk));
-    auto [it, inserted] = stats.try_emplace(chunk, moe ? experts : 1,
-                                            moe ? config.NumActiveExperts(layer) : 1);
-    at::Tensor out = runner->RunLayer(weights, hidden, moe ? &it->second : nullptr,
-                                      moe ? &executor : nullptr);
-    MOEC_RETURN_IF_ERROR(executor.status());
-    MOEC_RETURN_IF_ERROR(PutTensor(ctx, ChunkOutputName(outputs::kHidden, chunk), out));
-    ctx.progress(static_cast<double>(round + 1) / plan.rounds(),
-                 absl::StrCat("layer ", layer, ": chunk ", chunk + 1, "/", plan.chunks()));
+    MOEC_RETURN_IF_ERROR(RunRound(ctx, l, plan, window_tokens, round, &stats));
   }
-  at::Tensor counts, mass, softmax_mass, ratios;
-  double entropy_sum = 0;
-  int64_t tokens = 0;
-  if (moe) {
-    MOEC_RETURN_IF_ERROR(
-        GatherStats(comm, experts, stats, &counts, &mass, &softmax_mass, &ratios, &entropy_sum,
-                    &tokens));
-  }
+  LayerStats total;
+  if (moe) MOEC_RETURN_IF_ERROR(GatherStats(comm, experts, stats, &total));
   if (comm.rank() != 0) return absl::OkStatus();
   MOEC_RETURN_IF_ERROR(PutChunkedWindows(ctx, plan));
-  if (moe) {
-    // Lower median, as torch.median returns.
-    const double median = ratios.numel() > 0 ? ratios.median().item<double>() : 0.0;
-    const double entropy = tokens > 0 && experts > 1 ? entropy_sum / tokens / std::log(experts) : 0.0;
-    MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kExpertTokens, counts));
-    MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kRoutingMass, mass));
-    MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kSoftmaxMass, softmax_mass));
-    MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kP2P1Median, at::full({1}, median, at::kDouble)));
-    MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kRouterEntropy, at::full({1}, entropy, at::kDouble)));
-    MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kTokens, at::full({1}, tokens, at::kLong)));
-  }
+  if (moe) MOEC_RETURN_IF_ERROR(PutStats(ctx, experts, total));
   return absl::OkStatus();
 }
 

@@ -2,10 +2,8 @@
 
 #include <algorithm>
 #include <cstring>
-#include <limits>
 #include <map>
 #include <memory>
-#include <numeric>
 
 #include "absl/strings/str_cat.h"
 #include "comm/communicator.h"
@@ -34,141 +32,12 @@ using dataplane::RunChunkRounds;
 
 namespace {
 
-// C(n, k), or limit + 1 when it exceeds limit.
-int64_t Choose(int n, int k, int64_t limit) {
-  k = std::min(k, n - k);
-  double c = 1;
-  for (int i = 1; i <= k; ++i) {
-    c = c * (n - k + i) / i;
-    if (c > static_cast<double>(limit)) return limit + 1;
-  }
-  return static_cast<int64_t>(c + 0.5);
-}
-
 // Captures the MoE block's input and output.
 struct MoeCapture : model::ForwardObserver {
   void OnMoeInput(int, const at::Tensor& x) override { input = x.clone(); }
   void OnMoeOutput(int, const at::Tensor& y) override { output = y.clone(); }
   at::Tensor input, output;
 };
-
-}  // namespace
-
-at::Tensor MaskedBlockOutput(const PruneBatch& b, const at::Tensor& router,
-                             const model::RoutingRule& rule, const std::vector<int>& kept,
-                             int64_t seq) {
-  model::RoutingRule r = rule;
-  r.top_k = std::min<int>(rule.top_k, static_cast<int>(kept.size()));
-  const at::Tensor ids = at::tensor(std::vector<int64_t>(kept.begin(), kept.end()), at::kLong);
-  model::Routing routing = model::Route(router.index_select(0, ids), b.x, r, at::Tensor(), seq);
-  const int64_t tokens = b.x.size(0), k = routing.experts.size(1);
-  const at::Tensor experts = ids.index_select(0, routing.experts.reshape(-1)).reshape({tokens, k});
-  const at::Tensor token = at::arange(tokens, at::kLong).unsqueeze(1).expand({tokens, k});
-  const at::Tensor picked = b.y.index({experts, token});  // [tokens, k, hidden]
-  at::Tensor out = (picked * routing.weights.to(picked.scalar_type()).unsqueeze(-1)).sum(1);
-  if (b.shared.defined()) out = out + b.shared;
-  return out;
-}
-
-double BatchLoss(const PruneBatch& b, const at::Tensor& router, const model::RoutingRule& rule,
-                 const std::vector<int>& kept, int64_t seq) {
-  return (b.z - MaskedBlockOutput(b, router, rule, kept, seq)).to(at::kDouble).norm().item<double>();
-}
-
-absl::StatusOr<SubsetSearchResult> SearchExpertSubset(int experts, int keep,
-                                                      int64_t exhaustive_limit,
-                                                      const CandidateScorer& score, size_t block) {
-  if (keep < 1 || keep > experts) {
-    return absl::InvalidArgumentError(absl::StrCat("keep ", keep, " of ", experts, " experts"));
-  }
-  block = std::max<size_t>(1, block);
-  SubsetSearchResult result;
-  result.loss = std::numeric_limits<double>::infinity();
-  // Scores `candidates` in blocks, appending to result.losses; returns the index of the first
-  // best one (ties: the first, as the reference's strict `<`).
-  auto score_all = [&](const std::vector<std::vector<int>>& candidates) -> absl::StatusOr<size_t> {
-    size_t best = 0;
-    double best_loss = std::numeric_limits<double>::infinity();
-    for (size_t s = 0; s < candidates.size(); s += block) {
-      const std::vector<std::vector<int>> part(
-          candidates.begin() + s, candidates.begin() + std::min(candidates.size(), s + block));
-      MOEC_ASSIGN_OR_RETURN(std::vector<double> losses, score(part));
-      if (losses.size() != part.size()) {
-        return absl::InternalError(absl::StrCat("scorer returned ", losses.size(), " losses for ",
-                                                part.size(), " candidates"));
-      }
-      for (size_t i = 0; i < losses.size(); ++i) {
-        result.losses.push_back(losses[i]);
-        if (losses[i] < best_loss) {
-          best_loss = losses[i];
-          best = s + i;
-        }
-      }
-    }
-    return best;
-  };
-  const int drop = experts - keep;
-  if (Choose(experts, drop, exhaustive_limit) <= exhaustive_limit) {
-    // Drop sets in lexicographic order, as itertools.combinations enumerates them.
-    std::vector<std::vector<int>> candidates;
-    std::vector<int> d(drop);
-    std::iota(d.begin(), d.end(), 0);
-    while (true) {
-      std::vector<int> kept;
-      for (int e = 0, j = 0; e < experts; ++e) {
-        if (j < drop && d[j] == e) ++j;
-        else kept.push_back(e);
-      }
-      candidates.push_back(std::move(kept));
-      int i = drop - 1;
-      while (i >= 0 && d[i] == experts - drop + i) --i;
-      if (i < 0) break;
-      ++d[i];
-      for (int j = i + 1; j < drop; ++j) d[j] = d[j - 1] + 1;
-    }
-    MOEC_ASSIGN_OR_RETURN(size_t best, score_all(candidates));
-    result.kept = candidates[best];
-    result.loss = result.losses[best];
-    return result;
-  }
-  // Greedy: remove, one at a time, the expert whose removal costs least.
-  result.exhaustive = false;
-  std::vector<int> current(experts);
-  std::iota(current.begin(), current.end(), 0);
-  while (static_cast<int>(current.size()) > keep) {
-    std::vector<std::vector<int>> candidates;
-    for (size_t i = 0; i < current.size(); ++i) {
-      std::vector<int> candidate = current;
-      candidate.erase(candidate.begin() + static_cast<std::ptrdiff_t>(i));
-      candidates.push_back(std::move(candidate));
-    }
-    const size_t first = result.losses.size();
-    MOEC_ASSIGN_OR_RETURN(size_t best, score_all(candidates));
-    result.loss = result.losses[first + best];
-    current = candidates[best];
-  }
-  result.kept = current;
-  return result;
-}
-
-absl::StatusOr<SubsetSearchResult> SearchExpertSubset(const std::vector<PruneBatch>& batches,
-                                                      const at::Tensor& router,
-                                                      const model::RoutingRule& rule, int keep,
-                                                      int64_t exhaustive_limit, int64_t seq) {
-  return SearchExpertSubset(
-      static_cast<int>(router.size(0)), keep, exhaustive_limit,
-      [&](const std::vector<std::vector<int>>& candidates) -> absl::StatusOr<std::vector<double>> {
-        std::vector<double> out;
-        for (const std::vector<int>& kept : candidates) {
-          double sum = 0;
-          for (const PruneBatch& b : batches) sum += BatchLoss(b, router, rule, kept, seq);
-          out.push_back(sum);
-        }
-        return out;
-      });
-}
-
-namespace {
 
 // Every routed expert's output on every row of `x` ([rows, hidden]; zero rows when this rank
 // has no chunk this round), [E, rows, hidden]: x goes to every rank, each owner runs the experts
@@ -261,6 +130,182 @@ absl::StatusOr<std::vector<double>> SumInChunkOrder(comm::Communicator& comm, co
   return sum;
 }
 
+// One expert_prune task: its parameters, the layer's model and this rank's calibration chunks.
+struct PruneTask {
+  PruneTask(StageContext& ctx, comm::Communicator& comm, model::ModelRunner& runner)
+      : ctx(ctx), comm(comm), runner(runner) {}
+
+  StageContext& ctx;
+  comm::Communicator& comm;
+  model::ModelRunner& runner;
+  int layer = 0;
+  int keep = 0;
+  bool progressive = false;
+  int64_t limit = 0;
+  int experts = 0;  // routed experts of the layer
+  ChunkPlan plan;
+  // Per chunk of this rank: the unmodified model's residual stream entering the layer (the
+  // calibrate chain) and, when progressive, this stage's own chain of pruned layers (else the
+  // same).
+  std::map<int64_t, at::Tensor> original, input;
+};
+
+// Reads this rank's chunks of both chains (the calibration batches are the chunks of the data
+// plane).
+absl::Status ReadChains(PruneTask& t, const std::string& calibrate) {
+  at::Tensor window_tokens;
+  MOEC_ASSIGN_OR_RETURN(t.plan.windows, CalibrationWindowCount(t.ctx, calibrate, &window_tokens));
+  for (int64_t round = 0; round < t.plan.rounds(); ++round) {
+    const int64_t chunk = t.plan.ChunkOf(round);
+    if (chunk < 0) continue;
+    MOEC_ASSIGN_OR_RETURN(t.original[chunk],
+                          ReadLayerInputWindows(t.ctx, t.runner, window_tokens, calibrate,
+                                                t.plan.First(chunk), t.plan.Count(chunk)));
+    if (t.progressive && t.layer > 0) {
+      MOEC_ASSIGN_OR_RETURN(t.input[chunk],
+                            ReadLayerInputWindows(t.ctx, t.runner, window_tokens,
+                                                  t.ctx.task->stage_id(), t.plan.First(chunk),
+                                                  t.plan.Count(chunk)));
+    } else {
+      t.input[chunk] = t.original[chunk];
+    }
+  }
+  return absl::OkStatus();
+}
+
+// With `progressive`, the layer as pruned (weights, its experts' owners) writes the next layer's
+// input, chunk by chunk.
+absl::Status WriteHidden(PruneTask& t, const model::LayerWeights& weights,
+                         const std::vector<int>& owners) {
+  if (!t.progressive) return absl::OkStatus();
+  std::unique_ptr<ExpertParallelExecutor> executor;
+  if (weights.moe.has_value() && weights.moe->router.defined() && !weights.moe->experts.empty()) {
+    executor = std::make_unique<ExpertParallelExecutor>(&t.comm, owners);
+  }
+  MOEC_RETURN_IF_ERROR(RunChunkRounds(
+      t.ctx, t.runner, weights, t.plan, t.input, executor.get(), nullptr,
+      [&](int64_t chunk, const at::Tensor& out) {
+        return PutTensor(t.ctx, ChunkOutputName(outputs::kHidden, chunk), out);
+      },
+      nullptr));
+  return t.comm.rank() == 0 ? PutChunkedWindows(t.ctx, t.plan) : absl::OkStatus();
+}
+
+// The layer's routed forward on `hidden` (this rank's chunk of one of the chains), whose MoE
+// block input and output it captures; a rank without a chunk still joins the experts'
+// all_to_all.
+absl::StatusOr<MoeCapture> ForwardChunk(PruneTask& t, const model::LayerWeights& w,
+                                        ExpertParallelExecutor& executor, int64_t chunk,
+                                        const std::map<int64_t, at::Tensor>& hidden) {
+  MoeCapture capture;
+  if (chunk >= 0) {
+    t.runner.RunLayer(w, hidden.at(chunk), &capture, &executor);
+  } else {
+    capture.input = at::empty({0, t.runner.config().hidden_size}, t.runner.dtype());
+    executor.Run(t.layer, *w.moe, capture.input, std::vector<int64_t>(t.experts, 0),
+                 at::empty({0}, at::kLong), nullptr);
+  }
+  MOEC_RETURN_IF_ERROR(executor.status());
+  return capture;
+}
+
+// The batch of one round: the target (the original block's output), the block input along the
+// chain, and every expert's output on every token, computed by the experts' owners.
+absl::StatusOr<PruneBatch> CaptureBatch(PruneTask& t, const model::LayerWeights& w,
+                                        const std::vector<int>& owner,
+                                        ExpertParallelExecutor& executor, int64_t chunk) {
+  const model::MoeWeights& moe = *w.moe;
+  PruneBatch b;
+  MOEC_ASSIGN_OR_RETURN(MoeCapture target, ForwardChunk(t, w, executor, chunk, t.original));
+  b.z = target.output;
+  b.x = target.input;
+  if (t.progressive && t.layer > 0) {
+    MOEC_ASSIGN_OR_RETURN(MoeCapture chain, ForwardChunk(t, w, executor, chunk, t.input));
+    b.x = chain.input;
+  }
+  MOEC_ASSIGN_OR_RETURN(b.y, DenseExpertOutputs(t.comm, owner, moe, t.layer, b.x));
+  if (chunk >= 0 && moe.shared.defined()) {
+    b.shared = model::Mlp(moe.shared, b.x, t.layer, model::LinearKind::kSharedGate, -1, nullptr);
+    if (moe.shared_expert_gate.defined()) {
+      b.shared = at::sigmoid(at::linear(b.x, moe.shared_expert_gate)) * b.shared;
+    }
+  }
+  return b;
+}
+
+// This rank's batches, by chunk.
+using ChunkBatches = std::map<int64_t, PruneBatch>;
+
+absl::StatusOr<ChunkBatches> CaptureBatches(PruneTask& t, const model::LayerWeights& w,
+                                            const std::vector<int>& owner) {
+  ExpertParallelExecutor executor(&t.comm, owner);
+  ChunkBatches batches;
+  for (int64_t round = 0; round < t.plan.rounds(); ++round) {
+    if (t.ctx.IsCancelled()) return absl::CancelledError("expert_prune cancelled");
+    const int64_t chunk = t.plan.ChunkOf(round);
+    MOEC_ASSIGN_OR_RETURN(PruneBatch b, CaptureBatch(t, w, owner, executor, chunk));
+    if (chunk < 0) continue;
+    batches.emplace(chunk, std::move(b));
+    t.ctx.progress(0.5 * (round + 1) / t.plan.rounds(),
+                   absl::StrCat("layer ", t.layer, ": expert outputs"));
+  }
+  return batches;
+}
+
+// Candidates scored on this rank's chunks, summed over all chunks in chunk order.
+absl::StatusOr<SubsetSearchResult> SearchOnGang(PruneTask& t, const ChunkBatches& batches,
+                                                const at::Tensor& router,
+                                                const model::RoutingRule& rule, int64_t seq) {
+  const int experts = t.experts;
+  const int kept_count = std::min(t.keep, experts);
+  const int64_t total = CappedBinomial(experts, experts - kept_count, t.limit);
+  int64_t scored = 0;
+  return SearchExpertSubset(
+      experts, kept_count, t.limit,
+      [&](const std::vector<std::vector<int>>& candidates) -> absl::StatusOr<std::vector<double>> {
+        if (t.ctx.IsCancelled()) return absl::CancelledError("expert_prune cancelled");
+        std::vector<std::vector<double>> mine;
+        for (const auto& [chunk, b] : batches) {
+          std::vector<double>& row = mine.emplace_back();
+          for (const std::vector<int>& kept : candidates) {
+            row.push_back(BatchLoss(b, router, rule, kept, seq));
+          }
+        }
+        MOEC_ASSIGN_OR_RETURN(std::vector<double> sums,
+                              SumInChunkOrder(t.comm, t.plan, mine, candidates.size()));
+        scored += static_cast<int64_t>(candidates.size());
+        if (total <= t.limit) {
+          t.ctx.progress(0.5 + 0.4 * static_cast<double>(scored) / static_cast<double>(total),
+                         absl::StrCat("layer ", t.layer, ": ", scored, "/", total, " candidates"));
+        }
+        return sums;
+      });
+}
+
+absl::Status PutSearchResult(StageContext& ctx, const SubsetSearchResult& r) {
+  MOEC_RETURN_IF_ERROR(PutTensor(
+      ctx, outputs::kKeptExperts,
+      at::tensor(std::vector<int64_t>(r.kept.begin(), r.kept.end()), at::kLong)));
+  MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kPruneLosses, at::tensor(r.losses, at::kDouble)));
+  MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kPruneLoss, at::full({1}, r.loss, at::kDouble)));
+  return absl::OkStatus();
+}
+
+// The layer `w` with only the experts `kept`; their owners in `pruned_owner`.
+model::LayerWeights PrunedLayer(const model::LayerWeights& w, const std::vector<int>& owner,
+                                const std::vector<int>& kept, std::vector<int>* pruned_owner) {
+  const model::MoeWeights& moe = *w.moe;
+  model::LayerWeights pruned = w;
+  const at::Tensor ids = at::tensor(std::vector<int64_t>(kept.begin(), kept.end()), at::kLong);
+  pruned.moe->router = moe.router.index_select(0, ids);
+  pruned.moe->experts.clear();
+  for (int e : kept) {
+    pruned.moe->experts.push_back(moe.experts[e]);
+    pruned_owner->push_back(owner[e]);
+  }
+  return pruned;
+}
+
 }  // namespace
 
 absl::Status ExpertPruneStage::Run(StageContext& ctx) {
@@ -275,151 +320,39 @@ absl::Status ExpertPruneStage::Run(StageContext& ctx) {
   MOEC_ASSIGN_OR_RETURN(std::unique_ptr<model::ModelRunner> runner, OpenJobModel(ctx));
   const model::ModelConfig& config = runner->config();
 
-  // The calibration batches are the chunks of the data plane; this rank's inputs: the
-  // unmodified model's residual stream entering the layer (the calibrate chain) and, when
-  // progressive, this stage's own chain of pruned layers.
-  ChunkPlan plan;
-  plan.rank = comm.rank();
-  plan.ranks = comm.size();
-  plan.chunk_windows = batch;
-  at::Tensor window_tokens;
-  MOEC_ASSIGN_OR_RETURN(plan.windows, CalibrationWindowCount(ctx, calibrate, &window_tokens));
-  std::map<int64_t, at::Tensor> original, input;
-  for (int64_t round = 0; round < plan.rounds(); ++round) {
-    const int64_t chunk = plan.ChunkOf(round);
-    if (chunk < 0) continue;
-    MOEC_ASSIGN_OR_RETURN(original[chunk],
-                          ReadLayerInputWindows(ctx, *runner, window_tokens, calibrate,
-                                                plan.First(chunk), plan.Count(chunk)));
-    if (progressive && layer > 0) {
-      MOEC_ASSIGN_OR_RETURN(input[chunk],
-                            ReadLayerInputWindows(ctx, *runner, window_tokens, ctx.task->stage_id(),
-                                                  plan.First(chunk), plan.Count(chunk)));
-    } else {
-      input[chunk] = original[chunk];
-    }
-  }
-  const int experts = config.IsMoeLayer(layer) ? config.NumRoutedExperts(layer) : 0;
+  // This rank's inputs: its chunks of the calibration windows along both chains.
+  PruneTask t(ctx, comm, *runner);
+  t.layer = layer;
+  t.keep = keep;
+  t.progressive = progressive;
+  t.limit = limit;
+  t.plan.rank = comm.rank();
+  t.plan.ranks = comm.size();
+  t.plan.chunk_windows = batch;
+  MOEC_RETURN_IF_ERROR(ReadChains(t, calibrate));
+  t.experts = config.IsMoeLayer(layer) ? config.NumRoutedExperts(layer) : 0;
+  const int experts = t.experts;
   std::vector<int64_t> expert_tokens = CalibratedExpertTokens(ctx, layer, experts);
   if (expert_tokens.empty()) expert_tokens.assign(experts, 1);
   const std::vector<int> owner = AssignExperts(expert_tokens, comm.size());
   MOEC_ASSIGN_OR_RETURN(model::LayerWeights w,
                         runner->LoadLayer(layer, [&](int e) { return owner[e] == comm.rank(); }));
   const model::RoutingRule rule = model::RoutingRuleFor(config, layer);
-
-  // With `progressive`, the layer as pruned (weights, its experts' owners) writes the next
-  // layer's input, chunk by chunk.
-  auto write_hidden = [&](const model::LayerWeights& weights,
-                          const std::vector<int>& owners) -> absl::Status {
-    if (!progressive) return absl::OkStatus();
-    std::unique_ptr<ExpertParallelExecutor> executor;
-    if (weights.moe.has_value() && weights.moe->router.defined() && !weights.moe->experts.empty()) {
-      executor = std::make_unique<ExpertParallelExecutor>(&comm, owners);
-    }
-    MOEC_RETURN_IF_ERROR(RunChunkRounds(
-        ctx, *runner, weights, plan, input, executor.get(), nullptr,
-        [&](int64_t chunk, const at::Tensor& out) {
-          return PutTensor(ctx, ChunkOutputName(outputs::kHidden, chunk), out);
-        },
-        nullptr));
-    return comm.rank() == 0 ? PutChunkedWindows(ctx, plan) : absl::OkStatus();
-  };
-  if (experts == 0 || !w.moe || !w.moe->router.defined()) return write_hidden(w, owner);
+  if (experts == 0 || !w.moe || !w.moe->router.defined()) return WriteHidden(t, w, owner);
   if (progressive && keep < rule.top_k) {
     return absl::InvalidArgumentError(absl::StrCat("progressive expert_prune needs keep >= ",
                                                    rule.top_k, " (experts per token)"));
   }
-  const model::MoeWeights& moe = *w.moe;
-  const int64_t seq = original.empty() ? 1 : original.begin()->second.size(1);
-
-  // Per chunk: the target (the original block's output), the block input along the chain, and
-  // every expert's output on every token, computed by the experts' owners.
-  ExpertParallelExecutor executor(&comm, owner);
-  std::map<int64_t, PruneBatch> batches;
-  for (int64_t round = 0; round < plan.rounds(); ++round) {
-    if (ctx.IsCancelled()) return absl::CancelledError("expert_prune cancelled");
-    const int64_t chunk = plan.ChunkOf(round);
-    // The layer's routed forward on `hidden` (this rank's chunk of one of the chains), whose
-    // MoE block input and output it captures; a rank without a chunk still joins the experts'
-    // all_to_all.
-    auto forward = [&](const std::map<int64_t, at::Tensor>& hidden) -> absl::StatusOr<MoeCapture> {
-      MoeCapture capture;
-      if (chunk >= 0) {
-        runner->RunLayer(w, hidden.at(chunk), &capture, &executor);
-      } else {
-        capture.input = at::empty({0, config.hidden_size}, runner->dtype());
-        executor.Run(layer, moe, capture.input, std::vector<int64_t>(experts, 0),
-                     at::empty({0}, at::kLong), nullptr);
-      }
-      MOEC_RETURN_IF_ERROR(executor.status());
-      return capture;
-    };
-    PruneBatch b;
-    MOEC_ASSIGN_OR_RETURN(MoeCapture target, forward(original));
-    b.z = target.output;
-    b.x = target.input;
-    if (progressive && layer > 0) {
-      MOEC_ASSIGN_OR_RETURN(MoeCapture chain, forward(input));
-      b.x = chain.input;
-    }
-    MOEC_ASSIGN_OR_RETURN(b.y, DenseExpertOutputs(comm, owner, moe, layer, b.x));
-    if (chunk < 0) continue;
-    if (moe.shared.defined()) {
-      b.shared = model::Mlp(moe.shared, b.x, layer, model::LinearKind::kSharedGate, -1, nullptr);
-      if (moe.shared_expert_gate.defined()) {
-        b.shared = at::sigmoid(at::linear(b.x, moe.shared_expert_gate)) * b.shared;
-      }
-    }
-    batches.emplace(chunk, std::move(b));
-    ctx.progress(0.5 * (round + 1) / plan.rounds(), absl::StrCat("layer ", layer, ": expert outputs"));
-  }
-
-  // Candidates scored on this rank's chunks, summed over all chunks in chunk order.
-  const int kept_count = std::min(keep, experts);
-  const int64_t total = Choose(experts, experts - kept_count, limit);
-  int64_t scored = 0;
-  MOEC_ASSIGN_OR_RETURN(
-      SubsetSearchResult r,
-      SearchExpertSubset(
-          experts, kept_count, limit,
-          [&](const std::vector<std::vector<int>>& candidates) -> absl::StatusOr<std::vector<double>> {
-            if (ctx.IsCancelled()) return absl::CancelledError("expert_prune cancelled");
-            std::vector<std::vector<double>> mine;
-            for (const auto& [chunk, b] : batches) {
-              std::vector<double>& row = mine.emplace_back();
-              for (const std::vector<int>& kept : candidates) {
-                row.push_back(BatchLoss(b, moe.router, rule, kept, seq));
-              }
-            }
-            MOEC_ASSIGN_OR_RETURN(std::vector<double> sums,
-                                  SumInChunkOrder(comm, plan, mine, candidates.size()));
-            scored += static_cast<int64_t>(candidates.size());
-            if (total <= limit) {
-              ctx.progress(0.5 + 0.4 * static_cast<double>(scored) / static_cast<double>(total),
-                           absl::StrCat("layer ", layer, ": ", scored, "/", total, " candidates"));
-            }
-            return sums;
-          }));
-  if (comm.rank() == 0) {
-    MOEC_RETURN_IF_ERROR(PutTensor(
-        ctx, outputs::kKeptExperts,
-        at::tensor(std::vector<int64_t>(r.kept.begin(), r.kept.end()), at::kLong)));
-    MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kPruneLosses, at::tensor(r.losses, at::kDouble)));
-    MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kPruneLoss, at::full({1}, r.loss, at::kDouble)));
-  }
-  model::LayerWeights pruned = w;
-  const at::Tensor ids = at::tensor(std::vector<int64_t>(r.kept.begin(), r.kept.end()), at::kLong);
-  pruned.moe->router = moe.router.index_select(0, ids);
-  pruned.moe->experts.clear();
+  const int64_t seq = t.original.empty() ? 1 : t.original.begin()->second.size(1);
+  MOEC_ASSIGN_OR_RETURN(const ChunkBatches batches, CaptureBatches(t, w, owner));
+  MOEC_ASSIGN_OR_RETURN(SubsetSearchResult r, SearchOnGang(t, batches, w.moe->router, rule, seq));
+  if (comm.rank() == 0) MOEC_RETURN_IF_ERROR(PutSearchResult(ctx, r));
   std::vector<int> pruned_owner;
-  for (int e : r.kept) {
-    pruned.moe->experts.push_back(moe.experts[e]);
-    pruned_owner.push_back(owner[e]);
-  }
+  const model::LayerWeights pruned = PrunedLayer(w, owner, r.kept, &pruned_owner);
   ctx.progress(1.0, absl::StrCat("layer ", layer, ": kept ", r.kept.size(), " of ", experts,
                                  r.exhaustive ? " (exhaustive)" : " (greedy)", " on ", comm.size(),
                                  comm.size() == 1 ? " rank" : " ranks"));
-  return write_hidden(pruned, pruned_owner);
+  return WriteHidden(t, pruned, pruned_owner);
 }
 
 }  // namespace moec::stages

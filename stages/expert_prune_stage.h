@@ -53,6 +53,10 @@ struct SubsetSearchResult {
   bool exhaustive = true;
 };
 
+// C(n, k), or limit + 1 when it exceeds limit: with k of n experts dropped, how many candidates
+// an exhaustive search scores (SearchExpertSubset is exhaustive when this is at most its limit).
+int64_t CappedBinomial(int n, int k, int64_t limit);
+
 // The search over kept sets of `keep` of `experts` (drop sets in lexicographic order when
 // C(experts, experts - keep) <= exhaustive_limit, else greedy), candidates scored by `score` in
 // blocks of at most `block` candidates. Errors: InvalidArgument for keep < 1 or keep > experts;

@@ -36,6 +36,65 @@ struct RoutedRows : model::ForwardObserver {
   int64_t rows = 0;
 };
 
+// What ODP changes in one MoE layer: the summed norm of its MoE output's change and the fraction
+// of routed rows it skips.
+struct OdpEffect {
+  double loss = 0;
+  double skipped = 0;
+};
+
+// ODP's effect in MoE layer `l` (β `beta`), on the layer's input `input` in batches of 8 windows.
+absl::StatusOr<OdpEffect> MeasureLayer(const model::ModelRunner& runner, int l,
+                                       const at::Tensor& input, double beta, double protect,
+                                       bool positional) {
+  const model::ModelConfig& c = runner.config();
+  MOEC_ASSIGN_OR_RETURN(model::LayerWeights w, runner.LoadLayer(l));
+  const model::RoutingRule plain = model::RoutingRuleFor(c, l);
+  model::RoutingRule odp = plain;
+  odp.odp = true;
+  odp.odp_beta = beta;
+  odp.tau_low = 0;
+  odp.tau_high = protect;
+  odp.positional_prior = positional;
+  const int64_t seq = input.size(1);
+  const model::RopeTables rope = model::MakeRopeTables(seq, c.head_dim, c.rope_theta);
+  double sum = 0;
+  int64_t rows_plain = 0, rows_odp = 0;
+  for (int64_t s = 0; s < input.size(0); s += 8) {
+    const at::Tensor h = input.narrow(0, s, std::min<int64_t>(8, input.size(0) - s));
+    model::AttentionOutput a = model::Attention(
+        c, l, w.attention, model::RmsNorm(h, w.input_norm, c.rms_norm_eps), rope,
+        /*want_column_statistic=*/!positional, nullptr);
+    const at::Tensor mid = (h + a.output).reshape({-1, c.hidden_size});
+    const at::Tensor x = model::RmsNorm(mid, w.post_norm, c.rms_norm_eps);
+    RoutedRows count_plain, count_odp;
+    const at::Tensor z = model::MoeBlock(c, l, *w.moe, plain, x, seq, {}, &count_plain);
+    const at::Tensor zo = model::MoeBlock(c, l, *w.moe, odp, x, seq, a.column_statistic, &count_odp);
+    sum += (z - zo).to(at::kDouble).norm().item<double>();
+    rows_plain += count_plain.rows;
+    rows_odp += count_odp.rows;
+  }
+  OdpEffect effect;
+  effect.loss = sum;
+  effect.skipped = rows_plain > 0 ? 1.0 - static_cast<double>(rows_odp) / rows_plain : 0.0;
+  return effect;
+}
+
+// The layers ODP is enabled in, ascending: the `fraction` of `moe_layers` (at least one) where
+// its loss is least.
+std::vector<int64_t> EnabledLayers(const std::vector<int>& moe_layers,
+                                   const std::vector<double>& loss, double fraction) {
+  std::vector<int> order = moe_layers;
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return loss[a] < loss[b]; });
+  const size_t enable = order.empty() ? 0
+                                      : std::clamp<size_t>(static_cast<size_t>(std::llround(
+                                                               fraction * order.size())),
+                                                           1, order.size());
+  std::vector<int64_t> enabled(order.begin(), order.begin() + enable);
+  std::sort(enabled.begin(), enabled.end());
+  return enabled;
+}
+
 }  // namespace
 
 absl::Status OdpStage::Run(StageContext& ctx) {
@@ -63,44 +122,13 @@ absl::Status OdpStage::Run(StageContext& ctx) {
     } else {
       MOEC_ASSIGN_OR_RETURN(input, ReadChunkedOutput(ctx, calibrate, l - 1, outputs::kHidden));
     }
-    MOEC_ASSIGN_OR_RETURN(model::LayerWeights w, runner->LoadLayer(l));
-    const model::RoutingRule plain = model::RoutingRuleFor(c, l);
-    model::RoutingRule odp = plain;
-    odp.odp = true;
-    odp.odp_beta = beta[l];
-    odp.tau_low = 0;
-    odp.tau_high = protect;
-    odp.positional_prior = positional;
-    const int64_t seq = input.size(1);
-    const model::RopeTables rope = model::MakeRopeTables(seq, c.head_dim, c.rope_theta);
-    double sum = 0;
-    int64_t rows_plain = 0, rows_odp = 0;
-    for (int64_t s = 0; s < input.size(0); s += 8) {
-      const at::Tensor h = input.narrow(0, s, std::min<int64_t>(8, input.size(0) - s));
-      model::AttentionOutput a = model::Attention(
-          c, l, w.attention, model::RmsNorm(h, w.input_norm, c.rms_norm_eps), rope,
-          /*want_column_statistic=*/!positional, nullptr);
-      const at::Tensor mid = (h + a.output).reshape({-1, c.hidden_size});
-      const at::Tensor x = model::RmsNorm(mid, w.post_norm, c.rms_norm_eps);
-      RoutedRows count_plain, count_odp;
-      const at::Tensor z = model::MoeBlock(c, l, *w.moe, plain, x, seq, {}, &count_plain);
-      const at::Tensor zo = model::MoeBlock(c, l, *w.moe, odp, x, seq, a.column_statistic, &count_odp);
-      sum += (z - zo).to(at::kDouble).norm().item<double>();
-      rows_plain += count_plain.rows;
-      rows_odp += count_odp.rows;
-    }
-    loss[l] = sum;
-    skipped[l] = rows_plain > 0 ? 1.0 - static_cast<double>(rows_odp) / rows_plain : 0.0;
+    MOEC_ASSIGN_OR_RETURN(OdpEffect effect,
+                          MeasureLayer(*runner, l, input, beta[l], protect, positional));
+    loss[l] = effect.loss;
+    skipped[l] = effect.skipped;
     ctx.progress(static_cast<double>(l + 1) / layers, absl::StrCat("layer ", l));
   }
-  std::vector<int> order = moe_layers;
-  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return loss[a] < loss[b]; });
-  const size_t enable = order.empty() ? 0
-                                      : std::clamp<size_t>(static_cast<size_t>(std::llround(
-                                                               fraction * order.size())),
-                                                           1, order.size());
-  std::vector<int64_t> enabled(order.begin(), order.begin() + enable);
-  std::sort(enabled.begin(), enabled.end());
+  const std::vector<int64_t> enabled = EnabledLayers(moe_layers, loss, fraction);
   MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kOdpBeta, at::tensor(beta, at::kDouble)));
   MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kOdpLoss, at::tensor(loss, at::kDouble)));
   MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kOdpSkipped, at::tensor(skipped, at::kDouble)));

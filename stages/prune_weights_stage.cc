@@ -118,17 +118,112 @@ absl::StatusOr<quant::SparsityPattern> ParsePattern(const std::string& p) {
   return absl::InvalidArgumentError(absl::StrCat("unknown sparsity pattern '", p, "'"));
 }
 
+// The matrices of a layer this rank reads, in the order every rank adds them: the shared
+// experts' owners are dealt round-robin over the ranks in that order.
+class TargetList {
+ public:
+  TargetList(const std::vector<int>& expert_owner, int rank, int ranks, bool sparsegpt)
+      : expert_owner_(expert_owner), rank_(rank), ranks_(ranks), sparsegpt_(sparsegpt) {}
+
+  void Add(std::string name, at::Tensor* weight, LinearKind kind, int expert) {
+    if (weight == nullptr || !weight->defined() || weight->numel() == 0) return;
+    if (expert >= 0 && expert_owner_[expert] != rank_) return;  // not read on this rank
+    auto t = std::make_unique<Target>();
+    t->name = std::move(name);
+    t->weight = weight;
+    t->expert = expert;
+    t->owner = expert >= 0 ? expert_owner_[expert] : dealt_++ % ranks_;
+    if (sparsegpt_ && t->owner == rank_) {
+      t->hessian = std::make_unique<quant::HessianAccumulator>(weight->size(1));
+    }
+    by_id_[{kind, expert}] = t.get();
+    targets_.push_back(std::move(t));
+  }
+  std::vector<std::unique_ptr<Target>>& targets() { return targets_; }
+  std::map<std::pair<LinearKind, int>, Target*>& by_id() { return by_id_; }
+
+ private:
+  const std::vector<int>& expert_owner_;
+  const int rank_;
+  const int ranks_;
+  const bool sparsegpt_;
+  int dealt_ = 0;
+  std::vector<std::unique_ptr<Target>> targets_;
+  std::map<std::pair<LinearKind, int>, Target*> by_id_;
+};
+
+// Adds the routed experts of layer `layer` (weights `w`) and, with `shared`, its shared experts.
+void AddLayerTargets(const model::ModelConfig& c, int layer, bool shared, model::LayerWeights& w,
+                     TargetList& list) {
+  if (!w.moe.has_value()) return;
+  model::MoeWeights& m = *w.moe;
+  for (int e = 0; e < static_cast<int>(m.experts.size()); ++e) {
+    list.Add(model::ExpertTensorName(c, layer, e, model::ExpertProj::kGate), &m.experts[e].gate,
+             LinearKind::kExpertGate, e);
+    list.Add(model::ExpertTensorName(c, layer, e, model::ExpertProj::kUp), &m.experts[e].up,
+             LinearKind::kExpertUp, e);
+    list.Add(model::ExpertTensorName(c, layer, e, model::ExpertProj::kDown), &m.experts[e].down,
+             LinearKind::kExpertDown, e);
+  }
+  if (shared && m.shared.defined()) {
+    const std::vector<std::string> names = model::SharedExpertTensorNames(c, layer);
+    list.Add(names[0], &m.shared.gate, LinearKind::kSharedGate, -1);
+    list.Add(names[1], &m.shared.up, LinearKind::kSharedUp, -1);
+    list.Add(names[2], &m.shared.down, LinearKind::kSharedDown, -1);
+  }
+}
+
+// How to prune: the stage's method, sparsity ratio and pattern.
+struct PruneOptions {
+  std::string method;
+  bool sparsegpt = false;
+  double ratio = 0;
+  quant::SparsityPattern pattern;
+};
+
+// Target `t`'s weight (fp32 `original`) pruned by its statistics.
+absl::StatusOr<at::Tensor> Prune(const PruneOptions& o, const Target& t,
+                                 const at::Tensor& original) {
+  if (o.sparsegpt) {
+    quant::SparseGptOptions so;
+    so.ratio = o.ratio;
+    so.pattern = o.pattern;
+    if (o.pattern.structured() && so.blocksize % o.pattern.m != 0) so.blocksize = o.pattern.m * 16;
+    return quant::SparseGptPrune(original, t.hessian->hessian(), so);
+  }
+  at::Tensor mask;
+  if (o.method == "wanda") {
+    // An expert no token reached has no statistics: its metric is all zeros (every weight
+    // ties), which prunes the first columns of each row, as the reference would.
+    const at::Tensor norm2 = t.norm2.defined() ? t.norm2 : at::zeros({original.size(1)});
+    MOEC_ASSIGN_OR_RETURN(mask, quant::WandaMask(original, norm2, o.ratio, o.pattern));
+  } else {
+    MOEC_ASSIGN_OR_RETURN(mask, quant::MagnitudeMask(original, o.ratio, o.pattern));
+  }
+  return original.masked_fill(mask, 0);
+}
+
+// Every rank runs the shared experts: their owners share the pruned weights.
+absl::Status ShareDataParallel(comm::Communicator& comm,
+                               const std::vector<std::unique_ptr<Target>>& targets) {
+  for (auto& t : targets) {
+    if (t->expert >= 0 || comm.size() == 1) continue;
+    MOEC_RETURN_IF_ERROR(comm.Broadcast(*t->weight, t->owner));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status PruneWeightsStage::Run(StageContext& ctx) {
   std::unique_ptr<comm::Communicator> single;
   comm::Communicator& comm = GangComm(ctx, &single);
   const int layer = ctx.task->layer();
-  const std::string method = ctx.stage->Str("method");
-  const bool sparsegpt = method == "sparsegpt";
-  const double ratio = ctx.stage->Float("sparsity");
-  MOEC_ASSIGN_OR_RETURN(quant::SparsityPattern pattern,
-                        ParsePattern(ctx.stage->Str("pattern")));
+  PruneOptions o;
+  o.method = ctx.stage->Str("method");
+  o.sparsegpt = o.method == "sparsegpt";
+  o.ratio = ctx.stage->Float("sparsity");
+  MOEC_ASSIGN_OR_RETURN(o.pattern, ParsePattern(ctx.stage->Str("pattern")));
   const bool shared = ctx.stage->Bool("shared_experts");
   MOEC_ASSIGN_OR_RETURN(std::unique_ptr<model::ModelRunner> runner, OpenJobModel(ctx));
   const model::ModelConfig& c = runner->config();
@@ -137,54 +232,16 @@ absl::Status PruneWeightsStage::Run(StageContext& ctx) {
   // On the data plane (expert_parallel.h): this rank's chunks of the calibration windows, the
   // experts it owns (read and pruned here), the shared experts dealt round-robin.
   MOEC_ASSIGN_OR_RETURN(LayerShard shard, OpenLayerShard(ctx, comm, *runner));
-  const std::vector<int>& expert_owner = shard.expert_owner;
-  model::LayerWeights& w = shard.weights;
-
-  std::vector<std::unique_ptr<Target>> targets;
-  std::map<std::pair<LinearKind, int>, Target*> by_id;
-  int dealt = 0;
-  auto add = [&](std::string name, at::Tensor* weight, LinearKind kind, int expert) {
-    if (weight == nullptr || !weight->defined() || weight->numel() == 0) return;
-    if (expert >= 0 && expert_owner[expert] != comm.rank()) return;  // not read on this rank
-    auto t = std::make_unique<Target>();
-    t->name = std::move(name);
-    t->weight = weight;
-    t->expert = expert;
-    t->owner = expert >= 0 ? expert_owner[expert] : dealt++ % comm.size();
-    if (sparsegpt && t->owner == comm.rank()) {
-      t->hessian = std::make_unique<quant::HessianAccumulator>(weight->size(1));
-    }
-    by_id[{kind, expert}] = t.get();
-    targets.push_back(std::move(t));
-  };
-  if (w.moe.has_value()) {
-    model::MoeWeights& m = *w.moe;
-    for (int e = 0; e < static_cast<int>(m.experts.size()); ++e) {
-      add(model::ExpertTensorName(c, layer, e, model::ExpertProj::kGate), &m.experts[e].gate,
-          LinearKind::kExpertGate, e);
-      add(model::ExpertTensorName(c, layer, e, model::ExpertProj::kUp), &m.experts[e].up,
-          LinearKind::kExpertUp, e);
-      add(model::ExpertTensorName(c, layer, e, model::ExpertProj::kDown), &m.experts[e].down,
-          LinearKind::kExpertDown, e);
-    }
-    if (shared && m.shared.defined()) {
-      const std::vector<std::string> names = model::SharedExpertTensorNames(c, layer);
-      add(names[0], &m.shared.gate, LinearKind::kSharedGate, -1);
-      add(names[1], &m.shared.up, LinearKind::kSharedUp, -1);
-      add(names[2], &m.shared.down, LinearKind::kSharedDown, -1);
-    }
-  }
-  auto pass = [&](model::ForwardObserver* observer,
-                  const std::function<absl::Status(int64_t, const at::Tensor&)>& on_output,
-                  const std::function<absl::Status()>& after_round) {
-    return RunShardRounds(ctx, *runner, shard, observer, on_output, after_round);
-  };
-  if (method != "magnitude") {
-    StatsCollector collector(&by_id, sparsegpt);
-    MOEC_RETURN_IF_ERROR(pass(&collector, nullptr, [&]() -> absl::Status {
-      MOEC_RETURN_IF_ERROR(collector.status());
-      return ReduceRound(comm, targets, sparsegpt);
-    }));
+  TargetList list(shard.expert_owner, comm.rank(), comm.size(), o.sparsegpt);
+  AddLayerTargets(c, layer, shared, shard.weights, list);
+  std::vector<std::unique_ptr<Target>>& targets = list.targets();
+  if (o.method != "magnitude") {
+    StatsCollector collector(&list.by_id(), o.sparsegpt);
+    MOEC_RETURN_IF_ERROR(
+        RunShardRounds(ctx, *runner, shard, &collector, nullptr, [&]() -> absl::Status {
+          MOEC_RETURN_IF_ERROR(collector.status());
+          return ReduceRound(comm, targets, o.sparsegpt);
+        }));
   }
   nlohmann::json summary = nlohmann::json::object();
   size_t done = 0;
@@ -192,36 +249,14 @@ absl::Status PruneWeightsStage::Run(StageContext& ctx) {
     Target& t = *tp;
     if (t.owner != comm.rank()) continue;
     const at::Tensor original = t.weight->to(at::kFloat);
-    at::Tensor pruned;
-    if (sparsegpt) {
-      quant::SparseGptOptions o;
-      o.ratio = ratio;
-      o.pattern = pattern;
-      if (pattern.structured() && o.blocksize % pattern.m != 0) o.blocksize = pattern.m * 16;
-      MOEC_ASSIGN_OR_RETURN(pruned, quant::SparseGptPrune(original, t.hessian->hessian(), o));
-    } else {
-      at::Tensor mask;
-      if (method == "wanda") {
-        // An expert no token reached has no statistics: its metric is all zeros (every weight
-        // ties), which prunes the first columns of each row, as the reference would.
-        const at::Tensor norm2 = t.norm2.defined() ? t.norm2 : at::zeros({original.size(1)});
-        MOEC_ASSIGN_OR_RETURN(mask, quant::WandaMask(original, norm2, ratio, pattern));
-      } else {
-        MOEC_ASSIGN_OR_RETURN(mask, quant::MagnitudeMask(original, ratio, pattern));
-      }
-      pruned = original.masked_fill(mask, 0);
-    }
+    MOEC_ASSIGN_OR_RETURN(at::Tensor pruned, Prune(o, t, original));
     const double zeros = (pruned == 0).sum().item<double>() / pruned.numel();
-    summary[t.name] = {{"sparsity", zeros}, {"method", method}};
+    summary[t.name] = {{"sparsity", zeros}, {"method", o.method}};
     MOEC_RETURN_IF_ERROR(PutTensor(ctx, t.name, pruned));
     *t.weight = pruned.to(t.weight->scalar_type());
     ctx.progress(0.8 * ++done / targets.size(), absl::StrCat("layer ", layer, ": ", t.name));
   }
-  // Every rank runs the shared experts: their owners share the pruned weights.
-  for (auto& t : targets) {
-    if (t->expert >= 0 || comm.size() == 1) continue;
-    MOEC_RETURN_IF_ERROR(comm.Broadcast(*t->weight, t->owner));
-  }
+  MOEC_RETURN_IF_ERROR(ShareDataParallel(comm, targets));
   // The pruned layer's output feeds the next layer, chunk by chunk.
   MOEC_RETURN_IF_ERROR(WriteShardOutputs(ctx, comm, *runner, shard, summary));
   ctx.progress(1.0, absl::StrCat("layer ", layer, ": ", done, " matrices pruned on rank ",

@@ -58,8 +58,7 @@ TEST(NormalQuantizeTest, MatchesHandComputedValues) {
 }
 
 
-TEST(QuantLossStageTest, EqualsRecomputingTheWholeBlock) {
-  TempDir dir;
+tools::TinyModelOptions QuantLossModel() {
   tools::TinyModelOptions o;
   o.model_type = "mixtral";
   o.num_layers = 2;
@@ -68,7 +67,69 @@ TEST(QuantLossStageTest, EqualsRecomputingTheWholeBlock) {
   o.kv_heads = 2;
   o.experts = 4;
   o.moe_intermediate = 32;
-  ASSERT_OK(tools::WriteTinyModel(o, dir.Join("model")));
+  return o;
+}
+
+// Runs stage `stage` (id `stage_id` of `recipe`, parameters `params`) as the task of `layer`; its
+// outputs go to `io` under <stage_id><layer>.
+absl::Status RunTask(Stage& stage, const std::string& stage_id, int layer,
+                     const nlohmann::json& params, const nlohmann::json& recipe,
+                     const std::map<std::string, std::string>& inputs, MapFactorIo& io) {
+  v1::TaskRecord task;
+  task.set_job_id("job");
+  task.set_stage_id(stage_id);
+  task.set_layer(layer);
+  task.set_task_id("job/" + stage_id + "/L" + std::to_string(layer));
+  StageContext ctx;
+  ctx.task = &task;
+  ctx.SetRecipe(TestRecipeWith(recipe, stage_id, params), stage_id);
+  ctx.inputs = inputs;
+  io.SetTask(stage_id + std::to_string(layer));
+  ctx.io = &io;
+  return stage.Run(ctx);
+}
+
+// The MoE block inputs of the layer `weights` on `input`, in batches of 4 windows.
+std::vector<at::Tensor> MoeInputs(const model::ModelRunner& runner,
+                                  const model::LayerWeights& weights, const at::Tensor& input) {
+  struct Capture : model::ForwardObserver {
+    void OnMoeInput(int, const at::Tensor& x) override { xs.push_back(x.clone()); }
+    std::vector<at::Tensor> xs;
+  } capture;
+  for (int64_t s = 0; s < 6; s += 4) {
+    runner.RunLayer(weights, input.narrow(0, s, std::min<int64_t>(4, 6 - s)), &capture);
+  }
+  return capture.xs;
+}
+
+// Expects `loss` [4 experts, 3 widths] of layer `l` to equal the whole MoE block recomputed with
+// expert e quantized, summed over the batches `xs`.
+void ExpectRecomputedLosses(const model::ModelRunner& runner, int l,
+                            const model::LayerWeights& weights, const std::vector<at::Tensor>& xs,
+                            const at::Tensor& loss) {
+  const model::RoutingRule rule = model::RoutingRuleFor(runner.config(), l);
+  const std::vector<int> bits = {1, 2, 3};
+  for (int e = 0; e < 4; ++e) {
+    for (int bi = 0; bi < 3; ++bi) {
+      model::MoeWeights q = *weights.moe;
+      q.experts[e] = {NormalQuantize(q.experts[e].gate, bits[bi], 16),
+                      NormalQuantize(q.experts[e].up, bits[bi], 16),
+                      NormalQuantize(q.experts[e].down, bits[bi], 16)};
+      double expect = 0;
+      for (const at::Tensor& x : xs) {
+        at::Tensor z = model::MoeBlock(runner.config(), l, *weights.moe, rule, x, 20, {}, nullptr);
+        at::Tensor zq = model::MoeBlock(runner.config(), l, q, rule, x, 20, {}, nullptr);
+        expect += (z - zq).to(at::kDouble).norm().item<double>();
+      }
+      EXPECT_NEAR(loss[e][bi].item<double>(), expect, 1e-4 * expect + 1e-7)
+          << "layer " << l << " expert " << e << " bits " << bits[bi];
+    }
+  }
+}
+
+TEST(QuantLossStageTest, EqualsRecomputingTheWholeBlock) {
+  TempDir dir;
+  ASSERT_OK(tools::WriteTinyModel(QuantLossModel(), dir.Join("model")));
   std::string text;
   for (int i = 0; i < 50; ++i) text += "the router sends tokens to experts " + std::to_string(i) + "\n";
   dir.WriteFile("calib.txt", text);
@@ -85,27 +146,12 @@ TEST(QuantLossStageTest, EqualsRecomputingTheWholeBlock) {
     inputs["job/stats/L" + std::to_string(l)] = "stats" + std::to_string(l);
     inputs["job/loss/L" + std::to_string(l)] = "loss" + std::to_string(l);
   }
-  auto run = [&](Stage& stage, const std::string& stage_id, int layer,
-                 const nlohmann::json& params) {
-    v1::TaskRecord task;
-    task.set_job_id("job");
-    task.set_stage_id(stage_id);
-    task.set_layer(layer);
-    task.set_task_id("job/" + stage_id + "/L" + std::to_string(layer));
-    StageContext ctx;
-    ctx.task = &task;
-    ctx.SetRecipe(TestRecipeWith(recipe, stage_id, params), stage_id);
-    ctx.inputs = inputs;
-    io.SetTask(stage_id + std::to_string(layer));
-    ctx.io = &io;
-    return stage.Run(ctx);
-  };
   CalibrateStage calibrate;
   QuantLossStage quant_loss;
   const nlohmann::json params = {{"bits", {1, 2, 3}}, {"group_size", 16}, {"batch_size", 4}};
   for (int l = 0; l < 2; ++l) {
-    ASSERT_OK(run(calibrate, "stats", l, {{"batch_size", 4}}));
-    ASSERT_OK(run(quant_loss, "loss", l, params));
+    ASSERT_OK(RunTask(calibrate, "stats", l, {{"batch_size", 4}}, recipe, inputs, io));
+    ASSERT_OK(RunTask(quant_loss, "loss", l, params, recipe, inputs, io));
   }
   // Reference: the whole MoE block recomputed with expert e quantized, batches of 4 windows.
   ASSERT_OK_AND_ASSIGN(auto runner, model::ModelRunner::Open(dir.Join("model")));
@@ -123,31 +169,7 @@ TEST(QuantLossStageTest, EqualsRecomputingTheWholeBlock) {
       ASSERT_OK_AND_ASSIGN(input, ReadChunkedTensor(ctx, "stats0/", "hidden"));
     }
     ASSERT_OK_AND_ASSIGN(model::LayerWeights weights, runner->LoadLayer(l));
-    const model::RoutingRule rule = model::RoutingRuleFor(runner->config(), l);
-    struct Capture : model::ForwardObserver {
-      void OnMoeInput(int, const at::Tensor& x) override { xs.push_back(x.clone()); }
-      std::vector<at::Tensor> xs;
-    } capture;
-    for (int64_t s = 0; s < 6; s += 4) {
-      runner->RunLayer(weights, input.narrow(0, s, std::min<int64_t>(4, 6 - s)), &capture);
-    }
-    const std::vector<int> bits = {1, 2, 3};
-    for (int e = 0; e < 4; ++e) {
-      for (int bi = 0; bi < 3; ++bi) {
-        model::MoeWeights q = *weights.moe;
-        q.experts[e] = {NormalQuantize(q.experts[e].gate, bits[bi], 16),
-                        NormalQuantize(q.experts[e].up, bits[bi], 16),
-                        NormalQuantize(q.experts[e].down, bits[bi], 16)};
-        double expect = 0;
-        for (const at::Tensor& x : capture.xs) {
-          at::Tensor z = model::MoeBlock(runner->config(), l, *weights.moe, rule, x, 20, {}, nullptr);
-          at::Tensor zq = model::MoeBlock(runner->config(), l, q, rule, x, 20, {}, nullptr);
-          expect += (z - zq).to(at::kDouble).norm().item<double>();
-        }
-        EXPECT_NEAR(loss[e][bi].item<double>(), expect, 1e-4 * expect + 1e-7)
-            << "layer " << l << " expert " << e << " bits " << bits[bi];
-      }
-    }
+    ExpectRecomputedLosses(*runner, l, weights, MoeInputs(*runner, weights, input), loss);
     // More bits, less loss (summed over experts).
     at::Tensor per_bit = loss.sum(0);
     EXPECT_GT(per_bit[0].item<double>(), per_bit[1].item<double>());

@@ -132,6 +132,180 @@ absl::Status ReduceGrams(comm::Communicator& comm, const std::vector<std::unique
   return absl::OkStatus();
 }
 
+// Expert widths of `layer`: the allocation of an `allocate_bits` stage among the needs when there
+// is one, else `bits`.
+absl::StatusOr<std::vector<int>> ExpertWidths(const StageContext& ctx, int layer, int experts,
+                                              int bits) {
+  std::vector<int> expert_bits(experts, bits);
+  if (absl::StatusOr<std::string> alloc = NeededStage(ctx, "allocate_bits"); alloc.ok()) {
+    MOEC_ASSIGN_OR_RETURN(std::string key, ctx.InputKey(*alloc, -1, outputs::kExpertBits));
+    MOEC_ASSIGN_OR_RETURN(at::Tensor table, GetTensor(ctx, key));
+    for (size_t e = 0; e < expert_bits.size(); ++e) {
+      const int64_t b = table[layer][e].item<int64_t>();
+      if (b < 1 || b > 8) {
+        return absl::DataLossError(absl::StrCat("allocation gives expert ", e, " of layer ", layer,
+                                                " width ", b));
+      }
+      expert_bits[e] = static_cast<int>(b);
+    }
+  }
+  return expert_bits;
+}
+
+// The widths of a layer's linears (0: not quantized).
+struct LayerWidths {
+  int attn = 0;
+  int shared = 0;  // shared experts and dense MLPs
+  int router = 0;
+  std::vector<int> experts;
+};
+
+// Collects the targets this rank reads, in the order every rank adds them: the data-parallel
+// targets' owners go round-robin over the ranks in that order.
+class TargetList {
+ public:
+  TargetList(const std::vector<int>& expert_owner, int rank, int ranks, bool gptq)
+      : expert_owner_(expert_owner), rank_(rank), ranks_(ranks), gptq_(gptq) {}
+
+  void Add(std::string name, at::Tensor* weight, LinearKind kind, int expert, int b) {
+    if (weight == nullptr || !weight->defined() || b <= 0) return;
+    if (expert >= 0 && expert_owner_[expert] != rank_) return;  // not read on this rank
+    auto t = std::make_unique<Target>();
+    t->name = std::move(name);
+    t->weight = weight;
+    t->kind = kind;
+    t->expert = expert;
+    t->bits = b;
+    t->group = SequentialGroup(kind);
+    t->owner = expert >= 0 ? expert_owner_[expert] : data_parallel_++ % ranks_;
+    t->gptq = gptq_;
+    if (gptq_ && t->owner == rank_) {
+      t->hessian = std::make_unique<quant::HessianAccumulator>(weight->size(1));
+    }
+    targets_.push_back(std::move(t));
+  }
+  std::vector<std::unique_ptr<Target>> Take() { return std::move(targets_); }
+
+ private:
+  const std::vector<int>& expert_owner_;
+  const int rank_;
+  const int ranks_;
+  const bool gptq_;
+  int data_parallel_ = 0;  // data-parallel targets so far
+  std::vector<std::unique_ptr<Target>> targets_;
+};
+
+// Adds the linears of layer `layer` (weights `w`, widths `bits`) to `list`.
+void AddLayerTargets(const model::ModelConfig& c, int layer, const LayerWidths& bits,
+                     model::LayerWeights& w, TargetList& list) {
+  const std::string prefix = absl::StrCat("model.layers.", layer, ".");
+  const std::string attn = prefix + "self_attn.";
+  list.Add(attn + "q_proj.weight", &w.attention.q, LinearKind::kQ, -1, bits.attn);
+  list.Add(attn + "k_proj.weight", &w.attention.k, LinearKind::kK, -1, bits.attn);
+  list.Add(attn + "v_proj.weight", &w.attention.v, LinearKind::kV, -1, bits.attn);
+  list.Add(attn + "o_proj.weight", &w.attention.o, LinearKind::kO, -1, bits.attn);
+  if (w.dense.defined()) {
+    const std::string mlp = prefix + "mlp.";
+    list.Add(mlp + "gate_proj.weight", &w.dense.gate, LinearKind::kDenseGate, -1, bits.shared);
+    list.Add(mlp + "up_proj.weight", &w.dense.up, LinearKind::kDenseUp, -1, bits.shared);
+    list.Add(mlp + "down_proj.weight", &w.dense.down, LinearKind::kDenseDown, -1, bits.shared);
+  }
+  if (!w.moe.has_value()) return;
+  model::MoeWeights& m = *w.moe;
+  if (m.router.defined()) {
+    list.Add(model::RouterTensorName(c, layer), &m.router, LinearKind::kRouter, -1, bits.router);
+  }
+  for (int e = 0; e < static_cast<int>(m.experts.size()); ++e) {
+    list.Add(model::ExpertTensorName(c, layer, e, model::ExpertProj::kGate), &m.experts[e].gate,
+             LinearKind::kExpertGate, e, bits.experts[e]);
+    list.Add(model::ExpertTensorName(c, layer, e, model::ExpertProj::kUp), &m.experts[e].up,
+             LinearKind::kExpertUp, e, bits.experts[e]);
+    list.Add(model::ExpertTensorName(c, layer, e, model::ExpertProj::kDown), &m.experts[e].down,
+             LinearKind::kExpertDown, e, bits.experts[e]);
+  }
+  if (m.shared.defined()) {
+    const std::vector<std::string> names = model::SharedExpertTensorNames(c, layer);
+    list.Add(names[0], &m.shared.gate, LinearKind::kSharedGate, -1, bits.shared);
+    list.Add(names[1], &m.shared.up, LinearKind::kSharedUp, -1, bits.shared);
+    list.Add(names[2], &m.shared.down, LinearKind::kSharedDown, -1, bits.shared);
+  }
+}
+
+// One linear quantized: its codes, its dequantized weight and its summary entry.
+struct QuantizedTarget {
+  at::Tensor q, scales, zeros, g_idx, dequantized;
+  nlohmann::json info;
+};
+
+// GPTQ on the target's Hessian (which it frees): `out`'s codes and summary entries.
+absl::Status GptqTarget(const recipe::StageSpec& p, const quant::QuantizerOptions& qo,
+                        int64_t group_size, int64_t min_tokens, Target& t, QuantizedTarget* out) {
+  quant::GptqOptions go;
+  go.quantizer = qo;
+  go.percdamp = p.Float("damp");
+  go.groupsize = group_size;
+  go.actorder = p.Bool("act_order");
+  go.static_groups = p.Bool("static_groups");
+  go.mcmoe_blockwise_feedback = p.Bool("mcmoe_blockwise_feedback");
+  bool fallback = false;
+  at::Tensor h = t.hessian->HessianForSolve(std::max<int64_t>(1, min_tokens), &fallback);
+  MOEC_ASSIGN_OR_RETURN(quant::GptqResult r, quant::GptqQuantize(*t.weight, h, go));
+  out->q = r.q;
+  out->scales = r.scales;
+  out->zeros = r.zeros;
+  out->g_idx = r.g_idx;
+  out->dequantized = r.weight;
+  out->info["loss"] = r.total_loss;
+  out->info["tokens"] = t.hessian->tokens();
+  out->info["rtn_fallback"] = fallback || r.identity_fallback;
+  t.hessian.reset();
+  return absl::OkStatus();
+}
+
+// Quantizes target `t` (GPTQ or round-to-nearest), replaces its weight by the dequantized one
+// and writes its codes; adds its entry to `summary`.
+absl::Status QuantizeTarget(StageContext& ctx, bool gptq, int64_t group_size, int64_t min_tokens,
+                            Target& t, nlohmann::json* summary) {
+  const recipe::StageSpec& p = *ctx.stage;
+  quant::QuantizerOptions qo;
+  qo.bits = t.bits;
+  qo.sym = p.Bool("sym");
+  qo.mse = p.Bool("mse");
+  QuantizedTarget r;
+  nlohmann::json& info = r.info;
+  info = {{"bits", t.bits}};
+  if (gptq) {
+    MOEC_RETURN_IF_ERROR(GptqTarget(p, qo, group_size, min_tokens, t, &r));
+  } else {
+    MOEC_ASSIGN_OR_RETURN(quant::QuantizedWeight rtn,
+                          quant::QuantizeGroups(*t.weight, group_size, qo));
+    r.q = rtn.q;
+    r.scales = rtn.scales;
+    r.zeros = rtn.zeros;
+    r.g_idx = rtn.g_idx;
+    r.dequantized = rtn.weight;
+  }
+  info["error"] = (r.dequantized - t.weight->to(at::kFloat)).norm().item<double>() /
+                  std::max(1e-30, t.weight->to(at::kFloat).norm().item<double>());
+  *t.weight = r.dequantized.to(t.weight->scalar_type());
+  MOEC_RETURN_IF_ERROR(PutTensor(ctx, t.name + ".q", r.q.to(at::kByte)));
+  MOEC_RETURN_IF_ERROR(PutTensor(ctx, t.name + ".scales", r.scales.to(at::kFloat)));
+  MOEC_RETURN_IF_ERROR(PutTensor(ctx, t.name + ".zeros", r.zeros.to(at::kFloat)));
+  MOEC_RETURN_IF_ERROR(PutTensor(ctx, t.name + ".g_idx", r.g_idx.to(at::kInt)));
+  MOEC_RETURN_IF_ERROR(PutTensor(ctx, t.name + ".bits", at::full({1}, t.bits, at::kLong)));
+  (*summary)[t.name] = info;
+  return absl::OkStatus();
+}
+
+// Every rank runs the data-parallel linears of `group`: their owners share the quantized weights.
+absl::Status ShareDataParallel(comm::Communicator& comm,
+                               const std::vector<std::unique_ptr<Target>>& targets, int group) {
+  for (auto& t : targets) {
+    if ((group >= 0 && t->group != group) || t->expert >= 0 || comm.size() == 1) continue;
+    MOEC_RETURN_IF_ERROR(comm.Broadcast(*t->weight, t->owner));
+  }
+  return absl::OkStatus();
+}
 
 }  // namespace
 
@@ -146,163 +320,47 @@ absl::Status QuantizeStage::Run(StageContext& ctx) {
   // `bits`, its router stays, and every expert is quantized.
   const recipe::StageSpec& p = *ctx.stage;
   const int bits = static_cast<int>(p.Int("bits"));
-  const int attn_bits = static_cast<int>(p.Int("attn_bits"));
-  const int shared_bits = gptq_ ? static_cast<int>(p.Int("shared_bits")) : bits;
-  const int router_bits = gptq_ ? static_cast<int>(p.Int("router_bits")) : 0;
+  LayerWidths widths;
+  widths.attn = static_cast<int>(p.Int("attn_bits"));
+  widths.shared = gptq_ ? static_cast<int>(p.Int("shared_bits")) : bits;
+  widths.router = gptq_ ? static_cast<int>(p.Int("router_bits")) : 0;
   const int64_t group_size = p.Int("group_size");
   const bool sequential = gptq_ && p.Bool("true_sequential");
   const int64_t min_tokens = gptq_ ? p.Int("min_tokens") : 1;
-
-  // Expert widths: the allocation when there is one.
   const int experts = std::max(0, c.NumRoutedExperts(layer));
-  std::vector<int> expert_bits(experts, bits);
-  if (absl::StatusOr<std::string> alloc = NeededStage(ctx, "allocate_bits"); alloc.ok()) {
-    MOEC_ASSIGN_OR_RETURN(std::string key, ctx.InputKey(*alloc, -1, outputs::kExpertBits));
-    MOEC_ASSIGN_OR_RETURN(at::Tensor table, GetTensor(ctx, key));
-    for (size_t e = 0; e < expert_bits.size(); ++e) {
-      const int64_t b = table[layer][e].item<int64_t>();
-      if (b < 1 || b > 8) {
-        return absl::DataLossError(absl::StrCat("allocation gives expert ", e, " of layer ", layer,
-                                                " width ", b));
-      }
-      expert_bits[e] = static_cast<int>(b);
-    }
-  }
+  MOEC_ASSIGN_OR_RETURN(widths.experts, ExpertWidths(ctx, layer, experts, bits));
 
   // This rank's chunks, its experts and the layer (expert_parallel.h).
   MOEC_ASSIGN_OR_RETURN(LayerShard shard, OpenLayerShard(ctx, comm, *runner));
   const int64_t seq = shard.seq();
-  const std::vector<int>& expert_owner = shard.expert_owner;
-  model::LayerWeights& w = shard.weights;
-  const std::string prefix = absl::StrCat("model.layers.", layer, ".");
-  std::vector<std::unique_ptr<Target>> targets;
-  int data_parallel = 0;  // data-parallel targets so far: their owners go round-robin
-  auto add = [&](std::string name, at::Tensor* weight, LinearKind kind, int expert, int b) {
-    if (weight == nullptr || !weight->defined() || b <= 0) return;
-    if (expert >= 0 && expert_owner[expert] != comm.rank()) return;  // not read on this rank
-    auto t = std::make_unique<Target>();
-    t->name = std::move(name);
-    t->weight = weight;
-    t->kind = kind;
-    t->expert = expert;
-    t->bits = b;
-    t->group = SequentialGroup(kind);
-    t->owner = expert >= 0 ? expert_owner[expert] : data_parallel++ % comm.size();
-    t->gptq = gptq_;
-    if (gptq_ && t->owner == comm.rank()) {
-      t->hessian = std::make_unique<quant::HessianAccumulator>(weight->size(1));
-    }
-    targets.push_back(std::move(t));
-  };
-  const std::string attn = prefix + "self_attn.";
-  add(attn + "q_proj.weight", &w.attention.q, LinearKind::kQ, -1, attn_bits);
-  add(attn + "k_proj.weight", &w.attention.k, LinearKind::kK, -1, attn_bits);
-  add(attn + "v_proj.weight", &w.attention.v, LinearKind::kV, -1, attn_bits);
-  add(attn + "o_proj.weight", &w.attention.o, LinearKind::kO, -1, attn_bits);
-  if (w.dense.defined()) {
-    add(prefix + "mlp.gate_proj.weight", &w.dense.gate, LinearKind::kDenseGate, -1, shared_bits);
-    add(prefix + "mlp.up_proj.weight", &w.dense.up, LinearKind::kDenseUp, -1, shared_bits);
-    add(prefix + "mlp.down_proj.weight", &w.dense.down, LinearKind::kDenseDown, -1, shared_bits);
-  }
-  if (w.moe.has_value()) {
-    model::MoeWeights& m = *w.moe;
-    if (m.router.defined()) {
-      add(model::RouterTensorName(c, layer), &m.router, LinearKind::kRouter, -1, router_bits);
-    }
-    for (int e = 0; e < static_cast<int>(m.experts.size()); ++e) {
-      add(model::ExpertTensorName(c, layer, e, model::ExpertProj::kGate), &m.experts[e].gate,
-          LinearKind::kExpertGate, e, expert_bits[e]);
-      add(model::ExpertTensorName(c, layer, e, model::ExpertProj::kUp), &m.experts[e].up,
-          LinearKind::kExpertUp, e, expert_bits[e]);
-      add(model::ExpertTensorName(c, layer, e, model::ExpertProj::kDown), &m.experts[e].down,
-          LinearKind::kExpertDown, e, expert_bits[e]);
-    }
-    if (m.shared.defined()) {
-      const std::vector<std::string> names = model::SharedExpertTensorNames(c, layer);
-      add(names[0], &m.shared.gate, LinearKind::kSharedGate, -1, shared_bits);
-      add(names[1], &m.shared.up, LinearKind::kSharedUp, -1, shared_bits);
-      add(names[2], &m.shared.down, LinearKind::kSharedDown, -1, shared_bits);
-    }
-  }
+  TargetList list(shard.expert_owner, comm.rank(), comm.size(), gptq_);
+  AddLayerTargets(c, layer, widths, shard.weights, list);
+  std::vector<std::unique_ptr<Target>> targets = list.Take();
   std::map<std::pair<LinearKind, int>, Target*> by_id;
   for (auto& t : targets) by_id[{t->kind, t->expert}] = t.get();
-
-  auto pass = [&](model::ForwardObserver* observer,
-                  const std::function<absl::Status(int64_t, const at::Tensor&)>& on_output,
-                  const std::function<absl::Status()>& after_round) {
-    return RunShardRounds(ctx, *runner, shard, observer, on_output, after_round);
-  };
 
   nlohmann::json summary = nlohmann::json::object();
   size_t done = 0;
   const size_t mine = std::count_if(targets.begin(), targets.end(),
                                     [&](const auto& t) { return t->owner == comm.rank(); });
-  auto quantize = [&](Target& t) -> absl::Status {
-    quant::QuantizerOptions qo;
-    qo.bits = t.bits;
-    qo.sym = p.Bool("sym");
-    qo.mse = p.Bool("mse");
-    at::Tensor q, scales, zeros, g_idx, dequantized;
-    nlohmann::json info = {{"bits", t.bits}};
-    if (gptq_) {
-      quant::GptqOptions go;
-      go.quantizer = qo;
-      go.percdamp = p.Float("damp");
-      go.groupsize = group_size;
-      go.actorder = p.Bool("act_order");
-      go.static_groups = p.Bool("static_groups");
-      go.mcmoe_blockwise_feedback = p.Bool("mcmoe_blockwise_feedback");
-      bool fallback = false;
-      at::Tensor h = t.hessian->HessianForSolve(std::max<int64_t>(1, min_tokens), &fallback);
-      MOEC_ASSIGN_OR_RETURN(quant::GptqResult r, quant::GptqQuantize(*t.weight, h, go));
-      q = r.q;
-      scales = r.scales;
-      zeros = r.zeros;
-      g_idx = r.g_idx;
-      dequantized = r.weight;
-      info["loss"] = r.total_loss;
-      info["tokens"] = t.hessian->tokens();
-      info["rtn_fallback"] = fallback || r.identity_fallback;
-      t.hessian.reset();
-    } else {
-      MOEC_ASSIGN_OR_RETURN(quant::QuantizedWeight r, quant::QuantizeGroups(*t.weight, group_size, qo));
-      q = r.q;
-      scales = r.scales;
-      zeros = r.zeros;
-      g_idx = r.g_idx;
-      dequantized = r.weight;
-    }
-    info["error"] = (dequantized - t.weight->to(at::kFloat)).norm().item<double>() /
-                    std::max(1e-30, t.weight->to(at::kFloat).norm().item<double>());
-    *t.weight = dequantized.to(t.weight->scalar_type());
-    MOEC_RETURN_IF_ERROR(PutTensor(ctx, t.name + ".q", q.to(at::kByte)));
-    MOEC_RETURN_IF_ERROR(PutTensor(ctx, t.name + ".scales", scales.to(at::kFloat)));
-    MOEC_RETURN_IF_ERROR(PutTensor(ctx, t.name + ".zeros", zeros.to(at::kFloat)));
-    MOEC_RETURN_IF_ERROR(PutTensor(ctx, t.name + ".g_idx", g_idx.to(at::kInt)));
-    MOEC_RETURN_IF_ERROR(PutTensor(ctx, t.name + ".bits", at::full({1}, t.bits, at::kLong)));
-    summary[t.name] = info;
-    ++done;
-    ctx.progress(0.9 * done / std::max<size_t>(1, mine), absl::StrCat("layer ", layer, ": ", t.name));
-    return absl::OkStatus();
-  };
   const std::vector<int> groups = sequential ? std::vector<int>{0, 1, 2, 3} : std::vector<int>{-1};
   for (int group : groups) {
     if (gptq_) {
       HessianCollector collector(&by_id, group, seq);
-      MOEC_RETURN_IF_ERROR(pass(&collector, nullptr, [&]() -> absl::Status {
-        MOEC_RETURN_IF_ERROR(collector.status());
-        return ReduceGrams(comm, targets, group, collector);
-      }));
+      MOEC_RETURN_IF_ERROR(
+          RunShardRounds(ctx, *runner, shard, &collector, nullptr, [&]() -> absl::Status {
+            MOEC_RETURN_IF_ERROR(collector.status());
+            return ReduceGrams(comm, targets, group, collector);
+          }));
     }
     for (auto& t : targets) {
-      if (group >= 0 && t->group != group) continue;
-      if (t->owner == comm.rank()) MOEC_RETURN_IF_ERROR(quantize(*t));
+      if ((group >= 0 && t->group != group) || t->owner != comm.rank()) continue;
+      MOEC_RETURN_IF_ERROR(QuantizeTarget(ctx, gptq_, group_size, min_tokens, *t, &summary));
+      ++done;
+      ctx.progress(0.9 * done / std::max<size_t>(1, mine),
+                   absl::StrCat("layer ", layer, ": ", t->name));
     }
-    // Every rank runs the data-parallel linears: their owners share the quantized weights.
-    for (auto& t : targets) {
-      if ((group >= 0 && t->group != group) || t->expert >= 0 || comm.size() == 1) continue;
-      MOEC_RETURN_IF_ERROR(comm.Broadcast(*t->weight, t->owner));
-    }
+    MOEC_RETURN_IF_ERROR(ShareDataParallel(comm, targets, group));
   }
   // The quantized layer's output feeds the next layer, chunk by chunk.
   MOEC_RETURN_IF_ERROR(WriteShardOutputs(ctx, comm, *runner, shard, summary));

@@ -64,6 +64,73 @@ absl::StatusOr<int> RequiredInt(const StageContext& ctx, const char* name) {
   return static_cast<int>(ctx.stage->Int(name));
 }
 
+// expert_drop's scores of every routed expert.
+struct DropScores {
+  at::Tensor scores;  // [layers, max experts], NaN where a layer has no such expert
+  // (score, layer, expert) of every routed expert, for the global threshold.
+  std::vector<std::tuple<double, int, int>> all;
+  int moe_layers = 0;
+  int experts_total = 0;
+};
+
+// Each routed expert's routing mass per calibration window (of calibrate stage `calibrate`), or
+// with `random` uniform noise from `rng`.
+absl::StatusOr<DropScores> ScoreExperts(const StageContext& ctx, const model::ModelConfig& config,
+                                        const std::string& calibrate, bool random,
+                                        std::mt19937_64& rng) {
+  std::uniform_real_distribution<double> noise(0.0, 1.0);
+  const int layers = config.num_hidden_layers;
+  int width = 0;
+  for (int l = 0; l < layers; ++l) width = std::max(width, config.NumRoutedExperts(l));
+  DropScores out;
+  out.scores = at::full({layers, width}, kNaN, at::kDouble);
+  for (int l = 0; l < layers; ++l) {
+    const int e_count = config.NumRoutedExperts(l);
+    if (!config.IsMoeLayer(l) || e_count == 0) continue;
+    ++out.moe_layers;
+    out.experts_total += e_count;
+    // DeepSeek's gate reports its raw top-k weights; the softmax routers their full softmax.
+    const char* name = config.model_type == "deepseek" ? "routing_mass" : "softmax_mass";
+    MOEC_ASSIGN_OR_RETURN(std::string key, ctx.InputKey(calibrate, l, name));
+    MOEC_ASSIGN_OR_RETURN(at::Tensor mass, GetTensor(ctx, key));
+    MOEC_ASSIGN_OR_RETURN(std::string wkey, ctx.InputKey(calibrate, l, outputs::kWindows));
+    absl::StatusOr<at::Tensor> windows = GetTensor(ctx, wkey);
+    const double samples = windows.ok() ? static_cast<double>((*windows)[0].item<int64_t>()) : 1.0;
+    for (int e = 0; e < e_count; ++e) {
+      const double s = random ? noise(rng) : mass[e].item<double>() / samples;
+      out.scores[l][e] = s;
+      out.all.emplace_back(s, l, e);
+    }
+  }
+  return out;
+}
+
+// The [layers, max experts] kept mask: per MoE layer its `keep` highest scores (layerwise), or
+// all but the round((mean experts - keep) * MoE layers) lowest scores of the model (global).
+at::Tensor KeptMask(const model::ModelConfig& config, DropScores& s, int keep, bool layerwise) {
+  const int layers = config.num_hidden_layers;
+  at::Tensor kept = at::zeros({layers, s.scores.size(1)}, at::kByte);
+  if (layerwise) {
+    for (int l = 0; l < layers; ++l) {
+      const int e_count = config.NumRoutedExperts(l);
+      if (!config.IsMoeLayer(l) || e_count == 0) continue;
+      std::vector<double> row(e_count);
+      for (int e = 0; e < e_count; ++e) row[e] = s.scores[l][e].item<double>();
+      for (int64_t e : LargestN(row, keep)) kept[l][e] = 1;
+    }
+    return kept;
+  }
+  const double mean = s.moe_layers > 0 ? static_cast<double>(s.experts_total) / s.moe_layers : 0;
+  const int64_t drop = std::clamp<int64_t>(std::llround((mean - keep) * s.moe_layers), 0,
+                                           static_cast<int64_t>(s.all.size()));
+  std::stable_sort(s.all.begin(), s.all.end(),
+                   [](const auto& a, const auto& b) { return std::get<0>(a) < std::get<0>(b); });
+  for (size_t i = drop; i < s.all.size(); ++i) {
+    kept[std::get<1>(s.all[i])][std::get<2>(s.all[i])] = 1;
+  }
+  return kept;
+}
+
 }  // namespace
 
 absl::Status ExpertDropStage::Run(StageContext& ctx) {
@@ -75,52 +142,11 @@ absl::Status ExpertDropStage::Run(StageContext& ctx) {
   const std::string mode = ctx.stage->Str("mode");
   const bool random = ctx.stage->Bool("random");
   std::mt19937_64 rng(static_cast<uint64_t>(ctx.stage->Int("seed")));
-  std::uniform_real_distribution<double> noise(0.0, 1.0);
-  const int layers = config.num_hidden_layers;
-  int width = 0;
-  for (int l = 0; l < layers; ++l) width = std::max(width, config.NumRoutedExperts(l));
-  at::Tensor scores = at::full({layers, width}, kNaN, at::kDouble);
-  at::Tensor kept = at::zeros({layers, width}, at::kByte);
-  // (score, layer, expert) of every routed expert, for the global threshold.
-  std::vector<std::tuple<double, int, int>> all;
-  int moe_layers = 0, experts_total = 0;
-  for (int l = 0; l < layers; ++l) {
-    const int e_count = config.NumRoutedExperts(l);
-    if (!config.IsMoeLayer(l) || e_count == 0) continue;
-    ++moe_layers;
-    experts_total += e_count;
-    // DeepSeek's gate reports its raw top-k weights; the softmax routers their full softmax.
-    const char* name = config.model_type == "deepseek" ? "routing_mass" : "softmax_mass";
-    MOEC_ASSIGN_OR_RETURN(std::string key, ctx.InputKey(calibrate, l, name));
-    MOEC_ASSIGN_OR_RETURN(at::Tensor mass, GetTensor(ctx, key));
-    MOEC_ASSIGN_OR_RETURN(std::string wkey, ctx.InputKey(calibrate, l, outputs::kWindows));
-    absl::StatusOr<at::Tensor> windows = GetTensor(ctx, wkey);
-    const double samples = windows.ok() ? static_cast<double>((*windows)[0].item<int64_t>()) : 1.0;
-    for (int e = 0; e < e_count; ++e) {
-      const double s = random ? noise(rng) : mass[e].item<double>() / samples;
-      scores[l][e] = s;
-      all.emplace_back(s, l, e);
-    }
-  }
-  if (mode == "layerwise") {
-    for (int l = 0; l < layers; ++l) {
-      const int e_count = config.NumRoutedExperts(l);
-      if (!config.IsMoeLayer(l) || e_count == 0) continue;
-      std::vector<double> row(e_count);
-      for (int e = 0; e < e_count; ++e) row[e] = scores[l][e].item<double>();
-      for (int64_t e : LargestN(row, keep)) kept[l][e] = 1;
-    }
-  } else {
-    const double mean = moe_layers > 0 ? static_cast<double>(experts_total) / moe_layers : 0;
-    const int64_t drop = std::clamp<int64_t>(std::llround((mean - keep) * moe_layers), 0,
-                                             static_cast<int64_t>(all.size()));
-    std::stable_sort(all.begin(), all.end(),
-                     [](const auto& a, const auto& b) { return std::get<0>(a) < std::get<0>(b); });
-    for (size_t i = drop; i < all.size(); ++i) kept[std::get<1>(all[i])][std::get<2>(all[i])] = 1;
-  }
+  MOEC_ASSIGN_OR_RETURN(DropScores s, ScoreExperts(ctx, config, calibrate, random, rng));
+  const at::Tensor kept = KeptMask(config, s, keep, mode == "layerwise");
   MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kKeptMask, kept));
-  MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kDropScores, scores));
-  ctx.progress(1.0, absl::StrCat(kept.sum().item<int64_t>(), " of ", experts_total,
+  MOEC_RETURN_IF_ERROR(PutTensor(ctx, outputs::kDropScores, s.scores));
+  ctx.progress(1.0, absl::StrCat(kept.sum().item<int64_t>(), " of ", s.experts_total,
                                  " experts kept"));
   return absl::OkStatus();
 }

@@ -91,6 +91,91 @@ class RocksIterator : public KvIterator {
   absl::Status status_;
 };
 
+rocksdb::DBOptions DbOptions(const RocksDbKvStoreOptions& options) {
+  rocksdb::DBOptions db_options;
+  db_options.create_if_missing = true;
+  db_options.create_missing_column_families = true;
+  db_options.max_background_jobs = options.background_jobs;
+  db_options.bytes_per_sync = 8 << 20;
+  db_options.paranoid_checks = true;
+  db_options.max_total_wal_size = 256 << 20;
+  // Large values are read with one pread each; random-access advice would turn off kernel
+  // readahead and split a cold 4 MiB read into page-sized I/Os (measured 3x slower).
+  db_options.advise_random_on_open = false;
+  return db_options;
+}
+
+// Options of the column families of small values.
+rocksdb::ColumnFamilyOptions SmallValueOptions(const RocksDbKvStoreOptions& options) {
+  rocksdb::ColumnFamilyOptions small;
+  rocksdb::BlockBasedTableOptions table;
+  table.block_cache = rocksdb::NewLRUCache(options.block_cache_bytes);
+  // Point lookups of absent keys are common (the coordinator asks whether each task that becomes
+  // ready was done before): Bloom filters answer most of them without searching the memtable's
+  // skip list or a table's index.
+  table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
+  small.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
+  // Small memtables: every insert searches the memtable's skip list, whose comparisons (each
+  // through RocksDB's thread-local perf counters) grow with its size: a commit of 6 puts took
+  // ~25 us with 8 MiB memtables and ~50 us with RocksDB's default 64 MiB once they had filled
+  // (a standalone RocksDB loop on this VM).
+  small.write_buffer_size = 8 << 20;
+  small.memtable_prefix_bloom_size_ratio = 0.02;
+  small.memtable_whole_key_filtering = true;
+  return small;
+}
+
+// Options of the column families of large values (BlobDB), on top of the small ones.
+rocksdb::ColumnFamilyOptions LargeValueOptions(const rocksdb::ColumnFamilyOptions& small,
+                                               const RocksDbKvStoreOptions& options) {
+  rocksdb::ColumnFamilyOptions large = small;
+  large.enable_blob_files = true;
+  large.min_blob_size = options.min_blob_bytes;
+  large.blob_file_size = 256 << 20;
+  large.blob_compression_type = rocksdb::kNoCompression;  // tensors barely compress
+  large.enable_blob_garbage_collection = true;
+  // Many moderate memtables instead of a few large ones: a task's bulk writes fill them while
+  // the flush thread drains them, and the write slowdown (at max - 1 unflushed memtables) is only
+  // reached when the disk truly lags.
+  large.write_buffer_size = options.large_value_write_buffer_bytes;
+  large.max_write_buffer_number = 8;
+  return large;
+}
+
+// The default column family, then the configured ones (the default one may be configured too).
+std::vector<rocksdb::ColumnFamilyDescriptor> Descriptors(
+    const RocksDbKvStoreOptions& options, const rocksdb::ColumnFamilyOptions& small,
+    const rocksdb::ColumnFamilyOptions& large) {
+  std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
+  descriptors.emplace_back(rocksdb::kDefaultColumnFamilyName, small);
+  for (const auto& spec : options.column_families) {
+    if (spec.name == rocksdb::kDefaultColumnFamilyName) {
+      descriptors[0].options = spec.large_values ? large : small;
+      continue;
+    }
+    descriptors.emplace_back(spec.name, spec.large_values ? large : small);
+  }
+  return descriptors;
+}
+
+// FailedPrecondition when an existing database at `path` has a column family not in descriptors.
+absl::Status CheckKnownColumnFamilies(
+    const rocksdb::DBOptions& db_options, const std::string& path,
+    const std::vector<rocksdb::ColumnFamilyDescriptor>& descriptors) {
+  std::vector<std::string> existing;
+  if (rocksdb::DB::ListColumnFamilies(db_options, path, &existing).ok()) {
+    for (const auto& name : existing) {
+      bool known = std::any_of(descriptors.begin(), descriptors.end(),
+                               [&](const auto& d) { return d.name == name; });
+      if (!known) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "database ", path, " has column family '", name, "' that moec does not know"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status RocksDbKvStoreOptions::Validate() const {
@@ -156,65 +241,12 @@ absl::StatusOr<std::unique_ptr<RocksDbKvStore>> RocksDbKvStore::Open(
     return absl::InternalError(absl::StrCat("create directory ", options.path, ": ", ec.message()));
   }
 
-  rocksdb::DBOptions db_options;
-  db_options.create_if_missing = true;
-  db_options.create_missing_column_families = true;
-  db_options.max_background_jobs = options.background_jobs;
-  db_options.bytes_per_sync = 8 << 20;
-  db_options.paranoid_checks = true;
-  db_options.max_total_wal_size = 256 << 20;
-  // Large values are read with one pread each; random-access advice would turn off kernel
-  // readahead and split a cold 4 MiB read into page-sized I/Os (measured 3x slower).
-  db_options.advise_random_on_open = false;
-
-  rocksdb::ColumnFamilyOptions small;
-  rocksdb::BlockBasedTableOptions table;
-  table.block_cache = rocksdb::NewLRUCache(options.block_cache_bytes);
-  // Point lookups of absent keys are common (the coordinator asks whether each task that becomes
-  // ready was done before): Bloom filters answer most of them without searching the memtable's
-  // skip list or a table's index.
-  table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
-  small.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
-  // Small memtables: every insert searches the memtable's skip list, whose comparisons (each
-  // through RocksDB's thread-local perf counters) grow with its size: a commit of 6 puts took
-  // ~25 us with 8 MiB memtables and ~50 us with RocksDB's default 64 MiB once they had filled
-  // (a standalone RocksDB loop on this VM).
-  small.write_buffer_size = 8 << 20;
-  small.memtable_prefix_bloom_size_ratio = 0.02;
-  small.memtable_whole_key_filtering = true;
-
-  rocksdb::ColumnFamilyOptions large = small;
-  large.enable_blob_files = true;
-  large.min_blob_size = options.min_blob_bytes;
-  large.blob_file_size = 256 << 20;
-  large.blob_compression_type = rocksdb::kNoCompression;  // tensors barely compress
-  large.enable_blob_garbage_collection = true;
-  // Many moderate memtables instead of a few large ones: a task's bulk writes fill them while
-  // the flush thread drains them, and the write slowdown (at max - 1 unflushed memtables) is only
-  // reached when the disk truly lags.
-  large.write_buffer_size = options.large_value_write_buffer_bytes;
-  large.max_write_buffer_number = 8;
-
-  std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
-  descriptors.emplace_back(rocksdb::kDefaultColumnFamilyName, small);
-  for (const auto& spec : options.column_families) {
-    if (spec.name == rocksdb::kDefaultColumnFamilyName) {
-      descriptors[0].options = spec.large_values ? large : small;
-      continue;
-    }
-    descriptors.emplace_back(spec.name, spec.large_values ? large : small);
-  }
-  std::vector<std::string> existing;
-  if (rocksdb::DB::ListColumnFamilies(db_options, options.path, &existing).ok()) {
-    for (const auto& name : existing) {
-      bool known = std::any_of(descriptors.begin(), descriptors.end(),
-                               [&](const auto& d) { return d.name == name; });
-      if (!known) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "database ", options.path, " has column family '", name, "' that moec does not know"));
-      }
-    }
-  }
+  const rocksdb::DBOptions db_options = DbOptions(options);
+  const rocksdb::ColumnFamilyOptions small = SmallValueOptions(options);
+  const rocksdb::ColumnFamilyOptions large = LargeValueOptions(small, options);
+  const std::vector<rocksdb::ColumnFamilyDescriptor> descriptors =
+      Descriptors(options, small, large);
+  MOEC_RETURN_IF_ERROR(CheckKnownColumnFamilies(db_options, options.path, descriptors));
 
   auto impl = std::make_unique<Impl>();
   impl->path = options.path;

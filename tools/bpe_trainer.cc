@@ -171,23 +171,23 @@ struct TrainedBpe {
   std::vector<std::pair<int32_t, int32_t>> merges;
 };
 
-TrainedBpe LearnMerges(std::vector<Word> words, int64_t max_tokens, int64_t min_frequency) {
-  TrainedBpe out;
-  std::vector<std::string>& tokens = out.tokens;
-  absl::flat_hash_map<std::string, int32_t> token_ids;
-  for (int b = 0; b < 256; ++b) {
-    tokens.push_back(ByteLevelAlphabet()[b]);
-    token_ids[tokens.back()] = b;
-  }
-
-  // Highest count first; ties: smaller left token string, then smaller right token string.
-  auto lower_priority = [&tokens](const QueueEntry& x, const QueueEntry& y) {
+// Queue order: highest count first; ties: smaller left token string, then smaller right token
+// string.
+struct LowerPriority {
+  const std::vector<std::string>* tokens;
+  bool operator()(const QueueEntry& x, const QueueEntry& y) const {
     if (x.count != y.count) return x.count < y.count;
-    const int lc = tokens[PairLeft(x.pair)].compare(tokens[PairLeft(y.pair)]);
+    const int lc = (*tokens)[PairLeft(x.pair)].compare((*tokens)[PairLeft(y.pair)]);
     if (lc != 0) return lc > 0;
-    return tokens[PairRight(x.pair)].compare(tokens[PairRight(y.pair)]) > 0;
-  };
-  absl::flat_hash_map<uint64_t, PairInfo> pairs;
+    return (*tokens)[PairRight(x.pair)].compare((*tokens)[PairRight(y.pair)]) > 0;
+  }
+};
+using PairQueue = std::priority_queue<QueueEntry, std::vector<QueueEntry>, LowerPriority>;
+using PairMap = absl::flat_hash_map<uint64_t, PairInfo>;
+
+// The adjacent pairs of `words`, with their counts and the words that contain them.
+PairMap CountPairs(const std::vector<Word>& words) {
+  PairMap pairs;
   for (int32_t w = 0; w < static_cast<int32_t>(words.size()); ++w) {
     const Word& word = words[w];
     for (size_t i = 0; i + 1 < word.symbols.size(); ++i) {
@@ -196,11 +196,87 @@ TrainedBpe LearnMerges(std::vector<Word> words, int64_t max_tokens, int64_t min_
       if (info.words.empty() || info.words.back() != w) info.words.push_back(w);
     }
   }
+  return pairs;
+}
+
+// The id of the token a + b. As in `tokenizers`: a string already in the vocabulary (reached by
+// another split) keeps its id, so that merge adds no token.
+int32_t MergedToken(int32_t a, int32_t b, std::vector<std::string>* tokens,
+                    absl::flat_hash_map<std::string, int32_t>* token_ids) {
+  std::string merged = (*tokens)[a] + (*tokens)[b];
+  if (auto found = token_ids->find(merged); found != token_ids->end()) return found->second;
+  const auto c = static_cast<int32_t>(tokens->size());
+  token_ids->emplace(merged, c);
+  tokens->push_back(std::move(merged));
+  return c;
+}
+
+// Adds `delta` occurrences of pair (x, y) in word `w`, unless it is `merging` (being removed
+// entirely); a pair whose count grows is appended to `increased`.
+void ChangePair(int32_t x, int32_t y, int64_t delta, int32_t w, uint64_t merging, PairMap* pairs,
+                std::vector<uint64_t>* increased) {
+  const uint64_t key = PairKey(x, y);
+  if (key == merging) return;  // being removed entirely
+  if (delta < 0) {
+    auto p = pairs->find(key);
+    if (p == pairs->end()) return;
+    p->second.count += delta;
+    if (p->second.count <= 0) pairs->erase(p);
+    return;
+  }
+  PairInfo& info = (*pairs)[key];
+  info.count += delta;
+  if (info.words.empty() || info.words.back() != w) info.words.push_back(w);
+  increased->push_back(key);
+}
+
+// Applies merge `merging` (a, b) -> c to word `w`, left to right, as the BPE model applies a
+// merge (so "a a a" becomes "aa a"), updating the counts of the neighbouring pairs.
+void MergeInWord(int32_t w, uint64_t merging, int32_t c, std::vector<Word>* words,
+                 PairMap* pairs, std::vector<uint64_t>* increased) {
+  const int32_t a = PairLeft(merging);
+  const int32_t b = PairRight(merging);
+  Word& word = (*words)[w];
+  std::vector<int32_t>& s = word.symbols;
+  const int64_t n = word.count;
+  for (size_t i = 0; i + 1 < s.size(); ++i) {
+    if (s[i] != a || s[i + 1] != b) continue;
+    if (i > 0) {
+      ChangePair(s[i - 1], a, -n, w, merging, pairs, increased);
+      ChangePair(s[i - 1], c, n, w, merging, pairs, increased);
+    }
+    if (i + 2 < s.size()) {
+      ChangePair(b, s[i + 2], -n, w, merging, pairs, increased);
+      ChangePair(c, s[i + 2], n, w, merging, pairs, increased);
+    }
+    s[i] = c;
+    s.erase(s.begin() + static_cast<std::ptrdiff_t>(i) + 1);
+  }
+}
+
+// Queues the pairs whose count grew (each once) with their current counts.
+void RequeueIncreased(std::vector<uint64_t>* increased, const PairMap& pairs, PairQueue* queue) {
+  std::sort(increased->begin(), increased->end());
+  increased->erase(std::unique(increased->begin(), increased->end()), increased->end());
+  for (uint64_t key : *increased) {
+    auto p = pairs.find(key);
+    if (p != pairs.end() && p->second.count > 0) queue->push(QueueEntry{p->second.count, key});
+  }
+}
+
+TrainedBpe LearnMerges(std::vector<Word> words, int64_t max_tokens, int64_t min_frequency) {
+  TrainedBpe out;
+  std::vector<std::string>& tokens = out.tokens;
+  absl::flat_hash_map<std::string, int32_t> token_ids;
+  for (int b = 0; b < 256; ++b) {
+    tokens.push_back(ByteLevelAlphabet()[b]);
+    token_ids[tokens.back()] = b;
+  }
+  PairMap pairs = CountPairs(words);
   std::vector<QueueEntry> initial;
   initial.reserve(pairs.size());
   for (const auto& [key, info] : pairs) initial.push_back(QueueEntry{info.count, key});
-  std::priority_queue<QueueEntry, std::vector<QueueEntry>, decltype(lower_priority)> queue(
-      lower_priority, std::move(initial));
+  PairQueue queue(LowerPriority{&tokens}, std::move(initial));
 
   std::vector<uint64_t> increased;
   while (static_cast<int64_t>(tokens.size()) < max_tokens && !queue.empty()) {
@@ -216,17 +292,7 @@ TrainedBpe LearnMerges(std::vector<Word> words, int64_t max_tokens, int64_t min_
 
     const int32_t a = PairLeft(top.pair);
     const int32_t b = PairRight(top.pair);
-    std::string merged = tokens[a] + tokens[b];
-    // As in `tokenizers`: a string already in the vocabulary (reached by another split) keeps
-    // its id, so that merge adds no token.
-    int32_t c;
-    if (auto found = token_ids.find(merged); found != token_ids.end()) {
-      c = found->second;
-    } else {
-      c = static_cast<int32_t>(tokens.size());
-      token_ids.emplace(merged, c);
-      tokens.push_back(std::move(merged));
-    }
+    const int32_t c = MergedToken(a, b, &tokens, &token_ids);
     out.merges.emplace_back(a, b);
 
     std::vector<int32_t> candidates = std::move(it->second.words);
@@ -235,46 +301,8 @@ TrainedBpe LearnMerges(std::vector<Word> words, int64_t max_tokens, int64_t min_
     candidates.erase(std::unique(candidates.begin(), candidates.end()), candidates.end());
 
     increased.clear();
-    for (int32_t w : candidates) {
-      Word& word = words[w];
-      std::vector<int32_t>& s = word.symbols;
-      const int64_t n = word.count;
-      auto change = [&](int32_t x, int32_t y, int64_t delta) {
-        const uint64_t key = PairKey(x, y);
-        if (key == top.pair) return;  // being removed entirely
-        if (delta < 0) {
-          auto p = pairs.find(key);
-          if (p == pairs.end()) return;
-          p->second.count += delta;
-          if (p->second.count <= 0) pairs.erase(p);
-          return;
-        }
-        PairInfo& info = pairs[key];
-        info.count += delta;
-        if (info.words.empty() || info.words.back() != w) info.words.push_back(w);
-        increased.push_back(key);
-      };
-      // Left to right, as the BPE model applies a merge (so "a a a" becomes "aa a").
-      for (size_t i = 0; i + 1 < s.size(); ++i) {
-        if (s[i] != a || s[i + 1] != b) continue;
-        if (i > 0) {
-          change(s[i - 1], a, -n);
-          change(s[i - 1], c, n);
-        }
-        if (i + 2 < s.size()) {
-          change(b, s[i + 2], -n);
-          change(c, s[i + 2], n);
-        }
-        s[i] = c;
-        s.erase(s.begin() + static_cast<std::ptrdiff_t>(i) + 1);
-      }
-    }
-    std::sort(increased.begin(), increased.end());
-    increased.erase(std::unique(increased.begin(), increased.end()), increased.end());
-    for (uint64_t key : increased) {
-      auto p = pairs.find(key);
-      if (p != pairs.end() && p->second.count > 0) queue.push(QueueEntry{p->second.count, key});
-    }
+    for (int32_t w : candidates) MergeInWord(w, top.pair, c, &words, &pairs, &increased);
+    RequeueIncreased(&increased, pairs, &queue);
   }
   return out;
 }

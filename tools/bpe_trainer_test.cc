@@ -129,11 +129,49 @@ TEST(BpeTrainerTest, SpecialTokensInTextsAreNotTrainedOn) {
   EXPECT_THAT(Merges(Train(texts, o)), ElementsAre("h i"));
 }
 
+using ReferenceWords = std::map<std::vector<std::string>, int64_t>;
+using ReferencePair = std::pair<std::string, std::string>;
+
+// The most frequent adjacent pair of `words` (ties: the smallest (left, right)) and its count;
+// count 0 when there is none.
+std::pair<ReferencePair, int64_t> ReferenceBestPair(const ReferenceWords& words) {
+  std::map<ReferencePair, int64_t> counts;
+  for (const auto& [w, n] : words) {
+    for (size_t i = 0; i + 1 < w.size(); ++i) counts[{w[i], w[i + 1]}] += n;
+  }
+  const ReferencePair* best = nullptr;
+  int64_t best_count = 0;
+  for (const auto& [p, n] : counts) {  // map order: ascending (left, right)
+    if (n > best_count) best = &p, best_count = n;
+  }
+  if (best == nullptr) return {};
+  return {*best, best_count};
+}
+
+// `words` with every (a, b) replaced by ab, left to right.
+ReferenceWords ReferenceApplyMerge(const ReferenceWords& words, const std::string& a,
+                                   const std::string& b) {
+  ReferenceWords next;
+  for (const auto& [w, n] : words) {
+    std::vector<std::string> m;
+    for (size_t i = 0; i < w.size(); ++i) {
+      if (i + 1 < w.size() && w[i] == a && w[i + 1] == b) {
+        m.push_back(a + b);
+        ++i;
+      } else {
+        m.push_back(w[i]);
+      }
+    }
+    next[m] += n;
+  }
+  return next;
+}
+
 // A straightforward BPE trainer (full recount per merge) for single-word texts, with the same
 // rules: highest count, then smaller (left, right) strings; an existing string keeps its id.
 std::vector<std::string> ReferenceMerges(const std::vector<std::string>& texts, size_t max_tokens,
                                          int64_t min_frequency) {
-  std::map<std::vector<std::string>, int64_t> words;
+  ReferenceWords words;
   for (const std::string& t : texts) {
     std::vector<std::string> w;
     for (char ch : t) w.push_back(std::string(1, ch));
@@ -143,33 +181,12 @@ std::vector<std::string> ReferenceMerges(const std::vector<std::string>& texts, 
   for (int b = 0; b < 256; ++b) vocab.insert(std::to_string(b) + "#");  // 256 placeholders
   std::vector<std::string> merges;
   while (vocab.size() < max_tokens) {
-    std::map<std::pair<std::string, std::string>, int64_t> counts;
-    for (const auto& [w, n] : words) {
-      for (size_t i = 0; i + 1 < w.size(); ++i) counts[{w[i], w[i + 1]}] += n;
-    }
-    const std::pair<std::string, std::string>* best = nullptr;
-    int64_t best_count = 0;
-    for (const auto& [p, n] : counts) {  // map order: ascending (left, right)
-      if (n > best_count) best = &p, best_count = n;
-    }
-    if (best == nullptr || best_count < min_frequency) break;
-    const auto [a, b] = *best;
+    const auto [best, best_count] = ReferenceBestPair(words);
+    if (best_count == 0 || best_count < min_frequency) break;
+    const auto& [a, b] = best;
     merges.push_back(a + " " + b);
     vocab.insert(a + b);
-    std::map<std::vector<std::string>, int64_t> next;
-    for (const auto& [w, n] : words) {
-      std::vector<std::string> m;
-      for (size_t i = 0; i < w.size(); ++i) {
-        if (i + 1 < w.size() && w[i] == a && w[i + 1] == b) {
-          m.push_back(a + b);
-          ++i;
-        } else {
-          m.push_back(w[i]);
-        }
-      }
-      next[m] += n;
-    }
-    words = std::move(next);
+    words = ReferenceApplyMerge(words, a, b);
   }
   return merges;
 }

@@ -109,10 +109,11 @@ absl::Status ValidateFields(const TinyModelOptions& o) {
   return absl::OkStatus();
 }
 
-json BuildConfig(const TinyModelOptions& o) {
+// The fields of every architecture's config.json.
+json CommonConfig(const TinyModelOptions& o) {
   const std::string& t = o.model_type;
   const int bos = o.vocab;
-  json c = {
+  return {
       {"architectures", {std::string(FindArch(t)->architecture)}},
       {"model_type", t},
       {"hidden_size", o.hidden},
@@ -133,68 +134,94 @@ json BuildConfig(const TinyModelOptions& o) {
       {"num_experts_per_tok", o.top_k},
       {"output_router_logits", false},
   };
-  // Qwen models: every layer MoE (no mlp_only_layers), as released.
-  auto qwen_common = [&o](json* q) {
-    (*q)["moe_intermediate_size"] = o.moe_intermediate;
-    (*q)["intermediate_size"] = o.intermediate;
-    (*q)["num_experts"] = o.experts;
-    (*q)["decoder_sparse_step"] = 1;
-    (*q)["mlp_only_layers"] = json::array();
-    (*q)["router_aux_loss_coef"] = 0.001;
-    (*q)["use_sliding_window"] = false;
-    (*q)["sliding_window"] = nullptr;
-    (*q)["max_window_layers"] = o.num_layers;
-    (*q)["rms_norm_eps"] = 1e-6;
-  };
+}
+
+void AddMixtralConfig(const TinyModelOptions& o, json* c) {
+  (*c)["intermediate_size"] = o.moe_intermediate;  // Mixtral's expert width
+  (*c)["num_local_experts"] = o.experts;
+  (*c)["router_aux_loss_coef"] = 0.02;
+  (*c)["router_jitter_noise"] = 0.0;
+  (*c)["sliding_window"] = nullptr;
+  (*c)["rms_norm_eps"] = 1e-5;
+  (*c)["rope_theta"] = 1e6;
+}
+
+void AddDeepseekConfig(const TinyModelOptions& o, json* c) {
+  (*c)["intermediate_size"] = o.intermediate;
+  (*c)["moe_intermediate_size"] = o.moe_intermediate;
+  (*c)["n_routed_experts"] = o.experts;
+  (*c)["n_shared_experts"] = o.shared_experts > 0 ? json(o.shared_experts) : json(nullptr);
+  (*c)["first_k_dense_replace"] = o.num_layers > 1 ? 1 : 0;
+  (*c)["moe_layer_freq"] = 1;
+  (*c)["norm_topk_prob"] = false;
+  (*c)["scoring_func"] = "softmax";
+  (*c)["aux_loss_alpha"] = 0.001;
+  (*c)["seq_aux"] = true;
+  (*c)["attention_bias"] = false;
+  (*c)["pretraining_tp"] = 1;
+  (*c)["rope_scaling"] = nullptr;
+  (*c)["rms_norm_eps"] = 1e-6;
+  (*c)["rope_theta"] = 10000.0;
+  (*c)["auto_map"] = {{"AutoConfig", "configuration_deepseek.DeepseekConfig"},
+                      {"AutoModel", "modeling_deepseek.DeepseekModel"},
+                      {"AutoModelForCausalLM", "modeling_deepseek.DeepseekForCausalLM"}};
+}
+
+// Qwen models: every layer MoE (no mlp_only_layers), as released.
+void AddQwenCommonConfig(const TinyModelOptions& o, json* q) {
+  (*q)["moe_intermediate_size"] = o.moe_intermediate;
+  (*q)["intermediate_size"] = o.intermediate;
+  (*q)["num_experts"] = o.experts;
+  (*q)["decoder_sparse_step"] = 1;
+  (*q)["mlp_only_layers"] = json::array();
+  (*q)["router_aux_loss_coef"] = 0.001;
+  (*q)["use_sliding_window"] = false;
+  (*q)["sliding_window"] = nullptr;
+  (*q)["max_window_layers"] = o.num_layers;
+  (*q)["rms_norm_eps"] = 1e-6;
+}
+
+void AddQwen2MoeConfig(const TinyModelOptions& o, json* c) {
+  AddQwenCommonConfig(o, c);
+  (*c)["shared_expert_intermediate_size"] = int64_t{o.shared_experts} * o.moe_intermediate;
+  (*c)["norm_topk_prob"] = false;
+  (*c)["rope_theta"] = 1e6;
+}
+
+void AddOlmoeConfig(const TinyModelOptions& o, json* c) {
+  (*c)["intermediate_size"] = o.moe_intermediate;  // OLMoE's expert width
+  (*c)["num_experts"] = o.experts;
+  (*c)["norm_topk_prob"] = false;
+  (*c)["clip_qkv"] = nullptr;
+  (*c)["attention_bias"] = false;
+  (*c)["router_aux_loss_coef"] = 0.01;
+  (*c)["rope_scaling"] = nullptr;
+  (*c)["rms_norm_eps"] = 1e-5;
+  (*c)["rope_theta"] = 10000.0;
+}
+
+void AddQwen3MoeConfig(const TinyModelOptions& o, json* c) {
+  AddQwenCommonConfig(o, c);
+  (*c)["head_dim"] = o.hidden / o.heads;
+  (*c)["norm_topk_prob"] = true;
+  (*c)["attention_bias"] = false;
+  (*c)["rope_scaling"] = nullptr;
+  (*c)["rope_theta"] = 1e6;
+}
+
+json BuildConfig(const TinyModelOptions& o) {
+  const std::string& t = o.model_type;
+  json c = CommonConfig(o);
   if (t == "mixtral") {
-    c["intermediate_size"] = o.moe_intermediate;  // Mixtral's expert width
-    c["num_local_experts"] = o.experts;
-    c["router_aux_loss_coef"] = 0.02;
-    c["router_jitter_noise"] = 0.0;
-    c["sliding_window"] = nullptr;
-    c["rms_norm_eps"] = 1e-5;
-    c["rope_theta"] = 1e6;
+    AddMixtralConfig(o, &c);
   } else if (t == "deepseek") {
-    c["intermediate_size"] = o.intermediate;
-    c["moe_intermediate_size"] = o.moe_intermediate;
-    c["n_routed_experts"] = o.experts;
-    c["n_shared_experts"] = o.shared_experts > 0 ? json(o.shared_experts) : json(nullptr);
-    c["first_k_dense_replace"] = o.num_layers > 1 ? 1 : 0;
-    c["moe_layer_freq"] = 1;
-    c["norm_topk_prob"] = false;
-    c["scoring_func"] = "softmax";
-    c["aux_loss_alpha"] = 0.001;
-    c["seq_aux"] = true;
-    c["attention_bias"] = false;
-    c["pretraining_tp"] = 1;
-    c["rope_scaling"] = nullptr;
-    c["rms_norm_eps"] = 1e-6;
-    c["rope_theta"] = 10000.0;
-    c["auto_map"] = {{"AutoConfig", "configuration_deepseek.DeepseekConfig"},
-                     {"AutoModel", "modeling_deepseek.DeepseekModel"},
-                     {"AutoModelForCausalLM", "modeling_deepseek.DeepseekForCausalLM"}};
+    AddDeepseekConfig(o, &c);
   } else if (t == "qwen2_moe") {
-    qwen_common(&c);
-    c["shared_expert_intermediate_size"] = int64_t{o.shared_experts} * o.moe_intermediate;
-    c["norm_topk_prob"] = false;
-    c["rope_theta"] = 1e6;
+    AddQwen2MoeConfig(o, &c);
   } else if (t == "olmoe") {
-    c["intermediate_size"] = o.moe_intermediate;  // OLMoE's expert width
-    c["num_experts"] = o.experts;
-    c["norm_topk_prob"] = false;
-    c["clip_qkv"] = nullptr;
-    c["attention_bias"] = false;
-    c["router_aux_loss_coef"] = 0.01;
-    c["rope_scaling"] = nullptr;
-    c["rms_norm_eps"] = 1e-5;
-    c["rope_theta"] = 10000.0;
+    AddOlmoeConfig(o, &c);
   } else {  // qwen3_moe
-    qwen_common(&c);
-    c["head_dim"] = o.hidden / o.heads;
-    c["norm_topk_prob"] = true;
-    c["attention_bias"] = false;
-    c["rope_scaling"] = nullptr;
-    c["rope_theta"] = 1e6;
+    AddQwen3MoeConfig(o, &c);
   }
   return c;
 }

@@ -6,8 +6,6 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
-#include <map>
-#include <random>
 #include <system_error>
 
 #include "absl/strings/str_cat.h"
@@ -15,39 +13,30 @@
 #include "common/fingerprint.h"
 #include "common/status_macros.h"
 #include "model/config/config.h"
-#include "model/config/tensor_names.h"
 #include "model/data/datasets.h"
 #include "model/runtime/forward.h"
-#include "model/runtime/layers.h"
-#include "model/runtime/weights.h"
 #include "model/tokenizer/tokenizer.h"
 #include "nlohmann/json.hpp"
 #include "storage/file_util.h"
 #include "tools/bpe_trainer.h"
 #include "tools/tiny_model.h"
+#include "tools/train_loop.h"
 
 namespace moec::tools {
 
-using model::DecoderLayer;
-using model::EmbeddingTensorName;
-using model::FinalNormTensorName;
 using model::ForwardObserver;
-using model::LayerWeights;
-using model::LmHeadTensorName;
-using model::MakeRopeTables;
 using model::ModelConfig;
 using model::ModelRunner;
-using model::NamedTensor;
 using model::ParseModelConfig;
 using model::PerplexityResult;
-using model::RmsNorm;
-using model::RopeTables;
-using model::TensorRole;
-using model::TensorSpec;
 using model::TokenWindows;
 using model::Tokenizer;
-using model::UniformBelow;
-using model::WriteCheckpointTensors;
+
+using internal::InitModel;
+using internal::Model;
+using internal::SecondsSince;
+using internal::TrainSteps;
+using internal::WriteTrainedCheckpoint;
 
 namespace {
 
@@ -105,69 +94,6 @@ TinyModelOptions ArchitectureOptions(const TrainOptions& o, int vocab_without_sp
   t.vocab = vocab_without_specials;
   t.seed = o.seed;
   return t;
-}
-
-// Collects router logits (with their autograd history) for the load-balancing loss.
-class RouterCollector : public ForwardObserver {
- public:
-  void OnRouterLogits(int layer, const at::Tensor& logits) override { logits_.push_back(logits); }
-  std::vector<at::Tensor> Take() { return std::move(logits_); }
-
- private:
-  std::vector<at::Tensor> logits_;
-};
-
-// Switch Transformer load balancing: E * sum_e f_e * P_e, f_e = share of top-k slots, P_e =
-// mean router probability.
-at::Tensor LoadBalancingLoss(const at::Tensor& logits, int top_k) {
-  const int64_t experts = logits.size(1);
-  at::Tensor probs = at::softmax(logits, -1);
-  at::Tensor chosen = std::get<1>(probs.topk(top_k, -1));
-  at::Tensor counts =
-      at::zeros({experts}, probs.options()).index_add_(0, chosen.reshape(-1),
-                                                       at::ones({chosen.numel()}, probs.options()));
-  at::Tensor f = (counts / static_cast<double>(chosen.numel())).detach();
-  return static_cast<double>(experts) * (f * probs.mean(0)).sum();
-}
-
-struct Model {
-  ModelConfig config;
-  std::vector<NamedTensor> params;  // ModelTensors order
-  std::map<std::string, at::Tensor> by_name;
-};
-
-Model InitModel(const ModelConfig& config, uint64_t seed) {
-  Model m;
-  m.config = config;
-  at::manual_seed(seed);
-  for (const TensorSpec& spec : ModelTensors(config)) {
-    at::Tensor t;
-    if (spec.shape.size() == 1 && spec.role == TensorRole::kNorm) {
-      t = at::ones(spec.shape);
-    } else if (spec.shape.size() == 1) {
-      t = at::zeros(spec.shape);
-    } else {
-      t = at::randn(spec.shape) * 0.02;
-    }
-    t.set_requires_grad(true);
-    m.params.push_back({spec.name, t, std::nullopt});
-    m.by_name[spec.name] = t;
-  }
-  return m;
-}
-
-// Logits of tokens [batch, seq] through the trainable parameters.
-at::Tensor ForwardTrain(const Model& m, const at::Tensor& tokens, const RopeTables& rope,
-                        ForwardObserver* observer) {
-  const ModelConfig& c = m.config;
-  at::Tensor h = at::embedding(m.by_name.at(EmbeddingTensorName()), tokens);
-  for (int l = 0; l < c.num_hidden_layers; ++l) {
-    absl::StatusOr<LayerWeights> w = AssembleLayer(
-        c, l, [&](const TensorSpec& s) -> absl::StatusOr<at::Tensor> { return m.by_name.at(s.name); });
-    h = DecoderLayer(c, *w, h, rope, observer);
-  }
-  h = RmsNorm(h, m.by_name.at(FinalNormTensorName()), c.rms_norm_eps);
-  return at::linear(h, m.by_name.at(LmHeadTensorName(c)));
 }
 
 double UnigramPerplexity(const std::vector<int32_t>& train, const std::vector<int32_t>& heldout,
@@ -243,36 +169,125 @@ absl::StatusOr<TrainReport> ReadCachedReport(const std::string& dir) {
   return report;
 }
 
+template <typename T>
+absl::Status BadValue(absl::string_view field, T value) {
+  return absl::InvalidArgumentError(absl::StrCat("train: bad value ", value, " for '", field, "'"));
+}
+
+// TrainOptions::Validate's checks of the vocabulary, depth and attention shape.
+absl::Status ValidateShape(const TrainOptions& o) {
+  if (o.vocab < 258 + 16 || o.vocab > 256 + kTinyMaxMerges + kTinyNumSpecialTokens) {
+    return BadValue("vocab", o.vocab);
+  }
+  if (o.layers < 1 || o.layers > 64) return BadValue("layers", o.layers);
+  if (o.heads < 1 || o.hidden % o.heads != 0 || (o.hidden / o.heads) % 2 != 0) {
+    return BadValue("hidden", o.hidden);
+  }
+  if (o.kv_heads < 1 || o.heads % o.kv_heads != 0) return BadValue("kv_heads", o.kv_heads);
+  return absl::OkStatus();
+}
+
+// TrainOptions::Validate's checks of the experts and MLP widths.
+absl::Status ValidateExperts(const TrainOptions& o) {
+  if (o.experts < 1 || o.experts > 256) return BadValue("experts", o.experts);
+  if (o.top_k < 1 || o.top_k > o.experts) return BadValue("top_k", o.top_k);
+  if (o.moe_intermediate < 1) return BadValue("moe_intermediate", o.moe_intermediate);
+  if (o.intermediate < 1) return BadValue("intermediate", o.intermediate);
+  if (o.shared_experts < 0) return BadValue("shared_experts", o.shared_experts);
+  return absl::OkStatus();
+}
+
+// TrainOptions::Validate's checks of the training schedule.
+absl::Status ValidateSchedule(const TrainOptions& o) {
+  if (o.seqlen < 8) return BadValue("seqlen", o.seqlen);
+  if (o.batch < 1) return BadValue("batch", o.batch);
+  if (o.steps < 1) return BadValue("steps", o.steps);
+  if (!(o.lr > 0)) return BadValue("lr", o.lr);
+  if (!(o.heldout_fraction > 0 && o.heldout_fraction < 0.5)) {
+    return BadValue("heldout_fraction", o.heldout_fraction);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status WriteInto(const std::string& dir, const char* name, absl::string_view text) {
+  return storage::WriteFileAtomically((fs::path(dir) / name).string(), text);
+}
+
+// The training text and the held-out text after it. The corpus is split by characters first (at
+// a line break) so that the tokenizer never sees the held-out text.
+std::pair<std::string, std::string> SplitHeldout(const std::vector<std::string>& texts,
+                                                 double heldout_fraction) {
+  std::string all = absl::StrJoin(texts, "\n\n");
+  const size_t cut = all.size() - static_cast<size_t>(all.size() * heldout_fraction);
+  const size_t boundary = all.find('\n', cut) == std::string::npos ? cut : all.find('\n', cut);
+  return {all.substr(0, boundary), all.substr(boundary)};
+}
+
+// The tokenizer trained on the training text and the model's config.
+struct TrainingSetup {
+  std::unique_ptr<Tokenizer> tokenizer;
+  ModelConfig config;
+  int vocab_total = 0;  // the tokenizer's vocabulary, special tokens included
+};
+
+// Trains the tokenizer and writes it, config.json, generation_config.json, train.txt and
+// heldout.txt into `tmp`.
+absl::StatusOr<TrainingSetup> WriteTokenizerAndConfig(const TrainOptions& o,
+                                                      const std::string& train_text,
+                                                      const std::string& heldout_text,
+                                                      const std::string& tmp) {
+  BpeTrainerOptions bpe;
+  bpe.vocab_size = o.vocab;
+  bpe.bos_token = std::string(kTinyBosToken);
+  bpe.eos_token = std::string(kTinyEosToken);
+  bpe.special_tokens = {bpe.bos_token, bpe.eos_token};
+  MOEC_RETURN_IF_ERROR(WriteTrainedTokenizer({train_text}, bpe, tmp));
+  TrainingSetup setup;
+  MOEC_ASSIGN_OR_RETURN(setup.tokenizer, Tokenizer::Load(tmp));
+  const Tokenizer& tokenizer = *setup.tokenizer;
+  setup.vocab_total = tokenizer.vocab_size();
+  const int vocab_total = setup.vocab_total;
+  MOEC_ASSIGN_OR_RETURN(std::string config_text,
+                        TinyModelConfigJson(ArchitectureOptions(o, vocab_total - 2)));
+  MOEC_ASSIGN_OR_RETURN(setup.config, ParseModelConfig(config_text, "trained config.json"));
+  MOEC_RETURN_IF_ERROR(WriteInto(tmp, "config.json", config_text));
+  const json generation = {{"bos_token_id", tokenizer.bos_id().value_or(vocab_total - 2)},
+                           {"eos_token_id", tokenizer.eos_id().value_or(vocab_total - 1)}};
+  MOEC_RETURN_IF_ERROR(WriteInto(tmp, "generation_config.json", generation.dump(2) + "\n"));
+  MOEC_RETURN_IF_ERROR(WriteInto(tmp, "train.txt", train_text));
+  MOEC_RETURN_IF_ERROR(WriteInto(tmp, "heldout.txt", heldout_text));
+  return setup;
+}
+
+// The held-out perplexity (windows of o.seqlen) and router entropy (on at most 8 of those
+// windows) of the checkpoint in `dir`, into `report`.
+absl::Status EvaluateTrained(const std::string& dir, const std::vector<int32_t>& heldout_ids,
+                             const TrainOptions& o, TrainReport* report) {
+  MOEC_ASSIGN_OR_RETURN(std::unique_ptr<ModelRunner> runner, ModelRunner::Open(dir));
+  TokenWindows windows;
+  windows.seqlen = o.seqlen;
+  const size_t n = heldout_ids.size() / o.seqlen;
+  windows.tokens.assign(heldout_ids.begin(), heldout_ids.begin() + n * o.seqlen);
+  MOEC_ASSIGN_OR_RETURN(PerplexityResult ppl, runner->Perplexity(windows));
+  report->heldout_perplexity = ppl.perplexity;
+  EntropyObserver entropy;
+  const int64_t k = std::min<int64_t>(n, 8);
+  at::Tensor sample = at::from_blob(windows.tokens.data(), {k, o.seqlen}, at::kInt).to(at::kLong);
+  MOEC_RETURN_IF_ERROR(runner->Forward(sample, &entropy).status());
+  report->router_entropy = entropy.mean();
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status TrainOptions::Validate() const {
-  auto bad = [](absl::string_view field, auto value) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("train: bad value ", value, " for '", field, "'"));
-  };
   if (arch != "mixtral" && arch != "deepseek") {
     return absl::InvalidArgumentError(
         absl::StrCat("train: arch '", arch, "' not supported; supported: mixtral, deepseek"));
   }
-  if (vocab < 258 + 16 || vocab > 256 + kTinyMaxMerges + kTinyNumSpecialTokens) {
-    return bad("vocab", vocab);
-  }
-  if (layers < 1 || layers > 64) return bad("layers", layers);
-  if (heads < 1 || hidden % heads != 0 || (hidden / heads) % 2 != 0) return bad("hidden", hidden);
-  if (kv_heads < 1 || heads % kv_heads != 0) return bad("kv_heads", kv_heads);
-  if (experts < 1 || experts > 256) return bad("experts", experts);
-  if (top_k < 1 || top_k > experts) return bad("top_k", top_k);
-  if (moe_intermediate < 1) return bad("moe_intermediate", moe_intermediate);
-  if (intermediate < 1) return bad("intermediate", intermediate);
-  if (shared_experts < 0) return bad("shared_experts", shared_experts);
-  if (seqlen < 8) return bad("seqlen", seqlen);
-  if (batch < 1) return bad("batch", batch);
-  if (steps < 1) return bad("steps", steps);
-  if (!(lr > 0)) return bad("lr", lr);
-  if (!(heldout_fraction > 0 && heldout_fraction < 0.5)) {
-    return bad("heldout_fraction", heldout_fraction);
-  }
-  return absl::OkStatus();
+  MOEC_RETURN_IF_ERROR(ValidateShape(*this));
+  MOEC_RETURN_IF_ERROR(ValidateExperts(*this));
+  return ValidateSchedule(*this);
 }
 
 absl::StatusOr<std::string> TrainOptions::Fingerprint() const {
@@ -288,9 +303,6 @@ absl::StatusOr<std::string> TrainOptions::Fingerprint() const {
 static absl::StatusOr<TrainReport> TrainInto(const TrainOptions& o, const std::string& dir,
                                       const std::string& tmp, const TrainProgressFn& progress) {
   const auto start = std::chrono::steady_clock::now();
-  auto elapsed = [&] {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  };
   MOEC_ASSIGN_OR_RETURN(std::string fingerprint, o.Fingerprint());
   MOEC_ASSIGN_OR_RETURN(std::vector<std::string> files, CorpusFiles(o));
   MOEC_ASSIGN_OR_RETURN(std::vector<std::string> texts, ReadCorpus(files));
@@ -298,39 +310,15 @@ static absl::StatusOr<TrainReport> TrainInto(const TrainOptions& o, const std::s
   if (fs::exists(dir, ec) && !fs::is_empty(dir, ec)) {
     return absl::FailedPreconditionError(absl::StrCat(dir, " exists and is not empty"));
   }
-  // Split by characters first so that the tokenizer never sees the held-out text.
-  std::string all = absl::StrJoin(texts, "\n\n");
-  const size_t cut = all.size() - static_cast<size_t>(all.size() * o.heldout_fraction);
-  const size_t boundary = all.find('\n', cut) == std::string::npos ? cut : all.find('\n', cut);
-  const std::string train_text = all.substr(0, boundary);
-  const std::string heldout_text = all.substr(boundary);
+  const auto [train_text, heldout_text] = SplitHeldout(texts, o.heldout_fraction);
 
   fs::create_directories(tmp, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot create ", tmp, ": ", ec.message()));
-  auto write = [&](const char* name, absl::string_view text) {
-    return storage::WriteFileAtomically((fs::path(tmp) / name).string(), text);
-  };
+  MOEC_ASSIGN_OR_RETURN(TrainingSetup setup,
+                        WriteTokenizerAndConfig(o, train_text, heldout_text, tmp));
 
-  BpeTrainerOptions bpe;
-  bpe.vocab_size = o.vocab;
-  bpe.bos_token = std::string(kTinyBosToken);
-  bpe.eos_token = std::string(kTinyEosToken);
-  bpe.special_tokens = {bpe.bos_token, bpe.eos_token};
-  MOEC_RETURN_IF_ERROR(WriteTrainedTokenizer({train_text}, bpe, tmp));
-  MOEC_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer, Tokenizer::Load(tmp));
-  const int vocab_total = tokenizer->vocab_size();
-  MOEC_ASSIGN_OR_RETURN(std::string config_text,
-                        TinyModelConfigJson(ArchitectureOptions(o, vocab_total - 2)));
-  MOEC_ASSIGN_OR_RETURN(ModelConfig config, ParseModelConfig(config_text, "trained config.json"));
-  MOEC_RETURN_IF_ERROR(write("config.json", config_text));
-  const json generation = {{"bos_token_id", tokenizer->bos_id().value_or(vocab_total - 2)},
-                           {"eos_token_id", tokenizer->eos_id().value_or(vocab_total - 1)}};
-  MOEC_RETURN_IF_ERROR(write("generation_config.json", generation.dump(2) + "\n"));
-  MOEC_RETURN_IF_ERROR(write("train.txt", train_text));
-  MOEC_RETURN_IF_ERROR(write("heldout.txt", heldout_text));
-
-  const std::vector<int32_t> train_ids = tokenizer->Encode(train_text, false);
-  const std::vector<int32_t> heldout_ids = tokenizer->Encode(heldout_text, false);
+  const std::vector<int32_t> train_ids = setup.tokenizer->Encode(train_text, false);
+  const std::vector<int32_t> heldout_ids = setup.tokenizer->Encode(heldout_text, false);
   if (static_cast<int64_t>(train_ids.size()) < 4 * o.seqlen ||
       static_cast<int64_t>(heldout_ids.size()) < 2 * o.seqlen) {
     return absl::FailedPreconditionError(
@@ -342,68 +330,9 @@ static absl::StatusOr<TrainReport> TrainInto(const TrainOptions& o, const std::s
                     {static_cast<int64_t>(train_ids.size())}, at::kInt)
           .to(at::kLong);
 
-  Model m = InitModel(config, o.seed);
-  const RopeTables rope = MakeRopeTables(o.seqlen, config.head_dim, config.rope_theta);
-  std::vector<at::Tensor> adam_m, adam_v;
-  for (const NamedTensor& p : m.params) {
-    adam_m.push_back(at::zeros_like(p.tensor));
-    adam_v.push_back(at::zeros_like(p.tensor));
-  }
-  std::mt19937_64 rng(o.seed ^ 0x5eedULL);
-  const int64_t positions = corpus.size(0) - o.seqlen - 1;
-  const int warmup = std::max(1, o.steps / 20);
-  std::vector<double> recent;
-  for (int step = 0; step < o.steps; ++step) {
-    std::vector<at::Tensor> rows;
-    for (int b = 0; b < o.batch; ++b) {
-      const int64_t at_pos = static_cast<int64_t>(UniformBelow(rng, positions));
-      rows.push_back(corpus.narrow(0, at_pos, o.seqlen + 1));
-    }
-    at::Tensor batch = at::stack(rows);
-    at::Tensor input = batch.narrow(1, 0, o.seqlen), target = batch.narrow(1, 1, o.seqlen);
-    RouterCollector routers;
-    at::Tensor logits = ForwardTrain(m, input, rope, &routers);
-    at::Tensor loss = at::nll_loss(at::log_softmax(logits.reshape({-1, logits.size(2)}), -1),
-                                   target.reshape(-1));
-    const double ce = loss.item<double>();
-    for (const at::Tensor& r : routers.Take()) {
-      loss = loss + o.aux_loss * LoadBalancingLoss(r, o.top_k);
-    }
-    for (NamedTensor& p : m.params) p.tensor.mutable_grad() = at::Tensor();
-    loss.backward();
-    // Clip the global gradient norm to 1, then AdamW with linear warmup and cosine decay to 10%.
-    double norm2 = 0;
-    for (const NamedTensor& p : m.params) {
-      if (p.tensor.grad().defined()) norm2 += p.tensor.grad().pow(2).sum().item<double>();
-    }
-    const double clip = std::min(1.0, 1.0 / (std::sqrt(norm2) + 1e-6));
-    const double progress_frac = static_cast<double>(step) / o.steps;
-    const double lr = step < warmup ? o.lr * (step + 1) / warmup
-                                    : o.lr * (0.1 + 0.45 * (1 + std::cos(M_PI * progress_frac)));
-    const double b1 = 0.9, b2 = 0.95, eps = 1e-8;
-    const double c1 = 1 - std::pow(b1, step + 1), c2 = 1 - std::pow(b2, step + 1);
-    {
-      at::NoGradGuard no_grad;
-      for (size_t i = 0; i < m.params.size(); ++i) {
-        at::Tensor& p = m.params[i].tensor;
-        if (!p.grad().defined()) continue;
-        at::Tensor g = p.grad() * clip;
-        adam_m[i].mul_(b1).add_(g, 1 - b1);
-        adam_v[i].mul_(b2).addcmul_(g, g, 1 - b2);
-        if (p.dim() >= 2) p.mul_(1 - lr * o.weight_decay);
-        p.addcdiv_(adam_m[i] / c1, (adam_v[i] / c2).sqrt_().add_(eps), -lr);
-      }
-    }
-    recent.push_back(ce);
-    if (recent.size() > 10) recent.erase(recent.begin());
-    if (progress) progress({step + 1, o.steps, ce, elapsed()});
-  }
-  std::vector<NamedTensor> out;
-  for (const NamedTensor& p : m.params) {
-    if (p.name == LmHeadTensorName(config) && config.tie_word_embeddings) continue;
-    out.push_back({p.name, p.tensor.detach(), std::nullopt});
-  }
-  MOEC_RETURN_IF_ERROR(WriteCheckpointTensors(tmp, out));
+  Model m = InitModel(setup.config, o.seed);
+  const std::vector<double> recent = TrainSteps(o, corpus, &m, progress, start);
+  MOEC_RETURN_IF_ERROR(WriteTrainedCheckpoint(m, tmp));
 
   TrainReport report;
   report.fingerprint = fingerprint;
@@ -411,24 +340,11 @@ static absl::StatusOr<TrainReport> TrainInto(const TrainOptions& o, const std::s
   double sum = 0;
   for (double v : recent) sum += v;
   report.final_loss = sum / recent.size();
-  report.unigram_perplexity = UnigramPerplexity(train_ids, heldout_ids, vocab_total);
-  {
-    MOEC_ASSIGN_OR_RETURN(std::unique_ptr<ModelRunner> runner, ModelRunner::Open(tmp));
-    TokenWindows windows;
-    windows.seqlen = o.seqlen;
-    const size_t n = heldout_ids.size() / o.seqlen;
-    windows.tokens.assign(heldout_ids.begin(), heldout_ids.begin() + n * o.seqlen);
-    MOEC_ASSIGN_OR_RETURN(PerplexityResult ppl, runner->Perplexity(windows));
-    report.heldout_perplexity = ppl.perplexity;
-    EntropyObserver entropy;
-    const int64_t k = std::min<int64_t>(n, 8);
-    at::Tensor sample = at::from_blob(windows.tokens.data(), {k, o.seqlen}, at::kInt).to(at::kLong);
-    MOEC_RETURN_IF_ERROR(runner->Forward(sample, &entropy).status());
-    report.router_entropy = entropy.mean();
-  }
-  report.seconds = elapsed();
+  report.unigram_perplexity = UnigramPerplexity(train_ids, heldout_ids, setup.vocab_total);
+  MOEC_RETURN_IF_ERROR(EvaluateTrained(tmp, heldout_ids, o, &report));
+  report.seconds = SecondsSince(start);
   const json record = {{"options", OptionsJson(o, files)}, {"report", ReportJson(report)}};
-  MOEC_RETURN_IF_ERROR(write(kTrainingFile, record.dump(2) + "\n"));
+  MOEC_RETURN_IF_ERROR(WriteInto(tmp, kTrainingFile, record.dump(2) + "\n"));
   fs::remove(dir, ec);  // an empty directory may exist
   fs::rename(tmp, dir, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot rename ", tmp, " to ", dir, ": ", ec.message()));

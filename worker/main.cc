@@ -14,6 +14,9 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <string>
+#include <tuple>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -25,6 +28,7 @@
 #include "absl/synchronization/notification.h"
 #include "common/cli_util.h"
 #include "common/process_tuning.h"
+#include "common/status_macros.h"
 #include "glog/logging.h"
 #include "stages/builtin_stages.h"
 #include "worker/coordinator_client.h"
@@ -75,12 +79,7 @@ std::string FlagOrEnv(const std::string& flag, const char* env) {
   return v == nullptr ? "" : v;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  moec::UsePassiveOpenMpWait(argv);
-  moec::TuneMallocForLargeBuffers();
-  moec::SkipMutexDeadlockDetection();
+void SetUsage() {
   absl::FlagsUsageConfig usage;
   usage.contains_help_flags = [](absl::string_view f) { return absl::StrContains(f, "worker/main.cc"); };
   usage.contains_helpshort_flags = usage.contains_help_flags;
@@ -89,79 +88,100 @@ int main(int argc, char** argv) {
       "runs moec compression tasks for a coordinator.\n"
       "  moec-worker --coordinator HOST:PORT --token-file PATH [--device cpu|cuda:N] [--scratch DIR]\n"
       "              [--name NAME] [--advertise-host HOST]");
-  std::vector<std::string> storage;
-  std::vector<char*> args = moec::NormalizeDashedFlags(argc, argv, &storage);
-  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
-  google::InitGoogleLogging(argv[0]);
-  FLAGS_logtostderr = true;
+}
 
+// The coordinator's address, the token and the TLS files, from the flags (or the environment).
+absl::StatusOr<moec::worker::GrpcClientOptions> ClientOptionsFromFlags() {
   moec::worker::GrpcClientOptions client_options;
   client_options.address = FlagOrEnv(absl::GetFlag(FLAGS_coordinator), "MOEC_COORDINATOR");
   const std::string token_file = FlagOrEnv(absl::GetFlag(FLAGS_token_file), "MOEC_TOKEN_FILE");
   if (client_options.address.empty() || token_file.empty()) {
-    return Fail(absl::InvalidArgumentError("--coordinator and --token-file are required (see --help)"));
+    return absl::InvalidArgumentError("--coordinator and --token-file are required (see --help)");
   }
   auto token = moec::ReadSecretFile(token_file, "token file");
-  if (!token.ok()) return Fail(token.status());
+  if (!token.ok()) return token.status();
   client_options.token = *token;
   for (auto [flag, out, what] : {std::make_tuple(absl::GetFlag(FLAGS_tls_ca), &client_options.tls_ca, "TLS CA"),
                                  std::make_tuple(absl::GetFlag(FLAGS_tls_cert), &client_options.tls_cert, "TLS certificate"),
                                  std::make_tuple(absl::GetFlag(FLAGS_tls_key), &client_options.tls_key, "TLS key")}) {
     if (flag.empty()) continue;
     auto v = moec::ReadSecretFile(flag, what);
-    if (!v.ok()) return Fail(v.status());
+    if (!v.ok()) return v.status();
     *out = *v;
   }
-  auto client = moec::worker::NewGrpcCoordinatorClient(client_options);
-  if (!client.ok()) return Fail(client.status());
+  return client_options;
+}
 
-  moec::stages::StageRegistry registry;
-  moec::stages::RegisterBuiltinStages(&registry);
-  moec::worker::WorkerOptions options;
-  char host[256] = "host";
-  gethostname(host, sizeof(host) - 1);
-  options.name = absl::GetFlag(FLAGS_name).empty() ? absl::StrCat(host, ":", getpid())
-                                                   : absl::GetFlag(FLAGS_name);
-  options.advertise_host = FlagOrEnv(absl::GetFlag(FLAGS_advertise_host), "MOEC_ADVERTISE_HOST");
-  if (options.advertise_host.empty()) {
-    const std::string& a = client_options.address;
-    const bool loopback = absl::StartsWith(a, "127.") || absl::StartsWith(a, "localhost:") ||
-                          absl::StartsWith(a, "[::1]");
-    options.advertise_host = loopback ? "127.0.0.1" : host;
-  }
-  if (absl::GetFlag(FLAGS_collective_timeout_s) < 1) {
-    return Fail(absl::InvalidArgumentError("--collective-timeout-s must be at least 1"));
-  }
-  options.collective_timeout = absl::Seconds(absl::GetFlag(FLAGS_collective_timeout_s));
-  options.collectives = absl::GetFlag(FLAGS_collectives);
-  // --device cpu | cuda:N
+// --advertise-host (or $MOEC_ADVERTISE_HOST); else 127.0.0.1 when the coordinator is on loopback,
+// else `host`.
+std::string AdvertiseHost(const std::string& coordinator, const char* host) {
+  const std::string flag = FlagOrEnv(absl::GetFlag(FLAGS_advertise_host), "MOEC_ADVERTISE_HOST");
+  if (!flag.empty()) return flag;
+  const std::string& a = coordinator;
+  const bool loopback = absl::StartsWith(a, "127.") || absl::StartsWith(a, "localhost:") ||
+                        absl::StartsWith(a, "[::1]");
+  return loopback ? "127.0.0.1" : host;
+}
+
+// --device cpu | cuda:N
+absl::Status ApplyDevice(moec::worker::WorkerOptions* options) {
   const std::string device = absl::GetFlag(FLAGS_device);
   if (device == "cpu") {
-    options.gpu = false;
+    options->gpu = false;
   } else if (int n = -1; absl::StartsWith(device, "cuda:") && absl::SimpleAtoi(device.substr(5), &n) && n >= 0) {
     if (!at::hasCUDA()) {
-      return Fail(absl::FailedPreconditionError(absl::StrCat(
-          "--device ", device, ": this moec-worker's libtorch has no CUDA; run it with --device cpu")));
+      return absl::FailedPreconditionError(
+          absl::StrCat("--device ", device,
+                       ": this moec-worker's libtorch has no CUDA; run it with --device cpu"));
     }
-    options.gpu = true;
-    options.cuda_device = n;
+    options->gpu = true;
+    options->cuda_device = n;
   } else {
-    return Fail(absl::InvalidArgumentError(absl::StrCat("--device must be cpu or cuda:N, not '", device, "'")));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--device must be cpu or cuda:N, not '", device, "'"));
   }
-  if (absl::GetFlag(FLAGS_cuda_device) >= 0) options.cuda_device = absl::GetFlag(FLAGS_cuda_device);
-  options.memory_bytes = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGE_SIZE);
-  // --scratch: checked now, so that a bad disk is a start-up error rather than a task failure.
+  return absl::OkStatus();
+}
+
+// --scratch: checked now, so that a bad disk is a start-up error rather than a task failure.
+absl::Status UseScratch() {
   if (const std::string scratch = absl::GetFlag(FLAGS_scratch); !scratch.empty()) {
     std::error_code ec;
     std::filesystem::create_directories(scratch, ec);
     const std::string probe = scratch + "/.moec-worker-probe-" + std::to_string(getpid());
     if (ec || !std::ofstream(probe).put('x').good()) {
-      return Fail(absl::PermissionDeniedError(absl::StrCat("--scratch ", scratch, " is not a writable directory")));
+      return absl::PermissionDeniedError(
+          absl::StrCat("--scratch ", scratch, " is not a writable directory"));
     }
     std::filesystem::remove(probe, ec);
     setenv("TMPDIR", scratch.c_str(), 1);
   }
-  if (absl::Status s = options.Validate(); !s.ok()) return Fail(s);
+  return absl::OkStatus();
+}
+
+// The worker's options from the flags; `coordinator`: the coordinator's address.
+absl::StatusOr<moec::worker::WorkerOptions> WorkerOptionsFromFlags(const std::string& coordinator) {
+  moec::worker::WorkerOptions options;
+  char host[256] = "host";
+  gethostname(host, sizeof(host) - 1);
+  options.name = absl::GetFlag(FLAGS_name).empty() ? absl::StrCat(host, ":", getpid())
+                                                   : absl::GetFlag(FLAGS_name);
+  options.advertise_host = AdvertiseHost(coordinator, host);
+  if (absl::GetFlag(FLAGS_collective_timeout_s) < 1) {
+    return absl::InvalidArgumentError("--collective-timeout-s must be at least 1");
+  }
+  options.collective_timeout = absl::Seconds(absl::GetFlag(FLAGS_collective_timeout_s));
+  options.collectives = absl::GetFlag(FLAGS_collectives);
+  MOEC_RETURN_IF_ERROR(ApplyDevice(&options));
+  if (absl::GetFlag(FLAGS_cuda_device) >= 0) options.cuda_device = absl::GetFlag(FLAGS_cuda_device);
+  options.memory_bytes = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGE_SIZE);
+  MOEC_RETURN_IF_ERROR(UseScratch());
+  MOEC_RETURN_IF_ERROR(options.Validate());
+  return options;
+}
+
+// --threads: compute threads of libtorch and OpenBLAS (0: leave them at all cores).
+absl::Status SetComputeThreads() {
   if (const int threads = absl::GetFlag(FLAGS_threads); threads > 0) {
     at::set_num_threads(threads);
     // OpenBLAS's pthread build keeps its own pool; libtorch does not size it.
@@ -170,9 +190,36 @@ int main(int argc, char** argv) {
       set(threads);
     }
   } else if (absl::GetFlag(FLAGS_threads) < 0) {
-    return Fail(absl::InvalidArgumentError("--threads must be >= 0"));
+    return absl::InvalidArgumentError("--threads must be >= 0");
   }
-  moec::worker::Worker worker(client->get(), &registry, options);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  moec::UsePassiveOpenMpWait(argv);
+  moec::TuneMallocForLargeBuffers();
+  moec::SkipMutexDeadlockDetection();
+  SetUsage();
+  std::vector<std::string> storage;
+  std::vector<char*> args = moec::NormalizeDashedFlags(argc, argv, &storage);
+  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+  google::InitGoogleLogging(argv[0]);
+  FLAGS_logtostderr = true;
+
+  absl::StatusOr<moec::worker::GrpcClientOptions> client_options = ClientOptionsFromFlags();
+  if (!client_options.ok()) return Fail(client_options.status());
+  auto client = moec::worker::NewGrpcCoordinatorClient(*client_options);
+  if (!client.ok()) return Fail(client.status());
+
+  moec::stages::StageRegistry registry;
+  moec::stages::RegisterBuiltinStages(&registry);
+  absl::StatusOr<moec::worker::WorkerOptions> options =
+      WorkerOptionsFromFlags(client_options->address);
+  if (!options.ok()) return Fail(options.status());
+  if (absl::Status s = SetComputeThreads(); !s.ok()) return Fail(s);
+  moec::worker::Worker worker(client->get(), &registry, *options);
   absl::Notification stop;
   g_stop = &stop;
   std::signal(SIGINT, OnSignal);
@@ -180,7 +227,7 @@ int main(int argc, char** argv) {
   // Registration retries until the coordinator answers (it may start after the worker).
   absl::Status started;
   while (!(started = worker.Start()).ok()) {
-    LOG(WARNING) << "cannot register with " << client_options.address << ": " << started;
+    LOG(WARNING) << "cannot register with " << client_options->address << ": " << started;
     if (stop.WaitForNotificationWithTimeout(absl::Seconds(1))) return 0;
   }
   stop.WaitForNotification();

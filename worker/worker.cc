@@ -177,6 +177,30 @@ class CoordinatorRendezvous : public comm::RendezvousStore {
   const std::atomic<bool>* cancelled_;
 };
 
+// The communicator of a gang task's rank (`size` 1: a single rank needs no peers): NCCL or
+// Gloo as the worker's options say, rendezvousing through the coordinator.
+absl::StatusOr<std::unique_ptr<comm::Communicator>> NewGangCommunicator(
+    CoordinatorClient* client, const WorkerOptions& options, const std::string& worker_id,
+    const Lease& lease, int size, const std::atomic<bool>* cancelled) {
+  if (size == 1) return comm::NewSingleRankCommunicator();
+  auto store = std::make_shared<CoordinatorRendezvous>(client, worker_id, lease.task.task_id(),
+                                                       lease.task.attempts(), cancelled);
+  if (options.collectives == "nccl") {
+    comm::NcclOptions n;
+    n.rank = lease.rank;
+    n.size = size;
+    n.device = options.cuda_device;
+    n.timeout = options.collective_timeout;
+    return comm::NewNcclCommunicator(std::move(store), n);
+  }
+  comm::GlooOptions o;
+  o.rank = lease.rank;
+  o.size = size;
+  o.host = options.advertise_host;
+  o.timeout = options.collective_timeout;
+  return comm::NewGlooCommunicator(std::move(store), o);
+}
+
 }  // namespace
 
 std::optional<Lease> Worker::RunOne(const Lease& lease) {
@@ -205,23 +229,7 @@ std::optional<Lease> Worker::RunOne(const Lease& lease) {
   const int size = std::max<int>(1, static_cast<int>(lease.group.size()));
   comm::LazyCommunicator communicator(
       lease.rank, size, [&]() -> absl::StatusOr<std::unique_ptr<comm::Communicator>> {
-        if (size == 1) return comm::NewSingleRankCommunicator();
-        auto store = std::make_shared<CoordinatorRendezvous>(client_, id, lease.task.task_id(),
-                                                             lease.task.attempts(), cancelled.get());
-        if (options_.collectives == "nccl") {
-          comm::NcclOptions n;
-          n.rank = lease.rank;
-          n.size = size;
-          n.device = options_.cuda_device;
-          n.timeout = options_.collective_timeout;
-          return comm::NewNcclCommunicator(std::move(store), n);
-        }
-        comm::GlooOptions o;
-        o.rank = lease.rank;
-        o.size = size;
-        o.host = options_.advertise_host;
-        o.timeout = options_.collective_timeout;
-        return comm::NewGlooCommunicator(std::move(store), o);
+        return NewGangCommunicator(client_, options_, id, lease, size, cancelled.get());
       });
   ctx.comm = &communicator;
   // Progress goes to the coordinator at most once a second (and at the end); the answer also
@@ -241,6 +249,20 @@ std::optional<Lease> Worker::RunOne(const Lease& lease) {
                                    "the job's recipe has no stage '", lease.task.stage_id(), "'"))
                              : RunStage(*registry_, ctx);
   const int64_t compute_ms = absl::ToInt64Milliseconds(absl::Now() - started);
+  std::optional<Lease> next = Report(lease, id, result, compute_ms, *cancelled);
+  {
+    // Only now: heartbeats keep naming the task (renewing its lease) while its report is in
+    // flight, which for large outputs includes their commit.
+    absl::MutexLock lock(&mu_);
+    current_task_.clear();
+    current_cancelled_.reset();
+  }
+  return next;
+}
+
+std::optional<Lease> Worker::Report(const Lease& lease, const std::string& id,
+                                    const absl::Status& result, int64_t compute_ms,
+                                    const std::atomic<bool>& cancelled) {
   absl::Status reported;
   std::optional<Lease> next;
   if (result.ok()) {
@@ -254,20 +276,13 @@ std::optional<Lease> Worker::RunOne(const Lease& lease) {
   } else {
     ++tasks_failed_;
     LOG(WARNING) << "worker=" << id << " task=" << lease.task.task_id() << " failed: " << result;
-    if (!cancelled->load()) {
+    if (!cancelled.load()) {
       reported = client_->FailTask(id, lease.task.task_id(), result, IsRetriable(result));
     }
   }
   if (!reported.ok()) {
     LOG(WARNING) << "worker=" << id << " task=" << lease.task.task_id()
                  << " report: " << reported;  // the lease will expire and the task re-run
-  }
-  {
-    // Only now: heartbeats keep naming the task (renewing its lease) while its report is in
-    // flight, which for large outputs includes their commit.
-    absl::MutexLock lock(&mu_);
-    current_task_.clear();
-    current_cancelled_.reset();
   }
   return next;
 }

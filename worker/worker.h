@@ -60,6 +60,10 @@ class Worker {
   void HeartbeatLoop();
   // Runs the task and reports it; returns the next task when the completing call granted one.
   std::optional<Lease> RunOne(const Lease& lease);
+  // Reports the task's `result` (completion by rank 0, or failure unless it was `cancelled`) and
+  // counts it; returns the next task when the completing call granted one.
+  std::optional<Lease> Report(const Lease& lease, const std::string& id, const absl::Status& result,
+                              int64_t compute_ms, const std::atomic<bool>& cancelled);
   absl::Status Reregister();
 
   CoordinatorClient* const client_;             // Not owned.

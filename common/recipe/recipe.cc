@@ -49,11 +49,20 @@ class Parser {
   absl::StatusOr<std::string> Path(const YAML::Node& n, absl::string_view what) const;
   absl::StatusOr<DataSpec> Data(const YAML::Node& n, absl::string_view what, bool calibration) const;
   absl::StatusOr<StageSpec> Stage(const YAML::Node& n) const;
+  absl::Status Needs(const YAML::Node& needs, StageSpec* s) const;
+  absl::Status StageParams(const YAML::Node& n, const StageKindSpec& spec, StageSpec* s) const;
+  absl::Status CheckWith(const YAML::Node& with, const std::set<std::string>& names,
+                         const StageSpec& s) const;
   absl::StatusOr<json> Param(const YAML::Node& n, const ParamSpec& spec,
                              absl::string_view stage) const;
   absl::StatusOr<json> IntListParam(const YAML::Node& n, const ParamSpec& spec,
                                     const std::string& what) const;
   absl::Status Order(const YAML::Node& stages_node, std::vector<StageSpec>* stages) const;
+  absl::Status IndexStages(const YAML::Node& node, const std::vector<StageSpec>& stages,
+                           std::map<std::string, size_t>* index) const;
+  absl::Status CycleError(const YAML::Node& node, const std::vector<StageSpec>& stages,
+                          const std::vector<bool>& placed,
+                          const std::map<std::string, size_t>& index) const;
 
   const std::string source_;
   const fs::path dir_;
@@ -215,65 +224,68 @@ absl::StatusOr<StageSpec> Parser::Stage(const YAML::Node& n) const {
     return Err(n["kind"], absl::StrCat("stage '", s.id, "': unknown kind '", s.kind,
                                        "' (known: ", StageKindList(), ")"));
   }
-  if (n["needs"]) {
-    if (!n["needs"].IsSequence()) return Err(n["needs"], absl::StrCat("stage '", s.id, "': needs must be a list"));
-    for (const auto& e : n["needs"]) {
-      MOEC_ASSIGN_OR_RETURN(std::string need, String(e, absl::StrCat("stage '", s.id, "' needs")));
-      s.needs.push_back(need);
-    }
+  MOEC_RETURN_IF_ERROR(Needs(n["needs"], &s));
+  MOEC_RETURN_IF_ERROR(StageParams(n, *spec, &s));
+  return s;
+}
+
+// The needs of stage `s` (node `needs`, which may be absent).
+absl::Status Parser::Needs(const YAML::Node& needs, StageSpec* s) const {
+  if (!needs) return absl::OkStatus();
+  if (!needs.IsSequence()) {
+    return Err(needs, absl::StrCat("stage '", s->id, "': needs must be a list"));
   }
+  for (const auto& e : needs) {
+    MOEC_ASSIGN_OR_RETURN(std::string need, String(e, absl::StrCat("stage '", s->id, "' needs")));
+    s->needs.push_back(need);
+  }
+  return absl::OkStatus();
+}
+
+// The parameters of stage `s` (node `n`, kind `spec`): those of its `with` mapping, the kind's
+// defaults for the others.
+absl::Status Parser::StageParams(const YAML::Node& n, const StageKindSpec& spec,
+                                 StageSpec* s) const {
   YAML::Node with = n["with"];
   std::set<std::string> names;
-  for (const auto& p : spec->params) names.insert(p.name);
-  if (with && !with.IsNull()) {
-    if (!with.IsMap()) return Err(with, absl::StrCat("stage '", s.id, "': with must be a mapping"));
-    for (const auto& kv : with) {
-      const std::string key = kv.first.as<std::string>();
-      if (!names.count(key)) {
-        return Err(kv.first, absl::StrCat("stage '", s.id, "': unknown parameter '", key,
-                                          "' for kind ", s.kind, " (known: ",
-                                          names.empty() ? "none" : absl::StrJoin(names, ", "),
-                                          ")"));
-      }
-    }
-    MOEC_RETURN_IF_ERROR(CheckKeys(with, names, absl::StrCat("stage '", s.id, "' with")));
-  }
-  s.params = json::object();
+  for (const auto& p : spec.params) names.insert(p.name);
+  if (with && !with.IsNull()) MOEC_RETURN_IF_ERROR(CheckWith(with, names, *s));
+  s->params = json::object();
   const bool has_with = with && with.IsMap();
-  for (const ParamSpec& p : spec->params) {
+  for (const ParamSpec& p : spec.params) {
     if (!has_with || !with[p.name]) {
       if (p.default_value.is_null()) {
-        return Err(n, absl::StrCat("stage '", s.id, "': missing required parameter '", p.name,
+        return Err(n, absl::StrCat("stage '", s->id, "': missing required parameter '", p.name,
                                    "' (", p.help, ")"));
       }
-      s.params[p.name] = p.default_value;
+      s->params[p.name] = p.default_value;
       continue;
     }
-    MOEC_ASSIGN_OR_RETURN(s.params[p.name], Param(with[p.name], p, s.id));
+    MOEC_ASSIGN_OR_RETURN(s->params[p.name], Param(with[p.name], p, s->id));
   }
-  return s;
+  return absl::OkStatus();
+}
+
+// Refuses a `with` of stage `s` that is not a mapping of the parameters `names` of its kind.
+absl::Status Parser::CheckWith(const YAML::Node& with, const std::set<std::string>& names,
+                               const StageSpec& s) const {
+  if (!with.IsMap()) return Err(with, absl::StrCat("stage '", s.id, "': with must be a mapping"));
+  for (const auto& kv : with) {
+    const std::string key = kv.first.as<std::string>();
+    if (!names.count(key)) {
+      return Err(kv.first, absl::StrCat("stage '", s.id, "': unknown parameter '", key,
+                                        "' for kind ", s.kind, " (known: ",
+                                        names.empty() ? "none" : absl::StrJoin(names, ", "),
+                                        ")"));
+    }
+  }
+  return CheckKeys(with, names, absl::StrCat("stage '", s.id, "' with"));
 }
 
 // Orders stages topologically, keeping file order where dependencies allow.
 absl::Status Parser::Order(const YAML::Node& node, std::vector<StageSpec>* stages) const {
   std::map<std::string, size_t> index;
-  for (size_t i = 0; i < stages->size(); ++i) {
-    if (!index.emplace((*stages)[i].id, i).second) {
-      return Err(node[i]["id"], absl::StrCat("duplicate stage id '", (*stages)[i].id, "'"));
-    }
-  }
-  for (size_t i = 0; i < stages->size(); ++i) {
-    for (size_t k = 0; k < (*stages)[i].needs.size(); ++k) {
-      const std::string& need = (*stages)[i].needs[k];
-      if (!index.count(need)) {
-        return Err(node[i]["needs"][k], absl::StrCat("stage '", (*stages)[i].id,
-                                                     "' needs '", need, "', which is not a stage"));
-      }
-      if (need == (*stages)[i].id) {
-        return Err(node[i]["needs"][k], absl::StrCat("stage '", need, "' needs itself"));
-      }
-    }
-  }
+  MOEC_RETURN_IF_ERROR(IndexStages(node, *stages, &index));
   std::vector<StageSpec> out;
   std::vector<bool> placed(stages->size(), false);
   while (out.size() < stages->size()) {
@@ -288,30 +300,57 @@ absl::Status Parser::Order(const YAML::Node& node, std::vector<StageSpec>* stage
         progress = true;
       }
     }
-    if (!progress) {
-      // Every unplaced stage waits on another unplaced one: walk the needs to find the cycle.
-      size_t cur = 0;
-      while (placed[cur]) ++cur;
-      std::vector<size_t> path;
-      std::vector<int> pos(stages->size(), -1);
-      while (pos[cur] < 0) {
-        pos[cur] = static_cast<int>(path.size());
-        path.push_back(cur);
-        for (const auto& need : (*stages)[cur].needs) {
-          if (!placed[index[need]]) {
-            cur = index[need];
-            break;
-          }
-        }
-      }
-      std::vector<std::string> ids;
-      for (size_t k = pos[cur]; k < path.size(); ++k) ids.push_back((*stages)[path[k]].id);
-      ids.push_back((*stages)[cur].id);
-      return Err(node[cur], absl::StrCat("stages form a cycle: ", absl::StrJoin(ids, " -> ")));
-    }
+    if (!progress) return CycleError(node, *stages, placed, index);
   }
   *stages = std::move(out);
   return absl::OkStatus();
+}
+
+// Stage id -> position in `stages`; refuses duplicate ids and needs that name no other stage.
+absl::Status Parser::IndexStages(const YAML::Node& node, const std::vector<StageSpec>& stages,
+                                 std::map<std::string, size_t>* index) const {
+  for (size_t i = 0; i < stages.size(); ++i) {
+    if (!index->emplace(stages[i].id, i).second) {
+      return Err(node[i]["id"], absl::StrCat("duplicate stage id '", stages[i].id, "'"));
+    }
+  }
+  for (size_t i = 0; i < stages.size(); ++i) {
+    for (size_t k = 0; k < stages[i].needs.size(); ++k) {
+      const std::string& need = stages[i].needs[k];
+      if (!index->count(need)) {
+        return Err(node[i]["needs"][k], absl::StrCat("stage '", stages[i].id,
+                                                     "' needs '", need, "', which is not a stage"));
+      }
+      if (need == stages[i].id) {
+        return Err(node[i]["needs"][k], absl::StrCat("stage '", need, "' needs itself"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Every stage not `placed` waits on another unplaced one: walks the needs to find the cycle.
+absl::Status Parser::CycleError(const YAML::Node& node, const std::vector<StageSpec>& stages,
+                                const std::vector<bool>& placed,
+                                const std::map<std::string, size_t>& index) const {
+  size_t cur = 0;
+  while (placed[cur]) ++cur;
+  std::vector<size_t> path;
+  std::vector<int> pos(stages.size(), -1);
+  while (pos[cur] < 0) {
+    pos[cur] = static_cast<int>(path.size());
+    path.push_back(cur);
+    for (const auto& need : stages[cur].needs) {
+      if (!placed[index.at(need)]) {
+        cur = index.at(need);
+        break;
+      }
+    }
+  }
+  std::vector<std::string> ids;
+  for (size_t k = pos[cur]; k < path.size(); ++k) ids.push_back(stages[path[k]].id);
+  ids.push_back(stages[cur].id);
+  return Err(node[cur], absl::StrCat("stages form a cycle: ", absl::StrJoin(ids, " -> ")));
 }
 
 absl::StatusOr<Recipe> Parser::Parse(const YAML::Node& root) {
@@ -359,6 +398,19 @@ absl::StatusOr<Recipe> Parser::Parse(const YAML::Node& root) {
   return r;
 }
 
+// Makes `found` the stage of `stages` (a sequence) whose id is `id`, the last one if several;
+// false when there is none.
+bool FindStage(YAML::Node stages, const std::string& id, YAML::Node& found) {
+  bool have = false;
+  for (auto e : stages) {
+    if (e.IsMap() && e["id"] && e["id"].IsScalar() && e["id"].Scalar() == id) {
+      found.reset(e);
+      have = true;
+    }
+  }
+  return have;
+}
+
 absl::Status ApplyOverride(YAML::Node root, const std::string& source, const std::string& ov) {
   auto bad = [&](absl::string_view what) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": --set '", ov, "': ", what));
@@ -380,14 +432,7 @@ absl::Status ApplyOverride(YAML::Node root, const std::string& source, const std
     const bool last = i + 1 == path.size();
     if (cur.IsSequence()) {
       YAML::Node found;  // note: a default Node is a defined null, hence the flag
-      bool have = false;
-      for (auto e : cur) {
-        if (e.IsMap() && e["id"] && e["id"].IsScalar() && e["id"].Scalar() == seg) {
-          found.reset(e);
-          have = true;
-        }
-      }
-      if (!have) return bad(absl::StrCat("no stage with id '", seg, "'"));
+      if (!FindStage(cur, seg, found)) return bad(absl::StrCat("no stage with id '", seg, "'"));
       if (last) return bad("cannot replace a whole stage");
       cur.reset(found);
       continue;

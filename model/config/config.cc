@@ -61,12 +61,8 @@ absl::StatusOr<const ArchInfo*> FindArchitecture(const ConfigObject& root) {
                                                  "'; supported: ", absl::StrJoin(supported, ", ")));
 }
 
-// Fields every architecture shares (attention, embeddings, norms).
-absl::Status ParseCommon(const ConfigObject& root, const ArchInfo& info, ModelConfig* c) {
-  MOEC_ASSIGN_OR_RETURN(c->hidden_size, root.RequiredInt("hidden_size", 1, kMaxDim));
-  MOEC_ASSIGN_OR_RETURN(c->intermediate_size, root.RequiredInt("intermediate_size", 1, kMaxDim));
-  MOEC_ASSIGN_OR_RETURN(int64_t layers, root.RequiredInt("num_hidden_layers", 1, 1 << 20));
-  c->num_hidden_layers = static_cast<int>(layers);
+// Attention heads: num_attention_heads, num_key_value_heads and head_dim.
+absl::Status ParseHeads(const ConfigObject& root, const ArchInfo& info, ModelConfig* c) {
   MOEC_ASSIGN_OR_RETURN(int64_t heads, root.RequiredInt("num_attention_heads", 1, 1 << 20));
   c->num_attention_heads = static_cast<int>(heads);
   // Absent: transformers' config class default (Mixtral 8, Qwen2-MoE 16, Qwen3-MoE 4); null or
@@ -96,10 +92,13 @@ absl::Status ParseCommon(const ConfigObject& root, const ArchInfo& info, ModelCo
     }
     c->head_dim = c->hidden_size / heads;
   }
-  MOEC_ASSIGN_OR_RETURN(c->rms_norm_eps, root.OptionalPositive("rms_norm_eps", info.rms_norm_eps));
-  // RoPE: plain rotary embeddings only. Newer transformers move rope_theta into
-  // rope_parameters; scaled variants (linear, dynamic, yarn, llama3 ...) are refused rather than
-  // silently computed wrong.
+  return absl::OkStatus();
+}
+
+// RoPE: plain rotary embeddings only. Newer transformers move rope_theta into
+// rope_parameters; scaled variants (linear, dynamic, yarn, llama3 ...) are refused rather than
+// silently computed wrong.
+absl::Status ParseRope(const ConfigObject& root, const ArchInfo& info, ModelConfig* c) {
   double theta = info.rope_theta;
   if (const json* rp = root.Find("rope_parameters"); rp != nullptr && !rp->is_null()) {
     if (!rp->is_object()) return root.Error("rope_parameters", "expected an object");
@@ -115,7 +114,13 @@ absl::Status ParseCommon(const ConfigObject& root, const ArchInfo& info, ModelCo
     return root.Error("rope_scaling", "scaled rotary embeddings are not supported");
   }
   MOEC_ASSIGN_OR_RETURN(c->rope_theta, root.OptionalPositive("rope_theta", theta));
-  // Sliding-window attention (Mixtral's sliding_window; Qwen's when use_sliding_window).
+  return absl::OkStatus();
+}
+
+// Sliding-window attention (Mixtral's sliding_window; Qwen's when use_sliding_window) and
+// OLMoE's clip_qkv.
+absl::Status ParseWindowAndClip(const ConfigObject& root, const ArchInfo& info,
+                                ModelConfig* c) {
   bool window_on = info.arch == Architecture::kMixtral;
   if (info.arch == Architecture::kQwen2Moe || info.arch == Architecture::kQwen3Moe) {
     MOEC_ASSIGN_OR_RETURN(window_on, root.OptionalBool("use_sliding_window", false));
@@ -130,6 +135,19 @@ absl::Status ParseCommon(const ConfigObject& root, const ArchInfo& info, ModelCo
       c->clip_qkv = v;
     }
   }
+  return absl::OkStatus();
+}
+
+// Fields every architecture shares (attention, embeddings, norms).
+absl::Status ParseCommon(const ConfigObject& root, const ArchInfo& info, ModelConfig* c) {
+  MOEC_ASSIGN_OR_RETURN(c->hidden_size, root.RequiredInt("hidden_size", 1, kMaxDim));
+  MOEC_ASSIGN_OR_RETURN(c->intermediate_size, root.RequiredInt("intermediate_size", 1, kMaxDim));
+  MOEC_ASSIGN_OR_RETURN(int64_t layers, root.RequiredInt("num_hidden_layers", 1, 1 << 20));
+  c->num_hidden_layers = static_cast<int>(layers);
+  MOEC_RETURN_IF_ERROR(ParseHeads(root, info, c));
+  MOEC_ASSIGN_OR_RETURN(c->rms_norm_eps, root.OptionalPositive("rms_norm_eps", info.rms_norm_eps));
+  MOEC_RETURN_IF_ERROR(ParseRope(root, info, c));
+  MOEC_RETURN_IF_ERROR(ParseWindowAndClip(root, info, c));
   MOEC_ASSIGN_OR_RETURN(c->vocab_size, root.RequiredInt("vocab_size", 1, kMaxCount));
   MOEC_ASSIGN_OR_RETURN(
       c->max_position_embeddings,
@@ -142,8 +160,8 @@ absl::Status ParseCommon(const ConfigObject& root, const ArchInfo& info, ModelCo
   return absl::OkStatus();
 }
 
-// MoE fields and the per-architecture attention layout.
-absl::Status ParseMoe(const ConfigObject& root, const ArchInfo& info, ModelConfig* c) {
+// The routed experts: how many, how many per token, and their width.
+absl::Status ParseExperts(const ConfigObject& root, const ArchInfo& info, ModelConfig* c) {
   const json* experts = root.Find(info.experts_field);
   if (experts != nullptr && experts->is_array()) {
     return root.Error(info.experts_field,
@@ -163,38 +181,44 @@ absl::Status ParseMoe(const ConfigObject& root, const ArchInfo& info, ModelConfi
   } else {
     c->moe_intermediate_size = c->intermediate_size;
   }
-  MOEC_ASSIGN_OR_RETURN(c->norm_topk_prob, root.OptionalBool("norm_topk_prob", false));
-  MOEC_ASSIGN_OR_RETURN(bool attention_bias, root.OptionalBool("attention_bias", false));
+  return absl::OkStatus();
+}
+
+// DeepSeek's shared experts, dense first layers, MoE layer frequency and scoring function.
+absl::Status ParseDeepseekMoe(const ConfigObject& root, ModelConfig* c) {
   const int layers = c->num_hidden_layers;
-  if (arch == Architecture::kMixtral) {
-    c->norm_topk_prob = true;  // MixtralSparseMoeBlock always renormalizes the top-k
-    attention_bias = false;    // MixtralAttention has no biases
+  MOEC_ASSIGN_OR_RETURN(int64_t shared, root.OptionalInt("n_shared_experts", 0, 0, kMaxCount));
+  c->n_shared_experts = static_cast<int>(shared);
+  MOEC_ASSIGN_OR_RETURN(int64_t first, root.OptionalInt("first_k_dense_replace", 0, 0, layers));
+  c->first_k_dense_replace = static_cast<int>(first);
+  MOEC_ASSIGN_OR_RETURN(int64_t freq, root.OptionalInt("moe_layer_freq", 1, 1, kMaxCount));
+  c->moe_layer_freq = static_cast<int>(freq);
+  MOEC_ASSIGN_OR_RETURN(std::string scoring, root.OptionalString("scoring_func"));
+  if (!scoring.empty() && scoring != "softmax") {
+    return root.Error("scoring_func", absl::StrCat("'", scoring,
+                                                   "' is not supported "
+                                                   "(DeepSeek-MoE v1 uses softmax)"));
   }
-  if (arch == Architecture::kDeepseek) {
-    MOEC_ASSIGN_OR_RETURN(int64_t shared, root.OptionalInt("n_shared_experts", 0, 0, kMaxCount));
-    c->n_shared_experts = static_cast<int>(shared);
-    MOEC_ASSIGN_OR_RETURN(int64_t first, root.OptionalInt("first_k_dense_replace", 0, 0, layers));
-    c->first_k_dense_replace = static_cast<int>(first);
-    MOEC_ASSIGN_OR_RETURN(int64_t freq, root.OptionalInt("moe_layer_freq", 1, 1, kMaxCount));
-    c->moe_layer_freq = static_cast<int>(freq);
-    MOEC_ASSIGN_OR_RETURN(std::string scoring, root.OptionalString("scoring_func"));
-    if (!scoring.empty() && scoring != "softmax") {
-      return root.Error("scoring_func", absl::StrCat("'", scoring,
-                                                     "' is not supported "
-                                                     "(DeepSeek-MoE v1 uses softmax)"));
-    }
-  }
+  return absl::OkStatus();
+}
+
+// Qwen2-MoE's shared expert, and the sparse step and MLP-only layers of both Qwen MoEs.
+absl::Status ParseQwenMoe(const ConfigObject& root, Architecture arch, ModelConfig* c) {
   if (arch == Architecture::kQwen2Moe) {
     MOEC_ASSIGN_OR_RETURN(c->shared_expert_intermediate_size,
                           root.RequiredInt("shared_expert_intermediate_size", 1, kMaxDim));
     c->has_shared_expert_gate = true;
   }
-  if (arch == Architecture::kQwen2Moe || arch == Architecture::kQwen3Moe) {
-    MOEC_ASSIGN_OR_RETURN(int64_t step, root.OptionalInt("decoder_sparse_step", 1, 1, kMaxCount));
-    c->decoder_sparse_step = static_cast<int>(step);
-    MOEC_ASSIGN_OR_RETURN(c->mlp_only_layers,
-                          root.OptionalIndexSet("mlp_only_layers", 0, layers - 1));
-  }
+  MOEC_ASSIGN_OR_RETURN(int64_t step, root.OptionalInt("decoder_sparse_step", 1, 1, kMaxCount));
+  c->decoder_sparse_step = static_cast<int>(step);
+  MOEC_ASSIGN_OR_RETURN(c->mlp_only_layers,
+                        root.OptionalIndexSet("mlp_only_layers", 0, c->num_hidden_layers - 1));
+  return absl::OkStatus();
+}
+
+// The per-architecture attention layout: projection biases and q/k norms.
+absl::Status ParseAttentionLayout(const ConfigObject& root, Architecture arch,
+                                  bool attention_bias, ModelConfig* c) {
   if (arch == Architecture::kQwen2Moe) {
     // Qwen2MoeAttention: q/k/v always biased, o_proj never; "qkv_bias" in newer exports.
     MOEC_ASSIGN_OR_RETURN(c->qkv_bias, root.OptionalBool("qkv_bias", true));
@@ -214,6 +238,93 @@ absl::Status ParseMoe(const ConfigObject& root, const ArchInfo& info, ModelConfi
     c->qk_norm = QkNorm::kPerHead;
   }
   return absl::OkStatus();
+}
+
+// MoE fields and the per-architecture attention layout.
+absl::Status ParseMoe(const ConfigObject& root, const ArchInfo& info, ModelConfig* c) {
+  MOEC_RETURN_IF_ERROR(ParseExperts(root, info, c));
+  MOEC_ASSIGN_OR_RETURN(c->norm_topk_prob, root.OptionalBool("norm_topk_prob", false));
+  MOEC_ASSIGN_OR_RETURN(bool attention_bias, root.OptionalBool("attention_bias", false));
+  const Architecture arch = info.arch;
+  if (arch == Architecture::kMixtral) {
+    c->norm_topk_prob = true;  // MixtralSparseMoeBlock always renormalizes the top-k
+    attention_bias = false;    // MixtralAttention has no biases
+  }
+  if (arch == Architecture::kDeepseek) {
+    MOEC_RETURN_IF_ERROR(ParseDeepseekMoe(root, c));
+  }
+  if (arch == Architecture::kQwen2Moe || arch == Architecture::kQwen3Moe) {
+    MOEC_RETURN_IF_ERROR(ParseQwenMoe(root, arch, c));
+  }
+  return ParseAttentionLayout(root, arch, attention_bias, c);
+}
+
+// The top-level object of config.json `text`.
+absl::StatusOr<json> ParseRoot(absl::string_view text, absl::string_view source) {
+  if (!JsonNestingWithin(text, kMaxJsonDepth)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config file ", source, ": JSON nested deeper than ", kMaxJsonDepth));
+  }
+  json root = json::parse(text.begin(), text.end(), /*cb=*/nullptr, /*allow_exceptions=*/false);
+  if (root.is_discarded()) {
+    return absl::InvalidArgumentError(absl::StrCat("config file ", source, ": malformed JSON"));
+  }
+  if (!root.is_object()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config file ", source, ": top level is not a JSON object"));
+  }
+  return root;
+}
+
+// quantization_config.dynamic: the "+:<regex>" entries that set a module's bits.
+absl::Status ParseDynamicBits(const ConfigObject& qr, QuantizationConfig* quant) {
+  if (const nlohmann::json* dyn =
+          qr.object().contains("dynamic") ? &qr.object()["dynamic"] : nullptr;
+      dyn != nullptr && !dyn->is_null()) {
+    if (!dyn->is_object()) return qr.Error(qr.Path("dynamic"), "must be an object");
+    for (const auto& [key, value] : dyn->items()) {
+      if (key.rfind("+:", 0) != 0 || !value.is_object() || !value.contains("bits")) continue;
+      const nlohmann::json& b = value["bits"];
+      if (!b.is_number_integer() || b.get<int64_t>() < 1 || b.get<int64_t>() > 8) {
+        return qr.Error(qr.Path("dynamic"), absl::StrCat("'", key, "': bits must be 1..8"));
+      }
+      try {
+        std::regex check(key.substr(2));
+      } catch (const std::regex_error&) {
+        return qr.Error(qr.Path("dynamic"), absl::StrCat("'", key, "' is not a valid regex"));
+      }
+      quant->dynamic_bits.emplace_back(key.substr(2), b.get<int>());
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The quantization_config object (GPTQ or HQQ).
+absl::StatusOr<QuantizationConfig> ParseQuantization(const json& q, absl::string_view source) {
+  const ConfigObject qr(q, source, "quantization_config");
+  QuantizationConfig quant;
+  MOEC_ASSIGN_OR_RETURN(quant.quant_method, qr.OptionalString("quant_method"));
+  if (quant.quant_method != "gptq" && quant.quant_method != "hqq") {
+    return qr.Error(qr.Path("quant_method"),
+                    absl::StrCat("unsupported quantization method '", quant.quant_method,
+                                 "'; supported: gptq, hqq"));
+  }
+  MOEC_ASSIGN_OR_RETURN(int64_t bits, qr.OptionalInt("bits", 4, 1, 8));
+  quant.bits = static_cast<int>(bits);
+  MOEC_ASSIGN_OR_RETURN(quant.group_size, qr.OptionalInt("group_size", 128, -1, 1 << 20));
+  if (quant.group_size == 0) return qr.Error(qr.Path("group_size"), "must be -1 or positive");
+  MOEC_ASSIGN_OR_RETURN(quant.desc_act, qr.OptionalBool("desc_act", false));
+  MOEC_ASSIGN_OR_RETURN(quant.sym, qr.OptionalBool("sym", true));
+  MOEC_ASSIGN_OR_RETURN(std::string format, qr.OptionalString("checkpoint_format"));
+  if (!format.empty()) quant.checkpoint_format = format;
+  if (quant.quant_method == "gptq" && quant.checkpoint_format != "gptq" &&
+      quant.checkpoint_format != "gptq_v2") {
+    return qr.Error(qr.Path("checkpoint_format"),
+                    absl::StrCat("unsupported checkpoint format '", quant.checkpoint_format,
+                                 "'; supported: gptq, gptq_v2"));
+  }
+  MOEC_RETURN_IF_ERROR(ParseDynamicBits(qr, &quant));
+  return quant;
 }
 
 }  // namespace
@@ -288,19 +399,7 @@ int64_t ModelConfig::SharedExpertIntermediateSize() const {
 }
 
 absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view text, absl::string_view source) {
-  if (!JsonNestingWithin(text, kMaxJsonDepth)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("config file ", source, ": JSON nested deeper than ", kMaxJsonDepth));
-  }
-  const json root =
-      json::parse(text.begin(), text.end(), /*cb=*/nullptr, /*allow_exceptions=*/false);
-  if (root.is_discarded()) {
-    return absl::InvalidArgumentError(absl::StrCat("config file ", source, ": malformed JSON"));
-  }
-  if (!root.is_object()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("config file ", source, ": top level is not a JSON object"));
-  }
+  MOEC_ASSIGN_OR_RETURN(const json root, ParseRoot(text, source));
   const ConfigObject reader(root, source, "");
   MOEC_ASSIGN_OR_RETURN(const ArchInfo* info, FindArchitecture(reader));
   ModelConfig config;
@@ -316,46 +415,7 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view text, absl::strin
     if (!q->is_object()) {
       return reader.Error("quantization_config", "must be an object");
     }
-    const ConfigObject qr(*q, source, "quantization_config");
-    QuantizationConfig quant;
-    MOEC_ASSIGN_OR_RETURN(quant.quant_method, qr.OptionalString("quant_method"));
-    if (quant.quant_method != "gptq" && quant.quant_method != "hqq") {
-      return qr.Error(qr.Path("quant_method"),
-                      absl::StrCat("unsupported quantization method '", quant.quant_method,
-                                   "'; supported: gptq, hqq"));
-    }
-    MOEC_ASSIGN_OR_RETURN(int64_t bits, qr.OptionalInt("bits", 4, 1, 8));
-    quant.bits = static_cast<int>(bits);
-    MOEC_ASSIGN_OR_RETURN(quant.group_size, qr.OptionalInt("group_size", 128, -1, 1 << 20));
-    if (quant.group_size == 0) return qr.Error(qr.Path("group_size"), "must be -1 or positive");
-    MOEC_ASSIGN_OR_RETURN(quant.desc_act, qr.OptionalBool("desc_act", false));
-    MOEC_ASSIGN_OR_RETURN(quant.sym, qr.OptionalBool("sym", true));
-    MOEC_ASSIGN_OR_RETURN(std::string format, qr.OptionalString("checkpoint_format"));
-    if (!format.empty()) quant.checkpoint_format = format;
-    if (quant.quant_method == "gptq" && quant.checkpoint_format != "gptq" &&
-        quant.checkpoint_format != "gptq_v2") {
-      return qr.Error(qr.Path("checkpoint_format"),
-                      absl::StrCat("unsupported checkpoint format '", quant.checkpoint_format,
-                                   "'; supported: gptq, gptq_v2"));
-    }
-    if (const nlohmann::json* dyn = qr.object().contains("dynamic") ? &qr.object()["dynamic"] : nullptr;
-        dyn != nullptr && !dyn->is_null()) {
-      if (!dyn->is_object()) return qr.Error(qr.Path("dynamic"), "must be an object");
-      for (const auto& [key, value] : dyn->items()) {
-        if (key.rfind("+:", 0) != 0 || !value.is_object() || !value.contains("bits")) continue;
-        const nlohmann::json& b = value["bits"];
-        if (!b.is_number_integer() || b.get<int64_t>() < 1 || b.get<int64_t>() > 8) {
-          return qr.Error(qr.Path("dynamic"), absl::StrCat("'", key, "': bits must be 1..8"));
-        }
-        try {
-          std::regex check(key.substr(2));
-        } catch (const std::regex_error&) {
-          return qr.Error(qr.Path("dynamic"), absl::StrCat("'", key, "' is not a valid regex"));
-        }
-        quant.dynamic_bits.emplace_back(key.substr(2), b.get<int>());
-      }
-    }
-    config.quantization = quant;
+    MOEC_ASSIGN_OR_RETURN(config.quantization, ParseQuantization(*q, source));
   }
   return config;
 }

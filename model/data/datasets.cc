@@ -218,9 +218,11 @@ absl::StatusOr<TokenWindows> SampleRandomWindows(absl::Span<const std::string> t
   return out;
 }
 
-absl::StatusOr<TokenWindows> ConcatenateAndChunk(absl::Span<const std::string> texts,
-                                                 const Tokenizer& tokenizer,
-                                                 const ChunkOptions& options) {
+namespace {
+
+// ConcatenateAndChunk's argument checks.
+absl::Status CheckChunkOptions(absl::Span<const std::string> texts, const Tokenizer& tokenizer,
+                               const ChunkOptions& options) {
   MOEC_RETURN_IF_ERROR(CheckTexts(texts, options.seqlen));
   if (options.max_chunks < 0) {
     return absl::InvalidArgumentError(absl::StrCat("max_chunks ", options.max_chunks, " < 0"));
@@ -234,11 +236,13 @@ absl::StatusOr<TokenWindows> ConcatenateAndChunk(absl::Span<const std::string> t
   if (options.eos_between_docs && !tokenizer.eos_id().has_value()) {
     return absl::FailedPreconditionError("eos_between_docs: the tokenizer has no EOS token");
   }
-  const int64_t payload = options.seqlen - (options.bos_per_chunk ? 1 : 0);
-  // Stream tokens needed; the per-text path stops tokenizing once it has them.
-  const uint64_t needed = options.max_chunks > 0
-                              ? static_cast<uint64_t>(payload) * options.max_chunks
-                              : std::numeric_limits<uint64_t>::max();
+  return absl::OkStatus();
+}
+
+// The token stream ConcatenateAndChunk cuts: the texts joined with the separator, or each text
+// followed by EOS (then tokenizing stops once the stream holds `needed` tokens).
+std::vector<int32_t> TokenStream(absl::Span<const std::string> texts, const Tokenizer& tokenizer,
+                                 const ChunkOptions& options, uint64_t needed) {
   std::vector<int32_t> stream;
   if (options.eos_between_docs) {
     for (size_t i = 0; i < texts.size() && stream.size() < needed; ++i) {
@@ -249,6 +253,21 @@ absl::StatusOr<TokenWindows> ConcatenateAndChunk(absl::Span<const std::string> t
     stream = tokenizer.Encode(absl::StrJoin(texts, options.separator),
                               /*add_special_tokens=*/false);
   }
+  return stream;
+}
+
+}  // namespace
+
+absl::StatusOr<TokenWindows> ConcatenateAndChunk(absl::Span<const std::string> texts,
+                                                 const Tokenizer& tokenizer,
+                                                 const ChunkOptions& options) {
+  MOEC_RETURN_IF_ERROR(CheckChunkOptions(texts, tokenizer, options));
+  const int64_t payload = options.seqlen - (options.bos_per_chunk ? 1 : 0);
+  // Stream tokens needed; the per-text path stops tokenizing once it has them.
+  const uint64_t needed = options.max_chunks > 0
+                              ? static_cast<uint64_t>(payload) * options.max_chunks
+                              : std::numeric_limits<uint64_t>::max();
+  const std::vector<int32_t> stream = TokenStream(texts, tokenizer, options, needed);
   const int64_t available = static_cast<int64_t>(stream.size()) / payload;
   const int64_t wanted =
       options.max_chunks > 0 ? options.max_chunks : std::max<int64_t>(available, 1);

@@ -204,6 +204,31 @@ absl::StatusOr<at::Tensor> ModelRunner::Forward(const at::Tensor& tokens,
   return logits;
 }
 
+namespace {
+
+absl::Status CheckCancelled(const std::atomic<bool>* cancelled) {
+  if (cancelled != nullptr && cancelled->load()) {
+    return absl::CancelledError("perplexity evaluation cancelled");
+  }
+  return absl::OkStatus();
+}
+
+// Adds the mean next-token NLL of each of the `count` windows of `tokens` [count, seq], whose
+// last hidden states are `h`, to `*nll_sum`, in order.
+void AddWindowNlls(const ModelRunner& runner, const HeadWeights& head, const at::Tensor& h,
+                   const at::Tensor& tokens, int64_t count, int64_t seq, double* nll_sum) {
+  // One window at a time: logits of a window are seq * vocab floats.
+  for (int64_t i = 0; i < count; ++i) {
+    at::Tensor logits = runner.ApplyHead(head, h.narrow(0, i, 1)).squeeze(0);  // [seq, vocab]
+    at::Tensor logp = at::log_softmax(logits.narrow(0, 0, seq - 1), -1);
+    at::Tensor target = tokens[i].narrow(0, 1, seq - 1).unsqueeze(1);
+    const double mean = -logp.gather(1, target).mean().item<double>();
+    *nll_sum += mean;
+  }
+}
+
+}  // namespace
+
 absl::StatusOr<PerplexityResult> ModelRunner::Perplexity(const TokenWindows& windows,
                                                          const ProgressFn& progress,
                                                          const std::atomic<bool>* cancelled,
@@ -223,32 +248,19 @@ absl::StatusOr<PerplexityResult> ModelRunner::Perplexity(const TokenWindows& win
   at::Tensor all = at::from_blob(const_cast<int32_t*>(windows.tokens.data()), {n, seq}, at::kInt)
                        .to(at::kLong);
   double nll_sum = 0;
-  auto check_cancel = [&]() -> absl::Status {
-    if (cancelled != nullptr && cancelled->load()) {
-      return absl::CancelledError("perplexity evaluation cancelled");
-    }
-    return absl::OkStatus();
-  };
   for (int64_t start = 0; start < n; start += group) {
     const int64_t count = std::min(group, n - start);
     at::Tensor tokens = all.narrow(0, start, count);
     MOEC_ASSIGN_OR_RETURN(at::Tensor h, Embed(tokens));
     if (progress) progress(++done, total);
     for (int l = 0; l < config_.num_hidden_layers; ++l) {
-      MOEC_RETURN_IF_ERROR(check_cancel());
+      MOEC_RETURN_IF_ERROR(CheckCancelled(cancelled));
       MOEC_ASSIGN_OR_RETURN(LayerWeights w, LoadLayer(l));
       h = RunLayer(w, h, observer);
       if (progress) progress(++done, total);
     }
     MOEC_ASSIGN_OR_RETURN(HeadWeights head, LoadHead());
-    // One window at a time: logits of a window are seq * vocab floats.
-    for (int64_t i = 0; i < count; ++i) {
-      at::Tensor logits = ApplyHead(head, h.narrow(0, i, 1)).squeeze(0);  // [seq, vocab]
-      at::Tensor logp = at::log_softmax(logits.narrow(0, 0, seq - 1), -1);
-      at::Tensor target = tokens[i].narrow(0, 1, seq - 1).unsqueeze(1);
-      const double mean = -logp.gather(1, target).mean().item<double>();
-      nll_sum += mean;
-    }
+    AddWindowNlls(*this, head, h, tokens, count, seq, &nll_sum);
     if (progress) progress(++done, total);
   }
   PerplexityResult result;

@@ -1,6 +1,7 @@
 #include "model/runtime/layers.h"
 
 #include <cmath>
+#include <utility>
 #include <vector>
 
 namespace moec::model {
@@ -71,19 +72,19 @@ at::Tensor ApplyRope(const at::Tensor& q, const RopeTables& rope) {
   return q * cos + rotated * sin;
 }
 
-AttentionOutput Attention(const ModelConfig& config, int layer, const AttentionWeights& w,
-                          const at::Tensor& x, const RopeTables& rope, bool want_column_statistic,
-                          ForwardObserver* observer) {
+namespace {
+
+struct Qkv {
+  at::Tensor q, k, v;
+};
+
+// The queries, keys and values [B, heads, S, d] of x after their norms, clipping and rotary
+// embedding; keys and values repeated to one per query head.
+Qkv ProjectQkv(const ModelConfig& config, const AttentionWeights& w, const at::Tensor& x,
+               const RopeTables& rope) {
   const int64_t batch = x.size(0), seq = x.size(1);
   const int64_t heads = config.num_attention_heads, kv_heads = config.num_key_value_heads;
   const int64_t d = config.head_dim;
-  const bool capture = observer != nullptr && observer->WantsLinearInputs(layer);
-  if (capture) {
-    at::Tensor flat = x.reshape({batch * seq, x.size(2)});
-    for (LinearKind kind : {LinearKind::kQ, LinearKind::kK, LinearKind::kV}) {
-      observer->OnLinearInput({layer, kind, -1}, flat, {});
-    }
-  }
   at::Tensor q = Linear(x, w.q, w.q_bias);
   at::Tensor k = Linear(x, w.k, w.k_bias);
   at::Tensor v = Linear(x, w.v, w.v_bias);
@@ -112,14 +113,21 @@ AttentionOutput Attention(const ModelConfig& config, int layer, const AttentionW
     k = k.repeat_interleave(heads / kv_heads, 1);
     v = v.repeat_interleave(heads / kv_heads, 1);
   }
-  // Causal attention in blocks of query rows: block [i0, i1) only needs keys [0, i1), so the
-  // masked upper triangle is never computed and each block's scores stay small (cache-sized
-  // instead of heads * seq * seq floats). Queries are scaled before the product.
+  return Qkv{q, k, v};
+}
+
+// Causal attention in blocks of query rows: block [i0, i1) only needs keys [0, i1), so the
+// masked upper triangle is never computed and each block's scores stay small (cache-sized
+// instead of heads * seq * seq floats). Queries are scaled before the product. Returns the
+// attended values [B, heads, S, d]; adds the column statistic's sums into `*statistic` [B, S]
+// when it is defined.
+at::Tensor CausalAttention(Qkv qkv, int64_t d, at::Tensor* statistic) {
+  at::Tensor q = qkv.q, k = qkv.k, v = qkv.v;
+  const int64_t batch = q.size(0), seq = q.size(2);
+  const bool want_column_statistic = statistic->defined();
   q = q * (1.0 / std::sqrt(static_cast<double>(d)));
   const int64_t block = kQueryBlock;
   std::vector<at::Tensor> rows;  // per sequence: [heads, seq, d]
-  at::Tensor statistic;
-  if (want_column_statistic) statistic = at::zeros({batch, seq}, at::kFloat);
   for (int64_t b = 0; b < batch; ++b) {
     std::vector<at::Tensor> blocks;
     for (int64_t i0 = 0; i0 < seq; i0 += block) {
@@ -132,13 +140,34 @@ AttentionOutput Attention(const ModelConfig& config, int layer, const AttentionW
       at::Tensor probs = at::softmax(scores, -1, at::kFloat);
       if (want_column_statistic) {
         // a_t = (sum over queries i >= t of P(i -> t), averaged over heads) / (S - t).
-        statistic[b].narrow(0, 0, i1).add_(probs.mean(0).sum(0));
+        (*statistic)[b].narrow(0, 0, i1).add_(probs.mean(0).sum(0));
       }
       blocks.push_back(at::matmul(probs.to(values.scalar_type()), values));
     }
     rows.push_back(blocks.size() == 1 ? blocks[0] : at::cat(blocks, 1));
   }
-  at::Tensor attended = at::stack(rows);  // [B, heads, S, d]
+  return at::stack(rows);  // [B, heads, S, d]
+}
+
+}  // namespace
+
+AttentionOutput Attention(const ModelConfig& config, int layer, const AttentionWeights& w,
+                          const at::Tensor& x, const RopeTables& rope, bool want_column_statistic,
+                          ForwardObserver* observer) {
+  const int64_t batch = x.size(0), seq = x.size(1);
+  const int64_t heads = config.num_attention_heads;
+  const int64_t d = config.head_dim;
+  const bool capture = observer != nullptr && observer->WantsLinearInputs(layer);
+  if (capture) {
+    at::Tensor flat = x.reshape({batch * seq, x.size(2)});
+    for (LinearKind kind : {LinearKind::kQ, LinearKind::kK, LinearKind::kV}) {
+      observer->OnLinearInput({layer, kind, -1}, flat, {});
+    }
+  }
+  Qkv qkv = ProjectQkv(config, w, x, rope);
+  at::Tensor statistic;
+  if (want_column_statistic) statistic = at::zeros({batch, seq}, at::kFloat);
+  at::Tensor attended = CausalAttention(std::move(qkv), d, &statistic);  // [B, heads, S, d]
   attended = attended.transpose(1, 2).reshape({batch, seq, heads * d});
   if (capture) {
     observer->OnLinearInput({layer, LinearKind::kO, -1}, attended.reshape({batch * seq, heads * d}),
@@ -226,6 +255,77 @@ at::Tensor RunExpertsLocally(int layer, const MoeWeights& w, const at::Tensor& r
   return out;
 }
 
+namespace {
+
+// ODP's token importance [tokens]: the L1 norm of x times the attention the token receives (the
+// column statistic, or its positional prior 1 / (S - t)). Undefined unless rule.odp.
+at::Tensor OdpImportance(const RoutingRule& rule, const at::Tensor& x, int64_t seq,
+                         const at::Tensor& column_statistic) {
+  at::Tensor importance;
+  if (rule.odp) {
+    at::Tensor l1 = x.to(at::kFloat).abs().sum(-1);
+    at::Tensor a;
+    if (rule.positional_prior) {
+      a = (1.0 / at::arange(seq, 0, -1, at::kLong).to(at::kFloat)).repeat({x.size(0) / seq});
+    } else {
+      a = column_statistic.reshape(-1);
+    }
+    importance = l1 * a;
+  }
+  return importance;
+}
+
+// Routes the tokens x [tokens, hidden] and adds the weighted outputs of their routed experts
+// into `*out`.
+void AddRoutedExperts(int layer, const MoeWeights& w, const RoutingRule& rule,
+                      const at::Tensor& x, int64_t seq, const at::Tensor& column_statistic,
+                      ForwardObserver* observer, ExpertExecutor* experts, at::Tensor* out) {
+  const int n = static_cast<int>(w.experts.size());
+  if (observer != nullptr && observer->WantsLinearInputs(layer)) {
+    observer->OnLinearInput({layer, LinearKind::kRouter, -1}, x, {});
+  }
+  at::Tensor importance = OdpImportance(rule, x, seq, column_statistic);
+  Routing routing = Route(w.router, x, rule, importance, seq);
+  if (observer != nullptr) observer->OnRouterLogits(layer, routing.logits);
+  const int64_t k = routing.experts.size(1);
+  at::Tensor flat = routing.experts.masked_fill(routing.kept.logical_not(), n).reshape(-1);
+  at::Tensor order = std::get<1>(at::sort(flat, /*stable=*/true, /*dim=*/0,
+                                          /*descending=*/false));
+  at::Tensor bins = at::bincount(flat, {}, n + 1);
+  std::vector<int64_t> counts(bins.data_ptr<int64_t>(), bins.data_ptr<int64_t>() + n);
+  int64_t routed = 0;
+  for (int64_t c : counts) routed += c;
+  at::Tensor token_of = at::div(order, k, "floor").narrow(0, 0, routed);
+  at::Tensor weight_of = routing.weights.reshape(-1).index_select(0, order).narrow(0, 0, routed);
+  at::Tensor rows = x.index_select(0, token_of);
+  at::Tensor y = experts != nullptr
+                     ? experts->Run(layer, w, rows, counts, token_of, observer)
+                     : RunExpertsLocally(layer, w, rows, counts, token_of, observer);
+  int64_t offset = 0;
+  for (int e = 0; e < n; ++e) {
+    const int64_t c = counts[e];
+    if (c == 0) continue;
+    out->index_add_(0, token_of.narrow(0, offset, c),
+                    y.narrow(0, offset, c) * weight_of.narrow(0, offset, c).unsqueeze(1));
+    offset += c;
+  }
+}
+
+// The shared expert's output for x, through its sigmoid gate when it has one.
+at::Tensor SharedExpert(int layer, const MoeWeights& w, const at::Tensor& x,
+                        ForwardObserver* observer) {
+  at::Tensor shared = Mlp(w.shared, x, layer, LinearKind::kSharedGate, -1, observer);
+  if (w.shared_expert_gate.defined()) {
+    if (observer != nullptr && observer->WantsLinearInputs(layer)) {
+      observer->OnLinearInput({layer, LinearKind::kSharedExpertGate, -1}, x, {});
+    }
+    shared = at::sigmoid(at::linear(x, w.shared_expert_gate)) * shared;
+  }
+  return shared;
+}
+
+}  // namespace
+
 at::Tensor MoeBlock(const ModelConfig& config, int layer, const MoeWeights& w,
                     const RoutingRule& rule, const at::Tensor& x, int64_t seq,
                     const at::Tensor& column_statistic, ForwardObserver* observer,
@@ -234,55 +334,9 @@ at::Tensor MoeBlock(const ModelConfig& config, int layer, const MoeWeights& w,
   at::Tensor out = at::zeros_like(x);
   const int n = static_cast<int>(w.experts.size());
   if (n > 0 && w.router.defined()) {
-    if (observer != nullptr && observer->WantsLinearInputs(layer)) {
-      observer->OnLinearInput({layer, LinearKind::kRouter, -1}, x, {});
-    }
-    at::Tensor importance;
-    if (rule.odp) {
-      at::Tensor l1 = x.to(at::kFloat).abs().sum(-1);
-      at::Tensor a;
-      if (rule.positional_prior) {
-        a = (1.0 / at::arange(seq, 0, -1, at::kLong).to(at::kFloat)).repeat({x.size(0) / seq});
-      } else {
-        a = column_statistic.reshape(-1);
-      }
-      importance = l1 * a;
-    }
-    Routing routing = Route(w.router, x, rule, importance, seq);
-    if (observer != nullptr) observer->OnRouterLogits(layer, routing.logits);
-    const int64_t k = routing.experts.size(1);
-    at::Tensor flat = routing.experts.masked_fill(routing.kept.logical_not(), n).reshape(-1);
-    at::Tensor order = std::get<1>(at::sort(flat, /*stable=*/true, /*dim=*/0,
-                                            /*descending=*/false));
-    at::Tensor bins = at::bincount(flat, {}, n + 1);
-    std::vector<int64_t> counts(bins.data_ptr<int64_t>(), bins.data_ptr<int64_t>() + n);
-    int64_t routed = 0;
-    for (int64_t c : counts) routed += c;
-    at::Tensor token_of = at::div(order, k, "floor").narrow(0, 0, routed);
-    at::Tensor weight_of = routing.weights.reshape(-1).index_select(0, order).narrow(0, 0, routed);
-    at::Tensor rows = x.index_select(0, token_of);
-    at::Tensor y = experts != nullptr
-                       ? experts->Run(layer, w, rows, counts, token_of, observer)
-                       : RunExpertsLocally(layer, w, rows, counts, token_of, observer);
-    int64_t offset = 0;
-    for (int e = 0; e < n; ++e) {
-      const int64_t c = counts[e];
-      if (c == 0) continue;
-      out.index_add_(0, token_of.narrow(0, offset, c),
-                     y.narrow(0, offset, c) * weight_of.narrow(0, offset, c).unsqueeze(1));
-      offset += c;
-    }
+    AddRoutedExperts(layer, w, rule, x, seq, column_statistic, observer, experts, &out);
   }
-  if (w.shared.defined()) {
-    at::Tensor shared = Mlp(w.shared, x, layer, LinearKind::kSharedGate, -1, observer);
-    if (w.shared_expert_gate.defined()) {
-      if (observer != nullptr && observer->WantsLinearInputs(layer)) {
-        observer->OnLinearInput({layer, LinearKind::kSharedExpertGate, -1}, x, {});
-      }
-      shared = at::sigmoid(at::linear(x, w.shared_expert_gate)) * shared;
-    }
-    out = out + shared;
-  }
+  if (w.shared.defined()) out = out + SharedExpert(layer, w, x, observer);
   if (observer != nullptr) observer->OnMoeOutput(layer, out);
   return out;
 }

@@ -56,10 +56,31 @@ class BpeModel {
     return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b);
   }
 
+  // A symbol of a word being merged (defined in bpe_model.cc).
+  struct Symbol;
+
   BpeModel() = default;
+  // The parts of FromJson: the vocab; dropout, unk_token and the other options; the merges.
+  absl::Status ParseVocab(const nlohmann::json& model, const JsonPath& at);
+  absl::Status ParseOptions(const nlohmann::json& model, const JsonPath& at);
+  absl::Status ParseMerges(const nlohmann::json& model, const JsonPath& at);
   absl::Status AddMerge(const std::string& a, const std::string& b, uint32_t rank,
                         const JsonPath& at);
   std::vector<int32_t> MergeWord(absl::string_view word) const;
+
+  // MergeWord's parts. The merge of the pair (a, b), or null.
+  const Merge* FindMerge(int32_t a, int32_t b) const;
+  // The initial symbols of `word`: one per character, byte fallback tokens or unk.
+  std::vector<Symbol> InitialSymbols(absl::string_view word) const;
+  static void AddSymbol(int32_t id, uint32_t len, std::vector<Symbol>* symbols);
+  // Adds the byte tokens of `s` when all exist; returns whether it did.
+  bool AddByteFallback(const std::string& s, std::vector<Symbol>* symbols) const;
+  // An unknown character of `byte_len` bytes: extends the pending unk (fuse_unk) or flushes it
+  // and starts a new one.
+  void AddUnknown(uint32_t byte_len, uint32_t* unk_len, std::vector<Symbol>* symbols) const;
+  // Merges the symbol at `pos` with its right neighbour into `new_id` when that is still the
+  // merge of the pair (false: a stale queue entry).
+  bool ApplyMerge(uint32_t pos, int32_t new_id, std::vector<Symbol>* symbols) const;
 
   absl::flat_hash_map<std::string, int32_t> vocab_;
   absl::flat_hash_map<int32_t, std::string> vocab_r_;

@@ -58,6 +58,57 @@ void FlushBytes(std::string* bytes, std::vector<std::string>* out) {
   bytes->clear();
 }
 
+// ByteLevel: maps every token's characters back to bytes (a token with a character outside the
+// alphabet stays as it is) and joins them into one token, ill-formed UTF-8 replaced.
+std::string DecodeByteLevel(const std::vector<std::string>& tokens) {
+  const auto& inverse = ByteLevelInverse();
+  std::string bytes;
+  for (const std::string& t : tokens) {
+    std::string mapped;
+    bool all = true;
+    for (const CodePoint& c : DecodeUtf8(t)) {
+      auto it = inverse.find(c.cp);
+      if (it == inverse.end()) {
+        all = false;
+        break;
+      }
+      mapped.push_back(static_cast<char>(it->second));
+    }
+    bytes += all ? mapped : t;
+  }
+  return Utf8Lossy(bytes);
+}
+
+// ByteFallback: runs of "<0xAB>" tokens become their bytes (one replacement character per byte
+// when ill-formed); other tokens pass through.
+void DecodeByteFallback(std::vector<std::string> tokens, std::vector<std::string>* out) {
+  std::string bytes;
+  for (std::string& t : tokens) {
+    const int b = ParseByteToken(t);
+    if (b >= 0) {
+      bytes.push_back(static_cast<char>(b));
+    } else {
+      FlushBytes(&bytes, out);
+      out->push_back(std::move(t));
+    }
+  }
+  FlushBytes(&bytes, out);
+}
+
+// Strip: removes up to `start` leading and `stop` trailing characters equal to `content`.
+std::string StripToken(const std::string& t, const std::string& content, size_t start,
+                       size_t stop) {
+  const std::vector<CodePoint> c = DecodeUtf8(t);
+  const auto is_content = [&](size_t k) {
+    return t.compare(c[k].begin, c[k].end - c[k].begin, content) == 0;
+  };
+  size_t b = 0;
+  while (b < start && b < c.size() && is_content(b)) ++b;
+  size_t e = c.size();
+  for (size_t k = 0; k < stop && e > b && is_content(e - 1); ++k) --e;
+  return b >= e ? std::string() : t.substr(c[b].begin, c[e - 1].end - c[b].begin);
+}
+
 }  // namespace
 
 absl::StatusOr<Decoder> Decoder::FromJson(const json& value, const JsonPath& at) {
@@ -121,25 +172,9 @@ std::string Decoder::Decode(std::vector<std::string> tokens) const {
 std::vector<std::string> Decoder::ApplyStep(const Step& step, std::vector<std::string> tokens) {
   std::vector<std::string> out;
   switch (step.kind) {
-    case Kind::kByteLevel: {
-      const auto& inverse = ByteLevelInverse();
-      std::string bytes;
-      for (const std::string& t : tokens) {
-        std::string mapped;
-        bool all = true;
-        for (const CodePoint& c : DecodeUtf8(t)) {
-          auto it = inverse.find(c.cp);
-          if (it == inverse.end()) {
-            all = false;
-            break;
-          }
-          mapped.push_back(static_cast<char>(it->second));
-        }
-        bytes += all ? mapped : t;
-      }
-      out.push_back(Utf8Lossy(bytes));
+    case Kind::kByteLevel:
+      out.push_back(DecodeByteLevel(tokens));
       break;
-    }
     case Kind::kMetaspace: {
       out.reserve(tokens.size());
       for (size_t i = 0; i < tokens.size(); ++i) {
@@ -152,35 +187,16 @@ std::vector<std::string> Decoder::ApplyStep(const Step& step, std::vector<std::s
       out.reserve(tokens.size());
       for (const std::string& t : tokens) out.push_back(ReplaceAll(t, step.pattern, step.content));
       break;
-    case Kind::kByteFallback: {
-      std::string bytes;
-      for (std::string& t : tokens) {
-        const int b = ParseByteToken(t);
-        if (b >= 0) {
-          bytes.push_back(static_cast<char>(b));
-        } else {
-          FlushBytes(&bytes, &out);
-          out.push_back(std::move(t));
-        }
-      }
-      FlushBytes(&bytes, &out);
+    case Kind::kByteFallback:
+      DecodeByteFallback(std::move(tokens), &out);
       break;
-    }
     case Kind::kFuse:
       out.push_back(absl::StrJoin(tokens, ""));
       break;
     case Kind::kStrip:
       out.reserve(tokens.size());
       for (const std::string& t : tokens) {
-        const std::vector<CodePoint> c = DecodeUtf8(t);
-        const auto is_content = [&](size_t k) {
-          return t.compare(c[k].begin, c[k].end - c[k].begin, step.pattern) == 0;
-        };
-        size_t b = 0;
-        while (b < step.strip_start && b < c.size() && is_content(b)) ++b;
-        size_t e = c.size();
-        for (size_t k = 0; k < step.strip_stop && e > b && is_content(e - 1); ++k) --e;
-        out.push_back(b >= e ? std::string() : t.substr(c[b].begin, c[e - 1].end - c[b].begin));
+        out.push_back(StripToken(t, step.pattern, step.strip_start, step.strip_stop));
       }
       break;
   }

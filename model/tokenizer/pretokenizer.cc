@@ -70,6 +70,23 @@ size_t MatchGpt2(const std::vector<CodePoint>& c, size_t i) {
   return MatchTrailingSpace(c, i);
 }
 
+// \p{N}{1,max} at c[i], or i.
+size_t MatchDigits(const std::vector<CodePoint>& c, size_t i, int max_digits) {
+  size_t j = i;
+  while (j < c.size() && j - i < static_cast<size_t>(max_digits) && IsNumber(c[j].cp)) ++j;
+  return j;
+}
+
+// `\s*[\r\n]+|\s+(?!\S)|\s+` at a whitespace character c[i].
+size_t MatchLlama3Space(const std::vector<CodePoint>& c, size_t i) {
+  // \s*[\r\n]+ : after backtracking, ends just past the last newline of the whitespace run.
+  const size_t e = RunEnd(c, i, IsWhitespace);
+  for (size_t k = e; k > i; --k) {
+    if (IsNewline(c[k - 1].cp)) return k;
+  }
+  return MatchTrailingSpace(c, i);
+}
+
 // kLlama3Pattern (max_digits 3) or kQwen2Pattern (max_digits 1) at c[i]; always matches.
 size_t MatchLlama3(const std::vector<CodePoint>& c, size_t i, int max_digits) {
   const size_t n = c.size();
@@ -81,27 +98,11 @@ size_t MatchLlama3(const std::vector<CodePoint>& c, size_t i, int max_digits) {
     return RunEnd(c, i + 1, IsLetter);
   }
   // \p{N}{1,max}
-  if (IsNumber(c0)) {
-    size_t j = i;
-    while (j < n && j - i < static_cast<size_t>(max_digits) && IsNumber(c[j].cp)) ++j;
-    return j;
-  }
+  if (IsNumber(c0)) return MatchDigits(c, i, max_digits);
   // ` ?[^\s\p{L}\p{N}]+[\r\n]*`
   const size_t j = (c0 == ' ' && i + 1 < n) ? i + 1 : i;
   if (IsOther(c[j].cp)) return RunEnd(c, RunEnd(c, j, IsOther), IsNewline);
-  // \s*[\r\n]+ : after backtracking, ends just past the last newline of the whitespace run.
-  const size_t e = RunEnd(c, i, IsWhitespace);
-  for (size_t k = e; k > i; --k) {
-    if (IsNewline(c[k - 1].cp)) return k;
-  }
-  return MatchTrailingSpace(c, i);
-}
-
-// \p{N}{1,max} at c[i], or i.
-size_t MatchDigits(const std::vector<CodePoint>& c, size_t i, int max_digits) {
-  size_t j = i;
-  while (j < c.size() && j - i < static_cast<size_t>(max_digits) && IsNumber(c[j].cp)) ++j;
-  return j;
+  return MatchLlama3Space(c, i);
 }
 
 // Appends a match span, preceded by the unmatched gap since `*prev`.
@@ -144,10 +145,57 @@ std::vector<MatchSpan> FindLiteral(absl::string_view text, absl::string_view lit
   return out;
 }
 
+using Spans = std::vector<std::pair<uint32_t, uint32_t>>;
+
+// kContiguous: runs of matches and runs of non-matches each become one span.
+Spans MergeContiguous(const std::vector<MatchSpan>& m) {
+  Spans out;
+  bool prev_match = false;
+  for (const MatchSpan& s : m) {
+    if (s.is_match == prev_match && !out.empty()) {
+      out.back().second = s.end;
+    } else {
+      out.emplace_back(s.begin, s.end);
+    }
+    prev_match = s.is_match;
+  }
+  return out;
+}
+
+// kMergedWithPrevious: a match joins the span before it.
+Spans MergeWithPrevious(const std::vector<MatchSpan>& m) {
+  Spans out;
+  bool prev_match = false;
+  for (const MatchSpan& s : m) {
+    if (s.is_match && !prev_match && !out.empty()) {
+      out.back().second = s.end;
+    } else {
+      out.emplace_back(s.begin, s.end);
+    }
+    prev_match = s.is_match;
+  }
+  return out;
+}
+
+// kMergedWithNext: a match joins the span after it.
+Spans MergeWithNext(const std::vector<MatchSpan>& m) {
+  Spans out;
+  bool prev_match = false;
+  for (auto it = m.rbegin(); it != m.rend(); ++it) {
+    if (it->is_match && !prev_match && !out.empty()) {
+      out.back().first = it->begin;
+    } else {
+      out.emplace_back(it->begin, it->end);
+    }
+    prev_match = it->is_match;
+  }
+  std::reverse(out.begin(), out.end());
+  return out;
+}
+
 // NormalizedString::split: turns matches into the spans kept, per `behavior`.
-std::vector<std::pair<uint32_t, uint32_t>> ApplyBehavior(const std::vector<MatchSpan>& m,
-                                                         SplitBehavior behavior) {
-  std::vector<std::pair<uint32_t, uint32_t>> out;
+Spans ApplyBehavior(const std::vector<MatchSpan>& m, SplitBehavior behavior) {
+  Spans out;
   switch (behavior) {
     case SplitBehavior::kIsolated:
       for (const MatchSpan& s : m) out.emplace_back(s.begin, s.end);
@@ -157,50 +205,18 @@ std::vector<std::pair<uint32_t, uint32_t>> ApplyBehavior(const std::vector<Match
         if (!s.is_match) out.emplace_back(s.begin, s.end);
       }
       break;
-    case SplitBehavior::kContiguous: {
-      bool prev_match = false;
-      for (const MatchSpan& s : m) {
-        if (s.is_match == prev_match && !out.empty()) {
-          out.back().second = s.end;
-        } else {
-          out.emplace_back(s.begin, s.end);
-        }
-        prev_match = s.is_match;
-      }
-      break;
-    }
-    case SplitBehavior::kMergedWithPrevious: {
-      bool prev_match = false;
-      for (const MatchSpan& s : m) {
-        if (s.is_match && !prev_match && !out.empty()) {
-          out.back().second = s.end;
-        } else {
-          out.emplace_back(s.begin, s.end);
-        }
-        prev_match = s.is_match;
-      }
-      break;
-    }
-    case SplitBehavior::kMergedWithNext: {
-      bool prev_match = false;
-      for (auto it = m.rbegin(); it != m.rend(); ++it) {
-        if (it->is_match && !prev_match && !out.empty()) {
-          out.back().first = it->begin;
-        } else {
-          out.emplace_back(it->begin, it->end);
-        }
-        prev_match = it->is_match;
-      }
-      std::reverse(out.begin(), out.end());
-      break;
-    }
+    case SplitBehavior::kContiguous:
+      return MergeContiguous(m);
+    case SplitBehavior::kMergedWithPrevious:
+      return MergeWithPrevious(m);
+    case SplitBehavior::kMergedWithNext:
+      return MergeWithNext(m);
   }
   return out;
 }
 
 // Replaces `piece` by its non-empty sub-spans.
-void SplitPiece(const Piece& piece, const std::vector<std::pair<uint32_t, uint32_t>>& spans,
-                std::vector<Piece>* out) {
+void SplitPiece(const Piece& piece, const Spans& spans, std::vector<Piece>* out) {
   for (const auto& [b, e] : spans) {
     if (e <= b) continue;
     out->push_back(Piece{piece.text.substr(b, e - b), -1, piece.at_input_start && b == 0});
@@ -257,55 +273,9 @@ absl::StatusOr<PreTokenizer::Step> PreTokenizer::ParseStep(const json& value, co
     step.pattern = Pattern::kGpt2;
     step.behavior = SplitBehavior::kIsolated;
   } else if (type == "Split") {
-    step.kind = Kind::kSplit;
-    const json* pattern = FindField(value, "pattern");
-    const JsonPath pat = at.Field("pattern");
-    if (pattern == nullptr || !pattern->is_object()) return pat.Invalid("missing object");
-    MOEC_ASSIGN_OR_RETURN(std::optional<std::string> literal,
-                          OptionalString(*pattern, "String", pat));
-    MOEC_ASSIGN_OR_RETURN(std::optional<std::string> regex, OptionalString(*pattern, "Regex", pat));
-    if (literal.has_value()) {
-      step.pattern = Pattern::kLiteral;
-      step.literal = *literal;
-    } else if (!regex.has_value()) {
-      return pat.Invalid("expected {\"String\": ...} or {\"Regex\": ...}");
-    } else if (*regex == kGpt2Pattern) {
-      step.pattern = Pattern::kGpt2;
-    } else if (*regex == kLlama3Pattern || *regex == kQwen2Pattern) {
-      step.pattern = Pattern::kLlama3;
-      step.max_digits = *regex == kLlama3Pattern ? 3 : 1;
-    } else if (*regex == R"(\p{N}{1,3})" || *regex == R"(\p{N})") {
-      step.pattern = Pattern::kDigits;
-      step.max_digits = *regex == R"(\p{N})" ? 1 : 3;
-    } else {
-      return pat.Unimplemented(absl::StrCat(
-          "unsupported Split regex '", *regex,
-          "'; supported: the GPT-2, Llama-3 and Qwen2 split patterns, \\p{N}{1,3} and \\p{N}"));
-    }
-    MOEC_ASSIGN_OR_RETURN(step.behavior, ParseBehavior(value, at));
-    MOEC_ASSIGN_OR_RETURN(step.invert, OptionalBool(value, "invert", false, at));
+    MOEC_RETURN_IF_ERROR(ParseSplit(value, at, &step));
   } else if (type == "Metaspace") {
-    step.kind = Kind::kMetaspace;
-    MOEC_ASSIGN_OR_RETURN(std::string rep, RequiredString(value, "replacement", at));
-    if (DecodeUtf8(rep).size() != 1) {
-      return at.Field("replacement").Invalid("expected a single character");
-    }
-    step.replacement = rep;
-    MOEC_ASSIGN_OR_RETURN(std::optional<std::string> scheme,
-                          OptionalString(value, "prepend_scheme", at));
-    if (!scheme.has_value() || *scheme == "always") {
-      step.prepend = Prepend::kAlways;
-    } else if (*scheme == "first") {
-      step.prepend = Prepend::kFirst;
-    } else if (*scheme == "never") {
-      step.prepend = Prepend::kNever;
-    } else {
-      return at.Field("prepend_scheme").Invalid(absl::StrCat("unknown scheme '", *scheme, "'"));
-    }
-    // Legacy files carry add_prefix_space instead; false means "never".
-    const json* aps = FindField(value, "add_prefix_space");
-    if (aps != nullptr && aps->is_boolean() && !aps->get<bool>()) step.prepend = Prepend::kNever;
-    MOEC_ASSIGN_OR_RETURN(step.split, OptionalBool(value, "split", true, at));
+    MOEC_RETURN_IF_ERROR(ParseMetaspace(value, at, &step));
   } else if (type == "Digits") {
     step.kind = Kind::kDigits;
     MOEC_ASSIGN_OR_RETURN(step.individual_digits,
@@ -316,6 +286,70 @@ absl::StatusOr<PreTokenizer::Step> PreTokenizer::ParseStep(const json& value, co
                      "'; supported: ByteLevel, Split, Metaspace, Digits, Sequence"));
   }
   return step;
+}
+
+absl::Status PreTokenizer::ParseSplit(const json& value, const JsonPath& at, Step* step) {
+  step->kind = Kind::kSplit;
+  const json* pattern = FindField(value, "pattern");
+  const JsonPath pat = at.Field("pattern");
+  if (pattern == nullptr || !pattern->is_object()) return pat.Invalid("missing object");
+  MOEC_ASSIGN_OR_RETURN(std::optional<std::string> literal,
+                        OptionalString(*pattern, "String", pat));
+  MOEC_ASSIGN_OR_RETURN(std::optional<std::string> regex, OptionalString(*pattern, "Regex", pat));
+  if (literal.has_value()) {
+    step->pattern = Pattern::kLiteral;
+    step->literal = *literal;
+  } else if (!regex.has_value()) {
+    return pat.Invalid("expected {\"String\": ...} or {\"Regex\": ...}");
+  } else {
+    MOEC_RETURN_IF_ERROR(ParseSplitRegex(*regex, pat, step));
+  }
+  MOEC_ASSIGN_OR_RETURN(step->behavior, ParseBehavior(value, at));
+  MOEC_ASSIGN_OR_RETURN(step->invert, OptionalBool(value, "invert", false, at));
+  return absl::OkStatus();
+}
+
+absl::Status PreTokenizer::ParseSplitRegex(const std::string& regex, const JsonPath& pat,
+                                           Step* step) {
+  if (regex == kGpt2Pattern) {
+    step->pattern = Pattern::kGpt2;
+  } else if (regex == kLlama3Pattern || regex == kQwen2Pattern) {
+    step->pattern = Pattern::kLlama3;
+    step->max_digits = regex == kLlama3Pattern ? 3 : 1;
+  } else if (regex == R"(\p{N}{1,3})" || regex == R"(\p{N})") {
+    step->pattern = Pattern::kDigits;
+    step->max_digits = regex == R"(\p{N})" ? 1 : 3;
+  } else {
+    return pat.Unimplemented(absl::StrCat(
+        "unsupported Split regex '", regex,
+        "'; supported: the GPT-2, Llama-3 and Qwen2 split patterns, \\p{N}{1,3} and \\p{N}"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status PreTokenizer::ParseMetaspace(const json& value, const JsonPath& at, Step* step) {
+  step->kind = Kind::kMetaspace;
+  MOEC_ASSIGN_OR_RETURN(std::string rep, RequiredString(value, "replacement", at));
+  if (DecodeUtf8(rep).size() != 1) {
+    return at.Field("replacement").Invalid("expected a single character");
+  }
+  step->replacement = rep;
+  MOEC_ASSIGN_OR_RETURN(std::optional<std::string> scheme,
+                        OptionalString(value, "prepend_scheme", at));
+  if (!scheme.has_value() || *scheme == "always") {
+    step->prepend = Prepend::kAlways;
+  } else if (*scheme == "first") {
+    step->prepend = Prepend::kFirst;
+  } else if (*scheme == "never") {
+    step->prepend = Prepend::kNever;
+  } else {
+    return at.Field("prepend_scheme").Invalid(absl::StrCat("unknown scheme '", *scheme, "'"));
+  }
+  // Legacy files carry add_prefix_space instead; false means "never".
+  const json* aps = FindField(value, "add_prefix_space");
+  if (aps != nullptr && aps->is_boolean() && !aps->get<bool>()) step->prepend = Prepend::kNever;
+  MOEC_ASSIGN_OR_RETURN(step->split, OptionalBool(value, "split", true, at));
+  return absl::OkStatus();
 }
 
 void PreTokenizer::Apply(std::vector<Piece>* pieces) const {
@@ -331,82 +365,15 @@ void PreTokenizer::ApplyStep(const Step& step, std::vector<Piece>* pieces) {
       continue;
     }
     switch (step.kind) {
-      case Kind::kByteLevel: {
-        if (step.add_prefix_space && (piece.text.empty() || piece.text[0] != ' ')) {
-          piece.text.insert(0, " ");
-        }
-        const size_t first = out.size();
-        if (step.use_regex) {
-          SplitPiece(piece, ApplyBehavior(FindMatchesWith(piece.text, MatchGpt2), step.behavior),
-                     &out);
-        } else if (!piece.text.empty()) {
-          out.push_back(std::move(piece));
-        }
-        for (size_t k = first; k < out.size(); ++k) out[k].text = ByteLevelEncode(out[k].text);
+      case Kind::kByteLevel:
+        ApplyByteLevel(step, &piece, &out);
         break;
-      }
-      case Kind::kSplit: {
-        std::vector<MatchSpan> m;
-        switch (step.pattern) {
-          case Pattern::kLiteral:
-            m = FindLiteral(piece.text, step.literal);
-            break;
-          case Pattern::kGpt2:
-            m = FindMatchesWith(piece.text, MatchGpt2);
-            break;
-          case Pattern::kLlama3:
-            m = FindMatchesWith(piece.text, [&](const std::vector<CodePoint>& c, size_t i) {
-              return MatchLlama3(c, i, step.max_digits);
-            });
-            break;
-          case Pattern::kDigits:
-            m = FindMatchesWith(piece.text, [&](const std::vector<CodePoint>& c, size_t i) {
-              return MatchDigits(c, i, step.max_digits);
-            });
-            break;
-        }
-        if (step.invert) {
-          for (MatchSpan& s : m) s.is_match = !s.is_match;
-        }
-        SplitPiece(piece, ApplyBehavior(m, step.behavior), &out);
+      case Kind::kSplit:
+        ApplySplit(step, piece, &out);
         break;
-      }
-      case Kind::kMetaspace: {
-        std::string text;
-        text.reserve(piece.text.size() + step.replacement.size());
-        for (char ch : piece.text) {
-          if (ch == ' ') {
-            text += step.replacement;
-          } else {
-            text.push_back(ch);
-          }
-        }
-        const bool starts =
-            absl::string_view(text).substr(0, step.replacement.size()) == step.replacement;
-        if (!starts && (step.prepend == Prepend::kAlways ||
-                        (step.prepend == Prepend::kFirst && piece.at_input_start))) {
-          text.insert(0, step.replacement);
-        }
-        piece.text = std::move(text);
-        if (step.split) {
-          // Every replacement character is its own match (a char pattern), merged with what
-          // follows it.
-          SplitPiece(piece,
-                     ApplyBehavior(FindMatchesWith(piece.text,
-                                                   [&](const std::vector<CodePoint>& c, size_t i) {
-                                                     return piece.text.compare(
-                                                                c[i].begin, c[i].end - c[i].begin,
-                                                                step.replacement) == 0
-                                                                ? i + 1
-                                                                : i;
-                                                   }),
-                                   SplitBehavior::kMergedWithNext),
-                     &out);
-        } else if (!piece.text.empty()) {
-          out.push_back(std::move(piece));
-        }
+      case Kind::kMetaspace:
+        ApplyMetaspace(step, &piece, &out);
         break;
-      }
       case Kind::kDigits: {
         std::vector<MatchSpan> m =
             FindMatchesWith(piece.text, [](const std::vector<CodePoint>& c, size_t i) {
@@ -421,6 +388,78 @@ void PreTokenizer::ApplyStep(const Step& step, std::vector<Piece>* pieces) {
     }
   }
   *pieces = std::move(out);
+}
+
+void PreTokenizer::ApplyByteLevel(const Step& step, Piece* piece, std::vector<Piece>* out) {
+  if (step.add_prefix_space && (piece->text.empty() || piece->text[0] != ' ')) {
+    piece->text.insert(0, " ");
+  }
+  const size_t first = out->size();
+  if (step.use_regex) {
+    SplitPiece(*piece, ApplyBehavior(FindMatchesWith(piece->text, MatchGpt2), step.behavior),
+               out);
+  } else if (!piece->text.empty()) {
+    out->push_back(std::move(*piece));
+  }
+  for (size_t k = first; k < out->size(); ++k) (*out)[k].text = ByteLevelEncode((*out)[k].text);
+}
+
+void PreTokenizer::ApplySplit(const Step& step, const Piece& piece, std::vector<Piece>* out) {
+  std::vector<MatchSpan> m;
+  switch (step.pattern) {
+    case Pattern::kLiteral:
+      m = FindLiteral(piece.text, step.literal);
+      break;
+    case Pattern::kGpt2:
+      m = FindMatchesWith(piece.text, MatchGpt2);
+      break;
+    case Pattern::kLlama3:
+      m = FindMatchesWith(piece.text, [&](const std::vector<CodePoint>& c, size_t i) {
+        return MatchLlama3(c, i, step.max_digits);
+      });
+      break;
+    case Pattern::kDigits:
+      m = FindMatchesWith(piece.text, [&](const std::vector<CodePoint>& c, size_t i) {
+        return MatchDigits(c, i, step.max_digits);
+      });
+      break;
+  }
+  if (step.invert) {
+    for (MatchSpan& s : m) s.is_match = !s.is_match;
+  }
+  SplitPiece(piece, ApplyBehavior(m, step.behavior), out);
+}
+
+void PreTokenizer::ApplyMetaspace(const Step& step, Piece* piece, std::vector<Piece>* out) {
+  std::string text;
+  text.reserve(piece->text.size() + step.replacement.size());
+  for (char ch : piece->text) {
+    if (ch == ' ') {
+      text += step.replacement;
+    } else {
+      text.push_back(ch);
+    }
+  }
+  const bool starts =
+      absl::string_view(text).substr(0, step.replacement.size()) == step.replacement;
+  if (!starts && (step.prepend == Prepend::kAlways ||
+                  (step.prepend == Prepend::kFirst && piece->at_input_start))) {
+    text.insert(0, step.replacement);
+  }
+  piece->text = std::move(text);
+  if (step.split) {
+    // Every replacement character is its own match (a char pattern), merged with what
+    // follows it.
+    const std::string& t = piece->text;
+    auto at_replacement = [&](const std::vector<CodePoint>& c, size_t i) {
+      return t.compare(c[i].begin, c[i].end - c[i].begin, step.replacement) == 0 ? i + 1 : i;
+    };
+    SplitPiece(*piece,
+               ApplyBehavior(FindMatchesWith(t, at_replacement), SplitBehavior::kMergedWithNext),
+               out);
+  } else if (!piece->text.empty()) {
+    out->push_back(std::move(*piece));
+  }
 }
 
 }  // namespace moec::model

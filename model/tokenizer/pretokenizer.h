@@ -92,7 +92,15 @@ class PreTokenizer {
   // One component of `type` (not a Sequence: AddComponentSteps expands those).
   static absl::StatusOr<Step> ParseStep(const nlohmann::json& value, const std::string& type,
                                         const JsonPath& at);
+  // The parts of ParseStep for the Split and Metaspace types.
+  static absl::Status ParseSplit(const nlohmann::json& value, const JsonPath& at, Step* step);
+  static absl::Status ParseSplitRegex(const std::string& regex, const JsonPath& pat, Step* step);
+  static absl::Status ParseMetaspace(const nlohmann::json& value, const JsonPath& at, Step* step);
   static void ApplyStep(const Step& step, std::vector<Piece>* pieces);
+  // The parts of ApplyStep: append what `piece` becomes to `out` (a piece may be moved from).
+  static void ApplyByteLevel(const Step& step, Piece* piece, std::vector<Piece>* out);
+  static void ApplySplit(const Step& step, const Piece& piece, std::vector<Piece>* out);
+  static void ApplyMetaspace(const Step& step, Piece* piece, std::vector<Piece>* out);
 
   std::vector<Step> steps_;
 };

@@ -60,45 +60,60 @@ absl::StatusOr<std::optional<std::string>> ConfigToken(const json& config, absl:
   return at.Field(key).Invalid("expected a string, null or an object with 'content'");
 }
 
+// A template item: (is_sequence, special token name).
+using TemplateItems = std::vector<std::pair<bool, std::string>>;
+
+// The items of the string form of a template ("<s> $A </s>").
+absl::Status TemplateItemsFromString(const std::string& single, const JsonPath& at,
+                                     TemplateItems* items) {
+  for (absl::string_view part : absl::StrSplit(single, ' ', absl::SkipEmpty())) {
+    if (absl::StartsWith(part, "$")) {
+      absl::string_view seq = part.substr(1);
+      seq = seq.substr(0, seq.find(':'));
+      if (seq != "" && seq != "A" && seq != "0") {
+        return at.Unimplemented(absl::StrCat("single template uses sequence '", part, "'"));
+      }
+      items->emplace_back(true, "");
+    } else {
+      items->emplace_back(false, std::string(part.substr(0, part.rfind(':'))));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The items of the serialized list form of a template.
+absl::Status TemplateItemsFromList(const json& single, const JsonPath& at, TemplateItems* items) {
+  for (size_t i = 0; i < single.size(); ++i) {
+    const json& item = single[i];
+    if (const json* seq = FindField(item, "Sequence")) {
+      MOEC_ASSIGN_OR_RETURN(std::string id,
+                            RequiredString(*seq, "id", at.Index(i).Field("Sequence")));
+      if (id != "A") {
+        return at.Index(i).Unimplemented(
+            absl::StrCat("single template uses sequence '", id, "'"));
+      }
+      items->emplace_back(true, "");
+    } else if (const json* tok = FindField(item, "SpecialToken")) {
+      MOEC_ASSIGN_OR_RETURN(std::string id,
+                            RequiredString(*tok, "id", at.Index(i).Field("SpecialToken")));
+      items->emplace_back(false, std::move(id));
+    } else {
+      return at.Index(i).Invalid("expected {\"Sequence\": ...} or {\"SpecialToken\": ...}");
+    }
+  }
+  return absl::OkStatus();
+}
+
 // Splits a template ("<s> $A </s>" or its serialized list form) into the ids before and after
 // sequence A.
 absl::Status ParseTemplate(const json& single, const json& special_tokens, const JsonPath& at,
                            std::vector<int32_t>* prefix, std::vector<int32_t>* suffix) {
-  // (is_sequence, special token name)
-  std::vector<std::pair<bool, std::string>> items;
+  TemplateItems items;
   if (single.is_string()) {
-    for (absl::string_view part :
-         absl::StrSplit(single.get_ref<const std::string&>(), ' ', absl::SkipEmpty())) {
-      if (absl::StartsWith(part, "$")) {
-        absl::string_view seq = part.substr(1);
-        seq = seq.substr(0, seq.find(':'));
-        if (seq != "" && seq != "A" && seq != "0") {
-          return at.Unimplemented(absl::StrCat("single template uses sequence '", part, "'"));
-        }
-        items.emplace_back(true, "");
-      } else {
-        items.emplace_back(false, std::string(part.substr(0, part.rfind(':'))));
-      }
-    }
+    MOEC_RETURN_IF_ERROR(
+        TemplateItemsFromString(single.get_ref<const std::string&>(), at, &items));
   } else if (single.is_array()) {
-    for (size_t i = 0; i < single.size(); ++i) {
-      const json& item = single[i];
-      if (const json* seq = FindField(item, "Sequence")) {
-        MOEC_ASSIGN_OR_RETURN(std::string id,
-                              RequiredString(*seq, "id", at.Index(i).Field("Sequence")));
-        if (id != "A") {
-          return at.Index(i).Unimplemented(
-              absl::StrCat("single template uses sequence '", id, "'"));
-        }
-        items.emplace_back(true, "");
-      } else if (const json* tok = FindField(item, "SpecialToken")) {
-        MOEC_ASSIGN_OR_RETURN(std::string id,
-                              RequiredString(*tok, "id", at.Index(i).Field("SpecialToken")));
-        items.emplace_back(false, std::move(id));
-      } else {
-        return at.Index(i).Invalid("expected {\"Sequence\": ...} or {\"SpecialToken\": ...}");
-      }
-    }
+    MOEC_RETURN_IF_ERROR(TemplateItemsFromList(single, at, &items));
   } else {
     return at.Invalid("expected a template string or list");
   }
@@ -120,6 +135,49 @@ absl::Status ParseTemplate(const json& single, const json& special_tokens, const
   }
   if (sequences != 1) return at.Invalid("single template must contain sequence $A exactly once");
   return absl::OkStatus();
+}
+
+// A TemplateProcessing post-processor: the ids its `single` template puts around the text.
+absl::Status ParseTemplateProcessor(const json& value, const JsonPath& at,
+                                    std::vector<int32_t>* prefix, std::vector<int32_t>* suffix) {
+  const json* single = FindField(value, "single");
+  if (single == nullptr) return at.Field("single").Invalid("missing template");
+  const json* special = FindField(value, "special_tokens");
+  static const json kEmpty = json::object();
+  return ParseTemplate(*single, special == nullptr ? kEmpty : *special, at.Field("single"),
+                       prefix, suffix);
+}
+
+// A BertProcessing or RobertaProcessing post-processor: its cls and sep ids.
+absl::Status ParseClsSepProcessor(const json& value, const JsonPath& at,
+                                  std::vector<int32_t>* prefix, std::vector<int32_t>* suffix) {
+  for (const char* key : {"cls", "sep"}) {
+    const json* v = FindField(value, key);
+    if (v == nullptr || !v->is_array() || v->size() != 2) {
+      return at.Field(key).Invalid("expected [token, id]");
+    }
+    MOEC_ASSIGN_OR_RETURN(int32_t id, AsTokenId((*v)[1], at.Field(key).Index(1)));
+    (absl::string_view(key) == "cls" ? prefix : suffix)->push_back(id);
+  }
+  return absl::OkStatus();
+}
+
+// The id of `token`, which tokenizer_config.json names under `key`; InvalidArgument when it is
+// not in the vocabulary.
+absl::StatusOr<int32_t> ConfigTokenId(const Tokenizer& tokenizer, const std::string& token,
+                                      absl::string_view key, const JsonPath& at) {
+  std::optional<int32_t> id = tokenizer.TokenToId(token);
+  if (!id) return at.Field(key).Invalid(absl::StrCat("'", token, "' is not in the vocabulary"));
+  return *id;
+}
+
+// add_bos_token's default for the tokenizer_config.json's tokenizer_class: true for the Llama
+// and Gemma classes.
+absl::StatusOr<bool> DefaultAddBos(const json& config, const JsonPath& at) {
+  MOEC_ASSIGN_OR_RETURN(std::optional<std::string> cls,
+                        OptionalString(config, "tokenizer_class", at));
+  const std::string lower_cls = absl::AsciiStrToLower(cls.value_or(""));
+  return absl::StrContains(lower_cls, "llama") || absl::StrContains(lower_cls, "gemma");
 }
 
 }  // namespace
@@ -248,21 +306,9 @@ absl::Status Tokenizer::ParsePostProcessor(const json& value, const JsonPath& at
   }
   if (type == "ByteLevel") return absl::OkStatus();  // only trims offsets
   if (type == "TemplateProcessing") {
-    const json* single = FindField(value, "single");
-    if (single == nullptr) return at.Field("single").Invalid("missing template");
-    const json* special = FindField(value, "special_tokens");
-    static const json kEmpty = json::object();
-    MOEC_RETURN_IF_ERROR(ParseTemplate(*single, special == nullptr ? kEmpty : *special,
-                                       at.Field("single"), &prefix, &suffix));
+    MOEC_RETURN_IF_ERROR(ParseTemplateProcessor(value, at, &prefix, &suffix));
   } else if (type == "BertProcessing" || type == "RobertaProcessing") {
-    for (const char* key : {"cls", "sep"}) {
-      const json* v = FindField(value, key);
-      if (v == nullptr || !v->is_array() || v->size() != 2) {
-        return at.Field(key).Invalid("expected [token, id]");
-      }
-      MOEC_ASSIGN_OR_RETURN(int32_t id, AsTokenId((*v)[1], at.Field(key).Index(1)));
-      (absl::string_view(key) == "cls" ? prefix : suffix).push_back(id);
-    }
+    MOEC_RETURN_IF_ERROR(ParseClsSepProcessor(value, at, &prefix, &suffix));
   } else {
     return at.Field("type").Unimplemented(
         absl::StrCat("unsupported post_processor type '", type,
@@ -279,14 +325,10 @@ absl::Status Tokenizer::ApplyConfig(const json& config, const JsonPath& at) {
   MOEC_ASSIGN_OR_RETURN(std::optional<std::string> bos, ConfigToken(config, "bos_token", at));
   MOEC_ASSIGN_OR_RETURN(std::optional<std::string> eos, ConfigToken(config, "eos_token", at));
   if (bos.has_value()) {
-    bos_id_ = TokenToId(*bos);
-    if (!bos_id_)
-      return at.Field("bos_token").Invalid(absl::StrCat("'", *bos, "' is not in the vocabulary"));
+    MOEC_ASSIGN_OR_RETURN(bos_id_, ConfigTokenId(*this, *bos, "bos_token", at));
   }
   if (eos.has_value()) {
-    eos_id_ = TokenToId(*eos);
-    if (!eos_id_)
-      return at.Field("eos_token").Invalid(absl::StrCat("'", *eos, "' is not in the vocabulary"));
+    MOEC_ASSIGN_OR_RETURN(eos_id_, ConfigTokenId(*this, *eos, "eos_token", at));
   }
   const json* add_bos = FindField(config, "add_bos_token");
   const json* add_eos = FindField(config, "add_eos_token");
@@ -296,11 +338,7 @@ absl::Status Tokenizer::ApplyConfig(const json& config, const JsonPath& at) {
   // As transformers' LlamaTokenizerFast / GPTNeoXTokenizerFast update_post_processor(): the
   // flags replace the template with [bos] $A [eos]. An absent flag takes the class default
   // (add_bos_token is true for the Llama and Gemma classes).
-  MOEC_ASSIGN_OR_RETURN(std::optional<std::string> cls,
-                        OptionalString(config, "tokenizer_class", at));
-  const std::string lower_cls = absl::AsciiStrToLower(cls.value_or(""));
-  const bool bos_default =
-      absl::StrContains(lower_cls, "llama") || absl::StrContains(lower_cls, "gemma");
+  MOEC_ASSIGN_OR_RETURN(const bool bos_default, DefaultAddBos(config, at));
   MOEC_ASSIGN_OR_RETURN(bool want_bos, OptionalBool(config, "add_bos_token", bos_default, at));
   MOEC_ASSIGN_OR_RETURN(bool want_eos, OptionalBool(config, "add_eos_token", false, at));
   if (want_bos && !bos_id_)

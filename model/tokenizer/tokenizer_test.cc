@@ -1,10 +1,11 @@
+// Encoding and decoding: BPE merge order, byte-level BPE, the pre-tokenizers, SentencePiece-style
+// BPE and concurrent use. Tokenizer configuration, errors and loading: tokenizer_config_test.cc.
 // Hand-checked vectors: every expected id below is derived in the comments from the tiny
-// vocabularies built here (no reference library is available offline).
+// vocabularies built here and in tokenizer_test_util.h (no reference library is available
+// offline).
 #include "model/tokenizer/tokenizer.h"
 
 #include <cstdint>
-#include <filesystem>
-#include <fstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -12,6 +13,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "model/tokenizer/pretokenizer.h"
+#include "model/tokenizer/tokenizer_test_util.h"
 #include "nlohmann/json.hpp"
 #include "tests/testing/status_matchers.h"
 
@@ -20,15 +22,8 @@ namespace {
 
 using ::moec::testing::StatusIs;
 using ::nlohmann::json;
-using ::testing::AllOf;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
-
-std::unique_ptr<Tokenizer> MustLoad(const json& tokenizer, const std::string& config = "") {
-  auto t = Tokenizer::FromJson(tokenizer.dump(), config, "test/tokenizer.json");
-  EXPECT_TRUE(t.ok()) << t.status();
-  return t.ok() ? std::move(t).value() : nullptr;
-}
 
 // Runs a pre-tokenizer JSON over `text` and returns the pieces.
 std::vector<std::string> PreTokenize(const json& pre_tokenizer, const std::string& text) {
@@ -50,16 +45,7 @@ json SplitRegex(const std::string& regex) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Plain BPE (no pre-tokenizer): merge order.
-
-// vocab a=0 b=1 c=2 ab=3 bc=4 abc=5 aa=6.
-json PlainBpe(const json& merges, bool ignore_merges = false) {
-  return {{"model",
-           {{"type", "BPE"},
-            {"vocab", {{"a", 0}, {"b", 1}, {"c", 2}, {"ab", 3}, {"bc", 4}, {"abc", 5}, {"aa", 6}}},
-            {"merges", merges},
-            {"ignore_merges", ignore_merges}}}};
-}
+// Plain BPE (no pre-tokenizer): merge order, with PlainBpe (tokenizer_test_util.h).
 
 TEST(TokenizerTest, MergesAppliedByRankNotLeftToRight) {
   // merges: rank 0 "b c", rank 1 "a b". "abc": candidates (a,b)@0 rank 1 and (b,c)@1 rank 0;
@@ -273,64 +259,7 @@ TEST(PreTokenizerTest, UnknownRegexIsUnimplementedAndNamed) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// SentencePiece-style BPE (Llama / Mixtral).
-
-// vocab: 0 <unk>, 1 <s>, 2 </s>, 3 + b = "<0xBB>" for every byte b, 259 "▁", 260 "h", 261 "i",
-// 262 "▁h", 263 "▁hi", 264 "w", 265 "▁w". Merge ranks: 0 "▁ h", 1 "▁h i", 2 "▁ w".
-json LlamaModel(bool byte_fallback) {
-  json vocab = {{"<unk>", 0}, {"<s>", 1}, {"</s>", 2}};
-  for (int b = 0; b < 256; ++b) {
-    char name[8];
-    std::snprintf(name, sizeof(name), "<0x%02X>", b);
-    vocab[name] = 3 + b;
-  }
-  vocab["\xE2\x96\x81"] = 259;
-  vocab["h"] = 260;
-  vocab["i"] = 261;
-  vocab["\xE2\x96\x81h"] = 262;
-  vocab["\xE2\x96\x81hi"] = 263;
-  vocab["w"] = 264;
-  vocab["\xE2\x96\x81w"] = 265;
-  return {{"type", "BPE"},
-          {"dropout", nullptr},
-          {"unk_token", "<unk>"},
-          {"continuing_subword_prefix", nullptr},
-          {"end_of_word_suffix", nullptr},
-          {"fuse_unk", true},
-          {"byte_fallback", byte_fallback},
-          {"vocab", vocab},
-          {"merges", json::array({"\xE2\x96\x81 h", "\xE2\x96\x81h i", "\xE2\x96\x81 w"})}};
-}
-
-const char* const kLlamaAddedTokens = R"([
-  {"id": 0, "content": "<unk>", "single_word": false, "lstrip": false, "rstrip": false,
-   "normalized": false, "special": true},
-  {"id": 1, "content": "<s>", "single_word": false, "lstrip": false, "rstrip": false,
-   "normalized": false, "special": true},
-  {"id": 2, "content": "</s>", "single_word": false, "lstrip": false, "rstrip": false,
-   "normalized": false, "special": true}])";
-
-// Llama-2 / Mixtral layout: Prepend+Replace normalizer, no pre-tokenizer, <s> $A template.
-json LlamaTokenizer(bool byte_fallback = true) {
-  json tok = json::parse(R"({
-    "version": "1.0",
-    "normalizer": {"type": "Sequence", "normalizers": [
-      {"type": "Prepend", "prepend": "\u2581"},
-      {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]},
-    "pre_tokenizer": null,
-    "post_processor": {"type": "TemplateProcessing",
-      "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
-                 {"Sequence": {"id": "A", "type_id": 0}}],
-      "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}},
-    "decoder": {"type": "Sequence", "decoders": [
-      {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
-      {"type": "ByteFallback"}, {"type": "Fuse"},
-      {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}
-  })");
-  tok["added_tokens"] = json::parse(kLlamaAddedTokens);
-  tok["model"] = LlamaModel(byte_fallback);
-  return tok;
-}
+// SentencePiece-style BPE (Llama / Mixtral), with LlamaTokenizer (tokenizer_test_util.h).
 
 TEST(SentencePieceTest, PrefixAndByteFallback) {
   auto t = MustLoad(LlamaTokenizer());
@@ -404,135 +333,6 @@ TEST(SentencePieceTest, MetaspacePrependSchemes) {
   // "hi" -> h, i (no ▁ merges) = [260, 261]; "always" prepends: "▁hi" = 263.
   EXPECT_THAT(first->Encode("<s>hi"), ElementsAre(1, 260, 261));
   EXPECT_THAT(always->Encode("<s>hi"), ElementsAre(1, 263));
-}
-
-// ---------------------------------------------------------------------------------------------
-// BOS / EOS from tokenizer_config.json.
-
-TEST(TokenizerConfigTest, BosAndEosFromConfig) {
-  json tok = LlamaTokenizer();
-  tok["post_processor"] = nullptr;
-  auto t = MustLoad(tok, R"({"add_bos_token": true, "add_eos_token": true, "bos_token": "<s>",
-      "eos_token": {"__type": "AddedToken", "content": "</s>", "special": true}})");
-  ASSERT_NE(t, nullptr);
-  EXPECT_EQ(t->bos_id(), 1);
-  EXPECT_EQ(t->eos_id(), 2);
-  EXPECT_THAT(t->Encode("hi"), ElementsAre(1, 263, 2));
-  EXPECT_THAT(t->Encode("hi", /*add_special_tokens=*/false), ElementsAre(263));
-  // An explicit add_bos_token=false overrides the template's <s>.
-  auto no_bos = MustLoad(LlamaTokenizer(), R"({"add_bos_token": false, "bos_token": "<s>"})");
-  ASSERT_NE(no_bos, nullptr);
-  EXPECT_THAT(no_bos->Encode("hi"), ElementsAre(263));
-  // Without flags the template stays.
-  auto keep = MustLoad(LlamaTokenizer(), R"({"bos_token": "<s>", "eos_token": "</s>"})");
-  ASSERT_NE(keep, nullptr);
-  EXPECT_THAT(keep->Encode("hi"), ElementsAre(1, 263));
-}
-
-TEST(TokenizerConfigTest, UnknownBosTokenIsInvalid) {
-  auto t =
-      Tokenizer::FromJson(LlamaTokenizer().dump(), R"({"bos_token": "<bos>"})", "m/tokenizer.json");
-  EXPECT_THAT(t.status(),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       AllOf(HasSubstr("tokenizer_config.json"), HasSubstr("bos_token"))));
-}
-
-// ---------------------------------------------------------------------------------------------
-// Errors and loading.
-
-TEST(TokenizerErrorTest, UnigramIsUnimplemented) {
-  const json tok = {{"model",
-                     {{"type", "Unigram"},
-                      {"unk_id", 0},
-                      {"vocab", json::parse(R"([["<unk>", 0.0], ["a", -1.0]])")}}}};
-  auto t = Tokenizer::FromJson(tok.dump(), "", "u/tokenizer.json");
-  EXPECT_THAT(t.status(), StatusIs(absl::StatusCode::kUnimplemented,
-                                   AllOf(HasSubstr("Unigram"), HasSubstr("supported: BPE"))));
-}
-
-TEST(TokenizerErrorTest, MalformedJsonIsInvalidArgument) {
-  EXPECT_THAT(Tokenizer::FromJson("{\"model\": {", "", "bad/tokenizer.json").status(),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       AllOf(HasSubstr("bad/tokenizer.json"), HasSubstr("malformed JSON"))));
-  EXPECT_THAT(
-      Tokenizer::FromJson(std::string(10000, '[') + std::string(10000, ']'), "", "deep").status(),
-      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("nested")));
-  EXPECT_THAT(Tokenizer::FromJson(LlamaTokenizer().dump(), "{oops", "m/tokenizer.json").status(),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("tokenizer_config.json")));
-}
-
-TEST(TokenizerErrorTest, MissingOrMistypedFieldsNameTheField) {
-  json no_vocab = PlainBpe(json::array());
-  no_vocab["model"].erase("vocab");
-  EXPECT_THAT(Tokenizer::FromJson(no_vocab.dump(), "", "f.json").status(),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       AllOf(HasSubstr("f.json"), HasSubstr("'model.vocab'"))));
-  EXPECT_THAT(Tokenizer::FromJson(R"({"version": "1.0"})", "", "f.json").status(),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("'model'")));
-  // A merge whose result is not in the vocab.
-  EXPECT_THAT(Tokenizer::FromJson(PlainBpe(json::array({"c a"})).dump(), "", "f.json").status(),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       AllOf(HasSubstr("'model.merges[0]'"), HasSubstr("'ca'"))));
-  json bad_id = PlainBpe(json::array());
-  bad_id["model"]["vocab"]["a"] = "zero";
-  EXPECT_THAT(Tokenizer::FromJson(bad_id.dump(), "", "f.json").status(),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("model.vocab.a")));
-}
-
-TEST(TokenizerErrorTest, UnsupportedComponentsAreUnimplemented) {
-  json wordpiece = PlainBpe(json::array());
-  wordpiece["model"]["type"] = "WordPiece";
-  EXPECT_THAT(Tokenizer::FromJson(wordpiece.dump(), "", "f.json").status(),
-              StatusIs(absl::StatusCode::kUnimplemented, HasSubstr("WordPiece")));
-  json lower = PlainBpe(json::array());
-  lower["normalizer"] = {{"type", "Lowercase"}};
-  EXPECT_THAT(Tokenizer::FromJson(lower.dump(), "", "f.json").status(),
-              StatusIs(absl::StatusCode::kUnimplemented, HasSubstr("Lowercase")));
-}
-
-class TokenizerLoadTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    dir_ = std::filesystem::path(::testing::TempDir()) /
-           ::testing::UnitTest::GetInstance()->current_test_info()->name();
-    std::filesystem::remove_all(dir_);
-    std::filesystem::create_directories(dir_);
-  }
-  void TearDown() override {
-    std::error_code ec;
-    std::filesystem::remove_all(dir_, ec);  // best effort; the oversized test file is sparse
-  }
-  void Write(const std::string& name, const std::string& text) {
-    std::ofstream(dir_ / name, std::ios::binary) << text;
-  }
-  std::filesystem::path dir_;
-};
-
-TEST_F(TokenizerLoadTest, LoadsDirectoryWithConfig) {
-  json tok = LlamaTokenizer();
-  tok["post_processor"] = nullptr;
-  Write("tokenizer.json", tok.dump());
-  Write("tokenizer_config.json", R"({"add_bos_token": true, "bos_token": "<s>"})");
-  auto t = Tokenizer::Load(dir_.string());
-  ASSERT_TRUE(t.ok()) << t.status();
-  EXPECT_THAT((*t)->Encode("hi"), ElementsAre(1, 263));
-  auto by_file = Tokenizer::Load((dir_ / "tokenizer.json").string());
-  ASSERT_TRUE(by_file.ok()) << by_file.status();
-  EXPECT_THAT((*by_file)->Encode("hi"), ElementsAre(1, 263));
-}
-
-TEST_F(TokenizerLoadTest, MissingFileIsNotFound) {
-  EXPECT_THAT(Tokenizer::Load(dir_.string()).status(),
-              StatusIs(absl::StatusCode::kNotFound, HasSubstr("tokenizer.json")));
-  EXPECT_THAT(Tokenizer::Load((dir_ / "nope" / "tokenizer.json").string()).status(),
-              StatusIs(absl::StatusCode::kNotFound));
-}
-
-TEST_F(TokenizerLoadTest, OversizedFileIsRefused) {
-  Write("tokenizer.json", "{}");
-  std::filesystem::resize_file(dir_ / "tokenizer.json", kMaxTokenizerJsonBytes + 1);  // sparse
-  EXPECT_THAT(Tokenizer::Load(dir_.string()).status(),
-              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("over the limit")));
 }
 
 TEST(TokenizerThreadTest, ConcurrentEncodeAgrees) {

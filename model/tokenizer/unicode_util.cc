@@ -10,6 +10,45 @@ namespace {
 
 bool IsContinuation(unsigned char b) { return (b & 0xC0) == 0x80; }
 
+// The DecodeSequence cases of lead bytes 0xE0..0xEF and 0xF0..0xF4.
+size_t DecodeThreeBytes(const unsigned char* s, size_t n, size_t i, char32_t* cp) {
+  if (i + 2 < n && IsContinuation(s[i + 1]) && IsContinuation(s[i + 2])) {
+    *cp = ((s[i] & 0x0Fu) << 12) | ((s[i + 1] & 0x3Fu) << 6) | (s[i + 2] & 0x3Fu);
+    if (*cp >= 0x800 && (*cp < 0xD800 || *cp > 0xDFFF)) return 3;
+  }
+  return 0;
+}
+
+size_t DecodeFourBytes(const unsigned char* s, size_t n, size_t i, char32_t* cp) {
+  if (i + 3 < n && IsContinuation(s[i + 1]) && IsContinuation(s[i + 2]) &&
+      IsContinuation(s[i + 3])) {
+    *cp = ((s[i] & 0x07u) << 18) | ((s[i + 1] & 0x3Fu) << 12) | ((s[i + 2] & 0x3Fu) << 6) |
+          (s[i + 3] & 0x3Fu);
+    if (*cp >= 0x10000 && *cp <= 0x10FFFF) return 4;
+  }
+  return 0;
+}
+
+// Decodes the sequence starting at s[i] into `*cp` and returns its length, or 0 when it is
+// ill-formed (truncated, overlong, a surrogate or beyond U+10FFFF).
+size_t DecodeSequence(const unsigned char* s, size_t n, size_t i, char32_t* cp) {
+  const unsigned char b = s[i];
+  if (b < 0x80) {
+    *cp = b;
+    return 1;
+  }
+  if (b >= 0xC2 && b <= 0xDF) {
+    if (i + 1 < n && IsContinuation(s[i + 1])) {
+      *cp = ((b & 0x1Fu) << 6) | (s[i + 1] & 0x3Fu);
+      return 2;
+    }
+    return 0;
+  }
+  if (b >= 0xE0 && b <= 0xEF) return DecodeThreeBytes(s, n, i, cp);
+  if (b >= 0xF0 && b <= 0xF4) return DecodeFourBytes(s, n, i, cp);
+  return 0;
+}
+
 }  // namespace
 
 std::vector<CodePoint> DecodeUtf8(absl::string_view text) {
@@ -19,32 +58,10 @@ std::vector<CodePoint> DecodeUtf8(absl::string_view text) {
   const size_t n = text.size();
   size_t i = 0;
   while (i < n) {
-    unsigned char b = s[i];
     char32_t cp = 0;
-    size_t len = 0;
-    if (b < 0x80) {
-      cp = b;
-      len = 1;
-    } else if (b >= 0xC2 && b <= 0xDF) {
-      if (i + 1 < n && IsContinuation(s[i + 1])) {
-        cp = ((b & 0x1Fu) << 6) | (s[i + 1] & 0x3Fu);
-        len = 2;
-      }
-    } else if (b >= 0xE0 && b <= 0xEF) {
-      if (i + 2 < n && IsContinuation(s[i + 1]) && IsContinuation(s[i + 2])) {
-        cp = ((b & 0x0Fu) << 12) | ((s[i + 1] & 0x3Fu) << 6) | (s[i + 2] & 0x3Fu);
-        if (cp >= 0x800 && (cp < 0xD800 || cp > 0xDFFF)) len = 3;
-      }
-    } else if (b >= 0xF0 && b <= 0xF4) {
-      if (i + 3 < n && IsContinuation(s[i + 1]) && IsContinuation(s[i + 2]) &&
-          IsContinuation(s[i + 3])) {
-        cp = ((b & 0x07u) << 18) | ((s[i + 1] & 0x3Fu) << 12) | ((s[i + 2] & 0x3Fu) << 6) |
-             (s[i + 3] & 0x3Fu);
-        if (cp >= 0x10000 && cp <= 0x10FFFF) len = 4;
-      }
-    }
+    size_t len = DecodeSequence(s, n, i, &cp);
     if (len == 0) {
-      cp = kInvalidByteBase + b;
+      cp = kInvalidByteBase + s[i];
       len = 1;
     }
     out.push_back(CodePoint{cp, static_cast<uint32_t>(i), static_cast<uint32_t>(i + len)});
@@ -73,6 +90,23 @@ void AppendUtf8(char32_t cp, std::string* out) {
 
 namespace {
 
+// The length of the sequence a non-ASCII lead byte `b` starts (0: not a lead byte), narrowing
+// [*lo, *hi], the range of its second byte, where Unicode's table 3-7 does.
+size_t LeadByteLength(unsigned char b, unsigned char* lo, unsigned char* hi) {
+  if (b >= 0xC2 && b <= 0xDF) return 2;
+  if (b >= 0xE0 && b <= 0xEF) {
+    if (b == 0xE0) *lo = 0xA0;
+    if (b == 0xED) *hi = 0x9F;
+    return 3;
+  }
+  if (b >= 0xF0 && b <= 0xF4) {
+    if (b == 0xF0) *lo = 0x90;
+    if (b == 0xF4) *hi = 0x8F;
+    return 4;
+  }
+  return 0;
+}
+
 // Length of the well-formed sequence starting at s[i], or 0; `*valid_prefix` receives how many
 // bytes (>= 1) form a maximal ill-formed subpart when it is 0 (Unicode 15, section 3.9 U+FFFD
 // substitution, as Rust and ICU practise it).
@@ -80,21 +114,9 @@ size_t SequenceLength(const unsigned char* s, size_t n, size_t i, size_t* valid_
   const unsigned char b = s[i];
   *valid_prefix = 1;
   if (b < 0x80) return 1;
-  size_t len;
   unsigned char lo = 0x80, hi = 0xBF;
-  if (b >= 0xC2 && b <= 0xDF) {
-    len = 2;
-  } else if (b >= 0xE0 && b <= 0xEF) {
-    len = 3;
-    if (b == 0xE0) lo = 0xA0;
-    if (b == 0xED) hi = 0x9F;
-  } else if (b >= 0xF0 && b <= 0xF4) {
-    len = 4;
-    if (b == 0xF0) lo = 0x90;
-    if (b == 0xF4) hi = 0x8F;
-  } else {
-    return 0;
-  }
+  const size_t len = LeadByteLength(b, &lo, &hi);
+  if (len == 0) return 0;
   for (size_t k = 1; k < len; ++k) {
     if (i + k >= n) return 0;
     const unsigned char c = s[i + k];

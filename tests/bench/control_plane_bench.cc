@@ -45,16 +45,14 @@
 #include "grpcpp/grpcpp.h"
 #include "storage/in_memory_kv_store.h"
 #include "storage/rocksdb_kv_store.h"
-#include "worker/coordinator_client.h"
+#include "tests/bench/control_plane_bench.h"
 
 extern char** environ;
 
+namespace control_plane_bench {
 namespace {
 
-using Clock = std::chrono::steady_clock;
 namespace fs = std::filesystem;
-
-double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
 
 double Percentile(std::vector<double> v, double p) {
   std::sort(v.begin(), v.end());
@@ -69,87 +67,6 @@ double Percentile(std::vector<double> v, double p) {
       return 1;                                                                 \
     }                                                                           \
   } while (0)
-
-std::string Join(const std::vector<double>& v) {
-  return absl::StrJoin(v, " ", [](std::string* out, double x) { absl::StrAppend(out, x); });
-}
-
-// --- worker process -------------------------------------------------------------------------
-// Reads commands from stdin, one per line, and answers each with one line on stdout:
-//   rtt N      N bare Heartbeats back to back      -> "rtt <ms> <ms> ..."
-//   run        lease and complete until told stop  -> "lat <ms> ...", "lease <ms> ...",
-//                                                     "done <last completion, ns> <granted>"
-//   stop       (read while idle in a run: the job ended)
-// Errors: "error <message>" and exit 1.
-int WorkerMain(const std::string& address, int index) {
-  moec::SkipMutexDeadlockDetection();  // as moec-worker does
-  moec::worker::GrpcClientOptions o;
-  o.address = address;
-  o.lease_wait_ms = std::atoi(std::getenv("BENCH_LEASE_WAIT_MS") ? std::getenv("BENCH_LEASE_WAIT_MS") : "1000");
-  o.token = "bench";
-  auto fail = [](absl::string_view what, const absl::Status& s) {
-    std::printf("error %s: %s\n", std::string(what).c_str(), s.ToString().c_str());
-    std::fflush(stdout);
-    return 1;
-  };
-  auto client = moec::worker::NewGrpcCoordinatorClient(o);
-  if (!client.ok()) return fail("client", client.status());
-  auto id = (*client)->RegisterWorker(absl::StrCat("bench", index), false, 0);
-  if (!id.ok()) return fail("RegisterWorker", id.status());
-  std::printf("ready %s\n", id->c_str());
-  std::fflush(stdout);
-  const bool lease_next = !std::getenv("BENCH_LEASE_NEXT") || std::atoi(std::getenv("BENCH_LEASE_NEXT")) != 0;
-  std::string line;
-  while (std::getline(std::cin, line)) {
-    if (absl::StartsWith(line, "rtt ")) {
-      const int n = std::atoi(line.c_str() + 4);
-      std::vector<double> rtt;
-      for (int i = 0; i < n; ++i) {
-        auto r0 = Clock::now();
-        if (auto s = (*client)->Heartbeat(*id, {}).status(); !s.ok()) return fail("Heartbeat", s);
-        rtt.push_back(Ms(Clock::now() - r0));
-      }
-      std::printf("rtt %s\n", Join(rtt).c_str());
-    } else if (line == "run") {
-      std::vector<double> latency, lease_calls;
-      std::optional<moec::worker::Lease> next;
-      int granted = 0;
-      auto leased_at = Clock::now(), finished = Clock::now();
-      while (true) {
-        if (!next.has_value()) {
-          const auto asked = Clock::now();
-          auto lease = (*client)->LeaseTask(*id);
-          if (!lease.ok()) return fail("LeaseTask", lease.status());
-          if (!lease->has_value()) {  // nothing ready now: stop if the job ended, else back off
-            pollfd p{STDIN_FILENO, POLLIN, 0};
-            if (poll(&p, 1, 0) == 1) break;  // "stop"
-            std::this_thread::sleep_for(std::chrono::microseconds(500));  // as moec-worker does
-            continue;
-          }
-          next = *std::move(lease);
-          leased_at = Clock::now();
-          lease_calls.push_back(Ms(leased_at - asked));
-        }
-        const std::string task_id = next->task.task_id();
-        next.reset();
-        if (absl::Status s = (*client)->CompleteTask(*id, task_id, 0, lease_next ? &next : nullptr); !s.ok()) {
-          return fail("CompleteTask", s);
-        }
-        finished = Clock::now();
-        latency.push_back(Ms(finished - leased_at));
-        leased_at = finished;  // a task granted with the completion is in hand now
-        if (next.has_value()) ++granted;
-      }
-      if (!std::getline(std::cin, line) || line != "stop") return fail("run", absl::InternalError("no stop"));
-      std::printf("lat %s\nlease %s\ndone %lld %d\n", Join(latency).c_str(), Join(lease_calls).c_str(),
-                  static_cast<long long>(finished.time_since_epoch().count()), granted);
-    } else {
-      return fail("command", absl::InvalidArgumentError(line));
-    }
-    std::fflush(stdout);
-  }
-  return 0;
-}
 
 // --- coordinator process: the workers, seen from here -------------------------------------
 class WorkerProcess {
@@ -219,93 +136,118 @@ class WorkerProcess {
   FILE* from_ = nullptr;
 };
 
-int Main(int argc, char** argv) {
-  if (argc == 4 && std::string(argv[1]) == "--worker") return WorkerMain(argv[2], std::atoi(argv[3]));
-  moec::TuneMallocForLargeBuffers();
-  moec::SkipMutexDeadlockDetection();  // as moec-coordinator does
-  int chain = 500;
-  if (argc == 3 && std::string(argv[1]) == "--tasks_per_chain") chain = std::atoi(argv[2]);
-  const int kWorkers = std::getenv("BENCH_WORKERS") ? std::atoi(std::getenv("BENCH_WORKERS")) : 4;
-  if (chain < 1 || kWorkers < 1 || kWorkers > 64) {
+// --- coordinator process ---------------------------------------------------------------------
+
+// BENCH_WORKERS and --tasks_per_chain; 2 (after printing the usage) when out of range.
+int ParseSettings(int argc, char** argv, int* chain, int* workers) {
+  if (argc == 3 && std::string(argv[1]) == "--tasks_per_chain") *chain = std::atoi(argv[2]);
+  *workers = std::getenv("BENCH_WORKERS") ? std::atoi(std::getenv("BENCH_WORKERS")) : 4;
+  if (*chain < 1 || *workers < 1 || *workers > 64) {
     std::fprintf(stderr, "usage: control_plane_bench [--tasks_per_chain N>=1]; BENCH_WORKERS 1-64\n");
     return 2;
   }
-  const std::string dir = fs::temp_directory_path().string() + "/moec_cp_bench";
-  fs::remove_all(dir);
-  fs::create_directories(dir + "/m");
-  std::ofstream(dir + "/m/config.json") << "{\"num_hidden_layers\": " << chain << "}";
+  return 0;
+}
 
+// This process's coordinator: its stores, core and gRPC server (members destroyed in reverse
+// order: the server first).
+struct CoordinatorSide {
+  absl::StatusOr<std::unique_ptr<moec::storage::RocksDbKvStore>> kv;
+  bool in_memory = false;
+  std::unique_ptr<moec::storage::InMemoryKvStore> memory_kv;
+  absl::StatusOr<std::unique_ptr<moec::coordinator::JobStore>> store;
+  absl::StatusOr<std::unique_ptr<moec::coordinator::Coordinator>> core;
+  std::unique_ptr<moec::coordinator::CoordinatorService> service;
+  grpc::ServerBuilder builder;
+  int port = 0;
+  std::unique_ptr<grpc::Server> server;
+  std::string address;
+};
+
+// A real CoordinatorService on 127.0.0.1 (RocksDB JobStore in dir/db, or BENCH_STORE=memory).
+int StartCoordinator(const std::string& dir, CoordinatorSide* c) {
   moec::storage::RocksDbKvStoreOptions ko;
   ko.path = dir + "/db";
   for (const auto& cf : moec::coordinator::JobStoreColumnFamilies()) ko.column_families.push_back({cf, false});
-  auto kv = moec::storage::RocksDbKvStore::Open(ko);
+  c->kv = moec::storage::RocksDbKvStore::Open(ko);
+  auto& kv = c->kv;
   CHECK_OK(kv.status());
   // BENCH_STORE=memory: the JobStore on an InMemoryKvStore — the floor RocksDB is measured against.
-  const bool in_memory = std::getenv("BENCH_STORE") && std::string(std::getenv("BENCH_STORE")) == "memory";
-  moec::storage::InMemoryKvStore memory_kv(moec::coordinator::JobStoreColumnFamilies());
-  moec::storage::KvStore* job_kv = in_memory ? static_cast<moec::storage::KvStore*>(&memory_kv) : kv->get();
-  auto store = moec::coordinator::JobStore::Open(job_kv);
+  c->in_memory = std::getenv("BENCH_STORE") && std::string(std::getenv("BENCH_STORE")) == "memory";
+  c->memory_kv =
+      std::make_unique<moec::storage::InMemoryKvStore>(moec::coordinator::JobStoreColumnFamilies());
+  moec::storage::KvStore* job_kv =
+      c->in_memory ? static_cast<moec::storage::KvStore*>(c->memory_kv.get()) : kv->get();
+  c->store = moec::coordinator::JobStore::Open(job_kv);
+  auto& store = c->store;
   CHECK_OK(store.status());
   moec::coordinator::CoordinatorOptions copts;
   copts.durable_completions = std::getenv("BENCH_DURABLE") && std::atoi(std::getenv("BENCH_DURABLE")) != 0;
   if (std::getenv("BENCH_LOG_SYNC_MS")) copts.log_sync_interval_ms = std::atoi(std::getenv("BENCH_LOG_SYNC_MS"));
-  auto core = moec::coordinator::Coordinator::Create(store->get(), copts, [] { return absl::Now(); });
+  c->core = moec::coordinator::Coordinator::Create(store->get(), copts, [] { return absl::Now(); });
+  auto& core = c->core;
   CHECK_OK(core.status());
-  moec::coordinator::CoordinatorService service(core->get(), "bench");
-  grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(&service);
+  c->service = std::make_unique<moec::coordinator::CoordinatorService>(core->get(), "bench");
+  grpc::ServerBuilder& builder = c->builder;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &c->port);
+  builder.RegisterService(c->service.get());
   moec::coordinator::ConfigureServerThreads(&builder);  // as moec-coordinator does
-  auto server = builder.BuildAndStart();
-  const std::string address = absl::StrCat("127.0.0.1:", port);
+  c->server = builder.BuildAndStart();
+  c->address = absl::StrCat("127.0.0.1:", c->port);
+  return 0;
+}
 
+// Starts the worker processes and waits for them to have registered.
+int StartWorkers(const std::string& address, int n,
+                 std::vector<std::unique_ptr<WorkerProcess>>* workers) {
   const std::string self = fs::read_symlink("/proc/self/exe").string();
-  std::vector<std::unique_ptr<WorkerProcess>> workers;
-  for (int i = 0; i < kWorkers; ++i) {
+  for (int i = 0; i < n; ++i) {
     auto w = WorkerProcess::Start(self, address, i);
     CHECK_OK(w.status());
-    workers.push_back(*std::move(w));
+    workers->push_back(*std::move(w));
   }
-  for (auto& w : workers) CHECK_OK(w->Ready());  // they start at once (each loads its libraries)
-  // Baseline: a bare authenticated unary round trip on the idle coordinator from worker 0,
-  // 1,000 calls before the run and 1,000 after it (this VM's speed drifts; the median of both
-  // is the unit).
-  std::vector<double> rtt;
-  auto measure_rtt = [&]() -> absl::Status {
-    workers[0]->Send("rtt 1000");
-    MOEC_ASSIGN_OR_RETURN(std::vector<double> v, workers[0]->ReadValues("rtt"));
-    rtt.insert(rtt.end(), v.begin(), v.end());
-    return absl::OkStatus();
-  };
-  CHECK_OK(measure_rtt());
+  for (auto& w : *workers) CHECK_OK(w->Ready());  // they start at once (each loads its libraries)
+  return 0;
+}
 
-  // The same bare round trip with every worker calling at once, back to back: what the
-  // machine's cores (shared here by the workers and the coordinator) make of a call at this
-  // concurrency, before any control-plane work.
-  std::vector<double> loaded;
+// The same bare round trip with every worker calling at once, back to back: what the
+// machine's cores (shared here by the workers and the coordinator) make of a call at this
+// concurrency, before any control-plane work.
+int MeasureLoadedRtt(std::vector<std::unique_ptr<WorkerProcess>>& workers,
+                     std::vector<double>* loaded) {
   for (auto& w : workers) w->Send("rtt 1000");
   for (auto& w : workers) {
     auto v = w->ReadValues("rtt");
     CHECK_OK(v.status());
-    loaded.insert(loaded.end(), v->begin(), v->end());
+    loaded->insert(loaded->end(), v->begin(), v->end());
   }
+  return 0;
+}
 
+// What the workers report of the run.
+struct RunResult {
+  Clock::time_point t0, finished;  // the workers were told to run; the last completion
+  std::vector<double> all, leases;  // lease->complete latencies, LeaseTask calls (ms)
+  int granted_with_completion = 0, completed = 0;
+};
+
+// The job: kWorkers independent noop stages over the model, i.e. chains of its layers.
+int SubmitJob(absl::StatusOr<std::unique_ptr<moec::coordinator::Coordinator>>& core,
+              const std::string& dir, int workers, std::string* job_id) {
   std::string yaml = "name: bench\nmodel: m\noutput: out\nstages:\n";
   // Distinct salts: identical stages would share fingerprints and be reused, not run.
-  for (int s = 0; s < kWorkers; ++s) {
+  for (int s = 0; s < workers; ++s) {
     absl::StrAppend(&yaml, "  - {id: s", s, ", kind: noop, with: {salt: ", s, "}}\n");
   }
   auto job = (*core)->SubmitJob(yaml, dir + "/r.yaml", {});
   CHECK_OK(job.status());
-  const std::string job_id = job->job.job_id();
-  const int total = kWorkers * chain;
+  *job_id = job->job.job_id();
+  return 0;
+}
 
-  // BENCH_LEASE_NEXT=0: the two-call protocol (LeaseTask, then CompleteTask) for every task;
-  // default: as moec-worker does, the completing call also asks for the next task.
-  const bool lease_next = !std::getenv("BENCH_LEASE_NEXT") || std::atoi(std::getenv("BENCH_LEASE_NEXT")) != 0;
-  const auto t0 = Clock::now();
-  for (auto& w : workers) w->Send("run");
+// Waits for the job to end; 1 unless it succeeded.
+int WaitForJob(absl::StatusOr<std::unique_ptr<moec::coordinator::Coordinator>>& core,
+               const std::string& job_id, Clock::time_point t0) {
   auto last_progress = t0;
   while (true) {
     auto j = (*core)->GetJob(job_id);
@@ -324,10 +266,11 @@ int Main(int argc, char** argv) {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
-  for (auto& w : workers) w->Send("stop");  // the job ended: each worker finds nothing more
-  std::vector<double> all, leases;
-  Clock::time_point finished = t0;
-  int granted_with_completion = 0, completed = 0;
+  return 0;
+}
+
+// Reads each worker's report of the run (after "stop").
+int CollectReports(std::vector<std::unique_ptr<WorkerProcess>>& workers, RunResult* r) {
   for (auto& w : workers) {
     auto lat = w->ReadValues("lat");
     CHECK_OK(lat.status());
@@ -341,46 +284,71 @@ int Main(int argc, char** argv) {
     // Each worker's last completion: the job ends at the latest (a worker's final long poll,
     // which finds nothing, is not part of it). steady_clock is CLOCK_MONOTONIC: one clock for
     // all processes of this machine.
-    finished = std::max(finished, Clock::time_point(Clock::duration(last_ns)));
-    granted_with_completion += granted;
-    completed += static_cast<int>(lat->size());
-    all.insert(all.end(), lat->begin(), lat->end());
-    leases.insert(leases.end(), lease->begin(), lease->end());
+    r->finished = std::max(r->finished, Clock::time_point(Clock::duration(last_ns)));
+    r->granted_with_completion += granted;
+    r->completed += static_cast<int>(lat->size());
+    r->all.insert(r->all.end(), lat->begin(), lat->end());
+    r->leases.insert(r->leases.end(), lease->begin(), lease->end());
   }
-  if (completed != total) {
-    std::fprintf(stderr, "workers completed %d tasks, the job has %d\n", completed, total);
+  return 0;
+}
+
+// Runs the job (chain tasks per worker) to its end.
+int RunJob(absl::StatusOr<std::unique_ptr<moec::coordinator::Coordinator>>& core,
+           const std::string& dir, int chain, std::vector<std::unique_ptr<WorkerProcess>>& workers,
+           RunResult* r) {
+  const int num_workers = static_cast<int>(workers.size());
+  std::string job_id;
+  if (const int rc = SubmitJob(core, dir, num_workers, &job_id); rc != 0) return rc;
+  const int total = num_workers * chain;
+  r->t0 = Clock::now();
+  for (auto& w : workers) w->Send("run");
+  if (const int rc = WaitForJob(core, job_id, r->t0); rc != 0) return rc;
+  for (auto& w : workers) w->Send("stop");  // the job ended: each worker finds nothing more
+  r->finished = r->t0;
+  if (const int rc = CollectReports(workers, r); rc != 0) return rc;
+  if (r->completed != total) {
+    std::fprintf(stderr, "workers completed %d tasks, the job has %d\n", r->completed, total);
     return 1;
   }
-  CHECK_OK(measure_rtt());
-  const double seconds = Ms(finished - t0) / 1000;
-  const int64_t log_syncs = (*kv)->log_syncs();
-  const double log_sync_ms = (*kv)->log_sync_seconds() * 1000 / std::max<int64_t>(1, log_syncs);
-  const double rtt50 = Percentile(rtt, 0.5);
-  // The disk's cost of one durable commit: a small append + fdatasync, as the WAL does.
+  return 0;
+}
+
+// The figures the run is compared with.
+struct Baselines {
+  std::vector<double> rtt;     // bare round trips from worker 0 on the idle coordinator
+  std::vector<double> loaded;  // the same with every worker calling at once
+  int64_t log_syncs = 0;       // the store's log syncs during the run, and their mean time
+  double log_sync_ms = 0;
+  std::vector<double> fsyncs, synced_writes, buffered_writes;  // commit costs, alone
+};
+
+// The disk's cost of one durable commit: a small append + fdatasync, as the WAL does.
+std::vector<double> FsyncProbe(const std::string& dir) {
   std::vector<double> fsyncs;
-  {
-    FILE* f = std::fopen((dir + "/fsync_probe").c_str(), "w");
-    for (int i = 0; i < 200 && f != nullptr; ++i) {
-      auto s0 = Clock::now();
-      std::fwrite("0123456789abcdef", 1, 16, f);
-      std::fflush(f);
-      fdatasync(fileno(f));
-      fsyncs.push_back(Ms(Clock::now() - s0));
-    }
-    if (f != nullptr) std::fclose(f);
+  FILE* f = std::fopen((dir + "/fsync_probe").c_str(), "w");
+  for (int i = 0; i < 200 && f != nullptr; ++i) {
+    auto s0 = Clock::now();
+    std::fwrite("0123456789abcdef", 1, 16, f);
+    std::fflush(f);
+    fdatasync(fileno(f));
+    fsyncs.push_back(Ms(Clock::now() - s0));
   }
-  const double fsync50 = Percentile(fsyncs, 0.5);
+  if (f != nullptr) std::fclose(f);
+  return fsyncs;
+}
+
+int MeasureCommits(absl::StatusOr<std::unique_ptr<moec::storage::RocksDbKvStore>>& kv,
+                   Baselines* out) {
   // The same store's cost of one durable commit of a completion's size (1 KiB), alone.
-  std::vector<double> synced_writes;
   for (int i = 0; i < 200; ++i) {
     moec::storage::KvWriteBatch b;
     b.Put(moec::coordinator::JobStoreColumnFamilies()[0], absl::StrCat("probe", i), std::string(1024, 'x'));
     auto s0 = Clock::now();
     CHECK_OK((*kv)->Write(b, moec::storage::Durability::kSync));
-    synced_writes.push_back(Ms(Clock::now() - s0));
+    out->synced_writes.push_back(Ms(Clock::now() - s0));
   }
   // The same store's cost of a buffered commit of a completion's shape (8 puts, 2 KiB), alone.
-  std::vector<double> buffered_writes;
   for (int i = 0; i < 2000; ++i) {
     moec::storage::KvWriteBatch b;
     const std::vector<std::string> cfs = moec::coordinator::JobStoreColumnFamilies();
@@ -389,16 +357,29 @@ int Main(int argc, char** argv) {
     }
     auto s0 = Clock::now();
     CHECK_OK((*kv)->Write(b, moec::storage::Durability::kBuffered));
-    buffered_writes.push_back(Ms(Clock::now() - s0));
+    out->buffered_writes.push_back(Ms(Clock::now() - s0));
   }
+  return 0;
+}
+
+void PrintReport(int kWorkers, int total, bool in_memory, const RunResult& run,
+                 const Baselines& b) {
+  const bool lease_next = LeaseNext();
+  const double seconds = Ms(run.finished - run.t0) / 1000;
+  const int64_t log_syncs = b.log_syncs;
+  const double rtt50 = Percentile(b.rtt, 0.5);
+  const double fsync50 = Percentile(b.fsyncs, 0.5);
+  const std::vector<double>& all = run.all;
+  const std::vector<double>& leases = run.leases;
+  const std::vector<double>& loaded = b.loaded;
   std::printf("control_plane_bench: %d noop tasks, %d worker processes, loopback gRPC, %s JobStore\n", total, kWorkers,
               in_memory ? "in-memory" : "RocksDB");
   std::printf("protocol              %s (%d of %d tasks granted with a completion)\n",
               lease_next ? "CompleteTask asks for the next task" : "LeaseTask + CompleteTask",
-              granted_with_completion, total);
+              run.granted_with_completion, total);
   std::printf("log syncs             %8lld         (%.2f completions per sync: group commit; %.3f ms each)\n",
               static_cast<long long>(log_syncs), static_cast<double>(total) / std::max<int64_t>(1, log_syncs),
-              log_sync_ms);
+              b.log_sync_ms);
   std::printf("throughput            %8.0f tasks/s   (target >= 1000)\n", total / seconds);
   std::printf("lease->complete p50   %8.3f ms\n", Percentile(all, 0.5));
   std::printf("lease->complete p99   %8.3f ms\n", Percentile(all, 0.99));
@@ -408,22 +389,61 @@ int Main(int argc, char** argv) {
   std::printf("loaded round trip p50 %8.3f ms   (%d workers calling at once: %.2f round trips)\n",
               Percentile(loaded, 0.5), kWorkers, Percentile(loaded, 0.5) / rtt50);
   std::printf("fdatasync p50         %8.3f ms   (one synced commit per completion)\n", fsync50);
-  std::printf("RocksDB synced commit %8.3f ms p50 (1 KiB batch, alone)\n", Percentile(synced_writes, 0.5));
+  std::printf("RocksDB synced commit %8.3f ms p50 (1 KiB batch, alone)\n", Percentile(b.synced_writes, 0.5));
   std::printf("RocksDB logged commit %8.3f ms p50 (8 puts, 2 KiB, unsynced, alone)\n",
-              Percentile(buffered_writes, 0.5));
+              Percentile(b.buffered_writes, 0.5));
   std::printf("RESULT tasks_per_s=%.0f p50_ms=%.3f p99_ms=%.3f rtt_p50_ms=%.3f fsync_p50_ms=%.3f "
               "commit_p50_ms=%.3f lease_call_p50_ms=%.3f "
               "p50_in_round_trips=%.2f p50_minus_fsync_in_round_trips=%.2f loaded_rtt_in_round_trips=%.2f\n",
               total / seconds, Percentile(all, 0.5), Percentile(all, 0.99), rtt50, fsync50,
-              Percentile(synced_writes, 0.5), Percentile(leases, 0.5),
+              Percentile(b.synced_writes, 0.5), Percentile(leases, 0.5),
               Percentile(all, 0.5) / rtt50, (Percentile(all, 0.5) - fsync50) / rtt50,
               Percentile(loaded, 0.5) / rtt50);
+}
+
+int Main(int argc, char** argv) {
+  if (argc == 4 && std::string(argv[1]) == "--worker") return WorkerMain(argv[2], std::atoi(argv[3]));
+  moec::TuneMallocForLargeBuffers();
+  moec::SkipMutexDeadlockDetection();  // as moec-coordinator does
+  int chain = 500, kWorkers = 4;
+  if (const int rc = ParseSettings(argc, argv, &chain, &kWorkers); rc != 0) return rc;
+  const std::string dir = fs::temp_directory_path().string() + "/moec_cp_bench";
+  fs::remove_all(dir);
+  fs::create_directories(dir + "/m");
+  std::ofstream(dir + "/m/config.json") << "{\"num_hidden_layers\": " << chain << "}";
+
+  CoordinatorSide c;
+  if (const int rc = StartCoordinator(dir, &c); rc != 0) return rc;
+  std::vector<std::unique_ptr<WorkerProcess>> workers;
+  if (const int rc = StartWorkers(c.address, kWorkers, &workers); rc != 0) return rc;
+  // Baseline: a bare authenticated unary round trip on the idle coordinator from worker 0,
+  // 1,000 calls before the run and 1,000 after it (this VM's speed drifts; the median of both
+  // is the unit).
+  Baselines b;
+  auto measure_rtt = [&]() -> absl::Status {
+    workers[0]->Send("rtt 1000");
+    MOEC_ASSIGN_OR_RETURN(std::vector<double> v, workers[0]->ReadValues("rtt"));
+    b.rtt.insert(b.rtt.end(), v.begin(), v.end());
+    return absl::OkStatus();
+  };
+  CHECK_OK(measure_rtt());
+  if (const int rc = MeasureLoadedRtt(workers, &b.loaded); rc != 0) return rc;
+
+  RunResult run;
+  if (const int rc = RunJob(c.core, dir, chain, workers, &run); rc != 0) return rc;
+  CHECK_OK(measure_rtt());
+  b.log_syncs = (*c.kv)->log_syncs();
+  b.log_sync_ms = (*c.kv)->log_sync_seconds() * 1000 / std::max<int64_t>(1, b.log_syncs);
+  b.fsyncs = FsyncProbe(dir);
+  if (const int rc = MeasureCommits(c.kv, &b); rc != 0) return rc;
+  PrintReport(kWorkers, kWorkers * chain, c.in_memory, run, b);
   workers.clear();  // EOF on their stdin: they exit
-  server->Shutdown();
+  c.server->Shutdown();
   fs::remove_all(dir);
   return 0;
 }
 
 }  // namespace
+}  // namespace control_plane_bench
 
-int main(int argc, char** argv) { return Main(argc, argv); }
+int main(int argc, char** argv) { return control_plane_bench::Main(argc, argv); }

@@ -15,6 +15,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -187,13 +188,7 @@ std::pair<double, int64_t> Gang(const std::string& self, const std::string& dir,
   return {worst, bytes};
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  moec::UsePassiveOpenMpWait(argv);  // as the moec binaries do
-  if (argc == 6 && std::strcmp(argv[1], "--child") == 0) {
-    return Child(argv[2], std::atoi(argv[3]), std::atoi(argv[4]), std::atoi(argv[5]));
-  }
+Options ParseOptions(int argc, char** argv) {
   Options o;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string f = argv[i];
@@ -205,8 +200,11 @@ int main(int argc, char** argv) {
     if (f == "--threads") o.threads = v;
     if (f == "--repeats") o.repeats = v;
   }
-  const std::string dir = fs::temp_directory_path() / ("moec-ep-bench-" + std::to_string(getpid()));
-  fs::create_directories(dir);
+  return o;
+}
+
+// The one-layer model and the calibration text in dir.
+absl::Status WriteInputs(const Options& o, const std::string& dir) {
   moec::tools::TinyModelOptions m;
   m.num_layers = 1;
   m.hidden = o.hidden;
@@ -216,30 +214,36 @@ int main(int argc, char** argv) {
   m.top_k = 2;
   m.moe_intermediate = o.ffn;
   m.max_parameters = int64_t{1} << 34;
-  if (absl::Status s = moec::tools::WriteTinyModel(m, dir + "/model"); !s.ok()) {
-    std::fprintf(stderr, "%s\n", s.ToString().c_str());
-    return 1;
+  if (absl::Status s = moec::tools::WriteTinyModel(m, dir + "/model"); !s.ok()) return s;
+  std::ofstream calib(dir + "/calib.txt");
+  for (const char* f : {"/usr/share/common-licenses/GPL-3", "/usr/share/common-licenses/Apache-2.0"}) {
+    std::ifstream in(f);
+    calib << in.rdbuf() << "\n";
   }
-  {
-    std::ofstream calib(dir + "/calib.txt");
-    for (const char* f : {"/usr/share/common-licenses/GPL-3", "/usr/share/common-licenses/Apache-2.0"}) {
-      std::ifstream in(f);
-      calib << in.rdbuf() << "\n";
-    }
-  }
-  setenv("BENCH_WINDOWS", std::to_string(o.windows).c_str(), 1);
-  setenv("BENCH_SEQLEN", std::to_string(o.seqlen).c_str(), 1);
-  const std::string self = fs::read_symlink("/proc/self/exe");
-  const int cores = static_cast<int>(std::thread::hardware_concurrency());
+  return absl::OkStatus();
+}
+
+// Best of the repeats: W = 1 and W = 2 with o.threads each, W = 1 with all `cores`.
+struct Timings {
   double t1 = 1e30, t2 = 1e30, t1_all = 1e30;
-  int64_t bytes2 = 0;
+  int64_t bytes2 = 0;  // sent by rank 0 at W = 2 (last repeat)
+};
+
+Timings RunGangs(const std::string& self, const std::string& dir, const Options& o, int cores) {
+  Timings t;
   for (int r = 0; r < o.repeats; ++r) {
-    t1 = std::min(t1, Gang(self, dir, 1, o.threads).first);
-    auto [t, b] = Gang(self, dir, 2, o.threads);
-    t2 = std::min(t2, t);
-    bytes2 = b;
-    t1_all = std::min(t1_all, Gang(self, dir, 1, cores).first);
+    t.t1 = std::min(t.t1, Gang(self, dir, 1, o.threads).first);
+    auto [seconds, b] = Gang(self, dir, 2, o.threads);
+    t.t2 = std::min(t.t2, seconds);
+    t.bytes2 = b;
+    t.t1_all = std::min(t.t1_all, Gang(self, dir, 1, cores).first);
   }
+  return t;
+}
+
+void PrintReport(const Options& o, int cores, const Timings& t) {
+  const double t1 = t.t1, t2 = t.t2, t1_all = t.t1_all;
+  const int64_t bytes2 = t.bytes2;
   // Scaling model (docs/data_plane.md): 5 passes through the MoE block (4 true-sequential groups
   // + the output pass), each routed row crossing ranks travels there and back with its hidden
   // vector (4 bytes/element) and 16 bytes of metadata; half the rows cross at W = 2 in
@@ -261,6 +265,27 @@ int main(int argc, char** argv) {
   std::printf("  bytes sent by rank 0 at W=2: %.1f MiB; model: all_to_all %.1f MiB + Gram %.1f MiB "
               "= %.1f MiB\n",
               bytes2 / 1048576.0, a2a / 1048576.0, grams / 1048576.0, (a2a + grams) / 1048576.0);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  moec::UsePassiveOpenMpWait(argv);  // as the moec binaries do
+  if (argc == 6 && std::strcmp(argv[1], "--child") == 0) {
+    return Child(argv[2], std::atoi(argv[3]), std::atoi(argv[4]), std::atoi(argv[5]));
+  }
+  const Options o = ParseOptions(argc, argv);
+  const std::string dir = fs::temp_directory_path() / ("moec-ep-bench-" + std::to_string(getpid()));
+  fs::create_directories(dir);
+  if (absl::Status s = WriteInputs(o, dir); !s.ok()) {
+    std::fprintf(stderr, "%s\n", s.ToString().c_str());
+    return 1;
+  }
+  setenv("BENCH_WINDOWS", std::to_string(o.windows).c_str(), 1);
+  setenv("BENCH_SEQLEN", std::to_string(o.seqlen).c_str(), 1);
+  const std::string self = fs::read_symlink("/proc/self/exe");
+  const int cores = static_cast<int>(std::thread::hardware_concurrency());
+  PrintReport(o, cores, RunGangs(self, dir, o, cores));
   fs::remove_all(dir);
   return 0;
 }

@@ -161,69 +161,99 @@ double Median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-int Main(int argc, char** argv) {
+struct Args {
   std::string dir = fs::temp_directory_path().string() + "/moec_factor_bench";
   uint64_t total_mib = 1024;
   uint64_t chunk_mib = 0;  // 0: FactorStoreOptions default
   int read_threads = 0;    // 0: FactorStoreOptions default
   int repeats = 3;
-  TuneMallocForLargeBuffers();  // as every moec binary does
+};
+
+// False (after printing the usage) for an unknown flag or a bad value.
+bool ParseArgs(int argc, char** argv, Args* a) {
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string flag = argv[i];
-    if (flag == "--dir") dir = argv[i + 1];
-    else if (flag == "--total_mib") total_mib = std::strtoull(argv[i + 1], nullptr, 10);
-    else if (flag == "--repeats") repeats = std::atoi(argv[i + 1]);
-    else if (flag == "--chunk_mib") chunk_mib = std::strtoull(argv[i + 1], nullptr, 10);
-    else if (flag == "--read_threads") read_threads = std::atoi(argv[i + 1]);
+    if (flag == "--dir") a->dir = argv[i + 1];
+    else if (flag == "--total_mib") a->total_mib = std::strtoull(argv[i + 1], nullptr, 10);
+    else if (flag == "--repeats") a->repeats = std::atoi(argv[i + 1]);
+    else if (flag == "--chunk_mib") a->chunk_mib = std::strtoull(argv[i + 1], nullptr, 10);
+    else if (flag == "--read_threads") a->read_threads = std::atoi(argv[i + 1]);
     else {
       std::fprintf(stderr, "usage: %s [--dir DIR] [--total_mib N] [--repeats N] [--chunk_mib N] [--read_threads N]\n", argv[0]);
-      return 2;
+      return false;
     }
   }
-  if (argc % 2 == 0 || total_mib == 0 || repeats < 1) {
+  if (argc % 2 == 0 || a->total_mib == 0 || a->repeats < 1) {
     std::fprintf(stderr, "usage: %s [--dir DIR] [--total_mib N] [--repeats N] [--chunk_mib N] [--read_threads N]\n", argv[0]);
-    return 2;
+    return false;
   }
-  fs::create_directories(dir);
-  const uint64_t total = total_mib * kMiB;
-  const std::vector<uint64_t> sizes = Sizes(total);
+  return true;
+}
+
+// 256 MiB of pseudo-random bytes: the tensors' contents.
+std::string RandomData() {
   std::string data(256 * kMiB, '\0');
   std::mt19937_64 rng(42);
   for (size_t i = 0; i + 8 <= data.size(); i += 8) {
     uint64_t v = rng();
     std::memcpy(&data[i], &v, 8);
   }
-  std::string buf(256 * kMiB, '\0');
-  const std::string raw_path = dir + "/raw.bin";
-  const std::string db_dir = dir + "/db";
+  return data;
+}
 
+// Seconds of every repeat: raw (baseline) and store writes and cold / warm reads.
+struct Runs {
   std::vector<double> rw, rr_cold, rr_warm, sw, sr_cold, sr_warm;
-  for (int r = 0; r < repeats; ++r) {
-    rw.push_back(RawWrite(raw_path, sizes, data));
-    DropCache(dir + "/raw.bin");
-    rr_cold.push_back(RawRead(raw_path, sizes, buf));
-    rr_warm.push_back(RawRead(raw_path, sizes, buf));
+};
+
+Runs RunAll(const Args& a, const std::vector<uint64_t>& sizes, const std::string& data) {
+  std::string buf(256 * kMiB, '\0');
+  const std::string raw_path = a.dir + "/raw.bin";
+  const std::string db_dir = a.dir + "/db";
+  Runs runs;
+  for (int r = 0; r < a.repeats; ++r) {
+    runs.rw.push_back(RawWrite(raw_path, sizes, data));
+    DropCache(a.dir + "/raw.bin");
+    runs.rr_cold.push_back(RawRead(raw_path, sizes, buf));
+    runs.rr_warm.push_back(RawRead(raw_path, sizes, buf));
     fs::remove(raw_path);
-    StoreRun s = StoreWriteRead(db_dir, sizes, data, buf, chunk_mib * kMiB, read_threads);
-    sw.push_back(s.write_s);
-    sr_cold.push_back(s.cold_read_s);
-    sr_warm.push_back(s.warm_read_s);
+    StoreRun s = StoreWriteRead(db_dir, sizes, data, buf, a.chunk_mib * kMiB, a.read_threads);
+    runs.sw.push_back(s.write_s);
+    runs.sr_cold.push_back(s.cold_read_s);
+    runs.sr_warm.push_back(s.warm_read_s);
     fs::remove_all(db_dir);
   }
+  return runs;
+}
+
+void PrintResults(const Args& a, uint64_t total, size_t tensors, const Runs& runs) {
+  const double rw = Median(runs.rw), sw = Median(runs.sw);
+  const double rr_cold = Median(runs.rr_cold), sr_cold = Median(runs.sr_cold);
+  const double rr_warm = Median(runs.rr_warm), sr_warm = Median(runs.sr_warm);
   auto mibs = [&](double s) { return static_cast<double>(total) / kMiB / s; };
   std::printf("factor_store_bench: %llu MiB in %zu tensors (1..256 MiB), %d repeats, dir %s\n",
-              static_cast<unsigned long long>(total_mib), sizes.size(), repeats, dir.c_str());
+              static_cast<unsigned long long>(a.total_mib), tensors, a.repeats, a.dir.c_str());
   std::printf("%-12s %14s %14s %8s\n", "", "raw MiB/s", "store MiB/s", "ratio");
-  std::printf("%-12s %14.0f %14.0f %8.2f\n", "write+sync", mibs(Median(rw)), mibs(Median(sw)),
-              Median(rw) / Median(sw));
-  std::printf("%-12s %14.0f %14.0f %8.2f\n", "read cold", mibs(Median(rr_cold)),
-              mibs(Median(sr_cold)), Median(rr_cold) / Median(sr_cold));
-  std::printf("%-12s %14.0f %14.0f %8.2f\n", "read warm", mibs(Median(rr_warm)),
-              mibs(Median(sr_warm)), Median(rr_warm) / Median(sr_warm));
-  std::printf("RESULT write_ratio=%.2f read_cold_ratio=%.2f read_warm_ratio=%.2f\n",
-              Median(rw) / Median(sw), Median(rr_cold) / Median(sr_cold),
-              Median(rr_warm) / Median(sr_warm));
-  fs::remove_all(dir);
+  std::printf("%-12s %14.0f %14.0f %8.2f\n", "write+sync", mibs(rw), mibs(sw), rw / sw);
+  std::printf("%-12s %14.0f %14.0f %8.2f\n", "read cold", mibs(rr_cold), mibs(sr_cold),
+              rr_cold / sr_cold);
+  std::printf("%-12s %14.0f %14.0f %8.2f\n", "read warm", mibs(rr_warm), mibs(sr_warm),
+              rr_warm / sr_warm);
+  std::printf("RESULT write_ratio=%.2f read_cold_ratio=%.2f read_warm_ratio=%.2f\n", rw / sw,
+              rr_cold / sr_cold, rr_warm / sr_warm);
+}
+
+int Main(int argc, char** argv) {
+  Args args;
+  TuneMallocForLargeBuffers();  // as every moec binary does
+  if (!ParseArgs(argc, argv, &args)) return 2;
+  fs::create_directories(args.dir);
+  const uint64_t total = args.total_mib * kMiB;
+  const std::vector<uint64_t> sizes = Sizes(total);
+  const std::string data = RandomData();
+  const Runs runs = RunAll(args, sizes, data);
+  PrintResults(args, total, sizes.size(), runs);
+  fs::remove_all(args.dir);
   return 0;
 }
 

@@ -19,7 +19,9 @@
 #include <cstring>
 #include <filesystem>
 #include <string>
+#include <utility>
 
+#include "absl/status/status.h"
 #include "model/runtime/forward.h"
 #include "tools/tiny_model.h"
 
@@ -40,30 +42,79 @@ double BestOf(int repeats, F&& f) {
   return best;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+struct Args {
   int repeats = 5;
   int hidden = 1024, ffn = 2816;  // smaller with --hidden/--ffn (CTest runs it tiny once)
+};
+
+Args ParseArgs(int argc, char** argv) {
+  Args a;
   for (int i = 1; i + 1 < argc; i += 2) {
-    if (std::strcmp(argv[i], "--repeats") == 0) repeats = std::atoi(argv[i + 1]);
-    if (std::strcmp(argv[i], "--hidden") == 0) hidden = std::atoi(argv[i + 1]);
-    if (std::strcmp(argv[i], "--ffn") == 0) ffn = std::atoi(argv[i + 1]);
+    if (std::strcmp(argv[i], "--repeats") == 0) a.repeats = std::atoi(argv[i + 1]);
+    if (std::strcmp(argv[i], "--hidden") == 0) a.hidden = std::atoi(argv[i + 1]);
+    if (std::strcmp(argv[i], "--ffn") == 0) a.ffn = std::atoi(argv[i + 1]);
     if (std::strcmp(argv[i], "--threads") == 0) at::set_num_threads(std::atoi(argv[i + 1]));
   }
-  namespace fs = std::filesystem;
-  const std::string dir = (fs::temp_directory_path() / ("moec_forward_bench_" + std::to_string(getpid()))).string();
+  return a;
+}
+
+absl::Status WriteModel(const Args& a, const std::string& dir) {
   moec::tools::TinyModelOptions o;
   o.model_type = "mixtral";
   o.num_layers = 2;
-  o.hidden = hidden;
+  o.hidden = a.hidden;
   o.heads = 16;
   o.kv_heads = 8;
   o.experts = 8;
   o.top_k = 2;
-  o.moe_intermediate = ffn;
+  o.moe_intermediate = a.ffn;
   o.vocab = 512;
-  if (auto s = moec::tools::WriteTinyModel(o, dir); !s.ok()) {
+  return moec::tools::WriteTinyModel(o, dir);
+}
+
+// Baseline GEMM; prints and returns its GFLOP/s.
+double BaselineGemmGflops(int repeats) {
+  at::manual_seed(0);
+  at::Tensor a = at::randn({2048, 1024}), b = at::randn({1024, 2816});
+  at::matmul(a, b);  // warm up
+  const double gemm_s = BestOf(repeats, [&] { at::matmul(a, b); });
+  const double gemm_gflops = 2.0 * 2048 * 1024 * 2816 / gemm_s / 1e9;
+  std::printf("threads %d\n", at::get_num_threads());
+  std::printf("GEMM [2048,1024]x[1024,2816] fp32: %.1f GFLOP/s\n", gemm_gflops);
+  return gemm_gflops;
+}
+
+// Times the layer on batch x seq tokens and prints its counted GFLOP/s against the GEMM's.
+void BenchLayer(const moec::model::ModelRunner& runner, const moec::model::LayerWeights& layer,
+                int64_t batch, int64_t seq, int repeats, double gemm_gflops) {
+  const moec::model::ModelConfig& c = runner.config();
+  const int64_t t = batch * seq;
+  at::Tensor h = at::randn({batch, seq, c.hidden_size}) * 0.1;
+  runner.RunLayer(layer, h);  // warm up
+  const double s = BestOf(repeats, [&] { runner.RunLayer(layer, h); });
+  const double d = static_cast<double>(c.head_dim);
+  const double proj = 2.0 * t * c.hidden_size *
+                      (2.0 * c.num_attention_heads * d + 2.0 * c.num_key_value_heads * d);
+  // Causal: query i attends to i + 1 keys, S(S+1)/2 score and value products per head.
+  const double attn = 2.0 * 2.0 * batch * c.num_attention_heads * (seq * (seq + 1) / 2.0) * d;
+  const double router = 2.0 * t * c.hidden_size * c.num_experts;
+  const double experts = 2.0 * t * c.num_experts_per_tok * 3.0 * c.hidden_size *
+                         c.moe_intermediate_size;
+  const double flops = proj + attn + router + experts;
+  const double gflops = flops / s / 1e9;
+  std::printf("layer forward %lldx%lld tokens: %.1f ms, %.1f GFLOP/s (experts %.0f%% of FLOPs), "
+              "ratio to GEMM %.2f (target >= 0.5)\n",
+              static_cast<long long>(batch), static_cast<long long>(seq), s * 1e3, gflops,
+              100.0 * experts / flops, gflops / gemm_gflops);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Args args = ParseArgs(argc, argv);
+  namespace fs = std::filesystem;
+  const std::string dir = (fs::temp_directory_path() / ("moec_forward_bench_" + std::to_string(getpid()))).string();
+  if (auto s = WriteModel(args, dir); !s.ok()) {
     std::fprintf(stderr, "write model: %s\n", std::string(s.message()).c_str());
     return 1;
   }
@@ -74,36 +125,10 @@ int main(int argc, char** argv) {
   }
   auto layer = (*runner)->LoadLayer(0);
   if (!layer.ok()) return 1;
-  const moec::model::ModelConfig& c = (*runner)->config();
 
-  // Baseline GEMM.
-  at::manual_seed(0);
-  at::Tensor a = at::randn({2048, 1024}), b = at::randn({1024, 2816});
-  at::matmul(a, b);  // warm up
-  const double gemm_s = BestOf(repeats, [&] { at::matmul(a, b); });
-  const double gemm_gflops = 2.0 * 2048 * 1024 * 2816 / gemm_s / 1e9;
-  std::printf("threads %d\n", at::get_num_threads());
-  std::printf("GEMM [2048,1024]x[1024,2816] fp32: %.1f GFLOP/s\n", gemm_gflops);
-
+  const double gemm_gflops = BaselineGemmGflops(args.repeats);
   for (auto [batch, seq] : {std::pair<int64_t, int64_t>{1, 2048}, {4, 512}}) {
-    const int64_t t = batch * seq;
-    at::Tensor h = at::randn({batch, seq, c.hidden_size}) * 0.1;
-    (*runner)->RunLayer(*layer, h);  // warm up
-    const double s = BestOf(repeats, [&] { (*runner)->RunLayer(*layer, h); });
-    const double d = static_cast<double>(c.head_dim);
-    const double proj = 2.0 * t * c.hidden_size *
-                        (2.0 * c.num_attention_heads * d + 2.0 * c.num_key_value_heads * d);
-    // Causal: query i attends to i + 1 keys, S(S+1)/2 score and value products per head.
-    const double attn = 2.0 * 2.0 * batch * c.num_attention_heads * (seq * (seq + 1) / 2.0) * d;
-    const double router = 2.0 * t * c.hidden_size * c.num_experts;
-    const double experts = 2.0 * t * c.num_experts_per_tok * 3.0 * c.hidden_size *
-                           c.moe_intermediate_size;
-    const double flops = proj + attn + router + experts;
-    const double gflops = flops / s / 1e9;
-    std::printf("layer forward %lldx%lld tokens: %.1f ms, %.1f GFLOP/s (experts %.0f%% of FLOPs), "
-                "ratio to GEMM %.2f (target >= 0.5)\n",
-                static_cast<long long>(batch), static_cast<long long>(seq), s * 1e3, gflops,
-                100.0 * experts / flops, gflops / gemm_gflops);
+    BenchLayer(**runner, *layer, batch, seq, args.repeats, gemm_gflops);
   }
   std::error_code ec;
   fs::remove_all(dir, ec);

@@ -25,6 +25,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <utility>
 
 #include "quant/gptq.h"
 
@@ -45,102 +46,135 @@ double BestOf(int repeats, F&& f) {
   return best;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+struct Args {
   int repeats = 3;
   int64_t tokens = 8192;
   int solve_threads = 0;
   int64_t only_out = 0;
   int64_t in = 4096;  // smaller with --in (CTest runs it tiny once)
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (std::strcmp(argv[i], "--in") == 0) in = std::atoll(argv[i + 1]);
-    if (std::strcmp(argv[i], "--repeats") == 0) repeats = std::atoi(argv[i + 1]);
-    if (std::strcmp(argv[i], "--threads") == 0) at::set_num_threads(std::atoi(argv[i + 1]));
-    if (std::strcmp(argv[i], "--tokens") == 0) tokens = std::atoll(argv[i + 1]);
-    if (std::strcmp(argv[i], "--solve-threads") == 0) solve_threads = std::atoi(argv[i + 1]);
-    if (std::strcmp(argv[i], "--out") == 0) only_out = std::atoll(argv[i + 1]);
-  }
-  std::printf("gptq_bench: fp32, in_features %ld, group 128, blocksize 128, 4 bits, repeats %d, "
-              "at::get_num_threads %d\n",
-              static_cast<long>(in), repeats, at::get_num_threads());
+};
 
-  // Hessian of correlated inputs: X = Z M with M = I + 0.05 N(0,1).
+Args ParseArgs(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (std::strcmp(argv[i], "--in") == 0) a.in = std::atoll(argv[i + 1]);
+    if (std::strcmp(argv[i], "--repeats") == 0) a.repeats = std::atoi(argv[i + 1]);
+    if (std::strcmp(argv[i], "--threads") == 0) at::set_num_threads(std::atoi(argv[i + 1]));
+    if (std::strcmp(argv[i], "--tokens") == 0) a.tokens = std::atoll(argv[i + 1]);
+    if (std::strcmp(argv[i], "--solve-threads") == 0) a.solve_threads = std::atoi(argv[i + 1]);
+    if (std::strcmp(argv[i], "--out") == 0) a.only_out = std::atoll(argv[i + 1]);
+  }
+  return a;
+}
+
+// Hessian of correlated inputs: X = Z M with M = I + 0.05 N(0,1); *seconds: the time its
+// accumulation took. False when it failed.
+bool AccumulateHessian(const Args& a, moec::quant::HessianAccumulator& acc, double* seconds) {
   at::manual_seed(0);
-  const at::Tensor mix = at::eye(in) + 0.05 * at::randn({in, in});
-  moec::quant::HessianAccumulator acc(in);
+  const at::Tensor mix = at::eye(a.in) + 0.05 * at::randn({a.in, a.in});
   const int64_t batch = 2048;
   double hess_s = 0;
-  for (int64_t t = 0; t < tokens; t += batch) {
-    const at::Tensor x = at::matmul(at::randn({std::min(batch, tokens - t), in}), mix);
+  for (int64_t t = 0; t < a.tokens; t += batch) {
+    const at::Tensor x = at::matmul(at::randn({std::min(batch, a.tokens - t), a.in}), mix);
     const auto t0 = Clock::now();
-    if (!acc.Add(x, 1).ok()) return 1;
+    if (!acc.Add(x, 1).ok()) return false;
     hess_s += Seconds(Clock::now() - t0);
   }
-  const double hess_flops = 2.0 * static_cast<double>(tokens) * in * in;
+  *seconds = hess_s;
+  return true;
+}
 
+struct Config {
+  bool act;
+  moec::quant::InverseFactorMethod method;
+};
+
+// Times GPTQ on w (best of the repeats) in one configuration and prints its figures against the
+// GEMM's. False when GPTQ failed.
+bool BenchGptq(const Args& a, const at::Tensor& w, const at::Tensor& hessian, Config cfg,
+               double gemm_gflops) {
+  const int64_t out = w.size(0), in = a.in;
+  const moec::quant::GptqFlops flops = moec::quant::CountGptqFlops(out, in, 128, cfg.method);
+  moec::quant::GptqOptions o;
+  o.quantizer.bits = 4;
+  o.groupsize = 128;
+  o.actorder = cfg.act;
+  o.inverse_factor = cfg.method;
+  o.threads = a.solve_threads;
+  moec::quant::GptqResult best_r;
+  double best = 1e30;
+  for (int r = 0; r < a.repeats; ++r) {
+    const auto t0 = Clock::now();
+    auto res = moec::quant::GptqQuantize(w, hessian, o);
+    const double s = Seconds(Clock::now() - t0);
+    if (!res.ok()) {
+      std::fprintf(stderr, "gptq: %s\n", std::string(res.status().message()).c_str());
+      return false;
+    }
+    if (s < best) {
+      best = s;
+      best_r = std::move(*res);
+    }
+  }
+  const double gflops = flops.total() / best / 1e9;
+  const auto& t = best_r.seconds;
+  const double solve_s = t.blocks + t.lazy_update;
+  const double solve_gflops = (flops.lazy_update + flops.intra_block) / solve_s / 1e9;
+  const bool ref = cfg.method == moec::quant::InverseFactorMethod::kReference;
+  std::printf("  GPTQ act-order %-3s%s: %.3f s, %.1f GFLOP/s counted (%.1f GFLOP: lazy %.1f, "
+              "intra-block %.1f, factorisation %.1f), ratio %.2f (target >= 0.5)\n",
+              cfg.act ? "on" : "off", ref ? ", reference factorisation" : "", best, gflops,
+              flops.total() / 1e9, flops.lazy_update / 1e9, flops.intra_block / 1e9,
+              flops.factorization / 1e9, gflops / gemm_gflops);
+  std::printf("    phases: prepare %.3f s, factorisation %.3f s (%.1f GFLOP/s), blocks %.3f s, "
+              "lazy updates %.3f s (%.1f GFLOP/s), finish %.3f s; blocked solve alone "
+              "(blocks + lazy) %.1f GFLOP/s, ratio %.2f; loss %.4g\n",
+              t.prepare, t.factorization, flops.factorization / t.factorization / 1e9,
+              t.blocks, t.lazy_update, flops.lazy_update / t.lazy_update / 1e9, t.finish,
+              solve_gflops, solve_gflops / gemm_gflops, best_r.total_loss);
+  return true;
+}
+
+// The GEMM baseline and GPTQ for W [out, in]. False when GPTQ failed.
+bool BenchShape(const Args& a, int64_t out, const at::Tensor& hessian, double hess_s,
+                double hess_flops) {
+  const int64_t in = a.in;
+  const at::Tensor w = at::randn({out, in});
+  const at::Tensor b = at::randn({in, in});
+  at::matmul(w, b);  // warm up
+  const double gemm_s = BestOf(a.repeats, [&] { at::matmul(w, b); });
+  const double gemm_gflops = 2.0 * out * in * in / gemm_s / 1e9;
+  std::printf("\nW [%ld, %ld]: GEMM [%ld,%ld]x[%ld,%ld] %.3f s, %.1f GFLOP/s\n",
+              static_cast<long>(out), static_cast<long>(in), static_cast<long>(out),
+              static_cast<long>(in), static_cast<long>(in), static_cast<long>(in), gemm_s,
+              gemm_gflops);
+  if (out == 4096) {
+    const double hg = hess_flops / hess_s / 1e9;
+    std::printf("  Hessian accumulation (%ld tokens, X^T X): %.3f s, %.1f GFLOP/s, ratio %.2f\n",
+                static_cast<long>(a.tokens), hess_s, hg, hg / gemm_gflops);
+  }
+  for (Config cfg : {Config{false, moec::quant::InverseFactorMethod::kReversedCholesky},
+                     Config{true, moec::quant::InverseFactorMethod::kReversedCholesky},
+                     Config{false, moec::quant::InverseFactorMethod::kReference}}) {
+    if (!BenchGptq(a, w, hessian, cfg, gemm_gflops)) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Args a = ParseArgs(argc, argv);
+  std::printf("gptq_bench: fp32, in_features %ld, group 128, blocksize 128, 4 bits, repeats %d, "
+              "at::get_num_threads %d\n",
+              static_cast<long>(a.in), a.repeats, at::get_num_threads());
+  moec::quant::HessianAccumulator acc(a.in);
+  double hess_s = 0;
+  if (!AccumulateHessian(a, acc, &hess_s)) return 1;
+  const double hess_flops = 2.0 * static_cast<double>(a.tokens) * a.in * a.in;
   for (int64_t out : {int64_t{4096}, int64_t{14336}}) {
-    if (only_out != 0 && out != only_out) continue;
-    const at::Tensor w = at::randn({out, in});
-    const at::Tensor b = at::randn({in, in});
-    at::matmul(w, b);  // warm up
-    const double gemm_s = BestOf(repeats, [&] { at::matmul(w, b); });
-    const double gemm_gflops = 2.0 * out * in * in / gemm_s / 1e9;
-    std::printf("\nW [%ld, %ld]: GEMM [%ld,%ld]x[%ld,%ld] %.3f s, %.1f GFLOP/s\n",
-                static_cast<long>(out), static_cast<long>(in), static_cast<long>(out),
-                static_cast<long>(in), static_cast<long>(in), static_cast<long>(in), gemm_s,
-                gemm_gflops);
-    if (out == 4096) {
-      const double hg = hess_flops / hess_s / 1e9;
-      std::printf("  Hessian accumulation (%ld tokens, X^T X): %.3f s, %.1f GFLOP/s, ratio %.2f\n",
-                  static_cast<long>(tokens), hess_s, hg, hg / gemm_gflops);
-    }
-    struct Config {
-      bool act;
-      moec::quant::InverseFactorMethod method;
-    };
-    for (Config cfg : {Config{false, moec::quant::InverseFactorMethod::kReversedCholesky},
-                       Config{true, moec::quant::InverseFactorMethod::kReversedCholesky},
-                       Config{false, moec::quant::InverseFactorMethod::kReference}}) {
-      const moec::quant::GptqFlops flops = moec::quant::CountGptqFlops(out, in, 128, cfg.method);
-      moec::quant::GptqOptions o;
-      o.quantizer.bits = 4;
-      o.groupsize = 128;
-      o.actorder = cfg.act;
-      o.inverse_factor = cfg.method;
-      o.threads = solve_threads;
-      moec::quant::GptqResult best_r;
-      double best = 1e30;
-      for (int r = 0; r < repeats; ++r) {
-        const auto t0 = Clock::now();
-        auto res = moec::quant::GptqQuantize(w, acc.hessian(), o);
-        const double s = Seconds(Clock::now() - t0);
-        if (!res.ok()) {
-          std::fprintf(stderr, "gptq: %s\n", std::string(res.status().message()).c_str());
-          return 1;
-        }
-        if (s < best) {
-          best = s;
-          best_r = std::move(*res);
-        }
-      }
-      const double gflops = flops.total() / best / 1e9;
-      const auto& t = best_r.seconds;
-      const double solve_s = t.blocks + t.lazy_update;
-      const double solve_gflops = (flops.lazy_update + flops.intra_block) / solve_s / 1e9;
-      const bool ref = cfg.method == moec::quant::InverseFactorMethod::kReference;
-      std::printf("  GPTQ act-order %-3s%s: %.3f s, %.1f GFLOP/s counted (%.1f GFLOP: lazy %.1f, "
-                  "intra-block %.1f, factorisation %.1f), ratio %.2f (target >= 0.5)\n",
-                  cfg.act ? "on" : "off", ref ? ", reference factorisation" : "", best, gflops,
-                  flops.total() / 1e9, flops.lazy_update / 1e9, flops.intra_block / 1e9,
-                  flops.factorization / 1e9, gflops / gemm_gflops);
-      std::printf("    phases: prepare %.3f s, factorisation %.3f s (%.1f GFLOP/s), blocks %.3f s, "
-                  "lazy updates %.3f s (%.1f GFLOP/s), finish %.3f s; blocked solve alone "
-                  "(blocks + lazy) %.1f GFLOP/s, ratio %.2f; loss %.4g\n",
-                  t.prepare, t.factorization, flops.factorization / t.factorization / 1e9,
-                  t.blocks, t.lazy_update, flops.lazy_update / t.lazy_update / 1e9, t.finish,
-                  solve_gflops, solve_gflops / gemm_gflops, best_r.total_loss);
-    }
+    if (a.only_out != 0 && out != a.only_out) continue;
+    if (!BenchShape(a, out, acc.hessian(), hess_s, hess_flops)) return 1;
   }
   return 0;
 }

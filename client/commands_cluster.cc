@@ -1,0 +1,257 @@
+// The cluster commands of `moec`: run, submit, watch, status, list, cancel, resume, report and
+// workers (docs/cli.md).
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "client/client.h"
+#include "client/commands.h"
+#include "client/embedded.h"
+#include "client/job_progress.h"
+#include "client/report.h"
+#include "client/report_files.h"
+#include "common/cli_util.h"
+#include "common/recipe/recipe.h"
+#include "nlohmann/json.hpp"
+
+namespace moec::client::cli {
+namespace {
+
+std::string Env(const char* name) {
+  const char* v = std::getenv(name);
+  return v == nullptr ? "" : v;
+}
+
+std::string Json(const google::protobuf::Message& m) { return MessageJson(m); }
+
+// An RPC's error: kUnavailable when the coordinator could not be reached, else kUsage.
+int RpcError(const absl::Status& s) {
+  return Error(absl::IsUnavailable(s) ? kUnavailable : kUsage, s);
+}
+
+absl::StatusOr<std::unique_ptr<MoecClient>> Connect(const Args& args) {
+  ClientOptions o;
+  o.address = args.Get("coordinator", Env("MOEC_COORDINATOR"));
+  std::string token_file = args.Get("token-file", Env("MOEC_TOKEN_FILE"));
+  if (!token_file.empty()) {
+    absl::StatusOr<std::string> token = ReadSecretFile(token_file, "token file");
+    if (!token.ok()) return token.status();
+    o.token = *token;
+  }
+  if (!args.Get("tls-ca").empty()) {
+    absl::StatusOr<std::string> ca = ReadSecretFile(args.Get("tls-ca"), "TLS CA");
+    if (!ca.ok()) return ca.status();
+    o.tls_ca = *ca;
+  }
+  return MoecClient::Create(o);
+}
+
+int ExitCodeFor(v1::JobState s) {
+  return s == v1::JOB_SUCCEEDED ? kOk : kJobFailed;
+}
+
+absl::StatusOr<std::pair<std::string, std::string>> ReadRecipe(const Args& args) {
+  if (args.positional.size() != 1) return absl::InvalidArgumentError("expected one RECIPE file");
+  const std::string path = std::filesystem::absolute(args.positional[0]).string();
+  // Validate here first, for errors before anything is started or sent.
+  absl::StatusOr<recipe::Recipe> r = recipe::LoadRecipeFile(path, args.All("set"));
+  if (!r.ok()) return r.status();
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream buf;
+  buf << in.rdbuf();
+  return std::make_pair(path, buf.str());
+}
+
+// The workers of `moec run`: --workers, else the recipe's.
+absl::StatusOr<int> RunWorkers(const Args& args, const std::string& recipe_path) {
+  int workers = 0;
+  if (!args.Get("workers").empty() && (!absl::SimpleAtoi(args.Get("workers"), &workers) || workers < 1)) {
+    return absl::InvalidArgumentError("--workers must be a positive integer");
+  }
+  if (workers == 0) {
+    workers = recipe::LoadRecipeFile(recipe_path, args.All("set"))->workers;
+  }
+  return workers;
+}
+
+absl::StatusOr<std::unique_ptr<MoecClient>> ConnectEmbedded(const EmbeddedCluster& cluster) {
+  ClientOptions co;
+  co.address = cluster.address();
+  co.token = cluster.token();
+  return MoecClient::Create(co);
+}
+
+// Says which job `moec run` follows; an existing job that failed or was cancelled is resumed.
+absl::Status StartOrResume(MoecClient& client, const v1::SubmitJobResponse& resp) {
+  const v1::JobRecord& job = resp.job();
+  if (!resp.existed()) {
+    std::printf("submitted job %s\n", job.job_id().c_str());
+    return absl::OkStatus();
+  }
+  std::printf("resuming job %s (%s)\n", job.job_id().c_str(), v1::JobState_Name(job.state()).c_str());
+  if (job.state() == v1::JOB_FAILED || job.state() == v1::JOB_CANCELLED) {
+    return client.Resume(job.job_id());
+  }
+  return absl::OkStatus();
+}
+
+// The report of a job `moec run` saw succeed: on stdout (Markdown when something was evaluated;
+// `json`: one object) and as files with figures under `data_dir`/reports/JOB (a failure to write
+// them is only reported). Errors: those of JobReport.
+absl::Status ShowRunReport(MoecClient& client, const std::string& job_id,
+                           const std::string& data_dir, bool json) {
+  absl::StatusOr<nlohmann::json> report = JobReport(client, job_id);
+  if (!report.ok()) return report.status();
+  if (json) {
+    std::printf("%s\n", report->dump().c_str());
+  } else if (!(*report)["evaluations"].empty()) {
+    std::printf("\n%s\n", ReportMarkdown(*report).c_str());
+  }
+  const std::string dir = data_dir + "/reports/" + job_id;
+  absl::Status written = WriteReportFiles(client, job_id, dir);
+  if (written.ok()) {
+    std::fprintf(stderr, "report with figures: %s/report.md\n", dir.c_str());
+  } else {
+    std::fprintf(stderr, "report files not written: %s\n", written.ToString().c_str());
+  }
+  return absl::OkStatus();
+}
+
+// `moec status JOB`: the job's state, its tasks counted by state, the running ones.
+int PrintJobStatus(MoecClient& client, const std::string& id, bool json) {
+  auto job = client.GetJob(id, true);
+  if (!job.ok()) return RpcError(job.status());
+  if (json) {
+    std::printf("%s\n", Json(*job).c_str());
+    return kOk;
+  }
+  std::map<std::string, int> counts;
+  for (const auto& t : job->tasks()) ++counts[v1::TaskState_Name(t.state())];
+  std::printf("job %s (%s): %s\n", id.c_str(), job->job().name().c_str(),
+              v1::JobState_Name(job->job().state()).c_str());
+  for (const auto& [state, n] : counts) std::printf("  %-16s %d\n", state.c_str(), n);
+  for (const auto& t : job->tasks()) {
+    if (t.state() != v1::TASK_LEASED) continue;
+    std::printf("  running %-40s %3.0f%% %s\n", t.task_id().c_str(), 100 * t.progress(),
+                t.progress_message().c_str());
+  }
+  if (!job->job().error().empty()) std::printf("  error: %s\n", job->job().error().c_str());
+  return kOk;
+}
+
+}  // namespace
+
+int CmdSubmit(const Args& args) {
+  auto recipe = ReadRecipe(args);
+  if (!recipe.ok()) return Error(kUsage, recipe.status());
+  auto client = Connect(args);
+  if (!client.ok()) return Error(kUsage, client.status());
+  auto resp = (*client)->Submit(recipe->second, recipe->first, args.All("set"), args.Has("overwrite"));
+  if (!resp.ok()) return RpcError(resp.status());
+  if (args.Has("json")) {
+    std::printf("%s\n", Json(*resp).c_str());
+  } else {
+    std::printf("%s %s\n", resp->existed() ? "existing job" : "submitted", resp->job().job_id().c_str());
+  }
+  if (!args.Has("watch")) return kOk;
+  auto state = Follow(**client, resp->job().job_id(), args.Has("json"));
+  if (!state.ok()) return Error(kUnavailable, state.status());
+  return ExitCodeFor(*state);
+}
+
+int CmdRun(const Args& args) {
+  auto recipe = ReadRecipe(args);
+  if (!recipe.ok()) return Error(kUsage, recipe.status());
+  absl::StatusOr<int> workers = RunWorkers(args, recipe->first);
+  if (!workers.ok()) return Error(kUsage, workers.status());
+  EmbeddedOptions eo;
+  eo.workers = *workers;
+  eo.data_dir = args.Get("data-dir", std::filesystem::path(recipe->first).parent_path().string() + "/.moec");
+  std::printf("moec run: starting a coordinator and %d workers (state in %s)\n", *workers,
+              eo.data_dir.c_str());
+  auto cluster = EmbeddedCluster::Start(eo);
+  if (!cluster.ok()) return Error(kUnavailable, cluster.status());
+  auto client = ConnectEmbedded(**cluster);
+  if (!client.ok()) return Error(kUnavailable, client.status());
+  auto resp = (*client)->Submit(recipe->second, recipe->first, args.All("set"), args.Has("overwrite"));
+  if (!resp.ok()) return RpcError(resp.status());
+  if (absl::Status s = StartOrResume(**client, *resp); !s.ok()) return Error(kUnavailable, s);
+  const std::string& job_id = resp->job().job_id();
+  auto state = Follow(**client, job_id, args.Has("json"));
+  if (!state.ok()) return Error(kUnavailable, state.status());
+  if (*state == v1::JOB_SUCCEEDED) {
+    absl::Status s = ShowRunReport(**client, job_id, eo.data_dir, args.Has("json"));
+    if (!s.ok()) return Error(kUnavailable, s);
+  }
+  std::printf("logs: %s\n", (*cluster)->log_dir().c_str());
+  return ExitCodeFor(*state);
+}
+
+int CmdReport(const Args& args) {
+  if (args.positional.size() != 1) return Error(kUsage, absl::InvalidArgumentError("moec report JOB"));
+  auto client = Connect(args);
+  if (!client.ok()) return Error(kUsage, client.status());
+  absl::StatusOr<nlohmann::json> report = JobReport(**client, args.positional[0]);
+  if (!report.ok()) {
+    return Error(absl::IsNotFound(report.status()) ? kUsage : kUnavailable, report.status());
+  }
+  if (!args.Get("out").empty()) {
+    absl::Status s = WriteReportFiles(**client, args.positional[0], args.Get("out"));
+    if (!s.ok()) return Error(kUnavailable, s);
+    std::fprintf(stderr, "report files in %s (report.md, report.json, figures)\n", args.Get("out").c_str());
+  }
+  std::printf("%s\n", args.Has("json") ? report->dump().c_str() : ReportMarkdown(*report).c_str());
+  return kOk;
+}
+
+int CmdJob(const std::string& cmd, const Args& args) {
+  if (args.positional.size() != 1) return Error(kUsage, absl::InvalidArgumentError(absl::StrCat("moec ", cmd, " JOB")));
+  auto client = Connect(args);
+  if (!client.ok()) return Error(kUsage, client.status());
+  const std::string& id = args.positional[0];
+  if (cmd == "watch") {
+    auto state = Follow(**client, id, args.Has("json"));
+    if (!state.ok()) return Error(kUnavailable, state.status());
+    return ExitCodeFor(*state);
+  }
+  if (cmd == "cancel" || cmd == "resume") {
+    absl::Status s = cmd == "cancel" ? (*client)->Cancel(id) : (*client)->Resume(id);
+    if (!s.ok()) return RpcError(s);
+    std::printf("%s %s\n", cmd == "cancel" ? "cancelled" : "resumed", id.c_str());
+    return kOk;
+  }
+  return PrintJobStatus(**client, id, args.Has("json"));  // status
+}
+
+int CmdList(const std::string& cmd, const Args& args) {
+  auto client = Connect(args);
+  if (!client.ok()) return Error(kUsage, client.status());
+  if (cmd == "list") {
+    auto jobs = (*client)->ListJobs();
+    if (!jobs.ok()) return Error(kUnavailable, jobs.status());
+    for (const auto& j : *jobs) {
+      if (args.Has("json")) std::printf("%s\n", Json(j).c_str());
+      else std::printf("%-32s %-16s %s\n", j.job_id().c_str(), v1::JobState_Name(j.state()).c_str(), j.name().c_str());
+    }
+    return kOk;
+  }
+  auto workers = (*client)->ListWorkers();
+  if (!workers.ok()) return Error(kUnavailable, workers.status());
+  for (const auto& w : *workers) {
+    if (args.Has("json")) std::printf("%s\n", Json(w).c_str());
+    else std::printf("%-32s %s %6.1f GiB  tasks=%d\n", w.worker_id().c_str(), w.gpu() ? "gpu" : "cpu",
+                     static_cast<double>(w.memory_bytes()) / (1 << 30), w.tasks_size());
+  }
+  return kOk;
+}
+
+}  // namespace moec::client::cli

@@ -1,0 +1,276 @@
+// The GPTQ panel kernel: the per-column work of one block on a panel of kPanel rows
+// (gptq_internal.h), cloned per ISA.
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "quant/gptq_internal.h"
+#include "quant/parallel.h"
+
+namespace moec::quant::internal {
+namespace {
+
+// Panels (of kPanel rows) per thread chunk in the block loop.
+constexpr int64_t kMinPanelsPerChunk = 2;
+
+enum class LaneMode { kIntegerZero, kFloatZero, kSign };
+
+// kPanel lanes as one GCC vector (one zmm register with AVX-512, two ymm with AVX2).
+typedef float VecF __attribute__((vector_size(kPanel * sizeof(float))));
+typedef int32_t VecI __attribute__((vector_size(kPanel * sizeof(int32_t))));
+typedef uint8_t VecB __attribute__((vector_size(kPanel)));
+
+// The kernel's helpers are always inlined, so that every ISA clone of SolvePanelBlock compiles
+// them for its own target.
+#define MOEC_PANEL_INLINE inline __attribute__((always_inline))
+
+MOEC_PANEL_INLINE VecF LoadV(const float* p) {
+  VecF v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+MOEC_PANEL_INLINE void StoreV(float* p, VecF v) { std::memcpy(p, &v, sizeof(v)); }
+
+// std::nearbyint (round half to even in the default rounding mode) of every lane: clamped to
+// +-2^22 (beyond it the code clamps to 0 or maxq either way), then rounded by adding and
+// subtracting 1.5 * 2^23, where the float spacing is 1.
+MOEC_PANEL_INLINE VecF RoundHalfEven(VecF x) {
+  const VecF lim = VecF{} + 4194304.0f;
+  const VecF magic = VecF{} + 12582912.0f;
+  x = x > lim ? lim : x;
+  x = x < -lim ? -lim : x;
+  return (x + magic) - magic;
+}
+
+// Quantizes one column of a panel (kPanel lanes with their own scale/zero), replaces the values
+// by their dequantized values and writes codes, scaled errors (w - w_hat) / d and loss terms.
+// Per lane the same operations as QuantizeValue / DequantizeValue and the reference's
+// err = (w - q) / d, loss = (w - q)^2 / d^2 / 2.
+template <LaneMode kMode>
+MOEC_PANEL_INLINE void QuantizeLanes(float* col, const float* ps, const float* pz, float maxq,
+                                     float d, uint8_t* q, float* e, float* loss) {
+  const VecF wv = LoadV(col), s = LoadV(ps), z = LoadV(pz);
+  const VecF zero = VecF{}, one = VecF{} + 1.0f, top = VecF{} + maxq;
+  VecF qf;
+  if (kMode == LaneMode::kSign) {
+    qf = wv >= zero ? one : zero;
+  } else {
+    qf = kMode == LaneMode::kFloatZero ? RoundHalfEven(wv / s + z) : RoundHalfEven(wv / s) + z;
+    qf = qf < zero ? zero : (qf > top ? top : qf);
+  }
+  const VecF dq = s * (qf - z);
+  const VecB qb = __builtin_convertvector(__builtin_convertvector(qf, VecI), VecB);
+  std::memcpy(q, &qb, sizeof(qb));
+  StoreV(col, dq);
+  const VecF diff = wv - dq;
+  const VecF dv = VecF{} + d;
+  StoreV(e, diff / dv);
+  StoreV(loss, diff * diff / (dv * dv) / 2.0f);
+}
+
+// QuantizeLanes in the panel's mode.
+MOEC_PANEL_INLINE void QuantizeColumn(LaneMode mode, float* col, const float* ps, const float* pz,
+                                      float maxq, float d, uint8_t* q, float* e, float* loss) {
+  switch (mode) {
+    case LaneMode::kIntegerZero:
+      QuantizeLanes<LaneMode::kIntegerZero>(col, ps, pz, maxq, d, q, e, loss);
+      break;
+    case LaneMode::kFloatZero:
+      QuantizeLanes<LaneMode::kFloatZero>(col, ps, pz, maxq, d, q, e, loss);
+      break;
+    case LaneMode::kSign:
+      QuantizeLanes<LaneMode::kSign>(col, ps, pz, maxq, d, q, e, loss);
+      break;
+  }
+}
+
+// Load (transpose) rows [r0, r0 + rows) of columns [i1, i1 + nb) into the panel t; padding
+// lanes hold zeros.
+MOEC_PANEL_INLINE void LoadPanel(const SolveContext& c, int64_t r0, int rows, int64_t i1,
+                                 int64_t nb, float* t) {
+  for (int64_t k = 0; k < nb; ++k) {
+    for (int l = 0; l < kPanel; ++l) {
+      t[k * kPanel + l] = l < rows ? c.w[(r0 + l) * c.in + i1 + k] : 0.0f;
+    }
+  }
+}
+
+// Store (transpose back) values, codes and errors of the panel.
+MOEC_PANEL_INLINE void StorePanel(const SolveContext& c, int64_t r0, int rows, int64_t i1,
+                                  int64_t nb, const PanelScratch& s, float* err) {
+  for (int l = 0; l < rows; ++l) {
+    float* wr = c.w + (r0 + l) * c.in + i1;
+    uint8_t* qr = c.codes + (r0 + l) * c.in + i1;
+    float* er = err + (r0 + l) * nb;
+    for (int64_t k = 0; k < nb; ++k) {
+      wr[k] = s.t[k * kPanel + l];
+      qr[k] = s.q[k * kPanel + l];
+      er[k] = s.e[k * kPanel + l];
+    }
+  }
+}
+
+// ps[l], pz[l] = base[l * stride], base[l * stride + 1] for the panel's rows.
+MOEC_PANEL_INLINE void LoadParams(const float* base, int64_t stride, int rows, float* ps,
+                                  float* pz) {
+  for (int l = 0; l < rows; ++l) {
+    ps[l] = base[l * stride];
+    pz[l] = base[l * stride + 1];
+  }
+}
+
+// The parameters in effect at column i1, the block's first: unit parameters (also those of the
+// padding lanes), the whole row's, or those of a dynamic group that started in an earlier block.
+MOEC_PANEL_INLINE void InitialParams(const SolveContext& c, int64_t r0, int rows, int64_t i1,
+                                     bool dynamic_groups, float* ps, float* pz) {
+  for (int l = 0; l < kPanel; ++l) {
+    ps[l] = 1.0f;
+    pz[l] = 0.0f;
+  }
+  if (c.groupsize <= 0) {
+    LoadParams(c.row_params + 2 * r0, 2, rows, ps, pz);
+  } else if (dynamic_groups && i1 % c.groupsize != 0) {
+    // The group of column i1 started in an earlier block; its parameters are stored.
+    const int64_t gi = i1 / c.groupsize;
+    for (int l = 0; l < rows; ++l) {
+      ps[l] = c.scales[(r0 + l) * c.groups + gi];
+      pz[l] = c.zeros[(r0 + l) * c.groups + gi];
+    }
+  }
+}
+
+// min(0, min x) and max(0, max x) of all lanes at once, over panel columns [k0, k1).
+MOEC_PANEL_INLINE void PanelRange(const float* t, int64_t k0, int64_t k1, float* mn, float* mx) {
+  for (int l = 0; l < kPanel; ++l) mn[l] = mx[l] = 0.0f;
+  for (int64_t k = k0; k < k1; ++k) {
+    const float* tk = t + k * kPanel;
+    for (int l = 0; l < kPanel; ++l) {
+      mn[l] = tk[l] < mn[l] ? tk[l] : mn[l];
+      mx[l] = mx[l] < tk[l] ? tk[l] : mx[l];
+    }
+  }
+}
+
+// Copies the values of lane l's row (row r0 + l) in group columns [j, c1) into s.group, for a
+// group fitted outside the panel: block columns from the panel (or, with reference_group_fit,
+// its block-start snapshot), later columns from W.
+MOEC_PANEL_INLINE void GatherGroup(const SolveContext& c, PanelScratch& s, int64_t r0, int l,
+                                   int64_t i1, int64_t i2, int64_t j, int64_t c1) {
+  const float* t = s.t.data();
+  const float* ev = s.e.data();
+  const float* wr = c.w + (r0 + l) * c.in;
+  for (int64_t k = j; k < c1; ++k) {
+    float v;
+    if (k < i2) {
+      v = (c.reference_group_fit ? s.snapshot.data() : t)[(k - i1) * kPanel + l];
+    } else if (c.reference_group_fit) {
+      v = wr[k];
+    } else {
+      // Past the block: apply this block's pending (lazy) updates of columns i1..j-1.
+      v = wr[k];
+      for (int64_t tt = i1; tt < j; ++tt) v -= ev[(tt - i1) * kPanel + l] * c.u[tt * c.in + k];
+    }
+    s.group[k - j] = v;
+  }
+}
+
+// Fits the parameters of the dynamic group that starts at column j, per row of the panel, into
+// ps / pz and the stored scales / zeros.
+MOEC_PANEL_INLINE void FitDynamicGroup(const SolveContext& c, PanelScratch& s, LaneMode mode,
+                                       int64_t r0, int rows, int64_t i1, int64_t i2, int64_t j,
+                                       float* ps, float* pz) {
+  const QuantizerOptions& qo = *c.qopt;
+  const float* t = s.t.data();
+  const int64_t jj = j - i1;
+  const int64_t gi = j / c.groupsize;
+  const int64_t c1 = std::min(c.in, j + c.groupsize);
+  const bool in_block = !c.reference_group_fit && c1 <= i2;  // values in t, up to date
+  float mn[kPanel], mx[kPanel];
+  if (in_block && mode != LaneMode::kSign) PanelRange(t, jj, c1 - i1, mn, mx);
+  for (int l = 0; l < rows; ++l) {
+    RowParams p;
+    if (in_block && mode != LaneMode::kSign) {
+      p = FitRowFromRange(t + jj * kPanel + l, c1 - j, mn[l], mx[l], qo, kPanel);
+    } else if (in_block) {
+      p = FitRow(t + jj * kPanel + l, c1 - j, qo, kPanel);
+    } else {
+      GatherGroup(c, s, r0, l, i1, i2, j, c1);
+      p = FitRow(s.group.data(), c1 - j, qo);
+    }
+    ps[l] = p.scale;
+    pz[l] = p.zero;
+    c.scales[(r0 + l) * c.groups + gi] = p.scale;
+    c.zeros[(r0 + l) * c.groups + gi] = p.zero;
+  }
+}
+
+// Rank-1 update of the rest of the block: W[:, k] -= e * U[j, k] for k in (j, i2).
+MOEC_PANEL_INLINE void UpdateRestOfBlock(const SolveContext& c, float* t, const float* ecol,
+                                         int64_t i1, int64_t i2, int64_t j) {
+  const float* ur = c.u + j * c.in;
+  const VecF ev_j = LoadV(ecol);
+  for (int64_t k = j + 1; k < i2; ++k) {
+    float* tk = t + (k - i1) * kPanel;
+    StoreV(tk, LoadV(tk) - ev_j * ur[k]);
+  }
+}
+
+// Quantizes columns [i1, i2) of rows [r0, r0 + rows) (rows <= kPanel) and writes their scaled
+// errors to err ([out, i2 - i1], row-major). Cloned per ISA (nearbyint becomes one instruction).
+__attribute__((target_clones("avx512f", "avx2", "default"))) void SolvePanelBlock(
+    const SolveContext& c, int64_t r0, int rows, int64_t i1, int64_t i2, float* err,
+    PanelScratch& s) {
+  const int64_t in = c.in, nb = i2 - i1;
+  const QuantizerOptions& qo = *c.qopt;
+  const bool dynamic_groups = c.groupsize > 0 && !c.static_groups;
+  const LaneMode mode = (qo.bits == 1 && qo.one_bit == OneBitMode::kSign) ? LaneMode::kSign
+                        : qo.mcmoe_float_zero                             ? LaneMode::kFloatZero
+                                                                          : LaneMode::kIntegerZero;
+  const float maxq = static_cast<float>(qo.maxq());
+  float* t = s.t.data();
+  float* ev = s.e.data();
+  uint8_t* qv = s.q.data();
+  // Load (transpose) the panel; padding lanes hold zeros with unit parameters (InitialParams).
+  LoadPanel(c, r0, rows, i1, nb, t);
+  if (dynamic_groups && c.reference_group_fit) std::copy(t, t + nb * kPanel, s.snapshot.begin());
+  float ps[kPanel], pz[kPanel], loss_terms[kPanel];
+  InitialParams(c, r0, rows, i1, dynamic_groups, ps, pz);
+  int64_t static_group = -1;
+  for (int64_t j = i1; j < i2; ++j) {
+    const int64_t jj = j - i1;
+    if (dynamic_groups && j % c.groupsize == 0) {
+      FitDynamicGroup(c, s, mode, r0, rows, i1, i2, j, ps, pz);
+    } else if (c.static_groups && c.groupsize > 0 && c.perm[j] / c.groupsize != static_group) {
+      static_group = c.perm[j] / c.groupsize;
+      LoadParams(c.static_params + 2 * (r0 * c.groups + static_group), 2 * c.groups, rows, ps,
+                 pz);
+    }
+    const float d = c.u[j * in + j];
+    float* col = t + jj * kPanel;
+    float* ecol = ev + jj * kPanel;
+    QuantizeColumn(mode, col, ps, pz, maxq, d, qv + jj * kPanel, ecol, loss_terms);
+    double lsum = 0;
+    for (int l = 0; l < rows; ++l) lsum += loss_terms[l];
+    s.loss[jj] += lsum;
+    if (c.feedback) UpdateRestOfBlock(c, t, ecol, i1, i2, j);
+  }
+  StorePanel(c, r0, rows, i1, nb, s, err);
+}
+
+#undef MOEC_PANEL_INLINE
+
+}  // namespace
+
+void SolveBlockPanels(const SolveContext& c, int64_t out, int64_t i1, int64_t i2, float* err,
+                      std::vector<PanelScratch>& scratch, int threads) {
+  const int64_t panels = (out + kPanel - 1) / kPanel;
+  ParallelFor(panels, kMinPanelsPerChunk, threads, [&](int64_t b, int64_t e, int chunk) {
+    for (int64_t p = b; p < e; ++p) {
+      const int64_t r0 = p * kPanel;
+      const int rows = static_cast<int>(std::min<int64_t>(kPanel, out - r0));
+      SolvePanelBlock(c, r0, rows, i1, i2, err, scratch[chunk]);
+    }
+  });
+}
+
+}  // namespace moec::quant::internal

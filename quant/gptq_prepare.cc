@@ -1,0 +1,196 @@
+// GPTQ's Hessian preparation (quant/gptq.h): dead columns, the act-order permutation, damping
+// and U, the upper Cholesky factor of the damped inverse Hessian.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "quant/gptq.h"
+#include "quant/gptq_internal.h"
+#include "quant/parallel.h"
+
+namespace moec::quant {
+namespace {
+
+using internal::Clock;
+
+// out[i, j] = h[idx[i], idx[j]] for a contiguous fp32 [n, n] matrix, with out[i, i] = 1 where
+// unit_diag[idx[i]] (may be null); one row-parallel pass that also checks every value is finite.
+absl::StatusOr<at::Tensor> GatherSquare(const at::Tensor& h, const std::vector<int64_t>& idx,
+                                        const bool* unit_diag, int threads) {
+  const int64_t n = h.size(0);
+  at::Tensor out = at::empty({n, n}, at::kFloat);
+  const float* hp = h.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  std::vector<char> bad(std::max(threads, 1), 0);
+  internal::ParallelFor(n, 64, threads, [&](int64_t b, int64_t e, int chunk) {
+    bool ok = true;
+    for (int64_t i = b; i < e; ++i) {
+      const float* src = hp + idx[i] * n;
+      float* dst = op + i * n;
+      for (int64_t j = 0; j < n; ++j) {
+        const float v = src[idx[j]];
+        ok &= std::isfinite(v);
+        dst[j] = v;
+      }
+      if (unit_diag != nullptr && unit_diag[idx[i]]) dst[i] = 1.0f;
+    }
+    if (!ok) bad[chunk] = 1;
+  });
+  for (char x : bad) {
+    if (x) return absl::InvalidArgumentError("Hessian has non-finite values");
+  }
+  return out;
+}
+
+// LAPACK (OpenBLAS's, the library libtorch computes with), called on our own row-major buffers:
+// a symmetric matrix's row-major buffer is also its column-major one, so no transposed copy is
+// needed (at::linalg_cholesky makes one, and its triangular solves are slower than trtri).
+// Fortran ABI: every argument by pointer, the hidden lengths of character arguments last.
+extern "C" {
+void spotrf_(const char* uplo, const int* n, float* a, const int* lda, int* info, size_t uplo_len);
+void strtri_(const char* uplo, const char* diag, const int* n, float* a, const int* lda, int* info,
+             size_t uplo_len, size_t diag_len);
+}
+
+absl::Status NotPositiveDefinite(int64_t n, double percdamp, int64_t info, const char* what) {
+  return absl::FailedPreconditionError(absl::StrCat(
+      what, " [", n, ", ", n, "] is not positive definite after damping ", percdamp,
+      " * mean(diag) (cholesky failed at column ", info, "); raise percdamp"));
+}
+
+void Damp(at::Tensor& h, double percdamp) {
+  at::Tensor diag = h.diagonal();
+  const double damp = percdamp * diag.mean().item<double>();
+  diag.add_(damp);
+}
+
+absl::StatusOr<at::Tensor> ReferenceFactor(const at::Tensor& h, double percdamp) {
+  const int64_t n = h.size(0);
+  auto [l, info] = at::linalg_cholesky_ex(h);
+  if (info.item<int64_t>() != 0) {
+    return NotPositiveDefinite(n, percdamp, info.item<int64_t>(), "Hessian");
+  }
+  at::Tensor hinv = at::cholesky_inverse(l);
+  l = at::Tensor();
+  auto [u, info2] = at::linalg_cholesky_ex(hinv, /*upper=*/true);
+  if (info2.item<int64_t>() != 0) {
+    return NotPositiveDefinite(n, percdamp, info2.item<int64_t>(), "inverse Hessian (fp32)");
+  }
+  return u.contiguous();
+}
+
+// h_rev = J H J (damped). J H J = L' L'^T gives H = R R^T with R = J L' J upper triangular, so
+// H^-1 = (R^-1)^T R^-1 and R^-1 = J L'^-1 J is the upper Cholesky factor of H^-1. In place on
+// h_rev: LAPACK's upper factor of the column-major matrix (= h_rev) is L'^T, i.e. L' in row-major
+// order; its inverse likewise leaves L'^-1 in the row-major lower triangle.
+absl::StatusOr<at::Tensor> ReversedFactor(at::Tensor& h_rev, double percdamp, int threads) {
+  const int n = static_cast<int>(h_rev.size(0));
+  float* a = h_rev.data_ptr<float>();
+  int info = 0;
+  spotrf_("U", &n, a, &n, &info, 1);
+  if (info > 0) return NotPositiveDefinite(n, percdamp, n + 1 - info, "Hessian");
+  if (info < 0) return absl::InternalError(absl::StrCat("spotrf: argument ", -info, " is invalid"));
+  strtri_("U", "N", &n, a, &n, &info, 1, 1);
+  if (info != 0) {
+    return absl::InternalError(absl::StrCat("strtri of the Hessian's Cholesky factor: info ", info));
+  }
+  // U = J inv J: row i of U is row n-1-i of inv reversed; inv's upper triangle (row-major) still
+  // holds h_rev, so U's strictly lower part is written as zeros.
+  at::Tensor u = at::empty({n, n}, at::kFloat);
+  float* up = u.data_ptr<float>();
+  internal::ParallelFor(n, 64, threads, [&](int64_t b, int64_t e, int) {
+    for (int64_t i = b; i < e; ++i) {
+      const float* src = a + (n - 1 - i) * static_cast<int64_t>(n);  // inv row r = n-1-i, c <= r
+      float* dst = up + i * static_cast<int64_t>(n);
+      std::fill(dst, dst + i, 0.0f);
+      for (int64_t j = i; j < n; ++j) dst[j] = src[n - 1 - j];
+    }
+  });
+  return u;
+}
+
+// Dead columns (decision 12: all dead -> identity Hessian, weights kept): sets r's dead mask,
+// count and identity fallback, replaces h by the identity when it fires, and returns diag(H)
+// with the dead entries set to 1.
+at::Tensor MarkDeadColumns(at::Tensor& h, bool identity_fallback, GptqHessian* r) {
+  const int64_t in = h.size(0);
+  at::Tensor diag = h.diagonal().clone();
+  r->dead = diag == 0;
+  r->dead_columns = r->dead.sum().item<int64_t>();
+  if (r->dead_columns == in && identity_fallback) {
+    h = at::eye(in, at::kFloat);
+    diag.fill_(1.0f);
+    r->identity_fallback = true;
+    r->dead.zero_();
+  } else {
+    diag.masked_fill_(r->dead, 1.0f);
+  }
+  return diag;
+}
+
+// Act-order: columns by descending diag(H) (stable: ties keep the original order).
+at::Tensor QuantizationOrder(const at::Tensor& diag, bool actorder) {
+  if (actorder) {
+    return std::get<1>(at::sort(diag, /*stable=*/true, /*dim=*/0, /*descending=*/true))
+        .contiguous();
+  }
+  return at::arange(diag.size(0), at::kLong);
+}
+
+}  // namespace
+
+absl::StatusOr<at::Tensor> InverseHessianFactor(at::Tensor& h, double percdamp,
+                                                InverseFactorMethod method) {
+  if (h.dim() != 2 || h.size(0) != h.size(1) || h.scalar_type() != at::kFloat ||
+      !h.is_contiguous()) {
+    return absl::InvalidArgumentError("InverseHessianFactor needs a contiguous fp32 [n, n] matrix");
+  }
+  Damp(h, percdamp);
+  if (method == InverseFactorMethod::kReference) return ReferenceFactor(h, percdamp);
+  const int threads = internal::HardwareThreads();
+  std::vector<int64_t> rev(h.size(0));
+  for (int64_t i = 0; i < h.size(0); ++i) rev[i] = h.size(0) - 1 - i;
+  absl::StatusOr<at::Tensor> h_rev = GatherSquare(h, rev, nullptr, threads);
+  if (!h_rev.ok()) return h_rev.status();
+  return ReversedFactor(*h_rev, percdamp, threads);
+}
+
+absl::StatusOr<GptqHessian> PrepareGptqHessian(const at::Tensor& h_in, const GptqOptions& o) {
+  if (absl::Status s = internal::ValidateGptqOptions(o); !s.ok()) return s;
+  if (!h_in.defined() || h_in.dim() != 2 || h_in.size(0) != h_in.size(1) || h_in.size(0) == 0 ||
+      !h_in.is_floating_point()) {
+    return absl::InvalidArgumentError("Hessian must be a square floating-point [in, in] tensor");
+  }
+  const Clock::time_point t0 = Clock::now();
+  const int64_t in = h_in.size(0);
+  const int threads = o.threads > 0 ? o.threads : internal::HardwareThreads();
+  GptqHessian r;
+  r.actorder = o.actorder;
+  r.percdamp = o.percdamp;
+  r.identity_fallback_option = o.identity_fallback;
+  r.method = o.inverse_factor;
+
+  at::Tensor h = h_in.to(at::kFloat).contiguous();  // no copy when already fp32
+  const at::Tensor diag = MarkDeadColumns(h, o.identity_fallback, &r);
+  r.perm = QuantizationOrder(diag, o.actorder);
+  const int64_t* pp = r.perm.data_ptr<int64_t>();
+
+  // One gather: H in quantization order (for the reversed Cholesky also reversed), dead
+  // diagonal entries set to 1, values checked finite. Then damping and U.
+  const bool reference = o.inverse_factor == InverseFactorMethod::kReference;
+  std::vector<int64_t> q(in);
+  for (int64_t i = 0; i < in; ++i) q[i] = reference ? pp[i] : pp[in - 1 - i];
+  absl::StatusOr<at::Tensor> hq = GatherSquare(h, q, r.dead.data_ptr<bool>(), threads);
+  if (!hq.ok()) return hq.status();
+  h = at::Tensor();
+  Damp(*hq, o.percdamp);
+  absl::StatusOr<at::Tensor> u =
+      reference ? ReferenceFactor(*hq, o.percdamp) : ReversedFactor(*hq, o.percdamp, threads);
+  if (!u.ok()) return u.status();
+  r.u = u->contiguous();
+  r.seconds = internal::Since(t0);
+  return r;
+}
+
+}  // namespace moec::quant
