@@ -39,7 +39,8 @@ TEST_P(TrainedModelTest, PerplexityFarBelowUnigramAndRoutersNotUniform) {
   EXPECT_EQ(c.num_experts, 8);
 }
 
-INSTANTIATE_TEST_SUITE_P(Default, TrainedModelTest, ::testing::Values("mixtral", "deepseek"));
+INSTANTIATE_TEST_SUITE_P(Default, TrainedModelTest, ::testing::Values("mixtral", "deepseek"),
+                         [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
 
 }  // namespace
 }  // namespace moec::tools
