@@ -1,4 +1,5 @@
-# Third-party dependencies, all from Debian 12 packages (deploy/setup-debian.sh installs them).
+# Third-party dependencies: Debian 12 packages (deploy/setup-debian.sh installs them) and
+# libtorch from PyPI's PyTorch wheel (deploy/setup-python.sh), see below.
 find_package(Threads REQUIRED)
 find_package(absl REQUIRED)
 find_package(Protobuf REQUIRED)
@@ -17,11 +18,54 @@ else()
   find_package(RocksDB REQUIRED)
 endif()
 
-# libtorch 1.13 (Debian, CPU). Its config references an imported gflags target whose location is
-# only set when the gflags library was found first (ARCHITECTURE.md "Build facts").
+# libtorch from PyTorch 2.x (docs/development.md "libtorch"). Found through, in order:
+#   - Torch_DIR, when given (a GPU cluster's own PyTorch, an unpacked libtorch zip):
+#     -DTorch_DIR=<prefix>/share/cmake/Torch;
+#   - the torch package of MOEC_PYTHON (torch.utils.cmake_prefix_path); by default the project's
+#     .venv, where deploy/setup-python.sh installs the pinned CUDA wheel (deploy/requirements.txt).
+# Debian's libtorch 1.13 is not supported any more (no CUDA, an older c10d). TorchConfig.cmake
+# and its Caffe2 package in the system paths first, so a Debian libtorch-dev on the machine would be
+# picked up beside the right headers: both are named here, from the chosen prefix.
+set(MOEC_TORCH_MIN_VERSION 2.4)
+# CUDA targets for torch's own CUDA flags (else it probes for a GPU and lists a dozen); moec's
+# kernels use CMAKE_CUDA_ARCHITECTURES (cmake/MoecCuda.cmake).
+if(NOT DEFINED ENV{TORCH_CUDA_ARCH_LIST} AND NOT TORCH_CUDA_ARCH_LIST)
+  set(TORCH_CUDA_ARCH_LIST "8.0;9.0")
+endif()
+set(MOEC_PYTHON "${PROJECT_SOURCE_DIR}/.venv/bin/python3" CACHE FILEPATH
+    "Python whose torch package provides libtorch (when Torch_DIR is not set)")
 if(NOT MOEC_FUZZ_ONLY)
-  find_library(GFLAGS_LIBRARY gflags REQUIRED)
-  find_package(Torch REQUIRED)
+  if(NOT Torch_DIR)
+    if(NOT EXISTS "${MOEC_PYTHON}")
+      message(FATAL_ERROR "moec: no libtorch. Run deploy/setup-python.sh (installs the pinned "
+        "PyTorch into ${PROJECT_SOURCE_DIR}/.venv), or pass -DMOEC_PYTHON=<a python with torch> "
+        "or -DTorch_DIR=<libtorch>/share/cmake/Torch.")
+    endif()
+    execute_process(
+      COMMAND "${MOEC_PYTHON}" -c "import torch.utils; print(torch.utils.cmake_prefix_path)"
+      OUTPUT_VARIABLE _moec_torch_prefix OUTPUT_STRIP_TRAILING_WHITESPACE
+      ERROR_VARIABLE _moec_torch_err RESULT_VARIABLE _moec_torch_rc)
+    if(NOT _moec_torch_rc EQUAL 0)
+      message(FATAL_ERROR "moec: ${MOEC_PYTHON} cannot import torch (${_moec_torch_err}). "
+        "Run deploy/setup-python.sh or pass -DTorch_DIR=<libtorch>/share/cmake/Torch.")
+    endif()
+    set(Torch_DIR "${_moec_torch_prefix}/Torch" CACHE PATH "libtorch's CMake package" FORCE)
+  endif()
+  get_filename_component(_moec_torch_lib "${Torch_DIR}/../../../lib" ABSOLUTE)
+  get_filename_component(_moec_caffe2_dir "${Torch_DIR}/../Caffe2" ABSOLUTE)
+  set(Caffe2_DIR "${_moec_caffe2_dir}" CACHE PATH "libtorch's Caffe2 CMake package" FORCE)
+  # (the variable names TorchConfig.cmake uses)
+  foreach(_pair TORCH_LIBRARY:torch c10_LIBRARY:c10 C10_CUDA_LIBRARY:c10_cuda
+                CAFFE2_NVRTC_LIBRARY:caffe2_nvrtc)
+    string(REPLACE ":" ";" _pair "${_pair}")
+    list(GET _pair 0 _var)
+    list(GET _pair 1 _name)
+    if(EXISTS "${_moec_torch_lib}/lib${_name}.so")
+      set(${_var} "${_moec_torch_lib}/lib${_name}.so" CACHE FILEPATH "" FORCE)
+    endif()
+  endforeach()
+  find_package(Torch ${MOEC_TORCH_MIN_VERSION} REQUIRED CONFIG PATHS "${Torch_DIR}" NO_DEFAULT_PATH)
+  message(STATUS "moec: libtorch ${Torch_VERSION} from ${Torch_DIR}")
   # One interface target so that torch's flags and libraries travel together; only libraries
   # that really compute with tensors link it (model runtime, stages, kernels' torch glue).
   add_library(moec_torch INTERFACE)

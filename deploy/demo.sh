@@ -12,6 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 deploy/ensure-packages.sh  # as root, or through sudo only when packages are missing
+deploy/setup-python.sh     # the pinned PyTorch (libtorch) and check tools, into .venv
 
 build=${MOEC_BUILD_DIR:-build}
 cmake -S . -B "$build" -G Ninja -DMOEC_BUILD_FUZZERS=OFF -DMOEC_BUILD_BENCHMARKS=OFF > /dev/null

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs every Debian 12 package moec needs to build, test and run.
+# Installs every Debian 12 package moec needs to build, test and run (PyPI's PyTorch, for libtorch,
+# goes into the project's .venv: deploy/setup-python.sh).
 # Idempotent: when everything is already installed it only runs dpkg-query (< 1 s).
 # Usage: deploy/setup-debian.sh [--check]   (as root to install; --check only reports what is
 # missing: exit 0 when nothing is, 1 otherwise; deploy/ensure-packages.sh picks the right one)
@@ -16,16 +17,15 @@ PACKAGES=(
   libicu-dev
   # storage
   librocksdb-dev
-  # tensor math and collectives (libtorch 1.13 CPU, Gloo)
-  libtorch-dev libgloo-dev libopenblas0-pthread
+  # Gloo's headers, for c10d's ProcessGroupGloo (the library itself is inside libtorch, which
+  # comes from PyPI's PyTorch wheel: deploy/setup-python.sh)
+  libgloo-dev
   # ILP solver for bit allocation
   coinor-libcbc-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
-  # network-namespace tests, fixtures; python3-venv for the project's .venv (deploy/test.sh)
+  # network-namespace tests, fixtures; python3-venv for the project's .venv (deploy/setup-python.sh)
   iproute2 python3 python3-venv
-  # the independent forward oracle run by tests (tests/oracle): Debian's torch for Python
-  python3-torch python3-numpy
 )
 
 missing=()

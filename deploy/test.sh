@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds moec and runs every test (unit, integration, fuzz for MOEC_FUZZ_SECONDS each) with CTest.
 # Installs the Debian packages it needs first (deploy/ensure-packages.sh: as root, or through
-# sudo when some are missing).
+# sudo when some are missing) and the pinned PyPI packages into .venv (deploy/setup-python.sh:
+# PyTorch 2.11 with CUDA, whose libtorch moec builds against; about 3 GB the first time).
 # Usage: deploy/test.sh [extra ctest args]      e.g. deploy/test.sh -L unit
 # Environment: MOEC_BUILD_DIR (default build), MOEC_FUZZ_SECONDS (default 60),
 #              MOEC_ENABLE_CUDA (AUTO|ON|OFF, default AUTO).
@@ -9,15 +10,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 deploy/ensure-packages.sh  # as root, or through sudo only when packages are missing
+deploy/setup-python.sh     # the pinned PyTorch (libtorch) and check tools, into .venv
 
 build=${MOEC_BUILD_DIR:-build}
 jobs=$(nproc)
 
-# PyPI tools the checks use, pinned, in a project-local virtual environment.
-if [ ! -x .venv/bin/lizard ]; then
-  /usr/bin/python3 -m venv .venv
-  .venv/bin/pip install --quiet --disable-pip-version-check lizard==1.24.3
-fi
 tests/checks/sizes.sh .venv/bin/lizard
 
 # A CPU-only build must keep working: build and run the kernel tests with CUDA off.

@@ -1,7 +1,7 @@
-// Cross-checks the C++ forward against an independent reference written in Python with Debian's
-// python3-torch (tests/oracle/hf_reference.py), for every architecture and for checkpoints
+// Cross-checks the C++ forward against an independent reference written in Python (run by the
+// project .venv python with its torch; tests/oracle/hf_reference.py), for every architecture and for checkpoints
 // modified the way moec's exports modify them (pruned experts, dropped MoE sub-blocks, dynamic
-// skipping, online dynamic pruning). Skips when /usr/bin/python3 cannot import torch.
+// skipping, online dynamic pruning). Skips when that python cannot import torch.
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>

@@ -1,17 +1,17 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """Independent reference forward pass (test oracle) of five Hugging Face MoE architectures.
 
 The oracle is deliberately self-contained and written from the Hugging Face `transformers`
 modeling code (and DeepSeek's remote `modeling_deepseek.py`), not from moec's C++ sources, so
 that moec's libtorch forward can be cross-checked against it. It needs only torch and numpy
-(Debian's /usr/bin/python3 with torch 1.13); it does not use transformers or safetensors.
+(the project's .venv python with its torch, deploy/requirements.txt); it does not use transformers or safetensors.
 
 Supported `model_type`s: mixtral, deepseek (DeepSeek-MoE v1), qwen2_moe, olmoe, qwen3_moe,
 plus moec's `moec` override object in config.json (pruned experts, dropped MoE layers, dynamic
 skipping, Online Dynamic Pruning). See tests/oracle/README.md for usage and the exact
 semantics, including the places where we had to choose.
 
-    /usr/bin/python3 tests/oracle/hf_reference.py --model DIR --tokens TOKENS.json \
+    .venv/bin/python3 tests/oracle/hf_reference.py --model DIR --tokens TOKENS.json \
         --out LOGITS.bin [--hidden-out HIDDEN.bin] [--router-out ROUTER.bin]
 
 Everything is computed in float32 (or float64 with --dtype float64) whatever the checkpoint

@@ -1,4 +1,4 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """Self-check of the oracle tests/oracle/hf_reference.py.
 
 Builds tiny random checkpoints in memory and checks the oracle
@@ -11,7 +11,7 @@ Builds tiny random checkpoints in memory and checks the oracle
   * on known values (RMSNorm, RoPE, safetensors decoding of F32/F16/BF16, sharded checkpoints),
   * through its command line (exit codes, output sizes).
 
-    /usr/bin/python3 tests/oracle/self_check.py [-v]
+    .venv/bin/python3 tests/oracle/self_check.py [-v]
 
 Exits 0 when every check passes, 1 otherwise.
 

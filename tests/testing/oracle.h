@@ -1,5 +1,5 @@
-// The independent Python reference forward (tests/oracle/hf_reference.py, Debian's
-// python3-torch) as a test oracle: logits (and the residual stream) of a checkpoint directory.
+// The independent Python reference forward (tests/oracle/hf_reference.py, run by the project's
+// .venv python with its torch: MOEC_ORACLE_PYTHON, set by CMake from MOEC_PYTHON) as a test oracle: logits (and the residual stream) of a checkpoint directory.
 // Needs MOEC_SOURCE_DIR defined by the test target; includes ATen.
 #ifndef MOEC_TESTS_TESTING_ORACLE_H_
 #define MOEC_TESTS_TESTING_ORACLE_H_
@@ -17,13 +17,13 @@
 
 namespace moec::testing {
 
-inline constexpr char kOraclePython[] = "/usr/bin/python3";
+inline constexpr char kOraclePython[] = MOEC_ORACLE_PYTHON;
 
 inline std::string OracleScript() {
   return std::string(MOEC_SOURCE_DIR) + "/tests/oracle/hf_reference.py";
 }
 
-// Whether /usr/bin/python3 imports torch and numpy (tests skip without them).
+// Whether the oracle python imports torch and numpy (tests skip without them).
 inline bool PythonTorchAvailable() {
   static const bool ok = std::system((std::string(kOraclePython) +
                                       " -c 'import torch, numpy' >/dev/null 2>&1")
