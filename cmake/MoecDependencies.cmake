@@ -65,12 +65,52 @@ if(NOT MOEC_FUZZ_ONLY)
     endif()
   endforeach()
   find_package(Torch ${MOEC_TORCH_MIN_VERSION} REQUIRED CONFIG PATHS "${Torch_DIR}" NO_DEFAULT_PATH)
+  # The wheel's libtorch.so and libtorch_cpu.so export their own copies of parts of libstdc++
+  # (std::filesystem, std::chrono's tzdb, ...: its toolchain links them statically). Loaded before
+  # libstdc++, they would serve moec's calls too, and std::filesystem::remove_all jumps to null.
+  # libstdc++ comes first in every binary's DT_NEEDED, so its own definitions win.
+  add_link_options("LINKER:--push-state,--no-as-needed" "-lstdc++" "LINKER:--pop-state")
   message(STATUS "moec: libtorch ${Torch_VERSION} from ${Torch_DIR}")
   # One interface target so that torch's flags and libraries travel together; only libraries
   # that really compute with tensors link it (model runtime, stages, kernels' torch glue).
   add_library(moec_torch INTERFACE)
   target_link_libraries(moec_torch INTERFACE ${TORCH_LIBRARIES})
-  target_include_directories(moec_torch SYSTEM INTERFACE ${TORCH_INCLUDE_DIRS})
+  # The wheel ships its own (older) protobuf headers in torch/include/google: they would shadow
+  # Debian's protobuf that moec's generated .pb.h need. moec sees torch/include through a folder
+  # of links to every entry but google/ (libtorch's own headers never include protobuf).
+  set(_moec_torch_includes "")
+  set(_moec_torch_filtered "${CMAKE_BINARY_DIR}/torch_include")
+  foreach(_dir IN LISTS TORCH_INCLUDE_DIRS)
+    if(EXISTS "${_dir}/google/protobuf")
+      file(MAKE_DIRECTORY "${_moec_torch_filtered}")
+      file(GLOB _entries RELATIVE "${_dir}" "${_dir}/*")
+      foreach(_entry IN LISTS _entries)
+        if(NOT _entry STREQUAL "google")
+          file(CREATE_LINK "${_dir}/${_entry}" "${_moec_torch_filtered}/${_entry}" SYMBOLIC)
+        endif()
+      endforeach()
+      list(APPEND _moec_torch_includes "${_moec_torch_filtered}")
+    else()
+      list(APPEND _moec_torch_includes "${_dir}")
+    endif()
+  endforeach()
+  target_include_directories(moec_torch SYSTEM INTERFACE ${_moec_torch_includes})
+  # torch's imported targets carry torch/include too: point them at the filtered folder.
+  get_directory_property(_moec_imported IMPORTED_TARGETS)
+  foreach(_target IN LISTS _moec_imported)
+    get_target_property(_incs ${_target} INTERFACE_INCLUDE_DIRECTORIES)
+    if(_incs)
+      set(_new_incs "")
+      foreach(_inc IN LISTS _incs)
+        if(EXISTS "${_inc}/google/protobuf")
+          list(APPEND _new_incs "${_moec_torch_filtered}")
+        else()
+          list(APPEND _new_incs "${_inc}")
+        endif()
+      endforeach()
+      set_target_properties(${_target} PROPERTIES INTERFACE_INCLUDE_DIRECTORIES "${_new_incs}")
+    endif()
+  endforeach()
   separate_arguments(_moec_torch_flags UNIX_COMMAND "${TORCH_CXX_FLAGS}")
   target_compile_options(moec_torch INTERFACE $<$<COMPILE_LANGUAGE:CXX>:${_moec_torch_flags}>)
 endif()

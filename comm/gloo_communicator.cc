@@ -42,6 +42,10 @@ class StoreAdapter : public c10d::Store {
     Check(v.status());
     return *v;
   }
+  // c10d clones the store for its own threads (PyTorch 2.x): the same rendezvous, same attempt.
+  c10::intrusive_ptr<c10d::Store> clone() override {
+    return c10::make_intrusive<StoreAdapter>(store_, absl::FromChrono(timeout_), abort_key_);
+  }
   bool deleteKey(const std::string&) override { return false; }
   bool check(const std::vector<std::string>& keys) override {
     for (const std::string& k : keys) {

@@ -5,6 +5,8 @@
 #include <random>
 #include <utility>
 
+#include <ATen/core/grad_mode.h>
+
 #include "model/config/tensor_names.h"
 #include "model/data/datasets.h"
 #include "model/runtime/forward.h"
