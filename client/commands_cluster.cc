@@ -175,9 +175,10 @@ int CmdRun(const Args& args) {
   if (!workers.ok()) return Error(kUsage, workers.status());
   EmbeddedOptions eo;
   eo.workers = *workers;
+  eo.device = args.Get("device", "cpu");
   eo.data_dir = args.Get("data-dir", std::filesystem::path(recipe->first).parent_path().string() + "/.moec");
-  std::printf("moec run: starting a coordinator and %d workers (state in %s)\n", *workers,
-              eo.data_dir.c_str());
+  std::printf("moec run: starting a coordinator and %d %s workers (state in %s)\n", *workers,
+              eo.device == "cuda" ? "GPU" : "CPU", eo.data_dir.c_str());
   auto cluster = EmbeddedCluster::Start(eo);
   if (!cluster.ok()) return Error(kUnavailable, cluster.status());
   auto client = ConnectEmbedded(**cluster);

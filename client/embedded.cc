@@ -90,6 +90,10 @@ absl::StatusOr<std::string> FindMoecBinary(const std::string& name, const std::s
 
 absl::StatusOr<std::unique_ptr<EmbeddedCluster>> EmbeddedCluster::Start(const EmbeddedOptions& o) {
   if (o.workers < 1) return absl::InvalidArgumentError("--workers must be >= 1");
+  if (o.device != "cpu" && o.device != "cuda") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--device must be cpu or cuda (worker i on GPU i), not '", o.device, "'"));
+  }
   MOEC_ASSIGN_OR_RETURN(std::string coord_bin, FindMoecBinary("moec-coordinator", o.bin_dir));
   MOEC_ASSIGN_OR_RETURN(std::string worker_bin, FindMoecBinary("moec-worker", o.bin_dir));
   std::error_code ec;
@@ -126,10 +130,12 @@ absl::StatusOr<std::unique_ptr<EmbeddedCluster>> EmbeddedCluster::Start(const Em
   for (int i = 0; i < o.workers; ++i) {
     // The host's cores shared between the local workers (BLAS and libtorch pools both sized).
     const int threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / o.workers);
+    const std::string device = o.device == "cuda" ? absl::StrCat("cuda:", i) : "cpu";
     MOEC_ASSIGN_OR_RETURN(pid_t w, Spawn({worker_bin, "--coordinator=" + c->address_,
                                           "--token-file=" + token_file,
                                           absl::StrCat("--name=local", i),
-                                          absl::StrCat("--threads=", threads)},
+                                          absl::StrCat("--threads=", threads),
+                                          "--device=" + device},
                                          absl::StrCat(c->log_dir_, "/worker", i, ".log"), -1));
     c->workers_.push_back(w);
   }

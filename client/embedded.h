@@ -17,6 +17,8 @@ struct EmbeddedOptions {
   std::string data_dir;  // coordinator state, token, logs/ (kept: a re-run resumes from it)
   int workers = 2;
   std::string bin_dir;   // where moec-coordinator / moec-worker are; empty: next to this binary
+  // "cpu", or "cuda": worker i computes on GPU i (each GPU runs one worker, one task at a time).
+  std::string device = "cpu";
 };
 
 // Owns the processes; the destructor stops them (SIGTERM, then SIGKILL after 5 s).

@@ -17,9 +17,10 @@ const char kUsageText[] = R"(moec — compress Mixture-of-Experts models (docs/c
 
 usage: moec COMMAND [ARGS]
 
-  run RECIPE [--workers N] [--data-dir DIR] [--set K=V]... [--overwrite]
+  run RECIPE [--workers N] [--data-dir DIR] [--set K=V]... [--overwrite] [--device cpu|cuda]
                          run a job on this machine (embedded coordinator + N workers);
-                         run it again after an interruption and it resumes
+                         run it again after an interruption and it resumes;
+                         --device cuda puts worker i on GPU i (every stage runs there)
   plan RECIPE [--set K=V]... [--workers N] [--json]
                          dry run, no coordinator: the stage DAG, tasks per stage, and
                          estimates of memory per worker, factor-store bytes and output size
@@ -63,7 +64,7 @@ void CommandFlags(const std::string& cmd, std::set<std::string>* values,
   *values = conn;
   *bools = {"json", "help"};
   if (cmd == "run") {
-    *values = {"workers", "data-dir", "set"};
+    *values = {"workers", "data-dir", "set", "device"};
     bools->insert("overwrite");
   }
   if (cmd == "plan") *values = {"workers", "set"};

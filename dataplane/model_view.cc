@@ -122,7 +122,9 @@ absl::StatusOr<model::ModelConfig> JobModelConfig(const StageContext& ctx) {
 absl::StatusOr<std::unique_ptr<model::ModelRunner>> OpenJobModel(const StageContext& ctx) {
   MOEC_ASSIGN_OR_RETURN(std::string src, RecipeModel(ctx));
   MOEC_ASSIGN_OR_RETURN(std::optional<ModelView> view, JobModelView(ctx));
-  if (!view) return model::ModelRunner::Open(src);
+  model::RunnerOptions options;
+  options.device = model::AtDevice(ctx.device);
+  if (!view) return model::ModelRunner::Open(src, options);
   MOEC_ASSIGN_OR_RETURN(model::ModelConfig source, model::LoadModelConfig(src));
   MOEC_ASSIGN_OR_RETURN(model::ModelConfig edited,
                         model::ParseModelConfig(view->config.dump(), "the model view's config"));
@@ -146,7 +148,7 @@ absl::StatusOr<std::unique_ptr<model::ModelRunner>> OpenJobModel(const StageCont
     }
     return ReadEditedTensor(*c, *checkpoint, it->second);
   };
-  return model::ModelRunner::OpenView(src, std::move(edited), std::move(read));
+  return model::ModelRunner::OpenView(src, std::move(edited), std::move(read), options);
 }
 
 bool SkipRemovedLayer(StageContext& ctx, const model::ModelConfig& config) {

@@ -51,7 +51,8 @@ absl::StatusOr<nlohmann::json> JobModelConfigJson(const StageContext& ctx);
 // Its parsed config.
 absl::StatusOr<model::ModelConfig> JobModelConfig(const StageContext& ctx);
 
-// Opens the model the task runs on for the forward, in fp32: the recipe's `model`, or its view.
+// Opens the model the task runs on for the forward, in fp32, on the task's device: the recipe's
+// `model`, or its view.
 absl::StatusOr<std::unique_ptr<model::ModelRunner>> OpenJobModel(const StageContext& ctx);
 
 // True, after reporting it, when the task's layer is not in `config` (removed by a restructure

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/device.h"
 #include "common/recipe/recipe.h"
 #include "moec/v1/job.pb.h"
 #include "nlohmann/json.hpp"
@@ -46,6 +47,9 @@ struct StageContext {
   const recipe::StageSpec* stage = nullptr;
   // The job was submitted with --overwrite: its export may replace an output moec did not write.
   bool overwrite = false;
+  // Where the task computes (the worker's --device): tensors of the forward, Hessians and
+  // GPTQ's solve live there; what a task stores goes back to the host once, at its end.
+  ComputeDevice device;
   int rank = 0;                       // rank in the gang
   std::vector<std::string> group;     // worker ids of the gang
   // Collectives of the gang (group.size() ranks); connects on first use. Not owned; null in tests

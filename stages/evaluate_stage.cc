@@ -109,8 +109,12 @@ absl::StatusOr<AverageBits> AverageWidths(const std::string& dir, const model::M
 
 absl::StatusOr<nlohmann::json> EvaluateModel(const std::string& dir, const std::string& text,
                                              int64_t seqlen, int64_t max_windows,
-                                             const std::function<void(double)>& progress) {
-  MOEC_ASSIGN_OR_RETURN(std::unique_ptr<model::ModelRunner> runner, model::ModelRunner::Open(dir));
+                                             const std::function<void(double)>& progress,
+                                             const ComputeDevice& device) {
+  model::RunnerOptions options;
+  options.device = model::AtDevice(device);
+  MOEC_ASSIGN_OR_RETURN(std::unique_ptr<model::ModelRunner> runner,
+                        model::ModelRunner::Open(dir, options));
   MOEC_ASSIGN_OR_RETURN(std::unique_ptr<model::Tokenizer> tokenizer, model::Tokenizer::Load(dir));
   MOEC_ASSIGN_OR_RETURN(std::vector<std::string> texts, model::LoadTexts(text));
   model::EvalWindowOptions wo;
@@ -185,12 +189,12 @@ absl::Status EvaluateStage::Run(StageContext& ctx) {
   MOEC_ASSIGN_OR_RETURN(report["model"],
                         EvaluateModel(evaluated, text, seqlen, max_windows, [&](double f) {
                           ctx.progress(f / parts, "evaluating " + evaluated);
-                        }));
+                        }, ctx.device));
   if (baseline && exported) {
     MOEC_ASSIGN_OR_RETURN(report["baseline"],
                           EvaluateModel(original, text, seqlen, max_windows, [&](double f) {
                             ctx.progress((1.0 + f) / parts, "evaluating the original model");
-                          }));
+                          }, ctx.device));
   }
   const std::string bytes = report.dump();
   return ctx.io

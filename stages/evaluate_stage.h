@@ -22,10 +22,12 @@ class EvaluateStage : public Stage {
   absl::Status Run(StageContext& ctx) override;
 };
 
-// The evaluation entry of one model directory (exposed for tests and the CLI).
+// The evaluation entry of one model directory (exposed for tests and the CLI), computed on
+// `device`.
 absl::StatusOr<nlohmann::json> EvaluateModel(const std::string& dir, const std::string& text,
                                              int64_t seqlen, int64_t max_windows,
-                                             const std::function<void(double)>& progress);
+                                             const std::function<void(double)>& progress,
+                                             const ComputeDevice& device = {});
 
 }  // namespace moec::stages
 

@@ -7,6 +7,7 @@
 // Stops cleanly on SIGINT/SIGTERM (the current task's stage is asked to cancel).
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
+#include <ATen/detail/CUDAHooksInterface.h>
 #include <dlfcn.h>
 #include <unistd.h>
 
@@ -27,9 +28,12 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "common/cli_util.h"
+#include "common/device.h"
 #include "common/process_tuning.h"
 #include "common/status_macros.h"
 #include "glog/logging.h"
+#include "kernels/device_info.h"
+#include "kernels/kernels.h"
 #include "stages/builtin_stages.h"
 #include "worker/coordinator_client.h"
 #include "worker/worker.h"
@@ -47,13 +51,12 @@ ABSL_FLAG(std::string, advertise_host, "",
 ABSL_FLAG(int, threads, 0,
           "compute threads of this worker's tasks (libtorch and OpenBLAS); 0: all cores. Give "
           "each of N workers on one host cores/N");
-ABSL_FLAG(std::string, collectives, "gloo",
-          "collectives of gang tasks: gloo (CPU, TCP between workers) or nccl (GPU workers; "
-          "needs a build with CUDA)");
+ABSL_FLAG(std::string, collectives, "",
+          "collectives of gang tasks: gloo (CPU, TCP between workers) or nccl (GPU workers); "
+          "default: nccl with --device cuda:N, else gloo");
 ABSL_FLAG(std::string, device, "cpu",
-          "where this worker computes: cpu, or cuda:N (GPU N; registers the worker as a GPU "
-          "worker; needs a libtorch with CUDA)");
-ABSL_FLAG(int, cuda_device, -1, "deprecated spelling of --device cuda:N for the NCCL communicator");
+          "where this worker computes: cpu, or cuda:N (GPU N: every stage runs there, the worker "
+          "registers the GPU's memory and one task at a time; needs a build with CUDA)");
 ABSL_FLAG(std::string, scratch, "",
           "local directory for this worker's temporary files (created if missing, must be "
           "writable; becomes TMPDIR of its stages); default: $TMPDIR or /tmp");
@@ -123,23 +126,30 @@ std::string AdvertiseHost(const std::string& coordinator, const char* host) {
   return loopback ? "127.0.0.1" : host;
 }
 
-// --device cpu | cuda:N
+// --device cpu | cuda:N, checked against what this process sees; a GPU worker registers its
+// memory and uses NCCL for gangs unless --collectives says otherwise.
 absl::Status ApplyDevice(moec::worker::WorkerOptions* options) {
-  const std::string device = absl::GetFlag(FLAGS_device);
-  if (device == "cpu") {
-    options->gpu = false;
-  } else if (int n = -1; absl::StartsWith(device, "cuda:") && absl::SimpleAtoi(device.substr(5), &n) && n >= 0) {
-    if (!at::hasCUDA()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("--device ", device,
-                       ": this moec-worker's libtorch has no CUDA; run it with --device cpu"));
-    }
-    options->gpu = true;
-    options->cuda_device = n;
-  } else {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--device must be cpu or cuda:N, not '", device, "'"));
+  MOEC_ASSIGN_OR_RETURN(options->device, moec::ComputeDevice::Parse(absl::GetFlag(FLAGS_device)));
+  std::string collectives = absl::GetFlag(FLAGS_collectives);
+  if (collectives.empty()) collectives = options->device.cuda ? "nccl" : "gloo";
+  options->collectives = collectives;
+  if (!options->device.cuda) return absl::OkStatus();
+  const std::string device = options->device.ToString();
+  if (!moec::kernels::BuiltWithCuda() || !at::detail::getCUDAHooks().hasCUDA()) {
+    const int n = moec::kernels::CudaDeviceCount();
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--device ", device, ": ",
+        !moec::kernels::BuiltWithCuda() ? "this moec-worker was built without CUDA"
+        : n == 0 ? "no CUDA GPU is visible to this process (driver, CUDA_VISIBLE_DEVICES?)"
+                 : "its libtorch has no CUDA",
+        "; run it with --device cpu"));
   }
+  MOEC_ASSIGN_OR_RETURN(moec::kernels::DeviceMemory memory,
+                        moec::kernels::CudaDeviceMemory(options->device.index));
+  options->device_memory_bytes = memory.total_bytes;
+  LOG(INFO) << "device " << device << ": " << memory.name << ", "
+            << memory.total_bytes / (1 << 20) << " MiB (" << memory.free_bytes / (1 << 20)
+            << " MiB free)";
   return absl::OkStatus();
 }
 
@@ -171,9 +181,7 @@ absl::StatusOr<moec::worker::WorkerOptions> WorkerOptionsFromFlags(const std::st
     return absl::InvalidArgumentError("--collective-timeout-s must be at least 1");
   }
   options.collective_timeout = absl::Seconds(absl::GetFlag(FLAGS_collective_timeout_s));
-  options.collectives = absl::GetFlag(FLAGS_collectives);
   MOEC_RETURN_IF_ERROR(ApplyDevice(&options));
-  if (absl::GetFlag(FLAGS_cuda_device) >= 0) options.cuda_device = absl::GetFlag(FLAGS_cuda_device);
   options.memory_bytes = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGE_SIZE);
   MOEC_RETURN_IF_ERROR(UseScratch());
   MOEC_RETURN_IF_ERROR(options.Validate());

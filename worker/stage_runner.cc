@@ -1,7 +1,10 @@
 #include "worker/stage_runner.h"
 
+#include <c10/util/Exception.h>
+
 #include <exception>
 #include <new>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 
@@ -12,6 +15,13 @@ absl::Status RunStage(const stages::StageRegistry& registry, stages::StageContex
     absl::StatusOr<std::unique_ptr<stages::Stage>> stage = registry.Create(ctx.task->kind());
     if (!stage.ok()) return stage.status();
     return (*stage)->Run(ctx);
+  } catch (const c10::OutOfMemoryError& e) {
+    // A GPU allocation the stage did not catch itself: retriable, with smaller chunks once the
+    // coordinator's plan says so (docs/data_plane.md "GPU memory").
+    const std::string msg = e.what();
+    return absl::ResourceExhaustedError(absl::StrCat("task ", ctx.task->task_id(), " on ",
+                                                     ctx.device.ToString(), ": out of memory: ",
+                                                     msg.substr(0, msg.find('\n'))));
   } catch (const std::bad_alloc& e) {
     return absl::ResourceExhaustedError(absl::StrCat("task ", ctx.task->task_id(), ": out of memory"));
   } catch (const std::exception& e) {

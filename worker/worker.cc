@@ -20,6 +20,9 @@ absl::Status WorkerOptions::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrCat("collectives must be gloo or nccl, not '", collectives, "'"));
   }
+  if (collectives == "nccl" && !device.cuda) {
+    return absl::InvalidArgumentError("NCCL collectives need a GPU worker (--device cuda:N)");
+  }
   return absl::OkStatus();
 }
 
@@ -32,7 +35,7 @@ std::string Worker::worker_id() const {
 
 absl::Status Worker::Reregister() {
   absl::StatusOr<std::string> id =
-      client_->RegisterWorker(options_.name, options_.gpu, options_.memory_bytes);
+      client_->RegisterWorker(options_.name, options_.device.cuda, options_.memory_bytes);
   if (!id.ok()) return id.status();
   absl::MutexLock lock(&mu_);
   worker_id_ = *id;
@@ -189,7 +192,7 @@ absl::StatusOr<std::unique_ptr<comm::Communicator>> NewGangCommunicator(
     comm::NcclOptions n;
     n.rank = lease.rank;
     n.size = size;
-    n.device = options.cuda_device;
+    n.device = options.device.index;
     n.timeout = options.collective_timeout;
     return comm::NewNcclCommunicator(std::move(store), n);
   }
@@ -220,6 +223,7 @@ std::optional<Lease> Worker::RunOne(const Lease& lease) {
     ctx.SetRecipe(std::make_shared<const recipe::Recipe>(*std::move(parsed)), lease.task.stage_id());
   }
   ctx.overwrite = lease.overwrite;
+  ctx.device = options_.device;
   ctx.rank = lease.rank;
   ctx.group = lease.group;
   ctx.inputs = lease.input_fingerprints;

@@ -13,6 +13,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "common/device.h"
 #include "stages/stage.h"
 #include "worker/coordinator_client.h"
 
@@ -29,10 +30,11 @@ struct WorkerOptions {
   absl::Duration collective_timeout = absl::Seconds(120);
   // "gloo" (CPU, TCP) or "nccl" (GPU workers; builds with CUDA).
   std::string collectives = "gloo";
-  int cuda_device = 0;
+  // Where tasks compute (--device); every stage's tensors live there.
+  ComputeDevice device;
   // Capabilities registered with the coordinator (shown by `moec workers`).
-  bool gpu = false;             // --device cuda:N
-  int64_t memory_bytes = 0;     // physical memory of the host
+  int64_t memory_bytes = 0;         // physical memory of the host
+  int64_t device_memory_bytes = 0;  // memory of the GPU (device.cuda)
   absl::Status Validate() const;
 };
 

@@ -66,15 +66,20 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::OpenView(const std::st
 }
 
 absl::StatusOr<at::Tensor> ModelRunner::Load(const TensorSpec& spec) const {
-  if (source_ == nullptr) return loader_->Load(spec);
-  MOEC_ASSIGN_OR_RETURN(at::Tensor t, source_(spec));
-  if (t.sizes() != at::IntArrayRef(spec.shape)) {
-    return absl::InvalidArgumentError(absl::StrCat("model view: tensor ", spec.name, " is [",
-                                                   absl::StrJoin(t.sizes().vec(), ", "),
-                                                   "], expected [", absl::StrJoin(spec.shape, ", "),
-                                                   "]"));
+  at::Tensor t;
+  if (source_ == nullptr) {
+    MOEC_ASSIGN_OR_RETURN(t, loader_->Load(spec));
+  } else {
+    MOEC_ASSIGN_OR_RETURN(t, source_(spec));
+    if (t.sizes() != at::IntArrayRef(spec.shape)) {
+      return absl::InvalidArgumentError(absl::StrCat("model view: tensor ", spec.name, " is [",
+                                                     absl::StrJoin(t.sizes().vec(), ", "),
+                                                     "], expected [",
+                                                     absl::StrJoin(spec.shape, ", "), "]"));
+    }
+    t = t.to(loader_->dtype()).contiguous();
   }
-  return t.to(loader_->dtype()).contiguous();
+  return ToDevice(t, options_.device, spec.name);
 }
 
 absl::StatusOr<LayerWeights> AssembleLayer(const ModelConfig& config, int layer,
@@ -166,13 +171,16 @@ absl::StatusOr<at::Tensor> ModelRunner::Embed(const at::Tensor& tokens) const {
   }
   MOEC_ASSIGN_OR_RETURN(at::Tensor table, Load({EmbeddingTensorName(),
                                                 {config_.vocab_size, config_.hidden_size}}));
-  return at::embedding(table, tokens);
+  return at::embedding(table, tokens.to(options_.device));
 }
 
 RopeTables ModelRunner::Rope(int64_t seq) const {
   absl::MutexLock lock(&rope_mu_);
   if (seq > rope_seq_) {
+    // On the host, then copied: the same tables on every device.
     rope_ = MakeRopeTables(seq, config_.head_dim, config_.rope_theta);
+    rope_.cos = rope_.cos.to(options_.device);
+    rope_.sin = rope_.sin.to(options_.device);
     rope_seq_ = seq;
   }
   return rope_;
@@ -221,7 +229,7 @@ void AddWindowNlls(const ModelRunner& runner, const HeadWeights& head, const at:
   for (int64_t i = 0; i < count; ++i) {
     at::Tensor logits = runner.ApplyHead(head, h.narrow(0, i, 1)).squeeze(0);  // [seq, vocab]
     at::Tensor logp = at::log_softmax(logits.narrow(0, 0, seq - 1), -1);
-    at::Tensor target = tokens[i].narrow(0, 1, seq - 1).unsqueeze(1);
+    at::Tensor target = tokens[i].narrow(0, 1, seq - 1).unsqueeze(1).to(logp.device());
     const double mean = -logp.gather(1, target).mean().item<double>();
     *nll_sum += mean;
   }

@@ -24,6 +24,9 @@ namespace moec::model {
 
 struct RunnerOptions {
   ComputeDtype dtype = ComputeDtype::kF32;
+  // Where layers run: weights are read on the host and copied there (docs/forward.md, "Devices");
+  // hidden states, rotary tables and logits live there.
+  at::Device device = at::kCPU;
   // Hidden states of at most this many bytes are kept for one pass over the layers; more
   // windows are processed in several passes (each streams the layers again).
   int64_t activation_budget_bytes = int64_t{1} << 30;
@@ -72,6 +75,9 @@ class ModelRunner {
 
   const ModelConfig& config() const { return config_; }
   at::ScalarType dtype() const { return loader_->dtype(); }
+  at::Device device() const { return options_.device; }
+  // Options of a new tensor of the compute dtype on the runner's device.
+  at::TensorOptions options() const { return at::TensorOptions(dtype()).device(device()); }
   const WeightLoader& loader() const { return *loader_; }
 
   // Weights of decoder layer `layer` (owned copies in the compute dtype).

@@ -2,6 +2,8 @@
 
 #include <utility>
 
+#include <c10/util/Exception.h>
+
 #include "absl/container/flat_hash_map.h"
 
 #include "absl/strings/match.h"
@@ -28,6 +30,24 @@ absl::string_view ComputeDtypeName(ComputeDtype dtype) {
 
 at::ScalarType ToScalarType(ComputeDtype dtype) {
   return dtype == ComputeDtype::kBF16 ? at::kBFloat16 : at::kFloat;
+}
+
+absl::Status DeviceOutOfMemory(absl::string_view what, int64_t bytes, const std::exception& e) {
+  const std::string msg = e.what();
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "out of device memory for ", what, " (", bytes, " bytes): ", msg.substr(0, msg.find('\n')),
+      "; retry with smaller chunks (activation_budget, calibration windows) or a larger GPU"));
+}
+
+absl::StatusOr<at::Tensor> ToDevice(const at::Tensor& t, at::Device device,
+                                    absl::string_view what) {
+  if (device.is_cpu() || t.device() == device) return t;
+  try {
+    at::Tensor host = t.is_pinned() || !t.is_cpu() ? t : t.pin_memory();
+    return host.to(device, /*non_blocking=*/true);
+  } catch (const c10::OutOfMemoryError& e) {
+    return DeviceOutOfMemory(what, static_cast<int64_t>(t.nbytes()), e);
+  }
 }
 
 absl::StatusOr<at::Tensor> TensorFromView(const storage::TensorView& view, at::ScalarType dtype) {

@@ -15,6 +15,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/device.h"
 #include "model/config/config.h"
 #include "model/config/tensor_names.h"
 #include "storage/safetensors_reader.h"
@@ -33,6 +34,22 @@ at::ScalarType ToScalarType(ComputeDtype dtype);
 // Copies a safetensors tensor (F32, F16 or BF16) into a new, owned, contiguous CPU tensor of
 // `dtype`. InvalidArgument for any other stored dtype, naming the tensor.
 absl::StatusOr<at::Tensor> TensorFromView(const storage::TensorView& view, at::ScalarType dtype);
+
+// The libtorch device of `device`.
+inline at::Device AtDevice(const ComputeDevice& device) {
+  return device.cuda ? at::Device(at::kCUDA, static_cast<at::DeviceIndex>(device.index))
+                     : at::Device(at::kCPU);
+}
+
+// `t` on `device`: itself on the CPU; on a GPU a copy through pinned host memory, queued on the
+// current stream (the host buffer is released when the copy has run). ResourceExhausted when
+// the device is out of memory, naming `what`, its size and what the device has free.
+absl::StatusOr<at::Tensor> ToDevice(const at::Tensor& t, at::Device device,
+                                    absl::string_view what = "a tensor");
+
+// The first line of a c10::OutOfMemoryError's message (it names the device's capacity and what is
+// free) as ResourceExhausted about `what` of `bytes` bytes.
+absl::Status DeviceOutOfMemory(absl::string_view what, int64_t bytes, const std::exception& e);
 
 // Reads tensors of one checkpoint directory. Every Load copies the tensor into owned memory
 // (converted to the compute dtype) and then drops the mapped source pages from the resident set,

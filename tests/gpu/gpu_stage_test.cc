@@ -1,0 +1,112 @@
+// GPU against CPU, stage by stage, on tiny models: the same code placed on cuda:0 must give what
+// it gives on the CPU within the tolerances of docs/data_plane.md "Numerics on GPUs". Every case
+// skips itself where no GPU is visible (CI, this project's build machines); tests/gpu/run.sh runs
+// them on a lent GPU machine.
+#include <ATen/ATen.h>
+#include <ATen/detail/CUDAHooksInterface.h>
+
+#include <cmath>
+#include <string>
+
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "kernels/device_info.h"
+#include "model/runtime/forward.h"
+#include "stages/evaluate_stage.h"
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
+#include "tools/tiny_model.h"
+
+namespace moec {
+namespace {
+
+using testing::TempDir;
+
+bool HaveGpu() { return kernels::CudaDeviceCount() > 0 && at::detail::getCUDAHooks().hasCUDA(); }
+
+tools::TinyModelOptions Tiny(const std::string& type) {
+  tools::TinyModelOptions o;
+  o.model_type = type;
+  o.num_layers = 3;
+  o.seed = 7;
+  return o;
+}
+
+model::TokenWindows RandomWindows(int64_t count, int64_t seq, int64_t vocab, uint64_t seed) {
+  at::Generator g = at::detail::createCPUGenerator(seed);
+  at::Tensor t = at::randint(vocab, {count, seq}, g, at::TensorOptions(at::kLong)).to(at::kInt);
+  model::TokenWindows w;
+  w.seqlen = seq;
+  w.tokens.assign(t.data_ptr<int32_t>(), t.data_ptr<int32_t>() + t.numel());
+  return w;
+}
+
+class GpuStageTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    if (!HaveGpu()) GTEST_SKIP() << "no CUDA GPU visible";
+  }
+};
+
+// The layer-streaming forward: logits on cuda:0 against the CPU's, fp32.
+TEST_P(GpuStageTest, ForwardLogitsMatchTheCpu) {
+  TempDir dir;
+  ASSERT_OK(tools::WriteTinyModel(Tiny(GetParam()), dir.Join("m")));
+  model::RunnerOptions cpu, gpu;
+  gpu.device = at::Device(at::kCUDA, 0);
+  ASSERT_OK_AND_ASSIGN(auto a, model::ModelRunner::Open(dir.Join("m"), cpu));
+  ASSERT_OK_AND_ASSIGN(auto b, model::ModelRunner::Open(dir.Join("m"), gpu));
+  model::TokenWindows w = RandomWindows(4, 32, 280, 3);
+  at::Tensor tokens =
+      at::from_blob(w.tokens.data(), {4, 32}, at::kInt).to(at::kLong);
+  ASSERT_OK_AND_ASSIGN(at::Tensor la, a->Forward(tokens));
+  ASSERT_OK_AND_ASSIGN(at::Tensor lb, b->Forward(tokens));
+  ASSERT_TRUE(lb.is_cuda());
+  const double rel = ((lb.cpu() - la).norm() / la.norm()).item<double>();
+  EXPECT_LT(rel, 1e-4) << "relative error of the logits";
+  // Routing agrees: the argmax token of almost every position is the same.
+  const double agree = (lb.cpu().argmax(-1) == la.argmax(-1)).to(at::kDouble).mean().item<double>();
+  EXPECT_GT(agree, 0.99);
+}
+
+// Perplexity and the evaluate stage's report: within 0.5%.
+TEST_P(GpuStageTest, EvaluatePerplexityMatchesTheCpu) {
+  TempDir dir;
+  ASSERT_OK(tools::WriteTinyModel(Tiny(GetParam()), dir.Join("m")));
+  {
+    std::string text;
+    for (int i = 0; i < 400; ++i) text += "the quick brown fox jumps over the lazy dog " + std::to_string(i) + "\n";
+    dir.WriteFile("eval.txt", text);
+  }
+  ASSERT_OK_AND_ASSIGN(nlohmann::json c, stages::EvaluateModel(dir.Join("m"), dir.Join("eval.txt"),
+                                                               32, 8, nullptr));
+  ASSERT_OK_AND_ASSIGN(nlohmann::json g,
+                       stages::EvaluateModel(dir.Join("m"), dir.Join("eval.txt"), 32, 8, nullptr,
+                                             ComputeDevice::Cuda(0)));
+  const double pc = c["perplexity"], pg = g["perplexity"];
+  EXPECT_NEAR(pg, pc, 0.005 * pc);
+  EXPECT_EQ(c["activated_parameters_measured"], g["activated_parameters_measured"]);
+}
+
+// A tensor that cannot fit is ResourceExhausted naming it, not a crash.
+TEST(GpuMemoryTest, AnImpossibleCopyIsResourceExhaustedNamingTheTensor) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA GPU visible";
+  ASSERT_OK_AND_ASSIGN(kernels::DeviceMemory m, kernels::CudaDeviceMemory(0));
+  // More than the whole device: the caching allocator must refuse it.
+  const int64_t floats = m.total_bytes / 4 + (int64_t{1} << 28);
+  try {
+    at::Tensor big = at::empty({floats}, at::TensorOptions(at::kFloat).device(at::kCUDA, 0));
+    FAIL() << "allocated " << floats * 4 << " bytes on a GPU of " << m.total_bytes;
+  } catch (const c10::OutOfMemoryError& e) {
+    absl::Status s = model::DeviceOutOfMemory("expert 3's up_proj", floats * 4, e);
+    EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+    EXPECT_NE(s.message().find("expert 3's up_proj"), std::string::npos);
+    EXPECT_NE(s.message().find("free"), std::string::npos) << s;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Arch, GpuStageTest, ::testing::Values("mixtral", "deepseek", "qwen3_moe"),
+                         [](const auto& info) { return info.param; });
+
+}  // namespace
+}  // namespace moec
