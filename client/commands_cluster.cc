@@ -249,7 +249,10 @@ int CmdList(const std::string& cmd, const Args& args) {
   if (!workers.ok()) return Error(kUnavailable, workers.status());
   for (const auto& w : *workers) {
     if (args.Has("json")) std::printf("%s\n", Json(w).c_str());
-    else std::printf("%-32s %s %6.1f GiB  tasks=%d\n", w.worker_id().c_str(), w.gpu() ? "gpu" : "cpu",
+    else if (w.gpu()) std::printf("%-32s gpu %6.1f GiB host, %6.1f GiB GPU  tasks=%d\n",
+                                  w.worker_id().c_str(), static_cast<double>(w.memory_bytes()) / (1 << 30),
+                                  static_cast<double>(w.device_memory_bytes()) / (1 << 30), w.tasks_size());
+    else std::printf("%-32s cpu %6.1f GiB host  tasks=%d\n", w.worker_id().c_str(),
                      static_cast<double>(w.memory_bytes()) / (1 << 30), w.tasks_size());
   }
   return kOk;

@@ -19,7 +19,7 @@
 #include "client/commands.h"
 #include "client/eval.h"
 #include "client/inspect.h"
-#include "client/plan.h"
+#include "plan/job_plan.h"
 #include "common/recipe/recipe.h"
 #include "nlohmann/json.hpp"
 #include "tools/tiny_model.h"
@@ -265,12 +265,12 @@ int CmdPlan(const Args& args) {
   if (!args.Get("workers").empty()) overrides.push_back("workers=" + args.Get("workers"));
   absl::StatusOr<recipe::Recipe> r = recipe::LoadRecipeFile(args.positional[0], overrides);
   if (!r.ok()) return Error(kUsage, r.status());
-  absl::StatusOr<JobPlan> plan = PlanRecipe(*r);
+  absl::StatusOr<plan::JobPlan> plan = plan::PlanRecipe(*r);
   if (!plan.ok()) return Error(kUsage, plan.status());
   if (args.Has("json")) {
-    std::printf("%s\n", PlanJson(*plan).dump().c_str());
+    std::printf("%s\n", plan::PlanJson(*plan).dump().c_str());
   } else {
-    std::fputs(PlanText(*plan).c_str(), stdout);
+    std::fputs(plan::PlanText(*plan).c_str(), stdout);
   }
   return kOk;
 }

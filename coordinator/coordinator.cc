@@ -15,6 +15,7 @@
 #include "coordinator/planner.h"
 #include "glog/logging.h"
 #include "nlohmann/json.hpp"
+#include "plan/job_plan.h"
 
 namespace moec::coordinator {
 
@@ -207,6 +208,24 @@ v1::JobState Coordinator::DeriveStateLocked(JobTasks& job,
   return job.done_prefix == job.tasks.size() ? v1::JOB_SUCCEEDED : v1::JOB_RUNNING;
 }
 
+namespace {
+
+// Each task's planned peak GPU memory (plan/job_plan.h): the scheduler leases it only to GPUs
+// that large. A plan that cannot be made (it reads the model's config.json and the evaluation
+// text's size) leaves them unbounded, and says so.
+void SetDeviceMemory(const recipe::Recipe& r, std::vector<v1::TaskRecord>* tasks) {
+  absl::StatusOr<plan::JobPlan> p = plan::PlanRecipe(r);
+  if (!p.ok()) {
+    LOG(WARNING) << "job " << r.name << ": no memory plan, GPU workers are not bounded: " << p.status();
+    return;
+  }
+  std::map<std::string, int64_t> by_stage;
+  for (const plan::PlannedStage& s : p->stages) by_stage[s.id] = s.device_memory_bytes;
+  for (v1::TaskRecord& t : *tasks) t.set_device_memory_bytes(by_stage[t.stage_id()]);
+}
+
+}  // namespace
+
 absl::StatusOr<SubmitResult> Coordinator::SubmitJob(const std::string& recipe_yaml,
                                                     const std::string& source_path,
                                                     const std::vector<std::string>& overrides,
@@ -228,6 +247,7 @@ absl::StatusOr<SubmitResult> Coordinator::SubmitJob(const std::string& recipe_ya
   MOEC_RETURN_IF_ERROR(CheckOutput(r.output, job_id, overwrite));
   JobTasks job;
   MOEC_ASSIGN_OR_RETURN(job.tasks, PlanJob(r, shape, job_id, inputs));
+  SetDeviceMemory(r, &job.tasks);
   job.record.set_job_id(job_id);
   job.record.set_name(r.name);
   job.record.set_fingerprint(fingerprint);

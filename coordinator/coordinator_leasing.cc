@@ -53,21 +53,34 @@ absl::Status Coordinator::ScheduleLocked(absl::string_view preferred) {
   const int64_t now = NowMs();
   std::vector<WorkerSlots> idle = workers_.Idle(now, preferred);
   if (idle.empty()) return absl::OkStatus();
+  const std::vector<WorkerSlots> cluster = workers_.Cluster();
   std::vector<const v1::TaskRecord*> ready;
+  // Tasks no registered worker could ever run (a GPU plan larger than every GPU, no CPU worker):
+  // failed for good, with the figures, rather than left waiting.
+  std::vector<std::pair<JobTasks*, v1::TaskRecord*>> unfit;
   for (const auto& id : job_order_) {
     JobTasks& job = jobs_.at(id);
     if (!job.Active()) continue;
     for (auto it = job.ready.begin(); it != job.ready.end();) {
-      const v1::TaskRecord& t = job.tasks[*it];
+      v1::TaskRecord& t = job.tasks[*it];
       if (t.state() != v1::TASK_READY) {
         it = job.ready.erase(it);  // stale entry
         continue;
       }
-      ready.push_back(&t);
+      if (!CheckSomeWorkerFits(t, cluster).ok()) {
+        unfit.emplace_back(&job, &t);
+      } else {
+        ready.push_back(&t);
+      }
       ++it;
     }
   }
-  for (const Assignment& a : Schedule(ready, idle, now, static_cast<int>(workers_.size()))) {
+  for (auto& [job, t] : unfit) {
+    if (t->state() != v1::TASK_READY) continue;  // an earlier failure ended its job
+    MOEC_RETURN_IF_ERROR(ApplyFailureLocked(*job, *t, "(scheduler)", CheckSomeWorkerFits(*t, cluster),
+                                            /*retriable=*/false));
+  }
+  for (const Assignment& a : Schedule(ready, idle, now, cluster)) {
     JobTasks* job = nullptr;
     MOEC_ASSIGN_OR_RETURN(v1::TaskRecord * t, FindTaskLocked(a.task_id, &job));
     MOEC_RETURN_IF_ERROR(GrantLocked(*job, *t, a.workers, now));

@@ -114,6 +114,7 @@ grpc::Status CoordinatorService::ListWorkers(grpc::ServerContext* ctx,
     s->set_name(w.info.name);
     s->set_gpu(w.info.gpu);
     s->set_memory_bytes(w.info.memory_bytes);
+    s->set_device_memory_bytes(w.info.device_memory_bytes);
     s->set_last_seen_ms(w.last_seen_ms);
     for (const auto& t : w.tasks) s->add_tasks(t);
   }
@@ -124,7 +125,11 @@ grpc::Status CoordinatorService::RegisterWorker(grpc::ServerContext* ctx,
                                                 const v1::RegisterWorkerRequest* req,
                                                 v1::RegisterWorkerResponse* resp) {
   MOEC_AUTHORIZE(ctx);
-  resp->set_worker_id(core_->RegisterWorker({req->name(), req->gpu(), req->memory_bytes()}));
+  if (req->memory_bytes() < 0 || req->device_memory_bytes() < 0) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "negative memory size");
+  }
+  resp->set_worker_id(core_->RegisterWorker(
+      {req->name(), req->gpu(), req->memory_bytes(), req->device_memory_bytes()}));
   return grpc::Status::OK;
 }
 

@@ -23,6 +23,7 @@
 #include "absl/strings/strip.h"
 #include "absl/synchronization/notification.h"
 #include "common/cli_util.h"
+#include "common/daemon.h"
 #include "common/process_tuning.h"
 #include "common/status_macros.h"
 #include "coordinator/coordinator.h"
@@ -165,14 +166,8 @@ void TickUntil(absl::Notification& stop, moec::coordinator::Coordinator& core,
 }  // namespace
 
 int main(int argc, char** argv) {
-  moec::TuneMallocForLargeBuffers();
-  moec::SkipMutexDeadlockDetection();
   SetUsage();
-  std::vector<std::string> storage;
-  std::vector<char*> args = moec::NormalizeDashedFlags(argc, argv, &storage);
-  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
-  google::InitGoogleLogging(argv[0]);
-  FLAGS_logtostderr = true;
+  moec::InitDaemon(argc, argv, moec::OpenMpWait::kDefault);
 
   if (absl::GetFlag(FLAGS_data_dir).empty() || absl::GetFlag(FLAGS_token_file).empty()) {
     return Fail(absl::InvalidArgumentError("--data-dir and --token-file are required (see --help)"));

@@ -4,32 +4,77 @@
 #include <map>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 
 namespace moec::coordinator {
 
+bool Fits(const v1::TaskRecord& task, const WorkerSlots& w) {
+  return !w.gpu || task.device_memory_bytes() <= 0 ||
+         task.device_memory_bytes() <= w.device_memory_bytes;
+}
+
+absl::Status CheckSomeWorkerFits(const v1::TaskRecord& task,
+                                 absl::Span<const WorkerSlots> cluster) {
+  int64_t largest = 0;
+  for (const WorkerSlots& w : cluster) {
+    if (Fits(task, w)) return absl::OkStatus();
+    largest = std::max(largest, w.device_memory_bytes);
+  }
+  if (cluster.empty()) return absl::OkStatus();
+  return absl::ResourceExhaustedError(absl::StrFormat(
+      "task %s needs %.2f GiB of GPU memory by its plan; the largest GPU of the %d registered "
+      "worker(s) has %.2f GiB and no CPU worker is registered: add workers with more memory "
+      "(or a CPU worker) and resume the job",
+      task.task_id(), task.device_memory_bytes() / 1073741824.0, static_cast<int>(cluster.size()),
+      largest / 1073741824.0));
+}
+
+namespace {
+
+// Up to `need` free workers of one kind that `task` fits, best first; empty when fewer.
+std::vector<WorkerSlots*> PickGang(const v1::TaskRecord& task, std::vector<WorkerSlots>& workers,
+                                   bool gpu, size_t need) {
+  std::vector<WorkerSlots*> candidates;
+  for (auto& w : workers) {
+    if (w.free_slots > 0 && w.gpu == gpu && Fits(task, w)) candidates.push_back(&w);
+  }
+  if (candidates.size() < need) return {};
+  std::sort(candidates.begin(), candidates.end(), [](const WorkerSlots* a, const WorkerSlots* b) {
+    if (a->free_slots != b->free_slots) return a->free_slots > b->free_slots;
+    if (a->preferred != b->preferred) return a->preferred;
+    return a->worker_id < b->worker_id;
+  });
+  candidates.resize(need);
+  return candidates;
+}
+
+// Workers a gang of `task` on workers of kind `gpu` needs: its group size, at most the registered
+// workers of that kind it fits (no bound without a cluster view).
+size_t GangSize(const v1::TaskRecord& task, absl::Span<const WorkerSlots> cluster, bool gpu) {
+  int registered = cluster.empty() ? (1 << 30) : 0;
+  for (const WorkerSlots& w : cluster) registered += (w.gpu == gpu && Fits(task, w)) ? 1 : 0;
+  return static_cast<size_t>(std::max(1, std::min(task.group_size(), registered)));
+}
+
+}  // namespace
+
 std::vector<Assignment> Schedule(absl::Span<const v1::TaskRecord* const> ready,
                                  std::vector<WorkerSlots> workers, int64_t now_ms,
-                                 int cluster_workers) {
+                                 absl::Span<const WorkerSlots> cluster) {
   std::vector<Assignment> out;
   for (const v1::TaskRecord* task : ready) {
     if (task->state() != v1::TASK_READY || task->not_before_ms() > now_ms) continue;
-    const size_t need =
-        static_cast<size_t>(std::max(1, std::min(task->group_size(), cluster_workers)));
-    std::vector<WorkerSlots*> candidates;
-    for (auto& w : workers) {
-      if (w.free_slots > 0) candidates.push_back(&w);
+    std::vector<WorkerSlots*> gang;
+    for (const bool gpu : {true, false}) {
+      gang = PickGang(*task, workers, gpu, GangSize(*task, cluster, gpu));
+      if (!gang.empty()) break;
     }
-    if (candidates.size() < need) continue;
-    std::sort(candidates.begin(), candidates.end(), [](const WorkerSlots* a, const WorkerSlots* b) {
-      if (a->free_slots != b->free_slots) return a->free_slots > b->free_slots;
-      if (a->preferred != b->preferred) return a->preferred;
-      return a->worker_id < b->worker_id;
-    });
+    if (gang.empty()) continue;
     Assignment a;
     a.task_id = task->task_id();
-    for (size_t i = 0; i < need; ++i) {
-      a.workers.push_back(candidates[i]->worker_id);
-      --candidates[i]->free_slots;
+    for (WorkerSlots* w : gang) {
+      a.workers.push_back(w->worker_id);
+      --w->free_slots;
     }
     std::sort(a.workers.begin(), a.workers.end());  // rank order of a gang = worker id order
     out.push_back(std::move(a));

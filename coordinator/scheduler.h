@@ -20,7 +20,17 @@ struct WorkerSlots {
   // Taken first among workers with as many free slots (the worker that just completed a task:
   // it asks for the next one at once, so the task it made ready does not wake another).
   bool preferred = false;
+  bool gpu = false;                 // computes on a GPU (moec-worker --device cuda:N)
+  int64_t device_memory_bytes = 0;  // that GPU's memory
 };
+
+// Whether `w` may run `task`: a CPU worker always; a GPU worker when the task's planned device
+// memory (TaskRecord.device_memory_bytes; 0: not planned) fits its GPU.
+bool Fits(const v1::TaskRecord& task, const WorkerSlots& w);
+
+// OK when some worker of `cluster` (every registered one) could run `task`, or when the cluster
+// is empty; otherwise ResourceExhausted naming the task's planned memory and the largest GPU.
+absl::Status CheckSomeWorkerFits(const v1::TaskRecord& task, absl::Span<const WorkerSlots> cluster);
 
 struct Assignment {
   std::string task_id;
@@ -28,15 +38,17 @@ struct Assignment {
 };
 
 // Leases READY tasks (in the given priority order; tasks with not_before_ms > now_ms wait) to
-// workers with free slots. A task with group_size k gets min(k, cluster_workers) distinct workers
-// or none (a gang): a gang never waits for more workers than the cluster has — after a member
-// died for good the group re-forms smaller (a stage's outputs do not depend on the gang size,
-// docs/data_plane.md);
-// a task that does not fit is skipped and later, smaller tasks may still run (backfilling).
-// Workers are chosen by most free slots, then by id, so the result is deterministic.
+// workers with free slots. A gang never mixes CPU and GPU workers (their collectives differ:
+// Gloo, NCCL): it is formed from GPU workers the task fits, else from CPU workers. A task with
+// group_size k gets min(k, n) distinct workers of one kind, n being the registered workers of
+// that kind it fits (`cluster`; empty: no bound), or none: a gang never waits for more workers
+// than the cluster has — after a member died for good the group re-forms smaller (a stage's
+// outputs do not depend on the gang size, docs/data_plane.md); a task that does not fit is
+// skipped and later, smaller tasks may still run (backfilling). Workers are chosen by most free
+// slots, then by id, so the result is deterministic.
 std::vector<Assignment> Schedule(absl::Span<const v1::TaskRecord* const> ready,
                                  std::vector<WorkerSlots> workers, int64_t now_ms,
-                                 int cluster_workers = 1 << 30);
+                                 absl::Span<const WorkerSlots> cluster = {});
 
 struct RetryPolicy {
   int max_attempts = 3;            // leases a task may get before it fails for good

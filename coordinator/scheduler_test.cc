@@ -8,6 +8,7 @@ namespace {
 
 using ::testing::ElementsAre;
 using ::testing::Field;
+using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 
 v1::TaskRecord Task(const std::string& id, int group = 1, v1::TaskState state = v1::TASK_READY) {
@@ -73,15 +74,85 @@ TEST(SchedulerTest, GangsShrinkToTheWorkersTheClusterHas) {
   tasks[0].set_task_id("j/a/L0");
   tasks[0].set_state(v1::TASK_READY);
   tasks[0].set_group_size(3);
+  const std::vector<WorkerSlots> three = {{"w1"}, {"w2"}, {"w3"}};
   // Three workers exist but only two are free: wait for the third.
-  EXPECT_THAT(Schedule(Ptrs(tasks), {{"w1", 1}, {"w2", 1}}, 0, 3), IsEmpty());
+  EXPECT_THAT(Schedule(Ptrs(tasks), {{"w1", 1}, {"w2", 1}}, 0, three), IsEmpty());
   // Only two workers are left in the cluster: a gang of two.
-  auto out = Schedule(Ptrs(tasks), {{"w1", 1}, {"w2", 1}}, 0, 2);
+  auto out = Schedule(Ptrs(tasks), {{"w1", 1}, {"w2", 1}}, 0, {three.data(), 2});
   ASSERT_EQ(out.size(), 1u);
   EXPECT_EQ(out[0].workers, (std::vector<std::string>{"w1", "w2"}));
-  out = Schedule(Ptrs(tasks), {{"w2", 1}}, 0, 1);
+  out = Schedule(Ptrs(tasks), {{"w2", 1}}, 0, {three.data(), 1});
   ASSERT_EQ(out.size(), 1u);
   EXPECT_EQ(out[0].workers, (std::vector<std::string>{"w2"}));
+}
+
+WorkerSlots Gpu(const std::string& id, int64_t gib) {
+  WorkerSlots w{id};
+  w.gpu = true;
+  w.device_memory_bytes = gib << 30;
+  return w;
+}
+
+TEST(SchedulerTest, GangsNeverMixCpuAndGpuWorkers) {
+  std::vector<v1::TaskRecord> tasks(1);
+  tasks[0].set_task_id("j/a/L0");
+  tasks[0].set_state(v1::TASK_READY);
+  tasks[0].set_group_size(2);
+  const std::vector<WorkerSlots> cluster = {{"c1"}, {"c2"}, Gpu("g1", 80), Gpu("g2", 80)};
+  // One GPU and one CPU free: no gang of two of one kind is free, so nothing is granted.
+  EXPECT_THAT(Schedule(Ptrs(tasks), {{"c1"}, Gpu("g1", 80)}, 0, cluster), IsEmpty());
+  // Both kinds free: the GPUs take it.
+  auto out = Schedule(Ptrs(tasks), {{"c1"}, {"c2"}, Gpu("g1", 80), Gpu("g2", 80)}, 0, cluster);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].workers, (std::vector<std::string>{"g1", "g2"}));
+  // Only the CPUs free: they take it.
+  out = Schedule(Ptrs(tasks), {{"c1"}, {"c2"}}, 0, cluster);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].workers, (std::vector<std::string>{"c1", "c2"}));
+  // A cluster of one GPU and one CPU worker: gangs shrink to one worker of a kind.
+  const std::vector<WorkerSlots> mixed = {{"c1"}, Gpu("g1", 80)};
+  out = Schedule(Ptrs(tasks), {{"c1"}, Gpu("g1", 80)}, 0, mixed);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].workers, (std::vector<std::string>{"g1"}));
+}
+
+TEST(SchedulerTest, AGpuWorkerGetsOnlyTasksWhosePlanFitsItsMemory) {
+  std::vector<v1::TaskRecord> tasks(2);
+  tasks[0].set_task_id("j/big/L0");
+  tasks[0].set_device_memory_bytes(int64_t{100} << 30);
+  tasks[1].set_task_id("j/small/L0");
+  tasks[1].set_device_memory_bytes(int64_t{10} << 30);
+  for (auto& t : tasks) {
+    t.set_state(v1::TASK_READY);
+    t.set_group_size(1);
+  }
+  const std::vector<WorkerSlots> cluster = {Gpu("g1", 80), {"c1"}};
+  // The 100 GiB task skips the 80 GiB GPU and goes to the CPU; the small one takes the GPU.
+  auto out = Schedule(Ptrs(tasks), {Gpu("g1", 80), {"c1"}}, 0, cluster);
+  ASSERT_EQ(out.size(), 2u);
+  EXPECT_EQ(out[0].task_id, "j/big/L0");
+  EXPECT_EQ(out[0].workers, (std::vector<std::string>{"c1"}));
+  EXPECT_EQ(out[1].workers, (std::vector<std::string>{"g1"}));
+  // With only the GPU free, the big task waits and the small one runs.
+  out = Schedule(Ptrs(tasks), {Gpu("g1", 80)}, 0, cluster);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].task_id, "j/small/L0");
+  // An unplanned task (0) fits every GPU.
+  tasks[0].set_device_memory_bytes(0);
+  EXPECT_TRUE(Fits(tasks[0], Gpu("g", 1)));
+}
+
+TEST(SchedulerTest, ATaskNoRegisteredWorkerFitsIsResourceExhausted) {
+  v1::TaskRecord t;
+  t.set_task_id("j/quant/L3");
+  t.set_device_memory_bytes(int64_t{100} << 30);
+  const absl::Status s = CheckSomeWorkerFits(t, {Gpu("g1", 80), Gpu("g2", 40)});
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("j/quant/L3 needs 100.00 GiB"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("largest GPU of the 2 registered worker(s) has 80.00 GiB"));
+  EXPECT_TRUE(CheckSomeWorkerFits(t, {Gpu("g1", 80), WorkerSlots{"c1"}}).ok());
+  EXPECT_TRUE(CheckSomeWorkerFits(t, {}).ok());  // no workers yet: the job waits
+  EXPECT_TRUE(CheckSomeWorkerFits(t, {Gpu("g1", 128)}).ok());
 }
 
 TEST(TaskStateTest, RetriesWithExponentialBackoffThenFails) {

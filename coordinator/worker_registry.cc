@@ -44,10 +44,18 @@ std::vector<WorkerSlots> WorkerRegistry::Idle(int64_t now_ms, absl::string_view 
   std::vector<WorkerSlots> idle;
   for (const auto& [id, w] : workers_) {
     if (!w.mailbox.has_value() && w.waiting_until_ms >= now_ms) {
-      idle.push_back({id, 1, id == preferred});
+      idle.push_back({id, 1, id == preferred, w.info.gpu, w.info.device_memory_bytes});
     }
   }
   return idle;
+}
+
+std::vector<WorkerSlots> WorkerRegistry::Cluster() const {
+  std::vector<WorkerSlots> all;
+  for (const auto& [id, w] : workers_) {
+    all.push_back({id, 1, false, w.info.gpu, w.info.device_memory_bytes});
+  }
+  return all;
 }
 
 void WorkerRegistry::Deliver(const std::string& id, LeasedTask grant) {

@@ -21,7 +21,8 @@ namespace moec::coordinator {
 struct WorkerInfo {
   std::string name;  // host:pid or a user-given name
   bool gpu = false;
-  int64_t memory_bytes = 0;
+  int64_t memory_bytes = 0;         // the host's
+  int64_t device_memory_bytes = 0;  // the GPU's (gpu)
 };
 
 // A task granted to a worker.
@@ -47,8 +48,12 @@ class WorkerRegistry {
 
   // The worker is eligible for grants until `until_ms` (while it has no mail).
   void WaitUntil(absl::string_view id, int64_t until_ms);
-  // Workers eligible now, one slot each; `preferred` is served first.
+  // Workers eligible now, one slot each (a GPU runs one task at a time); `preferred` is served
+  // first.
   std::vector<WorkerSlots> Idle(int64_t now_ms, absl::string_view preferred) const;
+  // Every registered worker, busy or not, with its kind and GPU memory (the scheduler's bound on
+  // gang sizes, and whether any worker could ever run a task).
+  std::vector<WorkerSlots> Cluster() const;
   // Puts a grant into the worker's mailbox; it is no longer waiting.
   void Deliver(const std::string& id, LeasedTask grant);
   bool HasMail(absl::string_view id) const;

@@ -1,4 +1,4 @@
-#include "client/plan.h"
+#include "plan/job_plan.h"
 
 #include <algorithm>
 #include <filesystem>
@@ -14,7 +14,7 @@
 #include "model/config/parameter_count.h"
 #include "model/config/tensor_names.h"
 
-namespace moec::client {
+namespace moec::plan {
 namespace {
 
 using nlohmann::json;
@@ -146,6 +146,10 @@ void EstimateMemory(const recipe::StageSpec& st, const PlanInputs& in, int gang,
       p->memory_note = "calibration statistics";
       break;
   }
+  // On a GPU worker the same tensors live on the device; exports and statistics stay on the host.
+  const bool on_device =
+      k.memory != recipe::MemoryModel::kExport && k.memory != recipe::MemoryModel::kSmall;
+  p->device_memory_bytes = on_device ? p->memory_bytes + kDeviceOverheadBytes : 0;
 }
 
 // Persisted outputs of all of `st`'s tasks: its hidden-state chain, its quantized linears and
@@ -226,6 +230,7 @@ absl::StatusOr<JobPlan> PlanRecipe(const recipe::Recipe& r) {
     EstimateMemory(st, in, p.gang, &p);
     p.factor_bytes = EstimateFactorBytes(st, c, counts, in, p.tasks);
     plan.peak_memory_bytes = std::max(plan.peak_memory_bytes, p.memory_bytes);
+    plan.peak_device_memory_bytes = std::max(plan.peak_device_memory_bytes, p.device_memory_bytes);
     plan.factor_bytes += p.factor_bytes;
     plan.total_tasks += p.tasks;
     plan.stages.push_back(std::move(p));
@@ -244,13 +249,15 @@ json PlanJson(const JobPlan& p) {
     stages.push_back({{"id", s.id}, {"kind", s.kind}, {"per_layer", s.per_layer},
                       {"tasks", s.tasks}, {"gang", s.gang}, {"needs", s.needs},
                       {"model_view", s.view}, {"memory_bytes", s.memory_bytes},
-                      {"memory_note", s.memory_note}, {"factor_bytes", s.factor_bytes}});
+                      {"memory_note", s.memory_note}, {"device_memory_bytes", s.device_memory_bytes},
+                      {"factor_bytes", s.factor_bytes}});
   }
   return {{"name", p.name}, {"model", p.model}, {"model_type", p.model_type},
           {"output", p.output}, {"layers", p.layers}, {"workers", p.workers},
           {"parameters", p.parameters}, {"model_bytes", p.model_bytes},
           {"tasks", p.total_tasks}, {"stages", stages},
           {"peak_memory_per_worker_bytes", p.peak_memory_bytes},
+          {"peak_gpu_memory_per_worker_bytes", p.peak_device_memory_bytes},
           {"factor_bytes", p.factor_bytes}, {"output_format", p.output_format},
           {"output_bytes", p.output_bytes}};
 }
@@ -259,19 +266,23 @@ std::string PlanText(const JobPlan& p) {
   std::string out = absl::StrFormat(
       "plan for %s: %s (%s, %d layers, %lld parameters, %s), %d worker(s)\n\n", p.name, p.model,
       p.model_type, p.layers, static_cast<long long>(p.parameters), Bytes(p.model_bytes), p.workers);
-  absl::StrAppendFormat(&out, "%-14s %-14s %7s %5s  %-22s %12s %12s\n", "stage", "kind", "tasks",
-                        "gang", "needs", "memory/wkr", "factors");
+  absl::StrAppendFormat(&out, "%-14s %-14s %7s %5s  %-22s %12s %12s %12s\n", "stage", "kind",
+                        "tasks", "gang", "needs", "memory/wkr", "GPU/wkr", "factors");
   for (const PlannedStage& s : p.stages) {
     std::string needs = absl::StrJoin(s.needs, ",");
     if (!s.view.empty() && std::find(s.needs.begin(), s.needs.end(), s.view) == s.needs.end()) {
       absl::StrAppend(&needs, needs.empty() ? "" : ",", "(", s.view, ")");
     }
-    absl::StrAppendFormat(&out, "%-14s %-14s %7d %5d  %-22s %12s %12s\n", s.id, s.kind, s.tasks,
-                          s.gang, needs.empty() ? "-" : needs, Bytes(s.memory_bytes),
+    absl::StrAppendFormat(&out, "%-14s %-14s %7d %5d  %-22s %12s %12s %12s\n", s.id, s.kind,
+                          s.tasks, s.gang, needs.empty() ? "-" : needs, Bytes(s.memory_bytes),
+                          s.device_memory_bytes > 0 ? Bytes(s.device_memory_bytes) : "host",
                           Bytes(s.factor_bytes));
   }
-  absl::StrAppendFormat(&out, "\n%d tasks; peak memory per worker ~%s; factor store ~%s", p.total_tasks,
-                        Bytes(p.peak_memory_bytes), Bytes(p.factor_bytes));
+  absl::StrAppendFormat(&out,
+                        "\n%d tasks; peak memory per worker ~%s (on a GPU worker ~%s of its GPU); "
+                        "factor store ~%s",
+                        p.total_tasks, Bytes(p.peak_memory_bytes), Bytes(p.peak_device_memory_bytes),
+                        Bytes(p.factor_bytes));
   if (!p.output_format.empty()) {
     absl::StrAppendFormat(&out, "; output (%s) ~%s in %s", p.output_format, Bytes(p.output_bytes), p.output);
   }
@@ -279,4 +290,4 @@ std::string PlanText(const JobPlan& p) {
   return out;
 }
 
-}  // namespace moec::client
+}  // namespace moec::plan

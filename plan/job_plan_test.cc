@@ -1,4 +1,4 @@
-#include "client/plan.h"
+#include "plan/job_plan.h"
 
 #include <filesystem>
 
@@ -11,7 +11,7 @@
 #include "tests/testing/temp_dir.h"
 #include "tools/tiny_model.h"
 
-namespace moec::client {
+namespace moec::plan {
 namespace {
 
 using ::testing::ElementsAre;
@@ -66,6 +66,14 @@ TEST_F(PlanTest, ExpandsStagesAndEstimates) {
   ASSERT_OK_AND_ASSIGN(JobPlan wide, Plan("  - {id: stats, kind: calibrate}\n", {"workers=4"}));
   ASSERT_OK_AND_ASSIGN(JobPlan narrow, Plan("  - {id: stats, kind: calibrate}\n", {"workers=1"}));
   EXPECT_LT(wide.stages[0].memory_bytes, narrow.stages[0].memory_bytes);
+  // On a GPU worker: the device holds what the host would, plus the CUDA overhead; exports (and
+  // block_drop's statistics) stay on the host.
+  EXPECT_EQ(p.stages[3].device_memory_bytes, p.stages[3].memory_bytes + kDeviceOverheadBytes);
+  EXPECT_EQ(p.stages[0].device_memory_bytes, p.stages[0].memory_bytes + kDeviceOverheadBytes);
+  EXPECT_EQ(p.stages[4].device_memory_bytes, 0);
+  EXPECT_GE(p.peak_device_memory_bytes, p.stages[3].device_memory_bytes);
+  EXPECT_EQ(PlanJson(p)["peak_gpu_memory_per_worker_bytes"], p.peak_device_memory_bytes);
+  EXPECT_THAT(PlanText(p), ::testing::HasSubstr("GPU/wkr"));
   // Text and JSON carry the same figures.
   EXPECT_THAT(PlanText(p), ::testing::HasSubstr("10 tasks"));
   EXPECT_EQ(PlanJson(p)["stages"][3]["model_view"], "edit");
@@ -79,4 +87,4 @@ TEST_F(PlanTest, HfExportIsTheModelSize) {
 }
 
 }  // namespace
-}  // namespace moec::client
+}  // namespace moec::plan

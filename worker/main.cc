@@ -28,6 +28,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "common/cli_util.h"
+#include "common/daemon.h"
 #include "common/device.h"
 #include "common/process_tuning.h"
 #include "common/status_macros.h"
@@ -206,15 +207,8 @@ absl::Status SetComputeThreads() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  moec::UsePassiveOpenMpWait(argv);
-  moec::TuneMallocForLargeBuffers();
-  moec::SkipMutexDeadlockDetection();
   SetUsage();
-  std::vector<std::string> storage;
-  std::vector<char*> args = moec::NormalizeDashedFlags(argc, argv, &storage);
-  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
-  google::InitGoogleLogging(argv[0]);
-  FLAGS_logtostderr = true;
+  moec::InitDaemon(argc, argv, moec::OpenMpWait::kPassive);
 
   absl::StatusOr<moec::worker::GrpcClientOptions> client_options = ClientOptionsFromFlags();
   if (!client_options.ok()) return Fail(client_options.status());

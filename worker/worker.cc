@@ -35,7 +35,8 @@ std::string Worker::worker_id() const {
 
 absl::Status Worker::Reregister() {
   absl::StatusOr<std::string> id =
-      client_->RegisterWorker(options_.name, options_.device.cuda, options_.memory_bytes);
+      client_->RegisterWorker(options_.name, options_.device.cuda, options_.memory_bytes,
+                              options_.device_memory_bytes);
   if (!id.ok()) return id.status();
   absl::MutexLock lock(&mu_);
   worker_id_ = *id;

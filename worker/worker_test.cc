@@ -46,8 +46,8 @@ class LocalClient : public CoordinatorClient {
  public:
   explicit LocalClient(coordinator::Coordinator* core) : core_(core) {}
   absl::StatusOr<std::string> RegisterWorker(const std::string& name, bool gpu,
-                                             int64_t memory) override {
-    return core_->RegisterWorker({name, gpu, memory});
+                                             int64_t memory, int64_t device_memory) override {
+    return core_->RegisterWorker({name, gpu, memory, device_memory});
   }
   absl::StatusOr<std::vector<std::string>> Heartbeat(const std::string& id,
                                                      const std::vector<std::string>& running) override {
