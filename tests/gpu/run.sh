@@ -48,14 +48,12 @@ grep -h "SKIPPED\|PASSED\|FAILED" "$OUT/gpu_stage_test.log" | tail -3 >> "$summa
 # 3. moec run of the MC-MoE recipe: CPU workers, then workers on the device; perplexities within
 #    0.5%.
 ppl() { grep -E '^\| eval \| ' "$1" | grep -v 'original:' | awk -F' [|] ' '{print $3}' | head -1; }
-run_recipe() {
-  local dev=$1
-  bin/moec run recipes/mc-moe-2.5.yaml --workers 1 --device "$dev" --data-dir "$OUT/data-$dev" \
-    --set output="$OUT/out-$dev"
-}
-step mcmoe_cpu 240 run_recipe cpu
-step "mcmoe_$DEVICE" 240 run_recipe "$DEVICE"
-pc=$(ppl "$OUT/mcmoe_cpu.log"); pg=$(ppl "$OUT/mcmoe_$DEVICE.log")
+for where in cpu device; do
+  dev=$([ $where = cpu ] && echo cpu || echo "$DEVICE")
+  step "mcmoe_$where" 240 bin/moec run recipes/mc-moe-2.5.yaml --workers 1 --device "$dev" \
+    --data-dir "$OUT/data-$where" --set output="$OUT/out-$where"
+done
+pc=$(ppl "$OUT/mcmoe_cpu.log"); pg=$(ppl "$OUT/mcmoe_device.log")
 if [ -n "$pc" ] && [ -n "$pg" ]; then
   rel=$(awk -v a="$pc" -v b="$pg" 'BEGIN { d = (b - a) / a; if (d < 0) d = -d; printf "%.5f", d }')
   ok=$(awk -v r="$rel" 'BEGIN { print (r <= 0.005) ? "ok" : "FAILED" }')
