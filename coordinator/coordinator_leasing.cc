@@ -57,7 +57,12 @@ absl::Status Coordinator::ScheduleLocked(absl::string_view preferred) {
   std::vector<const v1::TaskRecord*> ready;
   // Tasks no registered worker could ever run (a GPU plan larger than every GPU, no CPU worker):
   // failed for good, with the figures, rather than left waiting.
-  std::vector<std::pair<JobTasks*, v1::TaskRecord*>> unfit;
+  struct Unfit {
+    JobTasks* job;
+    v1::TaskRecord* task;
+    absl::Status why;
+  };
+  std::vector<Unfit> unfit;
   for (const auto& id : job_order_) {
     JobTasks& job = jobs_.at(id);
     if (!job.Active()) continue;
@@ -67,18 +72,18 @@ absl::Status Coordinator::ScheduleLocked(absl::string_view preferred) {
         it = job.ready.erase(it);  // stale entry
         continue;
       }
-      if (!CheckSomeWorkerFits(t, cluster).ok()) {
-        unfit.emplace_back(&job, &t);
+      if (absl::Status fits = CheckSomeWorkerFits(t, cluster); !fits.ok()) {
+        unfit.push_back({&job, &t, std::move(fits)});
       } else {
         ready.push_back(&t);
       }
       ++it;
     }
   }
-  for (auto& [job, t] : unfit) {
-    if (t->state() != v1::TASK_READY) continue;  // an earlier failure ended its job
-    MOEC_RETURN_IF_ERROR(ApplyFailureLocked(*job, *t, "(scheduler)", CheckSomeWorkerFits(*t, cluster),
-                                            /*retriable=*/false));
+  for (const Unfit& u : unfit) {
+    if (u.task->state() != v1::TASK_READY) continue;  // an earlier failure ended its job
+    MOEC_RETURN_IF_ERROR(
+        ApplyFailureLocked(*u.job, *u.task, "(scheduler)", u.why, /*retriable=*/false));
   }
   for (const Assignment& a : Schedule(ready, idle, now, cluster)) {
     JobTasks* job = nullptr;

@@ -75,9 +75,6 @@ class ModelRunner {
 
   const ModelConfig& config() const { return config_; }
   at::ScalarType dtype() const { return loader_->dtype(); }
-  at::Device device() const { return options_.device; }
-  // Options of a new tensor of the compute dtype on the runner's device.
-  at::TensorOptions options() const { return at::TensorOptions(dtype()).device(device()); }
   const WeightLoader& loader() const { return *loader_; }
 
   // Weights of decoder layer `layer` (owned copies in the compute dtype).
