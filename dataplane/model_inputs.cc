@@ -111,7 +111,8 @@ absl::StatusOr<at::Tensor> LayerInput(const StageContext& ctx, const model::Mode
 absl::Status PutTensor(StageContext& ctx, absl::string_view name, const at::Tensor& t) {
   if (ctx.io == nullptr) return absl::FailedPreconditionError("no factor I/O for stage outputs");
   MOEC_ASSIGN_OR_RETURN(storage::DType dtype, StoredType(t.scalar_type()));
-  at::Tensor c = t.detach().contiguous();
+  // A stage's outputs are read by the host (and other workers): device tensors come back here.
+  at::Tensor c = t.detach().to(at::kCPU).contiguous();
   std::vector<int64_t> shape = c.sizes().vec();
   return ctx.io
       ->PutOutput(name, dtype, shape,

@@ -353,6 +353,13 @@ absl::StatusOr<GptqResult> GptqQuantize(const at::Tensor& w, const at::Tensor& h
 absl::StatusOr<GptqResult> GptqQuantize(const at::Tensor& w_in, const GptqHessian& hess,
                                         const GptqOptions& o) {
   if (absl::Status s = CheckPreparedInputs(w_in, hess, o); !s.ok()) return s;
+  if (internal::UseAtenSolve(o, w_in.device())) {
+    return internal::GptqQuantizeOnDevice(w_in, hess, o);
+  }
+  if (!hess.u.is_cpu()) {
+    return absl::InvalidArgumentError(absl::StrCat("weight on the CPU, prepared Hessian on ",
+                                                   hess.u.device().str()));
+  }
   const Clock::time_point t0 = Clock::now();
   GptqSolve solve(w_in, hess, o);
   if (absl::Status s = solve.PrepareWeights(); !s.ok()) return s;

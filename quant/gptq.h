@@ -1,5 +1,6 @@
-// GPTQ (Frantar et al.; IST-DASLab `gptq.py` fasterquant, ALGORITHMS.md section 4) on the CPU
-// with libtorch: Hessian accumulation and the blocked column solve with lazy batch updates.
+// GPTQ (Frantar et al.; IST-DASLab `gptq.py` fasterquant, ALGORITHMS.md section 4) with libtorch:
+// Hessian accumulation and the blocked column solve with lazy batch updates, on the device of the
+// tensors it is given (GptqOptions::engine).
 // This header includes ATen: include it only from code that computes with tensors.
 //
 // Shapes: W [out, in] (rows = output channels), calibration inputs X [tokens, in],
@@ -25,7 +26,8 @@ namespace moec::quant {
 // and the no-token fallback (decision 12). Not thread-safe.
 class HessianAccumulator {
  public:
-  explicit HessianAccumulator(int64_t in_features);
+  // H lives on `device`; inputs on another device are copied there.
+  explicit HessianAccumulator(int64_t in_features, at::Device device = at::kCPU);
 
   // x: [tokens, in] (or [..., in], flattened), any floating dtype (converted to fp32).
   // samples >= 0; samples == 0 is allowed only for an empty batch (then nothing changes).
@@ -39,14 +41,14 @@ class HessianAccumulator {
   // negative counts, or tokens > 0 with samples == 0.
   absl::Status AddGram(const at::Tensor& gram, int64_t tokens, int64_t samples);
 
-  // H [in, in] fp32 (zeros before the first Add).
+  // H [in, in] fp32 on the accumulator's device (zeros before the first Add).
   const at::Tensor& hessian() const { return h_; }
   int64_t samples() const { return samples_; }
   int64_t tokens() const { return tokens_; }
   int64_t in_features() const { return in_; }
 
   // Decision 12: the Hessian to hand to GptqQuantize: when tokens() < max(min_tokens, 1), the
-  // identity [in, in] (GPTQ with an identity Hessian is round-to-nearest with the weights kept)
+  // identity [in, in] on its device (GPTQ with an identity Hessian is round-to-nearest with the weights kept)
   // and *fallback = true; else hessian() and *fallback = false.
   at::Tensor HessianForSolve(int64_t min_tokens, bool* fallback = nullptr) const;
 
@@ -66,6 +68,16 @@ enum class InverseFactorMethod {
   kReversedCholesky,
   // The reference: L = chol(H), H^-1 = cholesky_inverse(L), U = chol(H^-1, upper) (4/3 in^3).
   kReference,
+};
+
+// Where GPTQ's numerics run.
+enum class GptqEngine {
+  // The CPU kernels (LAPACK's potrf/trtri on our buffers, the panel kernel of gptq_panel.cc) for
+  // CPU tensors; the device-generic ATen solve (gptq_aten.cc) for tensors on a GPU.
+  kAuto,
+  // The ATen solve on whatever device the tensors are, the CPU included: the same fp32
+  // operations as the panel kernel, over all rows at once (tests compare the two on the CPU).
+  kAten,
 };
 
 struct GptqOptions {
@@ -91,10 +103,12 @@ struct GptqOptions {
   bool identity_fallback = true;
   InverseFactorMethod inverse_factor = InverseFactorMethod::kReversedCholesky;
   int threads = 0;  // worker threads for the per-row loops; <= 0: hardware threads
+  GptqEngine engine = GptqEngine::kAuto;
 };
 
 // The weight-independent part of GPTQ for one Hessian: dead columns, act-order permutation,
 // damping and U. Linears that share an input (Mixtral's w1/w3, q/k/v) can share one.
+// Its tensors are on the device of the Hessian it was prepared from.
 struct GptqHessian {
   at::Tensor u;     // fp32 [in, in] upper factor of (H + damp I)^-1, in quantization order
   at::Tensor perm;  // int64 [in]: quantization order (identity without act-order)
@@ -114,6 +128,7 @@ struct GptqHessian {
 // after damping).
 absl::StatusOr<GptqHessian> PrepareGptqHessian(const at::Tensor& h, const GptqOptions& options);
 
+// On the device of the weight (the caller copies what it keeps back to the host, once).
 struct GptqResult {
   at::Tensor weight;       // fp32 [out, in] dequantized, original column order
   at::Tensor q;            // uint8 [out, in] integer codes, original column order
@@ -142,7 +157,7 @@ absl::StatusOr<GptqResult> GptqQuantize(const at::Tensor& w, const at::Tensor& h
                                         const GptqOptions& options);
 
 // The same with a prepared Hessian (made with the same actorder / percdamp / identity_fallback /
-// inverse_factor, else InvalidArgument). seconds.factorization is 0 here (see hessian.seconds).
+// inverse_factor, and on the weight's device, else InvalidArgument). seconds.factorization is 0 here (see hessian.seconds).
 absl::StatusOr<GptqResult> GptqQuantize(const at::Tensor& w, const GptqHessian& hessian,
                                         const GptqOptions& options);
 

@@ -6,9 +6,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "quant/gptq.h"
 #include "quant/quantizer.h"
 
@@ -64,6 +66,17 @@ struct PanelScratch {
 // added.
 void SolveBlockPanels(const SolveContext& c, int64_t out, int64_t i1, int64_t i2, float* err,
                       std::vector<PanelScratch>& scratch, int threads);
+
+// True when GPTQ runs as device-generic ATen code (gptq_aten.cc) for tensors on `device`.
+inline bool UseAtenSolve(const GptqOptions& o, const at::Device& device) {
+  return o.engine == GptqEngine::kAten || !device.is_cpu();
+}
+
+// U from the damped Hessian in quantization order (ReversedFactor's math in ATen operations).
+absl::StatusOr<at::Tensor> ReversedFactorOnDevice(const at::Tensor& h_damped, double percdamp);
+// GptqQuantize with a prepared Hessian (inputs checked) on the weight's device.
+absl::StatusOr<GptqResult> GptqQuantizeOnDevice(const at::Tensor& w, const GptqHessian& hess,
+                                                const GptqOptions& o);
 
 }  // namespace moec::quant::internal
 

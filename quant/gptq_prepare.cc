@@ -119,7 +119,7 @@ at::Tensor MarkDeadColumns(at::Tensor& h, bool identity_fallback, GptqHessian* r
   r->dead = diag == 0;
   r->dead_columns = r->dead.sum().item<int64_t>();
   if (r->dead_columns == in && identity_fallback) {
-    h = at::eye(in, at::kFloat);
+    h = at::eye(in, h.options());
     diag.fill_(1.0f);
     r->identity_fallback = true;
     r->dead.zero_();
@@ -135,7 +135,22 @@ at::Tensor QuantizationOrder(const at::Tensor& diag, bool actorder) {
     return std::get<1>(at::sort(diag, /*stable=*/true, /*dim=*/0, /*descending=*/true))
         .contiguous();
   }
-  return at::arange(diag.size(0), at::kLong);
+  return at::arange(diag.size(0), diag.options().dtype(at::kLong));
+}
+
+// The same steps as ATen operations on h's device (GptqEngine): H in quantization order with
+// the dead diagonal set to 1, checked finite, damped, factored.
+absl::StatusOr<at::Tensor> PrepareOnDevice(at::Tensor& h, const GptqHessian& r, double percdamp,
+                                           bool reference) {
+  if (!at::isfinite(h).all().item<bool>()) {
+    return absl::InvalidArgumentError("Hessian has non-finite values");
+  }
+  at::Tensor hq = h.index_select(0, r.perm).index_select(1, r.perm);
+  hq.diagonal().masked_fill_(r.dead.index_select(0, r.perm), 1.0f);
+  h = at::Tensor();
+  Damp(hq, percdamp);
+  if (reference) return ReferenceFactor(hq, percdamp);
+  return internal::ReversedFactorOnDevice(hq, percdamp);
 }
 
 }  // namespace
@@ -174,11 +189,18 @@ absl::StatusOr<GptqHessian> PrepareGptqHessian(const at::Tensor& h_in, const Gpt
   at::Tensor h = h_in.to(at::kFloat).contiguous();  // no copy when already fp32
   const at::Tensor diag = MarkDeadColumns(h, o.identity_fallback, &r);
   r.perm = QuantizationOrder(diag, o.actorder);
+  const bool reference = o.inverse_factor == InverseFactorMethod::kReference;
+  if (internal::UseAtenSolve(o, h.device())) {
+    absl::StatusOr<at::Tensor> u = PrepareOnDevice(h, r, o.percdamp, reference);
+    if (!u.ok()) return u.status();
+    r.u = *std::move(u);
+    r.seconds = internal::Since(t0);
+    return r;
+  }
   const int64_t* pp = r.perm.data_ptr<int64_t>();
 
   // One gather: H in quantization order (for the reversed Cholesky also reversed), dead
   // diagonal entries set to 1, values checked finite. Then damping and U.
-  const bool reference = o.inverse_factor == InverseFactorMethod::kReference;
   std::vector<int64_t> q(in);
   for (int64_t i = 0; i < in; ++i) q[i] = reference ? pp[i] : pp[in - 1 - i];
   absl::StatusOr<at::Tensor> hq = GatherSquare(h, q, r.dead.data_ptr<bool>(), threads);

@@ -6,8 +6,8 @@
 
 namespace moec::quant {
 
-HessianAccumulator::HessianAccumulator(int64_t in_features)
-    : in_(in_features), h_(at::zeros({in_features, in_features}, at::kFloat)) {}
+HessianAccumulator::HessianAccumulator(int64_t in_features, at::Device device)
+    : in_(in_features), h_(at::zeros({in_features, in_features}, at::device(device).dtype(at::kFloat))) {}
 
 absl::Status HessianAccumulator::Add(const at::Tensor& x, int64_t samples) {
   if (!x.defined() || x.dim() < 1 || x.size(-1) != in_) {
@@ -34,7 +34,7 @@ absl::Status HessianAccumulator::Add(const at::Tensor& x, int64_t samples) {
   const double n = static_cast<double>(samples_);
   h_.mul_(n_old / n);
   if (tokens > 0) {
-    const at::Tensor xf = flat.to(at::kFloat).contiguous();
+    const at::Tensor xf = flat.to(h_.device(), at::kFloat).contiguous();
     h_.addmm_(xf.t(), xf, /*beta=*/1.0, /*alpha=*/2.0 / n);
   }
   return absl::OkStatus();
@@ -58,14 +58,14 @@ absl::Status HessianAccumulator::AddGram(const at::Tensor& gram, int64_t tokens,
   tokens_ += tokens;
   const double n = static_cast<double>(samples_);
   h_.mul_(n_old / n);
-  if (tokens > 0) h_.add_(gram.to(at::kFloat), 2.0 / n);
+  if (tokens > 0) h_.add_(gram.to(h_.device(), at::kFloat), 2.0 / n);
   return absl::OkStatus();
 }
 
 at::Tensor HessianAccumulator::HessianForSolve(int64_t min_tokens, bool* fallback) const {
   const bool use_identity = tokens_ < std::max<int64_t>(min_tokens, 1);
   if (fallback != nullptr) *fallback = use_identity;
-  if (use_identity) return at::eye(in_, at::kFloat);
+  if (use_identity) return at::eye(in_, h_.options());
   return h_;
 }
 

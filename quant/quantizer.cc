@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "quant/device_quantizer.h"
 #include "quant/parallel.h"
 
 namespace moec::quant {
@@ -145,6 +146,10 @@ absl::StatusOr<QuantParams> FitRows(const at::Tensor& w, const QuantizerOptions&
   if (absl::Status s = CheckMatrix(w, "weight"); !s.ok()) return s;
   if (w.size(1) == 0) return absl::InvalidArgumentError("weight has no columns");
   const at::Tensor x = w.to(at::kFloat).contiguous();
+  if (!x.device().is_cpu()) {
+    auto [scale, zero] = internal::FitRowsOnDevice(x, options);
+    return QuantParams{scale, zero};
+  }
   const int64_t rows = x.size(0), cols = x.size(1);
   QuantParams out{at::empty({rows}, at::kFloat), at::empty({rows}, at::kFloat)};
   const float* xp = x.data_ptr<float>();
@@ -174,6 +179,11 @@ absl::StatusOr<at::Tensor> QuantizeRows(const at::Tensor& w, const QuantParams& 
   const at::Tensor x = w.to(at::kFloat).contiguous();
   const at::Tensor s = params.scale.to(at::kFloat).contiguous();
   const at::Tensor z = params.zero.to(at::kFloat).contiguous();
+  if (!x.device().is_cpu()) {
+    return internal::QuantizeOnDevice(x, s.to(x.device()).view({rows, 1}),
+                                      z.to(x.device()).view({rows, 1}), options)
+        .to(at::kByte);
+  }
   at::Tensor q = at::empty({rows, cols}, at::kByte);
   const float* xp = x.data_ptr<float>();
   const float* sp = s.data_ptr<float>();
@@ -202,6 +212,7 @@ absl::StatusOr<QuantizedWeight> QuantizeGroups(const at::Tensor& w, int64_t grou
     return absl::InvalidArgumentError(
         absl::StrCat("group_size must be -1 or positive, got ", group_size));
   }
+  if (!w.device().is_cpu()) return internal::QuantizeGroupsOnDevice(w, group_size, options);
   const int64_t g = group_size == -1 ? cols : group_size;
   const int64_t groups = (cols + g - 1) / g;
   const at::Tensor x = w.to(at::kFloat).contiguous();

@@ -180,7 +180,8 @@ class TargetList {
     t->owner = expert >= 0 ? expert_owner_[expert] : data_parallel_++ % ranks_;
     t->gptq = gptq_;
     if (gptq_ && t->owner == rank_) {
-      t->hessian = std::make_unique<quant::HessianAccumulator>(weight->size(1));
+      // On the weight's device (the task's): Hessians, U and the solve stay there.
+      t->hessian = std::make_unique<quant::HessianAccumulator>(weight->size(1), weight->device());
     }
     targets_.push_back(std::move(t));
   }

@@ -12,6 +12,8 @@
 #include "nlohmann/json.hpp"
 #include "kernels/device_info.h"
 #include "model/runtime/forward.h"
+#include "quant/gptq.h"
+#include "quant/quantizer.h"
 #include "stages/evaluate_stage.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
@@ -102,6 +104,42 @@ TEST(GpuMemoryTest, AnImpossibleCopyIsResourceExhaustedNamingTheTensor) {
     EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
     EXPECT_NE(s.message().find("expert 3's up_proj"), std::string::npos);
     EXPECT_NE(s.message().find("free"), std::string::npos) << s;
+  }
+}
+
+// GPTQ on the GPU (the ATen solve: Hessian, U, lazy updates on the device) against the CPU
+// kernels, at a Mixtral-like aspect: the codes agree but for rounding ties, and so do the losses.
+TEST(GpuGptqTest, SolveOnTheDeviceMatchesTheCpuKernels) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA GPU visible";
+  at::manual_seed(41);
+  const at::Tensor x = at::randn({2048, 512}) * at::rand({1, 512}) + 0.1 * at::randn({2048, 1});
+  const at::Tensor w = at::randn({1024, 512}) * 0.02;
+  const at::Device gpu(at::kCUDA, 0);
+  for (bool actorder : {false, true}) {
+    SCOPED_TRACE(actorder ? "act-order" : "in order");
+    quant::GptqOptions o;
+    o.quantizer.bits = 4;
+    o.groupsize = 128;
+    o.actorder = actorder;
+    quant::HessianAccumulator cpu_h(512), gpu_h(512, gpu);
+    for (int b = 0; b < 4; ++b) {
+      const at::Tensor xb = x.narrow(0, b * 512, 512);
+      ASSERT_OK(cpu_h.Add(xb, 1));
+      ASSERT_OK(gpu_h.Add(xb.to(gpu), 1));
+    }
+    EXPECT_TRUE(gpu_h.hessian().is_cuda());
+    EXPECT_TRUE(at::allclose(gpu_h.hessian().cpu(), cpu_h.hessian(), 1e-4, 1e-5));
+    ASSERT_OK_AND_ASSIGN(quant::GptqResult cpu, quant::GptqQuantize(w, cpu_h.hessian(), o));
+    ASSERT_OK_AND_ASSIGN(quant::GptqResult dev, quant::GptqQuantize(w.to(gpu), gpu_h.hessian(), o));
+    ASSERT_TRUE(dev.q.is_cuda());
+    const double differing = dev.q.cpu().ne(cpu.q).sum().item<double>() / cpu.q.numel();
+    EXPECT_LE(differing, 0.01);
+    EXPECT_NEAR(dev.total_loss, cpu.total_loss, 0.01 * cpu.total_loss);
+    // Round-to-nearest of a device tensor stays there and equals the CPU's.
+    ASSERT_OK_AND_ASSIGN(quant::QuantizedWeight rtn_cpu, quant::QuantizeGroups(w, 128, o.quantizer));
+    ASSERT_OK_AND_ASSIGN(quant::QuantizedWeight rtn_dev,
+                         quant::QuantizeGroups(w.to(gpu), 128, o.quantizer));
+    EXPECT_TRUE(at::equal(rtn_dev.q.cpu(), rtn_cpu.q));
   }
 }
 
