@@ -28,7 +28,8 @@ absl::Status ValidateGptqOptions(const GptqOptions& o);
 // divide, then update the rest of the block), so the kernel works on a panel of rows, transposed
 // so that the kPanel rows of one column are contiguous and every step is a vector operation
 // across rows. Each row's arithmetic is exactly the scalar sequence of the reference (no FMA
-// contraction under -std=c++17), so the result does not depend on the panel width or the ISA.
+// contraction: moec_quant is compiled with -ffp-contract=off), so the result does not depend on
+// the panel width or the ISA.
 constexpr int kPanel = 16;
 
 // Everything the panel kernel reads.
