@@ -119,21 +119,23 @@ absl::StatusOr<at::Tensor> ExpertParallelExecutor::RunOrError(
       send_counts[o] += counts[e];
     }
   }
+  // Rows stay on the task's device; their metadata (expert, token) is read on the host.
   const at::Tensor p = at::tensor(perm, at::kLong);
-  const at::Tensor tokens =
-      token_index.defined() ? token_index.to(at::kLong) : at::zeros({offset[n]}, at::kLong);
+  const at::Tensor p_rows = p.to(rows.device());
+  const at::Tensor tokens = token_index.defined() ? token_index.to(at::kCPU, at::kLong)
+                                                  : at::zeros({offset[n]}, at::kLong);
   at::Tensor meta = at::stack({at::tensor(expert_of, at::kLong).reshape({-1}),
                                tokens.index_select(0, p)}, 1);
   std::vector<int64_t> recv_counts;
   MOEC_ASSIGN_OR_RETURN(at::Tensor in_rows,
-                        comm_->AllToAll(rows.index_select(0, p), send_counts, &recv_counts));
+                        comm_->AllToAll(rows.index_select(0, p_rows), send_counts, &recv_counts));
   MOEC_ASSIGN_OR_RETURN(at::Tensor in_meta, comm_->AllToAll(meta, send_counts, nullptr));
   MOEC_ASSIGN_OR_RETURN(at::Tensor out_rows,
                         RunOwnedExperts(layer, w, owner_, comm_->rank(), in_rows, in_meta,
                                         recv_counts, observer));
   MOEC_ASSIGN_OR_RETURN(at::Tensor back, comm_->AllToAll(out_rows, recv_counts, nullptr));
   at::Tensor y = at::empty_like(rows);
-  if (y.size(0) > 0) y.index_copy_(0, p, back);
+  if (y.size(0) > 0) y.index_copy_(0, p_rows, back);
   return y;
 }
 

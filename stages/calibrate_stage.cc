@@ -36,8 +36,10 @@ class RouterStats : public model::ForwardObserver {
     mass_ = at::zeros({experts}, at::kDouble);
     softmax_mass_ = at::zeros({experts}, at::kDouble);
   }
+  // The statistics are kept on the host: router logits are [tokens, experts], small next to the
+  // layer's forward, and come back from a device here once per batch.
   void OnRouterLogits(int layer, const at::Tensor& logits) override {
-    at::Tensor p = at::softmax(logits.to(at::kDouble), -1);
+    at::Tensor p = at::softmax(logits.to(at::kCPU, at::kDouble), -1);
     auto [top_p, top_i] = p.topk(top_k_, -1);
     counts_.index_add_(0, top_i.reshape(-1), at::ones({top_i.numel()}, at::kLong));
     mass_.index_add_(0, top_i.reshape(-1), top_p.reshape(-1));

@@ -188,7 +188,9 @@ RopeTables ModelRunner::Rope(int64_t seq) const {
 
 at::Tensor ModelRunner::RunLayer(const LayerWeights& weights, const at::Tensor& hidden,
                                  ForwardObserver* observer, ExpertExecutor* experts) const {
-  return DecoderLayer(config_, weights, hidden, Rope(hidden.size(1)), observer, experts);
+  // Layer inputs read back from the factor store are host tensors: they join the weights here.
+  return DecoderLayer(config_, weights, hidden.to(options_.device), Rope(hidden.size(1)), observer,
+                      experts);
 }
 
 at::Tensor ModelRunner::ApplyHead(const HeadWeights& head, const at::Tensor& hidden) const {
