@@ -45,24 +45,27 @@ step kernels_cuda 60 bin/kernels_cuda_test --gtest_brief=1
 step gpu_stage_test 180 bin/gpu_stage_test --gtest_brief=1
 grep -h "SKIPPED\|PASSED\|FAILED" "$OUT/gpu_stage_test.log" | tail -3 >> "$summary"
 
-# 3. moec run of the MC-MoE recipe: CPU workers, then workers on the device; perplexities within
-#    0.5%.
+# 3. moec run of two recipes, CPU workers then workers on the device; perplexities within 0.5%:
+#    MC-MoE 2.5 (calibrate, quant_loss, allocate_bits, gptq, export, eval) and uniform GPTQ W4
+#    (gptq's Hessians and solve on the device, quant/gptq_aten.cc).
 ppl() { grep -E '^\| eval \| ' "$1" | grep -v 'original:' | awk -F' [|] ' '{print $3}' | head -1; }
-for where in cpu device; do
-  dev=$([ $where = cpu ] && echo cpu || echo "$DEVICE")
-  step "mcmoe_$where" 240 bin/moec run recipes/mc-moe-2.5.yaml --workers 1 --device "$dev" \
-    --data-dir "$OUT/data-$where" --set output="$OUT/out-$where"
+for recipe in mc-moe-2.5 gptq-uniform; do
+  for where in cpu device; do
+    dev=$([ $where = cpu ] && echo cpu || echo "$DEVICE")
+    step "${recipe}_$where" 240 bin/moec run "recipes/$recipe.yaml" --workers 1 --device "$dev" \
+      --data-dir "$OUT/data-$recipe-$where" --set output="$OUT/out-$recipe-$where"
+  done
+  pc=$(ppl "$OUT/${recipe}_cpu.log"); pg=$(ppl "$OUT/${recipe}_device.log")
+  if [ -n "$pc" ] && [ -n "$pg" ]; then
+    rel=$(awk -v a="$pc" -v b="$pg" 'BEGIN { d = (b - a) / a; if (d < 0) d = -d; printf "%.5f", d }')
+    ok=$(awk -v r="$rel" 'BEGIN { print (r <= 0.005) ? "ok" : "FAILED" }')
+    [ "$ok" = ok ] || failed=$((failed + 1))
+    note "$recipe perplexity: cpu $pc, $DEVICE $pg, relative difference $rel ($ok, tolerance 0.005)"
+  else
+    note "$recipe perplexity: not reported (cpu '$pc', $DEVICE '$pg')"
+    failed=$((failed + 1))
+  fi
 done
-pc=$(ppl "$OUT/mcmoe_cpu.log"); pg=$(ppl "$OUT/mcmoe_device.log")
-if [ -n "$pc" ] && [ -n "$pg" ]; then
-  rel=$(awk -v a="$pc" -v b="$pg" 'BEGIN { d = (b - a) / a; if (d < 0) d = -d; printf "%.5f", d }')
-  ok=$(awk -v r="$rel" 'BEGIN { print (r <= 0.005) ? "ok" : "FAILED" }')
-  [ "$ok" = ok ] || failed=$((failed + 1))
-  note "mcmoe perplexity: cpu $pc, $DEVICE $pg, relative difference $rel ($ok, tolerance 0.005)"
-else
-  note "mcmoe perplexity: not reported (cpu '$pc', $DEVICE '$pg')"
-  failed=$((failed + 1))
-fi
 
 # 4. Benches (their own baselines measured in the same run; see docs/benchmarks.md).
 step forward_bench 120 bin/forward_bench --repeats 3
