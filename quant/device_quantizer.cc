@@ -33,20 +33,6 @@ std::pair<at::Tensor, at::Tensor> ParamsOfRanges(const at::Tensor& xmin, const a
   return {scale, zero};
 }
 
-// The range search's candidates (quantizer.cc RangeCandidates), in evaluation order.
-std::vector<float> Candidates(const QuantizerOptions& o) {
-  std::vector<float> p;
-  if (o.range_grid == RangeGrid::kReferenceShrink) {
-    const int count = static_cast<int>(o.maxshrink * o.grid);
-    for (int i = 0; i < count; ++i) p.push_back(static_cast<float>(1.0 - double(i) / o.grid));
-  } else {
-    p.push_back(1.0f);
-    for (int k = 1; k <= 50; ++k) p.push_back(static_cast<float>(1.0 + 0.002 * k));
-    for (int k = 1; k <= 50; ++k) p.push_back(static_cast<float>(1.0 - 0.002 * k));
-  }
-  return p;
-}
-
 }  // namespace
 
 std::pair<at::Tensor, at::Tensor> FitRowsOnDevice(const at::Tensor& x, const QuantizerOptions& o) {
@@ -70,7 +56,7 @@ std::pair<at::Tensor, at::Tensor> FitRowsOnDevice(const at::Tensor& x, const Qua
   at::Tensor best_err =
       at::full({x.size(0)}, std::numeric_limits<double>::infinity(), x.options().dtype(at::kDouble));
   const double norm = static_cast<float>(o.norm);
-  for (float p : Candidates(o)) {
+  for (float p : RangeCandidates(o)) {
     auto [s, z] = ParamsOfRanges(xmin * p, xmax * p, o);
     const at::Tensor s1 = s.unsqueeze(1), z1 = z.unsqueeze(1);
     const at::Tensor d = (s1 * (QuantizeOnDevice(x, s1, z1, o) - z1) - x).abs_();

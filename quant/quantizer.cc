@@ -15,20 +15,6 @@ namespace {
 // Rows of at least this many elements per thread before the tensor API splits work.
 constexpr int64_t kElementsPerThread = 1 << 16;
 
-// Candidate shrink/expand factors of the range search, in evaluation order.
-std::vector<float> RangeCandidates(const QuantizerOptions& o) {
-  std::vector<float> p;
-  if (o.range_grid == RangeGrid::kReferenceShrink) {
-    const int count = static_cast<int>(o.maxshrink * o.grid);
-    for (int i = 0; i < count; ++i) p.push_back(static_cast<float>(1.0 - double(i) / o.grid));
-  } else {
-    p.push_back(1.0f);
-    for (int k = 1; k <= 50; ++k) p.push_back(static_cast<float>(1.0 + 0.002 * k));
-    for (int k = 1; k <= 50; ++k) p.push_back(static_cast<float>(1.0 - 0.002 * k));
-  }
-  return p;
-}
-
 // (scale, zero) of the range [xmin, xmax] (xmin <= 0 <= xmax, not both 0) for a fixed zero
 // convention. `sym_zero` is the symmetric zero (maxq + 1) / 2.
 RowParams ParamsOfRange(float xmin, float xmax, const QuantizerOptions& o) {
@@ -79,6 +65,19 @@ QuantizerOptions McMoeQuantizerOptions(int bits, bool float_zero) {
   o.mcmoe_float_zero = float_zero;
   o.one_bit = OneBitMode::kSign;
   return o;
+}
+
+std::vector<float> RangeCandidates(const QuantizerOptions& o) {
+  std::vector<float> p;
+  if (o.range_grid == RangeGrid::kReferenceShrink) {
+    const int count = static_cast<int>(o.maxshrink * o.grid);
+    for (int i = 0; i < count; ++i) p.push_back(static_cast<float>(1.0 - double(i) / o.grid));
+  } else {
+    p.push_back(1.0f);
+    for (int k = 1; k <= 50; ++k) p.push_back(static_cast<float>(1.0 + 0.002 * k));
+    for (int k = 1; k <= 50; ++k) p.push_back(static_cast<float>(1.0 - 0.002 * k));
+  }
+  return p;
 }
 
 absl::Status ValidateQuantizerOptions(const QuantizerOptions& o) {

@@ -17,6 +17,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -64,6 +65,10 @@ struct QuantizerOptions {
 // MC-MoE's quantizer settings for `bits` (range search over MC-MoE's grid, norm 2.4, sign 1-bit),
 // keeping moec's integer zero unless `float_zero` (decision 3). Asymmetric.
 QuantizerOptions McMoeQuantizerOptions(int bits, bool float_zero = false);
+
+// The range search's candidate shrink/expand factors p (the range tried is [p * xmin, p * xmax]),
+// in evaluation order.
+std::vector<float> RangeCandidates(const QuantizerOptions& options);
 
 // InvalidArgument for bits outside 1..8, grid < 1, maxshrink <= 0, norm <= 0.
 absl::Status ValidateQuantizerOptions(const QuantizerOptions& options);
