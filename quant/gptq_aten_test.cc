@@ -32,15 +32,20 @@ struct AtenCase {
   bool exact;
 };
 
-std::vector<AtenCase> Cases() {
+// A case named `name`: blocks of 32, then `edit`.
+template <typename Edit>
+void Add(std::vector<AtenCase>& cases, std::string name, Edit edit) {
+  GptqOptions o;
+  o.blocksize = 32;
+  edit(o);
+  const QuantizerOptions& q = o.quantizer;
+  cases.push_back({std::move(name), o, !q.mse && !(q.bits == 1 && q.one_bit == OneBitMode::kSign)});
+}
+
+// Groups, orders and the compat switches.
+std::vector<AtenCase> SolveCases() {
   std::vector<AtenCase> cases;
-  auto add = [&](std::string name, auto edit) {
-    GptqOptions o;
-    o.blocksize = 32;
-    edit(o);
-    const QuantizerOptions& q = o.quantizer;
-    cases.push_back({std::move(name), o, !q.mse && !(q.bits == 1 && q.one_bit == OneBitMode::kSign)});
-  };
+  auto add = [&](std::string name, auto edit) { Add(cases, std::move(name), edit); };
   add("w4_row", [](GptqOptions& o) { o.quantizer.bits = 4; });
   add("w3_g16_act", [](GptqOptions& o) {
     o.quantizer.bits = 3;
@@ -68,6 +73,13 @@ std::vector<AtenCase> Cases() {
     o.groupsize = 16;
     o.mcmoe_blockwise_feedback = true;
   });
+  return cases;
+}
+
+// The other quantizers and the reference factorisation, after SolveCases().
+std::vector<AtenCase> Cases() {
+  std::vector<AtenCase> cases = SolveCases();
+  auto add = [&](std::string name, auto edit) { Add(cases, std::move(name), edit); };
   add("w1_sign", [](GptqOptions& o) {
     o.quantizer = McMoeQuantizerOptions(1);
     o.groupsize = 16;
