@@ -93,7 +93,6 @@ class GptqSolve {
   void FitStaticGroups(const float* x, const bool* dead, std::vector<float>& row,
                        float* stp) const;
   SolveContext Context();
-  at::Tensor GroupIndex(const at::Tensor& invperm) const;
   // Back to the original column order: out[:, c] = permuted[:, invperm[c]].
   void Unpermute(const at::Tensor& invperm);
 
@@ -234,15 +233,6 @@ void GptqSolve::SolveBlocks() {
   }
 }
 
-at::Tensor GptqSolve::GroupIndex(const at::Tensor& invperm) const {
-  if (g_ <= 0) return at::zeros({in_}, at::kInt);
-  if (o_.actorder && !static_groups_) {
-    // Groups were formed in quantization order: g_idx[perm[j]] = j / g.
-    return invperm.div(g_, "floor").to(at::kInt);
-  }
-  return at::arange(in_, at::kLong).div(g_, "floor").to(at::kInt);
-}
-
 void GptqSolve::Unpermute(const at::Tensor& invperm) {
   result_.weight = at::empty({out_, in_}, at::kFloat);
   result_.q = at::empty({out_, in_}, at::kByte);
@@ -274,7 +264,7 @@ GptqResult GptqSolve::Finish() {
     zeros_.copy_(static_params_.select(2, 1));
   }
   const at::Tensor invperm = at::argsort(perm_);
-  const at::Tensor g_idx = GroupIndex(invperm);
+  const at::Tensor g_idx = internal::GroupIndex(o_, invperm);
   at::Tensor loss_perm = at::empty({in_}, at::kDouble);
   std::copy(column_loss_.begin(), column_loss_.end(), loss_perm.data_ptr<double>());
   if (o_.actorder) {
@@ -298,6 +288,17 @@ GptqResult GptqSolve::Finish() {
 }  // namespace
 
 namespace internal {
+
+at::Tensor GroupIndex(const GptqOptions& o, const at::Tensor& invperm) {
+  const int64_t in = invperm.size(0);
+  const at::TensorOptions opt = invperm.options();
+  if (o.groupsize <= 0) return at::zeros({in}, opt.dtype(at::kInt));
+  if (o.actorder && !o.static_groups) {
+    // Groups were formed in quantization order: g_idx[perm[j]] = j / g.
+    return invperm.div(o.groupsize, "floor").to(at::kInt);
+  }
+  return at::arange(in, opt.dtype(at::kLong)).div(o.groupsize, "floor").to(at::kInt);
+}
 
 absl::Status ValidateGptqOptions(const GptqOptions& o) {
   if (absl::Status s = ValidateQuantizerOptions(o.quantizer); !s.ok()) return s;

@@ -12,25 +12,11 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "quant/gptq.h"
 #include "quant/device_quantizer.h"
+#include "quant/gptq.h"
 #include "quant/gptq_internal.h"
 
 namespace moec::quant::internal {
-absl::StatusOr<at::Tensor> ReversedFactorOnDevice(const at::Tensor& h_damped, double percdamp) {
-  // J H J = L' L'^T; U = J L'^-1 J (gptq_prepare.cc ReversedFactor, without LAPACK's raw calls).
-  const int64_t n = h_damped.size(0);
-  auto [l, info] = at::linalg_cholesky_ex(h_damped.flip({0, 1}));
-  const int64_t bad = info.item<int64_t>();
-  if (bad != 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "Hessian [", n, ", ", n, "] is not positive definite after damping ", percdamp,
-        " * mean(diag) (cholesky failed at column ", n + 1 - bad, "); raise percdamp"));
-  }
-  at::Tensor inv = at::linalg_solve_triangular(l, at::eye(n, l.options()), /*upper=*/false);
-  return inv.flip({0, 1}).triu().contiguous();
-}
-
 namespace {
 
 // One GptqQuantize call on the device of its tensors (the steps of GptqSolve in gptq.cc).
@@ -102,14 +88,7 @@ class AtenSolve {
       zeros_ = static_z_;
     }
     const at::Tensor invperm = at::argsort(perm_);
-    at::Tensor g_idx;
-    if (g_ <= 0) {
-      g_idx = at::zeros({in_}, f_.dtype(at::kInt));
-    } else if (o_.actorder && !static_groups_) {
-      g_idx = invperm.div(g_, "floor").to(at::kInt);
-    } else {
-      g_idx = at::arange(in_, f_.dtype(at::kLong)).div(g_, "floor").to(at::kInt);
-    }
+    const at::Tensor g_idx = GroupIndex(o_, invperm);
     if (o_.actorder) {
       result_.weight = w_.index_select(1, invperm);
       result_.q = codes_.index_select(1, invperm);

@@ -73,8 +73,9 @@ inline bool UseAtenSolve(const GptqOptions& o, const at::Device& device) {
   return o.engine == GptqEngine::kAten || !device.is_cpu();
 }
 
-// U from the damped Hessian in quantization order (ReversedFactor's math in ATen operations).
-absl::StatusOr<at::Tensor> ReversedFactorOnDevice(const at::Tensor& h_damped, double percdamp);
+// g_idx (int32 [in], on invperm's device): the group of each original column, given the inverse
+// of the quantization order.
+at::Tensor GroupIndex(const GptqOptions& o, const at::Tensor& invperm);
 // GptqQuantize with a prepared Hessian (inputs checked) on the weight's device.
 absl::StatusOr<GptqResult> GptqQuantizeOnDevice(const at::Tensor& w, const GptqHessian& hess,
                                                 const GptqOptions& o);

@@ -110,6 +110,18 @@ absl::StatusOr<at::Tensor> ReversedFactor(at::Tensor& h_rev, double percdamp, in
   return u;
 }
 
+// ReversedFactor's math as ATen operations on h_damped's device (GptqEngine::kAten): the
+// Cholesky factor of the reversed Hessian, then its inverse by a triangular solve.
+absl::StatusOr<at::Tensor> ReversedFactorOnDevice(const at::Tensor& h_damped, double percdamp) {
+  const int64_t n = h_damped.size(0);
+  auto [l, info] = at::linalg_cholesky_ex(h_damped.flip({0, 1}));
+  if (const int64_t bad = info.item<int64_t>(); bad != 0) {
+    return NotPositiveDefinite(n, percdamp, n + 1 - bad, "Hessian");
+  }
+  at::Tensor inv = at::linalg_solve_triangular(l, at::eye(n, l.options()), /*upper=*/false);
+  return inv.flip({0, 1}).triu().contiguous();
+}
+
 // Dead columns (decision 12: all dead -> identity Hessian, weights kept): sets r's dead mask,
 // count and identity fallback, replaces h by the identity when it fires, and returns diag(H)
 // with the dead entries set to 1.
@@ -150,7 +162,7 @@ absl::StatusOr<at::Tensor> PrepareOnDevice(at::Tensor& h, const GptqHessian& r, 
   h = at::Tensor();
   Damp(hq, percdamp);
   if (reference) return ReferenceFactor(hq, percdamp);
-  return internal::ReversedFactorOnDevice(hq, percdamp);
+  return ReversedFactorOnDevice(hq, percdamp);
 }
 
 }  // namespace
