@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <string>
 
 #include "absl/strings/match.h"
@@ -175,6 +176,11 @@ std::string AbortKey(int attempt) { return absl::StrCat("abort", attempt); }
 absl::StatusOr<std::unique_ptr<Communicator>> ConnectGloo(std::shared_ptr<RendezvousStore> raw,
                                                           const GlooOptions& options,
                                                           absl::Duration left, int attempt) {
+  // libtorch 2.x records every collective in a process-wide flight recorder (a debugging aid
+  // moec does not read). After a group whose rendezvous timed out, a retried group's first
+  // collective crashed inside it (worker_test under TSan, once in four TSan runs). Off unless
+  // the user set it; the recorder reads the variable when it is first used.
+  setenv("TORCH_FR_BUFFER_SIZE", "0", /*overwrite=*/0);
   try {
     auto store = c10::make_intrusive<StoreAdapter>(
         std::move(raw), std::max(left, absl::Milliseconds(1)), AbortKey(attempt));
