@@ -1,7 +1,9 @@
 // Collectives of a gang: the workers that run one layer task together (docs/data_plane.md).
 // One interface, three implementations: Gloo through libtorch's c10d (CPU, real processes and
-// hosts), NCCL (GPU builds), and an in-process group for unit tests. Tensors are CPU tensors;
-// every collective takes dim 0 as the row axis. Includes ATen: include it from .cc files only.
+// hosts), NCCL (GPU builds), and an in-process group for unit tests. Tensors may live on any
+// device and every result comes back on its input's device: NCCL moves CUDA tensors in place
+// (host tensors through device buffers), Gloo stages device tensors through the host. Every
+// collective takes dim 0 as the row axis. Includes ATen: include it from .cc files only.
 #ifndef MOEC_COMM_COMMUNICATOR_H_
 #define MOEC_COMM_COMMUNICATOR_H_
 

@@ -115,8 +115,10 @@ class GlooCommunicator : public Communicator {
       for (int64_t c : out_counts) rows += c;
       std::vector<int64_t> out_shape = {rows};
       out_shape.insert(out_shape.end(), row_shape.begin(), row_shape.end());
-      at::Tensor in = input.contiguous();
-      at::Tensor out = at::empty(out_shape, input.options());
+      // Gloo moves host memory: rows on a device are staged through the host and come back on
+      // the input's device.
+      at::Tensor in = input.to(at::kCPU).contiguous();
+      at::Tensor out = at::empty(out_shape, in.options());
       // Every rank takes part, also with nothing to send or receive: whether the others have
       // rows is not known here. c10d moves from the count vectors: pass copies.
       std::vector<int64_t> out_arg = out_counts, in_arg = in_counts;
@@ -126,15 +128,16 @@ class GlooCommunicator : public Communicator {
         if (j != rank_) bytes_sent_ += counts[j] * row_bytes;
       }
       if (recv_counts != nullptr) *recv_counts = out_counts;
-      return out;
+      return out.to(input.device());
     } catch (const std::exception& e) {
       return FromException(e, "all_to_all");
     }
   }
   absl::Status AllReduceSum(at::Tensor& t) override {
     try {
-      std::vector<at::Tensor> ts = {t};
+      std::vector<at::Tensor> ts = {t.to(at::kCPU)};
       pg_->allreduce(ts)->wait(timeout_);
+      if (!ts[0].is_same(t)) t.copy_(ts[0]);
       return absl::OkStatus();
     } catch (const std::exception& e) {
       return FromException(e, "all_reduce");
@@ -143,10 +146,11 @@ class GlooCommunicator : public Communicator {
   absl::Status Broadcast(at::Tensor& t, int root) override {
     if (root < 0 || root >= size_) return absl::InvalidArgumentError("broadcast: root out of range");
     try {
-      std::vector<at::Tensor> ts = {t};
+      std::vector<at::Tensor> ts = {t.to(at::kCPU)};
       c10d::BroadcastOptions options;
       options.rootRank = root;
       pg_->broadcast(ts, options)->wait(timeout_);
+      if (!ts[0].is_same(t)) t.copy_(ts[0]);
       return absl::OkStatus();
     } catch (const std::exception& e) {
       return FromException(e, "broadcast");

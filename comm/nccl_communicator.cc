@@ -1,6 +1,7 @@
-// NCCL for gangs of GPU workers. libtorch here is CPU-only, so tensors stay on the host and every
-// collective stages them through device buffers (cudaMemcpy): correct on any GPU build, and the
-// shape the GPU kernels will keep when they produce device tensors directly. The ncclUniqueId is
+// NCCL for gangs of GPU workers. CUDA tensors move in place; host tensors (row metadata, counts)
+// are staged through device buffers (cudaMemcpy). Collectives run on a blocking stream of the
+// communicator's own, which the CUDA runtime orders with the legacy default stream libtorch's
+// kernels run on, and every collective waits for its stream before returning. The ncclUniqueId is
 // exchanged through the same RendezvousStore as Gloo's addresses. Built only with CUDA
 // (MOEC_WITH_CUDA); tests skip without a device.
 #include <cuda_runtime.h>
@@ -87,17 +88,25 @@ class NcclCommunicator : public Communicator {
     at::Tensor out = at::empty(shape, input.options());
     const int64_t row_bytes = input.size(0) > 0 ? in.nbytes() / input.size(0)
                                                 : (rows > 0 ? out.nbytes() / rows : 0);
-    DeviceBuffer send(in.nbytes()), recv(out.nbytes());
-    MOEC_NCCL_RETURN(send.status());
-    MOEC_NCCL_RETURN(recv.status());
-    if (in.nbytes() > 0) {
-      MOEC_NCCL_RETURN(Cuda(cudaMemcpyAsync(send.get(), in.data_ptr(), in.nbytes(),
-                                            cudaMemcpyHostToDevice, stream_), "copy"));
-    }
-    MOEC_NCCL_RETURN(SendRecvRows(send, recv, counts, in_counts, row_bytes));
-    if (out.nbytes() > 0) {
-      MOEC_NCCL_RETURN(Cuda(cudaMemcpyAsync(out.data_ptr(), recv.get(), out.nbytes(),
-                                            cudaMemcpyDeviceToHost, stream_), "copy"));
+    if (input.is_cuda()) {
+      // Rows on the GPU move in place: libtorch's kernels run on the legacy default stream, with
+      // which stream_ (a blocking stream) is ordered both ways.
+      MOEC_NCCL_RETURN(SendRecvRows(static_cast<char*>(in.data_ptr()),
+                                    static_cast<char*>(out.data_ptr()), counts, in_counts,
+                                    row_bytes));
+    } else {
+      DeviceBuffer send(in.nbytes()), recv(out.nbytes());
+      MOEC_NCCL_RETURN(send.status());
+      MOEC_NCCL_RETURN(recv.status());
+      if (in.nbytes() > 0) {
+        MOEC_NCCL_RETURN(Cuda(cudaMemcpyAsync(send.get(), in.data_ptr(), in.nbytes(),
+                                              cudaMemcpyHostToDevice, stream_), "copy"));
+      }
+      MOEC_NCCL_RETURN(SendRecvRows(send.get(), recv.get(), counts, in_counts, row_bytes));
+      if (out.nbytes() > 0) {
+        MOEC_NCCL_RETURN(Cuda(cudaMemcpyAsync(out.data_ptr(), recv.get(), out.nbytes(),
+                                              cudaMemcpyDeviceToHost, stream_), "copy"));
+      }
     }
     MOEC_NCCL_RETURN(Wait("all_to_all"));
     if (recv_counts != nullptr) *recv_counts = in_counts;
@@ -147,19 +156,18 @@ class NcclCommunicator : public Communicator {
 
   // In one NCCL group: sends counts[j] rows of `send` to each rank j and receives in_counts[j]
   // rows from it into `recv` (both in rank order), rows of `row_bytes`.
-  absl::Status SendRecvRows(const DeviceBuffer& send, const DeviceBuffer& recv,
-                            absl::Span<const int64_t> counts, const std::vector<int64_t>& in_counts,
-                            int64_t row_bytes) {
+  absl::Status SendRecvRows(char* send, char* recv, absl::Span<const int64_t> counts,
+                            const std::vector<int64_t>& in_counts, int64_t row_bytes) {
     MOEC_NCCL_RETURN(Nccl(ncclGroupStart(), "group"));
     int64_t soff = 0, roff = 0;
     for (int j = 0; j < size_; ++j) {
       if (counts[j] > 0) {
-        MOEC_NCCL_RETURN(Nccl(ncclSend(send.get() + soff * row_bytes, counts[j] * row_bytes,
+        MOEC_NCCL_RETURN(Nccl(ncclSend(send + soff * row_bytes, counts[j] * row_bytes,
                                        ncclChar, j, comm_, stream_), "send"));
         if (j != rank_) bytes_sent_ += counts[j] * row_bytes;
       }
       if (in_counts[j] > 0) {
-        MOEC_NCCL_RETURN(Nccl(ncclRecv(recv.get() + roff * row_bytes, in_counts[j] * row_bytes,
+        MOEC_NCCL_RETURN(Nccl(ncclRecv(recv + roff * row_bytes, in_counts[j] * row_bytes,
                                        ncclChar, j, comm_, stream_), "recv"));
       }
       soff += counts[j];
@@ -174,14 +182,19 @@ class NcclCommunicator : public Communicator {
     absl::StatusOr<ncclDataType_t> type = NcclType(t.scalar_type());
     if (!type.ok()) return type.status();
     at::Tensor c = t.contiguous();
-    DeviceBuffer d(c.nbytes());
-    MOEC_NCCL_RETURN(d.status());
-    MOEC_NCCL_RETURN(Cuda(cudaMemcpyAsync(d.get(), c.data_ptr(), c.nbytes(), cudaMemcpyHostToDevice,
-                                          stream_), "copy"));
-    MOEC_NCCL_RETURN(Nccl(op(d.get(), c.numel(), *type), what));
-    MOEC_NCCL_RETURN(Cuda(cudaMemcpyAsync(c.data_ptr(), d.get(), c.nbytes(), cudaMemcpyDeviceToHost,
-                                          stream_), "copy"));
-    MOEC_NCCL_RETURN(Wait(what));
+    if (c.is_cuda()) {
+      MOEC_NCCL_RETURN(Nccl(op(static_cast<char*>(c.data_ptr()), c.numel(), *type), what));
+      MOEC_NCCL_RETURN(Wait(what));
+    } else {
+      DeviceBuffer d(c.nbytes());
+      MOEC_NCCL_RETURN(d.status());
+      MOEC_NCCL_RETURN(Cuda(cudaMemcpyAsync(d.get(), c.data_ptr(), c.nbytes(),
+                                            cudaMemcpyHostToDevice, stream_), "copy"));
+      MOEC_NCCL_RETURN(Nccl(op(d.get(), c.numel(), *type), what));
+      MOEC_NCCL_RETURN(Cuda(cudaMemcpyAsync(c.data_ptr(), d.get(), c.nbytes(),
+                                            cudaMemcpyDeviceToHost, stream_), "copy"));
+      MOEC_NCCL_RETURN(Wait(what));
+    }
     if (!c.is_same(t)) t.copy_(c);
     return absl::OkStatus();
   }
@@ -237,7 +250,7 @@ absl::StatusOr<std::unique_ptr<Communicator>> NewNcclCommunicator(
     std::copy(v->begin(), v->end(), id.internal);
   }
   cudaStream_t stream;
-  MOEC_NCCL_RETURN(Cuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream"));
+  MOEC_NCCL_RETURN(Cuda(cudaStreamCreateWithFlags(&stream, cudaStreamDefault), "stream"));
   ncclComm_t comm;
   if (absl::Status s = Nccl(ncclCommInitRank(&comm, options.size, id, options.rank), "init");
       !s.ok()) {

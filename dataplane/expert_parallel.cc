@@ -93,6 +93,15 @@ absl::StatusOr<at::Tensor> RunOwnedExperts(int layer, const model::MoeWeights& w
 
 }  // namespace
 
+void ExpertParallelExecutor::RunIdle(const model::ModelRunner& runner, int layer,
+                                     const model::MoeWeights& w, model::ForwardObserver* observer) {
+  // As many experts as the weights hold (a pruned layer may have fewer than the config).
+  const int experts = static_cast<int>(w.experts.size());
+  const at::Tensor rows = at::empty({0, runner.config().hidden_size},
+                                    at::TensorOptions(runner.device()).dtype(runner.dtype()));
+  Run(layer, w, rows, std::vector<int64_t>(experts, 0), at::empty({0}, at::kLong), observer);
+}
+
 absl::StatusOr<at::Tensor> ExpertParallelExecutor::RunOrError(
     int layer, const model::MoeWeights& w, const at::Tensor& rows,
     const std::vector<int64_t>& counts, const at::Tensor& token_index,
@@ -253,7 +262,6 @@ absl::Status RunChunkRounds(const StageContext& ctx, const model::ModelRunner& r
                             ExpertParallelExecutor* executor, model::ForwardObserver* observer,
                             const std::function<absl::Status(int64_t, const at::Tensor&)>& on_output,
                             const std::function<absl::Status()>& after_round) {
-  const model::ModelConfig& c = runner.config();
   for (int64_t round = 0; round < plan.rounds(); ++round) {
     if (ctx.IsCancelled()) return absl::CancelledError(absl::StrCat(ctx.task->task_id(), " cancelled"));
     const int64_t chunk = plan.ChunkOf(round);
@@ -262,10 +270,7 @@ absl::Status RunChunkRounds(const StageContext& ctx, const model::ModelRunner& r
       if (executor != nullptr) MOEC_RETURN_IF_ERROR(executor->status());
       if (on_output) MOEC_RETURN_IF_ERROR(on_output(chunk, out));
     } else if (executor != nullptr) {
-      // As many experts as the weights hold (a pruned layer may have fewer than the config).
-      const int experts = static_cast<int>(w.moe->experts.size());
-      executor->Run(w.layer, *w.moe, at::empty({0, c.hidden_size}, runner.dtype()),
-                    std::vector<int64_t>(experts, 0), at::empty({0}, at::kLong), observer);
+      executor->RunIdle(runner, w.layer, *w.moe, observer);
       MOEC_RETURN_IF_ERROR(executor->status());
     }
     if (after_round) MOEC_RETURN_IF_ERROR(after_round());
@@ -346,12 +351,13 @@ absl::Status WriteShardOutputs(StageContext& ctx, comm::Communicator& comm,
 
 absl::StatusOr<std::vector<OwnerPart>> SendToOwner(comm::Communicator& comm, int owner,
                                                    const OwnerPart& mine, int64_t cols,
-                                                   int64_t meta_cols) {
+                                                   int64_t meta_cols, at::Device device) {
   std::vector<int64_t> rows(comm.size(), 0), one(comm.size(), 0);
-  at::Tensor part = at::empty({0, cols}, at::kFloat), meta = at::empty({0, meta_cols}, at::kLong);
+  at::Tensor part = at::empty({0, cols}, at::TensorOptions(device).dtype(at::kFloat));
+  at::Tensor meta = at::empty({0, meta_cols}, at::kLong);
   if (mine.rows.defined()) {
-    part = mine.rows.reshape({-1, cols});
-    meta = mine.meta.reshape({1, meta_cols});
+    part = mine.rows.reshape({-1, cols}).to(device);
+    meta = mine.meta.reshape({1, meta_cols}).to(at::kCPU);
     rows[owner] = part.size(0);
     one[owner] = 1;
   }

@@ -62,6 +62,10 @@ class ExpertParallelExecutor : public model::ExpertExecutor {
   at::Tensor Run(int layer, const model::MoeWeights& w, const at::Tensor& rows,
                  const std::vector<int64_t>& counts, const at::Tensor& token_index,
                  model::ForwardObserver* observer) override;
+  // A round in which this rank has no chunk: it still joins the all_to_all exchanges (and runs
+  // the experts it owns on other ranks' rows), with no rows of its own on the runner's device.
+  void RunIdle(const model::ModelRunner& runner, int layer, const model::MoeWeights& w,
+               model::ForwardObserver* observer);
   const absl::Status& status() const { return status_; }
   const std::vector<int>& owner() const { return owner_; }
   bool Owns(int expert) const { return owner_[expert] == comm_->rank(); }
@@ -141,10 +145,11 @@ struct OwnerPart {
 };
 // Sends every rank's `mine` to rank `owner` (all_to_all; every rank calls it). On the owner:
 // the parts received, in rank order — i.e. in chunk order within a round (see above); elsewhere
-// none. `cols` and `meta_cols` give the shapes of empty parts.
+// none. `cols` and `meta_cols` give the shapes of empty parts, `device` where rows live (the
+// task's device: with NCCL they never leave it; meta stays on the host).
 absl::StatusOr<std::vector<OwnerPart>> SendToOwner(comm::Communicator& comm, int owner,
                                                    const OwnerPart& mine, int64_t cols,
-                                                   int64_t meta_cols);
+                                                   int64_t meta_cols, at::Device device);
 
 // Merges every rank's JSON object (a per-rank `summary`) into one, on every rank.
 absl::StatusOr<nlohmann::json> MergeRankObjects(comm::Communicator& comm, const nlohmann::json& mine);

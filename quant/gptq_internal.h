@@ -51,11 +51,12 @@ struct SolveContext {
 // Scratch of one worker; panels are [block column][kPanel].
 struct PanelScratch {
   explicit PanelScratch(int64_t bs, int64_t g)
-      : t(bs * kPanel), snapshot(bs * kPanel), e(bs * kPanel), q(bs * kPanel),
-        group(std::max<int64_t>(g, 1)), loss(bs) {}
+      : t(bs * kPanel), snapshot(bs * kPanel), e(bs * kPanel), loss_terms(bs * kPanel),
+        q(bs * kPanel), group(std::max<int64_t>(g, 1)), loss(bs) {}
   std::vector<float> t;         // the block's values (updated in place)
   std::vector<float> snapshot;  // block-start values (reference_group_fit)
   std::vector<float> e;         // scaled errors
+  std::vector<float> loss_terms;  // (w - q)^2 / d^2 / 2 of every lane
   std::vector<uint8_t> q;       // codes
   std::vector<float> group;     // values a group is fitted on
   std::vector<double> loss;     // per column of the block, summed over the worker's rows

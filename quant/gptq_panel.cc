@@ -85,28 +85,55 @@ MOEC_PANEL_INLINE void QuantizeColumn(LaneMode mode, float* col, const float* ps
 }
 
 // Load (transpose) rows [r0, r0 + rows) of columns [i1, i1 + nb) into the panel t; padding
-// lanes hold zeros.
+// lanes hold zeros. Row by row: contiguous reads, and the panel's writes stay in L1.
 MOEC_PANEL_INLINE void LoadPanel(const SolveContext& c, int64_t r0, int rows, int64_t i1,
-                                 int64_t nb, float* t) {
-  for (int64_t k = 0; k < nb; ++k) {
-    for (int l = 0; l < kPanel; ++l) {
-      t[k * kPanel + l] = l < rows ? c.w[(r0 + l) * c.in + i1 + k] : 0.0f;
-    }
+                                 int64_t nb, float* __restrict t) {
+  if (rows < kPanel) std::fill(t, t + nb * kPanel, 0.0f);
+  for (int l = 0; l < rows; ++l) {
+    const float* __restrict wr = c.w + (r0 + l) * c.in + i1;
+    for (int64_t k = 0; k < nb; ++k) t[k * kPanel + l] = wr[k];
   }
 }
 
-// Store (transpose back) values, codes and errors of the panel.
+// Store (transpose back) values, codes and errors of the panel, row by row (contiguous writes).
 MOEC_PANEL_INLINE void StorePanel(const SolveContext& c, int64_t r0, int rows, int64_t i1,
                                   int64_t nb, const PanelScratch& s, float* err) {
+  const float* __restrict st = s.t.data();
+  const uint8_t* __restrict sq = s.q.data();
+  const float* __restrict se = s.e.data();
   for (int l = 0; l < rows; ++l) {
-    float* wr = c.w + (r0 + l) * c.in + i1;
-    uint8_t* qr = c.codes + (r0 + l) * c.in + i1;
-    float* er = err + (r0 + l) * nb;
-    for (int64_t k = 0; k < nb; ++k) {
-      wr[k] = s.t[k * kPanel + l];
-      qr[k] = s.q[k * kPanel + l];
-      er[k] = s.e[k * kPanel + l];
+    float* __restrict wr = c.w + (r0 + l) * c.in + i1;
+    uint8_t* __restrict qr = c.codes + (r0 + l) * c.in + i1;
+    float* __restrict er = err + (r0 + l) * nb;
+    for (int64_t k = 0; k < nb; ++k) wr[k] = st[k * kPanel + l];
+    for (int64_t k = 0; k < nb; ++k) qr[k] = sq[k * kPanel + l];
+    for (int64_t k = 0; k < nb; ++k) er[k] = se[k * kPanel + l];
+  }
+}
+
+// s.loss[jj] += the sum, in lane order and in double, of column jj's loss terms (lt, [nb][kPanel]),
+// four columns at a time so that their serial sums overlap.
+MOEC_PANEL_INLINE void AddLoss(const float* __restrict lt, int rows, int64_t nb,
+                               double* __restrict loss) {
+  int64_t jj = 0;
+  for (; jj + 4 <= nb; jj += 4) {
+    double a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    const float* p = lt + jj * kPanel;
+    for (int l = 0; l < rows; ++l) {
+      a0 += p[l];
+      a1 += p[kPanel + l];
+      a2 += p[2 * kPanel + l];
+      a3 += p[3 * kPanel + l];
     }
+    loss[jj] += a0;
+    loss[jj + 1] += a1;
+    loss[jj + 2] += a2;
+    loss[jj + 3] += a3;
+  }
+  for (; jj < nb; ++jj) {
+    double a = 0;
+    for (int l = 0; l < rows; ++l) a += lt[jj * kPanel + l];
+    loss[jj] += a;
   }
 }
 
@@ -204,15 +231,55 @@ MOEC_PANEL_INLINE void FitDynamicGroup(const SolveContext& c, PanelScratch& s, L
   }
 }
 
-// Rank-1 update of the rest of the block: W[:, k] -= e * U[j, k] for k in (j, i2).
-MOEC_PANEL_INLINE void UpdateRestOfBlock(const SolveContext& c, float* t, const float* ecol,
-                                         int64_t i1, int64_t i2, int64_t j) {
-  const float* ur = c.u + j * c.in;
-  const VecF ev_j = LoadV(ecol);
-  for (int64_t k = j + 1; k < i2; ++k) {
-    float* tk = t + (k - i1) * kPanel;
-    StoreV(tk, LoadV(tk) - ev_j * ur[k]);
+// Columns per window of the block loop: a window's columns are quantized one after another with
+// the updates among themselves, then their errors are applied to the rest of the block in one
+// pass, each later column loaded and stored once per window instead of once per column. Every
+// element still sees the same subtractions in the same column order as with rank-1 updates, so
+// the bits do not change (and the ATen solve, gptq_aten.cc, keeps matching them).
+constexpr int64_t kWindow = 8;
+
+// Column j of the window starting at w0 receives the errors of the window's earlier columns:
+// t[j] -= e[m] * U[m, j] for m in [w0, j), in order.
+MOEC_PANEL_INLINE void UpdateWithinWindow(const SolveContext& c, float* t, const float* ev,
+                                          int64_t i1, int64_t w0, int64_t j) {
+  float* tj = t + (j - i1) * kPanel;
+  VecF acc = LoadV(tj);
+  for (int64_t m = w0; m < j; ++m) acc = acc - LoadV(ev + (m - i1) * kPanel) * c.u[m * c.in + j];
+  StoreV(tj, acc);
+}
+
+// The rest of the block receives the window's errors: W[:, k] -= e[m] * U[m, k] for k in
+// [w1, i2), m in [w0, w1) in order. A full window keeps its errors in registers.
+MOEC_PANEL_INLINE void UpdateRestOfBlock(const SolveContext& c, float* t, const float* ev,
+                                         int64_t i1, int64_t i2, int64_t w0, int64_t w1) {
+  const int64_t in = c.in;
+  if (w1 - w0 == kWindow) {
+    VecF e[kWindow];
+    for (int64_t m = 0; m < kWindow; ++m) e[m] = LoadV(ev + (w0 + m - i1) * kPanel);
+    const float* u0 = c.u + w0 * in;
+    for (int64_t k = w1; k < i2; ++k) {
+      float* tk = t + (k - i1) * kPanel;
+      VecF acc = LoadV(tk);
+      for (int64_t m = 0; m < kWindow; ++m) acc = acc - e[m] * u0[m * in + k];
+      StoreV(tk, acc);
+    }
+    return;
   }
+  for (int64_t k = w1; k < i2; ++k) {
+    float* tk = t + (k - i1) * kPanel;
+    VecF acc = LoadV(tk);
+    for (int64_t m = w0; m < w1; ++m) acc = acc - LoadV(ev + (m - i1) * kPanel) * c.u[m * in + k];
+    StoreV(tk, acc);
+  }
+}
+
+// The end of the window that starts at w0: kWindow columns, the block's end, or the next dynamic
+// group's first column (whose fit must see every earlier column's update), whichever is first.
+MOEC_PANEL_INLINE int64_t WindowEnd(const SolveContext& c, bool dynamic_groups, int64_t w0,
+                                    int64_t i2) {
+  int64_t w1 = std::min(i2, w0 + kWindow);
+  if (dynamic_groups) w1 = std::min(w1, (w0 / c.groupsize + 1) * c.groupsize);
+  return w1;
 }
 
 // Quantizes columns [i1, i2) of rows [r0, r0 + rows) (rows <= kPanel) and writes their scaled
@@ -233,11 +300,19 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void SolvePanelBloc
   // Load (transpose) the panel; padding lanes hold zeros with unit parameters (InitialParams).
   LoadPanel(c, r0, rows, i1, nb, t);
   if (dynamic_groups && c.reference_group_fit) std::copy(t, t + nb * kPanel, s.snapshot.begin());
-  float ps[kPanel], pz[kPanel], loss_terms[kPanel];
+  float ps[kPanel], pz[kPanel];
+  float* lt = s.loss_terms.data();
   InitialParams(c, r0, rows, i1, dynamic_groups, ps, pz);
   int64_t static_group = -1;
+  int64_t w0 = i1, w1 = i1;  // the current window [w0, w1)
   for (int64_t j = i1; j < i2; ++j) {
     const int64_t jj = j - i1;
+    if (j == w1) {
+      w0 = j;
+      w1 = WindowEnd(c, dynamic_groups, w0, i2);
+    } else if (c.feedback) {
+      UpdateWithinWindow(c, t, ev, i1, w0, j);
+    }
     if (dynamic_groups && j % c.groupsize == 0) {
       FitDynamicGroup(c, s, mode, r0, rows, i1, i2, j, ps, pz);
     } else if (c.static_groups && c.groupsize > 0 && c.perm[j] / c.groupsize != static_group) {
@@ -248,12 +323,10 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void SolvePanelBloc
     const float d = c.u[j * in + j];
     float* col = t + jj * kPanel;
     float* ecol = ev + jj * kPanel;
-    QuantizeColumn(mode, col, ps, pz, maxq, d, qv + jj * kPanel, ecol, loss_terms);
-    double lsum = 0;
-    for (int l = 0; l < rows; ++l) lsum += loss_terms[l];
-    s.loss[jj] += lsum;
-    if (c.feedback) UpdateRestOfBlock(c, t, ecol, i1, i2, j);
+    QuantizeColumn(mode, col, ps, pz, maxq, d, qv + jj * kPanel, ecol, lt + jj * kPanel);
+    if (c.feedback && j + 1 == w1) UpdateRestOfBlock(c, t, ev, i1, i2, w0, w1);
   }
+  AddLoss(lt, rows, nb, s.loss.data());
   StorePanel(c, r0, rows, i1, nb, s, err);
 }
 

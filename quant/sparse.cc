@@ -24,7 +24,7 @@ at::Tensor NmMask(const at::Tensor& metric, SparsityPattern p) {
   const int64_t out = metric.size(0), in = metric.size(1);
   at::Tensor groups = metric.reshape({out, in / p.m, p.m});
   at::Tensor idx = std::get<1>(groups.topk(p.n, -1, /*largest=*/false));
-  return at::zeros({out, in / p.m, p.m}, at::kBool).scatter_(-1, idx, true).reshape({out, in});
+  return at::zeros({out, in / p.m, p.m}, metric.options().dtype(at::kBool)).scatter_(-1, idx, true).reshape({out, in});
 }
 
 absl::Status CheckSparseGpt(const at::Tensor& weight, const at::Tensor& hessian,
@@ -72,7 +72,7 @@ void PruneBlock(at::Tensor& w, const at::Tensor& hinv, int64_t i1, const SparseG
     const int64_t k = static_cast<int64_t>(tmp.numel() * o.ratio);
     mask1 = o.ratio > 0 ? tmp <= sorted[std::min(k, tmp.numel() - 1)] : at::zeros_like(tmp, at::kBool);
   } else {
-    mask1 = at::zeros(w1.sizes(), at::kBool);
+    mask1 = at::zeros(w1.sizes(), w1.options().dtype(at::kBool));
   }
   for (int64_t i = 0; i < count; ++i) {
     if (o.pattern.structured() && i % o.pattern.m == 0) {
@@ -99,11 +99,11 @@ absl::StatusOr<at::Tensor> WandaMask(const at::Tensor& w, const at::Tensor& norm
   if (!norm2.defined() || norm2.numel() != w.size(1)) {
     return absl::InvalidArgumentError("Wanda needs one input norm per column");
   }
-  const at::Tensor metric = w.to(at::kFloat).abs() * norm2.to(at::kFloat).sqrt().reshape({1, -1});
+  const at::Tensor metric = w.to(at::kFloat).abs() * norm2.to(w.device(), at::kFloat).sqrt().reshape({1, -1});
   if (pattern.structured()) return NmMask(metric, pattern);
   const int64_t k = static_cast<int64_t>(std::floor(w.size(1) * ratio));
   at::Tensor order = std::get<1>(at::sort(metric, /*stable=*/true, /*dim=*/1, /*descending=*/false));
-  at::Tensor mask = at::zeros(w.sizes(), at::kBool);
+  at::Tensor mask = at::zeros(w.sizes(), w.options().dtype(at::kBool));
   if (k > 0) mask.scatter_(1, order.narrow(1, 0, k), true);
   return mask;
 }
@@ -114,7 +114,7 @@ absl::StatusOr<at::Tensor> MagnitudeMask(const at::Tensor& w, double ratio, Spar
   if (pattern.structured()) return NmMask(metric, pattern);
   const at::Tensor sorted = std::get<0>(at::sort(metric.reshape(-1)));
   const int64_t at_index = static_cast<int64_t>(std::floor(metric.numel() * ratio));
-  if (ratio == 0) return at::zeros(w.sizes(), at::kBool);
+  if (ratio == 0) return at::zeros(w.sizes(), w.options().dtype(at::kBool));
   return metric <= sorted[at_index];
 }
 

@@ -144,8 +144,7 @@ absl::Status RunRound(StageContext& ctx, const CalibrateLayer& l, const ChunkPla
   const int64_t chunk = plan.ChunkOf(round);
   if (chunk < 0) {
     if (l.moe) {
-      l.executor.Run(l.layer, *l.weights.moe, at::empty({0, config.hidden_size}, l.runner.dtype()),
-                     std::vector<int64_t>(l.experts, 0), at::empty({0}, at::kLong), nullptr);
+      l.executor.RunIdle(l.runner, l.layer, *l.weights.moe, nullptr);
       MOEC_RETURN_IF_ERROR(l.executor.status());
     }
     return absl::OkStatus();

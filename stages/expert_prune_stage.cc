@@ -201,9 +201,9 @@ absl::StatusOr<MoeCapture> ForwardChunk(PruneTask& t, const model::LayerWeights&
   if (chunk >= 0) {
     t.runner.RunLayer(w, hidden.at(chunk), &capture, &executor);
   } else {
-    capture.input = at::empty({0, t.runner.config().hidden_size}, t.runner.dtype());
-    executor.Run(t.layer, *w.moe, capture.input, std::vector<int64_t>(t.experts, 0),
-                 at::empty({0}, at::kLong), nullptr);
+    capture.input = at::empty({0, t.runner.config().hidden_size},
+                              at::TensorOptions(t.runner.device()).dtype(t.runner.dtype()));
+    executor.RunIdle(t.runner, t.layer, *w.moe, nullptr);
   }
   MOEC_RETURN_IF_ERROR(executor.status());
   return capture;

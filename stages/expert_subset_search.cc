@@ -26,11 +26,13 @@ at::Tensor MaskedBlockOutput(const PruneBatch& b, const at::Tensor& router,
                              int64_t seq) {
   model::RoutingRule r = rule;
   r.top_k = std::min<int>(rule.top_k, static_cast<int>(kept.size()));
-  const at::Tensor ids = at::tensor(std::vector<int64_t>(kept.begin(), kept.end()), at::kLong);
+  const at::Tensor ids =
+      at::tensor(std::vector<int64_t>(kept.begin(), kept.end()), at::kLong).to(router.device());
   model::Routing routing = model::Route(router.index_select(0, ids), b.x, r, at::Tensor(), seq);
   const int64_t tokens = b.x.size(0), k = routing.experts.size(1);
   const at::Tensor experts = ids.index_select(0, routing.experts.reshape(-1)).reshape({tokens, k});
-  const at::Tensor token = at::arange(tokens, at::kLong).unsqueeze(1).expand({tokens, k});
+  const at::Tensor token =
+      at::arange(tokens, ids.options()).unsqueeze(1).expand({tokens, k});
   const at::Tensor picked = b.y.index({experts, token});  // [tokens, k, hidden]
   at::Tensor out = (picked * routing.weights.to(picked.scalar_type()).unsqueeze(-1)).sum(1);
   if (b.shared.defined()) out = out + b.shared;

@@ -57,11 +57,12 @@ absl::StatusOr<OdpEffect> MeasureLayer(const model::ModelRunner& runner, int l,
   odp.tau_high = protect;
   odp.positional_prior = positional;
   const int64_t seq = input.size(1);
-  const model::RopeTables rope = model::MakeRopeTables(seq, c.head_dim, c.rope_theta);
+  const model::RopeTables rope = runner.Rope(seq);  // on the runner's device
   double sum = 0;
   int64_t rows_plain = 0, rows_odp = 0;
   for (int64_t s = 0; s < input.size(0); s += 8) {
-    const at::Tensor h = input.narrow(0, s, std::min<int64_t>(8, input.size(0) - s));
+    const at::Tensor h =
+        input.narrow(0, s, std::min<int64_t>(8, input.size(0) - s)).to(runner.device());
     model::AttentionOutput a = model::Attention(
         c, l, w.attention, model::RmsNorm(h, w.input_norm, c.rms_norm_eps), rope,
         /*want_column_statistic=*/!positional, nullptr);

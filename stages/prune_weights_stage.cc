@@ -96,7 +96,7 @@ absl::Status ReduceRound(comm::Communicator& comm, std::vector<std::unique_ptr<T
     const int64_t in = t->weight->size(1);
     OwnerPart mine;
     if (t->round_stat.defined()) mine = {t->round_stat, at::tensor({t->round_tokens}, at::kLong)};
-    MOEC_ASSIGN_OR_RETURN(std::vector<OwnerPart> parts, SendToOwner(comm, t->owner, mine, in, 1));
+    MOEC_ASSIGN_OR_RETURN(std::vector<OwnerPart> parts, SendToOwner(comm, t->owner, mine, in, 1, t->weight->device()));
     for (const OwnerPart& p : parts) {
       if (sparsegpt) {
         MOEC_RETURN_IF_ERROR(t->hessian->AddGram(p.rows, p.meta[0].item<int64_t>(), 1));
@@ -134,7 +134,7 @@ class TargetList {
     t->expert = expert;
     t->owner = expert >= 0 ? expert_owner_[expert] : dealt_++ % ranks_;
     if (sparsegpt_ && t->owner == rank_) {
-      t->hessian = std::make_unique<quant::HessianAccumulator>(weight->size(1));
+      t->hessian = std::make_unique<quant::HessianAccumulator>(weight->size(1), weight->device());
     }
     by_id_[{kind, expert}] = t.get();
     targets_.push_back(std::move(t));
@@ -195,7 +195,7 @@ absl::StatusOr<at::Tensor> Prune(const PruneOptions& o, const Target& t,
   if (o.method == "wanda") {
     // An expert no token reached has no statistics: its metric is all zeros (every weight
     // ties), which prunes the first columns of each row, as the reference would.
-    const at::Tensor norm2 = t.norm2.defined() ? t.norm2 : at::zeros({original.size(1)});
+    const at::Tensor norm2 = t.norm2.defined() ? t.norm2 : at::zeros({original.size(1)}, original.options());
     MOEC_ASSIGN_OR_RETURN(mask, quant::WandaMask(original, norm2, o.ratio, o.pattern));
   } else {
     MOEC_ASSIGN_OR_RETURN(mask, quant::MagnitudeMask(original, o.ratio, o.pattern));

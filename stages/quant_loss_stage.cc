@@ -176,11 +176,15 @@ absl::StatusOr<OwnedRows> ExchangeRows(LossTask& t, const RoutedRows& routed) {
   };
   const std::vector<int64_t>& send = routed.send;
   OwnedRows in;
+  // Rows and weights on the task's device; the expert ids stay on the host (AddLosses reads them).
+  const at::TensorOptions on_device = at::TensorOptions(t.runner.device());
   MOEC_ASSIGN_OR_RETURN(
-      in.x, t.comm.AllToAll(
-                cat(routed.xs, at::empty({0, t.runner.config().hidden_size}, t.runner.dtype())),
-                send, &in.got));
-  MOEC_ASSIGN_OR_RETURN(in.w, t.comm.AllToAll(cat(routed.ws, at::empty({0, 1})), send, nullptr));
+      in.x, t.comm.AllToAll(cat(routed.xs, at::empty({0, t.runner.config().hidden_size},
+                                                     on_device.dtype(t.runner.dtype()))),
+                            send, &in.got));
+  MOEC_ASSIGN_OR_RETURN(
+      in.w, t.comm.AllToAll(cat(routed.ws, at::empty({0, 1}, on_device.dtype(at::kFloat))), send,
+                            nullptr));
   MOEC_ASSIGN_OR_RETURN(in.e,
                         t.comm.AllToAll(cat(routed.ids, at::empty({0}, at::kLong)), send, nullptr));
   return in;

@@ -122,7 +122,7 @@ absl::Status ReduceGrams(comm::Communicator& comm, const std::vector<std::unique
     if (auto it = collector.grams().find(t.get()); it != collector.grams().end()) {
       mine = {it->second.gram, at::tensor({it->second.tokens, it->second.samples}, at::kLong)};
     }
-    MOEC_ASSIGN_OR_RETURN(std::vector<OwnerPart> parts, SendToOwner(comm, t->owner, mine, in, 2));
+    MOEC_ASSIGN_OR_RETURN(std::vector<OwnerPart> parts, SendToOwner(comm, t->owner, mine, in, 2, t->weight->device()));
     for (const OwnerPart& p : parts) {
       MOEC_RETURN_IF_ERROR(t->hessian->AddGram(p.rows, p.meta[0].item<int64_t>(),
                                                p.meta[1].item<int64_t>()));

@@ -43,7 +43,8 @@ absl::StatusOr<at::Tensor> ChainHidden(const StageContext& ctx, const model::Mod
 // Mean over tokens of the cosine similarity of a and b [..., hidden], in float64.
 double MeanCosine(const at::Tensor& a, const at::Tensor& b) {
   const at::Tensor x = a.reshape({-1, a.size(-1)}).to(at::kDouble);
-  const at::Tensor y = b.reshape({-1, b.size(-1)}).to(at::kDouble);
+  const at::Tensor y = b.reshape({-1, b.size(-1)}).to(x.device(), at::kDouble);  // a chain
+  // input read from the factor store is on the host, an embedding on the task's device
   return at::cosine_similarity(x, y, 1, 1e-12).mean().item<double>();
 }
 

@@ -193,6 +193,12 @@ at::Tensor ModelRunner::RunLayer(const LayerWeights& weights, const at::Tensor& 
                       experts);
 }
 
+std::unique_ptr<LayerPrefetcher> ModelRunner::StreamLayers() const {
+  const bool ahead = options_.prefetch_layers.value_or(!options_.device.is_cpu());
+  return std::make_unique<LayerPrefetcher>([this](int l) { return LoadLayer(l); },
+                                           config_.num_hidden_layers, options_.device, ahead);
+}
+
 at::Tensor ModelRunner::ApplyHead(const HeadWeights& head, const at::Tensor& hidden) const {
   at::Tensor normed = RmsNorm(hidden, head.norm, config_.rms_norm_eps);
   return at::linear(normed, head.lm_head).to(at::kFloat);
@@ -203,8 +209,9 @@ absl::StatusOr<at::Tensor> ModelRunner::Forward(const at::Tensor& tokens,
                                                 const ProgressFn& progress) const {
   MOEC_ASSIGN_OR_RETURN(at::Tensor h, Embed(tokens));
   const int64_t total = config_.num_hidden_layers + 1;
+  std::unique_ptr<LayerPrefetcher> layers = StreamLayers();
   for (int l = 0; l < config_.num_hidden_layers; ++l) {
-    MOEC_ASSIGN_OR_RETURN(LayerWeights w, LoadLayer(l));
+    MOEC_ASSIGN_OR_RETURN(LayerWeights w, layers->Next());
     h = RunLayer(w, h, observer);
     if (progress) progress(l + 1, total);
   }
@@ -263,9 +270,10 @@ absl::StatusOr<PerplexityResult> ModelRunner::Perplexity(const TokenWindows& win
     at::Tensor tokens = all.narrow(0, start, count);
     MOEC_ASSIGN_OR_RETURN(at::Tensor h, Embed(tokens));
     if (progress) progress(++done, total);
+    std::unique_ptr<LayerPrefetcher> layers = StreamLayers();
     for (int l = 0; l < config_.num_hidden_layers; ++l) {
       MOEC_RETURN_IF_ERROR(CheckCancelled(cancelled));
-      MOEC_ASSIGN_OR_RETURN(LayerWeights w, LoadLayer(l));
+      MOEC_ASSIGN_OR_RETURN(LayerWeights w, layers->Next());
       h = RunLayer(w, h, observer);
       if (progress) progress(++done, total);
     }

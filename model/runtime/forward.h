@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/base/thread_annotations.h"
@@ -18,6 +19,7 @@
 #include "model/config/config.h"
 #include "model/data/datasets.h"
 #include "model/runtime/layers.h"
+#include "model/runtime/prefetch.h"
 #include "model/runtime/weights.h"
 
 namespace moec::model {
@@ -30,6 +32,10 @@ struct RunnerOptions {
   // Hidden states of at most this many bytes are kept for one pass over the layers; more
   // windows are processed in several passes (each streams the layers again).
   int64_t activation_budget_bytes = int64_t{1} << 30;
+  // Whether Forward and Perplexity load the next layer on a background thread (and, on a GPU, a
+  // side stream) while this one computes (prefetch.h). Unset: on for devices other than the CPU.
+  // The TensorSource of a view is then called from that thread, one call at a time.
+  std::optional<bool> prefetch_layers;
 };
 
 // Final norm and output projection.
@@ -75,6 +81,8 @@ class ModelRunner {
 
   const ModelConfig& config() const { return config_; }
   at::ScalarType dtype() const { return loader_->dtype(); }
+  // Where layers run (RunnerOptions::device).
+  at::Device device() const { return options_.device; }
   const WeightLoader& loader() const { return *loader_; }
 
   // Weights of decoder layer `layer` (owned copies in the compute dtype).
@@ -111,6 +119,8 @@ class ModelRunner {
   // Rotary tables for sequences of at least `seq` tokens (cached; grows, never shrinks, so a
   // returned reference stays valid until a longer sequence is requested).
   RopeTables Rope(int64_t seq) const;
+  // Layers 0.. in order for one pass, loaded ahead when options.prefetch_layers says so.
+  std::unique_ptr<LayerPrefetcher> StreamLayers() const;
 
  private:
   ModelRunner(ModelConfig config, std::unique_ptr<WeightLoader> loader, RunnerOptions options,

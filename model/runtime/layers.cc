@@ -1,6 +1,7 @@
 #include "model/runtime/layers.h"
 
 #include <cmath>
+#include <limits>
 #include <utility>
 #include <vector>
 
@@ -78,8 +79,8 @@ struct Qkv {
   at::Tensor q, k, v;
 };
 
-// The queries, keys and values [B, heads, S, d] of x after their norms, clipping and rotary
-// embedding; keys and values repeated to one per query head.
+// The queries [B, heads, S, d], keys and values [B, kv_heads, S, d] of x after their norms,
+// clipping and rotary embedding.
 Qkv ProjectQkv(const ModelConfig& config, const AttentionWeights& w, const at::Tensor& x,
                const RopeTables& rope) {
   const int64_t batch = x.size(0), seq = x.size(1);
@@ -108,23 +109,23 @@ Qkv ProjectQkv(const ModelConfig& config, const AttentionWeights& w, const at::T
   q = ApplyRope(q.transpose(1, 2), rope);  // [B, heads, S, d]
   k = ApplyRope(k.transpose(1, 2), rope);
   v = v.transpose(1, 2);
-  if (kv_heads != heads) {
-    // Key/value head j serves query heads j*g .. j*g+g-1 (transformers' repeat_kv).
-    k = k.repeat_interleave(heads / kv_heads, 1);
-    v = v.repeat_interleave(heads / kv_heads, 1);
-  }
   return Qkv{q, k, v};
 }
 
 // Causal attention in blocks of query rows: block [i0, i1) only needs keys [0, i1), so the
 // masked upper triangle is never computed and each block's scores stay small (cache-sized
 // instead of heads * seq * seq floats). Queries are scaled before the product. Returns the
-// attended values [B, heads, S, d]; adds the column statistic's sums into `*statistic` [B, S]
-// when it is defined.
-at::Tensor CausalAttention(Qkv qkv, int64_t d, at::Tensor* statistic) {
+// attended values [B, heads, S, d] and adds the column statistic's sums into `statistic` [B, S].
+// Only used when the statistic is wanted: it needs the probabilities, which the fused kernel
+// below never materializes.
+at::Tensor BlockedCausalAttention(Qkv qkv, int64_t d, at::Tensor& statistic) {
   at::Tensor q = qkv.q, k = qkv.k, v = qkv.v;
   const int64_t batch = q.size(0), seq = q.size(2);
-  const bool want_column_statistic = statistic->defined();
+  if (k.size(1) != q.size(1)) {
+    // Key/value head j serves query heads j*g .. j*g+g-1 (transformers' repeat_kv).
+    k = k.repeat_interleave(q.size(1) / k.size(1), 1);
+    v = v.repeat_interleave(q.size(1) / v.size(1), 1);
+  }
   q = q * (1.0 / std::sqrt(static_cast<double>(d)));
   const int64_t block = kQueryBlock;
   std::vector<at::Tensor> rows;  // per sequence: [heads, seq, d]
@@ -135,18 +136,26 @@ at::Tensor CausalAttention(Qkv qkv, int64_t d, at::Tensor* statistic) {
       at::Tensor keys = k[b].narrow(1, 0, i1), values = v[b].narrow(1, 0, i1);
       at::Tensor scores = at::matmul(q[b].narrow(1, i0, n), keys.transpose(-1, -2));
       // Within the diagonal block, query i0 + r sees keys up to i0 + r.
-      scores.narrow(2, i0, n).masked_fill_(at::ones({n, n}, at::kBool).triu(1),
-                                           -std::numeric_limits<float>::infinity());
+      scores.narrow(2, i0, n).masked_fill_(
+          at::ones({n, n}, scores.options().dtype(at::kBool)).triu(1),
+          -std::numeric_limits<float>::infinity());
       at::Tensor probs = at::softmax(scores, -1, at::kFloat);
-      if (want_column_statistic) {
-        // a_t = (sum over queries i >= t of P(i -> t), averaged over heads) / (S - t).
-        (*statistic)[b].narrow(0, 0, i1).add_(probs.mean(0).sum(0));
-      }
+      // a_t = (sum over queries i >= t of P(i -> t), averaged over heads) / (S - t).
+      statistic[b].narrow(0, 0, i1).add_(probs.mean(0).sum(0));
       blocks.push_back(at::matmul(probs.to(values.scalar_type()), values));
     }
     rows.push_back(blocks.size() == 1 ? blocks[0] : at::cat(blocks, 1));
   }
   return at::stack(rows);  // [B, heads, S, d]
+}
+
+// Causal attention [B, heads, S, d] through ATen's fused kernel (flash attention on CPU and
+// CUDA), with grouped key/value heads shared as transformers' repeat_kv shares them.
+at::Tensor FusedCausalAttention(const Qkv& qkv, int64_t d) {
+  const bool grouped = qkv.k.size(1) != qkv.q.size(1);
+  return at::scaled_dot_product_attention(qkv.q, qkv.k, qkv.v, /*attn_mask=*/{},
+                                          /*dropout_p=*/0.0, /*is_causal=*/true,
+                                          1.0 / std::sqrt(static_cast<double>(d)), grouped);
 }
 
 }  // namespace
@@ -166,8 +175,13 @@ AttentionOutput Attention(const ModelConfig& config, int layer, const AttentionW
   }
   Qkv qkv = ProjectQkv(config, w, x, rope);
   at::Tensor statistic;
-  if (want_column_statistic) statistic = at::zeros({batch, seq}, at::kFloat);
-  at::Tensor attended = CausalAttention(std::move(qkv), d, &statistic);  // [B, heads, S, d]
+  at::Tensor attended;  // [B, heads, S, d]
+  if (want_column_statistic) {
+    statistic = at::zeros({batch, seq}, x.options().dtype(at::kFloat));
+    attended = BlockedCausalAttention(std::move(qkv), d, statistic);
+  } else {
+    attended = FusedCausalAttention(qkv, d);
+  }
   attended = attended.transpose(1, 2).reshape({batch, seq, heads * d});
   if (capture) {
     observer->OnLinearInput({layer, LinearKind::kO, -1}, attended.reshape({batch * seq, heads * d}),
@@ -176,7 +190,7 @@ AttentionOutput Attention(const ModelConfig& config, int layer, const AttentionW
   AttentionOutput result;
   result.output = Linear(attended, w.o, w.o_bias);
   if (want_column_statistic) {
-    result.column_statistic = statistic / at::arange(seq, 0, -1, at::kLong).to(at::kFloat);
+    result.column_statistic = statistic / at::arange(seq, 0, -1, statistic.options());
   }
   return result;
 }
@@ -218,7 +232,7 @@ Routing Route(const at::Tensor& router, const at::Tensor& x, const RoutingRule& 
       // Rank tokens by importance within each sequence; ties by position (stable sort).
       at::Tensor order = std::get<1>(at::sort(importance.view({batch, seq}), /*stable=*/true,
                                               /*dim=*/1, /*descending=*/false));
-      at::Tensor base = (at::arange(batch, at::kLong) * seq).unsqueeze(1);
+      at::Tensor base = (at::arange(batch, order.options()) * seq).unsqueeze(1);
       at::Tensor flat_kept = kept;
       if (n_high > 0) {
         at::Tensor high = (order.narrow(1, seq - n_high, n_high) + base).reshape(-1);
@@ -266,7 +280,7 @@ at::Tensor OdpImportance(const RoutingRule& rule, const at::Tensor& x, int64_t s
     at::Tensor l1 = x.to(at::kFloat).abs().sum(-1);
     at::Tensor a;
     if (rule.positional_prior) {
-      a = (1.0 / at::arange(seq, 0, -1, at::kLong).to(at::kFloat)).repeat({x.size(0) / seq});
+      a = (1.0 / at::arange(seq, 0, -1, x.options().dtype(at::kFloat))).repeat({x.size(0) / seq});
     } else {
       a = column_statistic.reshape(-1);
     }
@@ -291,7 +305,7 @@ void AddRoutedExperts(int layer, const MoeWeights& w, const RoutingRule& rule,
   at::Tensor flat = routing.experts.masked_fill(routing.kept.logical_not(), n).reshape(-1);
   at::Tensor order = std::get<1>(at::sort(flat, /*stable=*/true, /*dim=*/0,
                                           /*descending=*/false));
-  at::Tensor bins = at::bincount(flat, {}, n + 1);
+  at::Tensor bins = at::bincount(flat, {}, n + 1).to(at::kCPU);  // counts are read on the host
   std::vector<int64_t> counts(bins.data_ptr<int64_t>(), bins.data_ptr<int64_t>() + n);
   int64_t routed = 0;
   for (int64_t c : counts) routed += c;

@@ -14,10 +14,16 @@
 // element work, input copies and permutations are not counted but are in the time.
 // Baseline: at::matmul([out, in] x [in, in]) in fp32, best of the repeats.
 //
-// Usage: gptq_bench [--repeats N] [--threads N] [--tokens N] [--solve-threads N] [--out 4096|14336] [--in N]
+// With --device cuda:N everything (inputs, Hessian, weights, GEMMs) is on that device, GPTQ runs
+// its ATen solve there (quant/gptq_aten.cc), and the bf16 GEMM rate is printed as a second
+// baseline; times include a synchronization of the device.
+//
+// Usage: gptq_bench [--repeats N] [--threads N] [--tokens N] [--solve-threads N] [--out 4096|14336]
+//                   [--in N] [--device cpu|cuda:N]
 // (--solve-threads: GptqOptions::threads, the per-row loop's threads; default hardware threads)
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
 
 #include <algorithm>
 #include <chrono>
@@ -35,12 +41,19 @@ using Clock = std::chrono::steady_clock;
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
+// Waits for the device's queued work (nothing on the CPU).
+void Sync(at::Device d) {
+  if (!d.is_cpu()) c10::impl::VirtualGuardImpl(d.type()).getStream(d).synchronize();
+}
+
 template <typename F>
-double BestOf(int repeats, F&& f) {
+double BestOf(int repeats, at::Device d, F&& f) {
   double best = 1e30;
   for (int i = 0; i < repeats; ++i) {
+    Sync(d);
     const auto t0 = Clock::now();
     f();
+    Sync(d);
     best = std::min(best, Seconds(Clock::now() - t0));
   }
   return best;
@@ -52,6 +65,7 @@ struct Args {
   int solve_threads = 0;
   int64_t only_out = 0;
   int64_t in = 4096;  // smaller with --in (CTest runs it tiny once)
+  at::Device device = at::kCPU;
 };
 
 Args ParseArgs(int argc, char** argv) {
@@ -63,6 +77,7 @@ Args ParseArgs(int argc, char** argv) {
     if (std::strcmp(argv[i], "--tokens") == 0) a.tokens = std::atoll(argv[i + 1]);
     if (std::strcmp(argv[i], "--solve-threads") == 0) a.solve_threads = std::atoi(argv[i + 1]);
     if (std::strcmp(argv[i], "--out") == 0) a.only_out = std::atoll(argv[i + 1]);
+    if (std::strcmp(argv[i], "--device") == 0) a.device = at::Device(std::string(argv[i + 1]));
   }
   return a;
 }
@@ -71,13 +86,16 @@ Args ParseArgs(int argc, char** argv) {
 // accumulation took. False when it failed.
 bool AccumulateHessian(const Args& a, moec::quant::HessianAccumulator& acc, double* seconds) {
   at::manual_seed(0);
-  const at::Tensor mix = at::eye(a.in) + 0.05 * at::randn({a.in, a.in});
+  const at::TensorOptions on(a.device);
+  const at::Tensor mix = at::eye(a.in, on) + 0.05 * at::randn({a.in, a.in}, on);
   const int64_t batch = 2048;
   double hess_s = 0;
   for (int64_t t = 0; t < a.tokens; t += batch) {
-    const at::Tensor x = at::matmul(at::randn({std::min(batch, a.tokens - t), a.in}), mix);
+    const at::Tensor x = at::matmul(at::randn({std::min(batch, a.tokens - t), a.in}, on), mix);
+    Sync(a.device);
     const auto t0 = Clock::now();
     if (!acc.Add(x, 1).ok()) return false;
+    Sync(a.device);
     hess_s += Seconds(Clock::now() - t0);
   }
   *seconds = hess_s;
@@ -104,8 +122,10 @@ bool BenchGptq(const Args& a, const at::Tensor& w, const at::Tensor& hessian, Co
   moec::quant::GptqResult best_r;
   double best = 1e30;
   for (int r = 0; r < a.repeats; ++r) {
+    Sync(a.device);
     const auto t0 = Clock::now();
     auto res = moec::quant::GptqQuantize(w, hessian, o);
+    Sync(a.device);
     const double s = Seconds(Clock::now() - t0);
     if (!res.ok()) {
       std::fprintf(stderr, "gptq: %s\n", std::string(res.status().message()).c_str());
@@ -139,15 +159,24 @@ bool BenchGptq(const Args& a, const at::Tensor& w, const at::Tensor& hessian, Co
 bool BenchShape(const Args& a, int64_t out, const at::Tensor& hessian, double hess_s,
                 double hess_flops) {
   const int64_t in = a.in;
-  const at::Tensor w = at::randn({out, in});
-  const at::Tensor b = at::randn({in, in});
+  const at::Tensor w = at::randn({out, in}, at::TensorOptions(a.device));
+  const at::Tensor b = at::randn({in, in}, at::TensorOptions(a.device));
   at::matmul(w, b);  // warm up
-  const double gemm_s = BestOf(a.repeats, [&] { at::matmul(w, b); });
+  const double gemm_s = BestOf(a.repeats, a.device, [&] { at::matmul(w, b); });
   const double gemm_gflops = 2.0 * out * in * in / gemm_s / 1e9;
   std::printf("\nW [%ld, %ld]: GEMM [%ld,%ld]x[%ld,%ld] %.3f s, %.1f GFLOP/s\n",
               static_cast<long>(out), static_cast<long>(in), static_cast<long>(out),
               static_cast<long>(in), static_cast<long>(in), static_cast<long>(in), gemm_s,
               gemm_gflops);
+  if (!a.device.is_cpu()) {
+    const at::Tensor wb = w.to(at::kBFloat16), bb = b.to(at::kBFloat16);
+    at::matmul(wb, bb);
+    const double bf16_s = BestOf(a.repeats, a.device, [&] { at::matmul(wb, bb); });
+    const double bf16_gflops = 2.0 * out * in * in / bf16_s / 1e9;
+    std::printf("  GEMM in bf16: %.4f s, %.1f GFLOP/s (GPTQ's fp32 solve below as a fraction of "
+                "it: multiply its ratio by %.3f)\n",
+                bf16_s, bf16_gflops, gemm_gflops / bf16_gflops);
+  }
   if (out == 4096) {
     const double hg = hess_flops / hess_s / 1e9;
     std::printf("  Hessian accumulation (%ld tokens, X^T X): %.3f s, %.1f GFLOP/s, ratio %.2f\n",
@@ -166,9 +195,9 @@ bool BenchShape(const Args& a, int64_t out, const at::Tensor& hessian, double he
 int main(int argc, char** argv) {
   const Args a = ParseArgs(argc, argv);
   std::printf("gptq_bench: fp32, in_features %ld, group 128, blocksize 128, 4 bits, repeats %d, "
-              "at::get_num_threads %d\n",
-              static_cast<long>(a.in), a.repeats, at::get_num_threads());
-  moec::quant::HessianAccumulator acc(a.in);
+              "at::get_num_threads %d, device %s\n",
+              static_cast<long>(a.in), a.repeats, at::get_num_threads(), a.device.str().c_str());
+  moec::quant::HessianAccumulator acc(a.in, a.device);
   double hess_s = 0;
   if (!AccumulateHessian(a, acc, &hess_s)) return 1;
   const double hess_flops = 2.0 * static_cast<double>(a.tokens) * a.in * a.in;

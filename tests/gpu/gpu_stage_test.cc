@@ -14,6 +14,8 @@
 #include "model/runtime/forward.h"
 #include "quant/gptq.h"
 #include "quant/quantizer.h"
+#include "quant/sparse.h"
+#include "model/runtime/layers.h"
 #include "stages/evaluate_stage.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
@@ -141,6 +143,67 @@ TEST(GpuGptqTest, SolveOnTheDeviceMatchesTheCpuKernels) {
                          quant::QuantizeGroups(w.to(gpu), 128, o.quantizer));
     EXPECT_TRUE(at::equal(rtn_dev.q.cpu(), rtn_cpu.q));
   }
+}
+
+// prune_weights' solvers on the device: SparseGPT (Hessian factor and column-by-column pruning
+// with error feedback) and Wanda's mask against the CPU's.
+TEST(GpuPruneTest, SparseGptAndWandaOnTheDeviceMatchTheCpu) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA GPU visible";
+  at::manual_seed(43);
+  const at::Tensor x = at::randn({1024, 256}) * at::rand({1, 256});
+  const at::Tensor w = at::randn({384, 256}) * 0.02;
+  const at::Device gpu(at::kCUDA, 0);
+  const at::Tensor h = at::matmul(x.t(), x) * (2.0 / 1024);
+  for (quant::SparsityPattern pattern : {quant::SparsityPattern{}, quant::SparsityPattern{2, 4}}) {
+    quant::SparseGptOptions o;
+    o.ratio = 0.5;
+    o.pattern = pattern;
+    ASSERT_OK_AND_ASSIGN(at::Tensor cpu, quant::SparseGptPrune(w, h, o));
+    ASSERT_OK_AND_ASSIGN(at::Tensor dev, quant::SparseGptPrune(w.to(gpu), h.to(gpu), o));
+    ASSERT_TRUE(dev.is_cuda());
+    const double mask_differs = (dev.cpu() == 0).ne(cpu == 0).to(at::kDouble).mean().item<double>();
+    EXPECT_LE(mask_differs, 0.01);
+    EXPECT_LT(((dev.cpu() - cpu).norm() / cpu.norm()).item<double>(), 0.02);
+    const at::Tensor norm2 = x.pow(2).sum(0);
+    ASSERT_OK_AND_ASSIGN(at::Tensor mc, quant::WandaMask(w, norm2, 0.5, pattern));
+    ASSERT_OK_AND_ASSIGN(at::Tensor md, quant::WandaMask(w.to(gpu), norm2.to(gpu), 0.5, pattern));
+    EXPECT_LE(md.cpu().ne(mc).to(at::kDouble).mean().item<double>(), 0.001);
+  }
+}
+
+// The attention with its column statistic (ODP's importance, the blocked path) and the MoE
+// block under ODP's routing on the device against the CPU.
+TEST_P(GpuStageTest, OdpAttentionStatisticAndRoutingMatchTheCpu) {
+  TempDir dir;
+  ASSERT_OK(tools::WriteTinyModel(Tiny(GetParam()), dir.Join("m")));
+  model::RunnerOptions cpu, gpu;
+  gpu.device = at::Device(at::kCUDA, 0);
+  ASSERT_OK_AND_ASSIGN(auto a, model::ModelRunner::Open(dir.Join("m"), cpu));
+  ASSERT_OK_AND_ASSIGN(auto b, model::ModelRunner::Open(dir.Join("m"), gpu));
+  const model::ModelConfig& c = a->config();
+  const int l = c.num_hidden_layers - 1;  // a MoE layer in every architecture here
+  ASSERT_OK_AND_ASSIGN(model::LayerWeights wa, a->LoadLayer(l));
+  ASSERT_OK_AND_ASSIGN(model::LayerWeights wb, b->LoadLayer(l));
+  at::manual_seed(5);
+  const int64_t seq = 24;
+  const at::Tensor h = at::randn({2, seq, c.hidden_size}) * 0.5;
+  const model::AttentionOutput oa =
+      model::Attention(c, l, wa.attention, h, a->Rope(seq), /*want_column_statistic=*/true, nullptr);
+  const model::AttentionOutput ob = model::Attention(c, l, wb.attention, h.to(gpu.device), b->Rope(seq),
+                                                     /*want_column_statistic=*/true, nullptr);
+  ASSERT_TRUE(ob.column_statistic.is_cuda());
+  EXPECT_TRUE(at::allclose(ob.output.cpu(), oa.output, 1e-4, 1e-5));
+  EXPECT_TRUE(at::allclose(ob.column_statistic.cpu(), oa.column_statistic, 1e-4, 1e-6));
+  model::RoutingRule rule = model::RoutingRuleFor(c, l);
+  rule.odp = true;
+  rule.odp_beta = 0.3;
+  rule.tau_high = 0.1;
+  const at::Tensor x = h.reshape({-1, c.hidden_size});
+  const at::Tensor ya = model::MoeBlock(c, l, *wa.moe, rule, x, seq, oa.column_statistic, nullptr);
+  const at::Tensor yb = model::MoeBlock(c, l, *wb.moe, rule, x.to(gpu.device), seq,
+                                        ob.column_statistic, nullptr);
+  ASSERT_TRUE(yb.is_cuda());
+  EXPECT_LT(((yb.cpu() - ya).norm() / ya.norm()).item<double>(), 1e-3);
 }
 
 INSTANTIATE_TEST_SUITE_P(Arch, GpuStageTest, ::testing::Values("mixtral", "deepseek", "qwen3_moe"),
