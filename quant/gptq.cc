@@ -21,6 +21,8 @@ using internal::SolveContext;
 
 // Rows per thread chunk in the per-row parameter fits.
 constexpr int64_t kMinRowsPerChunk = 16;
+// Bytes of weights per row chunk of the blocked solve (GptqSolve::RowChunk).
+constexpr int64_t kChunkBytes = int64_t{16} << 20;
 
 absl::Status CheckPreparedInputs(const at::Tensor& w_in, const GptqHessian& hess,
                                  const GptqOptions& o) {
@@ -83,6 +85,7 @@ class GptqSolve {
   absl::Status PrepareWeights();
   // 7. Blocked solve.
   void SolveBlocks();
+  int64_t RowChunk() const;
   // 8. Undo the permutation; g_idx. Returns the result.
   GptqResult Finish();
 
@@ -211,26 +214,43 @@ void GptqSolve::SolveBlocks() {
   scratch.reserve(threads_);
   for (int i = 0; i < threads_; ++i) scratch.emplace_back(bs, g_);
   column_loss_.assign(in_, 0.0);
-  at::Tensor err_buf = at::empty({out_, bs}, at::kFloat);
-  for (int64_t i1 = 0; i1 < in_; i1 += bs) {
-    const int64_t i2 = std::min(in_, i1 + bs), nb = i2 - i1;
-    at::Tensor err = nb == bs ? err_buf : at::empty({out_, nb}, at::kFloat);
-    float* ep = err.data_ptr<float>();
-    for (PanelScratch& s : scratch) std::fill(s.loss.begin(), s.loss.end(), 0.0);
-    Clock::time_point t0 = Clock::now();
-    internal::SolveBlockPanels(c, out_, i1, i2, ep, scratch, threads_);
-    for (const PanelScratch& s : scratch) {
-      for (int64_t j = 0; j < nb; ++j) column_loss_[i1 + j] += s.loss[j];
+  // Rows are independent: the solve runs on chunks of rows one after another, so that a chunk's
+  // weights stay in cache through its lazy updates instead of every update streaming the whole
+  // matrix from memory (a rank-128 update reads and writes each weight it touches once).
+  const int64_t chunk_rows = RowChunk();
+  at::Tensor err_buf = at::empty({std::min(out_, chunk_rows), bs}, at::kFloat);
+  for (int64_t r0 = 0; r0 < out_; r0 += chunk_rows) {
+    const int64_t rows = std::min(chunk_rows, out_ - r0);
+    for (int64_t i1 = 0; i1 < in_; i1 += bs) {
+      const int64_t i2 = std::min(in_, i1 + bs), nb = i2 - i1;
+      at::Tensor err = err_buf.narrow(0, 0, rows);
+      if (nb != bs) err = at::empty({rows, nb}, at::kFloat);
+      for (PanelScratch& s : scratch) std::fill(s.loss.begin(), s.loss.end(), 0.0);
+      Clock::time_point t0 = Clock::now();
+      internal::SolveBlockPanels(c, r0, r0 + rows, i1, i2, err.data_ptr<float>(), scratch,
+                                 threads_);
+      for (const PanelScratch& s : scratch) {
+        for (int64_t j = 0; j < nb; ++j) column_loss_[i1 + j] += s.loss[j];
+      }
+      result_.seconds.blocks += internal::Since(t0);
+      t0 = Clock::now();
+      if (i2 < in_) {
+        // Lazy batch update: W[rows, i2:] -= Err @ U[i1:i2, i2:].
+        at::Tensor rest = w_.narrow(0, r0, rows).narrow(1, i2, in_ - i2);
+        rest.addmm_(err, u.narrow(0, i1, nb).narrow(1, i2, in_ - i2), /*beta=*/1.0,
+                    /*alpha=*/-1.0);
+      }
+      result_.seconds.lazy_update += internal::Since(t0);
     }
-    result_.seconds.blocks += internal::Since(t0);
-    t0 = Clock::now();
-    if (i2 < in_) {
-      // Lazy batch update: W[:, i2:] -= Err @ U[i1:i2, i2:].
-      at::Tensor rest = w_.narrow(1, i2, in_ - i2);
-      rest.addmm_(err, u.narrow(0, i1, nb).narrow(1, i2, in_ - i2), /*beta=*/1.0, /*alpha=*/-1.0);
-    }
-    result_.seconds.lazy_update += internal::Since(t0);
   }
+}
+
+// Rows per chunk of SolveBlocks: about kChunkBytes of weights, at least two panels per thread,
+// a whole number of panels.
+int64_t GptqSolve::RowChunk() const {
+  const int64_t bytes = o_.row_chunk_bytes > 0 ? o_.row_chunk_bytes : kChunkBytes;
+  const int64_t rows = std::max<int64_t>(bytes / (in_ * 4), 2 * internal::kPanel * threads_);
+  return (rows + internal::kPanel - 1) / internal::kPanel * internal::kPanel;
 }
 
 void GptqSolve::Unpermute(const at::Tensor& invperm) {

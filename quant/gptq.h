@@ -103,6 +103,9 @@ struct GptqOptions {
   bool identity_fallback = true;
   InverseFactorMethod inverse_factor = InverseFactorMethod::kReversedCholesky;
   int threads = 0;  // worker threads for the per-row loops; <= 0: hardware threads
+  // The CPU solve runs on chunks of rows holding about this many bytes of weights, one chunk
+  // after another, so that a chunk stays in cache through its lazy updates (<= 0: 16 MiB).
+  int64_t row_chunk_bytes = 0;
   GptqEngine engine = GptqEngine::kAuto;
 };
 

@@ -62,12 +62,12 @@ struct PanelScratch {
   std::vector<double> loss;     // per column of the block, summed over the worker's rows
 };
 
-// Quantizes columns [i1, i2) of all `out` rows, panel by panel on `threads` threads (chunk k
-// works in scratch[k], which holds at least that many entries), and writes their scaled errors
-// to err ([out, i2 - i1], row-major). Each scratch's loss gets the chunk's per-column losses
-// added.
-void SolveBlockPanels(const SolveContext& c, int64_t out, int64_t i1, int64_t i2, float* err,
-                      std::vector<PanelScratch>& scratch, int threads);
+// Quantizes columns [i1, i2) of rows [row_begin, row_end), panel by panel on `threads` threads
+// (chunk k works in scratch[k], which holds at least that many entries), and writes their scaled
+// errors to err ([row_end - row_begin, i2 - i1], row-major). Each scratch's loss gets the chunk's
+// per-column losses added.
+void SolveBlockPanels(const SolveContext& c, int64_t row_begin, int64_t row_end, int64_t i1,
+                      int64_t i2, float* err, std::vector<PanelScratch>& scratch, int threads);
 
 // True when GPTQ runs as device-generic ATen code (gptq_aten.cc) for tensors on `device`.
 inline bool UseAtenSolve(const GptqOptions& o, const at::Device& device) {

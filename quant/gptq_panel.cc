@@ -104,7 +104,7 @@ MOEC_PANEL_INLINE void StorePanel(const SolveContext& c, int64_t r0, int rows, i
   for (int l = 0; l < rows; ++l) {
     float* __restrict wr = c.w + (r0 + l) * c.in + i1;
     uint8_t* __restrict qr = c.codes + (r0 + l) * c.in + i1;
-    float* __restrict er = err + (r0 + l) * nb;
+    float* __restrict er = err + l * nb;  // err: the panel's first row
     for (int64_t k = 0; k < nb; ++k) wr[k] = st[k * kPanel + l];
     for (int64_t k = 0; k < nb; ++k) qr[k] = sq[k * kPanel + l];
     for (int64_t k = 0; k < nb; ++k) er[k] = se[k * kPanel + l];
@@ -334,14 +334,14 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void SolvePanelBloc
 
 }  // namespace
 
-void SolveBlockPanels(const SolveContext& c, int64_t out, int64_t i1, int64_t i2, float* err,
-                      std::vector<PanelScratch>& scratch, int threads) {
-  const int64_t panels = (out + kPanel - 1) / kPanel;
+void SolveBlockPanels(const SolveContext& c, int64_t row_begin, int64_t row_end, int64_t i1,
+                      int64_t i2, float* err, std::vector<PanelScratch>& scratch, int threads) {
+  const int64_t panels = (row_end - row_begin + kPanel - 1) / kPanel;
   ParallelFor(panels, kMinPanelsPerChunk, threads, [&](int64_t b, int64_t e, int chunk) {
     for (int64_t p = b; p < e; ++p) {
-      const int64_t r0 = p * kPanel;
-      const int rows = static_cast<int>(std::min<int64_t>(kPanel, out - r0));
-      SolvePanelBlock(c, r0, rows, i1, i2, err, scratch[chunk]);
+      const int64_t r0 = row_begin + p * kPanel;
+      const int rows = static_cast<int>(std::min<int64_t>(kPanel, row_end - r0));
+      SolvePanelBlock(c, r0, rows, i1, i2, err + (r0 - row_begin) * (i2 - i1), scratch[chunk]);
     }
   });
 }

@@ -154,6 +154,31 @@ TEST(GptqTest, PreparedHessianIsReusable) {
               testing::StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("input features")));
 }
 
+// Rows are independent: solving chunks of rows one after another (GptqOptions::row_chunk_bytes,
+// here 4 chunks of 64 rows and a short last one) gives what one chunk of all rows gives.
+TEST(GptqTest, RowChunksGiveTheSameResultAsOneChunk) {
+  at::Tensor x = CorrelatedInputs(400, 96, 72);
+  at::manual_seed(73);
+  const at::Tensor w = at::randn({300, 96});
+  const at::Tensor h = HessianOf(x);
+  for (bool actorder : {false, true}) {
+    GptqOptions o;
+    o.quantizer.bits = 3;
+    o.groupsize = 32;
+    o.blocksize = 32;
+    o.actorder = actorder;
+    o.threads = 2;
+    ASSERT_OK_AND_ASSIGN(GptqResult one, GptqQuantize(w, h, o));
+    o.row_chunk_bytes = 64 * 96 * 4;
+    ASSERT_OK_AND_ASSIGN(GptqResult chunked, GptqQuantize(w, h, o));
+    EXPECT_TRUE(at::equal(chunked.q, one.q));
+    EXPECT_TRUE(at::equal(chunked.scales, one.scales));
+    EXPECT_TRUE(at::equal(chunked.zeros, one.zeros));
+    EXPECT_TRUE(at::allclose(chunked.weight, one.weight, 1e-5, 1e-6));
+    EXPECT_NEAR(chunked.total_loss, one.total_loss, 1e-9 * one.total_loss);
+  }
+}
+
 TEST(GptqTest, GroupsCrossingBlocksMatchNaive) {
   // groupsize 24 with blocksize 32: groups start inside blocks and run past their end, so the
   // solver must apply the block's pending updates before fitting.

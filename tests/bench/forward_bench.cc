@@ -1,5 +1,5 @@
 // Forward throughput of a mid-size synthetic MoE layer against the GEMM throughput measured in
-// the same process (issue #3: >= 0.5 in fp32).
+// the same process (issue #3: >= 0.5 in fp32; issue #18: >= 0.75).
 //
 // The model: hidden 1024, 16 heads (8 KV heads), 8 experts, top-2, expert FFN 2816 (Mixtral
 // layout), 2 layers, written by the tiny-model generator. The weights of one layer are loaded
@@ -92,34 +92,55 @@ absl::Status WriteModel(const Args& a, const std::string& dir) {
   return moec::tools::WriteTinyModel(o, dir);
 }
 
-// Baseline GEMM; prints and returns its GFLOP/s.
-double BaselineGemmGflops(int repeats) {
-  at::manual_seed(0);
-  const at::TensorOptions on(g_device);
-  at::Tensor a = at::randn({2048, 1024}, on), b = at::randn({1024, 2816}, on);
-  at::matmul(a, b);  // warm up
-  const double gemm_s = BestOf(repeats, [&] { at::matmul(a, b); });
-  const double gemm_gflops = 2.0 * 2048 * 1024 * 2816 / gemm_s / 1e9;
+// The baseline GEMM, fp32 [2048, 1024] x [1024, 2816]: Once() times one product.
+struct BaselineGemm {
+  BaselineGemm() {
+    at::manual_seed(0);
+    const at::TensorOptions on(g_device);
+    a = at::randn({2048, 1024}, on);
+    b = at::randn({1024, 2816}, on);
+    at::matmul(a, b);  // warm up
+  }
+  double Once() const {
+    Sync();
+    const auto t0 = Clock::now();
+    at::matmul(a, b);
+    Sync();
+    return Seconds(Clock::now() - t0);
+  }
+  static double Gflops(double s) { return 2.0 * 2048 * 1024 * 2816 / s / 1e9; }
+  at::Tensor a, b;
+};
+
+// Prints the baseline's rate (and, on a GPU, the bf16 GEMM's).
+void PrintBaseline(const BaselineGemm& g, int repeats) {
+  double best = 1e30;
+  for (int i = 0; i < repeats; ++i) best = std::min(best, g.Once());
   std::printf("threads %d, device %s\n", at::get_num_threads(), g_device.str().c_str());
-  std::printf("GEMM [2048,1024]x[1024,2816] fp32: %.1f GFLOP/s\n", gemm_gflops);
+  std::printf("GEMM [2048,1024]x[1024,2816] fp32: %.1f GFLOP/s\n", BaselineGemm::Gflops(best));
   if (!g_device.is_cpu()) {
-    const at::Tensor ab = a.to(at::kBFloat16), bb = b.to(at::kBFloat16);
+    const at::Tensor ab = g.a.to(at::kBFloat16), bb = g.b.to(at::kBFloat16);
     at::matmul(ab, bb);
     const double bf16_s = BestOf(repeats, [&] { at::matmul(ab, bb); });
-    std::printf("GEMM [2048,1024]x[1024,2816] bf16: %.1f GFLOP/s\n",
-                2.0 * 2048 * 1024 * 2816 / bf16_s / 1e9);
+    std::printf("GEMM [2048,1024]x[1024,2816] bf16: %.1f GFLOP/s\n", BaselineGemm::Gflops(bf16_s));
   }
-  return gemm_gflops;
 }
 
-// Times the layer on batch x seq tokens and prints its counted GFLOP/s against the GEMM's.
+// Times the layer on batch x seq tokens and prints its counted GFLOP/s against the GEMM's. The
+// repeats alternate the GEMM and the layer, and the ratio is of the best of each, so a machine
+// whose speed drifts (a shared VM) moves both alike.
 void BenchLayer(const moec::model::ModelRunner& runner, const moec::model::LayerWeights& layer,
-                int64_t batch, int64_t seq, int repeats, double gemm_gflops) {
+                int64_t batch, int64_t seq, int repeats, const BaselineGemm& gemm) {
   const moec::model::ModelConfig& c = runner.config();
   const int64_t t = batch * seq;
   at::Tensor h = at::randn({batch, seq, c.hidden_size}, at::TensorOptions(g_device)) * 0.1;
   runner.RunLayer(layer, h);  // warm up
-  const double s = BestOf(repeats, [&] { runner.RunLayer(layer, h); });
+  double s = 1e30, gemm_s = 1e30;
+  for (int i = 0; i < repeats; ++i) {
+    gemm_s = std::min(gemm_s, gemm.Once());
+    s = std::min(s, BestOf(1, [&] { runner.RunLayer(layer, h); }));
+  }
+  const double gemm_gflops = BaselineGemm::Gflops(gemm_s);
   const double d = static_cast<double>(c.head_dim);
   const double proj = 2.0 * t * c.hidden_size *
                       (2.0 * c.num_attention_heads * d + 2.0 * c.num_key_value_heads * d);
@@ -131,9 +152,9 @@ void BenchLayer(const moec::model::ModelRunner& runner, const moec::model::Layer
   const double flops = proj + attn + router + experts;
   const double gflops = flops / s / 1e9;
   std::printf("layer forward %lldx%lld tokens: %.1f ms, %.1f GFLOP/s (experts %.0f%% of FLOPs), "
-              "ratio to GEMM %.2f (target >= 0.5)\n",
+              "GEMM alongside %.1f GFLOP/s, ratio to GEMM %.2f (issue #18's bar: >= 0.75)\n",
               static_cast<long long>(batch), static_cast<long long>(seq), s * 1e3, gflops,
-              100.0 * experts / flops, gflops / gemm_gflops);
+              100.0 * experts / flops, gemm_gflops, gflops / gemm_gflops);
 }
 
 // The whole streamed forward on 4 x 512 tokens with layers loaded in turn and ahead, against
@@ -190,9 +211,10 @@ int main(int argc, char** argv) {
   auto layer = (*runner)->LoadLayer(0);
   if (!layer.ok()) return 1;
 
-  const double gemm_gflops = BaselineGemmGflops(args.repeats);
+  const BaselineGemm gemm;
+  PrintBaseline(gemm, args.repeats);
   for (auto [batch, seq] : {std::pair<int64_t, int64_t>{1, 2048}, {4, 512}}) {
-    BenchLayer(**runner, *layer, batch, seq, args.repeats, gemm_gflops);
+    BenchLayer(**runner, *layer, batch, seq, args.repeats, gemm);
   }
   BenchStreaming(dir, args.repeats);
   std::error_code ec;

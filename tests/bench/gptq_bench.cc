@@ -1,5 +1,5 @@
 // GPTQ solve throughput on Mixtral-sized weights against the GEMM throughput measured in the same
-// process (target >= 0.5 in fp32).
+// process (issue #3: >= 0.5 in fp32; issue #18: >= 0.6).
 //
 // Shapes: in_features 4096 for both (so one 4096 x 4096 Hessian), out_features 4096 (attention
 // q/o projection) and 14336 (expert w1/w3), i.e. W [4096, 4096] and [14336, 4096]; 4 bits,
@@ -30,6 +30,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <string>
 #include <utility>
 
@@ -110,7 +111,7 @@ struct Config {
 // Times GPTQ on w (best of the repeats) in one configuration and prints its figures against the
 // GEMM's. False when GPTQ failed.
 bool BenchGptq(const Args& a, const at::Tensor& w, const at::Tensor& hessian, Config cfg,
-               double gemm_gflops) {
+               const std::function<double()>& gemm_once, double gemm_flops) {
   const int64_t out = w.size(0), in = a.in;
   const moec::quant::GptqFlops flops = moec::quant::CountGptqFlops(out, in, 128, cfg.method);
   moec::quant::GptqOptions o;
@@ -121,7 +122,9 @@ bool BenchGptq(const Args& a, const at::Tensor& w, const at::Tensor& hessian, Co
   o.threads = a.solve_threads;
   moec::quant::GptqResult best_r;
   double best = 1e30;
+  double gemm_s = 1e30;
   for (int r = 0; r < a.repeats; ++r) {
+    gemm_s = std::min(gemm_s, gemm_once());  // alternating: a drifting machine moves both alike
     Sync(a.device);
     const auto t0 = Clock::now();
     auto res = moec::quant::GptqQuantize(w, hessian, o);
@@ -136,16 +139,18 @@ bool BenchGptq(const Args& a, const at::Tensor& w, const at::Tensor& hessian, Co
       best_r = std::move(*res);
     }
   }
+  const double gemm_gflops = gemm_flops / gemm_s / 1e9;
   const double gflops = flops.total() / best / 1e9;
   const auto& t = best_r.seconds;
   const double solve_s = t.blocks + t.lazy_update;
   const double solve_gflops = (flops.lazy_update + flops.intra_block) / solve_s / 1e9;
   const bool ref = cfg.method == moec::quant::InverseFactorMethod::kReference;
   std::printf("  GPTQ act-order %-3s%s: %.3f s, %.1f GFLOP/s counted (%.1f GFLOP: lazy %.1f, "
-              "intra-block %.1f, factorisation %.1f), ratio %.2f (target >= 0.5)\n",
+              "intra-block %.1f, factorisation %.1f), GEMM alongside %.1f GFLOP/s, ratio %.2f "
+              "(issue #18's bar: >= 0.6)\n",
               cfg.act ? "on" : "off", ref ? ", reference factorisation" : "", best, gflops,
               flops.total() / 1e9, flops.lazy_update / 1e9, flops.intra_block / 1e9,
-              flops.factorization / 1e9, gflops / gemm_gflops);
+              flops.factorization / 1e9, gemm_gflops, gflops / gemm_gflops);
   std::printf("    phases: prepare %.3f s, factorisation %.3f s (%.1f GFLOP/s), blocks %.3f s, "
               "lazy updates %.3f s (%.1f GFLOP/s), finish %.3f s; blocked solve alone "
               "(blocks + lazy) %.1f GFLOP/s, ratio %.2f; loss %.4g\n",
@@ -185,7 +190,14 @@ bool BenchShape(const Args& a, int64_t out, const at::Tensor& hessian, double he
   for (Config cfg : {Config{false, moec::quant::InverseFactorMethod::kReversedCholesky},
                      Config{true, moec::quant::InverseFactorMethod::kReversedCholesky},
                      Config{false, moec::quant::InverseFactorMethod::kReference}}) {
-    if (!BenchGptq(a, w, hessian, cfg, gemm_gflops)) return false;
+    const auto gemm_once = [&] {
+      Sync(a.device);
+      const auto t0 = Clock::now();
+      at::matmul(w, b);
+      Sync(a.device);
+      return Seconds(Clock::now() - t0);
+    };
+    if (!BenchGptq(a, w, hessian, cfg, gemm_once, 2.0 * out * in * in)) return false;
   }
   return true;
 }
