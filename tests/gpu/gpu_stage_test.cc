@@ -6,6 +6,7 @@
 #include <ATen/detail/CUDAHooksInterface.h>
 
 #include <cmath>
+#include <memory>
 #include <string>
 
 #include "gtest/gtest.h"
@@ -50,16 +51,23 @@ class GpuStageTest : public ::testing::TestWithParam<std::string> {
   void SetUp() override {
     if (!HaveGpu()) GTEST_SKIP() << "no CUDA GPU visible";
   }
+  // The tiny model of the parameter's architecture, opened on the CPU and on cuda:0.
+  void OpenBoth() {
+    ASSERT_OK(tools::WriteTinyModel(Tiny(GetParam()), dir_.Join("m")));
+    model::RunnerOptions gpu;
+    gpu.device = at::Device(at::kCUDA, 0);
+    ASSERT_OK_AND_ASSIGN(cpu_, model::ModelRunner::Open(dir_.Join("m")));
+    ASSERT_OK_AND_ASSIGN(gpu_, model::ModelRunner::Open(dir_.Join("m"), gpu));
+  }
+  TempDir dir_;
+  std::unique_ptr<model::ModelRunner> cpu_, gpu_;
 };
 
 // The layer-streaming forward: logits on cuda:0 against the CPU's, fp32.
 TEST_P(GpuStageTest, ForwardLogitsMatchTheCpu) {
-  TempDir dir;
-  ASSERT_OK(tools::WriteTinyModel(Tiny(GetParam()), dir.Join("m")));
-  model::RunnerOptions cpu, gpu;
-  gpu.device = at::Device(at::kCUDA, 0);
-  ASSERT_OK_AND_ASSIGN(auto a, model::ModelRunner::Open(dir.Join("m"), cpu));
-  ASSERT_OK_AND_ASSIGN(auto b, model::ModelRunner::Open(dir.Join("m"), gpu));
+  ASSERT_NO_FATAL_FAILURE(OpenBoth());
+  const auto& a = cpu_;
+  const auto& b = gpu_;
   model::TokenWindows w = RandomWindows(4, 32, 280, 3);
   at::Tensor tokens =
       at::from_blob(w.tokens.data(), {4, 32}, at::kInt).to(at::kLong);
@@ -174,12 +182,9 @@ TEST(GpuPruneTest, SparseGptAndWandaOnTheDeviceMatchTheCpu) {
 // The attention with its column statistic (ODP's importance, the blocked path) and the MoE
 // block under ODP's routing on the device against the CPU.
 TEST_P(GpuStageTest, OdpAttentionStatisticAndRoutingMatchTheCpu) {
-  TempDir dir;
-  ASSERT_OK(tools::WriteTinyModel(Tiny(GetParam()), dir.Join("m")));
-  model::RunnerOptions cpu, gpu;
-  gpu.device = at::Device(at::kCUDA, 0);
-  ASSERT_OK_AND_ASSIGN(auto a, model::ModelRunner::Open(dir.Join("m"), cpu));
-  ASSERT_OK_AND_ASSIGN(auto b, model::ModelRunner::Open(dir.Join("m"), gpu));
+  ASSERT_NO_FATAL_FAILURE(OpenBoth());
+  const auto& a = cpu_;
+  const auto& b = gpu_;
   const model::ModelConfig& c = a->config();
   const int l = c.num_hidden_layers - 1;  // a MoE layer in every architecture here
   ASSERT_OK_AND_ASSIGN(model::LayerWeights wa, a->LoadLayer(l));
@@ -189,7 +194,7 @@ TEST_P(GpuStageTest, OdpAttentionStatisticAndRoutingMatchTheCpu) {
   const at::Tensor h = at::randn({2, seq, c.hidden_size}) * 0.5;
   const model::AttentionOutput oa =
       model::Attention(c, l, wa.attention, h, a->Rope(seq), /*want_column_statistic=*/true, nullptr);
-  const model::AttentionOutput ob = model::Attention(c, l, wb.attention, h.to(gpu.device), b->Rope(seq),
+  const model::AttentionOutput ob = model::Attention(c, l, wb.attention, h.to(b->device()), b->Rope(seq),
                                                      /*want_column_statistic=*/true, nullptr);
   ASSERT_TRUE(ob.column_statistic.is_cuda());
   EXPECT_TRUE(at::allclose(ob.output.cpu(), oa.output, 1e-4, 1e-5));
@@ -200,7 +205,7 @@ TEST_P(GpuStageTest, OdpAttentionStatisticAndRoutingMatchTheCpu) {
   rule.tau_high = 0.1;
   const at::Tensor x = h.reshape({-1, c.hidden_size});
   const at::Tensor ya = model::MoeBlock(c, l, *wa.moe, rule, x, seq, oa.column_statistic, nullptr);
-  const at::Tensor yb = model::MoeBlock(c, l, *wb.moe, rule, x.to(gpu.device), seq,
+  const at::Tensor yb = model::MoeBlock(c, l, *wb.moe, rule, x.to(b->device()), seq,
                                         ob.column_statistic, nullptr);
   ASSERT_TRUE(yb.is_cuda());
   EXPECT_LT(((yb.cpu() - ya).norm() / ya.norm()).item<double>(), 1e-3);
