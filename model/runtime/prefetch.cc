@@ -4,7 +4,6 @@
 #include <c10/core/StreamGuard.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
 
-#include <chrono>
 #include <optional>
 #include <utility>
 
@@ -72,9 +71,7 @@ absl::StatusOr<LayerWeights> LayerPrefetcher::Next() {
   }
   const int layer = next_++;
   if (!ahead_) return load_(layer);
-  const auto t0 = std::chrono::steady_clock::now();
   absl::StatusOr<LayerWeights> w = pending_.get();
-  waited_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (w.ok() && next_ < count_) pending_ = Start(next_);
   return w;
 }

@@ -35,8 +35,6 @@ class LayerPrefetcher {
 
   // The next layer; OutOfRange past the last.
   absl::StatusOr<LayerWeights> Next();
-  // Seconds the consumer waited for loads so far (0 when every load was ready in time).
-  double waited_seconds() const { return waited_seconds_; }
 
  private:
   std::future<absl::StatusOr<LayerWeights>> Start(int layer);
@@ -47,7 +45,6 @@ class LayerPrefetcher {
   const bool ahead_;
   int next_ = 0;
   std::future<absl::StatusOr<LayerWeights>> pending_;
-  double waited_seconds_ = 0;
 };
 
 }  // namespace moec::model

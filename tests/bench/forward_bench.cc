@@ -19,11 +19,9 @@
 // Usage: forward_bench [--repeats N] [--threads N] [--hidden N] [--ffn N] [--device cpu|cuda:N]
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <c10/core/impl/VirtualGuardImpl.h>
 
 #include <unistd.h>
 
-#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -33,32 +31,16 @@
 
 #include "absl/status/status.h"
 #include "model/runtime/forward.h"
+#include "tests/bench/device_timing.h"
 #include "tools/tiny_model.h"
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
-
 at::Device g_device = at::kCPU;
-
-// Waits for the device's queued work (nothing on the CPU).
-void Sync() {
-  if (!g_device.is_cpu()) c10::impl::VirtualGuardImpl(g_device.type()).getStream(g_device).synchronize();
-}
 
 template <typename F>
 double BestOf(int repeats, F&& f) {
-  double best = 1e30;
-  for (int i = 0; i < repeats; ++i) {
-    Sync();
-    const auto t0 = Clock::now();
-    f();
-    Sync();
-    best = std::min(best, Seconds(Clock::now() - t0));
-  }
-  return best;
+  return moec::bench::BestOf(repeats, g_device, f);
 }
 
 struct Args {
@@ -102,11 +84,7 @@ struct BaselineGemm {
     at::matmul(a, b);  // warm up
   }
   double Once() const {
-    Sync();
-    const auto t0 = Clock::now();
-    at::matmul(a, b);
-    Sync();
-    return Seconds(Clock::now() - t0);
+    return moec::bench::TimeOnce(g_device, [&] { at::matmul(a, b); });
   }
   static double Gflops(double s) { return 2.0 * 2048 * 1024 * 2816 / s / 1e9; }
   at::Tensor a, b;
@@ -138,7 +116,7 @@ void BenchLayer(const moec::model::ModelRunner& runner, const moec::model::Layer
   double s = 1e30, gemm_s = 1e30;
   for (int i = 0; i < repeats; ++i) {
     gemm_s = std::min(gemm_s, gemm.Once());
-    s = std::min(s, BestOf(1, [&] { runner.RunLayer(layer, h); }));
+    s = std::min(s, moec::bench::TimeOnce(g_device, [&] { runner.RunLayer(layer, h); }));
   }
   const double gemm_gflops = BaselineGemm::Gflops(gemm_s);
   const double d = static_cast<double>(c.head_dim);

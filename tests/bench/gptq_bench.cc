@@ -23,10 +23,8 @@
 // (--solve-threads: GptqOptions::threads, the per-row loop's threads; default hardware threads)
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <c10/core/impl/VirtualGuardImpl.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -35,30 +33,12 @@
 #include <utility>
 
 #include "quant/gptq.h"
+#include "tests/bench/device_timing.h"
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
-
-// Waits for the device's queued work (nothing on the CPU).
-void Sync(at::Device d) {
-  if (!d.is_cpu()) c10::impl::VirtualGuardImpl(d.type()).getStream(d).synchronize();
-}
-
-template <typename F>
-double BestOf(int repeats, at::Device d, F&& f) {
-  double best = 1e30;
-  for (int i = 0; i < repeats; ++i) {
-    Sync(d);
-    const auto t0 = Clock::now();
-    f();
-    Sync(d);
-    best = std::min(best, Seconds(Clock::now() - t0));
-  }
-  return best;
-}
+using moec::bench::BestOf;
+using moec::bench::TimeOnce;
 
 struct Args {
   int repeats = 3;
@@ -93,11 +73,9 @@ bool AccumulateHessian(const Args& a, moec::quant::HessianAccumulator& acc, doub
   double hess_s = 0;
   for (int64_t t = 0; t < a.tokens; t += batch) {
     const at::Tensor x = at::matmul(at::randn({std::min(batch, a.tokens - t), a.in}, on), mix);
-    Sync(a.device);
-    const auto t0 = Clock::now();
-    if (!acc.Add(x, 1).ok()) return false;
-    Sync(a.device);
-    hess_s += Seconds(Clock::now() - t0);
+    bool ok = false;
+    hess_s += TimeOnce(a.device, [&] { ok = acc.Add(x, 1).ok(); });
+    if (!ok) return false;
   }
   *seconds = hess_s;
   return true;
@@ -125,11 +103,8 @@ bool BenchGptq(const Args& a, const at::Tensor& w, const at::Tensor& hessian, Co
   double gemm_s = 1e30;
   for (int r = 0; r < a.repeats; ++r) {
     gemm_s = std::min(gemm_s, gemm_once());  // alternating: a drifting machine moves both alike
-    Sync(a.device);
-    const auto t0 = Clock::now();
-    auto res = moec::quant::GptqQuantize(w, hessian, o);
-    Sync(a.device);
-    const double s = Seconds(Clock::now() - t0);
+    absl::StatusOr<moec::quant::GptqResult> res;
+    const double s = TimeOnce(a.device, [&] { res = moec::quant::GptqQuantize(w, hessian, o); });
     if (!res.ok()) {
       std::fprintf(stderr, "gptq: %s\n", std::string(res.status().message()).c_str());
       return false;
@@ -190,13 +165,7 @@ bool BenchShape(const Args& a, int64_t out, const at::Tensor& hessian, double he
   for (Config cfg : {Config{false, moec::quant::InverseFactorMethod::kReversedCholesky},
                      Config{true, moec::quant::InverseFactorMethod::kReversedCholesky},
                      Config{false, moec::quant::InverseFactorMethod::kReference}}) {
-    const auto gemm_once = [&] {
-      Sync(a.device);
-      const auto t0 = Clock::now();
-      at::matmul(w, b);
-      Sync(a.device);
-      return Seconds(Clock::now() - t0);
-    };
+    const auto gemm_once = [&] { return TimeOnce(a.device, [&] { at::matmul(w, b); }); };
     if (!BenchGptq(a, w, hessian, cfg, gemm_once, 2.0 * out * in * in)) return false;
   }
   return true;
