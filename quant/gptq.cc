@@ -256,7 +256,7 @@ void GptqSolve::Unpermute(const at::Tensor& invperm) {
   uint8_t* cp = codes_.data_ptr<uint8_t>();
   internal::ParallelFor(out_, kMinRowsPerChunk, threads_, [&](int64_t b, int64_t e, int) {
     // In place, one row at a time through a copy that stays in L1: no second [out, in] array,
-    // whose fresh pages cost more than the gather (finish on 14336 x 4096: 0.10 -> 0.0x s).
+    // whose fresh pages cost more than the gather (finish on 14336 x 4096: 0.10 -> 0.04 s).
     std::vector<float> wrow(in);
     std::vector<uint8_t> crow(in);
     for (int64_t r = b; r < e; ++r) {
