@@ -346,14 +346,20 @@ TEST(GptqTest, RejectsBadInput) {
   GptqOptions o;
   EXPECT_THAT(GptqQuantize(at::ones({4, 8}), at::eye(4), o).status(),
               testing::StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("Hessian")));
-  at::Tensor w = at::ones({4, 8});
-  w[0][0] = std::numeric_limits<float>::quiet_NaN();
-  EXPECT_THAT(GptqQuantize(w, at::eye(8), o).status(),
-              testing::StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("non-finite")));
-  at::Tensor bad_h = at::eye(8);
-  bad_h[2][5] = std::numeric_limits<float>::infinity();
-  EXPECT_THAT(GptqQuantize(at::ones({4, 8}), bad_h, o).status(),
-              testing::StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("non-finite")));
+  for (bool act : {false, true}) {  // the two gathers of W and H (reversed, or permuted)
+    GptqOptions oa;
+    oa.actorder = act;
+    at::Tensor w = at::ones({4, 8});
+    w[3][6] = std::numeric_limits<float>::quiet_NaN();
+    EXPECT_THAT(GptqQuantize(w, at::eye(8), oa).status(),
+                testing::StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("non-finite")))
+        << act;
+    at::Tensor bad_h = at::eye(8);
+    bad_h[2][5] = std::numeric_limits<float>::infinity();
+    EXPECT_THAT(GptqQuantize(at::ones({4, 8}), bad_h, oa).status(),
+                testing::StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("non-finite")))
+        << act;
+  }
   o.groupsize = 0;
   EXPECT_THAT(GptqQuantize(at::ones({4, 8}), at::eye(8), o).status(),
               testing::StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("groupsize")));
