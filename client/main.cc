@@ -126,7 +126,7 @@ int Main(int argc, char** argv) {
 int main(int argc, char** argv) {
   // Only the commands that compute in this process pay for the re-exec (a second start-up).
   if (argc > 1 && (std::string(argv[1]) == "eval" || std::string(argv[1]) == "make-tiny-model")) {
-    moec::UsePassiveOpenMpWait(argv);
+    moec::UsePassiveThreadWait(argv);
   }
   moec::TuneMallocForLargeBuffers();
   moec::SkipMutexDeadlockDetection();

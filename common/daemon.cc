@@ -10,8 +10,8 @@
 
 namespace moec {
 
-void InitDaemon(int argc, char** argv, OpenMpWait openmp_wait) {
-  if (openmp_wait == OpenMpWait::kPassive) UsePassiveOpenMpWait(argv);
+void InitDaemon(int argc, char** argv, ThreadWait thread_wait) {
+  if (thread_wait == ThreadWait::kPassive) UsePassiveThreadWait(argv);
   TuneMallocForLargeBuffers();
   SkipMutexDeadlockDetection();
   // The normalized arguments must outlive parsing only: flags copy their values.

@@ -6,12 +6,12 @@
 
 namespace moec {
 
-enum class OpenMpWait { kDefault, kPassive };
+enum class ThreadWait { kDefault, kPassive };
 
-// kPassive (compute daemons): re-executes with OMP_WAIT_POLICY=PASSIVE first
-// (docs/data_plane.md), so that libtorch's idle OpenMP threads sleep instead of spinning against
-// the BLAS threads.
-void InitDaemon(int argc, char** argv, OpenMpWait openmp_wait);
+// kPassive (compute daemons): re-executes with OMP_WAIT_POLICY=PASSIVE and
+// OPENBLAS_THREAD_TIMEOUT=4 first (UsePassiveThreadWait, docs/data_plane.md), so that the idle
+// threads of libtorch's OpenMP pool and of OpenBLAS sleep instead of spinning against each other.
+void InitDaemon(int argc, char** argv, ThreadWait thread_wait);
 
 }  // namespace moec
 

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <utility>
 
 #include "absl/synchronization/mutex.h"
 
@@ -19,10 +20,16 @@ void SkipMutexDeadlockDetection() {
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
 }
 
-void UsePassiveOpenMpWait(char** argv) {
-  if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
-  setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
-  execv("/proc/self/exe", argv);  // returns only on failure: run on with the spinning default
+void UsePassiveThreadWait(char** argv) {
+  bool changed = false;
+  for (const auto& [name, value] : {std::pair<const char*, const char*>{"OMP_WAIT_POLICY", "PASSIVE"},
+                                    {"OPENBLAS_THREAD_TIMEOUT", "4"}}) {
+    if (std::getenv(name) != nullptr) continue;  // the user's own setting is kept
+    setenv(name, value, 1);
+    changed = true;
+  }
+  if (!changed) return;
+  execv("/proc/self/exe", argv);  // returns only on failure: run on with the spinning defaults
 }
 
 }  // namespace moec

@@ -17,13 +17,17 @@ void TuneMallocForLargeBuffers();
 // and benchmarks call this; tests keep the detection.
 void SkipMutexDeadlockDetection();
 
-// Makes libgomp's idle threads sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE) in binaries
-// that compute with libtorch: its OpenMP threads otherwise spin between parallel regions and
-// starve OpenBLAS's own pthreads — a GPTQ layer task ran 2.8x slower with 2 threads than with 1
-// (tests/bench/expert_parallel_bench, docs/benchmarks.md). libgomp reads the variable when it
-// loads, before main, so when it is unset this sets it and re-executes the binary with the same
-// arguments (once; a user's own setting is kept). Returns only when no re-exec happened.
-void UsePassiveOpenMpWait(char** argv);
+// Makes the idle threads of both thread pools in a process that computes with libtorch sleep
+// instead of spinning: libgomp's (OMP_WAIT_POLICY=PASSIVE), which libtorch and MKL run on, and
+// OpenBLAS's (OPENBLAS_THREAD_TIMEOUT=4, 2^4 cycles instead of 2^28), which GPTQ's LAPACK
+// factorisation runs on. Spinning threads of one pool starve the other's and moec's own row
+// threads: a GPTQ layer task ran 2.8x slower with 2 threads than with 1
+// (tests/bench/expert_parallel_bench), the GPTQ panel phase 1.8x slower, and with OpenBLAS's
+// default timeout the lazy updates after a factorisation lost 5-10% (tests/bench/gptq_bench;
+// docs/benchmarks.md). Both libraries read the variables when they load, before main, so when
+// one is unset this sets it and re-executes the binary with the same arguments (once; a user's
+// own settings are kept). Returns only when no re-exec happened.
+void UsePassiveThreadWait(char** argv);
 
 }  // namespace moec
 

@@ -167,7 +167,7 @@ void TickUntil(absl::Notification& stop, moec::coordinator::Coordinator& core,
 
 int main(int argc, char** argv) {
   SetUsage();
-  moec::InitDaemon(argc, argv, moec::OpenMpWait::kDefault);
+  moec::InitDaemon(argc, argv, moec::ThreadWait::kDefault);
 
   if (absl::GetFlag(FLAGS_data_dir).empty() || absl::GetFlag(FLAGS_token_file).empty()) {
     return Fail(absl::InvalidArgumentError("--data-dir and --token-file are required (see --help)"));

@@ -208,7 +208,7 @@ absl::Status SetComputeThreads() {
 
 int main(int argc, char** argv) {
   SetUsage();
-  moec::InitDaemon(argc, argv, moec::OpenMpWait::kPassive);
+  moec::InitDaemon(argc, argv, moec::ThreadWait::kPassive);
 
   absl::StatusOr<moec::worker::GrpcClientOptions> client_options = ClientOptionsFromFlags();
   if (!client_options.ok()) return Fail(client_options.status());

@@ -270,7 +270,7 @@ void PrintReport(const Options& o, int cores, const Timings& t) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  moec::UsePassiveOpenMpWait(argv);  // as the moec binaries do
+  moec::UsePassiveThreadWait(argv);  // as the moec binaries do
   if (argc == 6 && std::strcmp(argv[1], "--child") == 0) {
     return Child(argv[2], std::atoi(argv[3]), std::atoi(argv[4]), std::atoi(argv[5]));
   }

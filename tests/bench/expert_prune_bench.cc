@@ -22,7 +22,7 @@ double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::
 }  // namespace
 
 int main(int argc, char** argv) {
-  moec::UsePassiveOpenMpWait(argv);
+  moec::UsePassiveThreadWait(argv);
   int64_t tokens = 2048;
   int repeats = 3;
   for (int i = 1; i + 1 < argc; i += 2) {

@@ -173,7 +173,7 @@ void BenchStreaming(const std::string& dir, int repeats) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  moec::UsePassiveOpenMpWait(argv);  // as moec-worker does: idle OpenMP threads sleep
+  moec::UsePassiveThreadWait(argv);  // as moec-worker does: idle OpenMP threads sleep
   const Args args = ParseArgs(argc, argv);
   namespace fs = std::filesystem;
   const std::string dir = (fs::temp_directory_path() / ("moec_forward_bench_" + std::to_string(getpid()))).string();

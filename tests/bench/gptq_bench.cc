@@ -175,7 +175,7 @@ bool BenchShape(const Args& a, int64_t out, const at::Tensor& hessian, double he
 }  // namespace
 
 int main(int argc, char** argv) {
-  moec::UsePassiveOpenMpWait(argv);  // as moec-worker does: idle OpenMP threads sleep
+  moec::UsePassiveThreadWait(argv);  // as moec-worker does: idle OpenMP threads sleep
   const Args a = ParseArgs(argc, argv);
   std::printf("gptq_bench: fp32, in_features %ld, group 128, blocksize 128, 4 bits, repeats %d, "
               "at::get_num_threads %d, device %s\n",
