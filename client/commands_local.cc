@@ -197,13 +197,20 @@ absl::Status IntFlag(const Args& args, const std::string& flag, int64_t lo, int6
 // The numeric flags of make-tiny-model; 0 where not given.
 struct TinyModelFlags {
   int64_t layers = 0, experts = 0, steps = 0;
+  // Shape of a random model (benchmarks write mid-size ones: tests/bench/job_bench.sh).
+  int64_t hidden = 0, heads = 0, kv_heads = 0, expert_width = 0, top_k = 0;
   uint64_t seed = 0;
 };
 
 absl::Status ParseTinyModelFlags(const Args& args, TinyModelFlags* f) {
   for (absl::Status s : {IntFlag(args, "layers", 1, 4096, &f->layers),
                          IntFlag(args, "experts", 1, 4096, &f->experts),
-                         IntFlag(args, "steps", 1, 1000000, &f->steps)}) {
+                         IntFlag(args, "steps", 1, 1000000, &f->steps),
+                         IntFlag(args, "hidden", 1, 65536, &f->hidden),
+                         IntFlag(args, "heads", 1, 1024, &f->heads),
+                         IntFlag(args, "kv-heads", 1, 1024, &f->kv_heads),
+                         IntFlag(args, "expert-width", 1, 262144, &f->expert_width),
+                         IntFlag(args, "top-k", 1, 4096, &f->top_k)}) {
     if (!s.ok()) return s;
   }
   if (const std::string v = args.Get("seed"); !v.empty() && !absl::SimpleAtoi(v, &f->seed)) {
@@ -246,14 +253,21 @@ int MakeRandomTinyModel(const Args& args, const std::string& dir, const TinyMode
   o.dtype = args.Get("dtype", o.dtype);
   if (f.layers > 0) o.num_layers = static_cast<int>(f.layers);
   if (f.experts > 0) o.experts = static_cast<int>(f.experts);
-  o.top_k = std::min(o.top_k, o.experts);
+  o.top_k = f.top_k > 0 ? static_cast<int>(f.top_k) : std::min(o.top_k, o.experts);
+  for (auto [flag, out] : {std::pair<int64_t, int*>{f.hidden, &o.hidden}, {f.heads, &o.heads},
+                           {f.kv_heads, &o.kv_heads}, {f.expert_width, &o.moe_intermediate}}) {
+    if (flag > 0) *out = static_cast<int>(flag);
+  }
+  if (f.expert_width > 0) o.intermediate = static_cast<int>(f.expert_width);  // dense layers too
   o.seed = f.seed;
   if (absl::Status s = o.Validate(); !s.ok()) return Error(kUsage, s);
   if (absl::Status s = tools::WriteTinyModel(o, dir); !s.ok()) {
     return Error(absl::IsFailedPrecondition(s) ? kUsage : kJobFailed, s);
   }
-  std::printf("wrote a tiny %s model (%d layers, %d experts, %s, seed %llu) to %s\n", o.model_type.c_str(),
-              o.num_layers, o.experts, o.dtype.c_str(), static_cast<unsigned long long>(o.seed), dir.c_str());
+  std::printf("wrote a random %s model (%d layers, hidden %d, %d experts of width %d, top-%d, %s, "
+              "seed %llu) to %s\n",
+              o.model_type.c_str(), o.num_layers, o.hidden, o.experts, o.moe_intermediate, o.top_k,
+              o.dtype.c_str(), static_cast<unsigned long long>(o.seed), dir.c_str());
   return kOk;
 }
 
@@ -330,6 +344,7 @@ int CmdMakeTinyModel(const Args& args) {
   if (args.positional.size() != 1 || args.Get("arch").empty()) {
     return Error(kUsage, absl::InvalidArgumentError(
                              "usage: moec make-tiny-model DIR --arch ARCH [--layers N] [--experts E] "
+                             "[--hidden H] [--heads N] [--kv-heads N] [--expert-width F] [--top-k K] "
                              "[--dtype F32|BF16|F16] [--seed S] [--trained [--steps N] [--corpus FILE]...]"));
   }
   const std::string& dir = args.positional[0];

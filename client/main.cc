@@ -44,8 +44,10 @@ usage: moec COMMAND [ARGS]
                          the text is tokenized once and cut into non-overlapping windows
                          (default seqlen 2048, all windows); layers stream from disk
   make-tiny-model DIR --arch ARCH [--layers N] [--experts E] [--dtype F32|BF16|F16] [--seed S]
-                         write a tiny random checkpoint (mixtral, deepseek, qwen2_moe, olmoe,
-                         qwen3_moe) with config.json and tokenizer
+                  [--hidden H] [--heads N] [--kv-heads N] [--expert-width F] [--top-k K]
+                         write a random checkpoint (mixtral, deepseek, qwen2_moe, olmoe,
+                         qwen3_moe) with config.json and tokenizer; tiny by default, the
+                         shape flags make mid-size ones (up to 2^30 parameters) for benches
   make-tiny-model DIR --arch mixtral|deepseek --trained [--steps N] [--corpus FILE]...
                          train a tiny model and its BPE tokenizer on local English text
                          (default /usr/share/common-licenses) in a few minutes; reused when
@@ -76,7 +78,8 @@ void CommandFlags(const std::string& cmd, std::set<std::string>* values,
   if (cmd == "inspect") *values = {};
   if (cmd == "eval") *values = {"text", "seqlen", "max-windows", "dtype", "text-field"};
   if (cmd == "make-tiny-model") {
-    *values = {"arch", "layers", "experts", "dtype", "seed", "steps", "corpus"};
+    *values = {"arch",   "layers", "experts",  "dtype",        "seed",  "steps",
+               "corpus", "hidden", "heads", "kv-heads", "expert-width", "top-k"};
     bools->insert("trained");
   }
 }

@@ -193,6 +193,23 @@ at::Tensor ModelRunner::RunLayer(const LayerWeights& weights, const at::Tensor& 
                       experts);
 }
 
+at::Tensor ModelRunner::RunLayerInMicroBatches(const LayerWeights& weights,
+                                               const at::Tensor& hidden,
+                                               ForwardObserver* observer) const {
+  const int64_t n = hidden.size(0), seq = hidden.size(1);
+  const int64_t mb = options_.micro_batch_tokens > 0
+                         ? std::clamp<int64_t>(options_.micro_batch_tokens / seq, 1, n)
+                         : n;
+  if (mb >= n) return RunLayer(weights, hidden, observer);
+  // Windows are independent through a layer: each micro-batch's output replaces its input rows.
+  at::Tensor h = hidden.to(options_.device);
+  for (int64_t b = 0; b < n; b += mb) {
+    at::Tensor part = h.narrow(0, b, std::min(mb, n - b));
+    part.copy_(RunLayer(weights, part, observer));
+  }
+  return h;
+}
+
 std::unique_ptr<LayerPrefetcher> ModelRunner::StreamLayers() const {
   const bool ahead = options_.prefetch_layers.value_or(!options_.device.is_cpu());
   return std::make_unique<LayerPrefetcher>([this](int l) { return LoadLayer(l); },
@@ -274,7 +291,7 @@ absl::StatusOr<PerplexityResult> ModelRunner::Perplexity(const TokenWindows& win
     for (int l = 0; l < config_.num_hidden_layers; ++l) {
       MOEC_RETURN_IF_ERROR(CheckCancelled(cancelled));
       MOEC_ASSIGN_OR_RETURN(LayerWeights w, layers->Next());
-      h = RunLayer(w, h, observer);
+      h = RunLayerInMicroBatches(w, h, observer);
       if (progress) progress(++done, total);
     }
     MOEC_ASSIGN_OR_RETURN(HeadWeights head, LoadHead());

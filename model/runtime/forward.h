@@ -32,6 +32,11 @@ struct RunnerOptions {
   // Hidden states of at most this many bytes are kept for one pass over the layers; more
   // windows are processed in several passes (each streams the layers again).
   int64_t activation_budget_bytes = int64_t{1} << 30;
+  // Perplexity runs each layer of a pass over micro-batches of whole windows of about this many
+  // tokens (at least one window): expert GEMMs of thousands of rows, with intermediates that
+  // stay in cache and in reused heap memory instead of fresh pages (docs/forward.md, "Passes and
+  // micro-batches"). 0: the whole pass at once.
+  int64_t micro_batch_tokens = 8192;
   // Whether Forward and Perplexity load the next layer on a background thread (and, on a GPU, a
   // side stream) while this one computes (prefetch.h). Unset: on for devices other than the CPU.
   // The TensorSource of a view is then called from that thread, one call at a time.
@@ -123,6 +128,10 @@ class ModelRunner {
   std::unique_ptr<LayerPrefetcher> StreamLayers() const;
 
  private:
+  // RunLayer over micro-batches of whole windows (RunnerOptions::micro_batch_tokens), written
+  // into the pass's hidden state on the device.
+  at::Tensor RunLayerInMicroBatches(const LayerWeights& weights, const at::Tensor& hidden,
+                                    ForwardObserver* observer) const;
   ModelRunner(ModelConfig config, std::unique_ptr<WeightLoader> loader, RunnerOptions options,
               TensorSource source = nullptr)
       : config_(std::move(config)),

@@ -210,6 +210,17 @@ TEST(ForwardTest, PerplexityIsTheSameInOneOrManyPasses) {
   // Different batch shapes change GEMM blocking, hence rounding: equal to fp32 precision.
   EXPECT_NEAR(ra.perplexity, rb.perplexity, 1e-6 * ra.perplexity);
   EXPECT_EQ(ra.predicted_tokens, 5 * 15);
+  // One pass whose layers run on micro-batches of 2, 2 and 1 windows.
+  RunnerOptions micro;
+  micro.micro_batch_tokens = 32;
+  ASSERT_OK_AND_ASSIGN(auto c, ModelRunner::Open(dir.Join("m"), micro));
+  ASSERT_OK_AND_ASSIGN(PerplexityResult rc, c->Perplexity(windows, [&](int64_t d, int64_t t) {
+                         last_done = d;
+                         last_total = t;
+                       }));
+  EXPECT_EQ(last_total, 3 + 2);  // progress counts passes and layers, not micro-batches
+  EXPECT_NEAR(ra.perplexity, rc.perplexity, 1e-6 * ra.perplexity);
+  EXPECT_EQ(rc.predicted_tokens, 5 * 15);
   // A random model is close to uniform over the vocabulary.
   EXPECT_GT(ra.perplexity, 0.5 * 302);
   EXPECT_LT(ra.perplexity, 2.0 * 302);
