@@ -14,6 +14,7 @@ reports throughput, not perplexity.
 
     .venv/bin/python3 tests/bench/eager_forward.py --model DIR --text FILE --seqlen 512 \\
         --windows 48 [--dtype fp32|bf16] [--threads N] [--gemm]
+    .venv/bin/python3 tests/bench/eager_forward.py --windows 0   # the GEMM rates only
 
 Weights and activations in --dtype (fp32 default; bf16 as `moec eval --dtype bf16`). Prints one
 JSON object: seconds (forward only), tokens_per_second, windows, seqlen, dtype, threads,
@@ -101,8 +102,8 @@ def gemm_rate(dtype):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--text", required=True)
+    ap.add_argument("--model")
+    ap.add_argument("--text")
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--windows", type=int, default=48)
     ap.add_argument("--threads", type=int, default=0)
@@ -111,6 +112,12 @@ def main():
     a = ap.parse_args()
     if a.threads > 0:
         torch.set_num_threads(a.threads)
+    if a.windows == 0:  # the GEMM rates alone
+        print(json.dumps(dict(gemm_gflops=gemm_rate(torch.float32),
+                              gemm_bf16_gflops=gemm_rate(torch.bfloat16))))
+        return
+    if not a.model or not a.text:
+        sys.exit("eager_forward.py: --model and --text are needed unless --windows 0")
     spec = load_config(a.model)
     if spec.model_type != "mixtral":
         sys.exit("eager_forward.py: only mixtral models (got %s)" % spec.model_type)
