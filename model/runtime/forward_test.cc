@@ -1,6 +1,7 @@
 #include "model/runtime/forward.h"
 
 #include <cmath>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -184,6 +185,45 @@ TEST(ForwardTest, ObserverSeesEveryLayerAndRoutedTokensOnly) {
   EXPECT_EQ(obs.q_rows, 3 * 16);
   EXPECT_EQ(obs.expert_rows, 3 * 16 * 2);  // every token goes to exactly top-2 experts
   for (int l = 0; l + 1 < 3; ++l) EXPECT_TRUE(at::equal(obs.outputs[l], obs.inputs[l + 1]));
+}
+
+// Records every linear input it is shown, and stops layers where it is told to.
+class ExtentObserver : public ForwardObserver {
+ public:
+  explicit ExtentObserver(LayerExtent extent) : extent_(extent) {}
+  bool WantsLinearInputs(int layer) const override { return true; }
+  LayerExtent Extent(int layer) const override { return extent_; }
+  void OnLayerOutput(int layer, const at::Tensor& h) override { ++outputs; }
+  void OnLinearInput(const LinearId& id, const at::Tensor& x, const at::Tensor& idx) override {
+    seen[{id.kind, id.expert}] = x.clone();
+  }
+  void OnRouterLogits(int layer, const at::Tensor& logits) override { ++router_calls; }
+  std::map<std::pair<LinearKind, int>, at::Tensor> seen;
+  int outputs = 0, router_calls = 0;
+
+ private:
+  const LayerExtent extent_;
+};
+
+TEST(ForwardTest, ShortenedLayersStopAfterTheInputsTheyCaptureAndCaptureThemUnchanged) {
+  TempDir dir;
+  auto runner = OpenTiny(dir, Tiny("mixtral"));
+  ASSERT_NE(runner, nullptr);
+  ASSERT_OK_AND_ASSIGN(LayerWeights w, runner->LoadLayer(1));
+  at::Tensor h = at::randn({2, 8, runner->config().hidden_size}, at::kFloat);
+  ExtentObserver all(LayerExtent::kAll), qkv(LayerExtent::kQkvInputs), o(LayerExtent::kOInput);
+  EXPECT_TRUE(runner->RunLayer(w, h, &all).defined());
+  EXPECT_FALSE(runner->RunLayer(w, h, &qkv).defined());
+  EXPECT_FALSE(runner->RunLayer(w, h, &o).defined());
+  EXPECT_EQ(all.outputs, 1);
+  EXPECT_EQ(qkv.outputs + o.outputs + qkv.router_calls + o.router_calls, 0);
+  EXPECT_EQ(qkv.seen.size(), 3u);  // q, k, v
+  EXPECT_EQ(o.seen.size(), 4u);    // and o; no router, no experts
+  EXPECT_GT(all.seen.size(), 4u);
+  for (const auto& [id, x] : o.seen) {
+    EXPECT_TRUE(at::equal(x, all.seen.at(id))) << static_cast<int>(id.first);
+    if (id.first != LinearKind::kO) EXPECT_TRUE(at::equal(x, qkv.seen.at(id)));
+  }
 }
 
 TEST(ForwardTest, PerplexityIsTheSameInOneOrManyPasses) {

@@ -167,12 +167,14 @@ AttentionOutput Attention(const ModelConfig& config, int layer, const AttentionW
   const int64_t heads = config.num_attention_heads;
   const int64_t d = config.head_dim;
   const bool capture = observer != nullptr && observer->WantsLinearInputs(layer);
+  const LayerExtent extent = observer != nullptr ? observer->Extent(layer) : LayerExtent::kAll;
   if (capture) {
     at::Tensor flat = x.reshape({batch * seq, x.size(2)});
     for (LinearKind kind : {LinearKind::kQ, LinearKind::kK, LinearKind::kV}) {
       observer->OnLinearInput({layer, kind, -1}, flat, {});
     }
   }
+  if (extent == LayerExtent::kQkvInputs) return {};
   Qkv qkv = ProjectQkv(config, w, x, rope);
   at::Tensor statistic;
   at::Tensor attended;  // [B, heads, S, d]
@@ -187,6 +189,7 @@ AttentionOutput Attention(const ModelConfig& config, int layer, const AttentionW
     observer->OnLinearInput({layer, LinearKind::kO, -1}, attended.reshape({batch * seq, heads * d}),
                             {});
   }
+  if (extent == LayerExtent::kOInput) return {};
   AttentionOutput result;
   result.output = Linear(attended, w.o, w.o_bias);
   if (want_column_statistic) {
@@ -367,6 +370,7 @@ at::Tensor DecoderLayer(const ModelConfig& config, const LayerWeights& w, const 
   AttentionOutput attention =
       Attention(config, layer, w.attention, RmsNorm(h, w.input_norm, config.rms_norm_eps), rope,
                 want_statistic, observer);
+  if (!attention.output.defined()) return {};  // the observer's Extent ends the layer here
   at::Tensor out = h + attention.output;
   if (w.post_norm.defined()) {
     at::Tensor x =

@@ -44,9 +44,21 @@ struct LinearId {
 
 // Capture hooks. The forward calls them in execution order from the calling thread; tensors are
 // views that are only valid during the call (copy what you keep). Default: capture nothing.
+// How much of a decoder layer a pass runs (ForwardObserver::Extent). Capture passes that only
+// need the inputs of the attention's linears stop there: true-sequential GPTQ's first two groups
+// need no MLP, and the first not even an attention.
+enum class LayerExtent {
+  kAll,        // the whole layer
+  kQkvInputs,  // up to the inputs of q/k/v (the normed layer input); no attention is computed
+  kOInput,     // up to the input of o (the attention's output); no o, no MLP
+};
+
 class ForwardObserver {
  public:
   virtual ~ForwardObserver() = default;
+  // How far decoder layer `layer` runs. Short of kAll, DecoderLayer returns an undefined tensor
+  // once the named inputs are reported, and OnLayerOutput is not called.
+  virtual LayerExtent Extent(int layer) const { return LayerExtent::kAll; }
   // Residual stream entering / leaving decoder layer `layer`: [batch, seq, hidden].
   virtual void OnLayerInput(int layer, const at::Tensor& hidden) {}
   virtual void OnLayerOutput(int layer, const at::Tensor& hidden) {}
@@ -184,7 +196,8 @@ at::Tensor MoeBlock(const ModelConfig& config, int layer, const MoeWeights& w,
                     const at::Tensor& column_statistic, ForwardObserver* observer,
                     ExpertExecutor* experts = nullptr);
 
-// One decoder layer on the residual stream h [batch, seq, hidden].
+// One decoder layer on the residual stream h [batch, seq, hidden]; undefined when the observer's
+// Extent stops it early.
 at::Tensor DecoderLayer(const ModelConfig& config, const LayerWeights& w, const at::Tensor& h,
                         const RopeTables& rope, ForwardObserver* observer,
                         ExpertExecutor* experts = nullptr);
