@@ -16,6 +16,8 @@ Every figure is printed as a ratio to what this run measured:
   its roofline is the FLOPs the job needs at the fp32 GEMM rate: one pass through each layer
   with the quantized weights, the Hessians (X^T X per distinct input) and the solves (lazy
   updates 2 out in^2 and the factorisation 2/3 in^3 per linear), over the job's wall time.
+- calibrate, calibrate + quant_loss, calibrate + expert_prune (layerwise, keep E - 2) and
+  prune_weights (Wanda 50%), likewise (other_jobs() says what each needs).
 """
 
 import argparse
@@ -73,6 +75,46 @@ def gptq_job_flops(s, tokens, seqlen, vocab):
     per_layer = hess + solves
     fwd = forward_flops_per_token(s, seqlen, vocab) * tokens
     return s["layers"] * per_layer + fwd
+
+
+def other_jobs(s, tokens, seqlen, vocab):
+    """(name, stages YAML, FLOPs the job needs) of the forward-dominated jobs."""
+    h, f, e, k, L = s["hidden"], s["width"], s["experts"], s["top_k"], s["layers"]
+    one_pass = forward_flops_per_token(s, seqlen, vocab) * tokens
+    expert_per_token = 3 * 2 * h * f  # one expert's three linears on one token
+    calib = "  - {id: stats, kind: calibrate, with: {batch_size: 8}}\n"
+    return [
+        # One pass; each layer's output is stored for the layers after it.
+        ("calibrate", calib, one_pass),
+        # + per layer the experts' original outputs and those at each of the 2 widths, on the
+        # rows routed to them (MC-MoE's RTN on every expert).
+        ("calibrate + quant_loss", calib + "  - {id: loss, kind: quant_loss, needs: [stats], "
+         "with: {bits: [2, 3], group_size: 128}}\n",
+         one_pass + L * tokens * k * expert_per_token * 3),
+        # + per layer every expert on every token (candidates combine their outputs).
+        ("calibrate + expert_prune", calib + "  - {id: prune, kind: expert_prune, needs: [stats], "
+         "with: {keep: %d, mode: layerwise, batch_size: 8}}\n" % max(1, e - 2),
+         one_pass + L * tokens * e * expert_per_token),
+        # Wanda's statistics from the unpruned layer and the pruned layer's output: two passes.
+        ("prune_weights (wanda)", "  - {id: slim, kind: prune_weights, with: {method: wanda, "
+         "sparsity: 0.5, pattern: unstructured}}\n", 2 * one_pass),
+    ]
+
+
+def run_job(moec, args, s, tag, stages):
+    samples, seqlen = s["calib"]
+    recipe = os.path.join(args.work, "job.yaml")
+    data = os.path.join(args.work, "data-" + tag)
+    shutil.rmtree(data, ignore_errors=True)
+    with open(recipe, "w") as f:
+        f.write("name: bench-%s\nmodel: %s\noutput: %s\n" % (tag, args.model,
+                                                             os.path.join(args.work, "out-" + tag)))
+        f.write("calibration: {path: %s, samples: %d, seqlen: %d, seed: 0, sampling: random_windows}\n"
+                % (args.text, samples, seqlen))
+        f.write("workers: 1\nstages:\n" + stages)
+    _, wall = run([moec, "run", recipe, "--workers", "1", "--data-dir", data])
+    shutil.rmtree(data, ignore_errors=True)
+    return wall
 
 
 def gemm_rates(py, args):
@@ -147,6 +189,8 @@ def main():
     r_fp32 = eager(args.python, args, few, seqlen, "fp32")
     r_bf16 = eager(args.python, args, few, seqlen, "bf16")
     job_s, tokens, cseq = gptq_job(moec, args, s)
+    jobs = [(name, run_job(moec, args, s, "job%d" % i, stages), need)
+            for i, (name, stages, need) in enumerate(other_jobs(s, tokens, cseq, vocab))]
     g2, g16b = gemm_rates(args.python, args)
     gemm32, gemm16 = max(gemm32, g2), max(gemm16, g16b)  # the better of before and after
     print("GEMM 4096^2: fp32 %.0f GFLOP/s, bf16 %.0f GFLOP/s (best of before and after)"
@@ -176,6 +220,11 @@ def main():
     print("gptq job (W4 g128, %d calibration tokens, 1 worker, gptq + export):" % tokens)
     print("  wall %.1f s; needs %.0f GFLOP, %.1f s at the GEMM rate: %.2f of roofline (issue #19: >= 0.5)"
           % (job_s, need / 1e9, roof, roof / job_s))
+    print("other jobs (1 worker, the same calibration tokens; issue #19: each >= 0.4 of roofline):")
+    for name, wall, flops in jobs:
+        t = flops / (gemm32 * 1e9)
+        print("  %-26s wall %5.1f s; needs %6.0f GFLOP, %5.2f s at the GEMM rate: %.2f of roofline"
+              % (name, wall, flops / 1e9, t, t / wall))
 
 
 if __name__ == "__main__":
