@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <vector>
 
@@ -51,6 +52,24 @@ TEST(WandaTest, UnstructuredAndNmMasksMatchANaiveSelection) {
               testing::StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(WandaMask(w, norm2, 1.0, {}).status(),
               testing::StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+// Many equal scores (small integer weights, unit norms): the selection keeps the stable sort's
+// tie order, every ratio.
+TEST(WandaTest, TiesAreTakenInColumnOrderAsByAStableSort) {
+  at::manual_seed(4);
+  const at::Tensor w = at::randint(0, 3, {7, 24}).to(at::kFloat);
+  const at::Tensor norm2 = at::ones({24});
+  for (double ratio : {0.1, 0.25, 0.5, 0.8}) {
+    ASSERT_OK_AND_ASSIGN(at::Tensor mask, WandaMask(w, norm2, ratio, {}));
+    const int64_t k = static_cast<int64_t>(std::floor(24 * ratio));
+    const auto smallest = SmallestPerRow(w.abs(), k);
+    for (int64_t r = 0; r < 7; ++r) {
+      at::Tensor expected = at::zeros({24}, at::kBool);
+      for (int64_t c : smallest[r]) expected[c] = true;
+      EXPECT_TRUE(at::equal(mask[r], expected)) << "ratio " << ratio << ", row " << r;
+    }
+  }
 }
 
 TEST(MagnitudeTest, GlobalThresholdPerMatrix) {
