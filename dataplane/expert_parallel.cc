@@ -270,8 +270,9 @@ absl::Status RunChunkRounds(const StageContext& ctx, const model::ModelRunner& r
       if (executor != nullptr) MOEC_RETURN_IF_ERROR(executor->status());
       if (on_output) MOEC_RETURN_IF_ERROR(on_output(chunk, out));
     } else if (executor != nullptr &&
-               (observer == nullptr || observer->Extent(w.layer) == model::LayerExtent::kAll)) {
-      // An idle rank takes part in the experts' exchanges, which a shortened pass never reaches.
+               (observer == nullptr || model::ReachesMlp(observer->Extent(w.layer)))) {
+      // An idle rank takes part in the experts' exchanges, which a pass that stops in the
+      // attention never reaches.
       executor->RunIdle(runner, w.layer, *w.moe, observer);
       MOEC_RETURN_IF_ERROR(executor->status());
     }

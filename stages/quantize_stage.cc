@@ -81,12 +81,16 @@ class HessianCollector : public model::ForwardObserver {
   HessianCollector(std::map<std::pair<LinearKind, int>, Target*>* targets, int group, int64_t seq)
       : targets_(targets), group_(group), seq_(seq) {}
   bool WantsLinearInputs(int layer) const override { return true; }
-  // The passes of the attention's groups end with their inputs (same bits: a pass computes
-  // what it captures exactly as the whole layer would).
+  // Each group's pass computes only what its inputs depend on (same bits: a pass computes what
+  // it captures exactly as the whole layer would).
   model::LayerExtent Extent(int layer) const override {
-    if (group_ == 0) return model::LayerExtent::kQkvInputs;
-    if (group_ == 1) return model::LayerExtent::kOInput;
-    return model::LayerExtent::kAll;
+    switch (group_) {
+      case 0: return model::LayerExtent::kQkvInputs;
+      case 1: return model::LayerExtent::kOInput;
+      case 2: return model::LayerExtent::kGateUpInputs;
+      case 3: return model::LayerExtent::kDownInputs;
+      default: return model::LayerExtent::kAll;
+    }
   }
   void OnLinearInput(const model::LinearId& id, const at::Tensor& x,
                      const at::Tensor& token_index) override {

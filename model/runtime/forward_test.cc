@@ -224,6 +224,22 @@ TEST(ForwardTest, ShortenedLayersStopAfterTheInputsTheyCaptureAndCaptureThemUnch
     EXPECT_TRUE(at::equal(x, all.seen.at(id))) << static_cast<int>(id.first);
     if (id.first != LinearKind::kO) EXPECT_TRUE(at::equal(x, qkv.seen.at(id)));
   }
+  // The MLP extents: every input up to the named one, equal to the whole layer's; none after.
+  ExtentObserver gate_up(LayerExtent::kGateUpInputs), down(LayerExtent::kDownInputs);
+  EXPECT_FALSE(runner->RunLayer(w, h, &gate_up).defined());
+  EXPECT_FALSE(runner->RunLayer(w, h, &down).defined());
+  EXPECT_EQ(gate_up.outputs + down.outputs, 0);
+  EXPECT_EQ(down.seen.size(), all.seen.size());
+  int downs = 0;
+  for (const auto& [id, x] : all.seen) {
+    ASSERT_TRUE(down.seen.count(id)) << static_cast<int>(id.first) << " " << id.second;
+    EXPECT_TRUE(at::equal(x, down.seen.at(id)));
+    const bool is_down = id.first == LinearKind::kExpertDown;
+    downs += is_down;
+    EXPECT_EQ(gate_up.seen.count(id), is_down ? 0u : 1u) << static_cast<int>(id.first);
+    if (!is_down) EXPECT_TRUE(at::equal(x, gate_up.seen.at(id)));
+  }
+  EXPECT_GT(downs, 0);
 }
 
 TEST(ForwardTest, PerplexityIsTheSameInOneOrManyPasses) {

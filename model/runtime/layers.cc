@@ -201,12 +201,15 @@ AttentionOutput Attention(const ModelConfig& config, int layer, const AttentionW
 at::Tensor Mlp(const MlpWeights& w, const at::Tensor& x, int layer, LinearKind gate_kind,
                int expert, ForwardObserver* observer, const at::Tensor& token_index) {
   const bool capture = observer != nullptr && observer->WantsLinearInputs(layer);
+  const LayerExtent extent = observer != nullptr ? observer->Extent(layer) : LayerExtent::kAll;
   if (capture) {
     observer->OnLinearInput({layer, gate_kind, expert}, x, token_index);
     observer->OnLinearInput({layer, Offset(gate_kind, 1), expert}, x, token_index);
   }
+  if (extent == LayerExtent::kGateUpInputs) return at::zeros({x.size(0), w.down.size(0)}, x.options());
   at::Tensor hidden = at::silu(at::linear(x, w.gate)) * at::linear(x, w.up);
   if (capture) observer->OnLinearInput({layer, Offset(gate_kind, 2), expert}, hidden, token_index);
+  if (extent == LayerExtent::kDownInputs) return at::zeros({x.size(0), w.down.size(0)}, x.options());
   return at::linear(hidden, w.down);
 }
 
@@ -384,6 +387,7 @@ at::Tensor DecoderLayer(const ModelConfig& config, const LayerWeights& w, const 
     }
     out = out + y.view({batch, seq, hidden});
   }
+  if (observer != nullptr && observer->Extent(layer) != LayerExtent::kAll) return {};
   if (observer != nullptr) observer->OnLayerOutput(layer, out);
   return out;
 }

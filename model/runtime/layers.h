@@ -44,20 +44,30 @@ struct LinearId {
 
 // Capture hooks. The forward calls them in execution order from the calling thread; tensors are
 // views that are only valid during the call (copy what you keep). Default: capture nothing.
-// How much of a decoder layer a pass runs (ForwardObserver::Extent). Capture passes that only
-// need the inputs of the attention's linears stop there: true-sequential GPTQ's first two groups
-// need no MLP, and the first not even an attention.
+// How much of a decoder layer a pass runs (ForwardObserver::Extent). Capture passes compute only
+// what the inputs they capture depend on: true-sequential GPTQ's first two groups need no MLP,
+// the first not even an attention; its MLP groups need no down projection, the gate/up group not
+// even the MLPs' products.
 enum class LayerExtent {
-  kAll,        // the whole layer
-  kQkvInputs,  // up to the inputs of q/k/v (the normed layer input); no attention is computed
-  kOInput,     // up to the input of o (the attention's output); no o, no MLP
+  kAll,           // the whole layer
+  kQkvInputs,     // up to the inputs of q/k/v (the normed layer input); no attention is computed
+  kOInput,        // up to the input of o (the attention's output); no o, no MLP
+  kGateUpInputs,  // every MLP (experts, shared, dense) stops once its gate/up input is reported
+  kDownInputs,    // every MLP stops once its down projection's input is reported
 };
+
+// Whether a pass of this extent reaches the MLP (and the experts' exchanges between ranks).
+inline bool ReachesMlp(LayerExtent e) {
+  return e != LayerExtent::kQkvInputs && e != LayerExtent::kOInput;
+}
 
 class ForwardObserver {
  public:
   virtual ~ForwardObserver() = default;
   // How far decoder layer `layer` runs. Short of kAll, DecoderLayer returns an undefined tensor
-  // once the named inputs are reported, and OnLayerOutput is not called.
+  // once the named inputs are reported, and OnLayerOutput is not called. With the MLP extents
+  // every MLP returns zeros in place of its output, so the routed rows still make their round
+  // trip between ranks (an expert-parallel gang stays in step) at the cost of no GEMM.
   virtual LayerExtent Extent(int layer) const { return LayerExtent::kAll; }
   // Residual stream entering / leaving decoder layer `layer`: [batch, seq, hidden].
   virtual void OnLayerInput(int layer, const at::Tensor& hidden) {}
