@@ -244,8 +244,9 @@ Timings RunGangs(const std::string& self, const std::string& dir, const Options&
 void PrintReport(const Options& o, int cores, const Timings& t) {
   const double t1 = t.t1, t2 = t.t2, t1_all = t.t1_all;
   const int64_t bytes2 = t.bytes2;
-  // Scaling model (docs/data_plane.md): 5 passes through the MoE block (4 true-sequential groups
-  // + the output pass), each routed row crossing ranks travels there and back with its hidden
+  // Scaling model (docs/data_plane.md): 3 passes reach the MoE block (the gate/up and down
+  // groups' and the output pass; the q/k/v and o groups' stop in the attention), each routed row
+  // crossing ranks travels there and back with its hidden
   // vector (4 bytes/element) and 16 bytes of metadata; half the rows cross at W = 2 in
   // expectation (uniform routing). Broadcasts of quantized attention weights are not counted. Gram matrices of the 4 attention linears go to their owners: every round, a
   // rank sends the hidden^2 * 4 bytes of those it does not own (2 of 4 at W = 2).
@@ -253,7 +254,7 @@ void PrintReport(const Options& o, int cores, const Timings& t) {
   const int64_t rounds = ((o.windows + 7) / 8 + 1) / 2;
   // Rank 0 holds T/2 tokens, i.e. T rows (top-2); T/2 go to rank 1 (hidden floats + 16 bytes
   // of expert and token index) and T/2 outputs come back from it.
-  const double a2a = 5.0 * (tokens / 2.0) * (2.0 * o.hidden * 4 + 16);
+  const double a2a = 3.0 * (tokens / 2.0) * (2.0 * o.hidden * 4 + 16);
   const double grams = 2.0 * rounds * o.hidden * o.hidden * 4;
   std::printf("expert-parallel gptq, one layer: hidden %d, 8 experts (ffn %d) top-2, %lld tokens\n",
               o.hidden, o.ffn, static_cast<long long>(tokens));

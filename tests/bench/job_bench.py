@@ -176,23 +176,38 @@ def main():
             if os.path.isfile(path):
                 out.write(open(path, "rb").read())
     vocab = json.load(open(os.path.join(args.model, "config.json")))["vocab_size"]
-    seqlen, (few, many) = s["seqlen"], s["windows"]
+    seqlen = s["seqlen"]
     per_token = forward_flops_per_token(s, seqlen, vocab)
     print("job_bench: mixtral, %d layers, hidden %d, %d experts of width %d, top-%d; %.1f MFLOP per "
           "token at seqlen %d" % (s["layers"], s["hidden"], s["experts"], s["width"], s["top_k"],
                                   per_token / 1e6, seqlen))
 
+    m = measure(moec, args, s, vocab)
+    print_report(s, per_token, vocab, m)
+
+
+def measure(moec, args, s, vocab):
+    """Runs everything; returns the figures (GEMM rates: the better of before and after)."""
+    seqlen, (few, many) = s["seqlen"], s["windows"]
+    m = {}
     gemm32, gemm16 = gemm_rates(args.python, args)
-    e_few = moec_eval(moec, args, few, seqlen, "fp32")
-    e_many = moec_eval(moec, args, many, seqlen, "fp32")
-    e_bf16 = moec_eval(moec, args, few, seqlen, "bf16")
-    r_fp32 = eager(args.python, args, few, seqlen, "fp32")
-    r_bf16 = eager(args.python, args, few, seqlen, "bf16")
-    job_s, tokens, cseq = gptq_job(moec, args, s)
-    jobs = [(name, run_job(moec, args, s, "job%d" % i, stages), need)
-            for i, (name, stages, need) in enumerate(other_jobs(s, tokens, cseq, vocab))]
+    m["e_few"] = moec_eval(moec, args, few, seqlen, "fp32")
+    m["e_many"] = moec_eval(moec, args, many, seqlen, "fp32")
+    m["e_bf16"] = moec_eval(moec, args, few, seqlen, "bf16")
+    m["r_fp32"] = eager(args.python, args, few, seqlen, "fp32")
+    m["r_bf16"] = eager(args.python, args, few, seqlen, "bf16")
+    m["job_s"], m["tokens"], m["cseq"] = gptq_job(moec, args, s)
+    m["jobs"] = [(name, run_job(moec, args, s, "job%d" % i, stages), need)
+                 for i, (name, stages, need) in enumerate(other_jobs(s, m["tokens"], m["cseq"], vocab))]
     g2, g16b = gemm_rates(args.python, args)
-    gemm32, gemm16 = max(gemm32, g2), max(gemm16, g16b)  # the better of before and after
+    m["gemm32"], m["gemm16"] = max(gemm32, g2), max(gemm16, g16b)
+    return m
+
+
+def print_report(s, per_token, vocab, m):
+    seqlen, (few, many) = s["seqlen"], s["windows"]
+    gemm32, gemm16 = m["gemm32"], m["gemm16"]
+    e_few, e_many, e_bf16, r_fp32, r_bf16 = m["e_few"], m["e_many"], m["e_bf16"], m["r_fp32"], m["r_bf16"]
     print("GEMM 4096^2: fp32 %.0f GFLOP/s, bf16 %.0f GFLOP/s (best of before and after)"
           % (gemm32, gemm16))
 
@@ -215,17 +230,16 @@ def main():
     print("  perplexity fp32 %.4f, bf16 %.4f (%+.3f%%)" % (
         e_few["perplexity"], e_bf16["perplexity"],
         100 * (e_bf16["perplexity"] / e_few["perplexity"] - 1)))
-    need = gptq_job_flops(s, tokens, cseq, vocab)
+    need = gptq_job_flops(s, m["tokens"], m["cseq"], vocab)
     roof = need / (gemm32 * 1e9)
-    print("gptq job (W4 g128, %d calibration tokens, 1 worker, gptq + export):" % tokens)
+    print("gptq job (W4 g128, %d calibration tokens, 1 worker, gptq + export):" % m["tokens"])
     print("  wall %.1f s; needs %.0f GFLOP, %.1f s at the GEMM rate: %.2f of roofline (issue #19: >= 0.5)"
-          % (job_s, need / 1e9, roof, roof / job_s))
+          % (m["job_s"], need / 1e9, roof, roof / m["job_s"]))
     print("other jobs (1 worker, the same calibration tokens; issue #19: each >= 0.4 of roofline):")
-    for name, wall, flops in jobs:
+    for name, wall, flops in m["jobs"]:
         t = flops / (gemm32 * 1e9)
         print("  %-26s wall %5.1f s; needs %6.0f GFLOP, %5.2f s at the GEMM rate: %.2f of roofline"
               % (name, wall, flops / 1e9, t, t / wall))
-
 
 if __name__ == "__main__":
     main()
