@@ -93,7 +93,7 @@ absl::StatusOr<at::Tensor> ReversedFactor(at::Tensor& h_rev, double percdamp, in
   const int n = static_cast<int>(h_rev.size(0));
   float* a = h_rev.data_ptr<float>();
   int info = 0;
-    spotrf_("U", &n, a, &n, &info, 1);
+  spotrf_("U", &n, a, &n, &info, 1);
   if (info > 0) return NotPositiveDefinite(n, percdamp, n + 1 - info, "Hessian");
   if (info < 0) return absl::InternalError(absl::StrCat("spotrf: argument ", -info, " is invalid"));
   strtri_("U", "N", &n, a, &n, &info, 1, 1);
@@ -117,8 +117,7 @@ absl::StatusOr<at::Tensor> ReversedFactor(at::Tensor& h_rev, double percdamp, in
       if (rk != ri) std::fill(rk, rk + (nn - 1 - i), 0.0f);
     }
   });
-  at::Tensor u = h_rev;
-  return u;
+  return h_rev;
 }
 
 // ReversedFactor's math as ATen operations on h_damped's device (GptqEngine::kAten): the

@@ -129,7 +129,7 @@ class ModelRunner {
 
  private:
   // RunLayer over micro-batches of whole windows (RunnerOptions::micro_batch_tokens), written
-  // into the pass's hidden state on the device.
+  // into the pass's hidden state on the device. The observer must run whole layers (kAll).
   at::Tensor RunLayerInMicroBatches(const LayerWeights& weights, const at::Tensor& hidden,
                                     ForwardObserver* observer) const;
   ModelRunner(ModelConfig config, std::unique_ptr<WeightLoader> loader, RunnerOptions options,

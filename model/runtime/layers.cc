@@ -206,10 +206,12 @@ at::Tensor Mlp(const MlpWeights& w, const at::Tensor& x, int layer, LinearKind g
     observer->OnLinearInput({layer, gate_kind, expert}, x, token_index);
     observer->OnLinearInput({layer, Offset(gate_kind, 1), expert}, x, token_index);
   }
-  if (extent == LayerExtent::kGateUpInputs) return at::zeros({x.size(0), w.down.size(0)}, x.options());
+  // A shortened pass (LayerExtent) returns zeros of the output's shape once its input is seen.
+  const auto skipped = [&] { return at::zeros({x.size(0), w.down.size(0)}, x.options()); };
+  if (extent == LayerExtent::kGateUpInputs) return skipped();
   at::Tensor hidden = at::silu(at::linear(x, w.gate)) * at::linear(x, w.up);
   if (capture) observer->OnLinearInput({layer, Offset(gate_kind, 2), expert}, hidden, token_index);
-  if (extent == LayerExtent::kDownInputs) return at::zeros({x.size(0), w.down.size(0)}, x.options());
+  if (extent == LayerExtent::kDownInputs) return skipped();
   return at::linear(hidden, w.down);
 }
 
