@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "client/report_time.h"
 #include "common/task_id.h"
 #include "common/stage_outputs.h"
 
@@ -31,6 +32,7 @@ absl::StatusOr<nlohmann::json> JobReport(MoecClient& client, const std::string& 
     report["evaluations"].push_back(std::move(r));
   }
   report["tasks"] = by_state;
+  report["time"] = TimeBreakdown(*job);
   return report;
 }
 
@@ -38,8 +40,9 @@ std::string ReportMarkdown(const nlohmann::json& report) {
   std::string out = absl::StrCat("## Job ", report.value("name", ""), " (",
                                  report.value("job_id", ""), "): ",
                                  report.value("state", ""), "\n\n");
+  const std::string time = report.contains("time") ? TimeMarkdown(report["time"]) : "";
   if (report["evaluations"].empty()) {
-    return out + "No evaluation finished (add an `evaluate` stage to the recipe).\n";
+    return out + "No evaluation finished (add an `evaluate` stage to the recipe).\n" + time;
   }
   out += "| stage | model | perplexity | size (MiB) | avg expert bits | avg bits (MC-MoE) | "
          "avg bits (all) | parameters | activated | activated, measured |\n";
@@ -58,7 +61,7 @@ std::string ReportMarkdown(const nlohmann::json& report) {
           m.value("activated_parameters_measured", m.value("activated_parameters", int64_t{0})));
     }
   }
-  return out;
+  return out + time;
 }
 
 }  // namespace moec::client

@@ -1,6 +1,6 @@
 // The report of a job: what its `evaluate` tasks measured (perplexity, size, average expert
 // bits, parameters of the result and of the original model), read from the factor store through
-// the coordinator. `moec report JOB` prints it; `moec run` prints it when the job succeeds.
+// the coordinator, and where its time went (per stage and phase, against the GEMM rate). `moec report JOB` prints it; `moec run` prints it when the job succeeds.
 #ifndef MOEC_CLIENT_REPORT_H_
 #define MOEC_CLIENT_REPORT_H_
 
@@ -13,10 +13,12 @@
 namespace moec::client {
 
 // {"job_id", "name", "state", "tasks": {state: count}, "evaluations": [{"stage", "model",
-// "baseline"?}]}. Evaluate tasks that have not finished are left out.
+// "baseline"?}], "time": TimeBreakdown (client/report_time.h)}. Evaluate tasks that have not
+// finished are left out.
 absl::StatusOr<nlohmann::json> JobReport(MoecClient& client, const std::string& job_id);
 
-// Markdown: a summary line and a table with one row per evaluated model.
+// Markdown: a summary line, a table with one row per evaluated model, and where the time went
+// (a table with one row per stage).
 std::string ReportMarkdown(const nlohmann::json& report);
 
 }  // namespace moec::client

@@ -13,6 +13,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "client/report.h"
+#include "client/report_time.h"
 #include "client/svg.h"
 #include "storage/file_util.h"
 
@@ -235,6 +236,22 @@ std::vector<ScatterPoint> PerplexityPoints(MoecClient& client, const std::string
   return points;
 }
 
+// Seconds per stage and phase (TimeBreakdown), when tasks recorded profiles.
+void AddTimeFigure(const nlohmann::json& time, std::map<std::string, std::string>* files,
+                   std::vector<std::pair<std::string, std::string>>* figures) {
+  if (!time.contains("stages") || time["stages"].empty()) return;
+  std::vector<std::string> labels;
+  std::vector<std::vector<double>> seconds;
+  for (const nlohmann::json& s : time["stages"]) {
+    labels.push_back(s.value("stage", ""));
+    seconds.emplace_back();
+    for (const std::string& p : ReportedPhases()) seconds.back().push_back(s["phases"].value(p, 0.0));
+  }
+  (*files)["time.svg"] = SvgStackedBars("Where the time went (rank 0)", labels, ReportedPhases(),
+                                        seconds, "seconds");
+  figures->push_back({"time.svg", "Run time per stage and phase"});
+}
+
 }  // namespace
 
 absl::StatusOr<std::map<std::string, std::string>> BuildReportFiles(MoecClient& client,
@@ -259,6 +276,7 @@ absl::StatusOr<std::map<std::string, std::string>> BuildReportFiles(MoecClient& 
                                           "perplexity", points);
     figures.push_back({"ppl_vs_size.svg", "Every evaluated job of this coordinator (this one in red)"});
   }
+  AddTimeFigure((*report)["time"], &files, &figures);
   std::string md = ReportMarkdown(*report);
   if (!figures.empty()) md += "\n## Figures\n\n";
   for (const auto& [file, caption] : figures) md += absl::StrCat("![", caption, "](", file, ")\n\n");

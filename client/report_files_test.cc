@@ -169,6 +169,37 @@ class ReportFilesTest : public ::testing::Test {
     EXPECT_EQ(json, *report);
     EXPECT_EQ(json.dump(2) + "\n", files.at("report.json"));
     ASSERT_EQ(json["evaluations"].size(), 1u);
+    ExpectTimeBreakdown(json, files);
+  }
+
+  // Where the time went: every stage ran and recorded its phases; the forward-heavy ones
+  // counted FLOPs against the worker's GEMM rate; the figure and the table are there.
+  static void ExpectTimeBreakdown(const nlohmann::json& json,
+                                  const std::map<std::string, std::string>& files) {
+    EXPECT_EQ(files.count("time.svg"), 1u);
+    EXPECT_NE(files.at("report.md").find("](time.svg)"), std::string::npos);
+    EXPECT_NE(files.at("report.md").find("## Where the time went"), std::string::npos);
+    std::map<std::string, nlohmann::json> by_stage;
+    for (const nlohmann::json& s : json["time"]["stages"]) by_stage[s["stage"]] = s;
+    for (const char* stage : {"stats", "q", "out", "eval"}) {
+      ASSERT_EQ(by_stage.count(stage), 1u) << stage;
+      const nlohmann::json& s = by_stage[stage];
+      EXPECT_GT(s["seconds"].get<double>(), 0) << stage;
+      double phases = 0;
+      for (const auto& [name, seconds] : s["phases"].items()) {
+        if (name != "commit") phases += seconds.get<double>();
+      }
+      EXPECT_NEAR(phases, s["seconds"].get<double>(), 1e-6) << stage;
+      EXPECT_GT(s["gemm_gflops"].get<double>(), 0) << stage;
+    }
+    for (const char* stage : {"stats", "q", "eval"}) {
+      const nlohmann::json& s = by_stage[stage];
+      EXPECT_GT(s["phase_gflop"]["forward"].get<double>(), 0) << stage;
+      EXPECT_GT(s["fraction_of_gemm"].get<double>(), 0) << stage;
+      EXPECT_LT(s["fraction_of_gemm"].get<double>(), 1.5) << stage;
+    }
+    EXPECT_GT(by_stage["q"]["phase_gflop"]["solve"].get<double>(), 0);
+    EXPECT_GT(by_stage["q"]["phase_gflop"]["statistics"].get<double>(), 0);  // the Hessians
   }
 
   // Expert usage: one cell per layer x expert, coloured by the share of that layer's routed tokens

@@ -143,6 +143,60 @@ std::string SvgBarChart(const std::string& title, const std::vector<std::string>
   return out + "</svg>\n";
 }
 
+std::string SvgStackedBars(const std::string& title, const std::vector<std::string>& labels,
+                           const std::vector<std::string>& series,
+                           const std::vector<std::vector<double>>& values,
+                           const std::string& value_label) {
+  static const char* kColours[] = {"#4878a8", "#e49444", "#6a9f58", "#d1615d",
+                                   "#85b6b2", "#967662", "#a87c9f", "#b0b0b0"};
+  const auto part = [&](size_t r, size_t s) {
+    const double v = s < values[r].size() ? values[r][s] : 0;
+    return std::isfinite(v) && v > 0 ? v : 0.0;
+  };
+  double hi = 0;
+  for (size_t r = 0; r < labels.size(); ++r) {
+    double sum = 0;
+    for (size_t s = 0; s < series.size(); ++s) sum += part(r, s);
+    hi = std::max(hi, sum);
+  }
+  if (hi <= 0) hi = 1;
+  const int left = 130, top = 40, plot = 440, bar = 22;
+  const int rows = static_cast<int>(labels.size());
+  const int height = std::max(top + rows * bar + 40, top + 16 * static_cast<int>(series.size()) + 20);
+  std::string out = Header(left + plot + 200, height, title);
+  for (int r = 0; r < rows; ++r) {
+    const int y = top + r * bar;
+    out += absl::StrFormat("<text x=\"%d\" y=\"%d\" text-anchor=\"end\">%s</text>\n", left - 4,
+                           y + bar / 2 + 4, Escape(labels[r]));
+    double at = 0;
+    for (size_t s = 0; s < series.size(); ++s) {
+      const double v = part(r, s);
+      if (v <= 0) continue;
+      const int x0 = left + static_cast<int>(std::lround(at / hi * plot));
+      at += v;
+      const int x1 = left + static_cast<int>(std::lround(at / hi * plot));
+      out += absl::StrFormat(
+          "<rect class=\"segment\" x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"%s\">"
+          "<title>%s, %s: %s</title></rect>\n",
+          x0, y + 3, std::max(1, x1 - x0), bar - 6, kColours[s % 8], Escape(labels[r]),
+          Escape(series[s]), Num(v));
+    }
+    out += absl::StrFormat("<text x=\"%d\" y=\"%d\">%s</text>\n",
+                           left + static_cast<int>(std::lround(at / hi * plot)) + 4,
+                           y + bar / 2 + 4, Num(at));
+  }
+  out += absl::StrFormat("<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">%s</text>\n",
+                         left + plot / 2, top + rows * bar + 24, Escape(value_label));
+  for (size_t s = 0; s < series.size(); ++s) {
+    const int y = top + 16 * static_cast<int>(s);
+    out += absl::StrFormat("<rect x=\"%d\" y=\"%d\" width=\"10\" height=\"10\" fill=\"%s\"/>"
+                           "<text x=\"%d\" y=\"%d\">%s</text>\n",
+                           left + plot + 50, y, kColours[s % 8], left + plot + 64, y + 9,
+                           Escape(series[s]));
+  }
+  return out + "</svg>\n";
+}
+
 std::string SvgScatter(const std::string& title, const std::string& x_label,
                        const std::string& y_label, const std::vector<ScatterPoint>& points) {
   std::vector<double> xs, ys;

@@ -1,5 +1,5 @@
 // Small, dependency-free SVG figures for job reports: heat maps (layers × experts), bar charts
-// and scatter plots with a legend, with axes, titles and a colour scale. Output is deterministic
+// (stacked too) and scatter plots with a legend, with axes, titles and a colour scale. Output is deterministic
 // (fixed number formatting, no timestamps), so reports can be compared byte for byte.
 #ifndef MOEC_CLIENT_SVG_H_
 #define MOEC_CLIENT_SVG_H_
@@ -18,6 +18,13 @@ std::string SvgHeatMap(const std::string& title, const std::string& row_axis,
 // One bar per label (NaN: no bar).
 std::string SvgBarChart(const std::string& title, const std::vector<std::string>& labels,
                         const std::vector<double>& values, const std::string& value_label);
+
+// One horizontal bar per label, split into one segment per series (values[label][series] >= 0;
+// NaN or <= 0: no segment), with the series' colours in a legend and each bar's total at its end.
+std::string SvgStackedBars(const std::string& title, const std::vector<std::string>& labels,
+                           const std::vector<std::string>& series,
+                           const std::vector<std::vector<double>>& values,
+                           const std::string& value_label);
 
 struct ScatterPoint {
   std::string label;

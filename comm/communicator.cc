@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "common/task_profile.h"
 
 namespace moec::comm {
 
@@ -212,9 +213,11 @@ absl::StatusOr<Communicator*> LazyCommunicator::Impl() {
   return impl_.get();
 }
 
+// A task's collectives, rendezvous included, are its communication phase (TaskProfile).
 absl::StatusOr<at::Tensor> LazyCommunicator::AllToAll(const at::Tensor& input,
                                                       absl::Span<const int64_t> send_counts,
                                                       std::vector<int64_t>* recv_counts) {
+  profile::ScopedPhase phase(profile::Phase::kCommunication);
   absl::StatusOr<Communicator*> c = Impl();
   if (!c.ok()) return c.status();
   const int64_t before = (*c)->bytes_sent();
@@ -223,14 +226,17 @@ absl::StatusOr<at::Tensor> LazyCommunicator::AllToAll(const at::Tensor& input,
   return out;
 }
 absl::Status LazyCommunicator::AllReduceSum(at::Tensor& t) {
+  profile::ScopedPhase phase(profile::Phase::kCommunication);
   absl::StatusOr<Communicator*> c = Impl();
   return c.ok() ? (*c)->AllReduceSum(t) : c.status();
 }
 absl::Status LazyCommunicator::Broadcast(at::Tensor& t, int root) {
+  profile::ScopedPhase phase(profile::Phase::kCommunication);
   absl::StatusOr<Communicator*> c = Impl();
   return c.ok() ? (*c)->Broadcast(t, root) : c.status();
 }
 absl::Status LazyCommunicator::Barrier() {
+  profile::ScopedPhase phase(profile::Phase::kCommunication);
   absl::StatusOr<Communicator*> c = Impl();
   return c.ok() ? (*c)->Barrier() : c.status();
 }

@@ -139,16 +139,18 @@ class Coordinator {
   // the task's current lease (e.g. it expired and the task was re-leased).
   // With `next`, the worker also asks for its next task: *next is set to one ready at once (it
   // never waits; typically the dependent this completion made ready), or to nullopt.
+  // `profile`: where the stage's time went (TaskRecord.profile; empty: none recorded).
   absl::Status CompleteTask(absl::string_view worker_id, absl::string_view task_id,
                             const storage::KvWriteBatch& outputs, int64_t compute_ms = 0,
-                            std::optional<LeasedTask>* next = nullptr);
+                            std::optional<LeasedTask>* next = nullptr,
+                            const v1::TaskProfile& profile = v1::TaskProfile::default_instance());
   // CompleteTask without blocking on a log sync (for the gRPC callback handler, whose thread
   // serves other calls): `done` gets CompleteTask's result and, when `lease_next`, the next task
   // — at once when the completion waits for no sync, else from the log syncer's thread when the
   // sync has ended. `done` must be quick and must not call this Coordinator.
   using CompletionDone = std::function<void(absl::Status, std::optional<LeasedTask>)>;
   void CompleteTaskAsync(absl::string_view worker_id, absl::string_view task_id, int64_t compute_ms,
-                         bool lease_next, CompletionDone done);
+                         const v1::TaskProfile& profile, bool lease_next, CompletionDone done);
   // Reports a failed attempt. Retriable failures are retried with backoff while attempts
   // remain; otherwise the job fails with `error`. A DataLoss naming a corrupt factor re-runs its
   // producer instead (corruption_recovery.h). Errors: as CompleteTask.
@@ -233,6 +235,7 @@ class Coordinator {
   // completion ended its job.
   absl::Status CompleteTaskUnsynced(absl::string_view worker_id, absl::string_view task_id,
                                     const storage::KvWriteBatch& outputs, int64_t compute_ms,
+                                    const v1::TaskProfile& profile,
                                     std::optional<LeasedTask>* next, bool* ended)
       ABSL_LOCKS_EXCLUDED(mu_);
   // Logs a completion: `changed` and `events` join `all` (the task's outputs), the grants that

@@ -160,7 +160,7 @@ TEST(CoordinatorDurabilityTest, AsyncCompletionsCallBackAfterTheirSyncWithoutBlo
       absl::Status got = absl::UnknownError("not called");
       std::optional<LeasedTask> next;
       const absl::Time started = absl::Now();
-      coord->CompleteTaskAsync(w, id, 0, /*lease_next=*/true,
+      coord->CompleteTaskAsync(w, id, 0, {}, /*lease_next=*/true,
                                [&](absl::Status s, std::optional<LeasedTask> n) {
                                  got = s;
                                  next = std::move(n);

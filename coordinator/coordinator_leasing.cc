@@ -173,10 +173,11 @@ absl::StatusOr<bool> Coordinator::ReportProgress(absl::string_view worker_id,
 
 absl::Status Coordinator::CompleteTask(absl::string_view worker_id, absl::string_view task_id,
                                        const storage::KvWriteBatch& outputs, int64_t compute_ms,
-                                       std::optional<LeasedTask>* next) {
+                                       std::optional<LeasedTask>* next,
+                                       const v1::TaskProfile& profile) {
   std::optional<LeasedTask> granted;  // *next is written last: task_id may point into it
   bool ended = false;
-  absl::Status s = CompleteTaskUnsynced(worker_id, task_id, outputs, compute_ms,
+  absl::Status s = CompleteTaskUnsynced(worker_id, task_id, outputs, compute_ms, profile,
                                         next != nullptr ? &granted : nullptr, &ended);
   // The completion was logged (kBuffered) under mu_, in commit order: it survives a crash of
   // this process from here on. It is synced after mu_ is released — by the background syncer
@@ -197,10 +198,11 @@ absl::Status Coordinator::CompleteTask(absl::string_view worker_id, absl::string
 }
 
 void Coordinator::CompleteTaskAsync(absl::string_view worker_id, absl::string_view task_id,
-                                    int64_t compute_ms, bool lease_next, CompletionDone done) {
+                                    int64_t compute_ms, const v1::TaskProfile& profile,
+                                    bool lease_next, CompletionDone done) {
   std::optional<LeasedTask> granted;
   bool ended = false;
-  absl::Status s = CompleteTaskUnsynced(worker_id, task_id, {}, compute_ms,
+  absl::Status s = CompleteTaskUnsynced(worker_id, task_id, {}, compute_ms, profile,
                                         lease_next ? &granted : nullptr, &ended);
   if (!s.ok()) return done(s, std::nullopt);
   if (!WaitsForSync(ended)) {
@@ -218,8 +220,9 @@ void Coordinator::CompleteTaskAsync(absl::string_view worker_id, absl::string_vi
 absl::Status Coordinator::CompleteTaskUnsynced(absl::string_view worker_id,
                                                absl::string_view task_id,
                                                const storage::KvWriteBatch& outputs,
-                                               int64_t compute_ms, std::optional<LeasedTask>* next,
-                                               bool* ended) {
+                                               int64_t compute_ms,
+                                               const v1::TaskProfile& profile,
+                                               std::optional<LeasedTask>* next, bool* ended) {
   absl::MutexLock lock(&mu_);
   JobTasks* job = nullptr;
   MOEC_ASSIGN_OR_RETURN(v1::TaskRecord * t, HeldTaskLocked(worker_id, task_id, &job));
@@ -231,6 +234,11 @@ absl::Status Coordinator::CompleteTaskUnsynced(absl::string_view worker_id,
   t->set_lease_deadline_ms(0);
   t->set_error("");
   t->set_compute_ms(std::max<int64_t>(0, compute_ms));
+  if (profile.phases_size() > 0) {
+    *t->mutable_profile() = profile;
+  } else {
+    t->clear_profile();
+  }
   ++counters_.tasks_completed;
   storage::KvWriteBatch batch = outputs;
   JobStore::AddDoneFingerprint(*t, &batch);
@@ -243,16 +251,24 @@ absl::Status Coordinator::CompleteTaskUnsynced(absl::string_view worker_id,
   // its state, the tasks it made ready, the job record and the events — and the leases that
   // scheduling then grants (deferred into the same batch: one write instead of one per grant).
   std::shared_ptr<OutputStaging::Pending> out = staging_.Take(t->task_id());
+  const absl::Time commit_start = absl::Now();
+  absl::Status s;
   if (out == nullptr) {
-    return LogCompletionLocked(*job, std::move(changed), std::move(events), worker_id, next,
-                               batch, [&](storage::Durability d) { return store_->Write(batch, d); });
+    s = LogCompletionLocked(*job, std::move(changed), std::move(events), worker_id, next, batch,
+                            [&](storage::Durability d) { return store_->Write(batch, d); });
+  } else {
+    absl::MutexLock out_lock(&out->mu);  // waits for a put of this task still in flight
+    storage::FactorTransaction* txn = out->txn.get();
+    txn->extra_writes().Append(batch);
+    s = LogCompletionLocked(*job, std::move(changed), std::move(events), worker_id, next,
+                            txn->extra_writes(),
+                            [txn](storage::Durability d) { return txn->Commit(d); });
   }
-  absl::MutexLock out_lock(&out->mu);  // waits for a put of this task still in flight
-  storage::FactorTransaction* txn = out->txn.get();
-  txn->extra_writes().Append(batch);
-  return LogCompletionLocked(*job, std::move(changed), std::move(events), worker_id, next,
-                             txn->extra_writes(),
-                             [txn](storage::Durability d) { return txn->Commit(d); });
+  // The commit's time joins the profile after the commit: in memory only (TaskProfile).
+  if (s.ok() && t->has_profile()) {
+    t->mutable_profile()->set_commit_seconds(absl::ToDoubleSeconds(absl::Now() - commit_start));
+  }
+  return s;
 }
 
 absl::Status Coordinator::LogCompletionLocked(

@@ -179,7 +179,8 @@ grpc::ServerUnaryReactor* CoordinatorService::CompleteTask(grpc::CallbackServerC
     return reactor;
   }
   const bool lease_next = req->lease_next();
-  core_->CompleteTaskAsync(req->worker_id(), req->task_id(), req->compute_ms(), lease_next,
+  core_->CompleteTaskAsync(req->worker_id(), req->task_id(), req->compute_ms(), req->profile(),
+                           lease_next,
                            [reactor, resp, lease_next](absl::Status s, std::optional<LeasedTask> next) {
                              if (s.ok() && lease_next) FillLease(next, resp->mutable_next());
                              reactor->Finish(s.ok() ? grpc::Status::OK : ToGrpcStatus(s));

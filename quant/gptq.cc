@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/task_profile.h"
 #include "quant/gptq_internal.h"
 #include "quant/parallel.h"
 
@@ -367,6 +368,9 @@ absl::StatusOr<GptqResult> GptqQuantize(const at::Tensor& w, const at::Tensor& h
 absl::StatusOr<GptqResult> GptqQuantize(const at::Tensor& w_in, const GptqHessian& hess,
                                         const GptqOptions& o) {
   if (absl::Status s = CheckPreparedInputs(w_in, hess, o); !s.ok()) return s;
+  profile::ScopedPhase phase(profile::Phase::kSolve);
+  const GptqFlops flops = CountGptqFlops(w_in.size(0), w_in.size(1), o.blocksize);
+  profile::AddFlops(flops.lazy_update + flops.intra_block);
   if (internal::UseAtenSolve(o, w_in.device())) {
     return internal::GptqQuantizeOnDevice(w_in, hess, o);
   }

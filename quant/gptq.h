@@ -18,6 +18,10 @@
 
 namespace moec::quant {
 
+// X^T X in fp32 [in, in] of the rows of x [..., in] (any floating dtype), its FLOPs counted in
+// the task's profile (common/task_profile.h): the per-chunk statistic the data plane reduces.
+at::Tensor GramMatrix(const at::Tensor& x);
+
 // Running Hessian of one Linear's inputs, as the reference's forward hook accumulates it
 // (ALGORITHMS 4.1): for a batch counted as B samples, H <- H * n/(n+B); n <- n+B;
 // H <- H + (2/n) X^T X. The final H = (2/N) sum_b X_b^T X_b where N counts SAMPLES (decision 13:

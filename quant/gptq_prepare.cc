@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/task_profile.h"
 #include "quant/gptq.h"
 #include "quant/gptq_internal.h"
 #include "quant/parallel.h"
@@ -201,6 +202,8 @@ absl::StatusOr<GptqHessian> PrepareGptqHessian(const at::Tensor& h_in, const Gpt
   }
   const Clock::time_point t0 = Clock::now();
   const int64_t in = h_in.size(0);
+  profile::ScopedPhase phase(profile::Phase::kSolve);
+  profile::AddFlops(CountGptqFlops(0, in, o.blocksize, o.inverse_factor).factorization);
   const int threads = o.threads > 0 ? o.threads : internal::HardwareThreads();
   GptqHessian r;
   r.actorder = o.actorder;

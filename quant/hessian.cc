@@ -2,9 +2,16 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "common/task_profile.h"
 #include "quant/gptq.h"
 
 namespace moec::quant {
+
+at::Tensor GramMatrix(const at::Tensor& x) {
+  const at::Tensor f = x.reshape({-1, x.size(-1)}).to(at::kFloat).contiguous();
+  profile::AddFlops(profile::MatmulFlops(f.size(1), f.size(1), f.size(0)));
+  return at::matmul(f.t(), f);
+}
 
 HessianAccumulator::HessianAccumulator(int64_t in_features, at::Device device)
     : in_(in_features), h_(at::zeros({in_features, in_features}, at::device(device).dtype(at::kFloat))) {}
@@ -35,6 +42,7 @@ absl::Status HessianAccumulator::Add(const at::Tensor& x, int64_t samples) {
   h_.mul_(n_old / n);
   if (tokens > 0) {
     const at::Tensor xf = flat.to(h_.device(), at::kFloat).contiguous();
+    profile::AddFlops(profile::MatmulFlops(in_, in_, tokens));
     h_.addmm_(xf.t(), xf, /*beta=*/1.0, /*alpha=*/2.0 / n);
   }
   return absl::OkStatus();

@@ -3,6 +3,8 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "common/task_profile.h"
+#include "quant/gptq.h"
 
 namespace moec::quant {
 namespace {
@@ -96,6 +98,7 @@ void PruneBlock(at::Tensor& w, const at::Tensor& hinv, int64_t i1, const SparseG
 absl::StatusOr<at::Tensor> WandaMask(const at::Tensor& w, const at::Tensor& norm2, double ratio,
                                      SparsityPattern pattern) {
   if (absl::Status s = Check(w, ratio, pattern); !s.ok()) return s;
+  profile::ScopedPhase phase(profile::Phase::kSolve);
   if (!norm2.defined() || norm2.numel() != w.size(1)) {
     return absl::InvalidArgumentError("Wanda needs one input norm per column");
   }
@@ -115,6 +118,7 @@ absl::StatusOr<at::Tensor> WandaMask(const at::Tensor& w, const at::Tensor& norm
 
 absl::StatusOr<at::Tensor> MagnitudeMask(const at::Tensor& w, double ratio, SparsityPattern pattern) {
   if (absl::Status s = Check(w, ratio, pattern); !s.ok()) return s;
+  profile::ScopedPhase phase(profile::Phase::kSolve);
   const at::Tensor metric = w.to(at::kFloat).abs();
   if (pattern.structured()) return NmMask(metric, pattern);
   const at::Tensor sorted = std::get<0>(at::sort(metric.reshape(-1)));
@@ -126,6 +130,9 @@ absl::StatusOr<at::Tensor> MagnitudeMask(const at::Tensor& w, double ratio, Spar
 absl::StatusOr<at::Tensor> SparseGptPrune(const at::Tensor& weight, const at::Tensor& hessian,
                                           const SparseGptOptions& o) {
   if (absl::Status s = CheckSparseGpt(weight, hessian, o); !s.ok()) return s;
+  profile::ScopedPhase phase(profile::Phase::kSolve);
+  // GPTQ's structure: the inverse-Hessian factor and lazy block updates (docs/quantization.md).
+  profile::AddFlops(CountGptqFlops(weight.size(0), weight.size(1), o.blocksize).total());
   const int64_t cols = weight.size(1);
   at::Tensor w = weight.to(at::kFloat).clone();
   at::Tensor h = hessian.to(at::kFloat).clone();

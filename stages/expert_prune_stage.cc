@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "absl/strings/str_cat.h"
+#include "common/task_profile.h"
 #include "comm/communicator.h"
 #include "common/stage_outputs.h"
 #include "common/status_macros.h"
@@ -256,6 +257,7 @@ absl::StatusOr<ChunkBatches> CaptureBatches(PruneTask& t, const model::LayerWeig
 absl::StatusOr<SubsetSearchResult> SearchOnGang(PruneTask& t, const ChunkBatches& batches,
                                                 const at::Tensor& router,
                                                 const model::RoutingRule& rule, int64_t seq) {
+  profile::ScopedPhase phase(profile::Phase::kSolve);
   const int experts = t.experts;
   const int kept_count = std::min(t.keep, experts);
   const int64_t total = CappedBinomial(experts, experts - kept_count, t.limit);

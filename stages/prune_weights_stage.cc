@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "absl/strings/str_cat.h"
+#include "common/task_profile.h"
 #include "comm/communicator.h"
 #include "common/status_macros.h"
 #include "dataplane/expert_parallel.h"
@@ -68,7 +69,7 @@ class StatsCollector : public model::ForwardObserver {
     Target& t = *it->second;
     const at::Tensor f = x.reshape({-1, x.size(-1)}).to(at::kFloat).contiguous();
     if (t.expert < 0) {
-      t.round_stat = sparsegpt_ ? at::matmul(f.t(), f) : f.pow(2).sum(0);
+      t.round_stat = sparsegpt_ ? quant::GramMatrix(f) : f.pow(2).sum(0);
       t.round_tokens = f.size(0);
       return;
     }
@@ -184,6 +185,7 @@ struct PruneOptions {
 // Target `t`'s weight (fp32 `original`) pruned by its statistics.
 absl::StatusOr<at::Tensor> Prune(const PruneOptions& o, const Target& t,
                                  const at::Tensor& original) {
+  profile::ScopedPhase phase(profile::Phase::kSolve);
   if (o.sparsegpt) {
     quant::SparseGptOptions so;
     so.ratio = o.ratio;

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/task_profile.h"
 #include "common/stage_outputs.h"
 #include "common/status_macros.h"
 #include "dataplane/expert_parallel.h"
@@ -112,6 +113,7 @@ using QuantizedExperts = std::map<int, std::vector<model::MlpWeights>>;
 // MC-MoE's RTN copies of the experts this rank owns, per width.
 QuantizedExperts QuantizeOwnExperts(const LossTask& t, const model::MoeWeights& moe,
                                     const std::vector<int>& bits, int64_t group_size) {
+  profile::ScopedPhase phase(profile::Phase::kSolve);
   QuantizedExperts quantized;
   for (int e = 0; e < t.experts; ++e) {
     if (t.owner[e] != t.comm.rank()) continue;
@@ -194,6 +196,7 @@ absl::StatusOr<OwnedRows> ExchangeRows(LossTask& t, const RoutedRows& routed) {
 // only and equals w (E_e(x) - Ê_e(x)) there (ALGORITHMS.md 3.1; the test recomputes blocks).
 absl::Status AddLosses(const LossTask& t, const model::MoeWeights& moe,
                        const QuantizedExperts& quantized, const OwnedRows& in, at::Tensor* loss) {
+  profile::ScopedPhase phase(profile::Phase::kStatistics);  // the experts' outputs at each width
   const int64_t nbits = loss->size(1);
   const int64_t* id = in.e.data_ptr<int64_t>();
   int64_t pos = 0;

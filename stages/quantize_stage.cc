@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/task_profile.h"
 #include "common/stage_outputs.h"
 #include "common/status_macros.h"
 #include "dataplane/expert_parallel.h"
@@ -108,8 +109,8 @@ class HessianCollector : public model::ForwardObserver {
       if (!s.ok() && status_.ok()) status_ = s;
       return;
     }
-    const at::Tensor f = x.reshape({-1, x.size(-1)}).to(at::kFloat).contiguous();
-    grams_[it->second] = {at::matmul(f.t(), f), f.size(0), std::max<int64_t>(1, f.size(0) / seq_)};
+    const int64_t rows = x.numel() / x.size(-1);
+    grams_[it->second] = {quant::GramMatrix(x), rows, std::max<int64_t>(1, rows / seq_)};
   }
   const absl::Status& status() const { return status_; }
   std::map<Target*, Gram>& grams() { return grams_; }
@@ -278,6 +279,7 @@ absl::Status GptqTarget(const recipe::StageSpec& p, const quant::QuantizerOption
 // and writes its codes; adds its entry to `summary`.
 absl::Status QuantizeTarget(StageContext& ctx, bool gptq, int64_t group_size, int64_t min_tokens,
                             Target& t, nlohmann::json* summary) {
+  profile::ScopedPhase phase(profile::Phase::kSolve);
   const recipe::StageSpec& p = *ctx.stage;
   quant::QuantizerOptions qo;
   qo.bits = t.bits;

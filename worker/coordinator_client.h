@@ -38,10 +38,12 @@ class CoordinatorClient {
   virtual absl::StatusOr<std::vector<std::string>> Heartbeat(
       const std::string& worker_id, const std::vector<std::string>& running) = 0;
   virtual absl::StatusOr<std::optional<Lease>> LeaseTask(const std::string& worker_id) = 0;
-  // compute_ms: how long the stage ran (recorded on the task). With `next`, asks for the next
-  // task in the same call: *next is one ready at once, or nullopt (the call never waits).
+  // compute_ms: how long the stage ran, and `profile` where that time went (both recorded on
+  // the task). With `next`, asks for the next task in the same call: *next is one ready at
+  // once, or nullopt (the call never waits).
   virtual absl::Status CompleteTask(const std::string& worker_id, const std::string& task_id,
-                                    int64_t compute_ms, std::optional<Lease>* next) = 0;
+                                    int64_t compute_ms, const v1::TaskProfile& profile,
+                                    std::optional<Lease>* next) = 0;
   // Returns true when the task was cancelled.
   virtual absl::StatusOr<bool> ReportProgress(const std::string& worker_id,
                                               const std::string& task_id, double fraction,

@@ -138,9 +138,11 @@ class GrpcCoordinatorClient : public CoordinatorClient {
   }
 
   absl::Status CompleteTask(const std::string& worker_id, const std::string& task_id,
-                            int64_t compute_ms, std::optional<Lease>* next) override {
+                            int64_t compute_ms, const v1::TaskProfile& profile,
+                            std::optional<Lease>* next) override {
     v1::CompleteTaskRequest req;
     req.set_compute_ms(compute_ms);
+    *req.mutable_profile() = profile;
     req.set_worker_id(worker_id);
     req.set_task_id(task_id);
     req.set_lease_next(next != nullptr);

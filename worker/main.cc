@@ -37,6 +37,7 @@
 #include "kernels/kernels.h"
 #include "stages/builtin_stages.h"
 #include "worker/coordinator_client.h"
+#include "worker/gemm_rate.h"
 #include "worker/worker.h"
 
 ABSL_FLAG(std::string, coordinator, "", "coordinator address HOST:PORT (or $MOEC_COORDINATOR)");
@@ -221,6 +222,13 @@ int main(int argc, char** argv) {
       WorkerOptionsFromFlags(client_options->address);
   if (!options.ok()) return Fail(options.status());
   if (absl::Status s = SetComputeThreads(); !s.ok()) return Fail(s);
+  // What every task's profile is measured against (docs/cli.md "report").
+  absl::StatusOr<double> gemm = moec::worker::MeasureGemmGflops(options->device);
+  if (!gemm.ok()) return Fail(gemm.status());
+  options->gemm_gflops = *gemm;
+  options->threads = at::get_num_threads();
+  LOG(INFO) << "fp32 GEMM rate " << *gemm << " GFLOP/s on " << options->device.ToString()
+            << " with " << options->threads << " threads";
   moec::worker::Worker worker(client->get(), &registry, *options);
   absl::Notification stop;
   g_stop = &stop;

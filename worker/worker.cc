@@ -6,6 +6,7 @@
 #include "comm/communicator.h"
 #include "common/recipe/recipe.h"
 #include "common/status_macros.h"
+#include "common/task_profile.h"
 #include "glog/logging.h"
 #include "nlohmann/json.hpp"
 #include "worker/stage_runner.h"
@@ -125,6 +126,43 @@ void Worker::LeaseLoop() {
 
 namespace {
 
+// What the task's profile records: its phases (all of them, in Phase order, so that reports
+// line up) and what they are measured against.
+v1::TaskProfile ProfileRecord(const profile::TaskProfile& p, const WorkerOptions& options) {
+  v1::TaskProfile r;
+  const auto totals = p.Snapshot();
+  for (int i = 0; i < static_cast<int>(profile::Phase::kCount); ++i) {
+    v1::TaskPhase* phase = r.add_phases();
+    phase->set_name(profile::PhaseName(static_cast<profile::Phase>(i)));
+    phase->set_seconds(totals[i].seconds);
+    phase->set_flops(totals[i].flops);
+  }
+  r.set_gemm_gflops(options.gemm_gflops);
+  r.set_device(options.device.ToString());
+  r.set_threads(options.threads);
+  return r;
+}
+
+// The stage's context of `lease` but for its I/O, communicator and progress; returns the
+// recipe as parsed (checked against the stage catalog once per lease: stages read typed fields,
+// never raw JSON), bound to ctx when it parsed.
+absl::StatusOr<recipe::Recipe> ContextOf(const Lease& lease, const WorkerOptions& options,
+                                         const std::atomic<bool>* cancelled,
+                                         stages::StageContext* ctx) {
+  ctx->task = &lease.task;
+  absl::StatusOr<recipe::Recipe> parsed = recipe::Recipe::FromCanonicalJson(lease.recipe_json);
+  if (parsed.ok()) {
+    ctx->SetRecipe(std::make_shared<const recipe::Recipe>(*parsed), lease.task.stage_id());
+  }
+  ctx->overwrite = lease.overwrite;
+  ctx->device = options.device;
+  ctx->rank = lease.rank;
+  ctx->group = lease.group;
+  ctx->inputs = lease.input_fingerprints;
+  ctx->cancelled = cancelled;
+  return parsed;
+}
+
 // The running task's view of the factor store, through the coordinator client.
 class ClientFactorIo : public stages::FactorIo {
  public:
@@ -133,9 +171,11 @@ class ClientFactorIo : public stages::FactorIo {
   absl::StatusOr<std::string> PutOutput(absl::string_view name, storage::DType dtype,
                                         absl::Span<const int64_t> shape,
                                         absl::string_view data) override {
+    profile::ScopedPhase phase(profile::Phase::kFactorIo);
     return client_->PutOutput(worker_id_, task_id_, std::string(name), dtype, shape, data);
   }
   absl::StatusOr<storage::Factor> Get(absl::string_view key) override {
+    profile::ScopedPhase phase(profile::Phase::kFactorIo);
     return client_->GetFactor(std::string(key));
   }
 
@@ -216,19 +256,7 @@ std::optional<Lease> Worker::RunOne(const Lease& lease) {
     current_cancelled_ = cancelled;
   }
   stages::StageContext ctx;
-  ctx.task = &lease.task;
-  // The recipe, parsed and checked against the stage catalog once per lease: stages read typed
-  // fields, never raw JSON.
-  absl::StatusOr<recipe::Recipe> parsed = recipe::Recipe::FromCanonicalJson(lease.recipe_json);
-  if (parsed.ok()) {
-    ctx.SetRecipe(std::make_shared<const recipe::Recipe>(*std::move(parsed)), lease.task.stage_id());
-  }
-  ctx.overwrite = lease.overwrite;
-  ctx.device = options_.device;
-  ctx.rank = lease.rank;
-  ctx.group = lease.group;
-  ctx.inputs = lease.input_fingerprints;
-  ctx.cancelled = cancelled.get();
+  absl::StatusOr<recipe::Recipe> parsed = ContextOf(lease, options_, cancelled.get(), &ctx);
   ClientFactorIo io(client_, id, lease.task.task_id());
   ctx.io = &io;
   const int size = std::max<int>(1, static_cast<int>(lease.group.size()));
@@ -248,13 +276,19 @@ std::optional<Lease> Worker::RunOne(const Lease& lease) {
     if (stop.ok() && *stop) cancelled->store(true);
   };
   const absl::Time started = absl::Now();
-  absl::Status result =
-      !parsed.ok()          ? Annotate(parsed.status(), "the job's recipe")
-      : ctx.stage == nullptr ? absl::InvalidArgumentError(absl::StrCat(
-                                   "the job's recipe has no stage '", lease.task.stage_id(), "'"))
-                             : RunStage(*registry_, ctx);
+  profile::TaskProfile profile;
+  absl::Status result = [&] {
+    profile::BindToThread bind(&profile);
+    if (!parsed.ok()) return Annotate(parsed.status(), "the job's recipe");
+    if (ctx.stage == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the job's recipe has no stage '", lease.task.stage_id(), "'"));
+    }
+    return RunStage(*registry_, ctx);
+  }();
   const int64_t compute_ms = absl::ToInt64Milliseconds(absl::Now() - started);
-  std::optional<Lease> next = Report(lease, id, result, compute_ms, *cancelled);
+  std::optional<Lease> next =
+      Report(lease, id, result, compute_ms, ProfileRecord(profile, options_), *cancelled);
   {
     // Only now: heartbeats keep naming the task (renewing its lease) while its report is in
     // flight, which for large outputs includes their commit.
@@ -267,6 +301,7 @@ std::optional<Lease> Worker::RunOne(const Lease& lease) {
 
 std::optional<Lease> Worker::Report(const Lease& lease, const std::string& id,
                                     const absl::Status& result, int64_t compute_ms,
+                                    const v1::TaskProfile& profile,
                                     const std::atomic<bool>& cancelled) {
   absl::Status reported;
   std::optional<Lease> next;
@@ -275,7 +310,7 @@ std::optional<Lease> Worker::Report(const Lease& lease, const std::string& id,
     // Rank 0 asks for its next task in the completing call (one round trip per task in a
     // chain), unless it is stopping.
     if (lease.rank == 0) {
-      reported = client_->CompleteTask(id, lease.task.task_id(), compute_ms,
+      reported = client_->CompleteTask(id, lease.task.task_id(), compute_ms, profile,
                                        stop_.HasBeenNotified() ? nullptr : &next);
     }
   } else {

@@ -35,6 +35,10 @@ struct WorkerOptions {
   // Capabilities registered with the coordinator (shown by `moec workers`).
   int64_t memory_bytes = 0;         // physical memory of the host
   int64_t device_memory_bytes = 0;  // memory of the GPU (device.cuda)
+  // What each task's profile is measured against (TaskProfile): the device's fp32 GEMM rate
+  // (MeasureGemmGflops; 0: not measured) and the intra-op threads.
+  double gemm_gflops = 0;
+  int threads = 0;
   absl::Status Validate() const;
 };
 
@@ -65,7 +69,8 @@ class Worker {
   // Reports the task's `result` (completion by rank 0, or failure unless it was `cancelled`) and
   // counts it; returns the next task when the completing call granted one.
   std::optional<Lease> Report(const Lease& lease, const std::string& id, const absl::Status& result,
-                              int64_t compute_ms, const std::atomic<bool>& cancelled);
+                              int64_t compute_ms, const v1::TaskProfile& profile,
+                              const std::atomic<bool>& cancelled);
   absl::Status Reregister();
 
   CoordinatorClient* const client_;             // Not owned.

@@ -5,10 +5,12 @@
 
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <stdexcept>
 
 #include "comm/communicator.h"
 #include "common/status_macros.h"
+#include "common/task_profile.h"
 #include "coordinator/coordinator.h"
 #include "dataplane/stage_test_util.h"
 #include "gtest/gtest.h"
@@ -69,9 +71,10 @@ class LocalClient : public CoordinatorClient {
   }
   std::atomic<int> progress_reports{0};
   absl::Status CompleteTask(const std::string& id, const std::string& task, int64_t compute_ms,
-                            std::optional<Lease>* next) override {
+                            const v1::TaskProfile& profile, std::optional<Lease>* next) override {
     std::optional<coordinator::LeasedTask> granted;
-    absl::Status s = core_->CompleteTask(id, task, {}, compute_ms, next ? &granted : nullptr);
+    absl::Status s =
+        core_->CompleteTask(id, task, {}, compute_ms, next ? &granted : nullptr, profile);
     if (s.ok() && next != nullptr) *next = ToLease(granted);
     if (granted.has_value()) ++granted_with_completion;
     return s;
@@ -155,6 +158,19 @@ class AllReduceStage : public stages::Stage {
   const bool absent_first_;
 };
 
+// A stage whose phases are known: 30 ms of solve counting 6 GFLOP, then one output written.
+class ProfiledStage : public stages::Stage {
+ public:
+  absl::Status Run(stages::StageContext& ctx) override {
+    {
+      profile::ScopedPhase solve(profile::Phase::kSolve);
+      profile::AddFlops(6e9);
+      absl::SleepFor(absl::Milliseconds(30));
+    }
+    return ctx.io->PutOutput("x", storage::DType::kU8, {3}, "abc").status();
+  }
+};
+
 class WorkerTest : public ::testing::Test {
  protected:
   static std::vector<std::string> Families() {
@@ -235,6 +251,45 @@ TEST_F(WorkerTest, ReportsEachTasksComputeTime) {
   for (const v1::TaskRecord& t : tasks) {
     EXPECT_GE(t.compute_ms(), 60) << t.task_id();
     EXPECT_LT(t.compute_ms(), 5000) << t.task_id();
+  }
+}
+
+// Each task's profile (TaskRecord.profile) comes back with its completion: every phase in
+// order, the stage's own marks and FLOPs, the factor write as factor_io, what the worker measures
+// against, and the coordinator's commit.
+TEST_F(WorkerTest, ReportsWhereEachTasksTimeWent) {
+  stages::StageRegistry registry;
+  registry.Register("noop", [] { return std::make_unique<ProfiledStage>(); });
+  WorkerOptions o = Fast();
+  o.gemm_gflops = 123;
+  o.threads = 2;
+  Worker worker(client_.get(), &registry, o);
+  ASSERT_OK(worker.Start());
+  const std::string job = Submit(0);
+  ASSERT_EQ(WaitForEnd(job), v1::JOB_SUCCEEDED);
+  worker.Stop();
+  const std::vector<v1::TaskRecord> tasks = *core_->GetTasks(job);
+  ASSERT_EQ(tasks.size(), 3u);
+  for (const v1::TaskRecord& t : tasks) {
+    const v1::TaskProfile& p = t.profile();
+    ASSERT_EQ(p.phases_size(), static_cast<int>(profile::Phase::kCount)) << t.task_id();
+    std::map<std::string, v1::TaskPhase> by_name;
+    double seconds = 0, flops = 0;
+    for (int i = 0; i < p.phases_size(); ++i) {
+      EXPECT_EQ(p.phases(i).name(), profile::PhaseName(static_cast<profile::Phase>(i)));
+      by_name[p.phases(i).name()] = p.phases(i);
+      seconds += p.phases(i).seconds();
+      flops += p.phases(i).flops();
+    }
+    EXPECT_GE(by_name["solve"].seconds(), 0.03);
+    EXPECT_EQ(by_name["solve"].flops(), 6e9);
+    EXPECT_EQ(flops, 6e9);
+    EXPECT_GT(by_name["factor_io"].seconds(), 0);
+    EXPECT_LE(seconds, t.compute_ms() / 1000.0 + 0.002);
+    EXPECT_EQ(p.gemm_gflops(), 123);
+    EXPECT_EQ(p.threads(), 2);
+    EXPECT_EQ(p.device(), "cpu");
+    EXPECT_GT(p.commit_seconds(), 0);
   }
 }
 

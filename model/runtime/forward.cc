@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
+#include "common/task_profile.h"
 
 namespace moec::model {
 namespace {
@@ -66,6 +67,7 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::OpenView(const std::st
 }
 
 absl::StatusOr<at::Tensor> ModelRunner::Load(const TensorSpec& spec) const {
+  profile::ScopedPhase phase(profile::Phase::kLoad);
   at::Tensor t;
   if (source_ == nullptr) {
     MOEC_ASSIGN_OR_RETURN(t, loader_->Load(spec));
@@ -188,6 +190,7 @@ RopeTables ModelRunner::Rope(int64_t seq) const {
 
 at::Tensor ModelRunner::RunLayer(const LayerWeights& weights, const at::Tensor& hidden,
                                  ForwardObserver* observer, ExpertExecutor* experts) const {
+  profile::ScopedPhase phase(profile::Phase::kForward);
   // Layer inputs read back from the factor store are host tensors: they join the weights here.
   return DecoderLayer(config_, weights, hidden.to(options_.device), Rope(hidden.size(1)), observer,
                       experts);
@@ -217,6 +220,9 @@ std::unique_ptr<LayerPrefetcher> ModelRunner::StreamLayers() const {
 }
 
 at::Tensor ModelRunner::ApplyHead(const HeadWeights& head, const at::Tensor& hidden) const {
+  profile::ScopedPhase phase(profile::Phase::kForward);
+  profile::AddFlops(profile::MatmulFlops(hidden.numel() / hidden.size(-1), head.lm_head.size(0),
+                                         head.lm_head.size(1)));
   at::Tensor normed = RmsNorm(hidden, head.norm, config_.rms_norm_eps);
   return at::linear(normed, head.lm_head).to(at::kFloat);
 }

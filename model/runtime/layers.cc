@@ -5,6 +5,8 @@
 #include <utility>
 #include <vector>
 
+#include "common/task_profile.h"
+
 namespace moec::model {
 namespace {
 
@@ -15,8 +17,25 @@ LinearKind Offset(LinearKind gate, int delta) {
   return static_cast<LinearKind>(static_cast<int>(gate) + delta);
 }
 
+// x W^T (+ b), its FLOPs counted in the task's profile.
 at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {}) {
+  profile::AddFlops(profile::MatmulFlops(x.numel() / std::max<int64_t>(1, x.size(-1)), w.size(0),
+                                         w.size(1)));
   return b.defined() ? at::linear(x, w, b) : at::linear(x, w);
+}
+
+// What an observer does with what it is shown is the statistics phase of the task's profile.
+template <typename F>
+void Notify(ForwardObserver* observer, F&& f) {
+  if (observer == nullptr) return;
+  profile::ScopedPhase phase(profile::Phase::kStatistics);
+  f(*observer);
+}
+
+// The FLOPs of causal attention over [B, heads, S, d]: scores and weighted values for the
+// S (S + 1) / 2 query-key pairs that are not masked.
+void CountCausalAttention(int64_t batch, int64_t heads, int64_t seq, int64_t d) {
+  profile::AddFlops(4.0 * static_cast<double>(batch * heads) * d * (seq * (seq + 1) / 2));
 }
 
 }  // namespace
@@ -170,14 +189,17 @@ AttentionOutput Attention(const ModelConfig& config, int layer, const AttentionW
   const LayerExtent extent = observer != nullptr ? observer->Extent(layer) : LayerExtent::kAll;
   if (capture) {
     at::Tensor flat = x.reshape({batch * seq, x.size(2)});
-    for (LinearKind kind : {LinearKind::kQ, LinearKind::kK, LinearKind::kV}) {
-      observer->OnLinearInput({layer, kind, -1}, flat, {});
-    }
+    Notify(observer, [&](ForwardObserver& o) {
+      for (LinearKind kind : {LinearKind::kQ, LinearKind::kK, LinearKind::kV}) {
+        o.OnLinearInput({layer, kind, -1}, flat, {});
+      }
+    });
   }
   if (extent == LayerExtent::kQkvInputs) return {};
   Qkv qkv = ProjectQkv(config, w, x, rope);
   at::Tensor statistic;
   at::Tensor attended;  // [B, heads, S, d]
+  CountCausalAttention(batch, heads, seq, d);
   if (want_column_statistic) {
     statistic = at::zeros({batch, seq}, x.options().dtype(at::kFloat));
     attended = BlockedCausalAttention(std::move(qkv), d, statistic);
@@ -186,8 +208,9 @@ AttentionOutput Attention(const ModelConfig& config, int layer, const AttentionW
   }
   attended = attended.transpose(1, 2).reshape({batch, seq, heads * d});
   if (capture) {
-    observer->OnLinearInput({layer, LinearKind::kO, -1}, attended.reshape({batch * seq, heads * d}),
-                            {});
+    Notify(observer, [&](ForwardObserver& o) {
+      o.OnLinearInput({layer, LinearKind::kO, -1}, attended.reshape({batch * seq, heads * d}), {});
+    });
   }
   if (extent == LayerExtent::kOInput) return {};
   AttentionOutput result;
@@ -203,23 +226,29 @@ at::Tensor Mlp(const MlpWeights& w, const at::Tensor& x, int layer, LinearKind g
   const bool capture = observer != nullptr && observer->WantsLinearInputs(layer);
   const LayerExtent extent = observer != nullptr ? observer->Extent(layer) : LayerExtent::kAll;
   if (capture) {
-    observer->OnLinearInput({layer, gate_kind, expert}, x, token_index);
-    observer->OnLinearInput({layer, Offset(gate_kind, 1), expert}, x, token_index);
+    Notify(observer, [&](ForwardObserver& o) {
+      o.OnLinearInput({layer, gate_kind, expert}, x, token_index);
+      o.OnLinearInput({layer, Offset(gate_kind, 1), expert}, x, token_index);
+    });
   }
   // A shortened pass (LayerExtent) returns zeros of the output's shape once its input is seen.
   const auto skipped = [&] { return at::zeros({x.size(0), w.down.size(0)}, x.options()); };
   if (extent == LayerExtent::kGateUpInputs) return skipped();
-  at::Tensor hidden = at::silu(at::linear(x, w.gate)) * at::linear(x, w.up);
-  if (capture) observer->OnLinearInput({layer, Offset(gate_kind, 2), expert}, hidden, token_index);
+  at::Tensor hidden = at::silu(Linear(x, w.gate)) * Linear(x, w.up);
+  if (capture) {
+    Notify(observer, [&](ForwardObserver& o) {
+      o.OnLinearInput({layer, Offset(gate_kind, 2), expert}, hidden, token_index);
+    });
+  }
   if (extent == LayerExtent::kDownInputs) return skipped();
-  return at::linear(hidden, w.down);
+  return Linear(hidden, w.down);
 }
 
 Routing Route(const at::Tensor& router, const at::Tensor& x, const RoutingRule& rule,
               const at::Tensor& importance, int64_t seq) {
   Routing r;
-  r.logits = rule.router_in_fp32 ? at::linear(x.to(at::kFloat), router.to(at::kFloat))
-                                 : at::linear(x, router).to(at::kFloat);
+  r.logits = rule.router_in_fp32 ? Linear(x.to(at::kFloat), router.to(at::kFloat))
+                                 : Linear(x, router).to(at::kFloat);
   at::Tensor probs = at::softmax(r.logits, -1);
   auto [top_p, top_i] = probs.topk(rule.top_k, -1, /*largest=*/true, /*sorted=*/true);
   r.experts = top_i;
@@ -304,11 +333,13 @@ void AddRoutedExperts(int layer, const MoeWeights& w, const RoutingRule& rule,
                       ForwardObserver* observer, ExpertExecutor* experts, at::Tensor* out) {
   const int n = static_cast<int>(w.experts.size());
   if (observer != nullptr && observer->WantsLinearInputs(layer)) {
-    observer->OnLinearInput({layer, LinearKind::kRouter, -1}, x, {});
+    Notify(observer, [&](ForwardObserver& o) {
+      o.OnLinearInput({layer, LinearKind::kRouter, -1}, x, {});
+    });
   }
   at::Tensor importance = OdpImportance(rule, x, seq, column_statistic);
   Routing routing = Route(w.router, x, rule, importance, seq);
-  if (observer != nullptr) observer->OnRouterLogits(layer, routing.logits);
+  Notify(observer, [&](ForwardObserver& o) { o.OnRouterLogits(layer, routing.logits); });
   const int64_t k = routing.experts.size(1);
   at::Tensor flat = routing.experts.masked_fill(routing.kept.logical_not(), n).reshape(-1);
   at::Tensor order = std::get<1>(at::sort(flat, /*stable=*/true, /*dim=*/0,
@@ -339,9 +370,11 @@ at::Tensor SharedExpert(int layer, const MoeWeights& w, const at::Tensor& x,
   at::Tensor shared = Mlp(w.shared, x, layer, LinearKind::kSharedGate, -1, observer);
   if (w.shared_expert_gate.defined()) {
     if (observer != nullptr && observer->WantsLinearInputs(layer)) {
-      observer->OnLinearInput({layer, LinearKind::kSharedExpertGate, -1}, x, {});
+      Notify(observer, [&](ForwardObserver& o) {
+        o.OnLinearInput({layer, LinearKind::kSharedExpertGate, -1}, x, {});
+      });
     }
-    shared = at::sigmoid(at::linear(x, w.shared_expert_gate)) * shared;
+    shared = at::sigmoid(Linear(x, w.shared_expert_gate)) * shared;
   }
   return shared;
 }
@@ -352,14 +385,14 @@ at::Tensor MoeBlock(const ModelConfig& config, int layer, const MoeWeights& w,
                     const RoutingRule& rule, const at::Tensor& x, int64_t seq,
                     const at::Tensor& column_statistic, ForwardObserver* observer,
                     ExpertExecutor* experts) {
-  if (observer != nullptr) observer->OnMoeInput(layer, x);
+  Notify(observer, [&](ForwardObserver& o) { o.OnMoeInput(layer, x); });
   at::Tensor out = at::zeros_like(x);
   const int n = static_cast<int>(w.experts.size());
   if (n > 0 && w.router.defined()) {
     AddRoutedExperts(layer, w, rule, x, seq, column_statistic, observer, experts, &out);
   }
   if (w.shared.defined()) out = out + SharedExpert(layer, w, x, observer);
-  if (observer != nullptr) observer->OnMoeOutput(layer, out);
+  Notify(observer, [&](ForwardObserver& o) { o.OnMoeOutput(layer, out); });
   return out;
 }
 
@@ -367,7 +400,7 @@ at::Tensor DecoderLayer(const ModelConfig& config, const LayerWeights& w, const 
                         const RopeTables& rope, ForwardObserver* observer,
                         ExpertExecutor* experts) {
   const int layer = w.layer;
-  if (observer != nullptr) observer->OnLayerInput(layer, h);
+  Notify(observer, [&](ForwardObserver& o) { o.OnLayerInput(layer, h); });
   const int64_t batch = h.size(0), seq = h.size(1), hidden = h.size(2);
   RoutingRule rule;
   if (w.moe.has_value()) rule = RoutingRuleFor(config, layer);
@@ -390,7 +423,7 @@ at::Tensor DecoderLayer(const ModelConfig& config, const LayerWeights& w, const 
     out = out + y.view({batch, seq, hidden});
   }
   if (observer != nullptr && observer->Extent(layer) != LayerExtent::kAll) return {};
-  if (observer != nullptr) observer->OnLayerOutput(layer, out);
+  Notify(observer, [&](ForwardObserver& o) { o.OnLayerOutput(layer, out); });
   return out;
 }
 

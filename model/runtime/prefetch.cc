@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/task_profile.h"
 
 namespace moec::model {
 namespace {
@@ -70,6 +71,8 @@ absl::StatusOr<LayerWeights> LayerPrefetcher::Next() {
     return absl::OutOfRangeError(absl::StrCat("layer ", next_, " of ", count_));
   }
   const int layer = next_++;
+  // The wait for the layer (or its load, without prefetching) is the task's load phase.
+  profile::ScopedPhase phase(profile::Phase::kLoad);
   if (!ahead_) return load_(layer);
   absl::StatusOr<LayerWeights> w = pending_.get();
   if (w.ok() && next_ < count_) pending_ = Start(next_);

@@ -71,7 +71,7 @@ int WorkerRun(moec::worker::CoordinatorClient& client, const std::string& id, bo
     }
     const std::string task_id = next->task.task_id();
     next.reset();
-    if (absl::Status s = client.CompleteTask(id, task_id, 0, lease_next ? &next : nullptr);
+    if (absl::Status s = client.CompleteTask(id, task_id, 0, {}, lease_next ? &next : nullptr);
         !s.ok()) {
       return Fail("CompleteTask", s);
     }

@@ -113,8 +113,27 @@ def run_job(moec, args, s, tag, stages):
                 % (args.text, samples, seqlen))
         f.write("workers: 1\nstages:\n" + stages)
     _, wall = run([moec, "run", recipe, "--workers", "1", "--data-dir", data])
+    time = job_time(data)
     shutil.rmtree(data, ignore_errors=True)
-    return wall
+    return wall, time
+
+
+def job_time(data):
+    """The job's own time breakdown (report.json's "time", docs/cli.md): what moec counted."""
+    reports = os.path.join(data, "reports")
+    for job in sorted(os.listdir(reports)) if os.path.isdir(reports) else []:
+        with open(os.path.join(reports, job, "report.json")) as f:
+            return json.load(f).get("time")
+    return None
+
+
+def print_time(time):
+    """One line per stage: moec's counted GFLOP, its own GEMM-rate fraction and phase shares."""
+    for s in (time or {}).get("stages", []):
+        shares = ", ".join("%s %.0f%%" % (p, 100 * v / s["seconds"]) for p, v in s["phases"].items()
+                           if p != "commit" and s["seconds"] > 0 and v / s["seconds"] >= 0.01)
+        print("    %-10s %6.2f s, counted %6.1f GFLOP: %.2f of its worker's GEMM (%.0f GFLOP/s); %s"
+              % (s["stage"], s["seconds"], s["gflop"], s["fraction_of_gemm"], s["gemm_gflops"], shares))
 
 
 def gemm_rates(py, args):
@@ -149,7 +168,7 @@ def gptq_job(moec, args, s):
                 "  - {id: quant, kind: gptq, with: {bits: 4, attn_bits: 4, shared_bits: 4, group_size: 128}}\n"
                 "  - {id: out, kind: export, needs: [quant], with: {format: gptq}}\n")
     _, wall = run([moec, "run", recipe, "--workers", "1", "--data-dir", data])
-    return wall, samples * seqlen, seqlen
+    return wall, samples * seqlen, seqlen, job_time(data)
 
 
 def main():
@@ -196,8 +215,8 @@ def measure(moec, args, s, vocab):
     m["e_bf16"] = moec_eval(moec, args, few, seqlen, "bf16")
     m["r_fp32"] = eager(args.python, args, few, seqlen, "fp32")
     m["r_bf16"] = eager(args.python, args, few, seqlen, "bf16")
-    m["job_s"], m["tokens"], m["cseq"] = gptq_job(moec, args, s)
-    m["jobs"] = [(name, run_job(moec, args, s, "job%d" % i, stages), need)
+    m["job_s"], m["tokens"], m["cseq"], m["job_time"] = gptq_job(moec, args, s)
+    m["jobs"] = [(name, *run_job(moec, args, s, "job%d" % i, stages), need)
                  for i, (name, stages, need) in enumerate(other_jobs(s, m["tokens"], m["cseq"], vocab))]
     g2, g16b = gemm_rates(args.python, args)
     m["gemm32"], m["gemm16"] = max(gemm32, g2), max(gemm16, g16b)
@@ -235,11 +254,13 @@ def print_report(s, per_token, vocab, m):
     print("gptq job (W4 g128, %d calibration tokens, 1 worker, gptq + export):" % m["tokens"])
     print("  wall %.1f s; needs %.0f GFLOP, %.1f s at the GEMM rate: %.2f of roofline (issue #19: >= 0.5)"
           % (m["job_s"], need / 1e9, roof, roof / m["job_s"]))
+    print_time(m["job_time"])
     print("other jobs (1 worker, the same calibration tokens; issue #19: each >= 0.4 of roofline):")
-    for name, wall, flops in m["jobs"]:
+    for name, wall, time, flops in m["jobs"]:
         t = flops / (gemm32 * 1e9)
         print("  %-26s wall %5.1f s; needs %6.0f GFLOP, %5.2f s at the GEMM rate: %.2f of roofline"
               % (name, wall, flops / 1e9, t, t / wall))
+        print_time(time)
 
 if __name__ == "__main__":
     main()
