@@ -229,6 +229,10 @@ int main(int argc, char** argv) {
   options->threads = at::get_num_threads();
   LOG(INFO) << "fp32 GEMM rate " << *gemm << " GFLOP/s on " << options->device.ToString()
             << " with " << options->threads << " threads";
+  if (dlsym(RTLD_DEFAULT, "openblas_get_config") == nullptr) {
+    LOG(WARNING) << "liblapack.so.3 is not OpenBLAS's: GPTQ's factorisation runs on the reference "
+                    "LAPACK, 5-20x slower (install libopenblas0-pthread; deploy/setup-debian.sh does)";
+  }
   moec::worker::Worker worker(client->get(), &registry, *options);
   absl::Notification stop;
   g_stop = &stop;
