@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -60,15 +61,24 @@ absl::StatusOr<std::string> TokenFile(const std::string& dir) {
   return path;
 }
 
-void Terminate(pid_t pid) {
-  if (pid <= 0) return;
-  ::kill(pid, SIGTERM);
-  for (int i = 0; i < 50; ++i) {
-    if (::waitpid(pid, nullptr, WNOHANG) == pid) return;
-    absl::SleepFor(absl::Milliseconds(100));
+// Stops the processes together: SIGTERM to all, then each gets 5 s from then to exit before
+// SIGKILL.
+void Terminate(const std::vector<pid_t>& pids) {
+  std::vector<pid_t> live;
+  for (pid_t pid : pids) {
+    if (pid > 0 && ::kill(pid, SIGTERM) == 0) live.push_back(pid);
   }
-  ::kill(pid, SIGKILL);
-  ::waitpid(pid, nullptr, 0);
+  const absl::Time deadline = absl::Now() + absl::Seconds(5);
+  while (!live.empty() && absl::Now() < deadline) {
+    live.erase(std::remove_if(live.begin(), live.end(),
+                              [](pid_t pid) { return ::waitpid(pid, nullptr, WNOHANG) == pid; }),
+               live.end());
+    if (!live.empty()) absl::SleepFor(absl::Milliseconds(10));
+  }
+  for (pid_t pid : live) {
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, nullptr, 0);
+  }
 }
 
 }  // namespace
@@ -143,8 +153,8 @@ absl::StatusOr<std::unique_ptr<EmbeddedCluster>> EmbeddedCluster::Start(const Em
 }
 
 EmbeddedCluster::~EmbeddedCluster() {
-  for (pid_t w : workers_) Terminate(w);
-  Terminate(coordinator_);
+  Terminate(workers_);  // first: a worker stopping mid-task still reports to the coordinator
+  Terminate({coordinator_});
   if (coordinator_stdout_ >= 0) ::close(coordinator_stdout_);
 }
 

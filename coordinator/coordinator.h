@@ -129,6 +129,9 @@ class Coordinator {
   // Errors: NotFound for an unknown worker.
   absl::StatusOr<std::optional<LeasedTask>> LeaseTask(absl::string_view worker_id,
                                                       absl::Duration wait = absl::ZeroDuration());
+  // Ends the long polls in flight and makes later ones answer at once (the process is shutting
+  // down: the server waits for its handlers, and a poll would hold it for up to 2 s).
+  void EndLongPolls();
   // Records progress (fraction clamped to [0, 1]) of a task the worker holds and renews its
   // lease. Returns true when the task was cancelled (the worker should stop it).
   // Errors: NotFound; FailedPrecondition when the worker does not hold the task.
@@ -287,6 +290,7 @@ class Coordinator {
   // commit asked for kSync (the completion then syncs before it returns).
   storage::KvWriteBatch* deferred_batch_ ABSL_GUARDED_BY(mu_) = nullptr;
   bool deferred_sync_ ABSL_GUARDED_BY(mu_) = false;
+  bool long_polls_ended_ ABSL_GUARDED_BY(mu_) = false;  // EndLongPolls
   // Syncs the log behind completions that do not wait (kicked), and for CompleteTaskAsync's
   // completions that do (AfterSync). Declared last: destroyed first, it syncs what was logged
   // (and answers those waiting) before the coordinator goes.

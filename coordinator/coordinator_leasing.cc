@@ -132,7 +132,7 @@ absl::StatusOr<std::optional<LeasedTask>> Coordinator::LeaseTask(absl::string_vi
   if (!workers_.HasMail(id) && wait > absl::ZeroDuration()) {
     // Long poll: completions and submissions schedule (WakeWaitersLocked) while we wait.
     auto ready = [this, &id]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      return !workers_.Contains(id) || workers_.HasMail(id);
+      return long_polls_ended_ || !workers_.Contains(id) || workers_.HasMail(id);
     };
     workers_.BeginLongPoll();
     mu_.AwaitWithTimeout(absl::Condition(&ready), std::min(wait, absl::Seconds(2)));
@@ -140,6 +140,11 @@ absl::StatusOr<std::optional<LeasedTask>> Coordinator::LeaseTask(absl::string_vi
     if (!workers_.Contains(id)) return absl::NotFoundError(absl::StrCat("worker ", id, " timed out"));
   }
   return workers_.TakeMail(id, NowMs());
+}
+
+void Coordinator::EndLongPolls() {
+  absl::MutexLock lock(&mu_);
+  long_polls_ended_ = true;  // the waiting polls' condition holds: they return
 }
 
 absl::StatusOr<v1::TaskRecord*> Coordinator::HeldTaskLocked(absl::string_view worker_id,

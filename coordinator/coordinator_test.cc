@@ -178,6 +178,27 @@ TEST_F(CoordinatorTest, LongPollHandsOutTheNextTaskOnCompletion) {
   EXPECT_GE(absl::Now() - start, absl::Milliseconds(40));
 }
 
+// A shutting-down coordinator does not wait out its long polls (its server waits for them).
+TEST_F(CoordinatorTest, EndLongPollsAnswersWaitingAndLaterPollsAtOnce) {
+  const std::string a = coord_->RegisterWorker({"a"});
+  absl::StatusOr<std::optional<LeasedTask>> waited;
+  absl::Duration took;
+  std::thread poller([&] {
+    const absl::Time start = absl::Now();
+    waited = coord_->LeaseTask(a, absl::Seconds(2));
+    took = absl::Now() - start;
+  });
+  absl::SleepFor(absl::Milliseconds(100));  // the poller is waiting, with nothing to lease
+  coord_->EndLongPolls();
+  poller.join();
+  ASSERT_OK(waited.status());
+  EXPECT_FALSE(waited->has_value());
+  EXPECT_LT(took, absl::Milliseconds(1000));
+  const absl::Time start = absl::Now();
+  ASSERT_OK(coord_->LeaseTask(a, absl::Seconds(2)).status());
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(500));
+}
+
 TEST_F(CoordinatorTest, IdenticalWorkIsReusedAcrossJobs) {
   const std::string first = Submit().job.job_id();
   std::string w = coord_->RegisterWorker({"a"});

@@ -207,6 +207,7 @@ int main(int argc, char** argv) {
   std::signal(SIGTERM, OnSignal);
   TickUntil(stop, *state.core, metrics->get());
   LOG(INFO) << "shutting down";
+  state.core->EndLongPolls();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   return 0;
 }

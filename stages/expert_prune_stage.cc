@@ -48,6 +48,7 @@ absl::StatusOr<at::Tensor> DenseExpertOutputs(comm::Communicator& comm,
                                               const std::vector<int>& owner,
                                               const model::MoeWeights& w, int layer,
                                               const at::Tensor& x) {
+  profile::ScopedPhase phase(profile::Phase::kForward);  // the experts, densely
   const int ranks = comm.size(), me = comm.rank();
   const int experts = static_cast<int>(owner.size());
   std::vector<int> mine;

@@ -38,6 +38,9 @@ class CoordinatorClient {
   virtual absl::StatusOr<std::vector<std::string>> Heartbeat(
       const std::string& worker_id, const std::vector<std::string>& running) = 0;
   virtual absl::StatusOr<std::optional<Lease>> LeaseTask(const std::string& worker_id) = 0;
+  // Ends a LeaseTask long poll in flight at once, and every later one (they return Cancelled):
+  // a stopping worker does not wait out the poll.
+  virtual void CancelWaits() {}
   // compute_ms: how long the stage ran, and `profile` where that time went (both recorded on
   // the task). With `next`, asks for the next task in the same call: *next is one ready at
   // once, or nullopt (the call never waits).

@@ -1,4 +1,5 @@
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "common/status_payloads.h"
 #include "grpcpp/grpcpp.h"
 #include "moec/v1/coordinator.grpc.pb.h"
@@ -118,9 +119,24 @@ class GrpcCoordinatorClient : public CoordinatorClient {
     req.set_wait_ms(options_.lease_wait_ms);
     v1::LeaseTaskResponse resp;
     auto ctx = Context(options_.lease_wait_ms);
+    {
+      absl::MutexLock lock(&wait_mu_);
+      if (waits_cancelled_) return absl::CancelledError("the worker is stopping");
+      waiting_ = ctx.get();
+    }
     absl::Status s = FromGrpcStatus(stub_->LeaseTask(ctx.get(), req, &resp));
+    {
+      absl::MutexLock lock(&wait_mu_);
+      waiting_ = nullptr;
+    }
     if (!s.ok()) return s;
     return ToLease(resp);
+  }
+
+  void CancelWaits() override {
+    absl::MutexLock lock(&wait_mu_);
+    waits_cancelled_ = true;
+    if (waiting_ != nullptr) waiting_->TryCancel();
   }
 
   absl::StatusOr<bool> ReportProgress(const std::string& worker_id, const std::string& task_id,
@@ -238,6 +254,10 @@ class GrpcCoordinatorClient : public CoordinatorClient {
   std::unique_ptr<v1::CoordinatorService::Stub> stub_;
   std::unique_ptr<v1::FactorService::Stub> factor_stub_;
   const GrpcClientOptions options_;
+  // The LeaseTask long poll in flight, which CancelWaits ends.
+  absl::Mutex wait_mu_;
+  grpc::ClientContext* waiting_ ABSL_GUARDED_BY(wait_mu_) = nullptr;
+  bool waits_cancelled_ ABSL_GUARDED_BY(wait_mu_) = false;
 };
 
 }  // namespace

@@ -55,6 +55,7 @@ absl::Status Worker::Start() {
 
 void Worker::Stop() {
   if (!stop_.HasBeenNotified()) stop_.Notify();
+  client_->CancelWaits();  // the lease loop's long poll ends now
   {
     absl::MutexLock lock(&mu_);
     if (current_cancelled_) current_cancelled_->store(true);
@@ -97,6 +98,7 @@ void Worker::LeaseLoop() {
     }
     const absl::Time asked = absl::Now();
     absl::StatusOr<std::optional<Lease>> lease = client_->LeaseTask(worker_id());
+    if (!lease.ok() && stop_.HasBeenNotified()) break;
     if (!lease.ok()) {
       if (absl::IsNotFound(lease.status())) Reregister().IgnoreError();  // retried next loop
       else LOG(WARNING) << "worker=" << worker_id() << " lease: " << lease.status();
