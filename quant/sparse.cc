@@ -1,10 +1,13 @@
 #include "quant/sparse.h"
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/task_profile.h"
 #include "quant/gptq.h"
+#include "quant/parallel.h"
 
 namespace moec::quant {
 namespace {
@@ -19,6 +22,38 @@ absl::Status Check(const at::Tensor& w, double ratio, SparsityPattern p) {
                                                    " input columns"));
   }
   return absl::OkStatus();
+}
+
+// The k smallest values of each row of `metric` (fp32, contiguous, finite), ties at the k-th
+// smallest t taken in column order as a stable sort takes them: every value below t, then the
+// first (k - below) values equal to t. One nth_element per row, rows over the hardware threads
+// (a tenth of the time of ATen's kthvalue and the masks around it).
+at::Tensor SmallestPerRow(const at::Tensor& metric, int64_t k) {
+  const int64_t rows = metric.size(0), cols = metric.size(1);
+  at::Tensor mask = at::zeros({rows, cols}, at::kBool);
+  const float* m = metric.data_ptr<float>();
+  bool* out = mask.data_ptr<bool>();
+  internal::ParallelFor(rows, std::max<int64_t>(1, (1 << 16) / cols), 0, [&](int64_t b, int64_t e, int) {
+    std::vector<float> scratch(cols);
+    for (int64_t r = b; r < e; ++r) {
+      const float* row = m + r * cols;
+      std::copy(row, row + cols, scratch.begin());
+      std::nth_element(scratch.begin(), scratch.begin() + (k - 1), scratch.end());
+      const float t = scratch[k - 1];
+      int64_t room = k;
+      for (int64_t c = 0; c < cols; ++c) room -= row[c] < t;
+      bool* o = out + r * cols;
+      for (int64_t c = 0; c < cols; ++c) {
+        if (row[c] < t) {
+          o[c] = true;
+        } else if (row[c] == t && room > 0) {
+          o[c] = true;
+          --room;
+        }
+      }
+    }
+  });
+  return mask;
 }
 
 // n smallest of each group of m columns, per row.
@@ -106,6 +141,9 @@ absl::StatusOr<at::Tensor> WandaMask(const at::Tensor& w, const at::Tensor& norm
   if (pattern.structured()) return NmMask(metric, pattern);
   const int64_t k = static_cast<int64_t>(std::floor(w.size(1) * ratio));
   if (k == 0) return at::zeros(w.sizes(), w.options().dtype(at::kBool));
+  if (metric.is_cpu() && at::isfinite(metric).all().item<bool>()) {
+    return SmallestPerRow(metric.contiguous(), k);
+  }
   // The k smallest of each row, ties taken in column order as the reference's stable sort takes
   // them, by selection instead of sorting (a sort of every row was a third of a Wanda job):
   // every value below the row's k-th smallest t, then the first (k - below) values equal to t.

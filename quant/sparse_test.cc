@@ -72,6 +72,27 @@ TEST(WandaTest, TiesAreTakenInColumnOrderAsByAStableSort) {
   }
 }
 
+// The row-selection kernel against the same selection in tensor ops (kthvalue, then ties in
+// column order), on scores with many ties and on continuous ones.
+TEST(WandaTest, SelectionKernelMatchesTheTensorSelection) {
+  at::manual_seed(9);
+  for (bool ties : {true, false}) {
+    const at::Tensor w = ties ? at::randint(-3, 4, {33, 300}).to(at::kFloat) : at::randn({33, 300});
+    const at::Tensor norm2 = ties ? at::randint(1, 3, {300}).to(at::kFloat) : at::rand({300});
+    const at::Tensor metric = w.abs() * norm2.sqrt().reshape({1, -1});
+    for (double ratio : {0.01, 0.3, 0.5, 0.9}) {
+      const int64_t k = static_cast<int64_t>(std::floor(300 * ratio));
+      const at::Tensor t = std::get<0>(metric.kthvalue(k, 1, true));
+      const at::Tensor equal = metric == t;
+      const at::Tensor expected =
+          (metric < t) | (equal & (equal.cumsum(1) <= k - (metric < t).sum(1, true)));
+      ASSERT_OK_AND_ASSIGN(at::Tensor mask, WandaMask(w, norm2, ratio, {}));
+      EXPECT_TRUE(at::equal(mask, expected)) << "ties " << ties << " ratio " << ratio;
+      EXPECT_EQ(mask.sum().item<int64_t>(), 33 * k);
+    }
+  }
+}
+
 TEST(MagnitudeTest, GlobalThresholdPerMatrix) {
   at::manual_seed(2);
   const at::Tensor w = at::randn({6, 10});

@@ -8,9 +8,9 @@
 #include <memory>
 
 #include "absl/strings/str_cat.h"
-#include "common/task_profile.h"
 #include "comm/communicator.h"
 #include "common/status_macros.h"
+#include "common/task_profile.h"
 #include "dataplane/expert_parallel.h"
 #include "dataplane/model_inputs.h"
 #include "model/config/tensor_names.h"

@@ -2,8 +2,11 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <cmath>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "dataplane/expert_parallel.h"
 #include "dataplane/stage_test_util.h"
@@ -32,6 +35,40 @@ using ::moec::testing::StatusIs;
 using ::moec::testing::TempDir;
 
 namespace {
+
+// NormalQuantize as tensor ops per group (its definition): the oracle of the kernel it uses.
+at::Tensor NormalQuantizeByTensorOps(const at::Tensor& w, int bits, int64_t group_size) {
+  const int64_t in = w.size(1), block = group_size > 0 ? group_size : in;
+  std::vector<at::Tensor> blocks;
+  for (int64_t c = 0; c < in; c += block) {
+    at::Tensor x = w.narrow(1, c, std::min(block, in - c)).to(at::kFloat);
+    const double maxq = std::pow(2.0, bits) - 1;
+    at::Tensor xmin = std::get<0>(x.min(1, true)).clamp_max(0);
+    at::Tensor xmax = std::get<0>(x.max(1, true)).clamp_min(0);
+    at::Tensor both_zero = (xmin == 0).logical_and(xmax == 0);
+    xmin = at::where(both_zero, -at::ones_like(xmin), xmin);
+    xmax = at::where(both_zero, at::ones_like(xmax), xmax);
+    at::Tensor s = (xmax - xmin) / maxq;
+    at::Tensor z = at::round(-xmin / s);
+    blocks.push_back(s * (at::clamp(at::round(x / s) + z, 0, maxq) - z));
+  }
+  return at::cat(blocks, 1).to(w.scalar_type());
+}
+
+TEST(NormalQuantizeTest, KernelGivesTheBitsOfTheTensorOps) {
+  at::manual_seed(11);
+  for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+    at::Tensor w = (at::randn({37, 300}) * 0.05).to(dtype);
+    w[3].zero_();                      // a row whose groups are all zero
+    w[5].narrow(0, 0, 64).fill_(0.5);  // a constant group
+    for (int bits : {2, 3, 4, 8}) {
+      for (int64_t group : {int64_t{-1}, int64_t{64}, int64_t{128}, int64_t{7}}) {
+        EXPECT_TRUE(at::equal(NormalQuantize(w, bits, group), NormalQuantizeByTensorOps(w, bits, group)))
+            << "bits " << bits << " group " << group << " dtype " << dtype;
+      }
+    }
+  }
+}
 
 TEST(NormalQuantizeTest, MatchesHandComputedValues) {
   at::Tensor w = at::tensor({0.1f, -0.3f, 0.2f, 0.0f}).view({1, 4});

@@ -11,9 +11,9 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "common/task_profile.h"
 #include "common/stage_outputs.h"
 #include "common/status_macros.h"
+#include "common/task_profile.h"
 #include "dataplane/expert_parallel.h"
 #include "dataplane/model_inputs.h"
 #include "model/config/tensor_names.h"
