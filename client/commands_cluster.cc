@@ -113,8 +113,8 @@ absl::Status ShowRunReport(MoecClient& client, const std::string& job_id,
   if (!report.ok()) return report.status();
   if (json) {
     std::printf("%s\n", report->dump().c_str());
-  } else if (!(*report)["evaluations"].empty()) {
-    std::printf("\n%s\n", ReportMarkdown(*report).c_str());
+  } else {
+    std::printf("\n%s\n", ReportMarkdown(*report).c_str());  // evaluations, where the time went
   }
   const std::string dir = data_dir + "/reports/" + job_id;
   absl::Status written = WriteReportFiles(client, job_id, dir);

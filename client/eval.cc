@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "common/task_profile.h"
 #include "model/data/datasets.h"
 #include "model/runtime/forward.h"
 #include "model/tokenizer/tokenizer.h"
@@ -35,7 +36,12 @@ absl::StatusOr<EvalReport> EvaluatePerplexity(const EvalOptions& options,
   MOEC_ASSIGN_OR_RETURN(model::TokenWindows windows,
                         model::EvaluationWindows(texts, *tokenizer, wo));
   const auto start = std::chrono::steady_clock::now();
-  MOEC_ASSIGN_OR_RETURN(model::PerplexityResult r, runner->Perplexity(windows, progress));
+  profile::TaskProfile profile;  // where the evaluation's time goes, as a task's (docs/cli.md)
+  absl::StatusOr<model::PerplexityResult> evaluated = [&] {
+    profile::BindToThread bind(&profile);
+    return runner->Perplexity(windows, progress);
+  }();
+  MOEC_ASSIGN_OR_RETURN(model::PerplexityResult r, std::move(evaluated));
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   EvalReport report;
@@ -50,11 +56,17 @@ absl::StatusOr<EvalReport> EvaluatePerplexity(const EvalOptions& options,
   report.perplexity = r.perplexity;
   report.seconds = seconds;
   report.tokens_per_second = seconds > 0 ? static_cast<double>(windows.tokens.size()) / seconds : 0;
+  const auto totals = profile.Snapshot();
+  for (int i = 0; i < static_cast<int>(profile::Phase::kCount); ++i) {
+    if (totals[i].seconds == 0 && totals[i].flops == 0) continue;
+    report.phases.push_back({profile::PhaseName(static_cast<profile::Phase>(i)), totals[i].seconds,
+                             totals[i].flops});
+  }
   return report;
 }
 
 nlohmann::json EvalReportJson(const EvalReport& r) {
-  return nlohmann::json{{"model", r.model},
+  nlohmann::json j{{"model", r.model},
                         {"text", r.text},
                         {"dtype", r.dtype},
                         {"seqlen", r.seqlen},
@@ -65,6 +77,15 @@ nlohmann::json EvalReportJson(const EvalReport& r) {
                         {"perplexity", r.perplexity},
                         {"seconds", r.seconds},
                         {"tokens_per_second", r.tokens_per_second}};
+  nlohmann::json phases = nlohmann::json::object();
+  double flops = 0;
+  for (const EvalReport::Phase& p : r.phases) {
+    phases[p.name] = {{"seconds", p.seconds}, {"gflop", p.flops / 1e9}};
+    flops += p.flops;
+  }
+  j["phases"] = std::move(phases);
+  j["gflop"] = flops / 1e9;
+  return j;
 }
 
 }  // namespace moec::client

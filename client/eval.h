@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "nlohmann/json.hpp"
@@ -29,6 +30,12 @@ struct EvalReport {
   double mean_nll = 0, perplexity = 0;
   double seconds = 0;  // forward time (excluding tokenization)
   double tokens_per_second = 0;
+  // Where `seconds` went (common/task_profile.h: load, forward, other) and the FLOPs counted.
+  struct Phase {
+    std::string name;
+    double seconds = 0, flops = 0;
+  };
+  std::vector<Phase> phases;
 };
 
 // (done, total) steps of the streaming forward, for progress bars.

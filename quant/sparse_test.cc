@@ -76,9 +76,16 @@ TEST(WandaTest, TiesAreTakenInColumnOrderAsByAStableSort) {
 // column order), on scores with many ties and on continuous ones.
 TEST(WandaTest, SelectionKernelMatchesTheTensorSelection) {
   at::manual_seed(9);
-  for (bool ties : {true, false}) {
-    const at::Tensor w = ties ? at::randint(-3, 4, {33, 300}).to(at::kFloat) : at::randn({33, 300});
-    const at::Tensor norm2 = ties ? at::randint(1, 3, {300}).to(at::kFloat) : at::rand({300});
+  // Integer scores (ties), continuous ones over many exponents, and ones within one binade (in
+  // [1, 2): the kernel's histogram puts them in a few buckets).
+  for (int kind : {0, 1, 2}) {
+    const bool ties = kind == 0;
+    const at::Tensor w = kind == 0   ? at::randint(-3, 4, {33, 300}).to(at::kFloat)
+                         : kind == 1 ? at::randn({33, 300})
+                                     : at::rand({33, 300}) + 1;
+    const at::Tensor norm2 = kind == 0 ? at::randint(1, 3, {300}).to(at::kFloat)
+                             : kind == 1 ? at::rand({300})
+                                         : at::ones({300});
     const at::Tensor metric = w.abs() * norm2.sqrt().reshape({1, -1});
     for (double ratio : {0.01, 0.3, 0.5, 0.9}) {
       const int64_t k = static_cast<int64_t>(std::floor(300 * ratio));

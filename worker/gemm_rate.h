@@ -9,8 +9,9 @@
 namespace moec::worker {
 
 // GFLOP/s of a square fp32 matrix product (1536 on a CPU, 4096 on a GPU: large enough to reach
-// the device's rate, small enough to take well under a second), the best of a few runs after
-// a warm-up. Errors: those of the device (a CUDA device that is not there).
+// the device's rate, small enough to take well under a second), the best of the runs after a
+// warm-up (at least 3 and a quarter of a second). Errors: those of the device (a CUDA device
+// that is not there).
 absl::StatusOr<double> MeasureGemmGflops(const ComputeDevice& device);
 
 }  // namespace moec::worker
