@@ -17,6 +17,10 @@ absl::StatusOr<storage::DType> StoredType(at::ScalarType t) {
   switch (t) {
     case at::kFloat:
       return storage::DType::kF32;
+    case at::kBFloat16:
+      return storage::DType::kBF16;
+    case at::kHalf:
+      return storage::DType::kF16;
     case at::kDouble:
       return storage::DType::kF64;
     case at::kLong:
@@ -35,6 +39,10 @@ absl::StatusOr<at::ScalarType> TorchType(storage::DType t) {
   switch (t) {
     case storage::DType::kF32:
       return at::kFloat;
+    case storage::DType::kBF16:
+      return at::kBFloat16;
+    case storage::DType::kF16:
+      return at::kHalf;
     case storage::DType::kF64:
       return at::kDouble;
     case storage::DType::kI64:

@@ -205,6 +205,18 @@ absl::StatusOr<at::Tensor> Prune(const PruneOptions& o, const Target& t,
   return original.masked_fill(mask, 0);
 }
 
+// The pruned matrix in the narrowest of bf16, f16 and fp32 that holds it exactly. Wanda and
+// magnitude only zero weights, so the matrix of a bf16 or f16 checkpoint is stored at half the
+// bytes of fp32 (its readers convert; an export writes the same bytes); SparseGPT's updated
+// weights stay fp32.
+at::Tensor NarrowestExact(const at::Tensor& pruned) {
+  for (at::ScalarType d : {at::kBFloat16, at::kHalf}) {
+    at::Tensor n = pruned.to(d);
+    if (at::equal(n.to(at::kFloat), pruned)) return n;
+  }
+  return pruned;
+}
+
 // Every rank runs the shared experts: their owners share the pruned weights.
 absl::Status ShareDataParallel(comm::Communicator& comm,
                                const std::vector<std::unique_ptr<Target>>& targets) {
@@ -254,7 +266,7 @@ absl::Status PruneWeightsStage::Run(StageContext& ctx) {
     MOEC_ASSIGN_OR_RETURN(at::Tensor pruned, Prune(o, t, original));
     const double zeros = (pruned == 0).sum().item<double>() / pruned.numel();
     summary[t.name] = {{"sparsity", zeros}, {"method", o.method}};
-    MOEC_RETURN_IF_ERROR(PutTensor(ctx, t.name, pruned));
+    MOEC_RETURN_IF_ERROR(PutTensor(ctx, t.name, NarrowestExact(pruned)));
     *t.weight = pruned.to(t.weight->scalar_type());
     ctx.progress(0.8 * ++done / targets.size(), absl::StrCat("layer ", layer, ": ", t.name));
   }
