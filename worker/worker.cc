@@ -288,9 +288,9 @@ std::optional<Lease> Worker::RunOne(const Lease& lease) {
     }
     return RunStage(*registry_, ctx);
   }();
+  const v1::TaskProfile record = ProfileRecord(profile, options_);  // its phases within compute_ms
   const int64_t compute_ms = absl::ToInt64Milliseconds(absl::Now() - started);
-  std::optional<Lease> next =
-      Report(lease, id, result, compute_ms, ProfileRecord(profile, options_), *cancelled);
+  std::optional<Lease> next = Report(lease, id, result, compute_ms, record, *cancelled);
   {
     // Only now: heartbeats keep naming the task (renewing its lease) while its report is in
     // flight, which for large outputs includes their commit.
