@@ -21,8 +21,8 @@ struct Sums {
     ++tasks;
     commit += p.commit_seconds();
     const double rate = p.gemm_gflops() * 1e9;
-    for (const v1::TaskPhase& phase : p.phases()) rate_seconds += p.gemm_gflops() * phase.seconds();
     for (const v1::TaskPhase& phase : p.phases()) {
+      rate_seconds += p.gemm_gflops() * phase.seconds();
       seconds += phase.seconds();
       flops += phase.flops();
       phase_seconds[phase.name()] += phase.seconds();
