@@ -94,6 +94,9 @@ class QuantizedWriter {
   // Which linears were quantized, at which width (from each layer's summary).
   absl::Status ReadWidths(int layers);
   absl::StatusOr<QuantizedLinear> Fetch(const std::string& name) const;
+  // One part (".q", ".scales", ".zeros", ".g_idx") of linear `name`'s stored quantization: the
+  // checks and the specs read the small parts only, so the codes are read once, by Produce.
+  absl::StatusOr<at::Tensor> FetchPart(const std::string& name, const char* part) const;
   // Refuses widths the GPTQ format cannot hold and notes whether a zero point is 0.
   absl::Status CheckGptqWidths();
   absl::StatusOr<std::vector<storage::TensorSpec>> Specs(
@@ -159,14 +162,19 @@ absl::Status QuantizedWriter::ReadWidths(int layers) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<QuantizedLinear> QuantizedWriter::Fetch(const std::string& name) const {
+absl::StatusOr<at::Tensor> QuantizedWriter::FetchPart(const std::string& name,
+                                                      const char* part) const {
   const int layer = std::stoi(name.substr(std::string("model.layers.").size()));
+  MOEC_ASSIGN_OR_RETURN(std::string key, ctx_.InputKey(quant_stage_, layer, name + part));
+  return GetTensor(ctx_, key);
+}
+
+absl::StatusOr<QuantizedLinear> QuantizedWriter::Fetch(const std::string& name) const {
   QuantizedLinear ql;
   ql.bits = widths_.at(name);
   for (auto [part, out] : {std::pair<const char*, at::Tensor*>{".q", &ql.q}, {".scales", &ql.scales},
                            {".zeros", &ql.zeros}, {".g_idx", &ql.g_idx}}) {
-    MOEC_ASSIGN_OR_RETURN(std::string key, ctx_.InputKey(quant_stage_, layer, name + part));
-    MOEC_ASSIGN_OR_RETURN(*out, GetTensor(ctx_, key));
+    MOEC_ASSIGN_OR_RETURN(*out, FetchPart(name, part));
   }
   return ql;
 }
@@ -183,8 +191,8 @@ absl::Status QuantizedWriter::CheckGptqWidths() {
           name, " is quantized to ", b, " bits; GPTQ loaders (GPTQModel, vLLM, transformers) "
           "read 2, 3, 4 and 8 bits only: export it as hqq or fake_quant"));
     }
-    MOEC_ASSIGN_OR_RETURN(QuantizedLinear ql, Fetch(name));
-    if ((ql.zeros == 0).any().item<bool>()) zero_is_zero_ = true;
+    MOEC_ASSIGN_OR_RETURN(at::Tensor zeros, FetchPart(name, ".zeros"));
+    if ((zeros == 0).any().item<bool>()) zero_is_zero_ = true;
   }
   return absl::OkStatus();
 }
@@ -211,8 +219,8 @@ absl::Status QuantizedWriter::AppendHqqSpecs(const model::TensorSpec& t, int bit
                                              std::vector<storage::TensorSpec>* specs) const {
   // HQQ / MC-MoE packing (kernels/hqq.h, docs/formats/hqq.md): groups of G columns per row.
   const int64_t out = t.shape[0], in = t.shape[1];
-  MOEC_ASSIGN_OR_RETURN(QuantizedLinear ql, Fetch(t.name));
-  const int64_t groups = ql.scales.size(1);
+  MOEC_ASSIGN_OR_RETURN(at::Tensor scales, FetchPart(t.name, ".scales"));
+  const int64_t groups = scales.size(1);
   if (groups < 1 || in % groups != 0) {
     return absl::InvalidArgumentError(absl::StrCat("hqq export: ", groups, " groups do not "
                                                    "divide the ", in, " columns of ", t.name));
@@ -234,8 +242,8 @@ absl::Status QuantizedWriter::AppendHqqSpecs(const model::TensorSpec& t, int bit
 absl::Status QuantizedWriter::AppendGptqSpecs(const model::TensorSpec& t, int b,
                                               std::vector<storage::TensorSpec>* specs) const {
   const int64_t out = t.shape[0], in = t.shape[1];
-  MOEC_ASSIGN_OR_RETURN(QuantizedLinear ql, Fetch(t.name));
-  const int64_t groups = ql.scales.size(1);
+  MOEC_ASSIGN_OR_RETURN(at::Tensor scales, FetchPart(t.name, ".scales"));
+  const int64_t groups = scales.size(1);
   const std::string prefix = t.name.substr(0, t.name.size() - 6);
   specs->push_back({prefix + "qweight", storage::DType::kI32, {kernels::PackedWordsPerColumn(in, b), out}});
   specs->push_back({prefix + "qzeros", storage::DType::kI32, {groups, kernels::PackedWordsPerColumn(out, b)}});

@@ -2,7 +2,7 @@
 """Whole-job benchmark (issue #19): `moec eval` and a GPTQ job on a mid-size random Mixtral,
 against the GEMM rate and a PyTorch eager forward measured in the same run, with the same threads.
 
-    .venv/bin/python3 tests/bench/job_bench.py [--build build] [--work DIR] [--quick]
+    .venv/bin/python3 tests/bench/job_bench.py [--build build] [--work DIR] [--quick] [--only PART]
 
 The model (written by `moec make-tiny-model` with its shape flags): 4 layers, hidden 1024, 16
 heads (4 KV heads), 8 experts of width 2816, top-2, bf16 weights, 0.29 B parameters. The text is
@@ -168,7 +168,7 @@ def gptq_job(moec, args, s):
                 "  - {id: quant, kind: gptq, with: {bits: 4, attn_bits: 4, shared_bits: 4, group_size: 128}}\n"
                 "  - {id: out, kind: export, needs: [quant], with: {format: gptq}}\n")
     _, wall = run([moec, "run", recipe, "--workers", "1", "--data-dir", data])
-    return wall, samples * seqlen, seqlen, job_time(data)
+    return wall, job_time(data)
 
 
 def main():
@@ -177,6 +177,8 @@ def main():
     ap.add_argument("--work", default="/tmp/moec_job_bench")
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", choices=("eval", "gptq", "jobs"),
+                    help="run one part: the eval comparison, the GPTQ job, or the other jobs")
     args = ap.parse_args()
     s = QUICK if args.quick else FULL
     moec = os.path.join(args.build, "client", "moec")
@@ -206,29 +208,56 @@ def main():
 
 
 def measure(moec, args, s, vocab):
-    """Runs everything; returns the figures (GEMM rates: the better of before and after)."""
+    """Runs everything (or args.only); returns the figures (GEMM rates: the better of before and
+    after)."""
     seqlen, (few, many) = s["seqlen"], s["windows"]
+    want = lambda part: args.only in (None, part)
     m = {}
     gemm32, gemm16 = gemm_rates(args.python, args)
-    m["e_few"] = moec_eval(moec, args, few, seqlen, "fp32")
-    m["e_many"] = moec_eval(moec, args, many, seqlen, "fp32")
-    m["e_bf16"] = moec_eval(moec, args, few, seqlen, "bf16")
-    m["r_fp32"] = eager(args.python, args, few, seqlen, "fp32")
-    m["r_bf16"] = eager(args.python, args, few, seqlen, "bf16")
-    m["job_s"], m["tokens"], m["cseq"], m["job_time"] = gptq_job(moec, args, s)
-    m["jobs"] = [(name, *run_job(moec, args, s, "job%d" % i, stages), need)
-                 for i, (name, stages, need) in enumerate(other_jobs(s, m["tokens"], m["cseq"], vocab))]
+    if want("eval"):
+        m["e_few"] = moec_eval(moec, args, few, seqlen, "fp32")
+        m["e_many"] = moec_eval(moec, args, many, seqlen, "fp32")
+        m["e_bf16"] = moec_eval(moec, args, few, seqlen, "bf16")
+        m["r_fp32"] = eager(args.python, args, few, seqlen, "fp32")
+        m["r_bf16"] = eager(args.python, args, few, seqlen, "bf16")
+    samples, cseq = s["calib"]
+    m["tokens"], m["cseq"] = samples * cseq, cseq
+    if want("gptq"):
+        m["job_s"], m["job_time"] = gptq_job(moec, args, s)
+    if want("jobs"):
+        m["jobs"] = [(name, *run_job(moec, args, s, "job%d" % i, stages), need)
+                     for i, (name, stages, need) in enumerate(other_jobs(s, m["tokens"], m["cseq"], vocab))]
     g2, g16b = gemm_rates(args.python, args)
     m["gemm32"], m["gemm16"] = max(gemm32, g2), max(gemm16, g16b)
     return m
 
 
 def print_report(s, per_token, vocab, m):
+    gemm32, gemm16 = m["gemm32"], m["gemm16"]
+    print("GEMM 4096^2: fp32 %.0f GFLOP/s, bf16 %.0f GFLOP/s (best of before and after)"
+          % (gemm32, gemm16))
+    if "e_few" in m:
+        print_eval(s, per_token, m)
+    if "job_s" in m:
+        need = gptq_job_flops(s, m["tokens"], m["cseq"], vocab)
+        roof = need / (gemm32 * 1e9)
+        print("gptq job (W4 g128, %d calibration tokens, 1 worker, gptq + export):" % m["tokens"])
+        print("  wall %.1f s; needs %.0f GFLOP, %.1f s at the GEMM rate: %.2f of roofline "
+              "(issue #19: >= 0.5)" % (m["job_s"], need / 1e9, roof, roof / m["job_s"]))
+        print_time(m["job_time"])
+    if "jobs" in m:
+        print("other jobs (1 worker, the same calibration tokens; issue #19: each >= 0.4 of roofline):")
+        for name, wall, time, flops in m["jobs"]:
+            t = flops / (gemm32 * 1e9)
+            print("  %-26s wall %5.1f s; needs %6.0f GFLOP, %5.2f s at the GEMM rate: %.2f of roofline"
+                  % (name, wall, flops / 1e9, t, t / wall))
+            print_time(time)
+
+
+def print_eval(s, per_token, m):
     seqlen, (few, many) = s["seqlen"], s["windows"]
     gemm32, gemm16 = m["gemm32"], m["gemm16"]
     e_few, e_many, e_bf16, r_fp32, r_bf16 = m["e_few"], m["e_many"], m["e_bf16"], m["r_fp32"], m["r_bf16"]
-    print("GEMM 4096^2: fp32 %.0f GFLOP/s, bf16 %.0f GFLOP/s (best of before and after)"
-          % (gemm32, gemm16))
 
     def line(name, r, gemm):
         rate = r["tokens_per_second"] * per_token / 1e9
@@ -249,18 +278,7 @@ def print_report(s, per_token, vocab, m):
     print("  perplexity fp32 %.4f, bf16 %.4f (%+.3f%%)" % (
         e_few["perplexity"], e_bf16["perplexity"],
         100 * (e_bf16["perplexity"] / e_few["perplexity"] - 1)))
-    need = gptq_job_flops(s, m["tokens"], m["cseq"], vocab)
-    roof = need / (gemm32 * 1e9)
-    print("gptq job (W4 g128, %d calibration tokens, 1 worker, gptq + export):" % m["tokens"])
-    print("  wall %.1f s; needs %.0f GFLOP, %.1f s at the GEMM rate: %.2f of roofline (issue #19: >= 0.5)"
-          % (m["job_s"], need / 1e9, roof, roof / m["job_s"]))
-    print_time(m["job_time"])
-    print("other jobs (1 worker, the same calibration tokens; issue #19: each >= 0.4 of roofline):")
-    for name, wall, time, flops in m["jobs"]:
-        t = flops / (gemm32 * 1e9)
-        print("  %-26s wall %5.1f s; needs %6.0f GFLOP, %5.2f s at the GEMM rate: %.2f of roofline"
-              % (name, wall, flops / 1e9, t, t / wall))
-        print_time(time)
+
 
 if __name__ == "__main__":
     main()
