@@ -48,9 +48,9 @@ std::vector<int64_t> CalibratedExpertTokens(const StageContext& ctx, int layer, 
 at::Tensor ExpertParallelExecutor::Run(int layer, const model::MoeWeights& w,
                                        const at::Tensor& rows, const std::vector<int64_t>& counts,
                                        const at::Tensor& token_index,
-                                       model::ForwardObserver* observer) {
+                                       model::ForwardObserver* observer, model::LayerMemo* memo) {
   if (status_.ok()) {
-    absl::StatusOr<at::Tensor> y = RunOrError(layer, w, rows, counts, token_index, observer);
+    absl::StatusOr<at::Tensor> y = RunOrError(layer, w, rows, counts, token_index, observer, memo);
     if (y.ok()) return *y;
     status_ = y.status();
   }
@@ -66,7 +66,8 @@ absl::StatusOr<at::Tensor> RunOwnedExperts(int layer, const model::MoeWeights& w
                                            const std::vector<int>& owner, int rank,
                                            const at::Tensor& in_rows, const at::Tensor& in_meta,
                                            const std::vector<int64_t>& recv_counts,
-                                           model::ForwardObserver* observer) {
+                                           model::ForwardObserver* observer,
+                                           model::LayerMemo* memo) {
   const int n = static_cast<int>(owner.size());
   at::Tensor out_rows = at::empty_like(in_rows);
   const int64_t* m = in_meta.data_ptr<int64_t>();
@@ -84,7 +85,7 @@ absl::StatusOr<at::Tensor> RunOwnedExperts(int layer, const model::MoeWeights& w
       out_rows.narrow(0, pos, run)
           .copy_(model::Mlp(w.experts[e], in_rows.narrow(0, pos, run), layer,
                             model::LinearKind::kExpertGate, static_cast<int>(e), observer,
-                            in_meta.select(1, 1).narrow(0, pos, run)));
+                            in_meta.select(1, 1).narrow(0, pos, run), memo));
       pos += run;
     }
   }
@@ -94,18 +95,19 @@ absl::StatusOr<at::Tensor> RunOwnedExperts(int layer, const model::MoeWeights& w
 }  // namespace
 
 void ExpertParallelExecutor::RunIdle(const model::ModelRunner& runner, int layer,
-                                     const model::MoeWeights& w, model::ForwardObserver* observer) {
+                                     const model::MoeWeights& w, model::ForwardObserver* observer,
+                                     model::LayerMemo* memo) {
   // As many experts as the weights hold (a pruned layer may have fewer than the config).
   const int experts = static_cast<int>(w.experts.size());
   const at::Tensor rows = at::empty({0, runner.config().hidden_size},
                                     at::TensorOptions(runner.device()).dtype(runner.dtype()));
-  Run(layer, w, rows, std::vector<int64_t>(experts, 0), at::empty({0}, at::kLong), observer);
+  Run(layer, w, rows, std::vector<int64_t>(experts, 0), at::empty({0}, at::kLong), observer, memo);
 }
 
 absl::StatusOr<at::Tensor> ExpertParallelExecutor::RunOrError(
     int layer, const model::MoeWeights& w, const at::Tensor& rows,
     const std::vector<int64_t>& counts, const at::Tensor& token_index,
-    model::ForwardObserver* observer) {
+    model::ForwardObserver* observer, model::LayerMemo* memo) {
   const int ranks = comm_->size();
   const int n = static_cast<int>(counts.size());
   if (n != static_cast<int>(owner_.size())) {
@@ -141,7 +143,7 @@ absl::StatusOr<at::Tensor> ExpertParallelExecutor::RunOrError(
   MOEC_ASSIGN_OR_RETURN(at::Tensor in_meta, comm_->AllToAll(meta, send_counts, nullptr));
   MOEC_ASSIGN_OR_RETURN(at::Tensor out_rows,
                         RunOwnedExperts(layer, w, owner_, comm_->rank(), in_rows, in_meta,
-                                        recv_counts, observer));
+                                        recv_counts, observer, memo));
   MOEC_ASSIGN_OR_RETURN(at::Tensor back, comm_->AllToAll(out_rows, recv_counts, nullptr));
   at::Tensor y = at::empty_like(rows);
   if (y.size(0) > 0) y.index_copy_(0, p_rows, back);
@@ -261,19 +263,26 @@ absl::Status RunChunkRounds(const StageContext& ctx, const model::ModelRunner& r
                             const std::map<int64_t, at::Tensor>& inputs,
                             ExpertParallelExecutor* executor, model::ForwardObserver* observer,
                             const std::function<absl::Status(int64_t, const at::Tensor&)>& on_output,
-                            const std::function<absl::Status()>& after_round) {
+                            const std::function<absl::Status()>& after_round,
+                            std::vector<model::LayerMemo>* memo) {
+  if (memo != nullptr && !memo->empty() && static_cast<int64_t>(memo->size()) != plan.rounds()) {
+    return absl::InternalError(absl::StrCat("layer ", w.layer, ": ", memo->size(),
+                                            " memos for ", plan.rounds(), " rounds"));
+  }
   for (int64_t round = 0; round < plan.rounds(); ++round) {
     if (ctx.IsCancelled()) return absl::CancelledError(absl::StrCat(ctx.task->task_id(), " cancelled"));
     const int64_t chunk = plan.ChunkOf(round);
+    model::LayerMemo* m = memo != nullptr && !memo->empty() ? &(*memo)[round] : nullptr;
+    if (m != nullptr) m->Rewind();
     if (chunk >= 0) {
-      at::Tensor out = runner.RunLayer(w, inputs.at(chunk), observer, executor);
+      at::Tensor out = runner.RunLayer(w, inputs.at(chunk), observer, executor, m);
       if (executor != nullptr) MOEC_RETURN_IF_ERROR(executor->status());
       if (on_output) MOEC_RETURN_IF_ERROR(on_output(chunk, out));
     } else if (executor != nullptr &&
                (observer == nullptr || model::ReachesMlp(observer->Extent(w.layer)))) {
       // An idle rank takes part in the experts' exchanges, which a pass that stops in the
       // attention never reaches.
-      executor->RunIdle(runner, w.layer, *w.moe, observer);
+      executor->RunIdle(runner, w.layer, *w.moe, observer, m);
       MOEC_RETURN_IF_ERROR(executor->status());
     }
     if (after_round) MOEC_RETURN_IF_ERROR(after_round());
@@ -330,8 +339,16 @@ absl::Status RunShardRounds(const StageContext& ctx, const model::ModelRunner& r
                             LayerShard& shard, model::ForwardObserver* observer,
                             const std::function<absl::Status(int64_t, const at::Tensor&)>& on_output,
                             const std::function<absl::Status()>& after_round) {
-  return RunChunkRounds(ctx, runner, shard.weights, shard.plan, shard.inputs, shard.executor.get(),
-                        observer, on_output, after_round);
+  MOEC_RETURN_IF_ERROR(RunChunkRounds(ctx, runner, shard.weights, shard.plan, shard.inputs,
+                                      shard.executor.get(), observer, on_output, after_round,
+                                      &shard.memo));
+  for (const model::LayerMemo& m : shard.memo) {
+    if (m.misses > 0) {
+      return absl::InternalError(absl::StrCat("layer ", shard.weights.layer, ": ", m.misses,
+                                              " kept MLP inputs did not match their pass"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status WriteShardOutputs(StageContext& ctx, comm::Communicator& comm,

@@ -61,11 +61,11 @@ class ExpertParallelExecutor : public model::ExpertExecutor {
       : comm_(comm), owner_(std::move(owner)) {}
   at::Tensor Run(int layer, const model::MoeWeights& w, const at::Tensor& rows,
                  const std::vector<int64_t>& counts, const at::Tensor& token_index,
-                 model::ForwardObserver* observer) override;
+                 model::ForwardObserver* observer, model::LayerMemo* memo) override;
   // A round in which this rank has no chunk: it still joins the all_to_all exchanges (and runs
   // the experts it owns on other ranks' rows), with no rows of its own on the runner's device.
   void RunIdle(const model::ModelRunner& runner, int layer, const model::MoeWeights& w,
-               model::ForwardObserver* observer);
+               model::ForwardObserver* observer, model::LayerMemo* memo = nullptr);
   const absl::Status& status() const { return status_; }
   const std::vector<int>& owner() const { return owner_; }
   bool Owns(int expert) const { return owner_[expert] == comm_->rank(); }
@@ -74,7 +74,7 @@ class ExpertParallelExecutor : public model::ExpertExecutor {
   absl::StatusOr<at::Tensor> RunOrError(int layer, const model::MoeWeights& w,
                                         const at::Tensor& rows, const std::vector<int64_t>& counts,
                                         const at::Tensor& token_index,
-                                        model::ForwardObserver* observer);
+                                        model::ForwardObserver* observer, model::LayerMemo* memo);
   comm::Communicator* comm_;
   std::vector<int> owner_;
   absl::Status status_;
@@ -129,13 +129,15 @@ comm::Communicator& GangComm(StageContext& ctx, std::unique_ptr<comm::Communicat
 // input (`inputs`) through RunLayer with `observer` and the routed experts on `executor` (null:
 // no routed experts), then `on_output(chunk, output)`; a rank without a chunk in a round still
 // takes part in the experts' all_to_all. `after_round` runs on every rank after each round (for
-// ordered reductions). Cancellation ends it with Cancelled.
+// ordered reductions). `memo` (null or empty: none) holds one LayerMemo per round, rewound
+// before the round. Cancellation ends it with Cancelled.
 absl::Status RunChunkRounds(const StageContext& ctx, const model::ModelRunner& runner,
                             const model::LayerWeights& w, const ChunkPlan& plan,
                             const std::map<int64_t, at::Tensor>& inputs,
                             ExpertParallelExecutor* executor, model::ForwardObserver* observer,
                             const std::function<absl::Status(int64_t, const at::Tensor&)>& on_output,
-                            const std::function<absl::Status()>& after_round);
+                            const std::function<absl::Status()>& after_round,
+                            std::vector<model::LayerMemo>* memo = nullptr);
 
 // One rank's contribution to an ordered reduction: `rows` [n, cols] (F32) and `meta` [1, k]
 // (I64), or undefined tensors when the rank has nothing this round.
@@ -164,12 +166,16 @@ struct LayerShard {
   std::vector<int> expert_owner;
   model::LayerWeights weights;
   std::unique_ptr<ExpertParallelExecutor> executor;
+  // Per round, what a pass keeps for the later passes of the task (model::LayerMemo); empty:
+  // nothing is kept. The stage sizes it (plan.rounds()) and says what each pass records.
+  std::vector<model::LayerMemo> memo;
   int64_t seq() const { return inputs.empty() ? 1 : inputs.begin()->second.size(1); }
 };
 absl::StatusOr<LayerShard> OpenLayerShard(const StageContext& ctx, comm::Communicator& comm,
                                           const model::ModelRunner& runner);
 
-// RunChunkRounds over the shard's chunks.
+// RunChunkRounds over the shard's chunks, with the shard's memo; Internal when a kept MLP input
+// did not match its pass.
 absl::Status RunShardRounds(const StageContext& ctx, const model::ModelRunner& runner,
                             LayerShard& shard, model::ForwardObserver* observer,
                             const std::function<absl::Status(int64_t, const at::Tensor&)>& on_output,

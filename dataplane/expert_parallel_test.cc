@@ -69,7 +69,7 @@ TEST(ExpertParallelExecutorTest, MoeBlockOutputIsBitIdenticalToTheLocalOne) {
       for (int i = c.rank(); i < 3 + (size - 3 % size) % size; i += size) {
         if (i >= 3) {
           executor.Run(0, w, at::empty({0, 16}), std::vector<int64_t>(experts, 0),
-                       at::empty({0}, at::kLong), nullptr);
+                       at::empty({0}, at::kLong), nullptr, nullptr);
           continue;
         }
         at::Tensor local = model::MoeBlock(config, 0, w, rule, xs[i], 7, {}, nullptr);

@@ -57,6 +57,9 @@ struct PlanInputs {
   int64_t largest_tensor = 0;  // elements (export streams one tensor at a time)
   int64_t act = 0;             // fp32 hidden states of every calibration window
   int64_t eval_act = 0;        // evaluation hidden states of one pass
+  // fp32 inputs of every down projection of one layer (the widest) over the calibration windows:
+  // what true-sequential GPTQ keeps for its last pass (model::LayerMemo).
+  int64_t mlp_hidden = 0;
 };
 
 PlanInputs ReadPlanInputs(const recipe::Recipe& r, const model::ModelConfig& c) {
@@ -72,6 +75,16 @@ PlanInputs ReadPlanInputs(const recipe::Recipe& r, const model::ModelConfig& c) 
   const int64_t n = r.calibration ? r.calibration->samples : 0;
   const int64_t S = r.calibration ? r.calibration->seqlen : 0;
   in.act = n * S * H * 4;
+  int64_t width = 0;
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    if (c.IsMoeLayer(l)) {
+      width = std::max(width, c.NumActiveExperts(l) * c.moe_intermediate_size +
+                                  c.SharedExpertIntermediateSize());
+    } else if (c.IsDenseLayer(l)) {
+      width = std::max(width, c.intermediate_size);
+    }
+  }
+  in.mlp_hidden = n * S * width * 4;
   // Evaluation windows, from the text's size at about 4 bytes per token.
   if (r.evaluation) {
     std::error_code ec;
@@ -126,6 +139,12 @@ void EstimateMemory(const recipe::StageSpec& st, const PlanInputs& in, int gang,
     case recipe::MemoryModel::kQuantizeHessians:
       p->memory_bytes = 2 * weights + acts + HessianBytes(big, W);
       p->memory_note = "layer weights + hidden states + fp32 Hessians";
+      if (st.params.value("true_sequential", false)) {
+        // The down projections' inputs kept for the last pass, when no larger than the weights.
+        const int64_t kept = CeilDiv(in.mlp_hidden, W);
+        if (kept <= weights) p->memory_bytes += kept;
+        p->memory_note += " + the MLPs' inputs kept between passes";
+      }
       break;
     case recipe::MemoryModel::kExpertScores:
       // Per rank, for its share of the windows: the original and pruned-chain inputs, each

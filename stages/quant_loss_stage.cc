@@ -81,7 +81,8 @@ namespace {
 // The MoE input of a chunk is all this stage needs: the routed experts are not run.
 struct NoExperts : model::ExpertExecutor {
   at::Tensor Run(int, const model::MoeWeights&, const at::Tensor& rows,
-                 const std::vector<int64_t>&, const at::Tensor&, model::ForwardObserver*) override {
+                 const std::vector<int64_t>&, const at::Tensor&, model::ForwardObserver*,
+                 model::LayerMemo*) override {
     return at::zeros_like(rows);
   }
 };

@@ -7,6 +7,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <tuple>
 #include <vector>
 
@@ -40,6 +41,17 @@ using model::LinearKind;
 
 namespace {
 
+// What the linears that read one input share on the rank that quantizes them: q/k/v, an MLP's
+// gate/up (with the router when the MLP is a MoE layer's shared expert), and the rest alone.
+// Their Hessians are the same sums of the same rows, and so is GPTQ's factorisation of it
+// (quant::GptqHessian): each is computed once.
+struct SharedInput {
+  std::unique_ptr<quant::HessianAccumulator> hessian;
+  std::optional<quant::GptqHessian> prepared;
+  bool fallback = false;  // the identity stood in for a Hessian of too few tokens
+  int users = 0;          // targets not yet quantized; the last one frees the above
+};
+
 // One linear of the layer to quantize.
 struct Target {
   std::string name;
@@ -50,8 +62,31 @@ struct Target {
   int group = 0;  // true-sequential group: 0 q/k/v, 1 o, 2 MLP gate/up (and router), 3 down
   int owner = 0;  // rank that quantizes it (an expert's owner; round-robin for the others)
   bool gptq = false;  // collects Hessians (on every rank; accumulated on the owner)
-  std::unique_ptr<quant::HessianAccumulator> hessian;  // on the owner
+  bool collects = false;  // the first linear of its input: its captures feed `input`
+  std::shared_ptr<SharedInput> input;  // on the owner, with gptq
 };
+
+// Linears with equal keys read the same input (SharedInput).
+std::pair<int, int> InputKey(LinearKind k, int expert) {
+  switch (k) {
+    case LinearKind::kQ:
+    case LinearKind::kK:
+    case LinearKind::kV:
+      return {0, -1};
+    case LinearKind::kDenseGate:
+    case LinearKind::kDenseUp:
+      return {1, -1};
+    case LinearKind::kRouter:
+    case LinearKind::kSharedGate:
+    case LinearKind::kSharedUp:
+      return {2, -1};
+    case LinearKind::kExpertGate:
+    case LinearKind::kExpertUp:
+      return {3, expert};
+    default:
+      return {4 + static_cast<int>(k), expert};
+  }
+}
 
 int SequentialGroup(LinearKind k) {
   switch (k) {
@@ -96,16 +131,16 @@ class HessianCollector : public model::ForwardObserver {
   void OnLinearInput(const model::LinearId& id, const at::Tensor& x,
                      const at::Tensor& token_index) override {
     auto it = targets_->find({id.kind, id.expert});
-    if (it == targets_->end() || !it->second->gptq) return;
+    if (it == targets_->end() || !it->second->gptq || !it->second->collects) return;
     if (group_ >= 0 && it->second->group != group_) return;
     if (id.expert >= 0) {
-      if (it->second->hessian == nullptr) {  // the executor runs experts on their owners only
+      if (it->second->input == nullptr) {  // the executor runs experts on their owners only
         status_ = absl::InternalError(absl::StrCat("rows of expert ", id.expert, " off its owner"));
         return;
       }
       // The reference counts forward calls of 2-D inputs (experts) as one sample and 3-D inputs
       // as their batch of sequences (decision 13); GPTQ's result does not depend on the scale.
-      absl::Status s = it->second->hessian->Add(x, 1);
+      absl::Status s = it->second->input->hessian->Add(x, 1);
       if (!s.ok() && status_.ok()) status_ = s;
       return;
     }
@@ -128,7 +163,7 @@ class HessianCollector : public model::ForwardObserver {
 absl::Status ReduceGrams(comm::Communicator& comm, const std::vector<std::unique_ptr<Target>>& targets,
                          int group, HessianCollector& collector) {
   for (const auto& t : targets) {
-    if (t->expert >= 0 || !t->gptq || (group >= 0 && t->group != group)) continue;
+    if (t->expert >= 0 || !t->gptq || !t->collects || (group >= 0 && t->group != group)) continue;
     const int64_t in = t->weight->size(1);
     OwnerPart mine;
     if (auto it = collector.grams().find(t.get()); it != collector.grams().end()) {
@@ -136,8 +171,8 @@ absl::Status ReduceGrams(comm::Communicator& comm, const std::vector<std::unique
     }
     MOEC_ASSIGN_OR_RETURN(std::vector<OwnerPart> parts, SendToOwner(comm, t->owner, mine, in, 2, t->weight->device()));
     for (const OwnerPart& p : parts) {
-      MOEC_RETURN_IF_ERROR(t->hessian->AddGram(p.rows, p.meta[0].item<int64_t>(),
-                                               p.meta[1].item<int64_t>()));
+      MOEC_RETURN_IF_ERROR(t->input->hessian->AddGram(p.rows, p.meta[0].item<int64_t>(),
+                                                      p.meta[1].item<int64_t>()));
     }
   }
   collector.grams().clear();
@@ -189,11 +224,25 @@ class TargetList {
     t->expert = expert;
     t->bits = b;
     t->group = SequentialGroup(kind);
-    t->owner = expert >= 0 ? expert_owner_[expert] : data_parallel_++ % ranks_;
     t->gptq = gptq_;
+    // The linears of one input go to the owner of its first linear.
+    auto [first, added] = inputs_.try_emplace(InputKey(kind, expert), t.get());
+    t->collects = added;
+    if (!added) {
+      t->owner = first->second->owner;
+    } else {
+      t->owner = expert >= 0 ? expert_owner_[expert] : data_parallel_++ % ranks_;
+    }
     if (gptq_ && t->owner == rank_) {
-      // On the weight's device (the task's): Hessians, U and the solve stay there.
-      t->hessian = std::make_unique<quant::HessianAccumulator>(weight->size(1), weight->device());
+      if (added) {
+        // On the weight's device (the task's): Hessians, U and the solve stay there.
+        t->input = std::make_shared<SharedInput>();
+        t->input->hessian =
+            std::make_unique<quant::HessianAccumulator>(weight->size(1), weight->device());
+      } else {
+        t->input = first->second->input;
+      }
+      ++t->input->users;
     }
     targets_.push_back(std::move(t));
   }
@@ -204,7 +253,8 @@ class TargetList {
   const int rank_;
   const int ranks_;
   const bool gptq_;
-  int data_parallel_ = 0;  // data-parallel targets so far
+  int data_parallel_ = 0;  // data-parallel inputs so far
+  std::map<std::pair<int, int>, Target*> inputs_;  // InputKey -> its first target
   std::vector<std::unique_ptr<Target>> targets_;
 };
 
@@ -250,7 +300,8 @@ struct QuantizedTarget {
   nlohmann::json info;
 };
 
-// GPTQ on the target's Hessian (which it frees): `out`'s codes and summary entries.
+// GPTQ on the target's Hessian, prepared once per input (the last linear of the input frees
+// it): `out`'s codes and summary entries.
 absl::Status GptqTarget(const recipe::StageSpec& p, const quant::QuantizerOptions& qo,
                         int64_t group_size, int64_t min_tokens, Target& t, QuantizedTarget* out) {
   quant::GptqOptions go;
@@ -260,18 +311,25 @@ absl::Status GptqTarget(const recipe::StageSpec& p, const quant::QuantizerOption
   go.actorder = p.Bool("act_order");
   go.static_groups = p.Bool("static_groups");
   go.mcmoe_blockwise_feedback = p.Bool("mcmoe_blockwise_feedback");
-  bool fallback = false;
-  at::Tensor h = t.hessian->HessianForSolve(std::max<int64_t>(1, min_tokens), &fallback);
-  MOEC_ASSIGN_OR_RETURN(quant::GptqResult r, quant::GptqQuantize(*t.weight, h, go));
+  SharedInput& in = *t.input;
+  if (!in.prepared.has_value()) {
+    at::Tensor h = in.hessian->HessianForSolve(std::max<int64_t>(1, min_tokens), &in.fallback);
+    MOEC_ASSIGN_OR_RETURN(in.prepared, quant::PrepareGptqHessian(h, go));
+  }
+  MOEC_ASSIGN_OR_RETURN(quant::GptqResult r, quant::GptqQuantize(*t.weight, *in.prepared, go));
   out->q = r.q;
   out->scales = r.scales;
   out->zeros = r.zeros;
   out->g_idx = r.g_idx;
   out->dequantized = r.weight;
   out->info["loss"] = r.total_loss;
-  out->info["tokens"] = t.hessian->tokens();
-  out->info["rtn_fallback"] = fallback || r.identity_fallback;
-  t.hessian.reset();
+  out->info["tokens"] = in.hessian->tokens();
+  out->info["rtn_fallback"] = in.fallback || r.identity_fallback;
+  if (--in.users == 0) {
+    in.prepared.reset();
+    in.hessian.reset();
+  }
+  t.input.reset();
   return absl::OkStatus();
 }
 
@@ -321,6 +379,33 @@ absl::Status ShareDataParallel(comm::Communicator& comm,
   return absl::OkStatus();
 }
 
+// Bytes of the down projections' inputs of one pass of `layer` over this rank's chunks.
+int64_t MlpHiddenBytes(const model::ModelConfig& c, int layer, const LayerShard& shard,
+                       at::ScalarType dtype) {
+  int64_t tokens = 0;
+  for (const auto& [chunk, x] : shard.inputs) tokens += x.size(0) * x.size(1);
+  int64_t width = 0;
+  if (c.IsMoeLayer(layer)) {
+    width = c.NumActiveExperts(layer) * c.moe_intermediate_size + c.SharedExpertIntermediateSize();
+  } else if (c.IsDenseLayer(layer)) {
+    width = c.intermediate_size;
+  }
+  return tokens * width * static_cast<int64_t>(c10::elementSize(dtype));
+}
+
+// What the pass of true-sequential `group` keeps for the passes after it (model::LayerMemo):
+// each part once every weight it depends on is quantized. The attention's output after q/k/v,
+// the residual after the attention once o is, the MLPs' down inputs once gate/up are (when
+// `keep_mlp`: they are the big part). The last pass, which writes the layer's output, reuses
+// them all.
+void RecordAfterGroup(LayerShard& shard, int group, bool keep_mlp) {
+  unsigned parts = 0;
+  if (group == 1) parts = model::LayerMemo::kAttended;
+  if (group == 2) parts = model::LayerMemo::kAfterAttention;
+  if (group == 3 && keep_mlp) parts = model::LayerMemo::kMlpHidden;
+  for (model::LayerMemo& m : shard.memo) m.record = parts;
+}
+
 }  // namespace
 
 absl::Status QuantizeStage::Run(StageContext& ctx) {
@@ -358,7 +443,12 @@ absl::Status QuantizeStage::Run(StageContext& ctx) {
   const size_t mine = std::count_if(targets.begin(), targets.end(),
                                     [&](const auto& t) { return t->owner == comm.rank(); });
   const std::vector<int> groups = sequential ? std::vector<int>{0, 1, 2, 3} : std::vector<int>{-1};
+  // The MLPs' kept inputs may take as much memory as the layer's weights on this rank (docs/cli.md,
+  // `moec plan`); beyond that the last pass recomputes them.
+  const bool keep_mlp = MlpHiddenBytes(c, layer, shard, runner->dtype()) <= shard.weights.bytes;
+  if (sequential) shard.memo.resize(shard.plan.rounds());
   for (int group : groups) {
+    if (sequential) RecordAfterGroup(shard, group, keep_mlp);
     if (gptq_) {
       HessianCollector collector(&by_id, group, seq);
       MOEC_RETURN_IF_ERROR(
@@ -376,6 +466,7 @@ absl::Status QuantizeStage::Run(StageContext& ctx) {
     }
     MOEC_RETURN_IF_ERROR(ShareDataParallel(comm, targets, group));
   }
+  RecordAfterGroup(shard, -1, false);
   // The quantized layer's output feeds the next layer, chunk by chunk.
   MOEC_RETURN_IF_ERROR(WriteShardOutputs(ctx, comm, *runner, shard, summary));
   ctx.progress(1.0, absl::StrCat("layer ", layer, ": ", mine, " linears quantized on rank ",

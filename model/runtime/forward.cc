@@ -189,11 +189,12 @@ RopeTables ModelRunner::Rope(int64_t seq) const {
 }
 
 at::Tensor ModelRunner::RunLayer(const LayerWeights& weights, const at::Tensor& hidden,
-                                 ForwardObserver* observer, ExpertExecutor* experts) const {
+                                 ForwardObserver* observer, ExpertExecutor* experts,
+                                 LayerMemo* memo) const {
   profile::ScopedPhase phase(profile::Phase::kForward);
   // Layer inputs read back from the factor store are host tensors: they join the weights here.
   return DecoderLayer(config_, weights, hidden.to(options_.device), Rope(hidden.size(1)), observer,
-                      experts);
+                      experts, memo);
 }
 
 at::Tensor ModelRunner::RunLayerInMicroBatches(const LayerWeights& weights,

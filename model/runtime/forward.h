@@ -102,10 +102,11 @@ class ModelRunner {
   // Token ids [batch, seq] (int64) to embeddings [batch, seq, hidden]. InvalidArgument for ids
   // outside [0, vocab_size).
   absl::StatusOr<at::Tensor> Embed(const at::Tensor& tokens) const;
-  // One decoder layer on the residual stream; `experts` runs its routed experts (null: here).
+  // One decoder layer on the residual stream; `experts` runs its routed experts (null: here);
+  // `memo` keeps and reuses parts of it between passes (LayerMemo).
   at::Tensor RunLayer(const LayerWeights& weights, const at::Tensor& hidden,
-                      ForwardObserver* observer = nullptr,
-                      ExpertExecutor* experts = nullptr) const;
+                      ForwardObserver* observer = nullptr, ExpertExecutor* experts = nullptr,
+                      LayerMemo* memo = nullptr) const;
   // Final norm and lm_head: [batch, seq, hidden] -> fp32 logits [batch, seq, vocab].
   at::Tensor ApplyHead(const HeadWeights& head, const at::Tensor& hidden) const;
 

@@ -181,7 +181,7 @@ at::Tensor FusedCausalAttention(const Qkv& qkv, int64_t d) {
 
 AttentionOutput Attention(const ModelConfig& config, int layer, const AttentionWeights& w,
                           const at::Tensor& x, const RopeTables& rope, bool want_column_statistic,
-                          ForwardObserver* observer) {
+                          ForwardObserver* observer, LayerMemo* memo) {
   const int64_t batch = x.size(0), seq = x.size(1);
   const int64_t heads = config.num_attention_heads;
   const int64_t d = config.head_dim;
@@ -196,33 +196,59 @@ AttentionOutput Attention(const ModelConfig& config, int layer, const AttentionW
     });
   }
   if (extent == LayerExtent::kQkvInputs) return {};
-  Qkv qkv = ProjectQkv(config, w, x, rope);
-  at::Tensor statistic;
-  at::Tensor attended;  // [B, heads, S, d]
-  CountCausalAttention(batch, heads, seq, d);
-  if (want_column_statistic) {
-    statistic = at::zeros({batch, seq}, x.options().dtype(at::kFloat));
-    attended = BlockedCausalAttention(std::move(qkv), d, statistic);
+  AttentionOutput result;
+  at::Tensor attended;  // [B, S, heads * d]
+  if (memo != nullptr && memo->attended.defined()) {
+    attended = memo->attended;
+    result.column_statistic = memo->column_statistic;
   } else {
-    attended = FusedCausalAttention(qkv, d);
+    Qkv qkv = ProjectQkv(config, w, x, rope);
+    CountCausalAttention(batch, heads, seq, d);
+    if (want_column_statistic) {
+      at::Tensor statistic = at::zeros({batch, seq}, x.options().dtype(at::kFloat));
+      attended = BlockedCausalAttention(std::move(qkv), d, statistic);
+      result.column_statistic = statistic / at::arange(seq, 0, -1, statistic.options());
+    } else {
+      attended = FusedCausalAttention(qkv, d);
+    }
+    attended = attended.transpose(1, 2).reshape({batch, seq, heads * d});
+    if (memo != nullptr && (memo->record & LayerMemo::kAttended)) {
+      memo->attended = attended;
+      memo->column_statistic = result.column_statistic;
+    }
   }
-  attended = attended.transpose(1, 2).reshape({batch, seq, heads * d});
   if (capture) {
     Notify(observer, [&](ForwardObserver& o) {
       o.OnLinearInput({layer, LinearKind::kO, -1}, attended.reshape({batch * seq, heads * d}), {});
     });
   }
   if (extent == LayerExtent::kOInput) return {};
-  AttentionOutput result;
   result.output = Linear(attended, w.o, w.o_bias);
-  if (want_column_statistic) {
-    result.column_statistic = statistic / at::arange(seq, 0, -1, statistic.options());
-  }
   return result;
 }
 
+at::Tensor LayerMemo::TakeMlpHidden(int64_t rows, int64_t width) {
+  if (mlp_hidden.empty() || (record & kMlpHidden)) return {};  // a recording pass computes them
+  if (next < mlp_hidden.size()) {
+    const at::Tensor& t = mlp_hidden[next++];
+    if (t.dim() == 2 && t.size(0) == rows && t.size(1) == width) return t;
+  }
+  ++misses;
+  return {};
+}
+
+int64_t LayerMemo::Bytes() const {
+  int64_t bytes = 0;
+  for (const at::Tensor* t : {&attended, &column_statistic, &after_attention}) {
+    if (t->defined()) bytes += t->nbytes();
+  }
+  for (const at::Tensor& t : mlp_hidden) bytes += t.nbytes();
+  return bytes;
+}
+
 at::Tensor Mlp(const MlpWeights& w, const at::Tensor& x, int layer, LinearKind gate_kind,
-               int expert, ForwardObserver* observer, const at::Tensor& token_index) {
+               int expert, ForwardObserver* observer, const at::Tensor& token_index,
+               LayerMemo* memo) {
   const bool capture = observer != nullptr && observer->WantsLinearInputs(layer);
   const LayerExtent extent = observer != nullptr ? observer->Extent(layer) : LayerExtent::kAll;
   if (capture) {
@@ -233,8 +259,12 @@ at::Tensor Mlp(const MlpWeights& w, const at::Tensor& x, int layer, LinearKind g
   }
   // A shortened pass (LayerExtent) returns zeros of the output's shape once its input is seen.
   const auto skipped = [&] { return at::zeros({x.size(0), w.down.size(0)}, x.options()); };
-  if (extent == LayerExtent::kGateUpInputs) return skipped();
-  at::Tensor hidden = at::silu(Linear(x, w.gate)) * Linear(x, w.up);
+  at::Tensor hidden = memo != nullptr ? memo->TakeMlpHidden(x.size(0), w.gate.size(0)) : at::Tensor();
+  if (!hidden.defined()) {
+    if (extent == LayerExtent::kGateUpInputs) return skipped();
+    hidden = at::silu(Linear(x, w.gate)) * Linear(x, w.up);
+    if (memo != nullptr && (memo->record & LayerMemo::kMlpHidden)) memo->mlp_hidden.push_back(hidden);
+  }
   if (capture) {
     Notify(observer, [&](ForwardObserver& o) {
       o.OnLinearInput({layer, Offset(gate_kind, 2), expert}, hidden, token_index);
@@ -292,7 +322,7 @@ Routing Route(const at::Tensor& router, const at::Tensor& x, const RoutingRule& 
 
 at::Tensor RunExpertsLocally(int layer, const MoeWeights& w, const at::Tensor& rows,
                              const std::vector<int64_t>& counts, const at::Tensor& token_index,
-                             ForwardObserver* observer) {
+                             ForwardObserver* observer, LayerMemo* memo) {
   at::Tensor out = at::empty_like(rows);
   int64_t offset = 0;
   for (size_t e = 0; e < counts.size(); ++e) {
@@ -300,7 +330,7 @@ at::Tensor RunExpertsLocally(int layer, const MoeWeights& w, const at::Tensor& r
     if (c == 0) continue;
     out.narrow(0, offset, c)
         .copy_(Mlp(w.experts[e], rows.narrow(0, offset, c), layer, LinearKind::kExpertGate,
-                   static_cast<int>(e), observer, token_index.narrow(0, offset, c)));
+                   static_cast<int>(e), observer, token_index.narrow(0, offset, c), memo));
     offset += c;
   }
   return out;
@@ -330,7 +360,8 @@ at::Tensor OdpImportance(const RoutingRule& rule, const at::Tensor& x, int64_t s
 // into `*out`.
 void AddRoutedExperts(int layer, const MoeWeights& w, const RoutingRule& rule,
                       const at::Tensor& x, int64_t seq, const at::Tensor& column_statistic,
-                      ForwardObserver* observer, ExpertExecutor* experts, at::Tensor* out) {
+                      ForwardObserver* observer, ExpertExecutor* experts, LayerMemo* memo,
+                      at::Tensor* out) {
   const int n = static_cast<int>(w.experts.size());
   if (observer != nullptr && observer->WantsLinearInputs(layer)) {
     Notify(observer, [&](ForwardObserver& o) {
@@ -352,8 +383,8 @@ void AddRoutedExperts(int layer, const MoeWeights& w, const RoutingRule& rule,
   at::Tensor weight_of = routing.weights.reshape(-1).index_select(0, order).narrow(0, 0, routed);
   at::Tensor rows = x.index_select(0, token_of);
   at::Tensor y = experts != nullptr
-                     ? experts->Run(layer, w, rows, counts, token_of, observer)
-                     : RunExpertsLocally(layer, w, rows, counts, token_of, observer);
+                     ? experts->Run(layer, w, rows, counts, token_of, observer, memo)
+                     : RunExpertsLocally(layer, w, rows, counts, token_of, observer, memo);
   int64_t offset = 0;
   for (int e = 0; e < n; ++e) {
     const int64_t c = counts[e];
@@ -366,8 +397,8 @@ void AddRoutedExperts(int layer, const MoeWeights& w, const RoutingRule& rule,
 
 // The shared expert's output for x, through its sigmoid gate when it has one.
 at::Tensor SharedExpert(int layer, const MoeWeights& w, const at::Tensor& x,
-                        ForwardObserver* observer) {
-  at::Tensor shared = Mlp(w.shared, x, layer, LinearKind::kSharedGate, -1, observer);
+                        ForwardObserver* observer, LayerMemo* memo) {
+  at::Tensor shared = Mlp(w.shared, x, layer, LinearKind::kSharedGate, -1, observer, {}, memo);
   if (w.shared_expert_gate.defined()) {
     if (observer != nullptr && observer->WantsLinearInputs(layer)) {
       Notify(observer, [&](ForwardObserver& o) {
@@ -384,41 +415,51 @@ at::Tensor SharedExpert(int layer, const MoeWeights& w, const at::Tensor& x,
 at::Tensor MoeBlock(const ModelConfig& config, int layer, const MoeWeights& w,
                     const RoutingRule& rule, const at::Tensor& x, int64_t seq,
                     const at::Tensor& column_statistic, ForwardObserver* observer,
-                    ExpertExecutor* experts) {
+                    ExpertExecutor* experts, LayerMemo* memo) {
   Notify(observer, [&](ForwardObserver& o) { o.OnMoeInput(layer, x); });
   at::Tensor out = at::zeros_like(x);
   const int n = static_cast<int>(w.experts.size());
   if (n > 0 && w.router.defined()) {
-    AddRoutedExperts(layer, w, rule, x, seq, column_statistic, observer, experts, &out);
+    AddRoutedExperts(layer, w, rule, x, seq, column_statistic, observer, experts, memo, &out);
   }
-  if (w.shared.defined()) out = out + SharedExpert(layer, w, x, observer);
+  if (w.shared.defined()) out = out + SharedExpert(layer, w, x, observer, memo);
   Notify(observer, [&](ForwardObserver& o) { o.OnMoeOutput(layer, out); });
   return out;
 }
 
 at::Tensor DecoderLayer(const ModelConfig& config, const LayerWeights& w, const at::Tensor& h,
                         const RopeTables& rope, ForwardObserver* observer,
-                        ExpertExecutor* experts) {
+                        ExpertExecutor* experts, LayerMemo* memo) {
   const int layer = w.layer;
   Notify(observer, [&](ForwardObserver& o) { o.OnLayerInput(layer, h); });
   const int64_t batch = h.size(0), seq = h.size(1), hidden = h.size(2);
   RoutingRule rule;
   if (w.moe.has_value()) rule = RoutingRuleFor(config, layer);
   const bool want_statistic = w.moe.has_value() && rule.odp && !rule.positional_prior;
-  AttentionOutput attention =
-      Attention(config, layer, w.attention, RmsNorm(h, w.input_norm, config.rms_norm_eps), rope,
-                want_statistic, observer);
-  if (!attention.output.defined()) return {};  // the observer's Extent ends the layer here
-  at::Tensor out = h + attention.output;
+  at::Tensor out, column_statistic;
+  if (memo != nullptr && memo->after_attention.defined()) {
+    out = memo->after_attention;
+    column_statistic = memo->column_statistic;
+  } else {
+    AttentionOutput attention =
+        Attention(config, layer, w.attention, RmsNorm(h, w.input_norm, config.rms_norm_eps), rope,
+                  want_statistic, observer, memo);
+    if (!attention.output.defined()) return {};  // the observer's Extent ends the layer here
+    out = h + attention.output;
+    column_statistic = attention.column_statistic;
+    if (memo != nullptr && (memo->record & LayerMemo::kAfterAttention)) {
+      memo->after_attention = out;
+      memo->column_statistic = column_statistic;
+    }
+  }
   if (w.post_norm.defined()) {
     at::Tensor x =
         RmsNorm(out, w.post_norm, config.rms_norm_eps).reshape({batch * seq, hidden});
     at::Tensor y;
     if (w.moe.has_value()) {
-      y = MoeBlock(config, layer, *w.moe, rule, x, seq, attention.column_statistic, observer,
-                   experts);
+      y = MoeBlock(config, layer, *w.moe, rule, x, seq, column_statistic, observer, experts, memo);
     } else {
-      y = Mlp(w.dense, x, layer, LinearKind::kDenseGate, -1, observer);
+      y = Mlp(w.dense, x, layer, LinearKind::kDenseGate, -1, observer, {}, memo);
     }
     out = out + y.view({batch, seq, hidden});
   }

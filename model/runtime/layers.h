@@ -87,6 +87,33 @@ class ForwardObserver {
   virtual void OnMoeOutput(int layer, const at::Tensor& output) {}
 };
 
+// What one decoder layer computed on one chunk of its input, kept for a later pass of the same
+// task to reuse instead of recomputing: true-sequential GPTQ runs a layer five times while its
+// weights are quantized group by group, and each pass needs only what the last group changed.
+// A pass records the parts named in `record` and uses every part already held. The caller
+// records a part only once every weight it depends on is final, so a reused part equals what
+// recomputing it would give, bit for bit. A reused part skips the captures of the linears
+// inside it.
+struct LayerMemo {
+  enum Part : unsigned { kAttended = 1, kAfterAttention = 2, kMlpHidden = 4 };
+  unsigned record = 0;
+  at::Tensor attended;          // o's input [batch, seq, heads * head_dim]
+  at::Tensor column_statistic;  // ODP's, when the layer computes it, with either attention part
+  at::Tensor after_attention;   // the residual stream after the attention sub-block
+  // down's input of every MLP the layer ran on this rank (dense, routed experts, including those
+  // run for other ranks' rows, shared), in the order they ran. `next` is the reading position:
+  // Rewind before each call of the layer.
+  std::vector<at::Tensor> mlp_hidden;
+  size_t next = 0;
+  // Held MLP inputs whose shape did not match the call (recomputed instead): a caller's bug.
+  int64_t misses = 0;
+  void Rewind() { next = 0; }
+  // The next held MLP input when it has `rows` x `width` elements; undefined when none is held
+  // or the pass records them.
+  at::Tensor TakeMlpHidden(int64_t rows, int64_t width);
+  int64_t Bytes() const;
+};
+
 struct AttentionWeights {
   at::Tensor q, k, v, o;                       // [out, in]
   at::Tensor q_bias, k_bias, v_bias, o_bias;   // undefined when absent
@@ -159,11 +186,12 @@ struct AttentionOutput {
 // Grouped-query causal self-attention of x [batch, seq, hidden] (already normalized).
 AttentionOutput Attention(const ModelConfig& config, int layer, const AttentionWeights& w,
                           const at::Tensor& x, const RopeTables& rope, bool want_column_statistic,
-                          ForwardObserver* observer);
+                          ForwardObserver* observer, LayerMemo* memo = nullptr);
 
 // SwiGLU MLP on x [tokens, hidden]. `kinds` names gate/up/down for the observer.
 at::Tensor Mlp(const MlpWeights& w, const at::Tensor& x, int layer, LinearKind gate_kind,
-               int expert, ForwardObserver* observer, const at::Tensor& token_index = {});
+               int expert, ForwardObserver* observer, const at::Tensor& token_index = {},
+               LayerMemo* memo = nullptr);
 
 // Routing decision for x's tokens.
 struct Routing {
@@ -190,13 +218,13 @@ class ExpertExecutor {
   virtual ~ExpertExecutor() = default;
   virtual at::Tensor Run(int layer, const MoeWeights& w, const at::Tensor& rows,
                          const std::vector<int64_t>& counts, const at::Tensor& token_index,
-                         ForwardObserver* observer) = 0;
+                         ForwardObserver* observer, LayerMemo* memo) = 0;
 };
 
 // The default ExpertExecutor's work: Mlp of expert e on its rows, for every e.
 at::Tensor RunExpertsLocally(int layer, const MoeWeights& w, const at::Tensor& rows,
                              const std::vector<int64_t>& counts, const at::Tensor& token_index,
-                             ForwardObserver* observer);
+                             ForwardObserver* observer, LayerMemo* memo = nullptr);
 
 // The MoE sub-block on x [tokens, hidden] (normalized): routed experts weighted by the routing,
 // plus shared experts. `column_statistic` ([batch, seq] fp32) is needed when rule.odp.
@@ -204,13 +232,14 @@ at::Tensor RunExpertsLocally(int layer, const MoeWeights& w, const at::Tensor& r
 at::Tensor MoeBlock(const ModelConfig& config, int layer, const MoeWeights& w,
                     const RoutingRule& rule, const at::Tensor& x, int64_t seq,
                     const at::Tensor& column_statistic, ForwardObserver* observer,
-                    ExpertExecutor* experts = nullptr);
+                    ExpertExecutor* experts = nullptr, LayerMemo* memo = nullptr);
 
 // One decoder layer on the residual stream h [batch, seq, hidden]; undefined when the observer's
 // Extent stops it early.
+// `memo` (may be null) keeps and reuses parts of the computation between passes (LayerMemo).
 at::Tensor DecoderLayer(const ModelConfig& config, const LayerWeights& w, const at::Tensor& h,
                         const RopeTables& rope, ForwardObserver* observer,
-                        ExpertExecutor* experts = nullptr);
+                        ExpertExecutor* experts = nullptr, LayerMemo* memo = nullptr);
 
 }  // namespace moec::model
 
