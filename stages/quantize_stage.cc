@@ -20,6 +20,7 @@
 #include "model/config/tensor_names.h"
 #include "quant/gptq.h"
 #include "quant/quantizer.h"
+#include "stages/stored_codes.h"
 
 namespace moec::stages {
 
@@ -360,7 +361,8 @@ absl::Status QuantizeTarget(StageContext& ctx, bool gptq, int64_t group_size, in
   info["error"] = (r.dequantized - t.weight->to(at::kFloat)).norm().item<double>() /
                   std::max(1e-30, t.weight->to(at::kFloat).norm().item<double>());
   *t.weight = r.dequantized.to(t.weight->scalar_type());
-  MOEC_RETURN_IF_ERROR(PutTensor(ctx, t.name + ".q", r.q.to(at::kByte)));
+  MOEC_ASSIGN_OR_RETURN(at::Tensor codes, PackStoredCodes(r.q, t.bits));
+  MOEC_RETURN_IF_ERROR(PutTensor(ctx, t.name + kStoredCodesSuffix, codes));
   MOEC_RETURN_IF_ERROR(PutTensor(ctx, t.name + ".scales", r.scales.to(at::kFloat)));
   MOEC_RETURN_IF_ERROR(PutTensor(ctx, t.name + ".zeros", r.zeros.to(at::kFloat)));
   MOEC_RETURN_IF_ERROR(PutTensor(ctx, t.name + ".g_idx", r.g_idx.to(at::kInt)));

@@ -15,6 +15,7 @@
 #include "kernels/kernels.h"
 #include "model/config/tensor_names.h"
 #include "model/runtime/weights.h"
+#include "stages/stored_codes.h"
 
 namespace moec::stages {
 
@@ -32,7 +33,8 @@ using TensorSources = std::map<std::string, EditedTensorSource>;
 
 // The quantized form of one linear, as a `gptq` / `rtn` stage stored it.
 struct QuantizedLinear {
-  at::Tensor q;       // uint8 [out, in]
+  at::Tensor packed;  // int32, as stored (stored_codes.h): GPTQ's qweight
+  at::Tensor q;       // uint8 [out, in], unpacked for the formats other than gptq
   at::Tensor scales;  // fp32 [out, groups]
   at::Tensor zeros;   // fp32 [out, groups]
   at::Tensor g_idx;   // int32 [in]
@@ -94,7 +96,7 @@ class QuantizedWriter {
   // Which linears were quantized, at which width (from each layer's summary).
   absl::Status ReadWidths(int layers);
   absl::StatusOr<QuantizedLinear> Fetch(const std::string& name) const;
-  // One part (".q", ".scales", ".zeros", ".g_idx") of linear `name`'s stored quantization: the
+  // One part (".qweight", ".scales", ".zeros", ".g_idx") of linear `name`'s stored quantization: the
   // checks and the specs read the small parts only, so the codes are read once, by Produce.
   absl::StatusOr<at::Tensor> FetchPart(const std::string& name, const char* part) const;
   // Refuses widths the GPTQ format cannot hold and notes whether a zero point is 0.
@@ -172,9 +174,12 @@ absl::StatusOr<at::Tensor> QuantizedWriter::FetchPart(const std::string& name,
 absl::StatusOr<QuantizedLinear> QuantizedWriter::Fetch(const std::string& name) const {
   QuantizedLinear ql;
   ql.bits = widths_.at(name);
-  for (auto [part, out] : {std::pair<const char*, at::Tensor*>{".q", &ql.q}, {".scales", &ql.scales},
-                           {".zeros", &ql.zeros}, {".g_idx", &ql.g_idx}}) {
+  for (auto [part, out] : {std::pair<const char*, at::Tensor*>{kStoredCodesSuffix, &ql.packed},
+                           {".scales", &ql.scales}, {".zeros", &ql.zeros}, {".g_idx", &ql.g_idx}}) {
     MOEC_ASSIGN_OR_RETURN(*out, FetchPart(name, part));
+  }
+  if (!gptq_) {
+    MOEC_ASSIGN_OR_RETURN(ql.q, UnpackStoredCodes(ql.packed, ql.g_idx.numel(), ql.bits));
   }
   return ql;
 }
@@ -316,9 +321,7 @@ absl::StatusOr<at::Tensor> QuantizedWriter::ProduceGptq(const QuantizedLinear& q
   const int b = ql.bits;
   if (absl::EndsWith(name, ".g_idx")) return ql.g_idx.to(at::kInt);
   if (absl::EndsWith(name, ".scales")) return ql.scales.t().contiguous();
-  if (absl::EndsWith(name, ".qweight")) {
-    return PackAlongRows(ql.q.t().contiguous(), b);  // values [in, out]
-  }
+  if (absl::EndsWith(name, ".qweight")) return ql.packed;  // stored as GPTQ packs it
   // qzeros: zeros [out, groups] packed along the output axis, minus one in GPTQ's v1 format.
   at::Tensor z = at::round(ql.zeros).to(at::kLong);
   if (!zero_is_zero_) z = z - 1;

@@ -22,6 +22,7 @@
 #include "stages/odp_stage.h"
 #include "stages/prune_weights_stage.h"
 #include "stages/quantize_stage.h"
+#include "stages/stored_codes.h"
 #include "stages/structural_stages_test_util.h"
 #include "tests/testing/status_matchers.h"
 
@@ -302,8 +303,10 @@ TEST_P(StructuralTest, HqqExportLoadsThePackedCodes) {
       ASSERT_OK_AND_ASSIGN(model::LayerWeights w, packed->LoadLayer(l));
       const std::string name = model::ExpertTensorName(c, l, 1, model::ExpertProj::kDown);
       const std::string key = "quant" + std::to_string(l) + "/" + name;
-      ASSERT_OK_AND_ASSIGN(at::Tensor q, Get(key + ".q"));
+      ASSERT_OK_AND_ASSIGN(at::Tensor packed_codes, Get(key + kStoredCodesSuffix));
       ASSERT_OK_AND_ASSIGN(at::Tensor s, Get(key + ".scales"));
+      ASSERT_OK_AND_ASSIGN(at::Tensor q,
+                           UnpackStoredCodes(packed_codes, w.moe->experts[1].down.size(1), bits));
       ASSERT_OK_AND_ASSIGN(at::Tensor z, Get(key + ".zeros"));
       const at::Tensor g = at::arange(q.size(1), at::kLong).div(8, "floor");
       const at::Tensor want = (q.to(at::kFloat) - z.to(at::kHalf).to(at::kFloat).index_select(1, g)) *

@@ -102,8 +102,9 @@ void AddQuantizationKinds(std::vector<StageKindSpec>* c) {
        Int("min_tokens", 1, 0, 1 << 30, "experts with fewer routed tokens fall back to RTN"),
        Bool("mcmoe_blockwise_feedback", false, "MC-MoE compat: no intra-block feedback <= 3 bits")}));
   // 2: expert-parallel, Gram reductions in chunk order, chunked hidden; 3: inverse-Hessian
-  // factor by LAPACK potrf + trtri (rounding differs).
-  c->back().version = 3;
+  // factor by LAPACK potrf + trtri (rounding differs); 4: codes stored packed
+  // (stages/stored_codes.h).
+  c->back().version = 4;
   c->back().data_plane = true;
   c->back().memory = MemoryModel::kQuantizeHessians;
   c->back().uses = {"allocate_bits", "calibrate"};
@@ -118,7 +119,7 @@ void AddQuantizationKinds(std::vector<StageKindSpec>* c) {
                      Int("group_size", 128, -1, 65536, "quantization group (-1: whole row)"),
                      Bool("sym", false, "symmetric quantization"),
                      Bool("mse", false, "MSE range search for group parameters")}));
-  c->back().version = 2;  // expert-parallel; chunked hidden
+  c->back().version = 3;  // 2: expert-parallel; chunked hidden; 3: codes stored packed
   c->back().data_plane = true;
   c->back().memory = MemoryModel::kQuantize;
   c->back().uses = {"allocate_bits", "calibrate"};
