@@ -39,11 +39,14 @@ absl::Status HessianAccumulator::Add(const at::Tensor& x, int64_t samples) {
   samples_ += samples;
   tokens_ += tokens;
   const double n = static_cast<double>(samples_);
-  h_.mul_(n_old / n);
   if (tokens > 0) {
     const at::Tensor xf = flat.to(h_.device(), at::kFloat).contiguous();
     profile::AddFlops(profile::MatmulFlops(in_, in_, tokens));
-    h_.addmm_(xf.t(), xf, /*beta=*/1.0, /*alpha=*/2.0 / n);
+    // H * n_old/n + (2/n) X^T X in one pass over H: the GEMM scales C by beta first, so this is
+    // the same arithmetic as mul_ then addmm_ with beta 1 (hessian_test checks the bits).
+    h_.addmm_(xf.t(), xf, /*beta=*/n_old / n, /*alpha=*/2.0 / n);
+  } else {
+    h_.mul_(n_old / n);
   }
   return absl::OkStatus();
 }

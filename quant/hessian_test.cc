@@ -40,6 +40,26 @@ TEST(HessianAccumulatorTest, RunningAverageCountsSamples) {
   EXPECT_TRUE(fb);
 }
 
+// Add scales H inside the GEMM (beta); the bits are those of scaling H first and adding the
+// product after, which is what the accumulation did before and what GPTQ's outputs were.
+TEST(HessianAccumulatorTest, ScalingInsideTheGemmKeepsTheBitsOfScalingFirst) {
+  at::manual_seed(31);
+  for (int64_t in : {64, 1000, 2816}) {
+    HessianAccumulator acc(in);
+    at::Tensor h = at::zeros({in, in});
+    int64_t n = 0;
+    for (int64_t rows : {37, 256, 0, 300}) {
+      const at::Tensor x = at::randn({rows, in});
+      ASSERT_OK(acc.Add(x, 2));
+      const double n_old = static_cast<double>(n);
+      n += 2;
+      h.mul_(n_old / n);
+      h.addmm_(x.t(), x, /*beta=*/1.0, /*alpha=*/2.0 / n);
+    }
+    EXPECT_TRUE(at::equal(acc.hessian(), h)) << in;
+  }
+}
+
 TEST(HessianAccumulatorTest, AddGramMatchesAddOfTheRows) {
   const int64_t in = 10;
   HessianAccumulator rows(in), grams(in);

@@ -18,7 +18,7 @@
 // its ATen solve there (quant/gptq_aten.cc), and the bf16 GEMM rate is printed as a second
 // baseline; times include a synchronization of the device.
 //
-// Usage: gptq_bench [--repeats N] [--threads N] [--tokens N] [--solve-threads N] [--out 4096|14336]
+// Usage: gptq_bench [--repeats N] [--threads N] [--tokens N] [--solve-threads N] [--out N]
 //                   [--in N] [--device cpu|cuda:N]
 // (--solve-threads: GptqOptions::threads, the per-row loop's threads; default hardware threads)
 #include <ATen/ATen.h>
@@ -28,6 +28,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 #include <functional>
 #include <string>
 #include <utility>
@@ -184,8 +185,9 @@ int main(int argc, char** argv) {
   double hess_s = 0;
   if (!AccumulateHessian(a, acc, &hess_s)) return 1;
   const double hess_flops = 2.0 * static_cast<double>(a.tokens) * a.in * a.in;
-  for (int64_t out : {int64_t{4096}, int64_t{14336}}) {
-    if (a.only_out != 0 && out != a.only_out) continue;
+  const std::vector<int64_t> outs =
+      a.only_out != 0 ? std::vector<int64_t>{a.only_out} : std::vector<int64_t>{4096, 14336};
+  for (int64_t out : outs) {
     if (!BenchShape(a, out, acc.hessian(), hess_s, hess_flops)) return 1;
   }
   return 0;
