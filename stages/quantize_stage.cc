@@ -358,8 +358,9 @@ absl::Status QuantizeTarget(StageContext& ctx, bool gptq, int64_t group_size, in
     r.g_idx = rtn.g_idx;
     r.dequantized = rtn.weight;
   }
-  info["error"] = (r.dequantized - t.weight->to(at::kFloat)).norm().item<double>() /
-                  std::max(1e-30, t.weight->to(at::kFloat).norm().item<double>());
+  const at::Tensor original = t.weight->to(at::kFloat);
+  info["error"] = at::dist(r.dequantized, original).item<double>() /
+                  std::max(1e-30, original.norm().item<double>());
   *t.weight = r.dequantized.to(t.weight->scalar_type());
   MOEC_ASSIGN_OR_RETURN(at::Tensor codes, PackStoredCodes(r.q, t.bits));
   MOEC_RETURN_IF_ERROR(PutTensor(ctx, t.name + kStoredCodesSuffix, codes));

@@ -11,7 +11,7 @@ namespace {
 TEST(StoredCodesTest, RoundTripsEveryWidthAndShape) {
   at::manual_seed(7);
   for (int bits = 1; bits <= 8; ++bits) {
-    for (int64_t in : {1, 7, 8, 33, 128}) {
+    for (int64_t in : {1, 7, 8, 33, 128, 1000}) {  // 1000: blocks packed by several threads
       const at::Tensor q = at::randint(0, 1 << bits, {5, in}, at::kLong);
       ASSERT_OK_AND_ASSIGN(at::Tensor packed, PackStoredCodes(q, bits));
       EXPECT_EQ(packed.scalar_type(), at::kInt);
