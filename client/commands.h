@@ -3,6 +3,7 @@
 #ifndef MOEC_CLIENT_COMMANDS_H_
 #define MOEC_CLIENT_COMMANDS_H_
 
+#include <cstdint>
 #include <cstdio>
 #include <string>
 
@@ -38,6 +39,18 @@ int CmdPlan(const Args& args);
 int CmdInspect(const Args& args);
 int CmdEval(const Args& args);
 int CmdMakeTinyModel(const Args& args);
+
+// The numeric flags of make-tiny-model; 0 where not given.
+struct TinyModelFlags {
+  int64_t layers = 0, experts = 0, steps = 0;
+  // Shape of a random model (benchmarks write mid-size ones: tests/bench/job_bench.sh).
+  int64_t hidden = 0, heads = 0, kv_heads = 0, expert_width = 0, top_k = 0;
+  uint64_t seed = 0;
+};
+
+// make-tiny-model --trained: trains a tiny model and its tokenizer into `dir` (or reuses the same
+// training found there).
+int MakeTrainedTinyModel(const Args& args, const std::string& dir, const TinyModelFlags& f);
 
 }  // namespace moec::client::cli
 

@@ -189,6 +189,7 @@ int CmdRun(const Args& args) {
   const std::string& job_id = resp->job().job_id();
   auto state = Follow(**client, job_id, args.Has("json"));
   if (!state.ok()) return Error(kUnavailable, state.status());
+  (*cluster)->StopWorkers();  // they exit while the report is read and printed
   if (*state == v1::JOB_SUCCEEDED) {
     absl::Status s = ShowRunReport(**client, job_id, eo.data_dir, args.Has("json"));
     if (!s.ok()) return Error(kUnavailable, s);

@@ -17,13 +17,12 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/commands.h"
-#include "client/eval.h"
 #include "client/inspect.h"
+#include "client/progress_bar.h"
 #include "plan/job_plan.h"
 #include "common/recipe/recipe.h"
 #include "nlohmann/json.hpp"
 #include "tools/tiny_model.h"
-#include "tools/trainer.h"
 
 namespace moec::client::cli {
 namespace {
@@ -155,34 +154,6 @@ void PrintInspection(const ModelInspection& m) {
   PrintOverrides(m);
 }
 
-// A progress line on stderr: redrawn in place on a terminal, every 10% otherwise.
-class ProgressBar {
- public:
-  explicit ProgressBar(std::string what)
-      : what_(std::move(what)), tty_(isatty(STDERR_FILENO) != 0), start_(absl::Now()) {}
-  void Update(int64_t done, int64_t total) {
-    if (total <= 0) return;
-    const int64_t tenth = done * 10 / total;
-    if (!tty_ && tenth == last_tenth_ && done != total) return;
-    last_tenth_ = tenth;
-    const double elapsed = absl::ToDoubleSeconds(absl::Now() - start_);
-    const double eta = done > 0 ? elapsed * static_cast<double>(total - done) / done : 0;
-    constexpr int kWidth = 30;
-    const int filled = static_cast<int>(kWidth * done / total);
-    std::fprintf(stderr, "%s%s [%s%s] %lld/%lld  %.1f s elapsed, ETA %.1f s%s", tty_ ? "\r" : "",
-                 what_.c_str(), std::string(filled, '#').c_str(),
-                 std::string(kWidth - filled, '.').c_str(), static_cast<long long>(done),
-                 static_cast<long long>(total), elapsed, eta, tty_ && done != total ? "" : "\n");
-    std::fflush(stderr);
-  }
-
- private:
-  const std::string what_;
-  const bool tty_;
-  const absl::Time start_;
-  int64_t last_tenth_ = -1;
-};
-
 // Parses --flag as an integer in [lo, hi] into *out when given.
 absl::Status IntFlag(const Args& args, const std::string& flag, int64_t lo, int64_t hi, int64_t* out) {
   const std::string v = args.Get(flag);
@@ -193,14 +164,6 @@ absl::Status IntFlag(const Args& args, const std::string& flag, int64_t lo, int6
   }
   return absl::OkStatus();
 }
-
-// The numeric flags of make-tiny-model; 0 where not given.
-struct TinyModelFlags {
-  int64_t layers = 0, experts = 0, steps = 0;
-  // Shape of a random model (benchmarks write mid-size ones: tests/bench/job_bench.sh).
-  int64_t hidden = 0, heads = 0, kv_heads = 0, expert_width = 0, top_k = 0;
-  uint64_t seed = 0;
-};
 
 absl::Status ParseTinyModelFlags(const Args& args, TinyModelFlags* f) {
   for (absl::Status s : {IntFlag(args, "layers", 1, 4096, &f->layers),
@@ -218,32 +181,6 @@ absl::Status ParseTinyModelFlags(const Args& args, TinyModelFlags* f) {
         "make-tiny-model: --seed must be an unsigned 64-bit integer, got '", v, "'"));
   }
   return absl::OkStatus();
-}
-
-// make-tiny-model --trained: trains a tiny model and its tokenizer into `dir` (or reuses the same
-// training found there).
-int MakeTrainedTinyModel(const Args& args, const std::string& dir, const TinyModelFlags& f) {
-  tools::TrainOptions o;
-  o.arch = args.Get("arch");
-  if (f.layers > 0) o.layers = static_cast<int>(f.layers);
-  if (f.experts > 0) o.experts = static_cast<int>(f.experts);
-  if (f.steps > 0) o.steps = static_cast<int>(f.steps);
-  o.top_k = std::min(o.top_k, o.experts);
-  o.seed = f.seed;
-  o.corpus_files = args.All("corpus");
-  if (absl::Status s = o.Validate(); !s.ok()) return Error(kUsage, s);
-  ProgressBar bar("train");
-  absl::StatusOr<tools::TrainReport> r = tools::TrainOrReuseTinyModel(
-      o, dir, [&](const tools::TrainProgress& p) { bar.Update(p.step, p.steps); });
-  if (!r.ok()) {
-    return Error(absl::IsFailedPrecondition(r.status()) || absl::IsNotFound(r.status()) ? kUsage : kJobFailed,
-                 r.status());
-  }
-  std::printf("%s a trained tiny %s model in %s: %d steps, %.0f s; held-out perplexity %.2f "
-              "(unigram baseline %.2f), router entropy %.2f of uniform\n",
-              r->reused ? "reused" : "wrote", o.arch.c_str(), dir.c_str(), r->steps, r->seconds,
-              r->heldout_perplexity, r->unigram_perplexity, r->router_entropy);
-  return kOk;
 }
 
 // make-tiny-model without --trained: a random checkpoint in `dir`.
@@ -297,45 +234,6 @@ int CmdInspect(const Args& args) {
     std::printf("%s\n", InspectionJson(*m).dump().c_str());
   } else {
     PrintInspection(*m);
-  }
-  return kOk;
-}
-
-int CmdEval(const Args& args) {
-  if (args.positional.size() != 1 || args.Get("text").empty()) {
-    return Error(kUsage, absl::InvalidArgumentError(
-                             "usage: moec eval MODEL --text FILE [--seqlen N] [--max-windows K] "
-                             "[--dtype fp32|bf16] [--text-field F] [--json]"));
-  }
-  EvalOptions o;
-  o.model = args.positional[0];
-  o.text = args.Get("text");
-  o.text_field = args.Get("text-field", o.text_field);
-  o.dtype = args.Get("dtype", o.dtype);
-  for (auto [flag, out, lo] : {std::tuple<const char*, int64_t*, int64_t>{"seqlen", &o.seqlen, 2},
-                               {"max-windows", &o.max_windows, 0}}) {
-    const std::string v = args.Get(flag);
-    if (!v.empty() && (!absl::SimpleAtoi(v, out) || *out < lo)) {
-      return Error(kUsage, absl::InvalidArgumentError(absl::StrCat(
-                               "eval: --", flag, " must be an integer >= ", lo, ", got '", v, "'")));
-    }
-  }
-  ProgressBar bar("eval");
-  absl::StatusOr<EvalReport> r =
-      EvaluatePerplexity(o, [&](int64_t done, int64_t total) { bar.Update(done, total); });
-  if (!r.ok()) {
-    const bool usage = absl::IsInvalidArgument(r.status()) || absl::IsNotFound(r.status()) ||
-                       absl::IsFailedPrecondition(r.status()) || absl::IsUnimplemented(r.status());
-    return Error(usage ? kUsage : kJobFailed, r.status());
-  }
-  if (args.Has("json")) {
-    std::printf("%s\n", EvalReportJson(*r).dump().c_str());
-  } else {
-    std::printf("perplexity %.4f  (mean NLL %.4f over %lld windows of %lld tokens, %s, %.1f s, "
-                "%.0f tokens/s)\n",
-                r->perplexity, r->mean_nll, static_cast<long long>(r->windows),
-                static_cast<long long>(r->seqlen), r->dtype.c_str(), r->seconds,
-                r->tokens_per_second);
   }
   return kOk;
 }

@@ -63,11 +63,17 @@ absl::StatusOr<std::string> TokenFile(const std::string& dir) {
 
 // Stops the processes together: SIGTERM to all, then each gets 5 s from then to exit before
 // SIGKILL.
-void Terminate(const std::vector<pid_t>& pids) {
+// Sends SIGTERM to the live processes among `pids`; returns those.
+std::vector<pid_t> Signal(const std::vector<pid_t>& pids) {
   std::vector<pid_t> live;
   for (pid_t pid : pids) {
     if (pid > 0 && ::kill(pid, SIGTERM) == 0) live.push_back(pid);
   }
+  return live;
+}
+
+// Waits up to 5 s for `live` to exit, then kills what is left.
+void Reap(std::vector<pid_t> live) {
   const absl::Time deadline = absl::Now() + absl::Seconds(5);
   while (!live.empty() && absl::Now() < deadline) {
     live.erase(std::remove_if(live.begin(), live.end(),
@@ -152,9 +158,15 @@ absl::StatusOr<std::unique_ptr<EmbeddedCluster>> EmbeddedCluster::Start(const Em
   return c;
 }
 
+void EmbeddedCluster::StopWorkers() {
+  if (!workers_stopping_) stopping_ = Signal(workers_);
+  workers_stopping_ = true;
+}
+
 EmbeddedCluster::~EmbeddedCluster() {
-  Terminate(workers_);  // first: a worker stopping mid-task still reports to the coordinator
-  Terminate({coordinator_});
+  StopWorkers();  // first: a worker stopping mid-task still reports to the coordinator
+  Reap(stopping_);
+  Reap(Signal({coordinator_}));
   if (coordinator_stdout_ >= 0) ::close(coordinator_stdout_);
 }
 

@@ -34,6 +34,9 @@ class EmbeddedCluster {
   const std::string& address() const { return address_; }
   const std::string& token() const { return token_; }
   const std::string& log_dir() const { return log_dir_; }
+  // Asks the workers to stop (SIGTERM) without waiting: a finished job's report needs only the
+  // coordinator, and the workers exit meanwhile. The destructor waits for them.
+  void StopWorkers();
 
  private:
   EmbeddedCluster() = default;
@@ -43,6 +46,8 @@ class EmbeddedCluster {
   pid_t coordinator_ = -1;
   int coordinator_stdout_ = -1;
   std::vector<pid_t> workers_;
+  bool workers_stopping_ = false;
+  std::vector<pid_t> stopping_;  // workers signalled and not yet reaped
 };
 
 // Finds `name` next to the running binary, in the build tree's sibling folders, or on PATH.

@@ -132,6 +132,8 @@ CORRUPT=$("$BIN/tests/corrupt_factor" "$WORK/c2/db" /noop) || fail "could not co
 "$COORD" --listen 127.0.0.1:$PORT --data-dir "$WORK/c2" --token-file "$WORK/run/token" --lease-ms 1500 \
   >> coord.out 2>> coord.log &
 PIDS+=($!)
+# moec does not wait for a coordinator that is still starting (fail fast): wait until it serves.
+for _ in $(seq 100); do "$MOEC" list > /dev/null 2>&1 && break; sleep 0.1; done
 cat > consume.yaml <<'Y'
 name: e2e-consume
 model: m

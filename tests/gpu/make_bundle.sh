@@ -17,7 +17,7 @@ grep -q 'MOEC_WITH_CUDA:INTERNAL=ON\|MOEC_WITH_CUDA:BOOL=ON' "$B/CMakeCache.txt"
 [ -f models/tiny-mixtral/config.json ] ||
   { echo "make_bundle: no models/tiny-mixtral ($B/client/moec make-tiny-model models/tiny-mixtral --arch mixtral --trained)" >&2; exit 1; }
 
-bins=(client/moec coordinator/moec-coordinator worker/moec-worker kernels/kernels_test
+bins=(client/moec client/libmoec_torch_commands.so coordinator/moec-coordinator worker/moec-worker kernels/kernels_test
       kernels/kernels_cuda_test tests/gpu_stage_test tests/bench/forward_bench
       tests/bench/gptq_bench)
 rm -rf "$OUT"
