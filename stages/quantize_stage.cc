@@ -208,6 +208,22 @@ struct LayerWidths {
   std::vector<int> experts;
 };
 
+// The widths of `layer`'s linears for this stage. rtn has no shared, router, ordering or
+// token-count parameters: its shared experts take `bits`, its router stays, and every expert is
+// quantized.
+absl::StatusOr<LayerWidths> StageWidths(const StageContext& ctx, const model::ModelConfig& c,
+                                        int layer, bool gptq) {
+  const recipe::StageSpec& p = *ctx.stage;
+  const int bits = static_cast<int>(p.Int("bits"));
+  LayerWidths widths;
+  widths.attn = static_cast<int>(p.Int("attn_bits"));
+  widths.shared = gptq ? static_cast<int>(p.Int("shared_bits")) : bits;
+  widths.router = gptq ? static_cast<int>(p.Int("router_bits")) : 0;
+  MOEC_ASSIGN_OR_RETURN(widths.experts,
+                        ExpertWidths(ctx, layer, std::max(0, c.NumRoutedExperts(layer)), bits));
+  return widths;
+}
+
 // Collects the targets this rank reads, in the order every rank adds them: the data-parallel
 // targets' owners go round-robin over the ranks in that order.
 class TargetList {
@@ -418,19 +434,11 @@ absl::Status QuantizeStage::Run(StageContext& ctx) {
   MOEC_ASSIGN_OR_RETURN(std::unique_ptr<model::ModelRunner> runner, OpenJobModel(ctx));
   const model::ModelConfig& c = runner->config();
   if (SkipRemovedLayer(ctx, c)) return absl::OkStatus();
-  // rtn has no shared, router, ordering or token-count parameters: its shared experts take
-  // `bits`, its router stays, and every expert is quantized.
   const recipe::StageSpec& p = *ctx.stage;
-  const int bits = static_cast<int>(p.Int("bits"));
-  LayerWidths widths;
-  widths.attn = static_cast<int>(p.Int("attn_bits"));
-  widths.shared = gptq_ ? static_cast<int>(p.Int("shared_bits")) : bits;
-  widths.router = gptq_ ? static_cast<int>(p.Int("router_bits")) : 0;
+  MOEC_ASSIGN_OR_RETURN(LayerWidths widths, StageWidths(ctx, c, layer, gptq_));
   const int64_t group_size = p.Int("group_size");
   const bool sequential = gptq_ && p.Bool("true_sequential");
   const int64_t min_tokens = gptq_ ? p.Int("min_tokens") : 1;
-  const int experts = std::max(0, c.NumRoutedExperts(layer));
-  MOEC_ASSIGN_OR_RETURN(widths.experts, ExpertWidths(ctx, layer, experts, bits));
 
   // This rank's chunks, its experts and the layer (expert_parallel.h).
   MOEC_ASSIGN_OR_RETURN(LayerShard shard, OpenLayerShard(ctx, comm, *runner));
