@@ -1,11 +1,13 @@
 #include "quant/sparse.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 #include "common/task_profile.h"
 #include "quant/gptq.h"
 #include "quant/parallel.h"
@@ -31,46 +33,106 @@ absl::Status Check(const at::Tensor& w, double ratio, SparsityPattern p) {
 // patterns, so t is found by a radix select: a histogram of the top 12 bits finds t's bucket,
 // whose few values nth_element orders; every pass over the row is branch-free (a partitioning
 // select over the whole row mispredicts half its comparisons). Rows over the hardware threads.
+// The k-th smallest value t of row[0, cols) (non-negative and finite) and how many values equal
+// to t are among the k smallest (taken in column order). `count` and `bucket` are scratch.
+struct RowThreshold {
+  float t = 0;
+  int64_t room = 0;
+};
+RowThreshold SelectRow(const float* row, int64_t cols, int64_t k, std::vector<uint32_t>& count,
+                       std::vector<float>& bucket) {
+  constexpr int kShift = 20;  // sign bit clear: 2048 buckets of the top bits
+  const auto key = [&](int64_t c) {
+    uint32_t u;
+    std::memcpy(&u, row + c, sizeof(u));
+    return u >> kShift;
+  };
+  std::fill(count.begin(), count.end(), 0);
+  for (int64_t c = 0; c < cols; ++c) ++count[key(c)];
+  uint32_t hit = 0;
+  int64_t below = 0;
+  while (below + count[hit] < k) below += count[hit++];
+  int64_t n = 0;
+  for (int64_t c = 0; c < cols; ++c) {
+    bucket[n] = row[c];
+    n += key(c) == hit;
+  }
+  std::nth_element(bucket.begin(), bucket.begin() + (k - below - 1), bucket.begin() + n);
+  RowThreshold r;
+  r.t = bucket[k - below - 1];
+  for (int64_t i = 0; i < n; ++i) below += bucket[i] < r.t;
+  r.room = k - below;  // values equal to t that are taken, in column order
+  return r;
+}
+
+constexpr int kSelectBuckets = 1 << 11;
+
 at::Tensor SmallestPerRow(const at::Tensor& metric, int64_t k) {
   const int64_t rows = metric.size(0), cols = metric.size(1);
   at::Tensor mask = at::empty({rows, cols}, at::kBool);
   const float* m = metric.data_ptr<float>();
   bool* out = mask.data_ptr<bool>();
-  constexpr int kShift = 20, kBuckets = 1 << (31 - kShift);  // sign bit clear: 2048 buckets
   internal::ParallelFor(rows, std::max<int64_t>(1, (1 << 16) / cols), 0, [&](int64_t b, int64_t e, int) {
-    std::vector<uint32_t> count(kBuckets);
+    std::vector<uint32_t> count(kSelectBuckets);
     std::vector<float> bucket(cols);
     for (int64_t r = b; r < e; ++r) {
       const float* row = m + r * cols;
-      const auto key = [&](int64_t c) {
-        uint32_t u;
-        std::memcpy(&u, row + c, sizeof(u));
-        return u >> kShift;
-      };
-      std::fill(count.begin(), count.end(), 0);
-      for (int64_t c = 0; c < cols; ++c) ++count[key(c)];
-      uint32_t hit = 0;
-      int64_t below = 0;
-      while (below + count[hit] < k) below += count[hit++];
-      int64_t n = 0;
-      for (int64_t c = 0; c < cols; ++c) {
-        bucket[n] = row[c];
-        n += key(c) == hit;
-      }
-      std::nth_element(bucket.begin(), bucket.begin() + (k - below - 1), bucket.begin() + n);
-      const float t = bucket[k - below - 1];
-      for (int64_t i = 0; i < n; ++i) below += bucket[i] < t;
-      const int64_t room = k - below;  // values equal to t that are taken, in column order
+      const RowThreshold th = SelectRow(row, cols, k, count, bucket);
       int64_t equal = 0;
       bool* o = out + r * cols;
       for (int64_t c = 0; c < cols; ++c) {
-        const bool eq = row[c] == t;
-        o[c] = (row[c] < t) | (eq & (equal < room));
+        const bool eq = row[c] == th.t;
+        o[c] = (row[c] < th.t) | (eq & (equal < th.room));
         equal += eq;
       }
     }
   });
   return mask;
+}
+
+// Wanda, unstructured, fused per row: the metric |w| * scale, its selection and the pruned row,
+// with no full-size intermediate. False (and `out` unspecified) when a metric is negative or not
+// finite, where the radix selection does not apply.
+bool WandaRows(const at::Tensor& w, const at::Tensor& scale, int64_t k, at::Tensor& out,
+               int64_t* zeros) {
+  const int64_t rows = w.size(0), cols = w.size(1);
+  const float* wp = w.data_ptr<float>();
+  const float* sp = scale.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  std::atomic<bool> bad{false};
+  std::atomic<int64_t> zero_count{0};
+  internal::ParallelFor(rows, std::max<int64_t>(1, (1 << 16) / cols), 0, [&](int64_t b, int64_t e, int) {
+    std::vector<uint32_t> count(kSelectBuckets);
+    std::vector<float> bucket(cols), metric(cols);
+    int64_t z = 0;
+    for (int64_t r = b; r < e && !bad.load(std::memory_order_relaxed); ++r) {
+      const float* row = wp + r * cols;
+      uint32_t flags = 0;
+      for (int64_t c = 0; c < cols; ++c) {
+        metric[c] = std::fabs(row[c]) * sp[c];
+        uint32_t u;
+        std::memcpy(&u, &metric[c], sizeof(u));
+        flags |= (u >> 31) | static_cast<uint32_t>(!(metric[c] <= 3.4028235e38f));
+      }
+      if (flags != 0) {
+        bad = true;
+        return;
+      }
+      const RowThreshold th = SelectRow(metric.data(), cols, k, count, bucket);
+      int64_t equal = 0;
+      float* o = op + r * cols;
+      for (int64_t c = 0; c < cols; ++c) {
+        const bool eq = metric[c] == th.t;
+        const bool pruned = (metric[c] < th.t) | (eq & (equal < th.room));
+        equal += eq;
+        o[c] = pruned ? 0.0f : row[c];
+        z += o[c] == 0.0f;
+      }
+    }
+    zero_count += z;
+  });
+  *zeros = zero_count.load();
+  return !bad.load();
 }
 
 // n smallest of each group of m columns, per row.
@@ -170,6 +232,27 @@ absl::StatusOr<at::Tensor> WandaMask(const at::Tensor& w, const at::Tensor& norm
   const at::Tensor equal = metric == t;
   const at::Tensor room = k - below.sum(1, /*keepdim=*/true);
   return below | (equal & (equal.cumsum(1) <= room));
+}
+
+absl::StatusOr<PrunedWeight> WandaPrune(const at::Tensor& w, const at::Tensor& norm2,
+                                        double ratio, SparsityPattern pattern) {
+  if (absl::Status st = Check(w, ratio, pattern); !st.ok()) return st;
+  if (!norm2.defined() || norm2.numel() != w.size(1)) {
+    return absl::InvalidArgumentError("Wanda needs one input norm per column");
+  }
+  const int64_t k = static_cast<int64_t>(std::floor(w.size(1) * ratio));
+  PrunedWeight r;
+  if (w.is_cpu() && !pattern.structured() && k > 0) {
+    profile::ScopedPhase phase(profile::Phase::kSolve);
+    const at::Tensor wf = w.to(at::kFloat).contiguous();
+    const at::Tensor scale = norm2.to(at::kCPU, at::kFloat).sqrt().contiguous();
+    r.weight = at::empty_like(wf);
+    if (WandaRows(wf, scale, k, r.weight, &r.zeros)) return r;
+  }
+  MOEC_ASSIGN_OR_RETURN(at::Tensor mask, WandaMask(w, norm2, ratio, pattern));
+  r.weight = w.to(at::kFloat).masked_fill(mask, 0);
+  r.zeros = (r.weight == 0).sum().item<int64_t>();
+  return r;
 }
 
 absl::StatusOr<at::Tensor> MagnitudeMask(const at::Tensor& w, double ratio, SparsityPattern pattern) {

@@ -24,6 +24,18 @@ struct SparsityPattern {
 absl::StatusOr<at::Tensor> WandaMask(const at::Tensor& w, const at::Tensor& norm2, double ratio,
                                      SparsityPattern pattern);
 
+// A pruned weight: fp32, with how many of its entries are 0 (pruned or zero already).
+struct PrunedWeight {
+  at::Tensor weight;
+  int64_t zeros = 0;
+};
+
+// Wanda's pruned weight: w with WandaMask's entries set to 0, the same bits. Unstructured on the
+// CPU it runs row by row in one pass (metric, selection, pruned row, no full-size intermediate);
+// otherwise, and when a metric is negative or not finite, through WandaMask. Errors as WandaMask.
+absl::StatusOr<PrunedWeight> WandaPrune(const at::Tensor& w, const at::Tensor& norm2, double ratio,
+                                        SparsityPattern pattern);
+
 // Magnitude: unstructured, the reference's global per-matrix threshold: every |W| <= the value at
 // index floor(numel · ratio) of the sorted magnitudes (so ties and that element are pruned too);
 // n:m as Wanda with |W|.

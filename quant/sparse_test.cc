@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <vector>
 
@@ -98,6 +99,30 @@ TEST(WandaTest, SelectionKernelMatchesTheTensorSelection) {
       EXPECT_EQ(mask.sum().item<int64_t>(), 33 * k);
     }
   }
+}
+
+// The fused per-row pruning gives the bits of masking with WandaMask, on the radix path and on
+// the fallback (a negative norm makes sqrt NaN: no radix selection), with the zeros counted.
+TEST(WandaTest, FusedPruningEqualsMaskingWithTheMask) {
+  at::manual_seed(10);
+  for (int kind : {0, 1, 2, 3}) {
+    at::Tensor w = kind == 0 ? at::randint(-3, 4, {37, 260}).to(at::kFloat) : at::randn({37, 260});
+    at::Tensor norm2 = kind == 0 ? at::randint(0, 3, {260}).to(at::kFloat) : at::rand({260});
+    if (kind == 2) norm2[5] = -1.0;  // NaN metrics: the tensor path
+    if (kind == 3) w[3][7] = std::numeric_limits<float>::infinity();
+    for (double ratio : {0.0, 0.25, 0.5, 0.75}) {
+      ASSERT_OK_AND_ASSIGN(PrunedWeight p, WandaPrune(w, norm2, ratio, {}));
+      ASSERT_OK_AND_ASSIGN(at::Tensor mask, WandaMask(w, norm2, ratio, {}));
+      const at::Tensor want = w.masked_fill(mask, 0);
+      EXPECT_TRUE(at::equal(p.weight, want)) << "kind " << kind << " ratio " << ratio;
+      EXPECT_EQ(p.zeros, (want == 0).sum().item<int64_t>()) << "kind " << kind << " ratio " << ratio;
+    }
+    ASSERT_OK_AND_ASSIGN(PrunedWeight nm, WandaPrune(w, norm2, 0.5, {2, 4}));
+    ASSERT_OK_AND_ASSIGN(at::Tensor nm_mask, WandaMask(w, norm2, 0.5, {2, 4}));
+    EXPECT_TRUE(at::equal(nm.weight, w.masked_fill(nm_mask, 0))) << "2:4, kind " << kind;
+  }
+  EXPECT_EQ(WandaPrune(at::ones({2, 4}), at::ones({3}), 0.5, {}).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST(MagnitudeTest, GlobalThresholdPerMatrix) {

@@ -1,7 +1,9 @@
 #include "stages/prune_weights_stage.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
+#include <atomic>
 #include <cstring>
 #include <functional>
 #include <map>
@@ -183,26 +185,43 @@ struct PruneOptions {
 };
 
 // Target `t`'s weight (fp32 `original`) pruned by its statistics.
-absl::StatusOr<at::Tensor> Prune(const PruneOptions& o, const Target& t,
-                                 const at::Tensor& original) {
+absl::StatusOr<quant::PrunedWeight> Prune(const PruneOptions& o, const Target& t,
+                                          const at::Tensor& original) {
   profile::ScopedPhase phase(profile::Phase::kSolve);
+  if (o.method == "wanda") {
+    // An expert no token reached has no statistics: its metric is all zeros (every weight
+    // ties), which prunes the first columns of each row, as the reference would.
+    const at::Tensor norm2 = t.norm2.defined() ? t.norm2 : at::zeros({original.size(1)}, original.options());
+    return quant::WandaPrune(original, norm2, o.ratio, o.pattern);
+  }
+  quant::PrunedWeight r;
   if (o.sparsegpt) {
     quant::SparseGptOptions so;
     so.ratio = o.ratio;
     so.pattern = o.pattern;
     if (o.pattern.structured() && so.blocksize % o.pattern.m != 0) so.blocksize = o.pattern.m * 16;
-    return quant::SparseGptPrune(original, t.hessian->hessian(), so);
-  }
-  at::Tensor mask;
-  if (o.method == "wanda") {
-    // An expert no token reached has no statistics: its metric is all zeros (every weight
-    // ties), which prunes the first columns of each row, as the reference would.
-    const at::Tensor norm2 = t.norm2.defined() ? t.norm2 : at::zeros({original.size(1)}, original.options());
-    MOEC_ASSIGN_OR_RETURN(mask, quant::WandaMask(original, norm2, o.ratio, o.pattern));
+    MOEC_ASSIGN_OR_RETURN(r.weight, quant::SparseGptPrune(original, t.hessian->hessian(), so));
   } else {
-    MOEC_ASSIGN_OR_RETURN(mask, quant::MagnitudeMask(original, o.ratio, o.pattern));
+    MOEC_ASSIGN_OR_RETURN(at::Tensor mask, quant::MagnitudeMask(original, o.ratio, o.pattern));
+    r.weight = original.masked_fill(mask, 0);
   }
-  return original.masked_fill(mask, 0);
+  r.zeros = (r.weight == 0).sum().item<int64_t>();
+  return r;
+}
+
+// Whether every entry of fp32 `x` is a bf16 value (its low 16 bits are 0), in one pass.
+bool HoldsBf16Exactly(const at::Tensor& x) {
+  if (!x.is_cpu() || x.scalar_type() != at::kFloat || !x.is_contiguous()) {
+    return at::equal(x.to(at::kBFloat16).to(at::kFloat), x);
+  }
+  const uint32_t* u = reinterpret_cast<const uint32_t*>(x.data_ptr<float>());
+  std::atomic<bool> exact{true};
+  at::parallel_for(0, x.numel(), 1 << 16, [&](int64_t b, int64_t e) {
+    uint32_t low = 0;
+    for (int64_t i = b; i < e; ++i) low |= u[i] & 0xFFFFu;
+    if (low != 0) exact = false;
+  });
+  return exact.load();
 }
 
 // The pruned matrix in the narrowest of bf16, f16 and fp32 that holds it exactly. Wanda and
@@ -210,10 +229,9 @@ absl::StatusOr<at::Tensor> Prune(const PruneOptions& o, const Target& t,
 // bytes of fp32 (its readers convert; an export writes the same bytes); SparseGPT's updated
 // weights stay fp32.
 at::Tensor NarrowestExact(const at::Tensor& pruned) {
-  for (at::ScalarType d : {at::kBFloat16, at::kHalf}) {
-    at::Tensor n = pruned.to(d);
-    if (at::equal(n.to(at::kFloat), pruned)) return n;
-  }
+  if (HoldsBf16Exactly(pruned)) return pruned.to(at::kBFloat16);  // exact values convert exactly
+  at::Tensor half = pruned.to(at::kHalf);
+  if (at::equal(half.to(at::kFloat), pruned)) return half;
   return pruned;
 }
 
@@ -263,9 +281,9 @@ absl::Status PruneWeightsStage::Run(StageContext& ctx) {
     Target& t = *tp;
     if (t.owner != comm.rank()) continue;
     const at::Tensor original = t.weight->to(at::kFloat);
-    MOEC_ASSIGN_OR_RETURN(at::Tensor pruned, Prune(o, t, original));
-    const double zeros = (pruned == 0).sum().item<double>() / pruned.numel();
-    summary[t.name] = {{"sparsity", zeros}, {"method", o.method}};
+    MOEC_ASSIGN_OR_RETURN(quant::PrunedWeight p, Prune(o, t, original));
+    const at::Tensor& pruned = p.weight;
+    summary[t.name] = {{"sparsity", static_cast<double>(p.zeros) / pruned.numel()}, {"method", o.method}};
     MOEC_RETURN_IF_ERROR(PutTensor(ctx, t.name, NarrowestExact(pruned)));
     *t.weight = pruned.to(t.weight->scalar_type());
     ctx.progress(0.8 * ++done / targets.size(), absl::StrCat("layer ", layer, ": ", t.name));
