@@ -4,32 +4,16 @@
 #include "common/task_profile.h"
 #include "gtest/gtest.h"
 #include "model/runtime/forward.h"
+#include "model/runtime/runtime_test_util.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
-#include "tools/tiny_model.h"
 
 namespace moec::model {
 namespace {
 
 using ::moec::testing::TempDir;
 
-std::unique_ptr<ModelRunner> OpenMixtral(const TempDir& dir) {
-  tools::TinyModelOptions o;
-  o.model_type = "mixtral";
-  o.num_layers = 1;
-  o.hidden = 32;
-  o.heads = 4;
-  o.kv_heads = 2;
-  o.experts = 4;
-  o.top_k = 2;
-  o.moe_intermediate = 24;
-  o.vocab = 300;
-  o.seed = 5;
-  EXPECT_OK(tools::WriteTinyModel(o, dir.Join("m")));
-  auto runner = ModelRunner::Open(dir.Join("m"), RunnerOptions{});
-  EXPECT_OK(runner.status());
-  return runner.ok() ? std::move(*runner) : nullptr;
-}
+std::unique_ptr<ModelRunner> OpenMixtral(const TempDir& dir) { return OpenTinyMixtral(dir, 1, 5); }
 
 // A pass that stops where true-sequential GPTQ's group passes stop.
 class ExtentObserver : public ForwardObserver {

@@ -6,9 +6,9 @@
 #include "common/task_profile.h"
 #include "gtest/gtest.h"
 #include "model/runtime/forward.h"
+#include "model/runtime/runtime_test_util.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
-#include "tools/tiny_model.h"
 
 namespace moec::model {
 namespace {
@@ -23,23 +23,7 @@ double Seconds(const profile::TaskProfile& p, Phase phase) {
   return p.Snapshot()[static_cast<int>(phase)].seconds;
 }
 
-std::unique_ptr<ModelRunner> OpenMixtral(const TempDir& dir) {
-  tools::TinyModelOptions o;
-  o.model_type = "mixtral";
-  o.num_layers = 2;
-  o.hidden = 32;
-  o.heads = 4;
-  o.kv_heads = 2;
-  o.experts = 4;
-  o.top_k = 2;
-  o.moe_intermediate = 24;
-  o.vocab = 300;
-  o.seed = 3;
-  EXPECT_OK(tools::WriteTinyModel(o, dir.Join("m")));
-  auto runner = ModelRunner::Open(dir.Join("m"), RunnerOptions{});
-  EXPECT_OK(runner.status());
-  return runner.ok() ? std::move(*runner) : nullptr;
-}
+std::unique_ptr<ModelRunner> OpenMixtral(const TempDir& dir) { return OpenTinyMixtral(dir, 2, 3); }
 
 // Every token through every projection, top_k experts of three matrices each, causal attention
 // over S (S + 1) / 2 pairs per head, and the head's logits: 2 multiply-adds each.
