@@ -76,14 +76,7 @@ PlanInputs ReadPlanInputs(const recipe::Recipe& r, const model::ModelConfig& c) 
   const int64_t S = r.calibration ? r.calibration->seqlen : 0;
   in.act = n * S * H * 4;
   int64_t width = 0;
-  for (int l = 0; l < c.num_hidden_layers; ++l) {
-    if (c.IsMoeLayer(l)) {
-      width = std::max(width, c.NumActiveExperts(l) * c.moe_intermediate_size +
-                                  c.SharedExpertIntermediateSize());
-    } else if (c.IsDenseLayer(l)) {
-      width = std::max(width, c.intermediate_size);
-    }
-  }
+  for (int l = 0; l < c.num_hidden_layers; ++l) width = std::max(width, c.DownInputsPerToken(l));
   in.mlp_hidden = n * S * width * 4;
   // Evaluation windows, from the text's size at about 4 bytes per token.
   if (r.evaluation) {

@@ -403,13 +403,7 @@ int64_t MlpHiddenBytes(const model::ModelConfig& c, int layer, const LayerShard&
                        at::ScalarType dtype) {
   int64_t tokens = 0;
   for (const auto& [chunk, x] : shard.inputs) tokens += x.size(0) * x.size(1);
-  int64_t width = 0;
-  if (c.IsMoeLayer(layer)) {
-    width = c.NumActiveExperts(layer) * c.moe_intermediate_size + c.SharedExpertIntermediateSize();
-  } else if (c.IsDenseLayer(layer)) {
-    width = c.intermediate_size;
-  }
-  return tokens * width * static_cast<int64_t>(c10::elementSize(dtype));
+  return tokens * c.DownInputsPerToken(layer) * static_cast<int64_t>(c10::elementSize(dtype));
 }
 
 // What the pass of true-sequential `group` keeps for the passes after it (model::LayerMemo):

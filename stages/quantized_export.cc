@@ -69,17 +69,6 @@ int DefaultBits(const std::map<std::string, int>& widths) {
   return default_bits;
 }
 
-// The uint8 `values` [rows, cols] packed along the rows into int32 words of `bits`-bit values
-// ([PackedWordsPerColumn(rows, bits), cols]).
-absl::StatusOr<at::Tensor> PackAlongRows(const at::Tensor& values, int bits) {
-  at::Tensor packed =
-      at::empty({kernels::PackedWordsPerColumn(values.size(0), bits), values.size(1)}, at::kInt);
-  MOEC_RETURN_IF_ERROR(kernels::PackRows(values.data_ptr<uint8_t>(), values.size(0),
-                                         values.size(1), bits,
-                                         reinterpret_cast<uint32_t*>(packed.data_ptr<int32_t>())));
-  return packed;
-}
-
 // Writes one quantized export: the tensor specs of the format, then each tensor as the streaming
 // writer asks for it (the codes of one linear fetched once for all its tensors).
 class QuantizedWriter {
@@ -325,8 +314,8 @@ absl::StatusOr<at::Tensor> QuantizedWriter::ProduceGptq(const QuantizedLinear& q
   // qzeros: zeros [out, groups] packed along the output axis, minus one in GPTQ's v1 format.
   at::Tensor z = at::round(ql.zeros).to(at::kLong);
   if (!zero_is_zero_) z = z - 1;
-  at::Tensor values = z.to(at::kByte).contiguous();  // [out, groups]
-  MOEC_ASSIGN_OR_RETURN(at::Tensor packed, PackAlongRows(values, b));
+  // PackStoredCodes packs its argument's columns: z^T's are the output axis.
+  MOEC_ASSIGN_OR_RETURN(at::Tensor packed, PackStoredCodes(z.t(), b));
   return packed.t().contiguous();
 }
 

@@ -392,6 +392,13 @@ std::optional<std::vector<int>> ModelConfig::OriginalExpertIndices(int layer) co
   return identity;
 }
 
+int64_t ModelConfig::DownInputsPerToken(int layer) const {
+  if (IsMoeLayer(layer)) {
+    return NumActiveExperts(layer) * moe_intermediate_size + SharedExpertIntermediateSize();
+  }
+  return IsDenseLayer(layer) ? intermediate_size : 0;
+}
+
 int64_t ModelConfig::SharedExpertIntermediateSize() const {
   if (arch == Architecture::kDeepseek) return n_shared_experts * moe_intermediate_size;
   if (arch == Architecture::kQwen2Moe) return shared_expert_intermediate_size;

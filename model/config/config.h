@@ -145,6 +145,9 @@ struct ModelConfig {
   std::optional<std::vector<int>> OriginalExpertIndices(int layer) const;
   // Width of the shared expert MLP of a MoE layer (0 when the architecture has none).
   int64_t SharedExpertIntermediateSize() const;
+  // Elements per token of the inputs of `layer`'s down projections: the active experts' widths
+  // and the shared expert's in a MoE layer, intermediate_size in a dense one, 0 without an MLP.
+  int64_t DownInputsPerToken(int layer) const;
 };
 
 // Parses and validates the text of a config.json. `source` names it in messages.

@@ -83,6 +83,10 @@ TEST(ModelConfigTest, ParsesDeepseekAndItsDenseLayerPattern) {
   EXPECT_EQ(c.NumRoutedExperts(1), 0);
   EXPECT_EQ(c.NumActiveExperts(3), 0);
   EXPECT_EQ(c.NumRoutedExperts(2), 4);
+  // Down projections' inputs per token: the dense MLP's width; the active experts' and shared.
+  EXPECT_EQ(c.DownInputsPerToken(1), 24);
+  EXPECT_EQ(c.DownInputsPerToken(2), c.NumActiveExperts(2) * 4 + 8);
+  EXPECT_EQ(c.DownInputsPerToken(99), 0);
 }
 
 TEST(ModelConfigTest, DeepseekDefaultsMakeEveryLayerMoe) {
