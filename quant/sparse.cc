@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -39,13 +40,16 @@ struct RowThreshold {
   float t = 0;
   int64_t room = 0;
 };
+// Buckets of SelectRow's histogram: the top 11 bits of a float whose sign bit is clear.
+constexpr int kSelectShift = 20;
+constexpr int kSelectBuckets = 1 << (31 - kSelectShift);
+
 RowThreshold SelectRow(const float* row, int64_t cols, int64_t k, std::vector<uint32_t>& count,
                        std::vector<float>& bucket) {
-  constexpr int kShift = 20;  // sign bit clear: 2048 buckets of the top bits
   const auto key = [&](int64_t c) {
     uint32_t u;
     std::memcpy(&u, row + c, sizeof(u));
-    return u >> kShift;
+    return u >> kSelectShift;
   };
   std::fill(count.begin(), count.end(), 0);
   for (int64_t c = 0; c < cols; ++c) ++count[key(c)];
@@ -64,8 +68,6 @@ RowThreshold SelectRow(const float* row, int64_t cols, int64_t k, std::vector<ui
   r.room = k - below;  // values equal to t that are taken, in column order
   return r;
 }
-
-constexpr int kSelectBuckets = 1 << 11;
 
 at::Tensor SmallestPerRow(const at::Tensor& metric, int64_t k) {
   const int64_t rows = metric.size(0), cols = metric.size(1);
@@ -112,7 +114,7 @@ bool WandaRows(const at::Tensor& w, const at::Tensor& scale, int64_t k, at::Tens
         metric[c] = std::fabs(row[c]) * sp[c];
         uint32_t u;
         std::memcpy(&u, &metric[c], sizeof(u));
-        flags |= (u >> 31) | static_cast<uint32_t>(!(metric[c] <= 3.4028235e38f));
+        flags |= (u >> 31) | static_cast<uint32_t>(!(metric[c] <= std::numeric_limits<float>::max()));
       }
       if (flags != 0) {
         bad = true;
