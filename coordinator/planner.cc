@@ -114,8 +114,9 @@ struct JobSettings {
 JobSettings SettingsOf(const recipe::Recipe& recipe) {
   auto data = [](const std::optional<recipe::DataSpec>& d) {
     if (!d) return nlohmann::json();
-    return nlohmann::json{{"samples", d->samples}, {"seqlen", d->seqlen}, {"seed", d->seed},
-                          {"sampling", d->sampling}};
+    return nlohmann::json{{"samples", d->samples},   {"seqlen", d->seqlen},
+                          {"seed", d->seed},         {"sampling", d->sampling},
+                          {"chunk_tokens", d->chunk_tokens}};
   };
   return {data(recipe.calibration).dump(), data(recipe.evaluation).dump(), recipe.output};
 }

@@ -190,11 +190,20 @@ absl::StatusOr<ChunkPlan> ReadChunkedWindows(const StageContext& ctx, const std:
   return plan;
 }
 
+int64_t DefaultChunkWindows(int64_t seqlen, int64_t chunk_tokens) {
+  seqlen = std::max<int64_t>(seqlen, 1);
+  return std::max(kMinChunkWindows, (std::max<int64_t>(chunk_tokens, 0) + seqlen - 1) / seqlen);
+}
+
 absl::Status PlanChunks(const StageContext& ctx, ChunkPlan* plan, at::Tensor* window_tokens) {
-  if (plan->chunk_windows < 1) return absl::InvalidArgumentError("chunks need at least one window");
+  if (plan->chunk_windows < 0) return absl::InvalidArgumentError("chunks need at least one window");
   if (ctx.task->layer() == 0) {
     MOEC_ASSIGN_OR_RETURN(*window_tokens, CalibrationTokens(ctx));
     plan->windows = window_tokens->size(0);
+    if (plan->chunk_windows == kAutoChunkWindows) {
+      const int64_t tokens = ctx.recipe->calibration ? ctx.recipe->calibration->chunk_tokens : 0;
+      plan->chunk_windows = DefaultChunkWindows(window_tokens->size(1), tokens);
+    }
     return absl::OkStatus();
   }
   MOEC_ASSIGN_OR_RETURN(std::string key, ctx.PreviousLayerKey(outputs::kWindows));

@@ -25,10 +25,19 @@
 
 namespace moec::dataplane {
 
+// Windows per chunk when a stage does not choose (kAutoChunkWindows): at least
+// kMinChunkWindows and at least `chunk_tokens` tokens (the recipe's calibration.chunk_tokens,
+// 4096 by default), so that short windows still give the routed experts' GEMMs about a thousand
+// rows each (docs/data_plane.md, "Chunks").
+inline constexpr int64_t kAutoChunkWindows = 0;
+inline constexpr int64_t kMinChunkWindows = 8;
+int64_t DefaultChunkWindows(int64_t seqlen, int64_t chunk_tokens);
+
 // Chunks of a layer task and this rank's share of them.
 struct ChunkPlan {
-  int64_t windows = 0;        // calibration windows of the job
-  int64_t chunk_windows = 8;  // windows per chunk (the last may be shorter)
+  int64_t windows = 0;  // calibration windows of the job
+  // Windows per chunk (the last may be shorter); kAutoChunkWindows until PlanChunks resolves it.
+  int64_t chunk_windows = kAutoChunkWindows;
   int rank = 0;
   int ranks = 1;
   int64_t chunks() const { return (windows + chunk_windows - 1) / chunk_windows; }
@@ -95,9 +104,9 @@ absl::StatusOr<at::Tensor> LayerInputChunk(const StageContext& ctx,
 // Tokens [windows, seqlen] (int64) of the job's calibration windows.
 absl::StatusOr<at::Tensor> CalibrationTokens(const StageContext& ctx);
 
-// Fills plan->windows (and, after layer 0, plan->chunk_windows) for this task of a per-layer
-// chunked stage: at layer 0 from the calibration windows (returned in *window_tokens), else from
-// output `windows` of the previous layer's task.
+// Fills plan->windows and plan->chunk_windows for this task of a per-layer chunked stage: at
+// layer 0 from the calibration windows (returned in *window_tokens), with DefaultChunkWindows
+// unless the stage chose a count, else from output `windows` of the previous layer's task.
 absl::Status PlanChunks(const StageContext& ctx, ChunkPlan* plan, at::Tensor* window_tokens);
 // The {windows, chunk_windows} record at factor key `key` (a chunked stage's `windows` output)
 // as a plan (rank 0 of 1). Errors: NotFound; DataLoss when it is malformed.

@@ -46,6 +46,17 @@ TEST(ChunkPlanTest, RoundRobinChunksInGlobalOrder) {
   EXPECT_EQ(p.Count(2), 4);
 }
 
+TEST(ChunkPlanTest, DefaultChunksHoldEightWindowsAndTheRecipesTokens) {
+  // 4096 tokens of 128-token windows; never fewer than 8 windows.
+  EXPECT_EQ(DefaultChunkWindows(128, 4096), 32);
+  EXPECT_EQ(DefaultChunkWindows(100, 4096), 41);
+  EXPECT_EQ(DefaultChunkWindows(512, 4096), 8);
+  EXPECT_EQ(DefaultChunkWindows(2048, 4096), 8);
+  EXPECT_EQ(DefaultChunkWindows(2048, 65536), 32);
+  // chunk_tokens 0: 8 windows, as before it existed.
+  EXPECT_EQ(DefaultChunkWindows(12, 0), 8);
+}
+
 TEST(ExpertParallelExecutorTest, MoeBlockOutputIsBitIdenticalToTheLocalOne) {
   at::manual_seed(5);
   model::ModelConfig config;

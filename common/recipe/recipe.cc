@@ -130,7 +130,8 @@ absl::StatusOr<DataSpec> Parser::Data(const YAML::Node& n, absl::string_view wha
                                       bool calibration) const {
   MOEC_RETURN_IF_ERROR(CheckKeys(n, calibration ? std::set<std::string>{"path", "samples",
                                                                         "seqlen", "seed",
-                                                                        "sampling"}
+                                                                        "sampling",
+                                                                        "chunk_tokens"}
                                                 : std::set<std::string>{"path", "seqlen",
                                                                         "samples"},
                                  what));
@@ -155,6 +156,10 @@ absl::StatusOr<DataSpec> Parser::Data(const YAML::Node& n, absl::string_view wha
       return Err(n["sampling"], absl::StrCat(what, ".sampling must be random_windows or chunks, got '",
                                              d.sampling, "'"));
     }
+  }
+  if (n["chunk_tokens"]) {
+    MOEC_ASSIGN_OR_RETURN(d.chunk_tokens,
+                          Int(n["chunk_tokens"], absl::StrCat(what, ".chunk_tokens"), 0, 1 << 24));
   }
   return d;
 }

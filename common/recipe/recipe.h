@@ -25,6 +25,9 @@ struct DataSpec {
   int64_t seqlen = 512;
   int64_t seed = 0;
   std::string sampling = "random_windows";  // random_windows | chunks
+  // Calibration only: per-layer stages run the windows in chunks of at least 8 windows and at
+  // least this many tokens (docs/data_plane.md, "Chunks"); 0: 8 windows.
+  int64_t chunk_tokens = 4096;
 };
 
 struct StageKindSpec;  // stage_catalog.h

@@ -47,6 +47,11 @@ absl::StatusOr<std::optional<DataSpec>> DataField(const json& j, const std::stri
   if (d.sampling != "random_windows" && d.sampling != "chunks") {
     return Bad(key + ".sampling", "must be random_windows or chunks");
   }
+  // Absent in recipes stored before it existed: the default.
+  if (it->contains("chunk_tokens")) {
+    MOEC_ASSIGN_OR_RETURN(d.chunk_tokens,
+                          IntField(*it, "chunk_tokens", key + ".chunk_tokens", 0, 1 << 24));
+  }
   return d;
 }
 
@@ -115,8 +120,9 @@ std::string Recipe::CanonicalJson() const {
   j["workers"] = workers;
   auto data = [](const std::optional<DataSpec>& d) {
     if (!d) return json();
-    return json{{"path", d->path}, {"samples", d->samples}, {"seqlen", d->seqlen},
-                {"seed", d->seed}, {"sampling", d->sampling}};
+    return json{{"path", d->path},         {"samples", d->samples},
+                {"seqlen", d->seqlen},     {"seed", d->seed},
+                {"sampling", d->sampling}, {"chunk_tokens", d->chunk_tokens}};
   };
   j["calibration"] = data(calibration);
   j["evaluation"] = data(evaluation);

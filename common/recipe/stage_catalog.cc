@@ -49,8 +49,12 @@ void AddQuantizationKinds(std::vector<StageKindSpec>* c) {
   c->push_back(Kind("calibrate", StageShape::kPerLayer,
                     "router statistics per layer and expert: token counts, routing mass, p2/p1, "
                     "entropy",
-                    {Int("batch_size", 8, 1, 4096, "calibration windows per forward batch")}));
-  c->back().version = 2;  // chunked hidden outputs on the data plane; softmax_mass
+                    {Int("batch_size", 0, 0, 4096,
+                         "calibration windows per forward batch (0: at least 8 and at least "
+                         "4096 tokens)")}));
+  // 2: chunked hidden outputs on the data plane; softmax_mass; 3: chunks of at least 4096
+  // tokens by default.
+  c->back().version = 3;
   c->back().data_plane = true;
   c->back().memory = MemoryModel::kLayerForward;
   c->back().reads_calibration = true;
@@ -103,8 +107,8 @@ void AddQuantizationKinds(std::vector<StageKindSpec>* c) {
        Bool("mcmoe_blockwise_feedback", false, "MC-MoE compat: no intra-block feedback <= 3 bits")}));
   // 2: expert-parallel, Gram reductions in chunk order, chunked hidden; 3: inverse-Hessian
   // factor by LAPACK potrf + trtri (rounding differs); 4: codes stored packed
-  // (stages/stored_codes.h).
-  c->back().version = 4;
+  // (stages/stored_codes.h); 5: chunks of at least 4096 tokens (Hessians add per chunk).
+  c->back().version = 5;
   c->back().data_plane = true;
   c->back().memory = MemoryModel::kQuantizeHessians;
   c->back().uses = {"allocate_bits", "calibrate"};
@@ -119,7 +123,9 @@ void AddQuantizationKinds(std::vector<StageKindSpec>* c) {
                      Int("group_size", 128, -1, 65536, "quantization group (-1: whole row)"),
                      Bool("sym", false, "symmetric quantization"),
                      Bool("mse", false, "MSE range search for group parameters")}));
-  c->back().version = 3;  // 2: expert-parallel; chunked hidden; 3: codes stored packed
+  // 2: expert-parallel; chunked hidden; 3: codes stored packed; 4: chunks of at least 4096
+  // tokens.
+  c->back().version = 4;
   c->back().data_plane = true;
   c->back().memory = MemoryModel::kQuantize;
   c->back().uses = {"allocate_bits", "calibrate"};
@@ -191,7 +197,8 @@ void AddStructuralKinds(std::vector<StageKindSpec>* c) {
                      Enum("pattern", "unstructured", {"unstructured", "2:4", "4:8"},
                           "sparsity pattern"),
                      Bool("shared_experts", false, "also prune shared experts")}));
-  c->back().version = 2;  // expert-parallel; chunked hidden
+  // 2: expert-parallel; chunked hidden; 3: chunks of at least 4096 tokens.
+  c->back().version = 3;
   c->back().data_plane = true;
   c->back().memory = MemoryModel::kQuantizeHessians;
   c->back().uses = {"calibrate"};

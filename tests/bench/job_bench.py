@@ -82,7 +82,7 @@ def other_jobs(s, tokens, seqlen, vocab):
     h, f, e, k, L = s["hidden"], s["width"], s["experts"], s["top_k"], s["layers"]
     one_pass = forward_flops_per_token(s, seqlen, vocab) * tokens
     expert_per_token = 3 * 2 * h * f  # one expert's three linears on one token
-    calib = "  - {id: stats, kind: calibrate, with: {batch_size: 8}}\n"
+    calib = "  - {id: stats, kind: calibrate}\n"
     return [
         # One pass; each layer's output is stored for the layers after it.
         ("calibrate", calib, one_pass),
