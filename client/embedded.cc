@@ -18,6 +18,7 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "common/cli_util.h"
+#include "common/process_tuning.h"
 #include "common/status_macros.h"
 #include "openssl/rand.h"
 
@@ -26,9 +27,19 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// Starts `argv` with stdout to `stdout_fd` (or a log) and stderr to `log`.
+// Starts `argv` with stdout to `stdout_fd` (or a log) and stderr to `log`, in this process's
+// environment plus the passive thread-wait settings it lacks (the binaries then start once).
 absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& argv, const std::string& log,
                             int stdout_fd) {
+  // Built before fork: the child of a threaded process may only call async-signal-safe functions.
+  std::vector<std::string> added = PassiveThreadWaitEnvironment();
+  std::vector<char*> env;
+  for (char** e = environ; *e != nullptr; ++e) env.push_back(*e);
+  for (std::string& e : added) env.push_back(e.data());
+  env.push_back(nullptr);
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
   pid_t pid = fork();
   if (pid < 0) return absl::InternalError("fork failed");
   if (pid == 0) {
@@ -37,10 +48,7 @@ absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& argv, const std::str
       ::dup2(fd, STDERR_FILENO);
       ::dup2(stdout_fd >= 0 ? stdout_fd : fd, STDOUT_FILENO);
     }
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    ::execv(args[0], args.data());
+    ::execve(args[0], args.data(), env.data());
     _exit(127);
   }
   return pid;

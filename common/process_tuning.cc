@@ -20,10 +20,22 @@ void SkipMutexDeadlockDetection() {
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
 }
 
+namespace {
+constexpr std::pair<const char*, const char*> kPassiveThreadWait[] = {
+    {"OMP_WAIT_POLICY", "PASSIVE"}, {"OPENBLAS_THREAD_TIMEOUT", "4"}};
+}  // namespace
+
+std::vector<std::string> PassiveThreadWaitEnvironment() {
+  std::vector<std::string> missing;
+  for (const auto& [name, value] : kPassiveThreadWait) {
+    if (std::getenv(name) == nullptr) missing.push_back(std::string(name) + "=" + value);
+  }
+  return missing;
+}
+
 void UsePassiveThreadWait(char** argv) {
   bool changed = false;
-  for (const auto& [name, value] : {std::pair<const char*, const char*>{"OMP_WAIT_POLICY", "PASSIVE"},
-                                    {"OPENBLAS_THREAD_TIMEOUT", "4"}}) {
+  for (const auto& [name, value] : kPassiveThreadWait) {
     if (std::getenv(name) != nullptr) continue;  // the user's own setting is kept
     setenv(name, value, 1);
     changed = true;

@@ -2,6 +2,9 @@
 #ifndef MOEC_COMMON_PROCESS_TUNING_H_
 #define MOEC_COMMON_PROCESS_TUNING_H_
 
+#include <string>
+#include <vector>
+
 namespace moec {
 
 // Configures glibc malloc for a process that moves large buffers (factor chunks, tensors):
@@ -28,6 +31,11 @@ void SkipMutexDeadlockDetection();
 // one is unset this sets it and re-executes the binary with the same arguments (once; a user's
 // own settings are kept). Returns only when no re-exec happened.
 void UsePassiveThreadWait(char** argv);
+
+// The variables UsePassiveThreadWait sets, as "NAME=VALUE", for those the environment does not
+// set: a parent that starts a computing binary passes them in its environment, so the child
+// starts once (a re-exec loads libtorch a second time: 0.4 s of a worker's start-up here).
+std::vector<std::string> PassiveThreadWaitEnvironment();
 
 }  // namespace moec
 

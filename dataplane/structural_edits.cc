@@ -12,6 +12,7 @@
 #include "dataplane/model_inputs.h"
 #include "model/config/tensor_names.h"
 #include "model/runtime/weights.h"
+#include "quant/sparse.h"
 #include "storage/safetensors_reader.h"
 
 namespace moec::dataplane {
@@ -81,7 +82,9 @@ absl::Status CollectPrunedWeights(const StageContext& ctx, const model::ModelCon
     json summary = json::parse(f.data, nullptr, false);
     if (!summary.is_object()) return absl::DataLossError(key + " is not JSON");
     for (const auto& [name, info] : summary.items()) {
-      MOEC_ASSIGN_OR_RETURN(edits->replaced[name], ctx.InputKey(stage.id, l, name));
+      const bool mask = info.is_object() && info.value("stored", kStoredAsMatrix) == kStoredAsMask;
+      MOEC_ASSIGN_OR_RETURN(edits->replaced[name],
+                            ctx.InputKey(stage.id, l, mask ? name + kPrunedMaskSuffix : name));
     }
   }
   return absl::OkStatus();
@@ -362,7 +365,14 @@ absl::StatusOr<at::Tensor> ReadEditedTensor(const StageContext& ctx,
                                             const storage::SafetensorsCheckpoint& checkpoint,
                                             const EditedTensorSource& s) {
   at::Tensor t;
-  if (!s.replaced_key.empty()) {
+  if (absl::EndsWith(s.replaced_key, kPrunedMaskSuffix)) {
+    MOEC_ASSIGN_OR_RETURN(storage::TensorView v, checkpoint.Get(s.name));
+    MOEC_ASSIGN_OR_RETURN(at::Tensor mask, GetTensor(ctx, s.replaced_key));
+    MOEC_ASSIGN_OR_RETURN(t, model::TensorFromView(v, at::kFloat));
+    absl::StatusOr<at::Tensor> pruned = quant::ApplyPackedMask(t.contiguous(), mask);
+    if (!pruned.ok()) return absl::DataLossError(absl::StrCat(s.replaced_key, ": ", pruned.status().message()));
+    t = *std::move(pruned);
+  } else if (!s.replaced_key.empty()) {
     MOEC_ASSIGN_OR_RETURN(t, GetTensor(ctx, s.replaced_key));
   } else {
     MOEC_ASSIGN_OR_RETURN(storage::TensorView v, checkpoint.Get(s.name));

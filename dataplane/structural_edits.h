@@ -48,11 +48,21 @@ absl::StatusOr<nlohmann::json> EditedConfig(const nlohmann::json& config_json,
                                             const model::ModelConfig& config,
                                             const StructuralEdits& edits);
 
+// How prune_weights stores a pruned matrix (its layer summary's "stored"): as the fp32/bf16/f16
+// matrix under the tensor's name, or, when the pruning only set weights to +0 (Wanda,
+// magnitude), as quant::PackMask's mask under the name + kPrunedMaskSuffix, applied to the
+// source checkpoint's matrix when read.
+inline constexpr char kStoredAsMatrix[] = "matrix";
+inline constexpr char kStoredAsMask[] = "mask";
+inline constexpr char kPrunedMaskSuffix[] = ".mask";
+
 // Where one tensor of the edited model comes from.
 struct EditedTensorSource {
   std::string name;           // tensor of the source checkpoint
   std::vector<int64_t> rows;  // rows kept (a trimmed router); empty: all of it
-  std::string replaced_key;   // factor key of a pruned replacement of `name`; empty: none
+  // Factor key of a pruned replacement of `name` (a matrix, or a mask over `name` when it ends
+  // in kPrunedMaskSuffix); empty: none.
+  std::string replaced_key;
 };
 
 // Edited tensor name -> its source, for every tensor of `edited` (the config EditedConfig gives
@@ -62,8 +72,8 @@ absl::StatusOr<std::map<std::string, EditedTensorSource>> EditedTensorSources(
     const model::ModelConfig& source, const model::ModelConfig& edited, const StructuralEdits& edits,
     const std::function<bool(const std::string&)>& contains);
 
-// Reads one tensor of the edited model (fp32): the replacement, or the source tensor with the
-// kept rows.
+// Reads one tensor of the edited model (fp32): the replacement (a stored matrix, or the source
+// tensor with a stored mask applied), or the source tensor; with the kept rows.
 absl::StatusOr<at::Tensor> ReadEditedTensor(const StageContext& ctx,
                                             const storage::SafetensorsCheckpoint& checkpoint,
                                             const EditedTensorSource& s);

@@ -182,7 +182,11 @@ int64_t EstimateFactorBytes(const recipe::StageSpec& st, const model::ModelConfi
     }
     bytes += linears + groups * 8;
   }
-  if (k.structural == recipe::StructuralEdit::kWeights) bytes += counts.routed_experts * 4;
+  if (k.structural == recipe::StructuralEdit::kWeights) {
+    // SparseGPT's updated matrices (fp32 at most); the others' masks, a bit per weight.
+    const std::string method = st.params.value("method", "");
+    bytes += method == "sparsegpt" ? counts.routed_experts * 4 : CeilDiv(counts.routed_experts, 8);
+  }
   return bytes == 0 ? tasks * int64_t{4096} : bytes;
 }
 

@@ -7,6 +7,8 @@
 #include <limits>
 #include <vector>
 
+#include <ATen/Parallel.h>
+
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "common/task_profile.h"
@@ -92,15 +94,42 @@ at::Tensor SmallestPerRow(const at::Tensor& metric, int64_t k) {
   return mask;
 }
 
-// Wanda, unstructured, fused per row: the metric |w| * scale, its selection and the pruned row,
-// with no full-size intermediate. False (and `out` unspecified) when a metric is negative or not
-// finite, where the radix selection does not apply.
+// The pruned row `o` of `row` (its metric's k smallest set to +0, as SelectRow's threshold says)
+// and its PackMask bytes `m`; adds the row's zeros to *zeros. Branch-free, a byte of the mask
+// per 8 columns (a byte store per column would alias every load of the loop).
+void PruneRow(const float* row, const float* metric, int64_t cols, RowThreshold th, float* o,
+              uint8_t* m, int64_t* zeros) {
+  int64_t equal = 0, z = 0;
+  for (int64_t c0 = 0; c0 < cols; c0 += 8) {
+    const int64_t n = std::min<int64_t>(8, cols - c0);
+    uint32_t byte = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      const float v = metric[c0 + j];
+      const bool eq = v == th.t;
+      const uint32_t pruned = (v < th.t) | (eq & (equal < th.room));
+      equal += eq;
+      uint32_t u;
+      std::memcpy(&u, row + c0 + j, sizeof(u));
+      u &= pruned - 1u;  // pruned: +0
+      std::memcpy(o + c0 + j, &u, sizeof(u));
+      z += (u << 1) == 0;  // ±0
+      byte |= pruned << j;
+    }
+    m[c0 >> 3] = static_cast<uint8_t>(byte);
+  }
+  *zeros += z;
+}
+
+// Wanda, unstructured, fused per row: the metric |w| * scale, its selection, the pruned row and
+// its packed mask (PackMask's layout), with no full-size intermediate. False (and the outputs
+// unspecified) when a metric is negative or not finite, where the radix selection does not apply.
 bool WandaRows(const at::Tensor& w, const at::Tensor& scale, int64_t k, at::Tensor& out,
-               int64_t* zeros) {
-  const int64_t rows = w.size(0), cols = w.size(1);
+               at::Tensor& packed, int64_t* zeros) {
+  const int64_t rows = w.size(0), cols = w.size(1), bytes = packed.size(1);
   const float* wp = w.data_ptr<float>();
   const float* sp = scale.data_ptr<float>();
   float* op = out.data_ptr<float>();
+  uint8_t* mp = packed.data_ptr<uint8_t>();
   std::atomic<bool> bad{false};
   std::atomic<int64_t> zero_count{0};
   internal::ParallelFor(rows, std::max<int64_t>(1, (1 << 16) / cols), 0, [&](int64_t b, int64_t e, int) {
@@ -121,15 +150,7 @@ bool WandaRows(const at::Tensor& w, const at::Tensor& scale, int64_t k, at::Tens
         return;
       }
       const RowThreshold th = SelectRow(metric.data(), cols, k, count, bucket);
-      int64_t equal = 0;
-      float* o = op + r * cols;
-      for (int64_t c = 0; c < cols; ++c) {
-        const bool eq = metric[c] == th.t;
-        const bool pruned = (metric[c] < th.t) | (eq & (equal < th.room));
-        equal += eq;
-        o[c] = pruned ? 0.0f : row[c];
-        z += o[c] == 0.0f;
-      }
+      PruneRow(row, metric.data(), cols, th, op + r * cols, mp + r * bytes, &z);
     }
     zero_count += z;
   });
@@ -249,12 +270,55 @@ absl::StatusOr<PrunedWeight> WandaPrune(const at::Tensor& w, const at::Tensor& n
     const at::Tensor wf = w.to(at::kFloat).contiguous();
     const at::Tensor scale = norm2.to(at::kCPU, at::kFloat).sqrt().contiguous();
     r.weight = at::empty_like(wf);
-    if (WandaRows(wf, scale, k, r.weight, &r.zeros)) return r;
+    r.mask = at::empty({wf.size(0), (wf.size(1) + 7) / 8}, wf.options().dtype(at::kByte));
+    if (WandaRows(wf, scale, k, r.weight, r.mask, &r.zeros)) return r;
   }
   MOEC_ASSIGN_OR_RETURN(at::Tensor mask, WandaMask(w, norm2, ratio, pattern));
   r.weight = w.to(at::kFloat).masked_fill(mask, 0);
   r.zeros = (r.weight == 0).sum().item<int64_t>();
+  r.mask = PackMask(mask);
   return r;
+}
+
+at::Tensor PackMask(const at::Tensor& mask) {
+  const int64_t rows = mask.size(0), cols = mask.size(1), bytes = (cols + 7) / 8;
+  at::Tensor bits = mask.to(at::kByte);
+  if (bytes * 8 != cols) bits = at::constant_pad_nd(bits, {0, bytes * 8 - cols});
+  const at::Tensor weight = at::pow(2, at::arange(8, mask.options().dtype(at::kInt))).to(at::kByte);
+  return (bits.reshape({rows, bytes, 8}) * weight).sum(-1).to(at::kByte);
+}
+
+absl::StatusOr<at::Tensor> ApplyPackedMask(at::Tensor w, const at::Tensor& packed) {
+  if (w.dim() != 2 || w.scalar_type() != at::kFloat || packed.scalar_type() != at::kByte ||
+      packed.dim() != 2 || packed.size(0) != w.size(0) || packed.size(1) != (w.size(1) + 7) / 8) {
+    return absl::DataLossError(c10::str("a pruning mask of shape ", packed.sizes(), " and type ",
+                                        packed.scalar_type(), " does not fit an fp32 matrix of shape ",
+                                        w.sizes(), " and type ", w.scalar_type()));
+  }
+  const int64_t rows = w.size(0), cols = w.size(1), bytes = packed.size(1);
+  if (!w.is_cpu() || !packed.is_cpu()) {
+    const at::Tensor bits = packed.to(w.device()).unsqueeze(-1).bitwise_right_shift(
+        at::arange(8, packed.options().device(w.device())));
+    return w.masked_fill_(bits.bitwise_and(1).to(at::kBool).reshape({rows, bytes * 8}).narrow(1, 0, cols), 0);
+  }
+  w = w.contiguous();
+  const at::Tensor m = packed.contiguous();
+  float* wp = w.data_ptr<float>();
+  const uint8_t* mp = m.data_ptr<uint8_t>();
+  at::parallel_for(0, rows, std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(cols, 1)),
+                   [&](int64_t b, int64_t e) {
+                     for (int64_t r = b; r < e; ++r) {
+                       float* row = wp + r * cols;
+                       const uint8_t* mr = mp + r * bytes;
+                       for (int64_t c = 0; c < cols; ++c) {  // branch-free: masks are dense
+                         uint32_t u;
+                         std::memcpy(&u, row + c, sizeof(u));
+                         u &= ((mr[c >> 3] >> (c & 7)) & 1u) - 1u;  // a set bit clears every bit
+                         std::memcpy(row + c, &u, sizeof(u));
+                       }
+                     }
+                   });
+  return w;
 }
 
 absl::StatusOr<at::Tensor> MagnitudeMask(const at::Tensor& w, double ratio, SparsityPattern pattern) {

@@ -24,10 +24,20 @@ struct SparsityPattern {
 absl::StatusOr<at::Tensor> WandaMask(const at::Tensor& w, const at::Tensor& norm2, double ratio,
                                      SparsityPattern pattern);
 
-// A pruned weight: fp32, with how many of its entries are 0 (pruned or zero already).
+// A pruned matrix stored as its mask over the unpruned one (a pruning that only zeroes
+// weights): U8 [rows, ceil(cols / 8)], bit j (least significant first) of byte b of row r set
+// when entry (r, 8b + j) was set to +0. A sixteenth of the bf16 matrix's bytes.
+at::Tensor PackMask(const at::Tensor& mask);  // bool [rows, cols], true: set to +0
+// `w` (fp32 [rows, cols], overwritten) with the entries `packed` marks set to +0: the pruned
+// matrix, bit for bit. Errors: DataLoss when `packed` does not have PackMask's shape for `w`.
+absl::StatusOr<at::Tensor> ApplyPackedMask(at::Tensor w, const at::Tensor& packed);
+
+// A pruned weight: fp32, with how many of its entries are 0 (pruned or zero already) and, when
+// the pruning only set entries to +0 (Wanda, magnitude), their PackMask.
 struct PrunedWeight {
   at::Tensor weight;
   int64_t zeros = 0;
+  at::Tensor mask;  // undefined when the pruning changed other weights (SparseGPT)
 };
 
 // Wanda's pruned weight: w with WandaMask's entries set to 0, the same bits. Unstructured on the

@@ -110,19 +110,47 @@ TEST(WandaTest, FusedPruningEqualsMaskingWithTheMask) {
     at::Tensor norm2 = kind == 0 ? at::randint(0, 3, {260}).to(at::kFloat) : at::rand({260});
     if (kind == 2) norm2[5] = -1.0;  // NaN metrics: the tensor path
     if (kind == 3) w[3][7] = std::numeric_limits<float>::infinity();
+    w[1][2] = -0.0f;  // kept or pruned, the stored mask must give its sign back
     for (double ratio : {0.0, 0.25, 0.5, 0.75}) {
       ASSERT_OK_AND_ASSIGN(PrunedWeight p, WandaPrune(w, norm2, ratio, {}));
       ASSERT_OK_AND_ASSIGN(at::Tensor mask, WandaMask(w, norm2, ratio, {}));
       const at::Tensor want = w.masked_fill(mask, 0);
-      EXPECT_TRUE(at::equal(p.weight, want)) << "kind " << kind << " ratio " << ratio;
+      EXPECT_TRUE(at::equal(p.weight.view(at::kInt), want.view(at::kInt))) << "kind " << kind << " ratio " << ratio;
       EXPECT_EQ(p.zeros, (want == 0).sum().item<int64_t>()) << "kind " << kind << " ratio " << ratio;
+      // The packed mask is the mask, and it gives the pruned matrix back bit for bit.
+      EXPECT_TRUE(at::equal(p.mask, PackMask(mask))) << "kind " << kind << " ratio " << ratio;
+      ASSERT_OK_AND_ASSIGN(at::Tensor back, ApplyPackedMask(w.clone(), p.mask));
+      EXPECT_TRUE(at::equal(back.view(at::kInt), want.view(at::kInt))) << "kind " << kind << " ratio " << ratio;
     }
     ASSERT_OK_AND_ASSIGN(PrunedWeight nm, WandaPrune(w, norm2, 0.5, {2, 4}));
     ASSERT_OK_AND_ASSIGN(at::Tensor nm_mask, WandaMask(w, norm2, 0.5, {2, 4}));
     EXPECT_TRUE(at::equal(nm.weight, w.masked_fill(nm_mask, 0))) << "2:4, kind " << kind;
+    EXPECT_TRUE(at::equal(nm.mask, PackMask(nm_mask))) << "2:4, kind " << kind;
   }
   EXPECT_EQ(WandaPrune(at::ones({2, 4}), at::ones({3}), 0.5, {}).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// PackMask's layout by hand: 8 columns per byte, least significant bit first, the last byte of
+// a row padded with zeros; a mask of another shape is DataLoss.
+TEST(PackedMaskTest, BitsByHandAndShapesChecked) {
+  at::Tensor mask = at::zeros({2, 10}, at::kBool);
+  mask[0][0] = true;
+  mask[0][7] = true;
+  mask[0][8] = true;
+  mask[1][3] = true;
+  mask[1][9] = true;
+  const at::Tensor packed = PackMask(mask);
+  ASSERT_EQ(packed.scalar_type(), at::kByte);
+  EXPECT_TRUE(at::equal(packed, at::tensor({0x81, 0x01, 0x08, 0x02}, at::kByte).reshape({2, 2})));
+  at::Tensor w = at::arange(1, 21, at::kFloat).reshape({2, 10});
+  const at::Tensor want = w.masked_fill(mask, 0);
+  ASSERT_OK_AND_ASSIGN(at::Tensor got, ApplyPackedMask(w.clone(), packed));
+  EXPECT_TRUE(at::equal(got, want));
+  EXPECT_EQ(ApplyPackedMask(at::ones({2, 17}), packed).status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(ApplyPackedMask(at::ones({3, 10}), packed).status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(ApplyPackedMask(at::ones({2, 10}), packed.to(at::kInt)).status().code(),
+            absl::StatusCode::kDataLoss);
 }
 
 TEST(MagnitudeTest, GlobalThresholdPerMatrix) {

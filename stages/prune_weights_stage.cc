@@ -15,6 +15,7 @@
 #include "common/task_profile.h"
 #include "dataplane/expert_parallel.h"
 #include "dataplane/model_inputs.h"
+#include "dataplane/structural_edits.h"
 #include "model/config/tensor_names.h"
 #include "quant/gptq.h"
 #include "quant/sparse.h"
@@ -204,6 +205,7 @@ absl::StatusOr<quant::PrunedWeight> Prune(const PruneOptions& o, const Target& t
   } else {
     MOEC_ASSIGN_OR_RETURN(at::Tensor mask, quant::MagnitudeMask(original, o.ratio, o.pattern));
     r.weight = original.masked_fill(mask, 0);
+    r.mask = quant::PackMask(mask);
   }
   r.zeros = (r.weight == 0).sum().item<int64_t>();
   return r;
@@ -224,10 +226,8 @@ bool HoldsBf16Exactly(const at::Tensor& x) {
   return exact.load();
 }
 
-// The pruned matrix in the narrowest of bf16, f16 and fp32 that holds it exactly. Wanda and
-// magnitude only zero weights, so the matrix of a bf16 or f16 checkpoint is stored at half the
-// bytes of fp32 (its readers convert; an export writes the same bytes); SparseGPT's updated
-// weights stay fp32.
+// The pruned matrix in the narrowest of bf16, f16 and fp32 that holds it exactly (SparseGPT's
+// updated weights: fp32 unless they happen to fit; its readers convert).
 at::Tensor NarrowestExact(const at::Tensor& pruned) {
   if (HoldsBf16Exactly(pruned)) return pruned.to(at::kBFloat16);  // exact values convert exactly
   at::Tensor half = pruned.to(at::kHalf);
@@ -283,8 +283,14 @@ absl::Status PruneWeightsStage::Run(StageContext& ctx) {
     const at::Tensor original = t.weight->to(at::kFloat);
     MOEC_ASSIGN_OR_RETURN(quant::PrunedWeight p, Prune(o, t, original));
     const at::Tensor& pruned = p.weight;
-    summary[t.name] = {{"sparsity", static_cast<double>(p.zeros) / pruned.numel()}, {"method", o.method}};
-    MOEC_RETURN_IF_ERROR(PutTensor(ctx, t.name, NarrowestExact(pruned)));
+    // A pruning that only zeroed weights is stored as its mask over the checkpoint's matrix
+    // (dataplane::ReadEditedTensor applies it); SparseGPT's updated weights as a matrix.
+    const bool masked = p.mask.defined();
+    summary[t.name] = {{"sparsity", static_cast<double>(p.zeros) / pruned.numel()},
+                       {"method", o.method},
+                       {"stored", masked ? dataplane::kStoredAsMask : dataplane::kStoredAsMatrix}};
+    MOEC_RETURN_IF_ERROR(masked ? PutTensor(ctx, t.name + dataplane::kPrunedMaskSuffix, p.mask)
+                                : PutTensor(ctx, t.name, NarrowestExact(pruned)));
     *t.weight = pruned.to(t.weight->scalar_type());
     ctx.progress(0.8 * ++done / targets.size(), absl::StrCat("layer ", layer, ": ", t.name));
   }

@@ -192,7 +192,10 @@ TEST_P(StructuralTest, PruneWeightsChainsPrunedLayersAndExports) {
           auto it = inputs.sq.find({static_cast<int>(kind), e});
           const at::Tensor norm2 = it == inputs.sq.end() ? at::zeros({weight->size(1)}) : it->second;
           ASSERT_OK_AND_ASSIGN(at::Tensor mask, quant::WandaMask(*weight, norm2, 0.5, {2, 4}));
-          ASSERT_OK_AND_ASSIGN(at::Tensor got, Get("slim" + std::to_string(l) + "/" + name));
+          // Stored as its mask over the checkpoint's matrix (dataplane::kPrunedMaskSuffix).
+          ASSERT_OK_AND_ASSIGN(at::Tensor packed, Get("slim" + std::to_string(l) + "/" + name + ".mask"));
+          EXPECT_TRUE(at::equal(packed, quant::PackMask(mask))) << name;
+          ASSERT_OK_AND_ASSIGN(at::Tensor got, quant::ApplyPackedMask(weight->to(at::kFloat).clone(), packed));
           EXPECT_TRUE(at::equal(got, weight->masked_fill(mask, 0))) << name;
           EXPECT_EQ((got == 0).sum().item<int64_t>(), got.numel() / 2) << name;
           *weight = got;

@@ -197,8 +197,9 @@ void AddStructuralKinds(std::vector<StageKindSpec>* c) {
                      Enum("pattern", "unstructured", {"unstructured", "2:4", "4:8"},
                           "sparsity pattern"),
                      Bool("shared_experts", false, "also prune shared experts")}));
-  // 2: expert-parallel; chunked hidden; 3: chunks of at least 4096 tokens.
-  c->back().version = 3;
+  // 2: expert-parallel; chunked hidden; 3: chunks of at least 4096 tokens; 4: Wanda's and
+  // magnitude's matrices stored as masks (dataplane::kPrunedMaskSuffix).
+  c->back().version = 4;
   c->back().data_plane = true;
   c->back().memory = MemoryModel::kQuantizeHessians;
   c->back().uses = {"calibrate"};
