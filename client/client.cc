@@ -11,13 +11,23 @@ absl::StatusOr<std::unique_ptr<MoecClient>> MoecClient::Create(const ClientOptio
   if (options.address.empty()) {
     return absl::InvalidArgumentError("no coordinator: pass --coordinator HOST:PORT or set MOEC_COORDINATOR");
   }
-  if (options.token.empty()) {
-    return absl::InvalidArgumentError("no token: pass --token-file PATH or set MOEC_TOKEN_FILE");
+  if (options.token.empty() && options.tls_cert.empty()) {
+    return absl::InvalidArgumentError(
+        "no token: pass --token-file PATH or set MOEC_TOKEN_FILE (or, under mutual TLS, a "
+        "client certificate the coordinator knows: --tls-cert and --tls-key)");
+  }
+  if (options.tls_cert.empty() != options.tls_key.empty()) {
+    return absl::InvalidArgumentError("--tls-cert and --tls-key go together");
+  }
+  if (!options.tls_cert.empty() && options.tls_ca.empty()) {
+    return absl::InvalidArgumentError("a client certificate needs TLS: pass --tls-ca too");
   }
   std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
   if (!options.tls_ca.empty()) {
     grpc::SslCredentialsOptions ssl;
     ssl.pem_root_certs = options.tls_ca;
+    ssl.pem_cert_chain = options.tls_cert;
+    ssl.pem_private_key = options.tls_key;
     creds = grpc::SslCredentials(ssl);
   }
   return std::unique_ptr<MoecClient>(
@@ -28,7 +38,7 @@ std::unique_ptr<grpc::ClientContext> MoecClient::Context(bool deadline,
                                                           bool wait_for_ready) const {
   auto ctx = std::make_unique<grpc::ClientContext>();
   ctx->set_wait_for_ready(wait_for_ready);
-  ctx->AddMetadata("authorization", "Bearer " + options_.token);
+  if (!options_.token.empty()) ctx->AddMetadata("authorization", "Bearer " + options_.token);
   if (deadline) {
     ctx->set_deadline(std::chrono::system_clock::now() +
                       std::chrono::milliseconds(options_.rpc_timeout_ms));

@@ -17,8 +17,10 @@ namespace moec::client {
 
 struct ClientOptions {
   std::string address;  // HOST:PORT
-  std::string token;
-  std::string tls_ca;   // PEM; empty: plaintext
+  std::string token;     // empty: a client certificate stands for the role (mutual TLS)
+  std::string tls_ca;    // PEM; empty: plaintext
+  std::string tls_cert;  // PEM client certificate for mutual TLS (with tls_key)
+  std::string tls_key;
   int64_t rpc_timeout_ms = 30000;
 };
 

@@ -8,6 +8,7 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -47,10 +48,13 @@ absl::StatusOr<std::unique_ptr<MoecClient>> Connect(const Args& args) {
     if (!token.ok()) return token.status();
     o.token = *token;
   }
-  if (!args.Get("tls-ca").empty()) {
-    absl::StatusOr<std::string> ca = ReadSecretFile(args.Get("tls-ca"), "TLS CA");
-    if (!ca.ok()) return ca.status();
-    o.tls_ca = *ca;
+  for (auto [flag, out, what] : {std::make_tuple("tls-ca", &o.tls_ca, "TLS CA"),
+                                 std::make_tuple("tls-cert", &o.tls_cert, "TLS certificate"),
+                                 std::make_tuple("tls-key", &o.tls_key, "TLS key")}) {
+    if (args.Get(flag).empty()) continue;
+    absl::StatusOr<std::string> pem = ReadSecretFile(args.Get(flag), what);
+    if (!pem.ok()) return pem.status();
+    *out = *pem;
   }
   return MoecClient::Create(o);
 }

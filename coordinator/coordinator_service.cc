@@ -28,20 +28,17 @@ void ConfigureServerThreads(grpc::ServerBuilder* builder) {
   builder->SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS, 8);
 }
 
-#define MOEC_AUTHORIZE(ctx)                          \
-  do {                                               \
-    grpc::Status auth_status_ = Authorize(ctx);      \
-    if (!auth_status_.ok()) return auth_status_;     \
+// Returns from the handler unless the call holds `role` (coordinator/auth.h).
+#define MOEC_AUTHORIZE(ctx, role)                           \
+  do {                                                      \
+    grpc::Status auth_status_ = auth_.Check(ctx, role);     \
+    if (!auth_status_.ok()) return auth_status_;            \
   } while (0)
-
-grpc::Status CoordinatorService::Authorize(const grpc::ServerContext* ctx) const {
-  return CheckBearerToken(ctx, token_);
-}
 
 grpc::Status CoordinatorService::SubmitJob(grpc::ServerContext* ctx,
                                            const v1::SubmitJobRequest* req,
                                            v1::SubmitJobResponse* resp) {
-  MOEC_AUTHORIZE(ctx);
+  MOEC_AUTHORIZE(ctx, Role::kClient);
   std::vector<std::string> overrides(req->overrides().begin(), req->overrides().end());
   absl::StatusOr<SubmitResult> r = core_->SubmitJob(req->recipe_yaml(), req->recipe_path(), overrides,
                                                     req->overwrite());
@@ -53,7 +50,7 @@ grpc::Status CoordinatorService::SubmitJob(grpc::ServerContext* ctx,
 
 grpc::Status CoordinatorService::GetJob(grpc::ServerContext* ctx, const v1::GetJobRequest* req,
                                         v1::GetJobResponse* resp) {
-  MOEC_AUTHORIZE(ctx);
+  MOEC_AUTHORIZE(ctx, Role::kClient);
   absl::StatusOr<v1::JobRecord> job = core_->GetJob(req->job_id());
   if (!job.ok()) return ToGrpcStatus(job.status());
   *resp->mutable_job() = *job;
@@ -67,14 +64,14 @@ grpc::Status CoordinatorService::GetJob(grpc::ServerContext* ctx, const v1::GetJ
 
 grpc::Status CoordinatorService::ListJobs(grpc::ServerContext* ctx, const v1::ListJobsRequest*,
                                           v1::ListJobsResponse* resp) {
-  MOEC_AUTHORIZE(ctx);
+  MOEC_AUTHORIZE(ctx, Role::kClient);
   for (auto& j : core_->ListJobs()) *resp->add_jobs() = std::move(j);
   return grpc::Status::OK;
 }
 
 grpc::Status CoordinatorService::WatchJob(grpc::ServerContext* ctx, const v1::WatchJobRequest* req,
                                           grpc::ServerWriter<v1::JobEvent>* writer) {
-  MOEC_AUTHORIZE(ctx);
+  MOEC_AUTHORIZE(ctx, Role::kClient);
   int64_t next = std::max<int64_t>(req->from_seq(), 1);
   while (!ctx->IsCancelled()) {
     bool ended = false;
@@ -93,21 +90,21 @@ grpc::Status CoordinatorService::WatchJob(grpc::ServerContext* ctx, const v1::Wa
 grpc::Status CoordinatorService::CancelJob(grpc::ServerContext* ctx,
                                            const v1::CancelJobRequest* req,
                                            v1::CancelJobResponse*) {
-  MOEC_AUTHORIZE(ctx);
+  MOEC_AUTHORIZE(ctx, Role::kClient);
   return ToGrpcStatus(core_->CancelJob(req->job_id()));
 }
 
 grpc::Status CoordinatorService::ResumeJob(grpc::ServerContext* ctx,
                                            const v1::ResumeJobRequest* req,
                                            v1::ResumeJobResponse*) {
-  MOEC_AUTHORIZE(ctx);
+  MOEC_AUTHORIZE(ctx, Role::kClient);
   return ToGrpcStatus(core_->ResumeJob(req->job_id()));
 }
 
 grpc::Status CoordinatorService::ListWorkers(grpc::ServerContext* ctx,
                                              const v1::ListWorkersRequest*,
                                              v1::ListWorkersResponse* resp) {
-  MOEC_AUTHORIZE(ctx);
+  MOEC_AUTHORIZE(ctx, Role::kClient);
   for (const auto& w : core_->ListWorkers()) {
     v1::WorkerStatus* s = resp->add_workers();
     s->set_worker_id(w.worker_id);
@@ -124,7 +121,7 @@ grpc::Status CoordinatorService::ListWorkers(grpc::ServerContext* ctx,
 grpc::Status CoordinatorService::RegisterWorker(grpc::ServerContext* ctx,
                                                 const v1::RegisterWorkerRequest* req,
                                                 v1::RegisterWorkerResponse* resp) {
-  MOEC_AUTHORIZE(ctx);
+  MOEC_AUTHORIZE(ctx, Role::kWorker);
   if (req->memory_bytes() < 0 || req->device_memory_bytes() < 0) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "negative memory size");
   }
@@ -138,7 +135,7 @@ grpc::ServerUnaryReactor* CoordinatorService::Heartbeat(grpc::CallbackServerCont
                                                         v1::HeartbeatResponse* resp) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   reactor->Finish([&]() -> grpc::Status {
-    if (grpc::Status a = CheckBearerToken(ctx, token_); !a.ok()) return a;
+    if (grpc::Status a = auth_.Check(ctx, Role::kWorker); !a.ok()) return a;
     std::vector<std::string> running(req->running_task_ids().begin(), req->running_task_ids().end());
     absl::StatusOr<std::vector<std::string>> cancelled = core_->Heartbeat(req->worker_id(), running);
     if (!cancelled.ok()) return ToGrpcStatus(cancelled.status());
@@ -151,7 +148,7 @@ grpc::ServerUnaryReactor* CoordinatorService::Heartbeat(grpc::CallbackServerCont
 grpc::Status CoordinatorService::LeaseTask(grpc::ServerContext* ctx,
                                            const v1::LeaseTaskRequest* req,
                                            v1::LeaseTaskResponse* resp) {
-  MOEC_AUTHORIZE(ctx);
+  MOEC_AUTHORIZE(ctx, Role::kWorker);
   absl::StatusOr<std::optional<LeasedTask>> t = core_->LeaseTask(
       req->worker_id(), absl::Milliseconds(std::clamp<int64_t>(req->wait_ms(), 0, 2000)));
   if (!t.ok()) return ToGrpcStatus(t.status());
@@ -162,7 +159,7 @@ grpc::Status CoordinatorService::LeaseTask(grpc::ServerContext* ctx,
 grpc::Status CoordinatorService::ReportProgress(grpc::ServerContext* ctx,
                                                 const v1::ReportProgressRequest* req,
                                                 v1::ReportProgressResponse* resp) {
-  MOEC_AUTHORIZE(ctx);
+  MOEC_AUTHORIZE(ctx, Role::kWorker);
   absl::StatusOr<bool> cancelled =
       core_->ReportProgress(req->worker_id(), req->task_id(), req->fraction(), req->message());
   if (!cancelled.ok()) return ToGrpcStatus(cancelled.status());
@@ -174,7 +171,7 @@ grpc::ServerUnaryReactor* CoordinatorService::CompleteTask(grpc::CallbackServerC
                                                            const v1::CompleteTaskRequest* req,
                                                            v1::CompleteTaskResponse* resp) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  if (grpc::Status a = CheckBearerToken(ctx, token_); !a.ok()) {
+  if (grpc::Status a = auth_.Check(ctx, Role::kWorker); !a.ok()) {
     reactor->Finish(a);
     return reactor;
   }
@@ -190,7 +187,7 @@ grpc::ServerUnaryReactor* CoordinatorService::CompleteTask(grpc::CallbackServerC
 
 grpc::Status CoordinatorService::FailTask(grpc::ServerContext* ctx, const v1::FailTaskRequest* req,
                                           v1::FailTaskResponse*) {
-  MOEC_AUTHORIZE(ctx);
+  MOEC_AUTHORIZE(ctx, Role::kWorker);
   absl::Status error(static_cast<absl::StatusCode>(req->code()), req->message());
   if (error.ok()) error = absl::UnknownError(req->message());
   if (!req->factor_key().empty()) error = WithFactorKey(error, req->factor_key());
@@ -200,14 +197,14 @@ grpc::Status CoordinatorService::FailTask(grpc::ServerContext* ctx, const v1::Fa
 grpc::Status CoordinatorService::ReleaseTask(grpc::ServerContext* ctx,
                                              const v1::ReleaseTaskRequest* req,
                                              v1::ReleaseTaskResponse*) {
-  MOEC_AUTHORIZE(ctx);
+  MOEC_AUTHORIZE(ctx, Role::kWorker);
   return ToGrpcStatus(core_->ReleaseTask(req->worker_id(), req->task_id()));
 }
 
 grpc::Status CoordinatorService::GroupStoreSet(grpc::ServerContext* ctx,
                                                const v1::GroupStoreSetRequest* req,
                                                v1::GroupStoreSetResponse*) {
-  MOEC_AUTHORIZE(ctx);
+  MOEC_AUTHORIZE(ctx, Role::kWorker);
   absl::StatusOr<std::string> ns = core_->GroupNamespace(req->worker_id(), req->task_id(), req->attempt());
   if (!ns.ok()) return ToGrpcStatus(ns.status());
   return ToGrpcStatus(core_->group_store().Set(*ns, req->key(), req->value()));
@@ -216,7 +213,7 @@ grpc::Status CoordinatorService::GroupStoreSet(grpc::ServerContext* ctx,
 grpc::Status CoordinatorService::GroupStoreGet(grpc::ServerContext* ctx,
                                                const v1::GroupStoreGetRequest* req,
                                                v1::GroupStoreGetResponse* resp) {
-  MOEC_AUTHORIZE(ctx);
+  MOEC_AUTHORIZE(ctx, Role::kWorker);
   absl::StatusOr<std::string> ns = core_->GroupNamespace(req->worker_id(), req->task_id(), req->attempt());
   if (!ns.ok()) return ToGrpcStatus(ns.status());
   absl::StatusOr<std::optional<std::string>> v = core_->group_store().Get(
@@ -230,7 +227,7 @@ grpc::Status CoordinatorService::GroupStoreGet(grpc::ServerContext* ctx,
 grpc::Status CoordinatorService::GroupStoreAdd(grpc::ServerContext* ctx,
                                                const v1::GroupStoreAddRequest* req,
                                                v1::GroupStoreAddResponse* resp) {
-  MOEC_AUTHORIZE(ctx);
+  MOEC_AUTHORIZE(ctx, Role::kWorker);
   absl::StatusOr<std::string> ns = core_->GroupNamespace(req->worker_id(), req->task_id(), req->attempt());
   if (!ns.ok()) return ToGrpcStatus(ns.status());
   absl::StatusOr<int64_t> v = core_->group_store().Add(*ns, req->key(), req->delta());

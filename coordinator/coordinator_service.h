@@ -12,6 +12,7 @@
 
 #include <string>
 
+#include "coordinator/auth.h"
 #include "coordinator/coordinator.h"
 #include "grpcpp/server_builder.h"
 #include "moec/v1/coordinator.grpc.pb.h"
@@ -23,8 +24,10 @@ class CoordinatorService final
     : public v1::CoordinatorService::WithCallbackMethod_Heartbeat<
           v1::CoordinatorService::WithCallbackMethod_CompleteTask<v1::CoordinatorService::Service>> {
  public:
+  CoordinatorService(Coordinator* core, Authenticator auth) : core_(core), auth_(std::move(auth)) {}
+  // One token for both roles.
   CoordinatorService(Coordinator* core, std::string token)
-      : core_(core), token_(std::move(token)) {}
+      : CoordinatorService(core, Authenticator::SharedToken(std::move(token))) {}
 
   grpc::Status SubmitJob(grpc::ServerContext* ctx, const v1::SubmitJobRequest* req,
                          v1::SubmitJobResponse* resp) override;
@@ -63,11 +66,8 @@ class CoordinatorService final
                              v1::GroupStoreAddResponse* resp) override;
 
  private:
-  // UNAUTHENTICATED unless the call carries "authorization: Bearer <token>".
-  grpc::Status Authorize(const grpc::ServerContext* ctx) const;
-
   Coordinator* const core_;  // Not owned.
-  const std::string token_;
+  const Authenticator auth_;  // jobs and workers' listing: clients; the rest: workers
 };
 
 // Thread settings of the coordinator's gRPC server's synchronous handlers (moec-coordinator, the

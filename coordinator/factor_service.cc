@@ -2,8 +2,6 @@
 
 #include "coordinator/factor_service.h"
 
-#include <openssl/crypto.h>
-
 #include "absl/strings/str_cat.h"
 #include "proto/rpc_status.h"
 
@@ -36,35 +34,19 @@ void FillStat(const std::string& key, const storage::FactorInfo& info, v1::Facto
 
 }  // namespace
 
-namespace {
-
-grpc::Status CheckBearer(const std::multimap<grpc::string_ref, grpc::string_ref>& metadata,
-                         const std::string& token) {
-  const std::string expected = "Bearer " + token;
-  auto range = metadata.equal_range("authorization");
-  for (auto it = range.first; it != range.second; ++it) {
-    if (it->second.size() == expected.size() &&
-        CRYPTO_memcmp(it->second.data(), expected.data(), expected.size()) == 0) {
-      return grpc::Status::OK;
-    }
-  }
-  return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "missing or wrong bearer token");
-}
-
-}  // namespace
-
-grpc::Status CheckBearerToken(const grpc::ServerContext* ctx, const std::string& token) {
-  return CheckBearer(ctx->client_metadata(), token);
-}
-
-grpc::Status CheckBearerToken(const grpc::CallbackServerContext* ctx, const std::string& token) {
-  return CheckBearer(ctx->client_metadata(), token);
+grpc::Status FactorService::CheckRead(const grpc::ServerContext* ctx, const std::string& key) const {
+  const uint8_t roles = auth_.RolesOf(ctx);
+  if (roles & static_cast<uint8_t>(Role::kWorker)) return grpc::Status::OK;
+  if ((roles & static_cast<uint8_t>(Role::kClient)) && ClientMayRead(key)) return grpc::Status::OK;
+  if (roles == 0) return auth_.Check(ctx, Role::kWorker);  // UNAUTHENTICATED
+  return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                      absl::StrCat("a client reads only the outputs reports are made of, not ", key));
 }
 
 grpc::Status FactorService::PutFactor(grpc::ServerContext* ctx,
                                       grpc::ServerReader<v1::PutFactorRequest>* reader,
                                       v1::PutFactorResponse* resp) {
-  if (grpc::Status a = CheckBearerToken(ctx, token_); !a.ok()) return a;
+  if (grpc::Status a = auth_.Check(ctx, Role::kWorker); !a.ok()) return a;
   v1::PutFactorRequest first;
   if (!reader->Read(&first) || !first.has_header()) {
     return ToGrpcStatus(absl::InvalidArgumentError("PutFactor: the stream must start with a header"));
@@ -86,7 +68,7 @@ constexpr size_t kGetPieceBytes = 1 << 20;
 
 grpc::Status FactorService::GetFactor(grpc::ServerContext* ctx, const v1::GetFactorRequest* req,
                                       grpc::ServerWriter<v1::GetFactorResponse>* writer) {
-  if (grpc::Status a = CheckBearerToken(ctx, token_); !a.ok()) return a;
+  if (grpc::Status a = CheckRead(ctx, req->key()); !a.ok()) return a;
   storage::FactorStore* factors = core_->factors();
   if (factors == nullptr) return ToGrpcStatus(absl::FailedPreconditionError("no factor store"));
   absl::StatusOr<storage::FactorInfo> info = factors->Stat(req->key());
@@ -115,7 +97,7 @@ grpc::Status FactorService::GetFactor(grpc::ServerContext* ctx, const v1::GetFac
 
 grpc::Status FactorService::StatFactor(grpc::ServerContext* ctx, const v1::StatFactorRequest* req,
                                        v1::StatFactorResponse* resp) {
-  if (grpc::Status a = CheckBearerToken(ctx, token_); !a.ok()) return a;
+  if (grpc::Status a = CheckRead(ctx, req->key()); !a.ok()) return a;
   if (core_->factors() == nullptr) return ToGrpcStatus(absl::FailedPreconditionError("no factor store"));
   absl::StatusOr<storage::FactorInfo> info = core_->factors()->Stat(req->key());
   if (!info.ok()) return ToGrpcStatus(info.status());

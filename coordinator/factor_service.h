@@ -5,6 +5,7 @@
 
 #include <string>
 
+#include "coordinator/auth.h"
 #include "coordinator/coordinator.h"
 #include "moec/v1/factor.grpc.pb.h"
 
@@ -13,7 +14,10 @@ namespace moec::coordinator {
 // Thread-safe. `core` must outlive the service.
 class FactorService final : public v1::FactorService::Service {
  public:
-  FactorService(Coordinator* core, std::string token) : core_(core), token_(std::move(token)) {}
+  FactorService(Coordinator* core, Authenticator auth) : core_(core), auth_(std::move(auth)) {}
+  // One token for both roles.
+  FactorService(Coordinator* core, std::string token)
+      : FactorService(core, Authenticator::SharedToken(std::move(token))) {}
 
   grpc::Status PutFactor(grpc::ServerContext* ctx, grpc::ServerReader<v1::PutFactorRequest>* reader,
                          v1::PutFactorResponse* resp) override;
@@ -23,13 +27,12 @@ class FactorService final : public v1::FactorService::Service {
                           v1::StatFactorResponse* resp) override;
 
  private:
-  Coordinator* const core_;  // Not owned.
-  const std::string token_;
-};
+  // Writes: workers. Reads: workers, and clients for the outputs reports read (ClientMayRead).
+  grpc::Status CheckRead(const grpc::ServerContext* ctx, const std::string& key) const;
 
-// UNAUTHENTICATED unless the call carries "authorization: Bearer <token>" (constant-time).
-grpc::Status CheckBearerToken(const grpc::ServerContext* ctx, const std::string& token);
-grpc::Status CheckBearerToken(const grpc::CallbackServerContext* ctx, const std::string& token);
+  Coordinator* const core_;  // Not owned.
+  const Authenticator auth_;
+};
 
 }  // namespace moec::coordinator
 

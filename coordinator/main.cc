@@ -3,6 +3,10 @@
 //   moec-coordinator --listen 127.0.0.1:7070 --data-dir /var/lib/moec --token-file /etc/moec/token
 //                    [--tls-cert F --tls-key F [--tls-client-ca F]] [--allowed-root DIR]...
 //
+// Roles (coordinator/auth.h): --client-token-file and --worker-token-file instead of
+// --token-file give clients and workers different tokens; under mutual TLS,
+// --tls-client-identities / --tls-worker-identities let certificates stand for the roles.
+//
 // State lives in RocksDB under --data-dir; a restart recovers every job. Flags are spelled with
 // dashes (as above) or underscores.
 #include <csignal>
@@ -12,6 +16,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -37,7 +42,18 @@
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:7070", "address to serve on (HOST:PORT)");
 ABSL_FLAG(std::string, data_dir, "", "directory of the coordinator's RocksDB (required)");
-ABSL_FLAG(std::string, token_file, "", "file holding the bearer token every RPC must carry (required)");
+ABSL_FLAG(std::string, token_file, "",
+          "file holding the bearer token of both roles, client and worker (or the two below)");
+ABSL_FLAG(std::string, client_token_file, "",
+          "file holding the client role's token: jobs, workers' listing, reports' outputs");
+ABSL_FLAG(std::string, worker_token_file, "",
+          "file holding the worker role's token: registration, leases, group store, factors");
+ABSL_FLAG(std::vector<std::string>, tls_client_identities, {},
+          "with --tls-client-ca: client-certificate identities (subject CN or SAN) that act as "
+          "clients without a token");
+ABSL_FLAG(std::vector<std::string>, tls_worker_identities, {},
+          "with --tls-client-ca: client-certificate identities that act as workers without a "
+          "token");
 ABSL_FLAG(std::string, tls_cert, "", "PEM server certificate (enables TLS with --tls-key)");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls-cert");
 ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA bundle: require client certificates (mutual TLS)");
@@ -70,8 +86,13 @@ int Fail(const absl::Status& s) {
 void SetUsage() {
   absl::SetProgramUsageMessage(
       "schedules moec compression jobs over worker daemons.\n"
-      "  moec-coordinator --listen HOST:PORT --data-dir DIR --token-file PATH\n"
-      "                   [--tls-cert F --tls-key F [--tls-client-ca F]] [--allowed-root DIR]");
+      "  moec-coordinator --listen HOST:PORT --data-dir DIR\n"
+      "                   (--token-file PATH | --client-token-file P --worker-token-file P)\n"
+      "                   [--tls-cert F --tls-key F [--tls-client-ca F\n"
+      "                    [--tls-client-identities A,B] [--tls-worker-identities C,D]]]\n"
+      "                   [--allowed-root DIR]\n"
+      "roles (docs/operations.md): a client token submits, watches, cancels and resumes jobs and\n"
+      "reads reports; a worker token registers workers, leases tasks and moves factors.");
   absl::FlagsUsageConfig usage;
   usage.contains_help_flags = [](absl::string_view file) {
     return absl::StrContains(file, "coordinator/main.cc");
@@ -118,6 +139,46 @@ absl::Status OpenState(State* state) {
                                                                [] { return absl::Now(); },
                                                                state->factors.get()));
   return absl::OkStatus();
+}
+
+// The roles' tokens and certificate identities: --token-file for both roles, or a file per
+// role; identities only with client certificates (--tls-client-ca). Every role needs one.
+absl::StatusOr<moec::coordinator::Authenticator> AuthenticatorFromFlags() {
+  moec::coordinator::RoleCredentials c;
+  const std::string both = absl::GetFlag(FLAGS_token_file);
+  const std::string client = absl::GetFlag(FLAGS_client_token_file);
+  const std::string worker = absl::GetFlag(FLAGS_worker_token_file);
+  if (!both.empty() && (!client.empty() || !worker.empty())) {
+    return absl::InvalidArgumentError(
+        "--token-file means both roles: give it, or --client-token-file and --worker-token-file");
+  }
+  for (auto [path, out, what] : {std::make_tuple(both, &c.client_token, "token file"),
+                                 std::make_tuple(client, &c.client_token, "client token file"),
+                                 std::make_tuple(worker, &c.worker_token, "worker token file")}) {
+    if (path.empty()) continue;
+    MOEC_ASSIGN_OR_RETURN(*out, moec::ReadSecretFile(path, what));
+  }
+  if (!both.empty()) c.worker_token = c.client_token;
+  if (!client.empty() && !worker.empty() && c.client_token == c.worker_token) {
+    return absl::InvalidArgumentError(
+        "--client-token-file and --worker-token-file hold the same token (use --token-file)");
+  }
+  c.client_identities = absl::GetFlag(FLAGS_tls_client_identities);
+  c.worker_identities = absl::GetFlag(FLAGS_tls_worker_identities);
+  if ((!c.client_identities.empty() || !c.worker_identities.empty()) &&
+      absl::GetFlag(FLAGS_tls_client_ca).empty()) {
+    return absl::InvalidArgumentError(
+        "--tls-client-identities and --tls-worker-identities need client certificates "
+        "(--tls-client-ca)");
+  }
+  absl::StatusOr<moec::coordinator::Authenticator> auth =
+      moec::coordinator::Authenticator::Create(std::move(c));
+  if (!auth.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        auth.status().message(),
+        ": give --token-file, or --client-token-file and --worker-token-file (see --help)"));
+  }
+  return auth;
 }
 
 // Plain text, or TLS with --tls-cert and --tls-key (and client certificates required with
@@ -169,16 +230,16 @@ int main(int argc, char** argv) {
   SetUsage();
   moec::InitDaemon(argc, argv, moec::ThreadWait::kDefault);
 
-  if (absl::GetFlag(FLAGS_data_dir).empty() || absl::GetFlag(FLAGS_token_file).empty()) {
-    return Fail(absl::InvalidArgumentError("--data-dir and --token-file are required (see --help)"));
+  if (absl::GetFlag(FLAGS_data_dir).empty()) {
+    return Fail(absl::InvalidArgumentError("--data-dir is required (see --help)"));
   }
-  absl::StatusOr<std::string> token = moec::ReadSecretFile(absl::GetFlag(FLAGS_token_file), "token file");
-  if (!token.ok()) return Fail(token.status());
+  absl::StatusOr<moec::coordinator::Authenticator> auth = AuthenticatorFromFlags();
+  if (!auth.ok()) return Fail(auth.status());
 
   State state;
   if (absl::Status s = OpenState(&state); !s.ok()) return Fail(s);
-  moec::coordinator::CoordinatorService service(state.core.get(), *token);
-  moec::coordinator::FactorService factor_service(state.core.get(), *token);
+  moec::coordinator::CoordinatorService service(state.core.get(), *auth);
+  moec::coordinator::FactorService factor_service(state.core.get(), *auth);
 
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> creds = ServerCredentialsFromFlags();
   if (!creds.ok()) return Fail(creds.status());

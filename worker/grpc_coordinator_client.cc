@@ -245,7 +245,7 @@ class GrpcCoordinatorClient : public CoordinatorClient {
  private:
   std::unique_ptr<grpc::ClientContext> Context(int64_t extra_ms = 0) const {
     auto ctx = std::make_unique<grpc::ClientContext>();
-    ctx->AddMetadata("authorization", "Bearer " + options_.token);
+    if (!options_.token.empty()) ctx->AddMetadata("authorization", "Bearer " + options_.token);
     ctx->set_deadline(std::chrono::system_clock::now() +
                       std::chrono::milliseconds(options_.rpc_timeout_ms + extra_ms));
     return ctx;
@@ -265,7 +265,9 @@ class GrpcCoordinatorClient : public CoordinatorClient {
 absl::StatusOr<std::unique_ptr<CoordinatorClient>> NewGrpcCoordinatorClient(
     const GrpcClientOptions& options) {
   if (options.address.empty()) return absl::InvalidArgumentError("coordinator address is empty");
-  if (options.token.empty()) return absl::InvalidArgumentError("token is empty");
+  if (options.token.empty() && options.tls_cert.empty()) {
+    return absl::InvalidArgumentError("no token and no client certificate to stand for the worker role");
+  }
   std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
   if (!options.tls_ca.empty()) {
     grpc::SslCredentialsOptions ssl;

@@ -100,12 +100,19 @@ absl::StatusOr<moec::worker::GrpcClientOptions> ClientOptionsFromFlags() {
   moec::worker::GrpcClientOptions client_options;
   client_options.address = FlagOrEnv(absl::GetFlag(FLAGS_coordinator), "MOEC_COORDINATOR");
   const std::string token_file = FlagOrEnv(absl::GetFlag(FLAGS_token_file), "MOEC_TOKEN_FILE");
-  if (client_options.address.empty() || token_file.empty()) {
-    return absl::InvalidArgumentError("--coordinator and --token-file are required (see --help)");
+  if (client_options.address.empty()) {
+    return absl::InvalidArgumentError("--coordinator is required (see --help)");
   }
-  auto token = moec::ReadSecretFile(token_file, "token file");
-  if (!token.ok()) return token.status();
-  client_options.token = *token;
+  if (token_file.empty() && absl::GetFlag(FLAGS_tls_cert).empty()) {
+    return absl::InvalidArgumentError(
+        "--token-file is required, unless a client certificate the coordinator lists as a "
+        "worker identity (--tls-cert, --tls-key) stands for the role (see --help)");
+  }
+  if (!token_file.empty()) {
+    auto token = moec::ReadSecretFile(token_file, "token file");
+    if (!token.ok()) return token.status();
+    client_options.token = *token;
+  }
   for (auto [flag, out, what] : {std::make_tuple(absl::GetFlag(FLAGS_tls_ca), &client_options.tls_ca, "TLS CA"),
                                  std::make_tuple(absl::GetFlag(FLAGS_tls_cert), &client_options.tls_cert, "TLS certificate"),
                                  std::make_tuple(absl::GetFlag(FLAGS_tls_key), &client_options.tls_key, "TLS key")}) {
