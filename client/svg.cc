@@ -24,7 +24,16 @@ std::string Escape(const std::string& s) {
   return out;
 }
 
-std::string Num(double v) { return absl::StrFormat("%.4g", v); }
+// A value in a title or legend: 4 significant digits, and k, M, G, T from 10^4 up (no exponents).
+std::string Num(double v) {
+  const double a = std::fabs(v);
+  if (!(a >= 1e4) || a >= 1e15) return absl::StrFormat("%.4g", v);
+  static const char* kSuffix[] = {"k", "M", "G", "T"};
+  int i = 0;
+  double unit = 1e3;
+  while (i < 3 && a >= unit * 1e3) unit *= 1e3, ++i;
+  return absl::StrFormat("%.4g%s", v / unit, kSuffix[i]);
+}
 
 std::string Header(int width, int height, const std::string& title) {
   return absl::StrFormat(
@@ -45,6 +54,114 @@ void Range(const std::vector<double>& v, double* lo, double* hi) {
   }
   if (!std::isfinite(*lo)) *lo = *hi = 0;
   if (*hi == *lo) *hi = *lo + 1;
+}
+
+// An axis: its range, its ticks (1, 2 or 5 × 10^k apart, or decades on a log axis) and where a
+// value falls on it.
+struct Axis {
+  double lo = 0, hi = 1;
+  bool log = false;
+  double step = 0;  // linear axes: the ticks' step (their labels' precision)
+  std::vector<double> ticks;
+  double Frac(double v) const {
+    if (log) return (std::log10(v) - std::log10(lo)) / (std::log10(hi) - std::log10(lo));
+    return (v - lo) / (hi - lo);
+  }
+};
+
+// The smallest of 1, 2 or 5 × 10^k that is at least span / target.
+double NiceStep(double span, int target) {
+  const double raw = span / target;
+  const double decade = std::pow(10.0, std::floor(std::log10(raw)));
+  for (double m : {1.0, 2.0, 5.0}) {
+    if (m * decade >= raw * (1 - 1e-9)) return m * decade;
+  }
+  return 10 * decade;
+}
+
+// [lo, hi] widened to whole steps of NiceStep, about `target` intervals.
+Axis LinearAxis(double lo, double hi, int target) {
+  if (!(hi > lo)) hi = lo + 1;
+  Axis a;
+  a.step = NiceStep(hi - lo, target);
+  a.lo = std::floor(lo / a.step + 1e-9) * a.step;
+  a.hi = std::ceil(hi / a.step - 1e-9) * a.step;
+  for (int i = 0; a.lo + i * a.step <= a.hi + a.step * 1e-6; ++i) {
+    const double t = a.lo + i * a.step;
+    a.ticks.push_back(std::fabs(t) < a.step * 1e-6 ? 0.0 : t);
+  }
+  return a;
+}
+
+// Whole decades around [lo, hi] (lo > 0), with 2 and 5 × 10^k between them over two decades or
+// fewer.
+Axis LogAxis(double lo, double hi) {
+  Axis a;
+  a.log = true;
+  const int e0 = static_cast<int>(std::floor(std::log10(lo) + 1e-9));
+  int e1 = static_cast<int>(std::ceil(std::log10(hi) - 1e-9));
+  if (e1 <= e0) e1 = e0 + 1;
+  a.lo = std::pow(10.0, e0);
+  a.hi = std::pow(10.0, e1);
+  for (int e = e0; e <= e1; ++e) {
+    for (double m : {1.0, 2.0, 5.0}) {
+      if (m > 1 && e1 - e0 > 2) continue;
+      const double v = m * std::pow(10.0, e);
+      if (v <= a.hi * (1 + 1e-9)) a.ticks.push_back(v);
+    }
+  }
+  return a;
+}
+
+// The axis of `values` (finite ones): logarithmic when all are positive and span a factor of
+// 50 or more, else linear (through 0 with `with_zero`), padded by 4% so that no point sits on
+// the frame.
+Axis AxisOf(const std::vector<double>& values, bool with_zero, int target) {
+  double lo, hi;
+  Range(values, &lo, &hi);
+  if (!with_zero && lo > 0 && hi / lo >= 50) {
+    const double pad = std::pow(hi / lo, 0.04);
+    return LogAxis(lo / pad, hi * pad);
+  }
+  if (with_zero) {
+    lo = std::min(lo, 0.0);
+    hi = std::max(hi, 0.0);
+    return LinearAxis(lo, hi, target);
+  }
+  const double pad = (hi - lo) * 0.04;
+  return LinearAxis(lo - pad, hi + pad, target);
+}
+
+// A tick's label: as many decimals as the step needs (a log axis: as the value needs), and k, M,
+// G, T for 10^4 and above.
+std::string TickLabel(double v, double step) {
+  const double a = std::fabs(v);
+  if (a == 0) return "0";
+  if (a >= 1e4) return Num(v);
+  const double q = step > 0 ? step : a;
+  const int decimals = q >= 1 ? 0 : static_cast<int>(std::ceil(-std::log10(q) - 1e-9));
+  return absl::StrFormat("%.*f", decimals, v);
+}
+
+// Grid lines and labels of `axis`, horizontal (`x`: along [x0, x0 + len] at baseline y) or
+// vertical (labels left of x, from y + len up to y).
+std::string AxisMarks(const Axis& axis, bool x, int x0, int y0, int len, int across) {
+  std::string out;
+  for (double t : axis.ticks) {
+    const int at = static_cast<int>(std::lround(axis.Frac(t) * len));
+    if (x) {
+      out += absl::StrFormat("<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"#e4e4e4\"/>\n",
+                             x0 + at, y0 - across, x0 + at, y0);
+      out += absl::StrFormat("<text class=\"tick\" x=\"%d\" y=\"%d\" text-anchor=\"middle\">%s</text>\n",
+                             x0 + at, y0 + 14, TickLabel(t, axis.step));
+    } else {
+      out += absl::StrFormat("<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"#e4e4e4\"/>\n",
+                             x0, y0 + len - at, x0 + across, y0 + len - at);
+      out += absl::StrFormat("<text class=\"tick\" x=\"%d\" y=\"%d\" text-anchor=\"end\">%s</text>\n",
+                             x0 - 4, y0 + len - at + 4, TickLabel(t, axis.step));
+    }
+  }
+  return out;
 }
 
 }  // namespace
@@ -110,25 +227,22 @@ std::string SvgHeatMap(const std::string& title, const std::string& row_axis,
 
 std::string SvgBarChart(const std::string& title, const std::vector<std::string>& labels,
                         const std::vector<double>& values, const std::string& value_label) {
-  double lo, hi;
-  Range(values, &lo, &hi);
-  lo = std::min(lo, 0.0);
+  const Axis axis = AxisOf(values, /*with_zero=*/true, 4);
   const int n = static_cast<int>(values.size());
   const int bar = std::max(10, std::min(40, 560 / std::max(1, n)));
   const int left = 60, top = 40, plot = 200;
   const int width = left + n * bar + 30, height = top + plot + 50;
   std::string out = Header(width, height, title);
-  auto y_of = [&](double v) { return top + plot - static_cast<int>(std::lround((v - lo) / (hi - lo) * plot)); };
+  auto y_of = [&](double v) {
+    return top + plot - static_cast<int>(std::lround(std::clamp(axis.Frac(v), 0.0, 1.0) * plot));
+  };
+  out += AxisMarks(axis, /*x=*/false, left, top, plot, n * bar);
   out += absl::StrFormat("<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"black\"/>\n", left,
                          top, left, top + plot);
-  out += absl::StrFormat("<text x=\"%d\" y=\"%d\" text-anchor=\"end\">%s</text>\n", left - 4,
-                         top + 8, Num(hi));
-  out += absl::StrFormat("<text x=\"%d\" y=\"%d\" text-anchor=\"end\">%s</text>\n", left - 4,
-                         top + plot, Num(lo));
   for (int i = 0; i < n; ++i) {
     const double v = values[i];
     if (std::isfinite(v)) {
-      const int y = y_of(std::max(v, lo)), y0 = y_of(0);
+      const int y = y_of(v), y0 = y_of(0);
       out += absl::StrFormat(
           "<rect class=\"bar\" x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"#4878a8\">"
           "<title>%s: %s</title></rect>\n",
@@ -153,17 +267,19 @@ std::string SvgStackedBars(const std::string& title, const std::vector<std::stri
     const double v = s < values[r].size() ? values[r][s] : 0;
     return std::isfinite(v) && v > 0 ? v : 0.0;
   };
-  double hi = 0;
+  double most = 0;
   for (size_t r = 0; r < labels.size(); ++r) {
     double sum = 0;
     for (size_t s = 0; s < series.size(); ++s) sum += part(r, s);
-    hi = std::max(hi, sum);
+    most = std::max(most, sum);
   }
-  if (hi <= 0) hi = 1;
+  const Axis axis = LinearAxis(0, most > 0 ? most : 1, 5);
+  const double hi = axis.hi;
   const int left = 130, top = 40, plot = 440, bar = 22;
   const int rows = static_cast<int>(labels.size());
-  const int height = std::max(top + rows * bar + 40, top + 16 * static_cast<int>(series.size()) + 20);
+  const int height = std::max(top + rows * bar + 50, top + 16 * static_cast<int>(series.size()) + 20);
   std::string out = Header(left + plot + 200, height, title);
+  out += AxisMarks(axis, /*x=*/true, left, top + rows * bar, plot, rows * bar);
   for (int r = 0; r < rows; ++r) {
     const int y = top + r * bar;
     out += absl::StrFormat("<text x=\"%d\" y=\"%d\" text-anchor=\"end\">%s</text>\n", left - 4,
@@ -186,7 +302,7 @@ std::string SvgStackedBars(const std::string& title, const std::vector<std::stri
                            y + bar / 2 + 4, Num(at));
   }
   out += absl::StrFormat("<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">%s</text>\n",
-                         left + plot / 2, top + rows * bar + 24, Escape(value_label));
+                         left + plot / 2, top + rows * bar + 32, Escape(value_label));
   for (size_t s = 0; s < series.size(); ++s) {
     const int y = top + 16 * static_cast<int>(s);
     out += absl::StrFormat("<rect x=\"%d\" y=\"%d\" width=\"10\" height=\"10\" fill=\"%s\"/>"
@@ -204,25 +320,16 @@ std::string SvgScatter(const std::string& title, const std::string& x_label,
     xs.push_back(p.x);
     ys.push_back(p.y);
   }
-  double x0, x1, y0, y1;
-  Range(xs, &x0, &x1);
-  Range(ys, &y0, &y1);
-  const double xpad = (x1 - x0) * 0.08, ypad = (y1 - y0) * 0.08;
-  x0 -= xpad, x1 += xpad, y0 -= ypad, y1 += ypad;
+  const Axis ax = AxisOf(xs, /*with_zero=*/false, 5), ay = AxisOf(ys, /*with_zero=*/false, 5);
   const int left = 70, top = 40, w = 520, h = 300;
   const int rows = static_cast<int>(points.size());
   std::string out = Header(left + w + 220, std::max(top + h + 50, top + 14 * rows + 20), title);
-  auto px = [&](double x) { return left + static_cast<int>(std::lround((x - x0) / (x1 - x0) * w)); };
-  auto py = [&](double y) { return top + h - static_cast<int>(std::lround((y - y0) / (y1 - y0) * h)); };
+  auto px = [&](double x) { return left + static_cast<int>(std::lround(ax.Frac(x) * w)); };
+  auto py = [&](double y) { return top + h - static_cast<int>(std::lround(ay.Frac(y) * h)); };
+  out += AxisMarks(ax, /*x=*/true, left, top + h, w, h);
+  out += AxisMarks(ay, /*x=*/false, left, top, h, w);
   out += absl::StrFormat("<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"none\" "
                          "stroke=\"black\"/>\n", left, top, w, h);
-  for (int i = 0; i <= 4; ++i) {
-    const double x = x0 + (x1 - x0) * i / 4, y = y0 + (y1 - y0) * i / 4;
-    out += absl::StrFormat("<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">%s</text>\n", px(x),
-                           top + h + 14, Num(x));
-    out += absl::StrFormat("<text x=\"%d\" y=\"%d\" text-anchor=\"end\">%s</text>\n", left - 4,
-                           py(y) + 4, Num(y));
-  }
   // Points are numbered in the plot (labels of close points would overlap) and listed, with
   // their values, in the legend on the right.
   const int lx = left + w + 12;

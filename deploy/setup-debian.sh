@@ -26,8 +26,8 @@ PACKAGES=(
   # takes over Debian's alternative. Without it liblapack3 is the unoptimized reference LAPACK,
   # and a 4096-wide factorisation takes 4.5 s instead of 0.22 s.
   libopenblas0-pthread
-  # tests and benchmarks
-  libgtest-dev libgmock-dev libbenchmark-dev
+  # tests and benchmarks; librsvg2-bin renders the report figures for their golden-image test
+  libgtest-dev libgmock-dev libbenchmark-dev librsvg2-bin
   # network-namespace tests, fixtures; python3-venv for the project's .venv (deploy/setup-python.sh)
   iproute2 python3 python3-venv
 )
