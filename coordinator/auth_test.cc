@@ -48,22 +48,35 @@ class RoleTest : public ::testing::Test {
   }
   ~RoleTest() override { server_->Shutdown(); }
 
-  // Every RPC of both services, by name: its status code when called with `token` (empty: no
-  // authorization header). Requests are empty or name things that do not exist: a call that
-  // passes the role check fails later (NOT_FOUND, INVALID_ARGUMENT ...) or succeeds.
-  std::map<std::string, std::function<grpc::StatusCode(const std::string&)>> Rpcs() {
-    auto ctx = [](const std::string& token) {
-      auto c = std::make_unique<grpc::ClientContext>();
-      if (!token.empty()) c->AddMetadata("authorization", "Bearer " + token);
-      c->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-      return c;
+  using Call = std::function<grpc::StatusCode(const std::string&)>;
+
+  // A client context carrying `token` (empty: no authorization header).
+  static std::unique_ptr<grpc::ClientContext> Ctx(const std::string& token) {
+    auto c = std::make_unique<grpc::ClientContext>();
+    if (!token.empty()) c->AddMetadata("authorization", "Bearer " + token);
+    c->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    return c;
+  }
+
+  // A unary RPC of the coordinator service with request `req`.
+  template <typename Method, typename Req, typename Resp>
+  Call Unary(Method method, Req req, Resp resp) {
+    return [this, method, req, resp](const std::string& token) mutable {
+      return ((*stub_).*method)(Ctx(token).get(), req, &resp).error_code();
     };
-    auto unary = [&](auto method, auto req, auto resp) {
-      return [this, ctx, method, req, resp](const std::string& token) mutable {
-        return ((*stub_).*method)(ctx(token).get(), req, &resp).error_code();
-      };
-    };
-    std::map<std::string, std::function<grpc::StatusCode(const std::string&)>> m;
+  }
+
+  // Every RPC of both services, by name: its status code when called with a token. Requests
+  // are empty or name things that do not exist: a call that passes the role check fails later
+  // (NOT_FOUND, INVALID_ARGUMENT ...) or succeeds.
+  std::map<std::string, Call> Rpcs() {
+    std::map<std::string, Call> m = JobRpcs();
+    for (auto& [name, call] : WorkerRpcs()) m[name] = call;
+    for (auto& [name, call] : FactorRpcs()) m[name] = call;
+    return m;
+  }
+
+  std::map<std::string, Call> JobRpcs() {
     using S = v1::CoordinatorService::Stub;
     v1::GetJobRequest get_job;
     get_job.set_job_id("nojob");
@@ -71,48 +84,52 @@ class RoleTest : public ::testing::Test {
     cancel.set_job_id("nojob");
     v1::ResumeJobRequest resume;
     resume.set_job_id("nojob");
-    v1::HeartbeatRequest heartbeat;
-    heartbeat.set_worker_id("w-nobody");
-    v1::LeaseTaskRequest lease;
-    lease.set_worker_id("w-nobody");
-    v1::ReportProgressRequest progress;
-    progress.set_worker_id("w-nobody");
-    v1::CompleteTaskRequest complete;
-    complete.set_worker_id("w-nobody");
-    v1::FailTaskRequest fail;
-    fail.set_worker_id("w-nobody");
-    v1::ReleaseTaskRequest release;
-    release.set_worker_id("w-nobody");
-    v1::GroupStoreGetRequest group_get;
-    group_get.set_key("k");
-    m["SubmitJob"] = unary(&S::SubmitJob, v1::SubmitJobRequest(), v1::SubmitJobResponse());
-    m["GetJob"] = unary(&S::GetJob, get_job, v1::GetJobResponse());
-    m["ListJobs"] = unary(&S::ListJobs, v1::ListJobsRequest(), v1::ListJobsResponse());
-    m["CancelJob"] = unary(&S::CancelJob, cancel, v1::CancelJobResponse());
-    m["ResumeJob"] = unary(&S::ResumeJob, resume, v1::ResumeJobResponse());
-    m["ListWorkers"] = unary(&S::ListWorkers, v1::ListWorkersRequest(), v1::ListWorkersResponse());
-    m["RegisterWorker"] = unary(&S::RegisterWorker, v1::RegisterWorkerRequest(), v1::RegisterWorkerResponse());
-    m["Heartbeat"] = unary(&S::Heartbeat, heartbeat, v1::HeartbeatResponse());
-    m["LeaseTask"] = unary(&S::LeaseTask, lease, v1::LeaseTaskResponse());
-    m["ReportProgress"] = unary(&S::ReportProgress, progress, v1::ReportProgressResponse());
-    m["CompleteTask"] = unary(&S::CompleteTask, complete, v1::CompleteTaskResponse());
-    m["FailTask"] = unary(&S::FailTask, fail, v1::FailTaskResponse());
-    m["ReleaseTask"] = unary(&S::ReleaseTask, release, v1::ReleaseTaskResponse());
-    m["GroupStoreSet"] = unary(&S::GroupStoreSet, v1::GroupStoreSetRequest(), v1::GroupStoreSetResponse());
-    m["GroupStoreGet"] = unary(&S::GroupStoreGet, group_get, v1::GroupStoreGetResponse());
-    m["GroupStoreAdd"] = unary(&S::GroupStoreAdd, v1::GroupStoreAddRequest(), v1::GroupStoreAddResponse());
-    m["WatchJob"] = [this, ctx](const std::string& token) {
+    std::map<std::string, Call> m;
+    m["SubmitJob"] = Unary(&S::SubmitJob, v1::SubmitJobRequest(), v1::SubmitJobResponse());
+    m["GetJob"] = Unary(&S::GetJob, get_job, v1::GetJobResponse());
+    m["ListJobs"] = Unary(&S::ListJobs, v1::ListJobsRequest(), v1::ListJobsResponse());
+    m["CancelJob"] = Unary(&S::CancelJob, cancel, v1::CancelJobResponse());
+    m["ResumeJob"] = Unary(&S::ResumeJob, resume, v1::ResumeJobResponse());
+    m["ListWorkers"] = Unary(&S::ListWorkers, v1::ListWorkersRequest(), v1::ListWorkersResponse());
+    m["WatchJob"] = [this](const std::string& token) {
       v1::WatchJobRequest req;
       req.set_job_id("nojob");
-      auto c = ctx(token);
+      auto c = Ctx(token);
       auto reader = stub_->WatchJob(c.get(), req);
       v1::JobEvent e;
       while (reader->Read(&e)) {
       }
       return reader->Finish().error_code();
     };
-    m["PutFactor"] = [this, ctx](const std::string& token) {
-      auto c = ctx(token);
+    return m;
+  }
+
+  std::map<std::string, Call> WorkerRpcs() {
+    using S = v1::CoordinatorService::Stub;
+    auto nobody = [](auto req) {
+      req.set_worker_id("w-nobody");
+      return req;
+    };
+    v1::GroupStoreGetRequest group_get;
+    group_get.set_key("k");
+    std::map<std::string, Call> m;
+    m["RegisterWorker"] = Unary(&S::RegisterWorker, v1::RegisterWorkerRequest(), v1::RegisterWorkerResponse());
+    m["Heartbeat"] = Unary(&S::Heartbeat, nobody(v1::HeartbeatRequest()), v1::HeartbeatResponse());
+    m["LeaseTask"] = Unary(&S::LeaseTask, nobody(v1::LeaseTaskRequest()), v1::LeaseTaskResponse());
+    m["ReportProgress"] = Unary(&S::ReportProgress, nobody(v1::ReportProgressRequest()), v1::ReportProgressResponse());
+    m["CompleteTask"] = Unary(&S::CompleteTask, nobody(v1::CompleteTaskRequest()), v1::CompleteTaskResponse());
+    m["FailTask"] = Unary(&S::FailTask, nobody(v1::FailTaskRequest()), v1::FailTaskResponse());
+    m["ReleaseTask"] = Unary(&S::ReleaseTask, nobody(v1::ReleaseTaskRequest()), v1::ReleaseTaskResponse());
+    m["GroupStoreSet"] = Unary(&S::GroupStoreSet, v1::GroupStoreSetRequest(), v1::GroupStoreSetResponse());
+    m["GroupStoreGet"] = Unary(&S::GroupStoreGet, group_get, v1::GroupStoreGetResponse());
+    m["GroupStoreAdd"] = Unary(&S::GroupStoreAdd, v1::GroupStoreAddRequest(), v1::GroupStoreAddResponse());
+    return m;
+  }
+
+  std::map<std::string, Call> FactorRpcs() {
+    std::map<std::string, Call> m;
+    m["PutFactor"] = [this](const std::string& token) {
+      auto c = Ctx(token);
       v1::PutFactorResponse resp;
       auto writer = factor_stub_->PutFactor(c.get(), &resp);
       v1::PutFactorRequest header;
@@ -123,21 +140,21 @@ class RoleTest : public ::testing::Test {
       return writer->Finish().error_code();
     };
     for (const char* key : {"fp/report", "fp/hidden.c00000", "fp/model.layers.0.mlp.gate_proj.weight"}) {
-      m[std::string("GetFactor ") + key] = [this, ctx, key](const std::string& token) {
+      m[std::string("GetFactor ") + key] = [this, key](const std::string& token) {
         v1::GetFactorRequest req;
         req.set_key(key);
-        auto c = ctx(token);
+        auto c = Ctx(token);
         auto reader = factor_stub_->GetFactor(c.get(), req);
         v1::GetFactorResponse part;
         while (reader->Read(&part)) {
         }
         return reader->Finish().error_code();
       };
-      m[std::string("StatFactor ") + key] = [this, ctx, key](const std::string& token) {
+      m[std::string("StatFactor ") + key] = [this, key](const std::string& token) {
         v1::StatFactorRequest req;
         req.set_key(key);
         v1::StatFactorResponse resp;
-        return factor_stub_->StatFactor(ctx(token).get(), req, &resp).error_code();
+        return factor_stub_->StatFactor(Ctx(token).get(), req, &resp).error_code();
       };
     }
     return m;
