@@ -30,8 +30,15 @@ absl::StatusOr<std::unique_ptr<MoecClient>> MoecClient::Create(const ClientOptio
     ssl.pem_private_key = options.tls_key;
     creds = grpc::SslCredentials(ssl);
   }
-  return std::unique_ptr<MoecClient>(
-      new MoecClient(options, grpc::CreateChannel(options.address, creds)));
+  std::shared_ptr<grpc::Channel> channel = grpc::CreateChannel(options.address, creds);
+  if (options.connect_timeout_ms > 0 &&
+      !channel->WaitForConnected(std::chrono::system_clock::now() +
+                                 std::chrono::milliseconds(options.connect_timeout_ms))) {
+    return absl::UnavailableError(absl::StrCat("no coordinator accepted a connection at ",
+                                               options.address, " within ",
+                                               options.connect_timeout_ms / 1000.0, " s"));
+  }
+  return std::unique_ptr<MoecClient>(new MoecClient(options, std::move(channel)));
 }
 
 std::unique_ptr<grpc::ClientContext> MoecClient::Context(bool deadline,

@@ -22,6 +22,9 @@ struct ClientOptions {
   std::string tls_cert;  // PEM client certificate for mutual TLS (with tls_key)
   std::string tls_key;
   int64_t rpc_timeout_ms = 30000;
+  // How long Create waits for the coordinator to accept a connection (one that is still
+  // starting, say); 0: not at all, the first RPC fails at once when it is not there.
+  int64_t connect_timeout_ms = 0;
 };
 
 // Thread-safe.

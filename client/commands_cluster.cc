@@ -39,6 +39,12 @@ int RpcError(const absl::Status& s) {
   return Error(absl::IsUnavailable(s) ? kUnavailable : kUsage, s);
 }
 
+// Connect's error: kUnavailable when no coordinator answered in --connect-timeout, else kUsage
+// (flags, files).
+int ConnectError(const absl::Status& s) {
+  return Error(absl::IsUnavailable(s) ? kUnavailable : kUsage, s);
+}
+
 absl::StatusOr<std::unique_ptr<MoecClient>> Connect(const Args& args) {
   ClientOptions o;
   o.address = args.Get("coordinator", Env("MOEC_COORDINATOR"));
@@ -47,6 +53,14 @@ absl::StatusOr<std::unique_ptr<MoecClient>> Connect(const Args& args) {
     absl::StatusOr<std::string> token = ReadSecretFile(token_file, "token file");
     if (!token.ok()) return token.status();
     o.token = *token;
+  }
+  if (const std::string t = args.Get("connect-timeout"); !t.empty()) {
+    double seconds = 0;
+    if (!absl::SimpleAtod(t, &seconds) || !(seconds >= 0) || seconds > 3600) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--connect-timeout must be seconds in [0, 3600], got '", t, "'"));
+    }
+    o.connect_timeout_ms = static_cast<int64_t>(seconds * 1000);
   }
   for (auto [flag, out, what] : {std::make_tuple("tls-ca", &o.tls_ca, "TLS CA"),
                                  std::make_tuple("tls-cert", &o.tls_cert, "TLS certificate"),
@@ -158,7 +172,7 @@ int CmdSubmit(const Args& args) {
   auto recipe = ReadRecipe(args);
   if (!recipe.ok()) return Error(kUsage, recipe.status());
   auto client = Connect(args);
-  if (!client.ok()) return Error(kUsage, client.status());
+  if (!client.ok()) return ConnectError(client.status());
   auto resp = (*client)->Submit(recipe->second, recipe->first, args.All("set"), args.Has("overwrite"));
   if (!resp.ok()) return RpcError(resp.status());
   if (args.Has("json")) {
@@ -205,7 +219,7 @@ int CmdRun(const Args& args) {
 int CmdReport(const Args& args) {
   if (args.positional.size() != 1) return Error(kUsage, absl::InvalidArgumentError("moec report JOB"));
   auto client = Connect(args);
-  if (!client.ok()) return Error(kUsage, client.status());
+  if (!client.ok()) return ConnectError(client.status());
   absl::StatusOr<nlohmann::json> report = JobReport(**client, args.positional[0]);
   if (!report.ok()) {
     return Error(absl::IsNotFound(report.status()) ? kUsage : kUnavailable, report.status());
@@ -222,7 +236,7 @@ int CmdReport(const Args& args) {
 int CmdJob(const std::string& cmd, const Args& args) {
   if (args.positional.size() != 1) return Error(kUsage, absl::InvalidArgumentError(absl::StrCat("moec ", cmd, " JOB")));
   auto client = Connect(args);
-  if (!client.ok()) return Error(kUsage, client.status());
+  if (!client.ok()) return ConnectError(client.status());
   const std::string& id = args.positional[0];
   if (cmd == "watch") {
     auto state = Follow(**client, id, args.Has("json"));
@@ -240,7 +254,7 @@ int CmdJob(const std::string& cmd, const Args& args) {
 
 int CmdList(const std::string& cmd, const Args& args) {
   auto client = Connect(args);
-  if (!client.ok()) return Error(kUsage, client.status());
+  if (!client.ok()) return ConnectError(client.status());
   if (cmd == "list") {
     auto jobs = (*client)->ListJobs();
     if (!jobs.ok()) return Error(kUnavailable, jobs.status());

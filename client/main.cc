@@ -56,7 +56,8 @@ usage: moec COMMAND [ARGS]
 Cluster commands reach a coordinator with --coordinator HOST:PORT and --token-file PATH
 (or MOEC_COORDINATOR, MOEC_TOKEN_FILE), a client token (docs/operations.md, roles); --tls-ca
 FILE for TLS, and --tls-cert FILE --tls-key FILE for mutual TLS (a certificate the coordinator
-lists as a client identity needs no token). --json prints data as JSON.
+lists as a client identity needs no token). --connect-timeout SECONDS waits that long for a
+coordinator that is still starting (default: fail at once). --json prints data as JSON.
 Exit codes: 0 success, 1 job failed or cancelled, 2 usage or recipe error, 3 coordinator
 unreachable or RPC error.
 )";
@@ -64,7 +65,8 @@ unreachable or RPC error.
 // The flags `cmd` takes: with a value (`values`) and without (`bools`).
 void CommandFlags(const std::string& cmd, std::set<std::string>* values,
                   std::set<std::string>* bools) {
-  const std::set<std::string> conn = {"coordinator", "token-file", "tls-ca", "tls-cert", "tls-key"};
+  const std::set<std::string> conn = {"coordinator", "token-file", "tls-ca", "tls-cert", "tls-key",
+                                      "connect-timeout"};
   *values = conn;
   *bools = {"json", "help"};
   if (cmd == "run") {

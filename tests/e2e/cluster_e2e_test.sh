@@ -132,8 +132,14 @@ CORRUPT=$("$BIN/tests/corrupt_factor" "$WORK/c2/db" /noop) || fail "could not co
 "$COORD" --listen 127.0.0.1:$PORT --data-dir "$WORK/c2" --token-file "$WORK/run/token" --lease-ms 1500 \
   >> coord.out 2>> coord.log &
 PIDS+=($!)
-# moec does not wait for a coordinator that is still starting (fail fast): wait until it serves.
-for _ in $(seq 100); do "$MOEC" list > /dev/null 2>&1 && break; sleep 0.1; done
+# moec fails at once against a coordinator that is still starting, unless told to wait.
+"$MOEC" list --connect-timeout 30 > /dev/null || fail "the restarted coordinator did not serve in 30 s"
+# Against a port nobody listens on, the wait ends with exit code 3 (unreachable) and says so.
+FREE_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+rc=0
+"$MOEC" list --coordinator 127.0.0.1:$FREE_PORT --connect-timeout 0.5 2> wait.err || rc=$?
+[ "$rc" -eq 3 ] || fail "connect timeout: exit $rc, expected 3"
+grep -q "no coordinator accepted a connection" wait.err || fail "connect timeout: $(cat wait.err)"
 cat > consume.yaml <<'Y'
 name: e2e-consume
 model: m
