@@ -92,7 +92,10 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(JobStore* store
     UpgradeStoredJob(job);
     job.Index();
     for (v1::TaskRecord& t : job.tasks) {
-      if (t.state() == v1::TASK_LEASED) t.set_lease_deadline_ms(now + c->options_.retry.lease_ms);
+      if (t.state() != v1::TASK_LEASED) continue;
+      t.set_lease_deadline_ms(now + c->options_.retry.lease_ms);
+      // Its workers get their ids back when they register again (WorkerRegistry::Register).
+      for (const std::string& w : t.lease_workers()) c->workers_.ReserveId(w);
     }
     const std::string id = job.record.job_id();
     c->job_order_.push_back(id);

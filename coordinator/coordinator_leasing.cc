@@ -24,7 +24,11 @@ bool HeldBy(const v1::TaskRecord& t, absl::string_view worker_id) {
 std::string Coordinator::RegisterWorker(const WorkerInfo& info) {
   absl::MutexLock lock(&mu_);
   std::string id = workers_.Register(info, NowMs());
-  LOG(INFO) << "worker=" << id << " registered";
+  if (!info.previous_id.empty() && id == info.previous_id) {
+    LOG(INFO) << "worker=" << id << " registered again with its id (its leases stay its own)";
+  } else {
+    LOG(INFO) << "worker=" << id << " registered";
+  }
   return id;
 }
 

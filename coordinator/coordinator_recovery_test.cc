@@ -245,5 +245,38 @@ TEST_F(CoordinatorTest, HeartbeatsRenewOnlyTheLeasesOfTasksTheWorkerNames) {
   EXPECT_THAT(tasks[0].error(), HasSubstr("expired"));
 }
 
+// A coordinator restart costs no attempt: a worker that registers again with its previous id
+// gets it back (a fresh worker does not: the stored lease reserves it), and its heartbeats keep
+// the lease it held before the restart until it completes the task.
+TEST_F(CoordinatorTest, ARestartCostsNoAttemptWhenItsWorkersRegisterAgainWithTheirIds) {
+  const std::string job = Submit().job.job_id();
+  const std::string w = coord_->RegisterWorker({"a"});
+  std::optional<LeasedTask> t = Lease(w);  // lease_ms = 1000
+  ASSERT_TRUE(t.has_value());
+  const std::string task = t->task.task_id();
+  Restart();
+  EXPECT_THAT(coord_->Heartbeat(w, {task}), StatusIs(absl::StatusCode::kNotFound));
+  const std::string fresh = coord_->RegisterWorker({"a"});
+  EXPECT_NE(fresh, w);
+  WorkerInfo again{"a"};
+  again.previous_id = w;
+  EXPECT_EQ(coord_->RegisterWorker(again), w);
+  for (int i = 0; i < 5; ++i) {  // 3 s: three times the lease
+    Advance(600);
+    ASSERT_OK(coord_->Heartbeat(w, {task}).status());
+    ASSERT_OK(coord_->Tick());
+  }
+  const v1::TaskRecord held = (*coord_->GetTasks(job))[0];
+  EXPECT_EQ(held.task_id(), task);
+  EXPECT_EQ(held.state(), v1::TASK_LEASED);
+  EXPECT_EQ(held.attempts(), 1);
+  ASSERT_OK(coord_->CompleteTask(w, task, {}));
+  // An id that a registered worker holds is never handed out twice, nor one of another name.
+  EXPECT_NE(coord_->RegisterWorker(again), w);
+  WorkerInfo other{"b"};
+  other.previous_id = fresh;
+  EXPECT_NE(coord_->RegisterWorker(other), fresh);
+}
+
 }  // namespace
 }  // namespace moec::coordinator

@@ -125,8 +125,8 @@ grpc::Status CoordinatorService::RegisterWorker(grpc::ServerContext* ctx,
   if (req->memory_bytes() < 0 || req->device_memory_bytes() < 0) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "negative memory size");
   }
-  resp->set_worker_id(core_->RegisterWorker(
-      {req->name(), req->gpu(), req->memory_bytes(), req->device_memory_bytes()}));
+  resp->set_worker_id(core_->RegisterWorker({req->name(), req->gpu(), req->memory_bytes(),
+                                             req->device_memory_bytes(), req->previous_worker_id()}));
   return grpc::Status::OK;
 }
 

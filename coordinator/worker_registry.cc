@@ -1,11 +1,45 @@
 #include "coordinator/worker_registry.h"
 
+#include <algorithm>
+
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 
 namespace moec::coordinator {
 
+namespace {
+
+// n of an id "w<n>-<name>" for `name`, or -1.
+int64_t IdNumber(absl::string_view id, absl::string_view name) {
+  if (!absl::ConsumePrefix(&id, "w") || !absl::ConsumeSuffix(&id, name) ||
+      !absl::ConsumeSuffix(&id, "-")) {
+    return -1;
+  }
+  int64_t n = -1;
+  return !id.empty() && absl::SimpleAtoi(id, &n) && n >= 0 && absl::StrCat(n) == id ? n : -1;
+}
+
+}  // namespace
+
+void WorkerRegistry::ReserveId(absl::string_view id) {
+  const size_t dash = id.find('-');
+  if (dash == absl::string_view::npos) return;
+  const int64_t n = IdNumber(id, id.substr(dash + 1));
+  if (n >= 0) next_id_ = std::max<int64_t>(next_id_, n + 1);
+}
+
 std::string WorkerRegistry::Register(const WorkerInfo& info, int64_t now_ms) {
-  std::string id = absl::StrCat("w", next_id_++, "-", info.name);
+  std::string id;
+  const int64_t previous = IdNumber(info.previous_id, info.name);
+  if (previous >= 0 && workers_.count(info.previous_id) == 0) {
+    id = info.previous_id;
+    next_id_ = std::max<int64_t>(next_id_, previous + 1);
+  } else {
+    do {
+      id = absl::StrCat("w", next_id_++, "-", info.name);
+    } while (workers_.count(id) > 0);
+  }
   Worker w;
   w.info = info;
   w.last_seen_ms = now_ms;

@@ -23,6 +23,8 @@ struct WorkerInfo {
   bool gpu = false;
   int64_t memory_bytes = 0;         // the host's
   int64_t device_memory_bytes = 0;  // the GPU's (gpu)
+  // The id the worker had before (it registers again after a coordinator restart); empty: none.
+  std::string previous_id;
 };
 
 // A task granted to a worker.
@@ -38,9 +40,14 @@ struct LeasedTask {
 
 class WorkerRegistry {
  public:
-  // Returns the new worker's id, "w<n>-<name>".
+  // Returns the worker's id, "w<n>-<name>": its previous id when it has one of that form for
+  // its name and no registered worker holds it (a restarted coordinator gives a worker its id
+  // back, and with it the leases its tasks hold), else a new one.
   std::string Register(const WorkerInfo& info, int64_t now_ms);
   bool Contains(absl::string_view id) const { return workers_.count(std::string(id)) > 0; }
+  // New ids are numbered after `id`'s ("w<n>-..."; others are ignored): a restarted coordinator
+  // reserves the ids its stored leases name, so that only their workers get them back.
+  void ReserveId(absl::string_view id);
   // Records contact from the worker. False for an unknown (e.g. timed out) worker.
   bool Touch(absl::string_view id, int64_t now_ms);
   // Drops the workers silent for longer than `timeout_ms` and returns their ids.

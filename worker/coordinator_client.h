@@ -29,10 +29,12 @@ struct Lease {
 class CoordinatorClient {
  public:
   virtual ~CoordinatorClient() = default;
-  // `gpu`: the worker computes on a GPU of `device_memory_bytes`; `memory_bytes`: the host's.
+  // `gpu`: the worker computes on a GPU of `device_memory_bytes`; `memory_bytes`: the host's;
+  // `previous_id`: the id the worker had (empty at its first registration).
   virtual absl::StatusOr<std::string> RegisterWorker(const std::string& name, bool gpu,
                                                      int64_t memory_bytes,
-                                                     int64_t device_memory_bytes) = 0;
+                                                     int64_t device_memory_bytes,
+                                                     const std::string& previous_id) = 0;
   // `running`: the tasks the worker runs now (only their leases are renewed). Returns those of
   // them that were cancelled.
   virtual absl::StatusOr<std::vector<std::string>> Heartbeat(

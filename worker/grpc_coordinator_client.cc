@@ -86,10 +86,11 @@ class GrpcCoordinatorClient : public CoordinatorClient {
   }
 
   absl::StatusOr<std::string> RegisterWorker(const std::string& name, bool gpu,
-                                             int64_t memory_bytes,
-                                             int64_t device_memory_bytes) override {
+                                             int64_t memory_bytes, int64_t device_memory_bytes,
+                                             const std::string& previous_id) override {
     v1::RegisterWorkerRequest req;
     req.set_name(name);
+    req.set_previous_worker_id(previous_id);
     req.set_gpu(gpu);
     req.set_memory_bytes(memory_bytes);
     req.set_device_memory_bytes(device_memory_bytes);

@@ -34,20 +34,24 @@ std::string Worker::worker_id() const {
   return worker_id_;
 }
 
-absl::Status Worker::Reregister() {
+absl::Status Worker::Reregister(const std::string& failed_id) {
+  absl::MutexLock registering(&register_mu_);
+  if (worker_id() != failed_id) return absl::OkStatus();  // the other thread registered again
+  // Again with the id it had: a restarted coordinator gives it back, and the task this worker
+  // runs keeps its lease (no attempt is lost to the restart).
   absl::StatusOr<std::string> id =
       client_->RegisterWorker(options_.name, options_.device.cuda, options_.memory_bytes,
-                              options_.device_memory_bytes);
+                              options_.device_memory_bytes, failed_id);
   if (!id.ok()) return id.status();
   absl::MutexLock lock(&mu_);
   worker_id_ = *id;
-  LOG(INFO) << "worker=" << *id << " registered";
+  LOG(INFO) << "worker=" << *id << " registered" << (*id == failed_id ? " again with its id" : "");
   return absl::OkStatus();
 }
 
 absl::Status Worker::Start() {
   if (absl::Status s = options_.Validate(); !s.ok()) return s;
-  if (absl::Status s = Reregister(); !s.ok()) return s;
+  if (absl::Status s = Reregister(""); !s.ok()) return s;
   lease_thread_ = std::thread([this] { LeaseLoop(); });
   heartbeat_thread_ = std::thread([this] { HeartbeatLoop(); });
   return absl::OkStatus();
@@ -71,10 +75,11 @@ void Worker::HeartbeatLoop() {
       absl::MutexLock lock(&mu_);
       if (!current_task_.empty()) running.push_back(current_task_);
     }
-    absl::StatusOr<std::vector<std::string>> cancelled = client_->Heartbeat(worker_id(), running);
+    const std::string id = worker_id();
+    absl::StatusOr<std::vector<std::string>> cancelled = client_->Heartbeat(id, running);
     if (absl::IsNotFound(cancelled.status())) {
-      // The coordinator restarted or dropped us: register again (leases of the old id expire).
-      Reregister().IgnoreError();  // retried at the next beat
+      // The coordinator restarted or dropped us: register again, asking for the same id.
+      Reregister(id).IgnoreError();  // retried at the next beat
       continue;
     }
     if (!cancelled.ok()) {
@@ -97,10 +102,11 @@ void Worker::LeaseLoop() {
       continue;
     }
     const absl::Time asked = absl::Now();
-    absl::StatusOr<std::optional<Lease>> lease = client_->LeaseTask(worker_id());
+    const std::string id = worker_id();
+    absl::StatusOr<std::optional<Lease>> lease = client_->LeaseTask(id);
     if (!lease.ok() && stop_.HasBeenNotified()) break;
     if (!lease.ok()) {
-      if (absl::IsNotFound(lease.status())) Reregister().IgnoreError();  // retried next loop
+      if (absl::IsNotFound(lease.status())) Reregister(id).IgnoreError();  // retried next loop
       else LOG(WARNING) << "worker=" << worker_id() << " lease: " << lease.status();
       stop_.WaitForNotificationWithTimeout(options_.poll_interval);
       continue;

@@ -71,7 +71,9 @@ class Worker {
   std::optional<Lease> Report(const Lease& lease, const std::string& id, const absl::Status& result,
                               int64_t compute_ms, const v1::TaskProfile& profile,
                               const std::atomic<bool>& cancelled);
-  absl::Status Reregister();
+  // Registers again after the coordinator said it does not know `failed_id` (the id the failed
+  // call used), with that id as the previous one; nothing when the other thread already did.
+  absl::Status Reregister(const std::string& failed_id);
 
   CoordinatorClient* const client_;             // Not owned.
   const stages::StageRegistry* const registry_;  // Not owned.
@@ -80,6 +82,7 @@ class Worker {
   absl::Notification stop_;
   std::atomic<int64_t> tasks_done_{0};
   std::atomic<int64_t> tasks_failed_{0};
+  absl::Mutex register_mu_;  // one registration at a time (heartbeat and lease threads)
   mutable absl::Mutex mu_;
   std::string worker_id_ ABSL_GUARDED_BY(mu_);
   std::string current_task_ ABSL_GUARDED_BY(mu_);

@@ -47,9 +47,10 @@ absl::StatusOr<int64_t> GroupAdd(coordinator::Coordinator& c, const std::string&
 class LocalClient : public CoordinatorClient {
  public:
   explicit LocalClient(coordinator::Coordinator* core) : core_(core) {}
-  absl::StatusOr<std::string> RegisterWorker(const std::string& name, bool gpu,
-                                             int64_t memory, int64_t device_memory) override {
-    return core_->RegisterWorker({name, gpu, memory, device_memory});
+  absl::StatusOr<std::string> RegisterWorker(const std::string& name, bool gpu, int64_t memory,
+                                             int64_t device_memory,
+                                             const std::string& previous_id) override {
+    return core_->RegisterWorker({name, gpu, memory, device_memory, previous_id});
   }
   absl::StatusOr<std::vector<std::string>> Heartbeat(const std::string& id,
                                                      const std::vector<std::string>& running) override {

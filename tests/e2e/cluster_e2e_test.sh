@@ -114,6 +114,8 @@ timeout 90 "$MOEC" watch "$JOB" > watch4.log || { cat watch4.log; tail coord.log
 grep -q "JOB_SUCCEEDED" watch4.log || fail "job 4 did not succeed"
 done_events=$(grep -c "task_done" watch4.log)
 [ "$done_events" -eq 4 ] || fail "expected each of 4 tasks done once, saw $done_events task_done events"
+# The worker registers again with its id and keeps its lease: the restart cost no attempt.
+if grep -q "task_retry" watch4.log; then fail "the coordinator restart cost an attempt: $(grep task_retry watch4.log)"; fi
 echo "== 4b. a corrupt factor record makes the task that wrote it run again"
 cat > produce.yaml <<'Y'
 name: e2e-produce
