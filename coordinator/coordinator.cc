@@ -59,6 +59,9 @@ void UpgradeStoredJob(JobTasks& job) {
 
 absl::Status CoordinatorOptions::Validate() const {
   if (retry.max_attempts < 1) return absl::InvalidArgumentError("retry.max_attempts must be >= 1");
+  if (retry.max_lost_leases < 1) {
+    return absl::InvalidArgumentError("retry.max_lost_leases must be >= 1");
+  }
   if (retry.lease_ms <= 0 || worker_timeout_ms <= 0 || poll_window_ms <= 0) {
     return absl::InvalidArgumentError("lease, worker timeout and poll window must be positive");
   }
@@ -367,6 +370,7 @@ absl::Status Coordinator::ResumeJob(absl::string_view job_id) {
     if (t.state() == v1::TASK_FAILED || t.state() == v1::TASK_CANCELLED) {
       t.set_state(v1::TASK_BLOCKED);  // AdvanceLocked decides between BLOCKED and READY
       t.set_attempts(0);
+      t.set_lost_leases(0);
       t.set_not_before_ms(0);
       t.clear_lease_workers();
       changed.push_back(&t);

@@ -35,8 +35,16 @@ TEST_F(CoordinatorTest, ExpiredLeasesRetryThenFailTheJobAndResumeRequeues) {
   t = Lease(w1);
   ASSERT_TRUE(t.has_value());
   EXPECT_EQ(t->task.attempts(), 2);
+  EXPECT_EQ(t->task.lost_leases(), 1);
   EXPECT_EQ(coord_->Stats().lease_expiries, 1);
   EXPECT_EQ(coord_->Stats().retries, 1);
+  // The lost lease was not the task's failure: max_attempts = 2 failures of its own remain.
+  ASSERT_OK(coord_->FailTask(w1, t->task.task_id(), absl::InternalError("stage crashed"), true));
+  EXPECT_EQ(coord_->GetJob(job)->state(), v1::JOB_RUNNING);
+  Advance(200);
+  t = Lease(w1);
+  ASSERT_TRUE(t.has_value());
+  EXPECT_EQ(t->task.attempts(), 3);
   ASSERT_OK(coord_->FailTask(w1, t->task.task_id(), absl::InternalError("stage crashed"), true));
   EXPECT_EQ(coord_->Stats().tasks_failed, 1);
   EXPECT_EQ(coord_->GetJob(job)->state(), v1::JOB_FAILED);  // out of attempts

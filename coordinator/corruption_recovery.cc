@@ -58,6 +58,7 @@ absl::Status CorruptionRecovery::RerunProducer(JobTasks& job, v1::TaskRecord& pr
   producer.set_state(v1::TASK_READY);
   producer.set_reused(false);
   producer.set_attempts(0);
+  producer.set_lost_leases(0);
   producer.set_not_before_ms(0);
   producer.set_progress(0);
   producer.set_error(absl::StrCat("re-run: output ", key, " was corrupt"));

@@ -60,7 +60,10 @@ ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA bundle: require client certifi
 ABSL_FLAG(std::vector<std::string>, allowed_root, {},
           "directories recipe paths must resolve inside (comma separated; default: anywhere)");
 ABSL_FLAG(int64_t, lease_ms, 30000, "task lease length; heartbeats renew it");
-ABSL_FLAG(int32_t, max_attempts, 3, "leases a task may get before it fails its job");
+ABSL_FLAG(int32_t, max_attempts, 3, "failed attempts a task may have before it fails its job");
+ABSL_FLAG(int32_t, max_lost_leases, 10,
+          "expired leases (dead or silent workers) a task may have before it fails its job; they "
+          "do not count as attempts");
 ABSL_FLAG(bool, durable_completions, false,
           "make every task completion wait for its log sync before the worker's call returns "
           "(default: completions are logged at once and synced in the background, see "
@@ -105,6 +108,7 @@ moec::coordinator::CoordinatorOptions OptionsFromFlags() {
   moec::coordinator::CoordinatorOptions options;
   options.retry.lease_ms = absl::GetFlag(FLAGS_lease_ms);
   options.retry.max_attempts = absl::GetFlag(FLAGS_max_attempts);
+  options.retry.max_lost_leases = absl::GetFlag(FLAGS_max_lost_leases);
   options.allowed_roots = absl::GetFlag(FLAGS_allowed_root);
   options.durable_completions = absl::GetFlag(FLAGS_durable_completions);
   options.log_sync_interval_ms = absl::GetFlag(FLAGS_log_sync_interval_ms);

@@ -92,11 +92,18 @@ void GrantLease(v1::TaskRecord& task, const std::vector<std::string>& workers, i
 }
 
 bool ApplyFailure(v1::TaskRecord& task, const absl::Status& error, bool retriable, int64_t now_ms,
-                  const RetryPolicy& policy) {
+                  const RetryPolicy& policy, bool lease_lost) {
   task.clear_lease_workers();
   task.set_lease_deadline_ms(0);
-  task.set_error(error.ToString());
-  if (retriable && task.attempts() < policy.max_attempts) {
+  if (lease_lost) task.set_lost_leases(task.lost_leases() + 1);
+  const int counted = task.attempts() - task.lost_leases();  // failures of the task itself
+  const bool left = lease_lost ? task.lost_leases() < policy.max_lost_leases
+                               : counted < policy.max_attempts;
+  task.set_error(lease_lost && !left
+                     ? absl::StrCat(error.ToString(), " (", task.lost_leases(),
+                                    " leases lost: its workers died or went silent; --max-lost-leases)")
+                     : error.ToString());
+  if (retriable && left) {
     int64_t backoff = policy.base_backoff_ms;
     for (int i = 1; i < task.attempts() && backoff < policy.max_backoff_ms; ++i) backoff *= 2;
     task.set_not_before_ms(now_ms + std::min(backoff, policy.max_backoff_ms));
@@ -115,7 +122,7 @@ std::vector<v1::TaskRecord*> ExpireLeases(std::vector<v1::TaskRecord>& tasks, in
       std::string holders;
       for (const auto& w : t.lease_workers()) absl::StrAppend(&holders, holders.empty() ? "" : ",", w);
       ApplyFailure(t, absl::AbortedError(absl::StrCat("lease of ", holders, " expired")),
-                   /*retriable=*/true, now_ms, policy);
+                   /*retriable=*/true, now_ms, policy, /*lease_lost=*/true);
       expired.push_back(&t);
     }
   }

@@ -55,6 +55,9 @@ struct RetryPolicy {
   int64_t base_backoff_ms = 1000;  // delay before the 2nd attempt; doubles, capped below
   int64_t max_backoff_ms = 60000;
   int64_t lease_ms = 30000;        // lease length; heartbeats renew it
+  // Expired leases (dead or silent workers) a task may have before it fails for good; they do
+  // not count as attempts: a machine's failure is not the task's.
+  int max_lost_leases = 10;
 };
 
 // Marks `task` LEASED to `workers` until now + lease_ms and counts the attempt.
@@ -62,13 +65,15 @@ void GrantLease(v1::TaskRecord& task, const std::vector<std::string>& workers, i
                 const RetryPolicy& policy);
 
 // Applies a failure of `task`'s current attempt. A retriable failure with attempts left puts it
-// back to READY after a backoff; otherwise it becomes FAILED with `error`. Returns true when the
-// task failed for good.
+// back to READY after a backoff; otherwise it becomes FAILED with `error`. Attempts whose lease
+// was lost (`lease_lost`, and TaskRecord.lost_leases) count against max_lost_leases instead of
+// max_attempts. Returns true when the task failed for good.
 bool ApplyFailure(v1::TaskRecord& task, const absl::Status& error, bool retriable, int64_t now_ms,
-                  const RetryPolicy& policy);
+                  const RetryPolicy& policy, bool lease_lost = false);
 
 // Returns the LEASED tasks of `tasks` whose lease has expired at now_ms after applying to each a
-// retriable failure (Aborted: lease expired). Those out of attempts become FAILED.
+// retriable failure (Aborted: lease expired) that counts as a lost lease, not an attempt. Those
+// out of lost leases become FAILED.
 std::vector<v1::TaskRecord*> ExpireLeases(std::vector<v1::TaskRecord>& tasks, int64_t now_ms,
                                           const RetryPolicy& policy);
 

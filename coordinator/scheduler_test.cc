@@ -193,6 +193,32 @@ TEST(TaskStateTest, ExpiredLeasesReturnToReady) {
   EXPECT_EQ(tasks[1].state(), v1::TASK_LEASED);
 }
 
+// Expired leases are the machines' failures, not the task's: they do not use up max_attempts,
+// and max_lost_leases of them fail the task, saying why.
+TEST(TaskStateTest, LostLeasesAreCountedApartFromAttempts) {
+  RetryPolicy policy;
+  policy.max_attempts = 2;
+  policy.max_lost_leases = 3;
+  std::vector<v1::TaskRecord> tasks = {Task("a")};
+  v1::TaskRecord& t = tasks[0];
+  int64_t now = 0;
+  for (int lost = 1; lost <= 2; ++lost) {
+    GrantLease(t, {"w1"}, now, policy);
+    now += policy.lease_ms + 1;
+    ASSERT_EQ(ExpireLeases(tasks, now, policy).size(), 1u);
+    EXPECT_EQ(t.state(), v1::TASK_READY) << lost;
+    EXPECT_EQ(t.lost_leases(), lost);
+  }
+  GrantLease(t, {"w1"}, now, policy);  // attempt 3, the task's own failure 1 of 2
+  EXPECT_FALSE(ApplyFailure(t, absl::UnavailableError("x"), true, now, policy));
+  GrantLease(t, {"w1"}, now, policy);
+  now += policy.lease_ms + 1;
+  ASSERT_EQ(ExpireLeases(tasks, now, policy).size(), 1u);  // lost lease 3 of 3
+  EXPECT_EQ(t.state(), v1::TASK_FAILED);
+  EXPECT_THAT(t.error(), ::testing::HasSubstr("3 leases lost"));
+  EXPECT_EQ(t.attempts(), 4);
+}
+
 TEST(TaskStateTest, JobStateFollowsTasks) {
   std::vector<v1::TaskRecord> tasks = {Task("a"), Task("b", 1, v1::TASK_BLOCKED),
                                        Task("c", 1, v1::TASK_BLOCKED)};
