@@ -12,6 +12,7 @@
 #include "grpcpp/channel.h"
 #include "moec/v1/coordinator.grpc.pb.h"
 #include "moec/v1/factor.grpc.pb.h"
+#include "report/source.h"
 
 namespace moec::client {
 
@@ -27,8 +28,8 @@ struct ClientOptions {
   int64_t connect_timeout_ms = 0;
 };
 
-// Thread-safe.
-class MoecClient {
+// Thread-safe. A JobSource, so reports (report/) are built over it.
+class MoecClient final : public report::JobSource {
  public:
   static absl::StatusOr<std::unique_ptr<MoecClient>> Create(const ClientOptions& options);
 
@@ -39,8 +40,8 @@ class MoecClient {
   // With `wait_for_ready`, waits (up to the RPC timeout) for an unreachable coordinator to come
   // up instead of failing at once: for following a job across coordinator restarts.
   absl::StatusOr<v1::GetJobResponse> GetJob(const std::string& job_id, bool include_tasks,
-                                            bool wait_for_ready = false);
-  absl::StatusOr<std::vector<v1::JobRecord>> ListJobs();
+                                            bool wait_for_ready = false) override;
+  absl::StatusOr<std::vector<v1::JobRecord>> ListJobs() override;
   absl::StatusOr<std::vector<v1::WorkerStatus>> ListWorkers();
   absl::Status Cancel(const std::string& job_id);
   absl::Status Resume(const std::string& job_id);
@@ -51,7 +52,7 @@ class MoecClient {
                      absl::Duration retry_for = absl::Seconds(30));
   // The bytes of committed factor `key` ("<task fingerprint>/<name>"), at most `max_bytes`.
   // Errors: NotFound, ResourceExhausted (larger), DataLoss (incomplete stream).
-  absl::StatusOr<std::string> GetFactorBytes(const std::string& key, uint64_t max_bytes);
+  absl::StatusOr<std::string> GetFactorBytes(const std::string& key, uint64_t max_bytes) override;
 
  private:
   explicit MoecClient(ClientOptions options, std::shared_ptr<grpc::Channel> channel)

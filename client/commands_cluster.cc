@@ -18,8 +18,8 @@
 #include "client/commands.h"
 #include "client/embedded.h"
 #include "client/job_progress.h"
-#include "client/report.h"
-#include "client/report_files.h"
+#include "report/report.h"
+#include "report/report_files.h"
 #include "common/cli_util.h"
 #include "common/recipe/recipe.h"
 #include "nlohmann/json.hpp"
@@ -32,7 +32,7 @@ std::string Env(const char* name) {
   return v == nullptr ? "" : v;
 }
 
-std::string Json(const google::protobuf::Message& m) { return MessageJson(m); }
+std::string Json(const google::protobuf::Message& m) { return report::MessageJson(m); }
 
 // An RPC's error: kUnavailable when the coordinator could not be reached, else kUsage.
 int RpcError(const absl::Status& s) {
@@ -127,15 +127,15 @@ absl::Status StartOrResume(MoecClient& client, const v1::SubmitJobResponse& resp
 // them is only reported). Errors: those of JobReport.
 absl::Status ShowRunReport(MoecClient& client, const std::string& job_id,
                            const std::string& data_dir, bool json) {
-  absl::StatusOr<nlohmann::json> report = JobReport(client, job_id);
+  absl::StatusOr<nlohmann::json> report = report::JobReport(client, job_id);
   if (!report.ok()) return report.status();
   if (json) {
     std::printf("%s\n", report->dump().c_str());
   } else {
-    std::printf("\n%s\n", ReportMarkdown(*report).c_str());  // evaluations, where the time went
+    std::printf("\n%s\n", report::ReportMarkdown(*report).c_str());  // evaluations, where the time went
   }
   const std::string dir = data_dir + "/reports/" + job_id;
-  absl::Status written = WriteReportFiles(client, job_id, dir);
+  absl::Status written = report::WriteReportFiles(client, job_id, dir);
   if (written.ok()) {
     std::fprintf(stderr, "report with figures: %s/report.md\n", dir.c_str());
   } else {
@@ -220,16 +220,16 @@ int CmdReport(const Args& args) {
   if (args.positional.size() != 1) return Error(kUsage, absl::InvalidArgumentError("moec report JOB"));
   auto client = Connect(args);
   if (!client.ok()) return ConnectError(client.status());
-  absl::StatusOr<nlohmann::json> report = JobReport(**client, args.positional[0]);
+  absl::StatusOr<nlohmann::json> report = report::JobReport(**client, args.positional[0]);
   if (!report.ok()) {
     return Error(absl::IsNotFound(report.status()) ? kUsage : kUnavailable, report.status());
   }
   if (!args.Get("out").empty()) {
-    absl::Status s = WriteReportFiles(**client, args.positional[0], args.Get("out"));
+    absl::Status s = report::WriteReportFiles(**client, args.positional[0], args.Get("out"));
     if (!s.ok()) return Error(kUnavailable, s);
     std::fprintf(stderr, "report files in %s (report.md, report.json, figures)\n", args.Get("out").c_str());
   }
-  std::printf("%s\n", args.Has("json") ? report->dump().c_str() : ReportMarkdown(*report).c_str());
+  std::printf("%s\n", args.Has("json") ? report->dump().c_str() : report::ReportMarkdown(*report).c_str());
   return kOk;
 }
 

@@ -2,7 +2,7 @@
 // random Mixtral: the figures' cells carry the values the stages stored (read back independently
 // from the factor store), every SVG parses as XML (python3's xml.etree), report.json round-trips,
 // and jobs lacking stages (no allocate_bits; no gptq and no evaluate) still render.
-#include "client/report_files.h"
+#include "report/report_files.h"
 
 #include <chrono>
 #include <cstdlib>
@@ -20,8 +20,8 @@
 #include "absl/strings/str_format.h"
 #include "client/client.h"
 #include "client/embedded.h"
-#include "client/report.h"
-#include "client/svg.h"
+#include "report/report.h"
+#include "report/svg.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/testing/temp_dir.h"
@@ -31,6 +31,10 @@ namespace moec::client {
 namespace {
 
 namespace fs = std::filesystem;
+using report::BuildReportFiles;
+using report::HeatColor;
+using report::JobReport;
+using report::WriteReportFiles;
 
 constexpr int kLayers = 2, kExperts = 4;
 

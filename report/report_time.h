@@ -1,8 +1,8 @@
 // Where a job's time went (docs/cli.md "report"): the profiles its tasks recorded
 // (TaskRecord.profile: time and counted FLOPs per phase on rank 0, and the GEMM rate of the
 // worker that ran them) summed per stage, with each stage's achieved fraction of the GEMM rate.
-#ifndef MOEC_CLIENT_REPORT_TIME_H_
-#define MOEC_CLIENT_REPORT_TIME_H_
+#ifndef MOEC_REPORT_REPORT_TIME_H_
+#define MOEC_REPORT_REPORT_TIME_H_
 
 #include <string>
 #include <vector>
@@ -10,7 +10,7 @@
 #include "moec/v1/coordinator.pb.h"
 #include "nlohmann/json.hpp"
 
-namespace moec::client {
+namespace moec::report {
 
 // The phases of a profile in report order (those of common/task_profile.h), then "commit".
 const std::vector<std::string>& ReportedPhases();
@@ -28,6 +28,6 @@ nlohmann::json TimeBreakdown(const v1::GetJobResponse& job);
 // A Markdown section with one row per stage (empty when there is none).
 std::string TimeMarkdown(const nlohmann::json& time);
 
-}  // namespace moec::client
+}  // namespace moec::report
 
-#endif  // MOEC_CLIENT_REPORT_TIME_H_
+#endif  // MOEC_REPORT_REPORT_TIME_H_

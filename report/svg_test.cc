@@ -1,4 +1,4 @@
-#include "client/svg.h"
+#include "report/svg.h"
 
 #include <cmath>
 #include <cstdlib>
@@ -10,7 +10,7 @@
 #include "gtest/gtest.h"
 #include "tests/testing/temp_dir.h"
 
-namespace moec::client {
+namespace moec::report {
 namespace {
 
 int Count(const std::string& s, const std::string& what) {
@@ -133,4 +133,4 @@ TEST(SvgTest, RenderedFiguresMatchTheirGoldenImages) {
 }
 
 }  // namespace
-}  // namespace moec::client
+}  // namespace moec::report

@@ -4,26 +4,26 @@
 // similarities (layer_drop, block_drop), and perplexity against size for every finished job of
 // the coordinator with an evaluation (this job highlighted). Figures whose stages the job lacks
 // are left out.
-#ifndef MOEC_CLIENT_REPORT_FILES_H_
-#define MOEC_CLIENT_REPORT_FILES_H_
+#ifndef MOEC_REPORT_REPORT_FILES_H_
+#define MOEC_REPORT_REPORT_FILES_H_
 
 #include <map>
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "client/client.h"
+#include "report/source.h"
 #include "nlohmann/json.hpp"
 
-namespace moec::client {
+namespace moec::report {
 
 // File name -> content: report.json, report.md and the figures (*.svg).
-absl::StatusOr<std::map<std::string, std::string>> BuildReportFiles(MoecClient& client,
+absl::StatusOr<std::map<std::string, std::string>> BuildReportFiles(JobSource& client,
                                                                     const std::string& job_id);
 
 // BuildReportFiles written into `dir` (created; existing files of the same names replaced).
-absl::Status WriteReportFiles(MoecClient& client, const std::string& job_id,
+absl::Status WriteReportFiles(JobSource& client, const std::string& job_id,
                               const std::string& dir);
 
-}  // namespace moec::client
+}  // namespace moec::report
 
-#endif  // MOEC_CLIENT_REPORT_FILES_H_
+#endif  // MOEC_REPORT_REPORT_FILES_H_

@@ -1,4 +1,4 @@
-#include "client/report_files.h"
+#include "report/report_files.h"
 
 #include <cmath>
 #include <cstring>
@@ -12,19 +12,19 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "client/report.h"
-#include "client/report_time.h"
-#include "client/svg.h"
+#include "report/report.h"
+#include "report/report_time.h"
+#include "report/svg.h"
 #include "storage/file_util.h"
 
-namespace moec::client {
+namespace moec::report {
 namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 constexpr uint64_t kMaxFactor = 64 << 20;
 
 template <typename T>
-absl::StatusOr<std::vector<double>> Values(MoecClient& client, const std::string& key) {
+absl::StatusOr<std::vector<double>> Values(JobSource& client, const std::string& key) {
   absl::StatusOr<std::string> bytes = client.GetFactorBytes(key, kMaxFactor);
   if (!bytes.ok()) return bytes.status();
   std::vector<double> out(bytes->size() / sizeof(T));
@@ -77,7 +77,7 @@ std::vector<std::vector<double>> TableRows(const std::vector<double>& table, int
 }
 
 // calibrate: the layer's share of routed tokens per expert (nothing for a dense layer).
-void CollectUsage(MoecClient& client, const v1::TaskRecord& t, const std::string& key,
+void CollectUsage(JobSource& client, const v1::TaskRecord& t, const std::string& key,
                   FigureData* data) {
   auto counts = Values<int64_t>(client, key + "expert_tokens");
   if (!counts.ok()) return;  // dense layer
@@ -88,7 +88,7 @@ void CollectUsage(MoecClient& client, const v1::TaskRecord& t, const std::string
 }
 
 // allocate_bits: the width chosen per layer and expert (none: NaN).
-void CollectBits(MoecClient& client, const std::string& key, int layers, FigureData* data) {
+void CollectBits(JobSource& client, const std::string& key, int layers, FigureData* data) {
   auto table = Values<int64_t>(client, key + "expert_bits");
   if (!table.ok()) return;
   for (std::vector<double>& row : TableRows(*table, layers)) {
@@ -98,7 +98,7 @@ void CollectBits(MoecClient& client, const std::string& key, int layers, FigureD
 }
 
 // gptq, rtn: the experts' weight errors of the layer.
-void CollectErrors(MoecClient& client, const v1::TaskRecord& t, const std::string& key,
+void CollectErrors(JobSource& client, const v1::TaskRecord& t, const std::string& key,
                    FigureData* data) {
   auto summary = client.GetFactorBytes(key + "summary", kMaxFactor);
   if (!summary.ok()) return;
@@ -107,7 +107,7 @@ void CollectErrors(MoecClient& client, const v1::TaskRecord& t, const std::strin
 }
 
 // expert_drop: the kept mask per layer and expert, when it stored its scores too.
-void CollectKeptMask(MoecClient& client, const std::string& key, int layers, FigureData* data) {
+void CollectKeptMask(JobSource& client, const std::string& key, int layers, FigureData* data) {
   auto mask = Values<uint8_t>(client, key + "kept_mask");
   auto scores = Values<double>(client, key + "scores");
   if (mask.ok() && scores.ok() && !scores->empty()) {
@@ -118,7 +118,7 @@ void CollectKeptMask(MoecClient& client, const std::string& key, int layers, Fig
 }
 
 // layer_drop, block_drop: the similarity score per layer.
-void CollectSimilarity(MoecClient& client, const v1::TaskRecord& t, const std::string& key,
+void CollectSimilarity(JobSource& client, const v1::TaskRecord& t, const std::string& key,
                        FigureData* data) {
   auto s = Values<double>(client, key + "similarity");
   if (s.ok()) {
@@ -128,7 +128,7 @@ void CollectSimilarity(MoecClient& client, const v1::TaskRecord& t, const std::s
 }
 
 // Reads what the DONE task `t` stored for the figures, by its kind; `layers`: the job's.
-void CollectTask(MoecClient& client, const v1::TaskRecord& t, int layers, FigureData* data) {
+void CollectTask(JobSource& client, const v1::TaskRecord& t, int layers, FigureData* data) {
   const std::string key = t.fingerprint() + "/";
   if (t.kind() == "calibrate") {
     CollectUsage(client, t, key, data);
@@ -211,7 +211,7 @@ std::vector<std::pair<std::string, std::string>> AddFigures(
 
 // Perplexity against size over every finished job with an evaluation: the original model once,
 // and each job (`job_id`, whose report is `report`, highlighted).
-std::vector<ScatterPoint> PerplexityPoints(MoecClient& client, const std::string& job_id,
+std::vector<ScatterPoint> PerplexityPoints(JobSource& client, const std::string& job_id,
                                            const absl::StatusOr<nlohmann::json>& report) {
   absl::StatusOr<std::vector<v1::JobRecord>> jobs = client.ListJobs();
   std::vector<ScatterPoint> points;
@@ -254,7 +254,7 @@ void AddTimeFigure(const nlohmann::json& time, std::map<std::string, std::string
 
 }  // namespace
 
-absl::StatusOr<std::map<std::string, std::string>> BuildReportFiles(MoecClient& client,
+absl::StatusOr<std::map<std::string, std::string>> BuildReportFiles(JobSource& client,
                                                                     const std::string& job_id) {
   absl::StatusOr<nlohmann::json> report = JobReport(client, job_id);
   if (!report.ok()) return report.status();
@@ -285,7 +285,7 @@ absl::StatusOr<std::map<std::string, std::string>> BuildReportFiles(MoecClient& 
   return files;
 }
 
-absl::Status WriteReportFiles(MoecClient& client, const std::string& job_id,
+absl::Status WriteReportFiles(JobSource& client, const std::string& job_id,
                               const std::string& dir) {
   absl::StatusOr<std::map<std::string, std::string>> files = BuildReportFiles(client, job_id);
   if (!files.ok()) return files.status();
@@ -299,4 +299,4 @@ absl::Status WriteReportFiles(MoecClient& client, const std::string& job_id,
   return absl::OkStatus();
 }
 
-}  // namespace moec::client
+}  // namespace moec::report

@@ -1,15 +1,15 @@
 // TimeBreakdown and its Markdown against sums made by hand.
-#include "client/report_time.h"
+#include "report/report_time.h"
 
 #include <cmath>
 #include <string>
 #include <tuple>
 #include <vector>
 
-#include "client/svg.h"
+#include "report/svg.h"
 #include "gtest/gtest.h"
 
-namespace moec::client {
+namespace moec::report {
 namespace {
 
 // A done task of `stage` with phases {name: (seconds, flops)} run at `gflops`.
@@ -94,4 +94,4 @@ TEST(ReportTimeTest, StackedBarsDrawOneSegmentPerPositivePart) {
 }
 
 }  // namespace
-}  // namespace moec::client
+}  // namespace moec::report

@@ -1,16 +1,16 @@
-#include "client/report.h"
+#include "report/report.h"
 
 #include <map>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "client/report_time.h"
+#include "report/report_time.h"
 #include "common/task_id.h"
 #include "common/stage_outputs.h"
 
-namespace moec::client {
+namespace moec::report {
 
-absl::StatusOr<nlohmann::json> JobReport(MoecClient& client, const std::string& job_id) {
+absl::StatusOr<nlohmann::json> JobReport(JobSource& client, const std::string& job_id) {
   absl::StatusOr<v1::GetJobResponse> job = client.GetJob(job_id, /*include_tasks=*/true);
   if (!job.ok()) return job.status();
   nlohmann::json report = {{"job_id", job_id},
@@ -64,4 +64,4 @@ std::string ReportMarkdown(const nlohmann::json& report) {
   return out + time;
 }
 
-}  // namespace moec::client
+}  // namespace moec::report

@@ -1,11 +1,11 @@
-#include "client/report_time.h"
+#include "report/report_time.h"
 
 #include <map>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
-namespace moec::client {
+namespace moec::report {
 namespace {
 
 // One stage's sums (or the job's).
@@ -123,4 +123,4 @@ std::string TimeMarkdown(const nlohmann::json& time) {
   return out;
 }
 
-}  // namespace moec::client
+}  // namespace moec::report

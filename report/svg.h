@@ -1,13 +1,13 @@
 // Small, dependency-free SVG figures for job reports: heat maps (layers × experts), bar charts
 // (stacked too) and scatter plots with a legend, with axes, titles and a colour scale. Output is deterministic
 // (fixed number formatting, no timestamps), so reports can be compared byte for byte.
-#ifndef MOEC_CLIENT_SVG_H_
-#define MOEC_CLIENT_SVG_H_
+#ifndef MOEC_REPORT_SVG_H_
+#define MOEC_REPORT_SVG_H_
 
 #include <string>
 #include <vector>
 
-namespace moec::client {
+namespace moec::report {
 
 // values[r][c]; NaN cells are drawn empty (grey). The colour runs from white (min) to dark blue
 // (max) over [min, max] of the finite values; each cell carries a <title> with its value.
@@ -38,6 +38,6 @@ std::string SvgScatter(const std::string& title, const std::string& x_label,
 // The fill colour SvgHeatMap gives `value` on [lo, hi], as "#rrggbb".
 std::string HeatColor(double value, double lo, double hi);
 
-}  // namespace moec::client
+}  // namespace moec::report
 
-#endif  // MOEC_CLIENT_SVG_H_
+#endif  // MOEC_REPORT_SVG_H_

@@ -1,4 +1,4 @@
-#include "client/svg.h"
+#include "report/svg.h"
 
 #include <algorithm>
 #include <cmath>
@@ -7,7 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
-namespace moec::client {
+namespace moec::report {
 namespace {
 
 std::string Escape(const std::string& s) {
@@ -355,4 +355,4 @@ std::string SvgScatter(const std::string& title, const std::string& x_label,
   return out + "</svg>\n";
 }
 
-}  // namespace moec::client
+}  // namespace moec::report

@@ -1,9 +1,9 @@
-#include "client/job_progress.h"
+#include "report/progress.h"
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
-namespace moec::client {
+namespace moec::report {
 namespace {
 
 using ::testing::HasSubstr;
@@ -61,4 +61,4 @@ TEST(JobProgressTest, FormatsLongEtas) {
 }
 
 }  // namespace
-}  // namespace moec::client
+}  // namespace moec::report
