@@ -30,7 +30,9 @@ absl::StatusOr<std::unique_ptr<MoecClient>> MoecClient::Create(const ClientOptio
     ssl.pem_private_key = options.tls_key;
     creds = grpc::SslCredentials(ssl);
   }
-  std::shared_ptr<grpc::Channel> channel = grpc::CreateChannel(options.address, creds);
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(kMaxReportBytes);  // GetJobReport's figures
+  std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(options.address, creds, args);
   if (options.connect_timeout_ms > 0 &&
       !channel->WaitForConnected(std::chrono::system_clock::now() +
                                  std::chrono::milliseconds(options.connect_timeout_ms))) {
@@ -77,6 +79,18 @@ absl::StatusOr<v1::GetJobResponse> MoecClient::GetJob(const std::string& job_id,
   v1::GetJobResponse resp;
   auto ctx = Context(/*deadline=*/true, wait_for_ready);
   absl::Status s = FromGrpcStatus(stub_->GetJob(ctx.get(), req, &resp));
+  if (!s.ok()) return s;
+  return resp;
+}
+
+absl::StatusOr<v1::GetJobReportResponse> MoecClient::GetJobReport(const std::string& job_id,
+                                                                  bool include_files) {
+  v1::GetJobReportRequest req;
+  req.set_job_id(job_id);
+  req.set_include_files(include_files);
+  v1::GetJobReportResponse resp;
+  auto ctx = Context();
+  absl::Status s = FromGrpcStatus(stub_->GetJobReport(ctx.get(), req, &resp));
   if (!s.ok()) return s;
   return resp;
 }

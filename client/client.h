@@ -28,6 +28,9 @@ struct ClientOptions {
   int64_t connect_timeout_ms = 0;
 };
 
+// Largest response the client accepts (a report with its figures).
+inline constexpr int kMaxReportBytes = 256 << 20;
+
 // Thread-safe. A JobSource, so reports (report/) are built over it.
 class MoecClient final : public report::JobSource {
  public:
@@ -43,6 +46,10 @@ class MoecClient final : public report::JobSource {
                                             bool wait_for_ready = false) override;
   absl::StatusOr<std::vector<v1::JobRecord>> ListJobs() override;
   absl::StatusOr<std::vector<v1::WorkerStatus>> ListWorkers();
+  // The job's report, built by the coordinator (report/report.h); with `include_files`, its
+  // files too (report/report_files.h). Responses up to kMaxReportBytes are accepted.
+  absl::StatusOr<v1::GetJobReportResponse> GetJobReport(const std::string& job_id,
+                                                        bool include_files);
   absl::Status Cancel(const std::string& job_id);
   absl::Status Resume(const std::string& job_id);
   // Streams events from `from_seq` until the job ends; `on_event` sees each. If the stream

@@ -122,20 +122,35 @@ absl::Status StartOrResume(MoecClient& client, const v1::SubmitJobResponse& resp
   return absl::OkStatus();
 }
 
+// The job's report files, as the coordinator builds them (GetJobReport). Errors: those of the
+// RPC; DataLoss when its report.json is not a JSON object.
+absl::StatusOr<std::map<std::string, std::string>> ReportFiles(MoecClient& client,
+                                                               const std::string& job_id) {
+  absl::StatusOr<v1::GetJobReportResponse> resp = client.GetJobReport(job_id, /*include_files=*/true);
+  if (!resp.ok()) return resp.status();
+  std::map<std::string, std::string> files(resp->files().begin(), resp->files().end());
+  files["report.json"] = resp->report_json();
+  if (!nlohmann::json::parse(resp->report_json(), nullptr, false).is_object()) {
+    return absl::DataLossError(absl::StrCat("the report of job ", job_id, " is not a JSON object"));
+  }
+  return files;
+}
+
 // The report of a job `moec run` saw succeed: on stdout (Markdown when something was evaluated;
 // `json`: one object) and as files with figures under `data_dir`/reports/JOB (a failure to write
-// them is only reported). Errors: those of JobReport.
+// them is only reported). Errors: those of ReportFiles.
 absl::Status ShowRunReport(MoecClient& client, const std::string& job_id,
                            const std::string& data_dir, bool json) {
-  absl::StatusOr<nlohmann::json> report = report::JobReport(client, job_id);
-  if (!report.ok()) return report.status();
+  absl::StatusOr<std::map<std::string, std::string>> files = ReportFiles(client, job_id);
+  if (!files.ok()) return files.status();
+  const nlohmann::json report = nlohmann::json::parse((*files)["report.json"]);
   if (json) {
-    std::printf("%s\n", report->dump().c_str());
+    std::printf("%s\n", report.dump().c_str());
   } else {
-    std::printf("\n%s\n", report::ReportMarkdown(*report).c_str());  // evaluations, where the time went
+    std::printf("\n%s\n", report::ReportMarkdown(report).c_str());  // evaluations, where the time went
   }
   const std::string dir = data_dir + "/reports/" + job_id;
-  absl::Status written = report::WriteReportFiles(client, job_id, dir);
+  absl::Status written = report::WriteReportFiles(*files, dir);
   if (written.ok()) {
     std::fprintf(stderr, "report with figures: %s/report.md\n", dir.c_str());
   } else {
@@ -220,16 +235,17 @@ int CmdReport(const Args& args) {
   if (args.positional.size() != 1) return Error(kUsage, absl::InvalidArgumentError("moec report JOB"));
   auto client = Connect(args);
   if (!client.ok()) return ConnectError(client.status());
-  absl::StatusOr<nlohmann::json> report = report::JobReport(**client, args.positional[0]);
-  if (!report.ok()) {
-    return Error(absl::IsNotFound(report.status()) ? kUsage : kUnavailable, report.status());
+  absl::StatusOr<std::map<std::string, std::string>> files = ReportFiles(**client, args.positional[0]);
+  if (!files.ok()) {
+    return Error(absl::IsNotFound(files.status()) ? kUsage : kUnavailable, files.status());
   }
+  const nlohmann::json report = nlohmann::json::parse((*files)["report.json"]);
   if (!args.Get("out").empty()) {
-    absl::Status s = report::WriteReportFiles(**client, args.positional[0], args.Get("out"));
+    absl::Status s = report::WriteReportFiles(*files, args.Get("out"));
     if (!s.ok()) return Error(kUnavailable, s);
     std::fprintf(stderr, "report files in %s (report.md, report.json, figures)\n", args.Get("out").c_str());
   }
-  std::printf("%s\n", args.Has("json") ? report->dump().c_str() : report::ReportMarkdown(*report).c_str());
+  std::printf("%s\n", args.Has("json") ? report.dump().c_str() : report::ReportMarkdown(report).c_str());
   return kOk;
 }
 

@@ -287,11 +287,17 @@ class ReportFilesTest : public ::testing::Test {
     }
   }
 
-  // WriteReportFiles writes the same files.
+  // The coordinator's GetJobReport builds the same files, which WriteReportFiles writes.
   static void ExpectWrittenFiles(const std::string& job,
                                  const std::map<std::string, std::string>& files) {
+    absl::StatusOr<v1::GetJobReportResponse> resp = client_->GetJobReport(job, true);
+    ASSERT_TRUE(resp.ok()) << resp.status();
+    std::map<std::string, std::string> served(resp->files().begin(), resp->files().end());
+    EXPECT_EQ(served, files);
+    EXPECT_EQ(resp->report_json(), served["report.json"]);
+    EXPECT_FALSE(WriteReportFiles({{"../escape", "x"}}, dir_->path() + "/bad").ok());
     const std::string out = dir_->path() + "/written";
-    ASSERT_TRUE(WriteReportFiles(*client_, job, out).ok());
+    ASSERT_TRUE(WriteReportFiles(served, out).ok());
     for (const auto& [name, content] : files) {
       std::ifstream in(out + "/" + name, std::ios::binary);
       EXPECT_EQ(std::string(std::istreambuf_iterator<char>(in), {}), content) << name;

@@ -97,6 +97,11 @@ grpc::Status Authenticator::Check(const std::multimap<grpc::string_ref, grpc::st
                                    "'s"));
 }
 
+bool Authenticator::IsClientToken(absl::string_view token) const {
+  return !c_.client_token.empty() && token.size() == c_.client_token.size() &&
+         CRYPTO_memcmp(token.data(), c_.client_token.data(), token.size()) == 0;
+}
+
 bool ClientMayRead(absl::string_view key) {
   static const std::set<absl::string_view, std::less<>> kReadable = {
       outputs::kReport,       outputs::kSummary,      outputs::kExpertTokens,

@@ -56,6 +56,10 @@ class Authenticator {
   uint8_t RolesOf(const std::multimap<grpc::string_ref, grpc::string_ref>& metadata,
                   const grpc::AuthContext* auth) const;
 
+  // Whether `token` is the client token (compared in constant time); the dashboard's login.
+  bool IsClientToken(absl::string_view token) const;
+  bool HasClientToken() const { return !c_.client_token.empty(); }
+
  private:
   explicit Authenticator(RoleCredentials c) : c_(std::move(c)) {}
   RoleCredentials c_;

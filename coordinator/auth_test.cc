@@ -91,6 +91,9 @@ class RoleTest : public ::testing::Test {
     m["CancelJob"] = Unary(&S::CancelJob, cancel, v1::CancelJobResponse());
     m["ResumeJob"] = Unary(&S::ResumeJob, resume, v1::ResumeJobResponse());
     m["ListWorkers"] = Unary(&S::ListWorkers, v1::ListWorkersRequest(), v1::ListWorkersResponse());
+    v1::GetJobReportRequest report;
+    report.set_job_id("nojob");
+    m["GetJobReport"] = Unary(&S::GetJobReport, report, v1::GetJobReportResponse());
     m["WatchJob"] = [this](const std::string& token) {
       v1::WatchJobRequest req;
       req.set_job_id("nojob");
@@ -175,7 +178,7 @@ class RoleTest : public ::testing::Test {
 bool ClientRpc(const std::string& name) {
   static const std::set<std::string> kClient = {
       "SubmitJob", "GetJob", "ListJobs", "WatchJob", "CancelJob", "ResumeJob", "ListWorkers",
-      "GetFactor fp/report", "StatFactor fp/report"};
+      "GetJobReport", "GetFactor fp/report", "StatFactor fp/report"};
   return kClient.count(name) > 0;
 }
 bool WorkerRpc(const std::string& name) {
@@ -184,7 +187,7 @@ bool WorkerRpc(const std::string& name) {
 
 TEST_F(RoleTest, EveryRpcRefusesTheOtherRolesTokenAndAcceptsItsOwn) {
   const auto rpcs = Rpcs();
-  EXPECT_EQ(rpcs.size(), 24u);  // 16 unary, WatchJob, PutFactor, 2 factor reads x 3 keys
+  EXPECT_EQ(rpcs.size(), 25u);  // 17 unary, WatchJob, PutFactor, 2 factor reads x 3 keys
   for (const auto& [name, call] : rpcs) {
     SCOPED_TRACE(name);
     for (const std::string& token : {std::string(kClientToken), std::string(kWorkerToken)}) {

@@ -66,6 +66,8 @@ struct CoordinatorStats {
   int64_t retries = 0;          // failed attempts that will be retried
   int64_t lease_expiries = 0;
   int64_t tasks_failed = 0;     // tasks that failed for good
+  int64_t log_syncs = 0;        // group syncs of the job log to disk
+  int64_t log_sync_failures = 0;
 };
 
 struct SubmitResult {

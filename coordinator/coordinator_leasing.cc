@@ -438,6 +438,10 @@ CoordinatorStats Coordinator::Stats() const {
   absl::MutexLock lock(&mu_);
   CoordinatorStats s = counters_;
   s.workers = static_cast<int64_t>(workers_.size());
+  if (syncer_ != nullptr) {
+    s.log_syncs = syncer_->syncs();
+    s.log_sync_failures = syncer_->failures();
+  }
   // Counted by enum value, named once per state: this runs under mu_ every metrics update
   // (moec-coordinator: twice a second) over every stored task.
   std::array<int64_t, v1::TaskState_ARRAYSIZE> by_state{};

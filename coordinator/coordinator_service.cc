@@ -4,6 +4,10 @@
 
 #include "common/status_payloads.h"
 #include "coordinator/factor_service.h"
+#include "coordinator/job_source.h"
+#include "nlohmann/json.hpp"
+#include "report/report.h"
+#include "report/report_files.h"
 #include "proto/rpc_status.h"
 
 namespace moec::coordinator {
@@ -51,14 +55,9 @@ grpc::Status CoordinatorService::SubmitJob(grpc::ServerContext* ctx,
 grpc::Status CoordinatorService::GetJob(grpc::ServerContext* ctx, const v1::GetJobRequest* req,
                                         v1::GetJobResponse* resp) {
   MOEC_AUTHORIZE(ctx, Role::kClient);
-  absl::StatusOr<v1::JobRecord> job = core_->GetJob(req->job_id());
+  absl::StatusOr<v1::GetJobResponse> job = JobWithTasks(*core_, req->job_id(), req->include_tasks());
   if (!job.ok()) return ToGrpcStatus(job.status());
-  *resp->mutable_job() = *job;
-  if (req->include_tasks()) {
-    absl::StatusOr<std::vector<v1::TaskRecord>> tasks = core_->GetTasks(req->job_id());
-    if (!tasks.ok()) return ToGrpcStatus(tasks.status());
-    for (auto& t : *tasks) *resp->add_tasks() = std::move(t);
-  }
+  *resp = *std::move(job);
   return grpc::Status::OK;
 }
 
@@ -115,6 +114,25 @@ grpc::Status CoordinatorService::ListWorkers(grpc::ServerContext* ctx,
     s->set_last_seen_ms(w.last_seen_ms);
     for (const auto& t : w.tasks) s->add_tasks(t);
   }
+  return grpc::Status::OK;
+}
+
+grpc::Status CoordinatorService::GetJobReport(grpc::ServerContext* ctx,
+                                              const v1::GetJobReportRequest* req,
+                                              v1::GetJobReportResponse* resp) {
+  MOEC_AUTHORIZE(ctx, Role::kClient);
+  CoordinatorJobSource source(core_);
+  if (!req->include_files()) {
+    absl::StatusOr<nlohmann::json> report = report::JobReport(source, req->job_id());
+    if (!report.ok()) return ToGrpcStatus(report.status());
+    resp->set_report_json(report->dump());
+    return grpc::Status::OK;
+  }
+  absl::StatusOr<std::map<std::string, std::string>> files =
+      report::BuildReportFiles(source, req->job_id());
+  if (!files.ok()) return ToGrpcStatus(files.status());
+  resp->set_report_json((*files)["report.json"]);
+  for (auto& [name, content] : *files) (*resp->mutable_files())[name] = std::move(content);
   return grpc::Status::OK;
 }
 

@@ -43,6 +43,8 @@ class CoordinatorService final
                          v1::ResumeJobResponse* resp) override;
   grpc::Status ListWorkers(grpc::ServerContext* ctx, const v1::ListWorkersRequest* req,
                            v1::ListWorkersResponse* resp) override;
+  grpc::Status GetJobReport(grpc::ServerContext* ctx, const v1::GetJobReportRequest* req,
+                            v1::GetJobReportResponse* resp) override;
   grpc::Status RegisterWorker(grpc::ServerContext* ctx, const v1::RegisterWorkerRequest* req,
                               v1::RegisterWorkerResponse* resp) override;
   grpc::ServerUnaryReactor* Heartbeat(grpc::CallbackServerContext* ctx, const v1::HeartbeatRequest* req,

@@ -24,6 +24,7 @@
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
+#include "absl/time/clock.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "absl/synchronization/notification.h"
@@ -35,6 +36,7 @@
 #include "coordinator/coordinator_service.h"
 #include "coordinator/factor_service.h"
 #include "coordinator/job_store.h"
+#include "coordinator/dashboard.h"
 #include "coordinator/metrics.h"
 #include "glog/logging.h"
 #include "grpcpp/grpcpp.h"
@@ -71,6 +73,10 @@ ABSL_FLAG(bool, durable_completions, false,
 ABSL_FLAG(int64_t, log_sync_interval_ms, 5,
           "most time between a completion and the background sync that makes it survive a machine "
           "crash, 0-10000 (a crash of this process loses nothing either way)");
+ABSL_FLAG(std::string, http_listen, "",
+          "serve the read-only web dashboard at http://IP:PORT/ (empty: off); it asks for the "
+          "client token. Keep it on 127.0.0.1 and reach it through an SSH tunnel or a port-forward "
+          "(docs/operations.md \"Dashboard\"): it speaks plain HTTP");
 ABSL_FLAG(std::string, metrics_listen, "",
           "serve Prometheus metrics at http://HOST:PORT/metrics (empty: off)");
 
@@ -93,7 +99,10 @@ void SetUsage() {
       "                   (--token-file PATH | --client-token-file P --worker-token-file P)\n"
       "                   [--tls-cert F --tls-key F [--tls-client-ca F\n"
       "                    [--tls-client-identities A,B] [--tls-worker-identities C,D]]]\n"
-      "                   [--allowed-root DIR]\n"
+      "                   [--allowed-root DIR] [--http-listen 127.0.0.1:PORT]\n"
+      "                   [--metrics-listen HOST:PORT]\n"
+      "--http-listen serves a read-only web dashboard of jobs, tasks, workers and reports; it\n"
+      "asks for the client token (docs/operations.md \"Dashboard\").\n"
       "roles (docs/operations.md): a client token submits, watches, cancels and resumes jobs and\n"
       "reads reports; a worker token registers workers, leases tasks and moves factors.");
   absl::FlagsUsageConfig usage;
@@ -215,6 +224,25 @@ absl::StatusOr<std::unique_ptr<moec::coordinator::MetricsExporter>> StartMetrics
   return metrics;
 }
 
+// The dashboard of --http-listen; null when that is empty.
+absl::StatusOr<std::unique_ptr<moec::coordinator::DashboardServer>> StartDashboard(
+    moec::coordinator::Coordinator* core, const moec::coordinator::Authenticator& auth) {
+  const std::string listen = absl::GetFlag(FLAGS_http_listen);
+  if (listen.empty()) return std::unique_ptr<moec::coordinator::DashboardServer>();
+  MOEC_ASSIGN_OR_RETURN(
+      auto server, moec::coordinator::DashboardServer::Start(
+                       listen,
+                       std::make_unique<moec::coordinator::DashboardApi>(
+                           core, absl::GetFlag(FLAGS_data_dir) + "/db", absl::Now()),
+                       auth));
+  LOG(INFO) << "dashboard on http://" << listen << "/ (port " << server->port() << ")";
+  if (!absl::StartsWith(listen, "127.") && !absl::StartsWith(listen, "[::1]")) {
+    LOG(WARNING) << "the dashboard listens on " << listen << " over plain HTTP: its login "
+                 << "token crosses the network in clear; prefer 127.0.0.1 and a tunnel";
+  }
+  return server;
+}
+
 // Ticks the core every 500 ms (updating `metrics`, when given) until `stop` is notified.
 void TickUntil(absl::Notification& stop, moec::coordinator::Coordinator& core,
                moec::coordinator::MetricsExporter* metrics) {
@@ -265,6 +293,13 @@ int main(int argc, char** argv) {
 
   absl::StatusOr<std::unique_ptr<moec::coordinator::MetricsExporter>> metrics = StartMetrics();
   if (!metrics.ok()) return Fail(metrics.status());
+  absl::StatusOr<std::unique_ptr<moec::coordinator::DashboardServer>> dashboard =
+      StartDashboard(state.core.get(), *auth);
+  if (!dashboard.ok()) return Fail(dashboard.status());
+  if (*dashboard != nullptr) {
+    std::printf("dashboard on port %d\n", (*dashboard)->port());
+    std::fflush(stdout);
+  }
 
   absl::Notification stop;
   g_stop = &stop;
@@ -272,6 +307,7 @@ int main(int argc, char** argv) {
   std::signal(SIGTERM, OnSignal);
   TickUntil(stop, *state.core, metrics->get());
   LOG(INFO) << "shutting down";
+  dashboard->reset();  // before the core it reads
   state.core->EndLongPolls();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   return 0;

@@ -285,14 +285,18 @@ absl::StatusOr<std::map<std::string, std::string>> BuildReportFiles(JobSource& c
   return files;
 }
 
-absl::Status WriteReportFiles(JobSource& client, const std::string& job_id,
+absl::Status WriteReportFiles(const std::map<std::string, std::string>& files,
                               const std::string& dir) {
-  absl::StatusOr<std::map<std::string, std::string>> files = BuildReportFiles(client, job_id);
-  if (!files.ok()) return files.status();
+  for (const auto& [name, content] : files) {
+    // The names come from the coordinator: never a path out of `dir`.
+    if (name.empty() || name[0] == '.' || name.find('/') != std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat("report file name \"", name, "\" is not a plain file name"));
+    }
+  }
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) return absl::InternalError(absl::StrCat("create ", dir, ": ", ec.message()));
-  for (const auto& [name, content] : *files) {
+  for (const auto& [name, content] : files) {
     absl::Status s = storage::WriteFileAtomically(dir + "/" + name, content);
     if (!s.ok()) return s;
   }

@@ -20,8 +20,9 @@ namespace moec::report {
 absl::StatusOr<std::map<std::string, std::string>> BuildReportFiles(JobSource& client,
                                                                     const std::string& job_id);
 
-// BuildReportFiles written into `dir` (created; existing files of the same names replaced).
-absl::Status WriteReportFiles(JobSource& client, const std::string& job_id,
+// `files` (BuildReportFiles) written into `dir` (created; existing files of the same names
+// replaced). Errors: InvalidArgument for a name that is not a plain file name.
+absl::Status WriteReportFiles(const std::map<std::string, std::string>& files,
                               const std::string& dir);
 
 }  // namespace moec::report
