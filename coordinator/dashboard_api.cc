@@ -55,25 +55,32 @@ nlohmann::json TaskJson(const v1::TaskRecord& t) {
   return j;
 }
 
-// The job's stages in plan order, each with the stages it depends on.
+// The job's stages in plan order, each with the stages it depends on (in plan order too).
 nlohmann::json Stages(const v1::GetJobResponse& job) {
-  std::map<std::string, std::string> stage_of;  // task id -> stage
-  for (const v1::TaskRecord& t : job.tasks()) stage_of[t.task_id()] = t.stage_id();
-  nlohmann::json stages = nlohmann::json::array();
-  std::map<std::string, size_t> index;
-  std::vector<std::set<std::string>> deps;
+  std::map<std::string, size_t> index;  // stage -> position
+  std::vector<std::string> names, kinds;
   for (const v1::TaskRecord& t : job.tasks()) {
-    auto [it, added] = index.emplace(t.stage_id(), stages.size());
-    if (added) {
-      stages.push_back({{"stage", t.stage_id()}, {"kind", t.kind()}});
-      deps.emplace_back();
-    }
-    for (const std::string& d : t.deps()) {
-      auto s = stage_of.find(d);
-      if (s != stage_of.end() && s->second != t.stage_id()) deps[it->second].insert(s->second);
+    if (index.emplace(t.stage_id(), names.size()).second) {
+      names.push_back(t.stage_id());
+      kinds.push_back(t.kind());
     }
   }
-  for (size_t i = 0; i < stages.size(); ++i) stages[i]["deps"] = deps[i];
+  std::map<std::string, size_t> stage_of;  // task id -> stage position
+  for (const v1::TaskRecord& t : job.tasks()) stage_of[t.task_id()] = index[t.stage_id()];
+  std::vector<std::set<size_t>> deps(names.size());
+  for (const v1::TaskRecord& t : job.tasks()) {
+    const size_t me = index[t.stage_id()];
+    for (const std::string& d : t.deps()) {
+      auto s = stage_of.find(d);
+      if (s != stage_of.end() && s->second != me) deps[me].insert(s->second);
+    }
+  }
+  nlohmann::json stages = nlohmann::json::array();
+  for (size_t i = 0; i < names.size(); ++i) {
+    std::vector<std::string> on;
+    for (size_t d : deps[i]) on.push_back(names[d]);
+    stages.push_back({{"stage", names[i]}, {"kind", kinds[i]}, {"deps", on}});
+  }
   return stages;
 }
 

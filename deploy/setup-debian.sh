@@ -13,6 +13,8 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   libgoogle-glog-dev libgflags-dev libyaml-cpp-dev nlohmann-json3-dev libssl-dev
   prometheus-cpp-dev
+  # the dashboard's HTTP server (coordinator/dashboard.h)
+  libcivetweb-dev
   # Unicode character classes and normalization for the tokenizer (model/tokenizer/unicode_util.h)
   libicu-dev
   # storage
@@ -28,6 +30,9 @@ PACKAGES=(
   libopenblas0-pthread
   # tests and benchmarks; librsvg2-bin renders the report figures for their golden-image test
   libgtest-dev libgmock-dev libbenchmark-dev librsvg2-bin
+  # the dashboard's browser test (tests/python/dashboard_e2e_test.py): headless Chromium and
+  # the WebDriver that Selenium drives it with
+  chromium chromium-driver
   # network-namespace tests, fixtures; python3-venv for the project's .venv (deploy/setup-python.sh)
   iproute2 python3 python3-venv
 )

@@ -1,0 +1,132 @@
+"""A real moec cluster for Python tests: moec-coordinator and moec-worker processes on loopback,
+with separate client and worker tokens, a random tiny Mixtral written by `moec make-tiny-model`,
+and a calibration and held-out text. Used by the Python client's tests (test_client.py) and the
+dashboard's browser test (dashboard_e2e_test.py).
+
+    with Cluster(bin_dir, workers=1, dashboard=True) as c:
+        c.coordinator_address, c.client_token_file, c.dashboard_url, c.recipe(...)
+"""
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+# Stages that leave a figure of each kind the report draws: expert usage (calibrate), the bit
+# allocation (allocate_bits), GPTQ error (gptq), perplexity against size (evaluate).
+FULL_STAGES = """\
+  - {id: stats, kind: calibrate}
+  - {id: loss, kind: quant_loss, needs: [stats], with: {bits: [2, 3, 4], group_size: 32}}
+  - {id: bits, kind: allocate_bits, needs: [stats, loss], with: {bits: [2, 3, 4], average_bits: 3.0}}
+  - {id: quant, kind: gptq, needs: [bits], with: {group_size: 32}}
+  - {id: out, kind: export, needs: [quant], with: {format: gptq}}
+  - {id: eval, kind: evaluate, needs: [out]}
+"""
+
+
+class Cluster:
+    def __init__(self, bin_dir, workers=1, dashboard=False):
+        self.bin_dir = os.path.abspath(bin_dir)
+        self.moec = os.path.join(self.bin_dir, "client", "moec")
+        self.workers = workers
+        self.dashboard = dashboard
+        self.procs = []
+        self.dir = tempfile.mkdtemp(prefix="moec_py_e2e.")
+
+    def path(self, *parts):
+        return os.path.join(self.dir, *parts)
+
+    def __enter__(self):
+        try:
+            self._start()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in reversed(self.procs):
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if os.environ.get("MOEC_KEEP_E2E_DIR"):
+            print("kept", self.dir)
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _start(self):
+        self.client_token_file = self.path("client.tok")
+        self.worker_token_file = self.path("worker.tok")
+        for f in (self.client_token_file, self.worker_token_file):
+            with open(f, "w") as out:
+                out.write(os.urandom(16).hex())
+        with open(self.client_token_file) as f:
+            self.client_token = f.read()
+        subprocess.run([self.moec, "make-tiny-model", self.path("m"), "--arch", "mixtral"],
+                       check=True, capture_output=True)
+        shutil.copy("/usr/share/common-licenses/GPL-3", self.path("calib.txt"))
+        shutil.copy("/usr/share/common-licenses/Apache-2.0", self.path("heldout.txt"))
+        args = [os.path.join(self.bin_dir, "coordinator", "moec-coordinator"),
+                "--listen", "127.0.0.1:0", "--data-dir", self.path("coord"),
+                "--client-token-file", self.client_token_file,
+                "--worker-token-file", self.worker_token_file, "--allowed-root", self.dir]
+        if self.dashboard:
+            args += ["--http-listen", "127.0.0.1:0"]
+        out = self._spawn(args, "coordinator")
+        port = self._wait_for(out, r"listening on port (\d+)")
+        self.coordinator_address = "127.0.0.1:%s" % port
+        if self.dashboard:
+            self.dashboard_url = "http://127.0.0.1:%s" % self._wait_for(out, r"dashboard on port (\d+)")
+        for i in range(self.workers):
+            self._spawn([os.path.join(self.bin_dir, "worker", "moec-worker"),
+                         "--coordinator", self.coordinator_address,
+                         "--token-file", self.worker_token_file, "--name", "py%d" % i,
+                         "--scratch", self.path("scratch%d" % i)], "worker%d" % i)
+
+    def _spawn(self, args, name):
+        out = self.path(name + ".out")
+        env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS="1")
+        with open(out, "w") as o, open(self.path(name + ".log"), "w") as e:
+            self.procs.append(subprocess.Popen(args, stdout=o, stderr=e, env=env))
+        return out
+
+    def _wait_for(self, out_file, pattern, seconds=30):
+        deadline = time.time() + seconds
+        while time.time() < deadline:
+            with open(out_file) as f:
+                m = re.search(pattern, f.read())
+            if m:
+                return m.group(1)
+            if self.procs[0].poll() is not None:
+                break
+            time.sleep(0.05)
+        with open(out_file.replace(".out", ".log")) as f:
+            log = f.read()[-3000:]
+        raise RuntimeError("no '%s' in %s; log:\n%s" % (pattern, out_file, log))
+
+    def recipe(self, name, stages=FULL_STAGES):
+        """A recipe file in the cluster's directory (paths relative to it); returns its path."""
+        text = ("name: %s\nmodel: m\noutput: out-%s\n"
+                "calibration: {path: calib.txt, samples: 16, seqlen: 64, seed: 0, "
+                "sampling: random_windows}\n"
+                "evaluation: {path: heldout.txt, seqlen: 64}\nworkers: 1\nstages:\n%s"
+                % (name, name, stages))
+        path = self.path(name + ".yaml")
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def cli(self, *args):
+        """Runs `moec ARGS --coordinator ... --token-file <client token>`; its stdout."""
+        r = subprocess.run([self.moec, *args, "--coordinator", self.coordinator_address,
+                            "--token-file", self.client_token_file],
+                           capture_output=True, text=True, timeout=120)
+        if r.returncode != 0:
+            raise RuntimeError("moec %s exited %d: %s" % (" ".join(args), r.returncode, r.stderr))
+        return r.stdout
