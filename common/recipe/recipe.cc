@@ -29,7 +29,8 @@ class Parser {
  public:
   Parser(std::string source, const RecipeOptions& options)
       : source_(std::move(source)),
-        dir_(fs::absolute(fs::path(source_)).parent_path()),
+        // A recipe sent as text (no file) has no directory: its paths must be absolute.
+        dir_(source_.empty() ? fs::path() : fs::absolute(fs::path(source_)).parent_path()),
         options_(options) {}
 
   absl::StatusOr<Recipe> Parse(const YAML::Node& root);
@@ -38,7 +39,8 @@ class Parser {
   absl::Status Err(const YAML::Node& n, absl::string_view what,
                    absl::StatusCode code = absl::StatusCode::kInvalidArgument) const {
     int line = n.IsDefined() ? n.Mark().line : -1;
-    std::string where = line >= 0 ? absl::StrCat(source_, ":", line + 1) : source_;
+    const std::string name = source_.empty() ? "recipe" : source_;  // text without a file
+    std::string where = line >= 0 ? absl::StrCat(name, ":", line + 1) : name;
     return absl::Status(code, absl::StrCat(where, ": ", what));
   }
   absl::Status CheckKeys(const YAML::Node& map, const std::set<std::string>& allowed,
@@ -108,6 +110,11 @@ absl::StatusOr<std::string> Parser::Path(const YAML::Node& n, absl::string_view 
   MOEC_ASSIGN_OR_RETURN(std::string raw, String(n, what));
   if (raw.empty()) return Err(n, absl::StrCat(what, " is empty"));
   fs::path p(raw);
+  if (p.is_relative() && dir_.empty()) {
+    return Err(n, absl::StrCat(what, " '", raw, "' is relative, and the recipe came without a "
+                               "file to resolve it against: give an absolute path, or submit "
+                               "the recipe's file"));
+  }
   if (p.is_relative()) p = dir_ / p;
   std::error_code ec;
   p = fs::weakly_canonical(p, ec);

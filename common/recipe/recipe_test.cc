@@ -1,5 +1,6 @@
 #include "common/recipe/recipe.h"
 
+#include <cstring>
 #include <filesystem>
 #include <set>
 #include <fstream>
@@ -166,6 +167,20 @@ TEST_F(RecipeTest, MalformedRecipesGivePreciseErrors) {
   for (const BadCase& c : cases) {
     EXPECT_THAT(Parse(Edit(c.from, c.to)), StatusIs(c.code, HasSubstr(c.message))) << c.to;
   }
+}
+
+// A recipe sent as text, with no file (SubmitJob with an empty recipe_path): its relative paths
+// are refused with the rule, its absolute ones resolve.
+TEST_F(RecipeTest, ARecipeWithoutAFileNeedsAbsolutePaths) {
+  EXPECT_THAT(ParseRecipe(kGood, "", {}, {}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("recipe:2: model 'models/tiny' is relative, and the recipe came without a file")));
+  std::string absolute = kGood;
+  for (const char* p : {"models/tiny", "out/tiny-mc-moe", "data/calib.jsonl", "data/eval.txt"}) {
+    absolute.replace(absolute.find(p), std::strlen(p), dir_.Join(p));
+  }
+  absl::StatusOr<Recipe> r = ParseRecipe(absolute, "", {}, {});
+  EXPECT_TRUE(r.ok()) << r.status();
 }
 
 TEST_F(RecipeTest, ModelWithoutConfigAndAllowedRoots) {
