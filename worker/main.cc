@@ -91,8 +91,11 @@ void SetUsage() {
   absl::SetFlagsUsageConfig(usage);
   absl::SetProgramUsageMessage(
       "runs moec compression tasks for a coordinator.\n"
-      "  moec-worker --coordinator HOST:PORT --token-file PATH [--device cpu|cuda:N] [--scratch DIR]\n"
-      "              [--name NAME] [--advertise-host HOST]");
+      "  moec-worker --coordinator HOST:PORT (--token-file PATH | --tls-cert F --tls-key F)\n"
+      "              [--tls-ca F] [--device cpu|cuda:N] [--scratch DIR] [--name NAME]\n"
+      "              [--advertise-host HOST]\n"
+      "The token is the coordinator's worker token; under mutual TLS a certificate the coordinator\n"
+      "lists as a worker identity stands for it (docs/operations.md, \"Tokens and roles\").");
 }
 
 // The coordinator's address, the token and the TLS files, from the flags (or the environment).

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/recipe/overrides.h"
 #include "common/recipe/param_check.h"
 #include "common/recipe/rules.h"
 #include "common/recipe/stage_catalog.h"
@@ -19,6 +20,9 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
+
+constexpr char kNoDirectory[] = "' is relative, and the recipe came without a file to resolve it "
+                                "against: give an absolute path, or submit the recipe's file";
 
 bool Within(const fs::path& p, const fs::path& root) {
   auto [r, q] = std::mismatch(root.begin(), root.end(), p.begin(), p.end());
@@ -38,10 +42,10 @@ class Parser {
  private:
   absl::Status Err(const YAML::Node& n, absl::string_view what,
                    absl::StatusCode code = absl::StatusCode::kInvalidArgument) const {
-    int line = n.IsDefined() ? n.Mark().line : -1;
+    const int line = n.IsDefined() ? n.Mark().line : -1;
     const std::string name = source_.empty() ? "recipe" : source_;  // text without a file
-    std::string where = line >= 0 ? absl::StrCat(name, ":", line + 1) : name;
-    return absl::Status(code, absl::StrCat(where, ": ", what));
+    return absl::Status(code, absl::StrCat(line >= 0 ? absl::StrCat(name, ":", line + 1) : name,
+                                           ": ", what));
   }
   absl::Status CheckKeys(const YAML::Node& map, const std::set<std::string>& allowed,
                          absl::string_view context) const;
@@ -110,11 +114,7 @@ absl::StatusOr<std::string> Parser::Path(const YAML::Node& n, absl::string_view 
   MOEC_ASSIGN_OR_RETURN(std::string raw, String(n, what));
   if (raw.empty()) return Err(n, absl::StrCat(what, " is empty"));
   fs::path p(raw);
-  if (p.is_relative() && dir_.empty()) {
-    return Err(n, absl::StrCat(what, " '", raw, "' is relative, and the recipe came without a "
-                               "file to resolve it against: give an absolute path, or submit "
-                               "the recipe's file"));
-  }
+  if (p.is_relative() && dir_.empty()) return Err(n, absl::StrCat(what, " '", raw, kNoDirectory));
   if (p.is_relative()) p = dir_ / p;
   std::error_code ec;
   p = fs::weakly_canonical(p, ec);
@@ -408,59 +408,6 @@ absl::StatusOr<Recipe> Parser::Parse(const YAML::Node& root) {
   MOEC_RETURN_IF_ERROR(Order(stages, &r.stages));
   MOEC_RETURN_IF_ERROR(CheckStageRules(r));
   return r;
-}
-
-// Makes `found` the stage of `stages` (a sequence) whose id is `id`, the last one if several;
-// false when there is none.
-bool FindStage(YAML::Node stages, const std::string& id, YAML::Node& found) {
-  bool have = false;
-  for (auto e : stages) {
-    if (e.IsMap() && e["id"] && e["id"].IsScalar() && e["id"].Scalar() == id) {
-      found.reset(e);
-      have = true;
-    }
-  }
-  return have;
-}
-
-absl::Status ApplyOverride(YAML::Node root, const std::string& source, const std::string& ov) {
-  auto bad = [&](absl::string_view what) {
-    return absl::InvalidArgumentError(absl::StrCat(source, ": --set '", ov, "': ", what));
-  };
-  size_t eq = ov.find('=');
-  if (eq == std::string::npos || eq == 0) return bad("expected key.path=value");
-  std::vector<std::string> path = absl::StrSplit(ov.substr(0, eq), '.');
-  YAML::Node value;
-  try {
-    value = YAML::Load(ov.substr(eq + 1));
-  } catch (const YAML::Exception& e) {
-    return bad(absl::StrCat("value is not valid YAML: ", e.msg));
-  }
-  YAML::Node cur;
-  cur.reset(root);
-  for (size_t i = 0; i < path.size(); ++i) {
-    const std::string& seg = path[i];
-    if (seg.empty()) return bad("empty path segment");
-    const bool last = i + 1 == path.size();
-    if (cur.IsSequence()) {
-      YAML::Node found;  // note: a default Node is a defined null, hence the flag
-      if (!FindStage(cur, seg, found)) return bad(absl::StrCat("no stage with id '", seg, "'"));
-      if (last) return bad("cannot replace a whole stage");
-      cur.reset(found);
-      continue;
-    }
-    if (cur.IsDefined() && !cur.IsMap() && !cur.IsNull()) {
-      return bad(absl::StrCat("'", seg, "' is inside a scalar"));
-    }
-    if (last) {
-      cur[seg] = value;
-    } else {
-      if (!cur[seg]) cur[seg] = YAML::Node(YAML::NodeType::Map);  // e.g. a stage without `with`
-      YAML::Node next = cur[seg];
-      cur.reset(next);
-    }
-  }
-  return absl::OkStatus();
 }
 
 }  // namespace
