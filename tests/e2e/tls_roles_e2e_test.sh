@@ -11,9 +11,15 @@
 #      client; a worker whose certificate is a listed worker identity registers with no token and
 #      runs a job that a certificate-only client submitted; a client certificate cannot register
 #      as a worker.
-# Usage: tls_roles_e2e_test.sh BIN_DIR   (holding moec, moec-coordinator, moec-worker)
+#   4. the Python client (python/, pip-installed here): TLS with the client token, mutual TLS
+#      with alice's certificate and no token, node-1's certificate refused as a client
+#      (PERMISSION_DENIED), a missing client certificate refused (UNAVAILABLE).
+# Usage: tls_roles_e2e_test.sh BIN_DIR [PYTHON]   (BIN_DIR holding moec, moec-coordinator,
+# moec-worker; PYTHON with grpcio and grpcio-tools, default python3)
 set -euo pipefail
 BIN=$1
+PYTHON=${2:-python3}
+SRC=$(cd "$(dirname "$0")/../.." && pwd)
 MOEC=$BIN/client/moec
 COORD=$BIN/coordinator/moec-coordinator
 WORKER=$BIN/worker/moec-worker
@@ -78,6 +84,7 @@ expect() {  # EXPECTED TEXT ARGS...
 echo "== 1. TLS, separate tokens"
 start_coordinator c1 --client-token-file client.tok --worker-token-file worker.tok
 A=127.0.0.1:$PORT
+A1=$A
 expect 0 "" list --coordinator "$A" --token-file client.tok --tls-ca moec-ca.pem
 expect 3 "" list --coordinator "$A" --token-file client.tok
 expect 3 "" list --coordinator "$A" --token-file client.tok --tls-ca other-ca.pem
@@ -121,4 +128,28 @@ WPID=$!
 PIDS+=($WPID)
 for _ in $(seq 100); do grep -q "needs the worker role" w2.log && break; sleep 0.1; done
 grep -q "needs the worker role" w2.log || fail "a client certificate as a worker: $(tail -5 w2.log)"
+
+echo "== 4. the Python client over TLS and mutual TLS"
+"$PYTHON" -m pip install --quiet --no-build-isolation --no-deps --disable-pip-version-check \
+  --target "$WORK/py" "$SRC/python" || fail "pip install of the Python client"
+PYTHONPATH="$WORK/py" "$PYTHON" - "$A1" "$A" <<'PY' || fail "the Python client under TLS"
+import sys
+import moec
+tls, mtls = sys.argv[1], sys.argv[2]
+names = [j.name for j in moec.Client(tls, tls_ca="moec-ca.pem", token_file="client.tok").list()]
+assert "tls-job" in names, names
+alice = moec.Client(mtls, tls_ca="moec-ca.pem", tls_cert="alice.pem", tls_key="alice.key")
+assert [j.state for j in alice.list()] == ["succeeded"], alice.list()
+for client, code in [
+        (moec.Client(mtls, tls_ca="moec-ca.pem", tls_cert="node-1.pem", tls_key="node-1.key"),
+         "PERMISSION_DENIED"),
+        (moec.Client(mtls, tls_ca="moec-ca.pem", token_file="client.tok", timeout=5), "UNAVAILABLE"),
+        (moec.Client(tls, tls_ca="other-ca.pem", token_file="client.tok", timeout=5), "UNAVAILABLE")]:
+    try:
+        client.list()
+        raise SystemExit("listed with credentials that should be refused (%s)" % code)
+    except moec.MoecError as e:
+        assert e.code.name == code, (e.code.name, code, e.message)
+print("python client: TLS, mutual TLS and refusals as expected")
+PY
 echo "PASS"
