@@ -1,5 +1,6 @@
 // The cluster commands of `moec`: run, submit, watch, status, list, cancel, resume, report and
 // workers (docs/cli.md).
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -8,6 +9,7 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -99,6 +101,21 @@ absl::StatusOr<int> RunWorkers(const Args& args, const std::string& recipe_path)
     workers = recipe::LoadRecipeFile(recipe_path, args.All("set"))->workers;
   }
   return workers;
+}
+
+// The overrides `moec run` submits: --set, and the job's compute threads fixed to this
+// machine's cores when the recipe leaves them to the workers, so that its bytes do not depend on
+// --workers (docs/recipes.md `threads`).
+std::vector<std::string> RunOverrides(const Args& args, const std::string& recipe_path) {
+  std::vector<std::string> overrides = args.All("set");
+  absl::StatusOr<recipe::Recipe> r = recipe::LoadRecipeFile(recipe_path, overrides);
+  if (r.ok() && r->threads == 0) {
+    const int cores = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+    overrides.push_back(absl::StrCat("threads=", cores));
+    std::printf("moec run: %d compute threads per task (this machine's cores; `threads` in the "
+                "recipe sets them)\n", cores);
+  }
+  return overrides;
 }
 
 absl::StatusOr<std::unique_ptr<MoecClient>> ConnectEmbedded(const EmbeddedCluster& cluster) {
@@ -216,7 +233,8 @@ int CmdRun(const Args& args) {
   if (!cluster.ok()) return Error(kUnavailable, cluster.status());
   auto client = ConnectEmbedded(**cluster);
   if (!client.ok()) return Error(kUnavailable, client.status());
-  auto resp = (*client)->Submit(recipe->second, recipe->first, args.All("set"), args.Has("overwrite"));
+  auto resp = (*client)->Submit(recipe->second, recipe->first, RunOverrides(args, recipe->first),
+                                args.Has("overwrite"));
   if (!resp.ok()) return RpcError(resp.status());
   if (absl::Status s = StartOrResume(**client, *resp); !s.ok()) return Error(kUnavailable, s);
   const std::string& job_id = resp->job().job_id();

@@ -105,10 +105,12 @@ namespace {
 // Job settings a task's outputs depend on besides its parameters and inputs (the files' contents
 // are in the inputs fingerprint): every stage may read the calibration windows, so their sampling
 // is part of every fingerprint; stages reading evaluation text get its settings; stages that
-// write or read the job's output directory get its path. The gang size is not part of it:
-// outputs do not depend on it (docs/data_plane.md).
+// write or read the job's output directory get its path; a fixed thread count (Recipe::threads)
+// is part of every fingerprint. The gang size is not part of it: outputs do not depend on it
+// (docs/data_plane.md).
 struct JobSettings {
   std::string calibration, evaluation, output;
+  int threads = 0;
 };
 
 JobSettings SettingsOf(const recipe::Recipe& recipe) {
@@ -118,7 +120,8 @@ JobSettings SettingsOf(const recipe::Recipe& recipe) {
                           {"seed", d->seed},         {"sampling", d->sampling},
                           {"chunk_tokens", d->chunk_tokens}};
   };
-  return {data(recipe.calibration).dump(), data(recipe.evaluation).dump(), recipe.output};
+  return {data(recipe.calibration).dump(), data(recipe.evaluation).dump(), recipe.output,
+          recipe.threads};
 }
 
 std::string TaskFingerprint(const recipe::StageSpec& stage, const v1::TaskRecord& t,
@@ -135,6 +138,8 @@ std::string TaskFingerprint(const recipe::StageSpec& stage, const v1::TaskRecord
   if (kind.reads_evaluation) fp.AddField(settings.evaluation);
   if (kind.writes_output || kind.reads_output) fp.AddField(settings.output);
   fp.AddU64(static_cast<uint64_t>(t.layer() + 1));
+  // Only when fixed: tasks of jobs that leave it to the workers keep their fingerprints.
+  if (settings.threads > 0) fp.AddField(absl::StrCat("threads=", settings.threads));
   for (const v1::TaskRecord* d : deps) fp.AddField(d->fingerprint());
   return fp.FinishHex();
 }

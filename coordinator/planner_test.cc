@@ -76,6 +76,10 @@ TEST_F(PlannerTest, FingerprintsCoverTheJobSettingsOutputsDependOn) {
   EXPECT_THAT(changed({"evaluation.seqlen=64"}), ElementsAre("eval"));
   EXPECT_THAT(changed({"output=elsewhere"}), ElementsAre("eval", "out"));
   EXPECT_THAT(changed({"workers=3"}), IsEmpty());
+  // A fixed thread count changes every output's bytes, so every fingerprint; two counts differ.
+  EXPECT_EQ(changed({"threads=2"}).size(), base.size());
+  const auto two = plan({"threads=2"}), four = plan({"threads=4"});
+  for (const auto& [id, fp] : two) EXPECT_NE(fp, four.at(id)) << id;
   EXPECT_THAT(changed({"name=other"}), IsEmpty());
 }
 

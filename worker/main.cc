@@ -200,15 +200,20 @@ absl::StatusOr<moec::worker::WorkerOptions> WorkerOptionsFromFlags(const std::st
   return options;
 }
 
-// --threads: compute threads of libtorch and OpenBLAS (0: leave them at all cores).
+// Compute threads of libtorch and OpenBLAS (OpenBLAS's pthread build keeps its own pool, which
+// libtorch does not size).
+void SetThreads(int threads) {
+  if (at::get_num_threads() != threads) at::set_num_threads(threads);
+  using SetBlasThreads = void (*)(int);
+  static const auto set_blas =
+      reinterpret_cast<SetBlasThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+  if (set_blas != nullptr) set_blas(threads);
+}
+
+// --threads (0: leave them at all cores).
 absl::Status SetComputeThreads() {
   if (const int threads = absl::GetFlag(FLAGS_threads); threads > 0) {
-    at::set_num_threads(threads);
-    // OpenBLAS's pthread build keeps its own pool; libtorch does not size it.
-    using SetThreads = void (*)(int);
-    if (auto set = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) {
-      set(threads);
-    }
+    SetThreads(threads);
   } else if (absl::GetFlag(FLAGS_threads) < 0) {
     return absl::InvalidArgumentError("--threads must be >= 0");
   }
@@ -237,6 +242,7 @@ int main(int argc, char** argv) {
   if (!gemm.ok()) return Fail(gemm.status());
   options->gemm_gflops = *gemm;
   options->threads = at::get_num_threads();
+  options->set_threads = SetThreads;  // per task: the job's thread count, or this default
   LOG(INFO) << "fp32 GEMM rate " << *gemm << " GFLOP/s on " << options->device.ToString()
             << " with " << options->threads << " threads";
   if (dlsym(RTLD_DEFAULT, "openblas_get_config") == nullptr) {

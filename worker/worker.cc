@@ -136,7 +136,8 @@ namespace {
 
 // What the task's profile records: its phases (all of them, in Phase order, so that reports
 // line up) and what they are measured against.
-v1::TaskProfile ProfileRecord(const profile::TaskProfile& p, const WorkerOptions& options) {
+v1::TaskProfile ProfileRecord(const profile::TaskProfile& p, const WorkerOptions& options,
+                              int threads) {
   v1::TaskProfile r;
   const auto totals = p.Snapshot();
   for (int i = 0; i < static_cast<int>(profile::Phase::kCount); ++i) {
@@ -147,7 +148,7 @@ v1::TaskProfile ProfileRecord(const profile::TaskProfile& p, const WorkerOptions
   }
   r.set_gemm_gflops(options.gemm_gflops);
   r.set_device(options.device.ToString());
-  r.set_threads(options.threads);
+  r.set_threads(threads);
   return r;
 }
 
@@ -283,6 +284,9 @@ std::optional<Lease> Worker::RunOne(const Lease& lease) {
     absl::StatusOr<bool> stop = client_->ReportProgress(id, lease.task.task_id(), fraction, message);
     if (stop.ok() && *stop) cancelled->store(true);
   };
+  // The job's thread count when it fixes one (its bytes depend on it), else the worker's.
+  const int threads = parsed.ok() && parsed->threads > 0 ? parsed->threads : options_.threads;
+  if (options_.set_threads && threads > 0) options_.set_threads(threads);
   const absl::Time started = absl::Now();
   profile::TaskProfile profile;
   absl::Status result = [&] {
@@ -294,7 +298,7 @@ std::optional<Lease> Worker::RunOne(const Lease& lease) {
     }
     return RunStage(*registry_, ctx);
   }();
-  const v1::TaskProfile record = ProfileRecord(profile, options_);  // its phases within compute_ms
+  const v1::TaskProfile record = ProfileRecord(profile, options_, threads);  // its phases within compute_ms
   const int64_t compute_ms = absl::ToInt64Milliseconds(absl::Now() - started);
   std::optional<Lease> next = Report(lease, id, result, compute_ms, record, *cancelled);
   {

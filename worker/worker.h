@@ -5,6 +5,7 @@
 #define MOEC_WORKER_WORKER_H_
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -39,6 +40,9 @@ struct WorkerOptions {
   // (MeasureGemmGflops; 0: not measured) and the intra-op threads.
   double gemm_gflops = 0;
   int threads = 0;
+  // Sets the compute threads (libtorch and OpenBLAS) before each task: the job's
+  // (Recipe::threads) when it fixes them, else `threads`. Null: left as they are.
+  std::function<void(int)> set_threads;
   absl::Status Validate() const;
 };
 

@@ -190,8 +190,9 @@ class WorkerTest : public ::testing::Test {
                                               factors_.get());
     client_ = std::make_unique<LocalClient>(core_.get());
   }
-  std::string Submit(int sleep_ms, int output_bytes = 0, int workers = 1) {
+  std::string Submit(int sleep_ms, int output_bytes = 0, int workers = 1, int threads = 0) {
     std::string yaml = "name: w\nmodel: m\noutput: out\nworkers: " + std::to_string(workers) +
+                       (threads > 0 ? "\nthreads: " + std::to_string(threads) : "") +
                        "\nstages:\n"
                        "  - {id: a, kind: noop, with: {sleep_ms: " + std::to_string(sleep_ms) +
                        ", output_bytes: " + std::to_string(output_bytes) + "}}\n";
@@ -292,6 +293,32 @@ TEST_F(WorkerTest, ReportsWhereEachTasksTimeWent) {
     EXPECT_EQ(p.device(), "cpu");
     EXPECT_GT(p.commit_seconds(), 0);
   }
+}
+
+// A job that fixes its thread count runs every task with it (the worker's own count otherwise),
+// and the profile records the count the task ran with.
+TEST_F(WorkerTest, TasksRunWithTheJobsThreadCountWhenItFixesOne) {
+  stages::StageRegistry registry;
+  registry.Register("noop", [] { return std::make_unique<stages::NoopStage>(); });
+  WorkerOptions o = Fast();
+  o.threads = 2;
+  absl::Mutex mu;
+  std::vector<int> set;
+  o.set_threads = [&](int n) {
+    absl::MutexLock lock(&mu);
+    set.push_back(n);
+  };
+  Worker worker(client_.get(), &registry, o);
+  ASSERT_OK(worker.Start());
+  const std::string fixed = Submit(0, 0, 1, /*threads=*/5);
+  ASSERT_EQ(WaitForEnd(fixed), v1::JOB_SUCCEEDED);
+  const std::string own = Submit(1);
+  ASSERT_EQ(WaitForEnd(own), v1::JOB_SUCCEEDED);
+  worker.Stop();
+  absl::MutexLock lock(&mu);
+  EXPECT_THAT(set, ::testing::ElementsAre(5, 5, 5, 2, 2, 2));  // 3 tasks per job
+  for (const v1::TaskRecord& t : *core_->GetTasks(fixed)) EXPECT_EQ(t.profile().threads(), 5);
+  for (const v1::TaskRecord& t : *core_->GetTasks(own)) EXPECT_EQ(t.profile().threads(), 2);
 }
 
 TEST_F(WorkerTest, StageOutputsReachTheFactorStoreWhenTasksComplete) {

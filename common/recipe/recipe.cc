@@ -367,7 +367,7 @@ absl::Status Parser::CycleError(const YAML::Node& node, const std::vector<StageS
 
 absl::StatusOr<Recipe> Parser::Parse(const YAML::Node& root) {
   MOEC_RETURN_IF_ERROR(CheckKeys(root, {"name", "model", "output", "calibration", "evaluation",
-                                        "workers", "stages"},
+                                        "workers", "threads", "stages"},
                                  "recipe"));
   Recipe r;
   r.source = source_;
@@ -396,6 +396,10 @@ absl::StatusOr<Recipe> Parser::Parse(const YAML::Node& root) {
   if (root["workers"]) {
     MOEC_ASSIGN_OR_RETURN(int64_t w, Int(root["workers"], "workers", 1, 1024));
     r.workers = static_cast<int>(w);
+  }
+  if (root["threads"]) {
+    MOEC_ASSIGN_OR_RETURN(int64_t t, Int(root["threads"], "threads", 1, 1024));
+    r.threads = static_cast<int>(t);
   }
   YAML::Node stages = root["stages"];
   if (!stages || !stages.IsSequence() || stages.size() == 0) {

@@ -61,6 +61,10 @@ struct Recipe {
   std::optional<DataSpec> calibration;
   std::optional<DataSpec> evaluation;
   int workers = 1;
+  // Compute threads of every task (libtorch and OpenBLAS) on any worker; 0: each worker's own.
+  // Outputs depend on the thread count (some reductions are split by it), so fixing it makes a
+  // job's bytes independent of how many workers run it and of their cores (docs/recipes.md).
+  int threads = 0;
   std::vector<StageSpec> stages;  // in a topological order (file order where free)
 
   // Canonical JSON (sorted keys, no source file): identical recipes give identical bytes.

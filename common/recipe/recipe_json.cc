@@ -118,6 +118,7 @@ std::string Recipe::CanonicalJson() const {
   j["model"] = model;
   j["output"] = output;
   j["workers"] = workers;
+  if (threads > 0) j["threads"] = threads;  // absent when not fixed: older jobs keep their JSON
   auto data = [](const std::optional<DataSpec>& d) {
     if (!d) return json();
     return json{{"path", d->path},         {"samples", d->samples},
@@ -136,7 +137,7 @@ std::string Recipe::CanonicalJson() const {
 absl::StatusOr<Recipe> Recipe::FromCanonicalJson(absl::string_view text) {
   const json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (!j.is_object()) return absl::InvalidArgumentError("canonical recipe: not a JSON object");
-  static const std::set<std::string> kKeys = {"name",        "model",      "output", "workers",
+  static const std::set<std::string> kKeys = {"name",        "model",      "output", "workers", "threads",
                                               "calibration", "evaluation", "stages",
                                               // Jobs stored before JobRecord.overwrite existed.
                                               "overwrite"};
@@ -152,6 +153,10 @@ absl::StatusOr<Recipe> Recipe::FromCanonicalJson(absl::string_view text) {
   if (r.model.empty() || r.output.empty()) return Bad("model", "model and output must be set");
   MOEC_ASSIGN_OR_RETURN(int64_t workers, IntField(j, "workers", "workers", 1, 1024));
   r.workers = static_cast<int>(workers);
+  if (j.contains("threads")) {
+    MOEC_ASSIGN_OR_RETURN(int64_t threads, IntField(j, "threads", "threads", 1, 1024));
+    r.threads = static_cast<int>(threads);
+  }
   MOEC_ASSIGN_OR_RETURN(r.calibration, DataField(j, "calibration"));
   MOEC_ASSIGN_OR_RETURN(r.evaluation, DataField(j, "evaluation"));
   auto stages = j.find("stages");

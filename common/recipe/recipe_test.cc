@@ -183,6 +183,26 @@ TEST_F(RecipeTest, ARecipeWithoutAFileNeedsAbsolutePaths) {
   EXPECT_TRUE(r.ok()) << r.status();
 }
 
+// `threads` fixes every task's compute threads: validated, in the canonical JSON only when set
+// (jobs without it keep their JSON), and read back by workers.
+TEST_F(RecipeTest, ThreadsAreOptionalCheckedAndCarriedToWorkers) {
+  absl::StatusOr<Recipe> unset = Parse(kGood);
+  ASSERT_TRUE(unset.ok()) << unset.status();
+  EXPECT_EQ(unset->threads, 0);
+  EXPECT_FALSE(absl::StrContains(unset->CanonicalJson(), "threads"));
+  absl::StatusOr<Recipe> set = Parse(kGood, {"threads=4"});
+  ASSERT_TRUE(set.ok()) << set.status();
+  EXPECT_EQ(set->threads, 4);
+  absl::StatusOr<Recipe> back = Recipe::FromCanonicalJson(set->CanonicalJson());
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->threads, 4);
+  EXPECT_EQ(Recipe::FromCanonicalJson(unset->CanonicalJson())->threads, 0);
+  EXPECT_THAT(Parse(kGood, {"threads=0"}), StatusIs(absl::StatusCode::kInvalidArgument,
+                                                    HasSubstr("threads must be in [1, 1024], got 0")));
+  EXPECT_THAT(Parse(kGood, {"threads=many"}), StatusIs(absl::StatusCode::kInvalidArgument,
+                                                       HasSubstr("threads must be an integer")));
+}
+
 TEST_F(RecipeTest, ModelWithoutConfigAndAllowedRoots) {
   std::filesystem::remove(dir_.Join("models/tiny/config.json"));
   EXPECT_THAT(Parse(kGood), StatusIs(absl::StatusCode::kNotFound, "has no config.json"));
