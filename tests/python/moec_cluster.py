@@ -27,12 +27,15 @@ FULL_STAGES = """\
 
 
 class Cluster:
-    def __init__(self, bin_dir, workers=1, dashboard=False):
+    def __init__(self, bin_dir, workers=1, dashboard=False, coordinator_args=()):
         self.bin_dir = os.path.abspath(bin_dir)
         self.moec = os.path.join(self.bin_dir, "client", "moec")
         self.workers = workers
         self.dashboard = dashboard
+        self.coordinator_args = list(coordinator_args)
         self.procs = []
+        self.coordinator = None
+        self.worker_procs = []
         self.dir = tempfile.mkdtemp(prefix="moec_py_e2e.")
 
     def path(self, *parts):
@@ -72,22 +75,49 @@ class Cluster:
                        check=True, capture_output=True)
         shutil.copy("/usr/share/common-licenses/GPL-3", self.path("calib.txt"))
         shutil.copy("/usr/share/common-licenses/Apache-2.0", self.path("heldout.txt"))
+        self.start_coordinator("127.0.0.1:0")
+        for i in range(self.workers):
+            self.worker_procs.append(None)
+            self.start_worker(i)
+
+    def start_coordinator(self, listen):
+        """Starts moec-coordinator on `listen` over the cluster's data directory (again after
+        kill_coordinator, on the same port: it recovers every job)."""
         args = [os.path.join(self.bin_dir, "coordinator", "moec-coordinator"),
-                "--listen", "127.0.0.1:0", "--data-dir", self.path("coord"),
+                "--listen", listen, "--data-dir", self.path("coord"),
                 "--client-token-file", self.client_token_file,
                 "--worker-token-file", self.worker_token_file, "--allowed-root", self.dir]
+        args += self.coordinator_args
         if self.dashboard:
             args += ["--http-listen", "127.0.0.1:0"]
-        out = self._spawn(args, "coordinator")
+        starts = getattr(self, "_coordinator_starts", 0)
+        self._coordinator_starts = starts + 1
+        out = self._spawn(args, "coordinator%d" % starts if starts else "coordinator")
+        self.coordinator = self.procs[-1]
         port = self._wait_for(out, r"listening on port (\d+)")
         self.coordinator_address = "127.0.0.1:%s" % port
         if self.dashboard:
             self.dashboard_url = "http://127.0.0.1:%s" % self._wait_for(out, r"dashboard on port (\d+)")
-        for i in range(self.workers):
-            self._spawn([os.path.join(self.bin_dir, "worker", "moec-worker"),
-                         "--coordinator", self.coordinator_address,
-                         "--token-file", self.worker_token_file, "--name", "py%d" % i,
-                         "--scratch", self.path("scratch%d" % i)], "worker%d" % i)
+
+    def start_worker(self, i):
+        """Starts worker i (again after kill_worker: same name and scratch directory)."""
+        starts = getattr(self, "_worker_starts", {})
+        self._worker_starts = starts
+        n = starts.get(i, 0)
+        starts[i] = n + 1
+        self._spawn([os.path.join(self.bin_dir, "worker", "moec-worker"),
+                     "--coordinator", self.coordinator_address,
+                     "--token-file", self.worker_token_file, "--name", "py%d" % i,
+                     "--scratch", self.path("scratch%d" % i)], "worker%d.%d" % (i, n))
+        self.worker_procs[i] = self.procs[-1]
+
+    def kill_worker(self, i):
+        self.worker_procs[i].kill()
+        self.worker_procs[i].wait()
+
+    def kill_coordinator(self):
+        self.coordinator.kill()
+        self.coordinator.wait()
 
     def _spawn(self, args, name):
         out = self.path(name + ".out")
@@ -103,12 +133,25 @@ class Cluster:
                 m = re.search(pattern, f.read())
             if m:
                 return m.group(1)
-            if self.procs[0].poll() is not None:
+            if self.coordinator is not None and self.coordinator.poll() is not None:
                 break
             time.sleep(0.05)
         with open(out_file.replace(".out", ".log")) as f:
             log = f.read()[-3000:]
         raise RuntimeError("no '%s' in %s; log:\n%s" % (pattern, out_file, log))
+
+    def install_client(self):
+        """pip-installs the Python client (python/) into the cluster's directory and imports it."""
+        import importlib
+        import sys
+        target = self.path("python-client")
+        source = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+            os.path.abspath(__file__)))), "python")
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-build-isolation",
+                        "--no-deps", "--disable-pip-version-check", "--target", target, source],
+                       check=True)
+        sys.path.insert(0, target)
+        return importlib.import_module("moec")
 
     def recipe(self, name, stages=FULL_STAGES):
         """A recipe file in the cluster's directory (paths relative to it); returns its path."""
