@@ -383,12 +383,12 @@ absl::Status Coordinator::ReleaseTask(absl::string_view worker_id, absl::string_
   std::vector<v1::TaskRecord*> changed = {t};
   std::vector<v1::JobEvent> events = {
       EventLocked(v1::EVENT_TASK_RELEASED, t->task_id(),
-                  absl::StrCat("worker ", worker_id, " stopped before starting it"))};
+                  absl::StrCat("worker ", worker_id, " stopped (preempted or shut down)"))};
   // Leases are buffered (GrantLocked's commit): so is giving one back.
   MOEC_RETURN_IF_ERROR(CommitLocked(*job, std::move(changed), std::move(events), /*extra=*/nullptr,
                                     storage::Durability::kBuffered));
   LOG(INFO) << "job=" << job->record.job_id() << " task=" << task_id << " worker=" << worker_id
-            << " released before starting";
+            << " given back by its stopping worker";
   WakeWaitersLocked();
   return absl::OkStatus();
 }

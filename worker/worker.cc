@@ -330,6 +330,10 @@ std::optional<Lease> Worker::Report(const Lease& lease, const std::string& id,
     LOG(WARNING) << "worker=" << id << " task=" << lease.task.task_id() << " failed: " << result;
     if (!cancelled.load()) {
       reported = client_->FailTask(id, lease.task.task_id(), result, IsRetriable(result));
+    } else if (stop_.HasBeenNotified()) {
+      // Preempted (SIGTERM): the task goes back at once, its attempt not counted, instead of
+      // waiting for its lease to expire. (A job cancellation leaves nothing to give back.)
+      reported = client_->ReleaseTask(id, lease.task.task_id());
     }
   }
   if (!reported.ok()) {

@@ -317,8 +317,43 @@ TEST_F(WorkerTest, TasksRunWithTheJobsThreadCountWhenItFixesOne) {
   worker.Stop();
   absl::MutexLock lock(&mu);
   EXPECT_THAT(set, ::testing::ElementsAre(5, 5, 5, 2, 2, 2));  // 3 tasks per job
-  for (const v1::TaskRecord& t : *core_->GetTasks(fixed)) EXPECT_EQ(t.profile().threads(), 5);
-  for (const v1::TaskRecord& t : *core_->GetTasks(own)) EXPECT_EQ(t.profile().threads(), 2);
+  // (The StatusOr must outlive the loop: a range over *Temporary() dangles.)
+  const std::vector<v1::TaskRecord> fixed_tasks = *core_->GetTasks(fixed);
+  const std::vector<v1::TaskRecord> own_tasks = *core_->GetTasks(own);
+  for (const v1::TaskRecord& t : fixed_tasks) EXPECT_EQ(t.profile().threads(), 5);
+  for (const v1::TaskRecord& t : own_tasks) EXPECT_EQ(t.profile().threads(), 2);
+}
+
+// Preemption: a worker stopped (SIGTERM) in the middle of a task gives it back at once, the
+// attempt not counted, instead of letting its lease expire; another worker then runs it.
+TEST_F(WorkerTest, AStoppedWorkerGivesItsRunningTaskBackAtOnce) {
+  stages::StageRegistry registry;
+  registry.Register("noop", [] { return std::make_unique<stages::NoopStage>(); });
+  auto first = std::make_unique<Worker>(client_.get(), &registry, Fast());
+  ASSERT_OK(first->Start());
+  const std::string job = Submit(60000);
+  auto running = [&] {
+    const std::vector<v1::TaskRecord> tasks = *core_->GetTasks(job);
+    for (const v1::TaskRecord& t : tasks) {
+      if (t.state() == v1::TASK_LEASED) return true;
+    }
+    return false;
+  };
+  for (int i = 0; i < 500 && !running(); ++i) absl::SleepFor(absl::Milliseconds(10));
+  ASSERT_TRUE(running());
+  const absl::Time stopped = absl::Now();
+  first->Stop();
+  const std::vector<v1::TaskRecord> tasks = *core_->GetTasks(job);
+  EXPECT_LT(absl::Now() - stopped, absl::Seconds(5));
+  EXPECT_EQ(tasks[0].state(), v1::TASK_READY);
+  EXPECT_EQ(tasks[0].attempts(), 0);
+  EXPECT_EQ(tasks[0].lost_leases(), 0);
+  bool released = false;
+  const std::vector<v1::JobEvent> events = *core_->ReadEvents(job, 0, 100);
+  for (const v1::JobEvent& e : events) {
+    released |= e.kind() == v1::EVENT_TASK_RELEASED && e.task_id() == tasks[0].task_id();
+  }
+  EXPECT_TRUE(released);
 }
 
 TEST_F(WorkerTest, StageOutputsReachTheFactorStoreWhenTasksComplete) {
