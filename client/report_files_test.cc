@@ -11,6 +11,7 @@
 #include <fstream>
 #include <limits>
 #include <map>
+#include <set>
 #include <memory>
 #include <regex>
 #include <thread>
@@ -206,6 +207,31 @@ class ReportFilesTest : public ::testing::Test {
     EXPECT_GT(by_stage["q"]["phase_gflop"]["statistics"].get<double>(), 0);  // the Hessians
   }
 
+  // Calibration coverage: every routed expert of each layer with the tokens its Hessians saw;
+  // each token goes to top-k experts, so a layer's counts add up to what calibrate routed there.
+  static void ExpectCoverage(const std::string& quant, const nlohmann::json& coverage,
+                             const std::map<std::string, std::string>& files) {
+    ASSERT_EQ(coverage["stages"].size(), 1u) << coverage.dump();
+    const nlohmann::json& s = coverage["stages"][0];
+    EXPECT_EQ(s["stage"], "q");
+    EXPECT_EQ(s["min_tokens"], 1);
+    EXPECT_EQ(s["experts"], kLayers * kExperts);
+    EXPECT_EQ(s["fallbacks"], 0);
+    EXPECT_EQ(coverage["fallbacks"], nlohmann::json::array());
+    ASSERT_EQ(s["tokens"].size(), static_cast<size_t>(kLayers));
+    int64_t fewest = INT64_MAX;
+    for (int l = 0; l < kLayers; ++l) {
+      int64_t routed = 0, seen = 0;
+      for (int64_t t : Int64s(Factor(quant, "calibrate", l, "expert_tokens"))) routed += t;
+      ASSERT_EQ(s["tokens"][l].size(), static_cast<size_t>(kExperts));
+      for (const auto& t : s["tokens"][l]) seen += t.get<int64_t>(), fewest = std::min(fewest, t.get<int64_t>());
+      EXPECT_EQ(seen, routed) << "layer " << l;
+    }
+    EXPECT_EQ(s["fewest_tokens"], fewest);
+    EXPECT_EQ(Cells(files.at("expert_tokens.svg")).size(), static_cast<size_t>(kLayers * kExperts));
+    EXPECT_NE(files.at("report.md").find("none was quantized without its Hessian"), std::string::npos);
+  }
+
   // Expert usage: one cell per layer x expert, coloured by the share of that layer's routed tokens
   // on the scale of all shares.
   static void ExpectUsageCells(const std::string& quant, const std::string& svg) {
@@ -315,6 +341,34 @@ EmbeddedCluster* ReportFilesTest::cluster_ = nullptr;
 MoecClient* ReportFilesTest::client_ = nullptr;
 int ReportFilesTest::parses_ = 0;
 
+// Experts with fewer routed tokens than min_tokens are quantized by round-to-nearest: the report
+// lists every one of them, never silently.
+TEST_F(ReportFilesTest, ExpertsBelowMinTokensAreListedWithTheirFallback) {
+  const std::string starved = RunJob(
+      "starved", "  - {id: stats, kind: calibrate}\n"
+                 "  - {id: q, kind: gptq, needs: [stats], with: {bits: 3, min_tokens: 100000}}\n");
+  ASSERT_FALSE(starved.empty());
+  auto files = BuildReportFiles(*client_, starved);
+  ASSERT_TRUE(files.ok()) << files.status();
+  const nlohmann::json coverage = nlohmann::json::parse(files->at("report.json"))["coverage"];
+  ASSERT_EQ(coverage["stages"].size(), 1u);
+  EXPECT_EQ(coverage["stages"][0]["min_tokens"], 100000);
+  EXPECT_EQ(coverage["stages"][0]["fallbacks"], kLayers * kExperts);
+  ASSERT_EQ(coverage["fallbacks"].size(), static_cast<size_t>(kLayers * kExperts));
+  std::set<std::pair<int, int>> listed;
+  for (const auto& f : coverage["fallbacks"]) {
+    EXPECT_EQ(f["stage"], "q");
+    EXPECT_LT(f["tokens"].get<int64_t>(), 100000);
+    listed.insert({f["layer"].get<int>(), f["expert"].get<int>()});
+  }
+  EXPECT_EQ(listed.size(), static_cast<size_t>(kLayers * kExperts));
+  const std::string& md = files->at("report.md");
+  EXPECT_NE(md.find("8 had fewer than min_tokens and were quantized by round-to-nearest"),
+            std::string::npos) << md;
+  EXPECT_NE(md.find("| stage | layer | expert | tokens |"), std::string::npos) << md;
+  EXPECT_NE(md.find("](expert_tokens.svg)"), std::string::npos);
+}
+
 TEST_F(ReportFilesTest, GptqJobWithoutAllocationAndAnAllocationJobWithoutEvaluation) {
   const std::string quant = RunJob(
       "quant", "  - {id: stats, kind: calibrate}\n"
@@ -327,6 +381,8 @@ TEST_F(ReportFilesTest, GptqJobWithoutAllocationAndAnAllocationJobWithoutEvaluat
   ASSERT_NO_FATAL_FAILURE(ExpectQuantFiles(quant, *files));
   ASSERT_NO_FATAL_FAILURE(ExpectUsageCells(quant, files->at("expert_usage.svg")));
   ASSERT_NO_FATAL_FAILURE(ExpectErrorCells(quant, files->at("gptq_error.svg")));
+  ASSERT_NO_FATAL_FAILURE(
+      ExpectCoverage(quant, nlohmann::json::parse(files->at("report.json"))["coverage"], *files));
 
   // Perplexity against size: the original and this job, this one highlighted.
   const std::string& scatter = files->at("ppl_vs_size.svg");

@@ -4,13 +4,15 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "report/coverage.h"
 #include "report/report_time.h"
 #include "common/task_id.h"
 #include "common/stage_outputs.h"
 
 namespace moec::report {
 
-absl::StatusOr<nlohmann::json> JobReport(JobSource& client, const std::string& job_id) {
+absl::StatusOr<nlohmann::json> JobReport(JobSource& client, const std::string& job_id,
+                                         bool with_coverage) {
   absl::StatusOr<v1::GetJobResponse> job = client.GetJob(job_id, /*include_tasks=*/true);
   if (!job.ok()) return job.status();
   nlohmann::json report = {{"job_id", job_id},
@@ -33,6 +35,7 @@ absl::StatusOr<nlohmann::json> JobReport(JobSource& client, const std::string& j
   }
   report["tasks"] = by_state;
   report["time"] = TimeBreakdown(*job);
+  if (with_coverage) report["coverage"] = CalibrationCoverage(client, *job);
   return report;
 }
 
@@ -40,7 +43,9 @@ std::string ReportMarkdown(const nlohmann::json& report) {
   std::string out = absl::StrCat("## Job ", report.value("name", ""), " (",
                                  report.value("job_id", ""), "): ",
                                  report.value("state", ""), "\n\n");
-  const std::string time = report.contains("time") ? TimeMarkdown(report["time"]) : "";
+  const std::string time =
+      (report.contains("coverage") ? CoverageMarkdown(report["coverage"]) : "") +
+      (report.contains("time") ? TimeMarkdown(report["time"]) : "");
   if (report["evaluations"].empty()) {
     return out + "No evaluation finished (add an `evaluate` stage to the recipe).\n" + time;
   }

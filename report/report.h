@@ -13,12 +13,14 @@
 namespace moec::report {
 
 // {"job_id", "name", "state", "tasks": {state: count}, "evaluations": [{"stage", "model",
-// "baseline"?}], "time": TimeBreakdown (report/report_time.h)}. Evaluate tasks that have not
-// finished are left out.
-absl::StatusOr<nlohmann::json> JobReport(JobSource& client, const std::string& job_id);
+// "baseline"?}], "time": TimeBreakdown (report/report_time.h), "coverage":
+// CalibrationCoverage (report/coverage.h)}. Evaluate tasks that have not finished are left out.
+// Without `with_coverage` the "coverage" member is left out (it reads every gptq summary).
+absl::StatusOr<nlohmann::json> JobReport(JobSource& client, const std::string& job_id,
+                                         bool with_coverage = true);
 
-// Markdown: a summary line, a table with one row per evaluated model, and where the time went
-// (a table with one row per stage).
+// Markdown: a summary line, a table with one row per evaluated model, the calibration coverage
+// of gptq stages, and where the time went (a table with one row per stage).
 std::string ReportMarkdown(const nlohmann::json& report);
 
 }  // namespace moec::report

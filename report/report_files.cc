@@ -219,7 +219,7 @@ std::vector<ScatterPoint> PerplexityPoints(JobSource& client, const std::string&
   if (!jobs.ok()) return points;
   for (const v1::JobRecord& j : *jobs) {
     if (j.state() != v1::JOB_SUCCEEDED) continue;
-    absl::StatusOr<nlohmann::json> r = j.job_id() == job_id ? report : JobReport(client, j.job_id());
+    absl::StatusOr<nlohmann::json> r = j.job_id() == job_id ? report : JobReport(client, j.job_id(), /*with_coverage=*/false);
     if (!r.ok()) continue;
     for (const nlohmann::json& e : (*r)["evaluations"]) {
       if (e.contains("baseline") && !baseline) {
@@ -237,6 +237,24 @@ std::vector<ScatterPoint> PerplexityPoints(JobSource& client, const std::string&
 }
 
 // Seconds per stage and phase (TimeBreakdown), when tasks recorded profiles.
+// Routed calibration tokens per layer and expert of the first gptq stage.
+void AddCoverageFigure(const nlohmann::json& coverage, std::map<std::string, std::string>* files,
+                       std::vector<std::pair<std::string, std::string>>* figures) {
+  if (!coverage.contains("stages") || coverage["stages"].empty()) return;
+  const nlohmann::json& s = coverage["stages"][0];
+  std::vector<std::vector<double>> grid;
+  for (const nlohmann::json& row : s["tokens"]) {
+    grid.emplace_back();
+    for (const nlohmann::json& v : row) grid.back().push_back(v.is_number() ? v.get<double>() : kNaN);
+  }
+  (*files)["expert_tokens.svg"] = SvgHeatMap(
+      absl::StrCat("Calibration tokens per expert (", s.value("stage", ""), ")"), "layer",
+      "expert", grid, "tokens");
+  figures->push_back({"expert_tokens.svg",
+                      "Routed calibration tokens per expert; experts under min_tokens fell back "
+                      "to round-to-nearest (Calibration coverage)"});
+}
+
 void AddTimeFigure(const nlohmann::json& time, std::map<std::string, std::string>* files,
                    std::vector<std::pair<std::string, std::string>>* figures) {
   if (!time.contains("stages") || time["stages"].empty()) return;
@@ -276,6 +294,7 @@ absl::StatusOr<std::map<std::string, std::string>> BuildReportFiles(JobSource& c
                                           "perplexity", points);
     figures.push_back({"ppl_vs_size.svg", "Every evaluated job of this coordinator (this one in red)"});
   }
+  if (report->contains("coverage")) AddCoverageFigure((*report)["coverage"], &files, &figures);
   AddTimeFigure((*report)["time"], &files, &figures);
   std::string md = ReportMarkdown(*report);
   if (!figures.empty()) md += "\n## Figures\n\n";

@@ -146,6 +146,24 @@ function drawEvaluations(report) {
   fill(table.tBodies[0], rows);
 }
 
+function drawCoverage(coverage) {
+  const box = document.getElementById('coverage');
+  const stages = (coverage && coverage.stages) || [];
+  const lines = stages.map(s => el('p', {}, s.stage + ' (gptq, min_tokens ' + s.min_tokens +
+    '): ' + s.experts + ' routed experts, the fewest saw ' + s.fewest_tokens + ' tokens; ' +
+    (s.fallbacks ? s.fallbacks + ' fell back to round-to-nearest' : 'none fell back')));
+  if (!stages.length) lines.push(el('p', {class: 'muted'}, 'no gptq stage finished'));
+  const fallbacks = (coverage && coverage.fallbacks) || [];
+  if (fallbacks.length) {
+    lines.push(el('table', {id: 'fallbacks'},
+      el('tr', {}, ...['stage', 'layer', 'expert', 'tokens'].map(c => el('th', {}, c))),
+      ...fallbacks.slice(0, 50).map(f => el('tr', {}, el('td', {}, f.stage),
+        el('td', {class: 'num'}, f.layer), el('td', {class: 'num'}, f.expert),
+        el('td', {class: 'num'}, f.tokens)))));
+  }
+  box.replaceChildren(...lines);
+}
+
 function drawTime(time) {
   const rows = (time && time.stages || []).map(s => el('tr', {}, el('td', {}, s.stage),
     el('td', {class: 'num'}, s.tasks), el('td', {class: 'num'}, s.seconds.toFixed(2)),
@@ -177,6 +195,7 @@ function drawJob(job) {
   drawDag(job);
   drawTask(job);
   drawEvaluations(job.report);
+  drawCoverage(job.report.coverage);
   drawTime(job.report.time);
   drawFigures(job);
   fill(document.getElementById('events'), job.events.slice(-50).reverse().map(e =>

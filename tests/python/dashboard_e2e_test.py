@@ -120,6 +120,8 @@ class DashboardTest(unittest.TestCase):
         evaluations = driver.find_element(By.ID, "evaluations").text
         self.assertIn("original:", evaluations)
         self.assertIn("eval", driver.find_element(By.ID, "time").text)
+        self.assertIn("quant (gptq, min_tokens 1): 16 routed experts",
+                      driver.find_element(By.ID, "coverage").text)
         self.wait_for_figures(driver)
 
     def wait_for_figures(self, driver):
@@ -129,7 +131,8 @@ class DashboardTest(unittest.TestCase):
                 "return arguments[0].complete && arguments[0].naturalWidth > 0", i) for i in imgs)
         WebDriverWait(driver, 20).until(loaded)
         names = [i.get_attribute("alt") for i in driver.find_elements(By.CSS_SELECTOR, "#figures img")]
-        for want in ("expert_usage.svg", "bit_allocation.svg", "gptq_error.svg", "ppl_vs_size.svg"):
+        for want in ("expert_usage.svg", "bit_allocation.svg", "gptq_error.svg", "ppl_vs_size.svg",
+                     "expert_tokens.svg"):
             self.assertIn(want, names)
 
     def check_live_refresh(self, driver, c):
