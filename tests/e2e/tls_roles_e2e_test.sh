@@ -130,8 +130,10 @@ for _ in $(seq 100); do grep -q "needs the worker role" w2.log && break; sleep 0
 grep -q "needs the worker role" w2.log || fail "a client certificate as a worker: $(tail -5 w2.log)"
 
 echo "== 4. the Python client over TLS and mutual TLS"
+# From a copy: pip builds in the source tree, and other tests install it at the same time.
+mkdir -p "$WORK/src" && cp -r "$SRC/python" "$SRC/proto" "$WORK/src/" && rm -rf "$WORK/src/python/build"
 "$PYTHON" -m pip install --quiet --no-build-isolation --no-deps --disable-pip-version-check \
-  --target "$WORK/py" "$SRC/python" || fail "pip install of the Python client"
+  --target "$WORK/py" "$WORK/src/python" || fail "pip install of the Python client"
 PYTHONPATH="$WORK/py" "$PYTHON" - "$A1" "$A" <<'PY' || fail "the Python client under TLS"
 import sys
 import moec

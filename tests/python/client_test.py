@@ -12,16 +12,14 @@ Usage: client_test.py BIN_DIR
 """
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCE_DIR = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
-from moec_cluster import Cluster  # noqa: E402
+from moec_cluster import Cluster, pip_install_client  # noqa: E402
 
 BIN_DIR = None
 INSTALL_DIR = None
@@ -36,10 +34,8 @@ def read(path):
 def setUpModule():
     global INSTALL_DIR, moec
     INSTALL_DIR = tempfile.mkdtemp(prefix="moec_py_client.")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-build-isolation",
-                    "--no-deps", "--disable-pip-version-check", "--target", INSTALL_DIR,
-                    os.path.join(SOURCE_DIR, "python")], check=True)
-    sys.path.insert(0, INSTALL_DIR)
+    pip_install_client(os.path.join(INSTALL_DIR, "lib"), os.path.join(INSTALL_DIR, "src"))
+    sys.path.insert(0, os.path.join(INSTALL_DIR, "lib"))
     import moec as installed
     moec = installed
     assert moec.__file__.startswith(INSTALL_DIR), moec.__file__

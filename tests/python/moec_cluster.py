@@ -26,6 +26,21 @@ FULL_STAGES = """\
 """
 
 
+SOURCE_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def pip_install_client(target, scratch):
+    """pip-installs the Python client into `target` from a copy of python/ and proto/ under
+    `scratch` (pip builds in the source tree: tests that install at once must not share it)."""
+    import sys
+    for d in ("python", "proto"):
+        shutil.copytree(os.path.join(SOURCE_DIR, d), os.path.join(scratch, d),
+                        ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-build-isolation",
+                    "--no-deps", "--disable-pip-version-check", "--target", target,
+                    os.path.join(scratch, "python")], check=True)
+
+
 class Cluster:
     def __init__(self, bin_dir, workers=1, dashboard=False, coordinator_args=()):
         self.bin_dir = os.path.abspath(bin_dir)
@@ -145,11 +160,7 @@ class Cluster:
         import importlib
         import sys
         target = self.path("python-client")
-        source = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-            os.path.abspath(__file__)))), "python")
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-build-isolation",
-                        "--no-deps", "--disable-pip-version-check", "--target", target, source],
-                       check=True)
+        pip_install_client(target, self.path("client-src"))
         sys.path.insert(0, target)
         return importlib.import_module("moec")
 
