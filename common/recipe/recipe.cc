@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/dataset_files.h"
 #include "common/recipe/overrides.h"
 #include "common/recipe/param_check.h"
 #include "common/recipe/rules.h"
@@ -144,6 +145,10 @@ absl::StatusOr<DataSpec> Parser::Data(const YAML::Node& n, absl::string_view wha
                                  what));
   DataSpec d;
   MOEC_ASSIGN_OR_RETURN(d.path, Path(n["path"], absl::StrCat(what, ".path")));
+  if (!HasDatasetExtension(d.path)) {
+    return Err(n["path"], absl::StrCat(what, ".path: ", d.path, " has no dataset extension (",
+                                       kDatasetExtensionList, "): the format follows from it"));
+  }
   if (options_.check_files && !fs::is_regular_file(d.path)) {
     return Err(n["path"], absl::StrCat(what, ".path: no such file ", d.path),
                absl::StatusCode::kNotFound);

@@ -161,6 +161,8 @@ TEST_F(RecipeTest, MalformedRecipesGivePreciseErrors) {
       {"with: {group_size: 128, attn_bits: 4}", "with: {group_size: 128, group_size: 64}", "duplicate key 'group_size'"},
       {"models/tiny", "models/none", "model: no such directory", absl::StatusCode::kNotFound},
       {"data/eval.txt", "data/missing.txt", "recipe.yaml:5: evaluation.path: no such file", absl::StatusCode::kNotFound},
+      {"data/eval.txt", "data/eval", "recipe.yaml:5: evaluation.path: ", absl::StatusCode::kInvalidArgument},
+      {"data/calib.jsonl", "data/calib.csv", "has no dataset extension (.jsonl, .json, .txt, .raw)"},
       {"stages:", "stages: []\nx:", "recipe.yaml:8: recipe: unknown key 'x'"},
       {"  - {id: stats, kind: calibrate}", "  - {id: stats, kind: calibrate", "recipe.yaml:"},
   };

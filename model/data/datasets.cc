@@ -11,6 +11,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/dataset_files.h"
 #include "common/json_depth.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
@@ -99,13 +100,13 @@ absl::StatusOr<std::vector<std::string>> ParseJsonArray(absl::string_view data,
 }
 
 absl::StatusOr<TextFormat> FormatFromExtension(const std::string& path) {
-  const std::string ext = absl::AsciiStrToLower(std::filesystem::path(path).extension().string());
+  const std::string ext = DatasetExtension(path);
   if (ext == ".jsonl") return TextFormat::kJsonLines;
   if (ext == ".json") return TextFormat::kAuto;  // sniffed from the contents
   if (ext == ".txt" || ext == ".raw") return TextFormat::kPlainText;
   return absl::InvalidArgumentError(
       absl::StrCat("dataset file ", path, ": cannot infer the format from the extension '", ext,
-                   "' (known: .jsonl, .json, .txt, .raw); set TextFileOptions::format"));
+                   "' (known: ", kDatasetExtensionList, "); set TextFileOptions::format"));
 }
 
 absl::StatusOr<std::string> ReadWholeFile(const std::string& path, uint64_t max_bytes) {
