@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "coordinator/job_source.h"
+#include "coordinator/job_tasks.h"
 #include "report/progress.h"
 #include "report/report.h"
 #include "report/report_files.h"
@@ -24,10 +25,6 @@ nlohmann::json AsJson(const google::protobuf::Message& m) {
   return nlohmann::json::parse(report::MessageJson(m), nullptr, false);
 }
 
-bool Ended(v1::JobState s) {
-  return s == v1::JOB_SUCCEEDED || s == v1::JOB_FAILED || s == v1::JOB_CANCELLED;
-}
-
 // A job's record with its progress: done/total, failed, running tasks and, while it runs, an
 // ETA from the compute its finished tasks took since it was submitted.
 nlohmann::json Summary(const v1::GetJobResponse& job, int64_t now_ms) {
@@ -39,7 +36,7 @@ nlohmann::json Summary(const v1::GetJobResponse& job, int64_t now_ms) {
                       {"submit_time_ms", r.submit_time_ms()}, {"end_time_ms", r.end_time_ms()},
                       {"error", r.error()}, {"workers", r.workers()}, {"total", p.total},
                       {"done", p.done}, {"failed", p.failed}, {"running", p.running}};
-  j["eta_seconds"] = Ended(r.state()) ? -1.0 : p.eta_seconds;
+  j["eta_seconds"] = JobEnded(r.state()) ? -1.0 : p.eta_seconds;
   return j;
 }
 

@@ -15,6 +15,11 @@
 
 namespace moec::coordinator {
 
+// Whether a job in `state` has ended (succeeded, failed or cancelled).
+inline bool JobEnded(v1::JobState state) {
+  return state == v1::JOB_SUCCEEDED || state == v1::JOB_FAILED || state == v1::JOB_CANCELLED;
+}
+
 struct JobTasks {
   v1::JobRecord record;
   std::vector<v1::TaskRecord> tasks;
@@ -44,10 +49,7 @@ struct JobTasks {
   bool Active() const {
     return record.state() == v1::JOB_PENDING || record.state() == v1::JOB_RUNNING;
   }
-  bool Ended() const {
-    return record.state() == v1::JOB_SUCCEEDED || record.state() == v1::JOB_FAILED ||
-           record.state() == v1::JOB_CANCELLED;
-  }
+  bool Ended() const { return JobEnded(record.state()); }
 };
 
 // An event of `kind` at `time_ms`.

@@ -15,7 +15,6 @@ from moec.v1 import job_pb2
 
 # Largest response accepted (a report with its figures), as the CLI.
 MAX_MESSAGE_BYTES = 256 << 20
-_ENDED = ("succeeded", "failed", "cancelled")
 
 
 class MoecError(Exception):
