@@ -159,7 +159,9 @@ absl::StatusOr<std::unique_ptr<EmbeddedCluster>> EmbeddedCluster::Start(const Em
                                           "--token-file=" + token_file,
                                           absl::StrCat("--name=local", i),
                                           absl::StrCat("--threads=", threads),
-                                          "--device=" + device},
+                                          "--device=" + device,
+                                          // Its activation store: the hidden states of its tasks.
+                                          absl::StrCat("--scratch=", o.data_dir, "/worker", i)},
                                          absl::StrCat(c->log_dir_, "/worker", i, ".log"), -1));
     c->workers_.push_back(w);
   }

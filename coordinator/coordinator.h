@@ -68,6 +68,10 @@ struct CoordinatorStats {
   int64_t tasks_failed = 0;     // tasks that failed for good
   int64_t log_syncs = 0;        // group syncs of the job log to disk
   int64_t log_sync_failures = 0;
+  // Task outputs the coordinator's factor store received (PutFactor), and those recorded there
+  // but kept in workers' activation stores (RecordFactor), in bytes.
+  int64_t factor_bytes_stored = 0;
+  int64_t factor_bytes_held = 0;
 };
 
 struct SubmitResult {
@@ -173,6 +177,17 @@ class Coordinator {
   absl::StatusOr<std::string> PutTaskOutput(absl::string_view worker_id, absl::string_view task_id,
                                             absl::string_view name, storage::DType dtype,
                                             absl::Span<const int64_t> shape, ChunkSource& source);
+  // Records output `name` of a task the worker holds that the worker keeps in its activation
+  // store `store_id`: the factor store gets only its header (dtype, shape, CRC32C, holder),
+  // committed with the task like a PutTaskOutput. Errors: as PutTaskOutput.
+  absl::StatusOr<std::string> RecordTaskOutput(absl::string_view worker_id,
+                                               absl::string_view task_id, absl::string_view name,
+                                               storage::DType dtype,
+                                               absl::Span<const int64_t> shape, uint32_t crc32c,
+                                               absl::string_view store_id);
+  // The registered workers serving the activation stores `store_ids` (those with none now are
+  // left out).
+  std::vector<WorkerRegistry::View> HoldersOf(absl::Span<const std::string> store_ids) const;
   // Rendezvous of a gang (docs/data_plane.md): the GroupStore namespace of the worker's current
   // lease of `task_id` at `attempt`, in the store group_store() returns. Errors: NotFound;
   // FailedPrecondition when the worker does not hold the task or `attempt` is not the current one.

@@ -315,28 +315,6 @@ void Coordinator::WakeWaitersLocked(absl::string_view completer, bool completer_
   if (absl::Status s = ScheduleLocked(preferred); !s.ok()) LOG(WARNING) << "schedule: " << s;
 }
 
-absl::StatusOr<std::string> Coordinator::PutTaskOutput(absl::string_view worker_id,
-                                                       absl::string_view task_id,
-                                                       absl::string_view name,
-                                                       storage::DType dtype,
-                                                       absl::Span<const int64_t> shape,
-                                                       ChunkSource& source) {
-  if (factors_ == nullptr) return absl::FailedPreconditionError("this coordinator has no factor store");
-  MOEC_RETURN_IF_ERROR(OutputStaging::CheckName(name));
-  std::shared_ptr<OutputStaging::Pending> pending;
-  std::string key;
-  {
-    absl::MutexLock lock(&mu_);
-    JobTasks* job = nullptr;
-    MOEC_ASSIGN_OR_RETURN(v1::TaskRecord * t, HeldTaskLocked(worker_id, task_id, &job));
-    key = FactorKey{t->fingerprint(), std::string(name)}.ToString();
-    pending = staging_.Open(t->task_id());
-  }
-  // The bytes flow without the coordinator lock; only this task's puts wait on each other.
-  MOEC_RETURN_IF_ERROR(OutputStaging::Stream(*pending, key, dtype, shape, source));
-  return key;
-}
-
 absl::Status Coordinator::FailTask(absl::string_view worker_id, absl::string_view task_id,
                                    const absl::Status& error, bool retriable) {
   absl::MutexLock lock(&mu_);

@@ -8,6 +8,7 @@
 #include "nlohmann/json.hpp"
 #include "report/report.h"
 #include "report/report_files.h"
+#include "storage/factor_record.h"
 #include "proto/rpc_status.h"
 
 namespace moec::coordinator {
@@ -111,6 +112,7 @@ grpc::Status CoordinatorService::ListWorkers(grpc::ServerContext* ctx,
     s->set_gpu(w.info.gpu);
     s->set_memory_bytes(w.info.memory_bytes);
     s->set_device_memory_bytes(w.info.device_memory_bytes);
+    s->set_data_address(w.info.data_address);
     s->set_last_seen_ms(w.last_seen_ms);
     for (const auto& t : w.tasks) s->add_tasks(t);
   }
@@ -143,8 +145,14 @@ grpc::Status CoordinatorService::RegisterWorker(grpc::ServerContext* ctx,
   if (req->memory_bytes() < 0 || req->device_memory_bytes() < 0) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "negative memory size");
   }
+  if (req->store_id().size() > storage::kMaxHolderIdBytes || req->data_address().size() > 256 ||
+      req->store_id().empty() != req->data_address().empty()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "store_id (at most 128 bytes) and data_address (at most 256) come together");
+  }
   resp->set_worker_id(core_->RegisterWorker({req->name(), req->gpu(), req->memory_bytes(),
-                                             req->device_memory_bytes(), req->previous_worker_id()}));
+                                             req->device_memory_bytes(), req->previous_worker_id(),
+                                             req->store_id(), req->data_address()}));
   return grpc::Status::OK;
 }
 

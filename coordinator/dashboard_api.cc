@@ -103,7 +103,9 @@ nlohmann::json DashboardApi::Health() {
                       {"tasks_completed", s.tasks_completed}, {"tasks_reused", s.tasks_reused},
                       {"retries", s.retries}, {"lease_expiries", s.lease_expiries},
                       {"tasks_failed", s.tasks_failed}, {"log_syncs", s.log_syncs},
-                      {"log_sync_failures", s.log_sync_failures}};
+                      {"log_sync_failures", s.log_sync_failures},
+                      {"factor_bytes_stored", s.factor_bytes_stored},
+                      {"factor_bytes_held", s.factor_bytes_held}};
   if (!store_dir_.empty()) {
     absl::MutexLock lock(&mu_);
     if (absl::Now() - store_measured_ > absl::Seconds(10)) {  // a walk of the RocksDB files

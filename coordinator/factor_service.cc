@@ -3,6 +3,7 @@
 #include "coordinator/factor_service.h"
 
 #include "absl/strings/str_cat.h"
+#include "proto/factor_stream.h"
 #include "proto/rpc_status.h"
 
 namespace moec::coordinator {
@@ -24,15 +25,18 @@ class StreamSource : public ChunkSource {
   grpc::ServerReader<v1::PutFactorRequest>* reader_;
 };
 
-void FillStat(const std::string& key, const storage::FactorInfo& info, v1::FactorStat* out) {
-  out->set_key(key);
-  out->set_dtype(std::string(storage::DTypeName(info.dtype)));
-  for (int64_t d : info.shape) out->add_shape(d);
-  out->set_byte_size(info.byte_size);
-  out->set_crc32c(info.crc32c);
-}
-
 }  // namespace
+
+void FactorService::FillStat(const std::string& key, const storage::FactorInfo& info,
+                             v1::FactorStat* out) const {
+  FillFactorStat(key, info, out);
+  for (const WorkerRegistry::View& w : core_->HoldersOf(info.holders)) {
+    v1::FactorHolder* h = out->add_holders();
+    h->set_store_id(w.info.store_id);
+    h->set_worker_id(w.worker_id);
+    h->set_address(w.info.data_address);
+  }
+}
 
 grpc::Status FactorService::CheckRead(const grpc::ServerContext* ctx, const std::string& key) const {
   const uint8_t roles = auth_.RolesOf(ctx);
@@ -63,8 +67,19 @@ grpc::Status FactorService::PutFactor(grpc::ServerContext* ctx,
   return grpc::Status::OK;
 }
 
-// Largest data piece of a GetFactor stream (well under gRPC's default 4 MiB message limit).
-constexpr size_t kGetPieceBytes = 1 << 20;
+grpc::Status FactorService::RecordFactor(grpc::ServerContext* ctx, const v1::RecordFactorRequest* req,
+                                         v1::PutFactorResponse* resp) {
+  if (grpc::Status a = auth_.Check(ctx, Role::kWorker); !a.ok()) return a;
+  const v1::FactorPutHeader& h = req->header();
+  std::optional<storage::DType> dtype = storage::ParseDType(h.dtype());
+  if (!dtype) return ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat("unknown dtype '", h.dtype(), "'")));
+  std::vector<int64_t> shape(h.shape().begin(), h.shape().end());
+  absl::StatusOr<std::string> key = core_->RecordTaskOutput(
+      h.worker_id(), h.task_id(), h.name(), *dtype, shape, req->crc32c(), req->store_id());
+  if (!key.ok()) return ToGrpcStatus(key.status());
+  resp->set_key(*key);
+  return grpc::Status::OK;
+}
 
 grpc::Status FactorService::GetFactor(grpc::ServerContext* ctx, const v1::GetFactorRequest* req,
                                       grpc::ServerWriter<v1::GetFactorResponse>* writer) {
@@ -75,24 +90,8 @@ grpc::Status FactorService::GetFactor(grpc::ServerContext* ctx, const v1::GetFac
   if (!info.ok()) return ToGrpcStatus(info.status());
   v1::GetFactorResponse head;
   FillStat(req->key(), *info, head.mutable_stat());
-  if (!writer->Write(head)) return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
-  std::string buf;
-  for (size_t i = 0; i < info->num_chunks(); ++i) {
-    buf.resize(info->ChunkBytes(i));
-    absl::Status s = factors->ReadChunkInto(
-        req->key(), *info, i, absl::MakeSpan(reinterpret_cast<uint8_t*>(buf.data()), buf.size()));
-    if (!s.ok()) return ToGrpcStatus(s);
-    // Store chunks are up to 16 MiB; gRPC clients accept 4 MiB messages by default, so each
-    // chunk goes out in pieces of kGetPieceBytes.
-    for (size_t off = 0; off < buf.size(); off += kGetPieceBytes) {
-      v1::GetFactorResponse part;
-      part.set_data(buf.data() + off, std::min(kGetPieceBytes, buf.size() - off));
-      if (!writer->Write(part)) {
-        return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
-      }
-    }
-  }
-  return grpc::Status::OK;
+  // A tensor held by workers: the stat alone, naming the holders the reader fetches it from.
+  return WriteFactorStream(*factors, req->key(), *info, head, writer);
 }
 
 grpc::Status FactorService::StatFactor(grpc::ServerContext* ctx, const v1::StatFactorRequest* req,

@@ -25,10 +25,14 @@ class FactorService final : public v1::FactorService::Service {
                          grpc::ServerWriter<v1::GetFactorResponse>* writer) override;
   grpc::Status StatFactor(grpc::ServerContext* ctx, const v1::StatFactorRequest* req,
                           v1::StatFactorResponse* resp) override;
+  grpc::Status RecordFactor(grpc::ServerContext* ctx, const v1::RecordFactorRequest* req,
+                            v1::PutFactorResponse* resp) override;
 
  private:
   // Writes: workers. Reads: workers, and clients for the outputs reports read (ClientMayRead).
   grpc::Status CheckRead(const grpc::ServerContext* ctx, const std::string& key) const;
+  // The stat of `key`; for a tensor held by workers, with the holders registered now.
+  void FillStat(const std::string& key, const storage::FactorInfo& info, v1::FactorStat* out) const;
 
   Coordinator* const core_;  // Not owned.
   const Authenticator auth_;

@@ -42,7 +42,8 @@ absl::StatusOr<std::unique_ptr<MetricsExporter>> MetricsExporter::Start(const st
                        .Register(*impl->registry).Add({});
   for (const char* name : {"moec_leases_granted_total", "moec_tasks_completed_total",
                            "moec_tasks_reused_total", "moec_task_retries_total",
-                           "moec_lease_expiries_total", "moec_tasks_failed_total"}) {
+                           "moec_lease_expiries_total", "moec_tasks_failed_total",
+                           "moec_factor_bytes_stored_total", "moec_factor_bytes_held_total"}) {
     impl->counters[name] =
         &prometheus::BuildCounter().Name(name).Help(name).Register(*impl->registry).Add({});
   }
@@ -64,6 +65,8 @@ void MetricsExporter::Update(const CoordinatorStats& s) {
   advance("moec_task_retries_total", s.retries, l.retries);
   advance("moec_lease_expiries_total", s.lease_expiries, l.lease_expiries);
   advance("moec_tasks_failed_total", s.tasks_failed, l.tasks_failed);
+  advance("moec_factor_bytes_stored_total", s.factor_bytes_stored, l.factor_bytes_stored);
+  advance("moec_factor_bytes_held_total", s.factor_bytes_held, l.factor_bytes_held);
   impl_->last = s;
 }
 

@@ -118,4 +118,13 @@ std::vector<WorkerRegistry::View> WorkerRegistry::List() const {
   return out;
 }
 
+std::optional<WorkerRegistry::View> WorkerRegistry::ServingStore(absl::string_view store_id) const {
+  std::optional<View> best;
+  for (const auto& [id, w] : workers_) {
+    if (w.info.store_id.empty() || w.info.store_id != store_id) continue;
+    if (!best || w.last_seen_ms > best->last_seen_ms) best = View{id, w.info, w.last_seen_ms};
+  }
+  return best;
+}
+
 }  // namespace moec::coordinator

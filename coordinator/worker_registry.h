@@ -25,6 +25,10 @@ struct WorkerInfo {
   int64_t device_memory_bytes = 0;  // the GPU's (gpu)
   // The id the worker had before (it registers again after a coordinator restart); empty: none.
   std::string previous_id;
+  // Its activation store (moec-worker --scratch; kept across the worker's restarts) and the
+  // address of the FactorService serving it; both empty when it has none.
+  std::string store_id;
+  std::string data_address;
 };
 
 // A task granted to a worker.
@@ -79,6 +83,9 @@ class WorkerRegistry {
     int64_t last_seen_ms = 0;
   };
   std::vector<View> List() const;
+  // The registered worker serving activation store `store_id` (the one heard from last when a
+  // restarted worker and its silent predecessor both claim it), or nullopt.
+  std::optional<View> ServingStore(absl::string_view store_id) const;
   size_t size() const { return workers_.size(); }
 
  private:

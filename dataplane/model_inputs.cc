@@ -116,16 +116,29 @@ absl::StatusOr<at::Tensor> LayerInput(const StageContext& ctx, const model::Mode
   return ReadChunkedOutput(ctx, ctx.task->stage_id(), ctx.task->layer() - 1, outputs::kHidden);
 }
 
-absl::Status PutTensor(StageContext& ctx, absl::string_view name, const at::Tensor& t) {
+namespace {
+
+// Stores `t` through `put` (FactorIo::PutOutput or PutActivation).
+template <typename Put>
+absl::Status StoreTensor(StageContext& ctx, absl::string_view name, const at::Tensor& t, Put put) {
   if (ctx.io == nullptr) return absl::FailedPreconditionError("no factor I/O for stage outputs");
   MOEC_ASSIGN_OR_RETURN(storage::DType dtype, StoredType(t.scalar_type()));
   // A stage's outputs are read by the host (and other workers): device tensors come back here.
   at::Tensor c = t.detach().to(at::kCPU).contiguous();
   std::vector<int64_t> shape = c.sizes().vec();
-  return ctx.io
-      ->PutOutput(name, dtype, shape,
-                  absl::string_view(static_cast<const char*>(c.data_ptr()), c.nbytes()))
+  return put(name, dtype, shape,
+             absl::string_view(static_cast<const char*>(c.data_ptr()), c.nbytes()))
       .status();
+}
+
+}  // namespace
+
+absl::Status PutTensor(StageContext& ctx, absl::string_view name, const at::Tensor& t) {
+  return StoreTensor(ctx, name, t, [&](auto&&... a) { return ctx.io->PutOutput(a...); });
+}
+
+absl::Status PutActivation(StageContext& ctx, absl::string_view name, const at::Tensor& t) {
+  return StoreTensor(ctx, name, t, [&](auto&&... a) { return ctx.io->PutActivation(a...); });
 }
 
 absl::StatusOr<at::Tensor> GetTensor(const StageContext& ctx, absl::string_view key) {

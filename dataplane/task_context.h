@@ -34,7 +34,15 @@ class FactorIo {
   virtual absl::StatusOr<std::string> PutOutput(absl::string_view name, storage::DType dtype,
                                                 absl::Span<const int64_t> shape,
                                                 absl::string_view data) = 0;
-  // Reads a committed tensor.
+  // Stores a piece of the activation chain (a layer's output hidden states, per chunk): like
+  // PutOutput, but a worker with an activation store keeps the bytes itself and the coordinator
+  // records only their key, size, CRC32C and holder (docs/data_plane.md).
+  virtual absl::StatusOr<std::string> PutActivation(absl::string_view name, storage::DType dtype,
+                                                    absl::Span<const int64_t> shape,
+                                                    absl::string_view data) {
+    return PutOutput(name, dtype, shape, data);
+  }
+  // Reads a committed tensor, wherever it is held.
   virtual absl::StatusOr<storage::Factor> Get(absl::string_view key) = 0;
 };
 

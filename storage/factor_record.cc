@@ -30,6 +30,7 @@ std::string EncodeFactorHeader(const FactorInfo& info) {
   h.set_chunk_size(info.chunk_size);
   for (uint32_t c : info.chunk_crc32c) h.add_chunk_crc32c(c);
   h.set_generation(info.generation);
+  for (const std::string& holder : info.holders) h.add_holders(holder);
   std::string out;
   h.SerializeToString(&out);
   return out;
@@ -62,8 +63,15 @@ absl::StatusOr<FactorInfo> DecodeFactorHeader(absl::string_view bytes, absl::str
   info.crc32c = h.crc32c();
   info.chunk_size = h.chunk_size();
   info.generation = h.generation();
+  if (static_cast<size_t>(h.holders_size()) > kMaxFactorHolders) {
+    return Corrupt(key, absl::StrCat(h.holders_size(), " holders, over ", kMaxFactorHolders));
+  }
+  for (const std::string& holder : h.holders()) {
+    if (holder.empty() || holder.size() > kMaxHolderIdBytes) return Corrupt(key, "bad holder id");
+    info.holders.push_back(holder);
+  }
   uint64_t chunks = 0;
-  if (info.byte_size > 0) {
+  if (info.byte_size > 0 && !info.held()) {
     if (info.chunk_size == 0 || info.chunk_size > kMaxFactorChunkBytes) {
       return Corrupt(key, absl::StrCat("chunk size ", info.chunk_size, " out of range"));
     }

@@ -19,6 +19,8 @@ inline constexpr uint64_t kMaxFactorBytes = 1ull << 40;       // 1 TiB per tenso
 inline constexpr uint64_t kMaxFactorChunkBytes = 1ull << 30;  // 1 GiB per chunk
 inline constexpr size_t kMaxFactorRank = 16;
 inline constexpr size_t kMaxFactorKeyBytes = 1024;
+inline constexpr size_t kMaxFactorHolders = 16;
+inline constexpr size_t kMaxHolderIdBytes = 128;
 
 // A decoded, validated header record.
 struct FactorInfo {
@@ -29,7 +31,11 @@ struct FactorInfo {
   uint64_t chunk_size = 0;
   std::vector<uint32_t> chunk_crc32c;
   uint64_t generation = 0;
+  // Non-empty: the bytes live in these workers' activation stores (their store ids), not in
+  // this store, which keeps only this header (no chunks).
+  std::vector<std::string> holders;
 
+  bool held() const { return !holders.empty(); }
   size_t num_chunks() const { return chunk_crc32c.size(); }
   // Bytes of chunk i (the last one may be short).
   uint64_t ChunkBytes(size_t i) const;
@@ -41,7 +47,8 @@ std::string EncodeFactorHeader(const FactorInfo& info);
 // Parses and validates a header record stored under factor `key`.
 // Errors: DataLoss naming the key when the bytes are not a header, the version is unknown, the
 // dtype is unknown, the rank or sizes exceed the bounds above, shape x dtype != byte_size, or
-// the chunk list does not match byte_size / chunk_size.
+// the chunk list does not match byte_size / chunk_size (a held header has none), or the holders
+// exceed kMaxFactorHolders or kMaxHolderIdBytes.
 absl::StatusOr<FactorInfo> DecodeFactorHeader(absl::string_view bytes, absl::string_view key);
 
 // Factor keys are 1..1024 bytes with no NUL. Errors: InvalidArgument.

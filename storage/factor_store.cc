@@ -10,6 +10,7 @@
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "common/crc32c.h"
 #include "common/status_macros.h"
 #include "common/status_payloads.h"
@@ -177,6 +178,27 @@ absl::Status FactorTransaction::Put(absl::string_view key, DType dtype,
   return End();
 }
 
+absl::Status FactorTransaction::PutHeld(absl::string_view key, DType dtype,
+                                        absl::Span<const int64_t> shape, uint32_t crc32c,
+                                        absl::Span<const std::string> holders) {
+  if (holders.empty() || holders.size() > kMaxFactorHolders) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("factor '", key, "': 1..", kMaxFactorHolders, " holders, got ", holders.size()));
+  }
+  for (const std::string& h : holders) {
+    if (h.empty() || h.size() > kMaxHolderIdBytes) {
+      return absl::InvalidArgumentError(absl::StrCat("factor '", key, "': bad holder id"));
+    }
+  }
+  MOEC_RETURN_IF_ERROR(Begin(key, dtype, shape));
+  streaming_ = false;
+  info_.chunk_size = 0;
+  info_.crc32c = crc32c;
+  info_.holders.assign(holders.begin(), holders.end());
+  staged_.emplace_back(std::move(key_), std::move(info_));
+  return absl::OkStatus();
+}
+
 absl::Status FactorTransaction::Commit(Durability durability) {
   if (committed_) return absl::FailedPreconditionError("transaction committed twice");
   if (streaming_) {
@@ -256,8 +278,16 @@ absl::Status FactorStore::ReadChunk(absl::string_view key, const FactorInfo& inf
   return absl::IsDataLoss(s) ? WithFactorKey(s, key) : s;
 }
 
+// The error of reading the bytes of a tensor this store only records.
+static absl::Status HeldElsewhere(absl::string_view key, const FactorInfo& info) {
+  return absl::FailedPreconditionError(absl::StrCat(
+      "factor '", key, "' is held by the activation stores of ", absl::StrJoin(info.holders, ","),
+      ", not here"));
+}
+
 absl::Status FactorStore::ReadChunks(absl::string_view key, const FactorInfo& info,
                                      uint8_t* out) const {
+  if (info.held()) return HeldElsewhere(key, info);
   const size_t n = info.num_chunks();
   std::vector<uint32_t> crcs(n, 0);
   std::vector<absl::Status> errors(n);
@@ -289,6 +319,7 @@ absl::Status FactorStore::ReadChunks(absl::string_view key, const FactorInfo& in
 
 absl::Status FactorStore::ReadChunkInto(absl::string_view key, const FactorInfo& info, size_t i,
                                         absl::Span<uint8_t> out) const {
+  if (info.held()) return HeldElsewhere(key, info);
   if (i >= info.num_chunks() || out.size() != info.ChunkBytes(i)) {
     return absl::InvalidArgumentError(absl::StrCat("factor '", key, "': bad chunk ", i, " or buffer"));
   }

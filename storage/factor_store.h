@@ -60,6 +60,11 @@ class FactorTransaction {
   absl::Status Begin(absl::string_view key, DType dtype, absl::Span<const int64_t> shape);
   absl::Status Append(absl::string_view bytes);
   absl::Status End();
+  // Stages the header of a tensor held elsewhere: the bytes (`byte_size` of dtype and shape,
+  // CRC32C `crc32c`) are in the activation stores of `holders` (store ids, 1..16), and this
+  // store keeps only the header. Errors: as Put, and InvalidArgument for bad holders.
+  absl::Status PutHeld(absl::string_view key, DType dtype, absl::Span<const int64_t> shape,
+                       uint32_t crc32c, absl::Span<const std::string> holders);
   // Abandons the tensor being streamed (its chunks are discarded); no-op when none is.
   void AbortCurrent();
 
@@ -104,7 +109,9 @@ class FactorStore {
   // Returns the header of `key`. Errors: NotFound; DataLoss for a corrupt header.
   absl::StatusOr<FactorInfo> Stat(absl::string_view key) const;
   // Reads a whole tensor, verifying every chunk's and the tensor's CRC32C.
-  // Errors: NotFound; DataLoss naming the key (and chunk) on any mismatch or missing chunk.
+  // Errors: NotFound; DataLoss naming the key (and chunk) on any mismatch or missing chunk;
+  // FailedPrecondition for a tensor held elsewhere (FactorInfo::held; so for ReadInto and
+  // ReadChunkInto too).
   absl::StatusOr<Factor> Get(absl::string_view key) const;
   // As Get, into caller memory of exactly info.byte_size bytes (no extra copy of the tensor).
   absl::Status ReadInto(absl::string_view key, absl::Span<uint8_t> out) const;

@@ -25,16 +25,29 @@ struct Lease {
   std::map<std::string, std::string> input_fingerprints;  // task id -> fingerprint
 };
 
+// What a worker registers.
+struct Registration {
+  std::string name;
+  bool gpu = false;                 // computes on a GPU of device_memory_bytes
+  int64_t memory_bytes = 0;         // the host's
+  int64_t device_memory_bytes = 0;
+  std::string previous_id;          // the id the worker had (empty at its first registration)
+  std::string store_id;             // its activation store (empty: none)
+  std::string data_address;         // where its ActivationServer serves that store
+};
+
+// A registered worker holding a tensor in its activation store (FactorStat.holders).
+struct Holder {
+  std::string store_id;
+  std::string worker_id;
+  std::string address;
+};
+
 // Thread-safe.
 class CoordinatorClient {
  public:
   virtual ~CoordinatorClient() = default;
-  // `gpu`: the worker computes on a GPU of `device_memory_bytes`; `memory_bytes`: the host's;
-  // `previous_id`: the id the worker had (empty at its first registration).
-  virtual absl::StatusOr<std::string> RegisterWorker(const std::string& name, bool gpu,
-                                                     int64_t memory_bytes,
-                                                     int64_t device_memory_bytes,
-                                                     const std::string& previous_id) = 0;
+  virtual absl::StatusOr<std::string> RegisterWorker(const Registration& r) = 0;
   // `running`: the tasks the worker runs now (only their leases are renewed). Returns those of
   // them that were cancelled.
   virtual absl::StatusOr<std::vector<std::string>> Heartbeat(
@@ -65,9 +78,18 @@ class CoordinatorClient {
                                                 const std::string& name, storage::DType dtype,
                                                 absl::Span<const int64_t> shape,
                                                 absl::string_view data) = 0;
+  // Records an output of a held task that activation store `store_id` keeps
+  // (FactorService.RecordFactor); returns its key.
+  virtual absl::StatusOr<std::string> RecordOutput(const std::string& worker_id,
+                                                   const std::string& task_id,
+                                                   const std::string& name, storage::DType dtype,
+                                                   absl::Span<const int64_t> shape,
+                                                   uint32_t crc32c, const std::string& store_id) = 0;
   // Reads a committed tensor (FactorService.GetFactor). A DataLoss carries `key` as its factor
-  // key payload.
-  virtual absl::StatusOr<storage::Factor> GetFactor(const std::string& key) = 0;
+  // key payload. A tensor held by workers comes back as its header alone (info.held(), no
+  // bytes), and `holders` (when not null) receives the registered workers holding it.
+  virtual absl::StatusOr<storage::Factor> GetFactor(const std::string& key,
+                                                    std::vector<Holder>* holders = nullptr) = 0;
 
   // The gang rendezvous store of a held task's attempt (CoordinatorService.GroupStore*).
   virtual absl::Status GroupStoreSet(const std::string& worker_id, const std::string& task_id,

@@ -4,6 +4,8 @@
 #include "grpcpp/grpcpp.h"
 #include "moec/v1/coordinator.grpc.pb.h"
 #include "moec/v1/factor.grpc.pb.h"
+#include "common/status_macros.h"
+#include "proto/factor_stream.h"
 #include "proto/rpc_status.h"
 #include "worker/coordinator_client.h"
 
@@ -53,47 +55,51 @@ class GrpcCoordinatorClient : public CoordinatorClient {
     return resp.key();
   }
 
-  absl::StatusOr<storage::Factor> GetFactor(const std::string& key) override {
+  absl::StatusOr<std::string> RecordOutput(const std::string& worker_id,
+                                           const std::string& task_id, const std::string& name,
+                                           storage::DType dtype, absl::Span<const int64_t> shape,
+                                           uint32_t crc32c, const std::string& store_id) override {
+    v1::RecordFactorRequest req;
+    v1::FactorPutHeader* h = req.mutable_header();
+    h->set_worker_id(worker_id);
+    h->set_task_id(task_id);
+    h->set_name(name);
+    h->set_dtype(std::string(storage::DTypeName(dtype)));
+    for (int64_t d : shape) h->add_shape(d);
+    req.set_crc32c(crc32c);
+    req.set_store_id(store_id);
+    v1::PutFactorResponse resp;
+    auto ctx = Context();
+    MOEC_RETURN_IF_ERROR(FromGrpcStatus(factor_stub_->RecordFactor(ctx.get(), req, &resp)));
+    return resp.key();
+  }
+
+  absl::StatusOr<storage::Factor> GetFactor(const std::string& key,
+                                            std::vector<Holder>* holders) override {
     v1::GetFactorRequest req;
     req.set_key(key);
     auto ctx = Context();
     auto reader = factor_stub_->GetFactor(ctx.get(), req);
-    v1::GetFactorResponse part;
-    storage::Factor f;
-    bool have_stat = false;
-    while (reader->Read(&part)) {
-      if (part.has_stat()) {
-        std::optional<storage::DType> dtype = storage::ParseDType(part.stat().dtype());
-        if (!dtype) return absl::DataLossError(absl::StrCat("factor '", key, "': unknown dtype"));
-        f.info.dtype = *dtype;
-        f.info.shape.assign(part.stat().shape().begin(), part.stat().shape().end());
-        f.info.byte_size = part.stat().byte_size();
-        f.info.crc32c = part.stat().crc32c();
-        f.data.reserve(f.info.byte_size);
-        have_stat = true;
-      } else {
-        f.data += part.data();
+    v1::FactorStat stat;
+    MOEC_ASSIGN_OR_RETURN(storage::Factor f, ReadFactorStream(reader.get(), key, &stat));
+    if (holders != nullptr) {
+      holders->clear();
+      for (const v1::FactorHolder& h : stat.holders()) {
+        holders->push_back({h.store_id(), h.worker_id(), h.address()});
       }
     }
-    absl::Status s = FromGrpcStatus(reader->Finish());
-    if (s.ok() && (!have_stat || f.data.size() != f.info.byte_size)) {
-      s = absl::DataLossError(absl::StrCat("factor '", key, "': incomplete stream"));
-    }
-    // The key of a corrupt factor travels with the error (the payload does not cross gRPC).
-    if (absl::IsDataLoss(s)) return WithFactorKey(s, key);
-    if (!s.ok()) return s;
     return f;
   }
 
-  absl::StatusOr<std::string> RegisterWorker(const std::string& name, bool gpu,
-                                             int64_t memory_bytes, int64_t device_memory_bytes,
-                                             const std::string& previous_id) override {
+  absl::StatusOr<std::string> RegisterWorker(const Registration& r) override {
     v1::RegisterWorkerRequest req;
-    req.set_name(name);
-    req.set_previous_worker_id(previous_id);
-    req.set_gpu(gpu);
-    req.set_memory_bytes(memory_bytes);
-    req.set_device_memory_bytes(device_memory_bytes);
+    req.set_name(r.name);
+    req.set_previous_worker_id(r.previous_id);
+    req.set_gpu(r.gpu);
+    req.set_memory_bytes(r.memory_bytes);
+    req.set_device_memory_bytes(r.device_memory_bytes);
+    req.set_store_id(r.store_id);
+    req.set_data_address(r.data_address);
     v1::RegisterWorkerResponse resp;
     auto ctx = Context();
     absl::Status s = FromGrpcStatus(stub_->RegisterWorker(ctx.get(), req, &resp));

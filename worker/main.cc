@@ -60,8 +60,13 @@ ABSL_FLAG(std::string, device, "cpu",
           "where this worker computes: cpu, or cuda:N (GPU N: every stage runs there, the worker "
           "registers the GPU's memory and one task at a time; needs a build with CUDA)");
 ABSL_FLAG(std::string, scratch, "",
-          "local directory for this worker's temporary files (created if missing, must be "
-          "writable; becomes TMPDIR of its stages); default: $TMPDIR or /tmp");
+          "local directory of this worker (created if missing, must be writable): its activation "
+          "store, which keeps the hidden states its tasks produce and serves them to the other "
+          "workers (the coordinator records only where they are), and its stages' TMPDIR. "
+          "Without it, activations go through the coordinator and temporary files to $TMPDIR");
+ABSL_FLAG(std::string, data_listen, "",
+          "HOST:PORT the activation store is served on (with --scratch); default: the advertise "
+          "host's loopback or all interfaces, on a free port. Peers dial --advertise-host:PORT");
 ABSL_FLAG(int, collective_timeout_s, 120,
           "seconds a gang waits for a missing member (rendezvous and each collective) before the "
           "task fails and is retried");
@@ -93,7 +98,7 @@ void SetUsage() {
       "runs moec compression tasks for a coordinator.\n"
       "  moec-worker --coordinator HOST:PORT (--token-file PATH | --tls-cert F --tls-key F)\n"
       "              [--tls-ca F] [--device cpu|cuda:N] [--scratch DIR] [--name NAME]\n"
-      "              [--advertise-host HOST]\n"
+      "              [--advertise-host HOST] [--data-listen HOST:PORT]\n"
       "The token is the coordinator's worker token; under mutual TLS a certificate the coordinator\n"
       "lists as a worker identity stands for it (docs/operations.md, \"Tokens and roles\").");
 }
@@ -181,6 +186,44 @@ absl::Status UseScratch() {
   return absl::OkStatus();
 }
 
+// The activation store under --scratch and its server (null without --scratch, or under TLS
+// without a certificate to serve it with).
+struct DataPlane {
+  std::unique_ptr<moec::worker::ActivationStore> store;
+  std::unique_ptr<moec::worker::ActivationServer> server;
+  std::unique_ptr<moec::worker::PeerReader> peers;
+};
+
+absl::Status StartDataPlane(const moec::worker::GrpcClientOptions& client,
+                            moec::worker::WorkerOptions* options, DataPlane* plane) {
+  const std::string scratch = absl::GetFlag(FLAGS_scratch);
+  if (scratch.empty()) return absl::OkStatus();
+  if (!client.tls_ca.empty() && client.tls_cert.empty()) {
+    LOG(WARNING) << "activations go through the coordinator: serving them to peers under TLS "
+                    "needs --tls-cert and --tls-key";
+    return absl::OkStatus();
+  }
+  MOEC_ASSIGN_OR_RETURN(plane->store, moec::worker::ActivationStore::Open(scratch));
+  moec::worker::ActivationServerOptions o;
+  const bool loopback = absl::StartsWith(options->advertise_host, "127.");
+  o.listen = absl::GetFlag(FLAGS_data_listen);
+  if (o.listen.empty()) o.listen = loopback ? "127.0.0.1:0" : "0.0.0.0:0";
+  o.advertise_host = options->advertise_host;
+  o.token = client.token;
+  o.tls_cert = client.tls_cert;
+  o.tls_key = client.tls_key;
+  o.tls_ca = client.tls_ca;
+  MOEC_ASSIGN_OR_RETURN(plane->server, moec::worker::ActivationServer::Start(plane->store.get(), o));
+  plane->peers = std::make_unique<moec::worker::PeerReader>(
+      moec::worker::PeerReaderOptions{client.token, client.tls_ca, client.tls_cert, client.tls_key});
+  options->activations = plane->store.get();
+  options->data_address = plane->server->address();
+  options->peers = plane->peers.get();
+  LOG(INFO) << "activation store " << plane->store->id() << " in " << scratch
+            << "/activations, served on " << plane->server->address();
+  return absl::OkStatus();
+}
+
 // The worker's options from the flags; `coordinator`: the coordinator's address.
 absl::StatusOr<moec::worker::WorkerOptions> WorkerOptionsFromFlags(const std::string& coordinator) {
   moec::worker::WorkerOptions options;
@@ -237,6 +280,8 @@ int main(int argc, char** argv) {
       WorkerOptionsFromFlags(client_options->address);
   if (!options.ok()) return Fail(options.status());
   if (absl::Status s = SetComputeThreads(); !s.ok()) return Fail(s);
+  DataPlane plane;
+  if (absl::Status s = StartDataPlane(*client_options, &*options, &plane); !s.ok()) return Fail(s);
   // What every task's profile is measured against (docs/cli.md "report").
   absl::StatusOr<double> gemm = moec::worker::MeasureGemmGflops(options->device);
   if (!gemm.ok()) return Fail(gemm.status());
@@ -262,6 +307,10 @@ int main(int argc, char** argv) {
   }
   stop.WaitForNotification();
   LOG(INFO) << "stopping; tasks done " << worker.tasks_done() << ", failed " << worker.tasks_failed();
+  if (plane.peers != nullptr) {
+    LOG(INFO) << "read " << plane.peers->reads() << " tensors (" << plane.peers->bytes()
+              << " bytes) from other workers' activation stores";
+  }
   worker.Stop();
   return 0;
 }

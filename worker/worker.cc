@@ -3,6 +3,8 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/status_payloads.h"
 #include "comm/communicator.h"
 #include "common/recipe/recipe.h"
 #include "common/status_macros.h"
@@ -39,9 +41,13 @@ absl::Status Worker::Reregister(const std::string& failed_id) {
   if (worker_id() != failed_id) return absl::OkStatus();  // the other thread registered again
   // Again with the id it had: a restarted coordinator gives it back, and the task this worker
   // runs keeps its lease (no attempt is lost to the restart).
-  absl::StatusOr<std::string> id =
-      client_->RegisterWorker(options_.name, options_.device.cuda, options_.memory_bytes,
-                              options_.device_memory_bytes, failed_id);
+  Registration r{options_.name, options_.device.cuda, options_.memory_bytes,
+                 options_.device_memory_bytes, failed_id};
+  if (options_.activations != nullptr) {
+    r.store_id = options_.activations->id();
+    r.data_address = options_.data_address;
+  }
+  absl::StatusOr<std::string> id = client_->RegisterWorker(r);
   if (!id.ok()) return id.status();
   absl::MutexLock lock(&mu_);
   worker_id_ = *id;
@@ -172,26 +178,81 @@ absl::StatusOr<recipe::Recipe> ContextOf(const Lease& lease, const WorkerOptions
   return parsed;
 }
 
-// The running task's view of the factor store, through the coordinator client.
+// The running task's view of the factor store: through the coordinator client, and for the
+// activation chain the worker's own activation store and its peers' (when it has one).
 class ClientFactorIo : public stages::FactorIo {
  public:
-  ClientFactorIo(CoordinatorClient* client, std::string worker_id, std::string task_id)
-      : client_(client), worker_id_(std::move(worker_id)), task_id_(std::move(task_id)) {}
+  ClientFactorIo(CoordinatorClient* client, const WorkerOptions& options, std::string worker_id,
+                 const v1::TaskRecord& task, const std::atomic<bool>* cancelled)
+      : client_(client), options_(options), worker_id_(std::move(worker_id)), task_(task),
+        cancelled_(cancelled) {}
   absl::StatusOr<std::string> PutOutput(absl::string_view name, storage::DType dtype,
                                         absl::Span<const int64_t> shape,
                                         absl::string_view data) override {
     profile::ScopedPhase phase(profile::Phase::kFactorIo);
-    return client_->PutOutput(worker_id_, task_id_, std::string(name), dtype, shape, data);
+    return client_->PutOutput(worker_id_, task_.task_id(), std::string(name), dtype, shape, data);
+  }
+  // Into the worker's activation store, durably, and then recorded with the coordinator.
+  absl::StatusOr<std::string> PutActivation(absl::string_view name, storage::DType dtype,
+                                            absl::Span<const int64_t> shape,
+                                            absl::string_view data) override {
+    if (options_.activations == nullptr) return PutOutput(name, dtype, shape, data);
+    profile::ScopedPhase phase(profile::Phase::kFactorIo);
+    const std::string key = absl::StrCat(task_.fingerprint(), "/", name);
+    MOEC_ASSIGN_OR_RETURN(const uint32_t crc, options_.activations->Put(key, dtype, shape, data));
+    return client_->RecordOutput(worker_id_, task_.task_id(), std::string(name), dtype, shape, crc,
+                                 options_.activations->id());
   }
   absl::StatusOr<storage::Factor> Get(absl::string_view key) override {
     profile::ScopedPhase phase(profile::Phase::kFactorIo);
-    return client_->GetFactor(std::string(key));
+    const std::string k(key);
+    if (options_.activations != nullptr) {
+      MOEC_ASSIGN_OR_RETURN(std::optional<storage::Factor> local,
+                            options_.activations->GetIfPresent(k));
+      if (local.has_value()) return std::move(*local);
+    }
+    std::vector<Holder> holders;
+    MOEC_ASSIGN_OR_RETURN(storage::Factor f, client_->GetFactor(k, &holders));
+    if (!f.info.held()) return f;
+    return FromHolders(k, std::move(f.info), std::move(holders));
   }
 
  private:
+  // Reads `key` from a holder, asking the coordinator again for the holders registered while
+  // none answers (a restarted worker comes back with its store), for up to holder_wait. No
+  // holder left, or none answering in time: DataLoss carrying the key, so that the coordinator
+  // re-runs the task that produced it (lineage).
+  absl::StatusOr<storage::Factor> FromHolders(const std::string& key, storage::FactorInfo info,
+                                              std::vector<Holder> holders) {
+    const absl::Time deadline = absl::Now() + options_.holder_wait;
+    std::string tried;
+    while (true) {
+      bool retry = false;
+      for (const Holder& h : holders) {
+        if (options_.peers == nullptr || h.address.empty()) continue;
+        absl::StatusOr<storage::Factor> f = options_.peers->Get(h.address, key, info);
+        if (f.ok()) return f;
+        absl::StrAppend(&tried, tried.empty() ? "" : "; ", h.worker_id, " at ", h.address, ": ",
+                        f.status().ToString());
+        retry = retry || absl::IsUnavailable(f.status()) || absl::IsDeadlineExceeded(f.status());
+      }
+      if (!retry || absl::Now() >= deadline || (cancelled_ != nullptr && cancelled_->load())) break;
+      absl::SleepFor(absl::Seconds(1));
+      MOEC_ASSIGN_OR_RETURN(storage::Factor again, client_->GetFactor(key, &holders));
+      if (!again.info.held()) return again;
+    }
+    return WithFactorKey(
+        absl::DataLossError(absl::StrCat(
+            "factor '", key, "': no worker holding it (", absl::StrJoin(info.holders, ","),
+            ") could serve it", tried.empty() ? " (none is registered)" : ": " + tried)),
+        key);
+  }
+
   CoordinatorClient* client_;
-  std::string worker_id_;
-  std::string task_id_;
+  const WorkerOptions& options_;
+  const std::string worker_id_;
+  const v1::TaskRecord& task_;
+  const std::atomic<bool>* cancelled_;
 };
 
 // The gang's rendezvous store: the coordinator's GroupStore of this attempt of the task. Get polls
@@ -266,7 +327,7 @@ std::optional<Lease> Worker::RunOne(const Lease& lease) {
   }
   stages::StageContext ctx;
   absl::StatusOr<recipe::Recipe> parsed = ContextOf(lease, options_, cancelled.get(), &ctx);
-  ClientFactorIo io(client_, id, lease.task.task_id());
+  ClientFactorIo io(client_, options_, id, lease.task, cancelled.get());
   ctx.io = &io;
   const int size = std::max<int>(1, static_cast<int>(lease.group.size()));
   comm::LazyCommunicator communicator(

@@ -16,6 +16,7 @@
 #include "absl/time/time.h"
 #include "common/device.h"
 #include "stages/stage.h"
+#include "worker/activation_store.h"
 #include "worker/coordinator_client.h"
 
 namespace moec::worker {
@@ -43,6 +44,14 @@ struct WorkerOptions {
   // Sets the compute threads (libtorch and OpenBLAS) before each task: the job's
   // (Recipe::threads) when it fixes them, else `threads`. Null: left as they are.
   std::function<void(int)> set_threads;
+  // The worker's activation store and the address its ActivationServer serves it on, and the
+  // reader of its peers' stores (not owned; null: no store, every output goes to the
+  // coordinator). A tensor whose holders do not answer is waited for this long before the task
+  // fails with DataLoss, which makes the coordinator re-run the task that produced it.
+  ActivationStore* activations = nullptr;
+  std::string data_address;
+  PeerReader* peers = nullptr;
+  absl::Duration holder_wait = absl::Seconds(30);
   absl::Status Validate() const;
 };
 

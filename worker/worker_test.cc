@@ -47,10 +47,9 @@ absl::StatusOr<int64_t> GroupAdd(coordinator::Coordinator& c, const std::string&
 class LocalClient : public CoordinatorClient {
  public:
   explicit LocalClient(coordinator::Coordinator* core) : core_(core) {}
-  absl::StatusOr<std::string> RegisterWorker(const std::string& name, bool gpu, int64_t memory,
-                                             int64_t device_memory,
-                                             const std::string& previous_id) override {
-    return core_->RegisterWorker({name, gpu, memory, device_memory, previous_id});
+  absl::StatusOr<std::string> RegisterWorker(const Registration& r) override {
+    return core_->RegisterWorker({r.name, r.gpu, r.memory_bytes, r.device_memory_bytes,
+                                  r.previous_id, r.store_id, r.data_address});
   }
   absl::StatusOr<std::vector<std::string>> Heartbeat(const std::string& id,
                                                      const std::vector<std::string>& running) override {
@@ -105,8 +104,23 @@ class LocalClient : public CoordinatorClient {
     src.d = data;
     return core_->PutTaskOutput(id, task, name, dtype, shape, src);
   }
-  absl::StatusOr<storage::Factor> GetFactor(const std::string& key) override {
-    return core_->factors()->Get(key);
+  absl::StatusOr<std::string> RecordOutput(const std::string& id, const std::string& task,
+                                           const std::string& name, storage::DType dtype,
+                                           absl::Span<const int64_t> shape, uint32_t crc32c,
+                                           const std::string& store_id) override {
+    return core_->RecordTaskOutput(id, task, name, dtype, shape, crc32c, store_id);
+  }
+  absl::StatusOr<storage::Factor> GetFactor(const std::string& key,
+                                            std::vector<Holder>* holders) override {
+    MOEC_ASSIGN_OR_RETURN(storage::FactorInfo info, core_->factors()->Stat(key));
+    if (!info.held()) return core_->factors()->Get(key);
+    if (holders != nullptr) {
+      holders->clear();
+      for (const auto& w : core_->HoldersOf(info.holders)) {
+        holders->push_back({w.info.store_id, w.worker_id, w.info.data_address});
+      }
+    }
+    return storage::Factor{std::move(info), {}};
   }
   absl::Status GroupStoreSet(const std::string& id, const std::string& task, int attempt,
                              const std::string& key, const std::string& value) override {

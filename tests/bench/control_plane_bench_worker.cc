@@ -103,7 +103,7 @@ int WorkerMain(const std::string& address, int index) {
   o.token = "bench";
   auto client = moec::worker::NewGrpcCoordinatorClient(o);
   if (!client.ok()) return Fail("client", client.status());
-  auto id = (*client)->RegisterWorker(absl::StrCat("bench", index), false, 0, 0, "");
+  auto id = (*client)->RegisterWorker({absl::StrCat("bench", index)});
   if (!id.ok()) return Fail("RegisterWorker", id.status());
   std::printf("ready %s\n", id->c_str());
   std::fflush(stdout);
