@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "common/status_payloads.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -153,6 +154,57 @@ TEST_F(CoordinatorTest, TaskOutputsCommitWithCompletionAndVanishWithFailure) {
   ASSERT_OK(coord_->FailTask(w, t->task.task_id(), absl::InternalError("x"), true));
   EXPECT_THAT(factors_->Stat(lost), StatusIs(absl::StatusCode::kNotFound));
   EXPECT_THAT(factors_->CollectGarbage(), moec::testing::IsOkAndHolds(0u));  // nothing left behind
+}
+
+TEST_F(CoordinatorTest, OutputsHeldByWorkersAreRecordedAndTheirLossReRunsTheProducer) {
+  const std::string job = Submit().job.job_id();
+  std::string w = coord_->RegisterWorker({"a", false, 0, 0, "", "as-1", "127.0.0.1:9"});
+  std::optional<LeasedTask> t = Lease(w);
+  ASSERT_TRUE(t.has_value());
+  ASSERT_OK_AND_ASSIGN(std::string key,
+                       coord_->RecordTaskOutput(w, t->task.task_id(), "hidden.c00000",
+                                                storage::DType::kF32, {2, 3}, 99u, "as-1"));
+  EXPECT_THAT(factors_->Stat(key), StatusIs(absl::StatusCode::kNotFound));  // staged only
+  EXPECT_THAT(coord_->RecordTaskOutput("nobody", t->task.task_id(), "h", storage::DType::kF32, {1},
+                                       0u, "as-1"),
+              StatusIs(absl::StatusCode::kFailedPrecondition, "does not hold"));
+  ASSERT_OK(coord_->CompleteTask(w, t->task.task_id(), {}));
+  ASSERT_OK_AND_ASSIGN(storage::FactorInfo info, factors_->Stat(key));
+  EXPECT_TRUE(info.held());
+  EXPECT_EQ(info.byte_size, 24u);
+  EXPECT_EQ(info.crc32c, 99u);
+  EXPECT_EQ(coord_->Stats().factor_bytes_held, 24);
+  EXPECT_EQ(coord_->Stats().factor_bytes_stored, 0);
+  // Holders resolve to the registered worker serving the store; a restarted worker (same
+  // store, new id) is heard from last and takes over.
+  std::vector<WorkerRegistry::View> holders = coord_->HoldersOf(info.holders);
+  ASSERT_EQ(holders.size(), 1u);
+  EXPECT_EQ(holders[0].worker_id, w);
+  Advance(1000);
+  std::string restarted = coord_->RegisterWorker({"a", false, 0, 0, "", "as-1", "127.0.0.1:10"});
+  holders = coord_->HoldersOf(info.holders);
+  ASSERT_EQ(holders.size(), 1u);
+  EXPECT_EQ(holders[0].worker_id, restarted);
+  EXPECT_EQ(holders[0].info.data_address, "127.0.0.1:10");
+  EXPECT_THAT(coord_->HoldersOf({"as-gone"}), ::testing::IsEmpty());
+  // A reader that found no holder fails with DataLoss naming the key: the producer runs again.
+  t = Lease(restarted);
+  ASSERT_TRUE(t.has_value());
+  ASSERT_EQ(t->task.task_id(), job + "/stats/L1");
+  ASSERT_OK(coord_->FailTask(restarted, t->task.task_id(),
+                             WithFactorKey(absl::DataLossError("no worker holding it"), key), true));
+  EXPECT_THAT(factors_->Stat(key), StatusIs(absl::StatusCode::kNotFound));
+  auto events = coord_->ReadEvents(job, 0, 1000);
+  ASSERT_TRUE(events.ok());
+  bool lost = false;
+  for (const v1::JobEvent& e : *events) {
+    lost = lost || (e.kind() == v1::EVENT_TASK_RERUN &&
+                    absl::StrContains(e.message(), "lost with the workers holding it"));
+  }
+  EXPECT_TRUE(lost);
+  t = Lease(restarted);
+  ASSERT_TRUE(t.has_value());
+  EXPECT_EQ(t->task.task_id(), job + "/stats/L0");
 }
 
 TEST_F(CoordinatorTest, ACorruptFactorReRunsTheTaskThatProducedIt) {

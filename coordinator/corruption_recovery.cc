@@ -50,6 +50,9 @@ absl::Status CorruptionRecovery::RerunProducer(JobTasks& job, v1::TaskRecord& pr
                                                const v1::TaskRecord& failed,
                                                const std::string& key, const absl::Status& error,
                                                int64_t now_ms, Changes* changes) {
+  // A tensor the coordinator only recorded was lost with the workers holding it; else corrupt.
+  absl::StatusOr<storage::FactorInfo> info = factors_->Stat(key);
+  const char* what = info.ok() && info->held() ? "was lost with the workers holding it" : "was corrupt";
   // Its outputs go (the corrupt one and the rest: the re-run writes them all again).
   const std::string& fp = producer.fingerprint();
   MOEC_ASSIGN_OR_RETURN(std::vector<std::string> keys, factors_->List(fp + "/"));
@@ -61,14 +64,15 @@ absl::Status CorruptionRecovery::RerunProducer(JobTasks& job, v1::TaskRecord& pr
   producer.set_lost_leases(0);
   producer.set_not_before_ms(0);
   producer.set_progress(0);
-  producer.set_error(absl::StrCat("re-run: output ", key, " was corrupt"));
+  producer.set_error(absl::StrCat("re-run: output ", key, " ", what));
   changes->tasks.push_back(&producer);
   changes->events.push_back(
       MakeEvent(v1::EVENT_FACTOR_CORRUPT, failed.task_id(), error.ToString(), now_ms));
   changes->events.push_back(MakeEvent(v1::EVENT_TASK_RERUN, producer.task_id(),
-                                      absl::StrCat("its output ", key, " was corrupt"), now_ms));
+                                      absl::StrCat("its output ", key, " ", what), now_ms));
   LOG(WARNING) << "job=" << job.record.job_id() << " task=" << failed.task_id()
-               << " read a corrupt factor " << key << "; re-running " << producer.task_id();
+               << " could not read factor " << key << " (" << what << "); re-running "
+               << producer.task_id();
   // Tasks that need it and have not started wait for it again.
   for (size_t i : job.dependents[job.PositionOf(producer)]) {
     v1::TaskRecord& d = job.tasks[i];

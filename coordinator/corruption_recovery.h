@@ -1,4 +1,5 @@
-// Recovery from corrupt task outputs. A task that reads a corrupt or incomplete factor fails with
+// Recovery from corrupt or lost task outputs (lineage). A task that reads a corrupt or incomplete
+// factor, or one whose holders are all gone (docs/data_plane.md), fails with
 // DataLoss carrying the factor's key (common/status_payloads.h); the task that produced it is
 // re-run — its outputs deleted, its done-fingerprint forgotten, READY again — and the failed task
 // and the not-yet-leased tasks that need the producer wait for it again. The failed attempt does

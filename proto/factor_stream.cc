@@ -19,6 +19,7 @@ void FillFactorStat(const std::string& key, const storage::FactorInfo& info, v1:
   out->set_byte_size(info.byte_size);
   out->set_crc32c(info.crc32c);
   out->set_held(info.held());
+  for (const std::string& id : info.holders) out->add_holder_store_ids(id);
 }
 
 grpc::Status WriteFactorStream(const storage::FactorStore& store, const std::string& key,
@@ -57,7 +58,8 @@ absl::StatusOr<storage::Factor> ReadFactorStream(
       f.info.shape.assign(stat->shape().begin(), stat->shape().end());
       f.info.byte_size = stat->byte_size();
       f.info.crc32c = stat->crc32c();
-      for (const v1::FactorHolder& h : stat->holders()) f.info.holders.push_back(h.store_id());
+      f.info.holders.assign(stat->holder_store_ids().begin(), stat->holder_store_ids().end());
+      if (stat->held() && f.info.holders.empty()) f.info.holders.push_back("?");  // still held
       if (!stat->held()) f.data.reserve(f.info.byte_size);
       have_stat = true;
     } else {

@@ -214,6 +214,60 @@ TEST_P(FactorStoreTest, RejectsBadInput) {
   EXPECT_THAT(FactorStore::Open(&kv(), bad), StatusIs(absl::StatusCode::kInvalidArgument, "nope"));
 }
 
+TEST_P(FactorStoreTest, HeldHeadersRecordTensorsOtherStoresKeep) {
+  const std::string data = RandomBytes(2500, 3);
+  auto txn = store_->NewTransaction();
+  const std::vector<std::string> holders = {"as-1", "as-2"};
+  ASSERT_OK(txn->PutHeld("fp/hidden.c00000", DType::kF32, {25, 25}, 1234u, holders));
+  EXPECT_THAT(txn->PutHeld("fp/x", DType::kF32, {1}, 0u, {}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("holders")));
+  EXPECT_THAT(txn->PutHeld("fp/y", DType::kF32, {3}, 0u, {std::string(200, 'a')}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("holder id")));
+  ASSERT_OK(txn->Put("fp/stats", DType::kU8, {2500}, data));
+  ASSERT_OK(txn->Commit());
+  txn.reset();
+  ASSERT_OK_AND_ASSIGN(FactorInfo info, store_->Stat("fp/hidden.c00000"));
+  EXPECT_TRUE(info.held());
+  EXPECT_THAT(info.holders, ElementsAre("as-1", "as-2"));
+  EXPECT_EQ(info.byte_size, 2500u);
+  EXPECT_EQ(info.crc32c, 1234u);
+  EXPECT_EQ(info.num_chunks(), 0u);
+  EXPECT_EQ(CountChunks(kv()), 3u);  // the stored tensor's only
+  // Its bytes are not here: a clear refusal, not a checksum error.
+  EXPECT_THAT(store_->Get("fp/hidden.c00000"),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("as-1,as-2")));
+  std::string buf(2500, '\0');
+  EXPECT_THAT(store_->ReadInto("fp/hidden.c00000",
+                               absl::MakeSpan(reinterpret_cast<uint8_t*>(buf.data()), buf.size())),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  // Listed, deleted and collected like any tensor (a producer's re-run deletes its outputs).
+  EXPECT_THAT(store_->List("fp/"), IsOkAndHolds(ElementsAre("fp/hidden.c00000", "fp/stats")));
+  ASSERT_OK(store_->Delete("fp/hidden.c00000"));
+  EXPECT_THAT(store_->Stat("fp/hidden.c00000"), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(store_->CollectGarbage(), IsOkAndHolds(0u));
+}
+
+TEST(FactorRecordTest, HeldHeadersRoundTripAndBadOnesAreRefused) {
+  FactorInfo info;
+  info.dtype = DType::kF32;
+  info.shape = {4, 4};
+  info.byte_size = 64;
+  info.crc32c = 7;
+  info.holders = {"as-9"};
+  ASSERT_OK_AND_ASSIGN(FactorInfo back, DecodeFactorHeader(EncodeFactorHeader(info), "k"));
+  EXPECT_THAT(back.holders, ElementsAre("as-9"));
+  EXPECT_EQ(back.num_chunks(), 0u);
+  FactorInfo with_chunks = info;  // a held header carries no chunk list
+  with_chunks.chunk_size = 16;
+  with_chunks.chunk_crc32c = {1, 2, 3, 4};
+  EXPECT_THAT(DecodeFactorHeader(EncodeFactorHeader(with_chunks), "k"),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("chunk checksums")));
+  FactorInfo many = info;
+  many.holders.assign(kMaxFactorHolders + 1, "as-1");
+  EXPECT_THAT(DecodeFactorHeader(EncodeFactorHeader(many), "k"),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("holders")));
+}
+
 INSTANTIATE_TEST_SUITE_P(AllBackends, FactorStoreTest,
                          ::testing::Values(Backend::kInMemory, Backend::kRocksDb),
                          storage::testing::BackendName);
