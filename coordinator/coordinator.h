@@ -221,6 +221,10 @@ class Coordinator {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<v1::TaskRecord*> FindTaskLocked(absl::string_view task_id, JobTasks** job)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Task id -> the workers whose activation stores hold the hidden states each of `ready` reads
+  // (the gangs that ran its previous-layer inputs), for the scheduler's locality.
+  std::map<std::string, std::vector<std::string>> NearLocked(
+      absl::Span<const v1::TaskRecord* const> ready) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<v1::TaskRecord*> HeldTaskLocked(absl::string_view worker_id,
                                                  absl::string_view task_id, JobTasks** job)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -89,12 +89,30 @@ absl::Status Coordinator::ScheduleLocked(absl::string_view preferred) {
     MOEC_RETURN_IF_ERROR(
         ApplyFailureLocked(*u.job, *u.task, "(scheduler)", u.why, /*retriable=*/false));
   }
-  for (const Assignment& a : Schedule(ready, idle, now, cluster)) {
+  for (const Assignment& a : Schedule(ready, idle, now, cluster, NearLocked(ready))) {
     JobTasks* job = nullptr;
     MOEC_ASSIGN_OR_RETURN(v1::TaskRecord * t, FindTaskLocked(a.task_id, &job));
     MOEC_RETURN_IF_ERROR(GrantLocked(*job, *t, a.workers, now));
   }
   return absl::OkStatus();
+}
+
+std::map<std::string, std::vector<std::string>> Coordinator::NearLocked(
+    absl::Span<const v1::TaskRecord* const> ready) const {
+  std::map<std::string, std::vector<std::string>> near;
+  for (const v1::TaskRecord* t : ready) {
+    if (t->layer() <= 0) continue;
+    auto job = jobs_.find(t->job_id());
+    if (job == jobs_.end()) continue;
+    // The previous layer's tasks it reads: their gangs keep the hidden states in their stores.
+    for (const std::string& id : t->inputs()) {
+      const v1::TaskRecord* in = job->second.Find(id);
+      if (in == nullptr || in->layer() != t->layer() - 1 || in->state() != v1::TASK_DONE) continue;
+      std::vector<std::string>& out = near[t->task_id()];
+      out.insert(out.end(), in->lease_workers().begin(), in->lease_workers().end());
+    }
+  }
+  return near;
 }
 
 absl::Status Coordinator::GrantLocked(JobTasks& job, v1::TaskRecord& t,

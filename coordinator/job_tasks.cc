@@ -43,6 +43,11 @@ v1::TaskRecord* JobTasks::Find(absl::string_view task_id) {
   return it == index.end() ? nullptr : &tasks[it->second];
 }
 
+const v1::TaskRecord* JobTasks::Find(absl::string_view task_id) const {
+  auto it = index.find(std::string(task_id));
+  return it == index.end() ? nullptr : &tasks[it->second];
+}
+
 v1::JobEvent MakeEvent(v1::EventKind kind, absl::string_view task_id, absl::string_view message,
                        int64_t time_ms) {
   v1::JobEvent e;

@@ -42,6 +42,7 @@ struct JobTasks {
   void NoteChanged(const std::vector<v1::TaskRecord*>& changed);
   // The task with this id, or nullptr.
   v1::TaskRecord* Find(absl::string_view task_id);
+  const v1::TaskRecord* Find(absl::string_view task_id) const;
   size_t PositionOf(const v1::TaskRecord& t) const {
     return static_cast<size_t>(&t - tasks.data());
   }

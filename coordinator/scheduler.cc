@@ -33,14 +33,18 @@ namespace {
 
 // Up to `need` free workers of one kind that `task` fits, best first; empty when fewer.
 std::vector<WorkerSlots*> PickGang(const v1::TaskRecord& task, std::vector<WorkerSlots>& workers,
-                                   bool gpu, size_t need) {
+                                   bool gpu, size_t need, const std::vector<std::string>& near) {
   std::vector<WorkerSlots*> candidates;
   for (auto& w : workers) {
     if (w.free_slots > 0 && w.gpu == gpu && Fits(task, w)) candidates.push_back(&w);
   }
   if (candidates.size() < need) return {};
-  std::sort(candidates.begin(), candidates.end(), [](const WorkerSlots* a, const WorkerSlots* b) {
+  auto is_near = [&](const WorkerSlots* w) {
+    return std::find(near.begin(), near.end(), w->worker_id) != near.end();
+  };
+  std::sort(candidates.begin(), candidates.end(), [&](const WorkerSlots* a, const WorkerSlots* b) {
     if (a->free_slots != b->free_slots) return a->free_slots > b->free_slots;
+    if (is_near(a) != is_near(b)) return is_near(a);
     if (a->preferred != b->preferred) return a->preferred;
     return a->worker_id < b->worker_id;
   });
@@ -60,13 +64,17 @@ size_t GangSize(const v1::TaskRecord& task, absl::Span<const WorkerSlots> cluste
 
 std::vector<Assignment> Schedule(absl::Span<const v1::TaskRecord* const> ready,
                                  std::vector<WorkerSlots> workers, int64_t now_ms,
-                                 absl::Span<const WorkerSlots> cluster) {
+                                 absl::Span<const WorkerSlots> cluster,
+                                 const std::map<std::string, std::vector<std::string>>& near) {
   std::vector<Assignment> out;
+  static const std::vector<std::string> kNone;
   for (const v1::TaskRecord* task : ready) {
     if (task->state() != v1::TASK_READY || task->not_before_ms() > now_ms) continue;
+    auto it = near.find(task->task_id());
+    const std::vector<std::string>& holders = it == near.end() ? kNone : it->second;
     std::vector<WorkerSlots*> gang;
     for (const bool gpu : {true, false}) {
-      gang = PickGang(*task, workers, gpu, GangSize(*task, cluster, gpu));
+      gang = PickGang(*task, workers, gpu, GangSize(*task, cluster, gpu), holders);
       if (!gang.empty()) break;
     }
     if (gang.empty()) continue;

@@ -5,6 +5,7 @@
 #define MOEC_COORDINATOR_SCHEDULER_H_
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -45,10 +46,13 @@ struct Assignment {
 // than the cluster has — after a member died for good the group re-forms smaller (a stage's
 // outputs do not depend on the gang size, docs/data_plane.md); a task that does not fit is
 // skipped and later, smaller tasks may still run (backfilling). Workers are chosen by most free
-// slots, then by id, so the result is deterministic.
-std::vector<Assignment> Schedule(absl::Span<const v1::TaskRecord* const> ready,
-                                 std::vector<WorkerSlots> workers, int64_t now_ms,
-                                 absl::Span<const WorkerSlots> cluster = {});
+// slots, then those holding the task's inputs (`near`: task id -> the workers that ran the tasks
+// whose hidden states it reads, whose activation stores keep them), then the preferred one, then
+// by id, so the result is deterministic.
+std::vector<Assignment> Schedule(
+    absl::Span<const v1::TaskRecord* const> ready, std::vector<WorkerSlots> workers,
+    int64_t now_ms, absl::Span<const WorkerSlots> cluster = {},
+    const std::map<std::string, std::vector<std::string>>& near = {});
 
 struct RetryPolicy {
   int max_attempts = 3;            // leases a task may get before it fails for good

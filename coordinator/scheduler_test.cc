@@ -46,6 +46,21 @@ TEST(SchedulerTest, APreferredWorkerIsServedFirstAmongEquals) {
   EXPECT_THAT(out[0].workers, ElementsAre("w1"));
 }
 
+TEST(SchedulerTest, TasksGoWhereTheirInputsAreHeldBeforeThePreferredWorker) {
+  std::vector<v1::TaskRecord> tasks = {Task("L1"), Task("gang", 2), Task("far")};
+  const std::map<std::string, std::vector<std::string>> near = {{"L1", {"w3"}},
+                                                                {"gang", {"w1", "w4"}}};
+  auto out = Schedule(Ptrs(tasks), {{"w1", 1}, {"w2", 1, true}, {"w3", 1}, {"w4", 1}, {"w5", 1}},
+                      0, {}, near);
+  ASSERT_EQ(out.size(), 3u);
+  EXPECT_THAT(out[0].workers, ElementsAre("w3"));        // holds L1's inputs
+  EXPECT_THAT(out[1].workers, ElementsAre("w1", "w4"));  // both holders, in rank (id) order
+  EXPECT_THAT(out[2].workers, ElementsAre("w2"));        // no holder: the preferred worker
+  // A holder with fewer free slots does not win over free slots.
+  out = Schedule(Ptrs(tasks), {{"w1", 2}, {"w3", 1}}, 0, {}, near);
+  EXPECT_THAT(out[0].workers, ElementsAre("w1"));
+}
+
 TEST(SchedulerTest, GangsGetDistinctWorkersOrWaitAndSmallerTasksBackfill) {
   std::vector<v1::TaskRecord> tasks = {Task("gang3", 3), Task("gang2", 2), Task("solo")};
   auto out = Schedule(Ptrs(tasks), {{"w1", 1}, {"w2", 1}}, 0);
