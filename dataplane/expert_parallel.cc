@@ -195,6 +195,11 @@ int64_t DefaultChunkWindows(int64_t seqlen, int64_t chunk_tokens) {
   return std::max(kMinChunkWindows, (std::max<int64_t>(chunk_tokens, 0) + seqlen - 1) / seqlen);
 }
 
+int64_t GangChunkWindows(int64_t windows, int64_t seqlen, int64_t chunk_tokens, int ranks) {
+  const int64_t per_rank = windows / (2 * std::max(1, ranks));
+  return std::max<int64_t>(1, std::min(DefaultChunkWindows(seqlen, chunk_tokens), per_rank));
+}
+
 absl::Status PlanChunks(const StageContext& ctx, ChunkPlan* plan, at::Tensor* window_tokens) {
   if (plan->chunk_windows < 0) return absl::InvalidArgumentError("chunks need at least one window");
   if (ctx.task->layer() == 0) {
@@ -202,7 +207,8 @@ absl::Status PlanChunks(const StageContext& ctx, ChunkPlan* plan, at::Tensor* wi
     plan->windows = window_tokens->size(0);
     if (plan->chunk_windows == kAutoChunkWindows) {
       const int64_t tokens = ctx.recipe->calibration ? ctx.recipe->calibration->chunk_tokens : 0;
-      plan->chunk_windows = DefaultChunkWindows(window_tokens->size(1), tokens);
+      plan->chunk_windows = GangChunkWindows(plan->windows, window_tokens->size(1), tokens,
+                                             ctx.task->group_size());
     }
     return absl::OkStatus();
   }

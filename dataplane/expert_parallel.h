@@ -32,6 +32,11 @@ namespace moec::dataplane {
 inline constexpr int64_t kAutoChunkWindows = 0;
 inline constexpr int64_t kMinChunkWindows = 8;
 int64_t DefaultChunkWindows(int64_t seqlen, int64_t chunk_tokens);
+// DefaultChunkWindows, made smaller where needed for at least 2 chunks per rank of a gang of
+// `ranks` (the recipe's `workers`, not the gang a lease got, so bytes do not depend on it) over
+// `windows` windows, down to one window per chunk: data parallelism is not capped by the chunk
+// size.
+int64_t GangChunkWindows(int64_t windows, int64_t seqlen, int64_t chunk_tokens, int ranks);
 
 // Chunks of a layer task and this rank's share of them.
 struct ChunkPlan {

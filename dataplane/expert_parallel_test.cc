@@ -57,6 +57,19 @@ TEST(ChunkPlanTest, DefaultChunksHoldEightWindowsAndTheRecipesTokens) {
   EXPECT_EQ(DefaultChunkWindows(12, 0), 8);
 }
 
+TEST(ChunkPlanTest, GangsGetAtLeastTwoChunksPerRank) {
+  // 128 x 2048 calibration tokens: 16 chunks of 8 windows for up to 8 ranks, then smaller.
+  EXPECT_EQ(GangChunkWindows(128, 2048, 4096, 1), 8);
+  EXPECT_EQ(GangChunkWindows(128, 2048, 4096, 8), 8);
+  EXPECT_EQ(GangChunkWindows(128, 2048, 4096, 32), 2);   // 64 chunks
+  EXPECT_EQ(GangChunkWindows(128, 2048, 4096, 64), 1);   // 128 chunks
+  EXPECT_EQ(GangChunkWindows(128, 2048, 4096, 256), 1);  // never empty
+  // 64 windows of 128 tokens (the shipped recipes): 2 chunks alone, 4 for a gang of 2.
+  EXPECT_EQ(GangChunkWindows(64, 128, 4096, 1), 32);
+  EXPECT_EQ(GangChunkWindows(64, 128, 4096, 2), 16);
+  EXPECT_EQ(GangChunkWindows(64, 128, 4096, 3), 10);
+}
+
 TEST(ExpertParallelExecutorTest, MoeBlockOutputIsBitIdenticalToTheLocalOne) {
   at::manual_seed(5);
   model::ModelConfig config;
