@@ -372,7 +372,7 @@ absl::Status WriteShardOutputs(StageContext& ctx, comm::Communicator& comm,
   MOEC_RETURN_IF_ERROR(RunShardRounds(
       ctx, runner, shard, nullptr,
       [&](int64_t chunk, const at::Tensor& out) {
-        return PutActivation(ctx, ChunkOutputName(outputs::kHidden, chunk), out);
+        return PutBulk(ctx, ChunkOutputName(outputs::kHidden, chunk), out);
       },
       nullptr));
   MOEC_ASSIGN_OR_RETURN(nlohmann::json merged, MergeRankObjects(comm, summary));

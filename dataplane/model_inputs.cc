@@ -118,7 +118,7 @@ absl::StatusOr<at::Tensor> LayerInput(const StageContext& ctx, const model::Mode
 
 namespace {
 
-// Stores `t` through `put` (FactorIo::PutOutput or PutActivation).
+// Stores `t` through `put` (FactorIo::PutOutput or PutBulk).
 template <typename Put>
 absl::Status StoreTensor(StageContext& ctx, absl::string_view name, const at::Tensor& t, Put put) {
   if (ctx.io == nullptr) return absl::FailedPreconditionError("no factor I/O for stage outputs");
@@ -137,8 +137,8 @@ absl::Status PutTensor(StageContext& ctx, absl::string_view name, const at::Tens
   return StoreTensor(ctx, name, t, [&](auto&&... a) { return ctx.io->PutOutput(a...); });
 }
 
-absl::Status PutActivation(StageContext& ctx, absl::string_view name, const at::Tensor& t) {
-  return StoreTensor(ctx, name, t, [&](auto&&... a) { return ctx.io->PutActivation(a...); });
+absl::Status PutBulk(StageContext& ctx, absl::string_view name, const at::Tensor& t) {
+  return StoreTensor(ctx, name, t, [&](auto&&... a) { return ctx.io->PutBulk(a...); });
 }
 
 absl::StatusOr<at::Tensor> GetTensor(const StageContext& ctx, absl::string_view key) {

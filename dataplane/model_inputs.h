@@ -46,8 +46,8 @@ absl::StatusOr<at::Tensor> LayerInputFrom(const StageContext& ctx,
 
 // Stores `t` (contiguous CPU copy; F32, F64, I64, I32 or U8) as output `name` of the task.
 absl::Status PutTensor(StageContext& ctx, absl::string_view name, const at::Tensor& t);
-// As PutTensor, as a piece of the activation chain (FactorIo::PutActivation: kept by the worker).
-absl::Status PutActivation(StageContext& ctx, absl::string_view name, const at::Tensor& t);
+// As PutTensor, for a bulk output (FactorIo::PutBulk: kept by a worker with an activation store).
+absl::Status PutBulk(StageContext& ctx, absl::string_view name, const at::Tensor& t);
 // Reads the committed tensor `key` (F32, F64, I64, I32 or U8).
 absl::StatusOr<at::Tensor> GetTensor(const StageContext& ctx, absl::string_view key);
 

@@ -34,10 +34,11 @@ class FactorIo {
   virtual absl::StatusOr<std::string> PutOutput(absl::string_view name, storage::DType dtype,
                                                 absl::Span<const int64_t> shape,
                                                 absl::string_view data) = 0;
-  // Stores a piece of the activation chain (a layer's output hidden states, per chunk): like
-  // PutOutput, but a worker with an activation store keeps the bytes itself and the coordinator
-  // records only their key, size, CRC32C and holder (docs/data_plane.md).
-  virtual absl::StatusOr<std::string> PutActivation(absl::string_view name, storage::DType dtype,
+  // Stores a bulk output — a piece of the activation chain (a layer's output hidden states, per
+  // chunk), a layer's quantized codes and their scales, pruned weights: like PutOutput, but a
+  // worker with an activation store keeps the bytes itself and the coordinator records only
+  // their key, size, CRC32C and holder (docs/data_plane.md, "The activation chain").
+  virtual absl::StatusOr<std::string> PutBulk(absl::string_view name, storage::DType dtype,
                                                     absl::Span<const int64_t> shape,
                                                     absl::string_view data) {
     return PutOutput(name, dtype, shape, data);

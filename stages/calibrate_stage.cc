@@ -156,7 +156,7 @@ absl::Status RunRound(StageContext& ctx, const CalibrateLayer& l, const ChunkPla
   at::Tensor out = l.runner.RunLayer(l.weights, hidden, l.moe ? &it->second : nullptr,
                                      l.moe ? &l.executor : nullptr);
   MOEC_RETURN_IF_ERROR(l.executor.status());
-  MOEC_RETURN_IF_ERROR(PutActivation(ctx, ChunkOutputName(outputs::kHidden, chunk), out));
+  MOEC_RETURN_IF_ERROR(PutBulk(ctx, ChunkOutputName(outputs::kHidden, chunk), out));
   ctx.progress(static_cast<double>(round + 1) / plan.rounds(),
                absl::StrCat("layer ", l.layer, ": chunk ", chunk + 1, "/", plan.chunks()));
   return absl::OkStatus();

@@ -187,7 +187,7 @@ absl::Status WriteHidden(PruneTask& t, const model::LayerWeights& weights,
   MOEC_RETURN_IF_ERROR(RunChunkRounds(
       t.ctx, t.runner, weights, t.plan, t.input, executor.get(), nullptr,
       [&](int64_t chunk, const at::Tensor& out) {
-        return PutActivation(t.ctx, ChunkOutputName(outputs::kHidden, chunk), out);
+        return PutBulk(t.ctx, ChunkOutputName(outputs::kHidden, chunk), out);
       },
       nullptr));
   return t.comm.rank() == 0 ? PutChunkedWindows(t.ctx, t.plan) : absl::OkStatus();

@@ -27,6 +27,7 @@ using dataplane::LayerShard;
 using dataplane::OpenJobModel;
 using dataplane::OpenLayerShard;
 using dataplane::OwnerPart;
+using dataplane::PutBulk;
 using dataplane::PutTensor;
 using dataplane::RunShardRounds;
 using dataplane::SendToOwner;
@@ -289,8 +290,8 @@ absl::Status PruneWeightsStage::Run(StageContext& ctx) {
     summary[t.name] = {{"sparsity", static_cast<double>(p.zeros) / pruned.numel()},
                        {"method", o.method},
                        {"stored", masked ? dataplane::kStoredAsMask : dataplane::kStoredAsMatrix}};
-    MOEC_RETURN_IF_ERROR(masked ? PutTensor(ctx, t.name + dataplane::kPrunedMaskSuffix, p.mask)
-                                : PutTensor(ctx, t.name, NarrowestExact(pruned)));
+    MOEC_RETURN_IF_ERROR(masked ? PutBulk(ctx, t.name + dataplane::kPrunedMaskSuffix, p.mask)
+                                : PutBulk(ctx, t.name, NarrowestExact(pruned)));
     *t.weight = pruned.to(t.weight->scalar_type());
     ctx.progress(0.8 * ++done / targets.size(), absl::StrCat("layer ", layer, ": ", t.name));
   }

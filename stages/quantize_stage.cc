@@ -31,6 +31,7 @@ using dataplane::NeededStage;
 using dataplane::OpenJobModel;
 using dataplane::OpenLayerShard;
 using dataplane::OwnerPart;
+using dataplane::PutBulk;
 using dataplane::PutTensor;
 using dataplane::RunShardRounds;
 using dataplane::SendToOwner;
@@ -379,10 +380,11 @@ absl::Status QuantizeTarget(StageContext& ctx, bool gptq, int64_t group_size, in
                   std::max(1e-30, original.norm().item<double>());
   *t.weight = r.dequantized.to(t.weight->scalar_type());
   MOEC_ASSIGN_OR_RETURN(at::Tensor codes, PackStoredCodes(r.q, t.bits));
-  MOEC_RETURN_IF_ERROR(PutTensor(ctx, t.name + kStoredCodesSuffix, codes));
-  MOEC_RETURN_IF_ERROR(PutTensor(ctx, t.name + ".scales", r.scales.to(at::kFloat)));
-  MOEC_RETURN_IF_ERROR(PutTensor(ctx, t.name + ".zeros", r.zeros.to(at::kFloat)));
-  MOEC_RETURN_IF_ERROR(PutTensor(ctx, t.name + ".g_idx", r.g_idx.to(at::kInt)));
+  // Bulk: the export reads them from the worker that keeps them.
+  MOEC_RETURN_IF_ERROR(PutBulk(ctx, t.name + kStoredCodesSuffix, codes));
+  MOEC_RETURN_IF_ERROR(PutBulk(ctx, t.name + ".scales", r.scales.to(at::kFloat)));
+  MOEC_RETURN_IF_ERROR(PutBulk(ctx, t.name + ".zeros", r.zeros.to(at::kFloat)));
+  MOEC_RETURN_IF_ERROR(PutBulk(ctx, t.name + ".g_idx", r.g_idx.to(at::kInt)));
   MOEC_RETURN_IF_ERROR(PutTensor(ctx, t.name + ".bits", at::full({1}, t.bits, at::kLong)));
   (*summary)[t.name] = info;
   return absl::OkStatus();

@@ -36,7 +36,8 @@ class ActivationStore {
   const std::string& id() const { return id_; }
   storage::FactorStore& factors() { return *factors_; }
 
-  // Stores tensor `key` durably, replacing an earlier attempt's bytes; returns its CRC32C.
+  // Stores tensor `key` durably (a transaction of its own), replacing an earlier attempt's
+  // bytes; returns its CRC32C. Workers stage a task's tensors in one transaction instead.
   absl::StatusOr<uint32_t> Put(const std::string& key, storage::DType dtype,
                                absl::Span<const int64_t> shape, absl::string_view data);
   // The tensor when this store has it; nullopt when it has not.

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/crc32c.h"
 #include "common/status_payloads.h"
 #include "comm/communicator.h"
 #include "common/recipe/recipe.h"
@@ -192,16 +193,26 @@ class ClientFactorIo : public stages::FactorIo {
     profile::ScopedPhase phase(profile::Phase::kFactorIo);
     return client_->PutOutput(worker_id_, task_.task_id(), std::string(name), dtype, shape, data);
   }
-  // Into the worker's activation store, durably, and then recorded with the coordinator.
-  absl::StatusOr<std::string> PutActivation(absl::string_view name, storage::DType dtype,
-                                            absl::Span<const int64_t> shape,
-                                            absl::string_view data) override {
+  // Into the task's transaction on the worker's activation store (committed by Commit, before
+  // the task completes), and recorded with the coordinator.
+  absl::StatusOr<std::string> PutBulk(absl::string_view name, storage::DType dtype,
+                                      absl::Span<const int64_t> shape,
+                                      absl::string_view data) override {
     if (options_.activations == nullptr) return PutOutput(name, dtype, shape, data);
     profile::ScopedPhase phase(profile::Phase::kFactorIo);
-    const std::string key = absl::StrCat(task_.fingerprint(), "/", name);
-    MOEC_ASSIGN_OR_RETURN(const uint32_t crc, options_.activations->Put(key, dtype, shape, data));
-    return client_->RecordOutput(worker_id_, task_.task_id(), std::string(name), dtype, shape, crc,
-                                 options_.activations->id());
+    if (txn_ == nullptr) txn_ = options_.activations->factors().NewTransaction();
+    MOEC_RETURN_IF_ERROR(txn_->Put(absl::StrCat(task_.fingerprint(), "/", name), dtype, shape, data));
+    return client_->RecordOutput(worker_id_, task_.task_id(), std::string(name), dtype, shape,
+                                 crc32c::Value(data), options_.activations->id());
+  }
+  // Makes this rank's bulk outputs durable in its activation store (one flush and synced batch
+  // per task); an uncommitted attempt's are discarded with it.
+  absl::Status Commit() {
+    if (txn_ == nullptr) return absl::OkStatus();
+    profile::ScopedPhase phase(profile::Phase::kFactorIo);
+    absl::Status s = txn_->Commit(storage::Durability::kSync);
+    txn_.reset();
+    return s;
   }
   absl::StatusOr<storage::Factor> Get(absl::string_view key) override {
     profile::ScopedPhase phase(profile::Phase::kFactorIo);
@@ -253,6 +264,7 @@ class ClientFactorIo : public stages::FactorIo {
   const std::string worker_id_;
   const v1::TaskRecord& task_;
   const std::atomic<bool>* cancelled_;
+  std::unique_ptr<storage::FactorTransaction> txn_;
 };
 
 // The gang's rendezvous store: the coordinator's GroupStore of this attempt of the task. Get polls
@@ -357,7 +369,12 @@ std::optional<Lease> Worker::RunOne(const Lease& lease) {
       return absl::InvalidArgumentError(
           absl::StrCat("the job's recipe has no stage '", lease.task.stage_id(), "'"));
     }
-    return RunStage(*registry_, ctx);
+    MOEC_RETURN_IF_ERROR(RunStage(*registry_, ctx));
+    // Every rank's bulk outputs are durable before rank 0 completes the task (which commits
+    // their records on the coordinator): a gang that formed its group meets once more.
+    MOEC_RETURN_IF_ERROR(io.Commit());
+    if (communicator.connected()) MOEC_RETURN_IF_ERROR(communicator.Barrier());
+    return absl::OkStatus();
   }();
   const v1::TaskProfile record = ProfileRecord(profile, options_, threads);  // its phases within compute_ms
   const int64_t compute_ms = absl::ToInt64Milliseconds(absl::Now() - started);

@@ -30,10 +30,13 @@ srun --nodes=1 --ntasks=1 -w "$HEAD" --overlap \
   moec-coordinator --listen "0.0.0.0:$PORT" --data-dir "$SHARED/db" --token-file "$SHARED/token" \
   > "$SHARED/coordinator.log" 2>&1 &
 COORD_PID=$!
-# Each worker advertises its node's address for the gang collectives.
+# Each worker advertises its node's address for the gang collectives and keeps the hidden states
+# of its tasks in an activation store on the shared file system, one directory per node
+# (MOEC_SCRATCH_ROOT for a node-local disk instead).
+SCRATCH_ROOT=${MOEC_SCRATCH_ROOT:-$SHARED/scratch}
 srun --ntasks="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1 --overlap \
-  bash -c 'exec moec-worker --coordinator "$0" --token-file "$1" --advertise-host "$(hostname -i | cut -d" " -f1)"' \
-  "$COORD" "$SHARED/token" > "$SHARED/workers.log" 2>&1 &
+  bash -c 'exec moec-worker --coordinator "$0" --token-file "$1" --advertise-host "$(hostname -i | cut -d" " -f1)" --scratch "$2/$(hostname)"' \
+  "$COORD" "$SHARED/token" "$SCRATCH_ROOT" > "$SHARED/workers.log" 2>&1 &
 WORKERS_PID=$!
 cleanup() { kill "$WORKERS_PID" "$COORD_PID" 2> /dev/null || true; wait 2> /dev/null || true; }
 trap cleanup EXIT

@@ -53,13 +53,16 @@ chmod 600 token
 PORT=17$((RANDOM % 900 + 100))
 "$COORD" --listen "10.77.0.1:$PORT" --data-dir "$WORK/db" --token-file token > coord.out 2> coord.log &
 PIDS+=($!)
-for ns_ip in "$NS1:10.77.0.2" "$NS2:10.77.0.3"; do
-  ns=${ns_ip%%:*}
-  addr=${ns_ip##*:}
-  ip netns exec "$ns" "$WORKER" --coordinator "10.77.0.1:$PORT" --token-file token \
-    --advertise-host "$addr" --name "host-$addr" --collective-timeout-s 60 > /dev/null 2> "worker-$addr.log" &
+# A worker on host (namespace) $1 at address $2, with its activation store under $WORK.
+start_worker() {
+  ip netns exec "$1" "$WORKER" --coordinator "10.77.0.1:$PORT" --token-file token \
+    --advertise-host "$2" --name "host-$2" --collective-timeout-s 60 --scratch "$WORK/scratch-$2" \
+    > /dev/null 2>> "worker-$2.log" &
   PIDS+=($!)
-done
+}
+start_worker "$NS1" 10.77.0.2
+start_worker "$NS2" 10.77.0.3
+HOST2_PID=$!
 export MOEC_COORDINATOR="10.77.0.1:$PORT" MOEC_TOKEN_FILE="$WORK/token"
 for _ in $(seq 100); do "$MOEC" workers 2> /dev/null | grep -c host- | grep -q 2 && break; sleep 0.1; done
 [ "$("$MOEC" workers | grep -c host-)" -eq 2 ] || fail "the workers did not register"
@@ -83,4 +86,19 @@ grep -q "JOB_SUCCEEDED" watch.log || fail "job not succeeded"
 gangs=$(grep "task_leased" watch.log | grep -c ",") || true
 if grep "task_leased" watch.log | grep -v ","; then fail "a layer task ran on one host only"; fi
 [ "$gangs" -gt 0 ] || fail "no gang task leased"
-echo "netns e2e: passed ($(grep -c task_done watch.log) tasks across two hosts)"
+echo "netns e2e: $(grep -c task_done watch.log) tasks across two hosts"
+
+# Host 10.77.0.3 goes away with its disk: the hidden states its activation store held are gone.
+# A second job reuses the calibrate tasks and reads their chunks: the tasks whose chunks were
+# there run again (lineage), and the job succeeds on the host that replaces it.
+kill -9 "$HOST2_PID"
+rm -rf "$WORK/scratch-10.77.0.3"
+start_worker "$NS2" 10.77.0.3
+sed -e 's/^name: netns/name: netns2/' -e 's/^output: out/output: out2/' job.yaml > job2.yaml
+echo "  - {id: loss4, kind: quant_loss, needs: [stats], with: {bits: [2, 4], group_size: 32, batch_size: 4}}" >> job2.yaml
+JOB2=$("$MOEC" submit job2.yaml | awk '{print $2}')
+timeout 240 "$MOEC" watch "$JOB2" > watch2.log || { cat watch2.log; fail "the job after a host's removal did not succeed"; }
+grep -q "JOB_SUCCEEDED" watch2.log || fail "the job after a host's removal did not succeed"
+grep -q "task_rerun.*lost with the workers holding it" watch2.log ||
+  { cat watch2.log; fail "no calibrate task re-ran for the chunks of the removed host"; }
+echo "netns e2e: passed; after removing a host, $(grep -c task_rerun watch2.log) task(s) re-ran for its chunks"

@@ -42,12 +42,15 @@ def pip_install_client(target, scratch):
 
 
 class Cluster:
-    def __init__(self, bin_dir, workers=1, dashboard=False, coordinator_args=()):
+    def __init__(self, bin_dir, workers=1, dashboard=False, coordinator_args=(), scratch=True):
+        """`scratch`: workers get a --scratch directory, hence an activation store (else the
+        hidden states go through the coordinator)."""
         self.bin_dir = os.path.abspath(bin_dir)
         self.moec = os.path.join(self.bin_dir, "client", "moec")
         self.workers = workers
         self.dashboard = dashboard
         self.coordinator_args = list(coordinator_args)
+        self.scratch = scratch
         self.procs = []
         self.coordinator = None
         self.worker_procs = []
@@ -120,10 +123,12 @@ class Cluster:
         self._worker_starts = starts
         n = starts.get(i, 0)
         starts[i] = n + 1
-        self._spawn([os.path.join(self.bin_dir, "worker", "moec-worker"),
-                     "--coordinator", self.coordinator_address,
-                     "--token-file", self.worker_token_file, "--name", "py%d" % i,
-                     "--scratch", self.path("scratch%d" % i)], "worker%d.%d" % (i, n))
+        args = [os.path.join(self.bin_dir, "worker", "moec-worker"),
+                "--coordinator", self.coordinator_address,
+                "--token-file", self.worker_token_file, "--name", "py%d" % i]
+        if self.scratch:
+            args += ["--scratch", self.path("scratch%d" % i)]
+        self._spawn(args, "worker%d.%d" % (i, n))
         self.worker_procs[i] = self.procs[-1]
 
     def kill_worker(self, i):
