@@ -166,8 +166,10 @@ void EstimateMemory(const recipe::StageSpec& st, const PlanInputs& in, int gang,
 
 // Persisted outputs of all of `st`'s tasks: its hidden-state chain, its quantized linears and
 // group parameters, the weights it prunes, else a few KiB per task.
+// The stage's persisted outputs; *bulk receives the part that is bulk (all but the small ones).
 int64_t EstimateFactorBytes(const recipe::StageSpec& st, const model::ModelConfig& c,
-                            const model::ParameterCounts& counts, const PlanInputs& in, int tasks) {
+                            const model::ParameterCounts& counts, const PlanInputs& in, int tasks,
+                            int64_t* bulk) {
   const recipe::StageKindSpec& k = st.spec();
   int64_t bytes = 0;
   if (k.per_layer() && k.writes_hidden.Holds(st.params)) bytes += in.act * c.num_hidden_layers;
@@ -187,6 +189,7 @@ int64_t EstimateFactorBytes(const recipe::StageSpec& st, const model::ModelConfi
     const std::string method = st.params.value("method", "");
     bytes += method == "sparsegpt" ? counts.routed_experts * 4 : CeilDiv(counts.routed_experts, 8);
   }
+  *bulk = bytes;
   return bytes == 0 ? tasks * int64_t{4096} : bytes;
 }
 
@@ -244,7 +247,8 @@ absl::StatusOr<JobPlan> PlanRecipe(const recipe::Recipe& r) {
     p.gang = p.per_layer ? r.workers : 1;
     if (auto v = views.find(st.id); v != views.end()) p.view = v->second;
     EstimateMemory(st, in, p.gang, &p);
-    p.factor_bytes = EstimateFactorBytes(st, c, counts, in, p.tasks);
+    p.factor_bytes = EstimateFactorBytes(st, c, counts, in, p.tasks, &p.bulk_bytes);
+    plan.bulk_bytes += p.bulk_bytes;
     plan.peak_memory_bytes = std::max(plan.peak_memory_bytes, p.memory_bytes);
     plan.peak_device_memory_bytes = std::max(plan.peak_device_memory_bytes, p.device_memory_bytes);
     plan.factor_bytes += p.factor_bytes;
@@ -266,7 +270,7 @@ json PlanJson(const JobPlan& p) {
                       {"tasks", s.tasks}, {"gang", s.gang}, {"needs", s.needs},
                       {"model_view", s.view}, {"memory_bytes", s.memory_bytes},
                       {"memory_note", s.memory_note}, {"device_memory_bytes", s.device_memory_bytes},
-                      {"factor_bytes", s.factor_bytes}});
+                      {"factor_bytes", s.factor_bytes}, {"bulk_bytes", s.bulk_bytes}});
   }
   return {{"name", p.name}, {"model", p.model}, {"model_type", p.model_type},
           {"output", p.output}, {"layers", p.layers}, {"workers", p.workers},
@@ -274,7 +278,8 @@ json PlanJson(const JobPlan& p) {
           {"tasks", p.total_tasks}, {"stages", stages},
           {"peak_memory_per_worker_bytes", p.peak_memory_bytes},
           {"peak_gpu_memory_per_worker_bytes", p.peak_device_memory_bytes},
-          {"factor_bytes", p.factor_bytes}, {"output_format", p.output_format},
+          {"factor_bytes", p.factor_bytes}, {"bulk_bytes", p.bulk_bytes},
+          {"output_format", p.output_format},
           {"output_bytes", p.output_bytes}};
 }
 
@@ -299,6 +304,13 @@ std::string PlanText(const JobPlan& p) {
                         "factor store ~%s",
                         p.total_tasks, Bytes(p.peak_memory_bytes), Bytes(p.peak_device_memory_bytes),
                         Bytes(p.factor_bytes));
+  if (p.bulk_bytes > 0) {
+    absl::StrAppendFormat(&out,
+                          " (%s of it bulk: kept in the workers' activation stores, about %s per "
+                          "worker of %d, with --scratch)",
+                          Bytes(p.bulk_bytes), Bytes(CeilDiv(p.bulk_bytes, std::max(1, p.workers))),
+                          p.workers);
+  }
   if (!p.output_format.empty()) {
     absl::StrAppendFormat(&out, "; output (%s) ~%s in %s", p.output_format, Bytes(p.output_bytes), p.output);
   }

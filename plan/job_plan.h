@@ -28,6 +28,9 @@ struct PlannedStage {
   // the coordinator leases its tasks only to GPUs at least this large.
   int64_t device_memory_bytes = 0;
   int64_t factor_bytes = 0;          // persisted outputs of all its tasks
+  // Of them, the bulk outputs (hidden-state chunks, codes and scales, pruned weights) that
+  // workers with an activation store keep themselves (docs/data_plane.md).
+  int64_t bulk_bytes = 0;
   std::string memory_note;           // what dominates memory_bytes
 };
 
@@ -42,6 +45,7 @@ struct JobPlan {
   int64_t peak_memory_bytes = 0;     // max over stages
   int64_t peak_device_memory_bytes = 0;  // max over stages, on a GPU worker
   int64_t factor_bytes = 0;          // sum over stages
+  int64_t bulk_bytes = 0;            // sum over stages
   int64_t output_bytes = 0;          // 0 when the recipe exports nothing
   std::string output_format;
 };

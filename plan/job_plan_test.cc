@@ -56,6 +56,10 @@ TEST_F(PlanTest, ExpandsStagesAndEstimates) {
   EXPECT_EQ(p.stages[0].view, "");
   // calibrate persists every window's hidden state per layer: 16 x 32 x hidden x 4 bytes x 3.
   EXPECT_EQ(p.stages[0].factor_bytes, int64_t{16} * 32 * c.hidden_size * 4 * 3);
+  // All of it bulk (kept by workers with an activation store); the job's small outputs are not.
+  EXPECT_EQ(p.stages[0].bulk_bytes, p.stages[0].factor_bytes);
+  EXPECT_GT(p.bulk_bytes, 0);
+  EXPECT_LT(p.bulk_bytes, p.factor_bytes);
   // A 3-bit export is smaller than the model and larger than its 3-bit codes alone.
   const model::ParameterCounts counts = model::CountParameters(c);
   EXPECT_EQ(p.output_format, "gptq");

@@ -6,12 +6,15 @@
 // in the same run; real RocksDB directories under --dir.
 //
 // Usage: activation_transfer_bench [--dir DIR] [--chunks N] [--chunk_mib M]
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/crc32c.h"
@@ -128,6 +131,56 @@ std::unique_ptr<Coordinator> StartCoordinator(const std::string& dir) {
   return c;
 }
 
+// Seconds to write and to read back `chunks` copies of `data` through the coordinator.
+std::pair<double, double> ThroughCoordinator(const Args& a, const std::string& data) {
+  std::unique_ptr<Coordinator> c = StartCoordinator(a.dir + "/coordinator");
+  const int64_t n = static_cast<int64_t>(data.size());
+  std::vector<std::string> keys;
+  Clock::time_point t = Clock::now();
+  for (int i = 0; i < a.chunks; ++i) {
+    auto key = c->client->PutOutput(c->worker, c->task, absl::StrCat("hidden.c", i),
+                                    moec::storage::DType::kU8, {n}, data);
+    CHECK_OK(key);
+    keys.push_back(*key);
+  }
+  CHECK_OK(c->client->CompleteTask(c->worker, c->task, 0, {}, nullptr));
+  const double write = Seconds(t);
+  t = Clock::now();
+  for (const std::string& k : keys) CHECK_OK(c->client->GetFactor(k));
+  return {write, Seconds(t)};
+}
+
+// Seconds to write, read back locally, and read from a peer `chunks` copies of `data` in a
+// worker's activation store.
+std::array<double, 3> InActivationStore(const Args& a, const std::string& data) {
+  auto store = moec::worker::ActivationStore::Open(a.dir + "/worker");
+  CHECK_OK(store);
+  const int64_t n = static_cast<int64_t>(data.size());
+  auto key = [](int i) { return absl::StrCat("fp/hidden.c", i); };
+  moec::storage::FactorInfo info;
+  info.dtype = moec::storage::DType::kU8;
+  info.shape = {n};
+  info.byte_size = n;
+  Clock::time_point t = Clock::now();
+  for (int i = 0; i < a.chunks; ++i) {
+    auto crc = (*store)->Put(key(i), moec::storage::DType::kU8, {n}, data);
+    CHECK_OK(crc);
+    info.crc32c = *crc;
+  }
+  const double write = Seconds(t);
+  t = Clock::now();
+  for (int i = 0; i < a.chunks; ++i) CHECK_OK((*store)->GetIfPresent(key(i)));
+  const double read = Seconds(t);
+  moec::worker::ActivationServerOptions so;
+  so.token = "bench";
+  auto server = moec::worker::ActivationServer::Start(store->get(), so);
+  CHECK_OK(server);
+  moec::worker::PeerReader peer({"bench"});
+  t = Clock::now();
+  for (int i = 0; i < a.chunks; ++i) CHECK_OK(peer.Get((*server)->address(), key(i), info));
+  return {write, read, Seconds(t)};
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -139,50 +192,8 @@ int main(int argc, char** argv) {
   std::string data(n, '\0');
   for (int64_t i = 0; i < n; i += 4096) data[i] = static_cast<char>(i / 4096);
   const double mib = static_cast<double>(a.chunks) * a.chunk_mib;
-  auto name = [](int i) { return absl::StrCat("hidden.c", i); };
-
-  // (a) Through the coordinator.
-  std::unique_ptr<Coordinator> c = StartCoordinator(a.dir + "/coordinator");
-  std::vector<std::string> keys;
-  Clock::time_point t = Clock::now();
-  for (int i = 0; i < a.chunks; ++i) {
-    auto key = c->client->PutOutput(c->worker, c->task, name(i), moec::storage::DType::kU8, {n}, data);
-    CHECK_OK(key);
-    keys.push_back(*key);
-  }
-  CHECK_OK(c->client->CompleteTask(c->worker, c->task, 0, {}, nullptr));
-  const double coord_write = Seconds(t);
-  t = Clock::now();
-  for (const std::string& k : keys) CHECK_OK(c->client->GetFactor(k));
-  const double coord_read = Seconds(t);
-  c.reset();
-
-  // (b) A worker's activation store, and a peer.
-  auto store = moec::worker::ActivationStore::Open(a.dir + "/worker");
-  CHECK_OK(store);
-  t = Clock::now();
-  moec::storage::FactorInfo info;
-  for (int i = 0; i < a.chunks; ++i) {
-    auto crc = (*store)->Put("fp/" + name(i), moec::storage::DType::kU8, {n}, data);
-    CHECK_OK(crc);
-    info.crc32c = *crc;
-  }
-  const double local_write = Seconds(t);
-  t = Clock::now();
-  for (int i = 0; i < a.chunks; ++i) CHECK_OK((*store)->GetIfPresent("fp/" + name(i)));
-  const double local_read = Seconds(t);
-  moec::worker::ActivationServerOptions so;
-  so.token = "bench";
-  auto server = moec::worker::ActivationServer::Start(store->get(), so);
-  CHECK_OK(server);
-  moec::worker::PeerReader peer({"bench"});
-  info.dtype = moec::storage::DType::kU8;
-  info.shape = {n};
-  info.byte_size = n;
-  t = Clock::now();
-  for (int i = 0; i < a.chunks; ++i) CHECK_OK(peer.Get((*server)->address(), "fp/" + name(i), info));
-  const double peer_read = Seconds(t);
-
+  const auto [coord_write, coord_read] = ThroughCoordinator(a, data);
+  const auto [local_write, local_read, peer_read] = InActivationStore(a, data);
   std::printf("%d chunks of %d MiB (%.0f MiB), loopback, RocksDB under %s\n", a.chunks,
               a.chunk_mib, mib, a.dir.c_str());
   std::printf("| path | write MiB/s | read MiB/s |\n|---|---:|---:|\n");

@@ -3,16 +3,21 @@ time per MoE layer and per job for Mixtral-8x7B and DeepSeek-V3 on W GPUs, with 
 chain through the coordinator (before issue #22) and in the workers' activation stores (after),
 and the chunk counts that scale with the gang.
 
-    python3 tests/bench/scaling_model.py [--store-write MBPS] [--store-read MBPS] [--coordinator MBPS]
+    python3 tests/bench/scaling_model.py [--store-write MIBPS] [--store-read MIBPS]
+                                         [--coordinator-write MIBPS] [--coordinator-read MIBPS]
 
-The per-rank store rates default to what tests/bench/activation_transfer_bench.cc measured on
-this project's 2-core VM (docs/benchmarks.md); the coordinator's to the rate its factor store
-moved there. Compute rates are assumed (no GPU has been lent to the project): F FLOP/s per GPU,
-all_to_all 200 GB/s per GPU within a node of 8 and 50 GB/s across nodes.
+The transfer rates default to what tests/bench/activation_transfer_bench.cc measured on this
+project's 2-core VM (docs/benchmarks.md): a worker's activation store written and read locally,
+and the coordinator's factor store written (PutFactor + commit) and read (GetFactor) over TCP,
+one server for every rank. Compute rates are assumed (no GPU has been lent to the project):
+F FLOP/s per GPU, all_to_all 200 GB/s per GPU within a node of 8 and 50 GB/s across nodes.
 """
 import argparse
 
 F = 25e12
+# MiB/s measured by activation_transfer_bench (docs/benchmarks.md, 2026-12-08, medians of 3).
+STORE_WRITE, STORE_READ = 234, 1168
+COORDINATOR_WRITE, COORDINATOR_READ = 226, 526
 NVLINK, NET = 200e9, 50e9
 
 MODELS = {
@@ -59,9 +64,9 @@ def layer(m, W, windows=128, s=2048, before=False, rates=None):
     off = max(0, W - 8) / W
     a2a = a2a_bytes * ((1 - off) / NVLINK + off / NET)
     chain = 2 * 4 * T * h  # bytes of hidden states per layer: written, then read
-    if before:
-        io = chain / rates["coordinator"]
-    else:
+    if before:  # every rank's chunks through the one coordinator
+        io = chain / 2 / rates["coordinator_write"] + chain / 2 / rates["coordinator_read"]
+    else:  # each rank its own chunks, in its own store (the next layer's gang is the same)
         per_rank = chain / 2 / min(W, C)
         io = per_rank / rates["write"] + per_rank / rates["read"]
     return C, compute, a2a_bytes, a2a, chain, io
@@ -69,12 +74,15 @@ def layer(m, W, windows=128, s=2048, before=False, rates=None):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--store-write", type=float, default=None, help="MB/s per rank, local synced")
-    p.add_argument("--store-read", type=float, default=None, help="MB/s per rank, local")
-    p.add_argument("--coordinator", type=float, default=1000, help="MB/s through the coordinator")
+    p.add_argument("--store-write", type=float, default=STORE_WRITE)
+    p.add_argument("--store-read", type=float, default=STORE_READ)
+    p.add_argument("--coordinator-write", type=float, default=COORDINATOR_WRITE)
+    p.add_argument("--coordinator-read", type=float, default=COORDINATOR_READ)
     a = p.parse_args()
-    rates = {"write": (a.store_write or 1000) * 1e6, "read": (a.store_read or 2000) * 1e6,
-             "coordinator": a.coordinator * 1e6}
+    mib = 2**20
+    rates = {"write": a.store_write * mib, "read": a.store_read * mib,
+             "coordinator_write": a.coordinator_write * mib,
+             "coordinator_read": a.coordinator_read * mib}
     print("| model | GPUs | chunks | compute / layer | all_to_all / rank / layer | hidden states / layer "
           "| through the coordinator | in activation stores | job before | job after |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
