@@ -3,6 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "grpcpp/grpcpp.h"
+#include "proto/channel_credentials.h"
 #include "proto/rpc_status.h"
 
 namespace moec::client {
@@ -22,14 +23,8 @@ absl::StatusOr<std::unique_ptr<MoecClient>> MoecClient::Create(const ClientOptio
   if (!options.tls_cert.empty() && options.tls_ca.empty()) {
     return absl::InvalidArgumentError("a client certificate needs TLS: pass --tls-ca too");
   }
-  std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
-  if (!options.tls_ca.empty()) {
-    grpc::SslCredentialsOptions ssl;
-    ssl.pem_root_certs = options.tls_ca;
-    ssl.pem_cert_chain = options.tls_cert;
-    ssl.pem_private_key = options.tls_key;
-    creds = grpc::SslCredentials(ssl);
-  }
+  std::shared_ptr<grpc::ChannelCredentials> creds =
+      ChannelCredentials(options.tls_ca, options.tls_cert, options.tls_key);
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(kMaxReportBytes);  // GetJobReport's figures
   std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(options.address, creds, args);

@@ -221,6 +221,13 @@ class Coordinator {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<v1::TaskRecord*> FindTaskLocked(absl::string_view task_id, JobTasks** job)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The staged outputs of the task the worker holds, and in *key the factor key of its output
+  // `name`. Errors: as PutTaskOutput.
+  absl::StatusOr<std::shared_ptr<OutputStaging::Pending>> OpenOutput(absl::string_view worker_id,
+                                                                     absl::string_view task_id,
+                                                                     absl::string_view name,
+                                                                     std::string* key)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // Task id -> the workers whose activation stores hold the hidden states each of `ready` reads
   // (the gangs that ran its previous-layer inputs), for the scheduler's locality.
   std::map<std::string, std::vector<std::string>> NearLocked(

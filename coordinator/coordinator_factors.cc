@@ -7,23 +7,27 @@
 
 namespace moec::coordinator {
 
+absl::StatusOr<std::shared_ptr<OutputStaging::Pending>> Coordinator::OpenOutput(
+    absl::string_view worker_id, absl::string_view task_id, absl::string_view name,
+    std::string* key) {
+  if (factors_ == nullptr) return absl::FailedPreconditionError("this coordinator has no factor store");
+  MOEC_RETURN_IF_ERROR(OutputStaging::CheckName(name));
+  absl::MutexLock lock(&mu_);
+  JobTasks* job = nullptr;
+  MOEC_ASSIGN_OR_RETURN(v1::TaskRecord * t, HeldTaskLocked(worker_id, task_id, &job));
+  *key = FactorKey{t->fingerprint(), std::string(name)}.ToString();
+  return staging_.Open(t->task_id());
+}
+
 absl::StatusOr<std::string> Coordinator::PutTaskOutput(absl::string_view worker_id,
                                                        absl::string_view task_id,
                                                        absl::string_view name,
                                                        storage::DType dtype,
                                                        absl::Span<const int64_t> shape,
                                                        ChunkSource& source) {
-  if (factors_ == nullptr) return absl::FailedPreconditionError("this coordinator has no factor store");
-  MOEC_RETURN_IF_ERROR(OutputStaging::CheckName(name));
-  std::shared_ptr<OutputStaging::Pending> pending;
   std::string key;
-  {
-    absl::MutexLock lock(&mu_);
-    JobTasks* job = nullptr;
-    MOEC_ASSIGN_OR_RETURN(v1::TaskRecord * t, HeldTaskLocked(worker_id, task_id, &job));
-    key = FactorKey{t->fingerprint(), std::string(name)}.ToString();
-    pending = staging_.Open(t->task_id());
-  }
+  MOEC_ASSIGN_OR_RETURN(std::shared_ptr<OutputStaging::Pending> pending,
+                        OpenOutput(worker_id, task_id, name, &key));
   // The bytes flow without the coordinator lock; only this task's puts wait on each other.
   MOEC_RETURN_IF_ERROR(OutputStaging::Stream(*pending, key, dtype, shape, source));
   const absl::StatusOr<uint64_t> bytes = storage::TensorByteSize(dtype, shape);
@@ -36,18 +40,10 @@ absl::StatusOr<std::string> Coordinator::RecordTaskOutput(
     absl::string_view worker_id, absl::string_view task_id, absl::string_view name,
     storage::DType dtype, absl::Span<const int64_t> shape, uint32_t crc32c,
     absl::string_view store_id) {
-  if (factors_ == nullptr) return absl::FailedPreconditionError("this coordinator has no factor store");
-  MOEC_RETURN_IF_ERROR(OutputStaging::CheckName(name));
   MOEC_ASSIGN_OR_RETURN(const uint64_t bytes, storage::TensorByteSize(dtype, shape));
-  std::shared_ptr<OutputStaging::Pending> pending;
   std::string key;
-  {
-    absl::MutexLock lock(&mu_);
-    JobTasks* job = nullptr;
-    MOEC_ASSIGN_OR_RETURN(v1::TaskRecord * t, HeldTaskLocked(worker_id, task_id, &job));
-    key = FactorKey{t->fingerprint(), std::string(name)}.ToString();
-    pending = staging_.Open(t->task_id());
-  }
+  MOEC_ASSIGN_OR_RETURN(std::shared_ptr<OutputStaging::Pending> pending,
+                        OpenOutput(worker_id, task_id, name, &key));
   {
     absl::MutexLock pending_lock(&pending->mu);
     const std::string holder(store_id);

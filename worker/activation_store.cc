@@ -8,6 +8,7 @@
 #include "common/status_macros.h"
 #include "common/status_payloads.h"
 #include "grpcpp/grpcpp.h"
+#include "proto/channel_credentials.h"
 #include "moec/v1/factor.grpc.pb.h"
 #include "proto/factor_stream.h"
 #include "proto/rpc_status.h"
@@ -166,14 +167,8 @@ std::shared_ptr<grpc::Channel> PeerReader::ChannelTo(const std::string& address)
   absl::MutexLock lock(&mu_);
   std::shared_ptr<grpc::Channel>& c = channels_[address];
   if (c == nullptr) {
-    std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
-    if (!options_.tls_ca.empty()) {
-      grpc::SslCredentialsOptions ssl;
-      ssl.pem_root_certs = options_.tls_ca;
-      ssl.pem_cert_chain = options_.tls_cert;
-      ssl.pem_private_key = options_.tls_key;
-      creds = grpc::SslCredentials(ssl);
-    }
+    std::shared_ptr<grpc::ChannelCredentials> creds =
+        ChannelCredentials(options_.tls_ca, options_.tls_cert, options_.tls_key);
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(32 << 20);
     c = grpc::CreateCustomChannel(address, creds, args);

@@ -2,6 +2,7 @@
 #include "absl/synchronization/mutex.h"
 #include "common/status_payloads.h"
 #include "grpcpp/grpcpp.h"
+#include "proto/channel_credentials.h"
 #include "moec/v1/coordinator.grpc.pb.h"
 #include "moec/v1/factor.grpc.pb.h"
 #include "common/status_macros.h"
@@ -275,14 +276,8 @@ absl::StatusOr<std::unique_ptr<CoordinatorClient>> NewGrpcCoordinatorClient(
   if (options.token.empty() && options.tls_cert.empty()) {
     return absl::InvalidArgumentError("no token and no client certificate to stand for the worker role");
   }
-  std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
-  if (!options.tls_ca.empty()) {
-    grpc::SslCredentialsOptions ssl;
-    ssl.pem_root_certs = options.tls_ca;
-    ssl.pem_cert_chain = options.tls_cert;
-    ssl.pem_private_key = options.tls_key;
-    creds = grpc::SslCredentials(ssl);
-  }
+  std::shared_ptr<grpc::ChannelCredentials> creds =
+      ChannelCredentials(options.tls_ca, options.tls_cert, options.tls_key);
   return std::unique_ptr<CoordinatorClient>(
       new GrpcCoordinatorClient(grpc::CreateChannel(options.address, creds), options));
 }

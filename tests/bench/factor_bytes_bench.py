@@ -16,7 +16,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
-from moec_cluster import Cluster  # noqa: E402
+from moec_cluster import MCMOE_STAGES, Cluster  # noqa: E402
 
 RECIPE = """\
 name: bytes
@@ -26,12 +26,7 @@ calibration: {path: calib.txt, samples: 64, seqlen: 256, seed: 0, sampling: rand
 workers: 2
 threads: 1
 stages:
-  - {id: stats, kind: calibrate}
-  - {id: loss, kind: quant_loss, needs: [stats], with: {bits: [2, 3, 4], group_size: 64}}
-  - {id: bits, kind: allocate_bits, needs: [stats, loss], with: {bits: [2, 3, 4], average_bits: 3.0}}
-  - {id: quant, kind: gptq, needs: [bits], with: {group_size: 64, attn_bits: 4}}
-  - {id: out, kind: export, needs: [quant], with: {format: gptq}}
-"""
+""" + MCMOE_STAGES
 
 
 def health(c):

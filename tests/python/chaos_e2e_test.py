@@ -11,8 +11,6 @@ directory), at random moments (seeded; MOEC_CHAOS_SEED picks another schedule). 
 Usage: chaos_e2e_test.py BIN_DIR
 """
 import collections
-import glob
-import hashlib
 import os
 import random
 import subprocess
@@ -21,7 +19,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from moec_cluster import Cluster  # noqa: E402
+from moec_cluster import MCMOE_STAGES, Cluster, export_digest as digest  # noqa: E402
 
 BIN_DIR = None
 WORKER_KILLS, COORDINATOR_KILLS = 10, 3
@@ -34,20 +32,7 @@ calibration: {path: calib.txt, samples: 64, seqlen: 256, seed: 0, sampling: rand
 workers: 1
 threads: 1
 stages:
-  - {id: stats, kind: calibrate}
-  - {id: loss, kind: quant_loss, needs: [stats], with: {bits: [2, 3, 4], group_size: 64}}
-  - {id: bits, kind: allocate_bits, needs: [stats, loss], with: {bits: [2, 3, 4], average_bits: 3.0}}
-  - {id: quant, kind: gptq, needs: [bits], with: {group_size: 64, attn_bits: 4}}
-  - {id: out, kind: export, needs: [quant], with: {format: gptq}}
-"""
-
-
-def digest(directory):
-    h = hashlib.sha256()
-    for f in sorted(glob.glob(os.path.join(directory, "*.safetensors"))):
-        with open(f, "rb") as fh:
-            h.update(fh.read())
-    return h.hexdigest()
+""" + MCMOE_STAGES
 
 
 class ChaosTest(unittest.TestCase):

@@ -8,12 +8,8 @@ reuses the calibrate tasks). Then:
     coordinator re-runs the tasks that produced it (task_rerun events), and only those whose
     chunks were on the removed worker;
   - its export is byte-identical to the same recipe run undisturbed by `moec run --workers 2`.
-Also checks that peers read each other's chunks without the coordinator holding them: the
-coordinator's factor store received no hidden-state bytes (moec_factor_bytes_stored_total).
 Usage: lineage_e2e_test.py BIN_DIR
 """
-import glob
-import hashlib
 import os
 import re
 import shutil
@@ -23,7 +19,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from moec_cluster import Cluster  # noqa: E402
+from moec_cluster import MCMOE_STAGES, Cluster, export_digest as digest  # noqa: E402
 
 BIN_DIR = None
 
@@ -37,20 +33,8 @@ threads: 1
 stages:
   - {id: stats, kind: calibrate}
 """
-REST = """\
-  - {id: loss, kind: quant_loss, needs: [stats], with: {bits: [2, 3, 4], group_size: 64}}
-  - {id: bits, kind: allocate_bits, needs: [stats, loss], with: {bits: [2, 3, 4], average_bits: 3.0}}
-  - {id: quant, kind: gptq, needs: [bits], with: {group_size: 64, attn_bits: 4}}
-  - {id: out, kind: export, needs: [quant], with: {format: gptq}}
-"""
-
-
-def digest(directory):
-    h = hashlib.sha256()
-    for f in sorted(glob.glob(os.path.join(directory, "*.safetensors"))):
-        with open(f, "rb") as fh:
-            h.update(fh.read())
-    return h.hexdigest()
+# The rest of the MC-MoE pipeline (after calibrate).
+REST = MCMOE_STAGES[MCMOE_STAGES.index("\n") + 1:]
 
 
 class LineageTest(unittest.TestCase):

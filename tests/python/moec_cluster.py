@@ -26,6 +26,27 @@ FULL_STAGES = """\
 """
 
 
+# The MC-MoE pipeline at 3 average bits, group 64 (the chaos, lineage and bytes tests).
+MCMOE_STAGES = """\
+  - {id: stats, kind: calibrate}
+  - {id: loss, kind: quant_loss, needs: [stats], with: {bits: [2, 3, 4], group_size: 64}}
+  - {id: bits, kind: allocate_bits, needs: [stats, loss], with: {bits: [2, 3, 4], average_bits: 3.0}}
+  - {id: quant, kind: gptq, needs: [bits], with: {group_size: 64, attn_bits: 4}}
+  - {id: out, kind: export, needs: [quant], with: {format: gptq}}
+"""
+
+
+def export_digest(directory):
+    """SHA-256 over the .safetensors files of an export, in name order."""
+    import glob
+    import hashlib
+    h = hashlib.sha256()
+    for f in sorted(glob.glob(os.path.join(directory, "*.safetensors"))):
+        with open(f, "rb") as fh:
+            h.update(fh.read())
+    return h.hexdigest()
+
+
 SOURCE_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
