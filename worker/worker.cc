@@ -218,9 +218,14 @@ class ClientFactorIo : public stages::FactorIo {
     profile::ScopedPhase phase(profile::Phase::kFactorIo);
     const std::string k(key);
     if (options_.activations != nullptr) {
-      MOEC_ASSIGN_OR_RETURN(std::optional<storage::Factor> local,
-                            options_.activations->GetIfPresent(k));
-      if (local.has_value()) return std::move(*local);
+      absl::StatusOr<std::optional<storage::Factor>> local = options_.activations->GetIfPresent(k);
+      if (local.ok() && local->has_value()) return std::move(**local);
+      if (!local.ok()) {
+        // A corrupt local copy goes; the bytes come from elsewhere, or its producer runs again.
+        LOG(WARNING) << "worker=" << worker_id_ << " dropping its copy of " << k << ": "
+                     << local.status();
+        options_.activations->factors().Delete(k).IgnoreError();
+      }
     }
     std::vector<Holder> holders;
     MOEC_ASSIGN_OR_RETURN(storage::Factor f, client_->GetFactor(k, &holders));
